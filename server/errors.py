@@ -1,0 +1,136 @@
+"""Every failure the server knows how to explain, in one tree.
+
+```
+RerankError                      something a caller should hear about
+├── InvalidRequest               our own validation failed; names the field
+├── Overloaded                   the server refused work it has no room for
+└── UpstreamError                the gateway, or the way to it, failed
+    ├── UpstreamTimeout          no answer within the call's deadline
+    ├── UpstreamUnavailable      5xx, refused/reset connection: worth retrying later
+    ├── UpstreamRateLimited      429 rate_limit_exceeded: retry after `retry_after`
+    ├── UpstreamInvalidRequest   400 invalid_request_error: the gateway rejected the input
+    ├── UpstreamForbidden        403 forbidden
+    ├── ModelNotFound            404 model_not_found
+    ├── UpstreamFailedDependency 424 failed_dependency: the provider behind the gateway failed
+    ├── UpstreamAuthentication   401 authentication_error: *our* key is wrong
+    └── UpstreamProtocolError    an answer outside the protocol (bad JSON, bad ranking, ...)
+```
+
+The gateway adapter is the only place HTTP outcomes become these errors, and `status.py` is
+the only place these errors become gRPC status codes. Messages are safe to show a caller:
+they never hold a credential or a Python repr of an internal object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field of a request, e.g. `documents[17]`: `must not be empty`."""
+
+    field: str
+    description: str
+
+
+class RerankError(Exception):
+    """Base of every error the server reports to callers on purpose."""
+
+    #: A stable, machine-readable reason (ErrorInfo.reason), UPPER_SNAKE_CASE.
+    reason = "RERANK_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(RerankError):
+    """The request broke a rule of the contract; `violations` name the fields."""
+
+    reason = "INVALID_REQUEST"
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+        self.violations = tuple(violations)
+
+
+class Overloaded(RerankError):
+    """The server is at its admission limit and refused the call at once."""
+
+    reason = "OVERLOADED"
+
+
+class UpstreamError(RerankError):
+    """The gateway failed to rank; `status` is the HTTP status when there was one."""
+
+    reason = "UPSTREAM_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        generation_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        #: Seconds the gateway asked us to wait before trying again, when it said.
+        self.retry_after = retry_after
+        #: The gateway's id of the failed generation, for support requests.
+        self.generation_id = generation_id
+
+
+class UpstreamTimeout(UpstreamError):
+    """The gateway did not answer within the time the call had left."""
+
+    reason = "UPSTREAM_TIMEOUT"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The gateway could not be reached or failed on its side (5xx)."""
+
+    reason = "UPSTREAM_UNAVAILABLE"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The gateway rate-limited us (429)."""
+
+    reason = "UPSTREAM_RATE_LIMITED"
+
+
+class UpstreamInvalidRequest(UpstreamError):
+    """The gateway judged the request invalid (400 invalid_request_error)."""
+
+    reason = "UPSTREAM_INVALID_REQUEST"
+
+
+class UpstreamForbidden(UpstreamError):
+    """The gateway forbade the call (403 forbidden), e.g. by a team rule."""
+
+    reason = "UPSTREAM_FORBIDDEN"
+
+
+class ModelNotFound(UpstreamError):
+    """The gateway does not know the model (404 model_not_found)."""
+
+    reason = "MODEL_NOT_FOUND"
+
+
+class UpstreamFailedDependency(UpstreamError):
+    """The provider behind the gateway failed the call (424 failed_dependency)."""
+
+    reason = "UPSTREAM_FAILED_DEPENDENCY"
+
+
+class UpstreamAuthentication(UpstreamError):
+    """The gateway rejected this server's credentials (401): an operator must fix it."""
+
+    reason = "UPSTREAM_AUTHENTICATION"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The gateway answered outside its protocol: unparsable or inconsistent."""
+
+    reason = "UPSTREAM_PROTOCOL_ERROR"

@@ -1,0 +1,392 @@
+"""The AI Gateway adapter: domain values ⇄ the gateway's HTTP protocol.
+
+This module is the only place that knows the gateway's JSON and the only place HTTP outcomes
+(statuses, envelopes, httpx exceptions) become `server.errors`. The protocol it speaks is the
+one the AI SDK's `@ai-sdk/gateway` speaks (`POST {base}/reranking-model`, `GET {base}/config`),
+header for header, so the real gateway and the bundled mock are interchangeable behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import platform
+import time
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+import httpx
+import orjson
+
+from server.domain import (
+    JsonObject,
+    ModelInfo,
+    Ranked,
+    RerankOutcome,
+    RerankQuery,
+    Warning,
+    WarningType,
+)
+from server.errors import (
+    ModelNotFound,
+    UpstreamAuthentication,
+    UpstreamError,
+    UpstreamFailedDependency,
+    UpstreamForbidden,
+    UpstreamInvalidRequest,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+PROTOCOL_VERSION = "0.0.1"
+RERANKING_SPECIFICATION_VERSION = "3"
+USER_AGENT = (
+    f"rerank-service/0.1.0 httpx/{httpx.__version__} runtime/python/{platform.python_version()}"
+)
+
+#: The largest body we read from the gateway. A ranking of 10,000 documents is under 1 MiB;
+#: anything far beyond is not a ranking, and reading it whole would let the upstream spend
+#: our memory.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+# The gateway's `error.type` → our error. A missing or unknown type is decided by status.
+_ERROR_BY_TYPE: Mapping[str, type[UpstreamError]] = {
+    "authentication_error": UpstreamAuthentication,
+    "invalid_request_error": UpstreamInvalidRequest,
+    "forbidden": UpstreamForbidden,
+    "model_not_found": ModelNotFound,
+    "failed_dependency": UpstreamFailedDependency,
+    "rate_limit_exceeded": UpstreamRateLimited,
+    "internal_server_error": UpstreamUnavailable,
+}
+_WARNING_TYPES: frozenset[str] = frozenset({"unsupported", "compatibility", "other"})
+# Never shown to callers: the gateway's own text might be about our key, and the caller
+# cannot fix it anyway (the AI SDK replaces it with a fixed text for the same reason).
+_AUTHENTICATION_MESSAGE = (
+    "the gateway rejected this server's credentials; an operator must check its AI_GATEWAY_API_KEY"
+)
+
+
+class GatewayReranker:
+    """A `Reranker` that calls an AI Gateway over one pooled `httpx.AsyncClient`."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: str,
+        auth_method: str = "api-key",
+    ) -> None:
+        self._http = http
+        self._base_url = base_url.rstrip("/")
+        self._auth_headers = {
+            "authorization": f"Bearer {api_key}",
+            "ai-gateway-protocol-version": PROTOCOL_VERSION,
+            "ai-gateway-auth-method": auth_method,
+            "user-agent": USER_AGENT,
+        }
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._http.aclose()
+
+    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
+        """POST the query to `{base}/reranking-model` and parse the ranking."""
+        headers = {
+            **self._auth_headers,
+            "ai-reranking-model-specification-version": RERANKING_SPECIFICATION_VERSION,
+            "ai-model-id": query.model,
+            "content-type": "application/json",
+        }
+        body = await self._call(
+            "POST", "/reranking-model", headers, encode_rerank_body(query), timeout
+        )
+        return parse_rerank_body(body)
+
+    async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
+        """GET `{base}/config` and keep the reranking models."""
+        body = await self._call("GET", "/config", self._auth_headers, None, timeout)
+        return parse_config_body(body)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        content: bytes | None,
+        timeout: float,
+    ) -> bytes:
+        """One HTTP exchange under one deadline; returns a 2xx body or raises an UpstreamError."""
+        if timeout <= 0:
+            raise UpstreamTimeout("the call's deadline passed before the gateway was asked")
+        request = self._http.build_request(
+            method,
+            self._base_url + path,
+            headers=headers,
+            content=content,
+            timeout=httpx.Timeout(timeout),
+        )
+        try:
+            # httpx's timeout bounds each phase (connect, write, each read); the outer
+            # timeout bounds the whole exchange, so a trickling body cannot outlive it.
+            async with asyncio.timeout(timeout):
+                response = await self._http.send(request, stream=True)
+                try:
+                    body = await _read_bounded(response)
+                finally:
+                    await response.aclose()
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise UpstreamTimeout(f"the gateway did not answer within {timeout:.3g} s") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(f"cannot reach the gateway: {type(exc).__name__}") from exc
+        if response.is_success:
+            return body
+        raise error_from_response(response.status_code, response.headers, body)
+
+
+async def _read_bounded(response: httpx.Response) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        raise UpstreamProtocolError(
+            f"the gateway's answer of {declared} bytes exceeds {MAX_RESPONSE_BYTES} bytes"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise UpstreamProtocolError(f"the gateway's answer exceeds {MAX_RESPONSE_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def encode_rerank_body(query: RerankQuery) -> bytes:
+    """The request body exactly as the AI SDK writes it: camelCase, this key order, absent
+    keys omitted, no `model` key (the model travels only in the `ai-model-id` header)."""
+    body: dict[str, Any] = {
+        "documents": {"type": query.kind, "values": query.documents},
+        "query": query.query,
+    }
+    if query.top_n is not None:
+        body["topN"] = query.top_n
+    if query.provider_options is not None:
+        body["providerOptions"] = query.provider_options
+    return orjson.dumps(body)
+
+
+def parse_rerank_body(body: bytes) -> RerankOutcome:
+    """Parse a 200 answer of `reranking-model`, rejecting anything outside the protocol."""
+    data = _parse_json_object(body)
+    ranking = data.get("ranking")
+    if not isinstance(ranking, list):
+        if isinstance(data.get("error"), dict):
+            envelope = _Envelope.parse(data)
+            raise UpstreamProtocolError(
+                f"the gateway answered 200 with an error: {envelope.display_message}"
+            )
+        raise UpstreamProtocolError("the gateway's answer has no 'ranking' list")
+    items: list[Ranked] = []
+    for position, item in enumerate(ranking):
+        if not isinstance(item, dict):
+            _protocol_error(f"ranking[{position}] is not an object")
+        index = item.get("index")
+        score = item.get("relevanceScore")
+        if not isinstance(index, int) or isinstance(index, bool):
+            _protocol_error(f"ranking[{position}].index is not an integer")
+        if not isinstance(score, int | float) or isinstance(score, bool):
+            _protocol_error(f"ranking[{position}].relevanceScore is not a number")
+        items.append(Ranked(index=index, score=float(score)))
+    return RerankOutcome(
+        ranking=tuple(items),
+        warnings=_parse_warnings(data.get("warnings")),
+        provider_metadata=_parse_provider_metadata(data.get("providerMetadata")),
+    )
+
+
+def parse_config_body(body: bytes) -> tuple[ModelInfo, ...]:
+    """Parse `GET /config` and keep the models whose `modelType` is "reranking"."""
+    data = _parse_json_object(body)
+    models = data.get("models")
+    if not isinstance(models, list):
+        _protocol_error("the gateway's config has no 'models' list")
+    found: list[ModelInfo] = []
+    for model in models:
+        if not isinstance(model, dict) or model.get("modelType") != "reranking":
+            continue
+        model_id = model.get("id")
+        if not isinstance(model_id, str):
+            continue
+        specification = model.get("specification")
+        provider = specification.get("provider") if isinstance(specification, dict) else None
+        pricing = model.get("pricing")
+        found.append(
+            ModelInfo(
+                id=model_id,
+                name=_str_or_empty(model.get("name")),
+                description=_str_or_empty(model.get("description")),
+                provider=_str_or_empty(provider),
+                pricing=(
+                    {k: v for k, v in pricing.items() if isinstance(v, str)}
+                    if isinstance(pricing, dict)
+                    else None
+                ),
+            )
+        )
+    return tuple(found)
+
+
+def error_from_response(status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
+    """The one translation of a non-2xx gateway answer into our error tree."""
+    retry_after = parse_retry_after(headers)
+    try:
+        envelope = _Envelope.parse(_parse_json_object(body))
+    except UpstreamProtocolError:
+        envelope = None
+    if envelope is None:
+        # Not the gateway's envelope (a proxy's HTML page, an empty body): only the status
+        # tells us anything, read the way the AI SDK reads it.
+        if status == 429:
+            return UpstreamRateLimited(
+                "the gateway is rate-limiting calls", status=status, retry_after=retry_after
+            )
+        if status >= 500 or status in (408, 409):
+            return UpstreamUnavailable(
+                f"the gateway failed with HTTP {status}", status=status, retry_after=retry_after
+            )
+        return UpstreamProtocolError(
+            f"the gateway answered HTTP {status} without an error envelope", status=status
+        )
+    error_class = _ERROR_BY_TYPE.get(envelope.type or "")
+    if error_class is None:
+        if status == 429:
+            error_class = UpstreamRateLimited
+        elif status >= 500 or status in (408, 409):
+            error_class = UpstreamUnavailable
+        else:
+            error_class = UpstreamError
+    message = (
+        _AUTHENTICATION_MESSAGE
+        if error_class is UpstreamAuthentication
+        else envelope.display_message
+    )
+    return error_class(
+        message,
+        status=status,
+        retry_after=retry_after,
+        generation_id=envelope.generation_id,
+    )
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms` (wins) or `retry-after` (seconds or HTTP date).
+
+    As in the AI SDK, a delay outside 0–60 s is ignored rather than obeyed.
+    """
+    delay: float | None = None
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        delay = _float_or_none(millis)
+        delay = None if delay is None else delay / 1000
+    if delay is None and (seconds := headers.get("retry-after")) is not None:
+        delay = _float_or_none(seconds)
+        if delay is None:
+            try:
+                when = email.utils.parsedate_to_datetime(seconds).timestamp()
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                delay = when - (time.time() if now is None else now)
+    if delay is None or not 0 <= delay <= 60:
+        return None
+    return delay
+
+
+class _Envelope:
+    """`{"error": {"message", "type"?, "param"?, "code"?}, "generationId"?}`."""
+
+    def __init__(self, message: str, type_: str | None, generation_id: str | None) -> None:
+        self.message = message
+        self.type = type_
+        self.generation_id = generation_id
+
+    @property
+    def display_message(self) -> str:
+        # The AI SDK shows the generation id appended to the message; so do we.
+        if self.generation_id:
+            return f"{self.message} [{self.generation_id}]"
+        return self.message
+
+    @classmethod
+    def parse(cls, data: JsonObject) -> _Envelope:
+        error = data.get("error")
+        if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+            _protocol_error("not an error envelope")
+        type_ = error.get("type")
+        generation_id = data.get("generationId")
+        return cls(
+            message=error["message"],
+            type_=type_ if isinstance(type_, str) else None,
+            generation_id=generation_id if isinstance(generation_id, str) else None,
+        )
+
+
+def _parse_json_object(body: bytes) -> JsonObject:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        _protocol_error("the gateway's answer is not JSON")
+    if not isinstance(data, dict):
+        _protocol_error("the gateway's answer is not a JSON object")
+    return data
+
+
+def _parse_warnings(raw: object) -> tuple[Warning, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        _protocol_error("'warnings' is not a list")
+    warnings: list[Warning] = []
+    for position, item in enumerate(raw):
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind not in _WARNING_TYPES:
+            # The AI SDK rejects the whole answer for an unknown warning type; so do we.
+            _protocol_error(f"warnings[{position}] has an unknown type")
+        assert isinstance(item, dict)
+        warning_type: WarningType = kind
+        warnings.append(
+            Warning(
+                type=warning_type,
+                feature=_str_or_empty(item.get("feature")),
+                details=_str_or_empty(item.get("details")),
+                message=_str_or_empty(item.get("message")),
+            )
+        )
+    return tuple(warnings)
+
+
+def _parse_provider_metadata(raw: object) -> JsonObject | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        _protocol_error("'providerMetadata' is not a map of objects")
+    return raw
+
+
+def _str_or_empty(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _protocol_error(detail: str) -> NoReturn:
+    raise UpstreamProtocolError(f"the gateway broke its protocol: {detail}")

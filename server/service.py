@@ -1,0 +1,231 @@
+"""The RerankService servicer and its one translator between protos and domain values.
+
+Proto messages stop here: below this module there are only `server.domain` values. Errors are
+raised as `server.errors` and turned into statuses by the interceptor in `server.app`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from rerank.v1 import rerank_service_pb2 as pb
+from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
+from server.domain import (
+    DocumentKind,
+    JsonObject,
+    Limits,
+    ModelInfo,
+    Ranked,
+    Reranker,
+    RerankOutcome,
+    RerankQuery,
+    Warning,
+    check_request,
+    final_ranking,
+)
+from server.errors import FieldViolation, InvalidRequest
+
+logger = logging.getLogger(__name__)
+
+# Integral doubles up to 2**53 are exact; beyond it a Struct number is no longer an integer
+# anyone meant, so it is left a float.
+_MAX_EXACT_INTEGER = 2.0**53
+_WARNING_TYPE_TO_PROTO = {
+    "unsupported": pb.Warning.TYPE_UNSUPPORTED,
+    "compatibility": pb.Warning.TYPE_COMPATIBILITY,
+    "other": pb.Warning.TYPE_OTHER,
+}
+
+
+class RerankServicer(pb_grpc.RerankServiceServicer):
+    """Validates each call, hands it to a `Reranker`, and answers in proto."""
+
+    def __init__(
+        self,
+        reranker: Reranker,
+        *,
+        limits: Limits,
+        default_model: str,
+        upstream_timeout: float,
+    ) -> None:
+        self._reranker = reranker
+        self._limits = limits
+        self._default_model = default_model
+        self._upstream_timeout = upstream_timeout
+
+    async def Rerank(
+        self, request: pb.RerankRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RerankResponse:
+        started = time.perf_counter()
+        query = query_from_proto(request, self._default_model, self._limits)
+        check_request(query, self._limits)
+        outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
+        ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
+        response = response_to_proto(request, query.model, ranking, outcome)
+        logger.info(
+            "rerank ok id=%s model=%s documents=%d top_n=%s ms=%.1f",
+            response.id,
+            query.model,
+            len(query.documents),
+            query.top_n,
+            (time.perf_counter() - started) * 1000,
+        )
+        return response
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListModelsResponse:
+        models = await self._reranker.list_models(timeout=self._timeout(context))
+        return pb.ListModelsResponse(models=[model_to_proto(m) for m in models])
+
+    def _timeout(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        """The configured upstream timeout, or less when the caller's deadline is nearer."""
+        remaining: float | None = context.time_remaining()
+        if remaining is None:
+            return self._upstream_timeout
+        return min(self._upstream_timeout, remaining)
+
+
+def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limits) -> RerankQuery:
+    """Translate a RerankRequest, raising `InvalidRequest` for what cannot be translated:
+    documents without content, mixed kinds, oversized documents, non-finite numbers."""
+    violations: list[FieldViolation] = []
+    kind: DocumentKind | None = None
+    texts: list[str] = []
+    objects: list[JsonObject] = []
+    for position, document in enumerate(request.documents):
+        field = f"documents[{position}]"
+        which = document.WhichOneof("content")
+        if which is None:
+            violations.append(FieldViolation(field, "must set 'text' or 'object'"))
+            continue
+        if kind is None:
+            kind = which
+        elif which != kind:
+            violations.append(
+                FieldViolation(
+                    field,
+                    f"is {which!r} but documents[0] is {kind!r}; one request holds one kind",
+                )
+            )
+            continue
+        if document.ByteSize() > limits.max_document_bytes:
+            violations.append(
+                FieldViolation(field, f"must be at most {limits.max_document_bytes} bytes")
+            )
+        elif which == "text":
+            if not document.text:
+                violations.append(FieldViolation(field, "must not be empty"))
+            texts.append(document.text)
+        else:
+            objects.append(struct_to_python(document.object, f"{field}.object", violations))
+    provider_options = None
+    if request.HasField("provider_options"):
+        provider_options = struct_to_python(
+            request.provider_options, "provider_options", violations
+        )
+        for name, value in provider_options.items():
+            if not isinstance(value, dict):
+                violations.append(FieldViolation(f"provider_options.{name}", "must be an object"))
+    if violations:
+        raise InvalidRequest(violations)
+    return RerankQuery(
+        model=request.model or default_model,
+        query=request.query,
+        kind=kind or "text",
+        documents=tuple(objects) if kind == "object" else tuple(texts),
+        top_n=request.top_n if request.HasField("top_n") else None,
+        provider_options=provider_options,
+    )
+
+
+def struct_to_python(
+    struct: struct_pb2.Struct, path: str, violations: list[FieldViolation]
+) -> JsonObject:
+    """A Struct as the JSON object a JavaScript caller would have sent.
+
+    Integral numbers become ints, because JSON.stringify writes `2020`, not `2020.0`, and
+    the gateway is written in JavaScript. NaN and Infinity have no JSON form: violations.
+    """
+    return {
+        key: _value_to_python(value, f"{path}.{key}", violations)
+        for key, value in struct.fields.items()
+    }
+
+
+def _value_to_python(value: struct_pb2.Value, path: str, violations: list[FieldViolation]) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            violations.append(FieldViolation(path, "must be a finite number"))
+            return None
+        if number.is_integer() and abs(number) <= _MAX_EXACT_INTEGER:
+            return int(number)
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_python(value.struct_value, path, violations)
+    if kind == "list_value":
+        return [
+            _value_to_python(item, f"{path}[{i}]", violations)
+            for i, item in enumerate(value.list_value.values)
+        ]
+    # null_value, or a Value with nothing set: both mean JSON null.
+    return None
+
+
+def response_to_proto(
+    request: pb.RerankRequest,
+    model: str,
+    ranking: Sequence[Ranked],
+    outcome: RerankOutcome,
+) -> pb.RerankResponse:
+    """Build the RerankResponse; each ranked document is the request's own message, so
+    callers get back exactly what they sent."""
+    response = pb.RerankResponse(
+        ranking=[
+            pb.RankedDocument(
+                original_index=item.index,
+                score=item.score,
+                document=request.documents[item.index],
+            )
+            for item in ranking
+        ],
+        model=model,
+        id=f"rr_{uuid.uuid4().hex}",
+        warnings=[warning_to_proto(w) for w in outcome.warnings],
+    )
+    if outcome.provider_metadata is not None:
+        response.provider_metadata.update(outcome.provider_metadata)
+    return response
+
+
+def warning_to_proto(warning: Warning) -> pb.Warning:
+    return pb.Warning(
+        type=_WARNING_TYPE_TO_PROTO[warning.type],
+        feature=warning.feature,
+        details=warning.details,
+        message=warning.message,
+    )
+
+
+def model_to_proto(model: ModelInfo) -> pb.Model:
+    return pb.Model(
+        id=model.id,
+        name=model.name,
+        description=model.description,
+        provider=model.provider,
+        pricing=dict(model.pricing or {}),
+    )

@@ -1,0 +1,95 @@
+"""The one table from `server.errors` to gRPC status codes, and the rich details sent along.
+
+Every error status carries a `google.rpc.Status` in `grpc-status-details-bin` with an
+ErrorInfo (reason, domain, metadata); field violations travel as BadRequest, and a delay the
+caller should wait as RetryInfo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from server import errors
+
+ERROR_DOMAIN = "rerank.v1"
+
+#: Why each error gets its code is in README.md ("Errors"). A test checks that every class
+#: in `server.errors` has a row here.
+STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
+    errors.RerankError: grpc.StatusCode.INTERNAL,
+    errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    # An unknown error type from the gateway: it did not tell us enough to say more.
+    errors.UpstreamError: grpc.StatusCode.UNKNOWN,
+    errors.UpstreamTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.UpstreamRateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.UpstreamInvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.UpstreamForbidden: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    # The provider behind the gateway failed in a way the gateway calls not retryable.
+    errors.UpstreamFailedDependency: grpc.StatusCode.FAILED_PRECONDITION,
+    # Our own key is wrong: the caller can do nothing about it, an operator must.
+    errors.UpstreamAuthentication: grpc.StatusCode.INTERNAL,
+    errors.UpstreamProtocolError: grpc.StatusCode.INTERNAL,
+}
+
+# When the gateway gives no delay, callers still learn a sensible pause for these.
+_DEFAULT_RETRY_DELAY: Mapping[grpc.StatusCode, float] = {
+    grpc.StatusCode.UNAVAILABLE: 1.0,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 1.0,
+}
+
+
+def status_code_for(error: errors.RerankError) -> grpc.StatusCode:
+    """The status of `error`: its own class's row, else its nearest ancestor's."""
+    for cls in type(error).__mro__:
+        code = STATUS_BY_ERROR.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.Status]:
+    """The status code and the `google.rpc.Status` (with details) that answer `error`."""
+    code = status_code_for(error)
+    metadata: dict[str, str] = {}
+    retry_after: float | None = None
+    if isinstance(error, errors.UpstreamError):
+        if error.status is not None:
+            metadata["upstream_status"] = str(error.status)
+        if error.generation_id:
+            metadata["generation_id"] = error.generation_id
+        retry_after = error.retry_after
+    details = [
+        error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
+    ]
+    if isinstance(error, errors.InvalidRequest):
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in error.violations
+                ]
+            )
+        )
+    if retry_after is None:
+        retry_after = _DEFAULT_RETRY_DELAY.get(code)
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_after * 1e9))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    packed = []
+    for detail in details:
+        holder = any_pb2.Any()
+        holder.Pack(detail)
+        packed.append(holder)
+    return code, status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=error.message, details=packed
+    )

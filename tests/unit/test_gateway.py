@@ -1,0 +1,303 @@
+"""The gateway adapter against the protocol: bytes and headers out, every answer in.
+
+Outgoing requests are checked against the AI SDK's own requests captured on the wire; failures
+no real server can produce on demand (connection errors mid-flight) use httpx.MockTransport.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from server import errors
+from server.domain import Ranked, RerankQuery
+from server.gateway import (
+    MAX_RESPONSE_BYTES,
+    GatewayReranker,
+    encode_rerank_body,
+    error_from_response,
+    parse_config_body,
+    parse_rerank_body,
+    parse_retry_after,
+)
+
+BASE = "http://gateway.test/v3/ai"
+
+
+def reranker_over(handler: Callable[[httpx.Request], httpx.Response]) -> GatewayReranker:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return GatewayReranker(http, base_url=BASE + "/", api_key="test-key-123")
+
+
+def query_from_wire(body: dict[str, Any], model: str) -> RerankQuery:
+    documents = body["documents"]
+    return RerankQuery(
+        model=model,
+        query=body["query"],
+        kind=documents["type"],
+        documents=tuple(documents["values"]),
+        top_n=body.get("topN"),
+        provider_options=body.get("providerOptions"),
+    )
+
+
+async def test_requests_match_the_ai_sdk_on_the_wire(wire_requests: list[dict[str, Any]]) -> None:
+    """Body byte for byte, and every header the SDK sends but user-agent, for each capture."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"ranking": [{"index": 0, "relevanceScore": 0.5}]})
+
+    reranker = reranker_over(handler)
+    for capture in wire_requests:
+        seen.clear()
+        headers = capture["headers"]
+        body = json.loads(capture["body"])
+        await reranker.rerank(query_from_wire(body, headers["ai-model-id"]), timeout=5)
+        (request,) = seen
+        assert request.method == capture["method"]
+        assert request.url.path == capture["path"]
+        assert request.content == capture["body"].encode()
+        for name, value in headers.items():
+            if name in ("user-agent", "x-custom"):  # free, and a caller's own header
+                continue
+            assert request.headers[name] == value, name
+    await reranker.aclose()
+
+
+def test_body_omits_absent_keys_and_never_names_the_model() -> None:
+    body = encode_rerank_body(
+        RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("a",))
+    )
+    assert body == b'{"documents":{"type":"text","values":["a"]},"query":"q"}'
+
+
+async def test_list_models_keeps_only_reranking_models() -> None:
+    config = {
+        "models": [
+            {
+                "id": "cohere/rerank-v3.5",
+                "name": "Rerank 3.5",
+                "description": None,
+                "pricing": {"input": "0.002", "output": None},
+                "specification": {
+                    "specificationVersion": "v3",
+                    "provider": "cohere",
+                    "modelId": "cohere/rerank-v3.5",
+                },
+                "modelType": "reranking",
+            },
+            {"id": "openai/gpt-5", "modelType": "language"},
+            {"id": "voyage/rerank-2.5", "modelType": "reranking"},
+        ]
+    }
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=config)
+
+    models = await reranker_over(handler).list_models(timeout=5)
+    assert [m.id for m in models] == ["cohere/rerank-v3.5", "voyage/rerank-2.5"]
+    assert models[0].provider == "cohere"
+    assert models[0].pricing == {"input": "0.002"}
+    assert seen[0].url.path == "/v3/ai/config"
+    assert seen[0].headers["authorization"] == "Bearer test-key-123"
+    assert "ai-model-id" not in seen[0].headers
+
+
+def test_config_without_models_is_a_protocol_error() -> None:
+    with pytest.raises(errors.UpstreamProtocolError):
+        parse_config_body(b'{"modelz": []}')
+
+
+def test_a_good_body_parses_with_warnings_and_metadata() -> None:
+    outcome = parse_rerank_body(
+        orjson.dumps(
+            {
+                "ranking": [{"index": 1, "relevanceScore": 0.9}, {"index": 0, "relevanceScore": 1}],
+                "warnings": [
+                    {"type": "unsupported", "feature": "topN", "details": "d"},
+                    {"type": "other", "message": "m"},
+                ],
+                "providerMetadata": {"gateway": {"cost": "0.002"}},
+                "somethingNew": True,
+            }
+        )
+    )
+    assert outcome.ranking == (Ranked(1, 0.9), Ranked(0, 1.0))
+    assert [w.type for w in outcome.warnings] == ["unsupported", "other"]
+    assert outcome.warnings[0].feature == "topN"
+    assert outcome.provider_metadata == {"gateway": {"cost": "0.002"}}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b'{"ranking": [{"index": 0, "relevanceScore": 0.5}',  # truncated
+        b"[]",
+        b"{}",
+        b'{"ranking": {}}',
+        b'{"ranking": [1]}',
+        b'{"ranking": [{"index": "0", "relevanceScore": 0.5}]}',
+        b'{"ranking": [{"index": 0.5, "relevanceScore": 0.5}]}',
+        b'{"ranking": [{"index": true, "relevanceScore": 0.5}]}',
+        b'{"ranking": [{"index": 0, "relevanceScore": "0.5"}]}',
+        b'{"ranking": [{"index": 0}]}',
+        b'{"ranking": [{"index": 0, "relevanceScore": NaN}]}',
+        b'{"ranking": [], "warnings": [{"type": "deprecated"}]}',
+        b'{"ranking": [], "warnings": {}}',
+        b'{"ranking": [], "providerMetadata": {"gateway": 1}}',
+        b'{"error": {"message": "boom", "type": "internal_server_error"}}',
+    ],
+)
+def test_a_body_outside_the_protocol_is_refused(body: bytes) -> None:
+    with pytest.raises(errors.UpstreamProtocolError):
+        parse_rerank_body(body)
+
+
+def envelope(type_: str | None, message: str = "msg", generation_id: str | None = None) -> bytes:
+    error: dict[str, Any] = {"message": message, "param": None, "code": None}
+    if type_ is not None:
+        error["type"] = type_
+    data: dict[str, Any] = {"error": error}
+    if generation_id:
+        data["generationId"] = generation_id
+    return orjson.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("status", "type_", "expected"),
+    [
+        (401, "authentication_error", errors.UpstreamAuthentication),
+        (400, "invalid_request_error", errors.UpstreamInvalidRequest),
+        (403, "forbidden", errors.UpstreamForbidden),
+        (404, "model_not_found", errors.ModelNotFound),
+        (424, "failed_dependency", errors.UpstreamFailedDependency),
+        (429, "rate_limit_exceeded", errors.UpstreamRateLimited),
+        (500, "internal_server_error", errors.UpstreamUnavailable),
+        (503, "something_new", errors.UpstreamUnavailable),
+        (500, None, errors.UpstreamUnavailable),
+        (409, None, errors.UpstreamUnavailable),
+        (429, None, errors.UpstreamRateLimited),
+        (418, "something_new", errors.UpstreamError),
+    ],
+)
+def test_every_error_type_maps_to_its_class(
+    status: int, type_: str | None, expected: type[errors.UpstreamError]
+) -> None:
+    error = error_from_response(status, {}, envelope(type_, generation_id="gen_01ABC"))
+    assert type(error) is expected
+    assert error.status == status
+    assert error.generation_id == "gen_01ABC"
+
+
+def test_the_generation_id_is_appended_like_the_sdk_does() -> None:
+    error = error_from_response(400, {}, envelope("invalid_request_error", "bad query", "gen_1"))
+    assert error.message == "bad query [gen_1]"
+
+
+def test_an_authentication_failure_never_echoes_the_gateway_text() -> None:
+    error = error_from_response(401, {}, envelope("authentication_error", "key sk-123 invalid"))
+    assert "sk-123" not in error.message
+    assert "AI_GATEWAY_API_KEY" in error.message
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (502, errors.UpstreamUnavailable),
+        (429, errors.UpstreamRateLimited),
+        (408, errors.UpstreamUnavailable),
+        (404, errors.UpstreamProtocolError),
+        (400, errors.UpstreamProtocolError),
+    ],
+)
+def test_a_body_outside_the_envelope_is_judged_by_status(
+    status: int, expected: type[errors.UpstreamError]
+) -> None:
+    assert type(error_from_response(status, {}, b"<html>Bad Gateway</html>")) is expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after": "61"}, None),
+        ({"retry-after-ms": "-5"}, None),
+        ({"retry-after": "soon"}, None),
+        ({"retry-after-ms": "nan"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after(headers: dict[str, str], expected: float | None) -> None:
+    assert parse_retry_after(headers) == expected
+
+
+def test_retry_after_as_an_http_date() -> None:
+    date = email.utils.formatdate(1_000_010, usegmt=True)
+    assert parse_retry_after({"retry-after": date}, now=1_000_000) == pytest.approx(10)
+
+
+async def test_rate_limit_carries_the_retry_delay() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            429, headers={"retry-after-ms": "250"}, content=envelope("rate_limit_exceeded")
+        )
+
+    with pytest.raises(errors.UpstreamRateLimited) as caught:
+        await reranker_over(handler).rerank(
+            RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("a",)),
+            timeout=5,
+        )
+    assert caught.value.retry_after == 0.25
+
+
+@pytest.mark.parametrize(
+    ("exception", "expected"),
+    [
+        (httpx.ConnectError("refused"), errors.UpstreamUnavailable),
+        (httpx.RemoteProtocolError("peer closed"), errors.UpstreamUnavailable),
+        (httpx.ReadError("reset"), errors.UpstreamUnavailable),
+        (httpx.ReadTimeout("slow"), errors.UpstreamTimeout),
+        (httpx.ConnectTimeout("slow"), errors.UpstreamTimeout),
+    ],
+)
+async def test_transport_failures(
+    exception: Exception, expected: type[errors.UpstreamError]
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exception
+
+    with pytest.raises(expected):
+        await reranker_over(handler).list_models(timeout=5)
+
+
+async def test_no_time_left_means_no_call() -> None:
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, json={"models": []})
+
+    with pytest.raises(errors.UpstreamTimeout):
+        await reranker_over(handler).list_models(timeout=0)
+    assert calls == []
+
+
+async def test_an_oversized_answer_is_refused_without_reading_it_all() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b" " * (MAX_RESPONSE_BYTES + 1))
+
+    with pytest.raises(errors.UpstreamProtocolError, match="exceeds"):
+        await reranker_over(handler).list_models(timeout=5)
