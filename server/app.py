@@ -8,7 +8,7 @@ import signal
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import httpx
@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from server.config import Settings, Upstream
-from server.domain import Limits
+from server.domain import Limits, Reranker
 from server.errors import RerankError
 from server.gateway import GatewayReranker
 from server.service import RerankServicer
@@ -32,7 +32,14 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
 EMBEDDED_MOCK_URL = "http://embedded-mock-gateway.invalid/v3/ai"
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+if TYPE_CHECKING:
+    # grpc's stubs make the interceptor generic; the runtime class is not subscriptable.
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class ErrorInterceptor(_ServerInterceptor):
     """Turns `RerankError`s into statuses through the one table in `server.status`.
 
     Anything else is a bug: it is logged with its traceback under an incident id and the
@@ -87,7 +94,7 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
-    reranker: GatewayReranker
+    reranker: Reranker
     grace_period: float
 
     async def stop(self) -> None:
@@ -121,10 +128,12 @@ def build_reranker(settings: Settings) -> GatewayReranker:
     )
 
 
-async def start_server(
-    settings: Settings, reranker: GatewayReranker | None = None
-) -> RunningServer:
-    """Build and start the server on `settings.host:settings.port`; return once listening."""
+async def start_server(settings: Settings, reranker: Reranker | None = None) -> RunningServer:
+    """Build and start the server on `settings.host:settings.port`; return once listening.
+
+    `reranker` replaces the one `settings` describe (tests use it for failures no gateway
+    can be made to produce).
+    """
     reranker = reranker or build_reranker(settings)
     message_limit = settings.max_message_bytes
     server = grpc.aio.server(

@@ -96,6 +96,10 @@ class Reranker(Protocol):
         """The reranking models on offer."""
         ...
 
+    async def aclose(self) -> None:
+        """Release connections; called once, at shutdown."""
+        ...
+
 
 def check_request(query: RerankQuery, limits: Limits) -> None:
     """Raise `InvalidRequest` naming every field of `query` that breaks the contract."""

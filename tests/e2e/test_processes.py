@@ -1,0 +1,214 @@
+"""End to end, as separate processes: the README's `make run`, the `rerank` CLI, the server in
+front of a mock gateway process over real HTTP, and graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from rerank.v1 import rerank_service_pb2 as pb
+from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
+from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+STARTUP_SECONDS = 60
+
+
+class Process:
+    """A child process in its own process group, with its output collected by a thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.popen = subprocess.Popen(
+            args,
+            cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # so `make` and its children are signalled together
+        )
+        self.lines: list[str] = []
+        self._new_line = threading.Condition()
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = STARTUP_SECONDS) -> re.Match[str]:
+        compiled = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._new_line:
+            while True:
+                for line in self.lines:
+                    if match := compiled.search(line):
+                        return match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.popen.poll() is not None:
+                    raise AssertionError(f"{pattern!r} never appeared in:\n{self.output}")
+                self._new_line.wait(min(remaining, 0.5))
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def signal(self, signum: int) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signum)
+
+    def stop(self) -> None:
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.popen.wait(timeout=5)
+        self._reader.join(timeout=5)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    started: list[Process] = []
+    yield started
+    for process in reversed(started):
+        process.stop()
+
+
+def start(processes: list[Process], args: list[str], env: dict[str, str] | None = None) -> Process:
+    process = Process(args, env)
+    processes.append(process)
+    return process
+
+
+def start_server(processes: list[Process], *args: str, env: dict[str, str] | None = None) -> str:
+    server = start(processes, [sys.executable, "-m", "server", "--port", "0", *args], env)
+    return server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
+
+
+def start_mock_gateway(processes: list[Process], *args: str) -> str:
+    mock = start(processes, [sys.executable, "-m", "mock_gateway", "--port", "0", *args])
+    return mock.wait_for(r"mock gateway listening on (http://\S+)").group(1)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "rerank"), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def seed_cli_args(target: str) -> list[str]:
+    return ["--target", target, "--model", SEED_MODEL, "--top-n", "2", SEED_QUERY, *SEED_DOCUMENTS]
+
+
+def assert_seed_result(stdout: str) -> None:
+    result = json.loads(stdout)
+    assert result["ranking"][0]["originalIndex"] == 0
+    assert len(result["ranking"]) == 2
+    assert result["rerankedDocuments"][0] == "Paris is the capital of France."
+
+
+def test_make_run_then_the_cli(processes: list[Process]) -> None:
+    """The README's first command, then the CLI against it, as a newcomer would."""
+    env = {"AI_GATEWAY_API_KEY": "", "VERCEL_OIDC_TOKEN": ""}
+    make = start(processes, ["make", "run", "PORT=0"], env)
+    target = make.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
+    make.wait_for("bundled deterministic mock gateway")
+    completed = run_cli(*seed_cli_args(target))
+    assert completed.returncode == 0, completed.stderr
+    assert_seed_result(completed.stdout)
+
+
+def test_the_server_in_front_of_a_mock_gateway_process(processes: list[Process]) -> None:
+    gateway_url = start_mock_gateway(processes, "--api-key", "e2e-key")
+    target = start_server(
+        processes, "--gateway-url", gateway_url, env={"AI_GATEWAY_API_KEY": "e2e-key"}
+    )
+    completed = run_cli(*seed_cli_args(target))
+    assert completed.returncode == 0, completed.stderr
+    assert_seed_result(completed.stdout)
+
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RerankServiceStub(channel)
+        request = pb.RerankRequest(
+            query=SEED_QUERY, documents=[pb.Document(text=d) for d in SEED_DOCUMENTS]
+        )
+        # A connection dropped mid-answer is a transport failure: UNAVAILABLE.
+        request.provider_options.update({"mockGateway": {"fault": "drop"}})
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Rerank(request, timeout=10)
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        # A slow gateway and a short deadline: the caller's deadline wins, quickly.
+        request.provider_options.update({"mockGateway": {"fault": "slow", "delayMs": 10_000}})
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Rerank(request, timeout=0.5)
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+        assert time.monotonic() - started < 5
+        models = stub.ListModels(pb.ListModelsRequest(), timeout=10)
+        assert "cohere/rerank-v3.5" in [m.id for m in models.models]
+
+
+def test_a_wrong_gateway_key_is_internal_and_never_echoed(processes: list[Process]) -> None:
+    gateway_url = start_mock_gateway(processes, "--api-key", "the-right-key")
+    target = start_server(
+        processes, "--gateway-url", gateway_url, env={"AI_GATEWAY_API_KEY": "sk-wrong-key-42"}
+    )
+    completed = run_cli(*seed_cli_args(target))
+    assert completed.returncode == 1
+    assert "INTERNAL" in completed.stderr
+    assert "sk-wrong-key-42" not in completed.stderr + completed.stdout
+    assert "sk-wrong-key-42" not in processes[-1].output
+
+
+def test_an_unreachable_gateway_is_unavailable(processes: list[Process]) -> None:
+    # Port 9 (discard) on loopback: nothing listens there on these machines.
+    target = start_server(
+        processes, "--gateway-url", "http://127.0.0.1:9/v3/ai", env={"AI_GATEWAY_API_KEY": "k"}
+    )
+    completed = run_cli(*seed_cli_args(target))
+    assert completed.returncode == 1
+    assert "UNAVAILABLE" in completed.stderr
+
+
+def test_a_gateway_url_without_a_key_is_refused_at_start(processes: list[Process]) -> None:
+    server = start(
+        processes,
+        [sys.executable, "-m", "server", "--port", "0", "--gateway-url", "http://127.0.0.1:9"],
+        {"AI_GATEWAY_API_KEY": "", "VERCEL_OIDC_TOKEN": ""},
+    )
+    assert server.popen.wait(timeout=30) == 2
+    assert "AI_GATEWAY_API_KEY" in server.output
+
+
+def test_sigterm_finishes_in_flight_calls_then_exits(processes: list[Process]) -> None:
+    server = start(processes, [sys.executable, "-m", "server", "--port", "0"])
+    target = server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RerankServiceStub(channel)
+        request = pb.RerankRequest(query=SEED_QUERY, documents=[pb.Document(text="Paris")])
+        request.provider_options.update({"mockGateway": {"fault": "slow", "delayMs": 1500}})
+        in_flight = stub.Rerank.future(request, timeout=20)
+        time.sleep(0.5)
+        server.signal(signal.SIGTERM)
+        assert in_flight.result().ranking[0].original_index == 0
+    assert server.popen.wait(timeout=15) == 0
+    assert "stopped" in server.output
