@@ -1,1 +1,56 @@
-"""placeholder"""
+"""A Python client for `rerank.v1.RerankService`, sync and async, and the `rerank` command.
+
+    from client import RerankClient
+
+    with RerankClient("127.0.0.1:50051") as rerank:
+        result = rerank.rerank("capital of France?", ["Paris is ...", "Berlin is ..."], top_n=1)
+        result.ranking[0].original_index, result.reranked_documents
+
+Results mirror the AI SDK's `rerank()`: `ranking` of `(original_index, score, document)` best
+first, and `reranked_documents`; `RerankResult.to_json_dict()` gives the SDK's camelCase JSON.
+Errors are one tree rooted at `RerankClientError` (drawn in `client._exceptions`).
+"""
+
+from ._client import AsyncRerankClient, MetadataLike, RerankClient
+from ._config import DEFAULT_TIMEOUT, USE_DEFAULT, channel_options, default_service_config
+from ._exceptions import (
+    DeadlineExceededError,
+    ErrorInfo,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+    RerankClientError,
+    ServerError,
+    UnauthenticatedError,
+    UnavailableError,
+    from_rpc_error,
+)
+from ._models import Document, ModelInfo, RankedDocument, RerankResult, Warning, WarningType
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "USE_DEFAULT",
+    "AsyncRerankClient",
+    "DeadlineExceededError",
+    "Document",
+    "ErrorInfo",
+    "InvalidRequestError",
+    "MetadataLike",
+    "ModelInfo",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RankedDocument",
+    "RateLimitedError",
+    "RerankClient",
+    "RerankClientError",
+    "RerankResult",
+    "ServerError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "Warning",
+    "WarningType",
+    "channel_options",
+    "default_service_config",
+    "from_rpc_error",
+]

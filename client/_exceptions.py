@@ -1,0 +1,196 @@
+"""The errors the client raises, and the one place gRPC errors become them.
+
+Every failed call raises a subclass of `RerankClientError`, chosen by the gRPC status code::
+
+    RerankClientError          any failed RPC: code, details, and the rich details below
+    ├── InvalidRequestError    INVALID_ARGUMENT    malformed request (see field_violations)
+    ├── NotFoundError          NOT_FOUND           e.g. a model the gateway does not know
+    ├── RateLimitedError       RESOURCE_EXHAUSTED  rate-limited or overloaded (see retry_delay)
+    ├── UnavailableError       UNAVAILABLE         the server or its gateway is unreachable
+    ├── DeadlineExceededError  DEADLINE_EXCEEDED   no answer within the call's deadline
+    ├── PermissionDeniedError  PERMISSION_DENIED
+    ├── UnauthenticatedError   UNAUTHENTICATED
+    └── ServerError            INTERNAL, UNKNOWN and every other code
+
+`from_rpc_error` is the only function that looks inside a `grpc.RpcError` (sync or aio); the
+clients call it at their single boundary with the channel, so no gRPC exception escapes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+__all__ = [
+    "DeadlineExceededError",
+    "ErrorInfo",
+    "InvalidRequestError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitedError",
+    "RerankClientError",
+    "ServerError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "from_rpc_error",
+    "map_rpc_errors",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """The `google.rpc.ErrorInfo` the server attached to an error: why, and in which domain."""
+
+    reason: str
+    """A machine-readable cause in UPPER_SNAKE_CASE, e.g. `GATEWAY_PROTOCOL_ERROR`."""
+    domain: str
+    """The system that produced the reason, e.g. the service's name."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Further structured context, e.g. `{"model": "cohere/rerank-v3.5"}`."""
+
+
+class RerankClientError(Exception):
+    """A call to the rerank service failed.
+
+    Attributes:
+        code: The gRPC status code.
+        details: The status message the server (or the local gRPC runtime) gave.
+        error_info: The `google.rpc.ErrorInfo` detail, when the server sent one.
+        retry_delay: Seconds the server asks the caller to wait before retrying
+            (`google.rpc.RetryInfo`), when it sent one.
+        field_violations: `(field, description)` pairs from a `google.rpc.BadRequest` detail,
+            e.g. `("documents[17]", "must not be empty")`; empty when none were sent.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        *,
+        error_info: ErrorInfo | None = None,
+        retry_delay: float | None = None,
+        field_violations: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+        self.error_info = error_info
+        self.retry_delay = retry_delay
+        self.field_violations: list[tuple[str, str]] = list(field_violations or [])
+
+
+class InvalidRequestError(RerankClientError):
+    """INVALID_ARGUMENT: the request is malformed; `field_violations` names the fields."""
+
+
+class NotFoundError(RerankClientError):
+    """NOT_FOUND: e.g. the requested model does not exist."""
+
+
+class RateLimitedError(RerankClientError):
+    """RESOURCE_EXHAUSTED: rate-limited upstream or the server is overloaded."""
+
+
+class UnavailableError(RerankClientError):
+    """UNAVAILABLE: the server, or the gateway behind it, cannot be reached right now."""
+
+
+class DeadlineExceededError(RerankClientError):
+    """DEADLINE_EXCEEDED: no answer within the call's deadline."""
+
+
+class PermissionDeniedError(RerankClientError):
+    """PERMISSION_DENIED: the caller is not allowed to do this."""
+
+
+class UnauthenticatedError(RerankClientError):
+    """UNAUTHENTICATED: the call carried no valid credentials."""
+
+
+class ServerError(RerankClientError):
+    """INTERNAL, UNKNOWN or any other status: a fault the caller cannot fix by changing input."""
+
+
+_ERROR_FOR_CODE: dict[grpc.StatusCode, type[RerankClientError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RateLimitedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+}
+
+
+def _rich_status(error: grpc.RpcError) -> status_pb2.Status | None:
+    # Sync errors are grpc.Call objects; aio's AioRpcError is not, but has the same
+    # `code()`/`details()`/`trailing_metadata()` methods, which is all `from_call` uses.
+    if not callable(getattr(error, "trailing_metadata", None)):
+        return None
+    try:
+        status = rpc_status.from_call(cast(grpc.Call, error))
+    except (ValueError, DecodeError):
+        # The details disagree with the status line, or do not parse (a misbehaving peer or
+        # proxy): the status line is what gRPC itself acted on, so trust it and drop them.
+        return None
+    return cast(status_pb2.Status | None, status)
+
+
+def from_rpc_error(error: grpc.RpcError) -> RerankClientError:
+    """Translate a `grpc.RpcError` (sync or `grpc.aio.AioRpcError`) into the client's tree.
+
+    The status code picks the class; `google.rpc` details from the `grpc-status-details-bin`
+    trailer (ErrorInfo, RetryInfo, BadRequest) fill its attributes.
+    """
+    code: Any = error.code() if callable(getattr(error, "code", None)) else None
+    if not isinstance(code, grpc.StatusCode):
+        # A bare RpcError without a status (never raised by grpcio itself): treat as unknown.
+        code = grpc.StatusCode.UNKNOWN
+    details = (error.details() if callable(getattr(error, "details", None)) else None) or ""
+
+    error_info: ErrorInfo | None = None
+    retry_delay: float | None = None
+    violations: list[tuple[str, str]] = []
+    status = _rich_status(error)
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                error_info = ErrorInfo(info.reason, info.domain, dict(info.metadata))
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                violations.extend((v.field, v.description) for v in bad_request.field_violations)
+
+    error_class = _ERROR_FOR_CODE.get(code, ServerError)
+    return error_class(
+        code,
+        details,
+        error_info=error_info,
+        retry_delay=retry_delay,
+        field_violations=violations,
+    )
+
+
+@contextmanager
+def map_rpc_errors() -> Iterator[None]:
+    """Re-raise any `grpc.RpcError` raised inside the block as a `RerankClientError`.
+
+    A plain (sync) context manager works around `await` too, so both clients share it.
+    """
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise from_rpc_error(exc) from exc

@@ -1,0 +1,122 @@
+"""The typed results the client returns: frozen dataclasses, free of protobuf and gRPC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Document", "ModelInfo", "RankedDocument", "RerankResult", "Warning", "WarningType"]
+
+Document = str | dict[str, Any]
+"""A document: plain text, or a JSON object."""
+
+WarningType = Literal["unsupported", "compatibility", "other"]
+"""The kinds of warning, named as the AI SDK names them."""
+
+
+@dataclass(frozen=True, slots=True)
+class RankedDocument:
+    """One document of a ranking, as the AI SDK's `ranking` entries."""
+
+    original_index: int
+    """The document's position in the request's `documents`, from 0."""
+    score: float
+    """The model's relevance score; higher is more relevant."""
+    document: Document
+    """The document itself, as it was sent (text, or a JSON object)."""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The SDK's JSON shape: `{"originalIndex", "score", "document"}`."""
+        return {
+            "originalIndex": self.original_index,
+            "score": self.score,
+            "document": self.document,
+        }
+
+
+# Named as the brief and the SDK name it; this shadows the builtin `Warning` only inside this
+# module and for `from client import *`, so callers should write `client.Warning`.
+@dataclass(frozen=True, slots=True)
+class Warning:
+    """A remark from the gateway about a call that nevertheless succeeded."""
+
+    type: WarningType
+    """`unsupported`, `compatibility` (both about `feature`) or `other` (see `message`)."""
+    feature: str = ""
+    """For `unsupported` and `compatibility`: the feature concerned, e.g. `topN`."""
+    details: str = ""
+    """For `unsupported` and `compatibility`: more detail, when the gateway gave any."""
+    message: str = ""
+    """For `other`: the gateway's message."""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The SDK's JSON shape: `{type, feature, details?}` or `{type: "other", message}`."""
+        if self.type == "other":
+            return {"type": self.type, "message": self.message}
+        out: dict[str, Any] = {"type": self.type, "feature": self.feature}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RerankResult:
+    """The answer to `rerank`: the ranked documents, best first, cut to `top_n`."""
+
+    ranking: tuple[RankedDocument, ...]
+    """The ranked documents by descending score; ties by ascending `original_index`."""
+    model: str
+    """The model that ranked them (the requested one, or the server's default)."""
+    id: str
+    """A unique identifier of this response, for logs and support."""
+    warnings: tuple[Warning, ...] = ()
+    """Warnings from the gateway; empty when none."""
+    provider_metadata: dict[str, Any] | None = None
+    """Provider-specific metadata, e.g. `{"gateway": {"cost": "0.002"}}`; None when none."""
+
+    @property
+    def reranked_documents(self) -> tuple[Document, ...]:
+        """The documents in ranked order, as the AI SDK's `rerankedDocuments`."""
+        return tuple(entry.document for entry in self.ranking)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The AI SDK-style JSON object, in camelCase.
+
+        `{"ranking": [{"originalIndex", "score", "document"}], "rerankedDocuments": [...],
+        "model", "id", "warnings": [...], "providerMetadata"}`; `providerMetadata` is always
+        present (null when the gateway sent none) so consumers see one stable shape.
+        """
+        return {
+            "ranking": [entry.to_json_dict() for entry in self.ranking],
+            "rerankedDocuments": list(self.reranked_documents),
+            "model": self.model,
+            "id": self.id,
+            "warnings": [warning.to_json_dict() for warning in self.warnings],
+            "providerMetadata": self.provider_metadata,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A reranking model the gateway offers."""
+
+    id: str
+    """The slug to pass as `model`, e.g. `cohere/rerank-v3.5`."""
+    name: str = ""
+    """A human-readable name, e.g. `Rerank 3.5`; empty when the gateway gave none."""
+    description: str = ""
+    """A description; empty when the gateway gave none."""
+    provider: str = ""
+    """The provider serving the model, e.g. `cohere`; empty when the gateway gave none."""
+    pricing: dict[str, str] = field(default_factory=dict)
+    """Pricing as decimal strings per unit, e.g. `{"input": "0.002"}`; empty when none."""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The model as a JSON object: `{"id", "name", "description", "provider", "pricing"}`."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "provider": self.provider,
+            "pricing": dict(self.pricing),
+        }

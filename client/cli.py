@@ -1,0 +1,196 @@
+"""The `rerank` command: rerank documents, or list the models, from a shell.
+
+Usage::
+
+    rerank [--target HOST:PORT] [--model M] [--top-n N] [--timeout S]
+           [--provider-options JSON] [--file PATH [--jsonl]] [--pretty] QUERY [DOCUMENT ...]
+    rerank [--target HOST:PORT] [--timeout S] [--pretty] --list-models
+
+Prints the AI SDK-style JSON result on stdout. Exit status: 0 on success, 2 for a usage error,
+an unreadable input file or INVALID_ARGUMENT, 1 for any other failed call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from ._client import RerankClient
+from ._exceptions import InvalidRequestError, RerankClientError
+
+__all__ = ["main"]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+TARGET_ENV = "RERANK_TARGET"
+
+EXIT_OK = 0
+EXIT_RPC_ERROR = 1
+EXIT_USAGE = 2
+
+_PROG = "rerank"
+
+
+class _InputError(Exception):
+    """Bad input the user can fix (a file, a JSON option); reported in one line, exit 2."""
+
+
+def _parser(default_target: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Rerank documents by relevance to a query with a rerank.v1 server.",
+        epilog="Prints the AI SDK-style JSON result ({ranking, rerankedDocuments, ...}).",
+    )
+    parser.add_argument("query", nargs="?", help="the search query")
+    parser.add_argument("documents", nargs="*", help="documents (plain text), in order")
+    parser.add_argument(
+        "--target",
+        default=default_target,
+        help=f"server address (default: ${TARGET_ENV} or {DEFAULT_TARGET})",
+    )
+    parser.add_argument("--model", default="", help="model slug, e.g. cohere/rerank-v3.5")
+    parser.add_argument("--top-n", type=int, help="return only the N best documents")
+    parser.add_argument("--timeout", type=float, help="deadline in seconds (default: 30)")
+    parser.add_argument(
+        "--provider-options", metavar="JSON", help='e.g. \'{"cohere": {"maxTokensPerDoc": 512}}\''
+    )
+    parser.add_argument(
+        "--file",
+        metavar="PATH",
+        help="read more documents from PATH ('-' for stdin), one per line; blank lines skipped",
+    )
+    parser.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="--file holds JSON lines: an object (object document) or a string (text document)",
+    )
+    parser.add_argument("--pretty", action="store_true", help="indent the JSON output")
+    parser.add_argument(
+        "--list-models", action="store_true", help="list the reranking models and exit"
+    )
+    return parser
+
+
+def _read_lines(path: str, stdin: TextIO) -> list[str]:
+    if path == "-":
+        return stdin.read().splitlines()
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _InputError(f"cannot read {path}: {exc}") from exc
+
+
+def _documents_from_file(path: str, *, jsonl: bool, stdin: TextIO) -> list[Any]:
+    name = "<stdin>" if path == "-" else path
+    documents: list[Any] = []
+    for number, line in enumerate(_read_lines(path, stdin), start=1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            documents.append(line)
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _InputError(f"{name}:{number}: invalid JSON: {exc.msg}") from exc
+        if not isinstance(value, str | dict):
+            raise _InputError(
+                f"{name}:{number}: expected a JSON object or string, got {type(value).__name__}"
+            )
+        documents.append(value)
+    return documents
+
+
+def _provider_options(text: str | None) -> Mapping[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _InputError(f"--provider-options: invalid JSON: {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise _InputError("--provider-options: expected a JSON object")
+    return value
+
+
+def _dump(value: Any, *, pretty: bool, out: TextIO) -> None:
+    if pretty:
+        text = json.dumps(value, ensure_ascii=False, indent=2)
+    else:
+        # Compact, as JavaScript's JSON.stringify prints it: one line per result for pipes.
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    out.write(text + "\n")
+
+
+def _report_rpc_error(error: RerankClientError, err: TextIO) -> int:
+    line = f"{_PROG}: {error.code.name}: {error.details}"
+    if error.field_violations:
+        line += " (" + "; ".join(f"{f}: {d}" for f, d in error.field_violations) + ")"
+    err.write(line + "\n")
+    return EXIT_USAGE if isinstance(error, InvalidRequestError) else EXIT_RPC_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `rerank` command with `argv` (default: `sys.argv[1:]`); return the exit status."""
+    parser = _parser(os.environ.get(TARGET_ENV) or DEFAULT_TARGET)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits on --help (0) and on usage errors (2, after printing them); return
+        # the status instead so `main` can be called from code and tests.
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+    if args.list_models:
+        if args.query is not None or args.file is not None:
+            parser.print_usage(sys.stderr)
+            sys.stderr.write(f"{_PROG}: error: --list-models takes no query or documents\n")
+            return EXIT_USAGE
+    elif args.query is None:
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{_PROG}: error: the query is required\n")
+        return EXIT_USAGE
+    if args.jsonl and args.file is None:
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{_PROG}: error: --jsonl needs --file\n")
+        return EXIT_USAGE
+
+    query: str = args.query or ""  # only None with --list-models, where it is unused
+    try:
+        documents: list[Any] = list(args.documents)
+        if args.file is not None:
+            documents += _documents_from_file(args.file, jsonl=args.jsonl, stdin=sys.stdin)
+        provider_options = _provider_options(args.provider_options)
+    except _InputError as exc:
+        sys.stderr.write(f"{_PROG}: error: {exc}\n")
+        return EXIT_USAGE
+
+    try:
+        with RerankClient(args.target) as client:
+            if args.list_models:
+                models = client.list_models(timeout=args.timeout)
+                _dump([m.to_json_dict() for m in models], pretty=args.pretty, out=sys.stdout)
+            else:
+                result = client.rerank(
+                    query,
+                    documents,
+                    model=args.model,
+                    top_n=args.top_n,
+                    provider_options=provider_options,
+                    timeout=args.timeout,
+                )
+                _dump(result.to_json_dict(), pretty=args.pretty, out=sys.stdout)
+    except RerankClientError as exc:
+        return _report_rpc_error(exc, sys.stderr)
+    except (TypeError, ValueError) as exc:
+        # The request could not be built, e.g. --top-n beyond int32.
+        sys.stderr.write(f"{_PROG}: error: {exc}\n")
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
