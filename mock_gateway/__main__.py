@@ -1,0 +1,141 @@
+"""``python -m mock_gateway`` (console script ``rerank-mock-gateway``): serve the mock over HTTP.
+
+The socket is bound here, before uvicorn starts, so that ``--port 0`` works: once uvicorn
+serves, exactly one line goes to stdout, ``mock gateway listening on http://HOST:PORT/v3/ai``,
+which is how a parent process learns the port. Logs go to stderr; request logs only at
+``--log-level debug`` or ``trace``. SIGTERM and SIGINT shut down gracefully with exit status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+
+from ._app import ConnectionDropped, create_app
+from ._settings import MockSettings
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m mock_gateway",
+        description="A deterministic mock of the AI Gateway's reranking API.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")
+    parser.add_argument("--api-key", help="the only bearer token accepted (default: any)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay per rerank call")
+    parser.add_argument(
+        "--error-rate", type=float, default=0.0, help="fraction of rerank calls answered 503"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the error-rate draws")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    return parser.parse_args(argv)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/v3/ai" if ":" in host else f"http://{host}:{port}/v3/ai"
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    # uvicorn's default config writes request logs to stdout, which belongs to the ready line.
+    handler = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"stderr": handler},
+        "loggers": {
+            name: {"handlers": ["stderr"], "level": level.upper(), "propagate": False}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
+    }
+
+
+class _QuietDrops(logging.Filter):
+    """Log a deliberate ``drop`` fault as one line instead of an error with a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ConnectionDropped):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "drop fault: %s", (record.exc_info[1],)
+            record.exc_info = None
+        return True
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that announces its URL once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, url: str) -> None:
+        super().__init__(config)
+        self._url = url
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.should_exit:  # uvicorn sets it when start-up failed
+            print(f"mock gateway listening on {self._url}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the mock gateway until SIGTERM or SIGINT; return the exit status."""
+    args = _parse_args(argv)
+    try:
+        settings = MockSettings(
+            api_key=args.api_key,
+            latency_ms=args.latency_ms,
+            error_rate=args.error_rate,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        print(f"python -m mock_gateway: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        sock = _bind(args.host, args.port)
+    except OSError as exc:
+        print(
+            f"python -m mock_gateway: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr
+        )
+        return 1
+    config = uvicorn.Config(
+        create_app(settings),
+        http="h11",  # the behaviour of the drop fault depends on the protocol implementation
+        lifespan="on",
+        log_config=_log_config(args.log_level),
+        log_level=args.log_level,
+        access_log=args.log_level in ("debug", "trace"),
+    )
+    logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+    server = _Server(config, _url(args.host, sock.getsockname()[1]))
+    # uvicorn handles SIGTERM/SIGINT while serving, then re-raises the signal once it has shut
+    # down. Raising KeyboardInterrupt for both turns that re-raise into a clean exit.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    return 0 if server.started or not server.should_exit else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

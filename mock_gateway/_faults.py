@@ -1,0 +1,307 @@
+"""Fault injection: ``providerOptions.mockGateway`` turns a valid rerank call into a bad answer.
+
+A request opts in with ``{"providerOptions": {"mockGateway": {"fault": NAME, ...params}}}``.
+Nothing else in the request is touched, and without that key the mock never misbehaves
+(apart from ``MockSettings.error_rate``). The faults, their parameters and defaults:
+
+``rate_limit``   429 ``rate_limit_exceeded`` with ``retry-after-ms: retryAfterMs`` (1000) and
+                 ``retry-after`` (whole seconds, rounded up); optional ``message``.
+``error``        ``status`` (500) with the envelope built from ``message`` ("Injected error"),
+                 ``type`` (left out when absent, copied verbatim otherwise), ``param`` and
+                 ``code`` (null), ``generationId`` (derived from the request; null leaves it out).
+``slow``         sleeps ``delayMs`` (2000) milliseconds, then answers normally.
+``malformed``    200 with a body that breaks the protocol, chosen by ``variant`` (see
+                 MALFORMED_VARIANTS; ``huge`` pads the body with ``sizeBytes``, 20 MB).
+``drop``         breaks the connection: ``variant`` ``mid_body`` (default) sends the headers,
+                 a ``content-length`` and half the body; ``before_headers`` sends nothing.
+``status_only``  ``status`` (502) with ``body`` (an HTML page) as ``contentType`` (text/html):
+                 an answer outside the error envelope.
+
+Every fault also takes ``times`` and ``key``: the fault then hits only the first ``times``
+requests carrying that ``key`` (default: the ``mockGateway`` object itself, canonically encoded)
+and later ones are answered normally. The counts live in the app instance.
+Unknown faults, unknown parameters and ill-typed parameters are refused with 400, so that a
+typo in a test fails loudly instead of silently testing the happy path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ._http import Drop, Reply, json_reply
+from ._protocol import GatewayError, error_reply
+
+FAULT_OPTION = "mockGateway"
+"""The reserved ``providerOptions`` key."""
+
+MALFORMED_VARIANTS = (
+    "not_json",
+    "truncated",
+    "empty",
+    "wrong_types",
+    "nan_score",
+    "missing_score",
+    "missing_ranking",
+    "index_out_of_range",
+    "duplicate_index",
+    "negative_index",
+    "float_index",
+    "error_envelope",
+    "huge",
+    "unsorted",
+    "too_many",
+    "unknown_warning",
+)
+"""The bodies of the ``malformed`` fault. The AI SDK rejects all but four: ``duplicate_index``,
+``unsorted`` and ``too_many`` pass its schema, and ``huge`` is valid JSON, so those four test a
+caller's own checks (index uniqueness, order, topN, size)."""
+
+DROP_VARIANTS = ("mid_body", "before_headers")
+
+_DEFAULT_HTML = "<html><body><h1>502 Bad Gateway</h1><p>mock gateway</p></body></html>"
+_NAN_SENTINEL = "__mock_gateway_nan__"
+
+Check = Callable[[str, Any], Any]
+
+
+def _number(minimum: float) -> Check:
+    def check(name: str, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            raise _param_error(name, f"must be a number >= {minimum:g}")
+        return value
+
+    return check
+
+
+def _integer(minimum: int, maximum: int) -> Check:
+    def check(name: str, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise _param_error(name, f"must be an integer within [{minimum}, {maximum}]")
+        return value
+
+    return check
+
+
+def _string(name: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        raise _param_error(name, "must be a string")
+    return value
+
+
+def _header_value(name: str, value: Any) -> Any:
+    # Anything else would make the HTTP server fail instead of the mock answering.
+    if not isinstance(value, str) or not value.isascii() or not value.isprintable():
+        raise _param_error(name, "must be a printable ASCII string")
+    return value
+
+
+def _optional_string(name: str, value: Any) -> Any:
+    return None if value is None else _string(name, value)
+
+
+def _verbatim(name: str, value: Any) -> Any:
+    return value
+
+
+def _choice(options: tuple[str, ...]) -> Check:
+    def check(name: str, value: Any) -> Any:
+        if value not in options:
+            raise _param_error(name, f"must be one of {', '.join(options)}")
+        return value
+
+    return check
+
+
+_STATUS = _integer(200, 599)
+
+_PARAMS: Mapping[str, Mapping[str, Check]] = {
+    "rate_limit": {"retryAfterMs": _number(0), "message": _string},
+    "error": {
+        "status": _STATUS,
+        "type": _verbatim,
+        "message": _string,
+        "param": _verbatim,
+        "code": _verbatim,
+        "generationId": _optional_string,
+    },
+    "slow": {"delayMs": _number(0)},
+    "malformed": {"variant": _choice(MALFORMED_VARIANTS), "sizeBytes": _integer(0, 1 << 30)},
+    "drop": {"variant": _choice(DROP_VARIANTS)},
+    "status_only": {"status": _STATUS, "body": _string, "contentType": _header_value},
+}
+_COMMON: Mapping[str, Check] = {"times": _integer(1, 1 << 31), "key": _string}
+
+
+def _param_error(name: str, problem: str) -> GatewayError:
+    field = f"providerOptions.{FAULT_OPTION}.{name}"
+    return GatewayError(400, f"{field} {problem}", param=field)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A validated fault request."""
+
+    name: str
+    params: Mapping[str, Any]
+    """The fault's own parameters, as sent (defaults are applied when rendering)."""
+    times: int | None
+    key: str
+
+    @property
+    def delay_seconds(self) -> float:
+        """How long ``slow`` sleeps."""
+        return float(self.params.get("delayMs", 2000)) / 1000
+
+
+def parse_fault(provider_options: Mapping[str, Any]) -> Fault | None:
+    """The fault a request asks for, None if it asks for none; 400 if the request is invalid."""
+    spec = provider_options.get(FAULT_OPTION)
+    if spec is None:
+        return None
+    name = spec.get("fault")
+    if name not in _PARAMS:
+        raise _param_error("fault", f"must be one of {', '.join(_PARAMS)}")
+    checks = _PARAMS[name]
+    params: dict[str, Any] = {}
+    for param, value in spec.items():
+        if param == "fault" or param in _COMMON:
+            continue
+        if param not in checks:
+            raise _param_error(param, f"is not a parameter of the {name!r} fault")
+        params[param] = checks[param](param, value)
+    if name == "malformed" and "variant" not in params:
+        raise _param_error("variant", f"is required: one of {', '.join(MALFORMED_VARIANTS)}")
+    times = _COMMON["times"]("times", spec["times"]) if "times" in spec else None
+    key = _COMMON["key"]("key", spec["key"]) if "key" in spec else None
+    if key is None:
+        key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS).decode()
+    return Fault(name, params, times, key)
+
+
+@dataclass(frozen=True)
+class Normal:
+    """What the call would have answered without the fault, for faults that distort it."""
+
+    payload: dict[str, Any]
+    """The success body; its ``ranking`` is already sorted and cut to topN."""
+    full_ranking: list[dict[str, Any]]
+    """Every document's entry, sorted, not cut."""
+    document_count: int
+    generation_id: str
+
+
+def render(fault: Fault, normal: Normal) -> Reply | Drop:
+    """The answer of ``fault`` (any fault but ``slow``, which only delays the normal answer)."""
+    params = fault.params
+    if fault.name == "rate_limit":
+        retry_ms = params.get("retryAfterMs", 1000)
+        headers = (
+            ("retry-after-ms", _number_text(retry_ms)),
+            ("retry-after", str(math.ceil(retry_ms / 1000))),
+        )
+        error = {
+            "message": params.get("message", "Rate limit exceeded"),
+            "type": "rate_limit_exceeded",
+            "param": None,
+            "code": None,
+        }
+        return error_reply(429, error, normal.generation_id, headers)
+    if fault.name == "error":
+        error = {"message": params.get("message", "Injected error")}
+        if "type" in params:
+            error["type"] = params["type"]
+        error["param"] = params.get("param")
+        error["code"] = params.get("code")
+        generation = params.get("generationId", normal.generation_id)
+        return error_reply(params.get("status", 500), error, generation)
+    if fault.name == "status_only":
+        body = params.get("body", _DEFAULT_HTML).encode()
+        content_type = params.get("contentType", "text/html; charset=utf-8")
+        return Reply(params.get("status", 502), body, content_type)
+    if fault.name == "drop":
+        reply = json_reply(200, normal.payload)
+        return Drop(reply, before_headers=params.get("variant") == "before_headers")
+    if fault.name == "malformed":
+        return _malformed(params["variant"], params.get("sizeBytes", 20_000_000), normal)
+    raise AssertionError(f"fault {fault.name!r} has no rendering")  # slow never gets here
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _malformed(variant: str, size: int, normal: Normal) -> Reply:
+    payload = normal.payload
+    ranking = [dict(item) for item in payload["ranking"]]
+    body: bytes | None = None
+    if variant == "not_json":
+        body = b"<html><body>this is not JSON</body></html>"
+    elif variant == "truncated":
+        whole = orjson.dumps(payload)
+        body = whole[: len(whole) // 2]
+    elif variant == "empty":
+        body = b""
+    elif variant == "wrong_types":
+        for item in ranking:
+            item["relevanceScore"] = str(item["relevanceScore"])
+    elif variant == "nan_score":
+        ranking[0]["relevanceScore"] = _NAN_SENTINEL
+        # orjson cannot write NaN (it is not JSON), so splice the bare token in.
+        body = orjson.dumps(_with(payload, ranking=ranking)).replace(
+            orjson.dumps(_NAN_SENTINEL), b"NaN"
+        )
+    elif variant == "missing_score":
+        for item in ranking:
+            del item["relevanceScore"]
+    elif variant == "missing_ranking":
+        return json_reply(200, {k: v for k, v in payload.items() if k != "ranking"})
+    elif variant == "index_out_of_range":
+        ranking[0]["index"] = normal.document_count
+    elif variant == "duplicate_index":
+        if len(ranking) > 1:
+            ranking[-1]["index"] = ranking[0]["index"]
+        else:
+            ranking.append(dict(ranking[0]))
+    elif variant == "negative_index":
+        ranking[0]["index"] = -1
+    elif variant == "float_index":
+        ranking[0]["index"] += 0.5
+    elif variant == "error_envelope":
+        error = {
+            "message": "Injected error envelope on a 200",
+            "type": "internal_server_error",
+            "param": None,
+            "code": None,
+        }
+        return error_reply(200, error, normal.generation_id)
+    elif variant == "huge":
+        # Valid JSON whose size, not shape, is the problem.
+        return json_reply(200, {**_with(payload, ranking=ranking), "mockPadding": "x" * size})
+    elif variant == "unsorted":
+        ranking.reverse()
+    elif variant == "too_many":
+        ranking = normal.full_ranking
+    elif variant == "unknown_warning":
+        warning = {"type": "deprecated", "feature": "topN", "details": "Injected warning type."}
+        warnings = [*payload.get("warnings", []), warning]
+        return json_reply(200, _with(payload, ranking=ranking, warnings=warnings))
+    else:
+        raise AssertionError(f"unknown malformed variant {variant!r}")
+    if body is None:
+        body = orjson.dumps(_with(payload, ranking=ranking))
+    return Reply(200, body)
+
+
+def _with(payload: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """``payload`` with keys replaced in place and new keys inserted right after ``ranking``."""
+    result = {}
+    for key, value in payload.items():
+        result[key] = changes.get(key, value)
+        if key == "ranking":
+            result.update({k: v for k, v in changes.items() if k not in payload})
+    return result

@@ -1,0 +1,34 @@
+"""The mock gateway's settings: one frozen dataclass, built once by the caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MockSettings:
+    """How a mock gateway instance behaves. Every field has a harmless default."""
+
+    api_key: str | None = None
+    """The bearer token callers must present. ``None`` accepts any non-empty token."""
+
+    latency_ms: float = 0
+    """Milliseconds slept before answering every reranking call (both endpoints)."""
+
+    error_rate: float = 0.0
+    """Fraction in ``[0, 1]`` of valid reranking calls answered ``503 internal_server_error``.
+
+    The draw comes from a ``random.Random(seed)`` owned by the app instance, so a fresh app
+    given the same sequence of requests fails the same ones.
+    """
+
+    seed: int = 0
+    """Seed of the app instance's random generator (used only by ``error_rate``)."""
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("api_key must be None or a non-empty string")
+        if self.latency_ms < 0:
+            raise ValueError("latency_ms must be >= 0")
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError("error_rate must be within [0, 1]")

@@ -1,0 +1,249 @@
+"""The mock gateway over a real socket, as ``python -m mock_gateway --port 0`` serves it.
+
+Replays the requests the AI SDK was seen sending (``shared/specs/wire/ai-sdk-requests.json``,
+byte for byte) and checks each answer the way the SDK's response schema does; then the things
+only a real connection shows: the ``drop`` fault, the ready line, and a clean exit on signals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+pytestmark = pytest.mark.contract
+
+REPO = Path(__file__).resolve().parents[2]
+WIRE_FILE = REPO.parent / "shared" / "specs" / "wire" / "ai-sdk-requests.json"
+READY_PREFIX = "mock gateway listening on "
+
+
+class MockProcess:
+    """A running ``python -m mock_gateway`` and the base URL it announced."""
+
+    def __init__(self, process: subprocess.Popen[str], base_url: str, log: Path) -> None:
+        self.process = process
+        self.base_url = base_url
+        self.origin = base_url.removesuffix("/v3/ai")
+        self.log = log
+
+
+@contextmanager
+def mock_process(log: Path, *flags: str) -> Iterator[MockProcess]:
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mock_gateway", "--host", "127.0.0.1", "--port", "0", *flags],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=REPO,
+        )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith(READY_PREFIX + "http://127.0.0.1:"), (line, log.read_text())
+        yield MockProcess(process, line.removeprefix(READY_PREFIX).strip(), log)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockProcess]:
+    with mock_process(tmp_path_factory.mktemp("mock") / "stderr.log") as running:
+        yield running
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=10) as c:
+        yield c
+
+
+def _wire_requests() -> list[Any]:
+    if not WIRE_FILE.is_file():
+        reason = "shared/specs/wire/ai-sdk-requests.json is absent (no sibling shared/ directory)"
+        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-wire-file")]
+    captured = json.loads(WIRE_FILE.read_text(encoding="utf-8"))["requests"]
+    return [pytest.param(request, id=request["name"]) for request in captured]
+
+
+def replay(client: httpx.Client, mock: MockProcess, request: dict[str, Any]) -> httpx.Response:
+    return client.request(
+        request["method"],
+        mock.origin + request["path"],
+        headers=request["headers"],
+        content=request["body"].encode("utf-8"),
+    )
+
+
+def check_as_the_sdk_does(payload: Any, document_count: int, top_n: int | None) -> None:
+    """The AI SDK's response schema and index check (spec §3), plus the gateway's duties."""
+    assert isinstance(payload, dict)
+    ranking = payload["ranking"]
+    assert isinstance(ranking, list)
+    for item in ranking:
+        index, value = item["index"], item["relevanceScore"]
+        assert isinstance(index, int) and not isinstance(index, bool)  # noqa: PT018
+        assert 0 <= index < document_count
+        assert isinstance(value, int | float) and not isinstance(value, bool)  # noqa: PT018
+        assert math.isfinite(value)
+    for warning in payload.get("warnings", []):
+        if warning["type"] in ("unsupported", "compatibility"):
+            assert isinstance(warning["feature"], str)
+            assert isinstance(warning.get("details", ""), str)
+        else:
+            assert warning["type"] == "other"
+            assert isinstance(warning["message"], str)
+    for metadata in payload.get("providerMetadata", {}).values():
+        assert isinstance(metadata, dict)
+    # The SDK neither sorts nor cuts, so the gateway must have.
+    scores = [item["relevanceScore"] for item in ranking]
+    assert scores == sorted(scores, reverse=True)
+    assert len({item["index"] for item in ranking}) == len(ranking)
+    assert len(ranking) == (document_count if top_n is None else min(top_n, document_count))
+
+
+@pytest.mark.parametrize("request_", _wire_requests())
+def test_sdk_requests_are_answered_as_the_sdk_expects(
+    mock: MockProcess, client: httpx.Client, request_: dict[str, Any]
+) -> None:
+    response = replay(client, mock, request_)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    sent = json.loads(request_["body"])
+    check_as_the_sdk_does(response.json(), len(sent["documents"]["values"]), sent.get("topN"))
+    assert replay(client, mock, request_).content == response.content
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "authorization",
+        "ai-gateway-protocol-version",
+        "ai-reranking-model-specification-version",
+        "ai-model-id",
+        "content-type",
+    ],
+)
+@pytest.mark.parametrize("request_", _wire_requests()[:1])
+def test_each_required_header_of_the_sdk_is_checked(
+    mock: MockProcess, client: httpx.Client, request_: dict[str, Any], header: str
+) -> None:
+    headers = {k: v for k, v in request_["headers"].items() if k != header}
+    response = replay(client, mock, {**request_, "headers": headers})
+
+    assert response.status_code == (401 if header == "authorization" else 400)
+    assert list(response.json()) == ["error", "generationId"]
+
+
+def rerank_with(options: dict[str, Any]) -> dict[str, Any]:
+    body = {
+        "documents": {"type": "text", "values": ["Paris is the capital of France.", "Berlin."]},
+        "query": "capital of France",
+        "providerOptions": options,
+    }
+    return {
+        "method": "POST",
+        "path": "/v3/ai/reranking-model",
+        "headers": {
+            "authorization": "Bearer k",
+            "ai-gateway-protocol-version": "0.0.1",
+            "ai-reranking-model-specification-version": "3",
+            "ai-model-id": "cohere/rerank-v3.5",
+            "content-type": "application/json",
+        },
+        "body": orjson.dumps(body).decode(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [("mid_body", "peer closed connection"), ("before_headers", "without sending a response")],
+)
+def test_drop_fault_closes_the_connection(
+    mock: MockProcess, client: httpx.Client, variant: str, message: str
+) -> None:
+    request = rerank_with({"mockGateway": {"fault": "drop", "variant": variant}})
+
+    with pytest.raises(httpx.RemoteProtocolError, match=message):
+        replay(client, mock, request)
+    assert replay(client, mock, rerank_with({})).status_code == 200  # the mock lives on
+
+
+def test_rate_limit_headers_cross_the_wire(mock: MockProcess, client: httpx.Client) -> None:
+    request = rerank_with({"mockGateway": {"fault": "rate_limit", "retryAfterMs": 2500}})
+    response = replay(client, mock, request)
+
+    assert response.status_code == 429
+    assert (response.headers["retry-after-ms"], response.headers["retry-after"]) == ("2500", "3")
+
+
+def test_config_over_the_wire(mock: MockProcess, client: httpx.Client) -> None:
+    response = client.get(mock.base_url + "/config", headers={"authorization": "Bearer k"})
+
+    assert response.status_code == 200
+    assert any(m["modelType"] == "reranking" for m in response.json()["models"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_process_announces_itself_once_and_exits_cleanly(
+    tmp_path: Path, client: httpx.Client, sig: signal.Signals
+) -> None:
+    with mock_process(tmp_path / "stderr.log", "--api-key", "s3cret") as running:
+        good = client.get(running.base_url + "/config", headers={"authorization": "Bearer s3cret"})
+        bad = client.get(running.base_url + "/config", headers={"authorization": "Bearer nope"})
+        running.process.send_signal(sig)
+        assert running.process.wait(timeout=15) == 0, running.log.read_text()
+        assert running.process.stdout is not None
+        rest_of_stdout = running.process.stdout.read()
+
+    assert (good.status_code, bad.status_code) == (200, 401)
+    assert rest_of_stdout == ""  # the ready line was the only line; logs go to stderr
+
+
+def test_settings_flags_reach_the_app(tmp_path: Path, client: httpx.Client) -> None:
+    with mock_process(tmp_path / "stderr.log", "--error-rate", "1", "--seed", "3") as running:
+        response = replay(client, running, rerank_with({}))
+
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "internal_server_error"
+
+
+def test_bad_flags_and_busy_ports_fail_fast(mock: MockProcess) -> None:
+    nonsense = subprocess.run(
+        [sys.executable, "-m", "mock_gateway", "--error-rate", "2"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
+    port = mock.origin.rsplit(":", 1)[1]
+    busy = subprocess.run(
+        [sys.executable, "-m", "mock_gateway", "--host", "127.0.0.1", "--port", port],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
+
+    assert (nonsense.returncode, nonsense.stdout) == (2, "")
+    assert "error_rate" in nonsense.stderr
+    assert (busy.returncode, busy.stdout) == (1, "")
+    assert "cannot bind" in busy.stderr
