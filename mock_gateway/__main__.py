@@ -122,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_config=_log_config(args.log_level),
         log_level=args.log_level,
         access_log=args.log_level in ("debug", "trace"),
+        # A test mock must stop promptly: answers still sleeping in a `slow` fault are
+        # abandoned after this long rather than awaited to the end.
+        timeout_graceful_shutdown=1,
     )
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
     server = _Server(config, _url(args.host, sock.getsockname()[1]))

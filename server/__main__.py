@@ -46,7 +46,33 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     )
     parser.add_argument("--default-model", default=env("DEFAULT_MODEL", defaults.default_model))
     parser.add_argument("--log-level", default=env("LOG_LEVEL", defaults.log_level))
+    parser.add_argument("--tls-cert", default=environ.get("RERANK_TLS_CERT"), help="PEM chain")
+    parser.add_argument("--tls-key", default=environ.get("RERANK_TLS_KEY"), help="PEM key")
+    parser.add_argument(
+        "--tls-client-ca",
+        default=environ.get("RERANK_TLS_CLIENT_CA"),
+        help="PEM CA bundle: require client certificates it signed (mutual TLS)",
+    )
+    parser.add_argument(
+        "--auth-health",
+        action="store_true",
+        default=environ.get("RERANK_AUTH_HEALTH", "") in ("1", "true", "yes"),
+        help="require a caller token for health checks too",
+    )
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+
+    tokens = {t.strip() for t in environ.get("RERANK_AUTH_TOKENS", "").split(",")}
+    if tokens_file := environ.get("RERANK_AUTH_TOKENS_FILE"):
+        try:
+            with open(tokens_file, encoding="utf-8") as lines:
+                tokens |= {line.strip() for line in lines}
+        except OSError as exc:
+            parser.error(f"cannot read RERANK_AUTH_TOKENS_FILE: {exc.strerror}")
+    tokens.discard("")
 
     api_key = environ.get("AI_GATEWAY_API_KEY") or None
     auth_method = "api-key"
@@ -83,6 +109,21 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         max_document_bytes=int(number("MAX_DOCUMENT_BYTES", defaults.max_document_bytes)),
         max_query_bytes=int(number("MAX_QUERY_BYTES", defaults.max_query_bytes)),
         max_message_bytes=int(number("MAX_MESSAGE_BYTES", defaults.max_message_bytes)),
+        max_concurrent_calls=int(number("MAX_CONCURRENT_CALLS", defaults.max_concurrent_calls)),
+        max_inflight_bytes=int(number("MAX_INFLIGHT_BYTES", defaults.max_inflight_bytes)),
+        max_retries=int(number("MAX_RETRIES", defaults.max_retries)),
+        retry_initial_backoff=number("RETRY_INITIAL_BACKOFF", defaults.retry_initial_backoff),
+        retry_max_backoff=number("RETRY_MAX_BACKOFF", defaults.retry_max_backoff),
+        retry_budget_ratio=number("RETRY_BUDGET_RATIO", defaults.retry_budget_ratio),
+        breaker_failure_threshold=int(
+            number("BREAKER_THRESHOLD", defaults.breaker_failure_threshold)
+        ),
+        breaker_cooldown=number("BREAKER_COOLDOWN", defaults.breaker_cooldown),
+        auth_tokens=frozenset(tokens),
+        auth_health=args.auth_health,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
+        tls_client_ca_file=args.tls_client_ca,
         grace_period=number("GRACE_PERIOD", defaults.grace_period),
         log_level=args.log_level.upper(),
     )
@@ -104,6 +145,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         else:
             logger.info("forwarding to the gateway at %s", settings.gateway_url)
+        logger.info(
+            "caller authentication %s; TLS %s",
+            "on" if settings.auth_tokens else "off",
+            "mutual" if settings.tls_client_ca_file else "on" if settings.tls_cert_file else "off",
+        )
         # One line on stdout, so scripts and other test suites can wait for it.
         print(f"rerank server listening on {settings.host}:{running.port}", flush=True)
 

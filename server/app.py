@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import signal
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,16 +19,19 @@ from grpc_reflection.v1alpha import reflection
 
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
+from server.admission import Admission
 from server.config import Settings, Upstream
 from server.domain import Limits, Reranker
 from server.errors import RerankError
 from server.gateway import GatewayReranker
+from server.resilience import CircuitBreaker, ResilientReranker, RetryBudget, RetryPolicy
 from server.service import RerankServicer
 from server.status import rich_status
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
+HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 # The embedded mock is reached through httpx's ASGI transport: this host never resolves.
 EMBEDDED_MOCK_URL = "http://embedded-mock-gateway.invalid/v3/ai"
 
@@ -87,6 +91,64 @@ class ErrorInterceptor(_ServerInterceptor):
         )
 
 
+class AuthInterceptor(_ServerInterceptor):
+    """Requires `authorization: Bearer <token>` with one of the configured tokens.
+
+    Methods in `open_methods` (health checks, by default) pass without one. The token a caller
+    sent is never logged or echoed.
+    """
+
+    def __init__(self, tokens: frozenset[str], open_methods: frozenset[str]) -> None:
+        self._expected = [f"Bearer {token}".encode() for token in tokens]
+        self._open_methods = open_methods
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        if handler_call_details.method in self._open_methods or self._authorized(
+            handler_call_details
+        ):
+            return await continuation(handler_call_details)
+        return _refusal(handler_call_details.method)
+
+    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
+        presented = b""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                presented = value.encode() if isinstance(value, str) else value
+        # Compare against every token, in constant time, so timing tells nothing.
+        matches = [hmac.compare_digest(presented, expected) for expected in self._expected]
+        return any(matches)
+
+
+def _refusal(method: str) -> grpc.RpcMethodHandler[Any, Any]:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        logger.warning("%s refused: missing or unknown bearer token", method)
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or unknown bearer token: send 'authorization: Bearer <token>'",
+        )
+
+    async def refuse_stream(
+        requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        await refuse(None, context)
+        yield None  # pragma: no cover - abort raised above
+
+    # The refusal must match the method's streaming shape or grpc cannot call it; we do not
+    # know that shape without the real handler, so answer both ways (unary, and stream-stream
+    # for reflection).
+    if method.startswith("/grpc.reflection."):
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    if method.endswith("/Watch"):
+        return grpc.unary_stream_rpc_method_handler(refuse_stream)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
 @dataclass
 class RunningServer:
     """A started server and what must be closed with it."""
@@ -105,7 +167,25 @@ class RunningServer:
         await self.reranker.aclose()
 
 
-def build_reranker(settings: Settings) -> GatewayReranker:
+def build_reranker(settings: Settings) -> Reranker:
+    """The gateway adapter over one pooled client (to the gateway, or to the bundled mock),
+    wrapped in retries, a retry budget and a circuit breaker."""
+    return ResilientReranker(
+        build_gateway(settings),
+        policy=RetryPolicy(
+            max_retries=settings.max_retries,
+            initial_backoff=settings.retry_initial_backoff,
+            max_backoff=settings.retry_max_backoff,
+        ),
+        budget=RetryBudget(ratio=settings.retry_budget_ratio),
+        breaker=CircuitBreaker(
+            failure_threshold=settings.breaker_failure_threshold,
+            cooldown=settings.breaker_cooldown,
+        ),
+    )
+
+
+def build_gateway(settings: Settings) -> GatewayReranker:
     """The gateway adapter over one pooled client: to the gateway, or to the bundled mock."""
     limits = httpx.Limits(
         max_connections=settings.max_connections,
@@ -136,12 +216,20 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     """
     reranker = reranker or build_reranker(settings)
     message_limit = settings.max_message_bytes
+    interceptors: list[_ServerInterceptor] = []
+    if settings.auth_tokens:
+        open_methods = frozenset() if settings.auth_health else HEALTH_METHODS
+        interceptors.append(AuthInterceptor(settings.auth_tokens, open_methods))
+    interceptors.append(ErrorInterceptor())
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
         ],
+        # A hard backstop above the admission limit: beyond it grpc itself answers
+        # RESOURCE_EXHAUSTED before reading a message, so a flood cannot queue without bound.
+        maximum_concurrent_rpcs=settings.max_concurrent_calls + 64,
     )
     servicer = RerankServicer(
         reranker,
@@ -150,6 +238,7 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
             max_document_bytes=settings.max_document_bytes,
             max_query_bytes=settings.max_query_bytes,
         ),
+        admission=Admission(settings.max_concurrent_calls, settings.max_inflight_bytes),
         default_model=settings.default_model,
         upstream_timeout=settings.upstream_timeout,
     )
@@ -159,11 +248,33 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    credentials = server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, port, health_servicer, reranker, settings.grace_period)
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from the certificate and key files, mutual when a client CA is given."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+
+    def read(path: str) -> bytes:
+        with open(path, "rb") as file:
+            return file.read()
+
+    client_ca = read(settings.tls_client_ca_file) if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(read(settings.tls_key_file), read(settings.tls_cert_file))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 async def serve(settings: Settings, ready: Callable[[RunningServer], None]) -> None:

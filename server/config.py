@@ -66,6 +66,55 @@ class Settings:
     """Largest gRPC message accepted (`RERANK_MAX_MESSAGE_BYTES`). gRPC's own default of 4 MiB
     is too small for 1,000 documents of 4 KB."""
 
+    max_concurrent_calls: int = 512
+    """Rerank calls in flight at most; more are refused at once with RESOURCE_EXHAUSTED
+    (`RERANK_MAX_CONCURRENT_CALLS`)."""
+
+    max_inflight_bytes: int = 256 * 1024 * 1024
+    """Bytes of requests in flight at most; more are refused at once with RESOURCE_EXHAUSTED
+    (`RERANK_MAX_INFLIGHT_BYTES`). Keeps memory bounded under a flood of large requests."""
+
+    max_retries: int = 2
+    """Retries of a retryable gateway failure (429, 5xx, 408, 409, connection errors); the AI
+    SDK's default (`RERANK_MAX_RETRIES`)."""
+
+    retry_initial_backoff: float = 0.5
+    """Upper bound of the first jittered retry delay, seconds, doubling per retry, when the
+    gateway sent no retry-after (`RERANK_RETRY_INITIAL_BACKOFF`)."""
+
+    retry_max_backoff: float = 8.0
+    """Upper bound of any jittered retry delay, seconds (`RERANK_RETRY_MAX_BACKOFF`)."""
+
+    retry_budget_ratio: float = 0.2
+    """Retries allowed per first attempt, over time (`RERANK_RETRY_BUDGET_RATIO`)."""
+
+    breaker_failure_threshold: int = 5
+    """Consecutive gateway-down failures that open the circuit (`RERANK_BREAKER_THRESHOLD`)."""
+
+    breaker_cooldown: float = 5.0
+    """Seconds the open circuit fails fast before letting a probe through
+    (`RERANK_BREAKER_COOLDOWN`)."""
+
+    auth_tokens: frozenset[str] = field(default=frozenset(), repr=False)
+    """Bearer tokens callers must present (`authorization: Bearer <token>`); empty turns
+    caller authentication off (`RERANK_AUTH_TOKENS`, comma-separated, or
+    `RERANK_AUTH_TOKENS_FILE`, one per line). Never logged."""
+
+    auth_health: bool = False
+    """Whether health checks need a token too (`--auth-health`, `RERANK_AUTH_HEALTH=1`). Off by
+    default so load balancers and orchestrators can probe without a secret."""
+
+    tls_cert_file: str | None = None
+    """PEM certificate chain of the server; with `tls_key_file` turns TLS on (`--tls-cert`,
+    `RERANK_TLS_CERT`)."""
+
+    tls_key_file: str | None = None
+    """PEM private key of the server (`--tls-key`, `RERANK_TLS_KEY`)."""
+
+    tls_client_ca_file: str | None = None
+    """PEM CA bundle; when set, callers must present a certificate it signed: mutual TLS
+    (`--tls-client-ca`, `RERANK_TLS_CLIENT_CA`)."""
+
     grace_period: float = 10.0
     """Seconds in-flight calls get to finish after SIGTERM/SIGINT (`RERANK_GRACE_PERIOD`)."""
 

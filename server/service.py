@@ -18,6 +18,7 @@ from google.protobuf import struct_pb2
 
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
+from server.admission import Admission
 from server.domain import (
     DocumentKind,
     JsonObject,
@@ -53,11 +54,13 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         reranker: Reranker,
         *,
         limits: Limits,
+        admission: Admission,
         default_model: str,
         upstream_timeout: float,
     ) -> None:
         self._reranker = reranker
         self._limits = limits
+        self._admission = admission
         self._default_model = default_model
         self._upstream_timeout = upstream_timeout
 
@@ -65,11 +68,12 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         self, request: pb.RerankRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RerankResponse:
         started = time.perf_counter()
-        query = query_from_proto(request, self._default_model, self._limits)
-        check_request(query, self._limits)
-        outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
-        ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
-        response = response_to_proto(request, query.model, ranking, outcome)
+        with self._admission.admit(request.ByteSize()):
+            query = query_from_proto(request, self._default_model, self._limits)
+            check_request(query, self._limits)
+            outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
+            ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
+            response = response_to_proto(request, query.model, ranking, outcome)
         logger.info(
             "rerank ok id=%s model=%s documents=%d top_n=%s ms=%.1f",
             response.id,
@@ -83,7 +87,8 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
-        models = await self._reranker.list_models(timeout=self._timeout(context))
+        with self._admission.admit(0):
+            models = await self._reranker.list_models(timeout=self._timeout(context))
         return pb.ListModelsResponse(models=[model_to_proto(m) for m in models])
 
     def _timeout(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:

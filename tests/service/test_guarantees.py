@@ -1,0 +1,290 @@
+"""What callers can count on under faults, overload and hostile callers: retries, the circuit
+breaker, admission limits, cancellation reaching the upstream, caller authentication, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import trustme
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from rerank.v1 import rerank_service_pb2 as pb
+from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
+from server.app import RunningServer, build_reranker, start_server
+from server.config import Settings
+from server.gateway import GatewayReranker
+from tests.service.test_rerank_service import fault, seed_request, unpacked
+
+# Quick retries keep the tests fast; the policy is the same.
+FAST = Settings(port=0, grace_period=2, retry_initial_backoff=0.01, retry_max_backoff=0.05)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Any]:
+    """Start servers with given settings; stop them all at the end."""
+    started: list[RunningServer] = []
+
+    async def start(settings: Settings = FAST, **kwargs: Any) -> RunningServer:
+        running = await start_server(settings, **kwargs)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()
+
+
+def stub_for(running: RunningServer, channel_list: list[grpc.aio.Channel]) -> Any:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    channel_list.append(channel)
+    return pb_grpc.RerankServiceStub(channel)
+
+
+@pytest.fixture
+async def channels() -> AsyncIterator[list[grpc.aio.Channel]]:
+    opened: list[grpc.aio.Channel] = []
+    yield opened
+    for channel in opened:
+        await channel.close()
+
+
+def failing_first(times: int, **spec: Any) -> pb.RerankRequest:
+    """A seed request whose first `times` upstream attempts fail as `spec` says."""
+    return seed_request(provider_options=fault(times=times, key=uuid.uuid4().hex, **spec))
+
+
+async def test_retryable_failures_are_retried(serve: Any, channels: list[Any]) -> None:
+    stub = stub_for(await serve(), channels)
+    # Two failures, then success: the default two retries absorb them.
+    for spec in (
+        {"fault": "error", "status": 503, "type": "internal_server_error"},
+        {"fault": "status_only", "status": 502},
+        {"fault": "rate_limit", "retryAfterMs": 20},
+    ):
+        response = await stub.Rerank(failing_first(2, **spec), timeout=10)
+        assert response.ranking[0].original_index == 0, spec
+    # Three failures exhaust them: the caller sees the last one.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Rerank(failing_first(3, fault="error", status=503), timeout=10)
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_non_retryable_failures_are_not_retried(serve: Any, channels: list[Any]) -> None:
+    stub = stub_for(await serve(), channels)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Rerank(failing_first(1, fault="error", status=403, type="forbidden"), timeout=10)
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_the_breaker_fails_fast_once_the_gateway_is_down(
+    serve: Any, channels: list[Any]
+) -> None:
+    settings = dataclasses.replace(
+        FAST, max_retries=0, breaker_failure_threshold=2, breaker_cooldown=30
+    )
+    stub = stub_for(await serve(settings), channels)
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Rerank(failing_first(1, fault="error", status=503), timeout=10)
+    # A good call now is refused without going upstream, and told when to come back.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Rerank(seed_request(), timeout=10)
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "circuit open" in (caught.value.details() or "")
+    retry = unpacked(caught.value, error_details_pb2.RetryInfo)
+    assert 25 < retry.retry_delay.seconds <= 30
+
+
+async def test_over_the_call_limit_is_refused_at_once(serve: Any, channels: list[Any]) -> None:
+    stub = stub_for(await serve(dataclasses.replace(FAST, max_concurrent_calls=2)), channels)
+    slow = seed_request(provider_options=fault(fault="slow", delayMs=1500))
+    in_flight = [asyncio.ensure_future(stub.Rerank(slow, timeout=10)) for _ in range(2)]
+    await asyncio.sleep(0.3)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Rerank(seed_request(), timeout=10)
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert unpacked(caught.value, error_details_pb2.ErrorInfo).reason == "OVERLOADED"
+    assert unpacked(caught.value, error_details_pb2.RetryInfo) is not None
+    for call in in_flight:
+        assert (await call).ranking
+    assert (await stub.Rerank(seed_request(), timeout=10)).ranking  # room again
+
+
+async def test_over_the_byte_limit_is_refused_at_once(serve: Any, channels: list[Any]) -> None:
+    stub = stub_for(await serve(dataclasses.replace(FAST, max_inflight_bytes=100_000)), channels)
+    big = [pb.Document(text="Paris " * 10_000)]
+    slow = seed_request(documents=big, provider_options=fault(fault="slow", delayMs=1500))
+    in_flight = asyncio.ensure_future(stub.Rerank(slow, timeout=10))
+    await asyncio.sleep(0.3)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Rerank(seed_request(documents=big), timeout=10)
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "bytes" in (caught.value.details() or "")
+    assert (await in_flight).ranking
+
+
+class HangingGateway:
+    """An HTTP upstream that never answers and records being abandoned: whether a caller's
+    cancellation reached the HTTP request is visible only from the upstream's side."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return httpx.Response(500)
+
+
+@pytest.mark.parametrize("how", ["deadline", "cancel"])
+async def test_the_callers_end_cancels_the_upstream_request(
+    serve: Any, channels: list[Any], how: str
+) -> None:
+    upstream = HangingGateway()
+    http = httpx.AsyncClient(transport=httpx.MockTransport(upstream.handle))
+    reranker = GatewayReranker(http, base_url="http://gateway.test/v3/ai", api_key="k")
+    stub = stub_for(await serve(reranker=reranker), channels)
+    call = stub.Rerank(seed_request(), timeout=0.5 if how == "deadline" else 30)
+    await asyncio.wait_for(upstream.started.wait(), 5)
+    if how == "cancel":
+        call.cancel()
+    with pytest.raises((grpc.aio.AioRpcError, asyncio.CancelledError)):
+        await call
+    await asyncio.wait_for(upstream.cancelled.wait(), 5)
+
+
+# --- caller authentication -------------------------------------------------------------
+
+AUTHED = dataclasses.replace(FAST, auth_tokens=frozenset({"token-one", "token-two"}))
+
+
+async def test_calls_need_a_known_bearer_token(serve: Any, channels: list[Any]) -> None:
+    stub = stub_for(await serve(AUTHED), channels)
+    for metadata in ((), (("authorization", "Bearer nope"),), (("authorization", "token-two"),)):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Rerank(seed_request(), timeout=5, metadata=metadata)
+        assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert "nope" not in (caught.value.details() or "")
+    response = await stub.Rerank(
+        seed_request(), timeout=5, metadata=(("authorization", "Bearer token-two"),)
+    )
+    assert response.ranking
+
+
+async def test_health_is_open_unless_configured(serve: Any) -> None:
+    for settings, open_ in ((AUTHED, True), (dataclasses.replace(AUTHED, auth_health=True), False)):
+        running = await serve(settings)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            if open_:
+                answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            # Reflection tells what the service is: it needs a token either way.
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            stream = reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in stream:
+                    pass
+            assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real CA, a server certificate for 127.0.0.1 and localhost, and a client certificate."""
+    folder = tmp_path_factory.mktemp("pki")
+    authority = trustme.CA()
+    server_cert = authority.issue_cert("127.0.0.1", "localhost")
+    client_cert = authority.issue_cert("client@rerank.test")
+    files: dict[str, Any] = {"ca": folder / "ca.pem"}
+    authority.cert_pem.write_to_path(str(files["ca"]))
+    for name, cert in (("server", server_cert), ("client", client_cert)):
+        files[f"{name}_chain"] = folder / f"{name}-chain.pem"
+        files[f"{name}_key"] = folder / f"{name}-key.pem"
+        cert.private_key_pem.write_to_path(str(files[f"{name}_key"]))
+        with open(files[f"{name}_chain"], "wb") as chain:
+            for blob in cert.cert_chain_pems:
+                chain.write(blob.bytes())
+    return files
+
+
+def tls_settings(pki: dict[str, Path], mutual: bool) -> Settings:
+    return dataclasses.replace(
+        FAST,
+        tls_cert_file=str(pki["server_chain"]),
+        tls_key_file=str(pki["server_key"]),
+        tls_client_ca_file=str(pki["ca"]) if mutual else None,
+    )
+
+
+async def rerank_over(
+    target: str, credentials: grpc.ChannelCredentials | None
+) -> pb.RerankResponse:
+    channel = (
+        grpc.aio.insecure_channel(target)
+        if credentials is None
+        else grpc.aio.secure_channel(target, credentials)
+    )
+    async with channel:
+        response: pb.RerankResponse = await pb_grpc.RerankServiceStub(channel).Rerank(
+            seed_request(), timeout=5
+        )
+        return response
+
+
+async def test_tls(serve: Any, pki: dict[str, Path]) -> None:
+    running = await serve(tls_settings(pki, mutual=False))
+    target = f"127.0.0.1:{running.port}"
+    trusted = grpc.ssl_channel_credentials(root_certificates=pki["ca"].read_bytes())
+    assert (await rerank_over(target, trusted)).ranking
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await rerank_over(target, None)  # plaintext to a TLS port
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    untrusted = grpc.ssl_channel_credentials(root_certificates=trustme.CA().cert_pem.bytes())
+    with pytest.raises(grpc.aio.AioRpcError):
+        await rerank_over(target, untrusted)
+
+
+async def test_mutual_tls(serve: Any, pki: dict[str, Path]) -> None:
+    running = await serve(tls_settings(pki, mutual=True))
+    target = f"127.0.0.1:{running.port}"
+    root = pki["ca"].read_bytes()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await rerank_over(target, grpc.ssl_channel_credentials(root_certificates=root))
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    with_client_cert = grpc.ssl_channel_credentials(
+        root_certificates=root,
+        private_key=pki["client_key"].read_bytes(),
+        certificate_chain=pki["client_chain"].read_bytes(),
+    )
+    assert (await rerank_over(target, with_client_cert)).ranking
+
+
+def test_the_default_reranker_is_resilient() -> None:
+    """The wiring puts retries and the breaker in front of every gateway."""
+    reranker = build_reranker(Settings())
+    assert type(reranker).__name__ == "ResilientReranker"
+    asyncio.run(reranker.aclose())
