@@ -12,9 +12,10 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 MOCK_PORT ?= 8080
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto proto-check lint fmt typecheck test check run run-mock bench clean
+.PHONY: help install proto proto-check stubs breaking lint fmt typecheck test check run run-mock bench clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +39,23 @@ proto-check: proto ## Fail when the committed stubs differ from what `make proto
 	@git diff --exit-code --stat -- protos/ || \
 		(echo "generated stubs are stale: run 'make proto' and commit" && exit 1)
 
+# npm ci only when the example's lockfile changed (npm rewrites node_modules/.package-lock.json).
+examples/node/node_modules/.package-lock.json: examples/node/package-lock.json
+	cd examples/node && npm ci --no-audit --no-fund
+	@touch $@
+
+stubs: $(STAMP) examples/node/node_modules/.package-lock.json ## buf generate: TypeScript (Connect-ES) in examples/node/src/gen, Python in gen/python
+	cd protos && ../$(BIN)/buf generate
+
+breaking: $(STAMP) ## buf breaking: protos/ against the previous commit's (passes when there is none)
+	@if git rev-parse --verify --quiet 'HEAD~1:protos' >/dev/null 2>&1; then \
+		echo "buf breaking: protos/ against HEAD~1"; \
+		cd protos && ../$(BIN)/buf breaking --against '../.git#ref=HEAD~1,subdir=protos' && \
+		echo "buf breaking: no breaking change"; \
+	else \
+		echo "buf breaking: skipped, no previous commit with protos/ (first commit or shallow clone)"; \
+	fi
+
 lint: $(STAMP) ## ruff (lint + format check) and buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -53,7 +71,7 @@ typecheck: $(STAMP) ## mypy, strict, on server, client and mock_gateway
 test: $(STAMP) ## Run every test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-check: lint typecheck proto-check test ## Everything CI runs
+check: lint typecheck proto-check breaking test ## Everything CI runs
 
 run: $(STAMP) ## Serve on $(HOST):$(PORT) (the bundled mock gateway unless AI_GATEWAY_API_KEY is set)
 	$(PY) -m server --host $(HOST) --port $(PORT)
@@ -61,6 +79,9 @@ run: $(STAMP) ## Serve on $(HOST):$(PORT) (the bundled mock gateway unless AI_GA
 run-mock: $(STAMP) ## Serve the mock gateway alone on $(HOST):$(MOCK_PORT)
 	$(PY) -m mock_gateway --host $(HOST) --port $(MOCK_PORT)
 
+bench: $(STAMP) ## Load benchmark, ~5 min (BENCH_QUICK=1: shorter; BENCH_ARGS=--smoke: ~10 s)
+	$(PY) -m bench $(BENCH_ARGS)
+
 clean: ## Remove .venv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info gen examples/node/node_modules examples/node/src/gen
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,138 @@
+"""The Node example (examples/node) against the server, as separate processes: `make stubs`
+(npm ci + buf generate), then the README's command, its errors, and its retry policy."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
+from tests.e2e.test_processes import Process, processes, start_server  # noqa: F401
+
+# `make stubs` may run `npm ci` (the registry, or its local cache): a generous budget.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+EXAMPLE = REPO_ROOT / "examples" / "node"
+STUBS_SECONDS = 540
+
+
+@pytest.fixture(scope="module")
+def stubs() -> Path:
+    """Runs `make stubs` once for the module; skips without Node 20+ and npm."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node and npm are needed for the Node example (Node 20 or newer)")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
+    match = re.match(r"v(\d+)", version.stdout.strip())
+    if match is None or int(match.group(1)) < 20:
+        pytest.skip(f"the Node example needs Node 20 or newer, not {version.stdout.strip()}")
+    completed = subprocess.run(
+        ["make", "stubs"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=STUBS_SECONDS,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return EXAMPLE
+
+
+def run_example(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["node", "--import", "tsx", "src/rerank.ts", *args],
+        cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_make_stubs_writes_typescript_and_python(stubs: Path) -> None:
+    assert (stubs / "src/gen/rerank/v1/rerank_service_pb.ts").is_file()
+    python = REPO_ROOT / "gen/python/rerank/v1"
+    for name in ("rerank_service_pb2.py", "rerank_service_pb2.pyi", "rerank_service_pb2_grpc.py"):
+        assert (python / name).is_file(), name
+    # The example type-checks against what the generator wrote (catches a generator API change).
+    tsc = subprocess.run(
+        ["node", "node_modules/typescript/bin/tsc", "--noEmit", "-p", "."],
+        cwd=stubs,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert tsc.returncode == 0, tsc.stdout + tsc.stderr
+
+
+def test_the_seed_example(stubs: Path, processes: list[Process]) -> None:  # noqa: F811
+    target = start_server(processes, "--mock")
+    completed = run_example("--target", target)
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    ranking = result["ranking"]
+    assert len(ranking) == 2
+    assert ranking[0]["originalIndex"] == 0
+    assert ranking[0]["document"] == SEED_DOCUMENTS[0]
+    assert [entry["document"] for entry in ranking] == [
+        SEED_DOCUMENTS[entry["originalIndex"]] for entry in ranking
+    ]
+    scores = [entry["score"] for entry in ranking]
+    assert scores == sorted(scores, reverse=True)
+    assert result["rerankedDocuments"] == [entry["document"] for entry in ranking]
+    assert result["model"] == SEED_MODEL
+
+
+def test_an_error_status_exits_non_zero(stubs: Path, processes: list[Process]) -> None:  # noqa: F811
+    target = start_server(processes, "--mock")
+    completed = run_example("--target", target, "--query", "", *SEED_DOCUMENTS)
+    assert completed.returncode != 0
+    assert completed.stdout == ""
+    assert "INVALID_ARGUMENT" in completed.stderr
+    assert "query" in completed.stderr
+
+
+def test_the_service_config_retry_policy(
+    stubs: Path,
+    processes: list[Process],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Two injected UNAVAILABLEs are absorbed by the example's 3 attempts (the shipped service
+    config), and surface without it. The server's own upstream retries are off, so every
+    failure reaches the client."""
+    target = start_server(processes, "--mock", env={"RERANK_MAX_RETRIES": "0"})
+
+    def unavailable_twice(key: str) -> str:
+        fault = {"fault": "error", "status": 503, "times": 2, "key": key}
+        return json.dumps({"mockGateway": fault})
+
+    completed = run_example("--target", target, "--provider-options", unavailable_twice("a"))
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["ranking"][0]["originalIndex"] == 0
+
+    no_retries = tmp_path / "service_config.json"
+    no_retries.write_text(json.dumps({"methodConfig": []}))
+    completed = run_example(
+        "--target",
+        target,
+        "--service-config",
+        str(no_retries),
+        "--provider-options",
+        unavailable_twice("b"),
+    )
+    assert completed.returncode != 0
+    assert "UNAVAILABLE" in completed.stderr
+
+
+def test_the_query_is_the_seed_query() -> None:
+    """The example's built-in seed is the project's (tests/conftest.py)."""
+    source = (EXAMPLE / "src/rerank.ts").read_text()
+    assert json.dumps(SEED_QUERY) in source
+    assert all(json.dumps(document) in source for document in SEED_DOCUMENTS)
+    assert json.dumps(SEED_MODEL) in source
