@@ -136,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO: one line per call is noise at this volume.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
 
     def ready(running: RunningServer) -> None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:

@@ -31,6 +31,9 @@ from server.status import rich_status
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
+_OPERATOR_CODES = frozenset(
+    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE}
+)
 HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 # The embedded mock is reached through httpx's ASGI transport: this host never resolves.
 EMBEDDED_MOCK_URL = "http://embedded-mock-gateway.invalid/v3/ai"
@@ -69,7 +72,10 @@ class ErrorInterceptor(_ServerInterceptor):
                 return await behaviour(request, context)
             except RerankError as error:
                 code, status = rich_status(error)
-                logger.warning("%s failed: %s %s", method, code.name, error.reason)
+                # Failures of ours or upstream's deserve a warning; a caller's mistakes or a
+                # refusal under overload are routine and would drown the log at WARNING.
+                level = logging.WARNING if code in _OPERATOR_CODES else logging.INFO
+                logger.log(level, "%s failed: %s %s", method, code.name, error.reason)
                 await context.abort(
                     code,
                     status.message,
@@ -288,4 +294,12 @@ async def serve(settings: Settings, ready: Callable[[RunningServer], None]) -> N
     await stop.wait()
     logger.info("stopping: in-flight calls get %.3g s to finish", settings.grace_period)
     await running.stop()
-    logger.info("stopped")
+    # Every call's task should be gone now. grpc's stop() returns while the tasks it cancelled
+    # are still unwinding, so give those a moment; whatever remains after it is a leak.
+    others = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+    if others:
+        await asyncio.wait(others, timeout=1)
+    leftover = [t for t in others if not t.done()]
+    logger.info("stopped (%d tasks left)", len(leftover))
+    for task in leftover:
+        logger.warning("task left after shutdown: %r", task)

@@ -74,7 +74,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
             response = response_to_proto(request, query.model, ranking, outcome)
-        logger.info(
+        logger.debug(
             "rerank ok id=%s model=%s documents=%d top_n=%s ms=%.1f",
             response.id,
             query.model,

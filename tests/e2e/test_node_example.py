@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
-from tests.e2e.test_processes import Process, processes, start_server  # noqa: F401
+from tests.e2e.processes import Process, start_server
 
 # `make stubs` may run `npm ci` (the registry, or its local cache): a generous budget.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -71,7 +71,7 @@ def test_make_stubs_writes_typescript_and_python(stubs: Path) -> None:
     assert tsc.returncode == 0, tsc.stdout + tsc.stderr
 
 
-def test_the_seed_example(stubs: Path, processes: list[Process]) -> None:  # noqa: F811
+def test_the_seed_example(stubs: Path, processes: list[Process]) -> None:
     target = start_server(processes, "--mock")
     completed = run_example("--target", target)
     assert completed.returncode == 0, completed.stderr
@@ -89,7 +89,7 @@ def test_the_seed_example(stubs: Path, processes: list[Process]) -> None:  # noq
     assert result["model"] == SEED_MODEL
 
 
-def test_an_error_status_exits_non_zero(stubs: Path, processes: list[Process]) -> None:  # noqa: F811
+def test_an_error_status_exits_non_zero(stubs: Path, processes: list[Process]) -> None:
     target = start_server(processes, "--mock")
     completed = run_example("--target", target, "--query", "", *SEED_DOCUMENTS)
     assert completed.returncode != 0
@@ -100,7 +100,7 @@ def test_an_error_status_exits_non_zero(stubs: Path, processes: list[Process]) -
 
 def test_the_service_config_retry_policy(
     stubs: Path,
-    processes: list[Process],  # noqa: F811
+    processes: list[Process],
     tmp_path: Path,
 ) -> None:
     """Two injected UNAVAILABLEs are absorbed by the example's 3 attempts (the shipped service

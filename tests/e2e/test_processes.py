@@ -4,109 +4,20 @@ front of a mock gateway process over real HTTP, and graceful shutdown on SIGTERM
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
+from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
+from tests.e2e.processes import BIN, Process, start, start_mock_gateway, start_server
 
 pytestmark = pytest.mark.e2e
-
-BIN = Path(sys.executable).parent
-STARTUP_SECONDS = 60
-
-
-class Process:
-    """A child process in its own process group, with its output collected by a thread."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.popen = subprocess.Popen(
-            args,
-            cwd=REPO_ROOT,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # so `make` and its children are signalled together
-        )
-        self.lines: list[str] = []
-        self._new_line = threading.Condition()
-        self._reader = threading.Thread(target=self._collect, daemon=True)
-        self._reader.start()
-
-    def _collect(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            with self._new_line:
-                self.lines.append(line)
-                self._new_line.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float = STARTUP_SECONDS) -> re.Match[str]:
-        compiled = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._new_line:
-            while True:
-                for line in self.lines:
-                    if match := compiled.search(line):
-                        return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.popen.poll() is not None:
-                    raise AssertionError(f"{pattern!r} never appeared in:\n{self.output}")
-                self._new_line.wait(min(remaining, 0.5))
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def signal(self, signum: int) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signum)
-
-    def stop(self) -> None:
-        self.signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.popen.wait(timeout=5)
-        self._reader.join(timeout=5)
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for process in reversed(started):
-        process.stop()
-
-
-def start(processes: list[Process], args: list[str], env: dict[str, str] | None = None) -> Process:
-    process = Process(args, env)
-    processes.append(process)
-    return process
-
-
-def start_server(processes: list[Process], *args: str, env: dict[str, str] | None = None) -> str:
-    server = start(processes, [sys.executable, "-m", "server", "--port", "0", *args], env)
-    return server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
-
-
-def start_mock_gateway(processes: list[Process], *args: str) -> str:
-    mock = start(processes, [sys.executable, "-m", "mock_gateway", "--port", "0", *args])
-    return mock.wait_for(r"mock gateway listening on (http://\S+)").group(1)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

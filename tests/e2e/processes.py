@@ -1,0 +1,92 @@
+"""Child processes for end-to-end tests: started in their own process group, output collected,
+stopped by PID (SIGTERM, then SIGKILL), and the ready lines the servers print."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+BIN = Path(sys.executable).parent
+STARTUP_SECONDS = 60
+
+
+class Process:
+    """A child process in its own process group, with its output collected by a thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.popen = subprocess.Popen(
+            args,
+            cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # so `make` and its children are signalled together
+        )
+        self.lines: list[str] = []
+        self._new_line = threading.Condition()
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = STARTUP_SECONDS) -> re.Match[str]:
+        compiled = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._new_line:
+            while True:
+                for line in self.lines:
+                    if match := compiled.search(line):
+                        return match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.popen.poll() is not None:
+                    raise AssertionError(f"{pattern!r} never appeared in:\n{self.output}")
+                self._new_line.wait(min(remaining, 0.5))
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def signal(self, signum: int) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signum)
+
+    def stop(self) -> None:
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.popen.wait(timeout=5)
+        self._reader.join(timeout=5)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+
+
+def start(processes: list[Process], args: list[str], env: dict[str, str] | None = None) -> Process:
+    process = Process(args, env)
+    processes.append(process)
+    return process
+
+
+def start_server(processes: list[Process], *args: str, env: dict[str, str] | None = None) -> str:
+    server = start(processes, [sys.executable, "-m", "server", "--port", "0", *args], env)
+    return server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
+
+
+def start_mock_gateway(processes: list[Process], *args: str) -> str:
+    mock = start(processes, [sys.executable, "-m", "mock_gateway", "--port", "0", *args])
+    return mock.wait_for(r"mock gateway listening on (http://\S+)").group(1)
