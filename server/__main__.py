@@ -88,6 +88,15 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     else:
         upstream = Upstream.GATEWAY
 
+    window_sizes = dict(defaults.window_sizes)
+    for entry in filter(
+        None, (e.strip() for e in environ.get("RERANK_WINDOW_SIZES", "").split(","))
+    ):
+        name, _, size = entry.partition("=")
+        if not size.strip().isdigit() or int(size) < 1:
+            parser.error(f"RERANK_WINDOW_SIZES: {entry!r} is not 'model-or-provider=size'")
+        window_sizes[name.strip()] = int(size)
+
     def number(name: str, default: float) -> float:
         raw = env(name, default)
         try:
@@ -124,6 +133,11 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
         tls_client_ca_file=args.tls_client_ca,
+        window_sizes=window_sizes,
+        default_window_size=int(number("WINDOW_SIZE", defaults.default_window_size)),
+        window_parallelism=int(number("WINDOW_PARALLELISM", defaults.window_parallelism)),
+        cache_ttl=number("CACHE_TTL", defaults.cache_ttl),
+        cache_max_bytes=int(number("CACHE_MAX_BYTES", defaults.cache_max_bytes)),
         grace_period=number("GRACE_PERIOD", defaults.grace_period),
         log_level=args.log_level.upper(),
     )
@@ -137,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
     )
     # httpx logs every request at INFO: one line per call is noise at this volume.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    logging.getLogger("httpx").setLevel(
+        max(logging.WARNING, logging.getLevelName(settings.log_level))
+    )
 
     def ready(running: RunningServer) -> None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from server.admission import Admission
+from server.cache import CachingReranker
 from server.config import Settings, Upstream
 from server.domain import Limits, Reranker
 from server.errors import RerankError
@@ -27,6 +28,7 @@ from server.gateway import GatewayReranker
 from server.resilience import CircuitBreaker, ResilientReranker, RetryBudget, RetryPolicy
 from server.service import RerankServicer
 from server.status import rich_status
+from server.windows import WindowedReranker, WindowPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -174,9 +176,10 @@ class RunningServer:
 
 
 def build_reranker(settings: Settings) -> Reranker:
-    """The gateway adapter over one pooled client (to the gateway, or to the bundled mock),
-    wrapped in retries, a retry budget and a circuit breaker."""
-    return ResilientReranker(
+    """The whole chain, outermost first: the result cache, windows for large requests,
+    retries with a budget and a circuit breaker, and the gateway adapter over one pooled
+    client (to the gateway, or to the bundled mock)."""
+    resilient = ResilientReranker(
         build_gateway(settings),
         policy=RetryPolicy(
             max_retries=settings.max_retries,
@@ -189,6 +192,15 @@ def build_reranker(settings: Settings) -> Reranker:
             cooldown=settings.breaker_cooldown,
         ),
     )
+    windowed = WindowedReranker(
+        resilient,
+        WindowPolicy(
+            sizes=settings.window_sizes,
+            default_size=settings.default_window_size,
+            parallelism=settings.window_parallelism,
+        ),
+    )
+    return CachingReranker(windowed, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes)
 
 
 def build_gateway(settings: Settings) -> GatewayReranker:

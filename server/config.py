@@ -5,8 +5,11 @@ Nothing below `__main__` reads the environment; everything it needs arrives in `
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+
+from server.windows import DEFAULT_WINDOW_SIZES
 
 DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v3/ai"
 DEFAULT_MODEL = "cohere/rerank-v3.5"
@@ -53,8 +56,9 @@ class Settings:
     max_connections: int = 100
     """Size of the pooled HTTP connections to the gateway (`RERANK_MAX_CONNECTIONS`)."""
 
-    max_documents: int = 1000
-    """Most documents one request may hold (`RERANK_MAX_DOCUMENTS`); Cohere's recommended limit."""
+    max_documents: int = 10_000
+    """Most documents one request may hold (`RERANK_MAX_DOCUMENTS`); Cohere's hard limit.
+    Requests over a model's window are split across several upstream calls."""
 
     max_document_bytes: int = 64 * 1024
     """Largest single document, in UTF-8 bytes of its text or JSON (`RERANK_MAX_DOCUMENT_BYTES`)."""
@@ -62,9 +66,25 @@ class Settings:
     max_query_bytes: int = 32 * 1024
     """Longest query, in UTF-8 bytes (`RERANK_MAX_QUERY_BYTES`)."""
 
-    max_message_bytes: int = 16 * 1024 * 1024
+    max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message accepted (`RERANK_MAX_MESSAGE_BYTES`). gRPC's own default of 4 MiB
-    is too small for 1,000 documents of 4 KB."""
+    is too small for 1,000 documents of 4 KB; 64 MiB takes 10,000 of them."""
+
+    window_sizes: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_WINDOW_SIZES))
+    """Documents per upstream call, by model slug or provider; larger requests are split
+    (`RERANK_WINDOW_SIZES`, e.g. `cohere=1000,voyage/rerank-2.5-lite=500`)."""
+
+    default_window_size: int = 1000
+    """Documents per upstream call for models not in `window_sizes` (`RERANK_WINDOW_SIZE`)."""
+
+    window_parallelism: int = 4
+    """Windows of one request in flight at once (`RERANK_WINDOW_PARALLELISM`)."""
+
+    cache_ttl: float = 600.0
+    """Seconds a cached ranking stays valid (`RERANK_CACHE_TTL`)."""
+
+    cache_max_bytes: int = 64 * 1024 * 1024
+    """Memory bound of the result cache; 0 turns it off (`RERANK_CACHE_MAX_BYTES`)."""
 
     max_concurrent_calls: int = 512
     """Rerank calls in flight at most; more are refused at once with RESOURCE_EXHAUSTED

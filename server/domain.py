@@ -45,6 +45,8 @@ class RerankQuery:
     documents: tuple[str, ...] | tuple[JsonObject, ...]
     top_n: int | None = None
     provider_options: JsonObject | None = None
+    #: False when the caller asked to bypass the result cache.
+    cacheable: bool = True
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class RerankOutcome:
     ranking: tuple[Ranked, ...]
     warnings: tuple[Warning, ...] = ()
     provider_metadata: JsonObject | None = None
+    #: True when the answer was served from the result cache (or shared with an identical
+    #: call in flight) rather than fetched for this call.
+    cached: bool = False
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,7 @@ def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limi
         documents=tuple(objects) if kind == "object" else tuple(texts),
         top_n=request.top_n if request.HasField("top_n") else None,
         provider_options=provider_options,
+        cacheable=not request.bypass_cache,
     )
 
 
@@ -211,6 +212,7 @@ def response_to_proto(
         model=model,
         id=f"rr_{uuid.uuid4().hex}",
         warnings=[warning_to_proto(w) for w in outcome.warnings],
+        cached=outcome.cached,
     )
     if outcome.provider_metadata is not None:
         response.provider_metadata.update(outcome.provider_metadata)

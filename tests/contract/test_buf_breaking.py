@@ -55,7 +55,7 @@ def buf_breaking(changed: Path, original: Path) -> subprocess.CompletedProcess[s
     ("old", "new", "reported"),
     [
         pytest.param(
-            "optional int32 top_n = 4;", "optional int32 top_n = 6;", "top_n", id="renumber"
+            "optional int32 top_n = 4;", "optional int32 top_n = 40;", "top_n", id="renumber"
         ),
         pytest.param(
             "  // For OTHER: the gateway's message.\n  string message = 4;\n",
@@ -84,10 +84,10 @@ def test_an_additive_change_passes(protos: tuple[Path, Path]) -> None:
     assert buf_breaking(changed, original).returncode == 0  # identical copies: no change at all
     edit(
         changed,
-        "  google.protobuf.Struct provider_options = 5;\n}",
-        "  google.protobuf.Struct provider_options = 5;\n\n"
+        "  bool bypass_cache = 6;\n}",
+        "  bool bypass_cache = 6;\n\n"
         "  // Optional. A caller's label, for logs.\n"
-        "  optional string label = 6;\n}",
+        "  optional string label = 40;\n}",
     )
     completed = buf_breaking(changed, original)
     assert completed.returncode == 0, completed.stdout + completed.stderr

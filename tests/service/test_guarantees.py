@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from server.app import RunningServer, build_reranker, start_server
+from server.app import RunningServer, start_server
 from server.config import Settings
 from server.gateway import GatewayReranker
 from tests.service.test_rerank_service import fault, seed_request, unpacked
@@ -281,10 +281,3 @@ async def test_mutual_tls(serve: Any, pki: dict[str, Path]) -> None:
         certificate_chain=pki["client_chain"].read_bytes(),
     )
     assert (await rerank_over(target, with_client_cert)).ranking
-
-
-def test_the_default_reranker_is_resilient() -> None:
-    """The wiring puts retries and the breaker in front of every gateway."""
-    reranker = build_reranker(Settings())
-    assert type(reranker).__name__ == "ResilientReranker"
-    asyncio.run(reranker.aclose())

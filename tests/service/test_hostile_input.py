@@ -170,12 +170,20 @@ async def test_a_hundred_thousand_documents(stub: pb_grpc.RerankServiceStub) -> 
     assert "documents" in (caught.value.details() or "")
 
 
-async def test_a_message_over_the_limit_is_refused_by_grpc(stub: pb_grpc.RerankServiceStub) -> None:
-    request = pb.RerankRequest(query="q", documents=[pb.Document(text="x" * 60_000)] * 300)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Rerank(request, timeout=20)
-    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert (await stub.Rerank(seed_request(), timeout=10)).ranking
+async def test_a_message_over_the_limit_is_refused_by_grpc() -> None:
+    server = await start_server(Settings(port=0, grace_period=1, max_message_bytes=1024 * 1024))
+    try:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{server.port}", options=MESSAGE_LIMIT
+        ) as channel:
+            stub = pb_grpc.RerankServiceStub(channel)
+            request = pb.RerankRequest(query="q", documents=[pb.Document(text="x" * 60_000)] * 30)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Rerank(request, timeout=20)
+            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert (await stub.Rerank(seed_request(), timeout=10)).ranking
+    finally:
+        await server.stop()
 
 
 async def test_many_hostile_calls_at_once_leave_the_server_up(

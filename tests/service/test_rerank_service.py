@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from mock_gateway import score
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from server.app import RunningServer, start_server
@@ -158,7 +159,7 @@ async def test_provider_options_reach_the_gateway(stub: pb_grpc.RerankServiceStu
 
 
 def too_many_documents() -> pb.RerankRequest:
-    return seed_request(documents=[pb.Document(text="x")] * 1001)
+    return seed_request(documents=[pb.Document(text="x")] * 10_001)
 
 
 @pytest.mark.parametrize(
@@ -414,3 +415,30 @@ async def test_a_bug_answers_internal_without_leaking(caplog: pytest.LogCaptureF
             assert "secret internals" in caplog.text  # the operator still sees it
     finally:
         await running.stop()
+
+
+async def test_ten_thousand_documents_rank_like_one_call(stub: pb_grpc.RerankServiceStub) -> None:
+    """Split into windows of 1,000 upstream, merged: the best five are the mock's global best."""
+    texts = [
+        f"passage {i} about {'capital cities' if i % 97 == 0 else 'rivers'}" for i in range(10_000)
+    ]
+    query = "which capital cities"
+    response = await stub.Rerank(
+        pb.RerankRequest(query=query, documents=[pb.Document(text=t) for t in texts], top_n=5),
+        timeout=60,
+    )
+    expected = sorted(range(len(texts)), key=lambda i: (-score(SEED_MODEL, query, texts[i]), i))
+    assert [r.original_index for r in response.ranking] == expected[:5]
+    # The mock reports how many documents it saw: one window's worth, not all 10,000.
+    assert response.provider_metadata["mock"]["documents"] == 1000
+
+
+async def test_repeats_are_served_from_the_cache_unless_bypassed(
+    stub: pb_grpc.RerankServiceStub,
+) -> None:
+    first = await stub.Rerank(seed_request(), timeout=10)
+    again = await stub.Rerank(seed_request(), timeout=10)
+    bypassed = await stub.Rerank(seed_request(bypass_cache=True), timeout=10)
+    assert (first.cached, again.cached, bypassed.cached) == (False, True, False)
+    assert again.ranking == first.ranking == bypassed.ranking
+    assert len({first.id, again.id, bypassed.id}) == 3

@@ -36,6 +36,7 @@ class RerankRequest(_message.Message):
     DOCUMENTS_FIELD_NUMBER: _builtins.int
     TOP_N_FIELD_NUMBER: _builtins.int
     PROVIDER_OPTIONS_FIELD_NUMBER: _builtins.int
+    BYPASS_CACHE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. The gateway's model slug, `provider/model`, e.g. `cohere/rerank-v3.5`.
     Empty selects the server's default model (configurable; `cohere/rerank-v3.5` unless set).
@@ -50,11 +51,15 @@ class RerankRequest(_message.Message):
     """Optional. How many of the best documents to return, at least 1. Unset returns all of them;
     a value above the number of documents returns all of them.
     """
+    bypass_cache: _builtins.bool
+    """Optional. When true, the server neither answers from its result cache nor stores this
+    answer in it: the gateway is always asked. Default false.
+    """
     @_builtins.property
     def documents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Document]:
         """Required. The candidates to rank, at least one. All documents of one request are of one
-        kind: all `text` or all `object`. At most the server's document limit (default 1,000
-        documents, 64 KiB each, 16 MiB in all).
+        kind: all `text` or all `object`. At most the server's document limit (default 10,000
+        documents, 64 KiB each, 64 MiB in all).
         """
 
     @_builtins.property
@@ -73,10 +78,11 @@ class RerankRequest(_message.Message):
         documents: _abc.Iterable[Global___Document] | None = ...,
         top_n: _builtins.int | None = ...,
         provider_options: _struct_pb2.Struct | None = ...,
+        bypass_cache: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_top_n", b"_top_n", "provider_options", b"provider_options", "top_n", b"top_n"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_n", b"_top_n", "documents", b"documents", "model", b"model", "provider_options", b"provider_options", "query", b"query", "top_n", b"top_n"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_n", b"_top_n", "bypass_cache", b"bypass_cache", "documents", b"documents", "model", b"model", "provider_options", b"provider_options", "query", b"query", "top_n", b"top_n"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__top_n: _TypeAlias = _typing.Literal["top_n"]  # noqa: Y015
     _WhichOneofArgType__top_n: _TypeAlias = _typing.Literal["_top_n", b"_top_n"]  # noqa: Y015
@@ -127,14 +133,21 @@ class RerankResponse(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
     PROVIDER_METADATA_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model that ranked them (the request's, or the server's default)."""
     id: _builtins.str
     """A unique identifier of this response, for logs and support."""
+    cached: _builtins.bool
+    """True when this answer came from the server's result cache (an identical request — model,
+    query, documents, top_n and provider_options — was answered within the cache's lifetime);
+    `id` is still new.
+    """
     @_builtins.property
     def ranking(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankedDocument]:
         """The ranked documents, by descending score; equal scores by ascending `original_index`.
-        Holds `min(top_n, len(documents))` entries.
+        Holds `min(top_n, len(documents))` entries. Requests with more documents than the
+        model takes in one call are ranked in windows and merged; the result is the same shape.
         """
 
     @_builtins.property
@@ -155,10 +168,11 @@ class RerankResponse(_message.Message):
         id: _builtins.str = ...,
         warnings: _abc.Iterable[Global___Warning] | None = ...,
         provider_metadata: _struct_pb2.Struct | None = ...,
+        cached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provider_metadata", b"provider_metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "model", b"model", "provider_metadata", b"provider_metadata", "ranking", b"ranking", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "id", b"id", "model", b"model", "provider_metadata", b"provider_metadata", "ranking", b"ranking", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

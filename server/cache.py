@@ -1,0 +1,155 @@
+"""A content-addressed result cache, with identical concurrent calls sharing one upstream call.
+
+The key is a SHA-256 of everything that decides a ranking: model, query, document kind and
+documents, `top_n` and provider options (keys sorted, so the order a Struct's map arrives in
+does not matter). Entries live `ttl` seconds; the least recently used go first once the
+entries' estimated size passes `max_bytes`. Errors are never cached.
+
+Identical calls that arrive while one is in flight wait for it instead of calling upstream
+again. The shared call is cancelled only when every caller waiting for it has gone, so one
+caller's cancellation never fails another's call, and nobody's departure leaves an orphan
+HTTP request running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import orjson
+
+from server.domain import ModelInfo, Reranker, RerankOutcome, RerankQuery
+from server.resilience import Clock
+
+# A rough size of one cached ranking entry and of the key and bookkeeping per entry: the
+# bound is on memory, and this is close enough to keep it honest.
+_BYTES_PER_RANKED = 72
+_BYTES_PER_ENTRY = 256
+
+
+def cache_key(query: RerankQuery) -> bytes:
+    """The digest of everything that decides the ranking of `query`."""
+    material = orjson.dumps(
+        [
+            query.model,
+            query.query,
+            query.kind,
+            query.documents,
+            query.top_n,
+            query.provider_options,
+        ],
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(material).digest()
+
+
+def _size(outcome: RerankOutcome) -> int:
+    extra = len(
+        orjson.dumps(
+            [outcome.provider_metadata, [dataclasses.astuple(w) for w in outcome.warnings]]
+        )
+    )
+    return _BYTES_PER_ENTRY + _BYTES_PER_RANKED * len(outcome.ranking) + extra
+
+
+@dataclass
+class _Entry:
+    outcome: RerankOutcome
+    size: int
+    expires: float
+
+
+@dataclass
+class _Flight:
+    task: asyncio.Future[RerankOutcome]
+    waiters: int = 0
+
+
+class CachingReranker:
+    """A `Reranker` that answers repeated requests from memory."""
+
+    def __init__(
+        self,
+        inner: Reranker,
+        *,
+        ttl: float,
+        max_bytes: int,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._inner = inner
+        self._ttl = ttl
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._bytes = 0
+        self._flights: dict[bytes, _Flight] = {}
+        self.hits = 0
+        self.misses = 0
+
+    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
+        if not query.cacheable or self._max_bytes <= 0:
+            return await self._inner.rerank(query, timeout=timeout)
+        key = cache_key(query)
+        cached = self._lookup(key)
+        if cached is not None:
+            self.hits += 1
+            return dataclasses.replace(cached, cached=True)
+        flight = self._flights.get(key)
+        if flight is not None:
+            self.hits += 1
+            return dataclasses.replace(await self._join(flight), cached=True)
+        self.misses += 1
+        flight = _Flight(asyncio.ensure_future(self._fetch(key, query, timeout)))
+        self._flights[key] = flight
+        flight.task.add_done_callback(lambda _: self._flights.pop(key, None))
+        return await self._join(flight)
+
+    async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
+        return await self._inner.list_models(timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def _fetch(self, key: bytes, query: RerankQuery, timeout: float) -> RerankOutcome:
+        outcome = await self._inner.rerank(query, timeout=timeout)
+        self._store(key, outcome)
+        return outcome
+
+    async def _join(self, flight: _Flight) -> RerankOutcome:
+        flight.waiters += 1
+        try:
+            # shield: a waiter leaving must not cancel the call the others wait for...
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            # ...but when the last one leaves, nobody needs it.
+            if flight.waiters == 0 and not flight.task.done():
+                flight.task.cancel()
+
+    def _lookup(self, key: bytes) -> RerankOutcome | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= self._clock():
+            self._evict(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry.outcome
+
+    def _store(self, key: bytes, outcome: RerankOutcome) -> None:
+        size = _size(outcome)
+        if size > self._max_bytes:
+            return
+        if key in self._entries:
+            self._evict(key)
+        self._entries[key] = _Entry(outcome, size, self._clock() + self._ttl)
+        self._bytes += size
+        while self._bytes > self._max_bytes:
+            self._evict(next(iter(self._entries)))
+
+    def _evict(self, key: bytes) -> None:
+        self._bytes -= self._entries.pop(key).size

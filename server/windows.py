@@ -1,0 +1,110 @@
+"""Large document sets: split into windows the model takes in one call, rank them in
+parallel under one deadline, merge.
+
+Scores of one model for one query are comparable across calls (they are relevance scores,
+not ranks), so the windows' rankings merge by score; the servicer then sorts and cuts the
+merged ranking to `top_n` like any other. Each window asks only for its own best `top_n`,
+which is all the merge can use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from server.domain import (
+    JsonObject,
+    ModelInfo,
+    Ranked,
+    Reranker,
+    RerankOutcome,
+    RerankQuery,
+    Warning,
+    final_ranking,
+)
+
+#: Per-call document limits of the providers behind the gateway (spec §8): Cohere recommends at
+#: most 1,000 per request and Voyage allows 1,000.
+DEFAULT_WINDOW_SIZES: Mapping[str, int] = {"cohere": 1000, "voyage": 1000}
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    """How many documents one upstream call may carry, and how many calls run at once."""
+
+    sizes: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_WINDOW_SIZES))
+    """By model slug (`voyage/rerank-2.5-lite`) or provider (`voyage`); the slug wins."""
+
+    default_size: int = 1000
+    """For models and providers not in `sizes`."""
+
+    parallelism: int = 4
+    """Windows of one request in flight at once."""
+
+    def size_for(self, model: str) -> int:
+        provider = model.split("/", 1)[0]
+        return self.sizes.get(model) or self.sizes.get(provider) or self.default_size
+
+
+class WindowedReranker:
+    """A `Reranker` that splits requests larger than a window across several calls."""
+
+    def __init__(self, inner: Reranker, policy: WindowPolicy) -> None:
+        self._inner = inner
+        self._policy = policy
+
+    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
+        size = self._policy.size_for(query.model)
+        if len(query.documents) <= size:
+            return await self._inner.rerank(query, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        slots = asyncio.Semaphore(self._policy.parallelism)
+
+        async def window(start: int) -> RerankOutcome:
+            async with slots:
+                part = dataclasses.replace(query, documents=query.documents[start : start + size])
+                outcome = await self._inner.rerank(part, timeout=deadline - time.monotonic())
+            # Check the window against its own documents before shifting its indices: once
+            # shifted, an out-of-range index could pass for another window's document.
+            ranked = final_ranking(outcome.ranking, len(part.documents), part.top_n)
+            return dataclasses.replace(
+                outcome, ranking=tuple(Ranked(r.index + start, r.score) for r in ranked)
+            )
+
+        tasks = [
+            asyncio.ensure_future(window(start)) for start in range(0, len(query.documents), size)
+        ]
+        try:
+            outcomes = await asyncio.gather(*tasks)
+        except BaseException:
+            # One window failed (or the caller left): the others are of no use any more.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return merge(outcomes)
+
+    async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
+        return await self._inner.list_models(timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def merge(outcomes: list[RerankOutcome]) -> RerankOutcome:
+    """One outcome from the windows': every ranking, each warning once, and the first
+    window's provider metadata (per-call figures such as cost are not summed)."""
+    warnings: dict[Warning, None] = {}
+    metadata: JsonObject | None = None
+    for outcome in outcomes:
+        warnings.update(dict.fromkeys(outcome.warnings))
+        if metadata is None:
+            metadata = outcome.provider_metadata
+    return RerankOutcome(
+        ranking=tuple(r for outcome in outcomes for r in outcome.ranking),
+        warnings=tuple(warnings),
+        provider_metadata=metadata,
+    )

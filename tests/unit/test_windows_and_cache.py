@@ -1,0 +1,245 @@
+"""Windows for large requests and the result cache, around a scripted backend.
+
+The backend scores each document by a fixed table, so a windowed ranking can be compared with
+the ranking of the whole set, and it counts calls so sharing and caching can be seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import zlib
+
+import pytest
+
+from server.cache import CachingReranker, cache_key
+from server.domain import ModelInfo, Ranked, RerankOutcome, RerankQuery, Warning, final_ranking
+from server.errors import UpstreamProtocolError, UpstreamUnavailable
+from server.windows import WindowedReranker, WindowPolicy
+
+
+def score_of(document: str) -> float:
+    # Deterministic and absolute, like a relevance score: depends on the document alone.
+    return (zlib.crc32(document.encode()) % 10_000) / 10_000
+
+
+class Backend:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[int] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.delay = delay
+        self.fail_with: Exception | None = None
+        self.cancelled = 0
+        self.bad_index = False
+
+    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
+        self.calls.append(len(query.documents))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        if self.fail_with is not None:
+            raise self.fail_with
+        ranking = [Ranked(i, score_of(d)) for i, d in enumerate(query.documents)]  # type: ignore[arg-type]
+        if self.bad_index:
+            ranking.append(Ranked(len(query.documents), 1.0))
+        ranking.sort(key=lambda r: -r.score)
+        return RerankOutcome(
+            ranking=tuple(ranking[: query.top_n] if query.top_n else ranking),
+            warnings=(Warning(type="other", message="same in every window"),),
+            provider_metadata={"gateway": {"cost": "0.001"}},
+        )
+
+    async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
+        return ()
+
+    async def aclose(self) -> None:
+        pass
+
+
+def query(n: int, top_n: int | None = None, model: str = "cohere/rerank-v3.5") -> RerankQuery:
+    return RerankQuery(
+        model=model,
+        query="q",
+        kind="text",
+        documents=tuple(f"document number {i}" for i in range(n)),
+        top_n=top_n,
+    )
+
+
+@pytest.mark.parametrize(("n", "top_n"), [(10, None), (25, None), (25, 3), (1000, 7)])
+async def test_windows_rank_like_one_call(n: int, top_n: int | None) -> None:
+    backend = Backend()
+    windowed = WindowedReranker(backend, WindowPolicy(sizes={"cohere": 10}, parallelism=2))
+    outcome = await windowed.rerank(query(n, top_n), timeout=10)
+    whole = await Backend().rerank(query(n, top_n), timeout=10)
+    assert final_ranking(outcome.ranking, n, top_n) == final_ranking(whole.ranking, n, top_n)
+    assert backend.calls == [min(10, n - start) for start in range(0, n, 10)]
+    assert backend.most_in_flight <= 2
+    assert len(outcome.warnings) == 1  # merged, not repeated per window
+    assert outcome.provider_metadata == {"gateway": {"cost": "0.001"}}
+
+
+def test_window_sizes_by_model_then_provider_then_default() -> None:
+    policy = WindowPolicy(sizes={"voyage": 1000, "voyage/rerank-2.5-lite": 500}, default_size=64)
+    assert policy.size_for("voyage/rerank-2.5-lite") == 500
+    assert policy.size_for("voyage/rerank-2.5") == 1000
+    assert policy.size_for("jina/reranker-v2") == 64
+
+
+async def test_windows_run_in_parallel() -> None:
+    backend = Backend(delay=0.2)
+    windowed = WindowedReranker(backend, WindowPolicy(sizes={"cohere": 10}, parallelism=4))
+    await windowed.rerank(query(40), timeout=10)
+    assert backend.most_in_flight == 4
+
+
+async def test_a_bad_index_in_one_window_cannot_pass_for_another_windows() -> None:
+    backend = Backend()
+    backend.bad_index = True  # index 10 in a window of 10: valid in the merged numbering
+    windowed = WindowedReranker(backend, WindowPolicy(sizes={"cohere": 10}))
+    with pytest.raises(UpstreamProtocolError):
+        await windowed.rerank(query(20), timeout=10)
+
+
+async def test_one_failed_window_cancels_the_others() -> None:
+    class FirstWindowFails(Backend):
+        async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
+            if query.documents[0] == "document number 0":
+                raise UpstreamUnavailable("down")
+            return await super().rerank(query, timeout=timeout)
+
+    backend = FirstWindowFails(delay=5)
+    windowed = WindowedReranker(backend, WindowPolicy(sizes={"cohere": 10}, parallelism=4))
+    with pytest.raises(UpstreamUnavailable):
+        await asyncio.wait_for(windowed.rerank(query(40), timeout=10), 2)
+    assert backend.cancelled == 3
+
+
+async def test_a_caller_leaving_cancels_every_window() -> None:
+    backend = Backend(delay=5)
+    windowed = WindowedReranker(backend, WindowPolicy(sizes={"cohere": 10}, parallelism=4))
+    task = asyncio.ensure_future(windowed.rerank(query(40), timeout=10))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert backend.cancelled == 4
+
+
+# --- the cache ------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def caching(backend: Backend, **kwargs: object) -> tuple[CachingReranker, FakeClock]:
+    clock = FakeClock()
+    options: dict[str, object] = {"ttl": 60.0, "max_bytes": 1_000_000}
+    options.update(kwargs)
+    return CachingReranker(backend, clock=clock, **options), clock  # type: ignore[arg-type]
+
+
+async def test_a_repeated_request_is_answered_from_the_cache() -> None:
+    backend = Backend()
+    cache, _ = caching(backend)
+    first = await cache.rerank(query(5), timeout=10)
+    second = await cache.rerank(query(5), timeout=10)
+    assert not first.cached
+    assert second.cached
+    assert second.ranking == first.ranking
+    assert backend.calls == [5]
+
+
+def test_the_key_covers_everything_that_decides_a_ranking() -> None:
+    base = query(3, top_n=2)
+    variants = [
+        dataclasses.replace(base, model="voyage/rerank-2.5"),
+        dataclasses.replace(base, query="other"),
+        dataclasses.replace(base, documents=("a", "b", "c")),
+        dataclasses.replace(base, top_n=3),
+        dataclasses.replace(base, provider_options={"cohere": {"maxTokensPerDoc": 5}}),
+        dataclasses.replace(base, kind="object", documents=({"t": "a"}, {"t": "b"}, {"t": "c"})),
+    ]
+    keys = {cache_key(base)} | {cache_key(v) for v in variants}
+    assert len(keys) == len(variants) + 1
+    # Key order inside provider options does not matter (a Struct's map has none).
+    a = dataclasses.replace(base, provider_options={"x": {"a": 1, "b": 2}, "y": {}})
+    b = dataclasses.replace(base, provider_options={"y": {}, "x": {"b": 2, "a": 1}})
+    assert cache_key(a) == cache_key(b)
+
+
+async def test_entries_expire() -> None:
+    backend = Backend()
+    cache, clock = caching(backend, ttl=10.0)
+    await cache.rerank(query(5), timeout=10)
+    clock.now = 10.5
+    assert not (await cache.rerank(query(5), timeout=10)).cached
+    assert backend.calls == [5, 5]
+
+
+async def test_the_byte_bound_evicts_the_least_recently_used() -> None:
+    backend = Backend()
+    cache, _ = caching(backend, max_bytes=1000)  # room for two small entries, not three
+    for n in (1, 2, 1, 3):
+        await cache.rerank(query(n), timeout=10)
+    assert (await cache.rerank(query(1), timeout=10)).cached  # used recently: kept
+    assert not (await cache.rerank(query(2), timeout=10)).cached  # the oldest: evicted
+
+
+async def test_errors_are_not_cached_and_bypass_is_honoured() -> None:
+    backend = Backend()
+    cache, _ = caching(backend)
+    backend.fail_with = UpstreamUnavailable("down")
+    with pytest.raises(UpstreamUnavailable):
+        await cache.rerank(query(5), timeout=10)
+    backend.fail_with = None
+    assert not (await cache.rerank(query(5), timeout=10)).cached
+    bypass = dataclasses.replace(query(5), cacheable=False)
+    assert not (await cache.rerank(bypass, timeout=10)).cached
+    assert backend.calls == [5, 5, 5]
+    off, _ = caching(Backend(), max_bytes=0)
+    await off.rerank(query(5), timeout=10)
+    assert not (await off.rerank(query(5), timeout=10)).cached
+
+
+async def test_identical_concurrent_calls_share_one_upstream_call() -> None:
+    backend = Backend(delay=0.2)
+    cache, _ = caching(backend)
+    outcomes = await asyncio.gather(*(cache.rerank(query(5), timeout=10) for _ in range(10)))
+    assert backend.calls == [5]
+    assert sum(not o.cached for o in outcomes) == 1
+
+
+async def test_one_caller_leaving_does_not_fail_the_others() -> None:
+    backend = Backend(delay=0.3)
+    cache, _ = caching(backend)
+    leaving = asyncio.ensure_future(cache.rerank(query(5), timeout=10))
+    staying = asyncio.ensure_future(cache.rerank(query(5), timeout=10))
+    await asyncio.sleep(0.05)
+    leaving.cancel()
+    assert (await staying).ranking
+    assert backend.cancelled == 0
+
+
+async def test_when_every_caller_leaves_the_upstream_call_is_cancelled() -> None:
+    backend = Backend(delay=5)
+    cache, _ = caching(backend)
+    callers = [asyncio.ensure_future(cache.rerank(query(5), timeout=10)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    for caller in callers:
+        caller.cancel()
+    await asyncio.gather(*callers, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert backend.cancelled == 1
