@@ -65,7 +65,7 @@ fmt: $(STAMP) ## Format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-typecheck: $(STAMP) ## mypy, strict, on server, client and mock_gateway
+typecheck: $(STAMP) ## mypy, strict, on server, client, mock_gateway and rerank_testing
 	$(BIN)/mypy
 
 test: $(STAMP) ## Run every test

@@ -11,6 +11,7 @@ from ._app import ConnectionDropped, MockGateway, create_app
 from ._catalogue import RERANKING_MODEL_IDS
 from ._faults import DROP_VARIANTS, FAULT_OPTION, MALFORMED_VARIANTS
 from ._scoring import score
+from ._script import MockScript
 from ._settings import MockSettings
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "RERANKING_MODEL_IDS",
     "ConnectionDropped",
     "MockGateway",
+    "MockScript",
     "MockSettings",
     "create_app",
     "score",

@@ -1,8 +1,8 @@
 """The ASGI application: routing, body reading, and turning replies into ASGI messages.
 
 All state (settings, the random generator of ``error_rate``, the per-key counts of ``times``
-faults) lives on the ``MockGateway`` instance that ``create_app`` builds, so two apps in one
-process never share anything.
+faults, a test's ``MockScript``) lives on the ``MockGateway`` instance that ``create_app``
+builds, so two apps in one process never share anything.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from . import _cohere
 from ._catalogue import config_body
-from ._faults import Fault, Normal, parse_fault, render
+from ._faults import FAULT_OPTION, Fault, Normal, parse_fault, render
 from ._http import Drop, Reply, json_reply
 from ._protocol import (
     MODEL_ID_HEADER,
@@ -30,6 +30,7 @@ from ._protocol import (
     ranking_items,
     success_payload,
 )
+from ._script import MockScript
 from ._settings import MockSettings
 
 Scope = MutableMapping[str, Any]
@@ -77,6 +78,8 @@ class MockGateway:
         self.settings = settings
         self._random = random.Random(settings.seed)
         self._fault_hits: dict[str, int] = {}
+        self.script = MockScript()
+        """Faults and scores a test scripts for the next calls (see ``mock_gateway._script``)."""
         self._config_reply = json_reply(200, config_body())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -132,10 +135,13 @@ class MockGateway:
             model = find_model(check_rerank_headers(request.headers))
             body = parse_rerank_body(request.body)
             fault = self._armed(parse_fault(body.provider_options))
+            if FAULT_OPTION not in body.provider_options:
+                # A request's own fault wins; only the others consume the test's script.
+                fault = self.script.take_fault()
             if fault is not None and fault.name == "slow":
                 await asyncio.sleep(fault.delay_seconds)
                 fault = None
-            full = rank(model.id, body.query, body.values, None)
+            full = rank(model.id, body.query, body.values, None, self.script.fixed_score)
             ranking = full if body.top_n is None else full[: body.top_n]
             payload = success_payload(model, body, ranking)
             if fault is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -235,10 +235,23 @@ def _field_error(field: str, problem: str) -> GatewayError:
 
 
 def rank(
-    model_id: str, query: str, values: tuple[str | dict[str, Any], ...], top_n: int | None
+    model_id: str,
+    query: str,
+    values: tuple[str | dict[str, Any], ...],
+    top_n: int | None,
+    fixed: Callable[[str | dict[str, Any]], float | None] | None = None,
 ) -> list[tuple[int, float]]:
-    """``(index, score)`` pairs by descending score, ties by ascending index, cut to ``top_n``."""
-    scored = [(index, score(model_id, query, value)) for index, value in enumerate(values)]
+    """``(index, score)`` pairs by descending score, ties by ascending index, cut to ``top_n``.
+
+    ``fixed`` may give a document a score of its own (a test's script, see ``_script``); None
+    from it, or no ``fixed``, scores the document with ``score``.
+    """
+
+    def scored_one(value: str | dict[str, Any]) -> float:
+        chosen = None if fixed is None else fixed(value)
+        return score(model_id, query, value) if chosen is None else chosen
+
+    scored = [(index, scored_one(value)) for index, value in enumerate(values)]
     scored.sort(key=lambda pair: (-pair[1], pair[0]))
     return scored if top_n is None else scored[:top_n]
 

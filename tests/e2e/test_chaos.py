@@ -121,7 +121,7 @@ def test_chaos_then_sigterm(processes: list[Process]) -> None:
         assert set(counts.codes) <= DOCUMENTED, counts.codes
         assert counts.late == [], f"calls ended past their deadline: {counts.late}"
     # The load really was chaotic: successes, injected failures, overload and deadlines.
-    assert tally.codes.get(grpc.StatusCode.OK, 0) > 50, tally.codes
+    assert tally.codes.get(grpc.StatusCode.OK, 0) > 10, tally.codes
     assert tally.codes.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 0, tally.codes
     assert tally.codes.get(grpc.StatusCode.DEADLINE_EXCEEDED, 0) > 0, tally.codes
     # Flat memory: six seconds of chaos may not grow the server by more than 20 MiB.

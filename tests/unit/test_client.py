@@ -1,8 +1,7 @@
 """The sync client against a scripted fake RerankService on a real loopback gRPC server.
 
-pytest-grpc is not used: its `grpc_addr` fixture binds a probe socket and never closes it,
-which `filterwarnings = error` turns into a failing ResourceWarning, and it picks a port by
-bind-then-release instead of letting the server bind 127.0.0.1:0 (see test_client_fakes).
+Each test gets its own server and script here; `test_client_pytest_grpc.py` runs a smaller set
+through pytest-grpc's fixtures (with its server and address fixtures overridden).
 """
 
 from __future__ import annotations

@@ -1,0 +1,26 @@
+"""Contract-test kit for services that call the rerank service: a pytest plugin and its parts.
+
+Installed with the `rerank-service` package, the plugin (`rerank_testing.plugin`, entry point
+`pytest11: rerank`) gives every test suite these fixtures:
+
+    rerank_mock_gateway   the deterministic mock gateway on a real loopback port, scriptable
+    rerank_server         a rerank server wired to it (`.target` is "127.0.0.1:PORT")
+    rerank_client         a connected `client.RerankClient`
+    async_rerank_client   a connected `client.AsyncRerankClient` (with pytest-asyncio)
+
+    def test_search_ranks_paris_first(rerank_client):
+        result = rerank_client.rerank("capital of France?", ["Berlin ...", "Paris ..."])
+        assert result.ranking[0].original_index == 1
+
+    def test_search_degrades_when_rate_limited(rerank_mock_gateway, rerank_server):
+        rerank_mock_gateway.fail_next("rate_limit", retryAfterMs=500)
+        ...  # your code, pointed at rerank_server.target, sees RESOURCE_EXHAUSTED once
+
+The servers start once per test session; every test starts with an empty script. The same
+servers are usable without pytest: `MockGatewayServer` and `RerankServerThread` are context
+managers.
+"""
+
+from ._servers import DEFAULT_API_KEY, MockGatewayServer, RerankServerThread
+
+__all__ = ["DEFAULT_API_KEY", "MockGatewayServer", "RerankServerThread"]

@@ -1,0 +1,250 @@
+"""The mock gateway behind a real uvicorn, and a rerank server, each on its own thread and loop.
+
+Both bind 127.0.0.1 port 0 and report the port the kernel chose, so parallel runs never
+collide. Each runs `asyncio.run` on a daemon thread of its own: the caller's thread stays free
+for synchronous clients, and an asyncio test's event loop is never shared with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, Self
+
+import uvicorn
+
+from mock_gateway import MockGateway, MockScript, MockSettings, create_app
+
+__all__ = ["DEFAULT_API_KEY", "MockGatewayServer", "RerankServerThread"]
+
+DEFAULT_API_KEY = "rerank-testing"
+"""The credential the rerank server sends to the mock gateway (which accepts any)."""
+
+STARTUP_TIMEOUT = 30.0
+"""Seconds a server may take to start or stop before the harness gives up."""
+
+
+class _Announcing(uvicorn.Server):
+    """A uvicorn server that tells a waiting thread when start-up is over, either way."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.startup_done = threading.Event()
+
+    async def startup(self, sockets: Any = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.startup_done.set()
+
+
+class MockGatewayServer:
+    """The mock gateway (`mock_gateway`) served by a real uvicorn on a free loopback port.
+
+    Use it as a context manager (or `start()` / `stop()`); `url` is the base URL a gateway
+    client is given, `http://127.0.0.1:PORT/v3/ai`. The scripting methods act on this app's
+    `MockScript`; see `mock_gateway._script` for their exact meaning.
+    """
+
+    def __init__(self, settings: MockSettings | None = None, *, host: str = "127.0.0.1") -> None:
+        self.app: MockGateway = create_app(settings or MockSettings())
+        self._host = host
+        self._server: _Announcing | None = None
+        self._thread: threading.Thread | None = None
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The gateway base URL, `http://HOST:PORT/v3/ai` (only once started)."""
+        if self._url is None:
+            raise RuntimeError("the mock gateway is not running: call start() first")
+        return self._url
+
+    @property
+    def script(self) -> MockScript:
+        """The app's script: what the next rerank calls answer."""
+        return self.app.script
+
+    def fail_next(self, fault: str, *, times: int = 1, **params: Any) -> None:
+        """Answer the next `times` rerank calls with `fault`, exactly as a request carrying
+        `providerOptions.mockGateway = {"fault": fault, **params}` would be answered.
+
+        Faults: `rate_limit` (`retryAfterMs`, `message`), `error` (`status`, `type`,
+        `message`, `param`, `code`, `generationId`), `slow` (`delayMs`), `malformed`
+        (`variant`), `drop` (`variant`), `status_only` (`status`, `body`, `contentType`).
+
+        Raises:
+            ValueError: an unknown fault or parameter, at once rather than at the call.
+        """
+        self.app.script.fail_next(fault, times=times, **params)
+
+    def set_scores(self, scores: Mapping[str, float]) -> None:
+        """Give the text documents equal to a key that score; others are scored as usual."""
+        self.app.script.set_scores(scores)
+
+    def reset(self) -> None:
+        """Forget every scripted fault and fixed score."""
+        self.app.script.reset()
+
+    def start(self) -> Self:
+        """Start serving; return once the port accepts connections."""
+        if self._thread is not None:
+            raise RuntimeError("the mock gateway is already running")
+        config = uvicorn.Config(
+            self.app,
+            host=self._host,
+            port=0,
+            http="h11",  # the mock's `drop` fault is written against h11 (see its README)
+            ws="none",
+            lifespan="on",
+            log_config=None,  # leave the test suite's logging alone
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        server = _Announcing(config)
+        thread = threading.Thread(
+            target=lambda: asyncio.run(server.serve()), name="rerank-mock-gateway", daemon=True
+        )
+        thread.start()
+        if not server.startup_done.wait(STARTUP_TIMEOUT) or not server.started:
+            server.should_exit = True
+            thread.join(STARTUP_TIMEOUT)
+            raise RuntimeError("the mock gateway did not start (see the uvicorn log)")
+        self._server, self._thread = server, thread
+        host, port = server.servers[0].sockets[0].getsockname()[:2]
+        self._url = (
+            f"http://[{host}]:{port}/v3/ai" if ":" in host else f"http://{host}:{port}/v3/ai"
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread to end. Idempotent."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = self._url = None
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        thread.join(STARTUP_TIMEOUT)
+        if thread.is_alive():
+            raise RuntimeError("the mock gateway did not stop in time")
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RerankServerThread:
+    """A rerank server (`server.app.start_server`) on a free loopback port, in a thread.
+
+    It forwards to the gateway at `gateway_url` (a `MockGatewayServer.url`, or any gateway)
+    with `api_key`. Unlike a deployed server it does not retry gateway failures and has no
+    circuit breaker: a fault scripted for the next call reaches the caller exactly once, so
+    a contract test sees what the gateway did, not how the server's resilience hid it.
+    """
+
+    def __init__(
+        self, gateway_url: str, *, api_key: str = DEFAULT_API_KEY, host: str = "127.0.0.1"
+    ) -> None:
+        self._gateway_url = gateway_url
+        self._api_key = api_key
+        self._host = host
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int:
+        """The gRPC port (only once started)."""
+        if self._port is None:
+            raise RuntimeError("the rerank server is not running: call start() first")
+        return self._port
+
+    @property
+    def target(self) -> str:
+        """The address a client dials, `HOST:PORT`."""
+        return f"{self._host}:{self.port}"
+
+    def start(self) -> Self:
+        """Start serving; return once the port accepts connections."""
+        if self._thread is not None:
+            raise RuntimeError("the rerank server is already running")
+        ready: Future[int] = Future()
+        thread = threading.Thread(
+            target=lambda: asyncio.run(self._serve(ready)), name="rerank-server", daemon=True
+        )
+        thread.start()
+        try:
+            self._port = ready.result(STARTUP_TIMEOUT)
+        except BaseException:
+            self._signal_stop()
+            thread.join(STARTUP_TIMEOUT)
+            raise
+        self._thread = thread
+        return self
+
+    async def _serve(self, ready: Future[int]) -> None:
+        # Imported here: a test suite that only uses the mock gateway never loads grpc.
+        from server.app import build_gateway, start_server
+        from server.config import Settings, Upstream
+
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        settings = Settings(
+            host=self._host,
+            port=0,
+            upstream=Upstream.GATEWAY,
+            gateway_url=self._gateway_url.rstrip("/"),
+            api_key=self._api_key,
+            grace_period=1.0,
+        )
+        reranker = build_gateway(settings)
+        try:
+            running = await start_server(settings, reranker=reranker)
+        except BaseException as exc:
+            await reranker.aclose()
+            ready.set_exception(exc)
+            return
+        ready.set_result(running.port)
+        try:
+            await self._stopping.wait()
+        finally:
+            await running.stop()
+
+    def _signal_stop(self) -> None:
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop ended in between
+                loop.call_soon_threadsafe(stopping.set)
+
+    def stop(self) -> None:
+        """Stop gracefully (calls in flight get a second) and wait for the thread. Idempotent."""
+        thread, self._thread, self._port = self._thread, None, None
+        if thread is None:
+            return
+        self._signal_stop()
+        thread.join(STARTUP_TIMEOUT)
+        if thread.is_alive():
+            raise RuntimeError("the rerank server did not stop in time")
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

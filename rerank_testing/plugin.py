@@ -1,0 +1,93 @@
+"""The pytest plugin (entry point `pytest11: rerank`): contract-test fixtures for rerank.v1.
+
+Fixtures (all but the session-wide servers are per test):
+
+``rerank_mock_gateway``
+    A `MockGatewayServer`: the deterministic mock gateway behind a real uvicorn on
+    127.0.0.1:<free port>. `.url` is its base URL (`http://127.0.0.1:PORT/v3/ai`);
+    `.fail_next(fault, times=1, **params)`, `.set_scores({text: score})` and `.reset()` script
+    it for the current test.
+``rerank_server``
+    A `RerankServerThread` forwarding to that mock; `.target` is `127.0.0.1:PORT`.
+``rerank_client``
+    A `client.RerankClient` connected to `rerank_server`, closed after the test.
+``async_rerank_client``
+    A `client.AsyncRerankClient`, for asyncio tests; only when pytest-asyncio is installed.
+
+The mock gateway and the server start once per session (per xdist worker) and stop at its
+end. The script is emptied before and after every test that uses any of these fixtures, so
+a fault or score scripted by one test never reaches another, even when that test fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ._servers import MockGatewayServer, RerankServerThread
+
+if TYPE_CHECKING:
+    from client import AsyncRerankClient, RerankClient
+
+
+@pytest.fixture(scope="session")
+def _rerank_mock_gateway_session() -> Iterator[MockGatewayServer]:
+    with MockGatewayServer() as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="session")
+def _rerank_server_session(
+    _rerank_mock_gateway_session: MockGatewayServer,
+) -> Iterator[RerankServerThread]:
+    with RerankServerThread(_rerank_mock_gateway_session.url) as server:
+        yield server
+
+
+@pytest.fixture
+def rerank_mock_gateway(
+    _rerank_mock_gateway_session: MockGatewayServer,
+) -> Iterator[MockGatewayServer]:
+    """The session's mock gateway, with an empty script for this test."""
+    gateway = _rerank_mock_gateway_session
+    gateway.reset()
+    try:
+        yield gateway
+    finally:
+        gateway.reset()
+
+
+@pytest.fixture
+def rerank_server(
+    _rerank_server_session: RerankServerThread, rerank_mock_gateway: MockGatewayServer
+) -> RerankServerThread:
+    """The session's rerank server, in front of `rerank_mock_gateway` (script emptied)."""
+    return _rerank_server_session
+
+
+@pytest.fixture
+def rerank_client(rerank_server: RerankServerThread) -> Iterator[RerankClient]:
+    """A `client.RerankClient` connected to `rerank_server`."""
+    from client import RerankClient
+
+    with RerankClient(rerank_server.target, timeout=30) as client:
+        yield client
+
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - pytest-asyncio is optional for consumers
+    pass
+else:
+
+    @pytest_asyncio.fixture(loop_scope="function")
+    async def async_rerank_client(
+        rerank_server: RerankServerThread,
+    ) -> AsyncIterator[AsyncRerankClient]:
+        """A `client.AsyncRerankClient` connected to `rerank_server`, on the test's loop."""
+        from client import AsyncRerankClient
+
+        async with AsyncRerankClient(rerank_server.target, timeout=30) as client:
+            yield client

@@ -1,0 +1,165 @@
+"""The `rerank_testing` pytest plugin, as a consumer's test suite uses it.
+
+Each test writes a consumer's test file and runs it in a separate pytest process
+(`runpytest_subprocess`): the plugin is found through its `pytest11` entry point, exactly as
+in a project that merely installed the package, and its session-wide servers and threads
+live and die with that process. The inner runs are as strict as this project's own:
+warnings are errors.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+INNER_INI = """
+[pytest]
+filterwarnings = error
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = function
+timeout = 60
+"""
+
+SEED = """
+SEED_QUERY = "What is the capital of France?"
+SEED_DOCUMENTS = [
+    "Paris is the capital of France.",
+    "Berlin is the capital of Germany.",
+    "Madrid is the capital of Spain.",
+]
+"""
+
+
+@pytest.fixture
+def consumer(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeini(INNER_INI)
+    pytester.makepyfile(seed_data=SEED)
+    return pytester
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    # -p no:cacheprovider: the inner run must not write a cache into the temporary project.
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v", *args, timeout=120)
+
+
+def test_a_consumer_test_gets_the_seed_example_right(consumer: pytest.Pytester) -> None:
+    consumer.makepyfile(
+        test_consumer="""
+        from seed_data import SEED_DOCUMENTS, SEED_QUERY
+
+        def test_x(rerank_client):
+            result = rerank_client.rerank(
+                SEED_QUERY, SEED_DOCUMENTS, model="cohere/rerank-v3.5", top_n=2
+            )
+            assert [r.original_index for r in result.ranking][0] == 0
+            assert len(result.ranking) == 2
+            assert result.reranked_documents[0] == "Paris is the capital of France."
+            assert result.model == "cohere/rerank-v3.5"
+
+        def test_the_urls(rerank_mock_gateway, rerank_server):
+            assert rerank_mock_gateway.url.startswith("http://127.0.0.1:")
+            assert rerank_mock_gateway.url.endswith("/v3/ai")
+            assert rerank_server.target.startswith("127.0.0.1:")
+            assert not rerank_server.target.endswith(":0")
+
+        def test_models(rerank_client):
+            assert "cohere/rerank-v3.5" in [m.id for m in rerank_client.list_models()]
+
+        async def test_async(async_rerank_client):
+            result = await async_rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS, top_n=1)
+            assert result.ranking[0].original_index == 0
+        """
+    )
+    result = run(consumer)
+    result.assert_outcomes(passed=4)
+
+
+def test_a_scripted_fault_reaches_the_client_exactly_as_often_as_scripted(
+    consumer: pytest.Pytester,
+) -> None:
+    consumer.makepyfile(
+        test_faults="""
+        import pytest
+        from client import PermissionDeniedError, RateLimitedError, UnavailableError
+        from seed_data import SEED_DOCUMENTS, SEED_QUERY
+
+        def test_rate_limited_once(rerank_mock_gateway, rerank_client):
+            rerank_mock_gateway.fail_next("rate_limit", retryAfterMs=500, times=1)
+            with pytest.raises(RateLimitedError) as caught:
+                rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS)
+            assert caught.value.retry_delay == pytest.approx(0.5)
+            assert caught.value.error_info.reason == "UPSTREAM_RATE_LIMITED"
+            # times=1: the next call is answered normally.
+            assert rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS).ranking[0].original_index == 0
+
+        def test_queued_faults_in_order(rerank_mock_gateway, rerank_client):
+            rerank_mock_gateway.fail_next("error", status=403, type="forbidden")
+            # The client retries UNAVAILABLE up to 3 attempts (its shipped service config).
+            rerank_mock_gateway.fail_next("error", status=503, times=3)
+            with pytest.raises(PermissionDeniedError):
+                rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS)
+            with pytest.raises(UnavailableError):
+                rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS)
+            assert rerank_mock_gateway.script.pending_faults == 0
+            rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS)
+
+        def test_a_typo_fails_at_once(rerank_mock_gateway):
+            with pytest.raises(ValueError, match="rate_limit"):
+                rerank_mock_gateway.fail_next("rate_limt")
+            with pytest.raises(ValueError, match="retryAfterMs"):
+                rerank_mock_gateway.fail_next("rate_limit", retryAfterMs="soon")
+        """
+    )
+    result = run(consumer)
+    result.assert_outcomes(passed=3)
+
+
+def test_fixed_scores_change_the_order(consumer: pytest.Pytester) -> None:
+    consumer.makepyfile(
+        test_scores="""
+        from seed_data import SEED_DOCUMENTS, SEED_QUERY
+
+        def test_fixed_scores(rerank_mock_gateway, rerank_client):
+            rerank_mock_gateway.set_scores({SEED_DOCUMENTS[2]: 0.99, SEED_DOCUMENTS[0]: 0.01})
+            result = rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS)
+            assert [r.original_index for r in result.ranking] == [2, 1, 0]
+            assert result.ranking[0].score == 0.99
+            assert result.ranking[2].score == 0.01
+            # Equal fixed scores: ties by ascending index, as always.
+            rerank_mock_gateway.set_scores({SEED_DOCUMENTS[1]: 0.99})
+            result = rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS, top_n=2)
+            assert [r.original_index for r in result.ranking] == [1, 2]
+        """
+    )
+    result = run(consumer)
+    result.assert_outcomes(passed=1)
+
+
+def test_scripts_do_not_leak_between_tests(consumer: pytest.Pytester) -> None:
+    consumer.makepyfile(
+        test_isolation="""
+        import pytest
+        from seed_data import SEED_DOCUMENTS, SEED_QUERY
+
+        def test_1_scripts_and_fails(rerank_mock_gateway, rerank_client):
+            rerank_mock_gateway.fail_next("rate_limit", times=5)
+            rerank_mock_gateway.set_scores({SEED_DOCUMENTS[2]: 1.0})
+            pytest.fail("a test that dies with its script unused")
+
+        def test_2_scripts_through_the_mock_only(rerank_mock_gateway):
+            rerank_mock_gateway.fail_next("error", status=500, times=2)
+
+        def test_3_sees_a_clean_mock(rerank_mock_gateway, rerank_client):
+            assert rerank_mock_gateway.script.pending_faults == 0
+            result = rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS)
+            assert [r.original_index for r in result.ranking][0] == 0
+
+        def test_4_client_only_sees_a_clean_mock(rerank_client):
+            result = rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS)
+            assert [r.original_index for r in result.ranking][0] == 0
+        """
+    )
+    result = run(consumer)
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*test_1_scripts_and_fails FAILED*"])
