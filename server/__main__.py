@@ -14,8 +14,9 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from server.app import RunningServer, serve
+from server.app import serve
 from server.config import DEFAULT_GATEWAY_URL, Settings, Upstream
+from server.workers import run_workers
 
 logger = logging.getLogger("server")
 
@@ -54,12 +55,20 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         help="PEM CA bundle: require client certificates it signed (mutual TLS)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(env("WORKERS", 0)) or None,
+        help="server processes sharing the port (SO_REUSEPORT); default one per core",
+    )
+    parser.add_argument(
         "--auth-health",
         action="store_true",
         default=environ.get("RERANK_AUTH_HEALTH", "") in ("1", "true", "yes"),
         help="require a caller token for health checks too",
     )
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
@@ -139,15 +148,16 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         cache_ttl=number("CACHE_TTL", defaults.cache_ttl),
         cache_max_bytes=int(number("CACHE_MAX_BYTES", defaults.cache_max_bytes)),
         grace_period=number("GRACE_PERIOD", defaults.grace_period),
+        workers=args.workers or len(os.sched_getaffinity(0)),
         log_level=args.log_level.upper(),
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(argv, os.environ)
     logging.basicConfig(
         level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     # httpx logs every request at INFO: one line per call is noise at this volume.
@@ -155,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         max(logging.WARNING, logging.getLevelName(settings.log_level))
     )
 
-    def ready(running: RunningServer) -> None:
+    def ready(port: int) -> None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:
             logger.warning(
                 "no AI_GATEWAY_API_KEY and no gateway URL: answering from the bundled "
@@ -168,13 +178,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             "on" if settings.auth_tokens else "off",
             "mutual" if settings.tls_client_ca_file else "on" if settings.tls_cert_file else "off",
         )
+        logger.info("%d worker process(es)", settings.workers)
         # One line on stdout, so scripts and other test suites can wait for it.
-        print(f"rerank server listening on {settings.host}:{running.port}", flush=True)
+        print(f"rerank server listening on {settings.host}:{port}", flush=True)
 
+    if settings.workers > 1:
+        return run_workers(settings, settings.workers, ready)
     # SIGINT before the handlers are installed (during start-up) must not print a traceback.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings, ready))
+        asyncio.run(serve(settings, lambda running: ready(running.port)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

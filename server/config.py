@@ -138,5 +138,9 @@ class Settings:
     grace_period: float = 10.0
     """Seconds in-flight calls get to finish after SIGTERM/SIGINT (`RERANK_GRACE_PERIOD`)."""
 
+    workers: int = 1
+    """Server processes sharing the port through SO_REUSEPORT (`--workers`, `RERANK_WORKERS`);
+    `__main__` defaults it to one per core. Limits and the cache are per process."""
+
     log_level: str = "INFO"
     """Python logging level (`--log-level`, `RERANK_LOG_LEVEL`)."""

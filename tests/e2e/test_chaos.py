@@ -99,7 +99,18 @@ def test_chaos_then_sigterm(processes: list[Process]) -> None:
     gateway_url = start_mock_gateway(processes, "--latency-ms", "20", "--error-rate", "0.2")
     server = start(
         processes,
-        [sys.executable, "-m", "server", "--port", "0", "--gateway-url", gateway_url],
+        # One worker: its PID is the process whose memory and tasks are watched.
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--port",
+            "0",
+            "--workers",
+            "1",
+            "--gateway-url",
+            gateway_url,
+        ],
         {
             "AI_GATEWAY_API_KEY": "chaos",
             "RERANK_GRACE_PERIOD": str(GRACE),

@@ -4,6 +4,7 @@ front of a mock gateway process over real HTTP, and graceful shutdown on SIGTERM
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -123,3 +124,24 @@ def test_sigterm_finishes_in_flight_calls_then_exits(processes: list[Process]) -
         assert in_flight.result().ranking[0].original_index == 0
     assert server.popen.wait(timeout=15) == 0
     assert "stopped" in server.output
+
+
+def test_workers_share_one_port_and_stop_together(processes: list[Process]) -> None:
+    server = start(
+        processes,
+        [sys.executable, "-m", "server", "--port", "0", "--workers", "2", "--log-level", "DEBUG"],
+    )
+    target = server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
+    request = pb.RerankRequest(
+        query=SEED_QUERY, documents=[pb.Document(text=d) for d in SEED_DOCUMENTS], bypass_cache=True
+    )
+    for _ in range(16):  # a new connection each time: the kernel spreads connections
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(target, options=options) as channel:
+            assert pb_grpc.RerankServiceStub(channel).Rerank(request, timeout=10).ranking
+    server.wait_for(r"rerank ok")
+    serving = set(re.findall(r"(\d+) DEBUG server.service: rerank ok", server.output))
+    assert len(serving) == 2, server.output
+    server.signal(signal.SIGTERM)
+    assert server.popen.wait(timeout=30) == 0
+    assert server.output.count("stopped (0 tasks left)") == 2
