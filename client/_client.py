@@ -127,6 +127,7 @@ class RerankClient:
         model: str = "",
         top_n: int | None = None,
         provider_options: Mapping[str, Any] | None = None,
+        bypass_cache: bool = False,
         timeout: float | None = None,
     ) -> RerankResult:
         """Rank `documents` by relevance to `query`, best first.
@@ -139,6 +140,8 @@ class RerankClient:
             top_n: How many of the best documents to return; None for all of them.
             provider_options: Provider-specific options, e.g.
                 `{"cohere": {"maxTokensPerDoc": 512}}`.
+            bypass_cache: Ask the server not to answer from, or store into, its result
+                cache.
             timeout: This call's deadline in seconds; None for the client's default.
 
         Raises:
@@ -148,7 +151,12 @@ class RerankClient:
                 cannot hold.
         """
         request = build_rerank_request(
-            query, documents, model=model, top_n=top_n, provider_options=provider_options
+            query,
+            documents,
+            model=model,
+            top_n=top_n,
+            provider_options=provider_options,
+            bypass_cache=bypass_cache,
         )
         with map_rpc_errors():
             response = self._stub.Rerank(
@@ -253,11 +261,17 @@ class AsyncRerankClient:
         model: str = "",
         top_n: int | None = None,
         provider_options: Mapping[str, Any] | None = None,
+        bypass_cache: bool = False,
         timeout: float | None = None,
     ) -> RerankResult:
         """Rank `documents` by relevance to `query`, best first; see `RerankClient.rerank`."""
         request = build_rerank_request(
-            query, documents, model=model, top_n=top_n, provider_options=provider_options
+            query,
+            documents,
+            model=model,
+            top_n=top_n,
+            provider_options=provider_options,
+            bypass_cache=bypass_cache,
         )
         with map_rpc_errors():
             response = await self._stub.Rerank(

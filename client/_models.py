@@ -73,6 +73,8 @@ class RerankResult:
     """Warnings from the gateway; empty when none."""
     provider_metadata: dict[str, Any] | None = None
     """Provider-specific metadata, e.g. `{"gateway": {"cost": "0.002"}}`; None when none."""
+    cached: bool = False
+    """True when the server answered from its result cache."""
 
     @property
     def reranked_documents(self) -> tuple[Document, ...]:
@@ -83,8 +85,8 @@ class RerankResult:
         """The AI SDK-style JSON object, in camelCase.
 
         `{"ranking": [{"originalIndex", "score", "document"}], "rerankedDocuments": [...],
-        "model", "id", "warnings": [...], "providerMetadata"}`; `providerMetadata` is always
-        present (null when the gateway sent none) so consumers see one stable shape.
+        "model", "id", "warnings": [...], "providerMetadata", "cached"}`; `providerMetadata` is
+        always present (null when the gateway sent none) so consumers see one stable shape.
         """
         return {
             "ranking": [entry.to_json_dict() for entry in self.ranking],
@@ -93,6 +95,7 @@ class RerankResult:
             "id": self.id,
             "warnings": [warning.to_json_dict() for warning in self.warnings],
             "providerMetadata": self.provider_metadata,
+            "cached": self.cached,
         }
 
 

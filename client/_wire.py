@@ -97,6 +97,7 @@ def build_rerank_request(
     model: str,
     top_n: int | None,
     provider_options: Mapping[str, Any] | None,
+    bypass_cache: bool = False,
 ) -> pb.RerankRequest:
     """Build a `RerankRequest`; the server, not this function, validates its content.
 
@@ -112,6 +113,7 @@ def build_rerank_request(
         model=model,
         query=query,
         documents=[_to_document(document, i) for i, document in enumerate(documents)],
+        bypass_cache=bypass_cache,
     )
     if top_n is not None:
         request.top_n = top_n
@@ -139,6 +141,7 @@ def parse_rerank_response(response: pb.RerankResponse) -> RerankResult:
         ),
         model=response.model,
         id=response.id,
+        cached=response.cached,
         warnings=tuple(
             Warning(
                 # TYPE_UNSPECIFIED is never sent; a newer server's unknown type is still a

@@ -69,6 +69,9 @@ def _parser(default_target: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--pretty", action="store_true", help="indent the JSON output")
     parser.add_argument(
+        "--no-cache", action="store_true", help="ask the server to bypass its result cache"
+    )
+    parser.add_argument(
         "--list-models", action="store_true", help="list the reranking models and exit"
     )
     return parser
@@ -128,8 +131,10 @@ def _dump(value: Any, *, pretty: bool, out: TextIO) -> None:
 
 def _report_rpc_error(error: RerankClientError, err: TextIO) -> int:
     line = f"{_PROG}: {error.code.name}: {error.details}"
-    if error.field_violations:
-        line += " (" + "; ".join(f"{f}: {d}" for f, d in error.field_violations) + ")"
+    # The server's message usually names the fields already; add only what it left out.
+    missing = [(f, d) for f, d in error.field_violations if f"{f}: {d}" not in error.details]
+    if missing:
+        line += " (" + "; ".join(f"{f}: {d}" for f, d in missing) + ")"
     err.write(line + "\n")
     return EXIT_USAGE if isinstance(error, InvalidRequestError) else EXIT_RPC_ERROR
 
@@ -180,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                     model=args.model,
                     top_n=args.top_n,
                     provider_options=provider_options,
+                    bypass_cache=args.no_cache,
                     timeout=args.timeout,
                 )
                 _dump(result.to_json_dict(), pretty=args.pretty, out=sys.stdout)

@@ -71,6 +71,7 @@ def test_query_and_documents_from_arguments(
         "id": "rr-test",
         "warnings": [],
         "providerMetadata": None,
+        "cached": False,
     }
     request = last_request(service)
     assert request.query == "What is the capital of France?"
@@ -334,3 +335,12 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--help")
     assert code == 0
     assert "--list-models" in out
+
+
+def test_no_cache_asks_the_server_to_bypass_its_cache(
+    service: Any, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--target", target, "--no-cache", "q", "a"]) == 0
+    assert last_request(service).bypass_cache
+    assert main(["--target", target, "q", "a"]) == 0
+    assert not last_request(service).bypass_cache

@@ -235,6 +235,7 @@ def test_warnings_metadata_and_json_shape(
             {"type": "other", "message": "?"},
         ],
         "providerMetadata": {"gateway": {"cost": "0.002", "attempts": 1}},
+        "cached": False,
     }
 
 
