@@ -1,0 +1,107 @@
+"""The processes under test: started with Popen, ready on their line, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+
+
+class Service:
+    """One child process: `python -m MODULE ARGS`, its stderr in `log`.
+
+    Use as a context manager: `__exit__` sends SIGTERM to this PID only, waits a bounded time,
+    and kills it (this PID only) if it has not exited.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        args: Sequence[str],
+        ready: str,
+        log: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self._command = [sys.executable, "-m", module, *args]
+        self._ready = re.compile(ready)
+        self._log_path = log
+        self._env = {**os.environ, **(env or {})}
+        self._popen: subprocess.Popen[bytes] | None = None
+        self.address = ""
+
+    @property
+    def pid(self) -> int:
+        assert self._popen is not None
+        return self._popen.pid
+
+    def __enter__(self) -> Service:
+        log = self._log_path.open("wb")
+        try:
+            self._popen = subprocess.Popen(
+                self._command, stdout=subprocess.PIPE, stderr=log, env=self._env
+            )
+        finally:
+            log.close()  # the child holds its own descriptor
+        try:
+            self.address = self._wait_ready()
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop()
+
+    def _wait_ready(self) -> str:
+        """The ready line's first group, read within READY_TIMEOUT_S (never a blocking read)."""
+        assert self._popen is not None
+        assert self._popen.stdout is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        buffered = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._popen.stdout, selectors.EVENT_READ)
+            while (left := deadline - time.monotonic()) > 0:
+                if not selector.select(timeout=left):
+                    continue
+                chunk = os.read(self._popen.stdout.fileno(), 4096)
+                if not chunk:
+                    break  # the child closed stdout: it exited
+                buffered += chunk
+                match = self._ready.search(buffered.decode(errors="replace"))
+                if match:
+                    return match.group(1)
+        raise RuntimeError(
+            f"{self.name} did not print its ready line within {READY_TIMEOUT_S:.0f} s "
+            f"(exit code {self._popen.poll()}); see {self._log_path.name}"
+        )
+
+    def _stop(self) -> None:
+        popen = self._popen
+        if popen is None or popen.poll() is not None:
+            return
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(timeout=STOP_TIMEOUT_S)
+        finally:
+            if popen.stdout is not None:
+                popen.stdout.close()

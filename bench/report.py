@@ -1,0 +1,228 @@
+"""Turn one run's figures into `NAME.json` (raw), `NAME.md` (tables) and `NAME.png` (plot)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+PATHS = {
+    "direct": "direct: load generator → mock gateway (HTTP/1.1)",
+    "proxied": "proxied: load generator → server (gRPC) → mock gateway (HTTP/1.1)",
+    "echo": "echo: load generator → bare grpc.aio echo (bytes of a 20-document request)",
+}
+COLOURS = {"direct": "tab:blue", "proxied": "tab:orange", "echo": "tab:green"}
+
+
+def write(results: dict[str, Any], stem: Path) -> None:
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(results))
+    plot(results, stem.with_suffix(".png"))
+
+
+def _n(value: float) -> str:
+    """Three significant figures or so: enough for a noisy shared machine."""
+    if math.isnan(value):
+        return "–"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:.0f}"
+
+
+def _goal_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    ratios = results["ratios"]
+    rows = []
+    for concurrency in (1, 8, 64):
+        key = f"cpu_proxied20_over_echo_c{concurrency}"
+        if key in ratios:
+            rows.append(
+                (
+                    f"server CPU per proxied 20-document call ÷ echo CPU per call, C={concurrency}",
+                    f"{ratios[key]:.1f}×",
+                    "≤ 2×",
+                )
+            )
+    for concurrency in (1, 8):
+        key = f"added_p50_ms_c{concurrency}_20docs"
+        if key in ratios:
+            rows.append(
+                (
+                    f"added p50 latency, proxied − direct, C={concurrency}, 20 documents",
+                    f"{_n(ratios[key])} ms",
+                    "< 1 ms",
+                )
+            )
+            break
+    for concurrency in (64, 8):
+        key = f"loop_lag_ms_c{concurrency}_20docs"
+        if key in ratios:
+            lag = ratios[key]
+            rows.append(
+                (
+                    f"server event-loop lag, C={concurrency}, 20 documents "
+                    f"(health probe p50 / p99 − unloaded p50; {lag['samples']} probes)",
+                    f"{_n(lag['p50'])} / {_n(lag['p99'])} ms",
+                    "< 5 ms",
+                )
+            )
+            break
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    machine = results["machine"]
+    lines = [
+        f"# Benchmark `{results['plan']['name']}` — {results['started_at']}",
+        "",
+        f"{machine['cores']} cores ({machine['cpu_model'] or 'unknown CPU'}), "
+        f"{machine['implementation']} {machine['python']}, grpcio {machine['grpcio']}, "
+        f"{machine['system']}; load average at start "
+        f"{machine['load_average_at_start'][0]:.2f}, at end "
+        f"{machine['load_average_at_end'][0]:.2f}. Wall time {results['wall_s']:.0f} s. "
+        f"Warm-up ≥ {results['plan']['warmup_s']} s (and until every worker has completed a "
+        f"call), window {results['plan']['duration_s']} s (1,000-document cells: or "
+        f"{results['plan']['max_calls_1000']} calls if sooner). The load generator, the server "
+        "and the mock share the cores: prefer the ratios.",
+        "",
+        "## Goals",
+        "",
+        "| figure | this run | goal |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {value} | {goal} |" for name, value, goal in _goal_rows(results)]
+    lines += [
+        "",
+        f"Unloaded health-probe latency p50: {_n(results['probe_unloaded_ms']['p50'])} ms.",
+        "",
+    ]
+    direct = {
+        (c["documents"], c["concurrency"]): c for c in results["cells"] if c["path"] == "direct"
+    }
+    for path in ("direct", "proxied", "echo"):
+        cells = [c for c in results["cells"] if c["path"] == path]
+        if not cells:
+            continue
+        lines += [f"## {PATHS[path]}", ""]
+        if path == "direct":
+            head = ["docs", "C", "calls/s", "p50 ms", "p90 ms", "p99 ms", "errors"]
+            head += ["mock CPU ms/call", "mock RSS MiB"]
+        elif path == "proxied":
+            head = ["docs", "C", "calls/s", "% of direct", "p50 ms", "p90 ms", "p99 ms"]
+            head += ["errors", "server CPU ms/call", "mock CPU ms/call"]
+            head += ["server RSS / peak MiB", "loop lag p50 / p99 ms"]
+        else:
+            head = ["C", "calls/s", "p50 ms", "p90 ms", "p99 ms", "errors", "echo CPU ms/call"]
+            head += ["echo RSS MiB"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+        for cell in cells:
+            latency = cell["latency_ms"]
+            timing = [_n(latency["p50"]), _n(latency["p90"]), _n(latency["p99"])]
+            errors = str(cell["errors"])
+            cpu = cell["cpu_ms_per_call"]
+            memory = cell["memory_kib"]
+            if path == "direct":
+                row = [str(cell["documents"]), str(cell["concurrency"]), _n(cell["throughput"])]
+                row += [*timing, errors, _n(cpu["mock"]), _mib(memory["mock"]["rss"])]
+            elif path == "proxied":
+                base = direct.get((cell["documents"], cell["concurrency"]))
+                share = f"{100 * cell['throughput'] / base['throughput']:.0f}%" if base else "–"
+                lag = cell["loop_lag_ms"]
+                row = [str(cell["documents"]), str(cell["concurrency"]), _n(cell["throughput"])]
+                row += [share, *timing, errors, _n(cpu["server"]), _n(cpu["mock"])]
+                row += [
+                    f"{_mib(memory['server']['rss'])} / {_mib(memory['server']['hwm'])}",
+                    f"{_n(lag['p50'])} / {_n(lag['p99'])}",
+                ]
+            else:
+                row = [str(cell["concurrency"]), _n(cell["throughput"]), *timing, errors]
+                row += [_n(cpu["echo"]), _mib(memory["echo"]["rss"])]
+            lines.append("| " + " | ".join(row) + " |")
+        kinds: dict[str, int] = {}
+        for cell in cells:
+            for kind, count in cell["error_kinds"].items():
+                kinds[kind] = kinds.get(kind, 0) + count
+        if kinds:
+            lines += ["", "Errors by kind: " + ", ".join(f"{k} {v}" for k, v in kinds.items())]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def summary(results: dict[str, Any]) -> str:
+    return "\n".join(f"{name}: {value} (goal {goal})" for name, value, goal in _goal_rows(results))
+
+
+def plot(results: dict[str, Any], target: Path) -> None:
+    """Latency (p50 solid, p99 dashed) against throughput, one panel per document count, one
+    line per path; each point is one concurrency, labelled with it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a build machine
+    import matplotlib.pyplot as plt
+
+    counts = sorted({c["documents"] for c in results["cells"] if c["path"] != "echo"})
+    columns = 2 if len(counts) > 1 else 1
+    rows = math.ceil(len(counts) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.6 * rows), squeeze=False)
+    for axis, documents in zip(axes.flat, counts, strict=False):
+        for path in ("direct", "proxied", "echo"):
+            # The echo call carries a 20-document request: it belongs on that panel only.
+            if path == "echo" and documents != 20:
+                continue
+            cells = sorted(
+                (c for c in results["cells"] if c["path"] == path)
+                if path == "echo"
+                else (
+                    c for c in results["cells"] if c["path"] == path and c["documents"] == documents
+                ),
+                key=lambda c: c["concurrency"],
+            )
+            if not cells:
+                continue
+            x = [c["throughput"] for c in cells]
+            colour = COLOURS[path]
+            axis.plot(
+                x, [c["latency_ms"]["p50"] for c in cells], "o-", color=colour, label=f"{path} p50"
+            )
+            axis.plot(
+                x,
+                [c["latency_ms"]["p99"] for c in cells],
+                "^--",
+                color=colour,
+                alpha=0.7,
+                label=f"{path} p99",
+            )
+            for cell in cells:
+                axis.annotate(
+                    f"C={cell['concurrency']}",
+                    (cell["throughput"], cell["latency_ms"]["p50"]),
+                    textcoords="offset points",
+                    xytext=(4, -11),
+                    fontsize=7,
+                    color=colour,
+                )
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_title(f"{documents} document{'s' if documents != 1 else ''} per call")
+        axis.set_xlabel("throughput (calls/s)")
+        axis.set_ylabel("latency (ms)")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7, loc="best")
+    for axis in list(axes.flat)[len(counts) :]:
+        axis.set_visible(False)
+    machine = results["machine"]
+    figure.suptitle(
+        f"rerank bench {results['started_at'][:10]}: latency vs throughput, concurrency "
+        f"{'/'.join(str(c) for c in results['plan']['concurrencies'])} "
+        f"(shared {machine['cores']}-core box, Python {machine['python']})",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    figure.savefig(target, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,345 @@
+"""The orchestrator: start the processes under test, run the matrix, probe the server's event
+loop, compute the ratios, write `bench/results/NAME.{json,md,png}`.
+
+Every process is a child of this one, started with Popen and stopped by its PID; every wait is
+bounded. The load of each cell comes from a separate `bench.loadgen` process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench import report
+from bench._procfs import memory_kib
+from bench._services import Service
+from bench.loadgen import CellConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+API_KEY = "bench"
+CALL_TIMEOUT_S = 30.0
+#: How often the event-loop probe asks the server's health service, and its own deadline.
+PROBE_INTERVAL_S = 0.05
+PROBE_TIMEOUT_S = 5.0
+#: Bound on one load generator process beyond its configured time (start-up, warm-up, drain).
+LOADGEN_SLACK_S = 90.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run. The full plan is the README's matrix; quick and smoke trim it."""
+
+    name: str
+    concurrencies: tuple[int, ...]
+    documents: tuple[int, ...]
+    echo_concurrencies: tuple[int, ...]
+    warmup_s: float
+    duration_s: float
+    #: Cells of 1,000 documents stop after this many calls if that comes before the duration.
+    max_calls_1000: int
+
+
+FULL = Plan("latest", (1, 8, 64, 256), (1, 20, 100, 1000), (1, 8, 64, 256), 1.0, 4.0, 300)
+QUICK = Plan("quick", (1, 64), (20, 1000), (1, 64), 0.5, 1.5, 150)
+SMOKE = Plan("smoke", (8,), (20,), (8,), 0.3, 1.0, 50)
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "system": f"{platform.system()} {platform.release()}",
+        "grpcio": grpc.__version__,
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+class LoopProbe:
+    """Times `grpc.health.v1.Health/Check` on the server every PROBE_INTERVAL_S.
+
+    The check does no work of its own, so under load its extra latency over the unloaded one
+    is how long a ready callback waits for the server's event loop (plus the 2-core box's
+    scheduling: this process competes for the cores too). It runs in this process, which is
+    otherwise idle during a cell, on its own connection; the server's code is unchanged.
+    """
+
+    def __init__(self, target: str) -> None:
+        self._channel = grpc.aio.insecure_channel(
+            target, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        self._stub = health_pb2_grpc.HealthStub(self._channel)
+        self.samples: list[tuple[float, float]] = []  # (monotonic time sent, latency in ms)
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def check_once(self) -> float:
+        began = time.perf_counter()
+        try:
+            await self._stub.Check(health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT_S)
+        except grpc.aio.AioRpcError:
+            return PROBE_TIMEOUT_S * 1000  # counted as the longest lag we can tell
+        return (time.perf_counter() - began) * 1000
+
+    async def run(self) -> None:
+        """Probe until cancelled."""
+        while True:
+            sent = time.monotonic()
+            self.samples.append((sent, await self.check_once()))
+            await asyncio.sleep(max(0.0, PROBE_INTERVAL_S - (time.monotonic() - sent)))
+
+    def window(self, start: float, end: float) -> list[float]:
+        return [latency for sent, latency in self.samples if start <= sent < end]
+
+
+async def _loadgen(config: CellConfig) -> dict[str, Any]:
+    """Run one cell in a `bench.loadgen` process; bounded, killed by PID if it overruns."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        json.dumps(asdict(config)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    bound = config.warmup_s + config.duration_s + 2 * config.call_timeout_s + LOADGEN_SLACK_S
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=bound)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise RuntimeError(f"load generator overran {bound:.0f} s: {config}") from None
+    if process.returncode != 0:
+        raise RuntimeError(f"load generator failed ({process.returncode}):\n{err.decode()}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan"), "samples": 0}
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered), max(1, round(q * len(ordered) + 0.5))) - 1]
+
+    return {"p50": rank(0.5), "p99": rank(0.99), "max": ordered[-1], "samples": len(ordered)}
+
+
+def _cells(plan: Plan) -> Iterator[tuple[str, int, int]]:
+    """(path, documents, concurrency) in run order: echo first (the floor), then for each
+    cell direct and proxied back to back, so the two compared figures see the same noise."""
+    for concurrency in plan.echo_concurrencies:
+        yield "echo", 20, concurrency
+    for documents in plan.documents:
+        for concurrency in plan.concurrencies:
+            yield "direct", documents, concurrency
+            yield "proxied", documents, concurrency
+
+
+async def _run(plan: Plan, out: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    machine = _machine()
+    cells: list[dict[str, Any]] = []
+    # Starting and stopping the services blocks this loop on purpose: nothing else runs yet.
+    with contextlib.ExitStack() as stack:
+        mock = stack.enter_context(
+            Service(
+                "mock gateway",
+                "mock_gateway",
+                ["--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
+                r"mock gateway listening on (http://\S+)",
+                out / f"{plan.name}-mock.log",
+            )
+        )
+        server = stack.enter_context(
+            Service(
+                "rerank server",
+                "server",
+                ["--host", "127.0.0.1", "--port", "0", "--gateway-url", mock.address],
+                r"rerank server listening on (\S+:\d+)",
+                out / f"{plan.name}-server.log",
+                # The server's defaults otherwise, including its INFO line per call: its
+                # CPU per call is what it costs as shipped.
+                env={"AI_GATEWAY_API_KEY": API_KEY, "RERANK_GRACE_PERIOD": "2"},
+            )
+        )
+        echo = stack.enter_context(
+            Service(
+                "echo server",
+                "bench.echo_server",
+                ["--host", "127.0.0.1", "--port", "0"],
+                r"echo server listening on (\S+:\d+)",
+                out / f"{plan.name}-echo.log",
+            )
+        )
+        targets = {
+            "direct": (mock.address, {"mock": mock.pid}),
+            "proxied": (server.address, {"server": server.pid, "mock": mock.pid}),
+            "echo": (echo.address, {"echo": echo.pid}),
+        }
+        pids = {"mock": mock.pid, "server": server.pid, "echo": echo.pid}
+
+        probe = LoopProbe(server.address)
+        try:
+            # The unloaded latency of the probe, against which lag under load is measured.
+            for _ in range(5):
+                await probe.check_once()  # connect and warm up
+            unloaded = _percentiles([await probe.check_once() for _ in range(40)])
+            for path, documents, concurrency in _cells(plan):
+                target, watch = targets[path]
+                config = CellConfig(
+                    path=path,
+                    target=target,
+                    documents=documents,
+                    concurrency=concurrency,
+                    warmup_s=plan.warmup_s,
+                    duration_s=plan.duration_s,
+                    max_calls=plan.max_calls_1000 if documents >= 1000 else None,
+                    call_timeout_s=CALL_TIMEOUT_S,
+                    watch_pids=watch,
+                    api_key=API_KEY,
+                )
+                probing = asyncio.create_task(probe.run()) if path == "proxied" else None
+                try:
+                    result = await _loadgen(config)
+                finally:
+                    if probing is not None:
+                        probing.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await probing
+                cells.append(_cell(result, pids, probe, unloaded["p50"]))
+                probe.samples.clear()
+                _progress(cells[-1])
+        finally:
+            await probe.close()
+    machine["load_average_at_end"] = list(os.getloadavg())
+    results: dict[str, Any] = {
+        "plan": asdict(plan),
+        "started_at": started_at,
+        "wall_s": time.monotonic() - started,
+        "machine": machine,
+        "probe_unloaded_ms": unloaded,
+        "call_timeout_s": CALL_TIMEOUT_S,
+        "cells": cells,
+    }
+    results["ratios"] = _ratios(results)
+    return results
+
+
+def _cell(
+    result: dict[str, Any], pids: dict[str, int], probe: LoopProbe, unloaded_p50: float
+) -> dict[str, Any]:
+    completed = max(1, result["calls"] + result["errors"])
+    cell = dict(result)
+    cell["cpu_ms_per_call"] = {
+        name: 1000 * seconds / completed for name, seconds in result["cpu_s"].items()
+    }
+    cell["generator_cpu_ms_per_call"] = 1000 * result["generator_cpu_s"] / completed
+    # VmHWM is the peak over the process's life so far, i.e. up to and including this cell.
+    cell["memory_kib"] = {
+        name: dict(zip(("rss", "hwm"), memory_kib(pid), strict=True))
+        for name, pid in pids.items()
+        if name in result["cpu_s"]
+    }
+    if result["path"] == "proxied":
+        lag = _percentiles(probe.window(result["window_start"], result["window_end"]))
+        cell["loop_lag_ms"] = {
+            key: (value - unloaded_p50 if key != "samples" else value) for key, value in lag.items()
+        }
+    return cell
+
+
+def _find(results: dict[str, Any], path: str, documents: int, concurrency: int) -> Any:
+    for cell in results["cells"]:
+        if (cell["path"], cell["documents"], cell["concurrency"]) == (
+            path,
+            documents,
+            concurrency,
+        ):
+            return cell
+    return None
+
+
+def _ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """The three goals, each from figures of this one run."""
+    ratios: dict[str, Any] = {}
+    for concurrency in (1, 64, 8):
+        proxied = _find(results, "proxied", 20, concurrency)
+        echo = _find(results, "echo", 20, concurrency)
+        if proxied and echo:
+            ratios[f"cpu_proxied20_over_echo_c{concurrency}"] = (
+                proxied["cpu_ms_per_call"]["server"] / echo["cpu_ms_per_call"]["echo"]
+            )
+    for concurrency in (1, 8):
+        proxied = _find(results, "proxied", 20, concurrency)
+        direct = _find(results, "direct", 20, concurrency)
+        if proxied and direct:
+            ratios[f"added_p50_ms_c{concurrency}_20docs"] = (
+                proxied["latency_ms"]["p50"] - direct["latency_ms"]["p50"]
+            )
+    for concurrency in (64, 8):
+        proxied = _find(results, "proxied", 20, concurrency)
+        if proxied:
+            ratios[f"loop_lag_ms_c{concurrency}_20docs"] = proxied["loop_lag_ms"]
+    return ratios
+
+
+def _progress(cell: dict[str, Any]) -> None:
+    cpu = " ".join(f"{k}={v:.2f}" for k, v in cell["cpu_ms_per_call"].items())
+    lag = cell.get("loop_lag_ms")
+    print(
+        f"{cell['path']:>7} docs={cell['documents']:>4} c={cell['concurrency']:>3} "
+        f"{cell['throughput']:8.1f} calls/s  p50={cell['latency_ms']['p50']:8.2f} "
+        f"p99={cell['latency_ms']['p99']:8.2f} ms  errors={cell['errors']}  cpu ms/call: {cpu}"
+        + (f"  lag p50={lag['p50']:.1f} p99={lag['p99']:.1f} ms" if lag else ""),
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", action="store_true", help="one tiny cell per path, ~10 s")
+    mode.add_argument(
+        "--quick", action="store_true", help="half durations, trimmed matrix (or BENCH_QUICK=1)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        plan = SMOKE
+    elif args.quick or os.environ.get("BENCH_QUICK", "") not in ("", "0"):
+        plan = QUICK
+    else:
+        plan = FULL
+    print(f"bench: plan {plan.name}, writing {plan.name}.{{json,md,png}}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = asyncio.run(_run(plan, args.out))
+    report.write(results, args.out / plan.name)
+    print(report.summary(results), flush=True)
+    print(f"bench: done in {results['wall_s']:.0f} s", flush=True)
+    return 0
