@@ -180,11 +180,20 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
             Service(
                 "rerank server",
                 "server",
-                ["--host", "127.0.0.1", "--port", "0", "--gateway-url", mock.address],
+                # One worker: CPU per call and RSS are read from this one PID.
+                [
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--workers",
+                    "1",
+                    "--gateway-url",
+                    mock.address,
+                ],
                 r"rerank server listening on (\S+:\d+)",
                 out / f"{plan.name}-server.log",
-                # The server's defaults otherwise, including its INFO line per call: its
-                # CPU per call is what it costs as shipped.
+                # The server's defaults otherwise: its CPU per call is what it costs as shipped.
                 env={"AI_GATEWAY_API_KEY": API_KEY, "RERANK_GRACE_PERIOD": "2"},
             )
         )

@@ -9,6 +9,7 @@ come from ``score`` (lexical, pure); faults are requested per call through
 
 from ._app import ConnectionDropped, MockGateway, create_app
 from ._catalogue import RERANKING_MODEL_IDS
+from ._embedded import LoopbackMockGateway
 from ._faults import DROP_VARIANTS, FAULT_OPTION, MALFORMED_VARIANTS
 from ._scoring import score
 from ._script import MockScript
@@ -20,6 +21,7 @@ __all__ = [
     "MALFORMED_VARIANTS",
     "RERANKING_MODEL_IDS",
     "ConnectionDropped",
+    "LoopbackMockGateway",
     "MockGateway",
     "MockScript",
     "MockSettings",

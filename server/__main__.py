@@ -160,8 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # httpx logs every request at INFO: one line per call is noise at this volume.
-    logging.getLogger("httpx").setLevel(
+    # uvicorn (the embedded mock gateway) logs each start and stop at INFO: noise here.
+    logging.getLogger("uvicorn.error").setLevel(
         max(logging.WARNING, logging.getLevelName(settings.log_level))
     )
 

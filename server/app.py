@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import signal
@@ -12,11 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # re-exported at run time
 from grpc_reflection.v1alpha import reflection
 
+from mock_gateway import LoopbackMockGateway
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from server.admission import Admission
@@ -37,8 +38,6 @@ _OPERATOR_CODES = frozenset(
     {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE}
 )
 HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
-# The embedded mock is reached through httpx's ASGI transport: this host never resolves.
-EMBEDDED_MOCK_URL = "http://embedded-mock-gateway.invalid/v3/ai"
 
 
 if TYPE_CHECKING:
@@ -55,6 +54,11 @@ class ErrorInterceptor(_ServerInterceptor):
     caller gets INTERNAL with that id, never the exception's text.
     """
 
+    def __init__(self) -> None:
+        # grpc asks interceptors for a handler on every call; the guarded handler of a method
+        # never changes, so it is built once, not once per call.
+        self._guarded: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -62,14 +66,16 @@ class ErrorInterceptor(_ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
+        method = handler_call_details.method
+        if (guarded := self._guarded.get(method)) is not None:
+            return guarded
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         # grpc's stubs type handlers as sync; under grpc.aio the behaviour is a coroutine.
         behaviour: Any = handler.unary_unary
-        method = handler_call_details.method
 
-        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def guard(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 return await behaviour(request, context)
             except RerankError as error:
@@ -92,11 +98,12 @@ class ErrorInterceptor(_ServerInterceptor):
                     grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
                 )
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
+        self._guarded[method] = grpc.unary_unary_rpc_method_handler(
+            guard,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        return self._guarded[method]
 
 
 class AuthInterceptor(_ServerInterceptor):
@@ -166,21 +173,24 @@ class RunningServer:
     health: health_aio.HealthServicer
     reranker: Reranker
     grace_period: float
+    embedded_mock: LoopbackMockGateway | None = None
 
     async def stop(self) -> None:
         """Graceful stop: NOT_SERVING first (so balancers drain us), then let in-flight
-        calls finish within the grace period, then close the HTTP pool."""
+        calls finish within the grace period, then close the HTTP pool (and the embedded
+        mock gateway, when there is one)."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_period)
         await self.reranker.aclose()
+        if self.embedded_mock is not None:
+            await self.embedded_mock.stop()
 
 
-def build_reranker(settings: Settings) -> Reranker:
-    """The whole chain, outermost first: the result cache, windows for large requests,
-    retries with a budget and a circuit breaker, and the gateway adapter over one pooled
-    client (to the gateway, or to the bundled mock)."""
+def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
+    """The whole chain around `gateway`, outermost first: the result cache, windows for large
+    requests, retries with a budget and a circuit breaker."""
     resilient = ResilientReranker(
-        build_gateway(settings),
+        gateway,
         policy=RetryPolicy(
             max_retries=settings.max_retries,
             initial_backoff=settings.retry_initial_backoff,
@@ -204,25 +214,14 @@ def build_reranker(settings: Settings) -> Reranker:
 
 
 def build_gateway(settings: Settings) -> GatewayReranker:
-    """The gateway adapter over one pooled client: to the gateway, or to the bundled mock."""
-    limits = httpx.Limits(
-        max_connections=settings.max_connections,
-        max_keepalive_connections=settings.max_connections,
-    )
-    if settings.upstream is Upstream.EMBEDDED_MOCK:
-        # Composition root: only here does the server know the mock exists. The mock runs
-        # in-process behind the real adapter, so the same JSON contract is exercised.
-        from mock_gateway import create_app
-
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app()), limits=limits)
-        return GatewayReranker(http, base_url=EMBEDDED_MOCK_URL, api_key="embedded-mock")
+    """The gateway adapter for `settings.gateway_url`, over one pooled HTTP session."""
     if settings.api_key is None:
         raise ValueError("a gateway upstream needs an API key")
     return GatewayReranker(
-        httpx.AsyncClient(limits=limits),
         base_url=settings.gateway_url,
         api_key=settings.api_key,
         auth_method=settings.auth_method,
+        max_connections=settings.max_connections,
     )
 
 
@@ -232,7 +231,17 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     `reranker` replaces the one `settings` describe (tests use it for failures no gateway
     can be made to produce).
     """
-    reranker = reranker or build_reranker(settings)
+    embedded_mock = None
+    if reranker is None:
+        if settings.upstream is Upstream.EMBEDDED_MOCK:
+            # Composition root: only here does the server know the mock exists. It serves on
+            # a loopback port in this process, so the real adapter and HTTP client are used.
+            embedded_mock = LoopbackMockGateway()
+            url = await embedded_mock.start()
+            settings = dataclasses.replace(
+                settings, upstream=Upstream.GATEWAY, gateway_url=url, api_key="embedded-mock"
+            )
+        reranker = build_reranker(settings, build_gateway(settings))
     message_limit = settings.max_message_bytes
     interceptors: list[_ServerInterceptor] = []
     if settings.auth_tokens:
@@ -275,7 +284,9 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, reranker, settings.grace_period)
+    return RunningServer(
+        server, port, health_servicer, reranker, settings.grace_period, embedded_mock
+    )
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -50,6 +50,7 @@ def chaos_request(rng: random.Random) -> pb.RerankRequest:
         query=SEED_QUERY,
         documents=[pb.Document(text=d) for d in SEED_DOCUMENTS] * rng.randint(1, 30),
         top_n=rng.randint(1, 5),
+        bypass_cache=True,  # chaos is about the upstream: every call goes there
     )
     roll = rng.random()
     if roll < 0.1:
@@ -134,7 +135,8 @@ def test_chaos_then_sigterm(processes: list[Process]) -> None:
     # The load really was chaotic: successes, injected failures, overload and deadlines.
     assert tally.codes.get(grpc.StatusCode.OK, 0) > 10, tally.codes
     assert tally.codes.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 0, tally.codes
-    assert tally.codes.get(grpc.StatusCode.DEADLINE_EXCEEDED, 0) > 0, tally.codes
+    upstream_trouble = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+    assert sum(tally.codes.get(code, 0) for code in upstream_trouble) > 0, tally.codes
     # Flat memory: six seconds of chaos may not grow the server by more than 20 MiB.
     assert rss_after_load - rss_after_warm_up < 20 * 1024, (rss_after_warm_up, rss_after_load)
 

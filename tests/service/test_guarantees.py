@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 import trustme
 from google.rpc import error_details_pb2
@@ -21,8 +20,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from server.app import RunningServer, start_server
-from server.config import Settings
-from server.gateway import GatewayReranker
+from server.config import Settings, Upstream
+from tests.scripted_http import Fail, Request, ScriptedServer
 from tests.service.test_rerank_service import fault, seed_request, unpacked
 
 # Quick retries keep the tests fast; the policy is the same.
@@ -133,39 +132,27 @@ async def test_over_the_byte_limit_is_refused_at_once(serve: Any, channels: list
     assert (await in_flight).ranking
 
 
-class HangingGateway:
-    """An HTTP upstream that never answers and records being abandoned: whether a caller's
-    cancellation reached the HTTP request is visible only from the upstream's side."""
-
-    def __init__(self) -> None:
-        self.started = asyncio.Event()
-        self.cancelled = asyncio.Event()
-
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        self.started.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
-        return httpx.Response(500)
-
-
 @pytest.mark.parametrize("how", ["deadline", "cancel"])
 async def test_the_callers_end_cancels_the_upstream_request(
     serve: Any, channels: list[Any], how: str
 ) -> None:
-    upstream = HangingGateway()
-    http = httpx.AsyncClient(transport=httpx.MockTransport(upstream.handle))
-    reranker = GatewayReranker(http, base_url="http://gateway.test/v3/ai", api_key="k")
-    stub = stub_for(await serve(reranker=reranker), channels)
-    call = stub.Rerank(seed_request(), timeout=0.5 if how == "deadline" else 30)
-    await asyncio.wait_for(upstream.started.wait(), 5)
-    if how == "cancel":
-        call.cancel()
-    with pytest.raises((grpc.aio.AioRpcError, asyncio.CancelledError)):
-        await call
-    await asyncio.wait_for(upstream.cancelled.wait(), 5)
+    """Seen from a real HTTP upstream that never answers: the server hangs up on it."""
+
+    async def never_answer(request: Request) -> str:
+        return Fail.HANG
+
+    async with ScriptedServer(never_answer) as upstream:
+        settings = dataclasses.replace(
+            FAST, upstream=Upstream.GATEWAY, gateway_url=upstream.url, api_key="k"
+        )
+        stub = stub_for(await serve(settings), channels)
+        call = stub.Rerank(seed_request(), timeout=0.5 if how == "deadline" else 30)
+        await asyncio.wait_for(upstream.request_arrived.wait(), 5)
+        if how == "cancel":
+            call.cancel()
+        with pytest.raises((grpc.aio.AioRpcError, asyncio.CancelledError)):
+            await call
+        await asyncio.wait_for(upstream.client_went_away.wait(), 5)
 
 
 # --- caller authentication -------------------------------------------------------------

@@ -1,17 +1,20 @@
 """The gateway adapter against the protocol: bytes and headers out, every answer in.
 
-Outgoing requests are checked against the AI SDK's own requests captured on the wire; failures
-no real server can produce on demand (connection errors mid-flight) use httpx.MockTransport.
+Outgoing requests are checked against the AI SDK's own requests captured on the wire, and every
+answer — including refused, reset and cut connections — comes from a real HTTP server on a
+loopback port (tests/scripted_http.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import json
-from collections.abc import Callable
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
@@ -26,13 +29,27 @@ from server.gateway import (
     parse_rerank_body,
     parse_retry_after,
 )
+from tests.scripted_http import Fail, Handler, Reply, Request, ScriptedServer
 
 BASE = "http://gateway.test/v3/ai"
 
 
-def reranker_over(handler: Callable[[httpx.Request], httpx.Response]) -> GatewayReranker:
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return GatewayReranker(http, base_url=BASE + "/", api_key="test-key-123")
+@contextlib.asynccontextmanager
+async def gateway(handler: Handler) -> AsyncIterator[tuple[GatewayReranker, ScriptedServer]]:
+    """The adapter pointed at a scripted server; both closed afterwards."""
+    async with ScriptedServer(handler) as server:
+        reranker = GatewayReranker(base_url=server.url + "/", api_key="test-key-123")
+        try:
+            yield reranker, server
+        finally:
+            await reranker.aclose()
+
+
+def answer(value: Any, status: int = 200, **headers: str) -> Handler:
+    async def handler(request: Request) -> Reply:
+        return Reply(status, orjson.dumps(value), {"content-type": "application/json", **headers})
+
+    return handler
 
 
 def query_from_wire(body: dict[str, Any], model: str) -> RerankQuery:
@@ -49,27 +66,23 @@ def query_from_wire(body: dict[str, Any], model: str) -> RerankQuery:
 
 async def test_requests_match_the_ai_sdk_on_the_wire(wire_requests: list[dict[str, Any]]) -> None:
     """Body byte for byte, and every header the SDK sends but user-agent, for each capture."""
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json={"ranking": [{"index": 0, "relevanceScore": 0.5}]})
-
-    reranker = reranker_over(handler)
-    for capture in wire_requests:
-        seen.clear()
-        headers = capture["headers"]
-        body = json.loads(capture["body"])
-        await reranker.rerank(query_from_wire(body, headers["ai-model-id"]), timeout=5)
-        (request,) = seen
-        assert request.method == capture["method"]
-        assert request.url.path == capture["path"]
-        assert request.content == capture["body"].encode()
-        for name, value in headers.items():
-            if name in ("user-agent", "x-custom"):  # free, and a caller's own header
-                continue
-            assert request.headers[name] == value, name
-    await reranker.aclose()
+    async with gateway(answer({"ranking": [{"index": 0, "relevanceScore": 0.5}]})) as (
+        reranker,
+        server,
+    ):
+        for capture in wire_requests:
+            server.requests.clear()
+            headers = capture["headers"]
+            body = json.loads(capture["body"])
+            await reranker.rerank(query_from_wire(body, headers["ai-model-id"]), timeout=5)
+            (request,) = server.requests
+            assert request.method == capture["method"]
+            assert request.path == capture["path"]
+            assert request.body == capture["body"].encode()
+            for name, value in headers.items():
+                if name in ("user-agent", "x-custom"):  # free, and a caller's own header
+                    continue
+                assert request.headers[name] == value, name
 
 
 def test_body_omits_absent_keys_and_never_names_the_model() -> None:
@@ -98,19 +111,15 @@ async def test_list_models_keeps_only_reranking_models() -> None:
             {"id": "voyage/rerank-2.5", "modelType": "reranking"},
         ]
     }
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json=config)
-
-    models = await reranker_over(handler).list_models(timeout=5)
+    async with gateway(answer(config)) as (reranker, server):
+        models = await reranker.list_models(timeout=5)
     assert [m.id for m in models] == ["cohere/rerank-v3.5", "voyage/rerank-2.5"]
     assert models[0].provider == "cohere"
     assert models[0].pricing == {"input": "0.002"}
-    assert seen[0].url.path == "/v3/ai/config"
-    assert seen[0].headers["authorization"] == "Bearer test-key-123"
-    assert "ai-model-id" not in seen[0].headers
+    (request,) = server.requests
+    assert (request.method, request.path) == ("GET", "/v3/ai/config")
+    assert request.headers["authorization"] == "Bearer test-key-123"
+    assert "ai-model-id" not in request.headers
 
 
 def test_config_without_models_is_a_protocol_error() -> None:
@@ -250,54 +259,67 @@ def test_retry_after_as_an_http_date() -> None:
 
 
 async def test_rate_limit_carries_the_retry_delay() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            429, headers={"retry-after-ms": "250"}, content=envelope("rate_limit_exceeded")
-        )
+    async def handler(request: Request) -> Reply:
+        return Reply(429, envelope("rate_limit_exceeded"), {"retry-after-ms": "250"})
 
-    with pytest.raises(errors.UpstreamRateLimited) as caught:
-        await reranker_over(handler).rerank(
-            RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("a",)),
-            timeout=5,
-        )
+    async with gateway(handler) as (reranker, _):
+        with pytest.raises(errors.UpstreamRateLimited) as caught:
+            await reranker.rerank(
+                RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("a",)),
+                timeout=5,
+            )
     assert caught.value.retry_after == 0.25
 
 
-@pytest.mark.parametrize(
-    ("exception", "expected"),
-    [
-        (httpx.ConnectError("refused"), errors.UpstreamUnavailable),
-        (httpx.RemoteProtocolError("peer closed"), errors.UpstreamUnavailable),
-        (httpx.ReadError("reset"), errors.UpstreamUnavailable),
-        (httpx.ReadTimeout("slow"), errors.UpstreamTimeout),
-        (httpx.ConnectTimeout("slow"), errors.UpstreamTimeout),
-    ],
-)
-async def test_transport_failures(
-    exception: Exception, expected: type[errors.UpstreamError]
-) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exception
+@pytest.mark.parametrize("how", [Fail.CLOSE, Fail.RESET, Fail.CUT])
+async def test_broken_connections_are_unavailable(how: str) -> None:
+    async def handler(request: Request) -> str:
+        return how
 
-    with pytest.raises(expected):
-        await reranker_over(handler).list_models(timeout=5)
+    async with gateway(handler) as (reranker, _):
+        with pytest.raises(errors.UpstreamUnavailable):
+            await reranker.list_models(timeout=5)
+
+
+async def test_a_refused_connection_is_unavailable() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connecting is refused
+        port = closed.getsockname()[1]
+        reranker = GatewayReranker(base_url=f"http://127.0.0.1:{port}/v3/ai", api_key="k")
+        with pytest.raises(errors.UpstreamUnavailable):
+            await reranker.list_models(timeout=5)
+        await reranker.aclose()
+
+
+async def test_a_silent_gateway_times_out_and_is_hung_up_on() -> None:
+    async def handler(request: Request) -> str:
+        return Fail.HANG
+
+    async with gateway(handler) as (reranker, server):
+        with pytest.raises(errors.UpstreamTimeout):
+            await reranker.list_models(timeout=0.3)
+        await asyncio.wait_for(server.client_went_away.wait(), 5)
 
 
 async def test_no_time_left_means_no_call() -> None:
-    calls: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(request)
-        return httpx.Response(200, json={"models": []})
-
-    with pytest.raises(errors.UpstreamTimeout):
-        await reranker_over(handler).list_models(timeout=0)
-    assert calls == []
+    async with gateway(answer({"models": []})) as (reranker, server):
+        with pytest.raises(errors.UpstreamTimeout):
+            await reranker.list_models(timeout=0)
+    assert server.requests == []
 
 
-async def test_an_oversized_answer_is_refused_without_reading_it_all() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b" " * (MAX_RESPONSE_BYTES + 1))
+async def test_an_oversized_answer_is_refused() -> None:
+    async def handler(request: Request) -> Reply:
+        return Reply(200, b" " * (MAX_RESPONSE_BYTES + 1))
 
-    with pytest.raises(errors.UpstreamProtocolError, match="exceeds"):
-        await reranker_over(handler).list_models(timeout=5)
+    async with gateway(handler) as (reranker, _):
+        with pytest.raises(errors.UpstreamProtocolError, match="exceeds"):
+            await reranker.list_models(timeout=5)
+
+
+async def test_keep_alive_connections_are_reused() -> None:
+    async with gateway(answer({"models": []})) as (reranker, server):
+        for _ in range(5):
+            await reranker.list_models(timeout=5)
+    assert len(server.requests) == 5
+    assert server.connections == 1
