@@ -102,6 +102,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"Unloaded health-probe latency p50: {_n(results['probe_unloaded_ms']['p50'])} ms.",
         "",
     ]
+    lines += _workers_table(results.get("workers", []))
     direct = {
         (c["documents"], c["concurrency"]): c for c in results["cells"] if c["path"] == "direct"
     }
@@ -226,3 +227,26 @@ def plot(results: dict[str, Any], target: Path) -> None:
     figure.tight_layout()
     figure.savefig(target, dpi=110)
     plt.close(figure)
+
+
+def _workers_table(rows: list[dict[str, Any]]) -> list[str]:
+    """`--workers`: the same proxied cells on one worker and on one per core."""
+    if not rows:
+        return []
+    lines = [
+        "## Workers",
+        "",
+        "| docs | C | workers | calls/s | × one worker | p50 ms | p99 ms | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    single = {(r["documents"], r["concurrency"]): r for r in rows if r["workers"] == 1}
+    for row in rows:
+        base = single.get((row["documents"], row["concurrency"]))
+        gain = row["throughput"] / base["throughput"] if base and base["throughput"] else 0.0
+        latency = row["latency_ms"]
+        lines.append(
+            f"| {row['documents']} | {row['concurrency']} | {row['workers']} | "
+            f"{_n(row['throughput'])} | {gain:.2f}× | {_n(latency['p50'])} | "
+            f"{_n(latency['p99'])} | {row['errors']} |"
+        )
+    return [*lines, ""]

@@ -54,6 +54,9 @@ class Plan:
 
 
 FULL = Plan("latest", (1, 8, 64, 256), (1, 20, 100, 1000), (1, 8, 64, 256), 1.0, 4.0, 300)
+#: `--workers` compared: (documents, concurrency) cells run against one worker and against one
+#: per core, back to back. The machine's cores also run the mock and the load generator.
+WORKER_CELLS = ((20, 64), (100, 64))
 QUICK = Plan("quick", (1, 64), (20, 1000), (1, 64), 0.5, 1.5, 150)
 SMOKE = Plan("smoke", (8,), (20,), (8,), 0.3, 1.0, 50)
 
@@ -246,6 +249,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
                 _progress(cells[-1])
         finally:
             await probe.close()
+        workers = await _compare_workers(plan, out, stack, mock.address, server.address)
     machine["load_average_at_end"] = list(os.getloadavg())
     results: dict[str, Any] = {
         "plan": asdict(plan),
@@ -255,9 +259,65 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         "probe_unloaded_ms": unloaded,
         "call_timeout_s": CALL_TIMEOUT_S,
         "cells": cells,
+        "workers": workers,
     }
     results["ratios"] = _ratios(results)
     return results
+
+
+async def _compare_workers(
+    plan: Plan, out: Path, stack: contextlib.ExitStack, gateway_url: str, one_worker: str
+) -> list[dict[str, Any]]:
+    """Throughput of the same proxied cells on one worker and on one worker per core."""
+    if plan is SMOKE:
+        return []
+    cores = len(os.sched_getaffinity(0))
+    many = stack.enter_context(
+        Service(
+            "rerank server (workers)",
+            "server",
+            [
+                *("--host", "127.0.0.1", "--port", "0"),
+                *("--workers", str(cores), "--gateway-url", gateway_url),
+            ],
+            r"rerank server listening on (\S+:\d+)",
+            out / f"{plan.name}-server-workers.log",
+            env={"AI_GATEWAY_API_KEY": API_KEY, "RERANK_GRACE_PERIOD": "2"},
+        )
+    )
+    rows = []
+    for documents, concurrency in WORKER_CELLS:
+        for count, target in ((1, one_worker), (cores, many.address)):
+            result = await _loadgen(
+                CellConfig(
+                    path="proxied",
+                    target=target,
+                    documents=documents,
+                    concurrency=concurrency,
+                    warmup_s=plan.warmup_s,
+                    duration_s=plan.duration_s,
+                    max_calls=None,
+                    call_timeout_s=CALL_TIMEOUT_S,
+                    watch_pids={},
+                    api_key=API_KEY,
+                )
+            )
+            row = {
+                "workers": count,
+                "documents": documents,
+                "concurrency": concurrency,
+                "throughput": result["throughput"],
+                "latency_ms": result["latency_ms"],
+                "errors": result["errors"],
+            }
+            rows.append(row)
+            print(
+                f"workers={count} docs={documents:>4} c={concurrency:>3} "
+                f"{row['throughput']:8.1f} calls/s  p50={row['latency_ms']['p50']:8.2f} ms  "
+                f"errors={row['errors']}",
+                flush=True,
+            )
+    return rows
 
 
 def _cell(
