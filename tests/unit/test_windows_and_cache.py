@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import tracemalloc
 import zlib
 
 import pytest
@@ -243,3 +244,20 @@ async def test_when_every_caller_leaves_the_upstream_call_is_cancelled() -> None
     await asyncio.gather(*callers, return_exceptions=True)
     await asyncio.sleep(0)
     assert backend.cancelled == 1
+
+
+async def test_the_byte_bound_is_honest_about_memory() -> None:
+    """What the cache counts is what it holds: a full cache of top-10 rankings takes no more
+    memory (traced by tracemalloc) than its bound, give or take a fifth."""
+    bound = 2_000_000
+    cache, _ = caching(Backend(), max_bytes=bound, ttl=3600.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20_000):
+            await cache.rerank(dataclasses.replace(query(30, top_n=10), query=f"q{i}"), timeout=10)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert cache.misses == 20_000  # the bound, not the loop, decided what stayed
+    assert 0.8 * bound < held < 1.2 * bound, held
