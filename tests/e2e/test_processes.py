@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -145,3 +146,23 @@ def test_workers_share_one_port_and_stop_together(processes: list[Process]) -> N
     server.signal(signal.SIGTERM)
     assert server.popen.wait(timeout=30) == 0
     assert server.output.count("stopped (0 tasks left)") == 2
+
+
+def test_ten_thousand_documents_from_a_file_through_the_cli(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    target = start_server(processes, "--workers", "1")
+    documents = tmp_path / "documents.txt"
+    documents.write_text(
+        "".join(
+            f"passage {i} on {'the capital of France' if i == 7777 else 'rivers'}\n"
+            for i in range(10_000)
+        )
+    )
+    completed = run_cli(
+        "--target", target, "--top-n", "3", "--file", str(documents), "capital of France"
+    )
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert [r["originalIndex"] for r in result["ranking"]][:1] == [7777]
+    assert len(result["ranking"]) == 3
