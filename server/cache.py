@@ -71,14 +71,14 @@ def _unpack(blob: bytes) -> RerankOutcome:
     )
 
 
-@dataclass(slots=True)
-class _Entry:
-    blob: bytes
-    expires: float
+# An entry is a plain (blob, expires) tuple: the collector stops tracking exact tuples of
+# atomic values, so a full cache adds nothing to a full collection's work (a class instance, or
+# even a NamedTuple, would stay tracked).
+_Entry = tuple[bytes, float]
 
-    @property
-    def size(self) -> int:
-        return len(self.blob) + _OVERHEAD_PER_ENTRY
+
+def _entry_size(entry: _Entry) -> int:
+    return len(entry[0]) + _OVERHEAD_PER_ENTRY
 
 
 @dataclass
@@ -152,22 +152,24 @@ class CachingReranker:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.expires <= self._clock():
+        blob, expires = entry
+        if expires <= self._clock():
             self._evict(key)
             return None
         self._entries.move_to_end(key)
-        return _unpack(entry.blob)
+        return _unpack(blob)
 
     def _store(self, key: bytes, outcome: RerankOutcome) -> None:
-        entry = _Entry(_pack(outcome), self._clock() + self._ttl)
-        if entry.size > self._max_bytes:
+        entry = (_pack(outcome), self._clock() + self._ttl)
+        size = _entry_size(entry)
+        if size > self._max_bytes:
             return
         if key in self._entries:
             self._evict(key)
         self._entries[key] = entry
-        self._bytes += entry.size
+        self._bytes += size
         while self._bytes > self._max_bytes:
             self._evict(next(iter(self._entries)))
 
     def _evict(self, key: bytes) -> None:
-        self._bytes -= self._entries.pop(key).size
+        self._bytes -= _entry_size(self._entries.pop(key))
