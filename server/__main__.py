@@ -133,9 +133,8 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         retry_initial_backoff=number("RETRY_INITIAL_BACKOFF", defaults.retry_initial_backoff),
         retry_max_backoff=number("RETRY_MAX_BACKOFF", defaults.retry_max_backoff),
         retry_budget_ratio=number("RETRY_BUDGET_RATIO", defaults.retry_budget_ratio),
-        breaker_failure_threshold=int(
-            number("BREAKER_THRESHOLD", defaults.breaker_failure_threshold)
-        ),
+        breaker_failure_rate=number("BREAKER_FAILURE_RATE", defaults.breaker_failure_rate),
+        breaker_window=int(number("BREAKER_WINDOW", defaults.breaker_window)),
         breaker_cooldown=number("BREAKER_COOLDOWN", defaults.breaker_cooldown),
         auth_tokens=frozenset(tokens),
         auth_health=args.auth_health,

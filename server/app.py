@@ -199,7 +199,8 @@ def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
         ),
         budget=RetryBudget(ratio=settings.retry_budget_ratio),
         breaker=CircuitBreaker(
-            failure_threshold=settings.breaker_failure_threshold,
+            failure_rate=settings.breaker_failure_rate,
+            window=settings.breaker_window,
             cooldown=settings.breaker_cooldown,
         ),
     )

@@ -108,8 +108,12 @@ class Settings:
     retry_budget_ratio: float = 0.2
     """Retries allowed per first attempt, over time (`RERANK_RETRY_BUDGET_RATIO`)."""
 
-    breaker_failure_threshold: int = 5
-    """Consecutive gateway-down failures that open the circuit (`RERANK_BREAKER_THRESHOLD`)."""
+    breaker_failure_rate: float = 0.5
+    """Share of the last `breaker_window` gateway attempts that must have found it down for the
+    circuit to open (`RERANK_BREAKER_FAILURE_RATE`)."""
+
+    breaker_window: int = 100
+    """Gateway attempts the circuit breaker judges (`RERANK_BREAKER_WINDOW`)."""
 
     breaker_cooldown: float = 5.0
     """Seconds the open circuit fails fast before letting a probe through

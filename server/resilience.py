@@ -13,8 +13,8 @@ Policy, in one place:
 - A retry budget keeps a failing gateway from being hammered: every first attempt deposits
   `ratio` of a token, every retry withdraws one; with the bucket empty, failures are not
   retried. Retries are therefore at most about `ratio` of traffic, plus a small burst.
-- A circuit breaker fails fast after `failure_threshold` consecutive failures that say the
-  upstream is down (`UpstreamUnavailable`), for `cooldown` seconds; then one probe call at a
+- A circuit breaker fails fast for `cooldown` seconds once at least `failure_rate` of the last
+  `window` attempts found the upstream down (`UpstreamUnavailable`); then one probe call at a
   time goes through, and the first success closes it again. While open, callers get
   UNAVAILABLE with a RetryInfo of the time left. Health stays SERVING meanwhile (see
   README, "Guarantees"): the gateway is shared by every replica, so taking them all out of a
@@ -27,6 +27,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -87,21 +88,29 @@ class BreakerState(Enum):
 
 
 class CircuitBreaker:
-    """Opens after consecutive upstream-down failures; lets one probe through after a cool-down."""
+    """Opens when most recent upstream attempts found it down; lets one probe through after a
+    cool-down.
+
+    It judges a sliding window of the last `window` attempts: once the window is full and at
+    least `failure_rate` of it were `UpstreamUnavailable`, it opens. A share rather than a run
+    of failures, so a gateway that drops one request in five (or one poisonous request retried
+    three times) does not shut everyone out, while a dead one does within `window` attempts.
+    """
 
     def __init__(
         self,
-        failure_threshold: int = 5,
+        failure_rate: float = 0.5,
+        window: int = 100,
         cooldown: float = 5.0,
         clock: Clock = time.monotonic,
         on_change: Callable[[BreakerState], None] | None = None,
     ) -> None:
-        self._threshold = failure_threshold
+        self._failure_rate = failure_rate
+        self._recent: deque[bool] = deque(maxlen=window)  # True: the attempt found it down
         self._cooldown = cooldown
         self._clock = clock
         self._on_change = on_change
         self._state = BreakerState.CLOSED
-        self._failures = 0
         self._opened_at = 0.0
         self._probe_in_flight = False
 
@@ -109,39 +118,50 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         return self._state
 
-    def before_call(self) -> None:
-        """Raise `UpstreamUnavailable` when calls must not go upstream now."""
+    def before_call(self) -> bool:
+        """Raise `UpstreamUnavailable` when nothing may go upstream now; else return whether
+        this attempt is the half-open probe (pass that to `record` or `release`)."""
         if self._state is BreakerState.CLOSED:
-            return
+            return False
         remaining = self._opened_at + self._cooldown - self._clock()
         if self._state is BreakerState.OPEN and remaining <= 0:
             self._set(BreakerState.HALF_OPEN)
         if self._state is BreakerState.HALF_OPEN and not self._probe_in_flight:
             self._probe_in_flight = True
-            return
+            return True
         raise UpstreamUnavailable(
             "the gateway is failing; calls are paused for a cool-down (circuit open)",
             retry_after=max(remaining, 0.1),
         )
 
-    def record(self, error: UpstreamError | None) -> None:
-        """Report how a call that `before_call` let through ended: None for success."""
-        was_probe, self._probe_in_flight = self._probe_in_flight, False
-        if isinstance(error, UpstreamUnavailable):
-            self._failures += 1
-            if was_probe or self._failures >= self._threshold:
-                self._opened_at = self._clock()
-                self._set(BreakerState.OPEN)
-        elif not isinstance(error, UpstreamTimeout):
-            # Any answer the upstream gave (even a 4xx) shows it is up. A timeout says
-            # nothing: the caller's deadline may simply have been short.
-            self._failures = 0
-            if self._state is not BreakerState.CLOSED:
-                self._set(BreakerState.CLOSED)
+    def record(self, error: UpstreamError | None, *, probe: bool) -> None:
+        """Report how an attempt `before_call` let through ended: None for success."""
+        if probe:
+            self._probe_in_flight = False
+        if isinstance(error, UpstreamTimeout):
+            return  # says nothing: the caller's deadline may simply have been short
+        down = isinstance(error, UpstreamUnavailable)
+        if probe:
+            # The probe decides alone: any answer (even a 4xx) shows the upstream is up.
+            self._recent.clear()
+            self._open() if down else self._set(BreakerState.CLOSED)
+            return
+        if self._state is not BreakerState.CLOSED:
+            return  # attempts let through before the circuit opened: too late to count
+        self._recent.append(down)
+        window = self._recent.maxlen or 1
+        if len(self._recent) == window and sum(self._recent) >= self._failure_rate * window:
+            self._recent.clear()
+            self._open()
 
-    def release(self) -> None:
-        """A call ended without an answer worth judging (cancelled): free its probe slot."""
-        self._probe_in_flight = False
+    def release(self, *, probe: bool) -> None:
+        """An attempt ended without an answer worth judging (cancelled): free its probe slot."""
+        if probe:
+            self._probe_in_flight = False
+
+    def _open(self) -> None:
+        self._opened_at = self._clock()
+        self._set(BreakerState.OPEN)
 
     def _set(self, state: BreakerState) -> None:
         if state is not self._state:
@@ -187,11 +207,11 @@ class ResilientReranker:
         self._budget.record_attempt()
         retry = 0
         while True:
-            self._breaker.before_call()
+            probe = self._breaker.before_call()
             try:
                 result = await attempt(deadline - self._clock())
             except UpstreamError as error:
-                self._breaker.record(error)
+                self._breaker.record(error, probe=probe)
                 delay = self._retry_delay(error, retry, deadline)
                 if delay is None:
                     raise
@@ -203,9 +223,9 @@ class ResilientReranker:
                 continue
             except BaseException:
                 # Cancellation and bugs say nothing about the upstream.
-                self._breaker.release()
+                self._breaker.release(probe=probe)
                 raise
-            self._breaker.record(None)
+            self._breaker.record(None, probe=probe)
             return result
 
     def _retry_delay(self, error: UpstreamError, retry: int, deadline: float) -> float | None:

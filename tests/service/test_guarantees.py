@@ -89,7 +89,7 @@ async def test_the_breaker_fails_fast_once_the_gateway_is_down(
     serve: Any, channels: list[Any]
 ) -> None:
     settings = dataclasses.replace(
-        FAST, max_retries=0, breaker_failure_threshold=2, breaker_cooldown=30
+        FAST, max_retries=0, breaker_failure_rate=1.0, breaker_window=2, breaker_cooldown=30
     )
     stub = stub_for(await serve(settings), channels)
     for _ in range(2):

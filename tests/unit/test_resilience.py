@@ -82,7 +82,7 @@ def resilient(
         inner,
         policy=RetryPolicy(max_retries=max_retries, initial_backoff=0.5, max_backoff=8),
         budget=budget or RetryBudget(),
-        breaker=breaker or CircuitBreaker(failure_threshold=100, clock=time.clock),
+        breaker=breaker or CircuitBreaker(window=1000, clock=time.clock),
         clock=time.clock,
         sleep=time.sleep,
         rng=random.Random(7),
@@ -166,55 +166,70 @@ def test_the_budget_refills_with_traffic() -> None:
     assert budget.try_spend()
 
 
+def attempt(breaker: CircuitBreaker, outcome: UpstreamError | None) -> None:
+    breaker.record(outcome, probe=breaker.before_call())
+
+
 def test_the_breaker_opens_fails_fast_and_recovers_through_one_probe() -> None:
     time = FakeTime()
     changes: list[BreakerState] = []
     breaker = CircuitBreaker(
-        failure_threshold=3, cooldown=5, clock=time.clock, on_change=changes.append
+        failure_rate=0.5, window=4, cooldown=5, clock=time.clock, on_change=changes.append
     )
-    for _ in range(3):
-        breaker.before_call()
-        breaker.record(down())
-    assert breaker.state is BreakerState.OPEN
+    for outcome in (down(), None, down()):
+        attempt(breaker, outcome)
+    assert breaker.state is BreakerState.CLOSED  # the window is not full yet
+    attempt(breaker, None)
+    assert breaker.state is BreakerState.OPEN  # 2 of the last 4 found it down
     with pytest.raises(UpstreamUnavailable) as caught:
         breaker.before_call()
     assert caught.value.retry_after == pytest.approx(5)
     time.now += 5
-    breaker.before_call()  # the probe
+    assert breaker.before_call()  # the probe
     assert breaker.state is BreakerState.HALF_OPEN
     with pytest.raises(UpstreamUnavailable):
         breaker.before_call()  # only one probe at a time
-    breaker.record(None)
+    breaker.record(None, probe=True)
     assert breaker.state is BreakerState.CLOSED
-    breaker.before_call()
+    assert not breaker.before_call()
     assert changes == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+
+
+def test_a_failing_minority_never_opens_it() -> None:
+    """One attempt in five failing (a flaky gateway, or a poisonous request retried) leaves
+    everyone else's calls alone."""
+    breaker = CircuitBreaker(failure_rate=0.5, window=20)
+    for i in range(1000):
+        attempt(breaker, down() if i % 5 == 0 else None)
+    assert breaker.state is BreakerState.CLOSED
 
 
 def test_a_failed_probe_reopens_the_breaker() -> None:
     time = FakeTime()
-    breaker = CircuitBreaker(failure_threshold=1, cooldown=5, clock=time.clock)
-    breaker.before_call()
-    breaker.record(down())
+    breaker = CircuitBreaker(failure_rate=1.0, window=1, cooldown=5, clock=time.clock)
+    attempt(breaker, down())
     time.now += 5
-    breaker.before_call()
-    breaker.record(down())
+    attempt(breaker, down())
     assert breaker.state is BreakerState.OPEN
     with pytest.raises(UpstreamUnavailable):
         breaker.before_call()
 
 
 def test_answers_and_timeouts_do_not_count_as_down() -> None:
-    breaker = CircuitBreaker(failure_threshold=2)
+    breaker = CircuitBreaker(failure_rate=0.75, window=4)
     for outcome in (down(), ModelNotFound("no"), down(), UpstreamTimeout("late"), down()):
-        breaker.before_call()
-        breaker.record(outcome)
-    # down, (reset by an answer), down, (timeout says nothing), down: two in a row.
+        attempt(breaker, outcome)
+    # The timeout is not counted; an answer (even a 404) counts as up: 3 of 4 down.
     assert breaker.state is BreakerState.OPEN
+    closed = CircuitBreaker(failure_rate=0.75, window=4)
+    for outcome in (down(), ModelNotFound("no"), UpstreamRateLimited("slow"), down()):
+        attempt(closed, outcome)
+    assert closed.state is BreakerState.CLOSED
 
 
 async def test_the_open_breaker_spares_the_upstream() -> None:
     time = FakeTime()
-    breaker = CircuitBreaker(failure_threshold=2, cooldown=10, clock=time.clock)
+    breaker = CircuitBreaker(failure_rate=1.0, window=2, cooldown=10, clock=time.clock)
     wrapper, inner, _ = resilient([down()] * 10, max_retries=0, breaker=breaker, time=time)
     for _ in range(5):
         with pytest.raises(UpstreamUnavailable):
@@ -224,9 +239,8 @@ async def test_the_open_breaker_spares_the_upstream() -> None:
 
 async def test_a_cancelled_probe_frees_its_slot() -> None:
     time = FakeTime()
-    breaker = CircuitBreaker(failure_threshold=1, cooldown=1, clock=time.clock)
-    breaker.before_call()
-    breaker.record(down())
+    breaker = CircuitBreaker(failure_rate=1.0, window=1, cooldown=1, clock=time.clock)
+    attempt(breaker, down())
     time.now += 1
 
     class Hanging(ScriptedReranker):
@@ -247,4 +261,4 @@ async def test_a_cancelled_probe_frees_its_slot() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    breaker.before_call()  # a new probe may go
+    assert breaker.before_call()  # a new probe may go
