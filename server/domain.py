@@ -1,6 +1,6 @@
 """What a rerank call is, independent of gRPC and HTTP: frozen values and the rules on them.
 
-No grpc, no httpx here. The servicer translates protos into these values; the gateway adapter
+No grpc, no HTTP here. The servicer translates protos into these values; the gateway adapter
 translates them into the gateway's JSON. Both sides meet on `Reranker`.
 """
 
