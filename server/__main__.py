@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from server.app import serve
+from server.app import StartupError, serve
 from server.config import DEFAULT_GATEWAY_URL, Settings, Upstream
 from server.workers import run_workers
 
@@ -181,11 +181,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One line on stdout, so scripts and other test suites can wait for it.
         print(f"rerank server listening on {settings.host}:{port}", flush=True)
 
-    if settings.workers > 1:
-        return run_workers(settings, settings.workers, ready)
-    # SIGINT before the handlers are installed (during start-up) must not print a traceback.
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings, lambda running: ready(running.port)))
+    try:
+        if settings.workers > 1:
+            return run_workers(settings, settings.workers, ready)
+        # SIGINT before the handlers are installed (during start-up) must not print a traceback.
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings, lambda running: ready(running.port)))
+    except StartupError as exc:
+        logger.error("%s", exc)
+        return 1
     return 0
 
 

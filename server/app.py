@@ -165,6 +165,10 @@ def _refusal(method: str) -> grpc.RpcMethodHandler[Any, Any]:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
+class StartupError(Exception):
+    """The server cannot start as configured (port taken, certificate unreadable, ...)."""
+
+
 @dataclass
 class RunningServer:
     """A started server and what must be closed with it."""
@@ -278,11 +282,22 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{settings.host}:{settings.port}"
-    credentials = server_credentials(settings)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        credentials = server_credentials(settings)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except (OSError, RuntimeError) as exc:
+        await reranker.aclose()
+        if embedded_mock is not None:
+            await embedded_mock.stop()
+        # grpc says only "Failed to bind"; the usual cause is worth naming.
+        if isinstance(exc, OSError):
+            reason = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
+        else:
+            reason = "in use, or not an address here"
+        raise StartupError(f"cannot serve on {address}: {reason}") from exc
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -21,7 +21,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from server.app import RunningServer, serve
+from server.app import RunningServer, StartupError, serve
 from server.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,12 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 def run_workers(settings: Settings, workers: int, ready: Callable[[int], None]) -> int:
     """Fork `workers` servers on one port; return the exit status for the whole group."""
-    reservation = reserve_port(settings.host, settings.port)
+    try:
+        reservation = reserve_port(settings.host, settings.port)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot serve on {settings.host}:{settings.port}: {exc.strerror}"
+        ) from exc
     settings = dataclasses.replace(settings, port=reservation.getsockname()[1])
     ready_read, ready_write = os.pipe()
     children: list[int] = []
@@ -82,6 +87,9 @@ def _worker(settings: Settings, ready_write: int) -> int:
 
     try:
         asyncio.run(serve(settings, listening))
+    except StartupError as exc:
+        logger.error("%s", exc)
+        return 1
     except Exception:
         logger.exception("worker %d failed", os.getpid())
         return 1

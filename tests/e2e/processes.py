@@ -46,13 +46,18 @@ class Process:
     def wait_for(self, pattern: str, timeout: float = STARTUP_SECONDS) -> re.Match[str]:
         compiled = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        with self._new_line:
-            while True:
+        while True:
+            # Once the process has exited, its last lines may still be on their way: read
+            # them all (the reader ends at EOF) before the final look.
+            exited = self.popen.poll() is not None
+            if exited:
+                self._reader.join(timeout=5)
+            with self._new_line:
                 for line in self.lines:
                     if match := compiled.search(line):
                         return match
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.popen.poll() is not None:
+                if remaining <= 0 or exited:
                     raise AssertionError(f"{pattern!r} never appeared in:\n{self.output}")
                 self._new_line.wait(min(remaining, 0.5))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -166,3 +167,17 @@ def test_ten_thousand_documents_from_a_file_through_the_cli(
     result = json.loads(completed.stdout)
     assert [r["originalIndex"] for r in result["ranking"]][:1] == [7777]
     assert len(result["ranking"]) == 3
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_taken_port_is_one_clear_line(processes: list[Process], workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        server = start(
+            processes, [sys.executable, "-m", "server", "--port", port, "--workers", workers]
+        )
+        assert server.popen.wait(timeout=30) == 1
+    server.wait_for(rf"ERROR server: cannot serve on 127.0.0.1:{port}")
+    assert "Traceback" not in server.output
