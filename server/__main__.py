@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,8 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         "AI_GATEWAY_API_KEY and no gateway URL it serves from the bundled mock gateway.",
     )
     parser.add_argument("--host", default=env("HOST", defaults.host))
-    parser.add_argument("--port", type=int, default=int(env("PORT", defaults.port)))
+    # String defaults go through `type` too, so a bad RERANK_PORT is a usage error, not a crash.
+    parser.add_argument("--port", type=int, default=env("PORT", defaults.port))
     parser.add_argument(
         "--gateway-url",
         default=environ.get("RERANK_GATEWAY_URL"),
@@ -57,7 +59,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     parser.add_argument(
         "--workers",
         type=int,
-        default=int(env("WORKERS", 0)) or None,
+        default=environ.get("RERANK_WORKERS"),
         help="server processes sharing the port (SO_REUSEPORT); default one per core",
     )
     parser.add_argument(
@@ -109,9 +111,12 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     def number(name: str, default: float) -> float:
         raw = env(name, default)
         try:
-            return float(raw)
+            value = float(raw)
         except ValueError:
             parser.error(f"RERANK_{name} must be a number, got {raw!r}")
+        if not math.isfinite(value) or value < 0:
+            parser.error(f"RERANK_{name} must be a finite number ≥ 0, got {raw!r}")
+        return value
 
     return Settings(
         host=args.host,
