@@ -15,15 +15,12 @@ import orjson
 import pytest
 
 from mock_gateway import MockGateway, create_app, score
+from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 
 BASE_URL = "http://mock/v3/ai"
-MODEL = "cohere/rerank-v3.5"
-QUERY = "What is the capital of France?"
-CAPITALS = [
-    "Paris is the capital of France.",
-    "Berlin is the capital of Germany.",
-    "Madrid is the capital of Spain.",
-]
+MODEL = SEED_MODEL
+QUERY = SEED_QUERY
+CAPITALS = list(SEED_DOCUMENTS)
 HEADERS = {
     "authorization": "Bearer test-key",
     "ai-gateway-protocol-version": "0.0.1",
