@@ -65,7 +65,8 @@ fmt: $(STAMP) ## Format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-typecheck: $(STAMP) ## mypy, strict, on server, client, mock_gateway and rerank_testing
+typecheck: $(STAMP) ## mypy, strict, on every package under `rerank` (through tools/typing_tree.py)
+	$(PY) tools/typing_tree.py $(VENV)/typing
 	$(BIN)/mypy
 
 test: $(STAMP) ## Run every test
@@ -74,10 +75,10 @@ test: $(STAMP) ## Run every test
 check: lint typecheck proto-check breaking test ## Everything CI runs
 
 run: $(STAMP) ## Serve on $(HOST):$(PORT) (the bundled mock gateway unless AI_GATEWAY_API_KEY is set)
-	$(PY) -m server --host $(HOST) --port $(PORT)
+	$(PY) -m rerank.server --host $(HOST) --port $(PORT)
 
 run-mock: $(STAMP) ## Serve the mock gateway alone on $(HOST):$(MOCK_PORT)
-	$(PY) -m mock_gateway --host $(HOST) --port $(MOCK_PORT)
+	$(PY) -m rerank.mock_gateway --host $(HOST) --port $(MOCK_PORT)
 
 bench: $(STAMP) ## Load benchmark, ~5 min (BENCH_QUICK=1: shorter; BENCH_ARGS=--smoke: ~10 s)
 	$(PY) -m bench $(BENCH_ARGS)

@@ -1,6 +1,6 @@
 """A Python client for `rerank.v1.RerankService`, sync and async, and the `rerank` command.
 
-    from client import RerankClient
+    from rerank.client import RerankClient
 
     with RerankClient("127.0.0.1:50051") as rerank:
         result = rerank.rerank("capital of France?", ["Paris is ...", "Berlin is ..."], top_n=1)
@@ -8,7 +8,7 @@
 
 Results mirror the AI SDK's `rerank()`: `ranking` of `(original_index, score, document)` best
 first, and `reranked_documents`; `RerankResult.to_json_dict()` gives the SDK's camelCase JSON.
-Errors are one tree rooted at `RerankClientError` (drawn in `client._exceptions`).
+Errors are one tree rooted at `RerankClientError` (drawn in `rerank.client._exceptions`).
 """
 
 from ._client import AsyncRerankClient, MetadataLike, RerankClient

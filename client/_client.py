@@ -70,7 +70,7 @@ class RerankClient:
             (retries UNAVAILABLE, round-robin); a mapping or JSON text for another; None for
             none.
 
-    Every failed call raises a `RerankClientError` subclass; see `client._exceptions`.
+    Every failed call raises a `RerankClientError` subclass; see `rerank.client._exceptions`.
     """
 
     def __init__(

@@ -35,7 +35,7 @@ class RankedDocument:
 
 
 # Named as the brief and the SDK name it; this shadows the builtin `Warning` only inside this
-# module and for `from client import *`, so callers should write `client.Warning`.
+# module and for `from client import *`, so callers should write `rerank.client.Warning`.
 @dataclass(frozen=True, slots=True)
 class Warning:
     """A remark from the gateway about a call that nevertheless succeeded."""

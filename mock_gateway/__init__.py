@@ -3,8 +3,8 @@
 It speaks ``POST /v3/ai/reranking-model`` and ``GET /v3/ai/config`` exactly as the AI SDK
 expects, plus the gateway's Cohere-compatible ``POST /v1/rerank`` and ``/v2/rerank``. Scores
 come from ``score`` (lexical, pure); faults are requested per call through
-``providerOptions.mockGateway`` (see ``mock_gateway._faults``). Serve it with
-``python -m mock_gateway --port 0`` or mount ``create_app()`` in ``httpx.ASGITransport``.
+``providerOptions.mockGateway`` (see ``rerank.mock_gateway._faults``). Serve it with
+``python -m rerank.mock_gateway --port 0`` or mount ``create_app()`` in ``httpx.ASGITransport``.
 """
 
 from ._app import ConnectionDropped, MockGateway, create_app

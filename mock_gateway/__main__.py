@@ -1,4 +1,4 @@
-"""``python -m mock_gateway`` (console script ``rerank-mock-gateway``): serve the mock over HTTP.
+"""``python -m rerank.mock_gateway`` (console script ``rerank-mock-gateway``): serve the mock.
 
 The socket is bound here, before uvicorn starts, so that ``--port 0`` works: once uvicorn
 serves, exactly one line goes to stdout, ``mock gateway listening on http://HOST:PORT/v3/ai``,
@@ -27,7 +27,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m mock_gateway",
+        prog="python -m rerank.mock_gateway",
         description="A deterministic mock of the AI Gateway's reranking API.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
@@ -106,13 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
         )
     except ValueError as exc:
-        print(f"python -m mock_gateway: error: {exc}", file=sys.stderr)
+        print(f"python -m rerank.mock_gateway: error: {exc}", file=sys.stderr)
         return 2
     try:
         sock = _bind(args.host, args.port)
     except OSError as exc:
         print(
-            f"python -m mock_gateway: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr
+            f"python -m rerank.mock_gateway: cannot bind {args.host}:{args.port}: {exc}",
+            file=sys.stderr,
         )
         return 1
     config = uvicorn.Config(

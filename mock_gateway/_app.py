@@ -79,7 +79,7 @@ class MockGateway:
         self._random = random.Random(settings.seed)
         self._fault_hits: dict[str, int] = {}
         self.script = MockScript()
-        """Faults and scores a test scripts for the next calls (see ``mock_gateway._script``)."""
+        """Faults and scores a test scripts for the next calls (``rerank.mock_gateway._script``)."""
         self._config_reply = json_reply(200, config_body())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

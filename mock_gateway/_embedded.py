@@ -1,7 +1,7 @@
 """The mock gateway served on a free loopback port inside an event loop someone else runs.
 
 For a host process that owns its signals, such as the rerank server's embedded default:
-unlike `python -m mock_gateway`, nothing here installs a signal handler, so the host's
+unlike `python -m rerank.mock_gateway`, nothing here installs a signal handler, so the host's
 SIGTERM handling is left alone. Requests still cross a real loopback socket, so the host's
 HTTP client is exercised exactly as against the real gateway.
 """

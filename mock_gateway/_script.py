@@ -15,7 +15,7 @@ What it changes, and nothing else:
 - ``fail_next(fault, times=1, **params)``: the next ``times`` rerank calls
   (``POST /v3/ai/reranking-model``) that carry no ``providerOptions.mockGateway`` of their own get
   ``fault``. Names and parameters are those of ``providerOptions.mockGateway`` (see
-  ``mock_gateway._faults``); they are validated at once (``ValueError`` for a typo) and then
+  ``rerank.mock_gateway._faults``); they are validated at once (``ValueError`` for a typo) and then
   rendered by the same code. ``key`` is not accepted: a script is not keyed. Several
   ``fail_next`` calls queue up, first in first out.
 - ``set_scores({text: score})``: text documents equal to a key get that score (any finite

@@ -1,12 +1,12 @@
 """Contract-test kit for services that call the rerank service: a pytest plugin and its parts.
 
-Installed with the `rerank-service` package, the plugin (`rerank_testing.plugin`, entry point
+Installed with the `rerank-service` package, the plugin (`rerank.testing.plugin`, entry point
 `pytest11: rerank`) gives every test suite these fixtures:
 
     rerank_mock_gateway   the deterministic mock gateway on a real loopback port, scriptable
     rerank_server         a rerank server wired to it (`.target` is "127.0.0.1:PORT")
-    rerank_client         a connected `client.RerankClient`
-    async_rerank_client   a connected `client.AsyncRerankClient` (with pytest-asyncio)
+    rerank_client         a connected `rerank.client.RerankClient`
+    async_rerank_client   a connected `rerank.client.AsyncRerankClient` (with pytest-asyncio)
 
     def test_search_ranks_paris_first(rerank_client):
         result = rerank_client.rerank("capital of France?", ["Berlin ...", "Paris ..."])

@@ -17,7 +17,7 @@ from typing import Any, Self
 
 import uvicorn
 
-from mock_gateway import MockGateway, MockScript, MockSettings, create_app
+from rerank.mock_gateway import MockGateway, MockScript, MockSettings, create_app
 
 __all__ = ["DEFAULT_API_KEY", "MockGatewayServer", "RerankServerThread"]
 
@@ -47,7 +47,7 @@ class MockGatewayServer:
 
     Use it as a context manager (or `start()` / `stop()`); `url` is the base URL a gateway
     client is given, `http://127.0.0.1:PORT/v3/ai`. The scripting methods act on this app's
-    `MockScript`; see `mock_gateway._script` for their exact meaning.
+    `MockScript`; see `rerank.mock_gateway._script` for their exact meaning.
     """
 
     def __init__(self, settings: MockSettings | None = None, *, host: str = "127.0.0.1") -> None:
@@ -145,7 +145,7 @@ class MockGatewayServer:
 
 
 class RerankServerThread:
-    """A rerank server (`server.app.start_server`) on a free loopback port, in a thread.
+    """A rerank server (`rerank.server.app.start_server`) on a free loopback port, in a thread.
 
     It forwards to the gateway at `gateway_url` (a `MockGatewayServer.url`, or any gateway)
     with `api_key`. Unlike a deployed server it does not retry gateway failures and has no
@@ -196,8 +196,8 @@ class RerankServerThread:
 
     async def _serve(self, ready: Future[int]) -> None:
         # Imported here: a test suite that only uses the mock gateway never loads grpc.
-        from server.app import build_gateway, start_server
-        from server.config import Settings, Upstream
+        from rerank.server.app import build_gateway, start_server
+        from rerank.server.config import Settings, Upstream
 
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()

@@ -10,9 +10,9 @@ Fixtures (all but the session-wide servers are per test):
 ``rerank_server``
     A `RerankServerThread` forwarding to that mock; `.target` is `127.0.0.1:PORT`.
 ``rerank_client``
-    A `client.RerankClient` connected to `rerank_server`, closed after the test.
+    A `rerank.client.RerankClient` connected to `rerank_server`, closed after the test.
 ``async_rerank_client``
-    A `client.AsyncRerankClient`, for asyncio tests; only when pytest-asyncio is installed.
+    A `rerank.client.AsyncRerankClient`, for asyncio tests; only when pytest-asyncio is installed.
 
 The mock gateway and the server start once per session (per xdist worker) and stop at its
 end. The script is emptied before and after every test that uses any of these fixtures, so
@@ -29,7 +29,7 @@ import pytest
 from ._servers import MockGatewayServer, RerankServerThread
 
 if TYPE_CHECKING:
-    from client import AsyncRerankClient, RerankClient
+    from rerank.client import AsyncRerankClient, RerankClient
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +69,8 @@ def rerank_server(
 
 @pytest.fixture
 def rerank_client(rerank_server: RerankServerThread) -> Iterator[RerankClient]:
-    """A `client.RerankClient` connected to `rerank_server`."""
-    from client import RerankClient
+    """A `rerank.client.RerankClient` connected to `rerank_server`."""
+    from rerank.client import RerankClient
 
     with RerankClient(rerank_server.target, timeout=30) as client:
         yield client
@@ -86,8 +86,8 @@ else:
     async def async_rerank_client(
         rerank_server: RerankServerThread,
     ) -> AsyncIterator[AsyncRerankClient]:
-        """A `client.AsyncRerankClient` connected to `rerank_server`, on the test's loop."""
-        from client import AsyncRerankClient
+        """A `rerank.client.AsyncRerankClient` connected to `rerank_server`, on the test's loop."""
+        from rerank.client import AsyncRerankClient
 
         async with AsyncRerankClient(rerank_server.target, timeout=30) as client:
             yield client

@@ -1,4 +1,4 @@
-"""The gRPC reranking server: `python -m server` (or `rerank-server`).
+"""The gRPC reranking server: `python -m rerank.server` (or `rerank-server`).
 
 Layout, in the order a call travels: `service` (proto ⇄ domain) → `domain` (values and rules)
 → `gateway` (domain ⇄ the AI Gateway's HTTP protocol). `errors` is the one error tree,

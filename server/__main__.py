@@ -1,7 +1,7 @@
-"""`python -m server` / `rerank-server`: read flags and environment once, then serve.
+"""`python -m rerank.server` / `rerank-server`: read flags and environment once, then serve.
 
 This is the only module that reads the environment. Flags win over `RERANK_*` variables, which
-win over the defaults in `server.config.Settings`.
+win over the defaults in `rerank.server.config.Settings`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from server.app import StartupError, serve
-from server.config import DEFAULT_GATEWAY_URL, Settings, Upstream
-from server.workers import run_workers
+from rerank.server.app import StartupError, serve
+from rerank.server.config import DEFAULT_GATEWAY_URL, Settings, Upstream
+from rerank.server.workers import run_workers
 
-logger = logging.getLogger("server")
+logger = logging.getLogger("rerank.server")
 
 
 def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from server.errors import Overloaded
+from rerank.server.errors import Overloaded
 
 
 class Admission:

@@ -18,19 +18,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # re-exported at run time
 from grpc_reflection.v1alpha import reflection
 
-from mock_gateway import LoopbackMockGateway
+from rerank.mock_gateway import LoopbackMockGateway
+from rerank.server.admission import Admission
+from rerank.server.cache import CachingReranker
+from rerank.server.config import Settings, Upstream
+from rerank.server.domain import Limits, Reranker
+from rerank.server.errors import RerankError
+from rerank.server.gateway import GatewayReranker
+from rerank.server.resilience import CircuitBreaker, ResilientReranker, RetryBudget, RetryPolicy
+from rerank.server.service import RerankServicer
+from rerank.server.status import rich_status
+from rerank.server.windows import WindowedReranker, WindowPolicy
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from server.admission import Admission
-from server.cache import CachingReranker
-from server.config import Settings, Upstream
-from server.domain import Limits, Reranker
-from server.errors import RerankError
-from server.gateway import GatewayReranker
-from server.resilience import CircuitBreaker, ResilientReranker, RetryBudget, RetryPolicy
-from server.service import RerankServicer
-from server.status import rich_status
-from server.windows import WindowedReranker, WindowPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ else:
 
 
 class ErrorInterceptor(_ServerInterceptor):
-    """Turns `RerankError`s into statuses through the one table in `server.status`.
+    """Turns `RerankError`s into statuses through the one table in `rerank.server.status`.
 
     Anything else is a bug: it is logged with its traceback under an incident id and the
     caller gets INTERNAL with that id, never the exception's text.

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from server.domain import ModelInfo, Ranked, Reranker, RerankOutcome, RerankQuery, Warning
-from server.resilience import Clock
+from rerank.server.domain import ModelInfo, Ranked, Reranker, RerankOutcome, RerankQuery, Warning
+from rerank.server.resilience import Clock
 
 # Per entry besides its serialized outcome: the key, the entry object, the LRU node. Measured
 # with tracemalloc (tests/unit/test_windows_and_cache.py checks the bound stays honest).

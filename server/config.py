@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from server.windows import DEFAULT_WINDOW_SIZES
+from rerank.server.windows import DEFAULT_WINDOW_SIZES
 
 DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v3/ai"
 DEFAULT_MODEL = "cohere/rerank-v3.5"

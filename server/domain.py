@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from server.errors import FieldViolation, InvalidRequest, UpstreamProtocolError
+from rerank.server.errors import FieldViolation, InvalidRequest, UpstreamProtocolError
 
 #: A JSON object as Python sees it after parsing.
 JsonObject = dict[str, Any]

@@ -1,8 +1,8 @@
 """The AI Gateway adapter: domain values ⇄ the gateway's HTTP protocol.
 
 This module is the only place that knows the gateway's JSON and the only place HTTP outcomes
-(statuses, envelopes, aiohttp exceptions) become `server.errors`. The protocol it speaks is the
-one the AI SDK's `@ai-sdk/gateway` speaks (`POST {base}/reranking-model`, `GET {base}/config`),
+(statuses, envelopes, aiohttp exceptions) become `rerank.server.errors`. The protocol it speaks is
+the one the AI SDK's `@ai-sdk/gateway` speaks (`POST {base}/reranking-model`, `GET {base}/config`),
 header for header, so the real gateway and the bundled mock are interchangeable behind it.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import aiohttp
 import orjson
 
-from server.domain import (
+from rerank.server.domain import (
     JsonObject,
     ModelInfo,
     Ranked,
@@ -29,7 +29,7 @@ from server.domain import (
     Warning,
     WarningType,
 )
-from server.errors import (
+from rerank.server.errors import (
     ModelNotFound,
     UpstreamAuthentication,
     UpstreamError,

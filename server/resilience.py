@@ -33,8 +33,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
 
-from server.domain import ModelInfo, Reranker, RerankOutcome, RerankQuery
-from server.errors import UpstreamError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable
+from rerank.server.domain import ModelInfo, Reranker, RerankOutcome, RerankQuery
+from rerank.server.errors import (
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 

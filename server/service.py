@@ -1,7 +1,7 @@
 """The RerankService servicer and its one translator between protos and domain values.
 
-Proto messages stop here: below this module there are only `server.domain` values. Errors are
-raised as `server.errors` and turned into statuses by the interceptor in `server.app`.
+Proto messages stop here: below this module there are only `rerank.server.domain` values. Errors are
+raised as `rerank.server.errors` and turned into statuses by the interceptor in `rerank.server.app`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from rerank.v1 import rerank_service_pb2 as pb
-from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from server.admission import Admission
-from server.domain import (
+from rerank.server.admission import Admission
+from rerank.server.domain import (
     DocumentKind,
     JsonObject,
     Limits,
@@ -32,7 +30,9 @@ from server.domain import (
     check_request,
     final_ranking,
 )
-from server.errors import FieldViolation, InvalidRequest
+from rerank.server.errors import FieldViolation, InvalidRequest
+from rerank.v1 import rerank_service_pb2 as pb
+from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 

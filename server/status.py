@@ -1,4 +1,4 @@
-"""The one table from `server.errors` to gRPC status codes, and the rich details sent along.
+"""The one table from `rerank.server.errors` to gRPC status codes, and the rich details sent along.
 
 Every error status carries a `google.rpc.Status` in `grpc-status-details-bin` with an
 ErrorInfo (reason, domain, metadata); field violations travel as BadRequest, and a delay the
@@ -13,12 +13,12 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from server import errors
+from rerank.server import errors
 
 ERROR_DOMAIN = "rerank.v1"
 
 #: Why each error gets its code is in README.md ("Errors"). A test checks that every class
-#: in `server.errors` has a row here.
+#: in `rerank.server.errors` has a row here.
 STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.RerankError: grpc.StatusCode.INTERNAL,
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from server.domain import (
+from rerank.server.domain import (
     JsonObject,
     ModelInfo,
     Ranked,

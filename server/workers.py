@@ -21,8 +21,8 @@ import socket
 import time
 from collections.abc import Callable
 
-from server.app import RunningServer, StartupError, serve
-from server.config import Settings
+from rerank.server.app import RunningServer, StartupError, serve
+from rerank.server.config import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -38,10 +38,10 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from rerank.server.app import start_server
+from rerank.server.config import Settings, Upstream
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from server.app import start_server
-from server.config import Settings, Upstream
 
 pytestmark = pytest.mark.contract
 

@@ -1,4 +1,4 @@
-"""The mock gateway over a real socket, as ``python -m mock_gateway --port 0`` serves it.
+"""The mock gateway over a real socket, as ``python -m rerank.mock_gateway --port 0`` serves it.
 
 Replays the requests the AI SDK was seen sending (``shared/specs/wire/ai-sdk-requests.json``,
 byte for byte) and checks each answer the way the SDK's response schema does; then the things
@@ -11,7 +11,6 @@ import json
 import math
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,8 @@ import httpx
 import orjson
 import pytest
 
+from tests.e2e.processes import RERANK_MOCK_GATEWAY
+
 pytestmark = pytest.mark.contract
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ READY_PREFIX = "mock gateway listening on "
 
 
 class MockProcess:
-    """A running ``python -m mock_gateway`` and the base URL it announced."""
+    """A running ``python -m rerank.mock_gateway`` and the base URL it announced."""
 
     def __init__(self, process: subprocess.Popen[str], base_url: str, log: Path) -> None:
         self.process = process
@@ -42,7 +43,14 @@ class MockProcess:
 def mock_process(log: Path, *flags: str) -> Iterator[MockProcess]:
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mock_gateway", "--host", "127.0.0.1", "--port", "0", *flags],
+            [
+                RERANK_MOCK_GATEWAY,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                *flags,
+            ],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -226,7 +234,7 @@ def test_settings_flags_reach_the_app(tmp_path: Path, client: httpx.Client) -> N
 
 def test_bad_flags_and_busy_ports_fail_fast(mock: MockProcess) -> None:
     nonsense = subprocess.run(
-        [sys.executable, "-m", "mock_gateway", "--error-rate", "2"],
+        [RERANK_MOCK_GATEWAY, "--error-rate", "2"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -235,7 +243,7 @@ def test_bad_flags_and_busy_ports_fail_fast(mock: MockProcess) -> None:
     )
     port = mock.origin.rsplit(":", 1)[1]
     busy = subprocess.run(
-        [sys.executable, "-m", "mock_gateway", "--host", "127.0.0.1", "--port", port],
+        [RERANK_MOCK_GATEWAY, "--host", "127.0.0.1", "--port", port],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -15,6 +15,10 @@ from pathlib import Path
 from tests.conftest import REPO_ROOT
 
 BIN = Path(sys.executable).parent
+# The console scripts the wheel installs: a process started through them imports only what is
+# installed (the checkout's root is not on its path), so an old top-level name cannot leak in.
+RERANK_SERVER = str(BIN / "rerank-server")
+RERANK_MOCK_GATEWAY = str(BIN / "rerank-mock-gateway")
 STARTUP_SECONDS = 60
 
 
@@ -88,10 +92,10 @@ def start(processes: list[Process], args: list[str], env: dict[str, str] | None 
 
 
 def start_server(processes: list[Process], *args: str, env: dict[str, str] | None = None) -> str:
-    server = start(processes, [sys.executable, "-m", "server", "--port", "0", *args], env)
+    server = start(processes, [RERANK_SERVER, "--port", "0", *args], env)
     return server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
 
 
 def start_mock_gateway(processes: list[Process], *args: str) -> str:
-    mock = start(processes, [sys.executable, "-m", "mock_gateway", "--port", "0", *args])
+    mock = start(processes, [RERANK_MOCK_GATEWAY, "--port", "0", *args])
     return mock.wait_for(r"mock gateway listening on (http://\S+)").group(1)

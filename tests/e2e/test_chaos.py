@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
-from tests.e2e.processes import Process, start, start_mock_gateway
+from tests.e2e.processes import RERANK_SERVER, Process, start, start_mock_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -102,9 +101,7 @@ def test_chaos_then_sigterm(processes: list[Process]) -> None:
         processes,
         # One worker: its PID is the process whose memory and tasks are watched.
         [
-            sys.executable,
-            "-m",
-            "server",
+            RERANK_SERVER,
             "--port",
             "0",
             "--workers",

@@ -24,11 +24,11 @@ import pytest
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_QUERY
-from tests.e2e.processes import BIN, Process, start
+from tests.e2e.processes import BIN, RERANK_SERVER, Process, start
 
 pytestmark = pytest.mark.e2e
 
-SERVER = [sys.executable, "-m", "server"]
+SERVER = [RERANK_SERVER]
 CLUSTER = "rerank"
 IN_FLIGHT = 8
 GRACE = 3.0

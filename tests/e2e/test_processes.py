@@ -8,7 +8,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,14 @@ import pytest
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
-from tests.e2e.processes import BIN, Process, start, start_mock_gateway, start_server
+from tests.e2e.processes import (
+    BIN,
+    RERANK_SERVER,
+    Process,
+    start,
+    start_mock_gateway,
+    start_server,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -106,7 +112,13 @@ def test_an_unreachable_gateway_is_unavailable(processes: list[Process]) -> None
 def test_a_gateway_url_without_a_key_is_refused_at_start(processes: list[Process]) -> None:
     server = start(
         processes,
-        [sys.executable, "-m", "server", "--port", "0", "--gateway-url", "http://127.0.0.1:9"],
+        [
+            RERANK_SERVER,
+            "--port",
+            "0",
+            "--gateway-url",
+            "http://127.0.0.1:9",
+        ],
         {"AI_GATEWAY_API_KEY": "", "VERCEL_OIDC_TOKEN": ""},
     )
     assert server.popen.wait(timeout=30) == 2
@@ -114,7 +126,7 @@ def test_a_gateway_url_without_a_key_is_refused_at_start(processes: list[Process
 
 
 def test_sigterm_finishes_in_flight_calls_then_exits(processes: list[Process]) -> None:
-    server = start(processes, [sys.executable, "-m", "server", "--port", "0"])
+    server = start(processes, [RERANK_SERVER, "--port", "0"])
     target = server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.RerankServiceStub(channel)
@@ -131,7 +143,15 @@ def test_sigterm_finishes_in_flight_calls_then_exits(processes: list[Process]) -
 def test_workers_share_one_port_and_stop_together(processes: list[Process]) -> None:
     server = start(
         processes,
-        [sys.executable, "-m", "server", "--port", "0", "--workers", "2", "--log-level", "DEBUG"],
+        [
+            RERANK_SERVER,
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--log-level",
+            "DEBUG",
+        ],
     )
     target = server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
     request = pb.RerankRequest(
@@ -142,7 +162,7 @@ def test_workers_share_one_port_and_stop_together(processes: list[Process]) -> N
         with grpc.insecure_channel(target, options=options) as channel:
             assert pb_grpc.RerankServiceStub(channel).Rerank(request, timeout=10).ranking
     server.wait_for(r"rerank ok")
-    serving = set(re.findall(r"(\d+) DEBUG server.service: rerank ok", server.output))
+    serving = set(re.findall(r"(\d+) DEBUG rerank.server.service: rerank ok", server.output))
     assert len(serving) == 2, server.output
     server.signal(signal.SIGTERM)
     assert server.popen.wait(timeout=30) == 0
@@ -175,9 +195,7 @@ def test_a_taken_port_is_one_clear_line(processes: list[Process], workers: str) 
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        server = start(
-            processes, [sys.executable, "-m", "server", "--port", port, "--workers", workers]
-        )
+        server = start(processes, [RERANK_SERVER, "--port", port, "--workers", workers])
         assert server.popen.wait(timeout=30) == 1
-    server.wait_for(rf"ERROR server: cannot serve on 127.0.0.1:{port}")
+    server.wait_for(rf"ERROR rerank.server: cannot serve on 127.0.0.1:{port}")
     assert "Traceback" not in server.output

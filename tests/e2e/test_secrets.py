@@ -4,7 +4,6 @@ every process and every answer a caller gets is searched for them."""
 from __future__ import annotations
 
 import secrets
-import sys
 
 import grpc
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
-from tests.e2e.processes import Process, start, start_mock_gateway
+from tests.e2e.processes import RERANK_SERVER, Process, start, start_mock_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +25,7 @@ def test_no_secret_in_any_log_or_answer(processes: list[Process]) -> None:
     for name, key in (("good", gateway_key), ("wrong", wrong_gateway_key)):
         server = start(
             processes,
-            [sys.executable, "-m", "server", "--port", "0", "--gateway-url", gateway_url],
+            [RERANK_SERVER, "--port", "0", "--gateway-url", gateway_url],
             {
                 "AI_GATEWAY_API_KEY": key,
                 "RERANK_AUTH_TOKENS": f"other-token,{caller_token}",

@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from mock_gateway import MockGateway, create_app, score
+from rerank.mock_gateway import MockGateway, create_app, score
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 
 BASE_URL = "http://mock/v3/ai"

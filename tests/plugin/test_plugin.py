@@ -1,4 +1,4 @@
-"""The `rerank_testing` pytest plugin, as a consumer's test suite uses it.
+"""The `rerank.testing` pytest plugin, as a consumer's test suite uses it.
 
 Each test writes a consumer's test file and runs it in a separate pytest process
 (`runpytest_subprocess`): the plugin is found through its `pytest11` entry point, exactly as
@@ -81,7 +81,7 @@ def test_a_scripted_fault_reaches_the_client_exactly_as_often_as_scripted(
     consumer.makepyfile(
         test_faults="""
         import pytest
-        from client import PermissionDeniedError, RateLimitedError, UnavailableError
+        from rerank.client import PermissionDeniedError, RateLimitedError, UnavailableError
         from seed_data import SEED_DOCUMENTS, SEED_QUERY
 
         def test_rate_limited_once(rerank_mock_gateway, rerank_client):

@@ -17,10 +17,10 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from rerank.server.app import RunningServer, start_server
+from rerank.server.config import Settings, Upstream
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from server.app import RunningServer, start_server
-from server.config import Settings, Upstream
 from tests.scripted_http import Fail, Request, ScriptedServer
 from tests.service.test_rerank_service import fault, seed_request, unpacked
 

@@ -19,11 +19,11 @@ from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mock_gateway import MALFORMED_VARIANTS
+from rerank.mock_gateway import MALFORMED_VARIANTS
+from rerank.server.app import RunningServer, start_server
+from rerank.server.config import Settings
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from server.app import RunningServer, start_server
-from server.config import Settings
 from tests.service.test_rerank_service import MESSAGE_LIMIT, fault, seed_request, unpacked
 
 # The statuses README.md documents for a Rerank call.

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from client.cli import main
+from rerank.client.cli import main
 from rerank.v1 import rerank_service_pb2 as pb
 
 from .test_client_fakes import Abort, Delay, FakeRerankService, bad_request, serve

@@ -13,8 +13,8 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-import client
-from client import (
+import rerank.client as client
+from rerank.client import (
     DeadlineExceededError,
     InvalidRequestError,
     NotFoundError,
@@ -26,7 +26,7 @@ from client import (
     UnauthenticatedError,
     UnavailableError,
 )
-from client._wire import from_struct, from_value, to_struct
+from rerank.client._wire import from_struct, from_value, to_struct
 from rerank.v1 import rerank_service_pb2 as pb
 
 from .test_client_fakes import (

@@ -8,8 +8,8 @@ import grpc
 import grpc.aio
 import pytest
 
-import client
-from client import (
+import rerank.client as client
+from rerank.client import (
     AsyncRerankClient,
     DeadlineExceededError,
     InvalidRequestError,

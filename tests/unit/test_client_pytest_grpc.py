@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import pytest
 
-from client import (
+from rerank.client import (
     InvalidRequestError,
     NotFoundError,
     RateLimitedError,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.domain import Limits, Ranked, RerankQuery, check_request, final_ranking
-from server.errors import InvalidRequest, UpstreamProtocolError
+from rerank.server.domain import Limits, Ranked, RerankQuery, check_request, final_ranking
+from rerank.server.errors import InvalidRequest, UpstreamProtocolError
 
 LIMITS = Limits(max_documents=3, max_document_bytes=100, max_query_bytes=10)
 

@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 import pytest
 
-from server import errors
-from server.domain import Ranked, RerankQuery
-from server.gateway import (
+from rerank.server import errors
+from rerank.server.domain import Ranked, RerankQuery
+from rerank.server.gateway import (
     MAX_RESPONSE_BYTES,
     GatewayReranker,
     encode_rerank_body,

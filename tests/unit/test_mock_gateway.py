@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mock_gateway import (
+from rerank.mock_gateway import (
     MALFORMED_VARIANTS,
     RERANKING_MODEL_IDS,
     ConnectionDropped,

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from server.domain import ModelInfo, Ranked, RerankOutcome, RerankQuery
-from server.errors import (
+from rerank.server.domain import ModelInfo, Ranked, RerankOutcome, RerankQuery
+from rerank.server.errors import (
     ModelNotFound,
     UpstreamError,
     UpstreamProtocolError,
@@ -21,7 +21,7 @@ from server.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from server.resilience import (
+from rerank.server.resilience import (
     BreakerState,
     CircuitBreaker,
     ResilientReranker,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.__main__ import settings_from
-from server.config import Settings, Upstream
+from rerank.server.__main__ import settings_from
+from rerank.server.config import Settings, Upstream
 
 
 def test_defaults_serve_the_embedded_mock() -> None:

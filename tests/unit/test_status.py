@@ -8,8 +8,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from server import errors
-from server.status import ERROR_DOMAIN, STATUS_BY_ERROR, rich_status, status_code_for
+from rerank.server import errors
+from rerank.server.status import ERROR_DOMAIN, STATUS_BY_ERROR, rich_status, status_code_for
 
 
 def all_error_classes() -> list[type[errors.RerankError]]:

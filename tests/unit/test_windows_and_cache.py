@@ -13,10 +13,17 @@ import zlib
 
 import pytest
 
-from server.cache import CachingReranker, cache_key
-from server.domain import ModelInfo, Ranked, RerankOutcome, RerankQuery, Warning, final_ranking
-from server.errors import UpstreamProtocolError, UpstreamUnavailable
-from server.windows import WindowedReranker, WindowPolicy
+from rerank.server.cache import CachingReranker, cache_key
+from rerank.server.domain import (
+    ModelInfo,
+    Ranked,
+    RerankOutcome,
+    RerankQuery,
+    Warning,
+    final_ranking,
+)
+from rerank.server.errors import UpstreamProtocolError, UpstreamUnavailable
+from rerank.server.windows import WindowedReranker, WindowPolicy
 
 
 def score_of(document: str) -> float:
