@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from typing import Any, Final
 
+from rerank.contract import MAX_MESSAGE_BYTES
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_MESSAGE_LENGTH",
@@ -19,9 +21,7 @@ __all__ = [
 DEFAULT_TIMEOUT: Final = 30.0
 """The default per-call deadline, in seconds."""
 
-# The server accepts 1,000 documents of 64 KiB (16 MiB in all) and the response echoes the
-# documents, so gRPC's 4 MiB default would refuse legitimate calls.
-MAX_MESSAGE_LENGTH: Final = 64 * 1024 * 1024
+MAX_MESSAGE_LENGTH: Final = MAX_MESSAGE_BYTES
 """The largest message the client sends or receives, in bytes (64 MiB)."""
 
 

@@ -1,6 +1,16 @@
 """The gRPC reranking server: `python -m rerank.server` (or `rerank-server`).
 
-Layout, in the order a call travels: `service` (proto ⇄ domain) → `domain` (values and rules)
-→ `gateway` (domain ⇄ the AI Gateway's HTTP protocol). `errors` is the one error tree,
-`status` the one table from it to gRPC codes, `app` the wiring, `config` the settings.
+A call travels, outermost first:
+
+    admission   (`admission`)   calls and bytes in flight, refused at once when full
+    validation  (`service`)     proto ⇄ domain, every field checked (`domain.check_request`)
+    cache       (`cache`)       repeated requests from memory, one upstream call per key
+    windows     (`windows`)     requests above a model's per-call limit, split and merged
+    resilience  (`resilience`)  retries under a budget, a circuit breaker
+    gateway     (`gateway`)     domain ⇄ the AI Gateway's HTTP protocol
+
+The cache, windows and resilience are `domain.RerankerLayer`s around the gateway adapter.
+`errors` is the one error tree, `status` the one table from it to gRPC codes, `interceptors`
+applies it (and authentication), `app` wires everything, `config` holds the settings,
+`workers` runs several processes on one port.
 """

@@ -1,168 +1,46 @@
-"""Wiring: the grpc.aio server, its error interceptor, health, reflection, and shutdown."""
+"""Wiring: the reranker chain, the grpc.aio server with its interceptors, health, reflection,
+and shutdown. The only module that knows every part; the embedded mock is imported only on
+the path that uses it."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import gc
-import hmac
 import logging
 import signal
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # re-exported at run time
 from grpc_reflection.v1alpha import reflection
 
-from rerank.mock_gateway import LoopbackMockGateway
 from rerank.server.admission import Admission
 from rerank.server.cache import CachingReranker
 from rerank.server.config import Settings, Upstream
 from rerank.server.domain import Limits, Reranker
-from rerank.server.errors import RerankError
 from rerank.server.gateway import GatewayReranker
+from rerank.server.interceptors import (
+    HEALTH_METHODS,
+    AuthInterceptor,
+    ErrorInterceptor,
+    ServerInterceptor,
+)
 from rerank.server.resilience import CircuitBreaker, ResilientReranker, RetryBudget, RetryPolicy
 from rerank.server.service import RerankServicer
-from rerank.server.status import rich_status
 from rerank.server.windows import WindowedReranker, WindowPolicy
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:
+    from rerank.mock_gateway import LoopbackMockGateway
+
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
-_OPERATOR_CODES = frozenset(
-    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE}
-)
-HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
-
-
-if TYPE_CHECKING:
-    # grpc's stubs make the interceptor generic; the runtime class is not subscriptable.
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
-
-
-class ErrorInterceptor(_ServerInterceptor):
-    """Turns `RerankError`s into statuses through the one table in `rerank.server.status`.
-
-    Anything else is a bug: it is logged with its traceback under an incident id and the
-    caller gets INTERNAL with that id, never the exception's text.
-    """
-
-    def __init__(self) -> None:
-        # grpc asks interceptors for a handler on every call; the guarded handler of a method
-        # never changes, so it is built once, not once per call.
-        self._guarded: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        method = handler_call_details.method
-        if (guarded := self._guarded.get(method)) is not None:
-            return guarded
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        # grpc's stubs type handlers as sync; under grpc.aio the behaviour is a coroutine.
-        behaviour: Any = handler.unary_unary
-
-        async def guard(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                return await behaviour(request, context)
-            except RerankError as error:
-                code, status = rich_status(error)
-                # Failures of ours or upstream's deserve a warning; a caller's mistakes or a
-                # refusal under overload are routine and would drown the log at WARNING.
-                level = logging.WARNING if code in _OPERATOR_CODES else logging.INFO
-                logger.log(level, "%s failed: %s %s", method, code.name, error.reason)
-                await context.abort(
-                    code,
-                    status.message,
-                    trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-                )
-            except (asyncio.CancelledError, grpc.aio.AbortError):
-                raise
-            except Exception:
-                incident = uuid.uuid4().hex[:12]
-                logger.exception("%s failed unexpectedly (incident %s)", method, incident)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
-                )
-
-        self._guarded[method] = grpc.unary_unary_rpc_method_handler(
-            guard,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        return self._guarded[method]
-
-
-class AuthInterceptor(_ServerInterceptor):
-    """Requires `authorization: Bearer <token>` with one of the configured tokens.
-
-    Methods in `open_methods` (health checks, by default) pass without one. The token a caller
-    sent is never logged or echoed.
-    """
-
-    def __init__(self, tokens: frozenset[str], open_methods: frozenset[str]) -> None:
-        self._expected = [f"Bearer {token}".encode() for token in tokens]
-        self._open_methods = open_methods
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        if handler_call_details.method in self._open_methods or self._authorized(
-            handler_call_details
-        ):
-            return await continuation(handler_call_details)
-        return _refusal(handler_call_details.method)
-
-    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
-        presented = b""
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                presented = value.encode() if isinstance(value, str) else value
-        # Compare against every token, in constant time, so timing tells nothing.
-        matches = [hmac.compare_digest(presented, expected) for expected in self._expected]
-        return any(matches)
-
-
-def _refusal(method: str) -> grpc.RpcMethodHandler[Any, Any]:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        logger.warning("%s refused: missing or unknown bearer token", method)
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "missing or unknown bearer token: send 'authorization: Bearer <token>'",
-        )
-
-    async def refuse_stream(
-        requests: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        await refuse(None, context)
-        yield None  # pragma: no cover - abort raised above
-
-    # The refusal must match the method's streaming shape or grpc cannot call it; we do not
-    # know that shape without the real handler, so answer both ways (unary, and stream-stream
-    # for reflection).
-    if method.startswith("/grpc.reflection."):
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
-    if method.endswith("/Watch"):
-        return grpc.unary_stream_rpc_method_handler(refuse_stream)
-    return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 class StartupError(Exception):
@@ -242,6 +120,10 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
         if settings.upstream is Upstream.EMBEDDED_MOCK:
             # Composition root: only here does the server know the mock exists. It serves on
             # a loopback port in this process, so the real adapter and HTTP client are used.
+            # Imported here, not at the top: a production server never loads the mock or
+            # uvicorn.
+            from rerank.mock_gateway import LoopbackMockGateway
+
             embedded_mock = LoopbackMockGateway()
             url = await embedded_mock.start()
             settings = dataclasses.replace(
@@ -249,7 +131,7 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
             )
         reranker = build_reranker(settings, build_gateway(settings))
     message_limit = settings.max_message_bytes
-    interceptors: list[_ServerInterceptor] = []
+    interceptors: list[ServerInterceptor] = []
     if settings.auth_tokens:
         open_methods = frozenset() if settings.auth_health else HEALTH_METHODS
         interceptors.append(AuthInterceptor(settings.auth_tokens, open_methods))

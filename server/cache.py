@@ -22,7 +22,14 @@ from dataclasses import dataclass
 
 import orjson
 
-from rerank.server.domain import ModelInfo, Ranked, Reranker, RerankOutcome, RerankQuery, Warning
+from rerank.server.domain import (
+    Ranked,
+    Reranker,
+    RerankerLayer,
+    RerankOutcome,
+    RerankQuery,
+    Warning,
+)
 from rerank.server.resilience import Clock
 
 # Per entry besides its serialized outcome: the key, the entry object, the LRU node. Measured
@@ -87,7 +94,7 @@ class _Flight:
     waiters: int = 0
 
 
-class CachingReranker:
+class CachingReranker(RerankerLayer):
     """A `Reranker` that answers repeated requests from memory."""
 
     def __init__(
@@ -98,7 +105,7 @@ class CachingReranker:
         max_bytes: int,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._ttl = ttl
         self._max_bytes = max_bytes
         self._clock = clock
@@ -125,12 +132,6 @@ class CachingReranker:
         self._flights[key] = flight
         flight.task.add_done_callback(lambda _: self._flights.pop(key, None))
         return await self._join(flight)
-
-    async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
-        return await self._inner.list_models(timeout=timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
     async def _fetch(self, key: bytes, query: RerankQuery, timeout: float) -> RerankOutcome:
         outcome = await self._inner.rerank(query, timeout=timeout)

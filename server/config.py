@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from rerank.contract import MAX_MESSAGE_BYTES
 from rerank.server.windows import DEFAULT_WINDOW_SIZES
 
 DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v3/ai"
@@ -66,7 +67,7 @@ class Settings:
     max_query_bytes: int = 32 * 1024
     """Longest query, in UTF-8 bytes (`RERANK_MAX_QUERY_BYTES`)."""
 
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = MAX_MESSAGE_BYTES
     """Largest gRPC message accepted (`RERANK_MAX_MESSAGE_BYTES`). gRPC's own default of 4 MiB
     is too small for 1,000 documents of 4 KB; 64 MiB takes 10,000 of them."""
 

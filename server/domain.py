@@ -106,6 +106,24 @@ class Reranker(Protocol):
         ...
 
 
+class RerankerLayer:
+    """A `Reranker` around another: every call passes through to `inner` unless the layer
+    overrides it. The cache, the windows and the retries are layers; a new concern (metrics,
+    tenants) is a layer that overrides the one method it changes."""
+
+    def __init__(self, inner: Reranker) -> None:
+        self._inner = inner
+
+    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
+        return await self._inner.rerank(query, timeout=timeout)
+
+    async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
+        return await self._inner.list_models(timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def check_request(query: RerankQuery, limits: Limits) -> None:
     """Raise `InvalidRequest` naming every field of `query` that breaks the contract."""
     violations: list[FieldViolation] = []

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
 
-from rerank.server.domain import ModelInfo, Reranker, RerankOutcome, RerankQuery
+from rerank.server.domain import ModelInfo, Reranker, RerankerLayer, RerankOutcome, RerankQuery
 from rerank.server.errors import (
     UpstreamError,
     UpstreamRateLimited,
@@ -176,7 +176,7 @@ class CircuitBreaker:
                 self._on_change(state)
 
 
-class ResilientReranker:
+class ResilientReranker(RerankerLayer):
     """A `Reranker` that retries, budgets retries and breaks the circuit around another."""
 
     def __init__(
@@ -190,7 +190,7 @@ class ResilientReranker:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._policy = policy
         self._budget = budget
         self._breaker = breaker
@@ -203,9 +203,6 @@ class ResilientReranker:
 
     async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
         return await self._call(lambda left: self._inner.list_models(timeout=left), timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
     async def _call(self, attempt: Callable[[float], Awaitable[T]], timeout: float) -> T:
         deadline = self._clock() + timeout

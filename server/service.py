@@ -1,13 +1,13 @@
 """The RerankService servicer and its one translator between protos and domain values.
 
-Proto messages stop here: below this module there are only `rerank.server.domain` values. Errors are
-raised as `rerank.server.errors` and turned into statuses by the interceptor in `rerank.server.app`.
+Proto messages stop here: below this module there are only `rerank.server.domain` values.
+Errors are raised as `rerank.server.errors` and turned into statuses by the interceptor in
+`rerank.server.interceptors`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from rerank.contract import NotJsonError, from_struct
 from rerank.server.admission import Admission
 from rerank.server.domain import (
     DocumentKind,
@@ -36,9 +37,6 @@ from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
-# Integral doubles up to 2**53 are exact; beyond it a Struct number is no longer an integer
-# anyone meant, so it is left a float.
-_MAX_EXACT_INTEGER = 2.0**53
 _WARNING_TYPE_TO_PROTO = {
     "unsupported": pb.Warning.TYPE_UNSUPPORTED,
     "compatibility": pb.Warning.TYPE_COMPATIBILITY,
@@ -131,12 +129,10 @@ def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limi
                 violations.append(FieldViolation(field, "must not be empty"))
             texts.append(document.text)
         else:
-            objects.append(struct_to_python(document.object, f"{field}.object", violations))
+            objects.append(_json_object(document.object, f"{field}.object", violations))
     provider_options = None
     if request.HasField("provider_options"):
-        provider_options = struct_to_python(
-            request.provider_options, "provider_options", violations
-        )
+        provider_options = _json_object(request.provider_options, "provider_options", violations)
         for name, value in provider_options.items():
             if not isinstance(value, dict):
                 violations.append(FieldViolation(f"provider_options.{name}", "must be an object"))
@@ -153,43 +149,16 @@ def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limi
     )
 
 
-def struct_to_python(
+def _json_object(
     struct: struct_pb2.Struct, path: str, violations: list[FieldViolation]
 ) -> JsonObject:
-    """A Struct as the JSON object a JavaScript caller would have sent.
-
-    Integral numbers become ints, because JSON.stringify writes `2020`, not `2020.0`, and
-    the gateway is written in JavaScript. NaN and Infinity have no JSON form: violations.
-    """
-    return {
-        key: _value_to_python(value, f"{path}.{key}", violations)
-        for key, value in struct.fields.items()
-    }
-
-
-def _value_to_python(value: struct_pb2.Value, path: str, violations: list[FieldViolation]) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "number_value":
-        number = value.number_value
-        if not math.isfinite(number):
-            violations.append(FieldViolation(path, "must be a finite number"))
-            return None
-        if number.is_integer() and abs(number) <= _MAX_EXACT_INTEGER:
-            return int(number)
-        return number
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "struct_value":
-        return struct_to_python(value.struct_value, path, violations)
-    if kind == "list_value":
-        return [
-            _value_to_python(item, f"{path}[{i}]", violations)
-            for i, item in enumerate(value.list_value.values)
-        ]
-    # null_value, or a Value with nothing set: both mean JSON null.
-    return None
+    """`struct` as JSON (`rerank.contract.from_struct`); what JSON cannot hold joins
+    `violations`, so that one answer names every bad field."""
+    try:
+        return from_struct(struct, path)
+    except NotJsonError as error:
+        violations.extend(FieldViolation(v.path, v.description) for v in error.violations)
+        return {}
 
 
 def response_to_proto(

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from rerank.server.domain import (
     JsonObject,
-    ModelInfo,
     Ranked,
     Reranker,
+    RerankerLayer,
     RerankOutcome,
     RerankQuery,
     Warning,
@@ -49,11 +49,11 @@ class WindowPolicy:
         return self.sizes.get(model) or self.sizes.get(provider) or self.default_size
 
 
-class WindowedReranker:
+class WindowedReranker(RerankerLayer):
     """A `Reranker` that splits requests larger than a window across several calls."""
 
     def __init__(self, inner: Reranker, policy: WindowPolicy) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._policy = policy
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
@@ -86,12 +86,6 @@ class WindowedReranker:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         return merge(outcomes)
-
-    async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
-        return await self._inner.list_models(timeout=timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 def merge(outcomes: list[RerankOutcome]) -> RerankOutcome:

@@ -163,3 +163,31 @@ def test_scripts_do_not_leak_between_tests(consumer: pytest.Pytester) -> None:
     result = run(consumer)
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*test_1_scripts_and_fails FAILED*"])
+
+
+def test_the_plugin_works_beside_a_consumers_own_client_server_and_mock_gateway(
+    consumer: pytest.Pytester,
+) -> None:
+    # Service repositories often have their own `client/`, `server/` or `mock_gateway.py`;
+    # pytest puts the consumer's root first on sys.path, where those names would shadow ours.
+    consumer.mkpydir("client").joinpath("__init__.py").write_text('OWNER = "consumer client"\n')
+    consumer.mkpydir("server").joinpath("__init__.py").write_text('OWNER = "consumer server"\n')
+    consumer.makepyfile(mock_gateway='OWNER = "consumer mock_gateway"\n')
+    consumer.makepyfile(
+        test_consumer="""
+        import client, mock_gateway, server
+        from seed_data import SEED_DOCUMENTS, SEED_QUERY
+
+        def test_their_modules_are_theirs():
+            assert client.OWNER == "consumer client"
+            assert server.OWNER == "consumer server"
+            assert mock_gateway.OWNER == "consumer mock_gateway"
+
+        def test_our_fixtures_still_work(rerank_client, rerank_mock_gateway):
+            result = rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS, top_n=1)
+            assert result.reranked_documents == ("Paris is the capital of France.",)
+            assert type(rerank_client).__module__.startswith("rerank.client")
+        """
+    )
+    result = run(consumer)
+    result.assert_outcomes(passed=2)

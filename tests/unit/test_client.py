@@ -26,7 +26,7 @@ from rerank.client import (
     UnauthenticatedError,
     UnavailableError,
 )
-from rerank.client._wire import from_struct, from_value, to_struct
+from rerank.contract import from_struct, from_value, to_struct
 from rerank.v1 import rerank_service_pb2 as pb
 
 from .test_client_fakes import (

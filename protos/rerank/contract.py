@@ -1,0 +1,149 @@
+"""What both sides of `rerank.v1` share beyond the generated messages: the one codec between
+`google.protobuf.Struct` and JSON values, and the limits the client and the server both apply.
+
+It lives beside the contract, not in the server, so that the client can use it without
+depending on the server, and so that both read a Struct the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from google.protobuf import struct_pb2
+
+MAX_SAFE_INTEGER: Final = 2**53
+"""Integral doubles up to this are exact; JavaScript's JSON.stringify prints them as integers.
+A Struct number beyond it is left a float: no longer an integer anyone meant."""
+
+MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+"""The largest gRPC message either side sends or receives by default (64 MiB). The server
+accepts 1,000 documents of 64 KiB and echoes them, so gRPC's 4 MiB default is too small."""
+
+
+@dataclass(frozen=True)
+class JsonViolation:
+    """One place in a value that JSON cannot hold."""
+
+    path: str
+    """Where, e.g. `documents[2].object.when`."""
+    description: str
+    """What is wrong there, e.g. `must be a finite number`."""
+
+
+class NotJsonError(TypeError):
+    """A value JSON cannot hold, listing every place that is wrong (not only the first)."""
+
+    def __init__(self, violations: Iterable[JsonViolation]) -> None:
+        self.violations = tuple(violations)
+        super().__init__("; ".join(f"{v.path}: {v.description}" for v in self.violations))
+
+
+def to_struct(mapping: Mapping[str, Any], path: str = "value") -> struct_pb2.Struct:
+    """Build a Struct from a JSON-like mapping.
+
+    Raises:
+        NotJsonError: for non-string keys, values JSON has no form for (sets, bytes, objects)
+            and non-finite numbers, each named by its path.
+    """
+    violations: list[JsonViolation] = []
+    out = _struct_from(mapping, path, violations)
+    if violations:
+        raise NotJsonError(violations)
+    return out
+
+
+def from_struct(struct: struct_pb2.Struct, path: str = "value") -> dict[str, Any]:
+    """A Struct as the JSON object a JavaScript caller would have sent: integral numbers up to
+    `MAX_SAFE_INTEGER` become ints (the gateway is JavaScript; JSON.stringify writes `2020`).
+
+    Raises:
+        NotJsonError: for NaN or an infinity, which a Struct can carry and JSON cannot.
+    """
+    violations: list[JsonViolation] = []
+    out = _dict_from(struct, path, violations)
+    if violations:
+        raise NotJsonError(violations)
+    return out
+
+
+def from_value(value: struct_pb2.Value, path: str = "value") -> Any:
+    """One `google.protobuf.Value` as plain Python (see `from_struct`)."""
+    violations: list[JsonViolation] = []
+    out = _python_from(value, path, violations)
+    if violations:
+        raise NotJsonError(violations)
+    return out
+
+
+def _struct_from(
+    mapping: Mapping[Any, Any], path: str, violations: list[JsonViolation]
+) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            violations.append(JsonViolation(path, f"key {key!r} is not a string"))
+            continue
+        out.fields[key].CopyFrom(_value_from(value, f"{path}.{key}", violations))
+    return out
+
+
+def _value_from(value: Any, path: str, violations: list[JsonViolation]) -> struct_pb2.Value:
+    out = struct_pb2.Value()
+    # bool before int and float: bool is an int in Python but a JSON boolean on the wire.
+    if value is None:
+        out.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int | float):
+        if not math.isfinite(value):
+            violations.append(JsonViolation(path, "must be a finite number"))
+        else:
+            out.number_value = float(value)
+    elif isinstance(value, str):
+        out.string_value = value
+    elif isinstance(value, Mapping):
+        out.struct_value.CopyFrom(_struct_from(value, path, violations))
+    elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+        out.list_value.values.extend(
+            _value_from(item, f"{path}[{i}]", violations) for i, item in enumerate(value)
+        )
+    else:
+        violations.append(JsonViolation(path, f"{type(value).__name__} is not a JSON value"))
+    return out
+
+
+def _dict_from(
+    struct: struct_pb2.Struct, path: str, violations: list[JsonViolation]
+) -> dict[str, Any]:
+    return {
+        key: _python_from(value, f"{path}.{key}", violations)
+        for key, value in struct.fields.items()
+    }
+
+
+def _python_from(value: struct_pb2.Value, path: str, violations: list[JsonViolation]) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            violations.append(JsonViolation(path, "must be a finite number"))
+            return None
+        if number.is_integer() and abs(number) <= MAX_SAFE_INTEGER:
+            return int(number)
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _dict_from(value.struct_value, path, violations)
+    if kind == "list_value":
+        return [
+            _python_from(item, f"{path}[{i}]", violations)
+            for i, item in enumerate(value.list_value.values)
+        ]
+    # null_value, or a Value with nothing set: both mean JSON null.
+    return None
