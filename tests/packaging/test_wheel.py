@@ -53,9 +53,7 @@ def test_every_top_level_name_in_the_wheel_starts_with_rerank(wheel: Path) -> No
     assert "rerank = rerank.testing.plugin" in entry_points
 
 
-def test_every_module_imports_from_the_unpacked_wheel_alone(
-    wheel: Path, tmp_path: Path
-) -> None:
+def test_every_module_imports_from_the_unpacked_wheel_alone(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(site)
