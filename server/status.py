@@ -22,6 +22,7 @@ ERROR_DOMAIN = "rerank.v1"
 STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.RerankError: grpc.StatusCode.INTERNAL,
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.MalformedRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     # An unknown error type from the gateway: it did not tell us enough to say more.
     errors.UpstreamError: grpc.StatusCode.UNKNOWN,
