@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from rerank.server.errors import MalformedRequest, RerankError
-from rerank.server.status import rich_status
+from rerank.server.status import error_answer
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +72,13 @@ class ErrorInterceptor(ServerInterceptor):
                     raise request.error
                 return await behaviour(request, context)
             except RerankError as error:
-                code, status = rich_status(error)
+                answer = error_answer(error)
                 # Failures of ours or upstream's deserve a warning; a caller's mistakes or a
                 # refusal under overload are routine and would drown the log at WARNING.
-                level = logging.WARNING if code in _OPERATOR_CODES else logging.INFO
-                logger.log(level, "%s failed: %s %s", method, code.name, error.reason)
+                level = logging.WARNING if answer.code in _OPERATOR_CODES else logging.INFO
+                logger.log(level, "%s failed: %s %s", method, answer.code.name, error.reason)
                 await context.abort(
-                    code,
-                    status.message,
-                    trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+                    answer.code, answer.message, trailing_metadata=answer.trailing_metadata
                 )
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise

@@ -19,6 +19,7 @@ from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rerank.client import AsyncRerankClient, MessageTooLargeError, RateLimitedError
 from rerank.mock_gateway import MALFORMED_VARIANTS
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings
@@ -284,6 +285,15 @@ async def test_a_message_over_the_limit_is_refused_by_grpc() -> None:
                 await stub.Rerank(request, timeout=20)
             assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert (await stub.Rerank(seed_request(), timeout=10)).ranking
+        # The client knows it from gRPC's own words (there are no rich details): not a rate
+        # limit to wait out, but a request to split.
+        async with AsyncRerankClient(f"127.0.0.1:{server.port}", timeout=20) as client:
+            with pytest.raises(MessageTooLargeError) as too_large:
+                await client.rerank("q", ["x" * 60_000] * 30)
+        assert too_large.value.limit == 1024 * 1024
+        assert too_large.value.size is not None
+        assert too_large.value.size > 1024 * 1024
+        assert not isinstance(too_large.value, RateLimitedError)
     finally:
         await server.stop()
 

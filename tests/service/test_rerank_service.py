@@ -244,7 +244,7 @@ async def test_invalid_requests_name_the_field(
         ),
         (
             {"fault": "error", "status": 424, "type": "failed_dependency"},
-            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.INTERNAL,
             "UPSTREAM_FAILED_DEPENDENCY",
         ),
         (
@@ -301,6 +301,11 @@ async def test_gateway_failures_become_their_status(
         await stub.Rerank(seed_request(provider_options=fault(**spec)), timeout=10)
     assert caught.value.code() is code
     assert unpacked(caught.value, error_details_pb2.ErrorInfo).reason == reason
+    # The gateway is the server's hop to retry: whenever it says when to come back, it also
+    # tells gRPC clients' retry policies not to retry on their own (gRFC A6: negative).
+    pushback = dict(caught.value.trailing_metadata() or ()).get("grpc-retry-pushback-ms")
+    has_retry_info = unpacked(caught.value, error_details_pb2.RetryInfo) is not None
+    assert pushback == ("-1" if has_retry_info else None)
 
 
 async def test_rate_limit_tells_the_caller_when_to_retry(stub: pb_grpc.RerankServiceStub) -> None:
