@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -38,28 +39,6 @@ from ._protocol import GatewayError, error_reply
 
 FAULT_OPTION = "mockGateway"
 """The reserved ``providerOptions`` key."""
-
-MALFORMED_VARIANTS = (
-    "not_json",
-    "truncated",
-    "empty",
-    "wrong_types",
-    "nan_score",
-    "missing_score",
-    "missing_ranking",
-    "index_out_of_range",
-    "duplicate_index",
-    "negative_index",
-    "float_index",
-    "error_envelope",
-    "huge",
-    "unsorted",
-    "too_many",
-    "unknown_warning",
-)
-"""The bodies of the ``malformed`` fault. The AI SDK rejects all but four: ``duplicate_index``,
-``unsorted`` and ``too_many`` pass its schema, and ``huge`` is valid JSON, so those four test a
-caller's own checks (index uniqueness, order, topN, size)."""
 
 DROP_VARIANTS = ("mid_body", "before_headers")
 
@@ -117,31 +96,6 @@ def _choice(options: tuple[str, ...]) -> Check:
     return check
 
 
-_STATUS = _integer(200, 599)
-
-_PARAMS: Mapping[str, Mapping[str, Check]] = {
-    "rate_limit": {"retryAfterMs": _number(0), "message": _string},
-    "error": {
-        "status": _STATUS,
-        "type": _verbatim,
-        "message": _string,
-        "param": _verbatim,
-        "code": _verbatim,
-        "generationId": _optional_string,
-    },
-    "slow": {"delayMs": _number(0)},
-    "malformed": {"variant": _choice(MALFORMED_VARIANTS), "sizeBytes": _integer(0, 1 << 30)},
-    "drop": {"variant": _choice(DROP_VARIANTS)},
-    "status_only": {"status": _STATUS, "body": _string, "contentType": _header_value},
-}
-_COMMON: Mapping[str, Check] = {"times": _integer(1, 1 << 31), "key": _string}
-
-
-def _param_error(name: str, problem: str) -> GatewayError:
-    field = f"providerOptions.{FAULT_OPTION}.{name}"
-    return GatewayError(400, f"{field} {problem}", param=field)
-
-
 @dataclass(frozen=True)
 class Fault:
     """A validated fault request."""
@@ -158,31 +112,6 @@ class Fault:
         return float(self.params.get("delayMs", 2000)) / 1000
 
 
-def parse_fault(provider_options: Mapping[str, Any]) -> Fault | None:
-    """The fault a request asks for, None if it asks for none; 400 if the request is invalid."""
-    spec = provider_options.get(FAULT_OPTION)
-    if spec is None:
-        return None
-    name = spec.get("fault")
-    if name not in _PARAMS:
-        raise _param_error("fault", f"must be one of {', '.join(_PARAMS)}")
-    checks = _PARAMS[name]
-    params: dict[str, Any] = {}
-    for param, value in spec.items():
-        if param == "fault" or param in _COMMON:
-            continue
-        if param not in checks:
-            raise _param_error(param, f"is not a parameter of the {name!r} fault")
-        params[param] = checks[param](param, value)
-    if name == "malformed" and "variant" not in params:
-        raise _param_error("variant", f"is required: one of {', '.join(MALFORMED_VARIANTS)}")
-    times = _COMMON["times"]("times", spec["times"]) if "times" in spec else None
-    key = _COMMON["key"]("key", spec["key"]) if "key" in spec else None
-    if key is None:
-        key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS).decode()
-    return Fault(name, params, times, key)
-
-
 @dataclass(frozen=True)
 class Normal:
     """What the call would have answered without the fault, for faults that distort it."""
@@ -195,106 +124,273 @@ class Normal:
     generation_id: str
 
 
-def render(fault: Fault, normal: Normal) -> Reply | Drop:
-    """The answer of ``fault`` (any fault but ``slow``, which only delays the normal answer)."""
-    params = fault.params
-    if fault.name == "rate_limit":
-        retry_ms = params.get("retryAfterMs", 1000)
-        headers = (
-            ("retry-after-ms", _number_text(retry_ms)),
-            ("retry-after", str(math.ceil(retry_ms / 1000))),
-        )
-        error = {
-            "message": params.get("message", "Rate limit exceeded"),
-            "type": "rate_limit_exceeded",
-            "param": None,
-            "code": None,
-        }
-        return error_reply(429, error, normal.generation_id, headers)
-    if fault.name == "error":
-        error = {"message": params.get("message", "Injected error")}
-        if "type" in params:
-            error["type"] = params["type"]
-        error["param"] = params.get("param")
-        error["code"] = params.get("code")
-        generation = params.get("generationId", normal.generation_id)
-        return error_reply(params.get("status", 500), error, generation)
-    if fault.name == "status_only":
-        body = params.get("body", _DEFAULT_HTML).encode()
-        content_type = params.get("contentType", "text/html; charset=utf-8")
-        return Reply(params.get("status", 502), body, content_type)
-    if fault.name == "drop":
-        reply = json_reply(200, normal.payload)
-        return Drop(reply, before_headers=params.get("variant") == "before_headers")
-    if fault.name == "malformed":
-        return _malformed(params["variant"], params.get("sizeBytes", 20_000_000), normal)
-    raise AssertionError(f"fault {fault.name!r} has no rendering")  # slow never gets here
+# --- the malformed bodies: one small function per variant ------------------------------------
+
+Variant = Callable[[Normal, Mapping[str, Any]], Reply]
+"""A ``malformed`` body, built from the normal answer and the fault's parameters."""
+
+
+def _ranking(normal: Normal) -> list[dict[str, Any]]:
+    """A copy of the normal ranking's items, for a variant to spoil."""
+    return [dict(item) for item in normal.payload["ranking"]]
+
+
+def _with_ranking(normal: Normal, ranking: list[dict[str, Any]]) -> Reply:
+    return Reply(200, orjson.dumps(_with(normal.payload, ranking=ranking)))
+
+
+def _not_json(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    return Reply(200, b"<html><body>this is not JSON</body></html>")
+
+
+def _truncated(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    whole = orjson.dumps(normal.payload)
+    return Reply(200, whole[: len(whole) // 2])
+
+
+def _empty(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    return Reply(200, b"")
+
+
+def _wrong_types(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = [{**item, "relevanceScore": str(item["relevanceScore"])} for item in _ranking(normal)]
+    return _with_ranking(normal, ranking)
+
+
+def _nan_score(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = _ranking(normal)
+    ranking[0]["relevanceScore"] = _NAN_SENTINEL
+    # orjson cannot write NaN (it is not JSON), so splice the bare token in.
+    body = orjson.dumps(_with(normal.payload, ranking=ranking))
+    return Reply(200, body.replace(orjson.dumps(_NAN_SENTINEL), b"NaN"))
+
+
+def _missing_score(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = [
+        {k: v for k, v in item.items() if k != "relevanceScore"} for item in _ranking(normal)
+    ]
+    return _with_ranking(normal, ranking)
+
+
+def _missing_ranking(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    return json_reply(200, {k: v for k, v in normal.payload.items() if k != "ranking"})
+
+
+def _index_out_of_range(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = _ranking(normal)
+    ranking[0]["index"] = normal.document_count
+    return _with_ranking(normal, ranking)
+
+
+def _duplicate_index(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = _ranking(normal)
+    if len(ranking) > 1:
+        ranking[-1]["index"] = ranking[0]["index"]
+    else:
+        ranking.append(dict(ranking[0]))
+    return _with_ranking(normal, ranking)
+
+
+def _negative_index(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = _ranking(normal)
+    ranking[0]["index"] = -1
+    return _with_ranking(normal, ranking)
+
+
+def _float_index(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = _ranking(normal)
+    ranking[0]["index"] += 0.5
+    return _with_ranking(normal, ranking)
+
+
+def _error_envelope(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    error = {
+        "message": "Injected error envelope on a 200",
+        "type": "internal_server_error",
+        "param": None,
+        "code": None,
+    }
+    return error_reply(200, error, normal.generation_id)
+
+
+def _huge(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    # Valid JSON whose size, not shape, is the problem.
+    padding = "x" * params.get("sizeBytes", 20_000_000)
+    return json_reply(
+        200, {**_with(normal.payload, ranking=_ranking(normal)), "mockPadding": padding}
+    )
+
+
+def _unsorted(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    return _with_ranking(normal, _ranking(normal)[::-1])
+
+
+def _too_many(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    return _with_ranking(normal, normal.full_ranking)
+
+
+def _unknown_warning(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    warning = {"type": "deprecated", "feature": "topN", "details": "Injected warning type."}
+    warnings = [*normal.payload.get("warnings", []), warning]
+    return json_reply(200, _with(normal.payload, ranking=_ranking(normal), warnings=warnings))
+
+
+_MALFORMED: Mapping[str, Variant] = MappingProxyType(
+    {
+        "not_json": _not_json,
+        "truncated": _truncated,
+        "empty": _empty,
+        "wrong_types": _wrong_types,
+        "nan_score": _nan_score,
+        "missing_score": _missing_score,
+        "missing_ranking": _missing_ranking,
+        "index_out_of_range": _index_out_of_range,
+        "duplicate_index": _duplicate_index,
+        "negative_index": _negative_index,
+        "float_index": _float_index,
+        "error_envelope": _error_envelope,
+        "huge": _huge,
+        "unsorted": _unsorted,
+        "too_many": _too_many,
+        "unknown_warning": _unknown_warning,
+    }
+)
+
+MALFORMED_VARIANTS: tuple[str, ...] = tuple(_MALFORMED)
+"""The bodies of the ``malformed`` fault. The AI SDK rejects all but four: ``duplicate_index``,
+``unsorted`` and ``too_many`` pass its schema, and ``huge`` is valid JSON, so those four test a
+caller's own checks (index uniqueness, order, topN, size)."""
+
+
+# --- the faults: their parameters and how each answers ---------------------------------------
+
+Render = Callable[[Mapping[str, Any], Normal], Reply | Drop]
+"""A fault's answer, from its parameters and the normal answer."""
+
+
+def _rate_limit(params: Mapping[str, Any], normal: Normal) -> Reply:
+    retry_ms = params.get("retryAfterMs", 1000)
+    headers = (
+        ("retry-after-ms", _number_text(retry_ms)),
+        ("retry-after", str(math.ceil(retry_ms / 1000))),
+    )
+    error = {
+        "message": params.get("message", "Rate limit exceeded"),
+        "type": "rate_limit_exceeded",
+        "param": None,
+        "code": None,
+    }
+    return error_reply(429, error, normal.generation_id, headers)
+
+
+def _error(params: Mapping[str, Any], normal: Normal) -> Reply:
+    error = {"message": params.get("message", "Injected error")}
+    if "type" in params:
+        error["type"] = params["type"]
+    error["param"] = params.get("param")
+    error["code"] = params.get("code")
+    generation = params.get("generationId", normal.generation_id)
+    return error_reply(params.get("status", 500), error, generation)
+
+
+def _malformed(params: Mapping[str, Any], normal: Normal) -> Reply:
+    return _MALFORMED[params["variant"]](normal, params)
+
+
+def _drop(params: Mapping[str, Any], normal: Normal) -> Drop:
+    reply = json_reply(200, normal.payload)
+    return Drop(reply, before_headers=params.get("variant") == "before_headers")
+
+
+def _status_only(params: Mapping[str, Any], normal: Normal) -> Reply:
+    body = params.get("body", _DEFAULT_HTML).encode()
+    content_type = params.get("contentType", "text/html; charset=utf-8")
+    return Reply(params.get("status", 502), body, content_type)
 
 
 def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _malformed(variant: str, size: int, normal: Normal) -> Reply:
-    payload = normal.payload
-    ranking = [dict(item) for item in payload["ranking"]]
-    body: bytes | None = None
-    if variant == "not_json":
-        body = b"<html><body>this is not JSON</body></html>"
-    elif variant == "truncated":
-        whole = orjson.dumps(payload)
-        body = whole[: len(whole) // 2]
-    elif variant == "empty":
-        body = b""
-    elif variant == "wrong_types":
-        for item in ranking:
-            item["relevanceScore"] = str(item["relevanceScore"])
-    elif variant == "nan_score":
-        ranking[0]["relevanceScore"] = _NAN_SENTINEL
-        # orjson cannot write NaN (it is not JSON), so splice the bare token in.
-        body = orjson.dumps(_with(payload, ranking=ranking)).replace(
-            orjson.dumps(_NAN_SENTINEL), b"NaN"
-        )
-    elif variant == "missing_score":
-        for item in ranking:
-            del item["relevanceScore"]
-    elif variant == "missing_ranking":
-        return json_reply(200, {k: v for k, v in payload.items() if k != "ranking"})
-    elif variant == "index_out_of_range":
-        ranking[0]["index"] = normal.document_count
-    elif variant == "duplicate_index":
-        if len(ranking) > 1:
-            ranking[-1]["index"] = ranking[0]["index"]
-        else:
-            ranking.append(dict(ranking[0]))
-    elif variant == "negative_index":
-        ranking[0]["index"] = -1
-    elif variant == "float_index":
-        ranking[0]["index"] += 0.5
-    elif variant == "error_envelope":
-        error = {
-            "message": "Injected error envelope on a 200",
-            "type": "internal_server_error",
-            "param": None,
-            "code": None,
-        }
-        return error_reply(200, error, normal.generation_id)
-    elif variant == "huge":
-        # Valid JSON whose size, not shape, is the problem.
-        return json_reply(200, {**_with(payload, ranking=ranking), "mockPadding": "x" * size})
-    elif variant == "unsorted":
-        ranking.reverse()
-    elif variant == "too_many":
-        ranking = normal.full_ranking
-    elif variant == "unknown_warning":
-        warning = {"type": "deprecated", "feature": "topN", "details": "Injected warning type."}
-        warnings = [*payload.get("warnings", []), warning]
-        return json_reply(200, _with(payload, ranking=ranking, warnings=warnings))
-    else:
-        raise AssertionError(f"unknown malformed variant {variant!r}")
-    if body is None:
-        body = orjson.dumps(_with(payload, ranking=ranking))
-    return Reply(200, body)
+@dataclass(frozen=True)
+class _Kind:
+    """One fault: the checks of its parameters, those it requires, and its answer."""
+
+    params: Mapping[str, Check]
+    render: Render | None
+    """None for ``slow``, which the app answers normally after the delay."""
+    required: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """The parameters without a default, each with what it accepts."""
+
+
+_STATUS = _integer(200, 599)
+
+_FAULTS: Mapping[str, _Kind] = MappingProxyType(
+    {
+        "rate_limit": _Kind({"retryAfterMs": _number(0), "message": _string}, _rate_limit),
+        "error": _Kind(
+            {
+                "status": _STATUS,
+                "type": _verbatim,
+                "message": _string,
+                "param": _verbatim,
+                "code": _verbatim,
+                "generationId": _optional_string,
+            },
+            _error,
+        ),
+        "slow": _Kind({"delayMs": _number(0)}, None),
+        "malformed": _Kind(
+            {"variant": _choice(MALFORMED_VARIANTS), "sizeBytes": _integer(0, 1 << 30)},
+            _malformed,
+            required={"variant": f"one of {', '.join(MALFORMED_VARIANTS)}"},
+        ),
+        "drop": _Kind({"variant": _choice(DROP_VARIANTS)}, _drop),
+        "status_only": _Kind(
+            {"status": _STATUS, "body": _string, "contentType": _header_value}, _status_only
+        ),
+    }
+)
+_COMMON: Mapping[str, Check] = {"times": _integer(1, 1 << 31), "key": _string}
+
+
+def _param_error(name: str, problem: str) -> GatewayError:
+    field = f"providerOptions.{FAULT_OPTION}.{name}"
+    return GatewayError(400, f"{field} {problem}", param=field)
+
+
+def parse_fault(provider_options: Mapping[str, Any]) -> Fault | None:
+    """The fault a request asks for, None if it asks for none; 400 if the request is invalid."""
+    spec = provider_options.get(FAULT_OPTION)
+    if spec is None:
+        return None
+    name = spec.get("fault")
+    if name not in _FAULTS:
+        raise _param_error("fault", f"must be one of {', '.join(_FAULTS)}")
+    kind = _FAULTS[name]
+    params: dict[str, Any] = {}
+    for param, value in spec.items():
+        if param == "fault" or param in _COMMON:
+            continue
+        if param not in kind.params:
+            raise _param_error(param, f"is not a parameter of the {name!r} fault")
+        params[param] = kind.params[param](param, value)
+    for param, accepted in kind.required.items():
+        if param not in params:
+            raise _param_error(param, f"is required: {accepted}")
+    times = _COMMON["times"]("times", spec["times"]) if "times" in spec else None
+    key = _COMMON["key"]("key", spec["key"]) if "key" in spec else None
+    if key is None:
+        key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS).decode()
+    return Fault(name, params, times, key)
+
+
+def render(fault: Fault, normal: Normal) -> Reply | Drop:
+    """The answer of ``fault`` (any fault but ``slow``, which only delays the normal answer)."""
+    answer = _FAULTS[fault.name].render
+    if answer is None:
+        raise AssertionError(f"fault {fault.name!r} has no rendering")  # slow never gets here
+    return answer(fault.params, normal)
 
 
 def _with(payload: dict[str, Any], **changes: Any) -> dict[str, Any]:
