@@ -15,7 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rerank.mock_gateway import (
+    DEFAULT_PROTOCOL,
     MALFORMED_VARIANTS,
+    PROTOCOL_V3,
+    PROTOCOL_V4,
+    PROTOCOL_VERSIONS,
     RERANKING_MODEL_IDS,
     ConnectionDropped,
     MockGateway,
@@ -412,6 +416,98 @@ async def test_config_lists_the_reranking_catalogue_and_other_models(
 
 async def test_config_needs_a_bearer_token(client: httpx.AsyncClient) -> None:
     assert_envelope(await client.get("/config"), 401, "authentication_error")
+
+
+# --- the two protocol versions (spec §0) ---------------------------------------------------
+
+# (base path, the spec-version header it requires, the other version's header): literals of
+# the spec, not read back from the mock's table.
+VERSIONS = [("/v3/ai", "3", "4"), ("/v4/ai", "4", "3")]
+
+
+async def rerank_at(
+    client: httpx.AsyncClient,
+    base: str,
+    body: dict[str, Any],
+    *,
+    spec_version: str | None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    sent = {k: v for k, v in {**HEADERS, **(headers or {})}.items() if k != SPEC}
+    if spec_version is not None:
+        sent[SPEC] = spec_version
+    url = f"http://mock{base}/reranking-model"
+    return await client.post(url, content=orjson.dumps(body), headers=sent)
+
+
+def test_the_mock_serves_exactly_v3_and_v4() -> None:
+    assert list(PROTOCOL_VERSIONS) == ["v3", "v4"]
+    assert [v.base_path for v in PROTOCOL_VERSIONS.values()] == ["/v3/ai", "/v4/ai"]
+    assert DEFAULT_PROTOCOL is PROTOCOL_V4
+    assert PROTOCOL_V4.base_url("127.0.0.1", 8080) == "http://127.0.0.1:8080/v4/ai"
+    assert PROTOCOL_V3.base_url("::1", 8080) == "http://[::1]:8080/v3/ai"
+
+
+@pytest.mark.parametrize(("base", "own", "other"), VERSIONS)
+async def test_each_version_requires_its_own_specification_version(
+    client: httpx.AsyncClient, base: str, own: str, other: str
+) -> None:
+    accepted = await rerank_at(client, base, rerank_body(top_n=2), spec_version=own)
+    crossed = await rerank_at(client, base, rerank_body(), spec_version=other)
+    missing = await rerank_at(client, base, rerank_body(), spec_version=None)
+
+    assert accepted.status_code == 200, accepted.text
+    assert [item["index"] for item in accepted.json()["ranking"]] == [0, 1]
+    error = assert_envelope(crossed, 400, "invalid_request_error", param=SPEC)
+    assert f"must be '{own}' under {base}, got '{other}'" in error["message"]
+    # A client of the other SDK generation is told where its version is served.
+    assert f"served under /v{other}/ai" in error["message"]
+    error = assert_envelope(missing, 400, "invalid_request_error", param=SPEC)
+    assert "it is missing" in error["message"]
+
+
+async def test_both_versions_answer_a_rerank_with_the_same_bytes(
+    client: httpx.AsyncClient,
+) -> None:
+    body = rerank_body(top_n=2, options={"voyage": {"truncation": True}})
+    v3 = await rerank_at(client, "/v3/ai", body, spec_version="3")
+    v4 = await rerank_at(client, "/v4/ai", body, spec_version="4")
+
+    assert v3.status_code == v4.status_code == 200
+    assert v3.content == v4.content  # spec §0: the success body is the same in both
+
+
+@pytest.mark.parametrize(("base", "literal"), [("/v3/ai", "v3"), ("/v4/ai", "v4")])
+async def test_config_reports_the_specification_version_of_its_path(
+    client: httpx.AsyncClient, base: str, literal: str
+) -> None:
+    response = await client.get(f"http://mock{base}/config", headers={"authorization": "Bearer k"})
+
+    assert response.status_code == 200
+    models = response.json()["models"]
+    assert {m["specification"]["specificationVersion"] for m in models} == {literal}
+    assert {m["id"] for m in models if m["modelType"] == "reranking"} == set(RERANKING_MODEL_IDS)
+
+
+@pytest.mark.parametrize(("base", "own", "other"), VERSIONS)
+async def test_the_team_header_is_accepted_and_shown_in_provider_metadata(
+    client: httpx.AsyncClient, base: str, own: str, other: str
+) -> None:
+    team = {"x-vercel-ai-gateway-team": "team_abc123"}
+    with_team = await rerank_at(client, base, rerank_body(), spec_version=own, headers=team)
+    without = await rerank_at(client, base, rerank_body(), spec_version=own)
+
+    assert with_team.status_code == without.status_code == 200
+    assert with_team.json()["providerMetadata"]["mock"]["team"] == "team_abc123"
+    assert "team" not in without.json()["providerMetadata"]["mock"]
+    assert with_team.json()["ranking"] == without.json()["ranking"]
+
+
+@pytest.mark.parametrize("path", ["/v2/ai/reranking-model", "/v5/ai/config", "/v4/reranking-model"])
+async def test_other_versions_are_not_served(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.post(f"http://mock{path}", headers=HEADERS, content=b"{}")
+
+    assert_envelope(response, 404, "invalid_request_error", param="path")
 
 
 # --- the Cohere-compatible endpoint --------------------------------------------------------
