@@ -158,7 +158,9 @@ class MockGateway:
             ranking = full if body.top_n is None else full[: body.top_n]
             payload = success_payload(model, body, ranking, request.headers.get(TEAM_HEADER))
             if fault is not None:
-                normal = Normal(payload, ranking_items(full), len(body.values), generation)
+                normal = Normal(
+                    payload, ranking_items(full), len(body.values), generation, protocol
+                )
                 return render(fault, normal)
             if self._unlucky():
                 raise GatewayError(503, "Injected failure (error_rate)", "internal_server_error")

@@ -16,6 +16,15 @@ Nothing else in the request is touched, and without that key the mock never misb
                  a ``content-length`` and half the body; ``before_headers`` sends nothing.
 ``status_only``  ``status`` (502) with ``body`` (an HTML page) as ``contentType`` (text/html):
                  an answer outside the error envelope.
+``warning``      the normal answer plus one warning of ``type`` (required): ``unsupported`` or
+                 ``compatibility`` (``feature``, optional ``details``), ``other`` (``message``),
+                 ``deprecated`` (``setting``, ``message``; v4 only). A type the request's
+                 protocol version does not know is refused with 400.
+``not_found``    404 ``not_found`` (v4 only; 400 on v3), optional ``message`` and ``param``.
+
+Faults that depend on the protocol version read it from the request's ``ProtocolVersion``:
+a v3 answer never carries a ``deprecated`` warning nor a ``not_found`` error, except through
+``error``, which sends any envelope verbatim on either version.
 
 Every fault also takes ``times`` and ``key``: the fault then hits only the first ``times``
 requests carrying that ``key`` (default: the ``mockGateway`` object itself, canonically encoded)
@@ -36,6 +45,7 @@ import orjson
 
 from ._http import Drop, Reply, json_reply
 from ._protocol import GatewayError, error_reply
+from ._versions import PROTOCOL_VERSIONS, ProtocolVersion
 
 FAULT_OPTION = "mockGateway"
 """The reserved ``providerOptions`` key."""
@@ -122,6 +132,8 @@ class Normal:
     """Every document's entry, sorted, not cut."""
     document_count: int
     generation_id: str
+    protocol: ProtocolVersion
+    """The version of the call, for faults that exist in one version only."""
 
 
 # --- the malformed bodies: one small function per variant ------------------------------------
@@ -229,8 +241,20 @@ def _too_many(normal: Normal, params: Mapping[str, Any]) -> Reply:
     return _with_ranking(normal, normal.full_ranking)
 
 
+UNDOCUMENTED_WARNING_TYPE = "undocumented"
+"""The type of the ``unknown_warning`` variant: one that no protocol version documents."""
+
+
 def _unknown_warning(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    warning = {"type": "deprecated", "feature": "topN", "details": "Injected warning type."}
+    warning = {
+        "type": UNDOCUMENTED_WARNING_TYPE,
+        "feature": "topN",
+        "details": "Injected warning of a type no protocol version documents.",
+    }
+    return _with_warning(normal, warning)
+
+
+def _with_warning(normal: Normal, warning: dict[str, Any]) -> Reply:
     warnings = [*normal.payload.get("warnings", []), warning]
     return json_reply(200, _with(normal.payload, ranking=_ranking(normal), warnings=warnings))
 
@@ -308,6 +332,74 @@ def _status_only(params: Mapping[str, Any], normal: Normal) -> Reply:
     return Reply(params.get("status", 502), body, content_type)
 
 
+_WARNING_FIELDS: Mapping[str, Mapping[str, str | None]] = MappingProxyType(
+    {
+        "unsupported": {"feature": FAULT_OPTION, "details": None},
+        "compatibility": {"feature": FAULT_OPTION, "details": None},
+        "other": {"message": "Injected warning."},
+        "deprecated": {"setting": FAULT_OPTION, "message": "Injected deprecation warning."},
+    }
+)
+"""Each documented warning type's fields (spec §3, §0), in wire order, with the default the
+``warning`` fault uses; None: left out unless the fault gives it."""
+
+
+def _check_warning_fields(params: Mapping[str, Any]) -> None:
+    fields = _WARNING_FIELDS[params["type"]]
+    for name in params:
+        if name != "type" and name not in fields:
+            raise _param_error(
+                name,
+                f"is not a field of a {params['type']!r} warning (its fields: {', '.join(fields)})",
+            )
+
+
+def _warning(params: Mapping[str, Any], normal: Normal) -> Reply:
+    type_ = params["type"]
+    protocol = normal.protocol
+    if type_ not in protocol.warning_types:
+        where = _served_in(lambda version: type_ in version.warning_types)
+        raise _param_error(
+            "type",
+            f"must be a warning type of protocol {protocol.name} "
+            f"({', '.join(protocol.warning_types)}), got {type_!r}{where}",
+        )
+    warning = {"type": type_}
+    for name, default in _WARNING_FIELDS[type_].items():
+        value = params.get(name, default)
+        if value is not None:
+            warning[name] = value
+    return _with_warning(normal, warning)
+
+
+def _not_found(params: Mapping[str, Any], normal: Normal) -> Reply:
+    protocol = normal.protocol
+    if "not_found" not in protocol.error_types:
+        where = _served_in(lambda version: "not_found" in version.error_types)
+        raise _param_error(
+            "fault",
+            f"'not_found' is not an error type of protocol {protocol.name}{where}; "
+            '{"fault": "error", "status": 404, "type": "not_found"} sends it anyway',
+        )
+    error = {
+        "message": params.get("message", "Injected: the requested resource was not found"),
+        "type": "not_found",
+        "param": params.get("param"),
+        "code": None,
+    }
+    return error_reply(404, error, normal.generation_id)
+
+
+def _served_in(belongs: Callable[[ProtocolVersion], bool]) -> str:
+    """Where something of one version only is served: ``" (protocol v4, under /v4/ai)"``."""
+    where = ", ".join(
+        f"{version.name}, under {version.base_path}"
+        for version in PROTOCOL_VERSIONS.values()
+        if belongs(version)
+    )
+    return f" (it belongs to protocol {where})" if where else ""
+
+
 def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
@@ -321,6 +413,8 @@ class _Kind:
     """None for ``slow``, which the app answers normally after the delay."""
     required: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """The parameters without a default, each with what it accepts."""
+    check: Callable[[Mapping[str, Any]], None] | None = None
+    """A check of the parameters together, once each has passed its own."""
 
 
 _STATUS = _integer(200, 599)
@@ -349,6 +443,19 @@ _FAULTS: Mapping[str, _Kind] = MappingProxyType(
         "status_only": _Kind(
             {"status": _STATUS, "body": _string, "contentType": _header_value}, _status_only
         ),
+        "warning": _Kind(
+            {
+                "type": _choice(tuple(_WARNING_FIELDS)),
+                "feature": _string,
+                "details": _string,
+                "setting": _string,
+                "message": _string,
+            },
+            _warning,
+            required={"type": f"one of {', '.join(_WARNING_FIELDS)}"},
+            check=_check_warning_fields,
+        ),
+        "not_found": _Kind({"message": _string, "param": _verbatim}, _not_found),
     }
 )
 _COMMON: Mapping[str, Check] = {"times": _integer(1, 1 << 31), "key": _string}
@@ -378,6 +485,8 @@ def parse_fault(provider_options: Mapping[str, Any]) -> Fault | None:
     for param, accepted in kind.required.items():
         if param not in params:
             raise _param_error(param, f"is required: {accepted}")
+    if kind.check is not None:
+        kind.check(params)
     times = _COMMON["times"]("times", spec["times"]) if "times" in spec else None
     key = _COMMON["key"]("key", spec["key"]) if "key" in spec else None
     if key is None:
@@ -386,7 +495,11 @@ def parse_fault(provider_options: Mapping[str, Any]) -> Fault | None:
 
 
 def render(fault: Fault, normal: Normal) -> Reply | Drop:
-    """The answer of ``fault`` (any fault but ``slow``, which only delays the normal answer)."""
+    """The answer of ``fault`` (any fault but ``slow``, which only delays the normal answer).
+
+    Raises:
+        GatewayError: 400 for a fault the call's protocol version cannot carry.
+    """
     answer = _FAULTS[fault.name].render
     if answer is None:
         raise AssertionError(f"fault {fault.name!r} has no rendering")  # slow never gets here

@@ -12,12 +12,14 @@ make the service under test fail without touching its requests::
 
 What it changes, and nothing else:
 
-- ``fail_next(fault, times=1, **params)``: the next ``times`` rerank calls
-  (``POST /v3/ai/reranking-model``) that carry no ``providerOptions.mockGateway`` of their own get
-  ``fault``. Names and parameters are those of ``providerOptions.mockGateway`` (see
-  ``rerank.mock_gateway._faults``); they are validated at once (``ValueError`` for a typo) and then
-  rendered by the same code. ``key`` is not accepted: a script is not keyed. Several
-  ``fail_next`` calls queue up, first in first out.
+- ``fail_next(fault, times=1, **params)``: the next ``times`` rerank calls (``POST
+  .../reranking-model`` of either protocol version) that carry no ``providerOptions.mockGateway``
+  of their own get ``fault``. Names and parameters are those of ``providerOptions.mockGateway``
+  (see ``rerank.mock_gateway._faults``); they are validated at once (``ValueError`` for a typo)
+  and then rendered by the same code. A fault of one version only (a ``deprecated`` warning,
+  ``not_found``) that reaches a call of the other is answered 400 there, and counts as used.
+  ``key`` is not accepted: a script is not keyed. Several ``fail_next`` calls queue up, first in
+  first out.
 - ``set_scores({text: score})``: text documents equal to a key get that score (any finite
   number) instead of the lexical one; the others are scored as usual. Ranking, ties and
   ``topN`` then work as always. Calls add to the scores already set.

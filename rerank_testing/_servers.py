@@ -75,7 +75,8 @@ class MockGatewayServer:
 
         Faults: `rate_limit` (`retryAfterMs`, `message`), `error` (`status`, `type`,
         `message`, `param`, `code`, `generationId`), `slow` (`delayMs`), `malformed`
-        (`variant`), `drop` (`variant`), `status_only` (`status`, `body`, `contentType`).
+        (`variant`), `drop` (`variant`), `status_only` (`status`, `body`, `contentType`),
+        `warning` (`type`, and that type's fields), `not_found` (`message`, `param`; v4 only).
 
         Raises:
             ValueError: an unknown fault or parameter, at once rather than at the call.

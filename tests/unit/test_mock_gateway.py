@@ -688,6 +688,9 @@ async def test_drop_fault_raises_in_process(client: httpx.AsyncClient, variant: 
         await rerank(client, rerank_body(options=fault("drop", variant=variant)))
 
 
+# Every warning type of either version (spec §0 and §3).
+DOCUMENTED_WARNING_TYPES = ("unsupported", "compatibility", "other", "deprecated")
+
 # Bodies the SDK's schema lets through: only the caller's own checks can catch them.
 SDK_ACCEPTS = ("duplicate_index", "huge", "unsorted", "too_many")
 
@@ -734,7 +737,7 @@ _VARIANT_CHECKS: dict[str, Any] = {
     "unsorted": lambda body, ranking: orjson.loads(body)["ranking"] == ranking[::-1],
     "too_many": lambda body, ranking: len(orjson.loads(body)["ranking"]) == 3,
     "unknown_warning": lambda body, ranking: (
-        orjson.loads(body)["warnings"][-1]["type"] == "deprecated"
+        orjson.loads(body)["warnings"][-1]["type"] not in DOCUMENTED_WARNING_TYPES
     ),
 }
 
@@ -815,6 +818,12 @@ async def test_a_fault_does_not_remove_the_other_options(client: httpx.AsyncClie
         ({"fault": "rate_limit", "key": 1}, "key"),
         ({"fault": "status_only", "body": None}, "body"),
         ({"fault": "status_only", "contentType": "text/html\r\nx: y"}, "contentType"),
+        ({"fault": "warning"}, "type"),
+        ({"fault": "warning", "type": "purple"}, "type"),
+        ({"fault": "warning", "type": "unsupported", "setting": "s"}, "setting"),
+        ({"fault": "warning", "type": "deprecated", "feature": "f"}, "feature"),
+        ({"fault": "warning", "type": "other", "message": 1}, "message"),
+        ({"fault": "not_found", "status": 410}, "status"),
     ],
 )
 async def test_invalid_fault_requests_are_refused(
@@ -825,6 +834,116 @@ async def test_invalid_fault_requests_are_refused(
     field = f"providerOptions.mockGateway.{param}"
     error = assert_envelope(response, 400, "invalid_request_error", param=field)
     assert error["message"].startswith(field)
+
+
+# --- faults that belong to one protocol version --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        (
+            {"type": "deprecated"},
+            {"setting": "mockGateway", "message": "Injected deprecation warning."},
+        ),
+        (
+            {"type": "deprecated", "setting": "topN", "message": "m"},
+            {"setting": "topN", "message": "m"},
+        ),
+        ({"type": "unsupported"}, {"feature": "mockGateway"}),
+        (
+            {"type": "compatibility", "feature": "f", "details": "d"},
+            {"feature": "f", "details": "d"},
+        ),
+        ({"type": "other", "message": "m"}, {"message": "m"}),
+    ],
+)
+async def test_warning_fault_adds_one_warning_to_the_normal_answer_on_v4(
+    client: httpx.AsyncClient, params: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    options = {**fault("warning", **params), "voyage": {"truncation": True}}
+    normal = await rerank_at(client, "/v4/ai", rerank_body(top_n=2), spec_version="4")
+    response = await rerank_at(
+        client, "/v4/ai", rerank_body(top_n=2, options=options), spec_version="4"
+    )
+
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert list(payload) == ["ranking", "warnings", "providerMetadata"]
+    assert payload["ranking"] == normal.json()["ranking"]
+    # The mock's own warning first, then the injected one, with its fields in wire order.
+    assert payload["warnings"][0]["feature"] == "providerOptions.voyage"
+    assert payload["warnings"][1] == {"type": params["type"], **expected}
+    assert list(payload["warnings"][1]) == ["type", *expected]
+
+
+@pytest.mark.parametrize("type_", ["unsupported", "compatibility", "other"])
+async def test_v3_warning_types_are_injected_on_v3(client: httpx.AsyncClient, type_: str) -> None:
+    response = await rerank_at(
+        client, "/v3/ai", rerank_body(options=fault("warning", type=type_)), spec_version="3"
+    )
+
+    assert response.status_code == 200, response.text
+    assert [w["type"] for w in response.json()["warnings"]] == [type_]
+
+
+async def test_a_deprecated_warning_is_refused_on_v3(client: httpx.AsyncClient) -> None:
+    options = fault("warning", type="deprecated")
+    response = await rerank_at(client, "/v3/ai", rerank_body(options=options), spec_version="3")
+
+    field = "providerOptions.mockGateway.type"
+    error = assert_envelope(response, 400, "invalid_request_error", param=field)
+    assert "protocol v3 (unsupported, compatibility, other), got 'deprecated'" in error["message"]
+    assert "protocol v4, under /v4/ai" in error["message"]
+
+
+async def test_not_found_fault_is_a_v4_error(client: httpx.AsyncClient) -> None:
+    options = fault("not_found", message="No such team", param={"team": "t"})
+    v4 = await rerank_at(client, "/v4/ai", rerank_body(options=options), spec_version="4")
+    default = await rerank_at(
+        client, "/v4/ai", rerank_body(options=fault("not_found")), spec_version="4"
+    )
+    v3 = await rerank_at(client, "/v3/ai", rerank_body(options=options), spec_version="3")
+
+    error = assert_envelope(v4, 404, "not_found", param={"team": "t"})
+    assert error["message"] == "No such team"
+    assert assert_envelope(default, 404, "not_found")["message"]
+    field = "providerOptions.mockGateway.fault"
+    error = assert_envelope(v3, 400, "invalid_request_error", param=field)
+    assert "not an error type of protocol v3" in error["message"]
+    assert '"type": "not_found"' in error["message"]  # how to send it on v3 regardless
+
+
+async def test_the_error_fault_still_sends_any_type_on_v3(client: httpx.AsyncClient) -> None:
+    options = fault("error", status=404, type="not_found")
+    response = await rerank_at(client, "/v3/ai", rerank_body(options=options), spec_version="3")
+
+    assert_envelope(response, 404, "not_found")
+
+
+# The answers that are JSON (the others carry no type at all).
+V3_ANSWERS = [
+    *(
+        fault("malformed", variant=v, sizeBytes=10)
+        for v in MALFORMED_VARIANTS
+        if v not in ("not_json", "truncated", "empty", "nan_score")
+    ),
+    *(fault("warning", type=t) for t in DOCUMENTED_WARNING_TYPES),
+    fault("not_found"),
+]
+
+
+@pytest.mark.parametrize(
+    "options", V3_ANSWERS, ids=lambda o: "-".join(map(str, o["mockGateway"].values()))
+)
+async def test_no_v3_answer_carries_a_v4_only_type(
+    client: httpx.AsyncClient, options: dict[str, Any]
+) -> None:
+    response = await rerank_at(client, "/v3/ai", rerank_body(options=options), spec_version="3")
+
+    payload = orjson.loads(response.content)
+    assert "deprecated" not in [w["type"] for w in payload.get("warnings", [])]
+    assert payload.get("error", {}).get("type") != "not_found"
 
 
 async def test_faults_follow_request_validation(client: httpx.AsyncClient) -> None:
