@@ -1,8 +1,9 @@
 """``python -m rerank.mock_gateway`` (console script ``rerank-mock-gateway``): serve the mock.
 
 The socket is bound here, before uvicorn starts, so that ``--port 0`` works: once uvicorn
-serves, exactly one line goes to stdout, ``mock gateway listening on http://HOST:PORT/v3/ai``,
-which is how a parent process learns the port. Logs go to stderr; request logs only at
+serves, exactly one line goes to stdout, ``mock gateway listening on http://HOST:PORT/v4/ai``,
+which is how a parent process learns the port. It names the v4 base URL (today's SDK); v3 is
+served on the same host and port under ``/v3/ai``. Logs go to stderr; request logs only at
 ``--log-level debug`` or ``trace``. SIGTERM and SIGINT shut down gracefully with exit status 0.
 """
 
@@ -21,6 +22,7 @@ import uvicorn
 
 from ._app import ConnectionDropped, create_app
 from ._settings import MockSettings
+from ._versions import DEFAULT_PROTOCOL
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -50,10 +52,6 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(address)
     return sock
-
-
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}/v3/ai" if ":" in host else f"http://{host}:{port}/v3/ai"
 
 
 def _log_config(level: str) -> dict[str, Any]:
@@ -128,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=1,
     )
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-    server = _Server(config, _url(args.host, sock.getsockname()[1]))
+    server = _Server(config, DEFAULT_PROTOCOL.base_url(args.host, sock.getsockname()[1]))
     # uvicorn handles SIGTERM/SIGINT while serving, then re-raises the signal once it has shut
     # down. Raising KeyboardInterrupt for both turns that re-raise into a clean exit.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
