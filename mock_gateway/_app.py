@@ -1,5 +1,8 @@
 """The ASGI application: routing, body reading, and turning replies into ASGI messages.
 
+The routes are one table built per app: each protocol version's two paths (from
+``PROTOCOL_VERSIONS``), the Cohere-compatible ones, and the control API when it is on.
+
 All state (settings, the random generator of ``error_rate``, the per-key counts of ``times``
 faults, a test's ``MockScript``) lives on the ``MockGateway`` instance that ``create_app``
 builds, so two apps in one process never share anything.
@@ -17,6 +20,7 @@ from typing import Any
 
 from . import _cohere
 from ._catalogue import config_body
+from ._control import CONTROL_ROUTES
 from ._faults import FAULT_OPTION, Fault, Normal, parse_fault, render
 from ._http import Drop, Reply, json_reply
 from ._protocol import (
@@ -95,6 +99,9 @@ class MockGateway:
             )
         for path, api_version in _COHERE_VERSIONS.items():
             self._routes[path] = _Route("POST", partial(self._cohere, api_version))
+        if settings.control:
+            for path, action in CONTROL_ROUTES.items():
+                self._routes[path] = _Route("POST", partial(self._control, action))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point: ``lifespan`` and ``http`` scopes; websockets are refused."""
@@ -167,6 +174,15 @@ class MockGateway:
             return json_reply(200, payload)
         except GatewayError as error:
             return error.reply(generation)
+
+    async def _control(
+        self, action: Callable[[MockScript, bytes], Reply], request: _Request
+    ) -> Reply:
+        try:
+            check_auth(request.headers, self.settings.api_key)
+            return action(self.script, request.body)
+        except GatewayError as error:
+            return error.reply(_generation_id(request))
 
     async def _cohere(self, api_version: str, request: _Request) -> Reply:
         try:

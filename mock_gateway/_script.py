@@ -58,7 +58,7 @@ class MockScript:
         self._faults: deque[_Pending] = deque()
         self._scores: dict[str, float] = {}
 
-    def fail_next(self, fault: str, *, times: int = 1, **params: Any) -> None:
+    def fail_next(self, fault: str, /, *, times: int = 1, **params: Any) -> None:
         """Answer the next ``times`` rerank calls with ``fault`` (e.g. ``"rate_limit"``).
 
         Raises:
@@ -69,7 +69,7 @@ class MockScript:
         if "times" in params or "key" in params:
             raise ValueError("a scripted fault takes no 'key'; 'times' is a keyword of its own")
         try:
-            parsed = parse_fault({FAULT_OPTION: {"fault": fault, **params}})
+            parsed = parse_fault({FAULT_OPTION: {**params, "fault": fault}})
         except GatewayError as error:
             raise ValueError(error.message) from None
         assert parsed is not None  # the spec above is never empty

@@ -36,8 +36,12 @@ class ProtocolVersion:
 
     def base_url(self, host: str, port: int) -> str:
         """The base URL of this version on ``host:port``, e.g. ``http://127.0.0.1:8080/v4/ai``."""
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return f"http://{authority}{self.base_path}"
+        return http_origin(host, port) + self.base_path
+
+
+def http_origin(host: str, port: int) -> str:
+    """``http://HOST:PORT``, an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 _V3_WARNING_TYPES = ("unsupported", "compatibility", "other")

@@ -91,7 +91,7 @@ class MockGatewayServer:
         """The app's script: what the next rerank calls answer."""
         return self.app.script
 
-    def fail_next(self, fault: str, *, times: int = 1, **params: Any) -> None:
+    def fail_next(self, fault: str, /, *, times: int = 1, **params: Any) -> None:
         """Answer the next `times` rerank calls with `fault`, exactly as a request carrying
         `providerOptions.mockGateway = {"fault": fault, **params}` would be answered.
 

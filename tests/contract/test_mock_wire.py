@@ -334,6 +334,54 @@ def test_config_over_the_wire(mock: MockProcess, client: httpx.Client) -> None:
     assert any(m["modelType"] == "reranking" for m in response.json()["models"])
 
 
+def test_the_control_api_is_off_without_the_flag(mock: MockProcess, client: httpx.Client) -> None:
+    response = client.post(
+        mock.origin + "/_control/fail_next",
+        json={"fault": "rate_limit"},
+        headers={"authorization": "Bearer k"},
+    )
+
+    assert response.status_code == 404
+    assert replay(client, mock, rerank_with({})).status_code == 200
+
+
+def test_the_control_api_scripts_the_next_calls_over_http(
+    tmp_path: Path, client: httpx.Client
+) -> None:
+    log = tmp_path / "stderr.log"
+    with mock_process(log, "--control", "--api-key", "s3cret") as running:
+        base = running.origin + "/_control"
+        auth = {"authorization": "Bearer s3cret"}
+
+        def call(version: str = "4") -> httpx.Response:
+            request = rerank_with({}, version=version)
+            return replay(client, running, {**request, "headers": {**request["headers"], **auth}})
+
+        unauthorised = client.post(base + "/reset")
+        scripted = client.post(
+            base + "/fail_next", json={"fault": "rate_limit", "retryAfterMs": 2500}, headers=auth
+        )
+        limited, after = call(), call("3")
+        scores = {"Berlin.": 0.99, "Paris is the capital of France.": 0.01}
+        fixed = client.post(base + "/set_scores", json={"scores": scores}, headers=auth)
+        reordered = call()
+        client.post(base + "/fail_next", json={"fault": "error", "times": 3}, headers=auth)
+        reset = client.post(base + "/reset", headers=auth)
+        clean = call()
+        announced = running.log.read_text()
+
+    assert unauthorised.status_code == 401
+    assert (scripted.status_code, scripted.json()) == (200, {"pendingFaults": 1})
+    assert (limited.status_code, limited.headers["retry-after-ms"]) == (429, "2500")
+    assert after.status_code == 200
+    assert fixed.status_code == 200
+    assert [item["index"] for item in reordered.json()["ranking"]] == [1, 0]
+    assert (reset.status_code, reset.json()) == (200, {"pendingFaults": 0})
+    assert clean.status_code == 200
+    assert [item["index"] for item in clean.json()["ranking"]] == [0, 1]
+    assert f"control API on: POST {base}/" in announced
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_the_process_announces_itself_once_and_exits_cleanly(
     tmp_path: Path, client: httpx.Client, sig: signal.Signals
