@@ -22,8 +22,10 @@ from rerank.mock_gateway import (
     PROTOCOL_VERSIONS,
     RERANKING_MODEL_IDS,
     ConnectionDropped,
+    LoopbackMockGateway,
     MockGateway,
     MockSettings,
+    ProtocolVersion,
     create_app,
     score,
 )
@@ -508,6 +510,30 @@ async def test_other_versions_are_not_served(client: httpx.AsyncClient, path: st
     response = await client.post(f"http://mock{path}", headers=HEADERS, content=b"{}")
 
     assert_envelope(response, 404, "invalid_request_error", param="path")
+
+
+@pytest.mark.parametrize(
+    ("protocol", "suffix"), [(None, "/v3/ai"), (PROTOCOL_V3, "/v3/ai"), (PROTOCOL_V4, "/v4/ai")]
+)
+async def test_the_embedded_mock_serves_both_versions_on_one_port(
+    protocol: ProtocolVersion | None, suffix: str
+) -> None:
+    embedded = LoopbackMockGateway() if protocol is None else LoopbackMockGateway(protocol=protocol)
+    url = await embedded.start()
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            configs = [
+                (await http.get(f"{base}/config", headers={"authorization": "Bearer k"})).json()
+                for base in (embedded.v3_url, embedded.v4_url)
+            ]
+    finally:
+        await embedded.stop()
+
+    assert url == embedded.url
+    assert url.endswith(suffix)  # the server's existing call, start(), still gets v3
+    assert embedded.v3_url.removesuffix("/v3/ai") == embedded.v4_url.removesuffix("/v4/ai")
+    literals = [{m["specification"]["specificationVersion"] for m in c["models"]} for c in configs]
+    assert literals == [{"v3"}, {"v4"}]
 
 
 # --- the Cohere-compatible endpoint --------------------------------------------------------
