@@ -391,7 +391,7 @@ def _not_found(params: Mapping[str, Any], normal: Normal) -> Reply:
 
 
 def _served_in(belongs: Callable[[ProtocolVersion], bool]) -> str:
-    """Where something of one version only is served: ``" (protocol v4, under /v4/ai)"``."""
+    """Where something of one version only is: ``" (it belongs to protocol v4, under /v4/ai)"``."""
     where = ", ".join(
         f"{version.name}, under {version.base_path}"
         for version in PROTOCOL_VERSIONS.values()
@@ -462,8 +462,8 @@ _COMMON: Mapping[str, Check] = {"times": _integer(1, 1 << 31), "key": _string}
 
 
 def _param_error(name: str, problem: str) -> GatewayError:
-    field = f"providerOptions.{FAULT_OPTION}.{name}"
-    return GatewayError(400, f"{field} {problem}", param=field)
+    path = f"providerOptions.{FAULT_OPTION}.{name}"
+    return GatewayError(400, f"{path} {problem}", param=path)
 
 
 def parse_fault(provider_options: Mapping[str, Any]) -> Fault | None:
