@@ -106,10 +106,8 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     else:
         upstream = Upstream.GATEWAY
 
-    gateway_url = (args.gateway_url or DEFAULT_GATEWAY_URL).rstrip("/")
-    if args.gateway_protocol is None:
-        protocol = GatewayProtocol.of_base_url(gateway_url)
-    else:
+    protocol = None  # as the base URL names it
+    if args.gateway_protocol is not None:
         try:
             protocol = GatewayProtocol(args.gateway_protocol.strip().lower())
         except ValueError:
@@ -141,7 +139,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         host=args.host,
         port=args.port,
         upstream=upstream,
-        gateway_url=gateway_url,
+        gateway_url=(args.gateway_url or DEFAULT_GATEWAY_URL).rstrip("/"),
         gateway_protocol=protocol,
         gateway_team=environ.get("RERANK_GATEWAY_TEAM", "").strip() or None,
         api_key=api_key,
@@ -200,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info(
                 "forwarding to the gateway at %s (protocol %s)",
                 settings.gateway_url,
-                settings.gateway_protocol.value,
+                settings.protocol.value,
             )
         logger.info(
             "caller authentication %s; TLS %s",

@@ -107,7 +107,7 @@ def build_gateway(settings: Settings) -> GatewayReranker:
         api_key=settings.api_key,
         auth_method=settings.auth_method,
         max_connections=settings.max_connections,
-        protocol=settings.gateway_protocol,
+        protocol=settings.protocol,
         team=settings.gateway_team,
     )
 
@@ -131,9 +131,13 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
             # The mock serves every protocol version on one port, each under its own base
             # path, as the gateway does: speaking the configured one is choosing its path.
             origin = urlsplit(await embedded_mock.start())
-            url = settings.gateway_protocol.base_url_at(f"{origin.scheme}://{origin.netloc}")
+            protocol = settings.protocol
             settings = dataclasses.replace(
-                settings, upstream=Upstream.GATEWAY, gateway_url=url, api_key="embedded-mock"
+                settings,
+                upstream=Upstream.GATEWAY,
+                gateway_url=protocol.base_url_at(f"{origin.scheme}://{origin.netloc}"),
+                gateway_protocol=protocol,
+                api_key="embedded-mock",
             )
         reranker = build_reranker(settings, build_gateway(settings))
     message_limit = settings.max_message_bytes

@@ -65,9 +65,10 @@ class Settings:
     gateway_url: str = DEFAULT_GATEWAY_URL
     """Base URL of the gateway, no trailing slash (`--gateway-url`, `RERANK_GATEWAY_URL`)."""
 
-    gateway_protocol: GatewayProtocol = GatewayProtocol.V4
-    """Protocol version spoken to the gateway (and by the embedded mock): `__main__` derives it
-    from `gateway_url` unless `--gateway-protocol` / `RERANK_GATEWAY_PROTOCOL` says."""
+    gateway_protocol: GatewayProtocol | None = None
+    """Protocol version to speak to the gateway (and to the embedded mock), when set
+    (`--gateway-protocol`, `RERANK_GATEWAY_PROTOCOL`); None speaks what `gateway_url` names.
+    Read `protocol`, not this."""
 
     gateway_team: str | None = None
     """Team id or slug sent as `x-vercel-ai-gateway-team` on every gateway request, like the
@@ -181,3 +182,9 @@ class Settings:
 
     log_level: str = "INFO"
     """Python logging level (`--log-level`, `RERANK_LOG_LEVEL`)."""
+
+    @property
+    def protocol(self) -> GatewayProtocol:
+        """The protocol version spoken upstream: `gateway_protocol` when set, else the one
+        `gateway_url` names (v3 for a path ending in `/v3/ai`, else v4)."""
+        return self.gateway_protocol or GatewayProtocol.of_base_url(self.gateway_url)

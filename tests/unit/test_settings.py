@@ -24,7 +24,7 @@ def test_a_key_selects_the_gateway_and_is_never_in_the_repr() -> None:
     settings = settings_from([], {"AI_GATEWAY_API_KEY": "sk-secret"})
     assert settings.upstream is Upstream.GATEWAY
     assert settings.gateway_url == "https://ai-gateway.vercel.sh/v4/ai"
-    assert settings.gateway_protocol is GatewayProtocol.V4
+    assert settings.protocol is GatewayProtocol.V4
     assert "sk-secret" not in repr(settings)
     oidc = settings_from([], {"VERCEL_OIDC_TOKEN": "oidc-token"})
     assert (oidc.api_key, oidc.auth_method) == ("oidc-token", "oidc")
@@ -46,14 +46,21 @@ KEY = {"AI_GATEWAY_API_KEY": "k"}
 )
 def test_the_base_urls_path_chooses_the_protocol(url: str, protocol: GatewayProtocol) -> None:
     settings = settings_from(["--gateway-url", url], KEY)
-    assert settings.gateway_protocol is protocol
+    assert settings.protocol is protocol
     assert settings.gateway_url == url.rstrip("/")
 
 
+def test_settings_built_in_code_speak_what_their_url_names() -> None:
+    assert Settings().protocol is GatewayProtocol.V4
+    assert Settings(gateway_url="http://127.0.0.1:1/v3/ai").protocol is GatewayProtocol.V3
+    told = Settings(gateway_url="http://127.0.0.1:1/v3/ai", gateway_protocol=GatewayProtocol.V4)
+    assert told.protocol is GatewayProtocol.V4
+
+
 def test_the_embedded_mock_speaks_v4_unless_told() -> None:
-    assert settings_from([], {}).gateway_protocol is GatewayProtocol.V4
+    assert settings_from([], {}).protocol is GatewayProtocol.V4
     told = settings_from([], {"RERANK_GATEWAY_PROTOCOL": "v3"})
-    assert (told.upstream, told.gateway_protocol) == (Upstream.EMBEDDED_MOCK, GatewayProtocol.V3)
+    assert (told.upstream, told.protocol) == (Upstream.EMBEDDED_MOCK, GatewayProtocol.V3)
 
 
 @pytest.mark.parametrize(
@@ -68,7 +75,7 @@ def test_the_embedded_mock_speaks_v4_unless_told() -> None:
 def test_the_protocol_setting_overrides_the_url(
     argv: list[str], environ: dict[str, str], protocol: str
 ) -> None:
-    assert settings_from(argv, {**KEY, **environ}).gateway_protocol is GatewayProtocol(protocol)
+    assert settings_from(argv, {**KEY, **environ}).protocol is GatewayProtocol(protocol)
 
 
 @pytest.mark.parametrize(
