@@ -1,6 +1,6 @@
 """The mock gateway over a real socket, as ``python -m rerank.mock_gateway --port 0`` serves it.
 
-Replays the requests the AI SDK was seen sending (``shared/specs/wire/ai-sdk-requests.json``,
+Replays the requests the AI SDK was seen sending (``tests/wire/ai-sdk-v3-requests.json``,
 byte for byte, and the v4 captures of gateway 4.0.146 copied below) and checks each answer the
 way the SDK's response schema does; then the things only a real connection shows: the ``drop``
 fault, the ready line, the control API, and a clean exit on signals.
@@ -23,11 +23,11 @@ import orjson
 import pytest
 
 from tests.e2e.processes import RERANK_MOCK_GATEWAY
+from tests.wire import captured_requests
 
 pytestmark = pytest.mark.contract
 
 REPO = Path(__file__).resolve().parents[2]
-WIRE_FILE = REPO.parent / "shared" / "specs" / "wire" / "ai-sdk-requests.json"
 READY_PREFIX = "mock gateway listening on "
 
 
@@ -85,11 +85,7 @@ def client() -> Iterator[httpx.Client]:
 
 
 def _wire_requests() -> list[Any]:
-    if not WIRE_FILE.is_file():
-        reason = "shared/specs/wire/ai-sdk-requests.json is absent (no sibling shared/ directory)"
-        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-wire-file")]
-    captured = json.loads(WIRE_FILE.read_text(encoding="utf-8"))["requests"]
-    return [pytest.param(request, id=request["name"]) for request in captured]
+    return [pytest.param(request, id=request["name"]) for request in captured_requests("v3")]
 
 
 def replay(client: httpx.Client, mock: MockProcess, request: dict[str, Any]) -> httpx.Response:
