@@ -9,7 +9,6 @@ that is answered without asking the gateway.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -181,19 +180,54 @@ async def test_no_documents_still_validates_the_other_fields(
     assert upstream.requests == []
 
 
+@pytest.fixture
+async def embedded() -> AsyncIterator[Callable[[GatewayProtocol], Awaitable[AsyncRerankClient]]]:
+    """A server on its embedded mock gateway asked in `protocol`; a client to it."""
+    opened: list[tuple[RunningServer, AsyncRerankClient]] = []
+
+    async def start(protocol: GatewayProtocol) -> AsyncRerankClient:
+        running = await start_server(Settings(port=0, grace_period=1, gateway_protocol=protocol))
+        client = AsyncRerankClient(f"127.0.0.1:{running.port}", timeout=10)
+        opened.append((running, client))
+        return client
+
+    yield start
+    for running, client in opened:
+        await client.close()
+        await running.stop()
+
+
+def mock_fault(**spec: Any) -> dict[str, Any]:
+    return {"mockGateway": spec}
+
+
 @PROTOCOLS
-async def test_the_embedded_mock_speaks_the_configured_protocol(
+async def test_the_embedded_mock_is_asked_in_the_configured_protocol(
+    embedded: Callable[[GatewayProtocol], Awaitable[AsyncRerankClient]],
     protocol: GatewayProtocol,
 ) -> None:
-    # The mock refuses a spec-version header that is not its path's, so a ranking here means
-    # path and header agree for this protocol.
-    settings = dataclasses.replace(Settings(port=0, grace_period=1), gateway_protocol=protocol)
-    running = await start_server(settings)
-    try:
-        async with AsyncRerankClient(f"127.0.0.1:{running.port}", timeout=10) as client:
-            result = await client.rerank(SEED_QUERY, list(SEED_DOCUMENTS), top_n=1)
-            models = await client.list_models()
-    finally:
-        await running.stop()
+    client = await embedded(protocol)
+    # The mock refuses a spec-version header that is not its path's: a ranking means path and
+    # header agree.
+    result = await client.rerank(SEED_QUERY, list(SEED_DOCUMENTS), top_n=1)
     assert [r.original_index for r in result.ranking] == [0]
-    assert SEED_MODEL in [m.id for m in models]
+    assert SEED_MODEL in [m.id for m in await client.list_models()]
+    # Which version it was asked in shows in what the mock may send: a deprecated warning
+    # only over v4 (over v3 the mock refuses the fault, naming the version that has it).
+    deprecated = mock_fault(fault="warning", type="deprecated", setting="topN", message="m")
+    if protocol is GatewayProtocol.V4:
+        warned = await client.rerank(SEED_QUERY, ["a"], provider_options=deprecated)
+        assert warned.warnings == (ClientWarning("deprecated", setting="topN", message="m"),)
+    else:
+        with pytest.raises(InvalidRequestError, match="v4"):
+            await client.rerank(SEED_QUERY, ["a"], provider_options=deprecated)
+
+
+async def test_the_mocks_not_found_is_not_found_with_its_reason(
+    embedded: Callable[[GatewayProtocol], Awaitable[AsyncRerankClient]],
+) -> None:
+    client = await embedded(GatewayProtocol.V4)
+    with pytest.raises(NotFoundError) as caught:
+        await client.rerank(SEED_QUERY, ["a"], provider_options=mock_fault(fault="not_found"))
+    assert caught.value.error_info is not None
+    assert caught.value.error_info.reason == "UPSTREAM_NOT_FOUND"
