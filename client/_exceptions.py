@@ -5,7 +5,9 @@ where one code means several things, by the server's ErrorInfo reason::
 
     RerankClientError              any failed RPC: code, details, and the rich details below
     ├── InvalidRequestError        INVALID_ARGUMENT    malformed request (see field_violations)
-    ├── NotFoundError              NOT_FOUND           e.g. a model the gateway does not know
+    ├── NotFoundError              NOT_FOUND           a model the gateway does not know (reason
+    │                                                  MODEL_NOT_FOUND) or another resource it
+    │                                                  lacks (UPSTREAM_NOT_FOUND)
     ├── RateLimitedError           RESOURCE_EXHAUSTED  wait `retry_delay`, then try again
     │   ├── OverloadedError          reason OVERLOADED: this server is at its limits
     │   └── UpstreamRateLimitedError reason UPSTREAM_RATE_LIMITED: the gateway limits us
@@ -100,7 +102,8 @@ class InvalidRequestError(RerankClientError):
 
 
 class NotFoundError(RerankClientError):
-    """NOT_FOUND: e.g. the requested model does not exist."""
+    """NOT_FOUND: the requested model does not exist (`error_info.reason` `MODEL_NOT_FOUND`),
+    or the gateway lacks another resource the call needs (`UPSTREAM_NOT_FOUND`)."""
 
 
 class RateLimitedError(RerankClientError):

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -109,6 +110,8 @@ def build_gateway(settings: Settings) -> GatewayReranker:
         base_url=settings.gateway_url,
         credential=gateway_credential(settings),
         max_connections=settings.max_connections,
+        protocol=settings.protocol,
+        team=settings.gateway_team,
     )
 
 
@@ -140,11 +143,15 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
             from rerank.mock_gateway import LoopbackMockGateway
 
             embedded_mock = LoopbackMockGateway()
-            url = await embedded_mock.start()
+            # The mock serves every protocol version on one port, each under its own base
+            # path, as the gateway does: speaking the configured one is choosing its path.
+            origin = urlsplit(await embedded_mock.start())
+            protocol = settings.protocol
             settings = dataclasses.replace(
                 settings,
                 upstream=Upstream.GATEWAY,
-                gateway_url=url,
+                gateway_url=protocol.base_url_at(f"{origin.scheme}://{origin.netloc}"),
+                gateway_protocol=protocol,
                 api_key="embedded-mock",
                 oidc_token_file=None,
             )

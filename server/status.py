@@ -34,6 +34,7 @@ STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.UpstreamInvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.UpstreamForbidden: grpc.StatusCode.PERMISSION_DENIED,
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.UpstreamNotFound: grpc.StatusCode.NOT_FOUND,
     # The provider behind the gateway failed, and the gateway calls it final. Not the caller's
     # to fix (FAILED_PRECONDITION would tell them to fix some state first), not worth a blind
     # retry (UNAVAILABLE would invite one): a failure on the serving side, as with a 401.

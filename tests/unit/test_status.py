@@ -122,3 +122,13 @@ def test_a_failed_dependency_is_internal_not_a_precondition_for_the_caller() -> 
     assert status_code_for(errors.UpstreamFailedDependency("x", status=424)) is (
         grpc.StatusCode.INTERNAL
     )
+
+
+def test_both_not_founds_are_not_found_with_their_own_reasons() -> None:
+    infos = []
+    for error in (errors.ModelNotFound("m", status=404), errors.UpstreamNotFound("t", status=404)):
+        code, status = rich_status(error)
+        assert code is grpc.StatusCode.NOT_FOUND
+        (info,) = unpack(list(status.details), error_details_pb2.ErrorInfo)
+        infos.append(info.reason)  # type: ignore[attr-defined]
+    assert infos == ["MODEL_NOT_FOUND", "UPSTREAM_NOT_FOUND"]
