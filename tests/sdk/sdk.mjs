@@ -27,6 +27,9 @@ export function options(own) {
   if (!(values.sdk in GENERATIONS)) {
     fail(`--sdk must be one of ${Object.keys(GENERATIONS).join(", ")}, not ${values.sdk}`);
   }
+  if (values.team !== undefined && values.sdk === "6") {
+    fail("--team needs --sdk 7: @ai-sdk/gateway 3 has no teamIdOrSlug setting");
+  }
   return values;
 }
 

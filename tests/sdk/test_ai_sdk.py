@@ -218,11 +218,26 @@ def test_get_available_models_lists_the_reranking_models(mock: str, generation: 
 
 def test_a_deprecated_warning_reaches_the_result(mock: str) -> None:
     """v4 only: the SDK accepts a `deprecated` warning and hands it on with the ranking."""
-    fault = faulted({"fault": "warning", "variant": "deprecated"})
+    warning = {"type": "deprecated", "setting": "topN", "message": "topN is going away"}
+    fault = faulted({"fault": "warning", **warning})
     result = rerank(AI_7, mock, "--provider-options", fault).ok()
 
     assert len(result["ranking"]) == 2
-    (warning,) = result["warnings"]
-    assert warning["type"] == "deprecated"
-    assert isinstance(warning["setting"], str)
-    assert warning["message"]
+    assert result["warnings"] == [warning]
+
+
+def test_not_found_is_gateway_not_found(mock: str) -> None:
+    """v4 only: a missing resource other than a model has its own class."""
+    error = rerank(AI_7, mock, "--provider-options", faulted({"fault": "not_found"})).error
+
+    assert error["class"] == "GatewayNotFoundError"
+    assert error["statusCode"] == 404
+
+
+def test_the_team_reaches_the_mock(mock: str) -> None:
+    """v4 only (gateway 3 has no such setting): createGateway({teamIdOrSlug}) sends
+    x-vercel-ai-gateway-team, and the mock shows it back in providerMetadata."""
+    result = rerank(AI_7, mock, "--team", "team_abc123").ok()
+
+    assert result["providerMetadata"]["mock"]["team"] == "team_abc123"
+    assert "team" not in rerank(AI_7, mock).ok()["providerMetadata"]["mock"]
