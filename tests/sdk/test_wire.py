@@ -130,7 +130,7 @@ def adapter(generation: Generation, base_url: str, team: str | None) -> GatewayR
     return GatewayReranker(
         base_url=base_url,
         api_key=API_KEY,
-        protocol=GatewayProtocol[generation.protocol.upper()],
+        protocol=GatewayProtocol(generation.protocol),
         team=team,
     )
 
