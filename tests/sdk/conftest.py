@@ -21,6 +21,8 @@ from tools import node
 SDK_DIR = Path(__file__).resolve().parent
 NPM_CI_SECONDS = 300
 SCRIPT_SECONDS = 60
+#: pytest-timeout's budget for one test here: the session's `npm ci` runs in the first one's setup.
+TEST_SECONDS = NPM_CI_SECONDS + 2 * SCRIPT_SECONDS
 
 
 @dataclass(frozen=True)

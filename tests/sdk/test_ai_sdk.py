@@ -21,10 +21,15 @@ import pytest
 from rerank.mock_gateway import RERANKING_MODEL_IDS
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.e2e.processes import RERANK_MOCK_GATEWAY, Process
-from tests.sdk.conftest import AI_7, GENERATIONS, Generation, run_script
+from tests.sdk.conftest import AI_7, GENERATIONS, TEST_SECONDS, Generation, run_script
 from tools import node
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("sdk_scripts")]
+# The first test also waits for the session's `npm ci` (sdk_scripts): a budget that covers it.
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.usefixtures("sdk_scripts"),
+    pytest.mark.timeout(TEST_SECONDS),
+]
 
 API_KEY = "test-key-123"
 READY = r"mock gateway listening on (http://\S+)/v4/ai\s*$"

@@ -26,9 +26,14 @@ from rerank.server.service import query_from_proto
 from rerank.v1 import rerank_service_pb2 as pb
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.scripted_http import Reply, Request, ScriptedServer
-from tests.sdk.conftest import AI_6, AI_7, GENERATIONS, Generation, arun_script
+from tests.sdk.conftest import AI_6, AI_7, GENERATIONS, TEST_SECONDS, Generation, arun_script
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("sdk_scripts")]
+# The first test also waits for the session's `npm ci` (sdk_scripts): a budget that covers it.
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.usefixtures("sdk_scripts"),
+    pytest.mark.timeout(TEST_SECONDS),
+]
 
 API_KEY = "test-key-123"
 TEAM = "team_abc123"
