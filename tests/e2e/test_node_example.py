@@ -83,6 +83,19 @@ def test_the_seed_example(stubs: Path, processes: list[Process]) -> None:
     assert result["model"] == SEED_MODEL
 
 
+def test_a_deprecated_warning_in_the_ai_sdks_shape(stubs: Path, processes: list[Process]) -> None:
+    """The embedded mock speaks v4 (the server's default): its deprecated warning reaches Node
+    as the AI SDK shows one, with its setting."""
+    target = start_server(processes, "--mock")
+    warning = {"type": "deprecated", "setting": "topN", "message": "topN is going away"}
+    options = json.dumps({"mockGateway": {"fault": "warning", **warning}})
+    completed = run_example("--target", target, "--provider-options", options)
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert result["warnings"] == [warning]
+    assert result["ranking"][0]["originalIndex"] == 0
+
+
 def test_an_error_status_exits_non_zero(stubs: Path, processes: list[Process]) -> None:
     target = start_server(processes, "--mock")
     completed = run_example("--target", target, "--query", "", *SEED_DOCUMENTS)
