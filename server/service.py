@@ -28,6 +28,7 @@ from rerank.server.domain import (
     RerankOutcome,
     RerankQuery,
     Warning,
+    caller_metadata,
     check_request,
     final_ranking,
 )
@@ -183,8 +184,9 @@ def response_to_proto(
         warnings=[warning_to_proto(w) for w in outcome.warnings],
         cached=outcome.cached,
     )
-    if outcome.provider_metadata is not None:
-        response.provider_metadata.update(outcome.provider_metadata)
+    metadata = caller_metadata(outcome)
+    if metadata is not None:
+        response.provider_metadata.update(metadata)
     return response
 
 

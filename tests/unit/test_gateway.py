@@ -13,13 +13,14 @@ import email.utils
 import json
 import socket
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
 
 from rerank.server import errors
-from rerank.server.domain import Ranked, RerankQuery
+from rerank.server.domain import Ranked, RerankQuery, Usage
 from rerank.server.gateway import (
     MAX_RESPONSE_BYTES,
     GatewayReranker,
@@ -145,6 +146,12 @@ def test_a_good_body_parses_with_warnings_and_metadata() -> None:
     assert [w.type for w in outcome.warnings] == ["unsupported", "other"]
     assert outcome.warnings[0].feature == "topN"
     assert outcome.provider_metadata == {"gateway": {"cost": "0.002"}}
+    assert outcome.usage == Usage(cost=Decimal("0.002"), upstream_calls=1)
+
+
+def test_an_answer_without_a_cost_has_an_unknown_one() -> None:
+    outcome = parse_rerank_body(b'{"ranking": [{"index": 0, "relevanceScore": 0.5}]}')
+    assert outcome.usage == Usage(cost=None, upstream_calls=1)
 
 
 @pytest.mark.parametrize(
