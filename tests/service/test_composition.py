@@ -185,6 +185,21 @@ async def test_a_caller_alone_still_ends_at_its_deadline(stub: Any) -> None:
     assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+@pytest.mark.parametrize("bypass", [True, False], ids=["own-call", "shared-call"])
+async def test_where_retries_are_planned(stub: Any, bypass: bool) -> None:
+    """The documented trade-off (README, "Usage"): a call of its own plans retries against its
+    deadline and gets the gateway's error at once when the retry cannot fit; a shared call
+    plans them against the upstream timeout, since later callers may wait longer, so a caller
+    whose deadline comes first ends at its deadline."""
+    request = seed_request(
+        bypass_cache=bypass, provider_options=once(fault="rate_limit", retryAfterMs=5000)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Rerank(request, timeout=1)
+    expected = grpc.StatusCode.RESOURCE_EXHAUSTED if bypass else grpc.StatusCode.DEADLINE_EXCEEDED
+    assert caught.value.code() is expected
+
+
 # --- item 9 and usage: every window's cost, once per call ------------------------------------
 
 
