@@ -172,8 +172,11 @@ def reported_cost(provider_metadata: JsonObject | None) -> Decimal | None:
 
 def caller_metadata(outcome: RerankOutcome) -> JsonObject | None:
     """The provider metadata a caller sees: the gateway's entries, with `gateway.cost` set to
-    this call's total (`outcome.usage.cost`), or without it when that is unknown."""
-    metadata = dict(outcome.provider_metadata or {})
+    this call's total (`outcome.usage.cost`), or without it when that is unknown. None when
+    the gateway sent none (the contract says the field is then unset)."""
+    if outcome.provider_metadata is None:
+        return None
+    metadata = dict(outcome.provider_metadata)
     gateway = dict(metadata.get("gateway") or {})
     cost = outcome.usage.cost
     if cost is not None:

@@ -156,8 +156,10 @@ def test_the_reported_cost(metadata: dict[str, Any] | None, cost: Decimal | None
             {"gateway": {"cost": "0.05", "routing": "x"}, "mock": {"documents": 1000}},
         ),
         ({"gateway": {"cost": "0.002"}}, FREE, {"gateway": {"cost": "0"}}),
-        (None, FREE, {"gateway": {"cost": "0"}}),
-        (None, Usage(Decimal("1E-7"), 1), {"gateway": {"cost": "0.0000001"}}),
+        ({"mock": {}}, FREE, {"mock": {}, "gateway": {"cost": "0"}}),
+        ({"gateway": {}}, Usage(Decimal("1E-7"), 1), {"gateway": {"cost": "0.0000001"}}),
+        # The gateway sent none: none is made up.
+        (None, FREE, None),
         # Unknown: no cost at all, rather than one window's or a garbled one.
         ({"gateway": {"cost": "0.01"}, "mock": {}}, Usage(None, 2), {"mock": {}}),
         ({"gateway": {"cost": "?", "x": 1}}, Usage(None, 1), {"gateway": {"x": 1}}),
