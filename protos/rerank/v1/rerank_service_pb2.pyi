@@ -6,6 +6,18 @@ The rerank.v1 contract: rerank candidate documents by relevance to a query.
 The service is a typed front door to the AI Gateway's reranking models (the models the
 JavaScript AI SDK reaches with `rerank({model, query, documents, topN})`). Results have the
 shape of the SDK's `ranking`: `{original_index, score, document}`, best first.
+
+Field behaviour is stated the same way throughout. A request field's comment begins with
+`Required.` (a call without it fails with INVALID_ARGUMENT) or `Optional.` (followed by what
+leaving it unset means). A response field's comment begins with `Always set.` or says when it
+is empty or unset.
+
+Every error status carries a `google.rpc.Status` in the `grpc-status-details-bin` trailer
+with a `google.rpc.ErrorInfo` of domain `rerank.v1` whose `reason` is an `ErrorReason` (its
+value's name without the `ERROR_REASON_` prefix, e.g. `OVERLOADED`), a `google.rpc.BadRequest`
+naming the fields of an invalid request, and a `google.rpc.RetryInfo` when waiting helps.
+Statuses that carry no ErrorInfo come from gRPC itself or from the way to the server: they are
+named as such in each RPC's list.
 """
 
 from collections import abc as _abc
@@ -25,6 +37,132 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ErrorReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    """Never sent."""
+    ERROR_REASON_INVALID_REQUEST: _ErrorReason.ValueType  # 1
+    """INVALID_ARGUMENT: the request breaks a rule of this contract (an empty query, a document
+    without content, too many documents, a bad `page_token`, ...); a BadRequest names every
+    field.
+    """
+    ERROR_REASON_MALFORMED_REQUEST: _ErrorReason.ValueType  # 2
+    """INVALID_ARGUMENT: the bytes received are not the method's request message (not protobuf,
+    cut short, a string field that is not UTF-8); no field can be named.
+    """
+    ERROR_REASON_OVERLOADED: _ErrorReason.ValueType  # 3
+    """RESOURCE_EXHAUSTED: this server is at its limit of calls or bytes in flight and refused
+    the call at once; nothing reached the gateway. RetryInfo: come back then, or try another
+    replica now.
+    """
+    ERROR_REASON_UPSTREAM_ERROR: _ErrorReason.ValueType  # 4
+    """UNKNOWN: the gateway failed with an error type it has not documented."""
+    ERROR_REASON_UPSTREAM_TIMEOUT: _ErrorReason.ValueType  # 5
+    """DEADLINE_EXCEEDED: the gateway did not answer within the call's deadline (or the
+    server's upstream timeout).
+    """
+    ERROR_REASON_UPSTREAM_UNAVAILABLE: _ErrorReason.ValueType  # 6
+    """UNAVAILABLE: the gateway cannot be reached, failed on its side (5xx, 408, 409), or keeps
+    failing so that the server's circuit is open; the server has already retried. RetryInfo.
+    """
+    ERROR_REASON_UPSTREAM_RATE_LIMITED: _ErrorReason.ValueType  # 7
+    """RESOURCE_EXHAUSTED: the gateway rate-limits this server (its 429), after the server's own
+    retries; every replica shares that limit. RetryInfo: the gateway's delay when it gave one.
+    """
+    ERROR_REASON_UPSTREAM_INVALID_REQUEST: _ErrorReason.ValueType  # 8
+    """INVALID_ARGUMENT: the gateway judged the request invalid (its 400
+    `invalid_request_error`).
+    """
+    ERROR_REASON_UPSTREAM_FORBIDDEN: _ErrorReason.ValueType  # 9
+    """PERMISSION_DENIED: the gateway forbade the call (its 403 `forbidden`), e.g. by a team rule."""
+    ERROR_REASON_MODEL_NOT_FOUND: _ErrorReason.ValueType  # 10
+    """NOT_FOUND: the gateway does not know the model (its 404 `model_not_found`)."""
+    ERROR_REASON_UPSTREAM_NOT_FOUND: _ErrorReason.ValueType  # 11
+    """NOT_FOUND: the gateway lacks another resource the call names, e.g. the team (its 404
+    `not_found`, gateway protocol v4).
+    """
+    ERROR_REASON_UPSTREAM_FAILED_DEPENDENCY: _ErrorReason.ValueType  # 12
+    """INTERNAL: the provider behind the gateway failed the call, and the gateway calls that
+    final (its 424 `failed_dependency`); neither the caller nor a retry can fix it.
+    """
+    ERROR_REASON_UPSTREAM_AUTHENTICATION: _ErrorReason.ValueType  # 13
+    """INTERNAL: the gateway rejected this server's credentials (its 401); an operator must fix
+    them. The gateway's text is not passed on.
+    """
+    ERROR_REASON_UPSTREAM_PROTOCOL_ERROR: _ErrorReason.ValueType  # 14
+    """INTERNAL: the gateway answered outside its protocol (not JSON, wrong types, an index out
+    of range, a body over 8 MiB, warnings and metadata too large to pass on, ...).
+    """
+
+class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
+    """ErrorReason is why a call failed: the `reason` of the `google.rpc.ErrorInfo` (domain
+    `rerank.v1`) that every error status of this service carries. On the wire the reason is the
+    value's name without the `ERROR_REASON_` prefix (`ERROR_REASON_OVERLOADED` is sent as
+    `OVERLOADED`), since `ErrorInfo.reason` is a string; a client maps it back the same way, and
+    reads a reason it does not know as ERROR_REASON_UNSPECIFIED (a newer server may add
+    values). Each value names the status it comes with.
+    """
+
+ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+"""Never sent."""
+ERROR_REASON_INVALID_REQUEST: ErrorReason.ValueType  # 1
+"""INVALID_ARGUMENT: the request breaks a rule of this contract (an empty query, a document
+without content, too many documents, a bad `page_token`, ...); a BadRequest names every
+field.
+"""
+ERROR_REASON_MALFORMED_REQUEST: ErrorReason.ValueType  # 2
+"""INVALID_ARGUMENT: the bytes received are not the method's request message (not protobuf,
+cut short, a string field that is not UTF-8); no field can be named.
+"""
+ERROR_REASON_OVERLOADED: ErrorReason.ValueType  # 3
+"""RESOURCE_EXHAUSTED: this server is at its limit of calls or bytes in flight and refused
+the call at once; nothing reached the gateway. RetryInfo: come back then, or try another
+replica now.
+"""
+ERROR_REASON_UPSTREAM_ERROR: ErrorReason.ValueType  # 4
+"""UNKNOWN: the gateway failed with an error type it has not documented."""
+ERROR_REASON_UPSTREAM_TIMEOUT: ErrorReason.ValueType  # 5
+"""DEADLINE_EXCEEDED: the gateway did not answer within the call's deadline (or the
+server's upstream timeout).
+"""
+ERROR_REASON_UPSTREAM_UNAVAILABLE: ErrorReason.ValueType  # 6
+"""UNAVAILABLE: the gateway cannot be reached, failed on its side (5xx, 408, 409), or keeps
+failing so that the server's circuit is open; the server has already retried. RetryInfo.
+"""
+ERROR_REASON_UPSTREAM_RATE_LIMITED: ErrorReason.ValueType  # 7
+"""RESOURCE_EXHAUSTED: the gateway rate-limits this server (its 429), after the server's own
+retries; every replica shares that limit. RetryInfo: the gateway's delay when it gave one.
+"""
+ERROR_REASON_UPSTREAM_INVALID_REQUEST: ErrorReason.ValueType  # 8
+"""INVALID_ARGUMENT: the gateway judged the request invalid (its 400
+`invalid_request_error`).
+"""
+ERROR_REASON_UPSTREAM_FORBIDDEN: ErrorReason.ValueType  # 9
+"""PERMISSION_DENIED: the gateway forbade the call (its 403 `forbidden`), e.g. by a team rule."""
+ERROR_REASON_MODEL_NOT_FOUND: ErrorReason.ValueType  # 10
+"""NOT_FOUND: the gateway does not know the model (its 404 `model_not_found`)."""
+ERROR_REASON_UPSTREAM_NOT_FOUND: ErrorReason.ValueType  # 11
+"""NOT_FOUND: the gateway lacks another resource the call names, e.g. the team (its 404
+`not_found`, gateway protocol v4).
+"""
+ERROR_REASON_UPSTREAM_FAILED_DEPENDENCY: ErrorReason.ValueType  # 12
+"""INTERNAL: the provider behind the gateway failed the call, and the gateway calls that
+final (its 424 `failed_dependency`); neither the caller nor a retry can fix it.
+"""
+ERROR_REASON_UPSTREAM_AUTHENTICATION: ErrorReason.ValueType  # 13
+"""INTERNAL: the gateway rejected this server's credentials (its 401); an operator must fix
+them. The gateway's text is not passed on.
+"""
+ERROR_REASON_UPSTREAM_PROTOCOL_ERROR: ErrorReason.ValueType  # 14
+"""INTERNAL: the gateway answered outside its protocol (not JSON, wrong types, an index out
+of range, a body over 8 MiB, warnings and metadata too large to pass on, ...).
+"""
+Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
 @_typing.final
 class RerankRequest(_message.Message):
     """RerankRequest asks for `documents` to be ranked by relevance to `query`."""
@@ -37,6 +175,7 @@ class RerankRequest(_message.Message):
     TOP_N_FIELD_NUMBER: _builtins.int
     PROVIDER_OPTIONS_FIELD_NUMBER: _builtins.int
     BYPASS_CACHE_FIELD_NUMBER: _builtins.int
+    RETURN_DOCUMENTS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. The gateway's model slug, `provider/model`, e.g. `cohere/rerank-v3.5`.
     Empty selects the server's default model (configurable; `cohere/rerank-v3.5` unless set).
@@ -53,12 +192,18 @@ class RerankRequest(_message.Message):
     """
     bypass_cache: _builtins.bool
     """Optional. When true, the server neither answers from its result cache nor stores this
-    answer in it: the gateway is always asked. Default false.
+    answer in it: the gateway is always asked. Unset is false.
+    """
+    return_documents: _builtins.bool
+    """Optional. Whether each `RankedDocument` of the answer carries its `document`. Unset or
+    true: it does. False: each carries `original_index` and `score` only, which is all a
+    caller that kept its documents needs (the answer to 1,000 documents of 4 KB is then a few
+    KB rather than 4 MB). Named and meant as `return_documents` in Cohere's and Voyage's APIs.
     """
     @_builtins.property
     def documents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Document]:
-        """The candidates to rank. Empty is answered with an empty `ranking` without asking the
-        gateway. All documents of one request are of one kind: all `text` or all `object`. At
+        """Optional. The candidates to rank. Empty is answered with an empty `ranking` without asking
+        the gateway. All documents of one request are of one kind: all `text` or all `object`. At
         most the server's document limit (default 10,000 documents, 64 KiB each, 64 MiB in all).
         """
 
@@ -79,13 +224,19 @@ class RerankRequest(_message.Message):
         top_n: _builtins.int | None = ...,
         provider_options: _struct_pb2.Struct | None = ...,
         bypass_cache: _builtins.bool = ...,
+        return_documents: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_n", b"_top_n", "provider_options", b"provider_options", "top_n", b"top_n"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_return_documents", b"_return_documents", "_top_n", b"_top_n", "provider_options", b"provider_options", "return_documents", b"return_documents", "top_n", b"top_n"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_n", b"_top_n", "bypass_cache", b"bypass_cache", "documents", b"documents", "model", b"model", "provider_options", b"provider_options", "query", b"query", "top_n", b"top_n"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_return_documents", b"_return_documents", "_top_n", b"_top_n", "bypass_cache", b"bypass_cache", "documents", b"documents", "model", b"model", "provider_options", b"provider_options", "query", b"query", "return_documents", b"return_documents", "top_n", b"top_n"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__return_documents: _TypeAlias = _typing.Literal["return_documents"]  # noqa: Y015
+    _WhichOneofArgType__return_documents: _TypeAlias = _typing.Literal["_return_documents", b"_return_documents"]  # noqa: Y015
     _WhichOneofReturnType__top_n: _TypeAlias = _typing.Literal["top_n"]  # noqa: Y015
     _WhichOneofArgType__top_n: _TypeAlias = _typing.Literal["_top_n", b"_top_n"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__return_documents) -> _WhichOneofReturnType__return_documents | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_n) -> _WhichOneofReturnType__top_n | None: ...
 
 Global___RerankRequest: _TypeAlias = RerankRequest  # noqa: Y015
@@ -134,20 +285,23 @@ class RerankResponse(_message.Message):
     WARNINGS_FIELD_NUMBER: _builtins.int
     PROVIDER_METADATA_FIELD_NUMBER: _builtins.int
     CACHED_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """The model that ranked them (the request's, or the server's default)."""
+    """Always set. The model that ranked them (the request's, or the server's default)."""
     id: _builtins.str
-    """A unique identifier of this response, for logs and support."""
+    """Always set. A unique identifier of this response, for logs and support."""
     cached: _builtins.bool
-    """True when this answer came from the server's result cache (an identical request — model,
-    query, documents, top_n and provider_options — was answered within the cache's lifetime);
-    `id` is still new.
+    """Always set. True when this call was not charged for a gateway call: the answer came from
+    the server's result cache (an identical request — model, query, documents, top_n and
+    provider_options — was answered within the cache's lifetime), or from an identical call in
+    flight that another caller was charged for. `id` is still new.
     """
     @_builtins.property
     def ranking(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankedDocument]:
         """The ranked documents, by descending score; equal scores by ascending `original_index`.
-        Holds `min(top_n, len(documents))` entries. Requests with more documents than the
-        model takes in one call are ranked in windows and merged; the result is the same shape.
+        Holds `min(top_n, len(documents))` entries; empty when the request had no documents.
+        Requests with more documents than the model takes in one call are ranked in windows and
+        merged; the result is the same shape.
         """
 
     @_builtins.property
@@ -156,9 +310,13 @@ class RerankResponse(_message.Message):
 
     @_builtins.property
     def provider_metadata(self) -> _struct_pb2.Struct:
-        """Provider-specific metadata from the gateway, e.g. `{"gateway": {"cost": "0.002"}}`.
-        Unset when the gateway sent none.
+        """Provider-specific metadata from the gateway, e.g. `{"gateway": {"cost": "0.002"}}`; its
+        `gateway.cost` is this call's total, as `usage.cost`. Unset when the gateway sent none.
         """
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Always set. What this call spent upstream."""
 
     def __init__(
         self,
@@ -169,14 +327,49 @@ class RerankResponse(_message.Message):
         warnings: _abc.Iterable[Global___Warning] | None = ...,
         provider_metadata: _struct_pb2.Struct | None = ...,
         cached: _builtins.bool = ...,
+        usage: Global___Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["provider_metadata", b"provider_metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider_metadata", b"provider_metadata", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "id", b"id", "model", b"model", "provider_metadata", b"provider_metadata", "ranking", b"ranking", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "id", b"id", "model", b"model", "provider_metadata", b"provider_metadata", "ranking", b"ranking", "usage", b"usage", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RerankResponse: _TypeAlias = RerankResponse  # noqa: Y015
+
+@_typing.final
+class Usage(_message.Message):
+    """Usage is what one Rerank call spent at the gateway."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COST_FIELD_NUMBER: _builtins.int
+    UPSTREAM_CALLS_FIELD_NUMBER: _builtins.int
+    cost: _builtins.str
+    """The call's cost in US dollars, a decimal string as the gateway reports it (e.g. `0.002`,
+    positional notation, never an exponent): the sum over every answer the call is made of, as
+    a request larger than the model's window is ranked in several gateway calls. `0` when no
+    gateway call was charged to this call (a cache hit, a request without documents, a call
+    served by an identical one another caller was charged for). Empty when the gateway
+    reported no cost for some answer: unknown, which is not free.
+    """
+    upstream_calls: _builtins.int
+    """Gateway calls made for this call: every window and every attempt, retried or not. 0 when
+    the gateway was not asked for this call.
+    """
+    def __init__(
+        self,
+        *,
+        cost: _builtins.str = ...,
+        upstream_calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "upstream_calls", b"upstream_calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
 @_typing.final
 class RankedDocument(_message.Message):
@@ -188,14 +381,17 @@ class RankedDocument(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     DOCUMENT_FIELD_NUMBER: _builtins.int
     original_index: _builtins.int
-    """The document's position in the request's `documents`, from 0."""
+    """Always set. The document's position in the request's `documents`, from 0."""
     score: _builtins.float
-    """The relevance score given by the model; higher is more relevant. Cohere and the bundled
-    mock gateway give scores in [0, 1]; scores of different models are not comparable.
+    """Always set. The relevance score given by the model; higher is more relevant. Cohere and
+    the bundled mock gateway give scores in [0, 1]; scores of different models are not
+    comparable.
     """
     @_builtins.property
     def document(self) -> Global___Document:
-        """The document itself, as it was sent."""
+        """The document itself, as it was sent. Unset when the request's `return_documents` is
+        false.
+        """
 
     def __init__(
         self,
@@ -259,7 +455,7 @@ class Warning(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     SETTING_FIELD_NUMBER: _builtins.int
     type: Global___Warning.Type.ValueType
-    """The kind of warning."""
+    """Always set. The kind of warning."""
     feature: _builtins.str
     """For UNSUPPORTED and COMPATIBILITY: the feature concerned, e.g. `topN`."""
     details: _builtins.str
@@ -287,16 +483,32 @@ Global___Warning: _TypeAlias = Warning  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):
-    """ListModelsRequest asks for the reranking models. It has no fields yet."""
+    """ListModelsRequest asks for a page of the reranking models (AIP-158)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Optional. The most models to return. Unset (0) returns every model in one page, as
+    before pagination existed; the server may return fewer than asked only on the last
+    page. Negative fails with INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """Optional. The `next_page_token` of a previous answer, for the page after it. Unset asks
+    for the first page. A token this service did not give fails with INVALID_ARGUMENT. The
+    token names the last model of its page, so a page after a change of the gateway's list
+    starts after that model still.
+    """
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -304,23 +516,29 @@ Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
 
 @_typing.final
 class ListModelsResponse(_message.Message):
-    """ListModelsResponse lists the reranking models the gateway offers."""
+    """ListModelsResponse is a page of the reranking models the gateway offers."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MODELS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token that asks for the next page (as `ListModelsRequest.page_token`). Empty on the
+    last page.
+    """
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___Model]:
-        """The models, in the gateway's order."""
+        """The models of this page, in the gateway's order."""
 
     def __init__(
         self,
         *,
         models: _abc.Iterable[Global___Model] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -357,14 +575,21 @@ class Model(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     PRICING_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_PER_UPSTREAM_CALL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """The slug to pass as `RerankRequest.model`, e.g. `cohere/rerank-v3.5`."""
+    """Always set. The slug to pass as `RerankRequest.model`, e.g. `cohere/rerank-v3.5`."""
     name: _builtins.str
     """A human-readable name, e.g. `Rerank 3.5`. Empty when the gateway gave none."""
     description: _builtins.str
     """A description. Empty when the gateway gave none."""
     provider: _builtins.str
     """The provider serving the model, e.g. `cohere`. Empty when the gateway gave none."""
+    documents_per_upstream_call: _builtins.int
+    """Always set. The most documents this server sends the gateway in one call for this model
+    (its window size, e.g. 1,000 for Cohere's and Voyage's models): a request with more is
+    ranked in several calls of at most this many documents, merged into one ranking, and
+    costs one call per window.
+    """
     @_builtins.property
     def pricing(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Pricing as the gateway states it (decimal strings per unit, e.g. `{"input": "0.002"}`).
@@ -379,10 +604,11 @@ class Model(_message.Message):
         description: _builtins.str = ...,
         provider: _builtins.str = ...,
         pricing: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        documents_per_upstream_call: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "id", b"id", "name", b"name", "pricing", b"pricing", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "documents_per_upstream_call", b"documents_per_upstream_call", "id", b"id", "name", b"name", "pricing", b"pricing", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

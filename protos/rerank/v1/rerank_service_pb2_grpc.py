@@ -58,12 +58,41 @@ class RerankServiceServicer:
         An empty `documents` is answered at once with an empty `ranking`, as the AI SDK's
         `rerank()` does: no gateway call, no cost (the other fields are still validated).
 
-        Errors: INVALID_ARGUMENT for a malformed request (the message names the field, e.g.
-        `documents[17]`), NOT_FOUND for a model the gateway does not know (ErrorInfo reason
-        MODEL_NOT_FOUND) or another resource it lacks (UPSTREAM_NOT_FOUND), RESOURCE_EXHAUSTED when
-        the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
-        it does not answer within the call's deadline, INTERNAL when it answers outside its
-        protocol or rejects this server's credentials.
+        The statuses it returns, each with its ErrorInfo reason (an `ErrorReason`) and why:
+
+        - OK: the ranking.
+        - INVALID_ARGUMENT (INVALID_REQUEST): the request breaks a rule of this contract; the
+        message and a BadRequest name every field, e.g. `documents[17]`.
+        - INVALID_ARGUMENT (MALFORMED_REQUEST): the bytes are not a RerankRequest (not protobuf,
+        cut short, a string that is not UTF-8); no field can be named.
+        - INVALID_ARGUMENT (UPSTREAM_INVALID_REQUEST): the gateway judged the request invalid.
+        - NOT_FOUND (MODEL_NOT_FOUND): the gateway does not know the model.
+        - NOT_FOUND (UPSTREAM_NOT_FOUND): the gateway lacks another resource the call names, e.g.
+        the team.
+        - PERMISSION_DENIED (UPSTREAM_FORBIDDEN): the gateway forbade the call.
+        - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls or bytes in flight
+        and refused the call at once, before any gateway call; RetryInfo says when to come back.
+        - RESOURCE_EXHAUSTED (UPSTREAM_RATE_LIMITED): the gateway rate-limits this server, after
+        the server's own retries; RetryInfo carries the gateway's delay.
+        - RESOURCE_EXHAUSTED, no ErrorInfo: gRPC itself refused a message over the size limit.
+        - UNAVAILABLE (UPSTREAM_UNAVAILABLE): the gateway cannot be reached or failed on its side,
+        after the server's own retries, or its circuit is open; RetryInfo.
+        - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
+        - DEADLINE_EXCEEDED (UPSTREAM_TIMEOUT): the gateway did not answer within the call's
+        deadline (or the server's upstream timeout).
+        - DEADLINE_EXCEEDED, no ErrorInfo: the call's deadline passed before the server answered.
+        - UNKNOWN (UPSTREAM_ERROR): the gateway failed with an error it has not documented.
+        - INTERNAL (UPSTREAM_FAILED_DEPENDENCY): the provider behind the gateway failed the call
+        and the gateway calls that final.
+        - INTERNAL (UPSTREAM_AUTHENTICATION): the gateway rejected this server's credentials; an
+        operator must fix them.
+        - INTERNAL (UPSTREAM_PROTOCOL_ERROR): the gateway answered outside its protocol.
+        - INTERNAL, no ErrorInfo: a fault of the server itself; the message holds an incident id
+        that is in the server's log.
+        - UNAUTHENTICATED, no ErrorInfo: the server requires a bearer token and the call carried
+        none it knows.
+        - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped before the call
+        started.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -71,7 +100,31 @@ class RerankServiceServicer:
 
     def ListModels(self, request, context):
         """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
-        `modelType` "reranking").
+        `modelType` "reranking"), a page at a time (AIP-158). The first page holds every model
+        unless `page_size` says fewer.
+
+        The statuses it returns, each with its ErrorInfo reason (an `ErrorReason`) and why:
+
+        - OK: a page of models.
+        - INVALID_ARGUMENT (INVALID_REQUEST): a negative `page_size`, or a `page_token` that is
+        not one this service gave; a BadRequest names the field.
+        - INVALID_ARGUMENT (MALFORMED_REQUEST): the bytes are not a ListModelsRequest.
+        - INVALID_ARGUMENT (UPSTREAM_INVALID_REQUEST): the gateway judged the request invalid.
+        - NOT_FOUND (MODEL_NOT_FOUND, UPSTREAM_NOT_FOUND): the gateway reported something missing.
+        - PERMISSION_DENIED (UPSTREAM_FORBIDDEN): the gateway forbade the call.
+        - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls in flight.
+        - RESOURCE_EXHAUSTED (UPSTREAM_RATE_LIMITED): the gateway rate-limits this server.
+        - RESOURCE_EXHAUSTED, no ErrorInfo: gRPC itself refused a message over the size limit.
+        - UNAVAILABLE (UPSTREAM_UNAVAILABLE): the gateway cannot be reached or failed on its side.
+        - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
+        - DEADLINE_EXCEEDED (UPSTREAM_TIMEOUT): the gateway did not answer in time.
+        - DEADLINE_EXCEEDED, no ErrorInfo: the call's deadline passed before the server answered.
+        - UNKNOWN (UPSTREAM_ERROR): the gateway failed with an error it has not documented.
+        - INTERNAL (UPSTREAM_FAILED_DEPENDENCY, UPSTREAM_AUTHENTICATION, UPSTREAM_PROTOCOL_ERROR):
+        as for Rerank.
+        - INTERNAL, no ErrorInfo: a fault of the server itself, with an incident id.
+        - UNAUTHENTICATED, no ErrorInfo: a bearer token is required and was missing or unknown.
+        - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
