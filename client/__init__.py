@@ -11,6 +11,9 @@ first, and `reranked_documents`; `RerankResult.to_json_dict()` gives the SDK's c
 Errors are one tree rooted at `RerankClientError` (drawn in `rerank.client._exceptions`).
 """
 
+# The contract's enum of ErrorInfo reasons, for `RerankClientError.error_info.error_reason`.
+from rerank.v1.rerank_service_pb2 import ErrorReason
+
 from ._client import AsyncRerankClient, MetadataLike, RerankClient
 from ._config import DEFAULT_TIMEOUT, USE_DEFAULT, channel_options, default_service_config
 from ._exceptions import (
@@ -38,6 +41,7 @@ __all__ = [
     "DeadlineExceededError",
     "Document",
     "ErrorInfo",
+    "ErrorReason",
     "InvalidRequestError",
     "MessageTooLargeError",
     "MetadataLike",

@@ -1,7 +1,8 @@
 """The errors the client raises, and the one place gRPC errors become them.
 
 Every failed call raises a subclass of `RerankClientError`, chosen by the gRPC status code and,
-where one code means several things, by the server's ErrorInfo reason::
+where one code means several things, by the server's ErrorInfo reason (the contract's
+`ErrorReason`, read through `rerank.contract.error_reason`)::
 
     RerankClientError              any failed RPC: code, details, and the rich details below
     ├── InvalidRequestError        INVALID_ARGUMENT    malformed request (see field_violations)
@@ -36,6 +37,9 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from rerank.contract import ERROR_DOMAIN, error_reason
+from rerank.v1.rerank_service_pb2 import ErrorReason
+
 __all__ = [
     "DeadlineExceededError",
     "ErrorInfo",
@@ -60,11 +64,20 @@ class ErrorInfo:
     """The `google.rpc.ErrorInfo` the server attached to an error: why, and in which domain."""
 
     reason: str
-    """A machine-readable cause in UPPER_SNAKE_CASE, e.g. `GATEWAY_PROTOCOL_ERROR`."""
+    """A machine-readable cause in UPPER_SNAKE_CASE as it came, e.g. `OVERLOADED`."""
     domain: str
-    """The system that produced the reason, e.g. the service's name."""
+    """The system that produced the reason: `rerank.v1` for this service's own."""
     metadata: dict[str, str] = field(default_factory=dict)
-    """Further structured context, e.g. `{"model": "cohere/rerank-v3.5"}`."""
+    """Further structured context, e.g. `{"upstream_status": "429"}`."""
+
+    @property
+    def error_reason(self) -> ErrorReason.ValueType:
+        """`reason` as the contract's enum, e.g. `ErrorReason.ERROR_REASON_OVERLOADED`;
+        `ERROR_REASON_UNSPECIFIED` for a reason of another domain or one this client's copy of
+        the contract does not know (a newer server's)."""
+        if self.domain != ERROR_DOMAIN:
+            return ErrorReason.ERROR_REASON_UNSPECIFIED
+        return error_reason(self.reason)
 
 
 class RerankClientError(Exception):
@@ -102,8 +115,9 @@ class InvalidRequestError(RerankClientError):
 
 
 class NotFoundError(RerankClientError):
-    """NOT_FOUND: the requested model does not exist (`error_info.reason` `MODEL_NOT_FOUND`),
-    or the gateway lacks another resource the call needs (`UPSTREAM_NOT_FOUND`)."""
+    """NOT_FOUND: the requested model does not exist (`error_info.error_reason`
+    `ERROR_REASON_MODEL_NOT_FOUND`), or the gateway lacks another resource the call needs
+    (`ERROR_REASON_UPSTREAM_NOT_FOUND`)."""
 
 
 class RateLimitedError(RerankClientError):
@@ -177,11 +191,10 @@ _ERROR_FOR_CODE: dict[grpc.StatusCode, type[RerankClientError]] = {
 
 
 #: ErrorInfo reasons (domain `rerank.v1`) that refine a status code's class.
-_ERROR_FOR_REASON: dict[str, type[RerankClientError]] = {
-    "OVERLOADED": OverloadedError,
-    "UPSTREAM_RATE_LIMITED": UpstreamRateLimitedError,
+_ERROR_FOR_REASON: dict[ErrorReason.ValueType, type[RerankClientError]] = {
+    ErrorReason.ERROR_REASON_OVERLOADED: OverloadedError,
+    ErrorReason.ERROR_REASON_UPSTREAM_RATE_LIMITED: UpstreamRateLimitedError,
 }
-_ERROR_DOMAIN = "rerank.v1"
 
 # How gRPC (C core, any side) words its refusal of an oversized message, e.g.
 # "SERVER: Received message larger than max (1800243 vs. 1048576)" or
@@ -193,8 +206,8 @@ def _error_class(
     code: grpc.StatusCode, details: str, error_info: ErrorInfo | None
 ) -> type[RerankClientError]:
     by_code = _ERROR_FOR_CODE.get(code, ServerError)
-    if error_info is not None and error_info.domain == _ERROR_DOMAIN:
-        by_reason = _ERROR_FOR_REASON.get(error_info.reason)
+    if error_info is not None:
+        by_reason = _ERROR_FOR_REASON.get(error_info.error_reason)
         # A reason only narrows its own code's class: a mismatch trusts the status line.
         if by_reason is not None and issubclass(by_reason, by_code):
             return by_reason

@@ -19,13 +19,19 @@ RerankError                      something a caller should hear about
 ```
 
 The gateway adapter is the only place HTTP outcomes become these errors, and `status.py` is
-the only place these errors become gRPC status codes. Messages are safe to show a caller:
-they never hold a credential or a Python repr of an internal object.
+the only place these errors become gRPC status codes. Each class's `reason` (its
+`ErrorInfo.reason`) is a value of the contract's `ErrorReason`, in its wire form; a test checks
+that every value is some class's and every class's is a value. Messages are safe to show a
+caller: they never hold a credential or a Python repr of an internal object.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
+
+from rerank.contract import wire_reason
+from rerank.v1.rerank_service_pb2 import ErrorReason
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,10 @@ class FieldViolation:
 class RerankError(Exception):
     """Base of every error the server reports to callers on purpose."""
 
-    #: A stable, machine-readable reason (ErrorInfo.reason), UPPER_SNAKE_CASE.
-    reason = "RERANK_ERROR"
+    #: Why, as the caller reads it in `ErrorInfo.reason`: an `ErrorReason` in its wire form
+    #: (`wire_reason`). Each concrete class says its own; the base has none, as it is never
+    #: raised itself.
+    reason: ClassVar[str]
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -50,7 +58,7 @@ class RerankError(Exception):
 class InvalidRequest(RerankError):
     """The request broke a rule of the contract; `violations` name the fields."""
 
-    reason = "INVALID_REQUEST"
+    reason = wire_reason(ErrorReason.ERROR_REASON_INVALID_REQUEST)
 
     def __init__(self, violations: list[FieldViolation]) -> None:
         super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
@@ -62,19 +70,19 @@ class MalformedRequest(RerankError):
     short, or a string field that is not UTF-8. gRPC hands them to no handler, so no field
     can be named; the message says what protobuf found wrong."""
 
-    reason = "MALFORMED_REQUEST"
+    reason = wire_reason(ErrorReason.ERROR_REASON_MALFORMED_REQUEST)
 
 
 class Overloaded(RerankError):
     """The server is at its admission limit and refused the call at once."""
 
-    reason = "OVERLOADED"
+    reason = wire_reason(ErrorReason.ERROR_REASON_OVERLOADED)
 
 
 class UpstreamError(RerankError):
     """The gateway failed to rank; `status` is the HTTP status when there was one."""
 
-    reason = "UPSTREAM_ERROR"
+    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_ERROR)
 
     def __init__(
         self,
@@ -95,59 +103,59 @@ class UpstreamError(RerankError):
 class UpstreamTimeout(UpstreamError):
     """The gateway did not answer within the time the call had left."""
 
-    reason = "UPSTREAM_TIMEOUT"
+    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_TIMEOUT)
 
 
 class UpstreamUnavailable(UpstreamError):
     """The gateway could not be reached or failed on its side (5xx)."""
 
-    reason = "UPSTREAM_UNAVAILABLE"
+    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_UNAVAILABLE)
 
 
 class UpstreamRateLimited(UpstreamError):
     """The gateway rate-limited us (429)."""
 
-    reason = "UPSTREAM_RATE_LIMITED"
+    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_RATE_LIMITED)
 
 
 class UpstreamInvalidRequest(UpstreamError):
     """The gateway judged the request invalid (400 invalid_request_error)."""
 
-    reason = "UPSTREAM_INVALID_REQUEST"
+    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_INVALID_REQUEST)
 
 
 class UpstreamForbidden(UpstreamError):
     """The gateway forbade the call (403 forbidden), e.g. by a team rule."""
 
-    reason = "UPSTREAM_FORBIDDEN"
+    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_FORBIDDEN)
 
 
 class ModelNotFound(UpstreamError):
     """The gateway does not know the model (404 model_not_found)."""
 
-    reason = "MODEL_NOT_FOUND"
+    reason = wire_reason(ErrorReason.ERROR_REASON_MODEL_NOT_FOUND)
 
 
 class UpstreamNotFound(UpstreamError):
     """The gateway lacks a resource other than the model (404 not_found, protocol v4), e.g. a
     team or a configuration the call names; `ModelNotFound` is the model's own case."""
 
-    reason = "UPSTREAM_NOT_FOUND"
+    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_NOT_FOUND)
 
 
 class UpstreamFailedDependency(UpstreamError):
     """The provider behind the gateway failed the call (424 failed_dependency)."""
 
-    reason = "UPSTREAM_FAILED_DEPENDENCY"
+    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_FAILED_DEPENDENCY)
 
 
 class UpstreamAuthentication(UpstreamError):
     """The gateway rejected this server's credentials (401): an operator must fix it."""
 
-    reason = "UPSTREAM_AUTHENTICATION"
+    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_AUTHENTICATION)
 
 
 class UpstreamProtocolError(UpstreamError):
     """The gateway answered outside its protocol: unparsable or inconsistent."""
 
-    reason = "UPSTREAM_PROTOCOL_ERROR"
+    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_PROTOCOL_ERROR)

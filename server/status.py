@@ -2,7 +2,9 @@
 
 Every error status carries a `google.rpc.Status` in `grpc-status-details-bin` with an
 ErrorInfo (reason, domain, metadata); field violations travel as BadRequest, and a delay the
-caller should wait as RetryInfo. Whenever there is a RetryInfo there is also the
+caller should wait as RetryInfo. The reason is the error's `ErrorReason` (the contract's enum,
+in the wire form `rerank.contract.wire_reason` gives it), so each row below is a code and,
+through its class, a documented reason. Whenever there is a RetryInfo there is also the
 `grpc-retry-pushback-ms` trailer, which is what gRPC clients' own retry policies read (gRFC A6).
 """
 
@@ -15,9 +17,8 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from rerank.contract import ERROR_DOMAIN
 from rerank.server import errors
-
-ERROR_DOMAIN = "rerank.v1"
 
 #: Why each error gets its code is in README.md ("Errors"). A test checks that every class
 #: in `rerank.server.errors` has a row here.

@@ -1,8 +1,9 @@
 """What both sides of `rerank.v1` share beyond the generated messages: the one codec between
-`google.protobuf.Struct` and JSON values, and the limits the client and the server both apply.
+`google.protobuf.Struct` and JSON values, the one mapping between `ErrorReason` and the
+`ErrorInfo.reason` strings on the wire, and the limits the client and the server both apply.
 
 It lives beside the contract, not in the server, so that the client can use it without
-depending on the server, and so that both read a Struct the same way.
+depending on the server, and so that both read a Struct (and a reason) the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any, Final
 
 from google.protobuf import struct_pb2
 
+from rerank.v1.rerank_service_pb2 import ErrorReason
+
 MAX_SAFE_INTEGER: Final = 2**53
 """Integral doubles up to this are exact; JavaScript's JSON.stringify prints them as integers.
 A Struct number beyond it is left a float: no longer an integer anyone meant."""
@@ -21,6 +24,28 @@ A Struct number beyond it is left a float: no longer an integer anyone meant."""
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 """The largest gRPC message either side sends or receives by default (64 MiB). The server
 accepts 1,000 documents of 64 KiB and echoes them, so gRPC's 4 MiB default is too small."""
+
+
+ERROR_DOMAIN: Final = "rerank.v1"
+"""The `ErrorInfo.domain` of every error this service sends."""
+
+_REASON_PREFIX: Final = "ERROR_REASON_"
+
+
+def wire_reason(reason: ErrorReason.ValueType) -> str:
+    """The `ErrorInfo.reason` string of `reason`: its name without the `ERROR_REASON_` prefix
+    that buf's lint asks of enum values, e.g. `OVERLOADED` (the strings the service sent
+    before the enum existed, unchanged)."""
+    return ErrorReason.Name(reason).removeprefix(_REASON_PREFIX)
+
+
+def error_reason(wire: str) -> ErrorReason.ValueType:
+    """The `ErrorReason` an `ErrorInfo.reason` string names; ERROR_REASON_UNSPECIFIED for one
+    the contract does not define (another domain's, or a newer server's)."""
+    try:
+        return ErrorReason.Value(_REASON_PREFIX + wire)
+    except ValueError:
+        return ErrorReason.ERROR_REASON_UNSPECIFIED
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2
 import rerank.client as client
 from rerank.client import (
     DeadlineExceededError,
+    ErrorReason,
     InvalidRequestError,
     MessageTooLargeError,
     NotFoundError,
@@ -355,6 +356,8 @@ def test_resource_exhausted_is_told_apart_by_its_reason(
         rerank_client.rerank("q", ["a"])
     assert type(caught.value) is error_class
     assert caught.value.retry_delay == pytest.approx(1.5)
+    assert caught.value.error_info is not None
+    assert caught.value.error_info.error_reason == ErrorReason.Value(f"ERROR_REASON_{reason}")
 
 
 def test_a_reason_never_overrides_its_status_code(
@@ -377,6 +380,25 @@ def test_a_reason_never_overrides_its_status_code(
     with pytest.raises(RerankClientError) as caught:
         rerank_client.rerank("q", ["a"])
     assert type(caught.value) is RateLimitedError  # another domain's reason means nothing here
+    assert caught.value.error_info is not None
+    assert caught.value.error_info.reason == "OVERLOADED"
+    assert caught.value.error_info.error_reason == ErrorReason.ERROR_REASON_UNSPECIFIED
+
+
+def test_a_reason_the_contract_does_not_know_is_unspecified_and_keeps_its_text(
+    rerank_client: RerankClient, service: FakeRerankService
+) -> None:
+    """A newer server may send a reason this copy of the contract lacks: the status code still
+    picks the class, and the reason's text is kept for the caller."""
+    service.script.append(
+        Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "x", [error_info("SOMETHING_NEWER")])
+    )
+    with pytest.raises(RerankClientError) as caught:
+        rerank_client.rerank("q", ["a"])
+    assert type(caught.value) is RateLimitedError
+    assert caught.value.error_info is not None
+    assert caught.value.error_info.reason == "SOMETHING_NEWER"
+    assert caught.value.error_info.error_reason == ErrorReason.ERROR_REASON_UNSPECIFIED
 
 
 def test_a_message_over_the_send_limit_is_message_too_large(target: str) -> None:

@@ -8,6 +8,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
+from rerank.contract import error_reason, wire_reason
 from rerank.server import errors
 from rerank.server.status import (
     ERROR_DOMAIN,
@@ -16,6 +17,7 @@ from rerank.server.status import (
     rich_status,
     status_code_for,
 )
+from rerank.v1.rerank_service_pb2 import ErrorReason
 
 
 def all_error_classes() -> list[type[errors.RerankError]]:
@@ -132,3 +134,72 @@ def test_both_not_founds_are_not_found_with_their_own_reasons() -> None:
         (info,) = unpack(list(status.details), error_details_pb2.ErrorInfo)
         infos.append(info.reason)  # type: ignore[attr-defined]
     assert infos == ["MODEL_NOT_FOUND", "UPSTREAM_NOT_FOUND"]
+
+
+# The reasons the service sent before they became the contract's `ErrorReason`: the wire form
+# of the enum must keep them exactly, or a caller that reads the strings would break.
+REASONS_ON_THE_WIRE_BEFORE_THE_ENUM = {
+    "INVALID_REQUEST",
+    "MALFORMED_REQUEST",
+    "OVERLOADED",
+    "UPSTREAM_ERROR",
+    "UPSTREAM_TIMEOUT",
+    "UPSTREAM_UNAVAILABLE",
+    "UPSTREAM_RATE_LIMITED",
+    "UPSTREAM_INVALID_REQUEST",
+    "UPSTREAM_FORBIDDEN",
+    "MODEL_NOT_FOUND",
+    "UPSTREAM_NOT_FOUND",
+    "UPSTREAM_FAILED_DEPENDENCY",
+    "UPSTREAM_AUTHENTICATION",
+    "UPSTREAM_PROTOCOL_ERROR",
+}
+
+
+def reasons_the_server_sends() -> dict[str, type[errors.RerankError]]:
+    """Each concrete error class's ErrorInfo reason (the base is never raised itself)."""
+    sent: dict[str, type[errors.RerankError]] = {}
+    for cls in all_error_classes():
+        if cls is errors.RerankError:
+            continue
+        assert cls.reason not in sent, f"{cls.__name__} and {sent[cls.reason].__name__}"
+        sent[cls.reason] = cls
+    return sent
+
+
+def test_every_error_reason_is_a_reason_the_server_sends_and_vice_versa() -> None:
+    defined = {
+        wire_reason(value)
+        for value in ErrorReason.values()
+        if value != ErrorReason.ERROR_REASON_UNSPECIFIED
+    }
+    assert set(reasons_the_server_sends()) == defined
+
+
+def test_the_reasons_on_the_wire_are_the_ones_sent_before_the_enum() -> None:
+    assert set(reasons_the_server_sends()) == REASONS_ON_THE_WIRE_BEFORE_THE_ENUM
+
+
+@pytest.mark.parametrize("value", ErrorReason.values(), ids=ErrorReason.Name)
+def test_the_wire_form_maps_back_to_its_value(value: ErrorReason.ValueType) -> None:
+    assert error_reason(wire_reason(value)) == value
+    assert not wire_reason(value).startswith("ERROR_REASON_")
+
+
+@pytest.mark.parametrize("wire", ["", "NOT_A_REASON", "ERROR_REASON_OVERLOADED", "overloaded"])
+def test_a_reason_the_contract_does_not_define_reads_as_unspecified(wire: str) -> None:
+    assert error_reason(wire) == ErrorReason.ERROR_REASON_UNSPECIFIED
+
+
+@pytest.mark.parametrize(
+    "cls", [c for c in all_error_classes() if c is not errors.RerankError], ids=lambda c: c.__name__
+)
+def test_the_error_info_carries_the_classs_reason(cls: type[errors.RerankError]) -> None:
+    if issubclass(cls, errors.InvalidRequest):
+        error: errors.RerankError = cls([errors.FieldViolation("query", "must not be empty")])
+    else:
+        error = cls("x")
+    _, status = rich_status(error)
+    (info,) = unpack(list(status.details), error_details_pb2.ErrorInfo)
+    assert error_reason(info.reason) != ErrorReason.ERROR_REASON_UNSPECIFIED  # type: ignore[attr-defined]
+    assert info.reason == cls.reason  # type: ignore[attr-defined]
