@@ -32,7 +32,15 @@ from ._exceptions import (
     UpstreamRateLimitedError,
     from_rpc_error,
 )
-from ._models import Document, ModelInfo, RankedDocument, RerankResult, Warning, WarningType
+from ._models import (
+    Document,
+    ModelInfo,
+    RankedDocument,
+    RerankResult,
+    Usage,
+    Warning,
+    WarningType,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -58,6 +66,7 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UpstreamRateLimitedError",
+    "Usage",
     "Warning",
     "WarningType",
     "channel_options",

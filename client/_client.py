@@ -128,6 +128,7 @@ class RerankClient:
         top_n: int | None = None,
         provider_options: Mapping[str, Any] | None = None,
         bypass_cache: bool = False,
+        return_documents: bool = True,
         timeout: float | None = None,
     ) -> RerankResult:
         """Rank `documents` by relevance to `query`, best first.
@@ -142,6 +143,9 @@ class RerankClient:
                 `{"cohere": {"maxTokensPerDoc": 512}}`.
             bypass_cache: Ask the server not to answer from, or store into, its result
                 cache.
+            return_documents: False asks the server not to send the documents back (the
+                answer is then indices and scores, a few KB instead of the documents' size);
+                the result is the same, as the client fills them in from `documents`.
             timeout: This call's deadline in seconds; None for the client's default.
 
         Raises:
@@ -157,6 +161,7 @@ class RerankClient:
             top_n=top_n,
             provider_options=provider_options,
             bypass_cache=bypass_cache,
+            return_documents=return_documents,
         )
         with map_rpc_errors():
             response = self._stub.Rerank(
@@ -164,21 +169,30 @@ class RerankClient:
                 timeout=self._settings.deadline(timeout),
                 metadata=self._settings.call_metadata(),
             )
-        return parse_rerank_response(response)
+        return parse_rerank_response(response, request)
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
-        """The reranking models the gateway offers, in its order.
+        """The reranking models the gateway offers, in its order: every page of them (the
+        server's first page holds them all unless it pages; `timeout` bounds each page).
 
         Raises:
             RerankClientError: a subclass chosen by the status code.
         """
-        with map_rpc_errors():
-            response = self._stub.ListModels(
-                pb.ListModelsRequest(),
-                timeout=self._settings.deadline(timeout),
-                metadata=self._settings.call_metadata(),
-            )
-        return parse_list_models_response(response)
+        models: list[ModelInfo] = []
+        request = pb.ListModelsRequest()
+        while True:
+            with map_rpc_errors():
+                response = self._stub.ListModels(
+                    request,
+                    timeout=self._settings.deadline(timeout),
+                    metadata=self._settings.call_metadata(),
+                )
+            page = parse_list_models_response(response)
+            models += page
+            # An empty page with a token would never end: the last page is the one without.
+            if not response.next_page_token or not page:
+                return models
+            request = pb.ListModelsRequest(page_token=response.next_page_token)
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
@@ -262,6 +276,7 @@ class AsyncRerankClient:
         top_n: int | None = None,
         provider_options: Mapping[str, Any] | None = None,
         bypass_cache: bool = False,
+        return_documents: bool = True,
         timeout: float | None = None,
     ) -> RerankResult:
         """Rank `documents` by relevance to `query`, best first; see `RerankClient.rerank`."""
@@ -272,6 +287,7 @@ class AsyncRerankClient:
             top_n=top_n,
             provider_options=provider_options,
             bypass_cache=bypass_cache,
+            return_documents=return_documents,
         )
         with map_rpc_errors():
             response = await self._stub.Rerank(
@@ -279,17 +295,24 @@ class AsyncRerankClient:
                 timeout=self._settings.deadline(timeout),
                 metadata=self._settings.call_metadata(),
             )
-        return parse_rerank_response(response)
+        return parse_rerank_response(response, request)
 
     async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
-        """The reranking models the gateway offers; see `RerankClient.list_models`."""
-        with map_rpc_errors():
-            response = await self._stub.ListModels(
-                pb.ListModelsRequest(),
-                timeout=self._settings.deadline(timeout),
-                metadata=self._settings.call_metadata(),
-            )
-        return parse_list_models_response(response)
+        """The reranking models the gateway offers, every page; see `RerankClient.list_models`."""
+        models: list[ModelInfo] = []
+        request = pb.ListModelsRequest()
+        while True:
+            with map_rpc_errors():
+                response = await self._stub.ListModels(
+                    request,
+                    timeout=self._settings.deadline(timeout),
+                    metadata=self._settings.call_metadata(),
+                )
+            page = parse_list_models_response(response)
+            models += page
+            if not response.next_page_token or not page:
+                return models
+            request = pb.ListModelsRequest(page_token=response.next_page_token)
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""

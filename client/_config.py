@@ -7,11 +7,12 @@ from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from typing import Any, Final
 
-from rerank.contract import MAX_MESSAGE_BYTES
+from rerank.contract import MAX_MESSAGE_BYTES, MAX_RESPONSE_BYTES
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_MESSAGE_LENGTH",
+    "MAX_RESPONSE_LENGTH",
     "USE_DEFAULT",
     "UseDefault",
     "channel_options",
@@ -22,7 +23,12 @@ DEFAULT_TIMEOUT: Final = 30.0
 """The default per-call deadline, in seconds."""
 
 MAX_MESSAGE_LENGTH: Final = MAX_MESSAGE_BYTES
-"""The largest message the client sends or receives, in bytes (64 MiB)."""
+"""The largest request the client sends, in bytes (64 MiB: what a default server accepts)."""
+
+MAX_RESPONSE_LENGTH: Final = MAX_RESPONSE_BYTES
+"""The largest answer the client receives, in bytes: the most a default server sends for a
+request it accepted (its every document echoed, with index and score each: about 65.2 MiB). A
+server with larger limits needs `options=[("grpc.max_receive_message_length", ...)]`."""
 
 
 class UseDefault:
@@ -59,7 +65,7 @@ def channel_options(
     `service_config` is a config object or its JSON text, `USE_DEFAULT`, or None for none.
     """
     merged: dict[str, Any] = {
-        "grpc.max_receive_message_length": MAX_MESSAGE_LENGTH,
+        "grpc.max_receive_message_length": MAX_RESPONSE_LENGTH,
         "grpc.max_send_message_length": MAX_MESSAGE_LENGTH,
         # Retries are on by default in current gRPC, but only a service config's retryPolicy
         # makes them happen; say so explicitly so an older runtime behaves the same.

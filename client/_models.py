@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 
-__all__ = ["Document", "ModelInfo", "RankedDocument", "RerankResult", "Warning", "WarningType"]
+__all__ = [
+    "Document",
+    "ModelInfo",
+    "RankedDocument",
+    "RerankResult",
+    "Usage",
+    "Warning",
+    "WarningType",
+]
 
 Document = str | dict[str, Any]
 """A document: plain text, or a JSON object."""
@@ -25,13 +34,13 @@ class RankedDocument:
     document: Document
     """The document itself, as it was sent (text, or a JSON object)."""
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """The SDK's JSON shape: `{"originalIndex", "score", "document"}`."""
-        return {
-            "originalIndex": self.original_index,
-            "score": self.score,
-            "document": self.document,
-        }
+    def to_json_dict(self, *, documents: bool = True) -> dict[str, Any]:
+        """The SDK's JSON shape: `{"originalIndex", "score", "document"}`; without `document`
+        when `documents` is False."""
+        out: dict[str, Any] = {"originalIndex": self.original_index, "score": self.score}
+        if documents:
+            out["document"] = self.document
+        return out
 
 
 # Named as the brief and the SDK name it; this shadows the builtin `Warning` only inside this
@@ -66,6 +75,24 @@ class Warning:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """What one call spent at the gateway, as the server reports it."""
+
+    cost: Decimal | None
+    """The call's cost in US dollars, exact (every window's, summed); `Decimal(0)` when no
+    gateway call was charged to it (e.g. a cache hit); None when the gateway did not report
+    one: unknown, which is not free."""
+    upstream_calls: int
+    """Gateway calls made for it: every window and every attempt, retried or not."""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """`{"cost": "0.002" | null, "upstreamCalls": 1}`: the cost as the decimal string it
+        travels as, so no float rounds it."""
+        cost = None if self.cost is None else format(self.cost, "f")
+        return {"cost": cost, "upstreamCalls": self.upstream_calls}
+
+
+@dataclass(frozen=True, slots=True)
 class RerankResult:
     """The answer to `rerank`: the ranked documents, best first, cut to `top_n`."""
 
@@ -80,29 +107,41 @@ class RerankResult:
     provider_metadata: dict[str, Any] | None = None
     """Provider-specific metadata, e.g. `{"gateway": {"cost": "0.002"}}`; None when none."""
     cached: bool = False
-    """True when the server answered from its result cache."""
+    """True when this call was not charged for a gateway call: a cache hit, or an identical
+    call in flight that another caller was charged for."""
+    usage: Usage | None = None
+    """What the call spent at the gateway; None from a server older than the field."""
 
     @property
     def reranked_documents(self) -> tuple[Document, ...]:
         """The documents in ranked order, as the AI SDK's `rerankedDocuments`."""
         return tuple(entry.document for entry in self.ranking)
 
-    def to_json_dict(self) -> dict[str, Any]:
+    def to_json_dict(self, *, documents: bool = True) -> dict[str, Any]:
         """The AI SDK-style JSON object, in camelCase.
 
         `{"ranking": [{"originalIndex", "score", "document"}], "rerankedDocuments": [...],
-        "model", "id", "warnings": [...], "providerMetadata", "cached"}`; `providerMetadata` is
-        always present (null when the gateway sent none) so consumers see one stable shape.
+        "model", "id", "warnings": [...], "providerMetadata", "cached", "usage"}`;
+        `providerMetadata` and `usage` are always present (null when the server sent none) so
+        consumers see one stable shape. With `documents` False, the ranking's entries carry no
+        `document` and there is no `rerankedDocuments`: indices and scores only.
         """
-        return {
-            "ranking": [entry.to_json_dict() for entry in self.ranking],
-            "rerankedDocuments": list(self.reranked_documents),
-            "model": self.model,
-            "id": self.id,
-            "warnings": [warning.to_json_dict() for warning in self.warnings],
-            "providerMetadata": self.provider_metadata,
-            "cached": self.cached,
+        out: dict[str, Any] = {
+            "ranking": [entry.to_json_dict(documents=documents) for entry in self.ranking]
         }
+        if documents:
+            out["rerankedDocuments"] = list(self.reranked_documents)
+        out.update(
+            {
+                "model": self.model,
+                "id": self.id,
+                "warnings": [warning.to_json_dict() for warning in self.warnings],
+                "providerMetadata": self.provider_metadata,
+                "cached": self.cached,
+                "usage": None if self.usage is None else self.usage.to_json_dict(),
+            }
+        )
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +158,19 @@ class ModelInfo:
     """The provider serving the model, e.g. `cohere`; empty when the gateway gave none."""
     pricing: dict[str, str] = field(default_factory=dict)
     """Pricing as decimal strings per unit, e.g. `{"input": "0.002"}`; empty when none."""
+    documents_per_upstream_call: int = 0
+    """The most documents the server sends the gateway in one call for this model (its
+    window); larger requests are ranked in several calls, each billed. 0 from a server older
+    than the field."""
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The model as a JSON object: `{"id", "name", "description", "provider", "pricing"}`."""
+        """The model as a JSON object: `{"id", "name", "description", "provider", "pricing",
+        "documentsPerUpstreamCall"}`."""
         return {
             "id": self.id,
             "name": self.name,
             "description": self.description,
             "provider": self.provider,
             "pricing": dict(self.pricing),
+            "documentsPerUpstreamCall": self.documents_per_upstream_call,
         }

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
+
+import grpc
 
 from rerank.contract import from_struct, to_struct
 from rerank.v1 import rerank_service_pb2 as pb
 
-from ._models import Document, ModelInfo, RankedDocument, RerankResult, Warning, WarningType
+from ._exceptions import ServerError
+from ._models import Document, ModelInfo, RankedDocument, RerankResult, Usage, Warning, WarningType
 
 _WARNING_TYPES: dict[int, WarningType] = {
     pb.Warning.TYPE_UNSUPPORTED: "unsupported",
@@ -34,6 +38,7 @@ def build_rerank_request(
     top_n: int | None,
     provider_options: Mapping[str, Any] | None,
     bypass_cache: bool = False,
+    return_documents: bool = True,
 ) -> pb.RerankRequest:
     """Build a `RerankRequest`; the server, not this function, validates its content.
 
@@ -53,6 +58,9 @@ def build_rerank_request(
     )
     if top_n is not None:
         request.top_n = top_n
+    if not return_documents:
+        # Only when asked: a request as before this field existed, byte for byte, otherwise.
+        request.return_documents = False
     if provider_options is not None:
         request.provider_options.CopyFrom(to_struct(provider_options, "provider_options"))
     return request
@@ -64,20 +72,33 @@ def _from_document(document: pb.Document) -> Document:
     return document.text
 
 
-def parse_rerank_response(response: pb.RerankResponse) -> RerankResult:
-    """Turn a `RerankResponse` into a `RerankResult`."""
+def parse_rerank_response(response: pb.RerankResponse, request: pb.RerankRequest) -> RerankResult:
+    """Turn the `RerankResponse` to `request` into a `RerankResult`.
+
+    An entry without its document (the request said `return_documents` false) gets it from
+    `request`: the same value the server would have echoed, which never crossed the wire.
+
+    Raises:
+        ServerError: for an entry without its document whose `original_index` is not one of
+            the request's documents (a server breaking the contract).
+    """
     return RerankResult(
         ranking=tuple(
             RankedDocument(
                 original_index=entry.original_index,
                 score=entry.score,
-                document=_from_document(entry.document),
+                document=_from_document(
+                    entry.document
+                    if entry.HasField("document")
+                    else _sent(request, entry.original_index)
+                ),
             )
             for entry in response.ranking
         ),
         model=response.model,
         id=response.id,
         cached=response.cached,
+        usage=_usage(response.usage) if response.HasField("usage") else None,
         warnings=tuple(
             Warning(
                 # TYPE_UNSPECIFIED is never sent; a newer server's unknown type is still a
@@ -98,8 +119,27 @@ def parse_rerank_response(response: pb.RerankResponse) -> RerankResult:
     )
 
 
+def _sent(request: pb.RerankRequest, index: int) -> pb.Document:
+    if not 0 <= index < len(request.documents):
+        raise ServerError(
+            grpc.StatusCode.UNKNOWN,
+            f"the server ranked original_index {index}, outside the "
+            f"{len(request.documents)} documents sent",
+        )
+    return request.documents[index]
+
+
+def _usage(usage: pb.Usage) -> Usage:
+    """The typed usage; an empty or unreadable cost is unknown (None), never zero."""
+    try:
+        cost = Decimal(usage.cost) if usage.cost else None
+    except InvalidOperation:
+        cost = None
+    return Usage(cost=cost, upstream_calls=usage.upstream_calls)
+
+
 def parse_list_models_response(response: pb.ListModelsResponse) -> list[ModelInfo]:
-    """Turn a `ListModelsResponse` into `ModelInfo`s, in the gateway's order."""
+    """Turn a `ListModelsResponse` (one page) into `ModelInfo`s, in the gateway's order."""
     return [
         ModelInfo(
             id=model.id,
@@ -107,6 +147,7 @@ def parse_list_models_response(response: pb.ListModelsResponse) -> list[ModelInf
             description=model.description,
             provider=model.provider,
             pricing=dict(model.pricing),
+            documents_per_upstream_call=model.documents_per_upstream_call,
         )
         for model in response.models
     ]

@@ -2,7 +2,7 @@
 
 Usage::
 
-    rerank [--target HOST:PORT] [--model M] [--top-n N] [--timeout S]
+    rerank [--target HOST:PORT] [--model M] [--top-n N] [--timeout S] [--no-documents]
            [--provider-options JSON] [--file PATH [--jsonl]] [--pretty] QUERY [DOCUMENT ...]
     rerank [--target HOST:PORT] [--timeout S] [--pretty] --list-models
 
@@ -70,6 +70,12 @@ def _parser(default_target: str) -> argparse.ArgumentParser:
     parser.add_argument("--pretty", action="store_true", help="indent the JSON output")
     parser.add_argument(
         "--no-cache", action="store_true", help="ask the server to bypass its result cache"
+    )
+    parser.add_argument(
+        "--no-documents",
+        action="store_true",
+        help="ask the server not to send the documents back, and print each ranked entry as "
+        "its originalIndex and score only (no rerankedDocuments)",
     )
     parser.add_argument(
         "--list-models", action="store_true", help="list the reranking models and exit"
@@ -186,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
                     top_n=args.top_n,
                     provider_options=provider_options,
                     bypass_cache=args.no_cache,
+                    return_documents=not args.no_documents,
                     timeout=args.timeout,
                 )
-                _dump(result.to_json_dict(), pretty=args.pretty, out=sys.stdout)
+                as_json = result.to_json_dict(documents=not args.no_documents)
+                _dump(as_json, pretty=args.pretty, out=sys.stdout)
     except RerankClientError as exc:
         return _report_rpc_error(exc, sys.stderr)
     except (TypeError, ValueError) as exc:

@@ -72,8 +72,10 @@ def test_query_and_documents_from_arguments(
         "warnings": [],
         "providerMetadata": None,
         "cached": False,
+        "usage": None,
     }
     request = last_request(service)
+    assert not request.HasField("return_documents")
     assert request.query == "What is the capital of France?"
     assert request.model == "cohere/rerank-v3.5"
     assert request.top_n == 2
@@ -265,8 +267,31 @@ def test_list_models(target: str, capsys: pytest.CaptureFixture[str]) -> None:
         "description": "Cohere's reranker",
         "provider": "cohere",
         "pricing": {"input": "0.002"},
+        "documentsPerUpstreamCall": 0,
     }
     assert [m["id"] for m in models] == ["cohere/rerank-v3.5", "voyage/rerank-2"]
+
+
+def test_no_documents_asks_for_none_and_prints_indices_and_scores(
+    target: str, service: FakeRerankService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service.script.append(
+        pb.RerankResponse(
+            ranking=[pb.RankedDocument(original_index=1, score=0.5)],
+            model="cohere/rerank-v3.5",
+            id="rr-1",
+            usage=pb.Usage(cost="0.002", upstream_calls=1),
+        )
+    )
+    code, out, err = run(capsys, "--target", target, "--no-documents", "q", "a", "b")
+    assert (code, err) == (0, "")
+    request = last_request(service)
+    assert request.HasField("return_documents")
+    assert not request.return_documents
+    result = json.loads(out)
+    assert result["ranking"] == [{"originalIndex": 1, "score": 0.5}]
+    assert "rerankedDocuments" not in result
+    assert result["usage"] == {"cost": "0.002", "upstreamCalls": 1}
 
 
 def test_invalid_argument_exits_2_with_field_violations(

@@ -7,6 +7,7 @@ through pytest-grpc's fixtures (with its server and address fixtures overridden)
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -31,7 +32,7 @@ from rerank.client import (
     UnavailableError,
     UpstreamRateLimitedError,
 )
-from rerank.contract import from_struct, from_value, to_struct
+from rerank.contract import from_struct, from_value, max_response_bytes, to_struct
 from rerank.v1 import rerank_service_pb2 as pb
 
 from .test_client_fakes import (
@@ -248,6 +249,7 @@ def test_warnings_metadata_and_json_shape(
         ],
         "providerMetadata": {"gateway": {"cost": "0.002", "attempts": 1}},
         "cached": False,
+        "usage": None,  # a server older than the field sends none
     }
 
 
@@ -277,7 +279,109 @@ def test_list_models(rerank_client: RerankClient) -> None:
         "description": "",
         "provider": "",
         "pricing": {},
+        "documentsPerUpstreamCall": 0,
     }
+
+
+def test_list_models_walks_every_page(
+    rerank_client: RerankClient, service: FakeRerankService
+) -> None:
+    """A server that pages: the client asks for each next page with its token, and returns
+    every model once, in order."""
+    service.script.extend(
+        [
+            pb.ListModelsResponse(
+                models=[pb.Model(id="cohere/rerank-v3.5", documents_per_upstream_call=1000)],
+                next_page_token="page-2",
+            ),
+            pb.ListModelsResponse(models=[pb.Model(id="voyage/rerank-2")], next_page_token=""),
+        ]
+    )
+    models = rerank_client.list_models()
+    assert [m.id for m in models] == ["cohere/rerank-v3.5", "voyage/rerank-2"]
+    assert models[0].documents_per_upstream_call == 1000
+    assert [r.page_token for r in service.requests] == ["", "page-2"]  # type: ignore[attr-defined]
+
+
+def test_an_empty_page_with_a_token_ends_the_walk(
+    rerank_client: RerankClient, service: FakeRerankService
+) -> None:
+    service.script.append(pb.ListModelsResponse(next_page_token="again"))
+    assert rerank_client.list_models() == []
+    assert len(service.requests) == 1
+
+
+# --- lean answers and usage -------------------------------------------------------------------
+
+
+def test_without_documents_the_client_fills_them_in(
+    rerank_client: RerankClient, service: FakeRerankService
+) -> None:
+    documents = ["Paris", {"city": "Madrid", "year": 2020}, "Berlin"]
+    lean = rerank_client.rerank("q", documents, return_documents=False)
+    (sent,) = service.requests
+    assert isinstance(sent, pb.RerankRequest)
+    assert sent.HasField("return_documents")
+    assert not sent.return_documents
+    echoed = rerank_client.rerank("q", documents)
+    assert not service.requests[1].HasField("return_documents")  # type: ignore[attr-defined]
+    # The same result either way; only the wire differed.
+    assert lean.ranking == echoed.ranking
+    assert lean.reranked_documents == ("Berlin", {"city": "Madrid", "year": 2020}, "Paris")
+
+
+def test_an_index_outside_the_documents_is_the_servers_fault(
+    rerank_client: RerankClient, service: FakeRerankService
+) -> None:
+    service.script.append(
+        pb.RerankResponse(ranking=[pb.RankedDocument(original_index=5, score=1.0)])
+    )
+    with pytest.raises(ServerError, match="original_index 5, outside the 2 documents"):
+        rerank_client.rerank("q", ["a", "b"], return_documents=False)
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected", "as_json"),
+    [
+        (
+            pb.Usage(cost="0.002", upstream_calls=1),
+            client.Usage(Decimal("0.002"), 1),
+            {"cost": "0.002", "upstreamCalls": 1},
+        ),
+        (pb.Usage(cost="0", upstream_calls=0), client.Usage(Decimal(0), 0), None),
+        # Unknown is not free: None, never zero.
+        (
+            pb.Usage(cost="", upstream_calls=3),
+            client.Usage(None, 3),
+            {"cost": None, "upstreamCalls": 3},
+        ),
+        (pb.Usage(cost="not a number", upstream_calls=1), client.Usage(None, 1), None),
+    ],
+)
+def test_usage_is_typed(
+    rerank_client: RerankClient,
+    service: FakeRerankService,
+    usage: pb.Usage,
+    expected: client.Usage,
+    as_json: dict[str, Any] | None,
+) -> None:
+    service.script.append(pb.RerankResponse(model="m", id="rr-1", usage=usage))
+    result = rerank_client.rerank("q", ["a"])
+    assert result.usage == expected
+    if as_json is not None:
+        assert result.to_json_dict()["usage"] == as_json
+
+
+def test_the_json_shape_without_documents(
+    rerank_client: RerankClient, service: FakeRerankService
+) -> None:
+    result = rerank_client.rerank("q", ["a", "b"], return_documents=False)
+    as_json = result.to_json_dict(documents=False)
+    assert as_json["ranking"] == [
+        {"originalIndex": 1, "score": 1.0},
+        {"originalIndex": 0, "score": 0.9},
+    ]
+    assert "rerankedDocuments" not in as_json
 
 
 def test_large_requests_and_responses_fit(rerank_client: RerankClient) -> None:
@@ -513,7 +617,10 @@ def test_default_service_config_is_the_shipped_one() -> None:
 
     options = dict(client.channel_options(None, client.USE_DEFAULT))
     assert options["grpc.enable_retries"] == 1
-    assert options["grpc.max_receive_message_length"] == 64 * 1024 * 1024
+    # Receives the largest answer a default server sends for a request it accepted.
+    assert options["grpc.max_receive_message_length"] == max_response_bytes(
+        64 * 1024 * 1024, 10_000
+    )
     assert options["grpc.max_send_message_length"] == 64 * 1024 * 1024
     assert "grpc.service_config" in options
     assert "grpc.service_config" not in dict(client.channel_options(None, None))

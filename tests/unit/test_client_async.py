@@ -70,6 +70,32 @@ async def test_rerank_text_documents(
     assert result.model == "m/x"
 
 
+async def test_without_documents_the_answer_is_the_same(
+    rerank_client: AsyncRerankClient, service: AsyncFakeRerankService
+) -> None:
+    documents = ["a", {"b": 1}, "c"]
+    lean = await rerank_client.rerank("q", documents, return_documents=False)
+    echoed = await rerank_client.rerank("q", documents)
+    lean_request, echoed_request = service.requests
+    assert lean_request.HasField("return_documents")  # type: ignore[attr-defined]
+    assert not echoed_request.HasField("return_documents")  # type: ignore[attr-defined]
+    assert lean.ranking == echoed.ranking
+    assert lean.reranked_documents == ("c", {"b": 1}, "a")
+
+
+async def test_list_models_walks_every_page(
+    rerank_client: AsyncRerankClient, service: AsyncFakeRerankService
+) -> None:
+    service.script.extend(
+        [
+            pb.ListModelsResponse(models=[pb.Model(id="a/one")], next_page_token="t"),
+            pb.ListModelsResponse(models=[pb.Model(id="b/two")]),
+        ]
+    )
+    assert [m.id for m in await rerank_client.list_models()] == ["a/one", "b/two"]
+    assert [r.page_token for r in service.requests] == ["", "t"]  # type: ignore[attr-defined]
+
+
 async def test_rerank_object_documents_round_trip(rerank_client: AsyncRerankClient) -> None:
     documents = [{"title": "Paris", "year": 2020, "tags": {"eu": True}}, {"title": "Berlin"}]
     result = await rerank_client.rerank("q", documents, provider_options={"cohere": {"k": 1}})

@@ -92,14 +92,18 @@ def error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
 
 
 def default_rerank_response(request: pb.RerankRequest) -> pb.RerankResponse:
-    """Rank the documents last-first with falling scores, cut to top_n, echoing them."""
+    """Rank the documents last-first with falling scores, cut to top_n, echoing them unless
+    the request's `return_documents` is false."""
     order = list(reversed(range(len(request.documents))))
     if request.HasField("top_n"):
         order = order[: request.top_n]
+    echo = not request.HasField("return_documents") or request.return_documents
     return pb.RerankResponse(
         ranking=[
             pb.RankedDocument(
-                original_index=i, score=1.0 - rank / 10, document=request.documents[i]
+                original_index=i,
+                score=1.0 - rank / 10,
+                document=request.documents[i] if echo else None,
             )
             for rank, i in enumerate(order)
         ],
