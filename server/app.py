@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # re-exported at run time
 from grpc_reflection.v1alpha import reflection
 
+from rerank.contract import max_response_bytes
 from rerank.server.admission import Admission
 from rerank.server.cache import CachingReranker
 from rerank.server.config import Settings, Upstream
@@ -161,7 +162,6 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
                 oidc_token_file=None,
             )
         reranker = build_reranker(settings, build_gateway(settings))
-    message_limit = settings.max_message_bytes
     interceptors: list[ServerInterceptor] = []
     if settings.auth_tokens:
         open_methods = frozenset() if settings.auth_health else HEALTH_METHODS
@@ -170,8 +170,13 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", message_limit),
-            ("grpc.max_send_message_length", message_limit),
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            # An answer echoes the request's documents: sized for the largest an accepted
+            # request can produce, so none is refused after the gateway was paid for it.
+            (
+                "grpc.max_send_message_length",
+                max_response_bytes(settings.max_message_bytes, settings.max_documents),
+            ),
         ],
         # A hard backstop above the admission limit: beyond it grpc itself answers
         # RESOURCE_EXHAUSTED before reading a message, so a flood cannot queue without bound.

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import urlsplit
 
-from rerank.contract import MAX_MESSAGE_BYTES
+from rerank.contract import MAX_DOCUMENTS, MAX_MESSAGE_BYTES
 from rerank.server.windows import DEFAULT_WINDOW_SIZES
 
 DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v4/ai"
@@ -94,7 +94,7 @@ class Settings:
     max_connections: int = 100
     """Size of the pooled HTTP connections to the gateway (`RERANK_MAX_CONNECTIONS`)."""
 
-    max_documents: int = 10_000
+    max_documents: int = MAX_DOCUMENTS
     """Most documents one request may hold (`RERANK_MAX_DOCUMENTS`); Cohere's hard limit.
     Requests over a model's window are split across several upstream calls."""
 
@@ -106,7 +106,9 @@ class Settings:
 
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """Largest gRPC message accepted (`RERANK_MAX_MESSAGE_BYTES`). gRPC's own default of 4 MiB
-    is too small for 1,000 documents of 4 KB; 64 MiB takes 10,000 of them."""
+    is too small for 1,000 documents of 4 KB; 64 MiB takes 10,000 of them. The send limit
+    follows from it and `max_documents` (`rerank.contract.max_response_bytes`): the largest
+    answer an accepted request can produce."""
 
     window_sizes: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_WINDOW_SIZES))
     """Documents per upstream call, by model slug or provider; larger requests are split

@@ -124,6 +124,9 @@ class ModelInfo:
     description: str = ""
     provider: str = ""
     pricing: Mapping[str, str] | None = None
+    #: The most documents one upstream call carries for this model: the windows layer's size
+    #: for it (None from a backend that does not split requests).
+    documents_per_upstream_call: int | None = None
 
 
 class Reranker(Protocol):
@@ -175,6 +178,12 @@ def reported_cost(provider_metadata: JsonObject | None) -> Decimal | None:
     return cost if cost.is_finite() and cost >= 0 else None
 
 
+def cost_text(cost: Decimal) -> str:
+    """A cost as the gateway writes one: a decimal in positional notation, "0.0000001" and
+    never "1E-7"."""
+    return format(cost, "f")
+
+
 def caller_metadata(outcome: RerankOutcome) -> JsonObject | None:
     """The provider metadata a caller sees: the gateway's entries, with `gateway.cost` set to
     this call's total (`outcome.usage.cost`), or without it when that is unknown. None when
@@ -185,8 +194,7 @@ def caller_metadata(outcome: RerankOutcome) -> JsonObject | None:
     gateway = dict(metadata.get("gateway") or {})
     cost = outcome.usage.cost
     if cost is not None:
-        # Positional notation: "0.0000001", never "1E-7".
-        gateway["cost"] = format(cost, "f")
+        gateway["cost"] = cost_text(cost)
     else:
         gateway.pop("cost", None)
     if gateway:

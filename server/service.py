@@ -7,16 +7,18 @@ Errors are raised as `rerank.server.errors` and turned into statuses by the inte
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
 
-from rerank.contract import NotJsonError, from_struct
+from rerank.contract import RESPONSE_EXTRAS_BYTES, NotJsonError, from_struct
 from rerank.server.admission import Admission
 from rerank.server.domain import (
     FREE,
@@ -28,12 +30,14 @@ from rerank.server.domain import (
     Reranker,
     RerankOutcome,
     RerankQuery,
+    Usage,
     Warning,
     caller_metadata,
     check_request,
+    cost_text,
     final_ranking,
 )
-from rerank.server.errors import FieldViolation, InvalidRequest
+from rerank.server.errors import FieldViolation, InvalidRequest, UpstreamProtocolError
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 
@@ -93,9 +97,13 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
+        page = Page.of(request)
         with self._admission.admit(0):
             models = await self._reranker.list_models(timeout=self._timeout(context))
-        return pb.ListModelsResponse(models=[model_to_proto(m) for m in models])
+        listed, next_token = page.cut(models)
+        return pb.ListModelsResponse(
+            models=[model_to_proto(m) for m in listed], next_page_token=next_token
+        )
 
     def _timeout(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
         """The configured upstream timeout, or less when the caller's deadline is nearer."""
@@ -175,26 +183,49 @@ def response_to_proto(
     ranking: Sequence[Ranked],
     outcome: RerankOutcome,
 ) -> pb.RerankResponse:
-    """Build the RerankResponse; each ranked document is the request's own message, so
-    callers get back exactly what they sent."""
+    """Build the RerankResponse. Each ranked document is the request's own message, so
+    callers get back exactly what they sent, unless they asked for none (`return_documents`
+    false).
+
+    Raises:
+        UpstreamProtocolError: when the gateway's warnings and metadata (with the rest of the
+            response besides its ranking) exceed `RESPONSE_EXTRAS_BYTES`, the allowance the
+            server's send limit is sized with.
+    """
     response = pb.RerankResponse(
-        ranking=[
-            pb.RankedDocument(
-                original_index=item.index,
-                score=item.score,
-                document=request.documents[item.index],
-            )
-            for item in ranking
-        ],
         model=model,
         id=f"rr_{uuid.uuid4().hex}",
         warnings=[warning_to_proto(w) for w in outcome.warnings],
         cached=outcome.cached,
+        usage=usage_to_proto(outcome.usage),
     )
     metadata = caller_metadata(outcome)
     if metadata is not None:
         response.provider_metadata.update(metadata)
+    extras = response.ByteSize()
+    if extras > RESPONSE_EXTRAS_BYTES:
+        raise UpstreamProtocolError(
+            f"the gateway's warnings and metadata take {extras} bytes; an answer carries at "
+            f"most {RESPONSE_EXTRAS_BYTES} besides its ranking"
+        )
+    echo = not request.HasField("return_documents") or request.return_documents
+    response.ranking.extend(
+        pb.RankedDocument(
+            original_index=item.index,
+            score=item.score,
+            document=request.documents[item.index] if echo else None,
+        )
+        for item in ranking
+    )
     return response
+
+
+def usage_to_proto(usage: Usage) -> pb.Usage:
+    """The usage record as the contract types it: an unknown cost is the empty string."""
+    return pb.Usage(
+        cost="" if usage.cost is None else cost_text(usage.cost),
+        upstream_calls=usage.upstream_calls,
+    )
 
 
 def warning_to_proto(warning: Warning) -> pb.Warning:
@@ -214,4 +245,59 @@ def model_to_proto(model: ModelInfo) -> pb.Model:
         description=model.description,
         provider=model.provider,
         pricing=dict(model.pricing or {}),
+        documents_per_upstream_call=model.documents_per_upstream_call or 0,
     )
+
+
+@dataclass(frozen=True)
+class Page:
+    """Which models a ListModels call asks for (AIP-158): at most `size` (0: all of them),
+    starting after the model the page token names.
+
+    The token is opaque to callers: URL-safe base64 of `{offset}:{id}`, the position after the
+    last model of the previous page and that model's id. The next page starts after that model
+    wherever it now is in the gateway's list, so a model added or removed before it neither
+    repeats nor skips one; when the model itself is gone, at the position.
+    """
+
+    size: int
+    offset: int = 0
+    after: str | None = None
+
+    @classmethod
+    def of(cls, request: pb.ListModelsRequest) -> Page:
+        """The page `request` asks for, or `InvalidRequest` naming the field that is wrong."""
+        if request.page_size < 0:
+            raise InvalidRequest(
+                [FieldViolation("page_size", f"must not be negative, got {request.page_size}")]
+            )
+        if not request.page_token:
+            return cls(request.page_size)
+        try:
+            offset_text, _, after = (
+                base64.urlsafe_b64decode(request.page_token + "=" * (-len(request.page_token) % 4))
+                .decode()
+                .partition(":")
+            )
+            offset = int(offset_text)
+        except ValueError:  # not base64 (binascii.Error), not UTF-8, not a number
+            offset = -1
+        if offset < 1 or not after:
+            raise InvalidRequest(
+                [FieldViolation("page_token", "is not a next_page_token this service gave")]
+            )
+        return cls(request.page_size, offset, after)
+
+    def cut(self, models: Sequence[ModelInfo]) -> tuple[Sequence[ModelInfo], str]:
+        """This page of `models`, and the token of the next page ("" after the last one)."""
+        start = min(self.offset, len(models))
+        if self.after is not None:
+            found = next((i for i, m in enumerate(models) if m.id == self.after), None)
+            if found is not None:
+                start = found + 1
+        end = len(models) if self.size == 0 else min(len(models), start + self.size)
+        listed = models[start:end]
+        if end >= len(models) or not listed:
+            return listed, ""
+        token = f"{end}:{listed[-1].id}".encode()
+        return listed, base64.urlsafe_b64encode(token).decode().rstrip("=")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from rerank.server.domain import (
     FREE,
+    ModelInfo,
     Ranked,
     Reranker,
     RerankerLayer,
@@ -50,11 +51,19 @@ class WindowPolicy:
 
 
 class WindowedReranker(RerankerLayer):
-    """A `Reranker` that splits requests larger than a window across several calls."""
+    """A `Reranker` that splits requests larger than a window across several calls, and says
+    each model's window in the models it lists."""
 
     def __init__(self, inner: Reranker, policy: WindowPolicy) -> None:
         super().__init__(inner)
         self._policy = policy
+
+    async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
+        models = await self._inner.list_models(timeout=timeout)
+        return tuple(
+            dataclasses.replace(m, documents_per_upstream_call=self._policy.size_for(m.id))
+            for m in models
+        )
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         size = self._policy.size_for(query.model)

@@ -22,8 +22,38 @@ MAX_SAFE_INTEGER: Final = 2**53
 A Struct number beyond it is left a float: no longer an integer anyone meant."""
 
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
-"""The largest gRPC message either side sends or receives by default (64 MiB). The server
-accepts 1,000 documents of 64 KiB and echoes them, so gRPC's 4 MiB default is too small."""
+"""The largest request message the server receives, and the client sends, by default (64 MiB).
+The server accepts 1,000 documents of 64 KiB, so gRPC's 4 MiB default is too small."""
+
+MAX_DOCUMENTS: Final = 10_000
+"""The most documents one request may hold by default (Cohere's hard limit)."""
+
+RANKED_DOCUMENT_OVERHEAD: Final = 21
+"""Bytes one `RankedDocument` of a response adds, at most, to its document's own encoding in
+the request: the entry's tag (1) and length (at most 5), `original_index` (1 + at most 5) and
+`score` (1 + 8). The document's bytes (tag, length, content) are the same in both messages."""
+
+RESPONSE_EXTRAS_BYTES: Final = 1024 * 1024
+"""The most a `RerankResponse` holds besides its ranking: the model, the id, the usage, and the
+gateway's warnings and provider metadata (an answer whose own are larger is refused as the
+gateway's protocol error rather than sent)."""
+
+_GRPC_MAX_MESSAGE_BYTES: Final = 2**31 - 1
+
+
+def max_response_bytes(max_request_bytes: int, max_documents: int) -> int:
+    """The largest `RerankResponse` a request the server accepted can produce: every document
+    of the request echoed (at most `max_request_bytes` of them), each with its ranked entry's
+    overhead, and the extras. The server's send limit is this, so an answer is never refused on
+    the way back after the gateway has been paid for it; a client's receive limit must be too."""
+    return min(
+        _GRPC_MAX_MESSAGE_BYTES,
+        max_request_bytes + max_documents * RANKED_DOCUMENT_OVERHEAD + RESPONSE_EXTRAS_BYTES,
+    )
+
+
+MAX_RESPONSE_BYTES: Final = max_response_bytes(MAX_MESSAGE_BYTES, MAX_DOCUMENTS)
+"""The largest response of a server with the default limits (65.2 MiB): what the client receives."""
 
 
 ERROR_DOMAIN: Final = "rerank.v1"

@@ -38,6 +38,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from rerank.contract import MAX_MESSAGE_BYTES, MAX_RESPONSE_BYTES
 from rerank.server.app import start_server
 from rerank.server.config import Settings, Upstream
 from rerank.v1 import rerank_service_pb2 as pb
@@ -56,9 +57,10 @@ REGENERATE = f"{UPDATE_ENV}=1 make test PYTEST_ARGS=tests/conformance"
 CALL_TIMEOUT = 30.0
 MASKED_ID = "<masked>"
 MODEL_SLUG = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.:-]+")
+DECIMAL = re.compile(r"\d+(\.\d+)?")
 MESSAGE_LIMIT = [
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
 ]
 
 CASE_KEYS = {
@@ -78,7 +80,10 @@ EXPECT_KEYS = {
     "rankingLength": "Rerank: how many ranked documents come back",
     "bestIndex": "Rerank: the original_index ranked first",
     "mockOrder": "Rerank, bundled mock only: the original_index order",
+    "upstreamCalls": "Rerank: usage.upstreamCalls of an answer not from the cache",
     "includesModels": "ListModels: ids that must be listed",
+    "modelsCount": "ListModels: how many models this page holds",
+    "morePages": "ListModels: whether next_page_token is set",
 }
 REQUESTS: Mapping[str, type[Message]] = {
     "Rerank": pb.RerankRequest,
@@ -275,8 +280,13 @@ def check_rerank(
     assert len(set(indices)) == len(indices), f"repeated indices: {indices}"
     keys = [(-item.score, item.original_index) for item in ranking]
     assert keys == sorted(keys), f"not by descending score, ties by index: {keys}"
+    echo = not request.HasField("return_documents") or request.return_documents
     for item in ranking:
-        assert item.document == request.documents[item.original_index], item.original_index
+        if echo:
+            assert item.document == request.documents[item.original_index], item.original_index
+        else:
+            assert not item.HasField("document"), f"{item.original_index} echoed nonetheless"
+    check_usage(request, response, expect)
     assert response.model, "model must be filled in"
     if request.model:
         assert response.model == request.model
@@ -286,13 +296,40 @@ def check_rerank(
         assert indices == expect["mockOrder"]
 
 
-def check_list_models(response: pb.ListModelsResponse, expect: Mapping[str, Any]) -> None:
+def check_usage(
+    request: pb.RerankRequest, response: pb.RerankResponse, expect: Mapping[str, Any]
+) -> None:
+    assert response.HasField("usage"), "usage must be set"
+    usage = response.usage
+    if usage.cost:
+        assert DECIMAL.fullmatch(usage.cost), f"cost {usage.cost!r} is not a positional decimal"
+    if response.cached or not request.documents:
+        assert (usage.cost, usage.upstream_calls) == ("0", 0), usage
+    else:
+        assert usage.upstream_calls >= 1, usage
+    # A long-running server may answer from its cache, with no call: the figure is a fresh one's.
+    if "upstreamCalls" in expect and not response.cached:
+        assert usage.upstream_calls == expect["upstreamCalls"], usage
+
+
+def check_list_models(
+    request: pb.ListModelsRequest, response: pb.ListModelsResponse, expect: Mapping[str, Any]
+) -> None:
     ids = [model.id for model in response.models]
     assert ids, "no reranking models listed"
     assert len(set(ids)) == len(ids), f"repeated model ids: {ids}"
     assert all(MODEL_SLUG.fullmatch(model_id) for model_id in ids), ids
+    assert all(model.documents_per_upstream_call >= 1 for model in response.models)
+    if request.page_size:
+        assert len(ids) <= request.page_size, ids
+    else:
+        assert not response.next_page_token, "the default page holds every model"
     for model_id in expect.get("includesModels", []):
         assert model_id in ids
+    if "modelsCount" in expect:
+        assert len(ids) == expect["modelsCount"], ids
+    if "morePages" in expect:
+        assert bool(response.next_page_token) == expect["morePages"]
 
 
 def masked_json(response: Message) -> dict[str, Any]:
@@ -365,7 +402,9 @@ async def test_case(case: Case, backend: Backend, target: str, seen: Seen) -> No
         seen.ids.add(response.id)
     else:
         assert isinstance(response, pb.ListModelsResponse)
-        check_list_models(response, expect)
+        request = case.request()
+        assert isinstance(request, pb.ListModelsRequest)
+        check_list_models(request, response, expect)
     if backend.golden:
         check_golden(case, response)
 
@@ -375,7 +414,9 @@ def _seed_pair() -> tuple[pb.RerankRequest, pb.RerankResponse]:
         next(c for c in CASES if c.name == "rerank_seed_example").data["request"],
         pb.RerankRequest(),
     )
-    response = pb.RerankResponse(model=request.model, id="rr_1")
+    response = pb.RerankResponse(
+        model=request.model, id="rr_1", usage=pb.Usage(cost="0.002", upstream_calls=1)
+    )
     for index, score in ((0, 0.9), (1, 0.5)):
         response.ranking.add(original_index=index, score=score, document=request.documents[index])
     return request, response
@@ -383,7 +424,19 @@ def _seed_pair() -> tuple[pb.RerankRequest, pb.RerankResponse]:
 
 @pytest.mark.parametrize(
     "breakage",
-    ["unsorted", "repeated", "out_of_range", "not_echoed", "too_long", "no_model", "ties"],
+    [
+        "unsorted",
+        "repeated",
+        "out_of_range",
+        "not_echoed",
+        "too_long",
+        "no_model",
+        "ties",
+        "echoed_when_refused",
+        "no_usage",
+        "exponent_cost",
+        "calls_on_a_hit",
+    ],
 )
 def test_the_checks_catch_a_broken_server(breakage: str) -> None:
     """The invariants are not vacuous: each breakage of a good answer is caught."""
@@ -404,6 +457,14 @@ def test_the_checks_catch_a_broken_server(breakage: str) -> None:
         response.ranking.add(original_index=2, score=0.1, document=request.documents[2])
     elif breakage == "no_model":
         response.model = ""
+    elif breakage == "echoed_when_refused":
+        request.return_documents = False
+    elif breakage == "no_usage":
+        response.ClearField("usage")
+    elif breakage == "exponent_cost":
+        response.usage.cost = "2E-3"
+    elif breakage == "calls_on_a_hit":
+        response.cached = True
     else:  # equal scores must come by ascending index
         first.score = second.score
         first.original_index, second.original_index = 1, 0

@@ -84,8 +84,8 @@ def test_an_additive_change_passes(protos: tuple[Path, Path]) -> None:
     assert buf_breaking(changed, original).returncode == 0  # identical copies: no change at all
     edit(
         changed,
-        "  bool bypass_cache = 6;\n}",
-        "  bool bypass_cache = 6;\n\n"
+        "  optional bool return_documents = 7;\n}",
+        "  optional bool return_documents = 7;\n\n"
         "  // Optional. A caller's label, for logs.\n"
         "  optional string label = 40;\n}",
     )

@@ -214,6 +214,9 @@ async def test_a_windowed_call_reports_the_cost_of_every_window(stub: Any) -> No
     assert None not in each
     assert cost_of(response) == sum(c for c in each if c is not None)
     assert set(response.provider_metadata.fields) == {"gateway", "mock"}  # the gateway's entries
+    # Typed: the same total, and one gateway call per window.
+    assert Decimal(response.usage.cost) == cost_of(response)
+    assert response.usage.upstream_calls == 3
 
 
 async def test_a_cache_hit_costs_nothing(stub: Any) -> None:
@@ -236,6 +239,12 @@ async def test_a_shared_call_is_charged_once(running: RunningServer, stub: Any) 
     assert len(charged) == 1
     assert [cost_of(a) for a in answers] == [
         Decimal("0.002") if a is charged[0] else Decimal(0) for a in answers
+    ]
+    assert [a.usage for a in answers] == [
+        pb.Usage(cost="0.002", upstream_calls=1)
+        if a is charged[0]
+        else pb.Usage(cost="0", upstream_calls=0)
+        for a in answers
     ]
 
 
@@ -304,3 +313,5 @@ async def test_a_cost_the_gateway_did_not_report_is_unknown_not_zero(
         response = await stub.Rerank(request, timeout=10)
         assert cost_of(response) is None
         assert "other" in response.provider_metadata.fields  # the gateway's other entries stay
+        # Typed, unknown is the empty string: never "0", which would read as free.
+        assert response.usage == pb.Usage(cost="", upstream_calls=3)

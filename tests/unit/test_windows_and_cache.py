@@ -132,6 +132,25 @@ def test_window_sizes_by_model_then_provider_then_default() -> None:
     assert policy.size_for("jina/reranker-v2") == 64
 
 
+async def test_the_models_listed_carry_the_window_each_gets() -> None:
+    class Listing(Backend):
+        async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
+            return (
+                ModelInfo(id="voyage/rerank-2.5-lite", name="Lite"),
+                ModelInfo(id="voyage/rerank-2.5"),
+                ModelInfo(id="jina/reranker-v2"),
+            )
+
+    policy = WindowPolicy(sizes={"voyage": 1000, "voyage/rerank-2.5-lite": 500}, default_size=64)
+    models = await WindowedReranker(Listing(), policy).list_models(timeout=1)
+    assert [(m.id, m.documents_per_upstream_call) for m in models] == [
+        ("voyage/rerank-2.5-lite", 500),
+        ("voyage/rerank-2.5", 1000),
+        ("jina/reranker-v2", 64),
+    ]
+    assert models[0].name == "Lite"  # the rest as the backend gave it
+
+
 async def test_windows_run_in_parallel() -> None:
     backend = Backend(delay=0.2)
     windowed = WindowedReranker(backend, WindowPolicy(sizes={"cohere": 10}, parallelism=4))
