@@ -15,8 +15,9 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from rerank.server.app import StartupError, serve
+from rerank.server.app import StartupError, build_info, serve
 from rerank.server.config import DEFAULT_GATEWAY_URL, Settings, Upstream
+from rerank.server.metrics import MetricsDirectory, MetricsEndpoint, serving_metrics
 from rerank.server.workers import run_workers
 
 logger = logging.getLogger("rerank.server")
@@ -37,6 +38,13 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     parser.add_argument("--host", default=env("HOST", defaults.host))
     # String defaults go through `type` too, so a bad RERANK_PORT is a usage error, not a crash.
     parser.add_argument("--port", type=int, default=env("PORT", defaults.port))
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=environ.get("RERANK_METRICS_PORT"),
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port); "
+        "default: no metrics",
+    )
     parser.add_argument(
         "--gateway-url",
         default=environ.get("RERANK_GATEWAY_URL"),
@@ -71,6 +79,8 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error(f"--metrics-port must be a port number 0-65535, got {args.metrics_port}")
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
@@ -121,6 +131,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     return Settings(
         host=args.host,
         port=args.port,
+        metrics_port=args.metrics_port,
         upstream=upstream,
         gateway_url=(args.gateway_url or DEFAULT_GATEWAY_URL).rstrip("/"),
         api_key=api_key,
@@ -169,6 +180,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         max(logging.WARNING, logging.getLevelName(settings.log_level))
     )
 
+    if settings.metrics_port is None:
+        return _run(settings, None)
+    try:
+        with serving_metrics(settings.host, settings.metrics_port, build_info()) as metrics:
+            return _run(settings, metrics)
+    except OSError as exc:  # binding the metrics port
+        logger.error(
+            "cannot serve metrics on %s:%d: %s",
+            settings.host,
+            settings.metrics_port,
+            exc.strerror or exc,
+        )
+        return 1
+
+
+def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] | None) -> int:
     def ready(port: int) -> None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:
             logger.warning(
@@ -183,15 +210,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mutual" if settings.tls_client_ca_file else "on" if settings.tls_cert_file else "off",
         )
         logger.info("%d worker process(es)", settings.workers)
-        # One line on stdout, so scripts and other test suites can wait for it.
+        # Lines on stdout, so scripts and other test suites can wait for them; the one saying
+        # where metrics are comes first, so it is there once the listening line is.
+        if metrics is not None:
+            print(f"rerank metrics on {metrics[1].url}", flush=True)
         print(f"rerank server listening on {settings.host}:{port}", flush=True)
 
     try:
         if settings.workers > 1:
-            return run_workers(settings, settings.workers, ready)
+            return run_workers(settings, settings.workers, ready, metrics)
+        directory = None
+        if metrics is not None:
+            directory = metrics[0].path
+            metrics[1].start()
         # SIGINT before the handlers are installed (during start-up) must not print a traceback.
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(settings, lambda running: ready(running.port)))
+            asyncio.run(serve(settings, lambda running: ready(running.port), directory))
     except StartupError as exc:
         logger.error("%s", exc)
         return 1

@@ -30,6 +30,7 @@ from rerank.server.domain import (
     RerankQuery,
     Warning,
 )
+from rerank.server.metrics import Metrics
 from rerank.server.resilience import Clock
 
 # Per entry besides its serialized outcome: the key, the entry object, the LRU node. Measured
@@ -104,8 +105,10 @@ class CachingReranker(RerankerLayer):
         ttl: float,
         max_bytes: int,
         clock: Clock = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(inner)
+        self._metrics = metrics or Metrics.disabled()
         self._ttl = ttl
         self._max_bytes = max_bytes
         self._clock = clock
@@ -122,12 +125,15 @@ class CachingReranker(RerankerLayer):
         cached = self._lookup(key)
         if cached is not None:
             self.hits += 1
+            self._metrics.cache_lookup("hit")
             return cached
         flight = self._flights.get(key)
         if flight is not None:
             self.hits += 1
+            self._metrics.cache_lookup("coalesced")
             return dataclasses.replace(await self._join(flight), cached=True)
         self.misses += 1
+        self._metrics.cache_lookup("miss")
         flight = _Flight(asyncio.ensure_future(self._fetch(key, query, timeout)))
         self._flights[key] = flight
         flight.task.add_done_callback(lambda _: self._flights.pop(key, None))
@@ -171,6 +177,8 @@ class CachingReranker(RerankerLayer):
         self._bytes += size
         while self._bytes > self._max_bytes:
             self._evict(next(iter(self._entries)))
+        self._metrics.cache_size(self._bytes, len(self._entries))
 
     def _evict(self, key: bytes) -> None:
         self._bytes -= _entry_size(self._entries.pop(key))
+        self._metrics.cache_size(self._bytes, len(self._entries))

@@ -35,6 +35,10 @@ class Settings:
     port: int = 50051
     """gRPC port (`--port`, `RERANK_PORT`); 0 picks a free one and logs it."""
 
+    metrics_port: int | None = None
+    """Port of the Prometheus `GET /metrics` listener on `host` (`--metrics-port`,
+    `RERANK_METRICS_PORT`); 0 picks a free one, None (unset) serves no metrics at all."""
+
     upstream: Upstream = Upstream.EMBEDDED_MOCK
     """Where calls go; derived in `__main__` from the key and the gateway URL."""
 

@@ -40,6 +40,7 @@ from rerank.server.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from rerank.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class RetryBudget:
 class BreakerState(Enum):
     CLOSED = "closed"
     OPEN = "open"
-    HALF_OPEN = "half-open"
+    HALF_OPEN = "half_open"
 
 
 class CircuitBreaker:
@@ -189,8 +190,10 @@ class ResilientReranker(RerankerLayer):
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(inner)
+        self._metrics = metrics or Metrics.disabled()
         self._policy = policy
         self._budget = budget
         self._breaker = breaker
@@ -220,6 +223,7 @@ class ResilientReranker(RerankerLayer):
                 logger.info(
                     "retrying after %s (retry %d in %.3f s)", error.reason, retry + 1, delay
                 )
+                self._metrics.retry(error.reason)
                 await self._sleep(delay)
                 retry += 1
                 continue
@@ -242,5 +246,6 @@ class ResilientReranker(RerankerLayer):
             return None
         if not self._budget.try_spend():
             logger.warning("retry budget exhausted: not retrying %s", error.reason)
+            self._metrics.retry_budget_exhausted()
             return None
         return delay
