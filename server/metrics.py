@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
 import grpc
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -709,7 +709,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = generate_latest(self.exposition)
         self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
