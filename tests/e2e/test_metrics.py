@@ -28,6 +28,7 @@ from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.e2e.processes import RERANK_SERVER, Process, start
 from tests.scrapes import Scrape
+from tests.unit.test_deploy import dashboard_expressions
 
 pytestmark = pytest.mark.e2e
 
@@ -213,6 +214,14 @@ def test_a_real_prometheus_scrapes_every_worker(processes: list[Process], tmp_pa
     for rule in checked:
         assert rule["health"] == "ok", rule
         assert rule["state"] != "firing", rule
+    # Every query of the Grafana dashboard is one Prometheus accepts; most have data by now.
+    answered = 0
+    for expression in dashboard_expressions():
+        concrete = expression.replace("$job", "rerank").replace("$__rate_interval", "1m")
+        data = api("query", query=concrete)
+        assert data is not None, f"Prometheus refused the dashboard's query {concrete}"
+        answered += bool(data["result"])
+    assert answered >= len(dashboard_expressions()) // 2
 
 
 def test_the_exposition_passes_promtool_check_metrics(processes: list[Process]) -> None:
