@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,7 +25,7 @@ from rerank.server.admission import Admission
 from rerank.server.cache import CachingReranker
 from rerank.server.config import Settings, Upstream
 from rerank.server.domain import Limits, Reranker
-from rerank.server.gateway import RERANKING_SPECIFICATION_VERSION, GatewayReranker
+from rerank.server.gateway import GatewayReranker
 from rerank.server.interceptors import (
     HEALTH_METHODS,
     AuthInterceptor,
@@ -59,13 +60,11 @@ def registered_methods() -> Iterator[str]:
             yield f"/{service.full_name}/{method.name}"
 
 
-def build_info() -> dict[str, str]:
-    """The labels of `rerank_build_info`."""
-    # ADAPTER: the gateway protocol becomes a setting with issue 9 (v4 beside v3); until then
-    # the adapter speaks the one its specification version names.
+def build_info(settings: Settings) -> dict[str, str]:
+    """The labels of `rerank_build_info`: this build, and the protocol spoken upstream."""
     return {
         "version": metadata.version("rerank-service"),
-        "gateway_protocol": f"v{RERANKING_SPECIFICATION_VERSION}",
+        "gateway_protocol": settings.protocol.value,
     }
 
 
@@ -143,6 +142,8 @@ def build_gateway(settings: Settings) -> GatewayReranker:
         api_key=settings.api_key,
         auth_method=settings.auth_method,
         max_connections=settings.max_connections,
+        protocol=settings.protocol,
+        team=settings.gateway_team,
     )
 
 
@@ -166,9 +167,16 @@ async def start_server(
             from rerank.mock_gateway import LoopbackMockGateway
 
             embedded_mock = LoopbackMockGateway()
-            url = await embedded_mock.start()
+            # The mock serves every protocol version on one port, each under its own base
+            # path, as the gateway does: speaking the configured one is choosing its path.
+            origin = urlsplit(await embedded_mock.start())
+            protocol = settings.protocol
             settings = dataclasses.replace(
-                settings, upstream=Upstream.GATEWAY, gateway_url=url, api_key="embedded-mock"
+                settings,
+                upstream=Upstream.GATEWAY,
+                gateway_url=protocol.base_url_at(f"{origin.scheme}://{origin.netloc}"),
+                gateway_protocol=protocol,
+                api_key="embedded-mock",
             )
         reranker = build_reranker(settings, build_gateway(settings), metrics)
     message_limit = settings.max_message_bytes

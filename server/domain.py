@@ -17,7 +17,7 @@ from rerank.server.errors import FieldViolation, InvalidRequest, UpstreamProtoco
 #: A JSON object as Python sees it after parsing.
 JsonObject = dict[str, Any]
 DocumentKind = Literal["text", "object"]
-WarningType = Literal["unsupported", "compatibility", "other"]
+WarningType = Literal["unsupported", "compatibility", "other", "deprecated"]
 
 # `provider/model`: a lower-case provider, then a model id that may carry dots, dashes,
 # underscores and colons (e.g. `cohere/rerank-v3.5`, `voyage/rerank-2.5-lite`).
@@ -59,12 +59,17 @@ class Ranked:
 
 @dataclass(frozen=True)
 class Warning:
-    """A remark of the gateway on a call that succeeded."""
+    """A remark of the gateway on a call that succeeded.
+
+    `feature` and `details` belong to "unsupported" and "compatibility", `message` to "other"
+    and "deprecated", `setting` (the deprecated one) to "deprecated".
+    """
 
     type: WarningType
     feature: str = ""
     details: str = ""
     message: str = ""
+    setting: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,9 +146,9 @@ def check_request(query: RerankQuery, limits: Limits) -> None:
         violations.append(
             FieldViolation("query", f"must be at most {limits.max_query_bytes} bytes of UTF-8")
         )
-    if not query.documents:
-        violations.append(FieldViolation("documents", "must hold at least one document"))
-    elif len(query.documents) > limits.max_documents:
+    # No documents is a valid question with an empty answer (the servicer gives it without
+    # asking the gateway), as the AI SDK's rerank() answers it.
+    if len(query.documents) > limits.max_documents:
         violations.append(
             FieldViolation(
                 "documents",

@@ -66,7 +66,7 @@ SIZE_BUCKETS = (
 )  # fmt: skip
 # The gateway's answers take milliseconds to a minute: fewer, wider buckets than A66's.
 UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-DOCUMENT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+DOCUMENT_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 WINDOW_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 16, 32, 64)
 
 #: Models the gateway has answered for, at most: beyond it a new model counts as `other`, so a

@@ -42,7 +42,10 @@ _WARNING_TYPE_TO_PROTO = {
     "unsupported": pb.Warning.TYPE_UNSUPPORTED,
     "compatibility": pb.Warning.TYPE_COMPATIBILITY,
     "other": pb.Warning.TYPE_OTHER,
+    "deprecated": pb.Warning.TYPE_DEPRECATED,
 }
+# The answer to a request without documents: nothing ranked, nothing asked, nothing billed.
+_NOTHING_TO_RANK = RerankOutcome(ranking=())
 
 
 class RerankServicer(pb_grpc.RerankServiceServicer):
@@ -73,7 +76,10 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             query = query_from_proto(request, self._default_model, self._limits)
             check_request(query, self._limits)
             self._metrics.documents(len(query.documents))
-            outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
+            if query.documents:
+                outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
+            else:
+                outcome = _NOTHING_TO_RANK
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
             response = response_to_proto(request, query.model, ranking, outcome)
         logger.debug(
@@ -198,6 +204,7 @@ def warning_to_proto(warning: Warning) -> pb.Warning:
         feature=warning.feature,
         details=warning.details,
         message=warning.message,
+        setting=warning.setting,
     )
 
 

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import pytest
-
-from tests.wire import captured_requests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,9 +13,3 @@ SEED_DOCUMENTS = (
     "Madrid is the capital of Spain.",
 )
 SEED_MODEL = "cohere/rerank-v3.5"
-
-
-@pytest.fixture(scope="session")
-def wire_requests() -> list[dict[str, Any]]:
-    """The requests the AI SDK 6 (gateway protocol v3) sends, captured on the wire (tests/wire)."""
-    return captured_requests("v3")

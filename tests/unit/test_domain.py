@@ -32,13 +32,17 @@ def test_a_good_request_passes() -> None:
     check_request(query(model="voyage/rerank-2.5-lite", documents=("a", "b", "c")), LIMITS)
 
 
+def test_no_documents_is_a_valid_request_but_its_other_fields_are_still_checked() -> None:
+    check_request(query(documents=()), LIMITS)
+    assert violated_fields(query(documents=(), query="", top_n=0)) == ["query", "top_n"]
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
         ({"query": ""}, "query"),
         ({"query": " \t\n"}, "query"),
         ({"query": "é" * 6}, "query"),  # 12 bytes of UTF-8 > 10
-        ({"documents": ()}, "documents"),
         ({"documents": ("a", "b", "c", "d")}, "documents"),
         ({"top_n": 0}, "top_n"),
         ({"top_n": -3}, "top_n"),
@@ -55,7 +59,7 @@ def test_each_rule_names_its_field(changes: dict[str, object], field: str) -> No
 
 
 def test_all_violations_are_reported_at_once() -> None:
-    assert violated_fields(query(query="", documents=(), top_n=0)) == [
+    assert violated_fields(query(query="", documents=("a",) * 4, top_n=0)) == [
         "query",
         "documents",
         "top_n",
