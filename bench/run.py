@@ -417,7 +417,7 @@ def _recording_cost(calls: int = 20_000) -> float:
         method = metrics.grpc_method("rerank.v1.RerankService/Rerank")
         metrics.models_offered([_workload.MODEL])
         cost = Decimal("0.002")
-        began = time.perf_counter()
+        began = time.thread_time()  # CPU time: other processes on the box do not count
         for _ in range(calls):
             method.started.inc()
             metrics.admitted(1)
@@ -428,7 +428,7 @@ def _recording_cost(calls: int = 20_000) -> float:
             metrics.cache_size(1_000_000, 1000)
             metrics.admitted(-1)
             method.ended(grpc.StatusCode.OK, 0.003, 4000, 2000)
-        return (time.perf_counter() - began) / calls * 1e6
+        return (time.thread_time() - began) / calls * 1e6
     finally:
         metrics.close()
         directory.close()
