@@ -129,7 +129,11 @@ def build_reranker(
         metrics,
     )
     return CachingReranker(
-        windowed, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes, metrics=metrics
+        windowed,
+        ttl=settings.cache_ttl,
+        max_bytes=settings.cache_max_bytes,
+        upstream_timeout=settings.upstream_timeout,
+        metrics=metrics,
     )
 
 

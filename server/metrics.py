@@ -546,27 +546,12 @@ def nano_dollars(cost: Decimal) -> int:
     return int((cost * _NANOS_PER_DOLLAR).to_integral_value())
 
 
-def attempt_cost(outcome: RerankOutcome) -> Decimal | None:
-    """What the gateway charged for one call, from its answer.
-
-    ADAPTER: until the per-call usage record (issue 10: `outcome.usage.cost`) is on
-    `RerankOutcome`, read the gateway's `providerMetadata.gateway.cost` here, the one place.
-    """
-    gateway = (outcome.provider_metadata or {}).get("gateway")
-    raw = gateway.get("cost") if isinstance(gateway, dict) else None
-    if not isinstance(raw, str):
-        return None
-    try:
-        cost = Decimal(raw)
-    except ArithmeticError:
-        return None
-    return cost if cost.is_finite() and cost > 0 else None
-
-
 class MeteredUpstream(RerankerLayer):
     """Right around the gateway adapter: counts and times every call that reaches it (so each
-    retry and each window is one), adds up what it cost, and learns which models it answers for.
-    Calls the circuit breaker refused never get here."""
+    retry and each window is one), adds up what each cost (its usage record's cost: summed,
+    that is the per-call usage of every call that went upstream; a cache hit never gets here),
+    and learns which models the gateway answers for. Calls the circuit breaker refused never
+    get here."""
 
     def __init__(self, inner: Reranker, metrics: Metrics) -> None:
         super().__init__(inner)
@@ -581,8 +566,9 @@ class MeteredUpstream(RerankerLayer):
             self._failed("rerank", query.model, error, started)
             raise
         self._metrics.models_offered((query.model,))
+        # The usage record of this one gateway call: its cost, when the gateway reported one.
         self._metrics.upstream_attempt(
-            "rerank", query.model, "OK", self._clock() - started, attempt_cost(outcome)
+            "rerank", query.model, "OK", self._clock() - started, outcome.usage.cost
         )
         return outcome
 

@@ -15,14 +15,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from rerank.server.domain import RerankOutcome
 from rerank.server.metrics import (
     MAX_MODEL_LABELS,
     Exposition,
     Metrics,
     MetricsDirectory,
     MetricsEndpoint,
-    attempt_cost,
     nano_dollars,
 )
 from tests.scrapes import Scrape
@@ -99,10 +97,6 @@ def test_the_cost_of_every_process_adds_up_exactly(
 def test_cost_is_counted_in_whole_nano_dollars() -> None:
     assert nano_dollars(Decimal("0.002")) == 2_000_000
     assert nano_dollars(Decimal("1.0000000015")) == 1_000_000_002  # half-even below a nano
-    outcome = RerankOutcome(ranking=(), provider_metadata={"gateway": {"cost": "0.0025"}})
-    assert attempt_cost(outcome) == Decimal("0.0025")
-    for metadata in (None, {"gateway": {}}, {"gateway": {"cost": "NaN"}}, {"gateway": "x"}):
-        assert attempt_cost(RerankOutcome(ranking=(), provider_metadata=metadata)) is None
 
 
 def test_counters_and_histograms_of_processes_are_summed(
