@@ -9,6 +9,7 @@ stops the server by its PID. Every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -65,18 +66,18 @@ def _calls(target: str) -> None:
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.RerankServiceStub(channel)
         for call in (request, request, retried, unknown_model, pb.RerankRequest(query="")):
-            try:
+            with contextlib.suppress(grpc.RpcError):  # the failures are what is counted
                 stub.Rerank(call, timeout=10)
-            except grpc.RpcError:
-                pass  # the failures are what is counted
         stub.ListModels(pb.ListModelsRequest(), timeout=10)
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
 
 
 def main() -> int:
     server = subprocess.Popen(
-        [sys.executable, "-m", "rerank.server", "--port", "0", "--metrics-port", "0"]
-        + ["--workers", "2", "--mock", "--log-level", "WARNING"],
+        [
+            *(sys.executable, "-m", "rerank.server", "--port", "0", "--metrics-port", "0"),
+            *("--workers", "2", "--mock", "--log-level", "WARNING"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "RERANK_GRACE_PERIOD": "1"},
