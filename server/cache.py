@@ -149,6 +149,11 @@ class CachingReranker(RerankerLayer):
             if flight.waiters == 0 and not flight.task.done():
                 flight.task.cancel()
 
+    def clear(self) -> None:
+        """Forget every stored answer (calls in flight still finish and share theirs)."""
+        self._entries.clear()
+        self._bytes = 0
+
     def _lookup(self, key: bytes) -> RerankOutcome | None:
         entry = self._entries.get(key)
         if entry is None:

@@ -86,6 +86,10 @@ class RetryBudget:
         self._tokens -= 1
         return True
 
+    def reset(self) -> None:
+        """Full again, as at start."""
+        self._tokens = self._capacity
+
 
 class BreakerState(Enum):
     CLOSED = "closed"
@@ -164,6 +168,12 @@ class CircuitBreaker:
         """An attempt ended without an answer worth judging (cancelled): free its probe slot."""
         if probe:
             self._probe_in_flight = False
+
+    def reset(self) -> None:
+        """Closed, with no attempt remembered, as at start."""
+        self._recent.clear()
+        self._probe_in_flight = False
+        self._set(BreakerState.CLOSED)
 
     def _open(self) -> None:
         self._opened_at = self._clock()
@@ -261,11 +271,21 @@ class ResilientReranker(RerankerLayer):
         # shield: the caller's cancellation stops its wait, not the probe.
         return await asyncio.shield(task)
 
+    async def reset(self) -> None:
+        """Forget every past attempt: no probe left running, the circuit closed, the retry
+        budget full (the testing kit, between tests)."""
+        await self._cancel_probes()
+        self._breaker.reset()
+        self._budget.reset()
+
     async def aclose(self) -> None:
+        await self._cancel_probes()
+        await super().aclose()
+
+    async def _cancel_probes(self) -> None:
         for task in list(self._probes):
             task.cancel()
         await asyncio.gather(*self._probes, return_exceptions=True)
-        await super().aclose()
 
     def _retry_delay(self, error: UpstreamError, retry: int, deadline: float) -> float | None:
         """Seconds to wait before retrying `error`, or None when it must not be retried."""

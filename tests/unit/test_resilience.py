@@ -270,7 +270,7 @@ def breaker_telling_when_closed(
 
 
 async def half_open_with_a_probe_whose_caller_left(
-    time: FakeTime, breaker: CircuitBreaker
+    time: FakeTime, breaker: CircuitBreaker, budget: RetryBudget | None = None
 ) -> tuple[ResilientReranker, GatedGateway]:
     """A wrapper whose probe is in flight at a gateway that has not answered yet, its caller
     cancelled."""
@@ -280,7 +280,7 @@ async def half_open_with_a_probe_whose_caller_left(
     wrapper = ResilientReranker(
         gateway,
         policy=RetryPolicy(),
-        budget=RetryBudget(),
+        budget=budget or RetryBudget(),
         breaker=breaker,
         clock=time.clock,
         sleep=time.sleep,
@@ -311,6 +311,20 @@ async def test_closing_cancels_a_probe_whose_caller_left() -> None:
     await wrapper.aclose()
     assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert breaker.before_call()  # its slot is free again, for what it is worth
+
+
+async def test_reset_forgets_the_circuit_and_the_budget() -> None:
+    """What the testing kit does between tests: as if no call had ever been made."""
+    time = FakeTime()
+    breaker, _ = breaker_telling_when_closed(time, cooldown=1)
+    budget = RetryBudget(ratio=0.0, capacity=1)
+    assert budget.try_spend()
+    wrapper, _ = await half_open_with_a_probe_whose_caller_left(time, breaker, budget)
+    await wrapper.reset()
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert breaker.state is BreakerState.CLOSED
+    assert not breaker.before_call()
+    assert budget.try_spend()
 
 
 # --- the breaker under windows: one request, several attempts at once -----------------------
