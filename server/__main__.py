@@ -51,6 +51,13 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         help=f"gateway base URL (default with a key: {DEFAULT_GATEWAY_URL})",
     )
     parser.add_argument(
+        "--gateway-protocol",
+        dest="gateway_protocol",
+        metavar="v3|v4",
+        help="protocol version spoken to the gateway (default: v3 for a base URL ending in "
+        "/v3/ai, else v4)",
+    )
+    parser.add_argument(
         "--mock",
         action="store_true",
         help="serve from the bundled mock gateway even when a key is set",
@@ -84,7 +91,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
             info: About = each.metadata["about"]
             text = getattr(args, each.name, None) if info.flag else None
             if text is None and info.env:
-                text = environ.get(info.env) or None  # an empty variable is an unset one
+                text = environ.get(info.env, "").strip() or None  # blank is unset
             if text is not None:
                 values[each.name] = parse(each.name, text)
         values.setdefault("workers", len(os.sched_getaffinity(0)))
@@ -138,7 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "deterministic mock gateway (scores are lexical, not a real model)"
             )
         else:
-            logger.info("forwarding to the gateway at %s", settings.gateway_url)
+            logger.info(
+                "forwarding to the gateway at %s (protocol %s)",
+                settings.gateway_url,
+                settings.protocol.value,
+            )
         logger.info(
             "caller authentication %s; TLS %s",
             "on" if settings.auth_tokens else "off",

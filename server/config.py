@@ -22,7 +22,7 @@ from rerank.contract import MAX_MESSAGE_BYTES
 from rerank.server.domain import is_model_slug
 from rerank.server.windows import DEFAULT_WINDOW_SIZES
 
-DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v3/ai"
+DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v4/ai"
 DEFAULT_MODEL = "cohere/rerank-v3.5"
 
 #: Python's logging levels, by name.
@@ -32,6 +32,29 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
 
 T = TypeVar("T")
+
+
+class GatewayProtocol(Enum):
+    """The version of the gateway's reranking protocol spoken upstream.
+
+    `v3` is what `@ai-sdk/gateway` 3.x (`ai` 6) speaks, `v4` what 4.x (`ai` 7) speaks. What
+    differs between them is one table, `rerank.server.gateway.PROTOCOL_FACTS`.
+    """
+
+    V3 = "v3"
+    V4 = "v4"
+
+    @classmethod
+    def of_base_url(cls, base_url: str) -> GatewayProtocol:
+        """The version a base URL names: v3 when its path ends in `/v3/ai`, else v4 (the
+        current one; a proxy with another path says otherwise with `--gateway-protocol`)."""
+        path = urlsplit(base_url).path.rstrip("/")
+        return cls.V3 if path.endswith("/v3/ai") else cls.V4
+
+    def base_url_at(self, origin: str) -> str:
+        """This version's base URL on a gateway at `origin` (`scheme://host:port`), as the
+        SDK builds it: `{origin}/v4/ai`."""
+        return f"{origin.rstrip('/')}/{self.value}/ai"
 
 
 class Upstream(Enum):
@@ -93,12 +116,14 @@ class OneOf:
     """One of a few names (an enum's values, or words matched regardless of case)."""
 
     choices: tuple[object, ...]
+    optional: bool = False
+    """None too (unset)."""
 
     def _names(self) -> list[str]:
         return [str(getattr(choice, "value", choice)) for choice in self.choices]
 
     def allows(self, value: object) -> bool:
-        return value in self.choices
+        return value in self.choices or (self.optional and value is None)
 
     def parse(self, text: str) -> object:
         for choice, name in zip(self.choices, self._names(), strict=True):
@@ -107,7 +132,7 @@ class OneOf:
         raise ValueError(text)
 
     def __str__(self) -> str:
-        return "one of " + ", ".join(self._names())
+        return "one of " + ", ".join(self._names()) + (", or unset" if self.optional else "")
 
 
 @dataclass(frozen=True)
@@ -314,6 +339,27 @@ class Settings:
     )
     """Base URL of the gateway, no trailing slash."""
 
+    gateway_protocol: GatewayProtocol | None = setting(
+        None,
+        About(
+            OneOf(tuple(GatewayProtocol), optional=True),
+            flag="--gateway-protocol",
+            env="RERANK_GATEWAY_PROTOCOL",
+        ),
+    )
+    """Protocol version to speak to the gateway (and to the embedded mock), when set; None
+    speaks what `gateway_url` names. Read `protocol`, not this."""
+
+    gateway_team: str | None = setting(
+        None,
+        About(
+            Text("a team id or slug: visible ASCII without spaces", _visible_ascii, optional=True),
+            env="RERANK_GATEWAY_TEAM",
+        ),
+    )
+    """Team id or slug sent as `x-vercel-ai-gateway-team` on every gateway request, like the
+    SDK's `createGateway({teamIdOrSlug})`; None sends no such header."""
+
     api_key: str | None = setting(
         None,
         About(
@@ -508,3 +554,9 @@ class Settings:
                 "--gateway-url needs a credential: set AI_GATEWAY_API_KEY (any non-empty "
                 "value for a mock gateway process)"
             )
+
+    @property
+    def protocol(self) -> GatewayProtocol:
+        """The protocol version spoken upstream: `gateway_protocol` when set, else the one
+        `gateway_url` names (v3 for a path ending in `/v3/ai`, else v4)."""
+        return self.gateway_protocol or GatewayProtocol.of_base_url(self.gateway_url)
