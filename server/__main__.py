@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from rerank.server.app import StartupError, serve
 from rerank.server.config import DEFAULT_GATEWAY_URL, About, SettingError, Settings, Upstream, parse
+from rerank.server.credentials import TokenFileError, read_token
 from rerank.server.workers import run_workers
 
 logger = logging.getLogger("rerank.server")
@@ -98,7 +99,8 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         if "gateway_url" in values:
             values["gateway_url"] = values["gateway_url"].rstrip("/")
         values |= secrets_from(environ, parser)
-        if args.mock or ("api_key" not in values and "gateway_url" not in values):
+        has_credential = "api_key" in values or "oidc_token_file" in values
+        if args.mock or (not has_credential and "gateway_url" not in values):
             values["upstream"] = Upstream.EMBEDDED_MOCK
         else:
             values["upstream"] = Upstream.GATEWAY
@@ -108,11 +110,19 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
 
 
 def secrets_from(environ: Mapping[str, str], parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """The gateway key (and how it was found) and the callers' tokens: the settings read from
-    several variables, or a file."""
+    """The gateway credential (a key, or a token file, and how it was found) and the callers'
+    tokens: the settings read from several variables, or a file."""
     found: dict[str, Any] = {}
+    # The gateway credential, as the AI SDK picks it: a key first, else an OIDC token. A token
+    # file is re-read while the server runs; VERCEL_OIDC_TOKEN is only what it was at start.
     if api_key := environ.get("AI_GATEWAY_API_KEY"):
         found["api_key"] = api_key
+    elif token_file := environ.get("RERANK_OIDC_TOKEN_FILE", "").strip():
+        try:
+            read_token(token_file)  # a file without a token stops the start, not the first call
+        except TokenFileError as exc:
+            parser.error(f"RERANK_OIDC_TOKEN_FILE: {exc}")
+        found["oidc_token_file"], found["auth_method"] = token_file, "oidc"
     elif oidc := environ.get("VERCEL_OIDC_TOKEN"):
         found["api_key"], found["auth_method"] = oidc, "oidc"
     tokens = {t.strip() for t in environ.get("RERANK_AUTH_TOKENS", "").split(",")}

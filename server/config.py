@@ -375,6 +375,15 @@ class Settings:
     )
     """`api-key` or `oidc`: sent as `ai-gateway-auth-method`, after where `api_key` came from."""
 
+    oidc_token_file: str | None = setting(
+        None,
+        About(Text("a file path", _path, optional=True), label="RERANK_OIDC_TOKEN_FILE"),
+    )
+    """A file holding a short-lived OIDC token, read again when it changes and before the token
+    expires (`RERANK_OIDC_TOKEN_FILE`); used instead of `api_key` when set. `__main__` reads it
+    with the other credentials (a key wins over it; it wins over `VERCEL_OIDC_TOKEN`) and
+    refuses a file without a token. The token is never logged; the path may be."""
+
     default_model: str = setting(
         DEFAULT_MODEL,
         About(
@@ -549,10 +558,11 @@ class Settings:
             raise SettingError("--tls-cert and --tls-key go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise SettingError("--tls-client-ca needs --tls-cert and --tls-key")
-        if self.upstream is Upstream.GATEWAY and self.api_key is None:
+        credential = self.api_key or self.oidc_token_file
+        if self.upstream is Upstream.GATEWAY and credential is None:
             raise SettingError(
                 "--gateway-url needs a credential: set AI_GATEWAY_API_KEY (any non-empty "
-                "value for a mock gateway process)"
+                "value for a mock gateway process) or RERANK_OIDC_TOKEN_FILE"
             )
 
     @property
