@@ -201,6 +201,7 @@ class CachingReranker(RerankerLayer):
         """Forget every stored answer (calls in flight still finish and share theirs)."""
         self._entries.clear()
         self._bytes = 0
+        self._metrics.cache_size(0, 0)
 
     def _lookup(self, key: bytes) -> RerankOutcome | None:
         entry = self._entries.get(key)
