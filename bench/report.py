@@ -85,6 +85,17 @@ def _goal_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 )
             )
             break
+    for mode, goal, what in (("lean", "≤ 3×", "none returned"), ("echoed", "≤ 4×", "all echoed")):
+        key = f"memory_per_request_byte_{mode}"
+        if key in ratios:
+            rows.append(
+                (
+                    f"server RSS growth per in-flight 1,000-document call ÷ its request's bytes, "
+                    f"documents {what} ({ratios[f'{key}_calls']} calls in flight)",
+                    f"{ratios[key]:.2f}×",
+                    goal,
+                )
+            )
     return rows
 
 
@@ -116,6 +127,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines += _workers_table(results.get("workers", []))
     lines += _observability_table(results.get("observability"))
+    lines += _memory_table(results.get("memory", []))
     direct = {
         (c["documents"], c["concurrency"]): c for c in results["cells"] if c["path"] == "direct"
     }
@@ -240,6 +252,32 @@ def plot(results: dict[str, Any], target: Path) -> None:
     figure.tight_layout()
     figure.savefig(target, dpi=110)
     plt.close(figure)
+
+
+def _memory_table(rows: list[dict[str, Any]]) -> list[str]:
+    """RSS growth per in-flight call of 1,000 documents, both ways (bench/memory.py)."""
+    if not rows:
+        return []
+    lines = [
+        "## Memory per in-flight call (1,000 documents, cache off, calls held by the mock)",
+        "",
+        f"Request: {rows[0]['request_bytes'] / 1024:.0f} KiB serialized "
+        f"({rows[0]['text_bytes'] / 1024:.0f} KiB of text). Held: the highest RSS while every "
+        "call is in flight, over the RSS before, per call. Peak: VmHWM once every answer is "
+        "sent (building and sending the answers too), over the same baseline, per call.",
+        "",
+        "| documents returned | calls in flight | held KiB per call | × request | "
+        "peak KiB per call | × request | samples |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {'no (return_documents false)' if row['mode'] == 'lean' else 'all 1,000'} "
+            f"| {row['calls']} | {row['held_bytes_per_call'] / 1024:.0f} "
+            f"| {row['held_per_request_byte']:.2f}× | {row['peak_bytes_per_call'] / 1024:.0f} "
+            f"| {row['peak_per_request_byte']:.2f}× | {row['samples']} |"
+        )
+    return [*lines, ""]
 
 
 def _observability_table(observability: dict[str, Any] | None) -> list[str]:

@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import _workload, report
+from bench import _workload, memory, report
 from bench._procfs import cpu_seconds, memory_kib
 from bench._services import Service
 from bench.loadgen import CellConfig
@@ -58,14 +58,18 @@ class Plan:
     max_calls_1000: int
     #: Alternating pairs of the observability comparison (off, on; then on, off; ...).
     observability_pairs: int = 7
+    #: Calls of 1,000 documents held in flight at once for the memory figures (bench/memory.py).
+    memory_calls: tuple[int, ...] = (64, 128)
 
 
 FULL = Plan("latest", (1, 8, 64, 256), (1, 20, 100, 1000), (1, 8, 64, 256), 1.0, 4.0, 300)
 #: `--workers` compared: (documents, concurrency) cells run against one worker and against one
 #: per core, back to back. The machine's cores also run the mock and the load generator.
 WORKER_CELLS = ((20, 64), (100, 64))
-QUICK = Plan("quick", (1, 64), (20, 1000), (1, 64), 0.5, 1.5, 150, observability_pairs=3)
-SMOKE = Plan("smoke", (8,), (20,), (8,), 0.3, 1.0, 50, observability_pairs=1)
+QUICK = Plan(
+    "quick", (1, 64), (20, 1000), (1, 64), 0.5, 1.5, 150, observability_pairs=3, memory_calls=(64,)
+)
+SMOKE = Plan("smoke", (8,), (20,), (8,), 0.3, 1.0, 50, observability_pairs=1, memory_calls=(8,))
 #: The observability comparison: the proxied 20-document cell at this concurrency, on a server
 #: with everything off (the default) and one with it on, as below.
 OBSERVABILITY_CELL = (20, 8)
@@ -271,6 +275,8 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
             await probe.close()
         workers = await _compare_workers(plan, out, stack, mock_url, server.address)
         observability = await _compare_observability(plan, out, stack, mock_url, server)
+    # Its own processes: a mock that holds every call, a fresh server per measurement.
+    memory_rows = await memory.measure(plan.memory_calls, out, plan.name)
     machine["load_average_at_end"] = list(os.getloadavg())
     results: dict[str, Any] = {
         "plan": asdict(plan),
@@ -282,6 +288,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         "cells": cells,
         "workers": workers,
         "observability": observability,
+        "memory": memory_rows,
     }
     results["ratios"] = _ratios(results)
     return results
@@ -482,7 +489,7 @@ def _find(results: dict[str, Any], path: str, documents: int, concurrency: int) 
 
 
 def _ratios(results: dict[str, Any]) -> dict[str, Any]:
-    """The three goals, each from figures of this one run."""
+    """The goals, each from figures of this one run."""
     ratios: dict[str, Any] = {}
     for concurrency in (1, 64, 8):
         proxied = _find(results, "proxied", 20, concurrency)
@@ -502,6 +509,12 @@ def _ratios(results: dict[str, Any]) -> dict[str, Any]:
         proxied = _find(results, "proxied", 20, concurrency)
         if proxied:
             ratios[f"loop_lag_ms_c{concurrency}_20docs"] = proxied["loop_lag_ms"]
+    # Memory: the most calls held, where one call's share is measured best.
+    for row in results.get("memory", []):
+        key = f"memory_per_request_byte_{row['mode']}"
+        if row["calls"] >= ratios.get(f"{key}_calls", 0):
+            ratios[key] = row["held_per_request_byte"]
+            ratios[f"{key}_calls"] = row["calls"]
     return ratios
 
 
