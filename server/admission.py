@@ -1,22 +1,35 @@
 """Admission control: refuse work at once when the server is full, instead of queueing it.
 
-Two limits, both checked on arrival: calls in flight, and bytes of requests in flight. A call
-over either gets `Overloaded` (RESOURCE_EXHAUSTED with a RetryInfo) immediately, so memory
-stays bounded by `max_bytes` (plus one gRPC message per call gRPC itself is still reading, capped
+Two limits, both checked on arrival: calls in flight, and the memory they hold. A call over
+either gets `Overloaded` (RESOURCE_EXHAUSTED with a RetryInfo) immediately, so memory stays
+bounded by `max_bytes` (plus one gRPC message per call gRPC itself is still reading, capped
 by the transport's concurrency limit) however large the flood.
+
+What a call holds is counted as its request's bytes times `HELD_PER_REQUEST_BYTE`, the factor
+`make bench` measures (bench/memory.py), not as the request's bytes alone: those were a third
+of it, so a limit of 256 MiB had let calls hold about 1.5 GB.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Final
 
 from rerank.server.errors import Overloaded
 from rerank.server.metrics import Metrics
 
+HELD_PER_REQUEST_BYTE: Final = 3
+"""Bytes of memory an in-flight Rerank call holds per byte of its request: gRPC's copy of the
+message it received (which it keeps until the call ends), the documents as Python values, and
+what the allocator has not returned of the call's transient copies. Measured by `make bench`
+at 2.4-2.5 for calls of 1,000 documents, with or without the documents echoed (3.0-3.5 where
+the C library is not glibc, whose large blocks `app.return_large_blocks_when_freed` returns);
+rounded up for what the measurement leaves out, such as the answer being sent."""
+
 
 class Admission:
-    """Counts calls and request bytes in flight; single-threaded (one event loop)."""
+    """Counts calls, and the bytes they hold, in flight; single-threaded (one event loop)."""
 
     def __init__(self, max_calls: int, max_bytes: int, metrics: Metrics | None = None) -> None:
         self._max_calls = max_calls
@@ -26,18 +39,25 @@ class Admission:
         self.bytes = 0
 
     @contextmanager
-    def admit(self, size: int) -> Iterator[None]:
-        """Hold a place for a call of `size` bytes, or raise `Overloaded`."""
+    def admit(self, request_bytes: int) -> Iterator[None]:
+        """Hold a place for a call whose request has `request_bytes` bytes, or raise
+        `Overloaded`.
+
+        The call counts as `request_bytes * HELD_PER_REQUEST_BYTE`. One heavier than the whole
+        limit still runs when no other call holds any (alone, or it could never run): memory
+        is then bounded by that one call.
+        """
+        size = request_bytes * HELD_PER_REQUEST_BYTE
         if self.calls >= self._max_calls:
             self._metrics.refused("concurrent_calls")
             raise Overloaded(
                 f"the server is at its limit of {self._max_calls} concurrent calls; retry later"
             )
-        if self.bytes + size > self._max_bytes:
+        if self.bytes and self.bytes + size > self._max_bytes:
             self._metrics.refused("inflight_bytes")
             raise Overloaded(
-                f"the server is at its limit of {self._max_bytes} bytes of requests in flight; "
-                "retry later"
+                f"the server is at its limit of {self._max_bytes} bytes held by calls in flight "
+                f"(a call holds about {HELD_PER_REQUEST_BYTE}x its request's bytes); retry later"
             )
         self.calls += 1
         self.bytes += size

@@ -476,8 +476,9 @@ class Settings:
     max_inflight_bytes: int = setting(
         256 * 1024 * 1024, About(Between(1, integer=True), env="RERANK_MAX_INFLIGHT_BYTES")
     )
-    """Bytes of requests in flight at most; more are refused at once with RESOURCE_EXHAUSTED.
-    Keeps memory bounded under a flood of large requests."""
+    """Bytes of memory calls in flight may hold, each counted as its request's bytes times
+    `admission.HELD_PER_REQUEST_BYTE` (3, measured); more are refused at once with
+    RESOURCE_EXHAUSTED. Keeps memory bounded under a flood of large requests."""
 
     max_retries: int = setting(2, About(Between(0, 10, integer=True), env="RERANK_MAX_RETRIES"))
     """Retries of a retryable gateway failure (429, 5xx, 408, 409, connection errors); the AI

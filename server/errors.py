@@ -67,10 +67,17 @@ class InvalidRequest(RerankError):
 
 class MalformedRequest(RerankError):
     """The bytes received do not decode as the method's request message: not protobuf, cut
-    short, or a string field that is not UTF-8. gRPC hands them to no handler, so no field
-    can be named; the message says what protobuf found wrong."""
+    short, or a string field that is not UTF-8. Nothing was decoded, so no field can be named;
+    the message says what protobuf found wrong."""
 
     reason = wire_reason(ErrorReason.ERROR_REASON_MALFORMED_REQUEST)
+
+    @classmethod
+    def of(cls, decode_error: Exception) -> MalformedRequest:
+        """The error for protobuf's `DecodeError`, whose text names the message type and what
+        was wrong, e.g. "Error parsing message with type 'rerank.v1.RerankRequest': String
+        field had bad UTF-8"."""
+        return cls(f"the request could not be decoded: {decode_error}")
 
 
 class Overloaded(RerankError):

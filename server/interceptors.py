@@ -334,9 +334,7 @@ def _decoding(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
         try:
             return decode(data)
         except DecodeError as exc:
-            # protobuf's text names the message type and what was wrong, e.g. "Error parsing
-            # message with type 'rerank.v1.RerankRequest': String field had bad UTF-8".
-            return _Undecodable(MalformedRequest(f"the request could not be decoded: {exc}"))
+            return _Undecodable(MalformedRequest.of(exc))
 
     return decode_or_explain
 

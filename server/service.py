@@ -3,6 +3,13 @@
 Proto messages stop here: below this module there are only `rerank.server.domain` values.
 Errors are raised as `rerank.server.errors` and turned into statuses by the interceptor in
 `rerank.server.interceptors`.
+
+A Rerank request can be 64 MiB, so how long its copies live is what a call in flight costs.
+gRPC keeps the bytes it received until the call ends, whatever happens to them; the servicer
+takes those bytes (`add_to_server` registers Rerank without a deserializer), decodes them into
+the domain values and lets the decoded message go at once, and decodes them again at the end
+only to echo documents. In flight, a call holds gRPC's bytes and the documents as Python
+values, not a decoded message besides (bench/memory.py measures it).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 
 from rerank.contract import RESPONSE_EXTRAS_BYTES, NotJsonError, from_struct
 from rerank.server.admission import Admission
@@ -37,10 +45,14 @@ from rerank.server.domain import (
     cost_text,
     final_ranking,
 )
-from rerank.server.errors import FieldViolation, InvalidRequest, UpstreamProtocolError
+from rerank.server.errors import (
+    FieldViolation,
+    InvalidRequest,
+    MalformedRequest,
+    UpstreamProtocolError,
+)
 from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
-from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +66,12 @@ _WARNING_TYPE_TO_PROTO = {
 _NOTHING_TO_RANK = RerankOutcome(ranking=(), usage=FREE)
 
 
-class RerankServicer(pb_grpc.RerankServiceServicer):
-    """Validates each call, hands it to a `Reranker`, and answers in proto."""
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
+
+
+class RerankServicer:
+    """Validates each call, hands it to a `Reranker`, and answers in proto. Registered by
+    `add_to_server`, which hands Rerank its request as the bytes received."""
 
     def __init__(
         self,
@@ -75,11 +91,12 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         self._upstream_timeout = upstream_timeout
 
     async def Rerank(
-        self, request: pb.RerankRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RerankResponse:
+        """`request` is the serialized RerankRequest, as gRPC received (and keeps) it."""
         started = time.perf_counter()
-        with self._admission.admit(request.ByteSize()):
-            query = query_from_proto(request, self._default_model, self._limits)
+        with self._admission.admit(len(request)):
+            query, echo = query_from_bytes(request, self._default_model, self._limits)
             check_request(query, self._limits)
             self._metrics.documents(len(query.documents))
             if query.documents:
@@ -87,7 +104,9 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             else:
                 outcome = _NOTHING_TO_RANK
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
-            response = response_to_proto(request, query.model, ranking, outcome)
+            # Decoded again, only now and only to echo: the caller gets back what it sent.
+            documents = decode_request(request).documents if echo and ranking else None
+            response = response_to_proto(query.model, ranking, outcome, documents)
         logger.debug(
             "rerank ok id=%s model=%s documents=%d top_n=%s ms=%.1f",
             response.id,
@@ -115,6 +134,48 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         if remaining is None:
             return self._upstream_timeout
         return min(self._upstream_timeout, remaining)
+
+
+def add_to_server(servicer: RerankServicer, server: grpc.aio.Server) -> None:
+    """Register `servicer` as the generated `add_RerankServiceServicer_to_server` would, but
+    with Rerank's request left as the bytes received: the servicer decodes it where it can let
+    the decoded message go (a test checks that every method of the service is here)."""
+    handlers = {
+        "Rerank": grpc.unary_unary_rpc_method_handler(
+            servicer.Rerank, response_serializer=pb.RerankResponse.SerializeToString
+        ),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            servicer.ListModels,
+            request_deserializer=pb.ListModelsRequest.FromString,
+            response_serializer=pb.ListModelsResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    # As the generated code does (grpcio 1.62+); grpc-stubs predates the method.
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
+
+
+def decode_request(data: bytes) -> pb.RerankRequest:
+    """The RerankRequest in `data`, or `MalformedRequest` saying what protobuf found wrong."""
+    try:
+        return pb.RerankRequest.FromString(data)
+    except DecodeError as exc:
+        raise MalformedRequest.of(exc) from None
+
+
+def query_from_bytes(data: bytes, default_model: str, limits: Limits) -> tuple[RerankQuery, bool]:
+    """The query a serialized RerankRequest asks, and whether its answer echoes the documents.
+
+    The decoded message lives only in here: once its documents are domain values, nothing
+    refers to it and its memory is freed, while the call goes on for seconds.
+    """
+    request = decode_request(data)
+    return query_from_proto(request, default_model, limits), echoes_documents(request)
+
+
+def echoes_documents(request: pb.RerankRequest) -> bool:
+    """Whether the answer carries each ranked document: unless `return_documents` is false."""
+    return not request.HasField("return_documents") or request.return_documents
 
 
 def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limits) -> RerankQuery:
@@ -182,14 +243,14 @@ def _json_object(
 
 
 def response_to_proto(
-    request: pb.RerankRequest,
     model: str,
     ranking: Sequence[Ranked],
     outcome: RerankOutcome,
+    documents: Sequence[pb.Document] | None,
 ) -> pb.RerankResponse:
-    """Build the RerankResponse. Each ranked document is the request's own message, so
-    callers get back exactly what they sent, unless they asked for none (`return_documents`
-    false).
+    """Build the RerankResponse. Each ranked document is the request's own message from
+    `documents`, so callers get back exactly what they sent; None leaves them out (the request
+    said `return_documents` false).
 
     Raises:
         UpstreamProtocolError: when the gateway's warnings and metadata (with the rest of the
@@ -212,12 +273,11 @@ def response_to_proto(
             f"the gateway's warnings and metadata take {extras} bytes; an answer carries at "
             f"most {RESPONSE_EXTRAS_BYTES} besides its ranking"
         )
-    echo = not request.HasField("return_documents") or request.return_documents
     response.ranking.extend(
         pb.RankedDocument(
             original_index=item.index,
             score=item.score,
-            document=request.documents[item.index] if echo else None,
+            document=None if documents is None else documents[item.index],
         )
         for item in ranking
     )

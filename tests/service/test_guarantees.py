@@ -25,6 +25,7 @@ from rerank.client import (
     UnavailableError,
     UpstreamRateLimitedError,
 )
+from rerank.server.admission import HELD_PER_REQUEST_BYTE
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings, Upstream
 from rerank.v1 import rerank_service_pb2 as pb
@@ -202,19 +203,26 @@ async def test_over_the_call_limit_is_refused_at_once(serve: Any, channels: list
 
 
 async def test_over_the_byte_limit_is_refused_at_once(serve: Any, channels: list[Any]) -> None:
+    """The limit counts what a call holds, HELD_PER_REQUEST_BYTE times its request: room for
+    one of these requests and a half is room for one call."""
     gateway = HeldGateway()
+    big = [pb.Document(text="Paris " * 10_000)]
+    first, second = seed_request(documents=big), seed_request(documents=big, query="another")
+    limit = int(1.5 * HELD_PER_REQUEST_BYTE * first.ByteSize())
+    assert 2 * first.ByteSize() < limit  # counted by request bytes, both would have fit
     async with gateway.server:
-        settings = gateway.settings(dataclasses.replace(FAST, max_inflight_bytes=100_000))
+        settings = gateway.settings(dataclasses.replace(FAST, max_inflight_bytes=limit))
         stub = stub_for(await serve(settings), channels)
-        big = [pb.Document(text="Paris " * 10_000)]
-        in_flight = asyncio.ensure_future(stub.Rerank(seed_request(documents=big), timeout=10))
+        in_flight = asyncio.ensure_future(stub.Rerank(first, timeout=10))
         await gateway.holding(1)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Rerank(seed_request(documents=big, query="another"), timeout=10)
+            await stub.Rerank(second, timeout=10)
         assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "bytes" in (caught.value.details() or "")
+        assert "bytes held by calls in flight" in (caught.value.details() or "")
+        assert unpacked(caught.value, error_details_pb2.ErrorInfo).reason == "OVERLOADED"
         gateway.release.set()
         assert (await in_flight).ranking
+        assert len(gateway.server.requests) == 1  # the refused call never reached the gateway
 
 
 async def test_the_client_tells_our_overload_from_the_gateways_rate_limit(serve: Any) -> None:

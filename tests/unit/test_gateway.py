@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import json
 import logging
@@ -153,6 +154,30 @@ def test_body_omits_absent_keys_and_never_names_the_model() -> None:
         RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("a",))
     )
     assert body == b'{"documents":{"type":"text","values":["a"]},"query":"q"}'
+
+
+@pytest.mark.parametrize("count", [2, 3000], ids=["small", "over 64 KiB"])
+async def test_the_body_is_sent_whole_with_its_length_and_again_after_a_redirect(
+    count: int,
+) -> None:
+    """The body is made as it is written, not kept (JsonBody): it still arrives byte for byte
+    with its content-length, in 64 KiB chunks when larger, and a 307 sends it again."""
+    query = dataclasses.replace(SEED, documents=tuple(f"document {i} " * 5 for i in range(count)))
+    redirected = False
+
+    async def handler(request: Request) -> Reply:
+        nonlocal redirected
+        if not redirected:
+            redirected = True
+            return Reply(307, b"", {"location": request.path})
+        return await answer_by_path(request)
+
+    async with gateway(handler) as (reranker, server):
+        await reranker.rerank(query, timeout=5)
+    expected = encode_rerank_body(query)
+    assert len(expected) > 64 * 1024 or count == 2
+    assert [r.body for r in server.requests] == [expected, expected]
+    assert all(r.headers["content-length"] == str(len(expected)) for r in server.requests)
 
 
 async def test_list_models_keeps_only_reranking_models() -> None:

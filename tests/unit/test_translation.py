@@ -8,12 +8,19 @@ from decimal import Decimal
 import pytest
 
 from rerank.contract import RANKED_DOCUMENT_OVERHEAD, RESPONSE_EXTRAS_BYTES, max_response_bytes
-from rerank.server.domain import FREE, ModelInfo, Ranked, RerankOutcome, Usage, Warning
-from rerank.server.errors import InvalidRequest, UpstreamProtocolError
-from rerank.server.service import Page, model_to_proto, response_to_proto, usage_to_proto
+from rerank.server.domain import FREE, Limits, ModelInfo, Ranked, RerankOutcome, Usage, Warning
+from rerank.server.errors import InvalidRequest, MalformedRequest, UpstreamProtocolError
+from rerank.server.service import (
+    Page,
+    model_to_proto,
+    query_from_bytes,
+    response_to_proto,
+    usage_to_proto,
+)
 from rerank.v1 import rerank_service_pb2 as pb
 
 MODEL = "cohere/rerank-v3.5"
+LIMITS = Limits(max_documents=100, max_document_bytes=1024, max_query_bytes=1024)
 
 
 def request(**fields: object) -> pb.RerankRequest:
@@ -40,24 +47,42 @@ def test_usage_as_the_contract_types_it(usage: Usage, expected: pb.Usage) -> Non
     assert usage_to_proto(usage) == expected
 
 
-@pytest.mark.parametrize("return_documents", [None, True])
-def test_the_documents_are_echoed_unless_refused(return_documents: bool | None) -> None:
-    message = request() if return_documents is None else request(return_documents=True)
-    response = response_to_proto(message, MODEL, RANKING, RerankOutcome(RANKING))
+@pytest.mark.parametrize(
+    ("fields", "echoes"),
+    [({}, True), ({"return_documents": True}, True), ({"return_documents": False}, False)],
+    ids=["unset", "true", "false"],
+)
+def test_the_documents_are_echoed_unless_refused(fields: dict[str, bool], echoes: bool) -> None:
+    data = request(**fields).SerializeToString()
+    query, echo = query_from_bytes(data, MODEL, LIMITS)
+    assert (query.documents, echo) == (("a", "b", "c"), echoes)
+
+
+def test_the_echoed_documents_are_the_requests_own() -> None:
+    documents = request().documents
+    response = response_to_proto(MODEL, RANKING, RerankOutcome(RANKING), documents)
     assert [(r.original_index, r.document.text) for r in response.ranking] == [(2, "c"), (0, "a")]
 
 
 def test_without_documents_only_index_and_score() -> None:
-    response = response_to_proto(
-        request(return_documents=False), MODEL, RANKING, RerankOutcome(RANKING)
-    )
+    response = response_to_proto(MODEL, RANKING, RerankOutcome(RANKING), None)
     assert [(r.original_index, r.score) for r in response.ranking] == [(2, 0.9), (0, 0.5)]
     assert not any(r.HasField("document") for r in response.ranking)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b"\xff\xff\xff", b"\x12\x05ab", pb.RerankRequest(query="q").SerializeToString()[:-1]],
+    ids=["garbage", "cut short", "truncated"],
+)
+def test_bytes_that_are_not_a_request_are_malformed(data: bytes) -> None:
+    with pytest.raises(MalformedRequest, match="could not be decoded"):
+        query_from_bytes(data, MODEL, LIMITS)
+
+
 def test_every_answer_carries_its_usage() -> None:
     outcome = RerankOutcome(RANKING, usage=Usage(Decimal("0.01"), 2))
-    response = response_to_proto(request(), MODEL, RANKING, outcome)
+    response = response_to_proto(MODEL, RANKING, outcome, None)
     assert response.HasField("usage")
     assert response.usage == pb.Usage(cost="0.01", upstream_calls=2)
 
@@ -66,7 +91,7 @@ def test_warnings_too_large_to_carry_are_refused() -> None:
     warning = Warning(type="other", message="x" * RESPONSE_EXTRAS_BYTES)
     outcome = RerankOutcome(RANKING, warnings=(warning,))
     with pytest.raises(UpstreamProtocolError, match=f"at most {RESPONSE_EXTRAS_BYTES}"):
-        response_to_proto(request(), MODEL, RANKING, outcome)
+        response_to_proto(MODEL, RANKING, outcome, None)
 
 
 @pytest.mark.parametrize("index", [0, 1, 9_999, 2**31 - 1])
