@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from rerank.v1 import rerank_service_pb2 as pb
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.e2e.processes import Process, start_server
 from tests.unit.test_client_fakes import Abort, FakeRerankService, serve
@@ -83,6 +84,28 @@ def test_the_seed_example(stubs: Path, processes: list[Process]) -> None:
     assert scores == sorted(scores, reverse=True)
     assert result["rerankedDocuments"] == [entry["document"] for entry in ranking]
     assert result["model"] == SEED_MODEL
+    # The typed usage, as the mock gateway reports it.
+    assert result["usage"] == {"cost": "0.002", "upstreamCalls": 1}
+
+
+def test_no_documents_asks_for_none_and_fills_them_in(stubs: Path) -> None:
+    """`--no-documents` sends `returnDocuments: false` (a fake server records it and sends
+    indices and scores only); the example fills the documents in from the ones it sent."""
+    service = FakeRerankService()
+    with serve(service) as fake:
+        completed = run_example("--target", fake, "--no-documents", *SEED_DOCUMENTS)
+    assert completed.returncode == 0, completed.stderr
+    (request,) = service.requests
+    assert isinstance(request, pb.RerankRequest)
+    assert request.HasField("return_documents")
+    assert not request.return_documents
+    result = json.loads(completed.stdout)
+    # The fake ranks last-first, cut to top_n 2: Madrid, then Berlin.
+    assert [(e["originalIndex"], e["document"]) for e in result["ranking"]] == [
+        (2, SEED_DOCUMENTS[2]),
+        (1, SEED_DOCUMENTS[1]),
+    ]
+    assert result["rerankedDocuments"] == [SEED_DOCUMENTS[2], SEED_DOCUMENTS[1]]
 
 
 def test_a_deprecated_warning_in_the_ai_sdks_shape(stubs: Path, processes: list[Process]) -> None:

@@ -4,8 +4,11 @@
 //   node --import tsx src/rerank.ts --target 127.0.0.1:50051
 //
 // With no other argument it runs the seed example; `--query`, `--model`, `--top-n`,
-// `--provider-options` and documents as arguments override it. A non-OK status prints `CODE: message` on stderr and
-// exits 2 for INVALID_ARGUMENT, 1 for anything else (as the Python `rerank` command does).
+// `--provider-options` and documents as arguments override it. `--no-documents` asks the server
+// not to send the documents back (`returnDocuments: false`): the answer is indices and scores,
+// and the documents are filled in from the ones sent, as the Python client does. A non-OK status
+// prints `CODE: message` on stderr and exits 2 for INVALID_ARGUMENT, 1 for anything else (as the
+// Python `rerank` command does).
 
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -43,6 +46,7 @@ const { values, positionals } = parseArgs({
     "service-config": { type: "string", default: DEFAULT_SERVICE_CONFIG },
     // A JSON object forwarded as `providerOptions`, e.g. '{"cohere": {"maxTokensPerDoc": 512}}'.
     "provider-options": { type: "string" },
+    "no-documents": { type: "boolean", default: false },
   },
 });
 
@@ -71,12 +75,13 @@ function warningJson(warning: RerankResponse["warnings"][number]) {
   };
 }
 
-/** The AI SDK's `rerank()` result shape, as the Python client prints it. */
-function resultJson(response: RerankResponse) {
+/** The AI SDK's `rerank()` result shape, as the Python client prints it. A ranked entry the
+ * server sent without its document (`returnDocuments: false`) gets it from `sent`. */
+function resultJson(response: RerankResponse, sent: string[]) {
   const ranking = response.ranking.map((entry) => ({
     originalIndex: entry.originalIndex,
     score: entry.score,
-    document: documentJson(entry.document),
+    document: entry.document ? documentJson(entry.document) : sent[entry.originalIndex],
   }));
   return {
     ranking,
@@ -85,6 +90,12 @@ function resultJson(response: RerankResponse) {
     id: response.id,
     warnings: response.warnings.map(warningJson),
     providerMetadata: response.providerMetadata ?? null,
+    cached: response.cached,
+    // What the call spent: `cost` a decimal string in USD ("" when the gateway reported none:
+    // unknown, not free), `upstreamCalls` every window and retried attempt.
+    usage: response.usage
+      ? { cost: response.usage.cost || null, upstreamCalls: response.usage.upstreamCalls }
+      : null,
   };
 }
 
@@ -106,10 +117,12 @@ async function main(): Promise<number> {
         providerOptions: values["provider-options"]
           ? (JSON.parse(values["provider-options"]) as JsonObject)
           : undefined,
+        // Unset (undefined) echoes the documents, as before the field existed.
+        returnDocuments: values["no-documents"] ? false : undefined,
       },
       { timeoutMs: Number(values["timeout-ms"]) },
     );
-    process.stdout.write(`${JSON.stringify(resultJson(response))}\n`);
+    process.stdout.write(`${JSON.stringify(resultJson(response, documents))}\n`);
     return 0;
   } catch (error) {
     const err = ConnectError.from(error);
