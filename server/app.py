@@ -26,6 +26,7 @@ from rerank.server.gateway import GatewayReranker
 from rerank.server.interceptors import (
     HEALTH_METHODS,
     AuthInterceptor,
+    CallLimitInterceptor,
     ErrorInterceptor,
     ServerInterceptor,
 )
@@ -41,6 +42,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
+
+#: Calls in flight beyond the admission limit that the call limit still lets in (ListModels,
+#: reflection, and calls whose message is still arriving): a hard backstop, so a flood of
+#: slow senders cannot hold memory without bound while admission has not seen them yet.
+BACKSTOP_CALLS = 64
+#: Health checks in flight at most. Counted apart from every other call, so a flood of calls
+#: never refuses a balancer's probe; bounded, so a flood of Watch streams cannot grow forever.
+HEALTH_CALLS = 64
 
 
 class StartupError(Exception):
@@ -131,7 +140,12 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
             )
         reranker = build_reranker(settings, build_gateway(settings))
     message_limit = settings.max_message_bytes
-    interceptors: list[ServerInterceptor] = []
+    interceptors: list[ServerInterceptor] = [
+        # First, so a call beyond the limit costs nothing more: no token check, no message read.
+        CallLimitInterceptor(
+            settings.max_concurrent_calls + BACKSTOP_CALLS, HEALTH_CALLS, HEALTH_METHODS
+        )
+    ]
     if settings.auth_tokens:
         open_methods = frozenset() if settings.auth_health else HEALTH_METHODS
         interceptors.append(AuthInterceptor(settings.auth_tokens, open_methods))
@@ -142,9 +156,6 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
         ],
-        # A hard backstop above the admission limit: beyond it grpc itself answers
-        # RESOURCE_EXHAUSTED before reading a message, so a flood cannot queue without bound.
-        maximum_concurrent_rpcs=settings.max_concurrent_calls + 64,
     )
     servicer = RerankServicer(
         reranker,

@@ -1,22 +1,27 @@
-"""The server's interceptors: authentication first, then errors into statuses.
+"""The server's interceptors: the call limit first, then authentication, then errors into
+statuses.
 
-`AuthInterceptor` refuses calls without a known bearer token before any handler runs;
-`ErrorInterceptor` turns every `RerankError` into its status through the one table in
-`rerank.server.status`, and any other exception into INTERNAL with an incident id.
+`CallLimitInterceptor` refuses a call beyond the limit before its message is read, with health
+checks counted apart so a flood of calls never starves them; `AuthInterceptor` refuses calls
+without a known bearer token before any handler runs; `ErrorInterceptor` turns every
+`RerankError` into its status through the one table in `rerank.server.status`, and any other
+exception into INTERNAL with an incident id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
-from rerank.server.errors import RerankError
+from rerank.server.errors import Overloaded, RerankError
 from rerank.server.status import rich_status
 
 logger = logging.getLogger(__name__)
@@ -66,16 +71,7 @@ class ErrorInterceptor(ServerInterceptor):
             try:
                 return await behaviour(request, context)
             except RerankError as error:
-                code, status = rich_status(error)
-                # Failures of ours or upstream's deserve a warning; a caller's mistakes or a
-                # refusal under overload are routine and would drown the log at WARNING.
-                level = logging.WARNING if code in _OPERATOR_CODES else logging.INFO
-                logger.log(level, "%s failed: %s %s", method, code.name, error.reason)
-                await context.abort(
-                    code,
-                    status.message,
-                    trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-                )
+                await abort_with(context, method, error)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception:
@@ -91,6 +87,133 @@ class ErrorInterceptor(ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
         return self._guarded[method]
+
+
+async def abort_with(
+    context: grpc.aio.ServicerContext[Any, Any], method: str, error: RerankError
+) -> NoReturn:
+    """End the call with `error`'s status from the one table, its details attached."""
+    code, status = rich_status(error)
+    # Failures of ours or upstream's deserve a warning; a caller's mistakes or a refusal under
+    # overload are routine and would drown the log at WARNING.
+    level = logging.WARNING if code in _OPERATOR_CODES else logging.INFO
+    logger.log(level, "%s failed: %s %s", method, code.name, error.reason)
+    await context.abort(
+        code,
+        status.message,
+        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+    )
+
+
+@dataclass
+class _InFlight:
+    """Calls of one kind in flight, and how many may be."""
+
+    limit: int
+    calls: int = 0
+
+
+class CallLimitInterceptor(ServerInterceptor):
+    """At most `limit` calls in flight, health checks not counted; at most `health_limit` of those.
+
+    Replaces grpc.aio's `maximum_concurrent_rpcs`, which counts every method alike: under a
+    flood it refused health checks too, and a balancer that sees failed checks takes a busy
+    but healthy replica out. Here health checks have their own count, so calls cannot use up
+    their room (nor they the calls').
+
+    A refusal still comes before the request is read: every handler is handed to grpc as
+    request-streaming, so grpc leaves the message unread until the wrapper asks for it, and
+    the wrapper asks only once the call has a place. A unary handler then gets the one message
+    as before. What changed against grpc's own limit: the refusal is our `Overloaded` status
+    from the one table (with RetryInfo), not grpc's bare "Concurrent RPC limit exceeded!", and
+    the method is looked up (interceptors run) before the refusal.
+    """
+
+    def __init__(self, limit: int, health_limit: int, health_methods: frozenset[str]) -> None:
+        self._calls = _InFlight(limit)
+        self._health = _InFlight(health_limit)
+        self._health_methods = health_methods
+        # grpc asks for a handler on every call, and the one below a method rarely changes:
+        # the wrapped handler is kept per method for as long as the inner one is the same.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            wrapped: grpc.RpcMethodHandler[Any, Any] = cached[1]
+            return wrapped
+        in_flight = self._health if method in self._health_methods else self._calls
+        wrapped = _limited(handler, method, in_flight)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+def _limited(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, in_flight: _InFlight
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` as a request-streaming handler that first takes a place in `in_flight`."""
+    # grpc's stubs type handlers as sync; under grpc.aio every behaviour here is async.
+    behaviour: Any = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+
+    async def limited(
+        requests: AsyncIterable[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        if in_flight.calls >= in_flight.limit:
+            await abort_with(
+                context,
+                method,
+                Overloaded(
+                    f"the server is at its limit of {in_flight.limit} calls in flight; retry later"
+                ),
+            )
+        in_flight.calls += 1
+        try:
+            request = requests if handler.request_streaming else await _only(requests)
+            result = behaviour(request, context)
+            if not handler.response_streaming:
+                return await result
+            # A streaming behaviour either writes through the context or is an async generator.
+            if inspect.isasyncgen(result):
+                async for response in result:
+                    await context.write(response)
+            else:
+                await result
+            return None
+        finally:
+            in_flight.calls -= 1
+
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            limited,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.stream_unary_rpc_method_handler(
+        limited,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+async def _only(requests: AsyncIterable[Any]) -> Any:
+    """The request of a unary method: the first message, as grpc's unary path reads it."""
+    async for request in requests:
+        return request
+    # No message: the caller went away before sending one. grpc's unary path then ends the
+    # call without an answer, and so does this (grpc takes CancelledError as exactly that).
+    raise asyncio.CancelledError
 
 
 class AuthInterceptor(ServerInterceptor):
