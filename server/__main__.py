@@ -118,6 +118,10 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
             parser.error(f"RERANK_{name} must be a finite number ≥ 0, got {raw!r}")
         return value
 
+    drain_delay = number("DRAIN_DELAY", defaults.drain_delay)
+    if drain_delay > 600:
+        parser.error(f"RERANK_DRAIN_DELAY must be between 0 and 600 seconds, got {drain_delay:g}")
+
     return Settings(
         host=args.host,
         port=args.port,
@@ -152,6 +156,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         cache_ttl=number("CACHE_TTL", defaults.cache_ttl),
         cache_max_bytes=int(number("CACHE_MAX_BYTES", defaults.cache_max_bytes)),
         grace_period=number("GRACE_PERIOD", defaults.grace_period),
+        drain_delay=drain_delay,
         workers=args.workers or len(os.sched_getaffinity(0)),
         log_level=args.log_level.upper(),
     )

@@ -141,7 +141,13 @@ class Settings:
     (`--tls-client-ca`, `RERANK_TLS_CLIENT_CA`)."""
 
     grace_period: float = 10.0
-    """Seconds in-flight calls get to finish after SIGTERM/SIGINT (`RERANK_GRACE_PERIOD`)."""
+    """Seconds in-flight calls get to finish after SIGTERM/SIGINT, once the listener has
+    closed (`RERANK_GRACE_PERIOD`)."""
+
+    drain_delay: float = 5.0
+    """Seconds between SIGTERM and closing the listener, health `NOT_SERVING` meanwhile and
+    calls still served, so balancers stop sending calls first (`RERANK_DRAIN_DELAY`; range
+    0–600; SIGINT skips it). `rerank.server.app.RunningServer.stop` alone does not drain."""
 
     workers: int = 1
     """Server processes sharing the port through SO_REUSEPORT (`--workers`, `RERANK_WORKERS`);

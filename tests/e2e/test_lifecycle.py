@@ -1,0 +1,130 @@
+"""A server's life as separate processes: the port it may take, the drain before it stops, and
+the parent that keeps its workers alive (replaced when they die, killed when they hang)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from rerank.v1 import rerank_service_pb2 as pb
+from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
+from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
+from tests.e2e.processes import RERANK_SERVER, Process, start
+
+pytestmark = pytest.mark.e2e
+
+READY = r"rerank server listening on (\S+):(\d+)"
+SERVED = r"(\d+) DEBUG rerank.server.service: rerank ok"
+SEED = pb.RerankRequest(
+    query=SEED_QUERY, documents=[pb.Document(text=d) for d in SEED_DOCUMENTS], bypass_cache=True
+)
+
+
+def server(
+    processes: list[Process], *args: str, env: dict[str, str] | None = None
+) -> tuple[Process, str]:
+    """A started `rerank-server` and the port it serves, once it says it listens."""
+    process = start(processes, [RERANK_SERVER, *args], env)
+    return process, process.wait_for(READY).group(2)
+
+
+def rerank_on_a_new_connection(port: str) -> pb.RerankResponse:
+    # A channel of its own (no shared subchannel): a new connection, which the kernel gives to
+    # whichever process it picks among those listening.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        return pb_grpc.RerankServiceStub(channel).Rerank(SEED, timeout=10)
+
+
+def serve_until(port: str, done: Callable[[], object], attempts: int = 200) -> None:
+    """Call on new connections until `done()` (bounded: the kernel spreads them at random)."""
+    for _ in range(attempts):
+        if done():
+            return
+        assert rerank_on_a_new_connection(port).ranking
+    raise AssertionError("not served as expected")
+
+
+def children(parent: int) -> set[int]:
+    """The PIDs whose parent is `parent`, from /proc (what `ps --ppid` reads)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name (2nd field) is in parentheses and may hold spaces: split after it.
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # it exited in between
+        if int(fields[1]) == parent and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def workers_of(process: Process, count: int, unlike: Collection[int] = ()) -> list[int]:
+    """The parent's `count` live workers, none of them in `unlike` (polled: a replacement takes
+    a moment to be forked), in the order the parent's log names them (`worker N (pid P)`)."""
+    deadline = time.monotonic() + 30
+    while len(pids := children(process.popen.pid) - set(unlike)) != count:
+        assert time.monotonic() < deadline, f"no {count} workers: {pids}"
+        time.sleep(0.02)  # polling /proc, not waiting for it
+    order = re.findall(r"worker \d+ \(pid (\d+)\)", process.output)
+    return sorted(pids, key=lambda pid: order.index(str(pid)) if str(pid) in order else len(order))
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+# -- the drain ---------------------------------------------------------------------------------
+
+
+def test_sigterm_turns_health_not_serving_while_calls_are_still_served(
+    processes: list[Process],
+) -> None:
+    """Before, NOT_SERVING and the closed listener came in the same instant: a balancer had
+    no time to see the one before it met the other."""
+    process, port = server(
+        processes, "--port", "0", "--workers", "1", env={"RERANK_DRAIN_DELAY": "60"}
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        check = health_pb2.HealthCheckRequest(service="rerank.v1.RerankService")
+        assert health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        process.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, "health never turned NOT_SERVING"
+            time.sleep(0.02)  # polling the health check, not waiting for it
+    # The listener is still open: a new connection is accepted and its call served.
+    assert rerank_on_a_new_connection(port).ranking
+    process.wait_for(r"draining: health is NOT_SERVING, calls still served for 60 s")
+    assert "stopping:" not in process.output
+    # Ctrl-C (SIGINT) cuts the drain short; the stop is as graceful as ever.
+    process.signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+    assert "stopped (0 tasks left)" in process.output
+
+
+def test_the_drain_delay_ends_by_itself_then_the_listener_closes(
+    processes: list[Process],
+) -> None:
+    process, _ = server(processes, "--port", "0", "--workers", "2", env={"RERANK_DRAIN_DELAY": "1"})
+    pids = workers_of(process, 2)
+    os.kill(process.popen.pid, signal.SIGTERM)  # the parent only, as an orchestrator would
+    assert process.wait() == 0
+    for pid in pids:
+        drained = process.output.index(f"{pid} INFO rerank.server.app: draining")
+        stopping = process.output.index(f"{pid} INFO rerank.server.app: stopping")
+        assert drained < stopping
+    assert process.output.count("stopped (0 tasks left)") == 2
