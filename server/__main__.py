@@ -68,6 +68,13 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         default=environ.get("RERANK_AUTH_HEALTH", "") in ("1", "true", "yes"),
         help="require a caller token for health checks too",
     )
+    parser.add_argument(
+        "--allow-port-overlap",
+        action="store_true",
+        default=environ.get("RERANK_ALLOW_PORT_OVERLAP", "") in ("1", "true", "yes"),
+        help="share the port with another server started with this flag too (a zero-downtime "
+        "restart); without it a port another server serves is refused",
+    )
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -157,6 +164,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         cache_max_bytes=int(number("CACHE_MAX_BYTES", defaults.cache_max_bytes)),
         grace_period=number("GRACE_PERIOD", defaults.grace_period),
         drain_delay=drain_delay,
+        allow_port_overlap=args.allow_port_overlap,
         workers=args.workers or len(os.sched_getaffinity(0)),
         log_level=args.log_level.upper(),
     )

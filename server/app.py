@@ -1,15 +1,17 @@
 """Wiring: the reranker chain, the grpc.aio server with its interceptors, health, reflection,
-and shutdown. The only module that knows every part; the embedded mock is imported only on
-the path that uses it."""
+the port it may take, and shutdown. The only module that knows every part; the embedded mock
+is imported only on the path that uses it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -139,6 +141,9 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     `reranker` replaces the one `settings` describe (tests use it for failures no gateway
     can be made to produce).
     """
+    address = f"{settings.host}:{settings.port}"
+    if settings.port != 0 and not settings.allow_port_overlap:
+        refuse_taken_port(settings.host, settings.port)
     embedded_mock = None
     if reranker is None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:
@@ -170,6 +175,10 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
+            # gRPC sets SO_REUSEPORT by default, and with it a second server on this port
+            # would start silently and take half the connections. Without it the kernel
+            # refuses every later bind here (refuse_taken_port explains the rest).
+            ("grpc.so_reuseport", 1 if settings.allow_port_overlap else 0),
         ],
     )
     servicer = RerankServicer(
@@ -189,7 +198,6 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    address = f"{settings.host}:{settings.port}"
     try:
         credentials = server_credentials(settings)
         if credentials is None:
@@ -204,7 +212,10 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
         if isinstance(exc, OSError):
             reason = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
         else:
-            reason = "in use, or not an address here"
+            refuse_taken_port(
+                settings.host, settings.port, overlap_failed=settings.allow_port_overlap
+            )
+            reason = "not an address here"
         raise StartupError(f"cannot serve on {address}: {reason}") from exc
     await server.start()
     for name in ("", SERVICE_NAME):
@@ -212,6 +223,46 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     return RunningServer(
         server, port, health_servicer, reranker, settings.grace_period, embedded_mock
     )
+
+
+def refuse_taken_port(host: str, port: int, *, overlap_failed: bool = False) -> None:
+    """Raise `StartupError` when a listener (another server) already holds `host:port`.
+
+    The probe binds a socket with SO_REUSEADDR and without SO_REUSEPORT, and closes it. Linux
+    refuses that bind exactly when a socket listens on the port (with or without SO_REUSEPORT,
+    on this address or a wildcard that covers it), and allows it over the TIME_WAIT leftovers
+    of a server that just stopped, so a restart is not refused. A probe connect would not do:
+    it cannot tell a server from a port that merely answers, and a listener that has not
+    started accepting yet would pass it.
+
+    The probe is a check before the bind, not the bind itself. One process then binds without
+    SO_REUSEPORT (see start_server), so the kernel itself refuses every server after it. The
+    workers of a multi-process server must share with SO_REUSEPORT; their parent probes once
+    and then holds a SO_REUSEPORT reservation that later probes collide with (workers.py).
+    """
+    try:
+        addresses = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError:
+        return  # not an address here: the bind says so
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise StartupError(f"cannot serve on {host}:{port}: {exc.strerror}") from exc
+                hint = (
+                    "it does not share its port (start both with --allow-port-overlap)"
+                    if overlap_failed
+                    else "--allow-port-overlap (RERANK_ALLOW_PORT_OVERLAP=1) shares it on purpose, "
+                    "for a zero-downtime restart"
+                )
+                raise StartupError(
+                    f"cannot serve on {host}:{port}: another server already serves it; {hint}"
+                ) from None
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

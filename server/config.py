@@ -149,6 +149,11 @@ class Settings:
     calls still served, so balancers stop sending calls first (`RERANK_DRAIN_DELAY`; range
     0–600; SIGINT skips it). `rerank.server.app.RunningServer.stop` alone does not drain."""
 
+    allow_port_overlap: bool = False
+    """Share the port with another server that allows it too, for a zero-downtime restart
+    (`--allow-port-overlap`, `RERANK_ALLOW_PORT_OVERLAP=1`). Off: a port another server
+    serves is refused at start, and this server's port cannot be taken by a later one."""
+
     workers: int = 1
     """Server processes sharing the port through SO_REUSEPORT (`--workers`, `RERANK_WORKERS`);
     `__main__` defaults it to one per core. Limits and the cache are per process."""

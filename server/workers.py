@@ -3,7 +3,8 @@
 The kernel spreads incoming connections across the workers' listening sockets, so N
 processes use N cores with no proxy in between. Workers are forked before any of them
 starts a gRPC server (gRPC does not survive a fork once its core is running). The parent
-only supervises: it reserves the port (so `--port 0` resolves once, for all), waits until
+only supervises: it refuses a port another server serves, reserves the port (so `--port 0`
+resolves once, for all, and a later server's probe collides with it), waits until
 every worker listens, prints the one ready line, forwards SIGTERM/SIGINT, and exits when
 they have, with a failure status if any worker failed.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import selectors
@@ -21,7 +23,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from rerank.server.app import RunningServer, StartupError, serve
+from rerank.server.app import RunningServer, StartupError, refuse_taken_port, serve
 from rerank.server.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -30,23 +32,45 @@ READY_TIMEOUT = 60.0
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
-    """A bound, non-listening SO_REUSEPORT socket holding `host:port` for the workers."""
+    """A bound, non-listening SO_REUSEPORT socket holding `host:port` for the workers.
+
+    Without SO_REUSEADDR, so that another server's probe collides with it. Linux refuses such
+    a bind over the TIME_WAIT leftovers of a server that bound without SO_REUSEPORT (one
+    process that just stopped); the probe has passed by then, so that refusal can only be
+    those leftovers, and the reservation is taken again with SO_REUSEADDR.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
+    for reuse_address in (False, True):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            if reuse_address or exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return sock
+    raise AssertionError("unreachable: the second bind returns or raises")
 
 
 def run_workers(settings: Settings, workers: int, ready: Callable[[int], None]) -> int:
     """Fork `workers` servers on one port; return the exit status for the whole group."""
+    if settings.port != 0 and not settings.allow_port_overlap:
+        refuse_taken_port(settings.host, settings.port)
     try:
         reservation = reserve_port(settings.host, settings.port)
     except OSError as exc:
+        refuse_taken_port(settings.host, settings.port, overlap_failed=True)
         raise StartupError(
             f"cannot serve on {settings.host}:{settings.port}: {exc.strerror}"
         ) from exc
-    settings = dataclasses.replace(settings, port=reservation.getsockname()[1])
+    # The workers share the port among themselves by design: the check above was for others.
+    settings = dataclasses.replace(
+        settings, port=reservation.getsockname()[1], allow_port_overlap=True
+    )
     ready_read, ready_write = os.pipe()
     children: list[int] = []
     for _ in range(workers):

@@ -86,6 +86,72 @@ def gone(pid: int) -> bool:
     return False
 
 
+# -- the port ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("first", "second"), [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")])
+def test_a_second_server_on_a_served_port_is_refused(
+    processes: list[Process], first: str, second: str
+) -> None:
+    """Before, both listened (gRPC sets SO_REUSEPORT) and the kernel split connections."""
+    _, port = server(processes, "--port", "0", "--workers", first)
+    refused = start(processes, [RERANK_SERVER, "--port", port, "--workers", second])
+    assert refused.wait(timeout=30) == 1
+    line = (
+        f"ERROR rerank.server: cannot serve on 127.0.0.1:{port}: another server already serves it"
+    )
+    assert line in refused.output
+    assert refused.output.count(" ERROR ") == 1
+    assert "Traceback" not in refused.output
+    assert rerank_on_a_new_connection(port).ranking  # the first one still serves
+
+
+def test_port_overlap_on_purpose_for_a_zero_downtime_restart(processes: list[Process]) -> None:
+    """Old and new both opt in: both serve the port for a while, then the old one leaves and
+    the new one serves every call."""
+    old, port = server(
+        processes,
+        "--port",
+        "0",
+        "--workers",
+        "1",
+        "--log-level",
+        "DEBUG",
+        env={"RERANK_ALLOW_PORT_OVERLAP": "1"},
+    )
+    new, _ = server(
+        processes,
+        "--port",
+        port,
+        "--workers",
+        "2",
+        "--allow-port-overlap",
+        "--log-level",
+        "DEBUG",
+    )
+    serve_until(port, lambda: re.search(SERVED, old.output) and re.search(SERVED, new.output))
+    old.signal(signal.SIGTERM)
+    assert old.wait() == 0
+    served_before = new.output.count("rerank ok")
+    for _ in range(8):
+        assert rerank_on_a_new_connection(port).ranking
+    new.wait_for(r"rerank ok", timeout=5)
+    assert new.output.count("rerank ok") >= served_before + 8
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_restart_on_the_same_port_is_not_refused(processes: list[Process], workers: str) -> None:
+    """The stopped server's connections linger in TIME_WAIT; they are no server."""
+    first, port = server(processes, "--port", "0", "--workers", "1")
+    for _ in range(4):
+        assert rerank_on_a_new_connection(port).ranking
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+    _, again = server(processes, "--port", port, "--workers", workers)
+    assert again == port
+    assert rerank_on_a_new_connection(port).ranking
+
+
 # -- the drain ---------------------------------------------------------------------------------
 
 
