@@ -156,7 +156,8 @@ class Settings:
 
     workers: int = 1
     """Server processes sharing the port through SO_REUSEPORT (`--workers`, `RERANK_WORKERS`);
-    `__main__` defaults it to one per core. Limits and the cache are per process."""
+    `__main__` defaults it to one per core. Limits and the cache are per process. A worker
+    that dies is replaced (see `rerank.server.workers`)."""
 
     log_level: str = "INFO"
     """Python logging level (`--log-level`, `RERANK_LOG_LEVEL`)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rerank.v1 import rerank_service_pb2 as pb
@@ -194,3 +195,100 @@ def test_the_drain_delay_ends_by_itself_then_the_listener_closes(
         stopping = process.output.index(f"{pid} INFO rerank.server.app: stopping")
         assert drained < stopping
     assert process.output.count("stopped (0 tasks left)") == 2
+
+
+# -- the workers -------------------------------------------------------------------------------
+
+
+def test_a_worker_killed_is_replaced_and_the_new_one_serves(processes: list[Process]) -> None:
+    process, port = server(processes, "--port", "0", "--workers", "2", "--log-level", "DEBUG")
+    killed, kept = workers_of(process, 2)
+    os.kill(killed, signal.SIGKILL)
+    (replacement,) = workers_of(process, 1, unlike={killed, kept})
+    process.wait_for(rf"worker \d \(pid {killed}\) died \(killed by SIGKILL\).*replacing it")
+    process.wait_for(rf"worker \d \(pid {replacement}\) listening")
+    assert gone(killed)
+    serve_until(port, lambda: str(replacement) in re.findall(SERVED, process.output))
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    assert process.output.count("stopped (0 tasks left)") == 2
+
+
+def tls_files(directory: Path) -> tuple[Path, Path]:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    cert, key = directory / "server.pem", directory / "server.key"
+    certificate.private_key_pem.write_to_path(str(key))
+    certificate.cert_chain_pems[0].write_to_path(str(cert))
+    return cert, key
+
+
+def test_a_worker_that_cannot_start_at_first_stops_the_server_with_its_reason(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    """Before, the parent waited on and said 'not every worker started'."""
+    cert, _ = tls_files(tmp_path)
+    missing = tmp_path / "missing.key"
+    tls = ["--tls-cert", str(cert), "--tls-key", str(missing)]
+    process = start(processes, [RERANK_SERVER, "--port", "0", "--workers", "2", *tls])
+    assert process.wait(timeout=30) == 1
+    reason = f"No such file or directory: {missing}"
+    assert re.search(
+        rf"ERROR rerank.server: cannot serve on 127.0.0.1:\d+: {reason}", process.output
+    )
+    assert process.output.count(" ERROR ") == 1
+    assert "Traceback" not in process.output
+
+
+def test_a_worker_that_keeps_dying_at_start_stops_the_server(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    """A real cause: the key file is gone from disk (say, a rotation gone wrong) after the
+    server started, so every replacement worker fails to read it. The parent tries a few
+    times with a back-off, then stops the server with the reason instead of looping."""
+    cert, key = tls_files(tmp_path)
+    process, port = server(
+        processes,
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
+    key.unlink()
+    killed = workers_of(process, 2)[0]
+    number = process.wait_for(rf"worker (\d) \(pid {killed}\) listening").group(1)
+    os.kill(killed, signal.SIGKILL)
+    assert process.wait() == 1
+    reason = f"cannot serve on 127.0.0.1:{port}: No such file or directory: {key}"
+    assert (
+        f"worker {number} could not start 3 times in a row ({reason}); stopping the server"
+        in process.output
+    )
+    assert process.output.count(f"could not start ({reason}); trying again in") == 2
+    assert process.output.count("stopped (0 tasks left)") == 1  # worker 2, gracefully
+    assert "Traceback" not in process.output
+
+
+def test_a_worker_that_ignores_sigterm_is_killed(processes: list[Process]) -> None:
+    """A real cause, no hook: a stopped worker (SIGSTOP), like a worker whose event loop is
+    stuck, does not act on SIGTERM. After drain + grace + the margin the parent kills it."""
+    process, _ = server(
+        processes, "--port", "0", "--workers", "2", env={"RERANK_GRACE_PERIOD": "1"}
+    )
+    stuck = workers_of(process, 2)[1]
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        os.kill(process.popen.pid, signal.SIGTERM)
+        assert process.wait() == 1
+        assert gone(stuck)
+    finally:
+        if not gone(stuck):  # the old code never killed it
+            os.kill(stuck, signal.SIGKILL)
+    assert re.search(
+        rf"worker \d \(pid {stuck}\) still runs 6 s after it was told to stop", process.output
+    )
+    assert process.output.count("stopped (0 tasks left)") == 1  # worker 1 stopped on its own
