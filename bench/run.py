@@ -173,16 +173,20 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         mock = stack.enter_context(
             Service(
                 "mock gateway",
-                "mock_gateway",
+                "rerank.mock_gateway",
                 ["--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
-                r"mock gateway listening on (http://\S+)",
+                # The ready line names the v4 base URL; keep its origin (host and port).
+                r"mock gateway listening on (http://\S+)/v4/ai",
                 out / f"{plan.name}-mock.log",
             )
         )
+        # v3, served on the same port: the workload (bench/_workload.py) and the server's
+        # gateway adapter both send specification version 3.
+        mock_url = f"{mock.address}/v3/ai"
         server = stack.enter_context(
             Service(
                 "rerank server",
-                "server",
+                "rerank.server",
                 # One worker: CPU per call and RSS are read from this one PID.
                 [
                     "--host",
@@ -192,7 +196,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
                     "--workers",
                     "1",
                     "--gateway-url",
-                    mock.address,
+                    mock_url,
                 ],
                 r"rerank server listening on (\S+:\d+)",
                 out / f"{plan.name}-server.log",
@@ -214,7 +218,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
             )
         )
         targets = {
-            "direct": (mock.address, {"mock": mock.pid}),
+            "direct": (mock_url, {"mock": mock.pid}),
             "proxied": (server.address, {"server": server.pid, "mock": mock.pid}),
             "echo": (echo.address, {"echo": echo.pid}),
         }
@@ -253,7 +257,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
                 _progress(cells[-1])
         finally:
             await probe.close()
-        workers = await _compare_workers(plan, out, stack, mock.address, server.address)
+        workers = await _compare_workers(plan, out, stack, mock_url, server.address)
     machine["load_average_at_end"] = list(os.getloadavg())
     results: dict[str, Any] = {
         "plan": asdict(plan),
@@ -279,7 +283,7 @@ async def _compare_workers(
     many = stack.enter_context(
         Service(
             "rerank server (workers)",
-            "server",
+            "rerank.server",
             [
                 *("--host", "127.0.0.1", "--port", "0"),
                 *("--workers", str(cores), "--gateway-url", gateway_url),

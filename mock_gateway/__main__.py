@@ -1,9 +1,12 @@
 """``python -m rerank.mock_gateway`` (console script ``rerank-mock-gateway``): serve the mock.
 
 The socket is bound here, before uvicorn starts, so that ``--port 0`` works: once uvicorn
-serves, exactly one line goes to stdout, ``mock gateway listening on http://HOST:PORT/v3/ai``,
-which is how a parent process learns the port. Logs go to stderr; request logs only at
-``--log-level debug`` or ``trace``. SIGTERM and SIGINT shut down gracefully with exit status 0.
+serves, exactly one line goes to stdout, ``mock gateway listening on http://HOST:PORT/v4/ai``,
+which is how a parent process learns the port. It names the v4 base URL (today's SDK); v3 is
+served on the same host and port under ``/v3/ai``. ``--control`` adds the control API under
+``/_control/`` (``rerank.mock_gateway._control``), announced on stderr. Logs go to stderr;
+request logs only at ``--log-level debug`` or ``trace``. SIGTERM and SIGINT shut down
+gracefully with exit status 0.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import Any
 import uvicorn
 
 from ._app import ConnectionDropped, create_app
+from ._control import CONTROL_PREFIX
 from ._settings import MockSettings
+from ._versions import DEFAULT_PROTOCOL, http_origin
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -38,6 +43,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--error-rate", type=float, default=0.0, help="fraction of rerank calls answered 503"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the error-rate draws")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="serve the control API (POST /_control/fail_next, set_scores, reset) for scripting",
+    )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return parser.parse_args(argv)
 
@@ -50,10 +60,6 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(address)
     return sock
-
-
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}/v3/ai" if ":" in host else f"http://{host}:{port}/v3/ai"
 
 
 def _log_config(level: str) -> dict[str, Any]:
@@ -85,14 +91,20 @@ class _QuietDrops(logging.Filter):
 class _Server(uvicorn.Server):
     """A uvicorn server that announces its URL once it accepts connections."""
 
-    def __init__(self, config: uvicorn.Config, url: str) -> None:
+    def __init__(self, config: uvicorn.Config, host: str, port: int, control: bool) -> None:
         super().__init__(config)
-        self._url = url
+        self._url = DEFAULT_PROTOCOL.base_url(host, port)
+        self._control_url = http_origin(host, port) + CONTROL_PREFIX if control else None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
-        if not self.should_exit:  # uvicorn sets it when start-up failed
-            print(f"mock gateway listening on {self._url}", flush=True)
+        if self.should_exit:  # uvicorn sets it when start-up failed
+            return
+        print(f"mock gateway listening on {self._url}", flush=True)
+        if self._control_url is not None:
+            logging.getLogger("uvicorn.error").info(
+                "control API on: POST %s/{fail_next,set_scores,reset}", self._control_url
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             latency_ms=args.latency_ms,
             error_rate=args.error_rate,
             seed=args.seed,
+            control=args.control,
         )
     except ValueError as exc:
         print(f"python -m rerank.mock_gateway: error: {exc}", file=sys.stderr)
@@ -128,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=1,
     )
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-    server = _Server(config, _url(args.host, sock.getsockname()[1]))
+    server = _Server(config, args.host, sock.getsockname()[1], args.control)
     # uvicorn handles SIGTERM/SIGINT while serving, then re-raises the signal once it has shut
     # down. Raising KeyboardInterrupt for both turns that re-raise into a clean exit.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

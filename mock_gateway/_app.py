@@ -1,5 +1,8 @@
 """The ASGI application: routing, body reading, and turning replies into ASGI messages.
 
+The routes are one table built per app: each protocol version's two paths (from
+``PROTOCOL_VERSIONS``), the Cohere-compatible ones, and the control API when it is on.
+
 All state (settings, the random generator of ``error_rate``, the per-key counts of ``times``
 faults, a test's ``MockScript``) lives on the ``MockGateway`` instance that ``create_app``
 builds, so two apps in one process never share anything.
@@ -11,15 +14,18 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
 from . import _cohere
 from ._catalogue import config_body
+from ._control import CONTROL_ROUTES
 from ._faults import FAULT_OPTION, Fault, Normal, parse_fault, render
 from ._http import Drop, Reply, json_reply
 from ._protocol import (
     MODEL_ID_HEADER,
+    TEAM_HEADER,
     GatewayError,
     check_auth,
     check_rerank_headers,
@@ -32,6 +38,7 @@ from ._protocol import (
 )
 from ._script import MockScript
 from ._settings import MockSettings
+from ._versions import PROTOCOL_VERSIONS, ProtocolVersion
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,12 +48,7 @@ Send = Callable[[Message], Awaitable[None]]
 MAX_BODY_BYTES = 64 * 1024 * 1024
 """Larger request bodies are refused with 413 before they are read to the end."""
 
-RERANK_PATH = "/v3/ai/reranking-model"
-CONFIG_PATH = "/v3/ai/config"
 _COHERE_VERSIONS: Mapping[str, str] = MappingProxyType({"/v1/rerank": "1", "/v2/rerank": "2"})
-_METHODS: Mapping[str, str] = MappingProxyType(
-    {RERANK_PATH: "POST", CONFIG_PATH: "GET", "/v1/rerank": "POST", "/v2/rerank": "POST"}
-)
 # A header value h11 refuses: see MockGateway._drop.
 _UNSENDABLE_HEADER = (b"x-mock-gateway-drop", b"\r\n")
 
@@ -71,6 +73,12 @@ class _Request:
     body: bytes
 
 
+@dataclass(frozen=True)
+class _Route:
+    method: str
+    handle: Callable[[_Request], Awaitable[Reply | Drop]]
+
+
 class MockGateway:
     """A deterministic AI Gateway as an ASGI 3 application (build it with ``create_app``)."""
 
@@ -80,7 +88,20 @@ class MockGateway:
         self._fault_hits: dict[str, int] = {}
         self.script = MockScript()
         """Faults and scores a test scripts for the next calls (``rerank.mock_gateway._script``)."""
-        self._config_reply = json_reply(200, config_body())
+        self._routes: dict[str, _Route] = {}
+        for protocol in PROTOCOL_VERSIONS.values():
+            self._routes[f"{protocol.base_path}/reranking-model"] = _Route(
+                "POST", partial(self._rerank, protocol)
+            )
+            config = json_reply(200, config_body(protocol.config_specification_version))
+            self._routes[f"{protocol.base_path}/config"] = _Route(
+                "GET", partial(self._config, config)
+            )
+        for path, api_version in _COHERE_VERSIONS.items():
+            self._routes[path] = _Route("POST", partial(self._cohere, api_version))
+        if settings.control:
+            for path, action in CONTROL_ROUTES.items():
+                self._routes[path] = _Route("POST", partial(self._control, action))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point: ``lifespan`` and ``http`` scopes; websockets are refused."""
@@ -105,34 +126,33 @@ class MockGateway:
         await _send(await self._dispatch(request), send)
 
     async def _dispatch(self, request: _Request) -> Reply | Drop:
-        method = _METHODS.get(request.path)
-        if method is None:
+        route = self._routes.get(request.path)
+        if route is None:
             return GatewayError(
                 404, f"Not found: {request.method} {request.path}", param="path"
             ).reply(_generation_id(request))
-        if request.method != method:
+        if request.method != route.method:
             return GatewayError(
                 405,
-                f"Method {request.method} not allowed on {request.path}: use {method}",
+                f"Method {request.method} not allowed on {request.path}: use {route.method}",
                 param="method",
-                headers=(("allow", method),),
+                headers=(("allow", route.method),),
             ).reply(_generation_id(request))
-        if request.path == RERANK_PATH:
-            return await self._rerank(request)
-        if request.path == CONFIG_PATH:
-            try:
-                check_auth(request.headers, self.settings.api_key)
-            except GatewayError as error:
-                return error.reply(_generation_id(request))
-            return self._config_reply
-        return await self._cohere(request, _COHERE_VERSIONS[request.path])
+        return await route.handle(request)
 
-    async def _rerank(self, request: _Request) -> Reply | Drop:
+    async def _config(self, reply: Reply, request: _Request) -> Reply:
+        try:
+            check_auth(request.headers, self.settings.api_key)
+        except GatewayError as error:
+            return error.reply(_generation_id(request))
+        return reply
+
+    async def _rerank(self, protocol: ProtocolVersion, request: _Request) -> Reply | Drop:
         generation = _generation_id(request)
         try:
             await self._latency()
             check_auth(request.headers, self.settings.api_key)
-            model = find_model(check_rerank_headers(request.headers))
+            model = find_model(check_rerank_headers(request.headers, protocol))
             body = parse_rerank_body(request.body)
             fault = self._armed(parse_fault(body.provider_options))
             if FAULT_OPTION not in body.provider_options:
@@ -143,9 +163,11 @@ class MockGateway:
                 fault = None
             full = rank(model.id, body.query, body.values, None, self.script.fixed_score)
             ranking = full if body.top_n is None else full[: body.top_n]
-            payload = success_payload(model, body, ranking)
+            payload = success_payload(model, body, ranking, request.headers.get(TEAM_HEADER))
             if fault is not None:
-                normal = Normal(payload, ranking_items(full), len(body.values), generation)
+                normal = Normal(
+                    payload, ranking_items(full), len(body.values), generation, protocol
+                )
                 return render(fault, normal)
             if self._unlucky():
                 raise GatewayError(503, "Injected failure (error_rate)", "internal_server_error")
@@ -153,7 +175,16 @@ class MockGateway:
         except GatewayError as error:
             return error.reply(generation)
 
-    async def _cohere(self, request: _Request, api_version: str) -> Reply:
+    async def _control(
+        self, action: Callable[[MockScript, bytes], Reply], request: _Request
+    ) -> Reply:
+        try:
+            check_auth(request.headers, self.settings.api_key)
+            return action(self.script, request.body)
+        except GatewayError as error:
+            return error.reply(_generation_id(request))
+
+    async def _cohere(self, api_version: str, request: _Request) -> Reply:
         try:
             await self._latency()
             _cohere.check_auth(request.headers, self.settings.api_key)

@@ -34,8 +34,8 @@ class Model:
         """The provider slug: the part of the id before the slash."""
         return self.id.partition("/")[0]
 
-    def config_entry(self) -> dict[str, Any]:
-        """The model as ``GET /config`` lists it (spec §6)."""
+    def config_entry(self, specification_version: str) -> dict[str, Any]:
+        """The model as ``GET /config`` lists it (spec §6) for a protocol version ("v3")."""
         pricing = None
         if self.pricing is not None:
             pricing = {"input": self.pricing[0], "output": self.pricing[1]}
@@ -45,7 +45,7 @@ class Model:
             "description": self.description,
             "pricing": pricing,
             "specification": {
-                "specificationVersion": "v3",
+                "specificationVersion": specification_version,
                 "provider": self.provider,
                 "modelId": self.id,
             },
@@ -103,6 +103,6 @@ RERANKING_MODEL_IDS: tuple[str, ...] = tuple(RERANKING_MODELS)
 """The ids of the models the rerank endpoints accept."""
 
 
-def config_body() -> dict[str, Any]:
-    """The body of ``GET /config``."""
-    return {"models": [model.config_entry() for model in MODELS]}
+def config_body(specification_version: str) -> dict[str, Any]:
+    """The body of ``GET /config`` for a protocol version's ``specificationVersion`` ("v3")."""
+    return {"models": [model.config_entry(specification_version) for model in MODELS]}

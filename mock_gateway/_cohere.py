@@ -1,6 +1,6 @@
 """The gateway's Cohere-compatible endpoints, ``POST /v1/rerank`` and ``/v2/rerank`` (spec §7).
 
-Same catalogue, same bearer key and same scoring as ``/v3/ai/reranking-model``; Cohere's
+Same catalogue, same bearer key and same scoring as ``.../reranking-model`` (v3 and v4); Cohere's
 request and response shapes and its plain ``{"message": ...}`` errors. Shape and type
 problems are 400, values out of range 422 (as Cohere separates them), unknown models 404.
 """

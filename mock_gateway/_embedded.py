@@ -17,6 +17,7 @@ import uvicorn
 
 from ._app import create_app
 from ._settings import MockSettings
+from ._versions import PROTOCOL_V3, PROTOCOL_V4, ProtocolVersion
 
 
 class _HostOwnsSignals(uvicorn.Server):
@@ -26,17 +27,35 @@ class _HostOwnsSignals(uvicorn.Server):
 
 
 class LoopbackMockGateway:
-    """`await start()` serves the mock on `host`:free-port; `await stop()` ends it."""
+    """`await start()` serves the mock on `host`:free-port; `await stop()` ends it.
 
-    def __init__(self, settings: MockSettings | None = None, *, host: str = "127.0.0.1") -> None:
+    Both protocol versions are served on that port; `protocol` only chooses which base URL
+    `start()` returns and `url` names. It is v3 unless told otherwise because that is what the
+    rerank server's embedded default has always been handed; `v3_url` and `v4_url` name both.
+    """
+
+    def __init__(
+        self,
+        settings: MockSettings | None = None,
+        *,
+        host: str = "127.0.0.1",
+        protocol: ProtocolVersion = PROTOCOL_V3,
+    ) -> None:
         self._settings = settings or MockSettings()
         self._host = host
+        self._protocol = protocol
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.url = ""
+        """The base URL of `protocol` (empty until started)."""
+        self.v3_url = ""
+        """`http://HOST:PORT/v3/ai` (empty until started)."""
+        self.v4_url = ""
+        """`http://HOST:PORT/v4/ai` (empty until started)."""
 
     async def start(self) -> str:
-        """Serve, and return the base URL (`http://HOST:PORT/v3/ai`) once accepting."""
+        """Serve, and return the base URL of `protocol` (`http://HOST:PORT/v3/ai` by default)
+        once accepting."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind((self._host, 0))
         config = uvicorn.Config(
@@ -55,7 +74,10 @@ class LoopbackMockGateway:
                 await self._task
                 raise RuntimeError("the embedded mock gateway did not start")
             await asyncio.sleep(0.005)
-        self.url = f"http://{self._host}:{sock.getsockname()[1]}/v3/ai"
+        port = sock.getsockname()[1]
+        self.url = self._protocol.base_url(self._host, port)
+        self.v3_url = PROTOCOL_V3.base_url(self._host, port)
+        self.v4_url = PROTOCOL_V4.base_url(self._host, port)
         return self.url
 
     async def stop(self) -> None:

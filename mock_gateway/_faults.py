@@ -16,6 +16,15 @@ Nothing else in the request is touched, and without that key the mock never misb
                  a ``content-length`` and half the body; ``before_headers`` sends nothing.
 ``status_only``  ``status`` (502) with ``body`` (an HTML page) as ``contentType`` (text/html):
                  an answer outside the error envelope.
+``warning``      the normal answer plus one warning of ``type`` (required): ``unsupported`` or
+                 ``compatibility`` (``feature``, optional ``details``), ``other`` (``message``),
+                 ``deprecated`` (``setting``, ``message``; v4 only). A type the request's
+                 protocol version does not know is refused with 400.
+``not_found``    404 ``not_found`` (v4 only; 400 on v3), optional ``message`` and ``param``.
+
+Faults that depend on the protocol version read it from the request's ``ProtocolVersion``:
+a v3 answer never carries a ``deprecated`` warning nor a ``not_found`` error, except through
+``error``, which sends any envelope verbatim on either version.
 
 Every fault also takes ``times`` and ``key``: the fault then hits only the first ``times``
 requests carrying that ``key`` (default: the ``mockGateway`` object itself, canonically encoded)
@@ -28,38 +37,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 
 from ._http import Drop, Reply, json_reply
 from ._protocol import GatewayError, error_reply
+from ._versions import PROTOCOL_VERSIONS, ProtocolVersion
 
 FAULT_OPTION = "mockGateway"
 """The reserved ``providerOptions`` key."""
-
-MALFORMED_VARIANTS = (
-    "not_json",
-    "truncated",
-    "empty",
-    "wrong_types",
-    "nan_score",
-    "missing_score",
-    "missing_ranking",
-    "index_out_of_range",
-    "duplicate_index",
-    "negative_index",
-    "float_index",
-    "error_envelope",
-    "huge",
-    "unsorted",
-    "too_many",
-    "unknown_warning",
-)
-"""The bodies of the ``malformed`` fault. The AI SDK rejects all but four: ``duplicate_index``,
-``unsorted`` and ``too_many`` pass its schema, and ``huge`` is valid JSON, so those four test a
-caller's own checks (index uniqueness, order, topN, size)."""
 
 DROP_VARIANTS = ("mid_body", "before_headers")
 
@@ -117,31 +106,6 @@ def _choice(options: tuple[str, ...]) -> Check:
     return check
 
 
-_STATUS = _integer(200, 599)
-
-_PARAMS: Mapping[str, Mapping[str, Check]] = {
-    "rate_limit": {"retryAfterMs": _number(0), "message": _string},
-    "error": {
-        "status": _STATUS,
-        "type": _verbatim,
-        "message": _string,
-        "param": _verbatim,
-        "code": _verbatim,
-        "generationId": _optional_string,
-    },
-    "slow": {"delayMs": _number(0)},
-    "malformed": {"variant": _choice(MALFORMED_VARIANTS), "sizeBytes": _integer(0, 1 << 30)},
-    "drop": {"variant": _choice(DROP_VARIANTS)},
-    "status_only": {"status": _STATUS, "body": _string, "contentType": _header_value},
-}
-_COMMON: Mapping[str, Check] = {"times": _integer(1, 1 << 31), "key": _string}
-
-
-def _param_error(name: str, problem: str) -> GatewayError:
-    field = f"providerOptions.{FAULT_OPTION}.{name}"
-    return GatewayError(400, f"{field} {problem}", param=field)
-
-
 @dataclass(frozen=True)
 class Fault:
     """A validated fault request."""
@@ -158,31 +122,6 @@ class Fault:
         return float(self.params.get("delayMs", 2000)) / 1000
 
 
-def parse_fault(provider_options: Mapping[str, Any]) -> Fault | None:
-    """The fault a request asks for, None if it asks for none; 400 if the request is invalid."""
-    spec = provider_options.get(FAULT_OPTION)
-    if spec is None:
-        return None
-    name = spec.get("fault")
-    if name not in _PARAMS:
-        raise _param_error("fault", f"must be one of {', '.join(_PARAMS)}")
-    checks = _PARAMS[name]
-    params: dict[str, Any] = {}
-    for param, value in spec.items():
-        if param == "fault" or param in _COMMON:
-            continue
-        if param not in checks:
-            raise _param_error(param, f"is not a parameter of the {name!r} fault")
-        params[param] = checks[param](param, value)
-    if name == "malformed" and "variant" not in params:
-        raise _param_error("variant", f"is required: one of {', '.join(MALFORMED_VARIANTS)}")
-    times = _COMMON["times"]("times", spec["times"]) if "times" in spec else None
-    key = _COMMON["key"]("key", spec["key"]) if "key" in spec else None
-    if key is None:
-        key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS).decode()
-    return Fault(name, params, times, key)
-
-
 @dataclass(frozen=True)
 class Normal:
     """What the call would have answered without the fault, for faults that distort it."""
@@ -193,108 +132,378 @@ class Normal:
     """Every document's entry, sorted, not cut."""
     document_count: int
     generation_id: str
+    protocol: ProtocolVersion
+    """The version of the call, for faults that exist in one version only."""
 
 
-def render(fault: Fault, normal: Normal) -> Reply | Drop:
-    """The answer of ``fault`` (any fault but ``slow``, which only delays the normal answer)."""
-    params = fault.params
-    if fault.name == "rate_limit":
-        retry_ms = params.get("retryAfterMs", 1000)
-        headers = (
-            ("retry-after-ms", _number_text(retry_ms)),
-            ("retry-after", str(math.ceil(retry_ms / 1000))),
+# --- the malformed bodies: one small function per variant ------------------------------------
+
+Variant = Callable[[Normal, Mapping[str, Any]], Reply]
+"""A ``malformed`` body, built from the normal answer and the fault's parameters."""
+
+
+def _ranking(normal: Normal) -> list[dict[str, Any]]:
+    """A copy of the normal ranking's items, for a variant to spoil."""
+    return [dict(item) for item in normal.payload["ranking"]]
+
+
+def _with_ranking(normal: Normal, ranking: list[dict[str, Any]]) -> Reply:
+    return Reply(200, orjson.dumps(_with(normal.payload, ranking=ranking)))
+
+
+def _not_json(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    return Reply(200, b"<html><body>this is not JSON</body></html>")
+
+
+def _truncated(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    whole = orjson.dumps(normal.payload)
+    return Reply(200, whole[: len(whole) // 2])
+
+
+def _empty(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    return Reply(200, b"")
+
+
+def _wrong_types(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = [{**item, "relevanceScore": str(item["relevanceScore"])} for item in _ranking(normal)]
+    return _with_ranking(normal, ranking)
+
+
+def _nan_score(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = _ranking(normal)
+    ranking[0]["relevanceScore"] = _NAN_SENTINEL
+    # orjson cannot write NaN (it is not JSON), so splice the bare token in.
+    body = orjson.dumps(_with(normal.payload, ranking=ranking))
+    return Reply(200, body.replace(orjson.dumps(_NAN_SENTINEL), b"NaN"))
+
+
+def _missing_score(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = [
+        {k: v for k, v in item.items() if k != "relevanceScore"} for item in _ranking(normal)
+    ]
+    return _with_ranking(normal, ranking)
+
+
+def _missing_ranking(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    return json_reply(200, {k: v for k, v in normal.payload.items() if k != "ranking"})
+
+
+def _index_out_of_range(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = _ranking(normal)
+    ranking[0]["index"] = normal.document_count
+    return _with_ranking(normal, ranking)
+
+
+def _duplicate_index(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = _ranking(normal)
+    if len(ranking) > 1:
+        ranking[-1]["index"] = ranking[0]["index"]
+    else:
+        ranking.append(dict(ranking[0]))
+    return _with_ranking(normal, ranking)
+
+
+def _negative_index(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = _ranking(normal)
+    ranking[0]["index"] = -1
+    return _with_ranking(normal, ranking)
+
+
+def _float_index(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    ranking = _ranking(normal)
+    ranking[0]["index"] += 0.5
+    return _with_ranking(normal, ranking)
+
+
+def _error_envelope(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    error = {
+        "message": "Injected error envelope on a 200",
+        "type": "internal_server_error",
+        "param": None,
+        "code": None,
+    }
+    return error_reply(200, error, normal.generation_id)
+
+
+def _huge(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    # Valid JSON whose size, not shape, is the problem.
+    padding = "x" * params.get("sizeBytes", 20_000_000)
+    return json_reply(
+        200, {**_with(normal.payload, ranking=_ranking(normal)), "mockPadding": padding}
+    )
+
+
+def _unsorted(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    return _with_ranking(normal, _ranking(normal)[::-1])
+
+
+def _too_many(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    return _with_ranking(normal, normal.full_ranking)
+
+
+UNDOCUMENTED_WARNING_TYPE = "undocumented"
+"""The type of the ``unknown_warning`` variant: one that no protocol version documents."""
+
+
+def _unknown_warning(normal: Normal, params: Mapping[str, Any]) -> Reply:
+    warning = {
+        "type": UNDOCUMENTED_WARNING_TYPE,
+        "feature": "topN",
+        "details": "Injected warning of a type no protocol version documents.",
+    }
+    return _with_warning(normal, warning)
+
+
+def _with_warning(normal: Normal, warning: dict[str, Any]) -> Reply:
+    warnings = [*normal.payload.get("warnings", []), warning]
+    return json_reply(200, _with(normal.payload, ranking=_ranking(normal), warnings=warnings))
+
+
+_MALFORMED: Mapping[str, Variant] = MappingProxyType(
+    {
+        "not_json": _not_json,
+        "truncated": _truncated,
+        "empty": _empty,
+        "wrong_types": _wrong_types,
+        "nan_score": _nan_score,
+        "missing_score": _missing_score,
+        "missing_ranking": _missing_ranking,
+        "index_out_of_range": _index_out_of_range,
+        "duplicate_index": _duplicate_index,
+        "negative_index": _negative_index,
+        "float_index": _float_index,
+        "error_envelope": _error_envelope,
+        "huge": _huge,
+        "unsorted": _unsorted,
+        "too_many": _too_many,
+        "unknown_warning": _unknown_warning,
+    }
+)
+
+MALFORMED_VARIANTS: tuple[str, ...] = tuple(_MALFORMED)
+"""The bodies of the ``malformed`` fault. The AI SDK rejects all but four: ``duplicate_index``,
+``unsorted`` and ``too_many`` pass its schema, and ``huge`` is valid JSON, so those four test a
+caller's own checks (index uniqueness, order, topN, size)."""
+
+
+# --- the faults: their parameters and how each answers ---------------------------------------
+
+Render = Callable[[Mapping[str, Any], Normal], Reply | Drop]
+"""A fault's answer, from its parameters and the normal answer."""
+
+
+def _rate_limit(params: Mapping[str, Any], normal: Normal) -> Reply:
+    retry_ms = params.get("retryAfterMs", 1000)
+    headers = (
+        ("retry-after-ms", _number_text(retry_ms)),
+        ("retry-after", str(math.ceil(retry_ms / 1000))),
+    )
+    error = {
+        "message": params.get("message", "Rate limit exceeded"),
+        "type": "rate_limit_exceeded",
+        "param": None,
+        "code": None,
+    }
+    return error_reply(429, error, normal.generation_id, headers)
+
+
+def _error(params: Mapping[str, Any], normal: Normal) -> Reply:
+    error = {"message": params.get("message", "Injected error")}
+    if "type" in params:
+        error["type"] = params["type"]
+    error["param"] = params.get("param")
+    error["code"] = params.get("code")
+    generation = params.get("generationId", normal.generation_id)
+    return error_reply(params.get("status", 500), error, generation)
+
+
+def _malformed(params: Mapping[str, Any], normal: Normal) -> Reply:
+    return _MALFORMED[params["variant"]](normal, params)
+
+
+def _drop(params: Mapping[str, Any], normal: Normal) -> Drop:
+    reply = json_reply(200, normal.payload)
+    return Drop(reply, before_headers=params.get("variant") == "before_headers")
+
+
+def _status_only(params: Mapping[str, Any], normal: Normal) -> Reply:
+    body = params.get("body", _DEFAULT_HTML).encode()
+    content_type = params.get("contentType", "text/html; charset=utf-8")
+    return Reply(params.get("status", 502), body, content_type)
+
+
+_WARNING_FIELDS: Mapping[str, Mapping[str, str | None]] = MappingProxyType(
+    {
+        "unsupported": {"feature": FAULT_OPTION, "details": None},
+        "compatibility": {"feature": FAULT_OPTION, "details": None},
+        "other": {"message": "Injected warning."},
+        "deprecated": {"setting": FAULT_OPTION, "message": "Injected deprecation warning."},
+    }
+)
+"""Each documented warning type's fields (spec §3, §0), in wire order, with the default the
+``warning`` fault uses; None: left out unless the fault gives it."""
+
+
+def _check_warning_fields(params: Mapping[str, Any]) -> None:
+    fields = _WARNING_FIELDS[params["type"]]
+    for name in params:
+        if name != "type" and name not in fields:
+            raise _param_error(
+                name,
+                f"is not a field of a {params['type']!r} warning (its fields: {', '.join(fields)})",
+            )
+
+
+def _warning(params: Mapping[str, Any], normal: Normal) -> Reply:
+    type_ = params["type"]
+    protocol = normal.protocol
+    if type_ not in protocol.warning_types:
+        where = _served_in(lambda version: type_ in version.warning_types)
+        raise _param_error(
+            "type",
+            f"must be a warning type of protocol {protocol.name} "
+            f"({', '.join(protocol.warning_types)}), got {type_!r}{where}",
         )
-        error = {
-            "message": params.get("message", "Rate limit exceeded"),
-            "type": "rate_limit_exceeded",
-            "param": None,
-            "code": None,
-        }
-        return error_reply(429, error, normal.generation_id, headers)
-    if fault.name == "error":
-        error = {"message": params.get("message", "Injected error")}
-        if "type" in params:
-            error["type"] = params["type"]
-        error["param"] = params.get("param")
-        error["code"] = params.get("code")
-        generation = params.get("generationId", normal.generation_id)
-        return error_reply(params.get("status", 500), error, generation)
-    if fault.name == "status_only":
-        body = params.get("body", _DEFAULT_HTML).encode()
-        content_type = params.get("contentType", "text/html; charset=utf-8")
-        return Reply(params.get("status", 502), body, content_type)
-    if fault.name == "drop":
-        reply = json_reply(200, normal.payload)
-        return Drop(reply, before_headers=params.get("variant") == "before_headers")
-    if fault.name == "malformed":
-        return _malformed(params["variant"], params.get("sizeBytes", 20_000_000), normal)
-    raise AssertionError(f"fault {fault.name!r} has no rendering")  # slow never gets here
+    warning = {"type": type_}
+    for name, default in _WARNING_FIELDS[type_].items():
+        value = params.get(name, default)
+        if value is not None:
+            warning[name] = value
+    return _with_warning(normal, warning)
+
+
+def _not_found(params: Mapping[str, Any], normal: Normal) -> Reply:
+    protocol = normal.protocol
+    if "not_found" not in protocol.error_types:
+        where = _served_in(lambda version: "not_found" in version.error_types)
+        raise _param_error(
+            "fault",
+            f"'not_found' is not an error type of protocol {protocol.name}{where}; "
+            '{"fault": "error", "status": 404, "type": "not_found"} sends it anyway',
+        )
+    error = {
+        "message": params.get("message", "Injected: the requested resource was not found"),
+        "type": "not_found",
+        "param": params.get("param"),
+        "code": None,
+    }
+    return error_reply(404, error, normal.generation_id)
+
+
+def _served_in(belongs: Callable[[ProtocolVersion], bool]) -> str:
+    """Where something of one version only is: ``" (it belongs to protocol v4, under /v4/ai)"``."""
+    where = ", ".join(
+        f"{version.name}, under {version.base_path}"
+        for version in PROTOCOL_VERSIONS.values()
+        if belongs(version)
+    )
+    return f" (it belongs to protocol {where})" if where else ""
 
 
 def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _malformed(variant: str, size: int, normal: Normal) -> Reply:
-    payload = normal.payload
-    ranking = [dict(item) for item in payload["ranking"]]
-    body: bytes | None = None
-    if variant == "not_json":
-        body = b"<html><body>this is not JSON</body></html>"
-    elif variant == "truncated":
-        whole = orjson.dumps(payload)
-        body = whole[: len(whole) // 2]
-    elif variant == "empty":
-        body = b""
-    elif variant == "wrong_types":
-        for item in ranking:
-            item["relevanceScore"] = str(item["relevanceScore"])
-    elif variant == "nan_score":
-        ranking[0]["relevanceScore"] = _NAN_SENTINEL
-        # orjson cannot write NaN (it is not JSON), so splice the bare token in.
-        body = orjson.dumps(_with(payload, ranking=ranking)).replace(
-            orjson.dumps(_NAN_SENTINEL), b"NaN"
-        )
-    elif variant == "missing_score":
-        for item in ranking:
-            del item["relevanceScore"]
-    elif variant == "missing_ranking":
-        return json_reply(200, {k: v for k, v in payload.items() if k != "ranking"})
-    elif variant == "index_out_of_range":
-        ranking[0]["index"] = normal.document_count
-    elif variant == "duplicate_index":
-        if len(ranking) > 1:
-            ranking[-1]["index"] = ranking[0]["index"]
-        else:
-            ranking.append(dict(ranking[0]))
-    elif variant == "negative_index":
-        ranking[0]["index"] = -1
-    elif variant == "float_index":
-        ranking[0]["index"] += 0.5
-    elif variant == "error_envelope":
-        error = {
-            "message": "Injected error envelope on a 200",
-            "type": "internal_server_error",
-            "param": None,
-            "code": None,
-        }
-        return error_reply(200, error, normal.generation_id)
-    elif variant == "huge":
-        # Valid JSON whose size, not shape, is the problem.
-        return json_reply(200, {**_with(payload, ranking=ranking), "mockPadding": "x" * size})
-    elif variant == "unsorted":
-        ranking.reverse()
-    elif variant == "too_many":
-        ranking = normal.full_ranking
-    elif variant == "unknown_warning":
-        warning = {"type": "deprecated", "feature": "topN", "details": "Injected warning type."}
-        warnings = [*payload.get("warnings", []), warning]
-        return json_reply(200, _with(payload, ranking=ranking, warnings=warnings))
-    else:
-        raise AssertionError(f"unknown malformed variant {variant!r}")
-    if body is None:
-        body = orjson.dumps(_with(payload, ranking=ranking))
-    return Reply(200, body)
+@dataclass(frozen=True)
+class _Kind:
+    """One fault: the checks of its parameters, those it requires, and its answer."""
+
+    params: Mapping[str, Check]
+    render: Render | None
+    """None for ``slow``, which the app answers normally after the delay."""
+    required: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """The parameters without a default, each with what it accepts."""
+    check: Callable[[Mapping[str, Any]], None] | None = None
+    """A check of the parameters together, once each has passed its own."""
+
+
+_STATUS = _integer(200, 599)
+
+_FAULTS: Mapping[str, _Kind] = MappingProxyType(
+    {
+        "rate_limit": _Kind({"retryAfterMs": _number(0), "message": _string}, _rate_limit),
+        "error": _Kind(
+            {
+                "status": _STATUS,
+                "type": _verbatim,
+                "message": _string,
+                "param": _verbatim,
+                "code": _verbatim,
+                "generationId": _optional_string,
+            },
+            _error,
+        ),
+        "slow": _Kind({"delayMs": _number(0)}, None),
+        "malformed": _Kind(
+            {"variant": _choice(MALFORMED_VARIANTS), "sizeBytes": _integer(0, 1 << 30)},
+            _malformed,
+            required={"variant": f"one of {', '.join(MALFORMED_VARIANTS)}"},
+        ),
+        "drop": _Kind({"variant": _choice(DROP_VARIANTS)}, _drop),
+        "status_only": _Kind(
+            {"status": _STATUS, "body": _string, "contentType": _header_value}, _status_only
+        ),
+        "warning": _Kind(
+            {
+                "type": _choice(tuple(_WARNING_FIELDS)),
+                "feature": _string,
+                "details": _string,
+                "setting": _string,
+                "message": _string,
+            },
+            _warning,
+            required={"type": f"one of {', '.join(_WARNING_FIELDS)}"},
+            check=_check_warning_fields,
+        ),
+        "not_found": _Kind({"message": _string, "param": _verbatim}, _not_found),
+    }
+)
+_COMMON: Mapping[str, Check] = {"times": _integer(1, 1 << 31), "key": _string}
+
+
+def _param_error(name: str, problem: str) -> GatewayError:
+    path = f"providerOptions.{FAULT_OPTION}.{name}"
+    return GatewayError(400, f"{path} {problem}", param=path)
+
+
+def parse_fault(provider_options: Mapping[str, Any]) -> Fault | None:
+    """The fault a request asks for, None if it asks for none; 400 if the request is invalid."""
+    spec = provider_options.get(FAULT_OPTION)
+    if spec is None:
+        return None
+    name = spec.get("fault")
+    if name not in _FAULTS:
+        raise _param_error("fault", f"must be one of {', '.join(_FAULTS)}")
+    kind = _FAULTS[name]
+    params: dict[str, Any] = {}
+    for param, value in spec.items():
+        if param == "fault" or param in _COMMON:
+            continue
+        if param not in kind.params:
+            raise _param_error(param, f"is not a parameter of the {name!r} fault")
+        params[param] = kind.params[param](param, value)
+    for param, accepted in kind.required.items():
+        if param not in params:
+            raise _param_error(param, f"is required: {accepted}")
+    if kind.check is not None:
+        kind.check(params)
+    times = _COMMON["times"]("times", spec["times"]) if "times" in spec else None
+    key = _COMMON["key"]("key", spec["key"]) if "key" in spec else None
+    if key is None:
+        key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS).decode()
+    return Fault(name, params, times, key)
+
+
+def render(fault: Fault, normal: Normal) -> Reply | Drop:
+    """The answer of ``fault`` (any fault but ``slow``, which only delays the normal answer).
+
+    Raises:
+        GatewayError: 400 for a fault the call's protocol version cannot carry.
+    """
+    answer = _FAULTS[fault.name].render
+    if answer is None:
+        raise AssertionError(f"fault {fault.name!r} has no rendering")  # slow never gets here
+    return answer(fault.params, normal)
 
 
 def _with(payload: dict[str, Any], **changes: Any) -> dict[str, Any]:

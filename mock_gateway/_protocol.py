@@ -1,7 +1,8 @@
 """The AI Gateway's reranking protocol (spec §1-§4): headers, request body, answers, errors.
 
 Everything here is pure: it turns request bytes into a validated ``RerankRequest`` or a
-``GatewayError``, and a ranking into response bytes. The ASGI plumbing lives in ``_app``.
+``GatewayError``, and a ranking into response bytes. What differs between v3 and v4 comes in
+as a ``ProtocolVersion`` (``_versions``). The ASGI plumbing lives in ``_app``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import orjson
 from ._catalogue import RERANKING_MODELS, Model
 from ._http import Reply, json_reply
 from ._scoring import score
+from ._versions import PROTOCOL_VERSIONS, ProtocolVersion
 
 PROTOCOL_VERSION_HEADER = "ai-gateway-protocol-version"
 SPEC_VERSION_HEADER = "ai-reranking-model-specification-version"
 MODEL_ID_HEADER = "ai-model-id"
-SPEC_VERSION = "3"
+TEAM_HEADER = "x-vercel-ai-gateway-team"
+"""Optional on both versions; its value comes back in ``providerMetadata.mock.team``."""
 
 MAX_DOCUMENTS = 10_000
 """Cohere's hard limit; the real gateway's is not documented."""
@@ -117,17 +120,20 @@ def check_auth(headers: Mapping[str, str], api_key: str | None) -> None:
         raise GatewayError(401, "Invalid API key or OIDC token", "authentication_error")
 
 
-def check_rerank_headers(headers: Mapping[str, str]) -> str:
+def check_rerank_headers(headers: Mapping[str, str], protocol: ProtocolVersion) -> str:
     """Validate the model headers and content type of a rerank call; return the model id."""
     if PROTOCOL_VERSION_HEADER not in headers:
         raise _header_error(
             f"Missing required header {PROTOCOL_VERSION_HEADER}", PROTOCOL_VERSION_HEADER
         )
     spec_version = headers.get(SPEC_VERSION_HEADER)
-    if spec_version != SPEC_VERSION:
+    wanted = protocol.specification_version
+    if spec_version != wanted:
         got = "it is missing" if spec_version is None else f"got {spec_version!r}"
         raise _header_error(
-            f"Header {SPEC_VERSION_HEADER} must be {SPEC_VERSION!r}, {got}", SPEC_VERSION_HEADER
+            f"Header {SPEC_VERSION_HEADER} must be {wanted!r} under {protocol.base_path}, "
+            f"{got}{_where_served(spec_version)}",
+            SPEC_VERSION_HEADER,
         )
     model_id = headers.get(MODEL_ID_HEADER, "").strip()
     if not model_id:
@@ -139,6 +145,14 @@ def check_rerank_headers(headers: Mapping[str, str]) -> str:
             "content-type",
         )
     return model_id
+
+
+def _where_served(spec_version: str | None) -> str:
+    # A client of the other SDK generation at the wrong base URL: say where its version lives.
+    for version in PROTOCOL_VERSIONS.values():
+        if version.specification_version == spec_version:
+            return f" (protocol {version.name} is served under {version.base_path})"
+    return ""
 
 
 def _header_error(message: str, header: str) -> GatewayError:
@@ -286,17 +300,27 @@ def ranking_items(ranking: list[tuple[int, float]]) -> list[dict[str, Any]]:
 
 
 def success_payload(
-    model: Model, request: RerankRequest, ranking: list[tuple[int, float]]
+    model: Model,
+    request: RerankRequest,
+    ranking: list[tuple[int, float]],
+    team: str | None = None,
 ) -> dict[str, Any]:
-    """The 200 body of spec §3; ``warnings`` only when there is one."""
+    """The 200 body of spec §3; ``warnings`` only when there is one.
+
+    ``team`` is the request's ``x-vercel-ai-gateway-team``, shown to the test as
+    ``providerMetadata.mock.team`` (left out without the header).
+    """
     units = search_units(len(request.values))
     payload: dict[str, Any] = {"ranking": ranking_items(ranking)}
     warnings = warnings_for(model, request)
     if warnings:
         payload["warnings"] = warnings
+    mock: dict[str, Any] = {"searchUnits": units, "documents": len(request.values)}
+    if team is not None:
+        mock["team"] = team
     payload["providerMetadata"] = {
         "gateway": {"cost": _decimal_string(model.search_unit_price * units)},
-        "mock": {"searchUnits": units, "documents": len(request.values)},
+        "mock": mock,
     }
     return payload
 

@@ -12,12 +12,14 @@ make the service under test fail without touching its requests::
 
 What it changes, and nothing else:
 
-- ``fail_next(fault, times=1, **params)``: the next ``times`` rerank calls
-  (``POST /v3/ai/reranking-model``) that carry no ``providerOptions.mockGateway`` of their own get
-  ``fault``. Names and parameters are those of ``providerOptions.mockGateway`` (see
-  ``rerank.mock_gateway._faults``); they are validated at once (``ValueError`` for a typo) and then
-  rendered by the same code. ``key`` is not accepted: a script is not keyed. Several
-  ``fail_next`` calls queue up, first in first out.
+- ``fail_next(fault, times=1, **params)``: the next ``times`` rerank calls (``POST
+  .../reranking-model`` of either protocol version) that carry no ``providerOptions.mockGateway``
+  of their own get ``fault``. Names and parameters are those of ``providerOptions.mockGateway``
+  (see ``rerank.mock_gateway._faults``); they are validated at once (``ValueError`` for a typo)
+  and then rendered by the same code. A fault of one version only (a ``deprecated`` warning,
+  ``not_found``) that reaches a call of the other is answered 400 there, and counts as used.
+  ``key`` is not accepted: a script is not keyed. Several ``fail_next`` calls queue up, first in
+  first out.
 - ``set_scores({text: score})``: text documents equal to a key get that score (any finite
   number) instead of the lexical one; the others are scored as usual. Ranking, ties and
   ``topN`` then work as always. Calls add to the scores already set.
@@ -56,7 +58,7 @@ class MockScript:
         self._faults: deque[_Pending] = deque()
         self._scores: dict[str, float] = {}
 
-    def fail_next(self, fault: str, *, times: int = 1, **params: Any) -> None:
+    def fail_next(self, fault: str, /, *, times: int = 1, **params: Any) -> None:
         """Answer the next ``times`` rerank calls with ``fault`` (e.g. ``"rate_limit"``).
 
         Raises:
@@ -67,7 +69,7 @@ class MockScript:
         if "times" in params or "key" in params:
             raise ValueError("a scripted fault takes no 'key'; 'times' is a keyword of its own")
         try:
-            parsed = parse_fault({FAULT_OPTION: {"fault": fault, **params}})
+            parsed = parse_fault({FAULT_OPTION: {**params, "fault": fault}})
         except GatewayError as error:
             raise ValueError(error.message) from None
         assert parsed is not None  # the spec above is never empty

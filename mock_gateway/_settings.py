@@ -25,6 +25,10 @@ class MockSettings:
     seed: int = 0
     """Seed of the app instance's random generator (used only by ``error_rate``)."""
 
+    control: bool = False
+    """Serve the control API under ``/_control/`` (``rerank.mock_gateway._control``): scripting
+    the app over HTTP, for test suites in other languages. Off, those paths are 404."""
+
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must be None or a non-empty string")

@@ -17,7 +17,14 @@ from typing import Any, Self
 
 import uvicorn
 
-from rerank.mock_gateway import MockGateway, MockScript, MockSettings, create_app
+from rerank.mock_gateway import (
+    PROTOCOL_V3,
+    PROTOCOL_V4,
+    MockGateway,
+    MockScript,
+    MockSettings,
+    create_app,
+)
 
 __all__ = ["DEFAULT_API_KEY", "MockGatewayServer", "RerankServerThread"]
 
@@ -45,9 +52,11 @@ class _Announcing(uvicorn.Server):
 class MockGatewayServer:
     """The mock gateway (`mock_gateway`) served by a real uvicorn on a free loopback port.
 
-    Use it as a context manager (or `start()` / `stop()`); `url` is the base URL a gateway
-    client is given, `http://127.0.0.1:PORT/v3/ai`. The scripting methods act on this app's
-    `MockScript`; see `rerank.mock_gateway._script` for their exact meaning.
+    Use it as a context manager (or `start()` / `stop()`). It serves both protocol versions
+    on one port: `url` is the v4 base URL a gateway client is given (`http://127.0.0.1:PORT/v4/ai`,
+    what `ai` 7 / `@ai-sdk/gateway` 4 speak), the same as `v4_url`; `v3_url` is the v3 one
+    (`.../v3/ai`, for `ai` 6 / gateway 3). The scripting methods act on this app's `MockScript`
+    (calls of either version); see `rerank.mock_gateway._script` for their exact meaning.
     """
 
     def __init__(self, settings: MockSettings | None = None, *, host: str = "127.0.0.1") -> None:
@@ -55,27 +64,41 @@ class MockGatewayServer:
         self._host = host
         self._server: _Announcing | None = None
         self._thread: threading.Thread | None = None
-        self._url: str | None = None
+        self._address: tuple[str, int] | None = None
 
     @property
     def url(self) -> str:
-        """The gateway base URL, `http://HOST:PORT/v3/ai` (only once started)."""
-        if self._url is None:
+        """The v4 base URL, `http://HOST:PORT/v4/ai`: the same as `v4_url` (once started)."""
+        return self.v4_url
+
+    @property
+    def v4_url(self) -> str:
+        """`http://HOST:PORT/v4/ai`, protocol v4 (`@ai-sdk/gateway` 4.x), once started."""
+        return PROTOCOL_V4.base_url(*self._running_address())
+
+    @property
+    def v3_url(self) -> str:
+        """`http://HOST:PORT/v3/ai`, protocol v3 (`@ai-sdk/gateway` 3.x), once started."""
+        return PROTOCOL_V3.base_url(*self._running_address())
+
+    def _running_address(self) -> tuple[str, int]:
+        if self._address is None:
             raise RuntimeError("the mock gateway is not running: call start() first")
-        return self._url
+        return self._address
 
     @property
     def script(self) -> MockScript:
         """The app's script: what the next rerank calls answer."""
         return self.app.script
 
-    def fail_next(self, fault: str, *, times: int = 1, **params: Any) -> None:
+    def fail_next(self, fault: str, /, *, times: int = 1, **params: Any) -> None:
         """Answer the next `times` rerank calls with `fault`, exactly as a request carrying
         `providerOptions.mockGateway = {"fault": fault, **params}` would be answered.
 
         Faults: `rate_limit` (`retryAfterMs`, `message`), `error` (`status`, `type`,
         `message`, `param`, `code`, `generationId`), `slow` (`delayMs`), `malformed`
-        (`variant`), `drop` (`variant`), `status_only` (`status`, `body`, `contentType`).
+        (`variant`), `drop` (`variant`), `status_only` (`status`, `body`, `contentType`),
+        `warning` (`type`, and that type's fields), `not_found` (`message`, `param`; v4 only).
 
         Raises:
             ValueError: an unknown fault or parameter, at once rather than at the call.
@@ -116,15 +139,14 @@ class MockGatewayServer:
             raise RuntimeError("the mock gateway did not start (see the uvicorn log)")
         self._server, self._thread = server, thread
         host, port = server.servers[0].sockets[0].getsockname()[:2]
-        self._url = (
-            f"http://[{host}]:{port}/v3/ai" if ":" in host else f"http://{host}:{port}/v3/ai"
-        )
+        self._address = (host, port)
         return self
 
     def stop(self) -> None:
         """Stop serving and wait for the thread to end. Idempotent."""
         server, thread = self._server, self._thread
-        self._server = self._thread = self._url = None
+        self._server = self._thread = None
+        self._address = None
         if server is None or thread is None:
             return
         server.should_exit = True
@@ -147,7 +169,7 @@ class MockGatewayServer:
 class RerankServerThread:
     """A rerank server (`rerank.server.app.start_server`) on a free loopback port, in a thread.
 
-    It forwards to the gateway at `gateway_url` (a `MockGatewayServer.url`, or any gateway)
+    It forwards to the gateway at `gateway_url` (a `MockGatewayServer.v3_url`, or any gateway)
     with `api_key`. Unlike a deployed server it does not retry gateway failures and has no
     circuit breaker: a fault scripted for the next call reaches the caller exactly once, so
     a contract test sees what the gateway did, not how the server's resilience hid it.

@@ -4,7 +4,9 @@ Fixtures (all but the session-wide servers are per test):
 
 ``rerank_mock_gateway``
     A `MockGatewayServer`: the deterministic mock gateway behind a real uvicorn on
-    127.0.0.1:<free port>. `.url` is its base URL (`http://127.0.0.1:PORT/v3/ai`);
+    127.0.0.1:<free port>, serving both protocol versions. `.url` is the v4 base URL
+    (`http://127.0.0.1:PORT/v4/ai`, for `ai` 7 / `@ai-sdk/gateway` 4), equal to `.v4_url`;
+    `.v3_url` is the v3 one (`.../v3/ai`, for `ai` 6 / gateway 3).
     `.fail_next(fault, times=1, **params)`, `.set_scores({text: score})` and `.reset()` script
     it for the current test.
 ``rerank_server``
@@ -42,7 +44,8 @@ def _rerank_mock_gateway_session() -> Iterator[MockGatewayServer]:
 def _rerank_server_session(
     _rerank_mock_gateway_session: MockGatewayServer,
 ) -> Iterator[RerankServerThread]:
-    with RerankServerThread(_rerank_mock_gateway_session.url) as server:
+    # The rerank server's gateway adapter speaks v3 (spec version header "3").
+    with RerankServerThread(_rerank_mock_gateway_session.v3_url) as server:
         yield server
 
 

@@ -16,7 +16,8 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from rerank.server.app import StartupError, serve
-from rerank.server.config import DEFAULT_GATEWAY_URL, Settings, Upstream
+from rerank.server.config import DEFAULT_GATEWAY_URL, GatewayProtocol, Settings, Upstream
+from rerank.server.credentials import TokenFileError, read_token
 from rerank.server.workers import run_workers
 
 logger = logging.getLogger("rerank.server")
@@ -41,6 +42,13 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         "--gateway-url",
         default=environ.get("RERANK_GATEWAY_URL"),
         help=f"gateway base URL (default with a key: {DEFAULT_GATEWAY_URL})",
+    )
+    parser.add_argument(
+        "--gateway-protocol",
+        metavar="v3|v4",
+        default=environ.get("RERANK_GATEWAY_PROTOCOL") or None,
+        help="protocol version spoken to the gateway (default: v3 for a base URL ending in "
+        "/v3/ai, else v4)",
     )
     parser.add_argument(
         "--mock",
@@ -92,19 +100,39 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
             parser.error(f"cannot read RERANK_AUTH_TOKENS_FILE: {exc.strerror}")
     tokens.discard("")
 
+    # The gateway credential, as the AI SDK picks it: a key first, else an OIDC token. A token
+    # file is re-read while the server runs; VERCEL_OIDC_TOKEN is only what it was at start.
     api_key = environ.get("AI_GATEWAY_API_KEY") or None
     auth_method = "api-key"
-    if api_key is None and environ.get("VERCEL_OIDC_TOKEN"):
+    oidc_token_file = None
+    if api_key is None and (token_file := environ.get("RERANK_OIDC_TOKEN_FILE")):
+        try:
+            read_token(token_file)
+        except TokenFileError as exc:
+            parser.error(f"RERANK_OIDC_TOKEN_FILE: {exc}")
+        oidc_token_file, auth_method = token_file, "oidc"
+    elif api_key is None and environ.get("VERCEL_OIDC_TOKEN"):
         api_key, auth_method = environ["VERCEL_OIDC_TOKEN"], "oidc"
-    if args.mock or (api_key is None and args.gateway_url is None):
+    has_credential = api_key is not None or oidc_token_file is not None
+    if args.mock or (not has_credential and args.gateway_url is None):
         upstream = Upstream.EMBEDDED_MOCK
-    elif api_key is None:
+    elif not has_credential:
         parser.error(
             "--gateway-url needs a credential: set AI_GATEWAY_API_KEY (any non-empty value "
-            "for a mock gateway process)"
+            "for a mock gateway process) or RERANK_OIDC_TOKEN_FILE"
         )
     else:
         upstream = Upstream.GATEWAY
+
+    protocol = None  # as the base URL names it
+    if args.gateway_protocol is not None:
+        try:
+            protocol = GatewayProtocol(args.gateway_protocol.strip().lower())
+        except ValueError:
+            parser.error(
+                "--gateway-protocol / RERANK_GATEWAY_PROTOCOL must be "
+                f"{' or '.join(p.value for p in GatewayProtocol)}, got {args.gateway_protocol!r}"
+            )
 
     window_sizes = dict(defaults.window_sizes)
     for entry in filter(
@@ -134,8 +162,11 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         port=args.port,
         upstream=upstream,
         gateway_url=(args.gateway_url or DEFAULT_GATEWAY_URL).rstrip("/"),
+        gateway_protocol=protocol,
+        gateway_team=environ.get("RERANK_GATEWAY_TEAM", "").strip() or None,
         api_key=api_key,
         auth_method=auth_method,
+        oidc_token_file=oidc_token_file,
         default_model=args.default_model,
         upstream_timeout=number("UPSTREAM_TIMEOUT", defaults.upstream_timeout),
         max_connections=int(number("MAX_CONNECTIONS", defaults.max_connections)),
@@ -189,7 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "deterministic mock gateway (scores are lexical, not a real model)"
             )
         else:
-            logger.info("forwarding to the gateway at %s", settings.gateway_url)
+            logger.info(
+                "forwarding to the gateway at %s (protocol %s)",
+                settings.gateway_url,
+                settings.protocol.value,
+            )
         logger.info(
             "caller authentication %s; TLS %s",
             "on" if settings.auth_tokens else "off",

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +25,12 @@ from grpc_reflection.v1alpha import reflection
 from rerank.server.admission import Admission
 from rerank.server.cache import CachingReranker
 from rerank.server.config import Settings, Upstream
+from rerank.server.credentials import (
+    Credential,
+    OidcTokenFile,
+    StaticCredential,
+    TokenFileError,
+)
 from rerank.server.domain import Limits, Reranker
 from rerank.server.gateway import GatewayReranker
 from rerank.server.interceptors import (
@@ -120,19 +127,35 @@ def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
             parallelism=settings.window_parallelism,
         ),
     )
-    return CachingReranker(windowed, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes)
+    return CachingReranker(
+        windowed,
+        ttl=settings.cache_ttl,
+        max_bytes=settings.cache_max_bytes,
+        upstream_timeout=settings.upstream_timeout,
+    )
 
 
 def build_gateway(settings: Settings) -> GatewayReranker:
     """The gateway adapter for `settings.gateway_url`, over one pooled HTTP session."""
-    if settings.api_key is None:
-        raise ValueError("a gateway upstream needs an API key")
     return GatewayReranker(
         base_url=settings.gateway_url,
-        api_key=settings.api_key,
-        auth_method=settings.auth_method,
+        credential=gateway_credential(settings),
         max_connections=settings.max_connections,
+        protocol=settings.protocol,
+        team=settings.gateway_team,
     )
+
+
+def gateway_credential(settings: Settings) -> Credential:
+    """The token file when there is one (read again as it changes), else the fixed key."""
+    if settings.oidc_token_file is not None:
+        try:
+            return OidcTokenFile(settings.oidc_token_file)
+        except TokenFileError as exc:
+            raise StartupError(f"RERANK_OIDC_TOKEN_FILE: {exc}") from exc
+    if settings.api_key is None:
+        raise ValueError("a gateway upstream needs an API key or a token file")
+    return StaticCredential(settings.api_key, settings.auth_method)
 
 
 async def start_server(settings: Settings, reranker: Reranker | None = None) -> RunningServer:
@@ -154,9 +177,17 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
             from rerank.mock_gateway import LoopbackMockGateway
 
             embedded_mock = LoopbackMockGateway()
-            url = await embedded_mock.start()
+            # The mock serves every protocol version on one port, each under its own base
+            # path, as the gateway does: speaking the configured one is choosing its path.
+            origin = urlsplit(await embedded_mock.start())
+            protocol = settings.protocol
             settings = dataclasses.replace(
-                settings, upstream=Upstream.GATEWAY, gateway_url=url, api_key="embedded-mock"
+                settings,
+                upstream=Upstream.GATEWAY,
+                gateway_url=protocol.base_url_at(f"{origin.scheme}://{origin.netloc}"),
+                gateway_protocol=protocol,
+                api_key="embedded-mock",
+                oidc_token_file=None,
             )
         reranker = build_reranker(settings, build_gateway(settings))
     message_limit = settings.max_message_bytes

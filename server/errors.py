@@ -3,6 +3,7 @@
 ```
 RerankError                      something a caller should hear about
 ├── InvalidRequest               our own validation failed; names the field
+├── MalformedRequest             the bytes are not the method's request message
 ├── Overloaded                   the server refused work it has no room for
 └── UpstreamError                the gateway, or the way to it, failed
     ├── UpstreamTimeout          no answer within the call's deadline
@@ -11,6 +12,7 @@ RerankError                      something a caller should hear about
     ├── UpstreamInvalidRequest   400 invalid_request_error: the gateway rejected the input
     ├── UpstreamForbidden        403 forbidden
     ├── ModelNotFound            404 model_not_found
+    ├── UpstreamNotFound         404 not_found (v4): a resource other than a model is missing
     ├── UpstreamFailedDependency 424 failed_dependency: the provider behind the gateway failed
     ├── UpstreamAuthentication   401 authentication_error: *our* key is wrong
     └── UpstreamProtocolError    an answer outside the protocol (bad JSON, bad ranking, ...)
@@ -53,6 +55,14 @@ class InvalidRequest(RerankError):
     def __init__(self, violations: list[FieldViolation]) -> None:
         super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
         self.violations = tuple(violations)
+
+
+class MalformedRequest(RerankError):
+    """The bytes received do not decode as the method's request message: not protobuf, cut
+    short, or a string field that is not UTF-8. gRPC hands them to no handler, so no field
+    can be named; the message says what protobuf found wrong."""
+
+    reason = "MALFORMED_REQUEST"
 
 
 class Overloaded(RerankError):
@@ -116,6 +126,13 @@ class ModelNotFound(UpstreamError):
     """The gateway does not know the model (404 model_not_found)."""
 
     reason = "MODEL_NOT_FOUND"
+
+
+class UpstreamNotFound(UpstreamError):
+    """The gateway lacks a resource other than the model (404 not_found, protocol v4), e.g. a
+    team or a configuration the call names; `ModelNotFound` is the model's own case."""
+
+    reason = "UPSTREAM_NOT_FOUND"
 
 
 class UpstreamFailedDependency(UpstreamError):

@@ -19,6 +19,7 @@ from google.protobuf import struct_pb2
 from rerank.contract import NotJsonError, from_struct
 from rerank.server.admission import Admission
 from rerank.server.domain import (
+    FREE,
     DocumentKind,
     JsonObject,
     Limits,
@@ -28,6 +29,7 @@ from rerank.server.domain import (
     RerankOutcome,
     RerankQuery,
     Warning,
+    caller_metadata,
     check_request,
     final_ranking,
 )
@@ -41,7 +43,10 @@ _WARNING_TYPE_TO_PROTO = {
     "unsupported": pb.Warning.TYPE_UNSUPPORTED,
     "compatibility": pb.Warning.TYPE_COMPATIBILITY,
     "other": pb.Warning.TYPE_OTHER,
+    "deprecated": pb.Warning.TYPE_DEPRECATED,
 }
+# The answer to a request without documents: nothing ranked, nothing asked, nothing billed.
+_NOTHING_TO_RANK = RerankOutcome(ranking=(), usage=FREE)
 
 
 class RerankServicer(pb_grpc.RerankServiceServicer):
@@ -69,7 +74,10 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         with self._admission.admit(request.ByteSize()):
             query = query_from_proto(request, self._default_model, self._limits)
             check_request(query, self._limits)
-            outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
+            if query.documents:
+                outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
+            else:
+                outcome = _NOTHING_TO_RANK
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
             response = response_to_proto(request, query.model, ranking, outcome)
         logger.debug(
@@ -183,8 +191,9 @@ def response_to_proto(
         warnings=[warning_to_proto(w) for w in outcome.warnings],
         cached=outcome.cached,
     )
-    if outcome.provider_metadata is not None:
-        response.provider_metadata.update(outcome.provider_metadata)
+    metadata = caller_metadata(outcome)
+    if metadata is not None:
+        response.provider_metadata.update(metadata)
     return response
 
 
@@ -194,6 +203,7 @@ def warning_to_proto(warning: Warning) -> pb.Warning:
         feature=warning.feature,
         details=warning.details,
         message=warning.message,
+        setting=warning.setting,
     )
 
 

@@ -1,41 +1,44 @@
 """The mock gateway over a real socket, as ``python -m rerank.mock_gateway --port 0`` serves it.
 
-Replays the requests the AI SDK was seen sending (``shared/specs/wire/ai-sdk-requests.json``,
-byte for byte) and checks each answer the way the SDK's response schema does; then the things
-only a real connection shows: the ``drop`` fault, the ready line, and a clean exit on signals.
+Replays the requests each AI SDK generation was seen sending (``tests/wire``: gateway 3.0.232
+and 4.0.146), byte for byte, and checks each answer the
+way the SDK's response schema does; then the things only a real connection shows: the ``drop``
+fault, the ready line, the control API, and a clean exit on signals.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
 import pytest
 
 from tests.e2e.processes import RERANK_MOCK_GATEWAY
+from tests.wire import captured_requests
 
 pytestmark = pytest.mark.contract
 
 REPO = Path(__file__).resolve().parents[2]
-WIRE_FILE = REPO.parent / "shared" / "specs" / "wire" / "ai-sdk-requests.json"
 READY_PREFIX = "mock gateway listening on "
 
 
 class MockProcess:
-    """A running ``python -m rerank.mock_gateway`` and the base URL it announced."""
+    """A running ``python -m rerank.mock_gateway`` and the (v4) base URL it announced."""
 
-    def __init__(self, process: subprocess.Popen[str], base_url: str, log: Path) -> None:
+    def __init__(self, process: subprocess.Popen[str], ready_line: str, log: Path) -> None:
         self.process = process
-        self.base_url = base_url
-        self.origin = base_url.removesuffix("/v3/ai")
+        self.ready_line = ready_line
+        self.base_url = ready_line.removeprefix(READY_PREFIX).strip()
+        self.origin = self.base_url.removesuffix("/v4/ai")
         self.log = log
 
 
@@ -60,7 +63,7 @@ def mock_process(log: Path, *flags: str) -> Iterator[MockProcess]:
         assert process.stdout is not None
         line = process.stdout.readline()
         assert line.startswith(READY_PREFIX + "http://127.0.0.1:"), (line, log.read_text())
-        yield MockProcess(process, line.removeprefix(READY_PREFIX).strip(), log)
+        yield MockProcess(process, line, log)
     finally:
         if process.poll() is None:
             process.terminate()
@@ -81,12 +84,18 @@ def client() -> Iterator[httpx.Client]:
         yield c
 
 
-def _wire_requests() -> list[Any]:
-    if not WIRE_FILE.is_file():
-        reason = "shared/specs/wire/ai-sdk-requests.json is absent (no sibling shared/ directory)"
-        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-wire-file")]
-    captured = json.loads(WIRE_FILE.read_text(encoding="utf-8"))["requests"]
-    return [pytest.param(request, id=request["name"]) for request in captured]
+def _captures(version: Literal["v3", "v4"]) -> list[Any]:
+    # The model-list capture (GET /config) has no body to replay as a rerank.
+    return [
+        pytest.param(request, id=request["name"])
+        for request in captured_requests(version)
+        if request["method"] == "POST"
+    ]
+
+
+V3_REQUESTS = _captures("v3")
+V4_REQUESTS = _captures("v4")
+_V4_HEADERS: dict[str, str] = V4_REQUESTS[0].values[0]["headers"]
 
 
 def replay(client: httpx.Client, mock: MockProcess, request: dict[str, Any]) -> httpx.Response:
@@ -98,7 +107,9 @@ def replay(client: httpx.Client, mock: MockProcess, request: dict[str, Any]) -> 
     )
 
 
-def check_as_the_sdk_does(payload: Any, document_count: int, top_n: int | None) -> None:
+def check_as_the_sdk_does(
+    payload: Any, document_count: int, top_n: int | None, *, v4: bool = False
+) -> None:
     """The AI SDK's response schema and index check (spec §3), plus the gateway's duties."""
     assert isinstance(payload, dict)
     ranking = payload["ranking"]
@@ -113,6 +124,9 @@ def check_as_the_sdk_does(payload: Any, document_count: int, top_n: int | None) 
         if warning["type"] in ("unsupported", "compatibility"):
             assert isinstance(warning["feature"], str)
             assert isinstance(warning.get("details", ""), str)
+        elif v4 and warning["type"] == "deprecated":
+            assert isinstance(warning["setting"], str)
+            assert isinstance(warning["message"], str)
         else:
             assert warning["type"] == "other"
             assert isinstance(warning["message"], str)
@@ -125,7 +139,7 @@ def check_as_the_sdk_does(payload: Any, document_count: int, top_n: int | None) 
     assert len(ranking) == (document_count if top_n is None else min(top_n, document_count))
 
 
-@pytest.mark.parametrize("request_", _wire_requests())
+@pytest.mark.parametrize("request_", V3_REQUESTS)
 def test_sdk_requests_are_answered_as_the_sdk_expects(
     mock: MockProcess, client: httpx.Client, request_: dict[str, Any]
 ) -> None:
@@ -138,6 +152,43 @@ def test_sdk_requests_are_answered_as_the_sdk_expects(
     assert replay(client, mock, request_).content == response.content
 
 
+@pytest.mark.parametrize("request_", V4_REQUESTS)
+def test_v4_sdk_requests_are_answered_as_the_v4_sdk_expects(
+    mock: MockProcess, client: httpx.Client, request_: dict[str, Any]
+) -> None:
+    response = replay(client, mock, request_)
+
+    assert mock.base_url.endswith("/v4/ai")  # the announced URL is the v4 one
+    assert response.status_code == 200, response.text
+    sent = json.loads(request_["body"])
+    payload = response.json()
+    check_as_the_sdk_does(payload, len(sent["documents"]["values"]), sent.get("topN"), v4=True)
+    team = request_["headers"].get("x-vercel-ai-gateway-team")
+    assert payload["providerMetadata"]["mock"].get("team") == team
+
+
+def test_a_v4_client_at_the_v3_url_is_told_where_v4_is(
+    mock: MockProcess, client: httpx.Client
+) -> None:
+    response = replay(client, mock, {**V4_REQUESTS[0].values[0], "path": "/v3/ai/reranking-model"})
+
+    assert response.status_code == 400
+    assert "served under /v4/ai" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("path", "literal"), [("/v4/ai", "v4"), ("/v3/ai", "v3")])
+def test_config_of_each_version_over_the_wire(
+    mock: MockProcess, client: httpx.Client, path: str, literal: str
+) -> None:
+    # getAvailableModels() as gateway 4.0.146 sends it (GET, no model headers).
+    headers = {k: v for k, v in _V4_HEADERS.items() if not k.startswith(("ai-model", "ai-rerank"))}
+    response = client.get(mock.origin + path + "/config", headers=headers)
+
+    assert response.status_code == 200
+    models = response.json()["models"]
+    assert {m["specification"]["specificationVersion"] for m in models} == {literal}
+
+
 @pytest.mark.parametrize(
     "header",
     [
@@ -148,7 +199,9 @@ def test_sdk_requests_are_answered_as_the_sdk_expects(
         "content-type",
     ],
 )
-@pytest.mark.parametrize("request_", _wire_requests()[:1])
+@pytest.mark.parametrize(
+    "request_", [V3_REQUESTS[0], pytest.param(V4_REQUESTS[0].values[0], id="v4")]
+)
 def test_each_required_header_of_the_sdk_is_checked(
     mock: MockProcess, client: httpx.Client, request_: dict[str, Any], header: str
 ) -> None:
@@ -159,7 +212,7 @@ def test_each_required_header_of_the_sdk_is_checked(
     assert list(response.json()) == ["error", "generationId"]
 
 
-def rerank_with(options: dict[str, Any]) -> dict[str, Any]:
+def rerank_with(options: dict[str, Any], *, version: str = "3") -> dict[str, Any]:
     body = {
         "documents": {"type": "text", "values": ["Paris is the capital of France.", "Berlin."]},
         "query": "capital of France",
@@ -167,11 +220,11 @@ def rerank_with(options: dict[str, Any]) -> dict[str, Any]:
     }
     return {
         "method": "POST",
-        "path": "/v3/ai/reranking-model",
+        "path": f"/v{version}/ai/reranking-model",
         "headers": {
             "authorization": "Bearer k",
             "ai-gateway-protocol-version": "0.0.1",
-            "ai-reranking-model-specification-version": "3",
+            "ai-reranking-model-specification-version": version,
             "ai-model-id": "cohere/rerank-v3.5",
             "content-type": "application/json",
         },
@@ -201,11 +254,87 @@ def test_rate_limit_headers_cross_the_wire(mock: MockProcess, client: httpx.Clie
     assert (response.headers["retry-after-ms"], response.headers["retry-after"]) == ("2500", "3")
 
 
+def test_a_deprecated_warning_crosses_the_wire_on_v4_only(
+    mock: MockProcess, client: httpx.Client
+) -> None:
+    options = {"mockGateway": {"fault": "warning", "type": "deprecated", "setting": "topN"}}
+    v4 = replay(client, mock, rerank_with(options, version="4"))
+    v3 = replay(client, mock, rerank_with(options))
+
+    assert v4.status_code == 200
+    check_as_the_sdk_does(v4.json(), 2, None, v4=True)
+    assert v4.json()["warnings"][-1]["type"] == "deprecated"
+    assert v3.status_code == 400
+
+
+def test_the_ready_line_names_the_v4_base_url_and_v3_shares_its_port(
+    mock: MockProcess, client: httpx.Client
+) -> None:
+    # The shape other languages' suites parse: "mock gateway listening on URL", one line.
+    match = re.fullmatch(
+        r"mock gateway listening on (http://127\.0\.0\.1:[1-9]\d*)/v4/ai\n", mock.ready_line
+    )
+    assert match is not None, mock.ready_line
+    v3 = replay(client, mock, rerank_with({}))
+
+    assert v3.request.url.path == "/v3/ai/reranking-model"
+    assert str(v3.request.url).startswith(match.group(1))
+    assert v3.status_code == 200
+
+
 def test_config_over_the_wire(mock: MockProcess, client: httpx.Client) -> None:
     response = client.get(mock.base_url + "/config", headers={"authorization": "Bearer k"})
 
     assert response.status_code == 200
     assert any(m["modelType"] == "reranking" for m in response.json()["models"])
+
+
+def test_the_control_api_is_off_without_the_flag(mock: MockProcess, client: httpx.Client) -> None:
+    response = client.post(
+        mock.origin + "/_control/fail_next",
+        json={"fault": "rate_limit"},
+        headers={"authorization": "Bearer k"},
+    )
+
+    assert response.status_code == 404
+    assert replay(client, mock, rerank_with({})).status_code == 200
+
+
+def test_the_control_api_scripts_the_next_calls_over_http(
+    tmp_path: Path, client: httpx.Client
+) -> None:
+    log = tmp_path / "stderr.log"
+    with mock_process(log, "--control", "--api-key", "s3cret") as running:
+        base = running.origin + "/_control"
+        auth = {"authorization": "Bearer s3cret"}
+
+        def call(version: str = "4") -> httpx.Response:
+            request = rerank_with({}, version=version)
+            return replay(client, running, {**request, "headers": {**request["headers"], **auth}})
+
+        unauthorised = client.post(base + "/reset")
+        scripted = client.post(
+            base + "/fail_next", json={"fault": "rate_limit", "retryAfterMs": 2500}, headers=auth
+        )
+        limited, after = call(), call("3")
+        scores = {"Berlin.": 0.99, "Paris is the capital of France.": 0.01}
+        fixed = client.post(base + "/set_scores", json={"scores": scores}, headers=auth)
+        reordered = call()
+        client.post(base + "/fail_next", json={"fault": "error", "times": 3}, headers=auth)
+        reset = client.post(base + "/reset", headers=auth)
+        clean = call()
+        announced = running.log.read_text()
+
+    assert unauthorised.status_code == 401
+    assert (scripted.status_code, scripted.json()) == (200, {"pendingFaults": 1})
+    assert (limited.status_code, limited.headers["retry-after-ms"]) == (429, "2500")
+    assert after.status_code == 200
+    assert fixed.status_code == 200
+    assert [item["index"] for item in reordered.json()["ranking"]] == [1, 0]
+    assert (reset.status_code, reset.json()) == (200, {"pendingFaults": 0})
+    assert clean.status_code == 200
+    assert [item["index"] for item in clean.json()["ranking"]] == [0, 1]
+    assert f"control API on: POST {base}/" in announced
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -105,5 +105,11 @@ def start_server(processes: list[Process], *args: str, env: dict[str, str] | Non
 
 
 def start_mock_gateway(processes: list[Process], *args: str) -> str:
+    """Start the mock gateway; return its v3 base URL, for a rerank server's `--gateway-url`.
+
+    The ready line names the v4 base URL; v3 is served on the same port under `/v3/ai`, and
+    the server's gateway adapter sends specification version 3.
+    """
     mock = start(processes, [RERANK_MOCK_GATEWAY, "--port", "0", *args])
-    return mock.wait_for(r"mock gateway listening on (http://\S+)").group(1)
+    origin = mock.wait_for(r"mock gateway listening on (http://\S+)/v4/ai").group(1)
+    return f"{origin}/v3/ai"

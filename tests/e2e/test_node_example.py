@@ -1,18 +1,20 @@
 """The Node example (examples/node) against the server, as separate processes: `make stubs`
-(npm ci + buf generate), then the README's command, its errors, and its retry policy."""
+(npm ci + buf generate), then the README's command, its errors, and its retry policy. Node is
+the dev install's (tools/node.py), so nothing here depends on the machine having one."""
 
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import subprocess
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.e2e.processes import Process, start_server
+from tests.unit.test_client_fakes import Abort, FakeRerankService, serve
+from tools import node
 
 # `make stubs` may run `npm ci` (the registry, or its local cache): a generous budget.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -23,14 +25,7 @@ STUBS_SECONDS = 540
 
 @pytest.fixture(scope="module")
 def stubs() -> Path:
-    """Runs `make stubs` once for the module; skips without Node 20+ and npm."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are needed for the Node example (Node 20 or newer)")
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
-    match = re.match(r"v(\d+)", version.stdout.strip())
-    if match is None or int(match.group(1)) < 20:
-        pytest.skip(f"the Node example needs Node 20 or newer, not {version.stdout.strip()}")
+    """Runs `make stubs` once for the module, on the Node of the dev install (tools/node.py)."""
     completed = subprocess.run(
         ["make", "stubs"],
         cwd=REPO_ROOT,
@@ -45,8 +40,9 @@ def stubs() -> Path:
 
 def run_example(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["node", "--import", "tsx", "src/rerank.ts", *args],
+        node.command("node", "--import", "tsx", "src/rerank.ts", *args),
         cwd=EXAMPLE,
+        env=node.environment(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -61,7 +57,7 @@ def test_make_stubs_writes_typescript_and_python(stubs: Path) -> None:
         assert (python / name).is_file(), name
     # The example type-checks against what the generator wrote (catches a generator API change).
     tsc = subprocess.run(
-        ["node", "node_modules/typescript/bin/tsc", "--noEmit", "-p", "."],
+        node.command("node", "node_modules/typescript/bin/tsc", "--noEmit", "-p", "."),
         cwd=stubs,
         capture_output=True,
         text=True,
@@ -89,6 +85,19 @@ def test_the_seed_example(stubs: Path, processes: list[Process]) -> None:
     assert result["model"] == SEED_MODEL
 
 
+def test_a_deprecated_warning_in_the_ai_sdks_shape(stubs: Path, processes: list[Process]) -> None:
+    """The embedded mock speaks v4 (the server's default): its deprecated warning reaches Node
+    as the AI SDK shows one, with its setting."""
+    target = start_server(processes, "--mock")
+    warning = {"type": "deprecated", "setting": "topN", "message": "topN is going away"}
+    options = json.dumps({"mockGateway": {"fault": "warning", **warning}})
+    completed = run_example("--target", target, "--provider-options", options)
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert result["warnings"] == [warning]
+    assert result["ranking"][0]["originalIndex"] == 0
+
+
 def test_an_error_status_exits_non_zero(stubs: Path, processes: list[Process]) -> None:
     target = start_server(processes, "--mock")
     completed = run_example("--target", target, "--query", "", *SEED_DOCUMENTS)
@@ -103,29 +112,31 @@ def test_the_service_config_retry_policy(
     processes: list[Process],
     tmp_path: Path,
 ) -> None:
-    """Two injected UNAVAILABLEs are absorbed by the example's 3 attempts (the shipped service
-    config), and surface without it. The server's own upstream retries are off, so every
-    failure reaches the client."""
-    target = start_server(processes, "--mock", env={"RERANK_MAX_RETRIES": "0"})
-
-    def unavailable_twice(key: str) -> str:
-        fault = {"fault": "error", "status": 503, "times": 2, "key": key}
-        return json.dumps({"mockGateway": fault})
-
-    completed = run_example("--target", target, "--provider-options", unavailable_twice("a"))
-    assert completed.returncode == 0, completed.stderr
-    assert json.loads(completed.stdout)["ranking"][0]["originalIndex"] == 0
-
+    """The example's 3 attempts (the shipped service config, applied by src/retry.ts) absorb two
+    UNAVAILABLEs without a pushback, the kind a proxy or a restarting server answers (a fake
+    server plays them), and surface without it. An UNAVAILABLE the rerank server sends about
+    the gateway carries `grpc-retry-pushback-ms: -1` and is not retried: the server's own
+    retry layer owns that hop (here turned off, so one failure is all there is)."""
+    unavailable = Abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+    service = FakeRerankService(script=[unavailable, unavailable])
     no_retries = tmp_path / "service_config.json"
     no_retries.write_text(json.dumps({"methodConfig": []}))
-    completed = run_example(
-        "--target",
-        target,
-        "--service-config",
-        str(no_retries),
-        "--provider-options",
-        unavailable_twice("b"),
-    )
+    with serve(service) as fake:
+        completed = run_example("--target", fake)
+        assert completed.returncode == 0, completed.stderr
+        assert json.loads(completed.stdout)["ranking"]
+        assert len(service.requests) == 3
+
+        service.script.extend([unavailable, unavailable])
+        completed = run_example("--target", fake, "--service-config", str(no_retries))
+        assert completed.returncode != 0
+        assert "UNAVAILABLE: restarting" in completed.stderr
+        assert len(service.requests) == 4
+
+    target = start_server(processes, "--mock", env={"RERANK_MAX_RETRIES": "0"})
+    once = {"mockGateway": {"fault": "error", "status": 503, "times": 1, "key": "a"}}
+    completed = run_example("--target", target, "--provider-options", json.dumps(once))
+    # One retry would have succeeded (the fault strikes once): none was made.
     assert completed.returncode != 0
     assert "UNAVAILABLE" in completed.stderr
 

@@ -74,6 +74,7 @@ def without_generation_id(response: httpx.Response) -> Any:
         ("malformed", {"variant": "index_out_of_range"}),
         ("malformed", {"variant": "unsorted"}),
         ("malformed", {"variant": "not_json"}),
+        ("warning", {"type": "other", "message": "m"}),
     ],
 )
 async def test_a_scripted_fault_is_answered_as_the_same_fault_in_the_request(
@@ -122,6 +123,26 @@ async def test_only_valid_calls_consume_the_script(
     assert app.script.pending_faults == 1
 
 
+async def test_a_scripted_v4_only_fault_is_refused_by_the_v3_call_it_reaches(
+    app: MockGateway, http: httpx.AsyncClient
+) -> None:
+    # The script cannot know the version of the next call: the call's own version decides.
+    v4_headers = {**HEADERS, "ai-reranking-model-specification-version": "4"}
+    app.script.fail_next("warning", type="deprecated", times=2)
+    v3 = await rerank(http, body())
+    v4 = await http.post(
+        "http://mock/v4/ai/reranking-model", headers=v4_headers, content=orjson.dumps(body())
+    )
+
+    assert v3.status_code == 400
+    assert v3.json()["error"]["param"] == "providerOptions.mockGateway.type"
+    assert v4.status_code == 200
+    assert v4.json()["warnings"] == [
+        {"type": "deprecated", "setting": "mockGateway", "message": "Injected deprecation warning."}
+    ]
+    assert app.script.pending_faults == 0
+
+
 async def test_fixed_scores_replace_only_the_named_documents(
     app: MockGateway, http: httpx.AsyncClient
 ) -> None:
@@ -158,6 +179,8 @@ def test_two_apps_never_share_a_script() -> None:
         (lambda s: s.fail_next("rate_limt"), "must be one of"),
         (lambda s: s.fail_next("rate_limit", retryAfterMs=-1), "retryAfterMs"),
         (lambda s: s.fail_next("malformed"), "variant"),
+        (lambda s: s.fail_next("warning"), "type"),
+        (lambda s: s.fail_next("warning", type="other", setting="x"), "setting"),
         (lambda s: s.fail_next("error", key="k"), "key"),
         (lambda s: s.fail_next("error", times=0), "times"),
         (lambda s: s.set_scores({"a": float("nan")}), "finite"),

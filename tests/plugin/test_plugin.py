@@ -46,6 +46,8 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 def test_a_consumer_test_gets_the_seed_example_right(consumer: pytest.Pytester) -> None:
     consumer.makepyfile(
         test_consumer="""
+        import re
+
         from seed_data import SEED_DOCUMENTS, SEED_QUERY
 
         def test_x(rerank_client):
@@ -58,8 +60,10 @@ def test_a_consumer_test_gets_the_seed_example_right(consumer: pytest.Pytester) 
             assert result.model == "cohere/rerank-v3.5"
 
         def test_the_urls(rerank_mock_gateway, rerank_server):
-            assert rerank_mock_gateway.url.startswith("http://127.0.0.1:")
-            assert rerank_mock_gateway.url.endswith("/v3/ai")
+            origin = rerank_mock_gateway.url.removesuffix("/v4/ai")
+            assert re.fullmatch(r"http://127\\.0\\.0\\.1:[1-9][0-9]*", origin)
+            assert rerank_mock_gateway.v4_url == rerank_mock_gateway.url
+            assert rerank_mock_gateway.v3_url == origin + "/v3/ai"
             assert rerank_server.target.startswith("127.0.0.1:")
             assert not rerank_server.target.endswith(":0")
 
@@ -73,6 +77,34 @@ def test_a_consumer_test_gets_the_seed_example_right(consumer: pytest.Pytester) 
     )
     result = run(consumer)
     result.assert_outcomes(passed=4)
+
+
+def test_the_mock_fixture_serves_each_protocol_version_at_its_own_url(
+    consumer: pytest.Pytester,
+) -> None:
+    consumer.makepyfile(
+        test_versions="""
+        import json
+        import urllib.request
+
+        def config(base_url):
+            request = urllib.request.Request(
+                base_url + "/config", headers={"authorization": "Bearer k"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                models = json.load(response)["models"]
+            return {m["specification"]["specificationVersion"] for m in models}
+
+        def test_url_is_v4(rerank_mock_gateway):
+            assert config(rerank_mock_gateway.url) == {"v4"}
+            assert config(rerank_mock_gateway.v4_url) == {"v4"}
+
+        def test_v3_url_is_v3(rerank_mock_gateway):
+            assert config(rerank_mock_gateway.v3_url) == {"v3"}
+        """
+    )
+    result = run(consumer)
+    result.assert_outcomes(passed=2)
 
 
 def test_a_scripted_fault_reaches_the_client_exactly_as_often_as_scripted(
@@ -95,8 +127,9 @@ def test_a_scripted_fault_reaches_the_client_exactly_as_often_as_scripted(
 
         def test_queued_faults_in_order(rerank_mock_gateway, rerank_client):
             rerank_mock_gateway.fail_next("error", status=403, type="forbidden")
-            # The client retries UNAVAILABLE up to 3 attempts (its shipped service config).
-            rerank_mock_gateway.fail_next("error", status=503, times=3)
+            # One attempt: the client's service config retries UNAVAILABLE, but not an answer
+            # about the gateway (grpc-retry-pushback-ms: -1), which is the server's to retry.
+            rerank_mock_gateway.fail_next("error", status=503, times=1)
             with pytest.raises(PermissionDeniedError):
                 rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS)
             with pytest.raises(UnavailableError):

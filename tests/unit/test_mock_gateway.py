@@ -15,11 +15,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rerank.mock_gateway import (
+    DEFAULT_PROTOCOL,
     MALFORMED_VARIANTS,
+    PROTOCOL_V3,
+    PROTOCOL_V4,
+    PROTOCOL_VERSIONS,
     RERANKING_MODEL_IDS,
     ConnectionDropped,
+    LoopbackMockGateway,
     MockGateway,
     MockSettings,
+    ProtocolVersion,
     create_app,
     score,
 )
@@ -414,6 +420,122 @@ async def test_config_needs_a_bearer_token(client: httpx.AsyncClient) -> None:
     assert_envelope(await client.get("/config"), 401, "authentication_error")
 
 
+# --- the two protocol versions (spec §0) ---------------------------------------------------
+
+# (base path, the spec-version header it requires, the other version's header): literals of
+# the spec, not read back from the mock's table.
+VERSIONS = [("/v3/ai", "3", "4"), ("/v4/ai", "4", "3")]
+
+
+async def rerank_at(
+    client: httpx.AsyncClient,
+    base: str,
+    body: dict[str, Any],
+    *,
+    spec_version: str | None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    sent = {k: v for k, v in {**HEADERS, **(headers or {})}.items() if k != SPEC}
+    if spec_version is not None:
+        sent[SPEC] = spec_version
+    url = f"http://mock{base}/reranking-model"
+    return await client.post(url, content=orjson.dumps(body), headers=sent)
+
+
+def test_the_mock_serves_exactly_v3_and_v4() -> None:
+    assert list(PROTOCOL_VERSIONS) == ["v3", "v4"]
+    assert [v.base_path for v in PROTOCOL_VERSIONS.values()] == ["/v3/ai", "/v4/ai"]
+    assert DEFAULT_PROTOCOL is PROTOCOL_V4
+    assert PROTOCOL_V4.base_url("127.0.0.1", 8080) == "http://127.0.0.1:8080/v4/ai"
+    assert PROTOCOL_V3.base_url("::1", 8080) == "http://[::1]:8080/v3/ai"
+
+
+@pytest.mark.parametrize(("base", "own", "other"), VERSIONS)
+async def test_each_version_requires_its_own_specification_version(
+    client: httpx.AsyncClient, base: str, own: str, other: str
+) -> None:
+    accepted = await rerank_at(client, base, rerank_body(top_n=2), spec_version=own)
+    crossed = await rerank_at(client, base, rerank_body(), spec_version=other)
+    missing = await rerank_at(client, base, rerank_body(), spec_version=None)
+
+    assert accepted.status_code == 200, accepted.text
+    assert [item["index"] for item in accepted.json()["ranking"]] == [0, 1]
+    error = assert_envelope(crossed, 400, "invalid_request_error", param=SPEC)
+    assert f"must be '{own}' under {base}, got '{other}'" in error["message"]
+    # A client of the other SDK generation is told where its version is served.
+    assert f"served under /v{other}/ai" in error["message"]
+    error = assert_envelope(missing, 400, "invalid_request_error", param=SPEC)
+    assert "it is missing" in error["message"]
+
+
+async def test_both_versions_answer_a_rerank_with_the_same_bytes(
+    client: httpx.AsyncClient,
+) -> None:
+    body = rerank_body(top_n=2, options={"voyage": {"truncation": True}})
+    v3 = await rerank_at(client, "/v3/ai", body, spec_version="3")
+    v4 = await rerank_at(client, "/v4/ai", body, spec_version="4")
+
+    assert v3.status_code == v4.status_code == 200
+    assert v3.content == v4.content  # spec §0: the success body is the same in both
+
+
+@pytest.mark.parametrize(("base", "literal"), [("/v3/ai", "v3"), ("/v4/ai", "v4")])
+async def test_config_reports_the_specification_version_of_its_path(
+    client: httpx.AsyncClient, base: str, literal: str
+) -> None:
+    response = await client.get(f"http://mock{base}/config", headers={"authorization": "Bearer k"})
+
+    assert response.status_code == 200
+    models = response.json()["models"]
+    assert {m["specification"]["specificationVersion"] for m in models} == {literal}
+    assert {m["id"] for m in models if m["modelType"] == "reranking"} == set(RERANKING_MODEL_IDS)
+
+
+@pytest.mark.parametrize(("base", "own", "other"), VERSIONS)
+async def test_the_team_header_is_accepted_and_shown_in_provider_metadata(
+    client: httpx.AsyncClient, base: str, own: str, other: str
+) -> None:
+    team = {"x-vercel-ai-gateway-team": "team_abc123"}
+    with_team = await rerank_at(client, base, rerank_body(), spec_version=own, headers=team)
+    without = await rerank_at(client, base, rerank_body(), spec_version=own)
+
+    assert with_team.status_code == without.status_code == 200
+    assert with_team.json()["providerMetadata"]["mock"]["team"] == "team_abc123"
+    assert "team" not in without.json()["providerMetadata"]["mock"]
+    assert with_team.json()["ranking"] == without.json()["ranking"]
+
+
+@pytest.mark.parametrize("path", ["/v2/ai/reranking-model", "/v5/ai/config", "/v4/reranking-model"])
+async def test_other_versions_are_not_served(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.post(f"http://mock{path}", headers=HEADERS, content=b"{}")
+
+    assert_envelope(response, 404, "invalid_request_error", param="path")
+
+
+@pytest.mark.parametrize(
+    ("protocol", "suffix"), [(None, "/v3/ai"), (PROTOCOL_V3, "/v3/ai"), (PROTOCOL_V4, "/v4/ai")]
+)
+async def test_the_embedded_mock_serves_both_versions_on_one_port(
+    protocol: ProtocolVersion | None, suffix: str
+) -> None:
+    embedded = LoopbackMockGateway() if protocol is None else LoopbackMockGateway(protocol=protocol)
+    url = await embedded.start()
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            configs = [
+                (await http.get(f"{base}/config", headers={"authorization": "Bearer k"})).json()
+                for base in (embedded.v3_url, embedded.v4_url)
+            ]
+    finally:
+        await embedded.stop()
+
+    assert url == embedded.url
+    assert url.endswith(suffix)  # the server's existing call, start(), still gets v3
+    assert embedded.v3_url.removesuffix("/v3/ai") == embedded.v4_url.removesuffix("/v4/ai")
+    literals = [{m["specification"]["specificationVersion"] for m in c["models"]} for c in configs]
+    assert literals == [{"v3"}, {"v4"}]
+
+
 # --- the Cohere-compatible endpoint --------------------------------------------------------
 
 
@@ -592,6 +714,9 @@ async def test_drop_fault_raises_in_process(client: httpx.AsyncClient, variant: 
         await rerank(client, rerank_body(options=fault("drop", variant=variant)))
 
 
+# Every warning type of either version (spec §0 and §3).
+DOCUMENTED_WARNING_TYPES = ("unsupported", "compatibility", "other", "deprecated")
+
 # Bodies the SDK's schema lets through: only the caller's own checks can catch them.
 SDK_ACCEPTS = ("duplicate_index", "huge", "unsorted", "too_many")
 
@@ -638,7 +763,7 @@ _VARIANT_CHECKS: dict[str, Any] = {
     "unsorted": lambda body, ranking: orjson.loads(body)["ranking"] == ranking[::-1],
     "too_many": lambda body, ranking: len(orjson.loads(body)["ranking"]) == 3,
     "unknown_warning": lambda body, ranking: (
-        orjson.loads(body)["warnings"][-1]["type"] == "deprecated"
+        orjson.loads(body)["warnings"][-1]["type"] not in DOCUMENTED_WARNING_TYPES
     ),
 }
 
@@ -719,6 +844,12 @@ async def test_a_fault_does_not_remove_the_other_options(client: httpx.AsyncClie
         ({"fault": "rate_limit", "key": 1}, "key"),
         ({"fault": "status_only", "body": None}, "body"),
         ({"fault": "status_only", "contentType": "text/html\r\nx: y"}, "contentType"),
+        ({"fault": "warning"}, "type"),
+        ({"fault": "warning", "type": "purple"}, "type"),
+        ({"fault": "warning", "type": "unsupported", "setting": "s"}, "setting"),
+        ({"fault": "warning", "type": "deprecated", "feature": "f"}, "feature"),
+        ({"fault": "warning", "type": "other", "message": 1}, "message"),
+        ({"fault": "not_found", "status": 410}, "status"),
     ],
 )
 async def test_invalid_fault_requests_are_refused(
@@ -729,6 +860,116 @@ async def test_invalid_fault_requests_are_refused(
     field = f"providerOptions.mockGateway.{param}"
     error = assert_envelope(response, 400, "invalid_request_error", param=field)
     assert error["message"].startswith(field)
+
+
+# --- faults that belong to one protocol version --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        (
+            {"type": "deprecated"},
+            {"setting": "mockGateway", "message": "Injected deprecation warning."},
+        ),
+        (
+            {"type": "deprecated", "setting": "topN", "message": "m"},
+            {"setting": "topN", "message": "m"},
+        ),
+        ({"type": "unsupported"}, {"feature": "mockGateway"}),
+        (
+            {"type": "compatibility", "feature": "f", "details": "d"},
+            {"feature": "f", "details": "d"},
+        ),
+        ({"type": "other", "message": "m"}, {"message": "m"}),
+    ],
+)
+async def test_warning_fault_adds_one_warning_to_the_normal_answer_on_v4(
+    client: httpx.AsyncClient, params: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    options = {**fault("warning", **params), "voyage": {"truncation": True}}
+    normal = await rerank_at(client, "/v4/ai", rerank_body(top_n=2), spec_version="4")
+    response = await rerank_at(
+        client, "/v4/ai", rerank_body(top_n=2, options=options), spec_version="4"
+    )
+
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert list(payload) == ["ranking", "warnings", "providerMetadata"]
+    assert payload["ranking"] == normal.json()["ranking"]
+    # The mock's own warning first, then the injected one, with its fields in wire order.
+    assert payload["warnings"][0]["feature"] == "providerOptions.voyage"
+    assert payload["warnings"][1] == {"type": params["type"], **expected}
+    assert list(payload["warnings"][1]) == ["type", *expected]
+
+
+@pytest.mark.parametrize("type_", ["unsupported", "compatibility", "other"])
+async def test_v3_warning_types_are_injected_on_v3(client: httpx.AsyncClient, type_: str) -> None:
+    response = await rerank_at(
+        client, "/v3/ai", rerank_body(options=fault("warning", type=type_)), spec_version="3"
+    )
+
+    assert response.status_code == 200, response.text
+    assert [w["type"] for w in response.json()["warnings"]] == [type_]
+
+
+async def test_a_deprecated_warning_is_refused_on_v3(client: httpx.AsyncClient) -> None:
+    options = fault("warning", type="deprecated")
+    response = await rerank_at(client, "/v3/ai", rerank_body(options=options), spec_version="3")
+
+    field = "providerOptions.mockGateway.type"
+    error = assert_envelope(response, 400, "invalid_request_error", param=field)
+    assert "protocol v3 (unsupported, compatibility, other), got 'deprecated'" in error["message"]
+    assert "protocol v4, under /v4/ai" in error["message"]
+
+
+async def test_not_found_fault_is_a_v4_error(client: httpx.AsyncClient) -> None:
+    options = fault("not_found", message="No such team", param={"team": "t"})
+    v4 = await rerank_at(client, "/v4/ai", rerank_body(options=options), spec_version="4")
+    default = await rerank_at(
+        client, "/v4/ai", rerank_body(options=fault("not_found")), spec_version="4"
+    )
+    v3 = await rerank_at(client, "/v3/ai", rerank_body(options=options), spec_version="3")
+
+    error = assert_envelope(v4, 404, "not_found", param={"team": "t"})
+    assert error["message"] == "No such team"
+    assert assert_envelope(default, 404, "not_found")["message"]
+    field = "providerOptions.mockGateway.fault"
+    error = assert_envelope(v3, 400, "invalid_request_error", param=field)
+    assert "not an error type of protocol v3" in error["message"]
+    assert '"type": "not_found"' in error["message"]  # how to send it on v3 regardless
+
+
+async def test_the_error_fault_still_sends_any_type_on_v3(client: httpx.AsyncClient) -> None:
+    options = fault("error", status=404, type="not_found")
+    response = await rerank_at(client, "/v3/ai", rerank_body(options=options), spec_version="3")
+
+    assert_envelope(response, 404, "not_found")
+
+
+# The answers that are JSON (the others carry no type at all).
+V3_ANSWERS = [
+    *(
+        fault("malformed", variant=v, sizeBytes=10)
+        for v in MALFORMED_VARIANTS
+        if v not in ("not_json", "truncated", "empty", "nan_score")
+    ),
+    *(fault("warning", type=t) for t in DOCUMENTED_WARNING_TYPES),
+    fault("not_found"),
+]
+
+
+@pytest.mark.parametrize(
+    "options", V3_ANSWERS, ids=lambda o: "-".join(map(str, o["mockGateway"].values()))
+)
+async def test_no_v3_answer_carries_a_v4_only_type(
+    client: httpx.AsyncClient, options: dict[str, Any]
+) -> None:
+    response = await rerank_at(client, "/v3/ai", rerank_body(options=options), spec_version="3")
+
+    payload = orjson.loads(response.content)
+    assert "deprecated" not in [w["type"] for w in payload.get("warnings", [])]
+    assert payload.get("error", {}).get("type") != "not_found"
 
 
 async def test_faults_follow_request_validation(client: httpx.AsyncClient) -> None:
