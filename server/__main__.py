@@ -231,8 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mutual" if settings.tls_client_ca_file else "on" if settings.tls_cert_file else "off",
         )
         logger.info("%d worker process(es)", settings.workers)
-        # One line on stdout, so scripts and other test suites can wait for it.
-        print(f"rerank server listening on {settings.host}:{port}", flush=True)
+        # One line on stdout, so scripts and other test suites can wait for it. Written in one
+        # write, newline included: print() writes the text and its end apart when the stream is
+        # unbuffered (PYTHONUNBUFFERED), and a worker's log line on a shared pipe could land in
+        # between, gluing its digits to the port.
+        sys.stdout.write(f"rerank server listening on {settings.host}:{port}\n")
+        sys.stdout.flush()
 
     try:
         if settings.workers > 1:
