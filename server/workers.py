@@ -21,6 +21,12 @@ one, so it can fork a replacement at any time. The parent only supervises:
 Workers tell the parent how their start went over one pipe, a line each: `<pid> ready`, or
 `<pid> failed <reason>` just before they exit. Signals reach the parent's loop through
 `signal.set_wakeup_fd`, so one `select` waits for workers, signals and timers alike.
+
+With metrics on, the parent also serves `/metrics` over the files every worker writes
+(`rerank.server.metrics`), and when a worker exits it drops that worker's live gauges. That
+endpoint runs threads in the parent, which then forks replacements: each fork happens while
+the endpoint holds off rendering (`MetricsEndpoint.quiet`), so no lock a scrape takes is held
+in the child.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from rerank.server.app import RunningServer, StartupError, refuse_taken_port, serve
 from rerank.server.config import Settings
+from rerank.server.metrics import MetricsDirectory, MetricsEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +92,16 @@ def reserve_port(host: str, port: int) -> socket.socket:
     raise AssertionError("unreachable: the second bind returns or raises")
 
 
-def run_workers(settings: Settings, workers: int, ready: Callable[[int], None]) -> int:
-    """Serve with `workers` processes on one port; return the exit status for the whole group."""
+def run_workers(
+    settings: Settings,
+    workers: int,
+    ready: Callable[[int], None],
+    metrics: tuple[MetricsDirectory, MetricsEndpoint] | None = None,
+) -> int:
+    """Serve with `workers` processes on one port; return the exit status for the whole group.
+
+    `metrics`: the directory the workers record into and the endpoint (bound, not yet serving)
+    this process serves it from once the first workers are forked."""
     if settings.port != 0 and not settings.allow_port_overlap:
         refuse_taken_port(settings.host, settings.port)
     try:
@@ -100,7 +116,7 @@ def run_workers(settings: Settings, workers: int, ready: Callable[[int], None]) 
         settings, port=reservation.getsockname()[1], allow_port_overlap=True
     )
     try:
-        return _Supervisor(shared, workers, reservation).run(ready)
+        return _Supervisor(shared, workers, reservation, metrics).run(ready)
     finally:
         reservation.close()
 
@@ -120,9 +136,16 @@ class _Slot:
 
 
 class _Supervisor:
-    def __init__(self, settings: Settings, workers: int, reservation: socket.socket) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        workers: int,
+        reservation: socket.socket,
+        metrics: tuple[MetricsDirectory, MetricsEndpoint] | None,
+    ) -> None:
         self._settings = settings
         self._reservation = reservation
+        self._metrics = metrics
         self._slots = [_Slot(number) for number in range(1, workers + 1)]
         self._status_read, self._status_write = os.pipe()
         self._wakeup_read, self._wakeup_write = os.pipe()
@@ -154,6 +177,9 @@ class _Supervisor:
     def _supervise(self, ready: Callable[[int], None]) -> None:
         for slot in self._slots:
             self._spawn(slot)
+        # Threads only once the first workers are forked; later forks hold them off (quiet).
+        if self._metrics is not None:
+            self._metrics[1].start()
         ready_by = time.monotonic() + READY_TIMEOUT
         with selectors.DefaultSelector() as selector:
             selector.register(self._wakeup_read, selectors.EVENT_READ)
@@ -180,12 +206,15 @@ class _Supervisor:
 
     def _spawn(self, slot: _Slot) -> None:
         slot.restart_at = None
-        pid = os.fork()
+        quiet = self._metrics[1].quiet() if self._metrics is not None else contextlib.nullcontext()
+        with quiet:
+            pid = os.fork()
         if pid == 0:  # the worker; it must never return into the parent's code
             status = 1
             try:
                 self._become_worker()
-                status = _worker(self._settings, self._status_write)
+                directory = self._metrics[0].path if self._metrics is not None else None
+                status = _worker(self._settings, self._status_write, directory)
             finally:
                 os._exit(status)
         slot.pid, slot.started, slot.listening, slot.reason = pid, time.monotonic(), False, ""
@@ -199,6 +228,8 @@ class _Supervisor:
         for fd in (self._status_read, self._wakeup_read, self._wakeup_write):
             os.close(fd)
         self._reservation.close()
+        if self._metrics is not None:
+            self._metrics[1].close_in_child()
 
     def _signals(self) -> list[int]:
         received = b""
@@ -235,6 +266,9 @@ class _Supervisor:
                 return
             if pid == 0:
                 return
+            if self._metrics is not None:
+                # Its live gauges must stop counting now, not when the others have exited too.
+                self._metrics[0].process_dead(pid)
             if (slot := self._slot_of(pid)) is not None:
                 self._ended(slot, os.waitstatus_to_exitcode(wait_status))
 
@@ -335,7 +369,7 @@ def _wake(_signum: int, _frame: object) -> None:
     """A handler that does nothing: the wakeup fd carries the signal to the loop."""
 
 
-def _worker(settings: Settings, status_write: int) -> int:
+def _worker(settings: Settings, status_write: int, metrics_directory: Path | None) -> int:
     def report(message: str) -> None:
         line = f"{os.getpid()} {message}".replace("\n", " ")[:2000] + "\n"
         os.write(status_write, line.encode())
@@ -344,7 +378,7 @@ def _worker(settings: Settings, status_write: int) -> int:
         report("ready")
 
     try:
-        asyncio.run(serve(settings, listening))
+        asyncio.run(serve(settings, listening, metrics_directory))
     except StartupError as exc:
         report(f"failed {exc}")
         return 1
