@@ -3,7 +3,7 @@
 Two limits, both checked on arrival: calls in flight, and the memory they hold. A call over
 either gets `Overloaded` (RESOURCE_EXHAUSTED with a RetryInfo) immediately, so memory stays
 bounded by `max_bytes` (plus one gRPC message per call gRPC itself is still reading, capped
-by the transport's concurrency limit) however large the flood.
+by the call limit in `interceptors.CallLimitInterceptor`) however large the flood.
 
 What a call holds is counted as its request's bytes times `HELD_PER_REQUEST_BYTE`, the factor
 `make bench` measures (bench/memory.py), not as the request's bytes alone: those were a third
