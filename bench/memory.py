@@ -72,9 +72,10 @@ class Held:
         }
 
 
-def _requests(mode: str, calls: int) -> list[bytes]:
-    """`calls` serialized requests of DOCUMENTS documents, each with its own query (so no two
-    share a gateway call even with a cache), all documents returned or none."""
+def _requests(mode: str, calls: int, label: str) -> list[bytes]:
+    """`calls` serialized requests of DOCUMENTS documents, each with its own query (`label`
+    and a number, so no two share a gateway call or a cache entry), all documents returned or
+    none."""
     base = pb.RerankRequest(
         model=_workload.MODEL,
         documents=[pb.Document(text=text) for text in _workload.documents(DOCUMENTS)],
@@ -84,7 +85,7 @@ def _requests(mode: str, calls: int) -> list[bytes]:
     prefix = base.SerializeToString()
     out = []
     for number in range(calls):
-        query = pb.RerankRequest(query=f"{_workload.QUERY} ({mode} {number})")
+        query = pb.RerankRequest(query=f"{_workload.QUERY} ({label} {mode} {number})")
         out.append(prefix + query.SerializeToString())  # fields may come in any order
     return out
 
@@ -94,7 +95,7 @@ async def _hold(target: str, pid: int, mode: str, calls: int) -> Held:
         ("grpc.max_send_message_length", 256 * 1024 * 1024),
         ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
     ]
-    warm_up, requests = _requests(mode, 2), _requests(mode, calls)
+    warm_up, requests = _requests(mode, 2, "warm-up"), _requests(mode, calls, "held")
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         rerank = channel.unary_unary(_workload.RERANK_METHOD)
         await asyncio.gather(*(rerank(r, timeout=CALL_TIMEOUT_S) for r in warm_up))
