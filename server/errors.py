@@ -4,6 +4,7 @@
 RerankError                      something a caller should hear about
 ├── InvalidRequest               our own validation failed; names the field
 ├── Overloaded                   the server refused work it has no room for
+├── LimitsUnavailable            the shared limits cannot be checked, and must be (fail closed)
 └── UpstreamError                the gateway, or the way to it, failed
     ├── UpstreamTimeout          no answer within the call's deadline
     ├── UpstreamUnavailable      5xx, refused/reset connection: worth retrying later
@@ -60,6 +61,14 @@ class Overloaded(RerankError):
     """The server is at its admission limit and refused the call at once."""
 
     reason = "OVERLOADED"
+
+
+class LimitsUnavailable(RerankError):
+    """The per-caller limits live in a Redis that cannot be reached (or did not answer in
+    time), and `RERANK_LIMITS_FAIL_CLOSED=1` says to refuse calls rather than let them go on
+    unchecked. Without that setting such calls go on, counted in the process."""
+
+    reason = "LIMITS_UNAVAILABLE"
 
 
 class UpstreamError(RerankError):

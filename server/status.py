@@ -23,6 +23,8 @@ STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.RerankError: grpc.StatusCode.INTERNAL,
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    # Our own limits store is away: retrying later helps, as with any unavailable dependency.
+    errors.LimitsUnavailable: grpc.StatusCode.UNAVAILABLE,
     # An unknown error type from the gateway: it did not tell us enough to say more.
     errors.UpstreamError: grpc.StatusCode.UNKNOWN,
     errors.UpstreamTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
