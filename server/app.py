@@ -95,7 +95,12 @@ def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
             parallelism=settings.window_parallelism,
         ),
     )
-    return CachingReranker(windowed, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes)
+    return CachingReranker(
+        windowed,
+        ttl=settings.cache_ttl,
+        max_bytes=settings.cache_max_bytes,
+        upstream_timeout=settings.upstream_timeout,
+    )
 
 
 def build_gateway(settings: Settings) -> GatewayReranker:

@@ -32,8 +32,10 @@ from rerank.server.domain import (
     Ranked,
     RerankOutcome,
     RerankQuery,
+    Usage,
     Warning,
     WarningType,
+    reported_cost,
 )
 from rerank.server.errors import (
     ModelNotFound,
@@ -291,12 +293,14 @@ def parse_rerank_body(
         if not isinstance(score, int | float) or isinstance(score, bool):
             _protocol_error(f"ranking[{position}].relevanceScore is not a number")
         items.append(Ranked(index=index, score=float(score)))
+    metadata = _parse_provider_metadata(data.get("providerMetadata"))
     return RerankOutcome(
         ranking=tuple(items),
         warnings=_parse_warnings(
             data.get("warnings"), PROTOCOL_FACTS[protocol], on_unknown_warning
         ),
-        provider_metadata=_parse_provider_metadata(data.get("providerMetadata")),
+        provider_metadata=metadata,
+        usage=Usage(cost=reported_cost(metadata), upstream_calls=1),
     )
 
 

@@ -19,6 +19,7 @@ from google.protobuf import struct_pb2
 from rerank.contract import NotJsonError, from_struct
 from rerank.server.admission import Admission
 from rerank.server.domain import (
+    FREE,
     DocumentKind,
     JsonObject,
     Limits,
@@ -28,6 +29,7 @@ from rerank.server.domain import (
     RerankOutcome,
     RerankQuery,
     Warning,
+    caller_metadata,
     check_request,
     final_ranking,
 )
@@ -44,7 +46,7 @@ _WARNING_TYPE_TO_PROTO = {
     "deprecated": pb.Warning.TYPE_DEPRECATED,
 }
 # The answer to a request without documents: nothing ranked, nothing asked, nothing billed.
-_NOTHING_TO_RANK = RerankOutcome(ranking=())
+_NOTHING_TO_RANK = RerankOutcome(ranking=(), usage=FREE)
 
 
 class RerankServicer(pb_grpc.RerankServiceServicer):
@@ -189,8 +191,9 @@ def response_to_proto(
         warnings=[warning_to_proto(w) for w in outcome.warnings],
         cached=outcome.cached,
     )
-    if outcome.provider_metadata is not None:
-        response.provider_metadata.update(outcome.provider_metadata)
+    metadata = caller_metadata(outcome)
+    if metadata is not None:
+        response.provider_metadata.update(metadata)
     return response
 
 

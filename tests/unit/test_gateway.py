@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ import pytest
 
 from rerank.server import errors
 from rerank.server.config import GatewayProtocol
-from rerank.server.domain import Ranked, RerankQuery, Warning
+from rerank.server.domain import Ranked, RerankQuery, Usage, Warning
 from rerank.server.gateway import (
     MAX_LOGGED_WARNING_TYPES,
     MAX_RESPONSE_BYTES,
@@ -204,6 +205,12 @@ def test_a_good_body_parses_with_warnings_and_metadata() -> None:
     assert [w.type for w in outcome.warnings] == ["unsupported", "other"]
     assert outcome.warnings[0].feature == "topN"
     assert outcome.provider_metadata == {"gateway": {"cost": "0.002"}}
+    assert outcome.usage == Usage(cost=Decimal("0.002"), upstream_calls=1)
+
+
+def test_an_answer_without_a_cost_has_an_unknown_one() -> None:
+    outcome = parse_rerank_body(b'{"ranking": [{"index": 0, "relevanceScore": 0.5}]}')
+    assert outcome.usage == Usage(cost=None, upstream_calls=1)
 
 
 @pytest.mark.parametrize(
