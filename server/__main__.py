@@ -16,7 +16,14 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from rerank.server.app import StartupError, serve
-from rerank.server.config import DEFAULT_GATEWAY_URL, GatewayProtocol, Settings, Upstream
+from rerank.server.config import (
+    DEFAULT_GATEWAY_URL,
+    CacheBackend,
+    GatewayProtocol,
+    Settings,
+    Upstream,
+)
+from rerank.server.redis_client import RedisUrl
 from rerank.server.workers import run_workers
 
 logger = logging.getLogger("rerank.server")
@@ -125,6 +132,33 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
             parser.error(f"RERANK_WINDOW_SIZES: {entry!r} is not 'model-or-provider=size'")
         window_sizes[name.strip()] = int(size)
 
+    def redis_url(name: str) -> RedisUrl | None:
+        raw = environ.get(f"RERANK_{name}", "").strip()
+        if not raw:
+            return None
+        try:
+            return RedisUrl.parse(raw)
+        except ValueError as error:
+            parser.error(f"RERANK_{name} {error}")
+
+    redis = redis_url("REDIS_URL")
+    cache_redis = redis_url("CACHE_REDIS_URL")
+    raw_backend = environ.get("RERANK_CACHE_BACKEND", "").strip().lower() or "memory"
+    try:
+        cache_backend = CacheBackend(raw_backend)
+    except ValueError:
+        parser.error(
+            "RERANK_CACHE_BACKEND must be "
+            f"{' or '.join(b.value for b in CacheBackend)}, got {raw_backend!r}"
+        )
+    if cache_backend is CacheBackend.REDIS and redis is None and cache_redis is None:
+        parser.error("RERANK_CACHE_BACKEND=redis needs RERANK_CACHE_REDIS_URL or RERANK_REDIS_URL")
+    if cache_backend is CacheBackend.MEMORY and cache_redis is not None:
+        parser.error("RERANK_CACHE_REDIS_URL is set but RERANK_CACHE_BACKEND is not redis")
+    fail_closed = environ.get("RERANK_LIMITS_FAIL_CLOSED", "").strip().lower()
+    if fail_closed not in ("", "0", "1", "true", "false", "yes", "no"):
+        parser.error(f"RERANK_LIMITS_FAIL_CLOSED must be 1 or 0, got {fail_closed!r}")
+
     def number(name: str, default: float) -> float:
         raw = env(name, default)
         try:
@@ -133,6 +167,12 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
             parser.error(f"RERANK_{name} must be a number, got {raw!r}")
         if not math.isfinite(value) or value < 0:
             parser.error(f"RERANK_{name} must be a finite number ≥ 0, got {raw!r}")
+        return value
+
+    def positive(name: str, default: float) -> float:
+        value = number(name, default)
+        if value == 0:
+            parser.error(f"RERANK_{name} must be more than 0")
         return value
 
     return Settings(
@@ -170,6 +210,11 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         window_parallelism=int(number("WINDOW_PARALLELISM", defaults.window_parallelism)),
         cache_ttl=number("CACHE_TTL", defaults.cache_ttl),
         cache_max_bytes=int(number("CACHE_MAX_BYTES", defaults.cache_max_bytes)),
+        cache_backend=cache_backend,
+        cache_redis_url=cache_redis,
+        redis_url=redis,
+        redis_timeout=positive("REDIS_TIMEOUT", defaults.redis_timeout),
+        limits_fail_closed=fail_closed in ("1", "true", "yes"),
         grace_period=number("GRACE_PERIOD", defaults.grace_period),
         workers=args.workers or len(os.sched_getaffinity(0)),
         log_level=args.log_level.upper(),

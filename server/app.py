@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from rerank.server.admission import Admission
 from rerank.server.cache import CachingReranker
-from rerank.server.config import Settings, Upstream
+from rerank.server.config import CacheBackend, Settings, Upstream
 from rerank.server.domain import Limits, Reranker
 from rerank.server.gateway import GatewayReranker
 from rerank.server.interceptors import (
@@ -30,6 +30,8 @@ from rerank.server.interceptors import (
     ErrorInterceptor,
     ServerInterceptor,
 )
+from rerank.server.redis_client import RedisClient
+from rerank.server.redis_store import RedisCacheEntries
 from rerank.server.resilience import CircuitBreaker, ResilientReranker, RetryBudget, RetryPolicy
 from rerank.server.service import RerankServicer
 from rerank.server.windows import WindowedReranker, WindowPolicy
@@ -100,7 +102,27 @@ def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
         ttl=settings.cache_ttl,
         max_bytes=settings.cache_max_bytes,
         upstream_timeout=settings.upstream_timeout,
+        entries=redis_cache_entries(settings),
     )
+
+
+def redis_cache_entries(settings: Settings) -> RedisCacheEntries | None:
+    """The result cache's entries in Redis with `RERANK_CACHE_BACKEND=redis` (None: in
+    memory): in `cache_redis_url`'s Redis, else in the limits' own, which must then never
+    evict (`RedisCacheEntries` checks)."""
+    if settings.cache_backend is not CacheBackend.REDIS:
+        return None
+    url = settings.cache_redis_url or settings.redis_url
+    assert url is not None, "__main__ requires a URL for the Redis cache"
+    limits = settings.redis_url
+    shares_limits = limits is not None and (url.host, url.port) == (limits.host, limits.port)
+    client = RedisClient(
+        url,
+        timeout=settings.redis_timeout,
+        purpose="the result cache",
+        when_down="calls go on uncached until it is back",
+    )
+    return RedisCacheEntries(client, ttl=settings.cache_ttl, shares_limits=shares_limits)
 
 
 def build_gateway(settings: Settings) -> GatewayReranker:

@@ -11,6 +11,7 @@ from enum import Enum
 from urllib.parse import urlsplit
 
 from rerank.contract import MAX_MESSAGE_BYTES
+from rerank.server.redis_client import RedisUrl
 from rerank.server.windows import DEFAULT_WINDOW_SIZES
 
 DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v4/ai"
@@ -38,6 +39,15 @@ class GatewayProtocol(Enum):
         """This version's base URL on a gateway at `origin` (`scheme://host:port`), as the
         SDK builds it: `{origin}/v4/ai`."""
         return f"{origin.rstrip('/')}/{self.value}/ai"
+
+
+class CacheBackend(Enum):
+    """Where the result cache keeps its answers."""
+
+    #: This process's memory, bounded by `Settings.cache_max_bytes`.
+    MEMORY = "memory"
+    #: A Redis every replica shares, bounded by `Settings.cache_ttl`.
+    REDIS = "redis"
 
 
 class Upstream(Enum):
@@ -120,6 +130,29 @@ class Settings:
     cache_max_bytes: int = 64 * 1024 * 1024
     """Memory bound of the result cache; 0 turns it off (`RERANK_CACHE_MAX_BYTES`)."""
 
+    cache_backend: CacheBackend = CacheBackend.MEMORY
+    """Where the result cache lives (`RERANK_CACHE_BACKEND`): this process, or Redis
+    (`cache_redis_url`, else `redis_url`), where entries expire after `cache_ttl`."""
+
+    cache_redis_url: RedisUrl | None = field(default=None, repr=False)
+    """The Redis of the result cache, when it is not `redis_url`'s (`RERANK_CACHE_REDIS_URL`):
+    recommended, since a Redis that evicts must hold no limits. Never logged with its
+    password."""
+
+    redis_url: RedisUrl | None = field(default=None, repr=False)
+    """The Redis where callers' limits, concurrency, spend and usage live, shared by every
+    replica (`RERANK_REDIS_URL`, `redis://` or `rediss://`); None keeps them in each process.
+    Never logged with its password."""
+
+    redis_timeout: float = 0.2
+    """Seconds one call to Redis may take, connecting included (`RERANK_REDIS_TIMEOUT`); past
+    it, Redis counts as away."""
+
+    limits_fail_closed: bool = False
+    """Whether to refuse calls of named callers (UNAVAILABLE, LIMITS_UNAVAILABLE) while the
+    limits' Redis is away, instead of deciding them in this process
+    (`RERANK_LIMITS_FAIL_CLOSED=1`)."""
+
     max_concurrent_calls: int = 512
     """Rerank calls in flight at most; more are refused at once with RESOURCE_EXHAUSTED
     (`RERANK_MAX_CONCURRENT_CALLS`)."""
@@ -178,7 +211,8 @@ class Settings:
 
     workers: int = 1
     """Server processes sharing the port through SO_REUSEPORT (`--workers`, `RERANK_WORKERS`);
-    `__main__` defaults it to one per core. Limits and the cache are per process."""
+    `__main__` defaults it to one per core. Limits and the cache are per process, unless they
+    live in Redis (`redis_url`, `cache_backend`)."""
 
     log_level: str = "INFO"
     """Python logging level (`--log-level`, `RERANK_LOG_LEVEL`)."""

@@ -376,3 +376,70 @@ class FailOpenLimitStore:
 
     async def aclose(self) -> None:
         await self._primary.aclose()
+
+
+CACHE_KEY_PREFIX = "rerank:cache:"
+
+
+class RedisCacheEntries:
+    """`cache.CacheEntries` in Redis: `rerank:cache:<sha-256 hex>` holds a cached answer's
+    bytes, set with an expiry of `ttl` (`SET ... PX`), so the cache is bounded by its TTL
+    and every replica finds the others' answers.
+
+    A Redis that cannot answer is a miss, and an answer not kept: calls go on uncached
+    (`RedisClient` says so once per outage).
+
+    `shares_limits`: this Redis also holds callers' limits and spend, which must never be
+    evicted to make room for cached answers. Then, on first contact, it is asked its
+    `maxmemory` and `maxmemory-policy` (`INFO memory`): unless it can never evict (no
+    `maxmemory`, or `noeviction`), the cache keeps nothing there and says so once. Cache
+    entries then go elsewhere (`RERANK_CACHE_REDIS_URL`) or nowhere.
+    """
+
+    def __init__(self, client: RedisClient, *, ttl: float, shares_limits: bool) -> None:
+        self._client = client
+        self._ttl_ms = max(1, round(ttl * 1000))
+        #: None until checked; True when this Redis may hold cache entries.
+        self._allowed: bool | None = None if shares_limits else True
+
+    async def get(self, key: bytes) -> bytes | None:
+        if not await self._may_use():
+            return None
+        try:
+            blob: bytes | None = await self._client.call("GET", CACHE_KEY_PREFIX + key.hex())
+        except RedisError:
+            return None
+        return blob
+
+    async def put(self, key: bytes, blob: bytes) -> None:
+        if not await self._may_use():
+            return
+        try:
+            await self._client.call("SET", CACHE_KEY_PREFIX + key.hex(), blob, "PX", self._ttl_ms)
+        except RedisError:
+            return
+
+    async def _may_use(self) -> bool:
+        if self._allowed is None:
+            try:
+                info: bytes = await self._client.call("INFO", "memory")
+            except RedisError:
+                return False  # asked again on the next call
+            memory = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
+            policy = memory.get("maxmemory_policy", "unknown").strip()
+            limit = memory.get("maxmemory", "").strip()
+            self._allowed = limit == "0" or policy == "noeviction"
+            if not self._allowed:
+                logger.error(
+                    "the result cache keeps nothing in Redis at %s: it holds callers' limits "
+                    "and spend and may evict keys (maxmemory %s, maxmemory-policy %s); give "
+                    "the cache a Redis of its own (RERANK_CACHE_REDIS_URL), or set "
+                    "maxmemory-policy noeviction",
+                    self._client.url,
+                    limit or "unknown",
+                    policy,
+                )
+        return self._allowed
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
