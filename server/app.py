@@ -22,6 +22,12 @@ from grpc_reflection.v1alpha import reflection
 from rerank.server.admission import Admission
 from rerank.server.cache import CachingReranker
 from rerank.server.config import CacheBackend, Settings, Upstream
+from rerank.server.credentials import (
+    Credential,
+    OidcTokenFile,
+    StaticCredential,
+    TokenFileError,
+)
 from rerank.server.domain import Limits, Reranker
 from rerank.server.gateway import GatewayReranker
 from rerank.server.interceptors import (
@@ -127,16 +133,25 @@ def redis_cache_entries(settings: Settings) -> RedisCacheEntries | None:
 
 def build_gateway(settings: Settings) -> GatewayReranker:
     """The gateway adapter for `settings.gateway_url`, over one pooled HTTP session."""
-    if settings.api_key is None:
-        raise ValueError("a gateway upstream needs an API key")
     return GatewayReranker(
         base_url=settings.gateway_url,
-        api_key=settings.api_key,
-        auth_method=settings.auth_method,
+        credential=gateway_credential(settings),
         max_connections=settings.max_connections,
         protocol=settings.protocol,
         team=settings.gateway_team,
     )
+
+
+def gateway_credential(settings: Settings) -> Credential:
+    """The token file when there is one (read again as it changes), else the fixed key."""
+    if settings.oidc_token_file is not None:
+        try:
+            return OidcTokenFile(settings.oidc_token_file)
+        except TokenFileError as exc:
+            raise StartupError(f"RERANK_OIDC_TOKEN_FILE: {exc}") from exc
+    if settings.api_key is None:
+        raise ValueError("a gateway upstream needs an API key or a token file")
+    return StaticCredential(settings.api_key, settings.auth_method)
 
 
 async def start_server(settings: Settings, reranker: Reranker | None = None) -> RunningServer:
@@ -165,6 +180,7 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
                 gateway_url=protocol.base_url_at(f"{origin.scheme}://{origin.netloc}"),
                 gateway_protocol=protocol,
                 api_key="embedded-mock",
+                oidc_token_file=None,
             )
         reranker = build_reranker(settings, build_gateway(settings))
     message_limit = settings.max_message_bytes

@@ -252,8 +252,11 @@ async def test_a_cancelled_probe_frees_its_slot() -> None:
     attempt(breaker, down())
     time.now += 1
 
+    started = asyncio.Event()
+
     class Hanging(ScriptedReranker):
         async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
+            started.set()
             await asyncio.Event().wait()
             raise AssertionError("unreachable")
 
@@ -266,7 +269,7 @@ async def test_a_cancelled_probe_frees_its_slot() -> None:
         sleep=time.sleep,
     )
     task = asyncio.create_task(wrapper.rerank(QUERY, timeout=30))
-    await asyncio.sleep(0)
+    await asyncio.wait_for(started.wait(), 5)  # the probe is in flight
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

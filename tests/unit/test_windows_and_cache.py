@@ -45,11 +45,20 @@ class Backend:
         self.fail_with: Exception | None = None
         self.cancelled = 0
         self.bad_index = False
+        self._changed = asyncio.Event()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Return once `condition` holds, checked again as calls start and end (at most 5 s)."""
+        async with asyncio.timeout(5):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         self.calls.append(len(query.documents))
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self._changed.set()
         try:
             await asyncio.sleep(self.delay)
         except asyncio.CancelledError:
@@ -57,6 +66,7 @@ class Backend:
             raise
         finally:
             self.in_flight -= 1
+            self._changed.set()
         if self.fail_with is not None:
             raise self.fail_with
         ranking = [Ranked(i, score_of(d)) for i, d in enumerate(query.documents)]  # type: ignore[arg-type]
@@ -155,7 +165,7 @@ async def test_a_caller_leaving_cancels_every_window() -> None:
     backend = Backend(delay=5)
     windowed = WindowedReranker(backend, WindowPolicy(sizes={"cohere": 10}, parallelism=4))
     task = asyncio.ensure_future(windowed.rerank(query(40), timeout=10))
-    await asyncio.sleep(0.05)
+    await backend.until(lambda: backend.in_flight == 4)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
