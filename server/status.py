@@ -23,6 +23,14 @@ STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.RerankError: grpc.StatusCode.INTERNAL,
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    # A caller without a name has no standing to report: the server is not set up for it.
+    errors.NotANamedCaller: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.CallerRefused: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ModelNotAllowed: grpc.StatusCode.PERMISSION_DENIED,
+    # Waiting helps both: tokens refill, calls end, a new UTC day starts.
+    errors.CallerRateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.CallerBudgetExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     # An unknown error type from the gateway: it did not tell us enough to say more.
     errors.UpstreamError: grpc.StatusCode.UNKNOWN,
     errors.UpstreamTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -65,6 +73,9 @@ def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.
             metadata["upstream_status"] = str(error.status)
         if error.generation_id:
             metadata["generation_id"] = error.generation_id
+        retry_after = error.retry_after
+    elif isinstance(error, errors.CallerRefused):
+        metadata.update(error.metadata)
         retry_after = error.retry_after
     details = [
         error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
