@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from rerank.server.app import StartupError, serve
+from rerank.server.callers import CallersFileError, load_directory
 from rerank.server.config import DEFAULT_GATEWAY_URL, GatewayProtocol, Settings, Upstream
 from rerank.server.workers import run_workers
 
@@ -92,6 +93,18 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
             parser.error(f"cannot read RERANK_AUTH_TOKENS_FILE: {exc.strerror}")
     tokens.discard("")
 
+    callers_file = environ.get("RERANK_CALLERS_FILE") or None
+    try:
+        # Read here so that a bad file stops the server at once with its one line (exit 2).
+        directory = load_directory(callers_file, tokens)
+    except CallersFileError as exc:
+        parser.error(str(exc))
+    if directory.names_by_certificate and not args.tls_client_ca:
+        parser.error(
+            f"RERANK_CALLERS_FILE {callers_file}: callers named by 'subject' or 'san' need "
+            "mutual TLS (--tls-client-ca)"
+        )
+
     api_key = environ.get("AI_GATEWAY_API_KEY") or None
     auth_method = "api-key"
     if api_key is None and environ.get("VERCEL_OIDC_TOKEN"):
@@ -161,6 +174,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         breaker_window=int(number("BREAKER_WINDOW", defaults.breaker_window)),
         breaker_cooldown=number("BREAKER_COOLDOWN", defaults.breaker_cooldown),
         auth_tokens=frozenset(tokens),
+        callers_file=callers_file,
         auth_health=args.auth_health,
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
@@ -202,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         logger.info(
             "caller authentication %s; TLS %s",
-            "on" if settings.auth_tokens else "off",
+            "on" if settings.auth_tokens or settings.callers_file else "off",
             "mutual" if settings.tls_client_ca_file else "on" if settings.tls_cert_file else "off",
         )
         logger.info("%d worker process(es)", settings.workers)

@@ -2,8 +2,9 @@
 
 The key is a SHA-256 of everything that decides a ranking: model, query, document kind and
 documents, `top_n` and provider options (keys sorted, so the order a Struct's map arrives in
-does not matter). Entries live `ttl` seconds; the least recently used go first once the
-entries' estimated size passes `max_bytes`. Errors are never cached.
+does not matter), and the named caller whose cache it is (unless it shares the cache).
+Entries live `ttl` seconds; the least recently used go first once the entries' estimated
+size passes `max_bytes`. Errors are never cached.
 
 Identical calls that arrive while one is in flight wait for it instead of calling upstream
 again. The shared call is cancelled only when every caller waiting for it has gone, so one
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import orjson
 
 from rerank.server.domain import (
+    JsonObject,
     Ranked,
     Reranker,
     RerankerLayer,
@@ -38,19 +40,38 @@ _OVERHEAD_PER_ENTRY = 400
 
 
 def cache_key(query: RerankQuery) -> bytes:
-    """The digest of everything that decides the ranking of `query`."""
+    """The digest of everything that decides the ranking of `query`, and of whose cache it
+    is: a named caller's own, unless its table opts into the shared one (then a caller never
+    learns, from `cached` or from timing, what another caller asked)."""
+    scope = None
+    options = query.provider_options
+    if query.caller is not None:
+        if query.caller.shared_cache:
+            # Its `gateway.user` is its own name (`on_behalf_of`): it decides whose bill, not
+            # the ranking, and would keep shared callers apart.
+            options = _without_gateway_user(options)
+        else:
+            scope = query.caller.name
     material = orjson.dumps(
         [
+            scope,
             query.model,
             query.query,
             query.kind,
             query.documents,
             query.top_n,
-            query.provider_options,
+            options,
         ],
         option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.sha256(material).digest()
+
+
+def _without_gateway_user(options: JsonObject | None) -> JsonObject | None:
+    if options is None or "gateway" not in options:
+        return options
+    gateway = {k: v for k, v in options["gateway"].items() if k != "user"}
+    return {**options, "gateway": gateway}
 
 
 def _pack(outcome: RerankOutcome) -> bytes:
