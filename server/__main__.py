@@ -101,8 +101,9 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         parser.error(str(exc))
     if directory.names_by_certificate and not args.tls_client_ca:
         parser.error(
-            f"RERANK_CALLERS_FILE {callers_file}: callers named by 'subject' or 'san' need "
-            "mutual TLS (--tls-client-ca)"
+            f"RERANK_CALLERS_FILE {callers_file}: caller "
+            f"{directory.certificate_callers[0]!r} is named by 'subject' or 'san', which "
+            "needs mutual TLS (--tls-client-ca)"
         )
 
     api_key = environ.get("AI_GATEWAY_API_KEY") or None

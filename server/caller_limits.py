@@ -83,7 +83,8 @@ def _refusal(caller: Caller, refused: Refused) -> CallerRefused:
     if limits.requests_per_second is not None:
         rules.append(f"{limits.requests_per_second:g} calls per second")
     if limits.max_concurrent_calls is not None:
-        rules.append(f"{limits.max_concurrent_calls} calls at once")
+        count = limits.max_concurrent_calls
+        rules.append(f"{count} call{'' if count == 1 else 's'} in flight")
     return CallerRateLimited(
         f"caller {caller.name!r} is over its limit of {' and '.join(rules)}; "
         f"retry in {refused.retry_after:.3g} s",

@@ -56,6 +56,8 @@ _KEYS = (
 )
 _PARSE_POSITION = re.compile(r"at line (\d+)")
 _TABLE_HEADER = re.compile(r"^\s*\[\s*callers\s*\.\s*\"?([^\]\"]+)\"?\s*\]")
+# Only the key of a line is ever read for a message, never what follows its `=`.
+_LINE_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
 
 
 class CallersFileError(Exception):
@@ -90,6 +92,12 @@ class CallerDirectory:
     def names_by_certificate(self) -> bool:
         """Whether some caller is recognised by its client certificate."""
         return bool(self._subjects or self._sans)
+
+    @property
+    def certificate_callers(self) -> tuple[str, ...]:
+        """The names of the callers recognised by a client certificate, sorted."""
+        named = [*self._subjects.values(), *self._sans.values()]
+        return tuple(sorted({caller.name for caller in named}))
 
     def for_token(self, token: bytes) -> tuple[bool, Caller | None]:
         """(known, caller) for a presented bearer token; `caller` is None for an unnamed one.
@@ -130,15 +138,16 @@ def directory_of(
         callers[name] = entry.caller
         if entry.token_digest is not None:
             if (holder := tokens.get(entry.token_digest)) is not None:
-                raise _error(source, name, "token", f"is the same token as caller {holder[0]!r}")
+                raise _error(source, name, "token", f"is the same token as {holder[0]}")
             tokens[entry.token_digest] = (f"caller {name!r}", entry.caller)
         if entry.subject is not None:
             if (other := subjects.get(entry.subject)) is not None:
-                raise _error(source, name, "subject", f"is caller {other.name!r}'s subject too")
+                also = f"is also the subject of caller {other.name!r}"
+                raise _error(source, name, "subject", also)
             subjects[entry.subject] = entry.caller
         for san in entry.sans:
             if (other := sans.get(san)) is not None:
-                raise _error(source, name, "san", f"{san!r} is caller {other.name!r}'s too")
+                raise _error(source, name, "san", f"{san!r} is also a san of caller {other.name!r}")
             sans[san] = entry.caller
     for token in unnamed_tokens:
         digest = hashlib.sha256(token.encode()).digest()
@@ -196,7 +205,7 @@ def _entry(source: str, name: str, table: object) -> CallerEntry:
             source,
             name,
             None,
-            "a name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            "is not a name: 1 to 64 letters, digits, '.', '_' or '-', first a letter or digit",
         )
     if not isinstance(table, dict):
         raise _error(source, name, None, "must be a table ([callers.NAME])")
@@ -212,7 +221,7 @@ def _entry(source: str, name: str, table: object) -> CallerEntry:
             source,
             name,
             None,
-            "has no way to be recognised: set token_sha256, token, subject or san",
+            "cannot be recognised: set token_sha256, token, subject or san",
         )
     rate = reader.number("requests_per_second", minimum=0, inclusive=False)
     burst = reader.number("burst", minimum=1, inclusive=True)
@@ -334,12 +343,17 @@ def _parse_error(source: str, text: str, exc: tomllib.TOMLDecodeError) -> Caller
     whose table the line falls in, when it falls in one."""
     message = str(exc)
     position = _PARSE_POSITION.search(message)
-    caller = None
+    caller = key = None
     if position is not None:
-        for line in text.splitlines()[: int(position.group(1))]:
+        lines = text.splitlines()[: int(position.group(1))]
+        for line in lines:
             if header := _TABLE_HEADER.match(line):
                 caller = header.group(1).strip()
-    within = f" in caller {caller!r}" if caller else ""
+        if lines and (assignment := _LINE_KEY.match(lines[-1])):
+            key = assignment.group(1)
+    within = ""
+    if caller:
+        within = f" in caller {caller!r}" + (f", key {key!r}" if key else "")
     return CallersFileError(f"{_where(source)}: is not valid TOML{within}: {message}")
 
 
