@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from rerank.server.app import StartupError, serve
+from rerank.server.callers import CallersFileError, load_directory
 from rerank.server.config import (
     DEFAULT_GATEWAY_URL,
     CacheBackend,
@@ -99,6 +100,19 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         except OSError as exc:
             parser.error(f"cannot read RERANK_AUTH_TOKENS_FILE: {exc.strerror}")
     tokens.discard("")
+
+    callers_file = environ.get("RERANK_CALLERS_FILE") or None
+    try:
+        # Read here so that a bad file stops the server at once with its one line (exit 2).
+        directory = load_directory(callers_file, tokens)
+    except CallersFileError as exc:
+        parser.error(str(exc))
+    if directory.names_by_certificate and not args.tls_client_ca:
+        parser.error(
+            f"RERANK_CALLERS_FILE {callers_file}: caller "
+            f"{directory.certificate_callers[0]!r} is named by 'subject' or 'san', which "
+            "needs mutual TLS (--tls-client-ca)"
+        )
 
     # The gateway credential, as the AI SDK picks it: a key first, else an OIDC token. A token
     # file is re-read while the server runs; VERCEL_OIDC_TOKEN is only what it was at start.
@@ -213,6 +227,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         breaker_window=int(number("BREAKER_WINDOW", defaults.breaker_window)),
         breaker_cooldown=number("BREAKER_COOLDOWN", defaults.breaker_cooldown),
         auth_tokens=frozenset(tokens),
+        callers_file=callers_file,
         auth_health=args.auth_health,
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
@@ -259,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         logger.info(
             "caller authentication %s; TLS %s",
-            "on" if settings.auth_tokens else "off",
+            "on" if settings.auth_tokens or settings.callers_file else "off",
             "mutual" if settings.tls_client_ca_file else "on" if settings.tls_cert_file else "off",
         )
         logger.info("%d worker process(es)", settings.workers)

@@ -21,6 +21,8 @@ from grpc_reflection.v1alpha import reflection
 
 from rerank.server.admission import Admission
 from rerank.server.cache import CachingReranker
+from rerank.server.caller_limits import CallerLimitsReranker
+from rerank.server.callers import CallerRegistry, CallersFileError
 from rerank.server.config import CacheBackend, Settings, Upstream
 from rerank.server.credentials import (
     Credential,
@@ -36,8 +38,9 @@ from rerank.server.interceptors import (
     ErrorInterceptor,
     ServerInterceptor,
 )
+from rerank.server.limits import InMemoryLimitStore, LimitStore
 from rerank.server.redis_client import RedisClient
-from rerank.server.redis_store import RedisCacheEntries
+from rerank.server.redis_store import FailOpenLimitStore, RedisCacheEntries, RedisLimitStore
 from rerank.server.resilience import CircuitBreaker, ResilientReranker, RetryBudget, RetryPolicy
 from rerank.server.service import RerankServicer
 from rerank.server.windows import WindowedReranker, WindowPolicy
@@ -65,6 +68,8 @@ class RunningServer:
     health: health_aio.HealthServicer
     reranker: Reranker
     grace_period: float
+    #: The named callers in force; `reload()` re-reads the callers file (SIGHUP).
+    callers: CallerRegistry
     embedded_mock: LoopbackMockGateway | None = None
 
     async def stop(self) -> None:
@@ -131,6 +136,25 @@ def redis_cache_entries(settings: Settings) -> RedisCacheEntries | None:
     return RedisCacheEntries(client, ttl=settings.cache_ttl, shares_limits=shares_limits)
 
 
+def limit_store(settings: Settings) -> LimitStore:
+    """Where callers' limits and spend are counted: in `redis_url`'s Redis, shared by every
+    replica (failing open, unless told to fail closed), else in this process (so per worker
+    and per replica)."""
+    if settings.redis_url is None:
+        return InMemoryLimitStore()
+    if settings.limits_fail_closed:
+        when_down = "calls of named callers are refused (LIMITS_UNAVAILABLE) until it is back"
+    else:
+        when_down = "limits are counted in this process until it is back"
+    client = RedisClient(
+        settings.redis_url, timeout=settings.redis_timeout, purpose="limits", when_down=when_down
+    )
+    # Twice the longest a call may take: a lease outlives any call, yet a replica that died
+    # holding it frees the slot within a minute (by default).
+    store = RedisLimitStore(client, lease_seconds=2 * settings.upstream_timeout)
+    return store if settings.limits_fail_closed else FailOpenLimitStore(store)
+
+
 def build_gateway(settings: Settings) -> GatewayReranker:
     """The gateway adapter for `settings.gateway_url`, over one pooled HTTP session."""
     return GatewayReranker(
@@ -160,6 +184,10 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     `reranker` replaces the one `settings` describe (tests use it for failures no gateway
     can be made to produce).
     """
+    try:
+        callers = CallerRegistry(settings.callers_file, settings.auth_tokens)
+    except CallersFileError as exc:
+        raise StartupError(str(exc)) from exc
     embedded_mock = None
     if reranker is None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:
@@ -183,11 +211,13 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
                 oidc_token_file=None,
             )
         reranker = build_reranker(settings, build_gateway(settings))
+    # Outermost, so that every call of a named caller meets its limits first.
+    limited = CallerLimitsReranker(reranker, limit_store(settings))
     message_limit = settings.max_message_bytes
     interceptors: list[ServerInterceptor] = []
-    if settings.auth_tokens:
+    if settings.auth_tokens or settings.callers_file:
         open_methods = frozenset() if settings.auth_health else HEALTH_METHODS
-        interceptors.append(AuthInterceptor(settings.auth_tokens, open_methods))
+        interceptors.append(AuthInterceptor(callers, open_methods))
     interceptors.append(ErrorInterceptor())
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -200,7 +230,7 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
         maximum_concurrent_rpcs=settings.max_concurrent_calls + 64,
     )
     servicer = RerankServicer(
-        reranker,
+        limited,
         limits=Limits(
             max_documents=settings.max_documents,
             max_document_bytes=settings.max_document_bytes,
@@ -224,7 +254,7 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
         else:
             port = server.add_secure_port(address, credentials)
     except (OSError, RuntimeError) as exc:
-        await reranker.aclose()
+        await limited.aclose()
         if embedded_mock is not None:
             await embedded_mock.stop()
         # grpc says only "Failed to bind"; the usual cause is worth naming.
@@ -237,7 +267,7 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
-        server, port, health_servicer, reranker, settings.grace_period, embedded_mock
+        server, port, health_servicer, limited, settings.grace_period, callers, embedded_mock
     )
 
 
@@ -259,7 +289,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 async def serve(settings: Settings, ready: Callable[[RunningServer], None]) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    """Run until SIGTERM or SIGINT, then stop gracefully; re-read the callers file on SIGHUP."""
     running = await start_server(settings)
     # Everything alive now (modules, descriptors, the wiring) lives as long as the process:
     # moved out of the collector's sight, full collections under load stay short (a gen-2
@@ -269,6 +299,7 @@ async def serve(settings: Settings, ready: Callable[[RunningServer], None]) -> N
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, running.callers.reload)
     ready(running)
     await stop.wait()
     logger.info("stopping: in-flight calls get %.3g s to finish", settings.grace_period)

@@ -2,13 +2,13 @@
 
 The key is a SHA-256 of everything that decides a ranking: model, query, document kind and
 documents, `top_n` and provider options (keys sorted, so the order a Struct's map arrives in
-does not matter). Entries live `ttl` seconds; the least recently used go first once the
-entries' estimated size passes `max_bytes`. Where they live is a `CacheEntries`: this
-process's memory (`MemoryEntries`), or a Redis every replica shares
-(`rerank.server.redis_store.RedisCacheEntries`, bounded by the TTL alone). Only what a caller
-would get as OK is stored: the answer is checked, sorted and cut (`domain.final_outcome`)
-before it is kept, so an answer the check refuses is an error like any other, and errors are
-never cached.
+does not matter), and the named caller whose cache it is (unless it shares the cache).
+Entries live `ttl` seconds; the least recently used go first once the entries' estimated
+size passes `max_bytes`. Where they live is a `CacheEntries`: this process's memory
+(`MemoryEntries`), or a Redis every replica shares (`rerank.server.redis_store.RedisCacheEntries`,
+bounded by the TTL alone). Only what a caller would get as OK is stored: the answer is checked,
+sorted and cut (`domain.final_outcome`) before it is kept, so an answer the check refuses is an
+error like any other, and errors are never cached.
 
 Identical calls that arrive while one is in flight wait for it instead of calling upstream
 again. The shared call belongs to no one caller: it runs under the upstream timeout, each
@@ -40,6 +40,7 @@ import orjson
 
 from rerank.server.domain import (
     FREE,
+    JsonObject,
     Ranked,
     Reranker,
     RerankerLayer,
@@ -57,19 +58,38 @@ _OVERHEAD_PER_ENTRY = 400
 
 
 def cache_key(query: RerankQuery) -> bytes:
-    """The digest of everything that decides the ranking of `query`."""
+    """The digest of everything that decides the ranking of `query`, and of whose cache it
+    is: a named caller's own, unless its table opts into the shared one (then a caller never
+    learns, from `cached` or from timing, what another caller asked)."""
+    scope = None
+    options = query.provider_options
+    if query.caller is not None:
+        if query.caller.shared_cache:
+            # Its `gateway.user` is its own name (`on_behalf_of`): it decides whose bill, not
+            # the ranking, and would keep shared callers apart.
+            options = _without_gateway_user(options)
+        else:
+            scope = query.caller.name
     material = orjson.dumps(
         [
+            scope,
             query.model,
             query.query,
             query.kind,
             query.documents,
             query.top_n,
-            query.provider_options,
+            options,
         ],
         option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.sha256(material).digest()
+
+
+def _without_gateway_user(options: JsonObject | None) -> JsonObject | None:
+    if options is None or "gateway" not in options:
+        return options
+    gateway = {k: v for k, v in options["gateway"].items() if k != "user"}
+    return {**options, "gateway": gateway}
 
 
 def _pack(outcome: RerankOutcome) -> bytes:

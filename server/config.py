@@ -195,6 +195,11 @@ class Settings:
     caller authentication off (`RERANK_AUTH_TOKENS`, comma-separated, or
     `RERANK_AUTH_TOKENS_FILE`, one per line). Never logged."""
 
+    callers_file: str | None = None
+    """TOML file of named callers: their tokens or certificate names, limits, budgets, models
+    and cache scope (`RERANK_CALLERS_FILE`; `rerank.server.callers`). Re-read on SIGHUP.
+    Without it, every caller of `auth_tokens` is an unnamed caller without limits."""
+
     auth_health: bool = False
     """Whether health checks need a token too (`--auth-health`, `RERANK_AUTH_HEALTH=1`). Off by
     default so load balancers and orchestrators can probe without a secret."""

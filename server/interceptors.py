@@ -1,6 +1,7 @@
 """The server's interceptors: authentication first, then errors into statuses.
 
-`AuthInterceptor` refuses calls without a known bearer token before any handler runs;
+`AuthInterceptor` refuses calls without a known bearer token before any handler runs, and
+tells the handler which named caller is calling (`current_caller()`);
 `ErrorInterceptor` turns every `RerankError` into its status through the one table in
 `rerank.server.status`, and any other exception into INTERNAL with an incident id; bytes that
 do not decode as the method's request become `MalformedRequest` (INVALID_ARGUMENT) there too.
@@ -9,16 +10,18 @@ do not decode as the method's request become `MalformedRequest` (INVALID_ARGUMEN
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from rerank.server.errors import MalformedRequest, RerankError
+from rerank.server.callers import CallerDirectory, CallerRegistry
+from rerank.server.domain import Caller
+from rerank.server.errors import MalformedRequest, RerankError, Unauthenticated
 from rerank.server.status import error_answer
 
 logger = logging.getLogger(__name__)
@@ -128,14 +131,19 @@ def _decoding(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 
 class AuthInterceptor(ServerInterceptor):
-    """Requires `authorization: Bearer <token>` with one of the configured tokens.
+    """Requires `authorization: Bearer <token>` with a token the registry knows, or, with
+    mutual TLS, a client certificate that names a caller of `RERANK_CALLERS_FILE`.
 
-    Methods in `open_methods` (health checks, by default) pass without one. The token a caller
-    sent is never logged or echoed.
+    A token decides when one is sent (an unknown one is refused even beside a good
+    certificate). A token of `RERANK_AUTH_TOKENS` is a caller without a name; a named
+    caller's call runs with `current_caller()` set to it. grpc.aio interceptors see no auth
+    context, so the certificate is read in a wrapper around the handler. Methods in
+    `open_methods` (health checks, by default) pass without either. A token, or its digest,
+    is never logged or echoed.
     """
 
-    def __init__(self, tokens: frozenset[str], open_methods: frozenset[str]) -> None:
-        self._expected = [f"Bearer {token}".encode() for token in tokens]
+    def __init__(self, registry: CallerRegistry, open_methods: frozenset[str]) -> None:
+        self._registry = registry
         self._open_methods = open_methods
 
     async def intercept_service(
@@ -145,34 +153,145 @@ class AuthInterceptor(ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        if handler_call_details.method in self._open_methods or self._authorized(
-            handler_call_details
-        ):
+        method = handler_call_details.method
+        if method in self._open_methods:
             return await continuation(handler_call_details)
-        return _refusal(handler_call_details.method)
+        directory = self._registry.directory
+        presented = _bearer_token(handler_call_details)
+        if presented is not None:
+            known, caller = directory.for_token(presented)
+            if not known:
+                return _refusal(method)
+            handler = await continuation(handler_call_details)
+            if caller is None:
+                return handler
+            return _with_caller(method, handler, lambda _context: caller)
+        if directory.names_by_certificate:
+            handler = await continuation(handler_call_details)
+            return _with_caller(
+                method, handler, lambda context: _certificate_caller(directory, context)
+            )
+        return _refusal(method)
 
-    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
-        presented = b""
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                presented = value.encode() if isinstance(value, str) else value
-        # Compare against every token, in constant time, so timing tells nothing.
-        matches = [hmac.compare_digest(presented, expected) for expected in self._expected]
-        return any(matches)
+
+_BEARER = b"Bearer "
+
+
+def _bearer_token(details: grpc.HandlerCallDetails) -> bytes | None:
+    """The token of the call's `authorization: Bearer <token>`; b"" for an `authorization`
+    of another form (known to nobody), None without one."""
+    presented: bytes | None = None
+    for key, value in details.invocation_metadata or ():
+        if key == "authorization":
+            presented = value.encode() if isinstance(value, str) else value
+    if presented is None:
+        return None
+    return presented[len(_BEARER) :] if presented.startswith(_BEARER) else b""
+
+
+def _certificate_caller(
+    directory: CallerDirectory, context: grpc.aio.ServicerContext[Any, Any]
+) -> Caller | None:
+    """The caller the peer's client certificate names, from the call's auth context."""
+    auth = context.auth_context()
+    subjects = list(auth.get("x509_subject", ()))
+    sans = list(auth.get("x509_subject_alternative_name", ()))
+    return directory.for_certificate(
+        subjects[0].decode() if subjects else None, [san.decode() for san in sans]
+    )
+
+
+#: The named caller of the call being handled. A ContextVar, not shared state: grpc.aio runs
+#: each call's handler in a task of its own, and the value set there is that task's alone.
+_CURRENT_CALLER: ContextVar[Caller | None] = ContextVar("rerank_current_caller", default=None)
+
+
+def current_caller() -> Caller | None:
+    """The named caller of the call being handled; None for a caller without a name, and
+    whenever authentication is off."""
+    return _CURRENT_CALLER.get()
+
+
+def _with_caller(
+    method: str,
+    handler: grpc.RpcMethodHandler[Any, Any],
+    identify: Callable[[grpc.aio.ServicerContext[Any, Any]], Caller | None],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` run with `current_caller()` set to what `identify` finds in the call's
+    context; refused UNAUTHENTICATED when it finds nobody."""
+    if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
+        return handler
+    if handler.unary_unary is not None:
+        unary: Any = handler.unary_unary
+
+        async def identified(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            caller = identify(context)
+            if caller is None:
+                await _refuse(
+                    context, method, "no bearer token, and no caller named by the certificate"
+                )
+            reset = _CURRENT_CALLER.set(caller)
+            try:
+                return await unary(request, context)
+            finally:
+                _CURRENT_CALLER.reset(reset)
+
+        return grpc.unary_unary_rpc_method_handler(
+            identified,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    # Streaming methods (health's Watch, reflection) need no caller, only to be let in; they
+    # are answered by writing, whatever shape the wrapped behaviour has.
+    streaming: Any = handler.unary_stream or handler.stream_stream
+
+    async def identified_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if identify(context) is None:
+            await _refuse(
+                context, method, "no bearer token, and no caller named by the certificate"
+            )
+        answers = streaming(request, context)
+        if hasattr(answers, "__aiter__"):
+            async for answer in answers:
+                await context.write(answer)
+        else:
+            await answers
+
+    make = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream is not None
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return make(
+        identified_stream,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+async def _refuse(
+    context: grpc.aio.ServicerContext[Any, Any],
+    method: str,
+    why: str = "missing or unknown bearer token",
+) -> NoReturn:
+    """Abort the call UNAUTHENTICATED, with the ErrorInfo of `Unauthenticated`."""
+    logger.warning("%s refused: %s", method, why)
+    error = Unauthenticated(
+        "missing or unknown bearer token: send 'authorization: Bearer <token>'"
+        " (or, with mutual TLS, a client certificate that names a caller)"
+    )
+    answer = error_answer(error)
+    await context.abort(answer.code, answer.message, trailing_metadata=answer.trailing_metadata)
 
 
 def _refusal(method: str) -> grpc.RpcMethodHandler[Any, Any]:
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        logger.warning("%s refused: missing or unknown bearer token", method)
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "missing or unknown bearer token: send 'authorization: Bearer <token>'",
-        )
+        await _refuse(context, method)
 
     async def refuse_stream(
         requests: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        await refuse(None, context)
+        await _refuse(context, method)
         yield None  # pragma: no cover - abort raised above
 
     # The refusal must match the method's streaming shape or grpc cannot call it; we do not

@@ -5,7 +5,8 @@ processes use N cores with no proxy in between. Workers are forked before any of
 starts a gRPC server (gRPC does not survive a fork once its core is running). The parent
 only supervises: it reserves the port (so `--port 0` resolves once, for all), waits until
 every worker listens, prints the one ready line, forwards SIGTERM/SIGINT, and exits when
-they have, with a failure status if any worker failed.
+they have, with a failure status if any worker failed. SIGHUP (re-read the callers file) is
+forwarded too: each worker re-reads it on its own, and the parent outlives it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def run_workers(settings: Settings, workers: int, ready: Callable[[int], None]) 
         ) from exc
     settings = dataclasses.replace(settings, port=reservation.getsockname()[1])
     ready_read, ready_write = os.pipe()
+    # Until a worker's own handler is installed, a SIGHUP must not kill it (the default).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     children: list[int] = []
     for _ in range(workers):
         pid = os.fork()
@@ -64,8 +67,8 @@ def run_workers(settings: Settings, workers: int, ready: Callable[[int], None]) 
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
     if _wait_ready(ready_read, workers):
         ready(settings.port)
     else:

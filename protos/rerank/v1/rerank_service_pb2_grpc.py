@@ -45,6 +45,11 @@ class RerankServiceStub:
                 request_serializer=rerank_dot_v1_dot_rerank__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=rerank_dot_v1_dot_rerank__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/rerank.v1.RerankService/GetUsage',
+                request_serializer=rerank_dot_v1_dot_rerank__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=rerank_dot_v1_dot_rerank__service__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class RerankServiceServicer:
@@ -77,6 +82,22 @@ class RerankServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+        budget, its limits, and the calls it made and had refused. It never tells another
+        caller's. Only a named caller (a table of the server's callers file) has a standing: any
+        other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
+
+        Rerank's refusals under these limits: RESOURCE_EXHAUSTED with ErrorInfo reason
+        CALLER_RATE_LIMITED (over the rate or the concurrent calls; RetryInfo says when to try
+        again) or CALLER_BUDGET_EXHAUSTED (today's spend reached the budget; RetryInfo points at
+        the next UTC midnight), and PERMISSION_DENIED with reason MODEL_NOT_ALLOWED for a model
+        outside the caller's `models`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RerankServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +110,11 @@ def add_RerankServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=rerank_dot_v1_dot_rerank__service__pb2.ListModelsRequest.FromString,
                     response_serializer=rerank_dot_v1_dot_rerank__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=rerank_dot_v1_dot_rerank__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=rerank_dot_v1_dot_rerank__service__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -146,6 +172,33 @@ class RerankService:
             '/rerank.v1.RerankService/ListModels',
             rerank_dot_v1_dot_rerank__service__pb2.ListModelsRequest.SerializeToString,
             rerank_dot_v1_dot_rerank__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rerank.v1.RerankService/GetUsage',
+            rerank_dot_v1_dot_rerank__service__pb2.GetUsageRequest.SerializeToString,
+            rerank_dot_v1_dot_rerank__service__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,18 @@ class RerankServiceStub:
     """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
     `modelType` "reranking").
     """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_rerank_service_pb2.GetUsageRequest, _rerank_service_pb2.GetUsageResponse]
+    """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+    budget, its limits, and the calls it made and had refused. It never tells another
+    caller's. Only a named caller (a table of the server's callers file) has a standing: any
+    other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
+
+    Rerank's refusals under these limits: RESOURCE_EXHAUSTED with ErrorInfo reason
+    CALLER_RATE_LIMITED (over the rate or the concurrent calls; RetryInfo says when to try
+    again) or CALLER_BUDGET_EXHAUSTED (today's spend reached the budget; RetryInfo points at
+    the next UTC midnight), and PERMISSION_DENIED with reason MODEL_NOT_ALLOWED for a model
+    outside the caller's `models`.
+    """
 
 @_typing.type_check_only
 class RerankServiceAsyncStub(RerankServiceStub):
@@ -79,6 +91,18 @@ class RerankServiceAsyncStub(RerankServiceStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_rerank_service_pb2.ListModelsRequest, _rerank_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
     `modelType` "reranking").
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_rerank_service_pb2.GetUsageRequest, _rerank_service_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+    budget, its limits, and the calls it made and had refused. It never tells another
+    caller's. Only a named caller (a table of the server's callers file) has a standing: any
+    other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
+
+    Rerank's refusals under these limits: RESOURCE_EXHAUSTED with ErrorInfo reason
+    CALLER_RATE_LIMITED (over the rate or the concurrent calls; RetryInfo says when to try
+    again) or CALLER_BUDGET_EXHAUSTED (today's spend reached the budget; RetryInfo points at
+    the next UTC midnight), and PERMISSION_DENIED with reason MODEL_NOT_ALLOWED for a model
+    outside the caller's `models`.
     """
 
 class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -112,6 +136,24 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_rerank_service_pb2.ListModelsResponse, _abc.Awaitable[_rerank_service_pb2.ListModelsResponse]]:
         """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
         `modelType` "reranking").
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _rerank_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rerank_service_pb2.GetUsageResponse, _abc.Awaitable[_rerank_service_pb2.GetUsageResponse]]:
+        """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+        budget, its limits, and the calls it made and had refused. It never tells another
+        caller's. Only a named caller (a table of the server's callers file) has a standing: any
+        other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
+
+        Rerank's refusals under these limits: RESOURCE_EXHAUSTED with ErrorInfo reason
+        CALLER_RATE_LIMITED (over the rate or the concurrent calls; RetryInfo says when to try
+        again) or CALLER_BUDGET_EXHAUSTED (today's spend reached the budget; RetryInfo points at
+        the next UTC midnight), and PERMISSION_DENIED with reason MODEL_NOT_ALLOWED for a model
+        outside the caller's `models`.
         """
 
 def add_RerankServiceServicer_to_server(servicer: RerankServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
