@@ -1,27 +1,30 @@
 """Servers in this process over a real redis-server: the result cache shared by replicas
 (RERANK_CACHE_BACKEND=redis), bounded by its TTL, a Redis that goes away costs calls nothing
-but the cache, and a Redis that could evict limits keeps no cache entries."""
+but the cache, a Redis that could evict limits keeps no cache entries; named callers' budget
+spent once across servers, and refused with LIMITS_UNAVAILABLE when told to fail closed."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import CacheBackend, Settings
 from rerank.server.redis_client import RedisUrl
 from rerank.server.redis_store import CACHE_KEY_PREFIX
+from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import needs_redis_server
-from tests.service.test_rerank_service import MESSAGE_LIMIT, seed_request
+from tests.service.test_rerank_service import MESSAGE_LIMIT, seed_request, unpacked
 from tools.redis_server import RedisServer
 
 FAST = Settings(port=0, grace_period=2, redis_timeout=5.0, cache_ttl=120.0)
@@ -107,7 +110,7 @@ async def test_a_cache_redis_that_goes_away_costs_calls_only_the_cache(
 
 
 @pytest.fixture
-def evicting_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+def evicting_redis(tmp_path: Path) -> Iterator[RedisServer]:
     needs_redis_server()
     with RedisServer(
         tmp_path, "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"
@@ -145,3 +148,67 @@ async def test_a_redis_that_holds_limits_and_never_evicts_may_hold_the_cache(
         assert len(cache_keys(redis)) == 1
     finally:
         redis.command("CONFIG", "SET", "maxmemory", "0")
+
+
+NAMED, LEGACY = "named-caller-token", "legacy-token"
+CALLERS = f"""
+[callers.team-a]
+token = "{NAMED}"
+daily_budget_usd = 0.003
+"""
+
+
+def with_redis_limits(server: RedisServer, callers: Path, **changes: Any) -> Settings:
+    return dataclasses.replace(
+        FAST,
+        callers_file=str(callers),
+        auth_tokens=frozenset({LEGACY}),
+        redis_url=RedisUrl.parse(server.url),
+        **changes,
+    )
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def test_two_servers_spend_one_budget(
+    redis: RedisServer, serve: Callable[..., Any], tmp_path: Path
+) -> None:
+    callers = tmp_path / "callers.toml"
+    callers.write_text(CALLERS)
+    replicas = [(await serve(with_redis_limits(redis, callers)))[1] for _ in range(2)]
+    # The embedded mock charges 0.002 USD for this request: after two calls the spend (0.004)
+    # has reached the budget (0.003), whichever server took them.
+    codes = []
+    for n in range(4):
+        try:
+            await replicas[n % 2].Rerank(seed_request(bypass_cache=True), metadata=bearer(NAMED))
+            codes.append("OK")
+        except grpc.aio.AioRpcError as error:
+            codes.append(unpacked(error, error_details_pb2.ErrorInfo).reason)
+    assert codes == ["OK", "OK", "CALLER_BUDGET_EXHAUSTED", "CALLER_BUDGET_EXHAUSTED"]
+    usage = await replicas[1].GetUsage(pb.GetUsageRequest(), metadata=bearer(NAMED))
+    assert (usage.spent_usd, usage.calls, usage.refused) == ("0.004", 2, 2)
+
+
+async def test_fail_closed_refuses_named_callers_while_redis_is_away(
+    own_redis: RedisServer, serve: Callable[..., Any], tmp_path: Path
+) -> None:
+    callers = tmp_path / "callers.toml"
+    callers.write_text(CALLERS)
+    _, stub = await serve(with_redis_limits(own_redis, callers, limits_fail_closed=True))
+    await stub.Rerank(seed_request(), metadata=bearer(NAMED))
+    own_redis.stop()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Rerank(seed_request(bypass_cache=True), metadata=bearer(NAMED))
+    error = caught.value
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    assert unpacked(error, error_details_pb2.ErrorInfo).reason == "LIMITS_UNAVAILABLE"
+    assert unpacked(error, error_details_pb2.RetryInfo).retry_delay.seconds == 1
+    assert "127.0.0.1" not in (error.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as usage_refused:
+        await stub.GetUsage(pb.GetUsageRequest(), metadata=bearer(NAMED))
+    assert usage_refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    # A caller without a name has no limits to check: it goes on.
+    assert (await stub.Rerank(seed_request(bypass_cache=True), metadata=bearer(LEGACY))).ranking
