@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from rerank.server.app import StartupError, serve
 from rerank.server.callers import CallersFileError, load_directory
 from rerank.server.config import DEFAULT_GATEWAY_URL, GatewayProtocol, Settings, Upstream
+from rerank.server.credentials import TokenFileError, read_token
 from rerank.server.workers import run_workers
 
 logger = logging.getLogger("rerank.server")
@@ -106,16 +107,26 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
             "needs mutual TLS (--tls-client-ca)"
         )
 
+    # The gateway credential, as the AI SDK picks it: a key first, else an OIDC token. A token
+    # file is re-read while the server runs; VERCEL_OIDC_TOKEN is only what it was at start.
     api_key = environ.get("AI_GATEWAY_API_KEY") or None
     auth_method = "api-key"
-    if api_key is None and environ.get("VERCEL_OIDC_TOKEN"):
+    oidc_token_file = None
+    if api_key is None and (token_file := environ.get("RERANK_OIDC_TOKEN_FILE")):
+        try:
+            read_token(token_file)
+        except TokenFileError as exc:
+            parser.error(f"RERANK_OIDC_TOKEN_FILE: {exc}")
+        oidc_token_file, auth_method = token_file, "oidc"
+    elif api_key is None and environ.get("VERCEL_OIDC_TOKEN"):
         api_key, auth_method = environ["VERCEL_OIDC_TOKEN"], "oidc"
-    if args.mock or (api_key is None and args.gateway_url is None):
+    has_credential = api_key is not None or oidc_token_file is not None
+    if args.mock or (not has_credential and args.gateway_url is None):
         upstream = Upstream.EMBEDDED_MOCK
-    elif api_key is None:
+    elif not has_credential:
         parser.error(
             "--gateway-url needs a credential: set AI_GATEWAY_API_KEY (any non-empty value "
-            "for a mock gateway process)"
+            "for a mock gateway process) or RERANK_OIDC_TOKEN_FILE"
         )
     else:
         upstream = Upstream.GATEWAY
@@ -158,6 +169,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         gateway_team=environ.get("RERANK_GATEWAY_TEAM", "").strip() or None,
         api_key=api_key,
         auth_method=auth_method,
+        oidc_token_file=oidc_token_file,
         default_model=args.default_model,
         upstream_timeout=number("UPSTREAM_TIMEOUT", defaults.upstream_timeout),
         max_connections=int(number("MAX_CONNECTIONS", defaults.max_connections)),

@@ -24,6 +24,12 @@ from rerank.server.cache import CachingReranker
 from rerank.server.caller_limits import CallerLimitsReranker
 from rerank.server.callers import CallerRegistry, CallersFileError
 from rerank.server.config import Settings, Upstream
+from rerank.server.credentials import (
+    Credential,
+    OidcTokenFile,
+    StaticCredential,
+    TokenFileError,
+)
 from rerank.server.domain import Limits, Reranker
 from rerank.server.gateway import GatewayReranker
 from rerank.server.interceptors import (
@@ -58,8 +64,11 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
+    #: The chain the servicer calls, below the caller-limits layer.
     reranker: Reranker
     grace_period: float
+    #: The caller-limits layer around `reranker`, with the store it counts in.
+    caller_limits: CallerLimitsReranker
     #: The named callers in force; `reload()` re-reads the callers file (SIGHUP).
     callers: CallerRegistry
     embedded_mock: LoopbackMockGateway | None = None
@@ -70,7 +79,7 @@ class RunningServer:
         mock gateway, when there is one)."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_period)
-        await self.reranker.aclose()
+        await self.caller_limits.aclose()  # and the chain within it
         if self.embedded_mock is not None:
             await self.embedded_mock.stop()
 
@@ -100,7 +109,12 @@ def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
             parallelism=settings.window_parallelism,
         ),
     )
-    return CachingReranker(windowed, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes)
+    return CachingReranker(
+        windowed,
+        ttl=settings.cache_ttl,
+        max_bytes=settings.cache_max_bytes,
+        upstream_timeout=settings.upstream_timeout,
+    )
 
 
 def limit_store(settings: Settings) -> LimitStore:
@@ -111,16 +125,25 @@ def limit_store(settings: Settings) -> LimitStore:
 
 def build_gateway(settings: Settings) -> GatewayReranker:
     """The gateway adapter for `settings.gateway_url`, over one pooled HTTP session."""
-    if settings.api_key is None:
-        raise ValueError("a gateway upstream needs an API key")
     return GatewayReranker(
         base_url=settings.gateway_url,
-        api_key=settings.api_key,
-        auth_method=settings.auth_method,
+        credential=gateway_credential(settings),
         max_connections=settings.max_connections,
         protocol=settings.protocol,
         team=settings.gateway_team,
     )
+
+
+def gateway_credential(settings: Settings) -> Credential:
+    """The token file when there is one (read again as it changes), else the fixed key."""
+    if settings.oidc_token_file is not None:
+        try:
+            return OidcTokenFile(settings.oidc_token_file)
+        except TokenFileError as exc:
+            raise StartupError(f"RERANK_OIDC_TOKEN_FILE: {exc}") from exc
+    if settings.api_key is None:
+        raise ValueError("a gateway upstream needs an API key or a token file")
+    return StaticCredential(settings.api_key, settings.auth_method)
 
 
 async def start_server(settings: Settings, reranker: Reranker | None = None) -> RunningServer:
@@ -153,6 +176,7 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
                 gateway_url=protocol.base_url_at(f"{origin.scheme}://{origin.netloc}"),
                 gateway_protocol=protocol,
                 api_key="embedded-mock",
+                oidc_token_file=None,
             )
         reranker = build_reranker(settings, build_gateway(settings))
     # Outermost, so that every call of a named caller meets its limits first.
@@ -211,7 +235,14 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
-        server, port, health_servicer, limited, settings.grace_period, callers, embedded_mock
+        server,
+        port,
+        health_servicer,
+        reranker,
+        settings.grace_period,
+        limited,
+        callers,
+        embedded_mock,
     )
 
 

@@ -80,6 +80,10 @@ class Settings:
     auth_method: str = "api-key"
     """`api-key` or `oidc`: sent as `ai-gateway-auth-method`, after where `api_key` came from."""
 
+    oidc_token_file: str | None = None
+    """A file holding a short-lived OIDC token, read again when it changes and before the token
+    expires (`RERANK_OIDC_TOKEN_FILE`); used instead of `api_key` when set. Never logged."""
+
     default_model: str = DEFAULT_MODEL
     """Model used when a request leaves `model` empty (`RERANK_DEFAULT_MODEL`)."""
 

@@ -26,14 +26,17 @@ import aiohttp
 import orjson
 
 from rerank.server.config import GatewayProtocol
+from rerank.server.credentials import Credential, StaticCredential
 from rerank.server.domain import (
     JsonObject,
     ModelInfo,
     Ranked,
     RerankOutcome,
     RerankQuery,
+    Usage,
     Warning,
     WarningType,
+    reported_cost,
 )
 from rerank.server.errors import (
     ModelNotFound,
@@ -106,7 +109,8 @@ PROTOCOL_FACTS: Mapping[GatewayProtocol, ProtocolFacts] = MappingProxyType(
 # Never shown to callers: the gateway's own text might be about our key, and the caller
 # cannot fix it anyway (the AI SDK replaces it with a fixed text for the same reason).
 _AUTHENTICATION_MESSAGE = (
-    "the gateway rejected this server's credentials; an operator must check its AI_GATEWAY_API_KEY"
+    "the gateway rejected this server's credentials; an operator must check its "
+    "AI_GATEWAY_API_KEY or OIDC token"
 )
 
 
@@ -116,6 +120,8 @@ class GatewayReranker:
     The HTTP client is aiohttp: on `make bench` it cost half the server CPU per proxied call
     of a tuned httpx (README, "Performance"). This class is the only code that knows it.
 
+    The bearer token comes from `credential`, asked on every request (a token file's token
+    changes while the server runs); `api_key` (with `auth_method`) is the fixed one, for short.
     `protocol` is the version spoken (`PROTOCOL_FACTS`); `team`, when given, goes out as
     `x-vercel-ai-gateway-team` on every request, as the SDK's `teamIdOrSlug` does.
     """
@@ -124,20 +130,25 @@ class GatewayReranker:
         self,
         *,
         base_url: str,
-        api_key: str,
+        api_key: str | None = None,
         auth_method: str = "api-key",
         max_connections: int = 100,
+        credential: Credential | None = None,
         protocol: GatewayProtocol = GatewayProtocol.V4,
         team: str | None = None,
     ) -> None:
+        if credential is None:
+            if api_key is None:
+                raise ValueError("GatewayReranker needs an api_key or a credential")
+            credential = StaticCredential(api_key, auth_method)
+        self._credential = credential
         self._base_url = base_url.rstrip("/")
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._protocol = protocol
         self._auth_headers = {
-            "authorization": f"Bearer {api_key}",
             "ai-gateway-protocol-version": PROTOCOL_VERSION,
-            "ai-gateway-auth-method": auth_method,
+            "ai-gateway-auth-method": credential.auth_method,
             "user-agent": USER_AGENT,
         }
         if team:
@@ -211,6 +222,7 @@ class GatewayReranker:
         # aiohttp writes a bytes body in one go; a large one as BytesIO is written in chunks
         # with the event loop served in between (and still with a content-length, like the SDK).
         data = io.BytesIO(content) if content and len(content) > _LARGE_BODY else content
+        headers = {"authorization": f"Bearer {self._credential.bearer_token()}", **headers}
         try:
             async with (
                 asyncio.timeout(timeout),
@@ -291,12 +303,14 @@ def parse_rerank_body(
         if not isinstance(score, int | float) or isinstance(score, bool):
             _protocol_error(f"ranking[{position}].relevanceScore is not a number")
         items.append(Ranked(index=index, score=float(score)))
+    metadata = _parse_provider_metadata(data.get("providerMetadata"))
     return RerankOutcome(
         ranking=tuple(items),
         warnings=_parse_warnings(
             data.get("warnings"), PROTOCOL_FACTS[protocol], on_unknown_warning
         ),
-        provider_metadata=_parse_provider_metadata(data.get("providerMetadata")),
+        provider_metadata=metadata,
+        usage=Usage(cost=reported_cost(metadata), upstream_calls=1),
     )
 
 

@@ -3,7 +3,8 @@
 `AuthInterceptor` refuses calls without a known bearer token before any handler runs, and
 tells the handler which named caller is calling (`current_caller()`);
 `ErrorInterceptor` turns every `RerankError` into its status through the one table in
-`rerank.server.status`, and any other exception into INTERNAL with an incident id.
+`rerank.server.status`, and any other exception into INTERNAL with an incident id; bytes that
+do not decode as the method's request become `MalformedRequest` (INVALID_ARGUMENT) there too.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from rerank.server.callers import CallerDirectory, CallerRegistry
 from rerank.server.domain import Caller
-from rerank.server.errors import RerankError, Unauthenticated
-from rerank.server.status import rich_status
+from rerank.server.errors import MalformedRequest, RerankError, Unauthenticated
+from rerank.server.status import error_answer
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,9 @@ class ErrorInterceptor(ServerInterceptor):
     """Turns `RerankError`s into statuses through the one table in `rerank.server.status`.
 
     Anything else is a bug: it is logged with its traceback under an incident id and the
-    caller gets INTERNAL with that id, never the exception's text.
+    caller gets INTERNAL with that id, never the exception's text. It also wraps each method's
+    request deserializer, so bytes that are not the method's message are answered as a
+    `MalformedRequest` rather than left to grpc, which would answer UNKNOWN.
     """
 
     def __init__(self) -> None:
@@ -67,17 +71,17 @@ class ErrorInterceptor(ServerInterceptor):
 
         async def guard(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
+                if isinstance(request, _Undecodable):
+                    raise request.error
                 return await behaviour(request, context)
             except RerankError as error:
-                code, status = rich_status(error)
+                answer = error_answer(error)
                 # Failures of ours or upstream's deserve a warning; a caller's mistakes or a
                 # refusal under overload are routine and would drown the log at WARNING.
-                level = logging.WARNING if code in _OPERATOR_CODES else logging.INFO
-                logger.log(level, "%s failed: %s %s", method, code.name, error.reason)
+                level = logging.WARNING if answer.code in _OPERATOR_CODES else logging.INFO
+                logger.log(level, "%s failed: %s %s", method, answer.code.name, error.reason)
                 await context.abort(
-                    code,
-                    status.message,
-                    trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+                    answer.code, answer.message, trailing_metadata=answer.trailing_metadata
                 )
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
@@ -90,10 +94,40 @@ class ErrorInterceptor(ServerInterceptor):
 
         self._guarded[method] = grpc.unary_unary_rpc_method_handler(
             guard,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
         return self._guarded[method]
+
+
+class _Undecodable:
+    """What the request deserializer hands the guard instead of a message it cannot decode.
+
+    A deserializer cannot answer the call itself: an exception raised in it reaches grpc, which
+    answers UNKNOWN before any handler (or interceptor) runs. So it returns this, and the guard
+    answers with the error it holds.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: MalformedRequest) -> None:
+        self.error = error
+
+
+def _decoding(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    decode = deserializer
+
+    def decode_or_explain(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except DecodeError as exc:
+            # protobuf's text names the message type and what was wrong, e.g. "Error parsing
+            # message with type 'rerank.v1.RerankRequest': String field had bad UTF-8".
+            return _Undecodable(MalformedRequest(f"the request could not be decoded: {exc}"))
+
+    return decode_or_explain
 
 
 class AuthInterceptor(ServerInterceptor):
@@ -246,12 +280,8 @@ async def _refuse(
         "missing or unknown bearer token: send 'authorization: Bearer <token>'"
         " (or, with mutual TLS, a client certificate that names a caller)"
     )
-    code, status = rich_status(error)
-    await context.abort(
-        code,
-        status.message,
-        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-    )
+    answer = error_answer(error)
+    await context.abort(answer.code, answer.message, trailing_metadata=answer.trailing_metadata)
 
 
 def _refusal(method: str) -> grpc.RpcMethodHandler[Any, Any]:

@@ -21,6 +21,7 @@ from rerank.contract import NotJsonError, from_struct
 from rerank.server.admission import Admission
 from rerank.server.caller_limits import CallerLimitsReranker
 from rerank.server.domain import (
+    FREE,
     Caller,
     DocumentKind,
     JsonObject,
@@ -30,6 +31,7 @@ from rerank.server.domain import (
     RerankOutcome,
     RerankQuery,
     Warning,
+    caller_metadata,
     check_request,
     final_ranking,
     on_behalf_of,
@@ -49,7 +51,7 @@ _WARNING_TYPE_TO_PROTO = {
     "deprecated": pb.Warning.TYPE_DEPRECATED,
 }
 # The answer to a request without documents: nothing ranked, nothing asked, nothing billed.
-_NOTHING_TO_RANK = RerankOutcome(ranking=())
+_NOTHING_TO_RANK = RerankOutcome(ranking=(), usage=FREE)
 
 
 class RerankServicer(pb_grpc.RerankServiceServicer):
@@ -212,8 +214,9 @@ def response_to_proto(
         warnings=[warning_to_proto(w) for w in outcome.warnings],
         cached=outcome.cached,
     )
-    if outcome.provider_metadata is not None:
-        response.provider_metadata.update(outcome.provider_metadata)
+    metadata = caller_metadata(outcome)
+    if metadata is not None:
+        response.provider_metadata.update(metadata)
     return response
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rerank.server.__main__ import settings_from
@@ -140,3 +142,30 @@ def test_bad_values_are_usage_errors(
         settings_from(argv, environ)
     assert exited.value.code == 2
     assert named in capsys.readouterr().err
+
+
+def test_a_token_file_is_the_credential_unless_a_key_is_set(tmp_path: Path) -> None:
+    token = tmp_path / "oidc-token"
+    token.write_text("oidc-from-a-file\n")
+    environ = {"RERANK_OIDC_TOKEN_FILE": str(token), "VERCEL_OIDC_TOKEN": "one-shot"}
+    settings = settings_from([], environ)
+    assert settings.upstream is Upstream.GATEWAY
+    assert (settings.oidc_token_file, settings.auth_method) == (str(token), "oidc")
+    assert settings.api_key is None  # the file, re-read as it changes, beats the one-shot
+    keyed = settings_from([], {**environ, "AI_GATEWAY_API_KEY": "sk-secret"})
+    assert (keyed.api_key, keyed.auth_method) == ("sk-secret", "api-key")
+    assert keyed.oidc_token_file is None
+
+
+@pytest.mark.parametrize("content", [None, " \n"], ids=["missing", "empty"])
+def test_a_token_file_without_a_token_stops_the_start(
+    tmp_path: Path, content: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "oidc-token"
+    if content is not None:
+        token.write_text(content)
+    with pytest.raises(SystemExit) as exited:
+        settings_from([], {"RERANK_OIDC_TOKEN_FILE": str(token)})
+    assert exited.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert "RERANK_OIDC_TOKEN_FILE" in line
