@@ -66,8 +66,11 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
+    #: The chain the servicer calls, below the caller-limits layer.
     reranker: Reranker
     grace_period: float
+    #: The caller-limits layer around `reranker`, with the store it counts in.
+    caller_limits: CallerLimitsReranker
     #: The named callers in force; `reload()` re-reads the callers file (SIGHUP).
     callers: CallerRegistry
     embedded_mock: LoopbackMockGateway | None = None
@@ -78,12 +81,28 @@ class RunningServer:
         mock gateway, when there is one)."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_period)
-        await self.reranker.aclose()
+        await self.caller_limits.aclose()  # and the chain within it
         if self.embedded_mock is not None:
             await self.embedded_mock.stop()
 
 
-def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
+@dataclass(frozen=True)
+class RerankerChain:
+    """The reranker chain around a gateway, and the parts of it that remember past calls."""
+
+    reranker: Reranker
+    """The outermost layer: what the servicer calls."""
+    cache: CachingReranker
+    resilience: ResilientReranker
+
+    async def reset(self) -> None:
+        """Forget every past call: cached answers, the circuit's state, the retry budget (the
+        testing kit does this between tests, so nothing one test does reaches the next)."""
+        await self.cache.clear()
+        await self.resilience.reset()
+
+
+def build_chain(settings: Settings, gateway: Reranker) -> RerankerChain:
     """The whole chain around `gateway`, outermost first: the result cache, windows for large
     requests, retries with a budget and a circuit breaker."""
     resilient = ResilientReranker(
@@ -108,13 +127,19 @@ def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
             parallelism=settings.window_parallelism,
         ),
     )
-    return CachingReranker(
+    cache = CachingReranker(
         windowed,
         ttl=settings.cache_ttl,
         max_bytes=settings.cache_max_bytes,
         upstream_timeout=settings.upstream_timeout,
         entries=redis_cache_entries(settings),
     )
+    return RerankerChain(cache, cache, resilient)
+
+
+def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
+    """The chain `build_chain` builds, as the one `Reranker` the servicer calls."""
+    return build_chain(settings, gateway).reranker
 
 
 def redis_cache_entries(settings: Settings) -> RedisCacheEntries | None:
@@ -267,7 +292,14 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
-        server, port, health_servicer, limited, settings.grace_period, callers, embedded_mock
+        server,
+        port,
+        health_servicer,
+        reranker,
+        settings.grace_period,
+        limited,
+        callers,
+        embedded_mock,
     )
 
 

@@ -129,6 +129,10 @@ class CacheEntries(Protocol):
         """Keep `blob` under `key` for the cache's TTL; a store may decline it."""
         ...
 
+    async def clear(self) -> None:
+        """Forget every entry."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections; called once, at shutdown."""
         ...
@@ -181,8 +185,12 @@ class MemoryEntries:
     def _evict(self, key: bytes) -> None:
         self._bytes -= _entry_size(self._entries.pop(key))
 
-    async def aclose(self) -> None:
+    async def clear(self) -> None:
         self._entries.clear()
+        self._bytes = 0
+
+    async def aclose(self) -> None:
+        await self.clear()
 
 
 @dataclass
@@ -275,6 +283,11 @@ class CachingReranker(RerankerLayer):
         """Stop offering `flight` to new callers (it ended, or is being cancelled)."""
         if self._flights.get(key) is flight:
             del self._flights[key]
+
+    async def clear(self) -> None:
+        """Forget every stored answer (calls in flight still finish and share theirs)."""
+        if self._entries is not None:
+            await self._entries.clear()
 
     async def aclose(self) -> None:
         await self._inner.aclose()

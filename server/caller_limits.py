@@ -4,7 +4,9 @@ The outermost `RerankerLayer`, so every call of a named caller meets its limits 
 cache, the windows or the retries: a cached answer takes a token from the bucket like any
 other call (it is a call), and costs nothing from the budget (the gateway was not asked). The
 budget is checked before the call (refused once today's spend has reached it) and charged
-after it with what the gateway reported, exactly. Calls without a named caller pass through.
+after it with the call's `Usage.cost`: what the gateway reported for every window, exactly; a
+cost the gateway did not report is charged as nothing. Calls without a named caller pass
+through.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from rerank.server.domain import Caller, Reranker, RerankerLayer, RerankOutcome, RerankQuery
 from rerank.server.errors import (
@@ -52,7 +54,8 @@ class CallerLimitsReranker(RerankerLayer):
         cost: Decimal | None = None
         try:
             outcome = await self._inner.rerank(query, timeout=timeout)
-            cost = call_cost(outcome)
+            # Every window's cost, exactly; zero for an answer the gateway was not asked for.
+            cost = outcome.usage.cost
             return outcome
         finally:
             # Shielded: a caller hanging up must still give its lease back and pay its way.
@@ -91,24 +94,3 @@ def _refusal(caller: Caller, refused: Refused) -> CallerRefused:
         caller=caller.name,
         retry_after=refused.retry_after,
     )
-
-
-# ISSUE-10 SEAM: until main has issue 10's per-call `Usage` on RerankOutcome, the cost is the
-# gateway's figure in the outcome's provider metadata. For a windowed call that is the first
-# window's only (an under-count); `outcome.usage.cost` sums every window. Replace the body
-# with `return outcome.usage.cost` once it lands.
-def call_cost(outcome: RerankOutcome) -> Decimal | None:
-    """What this call cost at the gateway: nothing when it was answered without asking it
-    (`cached`), else the cost reported in `providerMetadata.gateway.cost`, None when the
-    gateway reported none we can read."""
-    if outcome.cached:
-        return Decimal(0)
-    gateway = (outcome.provider_metadata or {}).get("gateway")
-    reported = gateway.get("cost") if isinstance(gateway, dict) else None
-    if not isinstance(reported, str):
-        return None
-    try:
-        cost = Decimal(reported)
-    except InvalidOperation:
-        return None
-    return cost if cost.is_finite() and cost >= 0 else None

@@ -29,6 +29,12 @@ _MODEL_SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*/[A-Za-z0-9][A-Za-z0-9._:-]*")
 MAX_MODEL_SLUG_LENGTH = 128
 
 
+def is_model_slug(text: str) -> bool:
+    """Whether `text` is a gateway model slug `provider/model` (what requests and the default
+    model setting must name)."""
+    return len(text) <= MAX_MODEL_SLUG_LENGTH and _MODEL_SLUG.fullmatch(text) is not None
+
+
 @dataclass(frozen=True)
 class Limits:
     """The size rules a request must keep, from `Settings`."""
@@ -186,6 +192,15 @@ class RerankerLayer:
         await self._inner.aclose()
 
 
+def on_behalf_of(query: RerankQuery, caller: Caller) -> RerankQuery:
+    """`query` as `caller` sends it: its name replaces any `providerOptions.gateway.user` the
+    request set (a caller must not spend under another's name), so the gateway's own spend
+    reports split by caller too."""
+    options = dict(query.provider_options or {})
+    options["gateway"] = {**options.get("gateway", {}), "user": caller.name}
+    return dataclasses.replace(query, caller=caller, provider_options=options)
+
+
 def reported_cost(provider_metadata: JsonObject | None) -> Decimal | None:
     """The cost one gateway answer reports in `providerMetadata.gateway.cost`: a decimal
     string (spec §4). None when it is absent, or not a finite, non-negative decimal string:
@@ -222,19 +237,10 @@ def caller_metadata(outcome: RerankOutcome) -> JsonObject | None:
     return metadata or None
 
 
-def on_behalf_of(query: RerankQuery, caller: Caller) -> RerankQuery:
-    """`query` as `caller` sends it: its name replaces any `providerOptions.gateway.user` the
-    request set (a caller must not spend under another's name), so the gateway's own spend
-    reports split by caller too."""
-    options = dict(query.provider_options or {})
-    options["gateway"] = {**options.get("gateway", {}), "user": caller.name}
-    return dataclasses.replace(query, caller=caller, provider_options=options)
-
-
 def check_request(query: RerankQuery, limits: Limits) -> None:
     """Raise `InvalidRequest` naming every field of `query` that breaks the contract."""
     violations: list[FieldViolation] = []
-    if len(query.model) > MAX_MODEL_SLUG_LENGTH or not _MODEL_SLUG.fullmatch(query.model):
+    if not is_model_slug(query.model):
         violations.append(
             FieldViolation(
                 "model",

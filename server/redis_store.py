@@ -419,6 +419,21 @@ class RedisCacheEntries:
         except RedisError:
             return
 
+    async def clear(self) -> None:
+        """Delete every cache entry (every replica's: they are one cache)."""
+        cursor = b"0"
+        try:
+            while True:
+                cursor, keys = await self._client.call(
+                    "SCAN", cursor, "MATCH", CACHE_KEY_PREFIX + "*", "COUNT", 1000
+                )
+                if keys:
+                    await self._client.call("UNLINK", *keys)
+                if cursor == b"0":
+                    return
+        except RedisError:
+            return
+
     async def _may_use(self) -> bool:
         if self._allowed is None:
             try:

@@ -95,7 +95,7 @@ def retry_delay(error: errors.RerankError) -> float | None:
     """Seconds the caller should wait before trying again (the RetryInfo), or None."""
     delay = (
         error.retry_after
-        if isinstance(error, (errors.UpstreamError, errors.CallerRefused))
+        if isinstance(error, errors.UpstreamError | errors.CallerRefused)
         else None
     )
     if delay is None:
@@ -111,8 +111,9 @@ def retry_pushback_ms(error: errors.RerankError, delay: float) -> int:
     of the gateway are retried by the server's own retry layer (which already did, or chose
     not to: the budget, the deadline, an open circuit). A client retrying them as well would
     multiply gateway attempts (3 client attempts x 3 server attempts = 9), so it is told not
-    to; the caller's code still reads the RetryInfo. Our own refusals (overload) happened
-    before any gateway call: a retry after the delay costs the gateway nothing.
+    to; the caller's code still reads the RetryInfo. Our own refusals (overload, a caller's
+    rate or budget) happened before any gateway call: a retry after the delay costs the
+    gateway nothing.
     """
     if isinstance(error, errors.UpstreamError):
         return -1

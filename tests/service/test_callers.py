@@ -124,6 +124,13 @@ def reason(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, dict[str,
     return error.code(), info.reason, dict(info.metadata)
 
 
+def pushback_ms(error: grpc.aio.AioRpcError) -> int | None:
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-retry-pushback-ms":
+            return int(value)
+    return None
+
+
 def retry_seconds(error: grpc.aio.AioRpcError) -> float | None:
     info = unpacked(error, error_details_pb2.RetryInfo)
     return None if info is None else info.retry_delay.ToNanoseconds() / 1e9
@@ -155,6 +162,8 @@ async def test_over_the_rate_is_caller_rate_limited_with_when_to_retry(
     delay = retry_seconds(error)
     assert delay is not None
     assert 90 < delay <= 100
+    # Refused before any gateway call: a gRPC client's own retry policy may wait and retry.
+    assert pushback_ms(error) == round(delay * 1000)
     # Another caller is not held back by this one.
     assert (await stub.Rerank(seed_request(), metadata=bearer(ALONE_A), timeout=5)).ranking
     usage = await usage_of(stub, SEARCH)
@@ -196,11 +205,26 @@ async def test_the_budget_allows_exactly_what_it_covers_then_waits_for_midnight(
     delay = retry_seconds(error)
     assert delay is not None
     assert abs(delay - seconds_to_next_utc_midnight(time.time())) < 60
+    assert pushback_ms(error) == round(delay * 1000)
     usage = await usage_of(stub, BUDGETED)
     assert usage.caller == "budgeted"
     assert (usage.spent_usd, usage.daily_budget_usd) == ("0.003", "0.0025")
     assert (usage.calls, usage.refused) == (3, 1)
     assert usage.day == time.strftime("%Y-%m-%d", time.gmtime())
+
+
+async def test_a_windowed_call_is_charged_for_every_window(
+    serve: Callable[[Settings], Awaitable[RunningServer]], tmp_path: Path
+) -> None:
+    running = await serve(settings_for(callers_file(tmp_path), window_sizes={"cohere": 2}))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = pb_grpc.RerankServiceStub(channel)
+        # Three documents in windows of two: two gateway calls at 0.001 each.
+        request = seed_request(model=CHEAP_MODEL, top_n=None)
+        response = await stub.Rerank(request, metadata=bearer(BUDGETED), timeout=5)
+        assert len(response.ranking) == 3
+        usage = await usage_of(stub, BUDGETED)
+    assert (usage.spent_usd, usage.calls) == ("0.002", 1)
 
 
 async def test_a_model_outside_the_callers_list_is_not_allowed(
@@ -214,6 +238,7 @@ async def test_a_model_outside_the_callers_list_is_not_allowed(
         {"caller": "search-api", "model": "voyage/rerank-2.5"},
     )
     assert retry_seconds(error) is None  # waiting does not help
+    assert pushback_ms(error) is None
     # Nor does it see the model listed; other callers see every model.
     own = await stub.ListModels(pb.ListModelsRequest(), metadata=bearer(SEARCH), timeout=5)
     assert own.models

@@ -22,7 +22,6 @@ import pytest
 
 from rerank.server.app import RunningServer, start_server
 from rerank.server.cache import CachingReranker
-from rerank.server.caller_limits import CallerLimitsReranker
 from rerank.server.config import Settings, Upstream
 from rerank.server.domain import RerankQuery, Usage
 from rerank.v1 import rerank_service_pb2 as pb
@@ -76,13 +75,9 @@ def stub_for(running: RunningServer, channels: list[grpc.aio.Channel]) -> Any:
 
 
 def cache_of(running: RunningServer) -> CachingReranker:
-    """The cache of the production chain (under the caller-limits layer), whose counters show
-    what it did."""
-    limited = running.reranker
-    assert isinstance(limited, CallerLimitsReranker)
-    cache = limited._inner
-    assert isinstance(cache, CachingReranker)
-    return cache
+    """The outermost layer of the production chain, whose counters show what it did."""
+    assert isinstance(running.reranker, CachingReranker)
+    return running.reranker
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:

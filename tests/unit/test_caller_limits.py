@@ -11,13 +11,15 @@ from decimal import Decimal
 import pytest
 
 from rerank.server.cache import cache_key
-from rerank.server.caller_limits import CallerLimitsReranker, call_cost
+from rerank.server.caller_limits import CallerLimitsReranker
 from rerank.server.domain import (
+    FREE,
     Caller,
     ModelInfo,
     Ranked,
     RerankOutcome,
     RerankQuery,
+    Usage,
     on_behalf_of,
 )
 from rerank.server.errors import (
@@ -50,11 +52,11 @@ class Backend:
             await self.release.wait()
         if self.fail is not None:
             raise self.fail
-        metadata = None if self.cost is None else {"gateway": {"cost": self.cost}}
+        usage = Usage(None if self.cost is None else Decimal(self.cost), upstream_calls=1)
         return RerankOutcome(
             ranking=(Ranked(0, 0.9), Ranked(1, 0.1)),
-            provider_metadata=metadata,
             cached=self.cached,
+            usage=FREE if self.cached else usage,
         )
 
     async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
@@ -180,24 +182,14 @@ async def test_a_cached_answer_is_a_call_that_costs_nothing() -> None:
     assert (usage.spent_usd, usage.calls) == (Decimal(0), 5)
 
 
-@pytest.mark.parametrize(
-    ("metadata", "cost"),
-    [
-        ({"gateway": {"cost": "0.002"}}, Decimal("0.002")),
-        ({"gateway": {"cost": "1E-3"}}, Decimal("0.001")),
-        ({"gateway": {}}, None),
-        ({"gateway": {"cost": 0.002}}, None),  # a float is not the protocol's decimal string
-        ({"gateway": {"cost": "lots"}}, None),
-        ({"gateway": {"cost": "-1"}}, None),
-        ({"gateway": {"cost": "NaN"}}, None),
-        ({"gateway": "cheap"}, None),
-        (None, None),
-    ],
-)
-def test_the_cost_is_the_gateways_decimal_string(
-    metadata: dict[str, object] | None, cost: Decimal | None
-) -> None:
-    assert call_cost(RerankOutcome(ranking=(), provider_metadata=metadata)) == cost
+async def test_a_cost_the_gateway_did_not_report_is_charged_as_nothing() -> None:
+    backend = Backend(cost=None)
+    limited = layer(backend)
+    query = as_caller(daily_budget_usd=Decimal("0.001"))
+    for _ in range(3):
+        await limited.rerank(query, timeout=5)
+    usage = await limited.usage(query.caller)  # type: ignore[arg-type]
+    assert (usage.spent_usd, usage.calls) == (Decimal(0), 3)
 
 
 def test_the_callers_name_replaces_any_gateway_user() -> None:
