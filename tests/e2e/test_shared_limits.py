@@ -159,7 +159,7 @@ def run_replicas(processes: list[Process], tmp_path: Path, redis: RedisServer) -
     envoy = processes[-1]
     admin.wait_healthy([one_address, two_address], envoy)
     target = f"127.0.0.1:{admin.listener_port()}"
-    figures = asyncio.run(exercise(target, redis, [one, two]))
+    figures = asyncio.run(exercise(target, redis, [one, two], [one_address, two_address]))
     print("\n".join(figures))
     hosts = admin.hosts()
     assert all(host["health_flags"] == "healthy" for host in hosts.values()), hosts
@@ -169,7 +169,9 @@ def run_replicas(processes: list[Process], tmp_path: Path, redis: RedisServer) -
         assert replica.output.count("is back after") == 1, replica.output[-3000:]
 
 
-async def exercise(target: str, redis: RedisServer, replicas: list[Process]) -> list[str]:
+async def exercise(
+    target: str, redis: RedisServer, replicas: list[Process], addresses: list[str]
+) -> list[str]:
     figures: list[str] = []
     # One channel, one HTTP/2 connection to Envoy: the spread over replicas is Envoy's.
     async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
@@ -193,17 +195,24 @@ async def exercise(target: str, redis: RedisServer, replicas: list[Process]) -> 
         assert unlimited.codes == ["OK"] * SEQUENTIAL_CALLS
         assert all(share > 0 for share in shares), shares
 
-        # A budget of 0.0025 USD at 0.001 USD a call: exactly 3 calls, on both replicas.
+        # A budget of 0.0025 USD at 0.001 USD a call: exactly 3 calls through Envoy; then
+        # each replica, asked directly (whether Envoy sent it any of the 3 or not), refuses.
         before = [served(replica) for replica in replicas]
-        budgeted = await sequential(stub, BUDGETED, 6, "budget")
+        budgeted = await sequential(stub, BUDGETED, 4, "budget")
         shares = [served(replica) - count for replica, count in zip(replicas, before, strict=True)]
+        direct = []
+        for address in addresses:
+            async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as own:
+                run = await sequential(pb_grpc.RerankServiceStub(own), BUDGETED, 1, address)
+                direct += run.codes
         standing = await usage(stub, BUDGETED)
         figures.append(
-            f"budget: {budgeted.codes}; calls served per replica: {shares}; usage: spent "
-            f"{standing.spent_usd} USD, {standing.calls} calls, {standing.refused} refused"
+            f"budget: {budgeted.codes} (calls served per replica: {shares}), then each replica "
+            f"directly: {direct}; usage: spent {standing.spent_usd} USD, {standing.calls} "
+            f"calls, {standing.refused} refused"
         )
-        assert budgeted.codes == ["OK"] * 3 + ["CALLER_BUDGET_EXHAUSTED"] * 3
-        assert all(share > 0 for share in shares), shares
+        assert budgeted.codes == ["OK"] * 3 + ["CALLER_BUDGET_EXHAUSTED"]
+        assert direct == ["CALLER_BUDGET_EXHAUSTED"] * 2
         assert (Decimal(standing.spent_usd), standing.calls, standing.refused) == (
             Decimal("0.003"),
             3,
