@@ -21,6 +21,13 @@ SEED_DOCUMENTS = (
 SEED_MODEL = "cohere/rerank-v3.5"
 
 
+def pytest_report_header() -> str:
+    """One line at the top of every run: the redis-server the Redis tests use, or what to
+    install for them."""
+    binary = redis_server_binary()
+    return f"redis-server: {binary}" if binary else f"redis-server: {INSTALL_HINT}"
+
+
 def needs_redis_server() -> None:
     """Skip with one line naming what to install when redis-server is missing; in CI, which
     installs it (.ci/run), fail instead, so the Redis tests can never be skipped there."""
