@@ -19,6 +19,8 @@ import pytest
 import trustme
 from cryptography import x509
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from rerank.client import AsyncRerankClient, CallerUsage, ServerError, UnauthenticatedError
 from rerank.server.app import RunningServer, start_server
@@ -485,6 +487,7 @@ async def test_mutual_tls_callers_are_named_by_their_certificate(
             tls_cert_file=str(folder / "server-chain.pem"),
             tls_key_file=str(folder / "server-key.pem"),
             tls_client_ca_file=str(folder / "ca.pem"),
+            auth_health=True,
         )
     )
     target = f"127.0.0.1:{running.port}"
@@ -512,6 +515,48 @@ async def test_mutual_tls_callers_are_named_by_their_certificate(
         await who("stranger")
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert reason(caught.value)[1] == "UNAUTHENTICATED"
+    # Streaming methods too: reflection lets in a certificate that names a caller, only.
+    for certificate, allowed in (("by_san", True), ("stranger", False)):
+        key, chain = pki[certificate]
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=pki["ca"], private_key=key, certificate_chain=chain
+        )
+        async with grpc.aio.secure_channel(target, credentials) as channel:
+            stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+            if allowed:
+                (answer,) = [message async for message in stream]
+                names = [s.name for s in answer.list_services_response.service]
+                assert "rerank.v1.RerankService" in names
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    _ = [message async for message in stream]
+                assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    # And health, when it needs a caller too: a unary check, and a watch's first answer.
+    for certificate, allowed in (("by_san", True), ("stranger", False)):
+        key, chain = pki[certificate]
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=pki["ca"], private_key=key, certificate_chain=chain
+        )
+        async with grpc.aio.secure_channel(target, credentials) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest()
+            if allowed:
+                checked = await health.Check(request, timeout=5)
+                watch = health.Watch(request, timeout=5)
+                watched = await watch.read()
+                watch.cancel()
+                serving = health_pb2.HealthCheckResponse.SERVING
+                assert checked.status == watched.status == serving
+            else:
+                for call in (
+                    health.Check(request, timeout=5),
+                    health.Watch(request, timeout=5).read(),
+                ):
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await call
+                    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
     # The client library's view of the same refusal.
     key, chain = pki["stranger"]
     credentials = grpc.ssl_channel_credentials(
