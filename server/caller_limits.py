@@ -41,13 +41,7 @@ class CallerLimitsReranker(RerankerLayer):
         caller = query.caller
         if caller is None:
             return await self._inner.rerank(query, timeout=timeout)
-        if not caller.may_use(query.model):
-            raise ModelNotAllowed(
-                f"caller {caller.name!r} may not use model {query.model!r}; "
-                f"it may use {', '.join(caller.models)}",
-                caller=caller.name,
-                model=query.model,
-            )
+        check_model(query)
         verdict = await self._store.admit(caller.name, caller.limits, now=self._clock())
         if isinstance(verdict, Refused):
             raise _refusal(caller, verdict)
@@ -70,6 +64,18 @@ class CallerLimitsReranker(RerankerLayer):
     async def aclose(self) -> None:
         await self._inner.aclose()
         await self._store.aclose()
+
+
+def check_model(query: RerankQuery) -> None:
+    """Raise `ModelNotAllowed` when `query`'s named caller may not use its model."""
+    caller = query.caller
+    if caller is not None and not caller.may_use(query.model):
+        raise ModelNotAllowed(
+            f"caller {caller.name!r} may not use model {query.model!r}; "
+            f"it may use {', '.join(caller.models)}",
+            caller=caller.name,
+            model=query.model,
+        )
 
 
 def _refusal(caller: Caller, refused: Refused) -> CallerRefused:

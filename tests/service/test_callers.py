@@ -241,6 +241,10 @@ async def test_a_model_outside_the_callers_list_is_not_allowed(
     )
     assert retry_seconds(error) is None  # waiting does not help
     assert pushback_ms(error) is None
+    # A request without documents, which the gateway never sees, is refused all the same.
+    empty = seed_request(model="voyage/rerank-2.5", documents=[])
+    error = await refusal(stub.Rerank(empty, metadata=bearer(SEARCH), timeout=5))
+    assert reason(error)[1] == "MODEL_NOT_ALLOWED"
     # Nor does it see the model listed; other callers see every model.
     own = await stub.ListModels(pb.ListModelsRequest(), metadata=bearer(SEARCH), timeout=5)
     assert own.models
