@@ -242,7 +242,7 @@ async def start_server(
             )
         reranker = build_reranker(settings, build_gateway(settings), metrics)
     # Outermost, so that every call of a named caller meets its limits first.
-    limited = CallerLimitsReranker(reranker, limit_store(settings))
+    limited = CallerLimitsReranker(reranker, limit_store(settings), metrics=metrics)
     message_limit = settings.max_message_bytes
     # Metrics outermost: a call the others refuse is still counted.
     interceptors: list[ServerInterceptor] = []

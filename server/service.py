@@ -19,7 +19,7 @@ from google.protobuf import struct_pb2
 
 from rerank.contract import NotJsonError, from_struct
 from rerank.server.admission import Admission
-from rerank.server.caller_limits import CallerLimitsReranker, check_model
+from rerank.server.caller_limits import CallerLimitsReranker
 from rerank.server.domain import (
     FREE,
     Caller,
@@ -91,7 +91,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             else:
                 # Nothing to rank, nothing to count; but a model the caller may not use is
                 # refused here too.
-                check_model(query)
+                self._reranker.check_model(query)
                 outcome = _NOTHING_TO_RANK
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
             response = response_to_proto(request, query.model, ranking, outcome)

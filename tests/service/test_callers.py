@@ -4,6 +4,7 @@ client certificate over mutual TLS."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -21,14 +22,17 @@ from cryptography import x509
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import generate_latest
 
 from rerank.client import AsyncRerankClient, CallerUsage, ServerError, UnauthenticatedError
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings, Upstream
 from rerank.server.limits import seconds_to_next_utc_midnight
+from rerank.server.metrics import Exposition, Metrics, MetricsDirectory
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
+from tests.scrapes import Scrape
 from tests.scripted_http import Reply, Request, ScriptedServer
 from tests.service.test_rerank_service import fault, seed_request, unpacked
 
@@ -305,6 +309,45 @@ async def test_the_callers_name_reaches_the_gateway_as_its_user(
         {"user": "alone-a", "order": ["cohere", "bedrock"]},
         {"user": "mallory", "order": ["cohere", "bedrock"]},
     ]
+
+
+# --- metrics ---------------------------------------------------------------------------
+
+
+async def test_metrics_tell_calls_refusals_and_spend_by_caller(tmp_path: Path) -> None:
+    directory = MetricsDirectory()
+    running = await start_server(
+        settings_for(callers_file(tmp_path)), metrics=Metrics.in_directory(directory.path)
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.RerankServiceStub(channel)
+            for _ in range(3):
+                await stub.Rerank(seed_request(), metadata=bearer(SEARCH), timeout=5)
+            await refusal(stub.Rerank(seed_request(), metadata=bearer(SEARCH), timeout=5))
+            other_model = seed_request(model="voyage/rerank-2.5")
+            await refusal(stub.Rerank(other_model, metadata=bearer(SEARCH), timeout=5))
+            cheap = seed_request(model=CHEAP_MODEL, bypass_cache=True)
+            for _ in range(4):  # the fourth is over the budget
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.Rerank(cheap, metadata=bearer(BUDGETED), timeout=5)
+            await stub.Rerank(cheap, metadata=bearer(LEGACY), timeout=5)
+        seen = Scrape(generate_latest(Exposition(directory.path, {"version": "t"})).decode())
+    finally:
+        await running.stop()
+        directory.close()
+    calls, refusals = "rerank_caller_calls_total", "rerank_caller_refusals_total"
+    # Three calls let through, the first one went upstream, two came from its cache.
+    assert seen.total(calls, caller="search-api") == 3
+    assert seen.total(refusals, caller="search-api", reason="CALLER_RATE_LIMITED") == 1
+    assert seen.total(refusals, caller="search-api", reason="MODEL_NOT_ALLOWED") == 1
+    assert seen.total(calls, caller="budgeted") == 3
+    assert seen.total(refusals, caller="budgeted", reason="CALLER_BUDGET_EXHAUSTED") == 1
+    cost = "rerank_gateway_cost_usd_total"
+    assert seen.line(cost, model=CHEAP_MODEL, caller="budgeted").split()[-1] == "0.003"
+    assert seen.line(cost, model=CHEAP_MODEL, caller="").split()[-1] == "0.001"
+    assert seen.total(cost, caller="search-api") == 0.002  # one call of 0.002 upstream
+    assert seen.labels(calls, "caller") == {"search-api", "budgeted"}  # unnamed: not counted
 
 
 # --- the cache's scope ---------------------------------------------------------------------
