@@ -50,6 +50,7 @@ from rerank.server.domain import (
     final_outcome,
 )
 from rerank.server.errors import UpstreamTimeout
+from rerank.server.metrics import Metrics
 from rerank.server.resilience import Clock
 
 # Per entry besides its serialized outcome: the key, the entry object, the LRU node. Measured
@@ -152,10 +153,18 @@ class MemoryEntries:
     """`CacheEntries` in this process: an LRU of at most `max_bytes` (estimated), each entry
     valid for `ttl` seconds."""
 
-    def __init__(self, *, ttl: float, max_bytes: int, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        max_bytes: int,
+        clock: Clock = time.monotonic,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._ttl = ttl
         self._max_bytes = max_bytes
         self._clock = clock
+        self._metrics = metrics or Metrics.disabled()
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._bytes = 0
 
@@ -181,13 +190,16 @@ class MemoryEntries:
         self._bytes += size
         while self._bytes > self._max_bytes:
             self._evict(next(iter(self._entries)))
+        self._metrics.cache_size(self._bytes, len(self._entries))
 
     def _evict(self, key: bytes) -> None:
         self._bytes -= _entry_size(self._entries.pop(key))
+        self._metrics.cache_size(self._bytes, len(self._entries))
 
     async def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
+        self._metrics.cache_size(0, 0)
 
     async def aclose(self) -> None:
         await self.clear()
@@ -215,11 +227,13 @@ class CachingReranker(RerankerLayer):
         max_bytes: int,
         upstream_timeout: float,
         clock: Clock = time.monotonic,
+        metrics: Metrics | None = None,
         entries: CacheEntries | None = None,
     ) -> None:
         super().__init__(inner)
+        self._metrics = metrics or Metrics.disabled()
         if entries is None and max_bytes > 0:
-            entries = MemoryEntries(ttl=ttl, max_bytes=max_bytes, clock=clock)
+            entries = MemoryEntries(ttl=ttl, max_bytes=max_bytes, clock=clock, metrics=metrics)
         self._entries = entries
         self._upstream_timeout = upstream_timeout
         self._flights: dict[bytes, _Flight] = {}
@@ -233,12 +247,15 @@ class CachingReranker(RerankerLayer):
         blob = await self._entries.get(key)
         if blob is not None:
             self.hits += 1
+            self._metrics.cache_lookup("hit")
             return _unpack(blob)
         flight = self._flights.get(key)
         if flight is not None:
             self.hits += 1
+            self._metrics.cache_lookup("coalesced")
         else:
             self.misses += 1
+            self._metrics.cache_lookup("miss")
             flight = self._start(key, query)
         return await self._join(key, flight, timeout)
 

@@ -24,6 +24,7 @@ from rerank.server.errors import (
     ModelNotAllowed,
 )
 from rerank.server.limits import DailyUsage, LimitStore, Refused
+from rerank.server.metrics import Metrics
 
 
 class CallerLimitsReranker(RerankerLayer):
@@ -31,26 +32,28 @@ class CallerLimitsReranker(RerankerLayer):
     seconds (days are UTC days)."""
 
     def __init__(
-        self, inner: Reranker, store: LimitStore, *, clock: Callable[[], float] = time.time
+        self,
+        inner: Reranker,
+        store: LimitStore,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(inner)
         self._store = store
+        self._metrics = metrics or Metrics.disabled()
         self._clock = clock
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         caller = query.caller
         if caller is None:
             return await self._inner.rerank(query, timeout=timeout)
-        if not caller.may_use(query.model):
-            raise ModelNotAllowed(
-                f"caller {caller.name!r} may not use model {query.model!r}; "
-                f"it may use {', '.join(caller.models)}",
-                caller=caller.name,
-                model=query.model,
-            )
+        self.check_model(query)
         verdict = await self._store.admit(caller.name, caller.limits, now=self._clock())
         if isinstance(verdict, Refused):
+            self._metrics.caller_refused(caller.name, verdict.reason)
             raise _refusal(caller, verdict)
+        self._metrics.caller_call(caller.name)
         cost: Decimal | None = None
         try:
             outcome = await self._inner.rerank(query, timeout=timeout)
@@ -63,6 +66,15 @@ class CallerLimitsReranker(RerankerLayer):
                 self._store.finish(caller.name, verdict.lease, cost, now=self._clock())
             )
 
+    def check_model(self, query: RerankQuery) -> None:
+        """Raise `ModelNotAllowed` (and count it) when `query`'s named caller may not use its
+        model; the servicer asks this of requests it answers without the chain, too."""
+        try:
+            check_model(query)
+        except ModelNotAllowed as refused:
+            self._metrics.caller_refused(refused.caller, refused.reason)
+            raise
+
     async def usage(self, caller: Caller) -> DailyUsage:
         """`caller`'s standing today."""
         return await self._store.usage(caller.name, now=self._clock())
@@ -70,6 +82,18 @@ class CallerLimitsReranker(RerankerLayer):
     async def aclose(self) -> None:
         await self._inner.aclose()
         await self._store.aclose()
+
+
+def check_model(query: RerankQuery) -> None:
+    """Raise `ModelNotAllowed` when `query`'s named caller may not use its model."""
+    caller = query.caller
+    if caller is not None and not caller.may_use(query.model):
+        raise ModelNotAllowed(
+            f"caller {caller.name!r} may not use model {query.model!r}; "
+            f"it may use {', '.join(caller.models)}",
+            caller=caller.name,
+            model=query.model,
+        )
 
 
 def _refusal(caller: Caller, refused: Refused) -> CallerRefused:

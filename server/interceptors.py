@@ -1,7 +1,8 @@
-"""The server's interceptors: authentication first, then errors into statuses.
+"""The server's interceptors: metrics outermost, then authentication, then errors into statuses.
 
-`AuthInterceptor` refuses calls without a known bearer token before any handler runs, and
-tells the handler which named caller is calling (`current_caller()`);
+`MetricsInterceptor` counts and times every call, refused ones included, under gRPC's own
+metric names (gRFC A66); `AuthInterceptor` refuses calls without a known bearer token before any
+handler runs, and tells the handler which named caller is calling (`current_caller()`);
 `ErrorInterceptor` turns every `RerankError` into its status through the one table in
 `rerank.server.status`, and any other exception into INTERNAL with an incident id; bytes that
 do not decode as the method's request become `MalformedRequest` (INVALID_ARGUMENT) there too.
@@ -10,18 +11,21 @@ do not decode as the method's request become `MalformedRequest` (INVALID_ARGUMEN
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from rerank.server.callers import CallerDirectory, CallerRegistry
+from rerank.server.callers import CallerRegistry
 from rerank.server.domain import Caller
 from rerank.server.errors import MalformedRequest, RerankError, Unauthenticated
+from rerank.server.metrics import OTHER, GrpcMethodMetrics, Metrics
 from rerank.server.status import error_answer
 
 logger = logging.getLogger(__name__)
@@ -33,10 +37,220 @@ HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Hea
 
 
 if TYPE_CHECKING:
-    # grpc's stubs make the interceptor generic; the runtime class is not subscriptable.
+    # grpc's stubs make these generic; the runtime classes are not subscriptable.
     ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
 else:
     ServerInterceptor = grpc.aio.ServerInterceptor
+    Handler = grpc.RpcMethodHandler
+
+
+class MetricsInterceptor(ServerInterceptor):
+    """gRPC's server metrics (gRFC A66) for every call that reaches a handler: started, and per
+    status its duration and the bytes of its messages. Outermost, so a call refused by the
+    authentication interceptor is counted (UNAUTHENTICATED) like any other.
+
+    `methods` are the registered full method names (`/rerank.v1.RerankService/Rerank`); any
+    other name is counted as `other`, so a caller cannot make up label values. The metered
+    handler is built once per (method, inner handler): the inner one is the same object on
+    every call, or one of the authentication interceptor's three refusals.
+
+    Sizes are the serialized messages, as gRPC's own deserializer receives and its serializer
+    returns them (no compression is configured, so A66's "compressed" size is that). A unary
+    request's size travels from our deserializer to our handler inside the value grpc hands
+    from one to the other; a unary response is serialized by our handler itself; streamed
+    messages are counted by wrapped serializers into the call's `_StreamedBytes`.
+    """
+
+    def __init__(self, metrics: Metrics, methods: Iterable[str]) -> None:
+        self._metrics = metrics
+        self._methods = frozenset(methods)
+        self._metered: dict[tuple[str, int], tuple[Handler, Handler]] = {}
+        for method in self._methods:
+            metrics.grpc_method(method[1:])  # every method's counter from 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        key = (method, id(handler))
+        if (known := self._metered.get(key)) is not None:
+            return known[1]
+        registered = method in self._methods
+        calls = self._metrics.grpc_method(method[1:] if registered else OTHER)
+        if handler is None:
+            # No such method: grpc answers UNIMPLEMENTED without running anything.
+            calls.started.inc()
+            calls.ended(grpc.StatusCode.UNIMPLEMENTED, 0.0, 0, 0)
+            return handler
+        metered = meter(handler, calls)
+        if registered:  # bounded: registered methods × (their handler, three refusals)
+            # The entry keeps `handler` alive, so its id cannot be reused by another object.
+            self._metered[key] = (handler, metered)
+        return metered
+
+
+class _Call:
+    """One call being measured."""
+
+    __slots__ = ("_began", "_calls", "received", "sent")
+
+    def __init__(self, calls: GrpcMethodMetrics, received: int = 0) -> None:
+        calls.started.inc()
+        self._calls = calls
+        self._began = time.perf_counter()
+        self.received = received
+        self.sent = 0
+
+    def end(self, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> None:
+        # A status the handler set (abort, set_code) is what grpc sends; else what grpc makes
+        # of how the handler ended.
+        code: grpc.StatusCode | None = context.code()
+        if code is None:
+            if error is None:
+                code = grpc.StatusCode.OK
+            elif isinstance(error, asyncio.CancelledError | GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+            else:
+                code = grpc.StatusCode.UNKNOWN
+        self._calls.ended(code, time.perf_counter() - self._began, self.received, self.sent)
+
+
+# The call a streamed message belongs to, for the serializers of streaming handlers: grpc runs
+# them in the call's own task, whose context holds it.
+_STREAMED: ContextVar[_Call | None] = ContextVar("rerank_streamed_call", default=None)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def meter(handler: Handler, calls: GrpcMethodMetrics) -> Handler:
+    """`handler`, measured into `calls`; any of the four shapes."""
+    deserialize: Callable[[bytes], Any] = handler.request_deserializer or _identity
+    serialize: Callable[[Any], bytes] = handler.response_serializer or _identity
+
+    def sized_request(data: bytes) -> tuple[int, Any]:
+        try:
+            return len(data), deserialize(data)
+        except Exception:
+            # Not a valid message: grpc answers UNKNOWN and no handler runs.
+            _Call(calls, len(data)).end(_NO_CONTEXT, Exception())
+            raise
+
+    def counted_request(data: bytes) -> Any:
+        call = _STREAMED.get()
+        if call is not None:
+            call.received += len(data)
+        return deserialize(data)
+
+    def counted_response(message: Any) -> bytes:
+        data = serialize(message)
+        call = _STREAMED.get()
+        if call is not None:
+            call.sent += len(data)
+        return data
+
+    if handler.unary_unary is not None:
+        unary: Any = handler.unary_unary
+
+        async def unary_unary(request: tuple[int, Any], context: Any) -> bytes:
+            call = _Call(calls, request[0])
+            error: BaseException | None = None
+            try:
+                data = serialize(await unary(request[1], context))
+                call.sent = len(data)
+                return data
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.end(context, error)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, request_deserializer=sized_request)
+
+    if handler.stream_unary is not None:
+        stream_unary: Any = handler.stream_unary
+
+        async def stream_to_unary(requests: Any, context: Any) -> bytes:
+            call = _Call(calls)
+            _STREAMED.set(call)
+            error: BaseException | None = None
+            try:
+                data = serialize(await stream_unary(requests, context))
+                call.sent = len(data)
+                return data
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.end(context, error)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_to_unary, request_deserializer=counted_request
+        )
+
+    streaming: Any = handler.unary_stream or handler.stream_stream
+    unary_request = handler.unary_stream is not None
+
+    def begin(request: Any) -> tuple[_Call, Any]:
+        if unary_request:
+            size, request = request
+            call = _Call(calls, size)
+        else:
+            call = _Call(calls)
+        _STREAMED.set(call)
+        return call, request
+
+    if inspect.isasyncgenfunction(streaming):
+
+        async def responses(request: Any, context: Any) -> AsyncIterator[Any]:
+            call, request = begin(request)
+            error: BaseException | None = None
+            try:
+                async for response in streaming(request, context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.end(context, error)
+
+        behaviour: Any = responses
+    else:  # writes its responses with `context.write`
+
+        async def written(request: Any, context: Any) -> None:
+            call, request = begin(request)
+            error: BaseException | None = None
+            try:
+                await streaming(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.end(context, error)
+
+        behaviour = written
+    if unary_request:
+        return grpc.unary_stream_rpc_method_handler(
+            behaviour, request_deserializer=sized_request, response_serializer=counted_response
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        behaviour, request_deserializer=counted_request, response_serializer=counted_response
+    )
+
+
+class _NoContext:
+    """For a call that ended before a handler (and its context) existed."""
+
+    def code(self) -> None:
+        return None
+
+
+_NO_CONTEXT: Any = _NoContext()
 
 
 class ErrorInterceptor(ServerInterceptor):
@@ -137,68 +351,80 @@ class AuthInterceptor(ServerInterceptor):
     A token decides when one is sent (an unknown one is refused even beside a good
     certificate). A token of `RERANK_AUTH_TOKENS` is a caller without a name; a named
     caller's call runs with `current_caller()` set to it. grpc.aio interceptors see no auth
-    context, so the certificate is read in a wrapper around the handler. Methods in
-    `open_methods` (health checks, by default) pass without either. A token, or its digest,
-    is never logged or echoed.
+    context, so the certificate is read in a wrapper around the handler, which names the
+    caller from the call's own context. Methods in `open_methods` (health checks, by default)
+    pass without either. A token, or its digest, is never logged or echoed.
+
+    Every handler it returns is the same object on every call (a refusal per method shape, a
+    wrapper per method): an interceptor outside it may keep its own wrapping of each.
     """
 
     def __init__(self, registry: CallerRegistry, open_methods: frozenset[str]) -> None:
         self._registry = registry
         self._open_methods = open_methods
+        # Per method: the handler wrapped, and its wrapper. Keeping the first keeps its id
+        # from being reused; bounded by the methods times their (stable) handlers.
+        self._identifying: dict[tuple[str, int], tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> Handler:
         method = handler_call_details.method
         if method in self._open_methods:
             return await continuation(handler_call_details)
         directory = self._registry.directory
-        presented = _bearer_token(handler_call_details)
+        presented = _bearer_token(handler_call_details.invocation_metadata)
         if presented is not None:
             known, caller = directory.for_token(presented)
             if not known:
-                return _refusal(method)
+                return _refusal(method, "missing or unknown bearer token")
             handler = await continuation(handler_call_details)
-            if caller is None:
-                return handler
-            return _with_caller(method, handler, lambda _context: caller)
+            # A caller without a name needs nothing more: the handler runs as it is.
+            return handler if caller is None else self._identifying_handler(method, handler)
         if directory.names_by_certificate:
-            handler = await continuation(handler_call_details)
-            return _with_caller(
-                method, handler, lambda context: _certificate_caller(directory, context)
-            )
-        return _refusal(method)
+            return self._identifying_handler(method, await continuation(handler_call_details))
+        return _refusal(method, "missing or unknown bearer token")
+
+    def _identifying_handler(self, method: str, handler: Handler) -> Handler:
+        if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
+            return handler
+        key = (method, id(handler))
+        if (known := self._identifying.get(key)) is not None:
+            return known[1]
+        wrapper = _with_caller(method, handler, self._caller_of)
+        self._identifying[key] = (handler, wrapper)
+        return wrapper
+
+    def _caller_of(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller | None:
+        """The named caller of a call, from its own context: its token's, when it sent one
+        (known by the interceptor already), else its client certificate's."""
+        directory = self._registry.directory
+        presented = _bearer_token(context.invocation_metadata())
+        if presented is not None:
+            return directory.for_token(presented)[1]
+        auth = context.auth_context()
+        subjects = list(auth.get("x509_subject", ()))
+        sans = list(auth.get("x509_subject_alternative_name", ()))
+        return directory.for_certificate(
+            subjects[0].decode() if subjects else None, [san.decode() for san in sans]
+        )
 
 
 _BEARER = b"Bearer "
 
 
-def _bearer_token(details: grpc.HandlerCallDetails) -> bytes | None:
-    """The token of the call's `authorization: Bearer <token>`; b"" for an `authorization`
-    of another form (known to nobody), None without one."""
+def _bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
+    """The token of a call's `authorization: Bearer <token>`; b"" for an `authorization` of
+    another form (known to nobody), None without one."""
     presented: bytes | None = None
-    for key, value in details.invocation_metadata or ():
+    for key, value in metadata or ():
         if key == "authorization":
             presented = value.encode() if isinstance(value, str) else value
     if presented is None:
         return None
     return presented[len(_BEARER) :] if presented.startswith(_BEARER) else b""
-
-
-def _certificate_caller(
-    directory: CallerDirectory, context: grpc.aio.ServicerContext[Any, Any]
-) -> Caller | None:
-    """The caller the peer's client certificate names, from the call's auth context."""
-    auth = context.auth_context()
-    subjects = list(auth.get("x509_subject", ()))
-    sans = list(auth.get("x509_subject_alternative_name", ()))
-    return directory.for_certificate(
-        subjects[0].decode() if subjects else None, [san.decode() for san in sans]
-    )
 
 
 #: The named caller of the call being handled. A ContextVar, not shared state: grpc.aio runs
@@ -214,22 +440,20 @@ def current_caller() -> Caller | None:
 
 def _with_caller(
     method: str,
-    handler: grpc.RpcMethodHandler[Any, Any],
+    handler: Handler,
     identify: Callable[[grpc.aio.ServicerContext[Any, Any]], Caller | None],
-) -> grpc.RpcMethodHandler[Any, Any]:
+) -> Handler:
     """`handler` run with `current_caller()` set to what `identify` finds in the call's
     context; refused UNAUTHENTICATED when it finds nobody."""
-    if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
-        return handler
+    why = "no known bearer token, and no caller named by the client certificate"
     if handler.unary_unary is not None:
         unary: Any = handler.unary_unary
 
         async def identified(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             caller = identify(context)
             if caller is None:
-                await _refuse(
-                    context, method, "no bearer token, and no caller named by the certificate"
-                )
+                logger.warning("%s refused: %s", method, why)
+                await _abort_unauthenticated(context)
             reset = _CURRENT_CALLER.set(caller)
             try:
                 return await unary(request, context)
@@ -247,9 +471,8 @@ def _with_caller(
 
     async def identified_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if identify(context) is None:
-            await _refuse(
-                context, method, "no bearer token, and no caller named by the certificate"
-            )
+            logger.warning("%s refused: %s", method, why)
+            await _abort_unauthenticated(context)
         answers = streaming(request, context)
         if hasattr(answers, "__aiter__"):
             async for answer in answers:
@@ -269,36 +492,42 @@ def _with_caller(
     )
 
 
-async def _refuse(
-    context: grpc.aio.ServicerContext[Any, Any],
-    method: str,
-    why: str = "missing or unknown bearer token",
-) -> NoReturn:
+async def _abort_unauthenticated(context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
     """Abort the call UNAUTHENTICATED, with the ErrorInfo of `Unauthenticated`."""
-    logger.warning("%s refused: %s", method, why)
-    error = Unauthenticated(
-        "missing or unknown bearer token: send 'authorization: Bearer <token>'"
-        " (or, with mutual TLS, a client certificate that names a caller)"
+    answer = error_answer(
+        Unauthenticated(
+            "missing or unknown bearer token: send 'authorization: Bearer <token>'"
+            " (or, with mutual TLS, a client certificate that names a caller)"
+        )
     )
-    answer = error_answer(error)
     await context.abort(answer.code, answer.message, trailing_metadata=answer.trailing_metadata)
 
 
-def _refusal(method: str) -> grpc.RpcMethodHandler[Any, Any]:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await _refuse(context, method)
+async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    await _abort_unauthenticated(context)
 
-    async def refuse_stream(
-        requests: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        await _refuse(context, method)
-        yield None  # pragma: no cover - abort raised above
 
+async def _refuse_stream(
+    requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[Any]:
+    await _abort_unauthenticated(context)
+    yield None  # pragma: no cover - abort raised above
+
+
+# One refusal per method shape, the same object on every call.
+_REFUSE_UNARY: Handler = grpc.unary_unary_rpc_method_handler(_refuse)
+_REFUSE_UNARY_STREAM: Handler = grpc.unary_stream_rpc_method_handler(_refuse_stream)
+_REFUSE_STREAM_STREAM: Handler = grpc.stream_stream_rpc_method_handler(_refuse_stream)
+
+
+def _refusal(method: str, why: str) -> Handler:
+    """The refusal of a call to `method`, logged (never with what was presented)."""
+    logger.warning("%s refused: %s", method, why)
     # The refusal must match the method's streaming shape or grpc cannot call it; we do not
     # know that shape without the real handler, so answer both ways (unary, and stream-stream
     # for reflection).
     if method.startswith("/grpc.reflection."):
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+        return _REFUSE_STREAM_STREAM
     if method.endswith("/Watch"):
-        return grpc.unary_stream_rpc_method_handler(refuse_stream)
-    return grpc.unary_unary_rpc_method_handler(refuse)
+        return _REFUSE_UNARY_STREAM
+    return _REFUSE_UNARY

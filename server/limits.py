@@ -4,7 +4,7 @@ A `LimitStore` answers two questions per call, each in one round trip: may this 
 call now (`admit`: the day's budget, a token from the rate bucket, a concurrency lease), and what
 did the call cost (`finish`: release the lease, charge the cost). `InMemoryLimitStore` keeps
 that state in this process (so with several workers or replicas each enforces its own limits);
-the Redis store (`rerank.server.redis_store`) keeps it where every replica sees it. Both follow
+a Redis store keeps it where every replica sees it. Both follow
 the rules of this module's helpers, so they agree on what a limit means:
 
 - the token bucket holds `bucket_size(limits)` tokens, starts full, refills at

@@ -177,8 +177,7 @@ class RedisClient:
         purpose: str,
         when_down: str,
         retry_interval: float = RETRY_INTERVAL,
-        # Metrics hook (issue 11): a gauge of whether this Redis is reachable, e.g.
-        # rerank_redis_up{purpose}; called on every change, with the new state.
+        # Called on every change of state, with the new one (the rerank_redis_up gauge).
         on_state: Callable[[bool], None] | None = None,
         clock: Clock = time.monotonic,
     ) -> None:

@@ -283,8 +283,8 @@ class FailOpenLimitStore:
     def __init__(
         self,
         primary: RedisLimitStore,
-        # Metrics hook (issue 11): a counter of calls decided in this process because Redis
-        # was away, e.g. rerank_limits_decided_locally_total; called once per such call.
+        # Called once per call decided in this process because Redis was away (the
+        # rerank_limits_decided_locally_total counter).
         on_local_decision: Callable[[], None] | None = None,
     ) -> None:
         self._primary = primary

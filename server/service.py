@@ -39,6 +39,7 @@ from rerank.server.domain import (
 from rerank.server.errors import FieldViolation, InvalidRequest, NotANamedCaller
 from rerank.server.interceptors import current_caller
 from rerank.server.limits import DailyUsage, bucket_size
+from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 
@@ -66,7 +67,9 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         admission: Admission,
         default_model: str,
         upstream_timeout: float,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics.disabled()
         self._reranker = reranker
         self._limits = limits
         self._admission = admission
@@ -82,9 +85,13 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             check_request(query, self._limits)
             if (caller := current_caller()) is not None:
                 query = on_behalf_of(query, caller)
+            self._metrics.documents(len(query.documents))
             if query.documents:
                 outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
             else:
+                # Nothing to rank, nothing to count; but a model the caller may not use is
+                # refused here too.
+                self._reranker.check_model(query)
                 outcome = _NOTHING_TO_RANK
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
             response = response_to_proto(request, query.model, ranking, outcome)

@@ -102,11 +102,14 @@ class Process:
         except subprocess.TimeoutExpired:
             self.signal(signal.SIGKILL)
             self.popen.wait(timeout=5)
-        # Children its leader left behind (orphaned workers) are still in its group, and
-        # would hold the output pipe open for ever: they go too.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
         self._reader.join(timeout=5)
+        if self._reader.is_alive():
+            # The output pipe is still open: children the leader left behind (orphaned
+            # workers) hold it, and being alive they keep its process group, so this signal
+            # reaches them and nothing else.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self._reader.join(timeout=5)
         if self.popen.stdout is not None:
             self.popen.stdout.close()
 

@@ -4,6 +4,7 @@ client certificate over mutual TLS."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -19,14 +20,19 @@ import pytest
 import trustme
 from cryptography import x509
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import generate_latest
 
 from rerank.client import AsyncRerankClient, CallerUsage, ServerError, UnauthenticatedError
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings, Upstream
 from rerank.server.limits import seconds_to_next_utc_midnight
+from rerank.server.metrics import Exposition, Metrics, MetricsDirectory
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
+from tests.scrapes import Scrape
 from tests.scripted_http import Reply, Request, ScriptedServer
 from tests.service.test_rerank_service import fault, seed_request, unpacked
 
@@ -239,6 +245,10 @@ async def test_a_model_outside_the_callers_list_is_not_allowed(
     )
     assert retry_seconds(error) is None  # waiting does not help
     assert pushback_ms(error) is None
+    # A request without documents, which the gateway never sees, is refused all the same.
+    empty = seed_request(model="voyage/rerank-2.5", documents=[])
+    error = await refusal(stub.Rerank(empty, metadata=bearer(SEARCH), timeout=5))
+    assert reason(error)[1] == "MODEL_NOT_ALLOWED"
     # Nor does it see the model listed; other callers see every model.
     own = await stub.ListModels(pb.ListModelsRequest(), metadata=bearer(SEARCH), timeout=5)
     assert own.models
@@ -299,6 +309,45 @@ async def test_the_callers_name_reaches_the_gateway_as_its_user(
         {"user": "alone-a", "order": ["cohere", "bedrock"]},
         {"user": "mallory", "order": ["cohere", "bedrock"]},
     ]
+
+
+# --- metrics ---------------------------------------------------------------------------
+
+
+async def test_metrics_tell_calls_refusals_and_spend_by_caller(tmp_path: Path) -> None:
+    directory = MetricsDirectory()
+    running = await start_server(
+        settings_for(callers_file(tmp_path)), metrics=Metrics.in_directory(directory.path)
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.RerankServiceStub(channel)
+            for _ in range(3):
+                await stub.Rerank(seed_request(), metadata=bearer(SEARCH), timeout=5)
+            await refusal(stub.Rerank(seed_request(), metadata=bearer(SEARCH), timeout=5))
+            other_model = seed_request(model="voyage/rerank-2.5")
+            await refusal(stub.Rerank(other_model, metadata=bearer(SEARCH), timeout=5))
+            cheap = seed_request(model=CHEAP_MODEL, bypass_cache=True)
+            for _ in range(4):  # the fourth is over the budget
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.Rerank(cheap, metadata=bearer(BUDGETED), timeout=5)
+            await stub.Rerank(cheap, metadata=bearer(LEGACY), timeout=5)
+        seen = Scrape(generate_latest(Exposition(directory.path, {"version": "t"})).decode())
+    finally:
+        await running.stop()
+        directory.close()
+    calls, refusals = "rerank_caller_calls_total", "rerank_caller_refusals_total"
+    # Three calls let through, the first one went upstream, two came from its cache.
+    assert seen.total(calls, caller="search-api") == 3
+    assert seen.total(refusals, caller="search-api", reason="CALLER_RATE_LIMITED") == 1
+    assert seen.total(refusals, caller="search-api", reason="MODEL_NOT_ALLOWED") == 1
+    assert seen.total(calls, caller="budgeted") == 3
+    assert seen.total(refusals, caller="budgeted", reason="CALLER_BUDGET_EXHAUSTED") == 1
+    cost = "rerank_gateway_cost_usd_total"
+    assert seen.line(cost, model=CHEAP_MODEL, caller="budgeted").split()[-1] == "0.003"
+    assert seen.line(cost, model=CHEAP_MODEL, caller="").split()[-1] == "0.001"
+    assert seen.total(cost, caller="search-api") == 0.002  # one call of 0.002 upstream
+    assert seen.labels(calls, "caller") == {"search-api", "budgeted"}  # unnamed: not counted
 
 
 # --- the cache's scope ---------------------------------------------------------------------
@@ -485,6 +534,7 @@ async def test_mutual_tls_callers_are_named_by_their_certificate(
             tls_cert_file=str(folder / "server-chain.pem"),
             tls_key_file=str(folder / "server-key.pem"),
             tls_client_ca_file=str(folder / "ca.pem"),
+            auth_health=True,
         )
     )
     target = f"127.0.0.1:{running.port}"
@@ -512,6 +562,48 @@ async def test_mutual_tls_callers_are_named_by_their_certificate(
         await who("stranger")
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert reason(caught.value)[1] == "UNAUTHENTICATED"
+    # Streaming methods too: reflection lets in a certificate that names a caller, only.
+    for certificate, allowed in (("by_san", True), ("stranger", False)):
+        key, chain = pki[certificate]
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=pki["ca"], private_key=key, certificate_chain=chain
+        )
+        async with grpc.aio.secure_channel(target, credentials) as channel:
+            stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+            if allowed:
+                (answer,) = [message async for message in stream]
+                names = [s.name for s in answer.list_services_response.service]
+                assert "rerank.v1.RerankService" in names
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    _ = [message async for message in stream]
+                assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    # And health, when it needs a caller too: a unary check, and a watch's first answer.
+    for certificate, allowed in (("by_san", True), ("stranger", False)):
+        key, chain = pki[certificate]
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=pki["ca"], private_key=key, certificate_chain=chain
+        )
+        async with grpc.aio.secure_channel(target, credentials) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest()
+            if allowed:
+                checked = await health.Check(request, timeout=5)
+                watch = health.Watch(request, timeout=5)
+                watched = await watch.read()
+                watch.cancel()
+                serving = health_pb2.HealthCheckResponse.SERVING
+                assert checked.status == watched.status == serving
+            else:
+                for call in (
+                    health.Check(request, timeout=5),
+                    health.Watch(request, timeout=5).read(),
+                ):
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await call
+                    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
     # The client library's view of the same refusal.
     key, chain = pki["stranger"]
     credentials = grpc.ssl_channel_credentials(

@@ -16,14 +16,17 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import generate_latest
 
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import CacheBackend, Settings
+from rerank.server.metrics import Exposition, Metrics, MetricsDirectory
 from rerank.server.redis_client import RedisUrl
 from rerank.server.redis_store import CACHE_KEY_PREFIX
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import needs_redis_server
+from tests.scrapes import Scrape
 from tests.service.test_rerank_service import MESSAGE_LIMIT, seed_request, unpacked
 from tools.redis_server import RedisServer
 
@@ -150,11 +153,14 @@ async def test_a_redis_that_holds_limits_and_never_evicts_may_hold_the_cache(
         redis.command("CONFIG", "SET", "maxmemory", "0")
 
 
-NAMED, LEGACY = "named-caller-token", "legacy-token"
+NAMED, UNBOUNDED, LEGACY = "named-caller-token", "unbounded-token", "legacy-token"
 CALLERS = f"""
 [callers.team-a]
 token = "{NAMED}"
 daily_budget_usd = 0.003
+
+[callers.team-b]
+token = "{UNBOUNDED}"
 """
 
 
@@ -212,3 +218,42 @@ async def test_fail_closed_refuses_named_callers_while_redis_is_away(
     assert usage_refused.value.code() is grpc.StatusCode.UNAVAILABLE
     # A caller without a name has no limits to check: it goes on.
     assert (await stub.Rerank(seed_request(bypass_cache=True), metadata=bearer(LEGACY))).ranking
+
+
+async def test_metrics_say_when_redis_is_away_and_calls_are_decided_here(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    callers = tmp_path / "callers.toml"
+    callers.write_text(CALLERS)
+    directory = MetricsDirectory()
+    settings = with_redis_limits(
+        own_redis,
+        callers,
+        cache_backend=CacheBackend.REDIS,
+        cache_redis_url=RedisUrl.parse(own_redis.url),
+    )
+    running = await start_server(settings, metrics=Metrics.in_directory(directory.path))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.RerankServiceStub(channel)
+            await stub.Rerank(seed_request(), metadata=bearer(UNBOUNDED))
+
+            def scraped() -> Scrape:
+                return Scrape(
+                    generate_latest(Exposition(directory.path, {"version": "t"})).decode()
+                )
+
+            before = scraped()
+            assert before.total("rerank_redis_up", purpose="limits") == 1
+            assert before.total("rerank_redis_up", purpose="cache") == 1
+            assert before.total("rerank_limits_decided_locally_total") == 0
+            own_redis.stop()
+            for _ in range(3):  # fail open: they go on
+                await stub.Rerank(seed_request(bypass_cache=True), metadata=bearer(UNBOUNDED))
+            away = scraped()
+            assert away.total("rerank_redis_up", purpose="limits") == 0
+            assert away.total("rerank_redis_up", purpose="cache") == 1  # not asked: bypassed
+            assert away.total("rerank_limits_decided_locally_total") == 3
+    finally:
+        await running.stop()
+        directory.close()

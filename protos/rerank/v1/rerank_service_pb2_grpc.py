@@ -69,6 +69,13 @@ class RerankServiceServicer:
         the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
         it does not answer within the call's deadline, INTERNAL when it answers outside its
         protocol or rejects this server's credentials.
+
+        A named caller's own limits (the server's callers file) refuse with RESOURCE_EXHAUSTED,
+        ErrorInfo reason CALLER_RATE_LIMITED (over its rate or its concurrent calls; RetryInfo
+        says when to try again) or CALLER_BUDGET_EXHAUSTED (today's spend reached its budget;
+        RetryInfo points at the next 00:00 UTC), and PERMISSION_DENIED with reason
+        MODEL_NOT_ALLOWED for a model outside its `models`. A missing or unknown bearer token is
+        UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,12 +94,6 @@ class RerankServiceServicer:
         budget, its limits, and the calls it made and had refused. It never tells another
         caller's. Only a named caller (a table of the server's callers file) has a standing: any
         other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
-
-        Rerank's refusals under these limits: RESOURCE_EXHAUSTED with ErrorInfo reason
-        CALLER_RATE_LIMITED (over the rate or the concurrent calls; RetryInfo says when to try
-        again) or CALLER_BUDGET_EXHAUSTED (today's spend reached the budget; RetryInfo points at
-        the next UTC midnight), and PERMISSION_DENIED with reason MODEL_NOT_ALLOWED for a model
-        outside the caller's `models`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

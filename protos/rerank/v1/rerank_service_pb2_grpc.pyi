@@ -51,6 +51,13 @@ class RerankServiceStub:
     the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
     it does not answer within the call's deadline, INTERNAL when it answers outside its
     protocol or rejects this server's credentials.
+
+    A named caller's own limits (the server's callers file) refuse with RESOURCE_EXHAUSTED,
+    ErrorInfo reason CALLER_RATE_LIMITED (over its rate or its concurrent calls; RetryInfo
+    says when to try again) or CALLER_BUDGET_EXHAUSTED (today's spend reached its budget;
+    RetryInfo points at the next 00:00 UTC), and PERMISSION_DENIED with reason
+    MODEL_NOT_ALLOWED for a model outside its `models`. A missing or unknown bearer token is
+    UNAUTHENTICATED.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_rerank_service_pb2.ListModelsRequest, _rerank_service_pb2.ListModelsResponse]
     """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
@@ -61,12 +68,6 @@ class RerankServiceStub:
     budget, its limits, and the calls it made and had refused. It never tells another
     caller's. Only a named caller (a table of the server's callers file) has a standing: any
     other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
-
-    Rerank's refusals under these limits: RESOURCE_EXHAUSTED with ErrorInfo reason
-    CALLER_RATE_LIMITED (over the rate or the concurrent calls; RetryInfo says when to try
-    again) or CALLER_BUDGET_EXHAUSTED (today's spend reached the budget; RetryInfo points at
-    the next UTC midnight), and PERMISSION_DENIED with reason MODEL_NOT_ALLOWED for a model
-    outside the caller's `models`.
     """
 
 @_typing.type_check_only
@@ -87,6 +88,13 @@ class RerankServiceAsyncStub(RerankServiceStub):
     the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
     it does not answer within the call's deadline, INTERNAL when it answers outside its
     protocol or rejects this server's credentials.
+
+    A named caller's own limits (the server's callers file) refuse with RESOURCE_EXHAUSTED,
+    ErrorInfo reason CALLER_RATE_LIMITED (over its rate or its concurrent calls; RetryInfo
+    says when to try again) or CALLER_BUDGET_EXHAUSTED (today's spend reached its budget;
+    RetryInfo points at the next 00:00 UTC), and PERMISSION_DENIED with reason
+    MODEL_NOT_ALLOWED for a model outside its `models`. A missing or unknown bearer token is
+    UNAUTHENTICATED.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_rerank_service_pb2.ListModelsRequest, _rerank_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
@@ -97,12 +105,6 @@ class RerankServiceAsyncStub(RerankServiceStub):
     budget, its limits, and the calls it made and had refused. It never tells another
     caller's. Only a named caller (a table of the server's callers file) has a standing: any
     other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
-
-    Rerank's refusals under these limits: RESOURCE_EXHAUSTED with ErrorInfo reason
-    CALLER_RATE_LIMITED (over the rate or the concurrent calls; RetryInfo says when to try
-    again) or CALLER_BUDGET_EXHAUSTED (today's spend reached the budget; RetryInfo points at
-    the next UTC midnight), and PERMISSION_DENIED with reason MODEL_NOT_ALLOWED for a model
-    outside the caller's `models`.
     """
 
 class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -126,6 +128,13 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
         the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
         it does not answer within the call's deadline, INTERNAL when it answers outside its
         protocol or rejects this server's credentials.
+
+        A named caller's own limits (the server's callers file) refuse with RESOURCE_EXHAUSTED,
+        ErrorInfo reason CALLER_RATE_LIMITED (over its rate or its concurrent calls; RetryInfo
+        says when to try again) or CALLER_BUDGET_EXHAUSTED (today's spend reached its budget;
+        RetryInfo points at the next 00:00 UTC), and PERMISSION_DENIED with reason
+        MODEL_NOT_ALLOWED for a model outside its `models`. A missing or unknown bearer token is
+        UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod
@@ -148,12 +157,6 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
         budget, its limits, and the calls it made and had refused. It never tells another
         caller's. Only a named caller (a table of the server's callers file) has a standing: any
         other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
-
-        Rerank's refusals under these limits: RESOURCE_EXHAUSTED with ErrorInfo reason
-        CALLER_RATE_LIMITED (over the rate or the concurrent calls; RetryInfo says when to try
-        again) or CALLER_BUDGET_EXHAUSTED (today's spend reached the budget; RetryInfo points at
-        the next UTC midnight), and PERMISSION_DENIED with reason MODEL_NOT_ALLOWED for a model
-        outside the caller's `models`.
         """
 
 def add_RerankServiceServicer_to_server(servicer: RerankServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
