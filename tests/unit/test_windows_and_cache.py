@@ -281,7 +281,7 @@ async def test_clear_empties_the_cache_gauges_too() -> None:
             return Scrape(generate_latest(Exposition(directory.path, {})).decode())
 
         assert scrape().total("rerank_cache_entries") == 2
-        cache.clear()
+        await cache.clear()
         cleared = scrape()
         assert cleared.total("rerank_cache_entries") == 0
         assert cleared.total("rerank_cache_bytes") == 0
