@@ -161,6 +161,14 @@ def secrets_from(environ: Mapping[str, str], parser: argparse.ArgumentParser) ->
     return found
 
 
+def say(line: str) -> None:
+    """Print `line` on stdout in one write. `print` writes the text and its newline apart,
+    which, unbuffered (PYTHONUNBUFFERED), lets a worker's log line on the same pipe land
+    between them and glue itself to the port a script reads."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(argv, os.environ)
     logging.basicConfig(
@@ -210,8 +218,8 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
         # Lines on stdout, so scripts and other test suites can wait for them; the one saying
         # where metrics are comes first, so it is there once the listening line is.
         if metrics is not None:
-            print(f"rerank metrics on {metrics[1].url}", flush=True)
-        print(f"rerank server listening on {settings.host}:{port}", flush=True)
+            say(f"rerank metrics on {metrics[1].url}")
+        say(f"rerank server listening on {settings.host}:{port}")
 
     try:
         if settings.workers > 1:
