@@ -92,6 +92,14 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         const="1",
         help="require a caller token for health checks too",
     )
+    parser.add_argument(
+        "--allow-port-overlap",
+        dest="allow_port_overlap",
+        action="store_const",
+        const="1",
+        help="share the port with another server started with this flag too (a zero-downtime "
+        "restart); without it a port another server serves is refused",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -216,7 +224,8 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
         )
         logger.info("%d worker process(es)", settings.workers)
         # Lines on stdout, so scripts and other test suites can wait for them; the one saying
-        # where metrics are comes first, so it is there once the listening line is.
+        # where metrics are comes first, so it is there once the listening line is. Each is one
+        # write (`say`).
         if metrics is not None:
             say(f"rerank metrics on {metrics[1].url}")
         say(f"rerank server listening on {settings.host}:{port}")
