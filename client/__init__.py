@@ -33,6 +33,7 @@ from ._exceptions import (
     from_rpc_error,
 )
 from ._models import (
+    CallerUsage,
     Document,
     ModelInfo,
     RankedDocument,
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "USE_DEFAULT",
     "AsyncRerankClient",
+    "CallerUsage",
     "DeadlineExceededError",
     "Document",
     "ErrorInfo",

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -28,14 +29,15 @@ from google.protobuf.message import DecodeError
 
 from rerank.contract import RESPONSE_EXTRAS_BYTES, NotJsonError, from_struct
 from rerank.server.admission import Admission
+from rerank.server.caller_limits import CallerLimitsReranker
 from rerank.server.domain import (
     FREE,
+    Caller,
     DocumentKind,
     JsonObject,
     Limits,
     ModelInfo,
     Ranked,
-    Reranker,
     RerankOutcome,
     RerankQuery,
     Usage,
@@ -44,13 +46,17 @@ from rerank.server.domain import (
     check_request,
     cost_text,
     final_ranking,
+    on_behalf_of,
 )
 from rerank.server.errors import (
     FieldViolation,
     InvalidRequest,
     MalformedRequest,
+    NotANamedCaller,
     UpstreamProtocolError,
 )
+from rerank.server.interceptors import current_caller
+from rerank.server.limits import DailyUsage, bucket_size
 from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
 
@@ -70,12 +76,13 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
 
 
 class RerankServicer:
-    """Validates each call, hands it to a `Reranker`, and answers in proto. Registered by
+    """Validates each call, hands it to a `Reranker` on behalf of its caller, and answers in
+    proto. `reranker` is the caller-limits layer, which also answers GetUsage. Registered by
     `add_to_server`, which hands Rerank its request as the bytes received."""
 
     def __init__(
         self,
-        reranker: Reranker,
+        reranker: CallerLimitsReranker,
         *,
         limits: Limits,
         admission: Admission,
@@ -98,10 +105,15 @@ class RerankServicer:
         with self._admission.admit(len(request)):
             query, echo = query_from_bytes(request, self._default_model, self._limits)
             check_request(query, self._limits)
+            if (caller := current_caller()) is not None:
+                query = on_behalf_of(query, caller)
             self._metrics.documents(len(query.documents))
             if query.documents:
                 outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
             else:
+                # Nothing to rank, nothing to count; but a model the caller may not use is
+                # refused here too.
+                self._reranker.check_model(query)
                 outcome = _NOTHING_TO_RANK
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
             # Decoded again, only now and only to echo: the caller gets back what it sent.
@@ -123,10 +135,24 @@ class RerankServicer:
         page = Page.of(request)
         with self._admission.admit(0):
             models = await self._reranker.list_models(timeout=self._timeout(context))
-        listed, next_token = page.cut(models)
+        caller = current_caller()
+        # A named caller sees the models it may use: its pages are of those.
+        usable = [m for m in models if caller is None or caller.may_use(m.id)]
+        listed, next_token = page.cut(usable)
         return pb.ListModelsResponse(
             models=[model_to_proto(m) for m in listed], next_page_token=next_token
         )
+
+    async def GetUsage(
+        self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetUsageResponse:
+        caller = current_caller()
+        if caller is None:
+            raise NotANamedCaller(
+                "only a named caller (a table of the server's RERANK_CALLERS_FILE) has a "
+                "usage to tell; this call's caller has no name"
+            )
+        return usage_to_proto(caller, await self._reranker.usage(caller))
 
     def _timeout(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
         """The configured upstream timeout, or less when the caller's deadline is nearer."""
@@ -148,6 +174,11 @@ def add_to_server(servicer: RerankServicer, server: grpc.aio.Server) -> None:
             servicer.ListModels,
             request_deserializer=pb.ListModelsRequest.FromString,
             response_serializer=pb.ListModelsResponse.SerializeToString,
+        ),
+        "GetUsage": grpc.unary_unary_rpc_method_handler(
+            servicer.GetUsage,
+            request_deserializer=pb.GetUsageRequest.FromString,
+            response_serializer=pb.GetUsageResponse.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
@@ -262,7 +293,7 @@ def response_to_proto(
         id=f"rr_{uuid.uuid4().hex}",
         warnings=[warning_to_proto(w) for w in outcome.warnings],
         cached=outcome.cached,
-        usage=usage_to_proto(outcome.usage),
+        usage=call_usage_to_proto(outcome.usage),
     )
     metadata = caller_metadata(outcome)
     if metadata is not None:
@@ -284,12 +315,38 @@ def response_to_proto(
     return response
 
 
-def usage_to_proto(usage: Usage) -> pb.Usage:
-    """The usage record as the contract types it: an unknown cost is the empty string."""
+def call_usage_to_proto(usage: Usage) -> pb.Usage:
+    """A call's usage record as the contract types it: an unknown cost is the empty string.
+    (A named caller's standing of the day is `usage_to_proto`'s.)"""
     return pb.Usage(
         cost="" if usage.cost is None else cost_text(usage.cost),
         upstream_calls=usage.upstream_calls,
     )
+
+
+def usage_to_proto(caller: Caller, usage: DailyUsage) -> pb.GetUsageResponse:
+    limits = caller.limits
+    response = pb.GetUsageResponse(
+        caller=caller.name,
+        day=usage.day,
+        spent_usd=_dollars(usage.spent_usd),
+        calls=usage.calls,
+        refused=usage.refused,
+        models=caller.models,
+    )
+    if limits.daily_budget_usd is not None:
+        response.daily_budget_usd = _dollars(limits.daily_budget_usd)
+    if limits.requests_per_second is not None:
+        response.requests_per_second = limits.requests_per_second
+        response.burst = bucket_size(limits)
+    if limits.max_concurrent_calls is not None:
+        response.max_concurrent_calls = limits.max_concurrent_calls
+    return response
+
+
+def _dollars(amount: Decimal) -> str:
+    """An exact decimal string without an exponent or trailing zeros: "0.003", "20", "0"."""
+    return format(amount.normalize(), "f")
 
 
 def warning_to_proto(warning: Warning) -> pb.Warning:

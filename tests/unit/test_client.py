@@ -384,6 +384,63 @@ def test_the_json_shape_without_documents(
     assert "rerankedDocuments" not in as_json
 
 
+def test_get_usage(rerank_client: RerankClient, service: FakeRerankService) -> None:
+    usage = rerank_client.get_usage()
+    assert isinstance(service.requests[-1], pb.GetUsageRequest)
+    assert usage == client.CallerUsage(
+        caller="search-api",
+        day="2026-03-14",
+        spent_usd=Decimal("0.003"),
+        calls=3,
+        refused=1,
+        daily_budget_usd=Decimal("0.0025"),
+        requests_per_second=5.0,
+        burst=5.0,
+        max_concurrent_calls=None,
+        models=("cohere/*",),
+    )
+    assert usage.to_json_dict() == {
+        "caller": "search-api",
+        "day": "2026-03-14",
+        "spentUsd": "0.003",
+        "dailyBudgetUsd": "0.0025",
+        "calls": 3,
+        "refused": 1,
+        "requestsPerSecond": 5.0,
+        "burst": 5.0,
+        "maxConcurrentCalls": None,
+        "models": ["cohere/*"],
+    }
+
+
+def test_get_usage_without_limits_reads_them_as_none(
+    rerank_client: RerankClient, service: FakeRerankService
+) -> None:
+    service.script.append(pb.GetUsageResponse(caller="batch", day="2026-03-14", spent_usd="0"))
+    usage = rerank_client.get_usage()
+    assert usage == client.CallerUsage(
+        caller="batch", day="2026-03-14", spent_usd=Decimal(0), calls=0, refused=0
+    )
+    assert usage.daily_budget_usd is None
+    assert usage.requests_per_second is None
+
+
+def test_get_usage_errors_are_translated(
+    rerank_client: RerankClient, service: FakeRerankService
+) -> None:
+    service.script.append(
+        Abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "only a named caller has a usage to tell",
+            [error_info("NOT_A_NAMED_CALLER")],
+        )
+    )
+    with pytest.raises(ServerError) as caught:
+        rerank_client.get_usage()
+    assert caught.value.error_info is not None
+    assert caught.value.error_info.reason == "NOT_A_NAMED_CALLER"
+
+
 def test_large_requests_and_responses_fit(rerank_client: RerankClient) -> None:
     # 1,000 documents of 4 KiB: about 4 MiB each way, past gRPC's 4 MiB default.
     documents = [f"{i:04d}" + "x" * 4092 for i in range(1000)]

@@ -12,10 +12,10 @@ from rerank.server.domain import FREE, Limits, ModelInfo, Ranked, RerankOutcome,
 from rerank.server.errors import InvalidRequest, MalformedRequest, UpstreamProtocolError
 from rerank.server.service import (
     Page,
+    call_usage_to_proto,
     model_to_proto,
     query_from_bytes,
     response_to_proto,
-    usage_to_proto,
 )
 from rerank.v1 import rerank_service_pb2 as pb
 
@@ -44,7 +44,7 @@ RANKING = (Ranked(2, 0.9), Ranked(0, 0.5))
     ],
 )
 def test_usage_as_the_contract_types_it(usage: Usage, expected: pb.Usage) -> None:
-    assert usage_to_proto(usage) == expected
+    assert call_usage_to_proto(usage) == expected
 
 
 @pytest.mark.parametrize(

@@ -69,13 +69,22 @@ class RerankServiceStub:
     - NOT_FOUND (UPSTREAM_NOT_FOUND): the gateway lacks another resource the call names, e.g.
       the team.
     - PERMISSION_DENIED (UPSTREAM_FORBIDDEN): the gateway forbade the call.
-    - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls or bytes in flight
-      and refused the call at once, before any gateway call; RetryInfo says when to come back.
+    - PERMISSION_DENIED (MODEL_NOT_ALLOWED): the model is outside the named caller's `models`
+      (the server's callers file).
+    - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls in flight, or of
+      the memory they hold, and refused the call at once, before any gateway call; RetryInfo
+      says when to come back.
+    - RESOURCE_EXHAUSTED (CALLER_RATE_LIMITED): the named caller is over its rate or its
+      concurrent calls; RetryInfo says when to try again.
+    - RESOURCE_EXHAUSTED (CALLER_BUDGET_EXHAUSTED): the named caller's spend today reached its
+      budget; RetryInfo points at the next 00:00 UTC.
     - RESOURCE_EXHAUSTED (UPSTREAM_RATE_LIMITED): the gateway rate-limits this server, after
       the server's own retries; RetryInfo carries the gateway's delay.
     - RESOURCE_EXHAUSTED, no ErrorInfo: gRPC itself refused a message over the size limit.
     - UNAVAILABLE (UPSTREAM_UNAVAILABLE): the gateway cannot be reached or failed on its side,
       after the server's own retries, or its circuit is open; RetryInfo.
+    - UNAVAILABLE (LIMITS_UNAVAILABLE): the named caller's limits are shared in a store that
+      cannot answer now, and the server is set to refuse rather than let calls through.
     - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
     - DEADLINE_EXCEEDED (UPSTREAM_TIMEOUT): the gateway did not answer within the call's
       deadline (or the server's upstream timeout).
@@ -88,8 +97,8 @@ class RerankServiceStub:
     - INTERNAL (UPSTREAM_PROTOCOL_ERROR): the gateway answered outside its protocol.
     - INTERNAL, no ErrorInfo: a fault of the server itself; the message holds an incident id
       that is in the server's log.
-    - UNAUTHENTICATED, no ErrorInfo: the server requires a bearer token and the call carried
-      none it knows.
+    - UNAUTHENTICATED (UNAUTHENTICATED): the server requires a bearer token (or a client
+      certificate that names a caller) and the call carried none it knows.
     - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped before the call
       started.
     """
@@ -118,7 +127,32 @@ class RerankServiceStub:
     - INTERNAL (UPSTREAM_FAILED_DEPENDENCY, UPSTREAM_AUTHENTICATION, UPSTREAM_PROTOCOL_ERROR):
       as for Rerank.
     - INTERNAL, no ErrorInfo: a fault of the server itself, with an incident id.
-    - UNAUTHENTICATED, no ErrorInfo: a bearer token is required and was missing or unknown.
+    - UNAUTHENTICATED (UNAUTHENTICATED): a bearer token is required and was missing or
+      unknown.
+    - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped first.
+
+    A named caller sees only the models its `models` allows; its pages are of those.
+    """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_rerank_service_pb2.GetUsageRequest, _rerank_service_pb2.GetUsageResponse]
+    """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+    budget, its limits, and the calls it made and had refused. It never tells another
+    caller's. Only a named caller (a table of the server's callers file) has a standing.
+
+    The statuses it returns, each with its ErrorInfo reason (an `ErrorReason`) and why:
+
+    - OK: the caller's standing.
+    - FAILED_PRECONDITION (NOT_A_NAMED_CALLER): the call's caller has no name (the server has
+      no callers file, or the token is not one of its callers').
+    - INVALID_ARGUMENT (MALFORMED_REQUEST): the bytes are not a GetUsageRequest.
+    - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls in flight.
+    - RESOURCE_EXHAUSTED, no ErrorInfo: gRPC itself refused a message over the size limit.
+    - UNAVAILABLE (LIMITS_UNAVAILABLE): the store that holds the callers' figures cannot
+      answer now.
+    - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
+    - DEADLINE_EXCEEDED, no ErrorInfo: the call's deadline passed before the server answered.
+    - INTERNAL, no ErrorInfo: a fault of the server itself, with an incident id.
+    - UNAUTHENTICATED (UNAUTHENTICATED): a bearer token is required and was missing or
+      unknown.
     - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped first.
     """
 
@@ -146,13 +180,22 @@ class RerankServiceAsyncStub(RerankServiceStub):
     - NOT_FOUND (UPSTREAM_NOT_FOUND): the gateway lacks another resource the call names, e.g.
       the team.
     - PERMISSION_DENIED (UPSTREAM_FORBIDDEN): the gateway forbade the call.
-    - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls or bytes in flight
-      and refused the call at once, before any gateway call; RetryInfo says when to come back.
+    - PERMISSION_DENIED (MODEL_NOT_ALLOWED): the model is outside the named caller's `models`
+      (the server's callers file).
+    - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls in flight, or of
+      the memory they hold, and refused the call at once, before any gateway call; RetryInfo
+      says when to come back.
+    - RESOURCE_EXHAUSTED (CALLER_RATE_LIMITED): the named caller is over its rate or its
+      concurrent calls; RetryInfo says when to try again.
+    - RESOURCE_EXHAUSTED (CALLER_BUDGET_EXHAUSTED): the named caller's spend today reached its
+      budget; RetryInfo points at the next 00:00 UTC.
     - RESOURCE_EXHAUSTED (UPSTREAM_RATE_LIMITED): the gateway rate-limits this server, after
       the server's own retries; RetryInfo carries the gateway's delay.
     - RESOURCE_EXHAUSTED, no ErrorInfo: gRPC itself refused a message over the size limit.
     - UNAVAILABLE (UPSTREAM_UNAVAILABLE): the gateway cannot be reached or failed on its side,
       after the server's own retries, or its circuit is open; RetryInfo.
+    - UNAVAILABLE (LIMITS_UNAVAILABLE): the named caller's limits are shared in a store that
+      cannot answer now, and the server is set to refuse rather than let calls through.
     - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
     - DEADLINE_EXCEEDED (UPSTREAM_TIMEOUT): the gateway did not answer within the call's
       deadline (or the server's upstream timeout).
@@ -165,8 +208,8 @@ class RerankServiceAsyncStub(RerankServiceStub):
     - INTERNAL (UPSTREAM_PROTOCOL_ERROR): the gateway answered outside its protocol.
     - INTERNAL, no ErrorInfo: a fault of the server itself; the message holds an incident id
       that is in the server's log.
-    - UNAUTHENTICATED, no ErrorInfo: the server requires a bearer token and the call carried
-      none it knows.
+    - UNAUTHENTICATED (UNAUTHENTICATED): the server requires a bearer token (or a client
+      certificate that names a caller) and the call carried none it knows.
     - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped before the call
       started.
     """
@@ -195,7 +238,32 @@ class RerankServiceAsyncStub(RerankServiceStub):
     - INTERNAL (UPSTREAM_FAILED_DEPENDENCY, UPSTREAM_AUTHENTICATION, UPSTREAM_PROTOCOL_ERROR):
       as for Rerank.
     - INTERNAL, no ErrorInfo: a fault of the server itself, with an incident id.
-    - UNAUTHENTICATED, no ErrorInfo: a bearer token is required and was missing or unknown.
+    - UNAUTHENTICATED (UNAUTHENTICATED): a bearer token is required and was missing or
+      unknown.
+    - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped first.
+
+    A named caller sees only the models its `models` allows; its pages are of those.
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_rerank_service_pb2.GetUsageRequest, _rerank_service_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+    budget, its limits, and the calls it made and had refused. It never tells another
+    caller's. Only a named caller (a table of the server's callers file) has a standing.
+
+    The statuses it returns, each with its ErrorInfo reason (an `ErrorReason`) and why:
+
+    - OK: the caller's standing.
+    - FAILED_PRECONDITION (NOT_A_NAMED_CALLER): the call's caller has no name (the server has
+      no callers file, or the token is not one of its callers').
+    - INVALID_ARGUMENT (MALFORMED_REQUEST): the bytes are not a GetUsageRequest.
+    - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls in flight.
+    - RESOURCE_EXHAUSTED, no ErrorInfo: gRPC itself refused a message over the size limit.
+    - UNAVAILABLE (LIMITS_UNAVAILABLE): the store that holds the callers' figures cannot
+      answer now.
+    - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
+    - DEADLINE_EXCEEDED, no ErrorInfo: the call's deadline passed before the server answered.
+    - INTERNAL, no ErrorInfo: a fault of the server itself, with an incident id.
+    - UNAUTHENTICATED (UNAUTHENTICATED): a bearer token is required and was missing or
+      unknown.
     - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped first.
     """
 
@@ -226,13 +294,22 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
         - NOT_FOUND (UPSTREAM_NOT_FOUND): the gateway lacks another resource the call names, e.g.
           the team.
         - PERMISSION_DENIED (UPSTREAM_FORBIDDEN): the gateway forbade the call.
-        - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls or bytes in flight
-          and refused the call at once, before any gateway call; RetryInfo says when to come back.
+        - PERMISSION_DENIED (MODEL_NOT_ALLOWED): the model is outside the named caller's `models`
+          (the server's callers file).
+        - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls in flight, or of
+          the memory they hold, and refused the call at once, before any gateway call; RetryInfo
+          says when to come back.
+        - RESOURCE_EXHAUSTED (CALLER_RATE_LIMITED): the named caller is over its rate or its
+          concurrent calls; RetryInfo says when to try again.
+        - RESOURCE_EXHAUSTED (CALLER_BUDGET_EXHAUSTED): the named caller's spend today reached its
+          budget; RetryInfo points at the next 00:00 UTC.
         - RESOURCE_EXHAUSTED (UPSTREAM_RATE_LIMITED): the gateway rate-limits this server, after
           the server's own retries; RetryInfo carries the gateway's delay.
         - RESOURCE_EXHAUSTED, no ErrorInfo: gRPC itself refused a message over the size limit.
         - UNAVAILABLE (UPSTREAM_UNAVAILABLE): the gateway cannot be reached or failed on its side,
           after the server's own retries, or its circuit is open; RetryInfo.
+        - UNAVAILABLE (LIMITS_UNAVAILABLE): the named caller's limits are shared in a store that
+          cannot answer now, and the server is set to refuse rather than let calls through.
         - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
         - DEADLINE_EXCEEDED (UPSTREAM_TIMEOUT): the gateway did not answer within the call's
           deadline (or the server's upstream timeout).
@@ -245,8 +322,8 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
         - INTERNAL (UPSTREAM_PROTOCOL_ERROR): the gateway answered outside its protocol.
         - INTERNAL, no ErrorInfo: a fault of the server itself; the message holds an incident id
           that is in the server's log.
-        - UNAUTHENTICATED, no ErrorInfo: the server requires a bearer token and the call carried
-          none it knows.
+        - UNAUTHENTICATED (UNAUTHENTICATED): the server requires a bearer token (or a client
+          certificate that names a caller) and the call carried none it knows.
         - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped before the call
           started.
         """
@@ -281,7 +358,38 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
         - INTERNAL (UPSTREAM_FAILED_DEPENDENCY, UPSTREAM_AUTHENTICATION, UPSTREAM_PROTOCOL_ERROR):
           as for Rerank.
         - INTERNAL, no ErrorInfo: a fault of the server itself, with an incident id.
-        - UNAUTHENTICATED, no ErrorInfo: a bearer token is required and was missing or unknown.
+        - UNAUTHENTICATED (UNAUTHENTICATED): a bearer token is required and was missing or
+          unknown.
+        - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped first.
+
+        A named caller sees only the models its `models` allows; its pages are of those.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _rerank_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rerank_service_pb2.GetUsageResponse, _abc.Awaitable[_rerank_service_pb2.GetUsageResponse]]:
+        """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+        budget, its limits, and the calls it made and had refused. It never tells another
+        caller's. Only a named caller (a table of the server's callers file) has a standing.
+
+        The statuses it returns, each with its ErrorInfo reason (an `ErrorReason`) and why:
+
+        - OK: the caller's standing.
+        - FAILED_PRECONDITION (NOT_A_NAMED_CALLER): the call's caller has no name (the server has
+          no callers file, or the token is not one of its callers').
+        - INVALID_ARGUMENT (MALFORMED_REQUEST): the bytes are not a GetUsageRequest.
+        - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls in flight.
+        - RESOURCE_EXHAUSTED, no ErrorInfo: gRPC itself refused a message over the size limit.
+        - UNAVAILABLE (LIMITS_UNAVAILABLE): the store that holds the callers' figures cannot
+          answer now.
+        - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
+        - DEADLINE_EXCEEDED, no ErrorInfo: the call's deadline passed before the server answered.
+        - INTERNAL, no ErrorInfo: a fault of the server itself, with an incident id.
+        - UNAUTHENTICATED (UNAUTHENTICATED): a bearer token is required and was missing or
+          unknown.
         - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped first.
         """
 
