@@ -7,9 +7,10 @@ Errors are raised as `rerank.server.errors` and turned into statuses by the inte
 A Rerank request can be 64 MiB, so how long its copies live is what a call in flight costs.
 gRPC keeps the bytes it received until the call ends, whatever happens to them; the servicer
 takes those bytes (`add_to_server` registers Rerank without a deserializer), decodes them into
-the domain values and lets the decoded message go at once, and decodes them again at the end
-only to echo documents. In flight, a call holds gRPC's bytes and the documents as Python
-values, not a decoded message besides (bench/memory.py measures it).
+the domain values and lets the decoded message go at once (to echo object documents it decodes
+them again at the end; texts are echoed from the query's own strings). In flight, a call holds
+gRPC's bytes and the documents as Python values, not a decoded message besides
+(bench/memory.py measures it).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import base64
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import struct_pb2
@@ -116,9 +117,8 @@ class RerankServicer:
                 self._reranker.check_model(query)
                 outcome = _NOTHING_TO_RANK
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
-            # Decoded again, only now and only to echo: the caller gets back what it sent.
-            documents = decode_request(request).documents if echo and ranking else None
-            response = response_to_proto(query.model, ranking, outcome, documents)
+            sent = sent_documents(query, request) if echo and ranking else None
+            response = response_to_proto(query.model, ranking, outcome, sent)
         logger.debug(
             "rerank ok id=%s model=%s documents=%d top_n=%s ms=%.1f",
             response.id,
@@ -204,6 +204,16 @@ def query_from_bytes(data: bytes, default_model: str, limits: Limits) -> tuple[R
     return query_from_proto(request, default_model, limits), echoes_documents(request)
 
 
+def sent_documents(query: RerankQuery, data: bytes) -> Callable[[int], pb.Document]:
+    """The request's document at an index, exactly as it was sent, to echo: a text from the
+    query's own string (whose UTF-8 is the bytes received), an object from the request decoded
+    again (a Struct's -0.0 or empty Value would not survive the JSON the query holds)."""
+    if query.kind == "text":
+        texts = cast(tuple[str, ...], query.documents)
+        return lambda index: pb.Document(text=texts[index])
+    return decode_request(data).documents.__getitem__
+
+
 def echoes_documents(request: pb.RerankRequest) -> bool:
     """Whether the answer carries each ranked document: unless `return_documents` is false."""
     return not request.HasField("return_documents") or request.return_documents
@@ -277,11 +287,11 @@ def response_to_proto(
     model: str,
     ranking: Sequence[Ranked],
     outcome: RerankOutcome,
-    documents: Sequence[pb.Document] | None,
+    sent: Callable[[int], pb.Document] | None,
 ) -> pb.RerankResponse:
-    """Build the RerankResponse. Each ranked document is the request's own message from
-    `documents`, so callers get back exactly what they sent; None leaves them out (the request
-    said `return_documents` false).
+    """Build the RerankResponse. Each ranked document is `sent(index)`, the request's own, so
+    callers get back exactly what they sent; None leaves them out (the request said
+    `return_documents` false).
 
     Raises:
         UpstreamProtocolError: when the gateway's warnings and metadata (with the rest of the
@@ -308,7 +318,7 @@ def response_to_proto(
         pb.RankedDocument(
             original_index=item.index,
             score=item.score,
-            document=None if documents is None else documents[item.index],
+            document=None if sent is None else sent(item.index),
         )
         for item in ranking
     )

@@ -7,7 +7,12 @@ from decimal import Decimal
 
 import pytest
 
-from rerank.contract import RANKED_DOCUMENT_OVERHEAD, RESPONSE_EXTRAS_BYTES, max_response_bytes
+from rerank.contract import (
+    RANKED_DOCUMENT_OVERHEAD,
+    RESPONSE_EXTRAS_BYTES,
+    max_response_bytes,
+    to_struct,
+)
 from rerank.server.domain import FREE, Limits, ModelInfo, Ranked, RerankOutcome, Usage, Warning
 from rerank.server.errors import InvalidRequest, MalformedRequest, UpstreamProtocolError
 from rerank.server.service import (
@@ -16,6 +21,7 @@ from rerank.server.service import (
     model_to_proto,
     query_from_bytes,
     response_to_proto,
+    sent_documents,
 )
 from rerank.v1 import rerank_service_pb2 as pb
 
@@ -58,10 +64,24 @@ def test_the_documents_are_echoed_unless_refused(fields: dict[str, bool], echoes
     assert (query.documents, echo) == (("a", "b", "c"), echoes)
 
 
-def test_the_echoed_documents_are_the_requests_own() -> None:
-    documents = request().documents
-    response = response_to_proto(MODEL, RANKING, RerankOutcome(RANKING), documents)
-    assert [(r.original_index, r.document.text) for r in response.ranking] == [(2, "c"), (0, "a")]
+@pytest.mark.parametrize(
+    "documents",
+    [
+        [pb.Document(text=t) for t in ("a", "é ✓ \x00", "c" * 70_000)],
+        [pb.Document(object=to_struct({"n": n})) for n in (-0.0, 2.0**60, 1.5)],
+    ],
+    ids=["text", "object"],
+)
+def test_the_echoed_documents_are_the_requests_own_bytes(documents: list[pb.Document]) -> None:
+    data = pb.RerankRequest(query="q", documents=documents).SerializeToString()
+    query, _ = query_from_bytes(data, MODEL, Limits(100, 100_000, 1024))
+    ranking = (Ranked(1, 0.9), Ranked(0, 0.5), Ranked(2, 0.1))
+    response = response_to_proto(
+        MODEL, ranking, RerankOutcome(ranking), sent_documents(query, data)
+    )
+    for ranked in response.ranking:
+        echoed = ranked.document.SerializeToString()
+        assert echoed == documents[ranked.original_index].SerializeToString()
 
 
 def test_without_documents_only_index_and_score() -> None:
