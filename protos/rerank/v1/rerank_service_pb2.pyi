@@ -398,8 +398,8 @@ class Usage(_message.Message):
     reported no cost for some answer: unknown, which is not free.
     """
     upstream_calls: _builtins.int
-    """Gateway calls made for this call: every window and every attempt, retried or not. 0 when
-    the gateway was not asked for this call.
+    """Always set. Gateway calls made for this call: every window and every attempt, retried or
+    not. 0 when the gateway was not asked for this call.
     """
     def __init__(
         self,
@@ -501,13 +501,15 @@ class Warning(_message.Message):
     type: Global___Warning.Type.ValueType
     """Always set. The kind of warning."""
     feature: _builtins.str
-    """For UNSUPPORTED and COMPATIBILITY: the feature concerned, e.g. `topN`."""
+    """For UNSUPPORTED and COMPATIBILITY: the feature concerned, e.g. `topN`. Empty otherwise."""
     details: _builtins.str
-    """For UNSUPPORTED and COMPATIBILITY: more detail, when the gateway gave any."""
+    """For UNSUPPORTED and COMPATIBILITY: more detail. Empty when the gateway gave none, and for
+    the other types.
+    """
     message: _builtins.str
-    """For OTHER and DEPRECATED: the gateway's message."""
+    """For OTHER and DEPRECATED: the gateway's message. Empty otherwise."""
     setting: _builtins.str
-    """For DEPRECATED: the setting concerned, e.g. `topN`."""
+    """For DEPRECATED: the setting concerned, e.g. `topN`. Empty otherwise."""
     def __init__(
         self,
         *,
@@ -572,7 +574,7 @@ class ListModelsResponse(_message.Message):
     """
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___Model]:
-        """The models of this page, in the gateway's order."""
+        """The models of this page, in the gateway's order. Empty when there are none to list."""
 
     def __init__(
         self,
