@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 
 from rerank.server.app import StartupError, serve
 from rerank.server.config import DEFAULT_GATEWAY_URL, Settings, Upstream
+from rerank.server.logs import LOG_FORMATS, configure_logging
+from rerank.server.tracing import SAMPLERS
 from rerank.server.workers import run_workers
 
 logger = logging.getLogger("rerank.server")
@@ -49,6 +51,11 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     )
     parser.add_argument("--default-model", default=env("DEFAULT_MODEL", defaults.default_model))
     parser.add_argument("--log-level", default=env("LOG_LEVEL", defaults.log_level))
+    parser.add_argument(
+        "--log-format",
+        default=env("LOG_FORMAT", defaults.log_format),
+        help="text (default) or json: one object per line, for every log record",
+    )
     parser.add_argument("--tls-cert", default=environ.get("RERANK_TLS_CERT"), help="PEM chain")
     parser.add_argument("--tls-key", default=environ.get("RERANK_TLS_KEY"), help="PEM key")
     parser.add_argument(
@@ -75,6 +82,10 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.log_format not in LOG_FORMATS:
+        parser.error(
+            f"--log-format / RERANK_LOG_FORMAT must be text or json, got {args.log_format!r}"
+        )
 
     tokens = {t.strip() for t in environ.get("RERANK_AUTH_TOKENS", "").split(",")}
     if tokens_file := environ.get("RERANK_AUTH_TOKENS_FILE"):
@@ -118,6 +129,11 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
             parser.error(f"RERANK_{name} must be a finite number ≥ 0, got {raw!r}")
         return value
 
+    success_sample = number("ACCESS_LOG_SUCCESS_SAMPLE", defaults.access_log_success_sample)
+    if success_sample > 1:
+        parser.error(f"RERANK_ACCESS_LOG_SUCCESS_SAMPLE must be 0 to 1, got {success_sample:g}")
+    otlp_traces_endpoint, sampler, sampler_ratio = _tracing_from(environ, parser)
+
     return Settings(
         host=args.host,
         port=args.port,
@@ -154,16 +170,56 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         grace_period=number("GRACE_PERIOD", defaults.grace_period),
         workers=args.workers or len(os.sched_getaffinity(0)),
         log_level=args.log_level.upper(),
+        log_format=args.log_format,
+        access_log_success_sample=success_sample,
+        otlp_traces_endpoint=otlp_traces_endpoint,
+        trace_sampler=sampler,
+        trace_sampler_ratio=sampler_ratio,
     )
+
+
+def _tracing_from(
+    environ: Mapping[str, str], parser: argparse.ArgumentParser
+) -> tuple[str | None, str, float]:
+    """The standard OpenTelemetry variables that decide whether and what to export: the OTLP
+    traces endpoint (None: export nothing), the sampler's name and its ratio. The SDK reads the
+    others itself (README, "Operating it")."""
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    if exporter not in ("otlp", "none"):
+        parser.error(f"OTEL_TRACES_EXPORTER must be otlp or none, got {exporter!r}")
+    protocol = environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
+    ).strip()
+    if protocol not in ("", "http/protobuf"):
+        parser.error(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is supported, got {protocol!r}"
+        )
+    endpoint: str | None = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip() or None
+    if endpoint is None and (base := environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()):
+        # The specification's rule: the base endpoint gets the signal's path appended.
+        endpoint = base.rstrip("/") + "/v1/traces"
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        parser.error(f"the OTLP endpoint must be an http:// or https:// URL, got {endpoint!r}")
+    if exporter == "none":
+        endpoint = None
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler and sampler not in SAMPLERS:
+        parser.error(f"OTEL_TRACES_SAMPLER must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    ratio = 1.0
+    raw_ratio = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if raw_ratio and SAMPLERS.get(sampler):
+        try:
+            ratio = float(raw_ratio)
+        except ValueError:
+            ratio = math.nan
+        if not 0 <= ratio <= 1:
+            parser.error(f"OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1, got {raw_ratio!r}")
+    return endpoint, sampler, ratio
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(argv, os.environ)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level, settings.log_format)
     # uvicorn (the embedded mock gateway) logs each start and stop at INFO: noise here.
     logging.getLogger("uvicorn.error").setLevel(
         max(logging.WARNING, logging.getLevelName(settings.log_level))

@@ -9,14 +9,16 @@ import dataclasses
 import gc
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # re-exported at run time
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from rerank.server.admission import Admission
 from rerank.server.cache import CachingReranker
@@ -28,9 +30,12 @@ from rerank.server.interceptors import (
     AuthInterceptor,
     ErrorInterceptor,
     ServerInterceptor,
+    TelemetryInterceptor,
 )
+from rerank.server.logs import AccessLog
 from rerank.server.resilience import CircuitBreaker, ResilientReranker, RetryBudget, RetryPolicy
 from rerank.server.service import RerankServicer
+from rerank.server.tracing import TRACER_NAME, tracer_provider
 from rerank.server.windows import WindowedReranker, WindowPolicy
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
@@ -41,6 +46,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
+_SERVICES = (
+    pb.DESCRIPTOR.services_by_name["RerankService"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+)
+
+
+def registered_methods() -> Iterator[str]:
+    """Every method this server answers, as grpc names it: `/package.Service/Method`."""
+    for service in _SERVICES:
+        for method in service.methods:
+            yield f"/{service.full_name}/{method.name}"
 
 
 class StartupError(Exception):
@@ -57,19 +74,25 @@ class RunningServer:
     reranker: Reranker
     grace_period: float
     embedded_mock: LoopbackMockGateway | None = None
+    tracer_provider: TracerProvider | None = None
 
     async def stop(self) -> None:
         """Graceful stop: NOT_SERVING first (so balancers drain us), then let in-flight
         calls finish within the grace period, then close the HTTP pool (and the embedded
-        mock gateway, when there is one)."""
+        mock gateway, when there is one), then export the spans still buffered."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_period)
         await self.reranker.aclose()
         if self.embedded_mock is not None:
             await self.embedded_mock.stop()
+        if self.tracer_provider is not None:
+            # Blocking (the exporter's last batch over HTTP): off the event loop.
+            await asyncio.to_thread(self.tracer_provider.shutdown)
 
 
-def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
+def build_reranker(
+    settings: Settings, gateway: Reranker, tracer: trace.Tracer | None = None
+) -> Reranker:
     """The whole chain around `gateway`, outermost first: the result cache, windows for large
     requests, retries with a budget and a circuit breaker."""
     resilient = ResilientReranker(
@@ -93,11 +116,14 @@ def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
             default_size=settings.default_window_size,
             parallelism=settings.window_parallelism,
         ),
+        tracer=tracer,
     )
-    return CachingReranker(windowed, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes)
+    return CachingReranker(
+        windowed, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes, tracer=tracer
+    )
 
 
-def build_gateway(settings: Settings) -> GatewayReranker:
+def build_gateway(settings: Settings, tracer: trace.Tracer | None = None) -> GatewayReranker:
     """The gateway adapter for `settings.gateway_url`, over one pooled HTTP session."""
     if settings.api_key is None:
         raise ValueError("a gateway upstream needs an API key")
@@ -106,6 +132,7 @@ def build_gateway(settings: Settings) -> GatewayReranker:
         api_key=settings.api_key,
         auth_method=settings.auth_method,
         max_connections=settings.max_connections,
+        tracer=tracer,
     )
 
 
@@ -115,6 +142,9 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     `reranker` replaces the one `settings` describe (tests use it for failures no gateway
     can be made to produce).
     """
+    # Made here, per server (so per worker process, after the fork), never at import.
+    provider = tracer_provider(settings)
+    tracer = provider.get_tracer(TRACER_NAME)
     embedded_mock = None
     if reranker is None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:
@@ -129,9 +159,17 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
             settings = dataclasses.replace(
                 settings, upstream=Upstream.GATEWAY, gateway_url=url, api_key="embedded-mock"
             )
-        reranker = build_reranker(settings, build_gateway(settings))
+        reranker = build_reranker(settings, build_gateway(settings, tracer), tracer)
     message_limit = settings.max_message_bytes
-    interceptors: list[ServerInterceptor] = []
+    # Telemetry outermost: a call the others refuse still has its span and its log line.
+    interceptors: list[ServerInterceptor] = [
+        TelemetryInterceptor(
+            tracer,
+            AccessLog(settings.access_log_success_sample),
+            methods=registered_methods(),
+            untraced=HEALTH_METHODS,
+        )
+    ]
     if settings.auth_tokens:
         open_methods = frozenset() if settings.auth_health else HEALTH_METHODS
         interceptors.append(AuthInterceptor(settings.auth_tokens, open_methods))
@@ -174,6 +212,7 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
         await reranker.aclose()
         if embedded_mock is not None:
             await embedded_mock.stop()
+        provider.shutdown()
         # grpc says only "Failed to bind"; the usual cause is worth naming.
         if isinstance(exc, OSError):
             reason = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
@@ -184,7 +223,7 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
-        server, port, health_servicer, reranker, settings.grace_period, embedded_mock
+        server, port, health_servicer, reranker, settings.grace_period, embedded_mock, provider
     )
 
 

@@ -21,6 +21,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import orjson
+from opentelemetry import trace
+from opentelemetry.trace import Span, Tracer
 
 from rerank.server.domain import (
     Ranked,
@@ -31,6 +33,7 @@ from rerank.server.domain import (
     Warning,
 )
 from rerank.server.resilience import Clock
+from rerank.server.tracing import CACHE_LOOKUP_SPAN, child_span
 
 # Per entry besides its serialized outcome: the key, the entry object, the LRU node. Measured
 # with tracemalloc (tests/unit/test_windows_and_cache.py checks the bound stays honest).
@@ -88,6 +91,14 @@ def _entry_size(entry: _Entry) -> int:
     return len(entry[0]) + _OVERHEAD_PER_ENTRY
 
 
+def _looked_up(span: Span, result: str) -> None:
+    """End the lookup's span with its result: `hit`, `miss` or `coalesced` (joined a call in
+    flight)."""
+    if span.is_recording():
+        span.set_attribute("rerank.cache.result", result)
+        span.end()
+
+
 @dataclass
 class _Flight:
     task: asyncio.Future[RerankOutcome]
@@ -104,8 +115,10 @@ class CachingReranker(RerankerLayer):
         ttl: float,
         max_bytes: int,
         clock: Clock = time.monotonic,
+        tracer: Tracer | None = None,
     ) -> None:
         super().__init__(inner)
+        self._tracer = tracer or trace.NoOpTracer()
         self._ttl = ttl
         self._max_bytes = max_bytes
         self._clock = clock
@@ -118,16 +131,20 @@ class CachingReranker(RerankerLayer):
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         if not query.cacheable or self._max_bytes <= 0:
             return await self._inner.rerank(query, timeout=timeout)
+        lookup = child_span(self._tracer, CACHE_LOOKUP_SPAN)
         key = cache_key(query)
         cached = self._lookup(key)
         if cached is not None:
             self.hits += 1
+            _looked_up(lookup, "hit")
             return cached
         flight = self._flights.get(key)
         if flight is not None:
             self.hits += 1
+            _looked_up(lookup, "coalesced")
             return dataclasses.replace(await self._join(flight), cached=True)
         self.misses += 1
+        _looked_up(lookup, "miss")
         flight = _Flight(asyncio.ensure_future(self._fetch(key, query, timeout)))
         self._flights[key] = flight
         flight.task.add_done_callback(lambda _: self._flights.pop(key, None))

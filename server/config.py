@@ -149,3 +149,22 @@ class Settings:
 
     log_level: str = "INFO"
     """Python logging level (`--log-level`, `RERANK_LOG_LEVEL`)."""
+
+    log_format: str = "text"
+    """`text` (for a terminal) or `json`, one object per line, for every log record
+    (`--log-format`, `RERANK_LOG_FORMAT`)."""
+
+    access_log_success_sample: float = 1.0
+    """Share of successful calls that write an access-log line, 0 to 1; failures always do
+    (`RERANK_ACCESS_LOG_SUCCESS_SAMPLE`)."""
+
+    otlp_traces_endpoint: str | None = None
+    """Where spans are exported, OTLP over HTTP/protobuf (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+    or `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`); None exports nothing."""
+
+    trace_sampler: str = ""
+    """`OTEL_TRACES_SAMPLER`: a standard sampler's name, or empty for the default (see
+    `rerank.server.tracing.sampler_for`)."""
+
+    trace_sampler_ratio: float = 1.0
+    """`OTEL_TRACES_SAMPLER_ARG` of the ratio samplers, 0 to 1."""

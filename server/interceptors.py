@@ -1,8 +1,10 @@
-"""The server's interceptors: authentication first, then errors into statuses.
+"""The server's interceptors: telemetry outermost, then authentication, then errors into statuses.
 
-`AuthInterceptor` refuses calls without a known bearer token before any handler runs;
-`ErrorInterceptor` turns every `RerankError` into its status through the one table in
-`rerank.server.status`, and any other exception into INTERNAL with an incident id.
+`TelemetryInterceptor` gives every unary call its request id, its server span and its
+access-log line, refused calls included; `AuthInterceptor` refuses calls without a known bearer
+token before any handler runs; `ErrorInterceptor` turns every `RerankError` into its status
+through the one table in `rerank.server.status`, and any other exception into INTERNAL with an
+incident id.
 """
 
 from __future__ import annotations
@@ -10,14 +12,22 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from rerank.server.calls import CallRecord, close_call, current_call, open_call
 from rerank.server.errors import RerankError
+from rerank.server.logs import AccessLog
 from rerank.server.status import rich_status
+from rerank.server.tracing import TRACE_CONTEXT_KEYS, caller_context
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +38,174 @@ HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Hea
 
 
 if TYPE_CHECKING:
-    # grpc's stubs make the interceptor generic; the runtime class is not subscriptable.
+    # grpc's stubs make these generic; the runtime classes are not subscriptable.
     ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
 else:
     ServerInterceptor = grpc.aio.ServerInterceptor
+    Handler = grpc.RpcMethodHandler
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+
+#: A caller's `x-request-id` is kept when it is 1-128 visible ASCII characters; anything else
+#: (too long to be an id) is replaced by a new one.
+_REQUEST_ID = re.compile(r"[!-~]{1,128}")
+# gRPC's own guide: the server-side statuses that mean the server failed, not the caller.
+_SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+class TelemetryInterceptor(ServerInterceptor):
+    """Every unary call: a request id, a server span, a `CallRecord`, one access-log line.
+
+    The request id is the caller's `x-request-id` metadata, or a new one; it goes back in the
+    trailing metadata (`x-request-id`), on errors too. The server span (OpenTelemetry's RPC
+    conventions) continues the caller's W3C trace context from the metadata; health checks
+    (`untraced`) get none, so a prober's calls do not fill a trace store. Streaming calls
+    (health's Watch, reflection) pass through untouched.
+
+    Outermost, so a call authentication refuses is traced and logged like any other. Only the
+    server's own `methods` (`/package.Service/Method`) are observed: a name a caller makes up
+    gets no span name or log line of its choosing (grpc answers UNIMPLEMENTED, or authentication
+    refuses it with its own warning). The observed handler is built once per (method, inner
+    handler): the inner one is the same object on every call (the error interceptor's, or one
+    of authentication's three refusals).
+    """
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        access_log: AccessLog,
+        *,
+        methods: Iterable[str],
+        untraced: frozenset[str],
+    ) -> None:
+        self._tracer = tracer
+        self._access_log = access_log
+        self._methods = frozenset(methods)
+        self._untraced = untraced
+        self._observed: dict[tuple[str, int], tuple[Handler, Handler]] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or method not in self._methods:
+            return handler
+        key = (method, id(handler))
+        if (known := self._observed.get(key)) is not None:
+            return known[1]
+        observed = self._observe(method, handler)
+        # The entry keeps `handler` alive, so its id cannot be reused by another object.
+        # Bounded: the registered methods × (their handler, authentication's refusal).
+        self._observed[key] = (handler, observed)
+        return observed
+
+    def _observe(self, method: str, handler: Handler) -> Handler:
+        behaviour: Any = handler.unary_unary  # a coroutine function under grpc.aio
+        name = method[1:]  # `rerank.v1.RerankService/Rerank`: the span's name, the log's method
+        service, _, rpc_method = name.rpartition("/")
+        traced = method not in self._untraced
+        tracer = self._tracer
+        access_log = self._access_log
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            request_id: str | None = None
+            carrier: dict[str, str] | None = None
+            for key, value in context.invocation_metadata() or ():
+                if key == "x-request-id":
+                    request_id = value if isinstance(value, str) else None
+                elif key in TRACE_CONTEXT_KEYS and isinstance(value, str):
+                    if carrier is None:
+                        carrier = {}
+                    carrier[key] = value
+            if request_id is None or not _REQUEST_ID.fullmatch(request_id):
+                request_id = uuid.uuid4().hex
+            call = CallRecord(request_id)
+            context.set_trailing_metadata((("x-request-id", request_id),))
+            span: Span = trace.INVALID_SPAN
+            attached = None
+            if traced:
+                parent = None if carrier is None else caller_context(carrier)
+                span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+                attached = otel_context.attach(trace.set_span_in_context(span, parent))
+            opened = open_call(call)
+            error: BaseException | None = None
+            try:
+                return await behaviour(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                close_call(opened)
+                if attached is not None:
+                    otel_context.detach(attached)
+                code = _status_of(context, error)
+                if span.is_recording():
+                    _end_server_span(span, service, rpc_method, call, code)
+                span.end()
+                access_log.write(
+                    name, call, code, span.get_span_context(), time.perf_counter() - started
+                )
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _status_of(
+    context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
+) -> grpc.StatusCode:
+    """The status grpc sends for a call that ended with `error` (None: returned normally)."""
+    code: grpc.StatusCode | None = context.code()
+    if code is not None:  # set by abort (the error interceptor, authentication) or set_code
+        return code
+    if error is None:
+        return grpc.StatusCode.OK
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+def _end_server_span(
+    span: Span, service: str, method: str, call: CallRecord, code: grpc.StatusCode
+) -> None:
+    """The server span's attributes, set once at its end from what the call noted."""
+    attributes: dict[str, str | int | bool] = {
+        "rpc.system": "grpc",
+        "rpc.service": service,
+        "rpc.method": method,
+        "rpc.grpc.status_code": code.value[0],
+        "rerank.request_id": call.request_id,
+        "rerank.upstream_attempts": call.upstream_attempts,
+        "rerank.windows": call.windows,
+    }
+    if call.model is not None:
+        attributes["rerank.model"] = call.model
+    if call.documents is not None:
+        attributes["rerank.documents"] = call.documents
+    if call.top_n is not None:
+        attributes["rerank.top_n"] = call.top_n
+    if call.cached is not None:
+        attributes["rerank.cached"] = call.cached
+    if call.reason is not None:
+        attributes["error.type"] = call.reason
+    elif code is not grpc.StatusCode.OK:
+        attributes["error.type"] = code.name
+    span.set_attributes(attributes)
+    if code in _SERVER_ERRORS:
+        span.set_status(Status(StatusCode.ERROR, call.reason or code.name))
 
 
 class ErrorInterceptor(ServerInterceptor):
@@ -67,6 +241,8 @@ class ErrorInterceptor(ServerInterceptor):
                 return await behaviour(request, context)
             except RerankError as error:
                 code, status = rich_status(error)
+                if (call := current_call()) is not None:
+                    call.reason = error.reason
                 # Failures of ours or upstream's deserve a warning; a caller's mistakes or a
                 # refusal under overload are routine and would drown the log at WARNING.
                 level = logging.WARNING if code in _OPERATOR_CODES else logging.INFO
@@ -74,12 +250,18 @@ class ErrorInterceptor(ServerInterceptor):
                 await context.abort(
                     code,
                     status.message,
-                    trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+                    # abort() replaces what was set before (the request id): keep it.
+                    trailing_metadata=(
+                        *context.trailing_metadata(),
+                        ("grpc-status-details-bin", status.SerializeToString()),
+                    ),
                 )
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception:
                 incident = uuid.uuid4().hex[:12]
+                if (call := current_call()) is not None:
+                    call.incident = incident
                 logger.exception("%s failed unexpectedly (incident %s)", method, incident)
                 await context.abort(
                     grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
@@ -111,11 +293,19 @@ class AuthInterceptor(ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        if handler_call_details.method in self._open_methods or self._authorized(
-            handler_call_details
-        ):
+        method = handler_call_details.method
+        if method in self._open_methods or self._authorized(handler_call_details):
             return await continuation(handler_call_details)
-        return _refusal(handler_call_details.method)
+        logger.warning("%s refused: missing or unknown bearer token", method)
+        # The refusal must match the method's streaming shape or grpc cannot call it; we do not
+        # know that shape without the real handler, so answer both ways (unary, and
+        # stream-stream for reflection). One handler per shape, the same on every call: the
+        # telemetry interceptor keeps its wrapping of each.
+        if method.startswith("/grpc.reflection."):
+            return _REFUSE_STREAM_STREAM
+        if method.endswith("/Watch"):
+            return _REFUSE_UNARY_STREAM
+        return _REFUSE_UNARY
 
     def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
         presented = b""
@@ -127,25 +317,20 @@ class AuthInterceptor(ServerInterceptor):
         return any(matches)
 
 
-def _refusal(method: str) -> grpc.RpcMethodHandler[Any, Any]:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        logger.warning("%s refused: missing or unknown bearer token", method)
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "missing or unknown bearer token: send 'authorization: Bearer <token>'",
-        )
+async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    await context.abort(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing or unknown bearer token: send 'authorization: Bearer <token>'",
+    )
 
-    async def refuse_stream(
-        requests: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        await refuse(None, context)
-        yield None  # pragma: no cover - abort raised above
 
-    # The refusal must match the method's streaming shape or grpc cannot call it; we do not
-    # know that shape without the real handler, so answer both ways (unary, and stream-stream
-    # for reflection).
-    if method.startswith("/grpc.reflection."):
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
-    if method.endswith("/Watch"):
-        return grpc.unary_stream_rpc_method_handler(refuse_stream)
-    return grpc.unary_unary_rpc_method_handler(refuse)
+async def _refuse_stream(
+    requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[Any]:
+    await _refuse(None, context)
+    yield None  # pragma: no cover - abort raised above
+
+
+_REFUSE_UNARY: Handler = grpc.unary_unary_rpc_method_handler(_refuse)
+_REFUSE_UNARY_STREAM: Handler = grpc.unary_stream_rpc_method_handler(_refuse_stream)
+_REFUSE_STREAM_STREAM: Handler = grpc.stream_stream_rpc_method_handler(_refuse_stream)

@@ -33,6 +33,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from rerank.server.calls import current_call
 from rerank.server.domain import ModelInfo, Reranker, RerankerLayer, RerankOutcome, RerankQuery
 from rerank.server.errors import (
     UpstreamError,
@@ -40,6 +44,7 @@ from rerank.server.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from rerank.server.tracing import RESEND_COUNT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -207,11 +212,14 @@ class ResilientReranker(RerankerLayer):
     async def _call(self, attempt: Callable[[float], Awaitable[T]], timeout: float) -> T:
         deadline = self._clock() + timeout
         self._budget.record_attempt()
+        call = current_call()
         retry = 0
         while True:
             probe = self._breaker.before_call()
+            if call is not None:
+                call.upstream_attempts += 1
             try:
-                result = await attempt(deadline - self._clock())
+                result = await _attempt(attempt, deadline - self._clock(), retry)
             except UpstreamError as error:
                 self._breaker.record(error, probe=probe)
                 delay = self._retry_delay(error, retry, deadline)
@@ -219,6 +227,14 @@ class ResilientReranker(RerankerLayer):
                     raise
                 logger.info(
                     "retrying after %s (retry %d in %.3f s)", error.reason, retry + 1, delay
+                )
+                trace.get_current_span().add_event(
+                    "retry",
+                    {
+                        "rerank.retry": retry + 1,
+                        "error.type": error.reason,
+                        "rerank.delay_s": delay,
+                    },
                 )
                 await self._sleep(delay)
                 retry += 1
@@ -244,3 +260,15 @@ class ResilientReranker(RerankerLayer):
             logger.warning("retry budget exhausted: not retrying %s", error.reason)
             return None
         return delay
+
+
+async def _attempt(attempt: Callable[[float], Awaitable[T]], timeout: float, retry: int) -> T:
+    """One attempt; a retry runs with its number in the OpenTelemetry context, for the gateway
+    adapter's `http.request.resend_count` (first attempts, nearly all of them, skip that)."""
+    if retry == 0:
+        return await attempt(timeout)
+    token = otel_context.attach(otel_context.set_value(RESEND_COUNT_KEY, retry))
+    try:
+        return await attempt(timeout)
+    finally:
+        otel_context.detach(token)

@@ -7,10 +7,9 @@ Errors are raised as `rerank.server.errors` and turned into statuses by the inte
 
 from __future__ import annotations
 
-import logging
-import time
 import uuid
 from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import grpc
@@ -18,6 +17,7 @@ from google.protobuf import struct_pb2
 
 from rerank.contract import NotJsonError, from_struct
 from rerank.server.admission import Admission
+from rerank.server.calls import current_call
 from rerank.server.domain import (
     DocumentKind,
     JsonObject,
@@ -34,8 +34,6 @@ from rerank.server.domain import (
 from rerank.server.errors import FieldViolation, InvalidRequest
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-
-logger = logging.getLogger(__name__)
 
 _WARNING_TYPE_TO_PROTO = {
     "unsupported": pb.Warning.TYPE_UNSUPPORTED,
@@ -65,22 +63,21 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
     async def Rerank(
         self, request: pb.RerankRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RerankResponse:
-        started = time.perf_counter()
+        call = current_call()
+        if call is not None:
+            call.documents = len(request.documents)
+            call.top_n = request.top_n if request.HasField("top_n") else None
         with self._admission.admit(request.ByteSize()):
             query = query_from_proto(request, self._default_model, self._limits)
             check_request(query, self._limits)
+            if call is not None:
+                call.model = query.model  # once valid: a slug of at most 128 characters
             outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
+            if call is not None:
+                call.cached = outcome.cached
+                call.cost = call_cost(outcome)
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
-            response = response_to_proto(request, query.model, ranking, outcome)
-        logger.debug(
-            "rerank ok id=%s model=%s documents=%d top_n=%s ms=%.1f",
-            response.id,
-            query.model,
-            len(query.documents),
-            query.top_n,
-            (time.perf_counter() - started) * 1000,
-        )
-        return response
+            return response_to_proto(request, query.model, ranking, outcome)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -95,6 +92,26 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         if remaining is None:
             return self._upstream_timeout
         return min(self._upstream_timeout, remaining)
+
+
+def call_cost(outcome: RerankOutcome) -> Decimal | None:
+    """What the gateway charged for this call, for the access log; None when unknown.
+
+    ADAPTER (issue 10): until the per-call usage record (`outcome.usage.cost`, summed over every
+    window and attempt) is on main, this reads the gateway's `providerMetadata.gateway.cost`,
+    which for a windowed call is the first window's only. A cache hit cost nothing.
+    """
+    if outcome.cached:
+        return Decimal(0)
+    gateway = (outcome.provider_metadata or {}).get("gateway")
+    cost = gateway.get("cost") if isinstance(gateway, dict) else None
+    if not isinstance(cost, str):
+        return None
+    try:
+        value = Decimal(cost)
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None
 
 
 def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limits) -> RerankQuery:
