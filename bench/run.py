@@ -173,7 +173,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         mock = stack.enter_context(
             Service(
                 "mock gateway",
-                "mock_gateway",
+                "rerank.mock_gateway",
                 ["--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
                 # The ready line names the v4 base URL; keep its origin (host and port).
                 r"mock gateway listening on (http://\S+)/v4/ai",
@@ -186,7 +186,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         server = stack.enter_context(
             Service(
                 "rerank server",
-                "server",
+                "rerank.server",
                 # One worker: CPU per call and RSS are read from this one PID.
                 [
                     "--host",
@@ -279,7 +279,7 @@ async def _compare_workers(
     many = stack.enter_context(
         Service(
             "rerank server (workers)",
-            "server",
+            "rerank.server",
             [
                 *("--host", "127.0.0.1", "--port", "0"),
                 *("--workers", str(cores), "--gateway-url", gateway_url),

@@ -4,7 +4,9 @@ Every failed call raises a subclass of `RerankClientError`, chosen by the gRPC s
 
     RerankClientError          any failed RPC: code, details, and the rich details below
     ├── InvalidRequestError    INVALID_ARGUMENT    malformed request (see field_violations)
-    ├── NotFoundError          NOT_FOUND           e.g. a model the gateway does not know
+    ├── NotFoundError          NOT_FOUND           a model the gateway does not know (reason
+    │                                              MODEL_NOT_FOUND) or another resource it
+    │                                              lacks (UPSTREAM_NOT_FOUND)
     ├── RateLimitedError       RESOURCE_EXHAUSTED  rate-limited or overloaded (see retry_delay)
     ├── UnavailableError       UNAVAILABLE         the server or its gateway is unreachable
     ├── DeadlineExceededError  DEADLINE_EXCEEDED   no answer within the call's deadline
@@ -91,7 +93,8 @@ class InvalidRequestError(RerankClientError):
 
 
 class NotFoundError(RerankClientError):
-    """NOT_FOUND: e.g. the requested model does not exist."""
+    """NOT_FOUND: the requested model does not exist (`error_info.reason` `MODEL_NOT_FOUND`),
+    or the gateway lacks another resource the call needs (`UPSTREAM_NOT_FOUND`)."""
 
 
 class RateLimitedError(RerankClientError):

@@ -10,8 +10,8 @@ __all__ = ["Document", "ModelInfo", "RankedDocument", "RerankResult", "Warning",
 Document = str | dict[str, Any]
 """A document: plain text, or a JSON object."""
 
-WarningType = Literal["unsupported", "compatibility", "other"]
-"""The kinds of warning, named as the AI SDK names them."""
+WarningType = Literal["unsupported", "compatibility", "other", "deprecated"]
+"""The kinds of warning, named as the AI SDK names them (`deprecated` since gateway protocol v4)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +41,24 @@ class Warning:
     """A remark from the gateway about a call that nevertheless succeeded."""
 
     type: WarningType
-    """`unsupported`, `compatibility` (both about `feature`) or `other` (see `message`)."""
+    """`unsupported`, `compatibility` (both about `feature`), `deprecated` (about `setting`)
+    or `other` (see `message`; also a type the gateway's protocol does not define, named there)."""
     feature: str = ""
     """For `unsupported` and `compatibility`: the feature concerned, e.g. `topN`."""
     details: str = ""
     """For `unsupported` and `compatibility`: more detail, when the gateway gave any."""
     message: str = ""
-    """For `other`: the gateway's message."""
+    """For `other` and `deprecated`: the gateway's message."""
+    setting: str = ""
+    """For `deprecated`: the setting concerned, e.g. `topN`."""
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The SDK's JSON shape: `{type, feature, details?}` or `{type: "other", message}`."""
+        """The SDK's JSON shape: `{type, feature, details?}`, `{type: "other", message}` or
+        `{type: "deprecated", setting, message}`."""
         if self.type == "other":
             return {"type": self.type, "message": self.message}
+        if self.type == "deprecated":
+            return {"type": self.type, "setting": self.setting, "message": self.message}
         out: dict[str, Any] = {"type": self.type, "feature": self.feature}
         if self.details:
             out["details"] = self.details

@@ -14,6 +14,7 @@ _WARNING_TYPES: dict[int, WarningType] = {
     pb.Warning.TYPE_UNSUPPORTED: "unsupported",
     pb.Warning.TYPE_COMPATIBILITY: "compatibility",
     pb.Warning.TYPE_OTHER: "other",
+    pb.Warning.TYPE_DEPRECATED: "deprecated",
 }
 
 
@@ -85,6 +86,7 @@ def parse_rerank_response(response: pb.RerankResponse) -> RerankResult:
                 feature=warning.feature,
                 details=warning.details,
                 message=warning.message,
+                setting=warning.setting,
             )
             for warning in response.warnings
         ),

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from rerank.server.app import StartupError, serve
-from rerank.server.config import DEFAULT_GATEWAY_URL, Settings, Upstream
+from rerank.server.config import DEFAULT_GATEWAY_URL, GatewayProtocol, Settings, Upstream
 from rerank.server.logs import LOG_FORMATS, configure_logging
 from rerank.server.tracing import SAMPLERS
 from rerank.server.workers import run_workers
@@ -43,6 +43,13 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         "--gateway-url",
         default=environ.get("RERANK_GATEWAY_URL"),
         help=f"gateway base URL (default with a key: {DEFAULT_GATEWAY_URL})",
+    )
+    parser.add_argument(
+        "--gateway-protocol",
+        metavar="v3|v4",
+        default=environ.get("RERANK_GATEWAY_PROTOCOL") or None,
+        help="protocol version spoken to the gateway (default: v3 for a base URL ending in "
+        "/v3/ai, else v4)",
     )
     parser.add_argument(
         "--mock",
@@ -110,6 +117,16 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     else:
         upstream = Upstream.GATEWAY
 
+    protocol = None  # as the base URL names it
+    if args.gateway_protocol is not None:
+        try:
+            protocol = GatewayProtocol(args.gateway_protocol.strip().lower())
+        except ValueError:
+            parser.error(
+                "--gateway-protocol / RERANK_GATEWAY_PROTOCOL must be "
+                f"{' or '.join(p.value for p in GatewayProtocol)}, got {args.gateway_protocol!r}"
+            )
+
     window_sizes = dict(defaults.window_sizes)
     for entry in filter(
         None, (e.strip() for e in environ.get("RERANK_WINDOW_SIZES", "").split(","))
@@ -139,6 +156,8 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         port=args.port,
         upstream=upstream,
         gateway_url=(args.gateway_url or DEFAULT_GATEWAY_URL).rstrip("/"),
+        gateway_protocol=protocol,
+        gateway_team=environ.get("RERANK_GATEWAY_TEAM", "").strip() or None,
         api_key=api_key,
         auth_method=auth_method,
         default_model=args.default_model,
@@ -232,7 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "deterministic mock gateway (scores are lexical, not a real model)"
             )
         else:
-            logger.info("forwarding to the gateway at %s", settings.gateway_url)
+            logger.info(
+                "forwarding to the gateway at %s (protocol %s)",
+                settings.gateway_url,
+                settings.protocol.value,
+            )
         logger.info(
             "caller authentication %s; TLS %s",
             "on" if settings.auth_tokens else "off",

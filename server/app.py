@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -119,7 +120,11 @@ def build_reranker(
         tracer=tracer,
     )
     return CachingReranker(
-        windowed, ttl=settings.cache_ttl, max_bytes=settings.cache_max_bytes, tracer=tracer
+        windowed,
+        ttl=settings.cache_ttl,
+        max_bytes=settings.cache_max_bytes,
+        upstream_timeout=settings.upstream_timeout,
+        tracer=tracer,
     )
 
 
@@ -133,6 +138,8 @@ def build_gateway(settings: Settings, tracer: trace.Tracer | None = None) -> Gat
         auth_method=settings.auth_method,
         max_connections=settings.max_connections,
         tracer=tracer,
+        protocol=settings.protocol,
+        team=settings.gateway_team,
     )
 
 
@@ -155,9 +162,16 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
             from rerank.mock_gateway import LoopbackMockGateway
 
             embedded_mock = LoopbackMockGateway()
-            url = await embedded_mock.start()
+            # The mock serves every protocol version on one port, each under its own base
+            # path, as the gateway does: speaking the configured one is choosing its path.
+            origin = urlsplit(await embedded_mock.start())
+            protocol = settings.protocol
             settings = dataclasses.replace(
-                settings, upstream=Upstream.GATEWAY, gateway_url=url, api_key="embedded-mock"
+                settings,
+                upstream=Upstream.GATEWAY,
+                gateway_url=protocol.base_url_at(f"{origin.scheme}://{origin.netloc}"),
+                gateway_protocol=protocol,
+                api_key="embedded-mock",
             )
         reranker = build_reranker(settings, build_gateway(settings, tracer), tracer)
     message_limit = settings.max_message_bytes

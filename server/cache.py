@@ -3,12 +3,21 @@
 The key is a SHA-256 of everything that decides a ranking: model, query, document kind and
 documents, `top_n` and provider options (keys sorted, so the order a Struct's map arrives in
 does not matter). Entries live `ttl` seconds; the least recently used go first once the
-entries' estimated size passes `max_bytes`. Errors are never cached.
+entries' estimated size passes `max_bytes`. Only what a caller would get as OK is stored: the
+answer is checked, sorted and cut (`domain.final_outcome`) before it is kept, so an answer the
+check refuses is an error like any other, and errors are never cached.
 
 Identical calls that arrive while one is in flight wait for it instead of calling upstream
-again. The shared call is cancelled only when every caller waiting for it has gone, so one
-caller's cancellation never fails another's call, and nobody's departure leaves an orphan
-HTTP request running.
+again. The shared call belongs to no one caller: it runs under the upstream timeout, each
+caller waits for it only until its own deadline, and it is cancelled when the last caller
+waiting for it has gone — so its deadline is, in effect, the longest of its current waiters',
+one caller's cancellation or short deadline never fails another's call, and nobody's
+departure leaves an orphan HTTP request running. A cancelled call is forgotten at once: an
+identical call arriving while it unwinds starts a new one rather than joining it.
+
+Usage (`domain.Usage`) is charged once per upstream call: the first caller handed the shared
+answer gets its usage; every other caller it serves, and every cache hit, gets `FREE` usage
+and `cached: true`.
 """
 
 from __future__ import annotations
@@ -25,13 +34,16 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
 from rerank.server.domain import (
+    FREE,
     Ranked,
     Reranker,
     RerankerLayer,
     RerankOutcome,
     RerankQuery,
     Warning,
+    final_outcome,
 )
+from rerank.server.errors import UpstreamTimeout
 from rerank.server.resilience import Clock
 from rerank.server.tracing import CACHE_LOOKUP_SPAN, child_span
 
@@ -78,6 +90,7 @@ def _unpack(blob: bytes) -> RerankOutcome:
         warnings=tuple(Warning(*fields) for fields in warnings),
         provider_metadata=metadata,
         cached=True,
+        usage=FREE,
     )
 
 
@@ -101,8 +114,12 @@ def _looked_up(span: Span, result: str) -> None:
 
 @dataclass
 class _Flight:
+    """One upstream call, and the callers waiting for it."""
+
     task: asyncio.Future[RerankOutcome]
     waiters: int = 0
+    #: Whether a waiter has been handed the answer with its usage (the others get FREE).
+    charged: bool = False
 
 
 class CachingReranker(RerankerLayer):
@@ -114,6 +131,7 @@ class CachingReranker(RerankerLayer):
         *,
         ttl: float,
         max_bytes: int,
+        upstream_timeout: float,
         clock: Clock = time.monotonic,
         tracer: Tracer | None = None,
     ) -> None:
@@ -121,6 +139,7 @@ class CachingReranker(RerankerLayer):
         self._tracer = tracer or trace.NoOpTracer()
         self._ttl = ttl
         self._max_bytes = max_bytes
+        self._upstream_timeout = upstream_timeout
         self._clock = clock
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._bytes = 0
@@ -142,29 +161,52 @@ class CachingReranker(RerankerLayer):
         if flight is not None:
             self.hits += 1
             _looked_up(lookup, "coalesced")
-            return dataclasses.replace(await self._join(flight), cached=True)
-        self.misses += 1
-        _looked_up(lookup, "miss")
-        flight = _Flight(asyncio.ensure_future(self._fetch(key, query, timeout)))
+        else:
+            self.misses += 1
+            _looked_up(lookup, "miss")
+            flight = self._start(key, query)
+        return await self._join(key, flight, timeout)
+
+    def _start(self, key: bytes, query: RerankQuery) -> _Flight:
+        # Under the upstream timeout, not this caller's deadline: callers who join later
+        # may wait longer, and the call ends anyway when the last of them leaves (`_join`).
+        flight = _Flight(asyncio.ensure_future(self._fetch(key, query, self._upstream_timeout)))
         self._flights[key] = flight
-        flight.task.add_done_callback(lambda _: self._flights.pop(key, None))
-        return await self._join(flight)
+        flight.task.add_done_callback(lambda _: self._forget(key, flight))
+        return flight
 
     async def _fetch(self, key: bytes, query: RerankQuery, timeout: float) -> RerankOutcome:
-        outcome = await self._inner.rerank(query, timeout=timeout)
+        # Checked before it is stored: an answer the check refuses raises here, for every
+        # waiter, and never reaches the cache.
+        outcome = final_outcome(await self._inner.rerank(query, timeout=timeout), query)
         self._store(key, outcome)
         return outcome
 
-    async def _join(self, flight: _Flight) -> RerankOutcome:
+    async def _join(self, key: bytes, flight: _Flight, timeout: float) -> RerankOutcome:
         flight.waiters += 1
         try:
-            # shield: a waiter leaving must not cancel the call the others wait for...
-            return await asyncio.shield(flight.task)
+            async with asyncio.timeout(timeout) as own_deadline:
+                # shield: a waiter leaving must not cancel the call the others wait for...
+                outcome = await asyncio.shield(flight.task)
+        except TimeoutError:
+            if not own_deadline.expired():
+                raise
+            raise UpstreamTimeout(f"the gateway did not answer within {timeout:.3g} s") from None
         finally:
             flight.waiters -= 1
             # ...but when the last one leaves, nobody needs it.
             if flight.waiters == 0 and not flight.task.done():
+                self._forget(key, flight)
                 flight.task.cancel()
+        if flight.charged:
+            return dataclasses.replace(outcome, cached=True, usage=FREE)
+        flight.charged = True
+        return outcome
+
+    def _forget(self, key: bytes, flight: _Flight) -> None:
+        """Stop offering `flight` to new callers (it ended, or is being cancelled)."""
+        if self._flights.get(key) is flight:
+            del self._flights[key]
 
     def _lookup(self, key: bytes) -> RerankOutcome | None:
         entry = self._entries.get(key)

@@ -8,12 +8,36 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from urllib.parse import urlsplit
 
 from rerank.contract import MAX_MESSAGE_BYTES
 from rerank.server.windows import DEFAULT_WINDOW_SIZES
 
-DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v3/ai"
+DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v4/ai"
 DEFAULT_MODEL = "cohere/rerank-v3.5"
+
+
+class GatewayProtocol(Enum):
+    """The version of the gateway's reranking protocol spoken upstream.
+
+    `v3` is what `@ai-sdk/gateway` 3.x (`ai` 6) speaks, `v4` what 4.x (`ai` 7) speaks. What
+    differs between them is one table, `rerank.server.gateway.PROTOCOL_FACTS`.
+    """
+
+    V3 = "v3"
+    V4 = "v4"
+
+    @classmethod
+    def of_base_url(cls, base_url: str) -> GatewayProtocol:
+        """The version a base URL names: v3 when its path ends in `/v3/ai`, else v4 (the
+        current one; a proxy with another path says otherwise with `--gateway-protocol`)."""
+        path = urlsplit(base_url).path.rstrip("/")
+        return cls.V3 if path.endswith("/v3/ai") else cls.V4
+
+    def base_url_at(self, origin: str) -> str:
+        """This version's base URL on a gateway at `origin` (`scheme://host:port`), as the
+        SDK builds it: `{origin}/v4/ai`."""
+        return f"{origin.rstrip('/')}/{self.value}/ai"
 
 
 class Upstream(Enum):
@@ -40,6 +64,15 @@ class Settings:
 
     gateway_url: str = DEFAULT_GATEWAY_URL
     """Base URL of the gateway, no trailing slash (`--gateway-url`, `RERANK_GATEWAY_URL`)."""
+
+    gateway_protocol: GatewayProtocol | None = None
+    """Protocol version to speak to the gateway (and to the embedded mock), when set
+    (`--gateway-protocol`, `RERANK_GATEWAY_PROTOCOL`); None speaks what `gateway_url` names.
+    Read `protocol`, not this."""
+
+    gateway_team: str | None = None
+    """Team id or slug sent as `x-vercel-ai-gateway-team` on every gateway request, like the
+    SDK's `createGateway({teamIdOrSlug})` (`RERANK_GATEWAY_TEAM`); None sends no such header."""
 
     api_key: str | None = field(default=None, repr=False)
     """Credential for the gateway (`AI_GATEWAY_API_KEY`, else `VERCEL_OIDC_TOKEN`). Never logged."""
@@ -168,3 +201,9 @@ class Settings:
 
     trace_sampler_ratio: float = 1.0
     """`OTEL_TRACES_SAMPLER_ARG` of the ratio samplers, 0 to 1."""
+
+    @property
+    def protocol(self) -> GatewayProtocol:
+        """The protocol version spoken upstream: `gateway_protocol` when set, else the one
+        `gateway_url` names (v3 for a path ending in `/v3/ai`, else v4)."""
+        return self.gateway_protocol or GatewayProtocol.of_base_url(self.gateway_url)

@@ -6,10 +6,12 @@ translates them into the gateway's JSON. Both sides meet on `Reranker`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
 
 from rerank.server.errors import FieldViolation, InvalidRequest, UpstreamProtocolError
@@ -17,7 +19,7 @@ from rerank.server.errors import FieldViolation, InvalidRequest, UpstreamProtoco
 #: A JSON object as Python sees it after parsing.
 JsonObject = dict[str, Any]
 DocumentKind = Literal["text", "object"]
-WarningType = Literal["unsupported", "compatibility", "other"]
+WarningType = Literal["unsupported", "compatibility", "other", "deprecated"]
 
 # `provider/model`: a lower-case provider, then a model id that may carry dots, dashes,
 # underscores and colons (e.g. `cohere/rerank-v3.5`, `voyage/rerank-2.5-lite`).
@@ -59,24 +61,58 @@ class Ranked:
 
 @dataclass(frozen=True)
 class Warning:
-    """A remark of the gateway on a call that succeeded."""
+    """A remark of the gateway on a call that succeeded.
+
+    `feature` and `details` belong to "unsupported" and "compatibility", `message` to "other"
+    and "deprecated", `setting` (the deprecated one) to "deprecated".
+    """
 
     type: WarningType
     feature: str = ""
     details: str = ""
     message: str = ""
+    setting: str = ""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one call spent upstream: the one usage record of a call.
+
+    `cost` is the sum of the costs the gateway reported (`providerMetadata.gateway.cost`) on
+    every answer the call is made of — every window; a failed attempt gets an error, which
+    carries none — exact as decimals. It is None ("unknown", not zero) when any of those
+    answers reported no cost, so a known total is never an under-count. `upstream_calls`
+    counts gateway calls made: every window and every attempt, retried or not.
+
+    A call answered without the gateway (a cache hit, or a caller served by an identical call
+    in flight that another caller was charged for) has `FREE` usage.
+    """
+
+    cost: Decimal | None = None
+    upstream_calls: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        cost = None if self.cost is None or other.cost is None else self.cost + other.cost
+        return Usage(cost, self.upstream_calls + other.upstream_calls)
+
+
+#: The usage of a call the gateway had no part in.
+FREE = Usage(cost=Decimal(0), upstream_calls=0)
 
 
 @dataclass(frozen=True)
 class RerankOutcome:
-    """What a backend answered: the ranking as it came, plus warnings and metadata."""
+    """What a backend answered: the ranking as it came, plus warnings, metadata and usage."""
 
     ranking: tuple[Ranked, ...]
     warnings: tuple[Warning, ...] = ()
+    #: The gateway's entries as it sent them (for a windowed call, the first window's).
+    #: Its `gateway.cost` is not this call's: `caller_metadata` puts `usage.cost` there.
     provider_metadata: JsonObject | None = None
-    #: True when the answer was served from the result cache (or shared with an identical
-    #: call in flight) rather than fetched for this call.
+    #: True when this call was not charged for an upstream call: its answer came from the
+    #: result cache, or from an identical call in flight that another caller was charged for.
     cached: bool = False
+    usage: Usage = Usage()
 
 
 @dataclass(frozen=True)
@@ -124,6 +160,42 @@ class RerankerLayer:
         await self._inner.aclose()
 
 
+def reported_cost(provider_metadata: JsonObject | None) -> Decimal | None:
+    """The cost one gateway answer reports in `providerMetadata.gateway.cost`: a decimal
+    string (spec §4). None when it is absent, or not a finite, non-negative decimal string:
+    a figure we cannot trust is unknown, not zero."""
+    gateway = (provider_metadata or {}).get("gateway")
+    text = gateway.get("cost") if isinstance(gateway, dict) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        cost = Decimal(text)
+    except InvalidOperation:
+        return None
+    return cost if cost.is_finite() and cost >= 0 else None
+
+
+def caller_metadata(outcome: RerankOutcome) -> JsonObject | None:
+    """The provider metadata a caller sees: the gateway's entries, with `gateway.cost` set to
+    this call's total (`outcome.usage.cost`), or without it when that is unknown. None when
+    the gateway sent none (the contract says the field is then unset)."""
+    if outcome.provider_metadata is None:
+        return None
+    metadata = dict(outcome.provider_metadata)
+    gateway = dict(metadata.get("gateway") or {})
+    cost = outcome.usage.cost
+    if cost is not None:
+        # Positional notation: "0.0000001", never "1E-7".
+        gateway["cost"] = format(cost, "f")
+    else:
+        gateway.pop("cost", None)
+    if gateway:
+        metadata["gateway"] = gateway
+    else:
+        metadata.pop("gateway", None)
+    return metadata or None
+
+
 def check_request(query: RerankQuery, limits: Limits) -> None:
     """Raise `InvalidRequest` naming every field of `query` that breaks the contract."""
     violations: list[FieldViolation] = []
@@ -141,9 +213,9 @@ def check_request(query: RerankQuery, limits: Limits) -> None:
         violations.append(
             FieldViolation("query", f"must be at most {limits.max_query_bytes} bytes of UTF-8")
         )
-    if not query.documents:
-        violations.append(FieldViolation("documents", "must hold at least one document"))
-    elif len(query.documents) > limits.max_documents:
+    # No documents is a valid question with an empty answer (the servicer gives it without
+    # asking the gateway), as the AI SDK's rerank() answers it.
+    if len(query.documents) > limits.max_documents:
         violations.append(
             FieldViolation(
                 "documents",
@@ -181,3 +253,10 @@ def final_ranking(
         seen.add(item.index)
     ordered = sorted(ranking, key=lambda item: (-item.score, item.index))
     return ordered if top_n is None else ordered[:top_n]
+
+
+def final_outcome(outcome: RerankOutcome, query: RerankQuery) -> RerankOutcome:
+    """`outcome` as the caller of `query` gets it: its ranking checked, sorted and cut by
+    `final_ranking` (which raises `UpstreamProtocolError` for an untrustworthy one)."""
+    ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
+    return dataclasses.replace(outcome, ranking=tuple(ranking))

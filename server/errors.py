@@ -11,6 +11,7 @@ RerankError                      something a caller should hear about
     ├── UpstreamInvalidRequest   400 invalid_request_error: the gateway rejected the input
     ├── UpstreamForbidden        403 forbidden
     ├── ModelNotFound            404 model_not_found
+    ├── UpstreamNotFound         404 not_found (v4): a resource other than a model is missing
     ├── UpstreamFailedDependency 424 failed_dependency: the provider behind the gateway failed
     ├── UpstreamAuthentication   401 authentication_error: *our* key is wrong
     └── UpstreamProtocolError    an answer outside the protocol (bad JSON, bad ranking, ...)
@@ -116,6 +117,13 @@ class ModelNotFound(UpstreamError):
     """The gateway does not know the model (404 model_not_found)."""
 
     reason = "MODEL_NOT_FOUND"
+
+
+class UpstreamNotFound(UpstreamError):
+    """The gateway lacks a resource other than the model (404 not_found, protocol v4), e.g. a
+    team or a configuration the call names; `ModelNotFound` is the model's own case."""
+
+    reason = "UPSTREAM_NOT_FOUND"
 
 
 class UpstreamFailedDependency(UpstreamError):

@@ -3,7 +3,9 @@
 This module is the only place that knows the gateway's JSON and the only place HTTP outcomes
 (statuses, envelopes, aiohttp exceptions) become `rerank.server.errors`. The protocol it speaks is
 the one the AI SDK's `@ai-sdk/gateway` speaks (`POST {base}/reranking-model`, `GET {base}/config`),
-header for header, so the real gateway and the bundled mock are interchangeable behind it.
+header for header, so the real gateway and the bundled mock are interchangeable behind it. Both
+versions of it, v3 (gateway 3.x) and v4 (4.x), are spoken; what differs between them is the one
+table `PROTOCOL_FACTS`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import io
+import logging
 import math
 import platform
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 import aiohttp
@@ -24,14 +29,17 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from rerank.server.config import GatewayProtocol
 from rerank.server.domain import (
     JsonObject,
     ModelInfo,
     Ranked,
     RerankOutcome,
     RerankQuery,
+    Usage,
     Warning,
     WarningType,
+    reported_cost,
 )
 from rerank.server.errors import (
     ModelNotFound,
@@ -40,6 +48,7 @@ from rerank.server.errors import (
     UpstreamFailedDependency,
     UpstreamForbidden,
     UpstreamInvalidRequest,
+    UpstreamNotFound,
     UpstreamProtocolError,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -47,8 +56,10 @@ from rerank.server.errors import (
 )
 from rerank.server.tracing import RESEND_COUNT_KEY, child_span, inject_trace_context
 
+logger = logging.getLogger(__name__)
+
 PROTOCOL_VERSION = "0.0.1"
-RERANKING_SPECIFICATION_VERSION = "3"
+TEAM_HEADER = "x-vercel-ai-gateway-team"
 USER_AGENT = (
     f"rerank-service/0.1.0 aiohttp/{aiohttp.__version__} runtime/python/{platform.python_version()}"
 )
@@ -59,17 +70,46 @@ USER_AGENT = (
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 _LARGE_BODY = 1024 * 1024
 
-# The gateway's `error.type` → our error. A missing or unknown type is decided by status.
-_ERROR_BY_TYPE: Mapping[str, type[UpstreamError]] = {
-    "authentication_error": UpstreamAuthentication,
-    "invalid_request_error": UpstreamInvalidRequest,
-    "forbidden": UpstreamForbidden,
-    "model_not_found": ModelNotFound,
-    "failed_dependency": UpstreamFailedDependency,
-    "rate_limit_exceeded": UpstreamRateLimited,
-    "internal_server_error": UpstreamUnavailable,
-}
-_WARNING_TYPES: frozenset[str] = frozenset({"unsupported", "compatibility", "other"})
+#: Distinct undocumented warning types logged per adapter; past this, no more are (a gateway
+#: inventing a new type per answer must not grow our memory or flood the log).
+MAX_LOGGED_WARNING_TYPES = 100
+
+
+@dataclass(frozen=True)
+class ProtocolFacts:
+    """What one version of the gateway's reranking protocol says (the spec's section 0)."""
+
+    #: The value of `ai-reranking-model-specification-version` on a rerank call.
+    specification_version: str
+    #: The warning types the SDK of this version accepts; any other is passed on as "other".
+    warning_types: frozenset[WarningType]
+    #: The gateway's `error.type` → our error. A missing or unknown type is decided by status.
+    error_types: Mapping[str, type[UpstreamError]]
+
+
+_V3_WARNING_TYPES: frozenset[WarningType] = frozenset({"unsupported", "compatibility", "other"})
+_V3_ERROR_TYPES: Mapping[str, type[UpstreamError]] = MappingProxyType(
+    {
+        "authentication_error": UpstreamAuthentication,
+        "invalid_request_error": UpstreamInvalidRequest,
+        "forbidden": UpstreamForbidden,
+        "model_not_found": ModelNotFound,
+        "failed_dependency": UpstreamFailedDependency,
+        "rate_limit_exceeded": UpstreamRateLimited,
+        "internal_server_error": UpstreamUnavailable,
+    }
+)
+#: The one table of what differs between the versions; everything else is the same.
+PROTOCOL_FACTS: Mapping[GatewayProtocol, ProtocolFacts] = MappingProxyType(
+    {
+        GatewayProtocol.V3: ProtocolFacts("3", _V3_WARNING_TYPES, _V3_ERROR_TYPES),
+        GatewayProtocol.V4: ProtocolFacts(
+            "4",
+            _V3_WARNING_TYPES | {"deprecated"},
+            MappingProxyType({**_V3_ERROR_TYPES, "not_found": UpstreamNotFound}),
+        ),
+    }
+)
 # Never shown to callers: the gateway's own text might be about our key, and the caller
 # cannot fix it anyway (the AI SDK replaces it with a fixed text for the same reason).
 _AUTHENTICATION_MESSAGE = (
@@ -82,6 +122,9 @@ class GatewayReranker:
 
     The HTTP client is aiohttp: on `make bench` it cost half the server CPU per proxied call
     of a tuned httpx (README, "Performance"). This class is the only code that knows it.
+
+    `protocol` is the version spoken (`PROTOCOL_FACTS`); `team`, when given, goes out as
+    `x-vercel-ai-gateway-team` on every request, as the SDK's `teamIdOrSlug` does.
     """
 
     def __init__(
@@ -92,6 +135,8 @@ class GatewayReranker:
         auth_method: str = "api-key",
         max_connections: int = 100,
         tracer: Tracer | None = None,
+        protocol: GatewayProtocol = GatewayProtocol.V4,
+        team: str | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._max_connections = max_connections
@@ -105,12 +150,24 @@ class GatewayReranker:
             "server.port": url.port or (443 if url.scheme == "https" else 80),
             "url.scheme": url.scheme,
         }
+        self._protocol = protocol
         self._auth_headers = {
             "authorization": f"Bearer {api_key}",
             "ai-gateway-protocol-version": PROTOCOL_VERSION,
             "ai-gateway-auth-method": auth_method,
             "user-agent": USER_AGENT,
         }
+        if team:
+            self._auth_headers[TEAM_HEADER] = team
+        self._rerank_headers = {
+            **self._auth_headers,
+            "ai-reranking-model-specification-version": (
+                PROTOCOL_FACTS[protocol].specification_version
+            ),
+            "content-type": "application/json",
+        }
+        # Undocumented warning types already logged: once per type for this adapter's life.
+        self._logged_warning_types: set[str] = set()
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
@@ -119,21 +176,30 @@ class GatewayReranker:
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         """POST the query to `{base}/reranking-model` and parse the ranking."""
-        headers = {
-            **self._auth_headers,
-            "ai-reranking-model-specification-version": RERANKING_SPECIFICATION_VERSION,
-            "ai-model-id": query.model,
-            "content-type": "application/json",
-        }
+        headers = {**self._rerank_headers, "ai-model-id": query.model}
         body = await self._call(
             "POST", "/reranking-model", headers, encode_rerank_body(query), timeout
         )
-        return parse_rerank_body(body)
+        return parse_rerank_body(
+            body, self._protocol, on_unknown_warning=self._log_unknown_warning_once
+        )
 
     async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
         """GET `{base}/config` and keep the reranking models."""
         body = await self._call("GET", "/config", self._auth_headers, None, timeout)
         return parse_config_body(body)
+
+    def _log_unknown_warning_once(self, kind: str) -> None:
+        logged = self._logged_warning_types
+        if kind in logged or len(logged) >= MAX_LOGGED_WARNING_TYPES:
+            return
+        logged.add(kind)
+        logger.warning(
+            "the gateway sent a warning of type %r, which protocol %s does not define; "
+            "passed on to callers as 'other' (logged once per type)",
+            kind[:100],
+            self._protocol.value,
+        )
 
     def _pool(self) -> aiohttp.ClientSession:
         # Created on first use, inside the event loop that will run it (aiohttp's rule).
@@ -200,7 +266,7 @@ class GatewayReranker:
             return body
         # The client-span convention: any 4xx or 5xx is an error, named by its status.
         _failed(span, str(response.status))
-        raise error_from_response(response.status, response.headers, body)
+        raise error_from_response(response.status, response.headers, body, self._protocol)
 
 
 def _failed(span: Span, error_type: str) -> None:
@@ -241,8 +307,18 @@ def encode_rerank_body(query: RerankQuery) -> bytes:
     return orjson.dumps(body)
 
 
-def parse_rerank_body(body: bytes) -> RerankOutcome:
-    """Parse a 200 answer of `reranking-model`, rejecting anything outside the protocol."""
+def parse_rerank_body(
+    body: bytes,
+    protocol: GatewayProtocol = GatewayProtocol.V4,
+    *,
+    on_unknown_warning: Callable[[str], None] | None = None,
+) -> RerankOutcome:
+    """Parse a 200 answer of `reranking-model`, rejecting anything outside the protocol.
+
+    Warnings are advice and the ranking is the answer: a warning of a type `protocol` does not
+    define is passed on as "other", its type named in the message, and `on_unknown_warning`
+    hears the type (the adapter logs it once).
+    """
     data = _parse_json_object(body)
     ranking = data.get("ranking")
     if not isinstance(ranking, list):
@@ -263,10 +339,14 @@ def parse_rerank_body(body: bytes) -> RerankOutcome:
         if not isinstance(score, int | float) or isinstance(score, bool):
             _protocol_error(f"ranking[{position}].relevanceScore is not a number")
         items.append(Ranked(index=index, score=float(score)))
+    metadata = _parse_provider_metadata(data.get("providerMetadata"))
     return RerankOutcome(
         ranking=tuple(items),
-        warnings=_parse_warnings(data.get("warnings")),
-        provider_metadata=_parse_provider_metadata(data.get("providerMetadata")),
+        warnings=_parse_warnings(
+            data.get("warnings"), PROTOCOL_FACTS[protocol], on_unknown_warning
+        ),
+        provider_metadata=metadata,
+        usage=Usage(cost=reported_cost(metadata), upstream_calls=1),
     )
 
 
@@ -302,8 +382,14 @@ def parse_config_body(body: bytes) -> tuple[ModelInfo, ...]:
     return tuple(found)
 
 
-def error_from_response(status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
-    """The one translation of a non-2xx gateway answer into our error tree."""
+def error_from_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    protocol: GatewayProtocol = GatewayProtocol.V4,
+) -> UpstreamError:
+    """The one translation of a non-2xx gateway answer into our error tree; `error.type` is
+    read as `protocol` defines it."""
     retry_after = parse_retry_after(headers)
     try:
         envelope = _Envelope.parse(_parse_json_object(body))
@@ -323,7 +409,7 @@ def error_from_response(status: int, headers: Mapping[str, str], body: bytes) ->
         return UpstreamProtocolError(
             f"the gateway answered HTTP {status} without an error envelope", status=status
         )
-    error_class = _ERROR_BY_TYPE.get(envelope.type or "")
+    error_class = PROTOCOL_FACTS[protocol].error_types.get(envelope.type or "")
     if error_class is None:
         if status == 429:
             error_class = UpstreamRateLimited
@@ -407,7 +493,11 @@ def _parse_json_object(body: bytes) -> JsonObject:
     return data
 
 
-def _parse_warnings(raw: object) -> tuple[Warning, ...]:
+def _parse_warnings(
+    raw: object,
+    facts: ProtocolFacts,
+    on_unknown_warning: Callable[[str], None] | None,
+) -> tuple[Warning, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -415,19 +505,30 @@ def _parse_warnings(raw: object) -> tuple[Warning, ...]:
     warnings: list[Warning] = []
     for position, item in enumerate(raw):
         kind = item.get("type") if isinstance(item, dict) else None
-        if kind not in _WARNING_TYPES:
-            # The AI SDK rejects the whole answer for an unknown warning type; so do we.
-            _protocol_error(f"warnings[{position}] has an unknown type")
-        assert isinstance(item, dict)
-        warning_type: WarningType = kind
-        warnings.append(
-            Warning(
-                type=warning_type,
-                feature=_str_or_empty(item.get("feature")),
-                details=_str_or_empty(item.get("details")),
-                message=_str_or_empty(item.get("message")),
+        if not isinstance(item, dict) or not isinstance(kind, str):
+            _protocol_error(f"warnings[{position}] is not an object with a string 'type'")
+        if kind in facts.warning_types:
+            warnings.append(
+                Warning(
+                    type=kind,
+                    feature=_str_or_empty(item.get("feature")),
+                    details=_str_or_empty(item.get("details")),
+                    message=_str_or_empty(item.get("message")),
+                    setting=_str_or_empty(item.get("setting")),
+                )
             )
+            continue
+        # The SDK would reject the whole (billed) answer here; a warning is advice, the
+        # ranking is the answer, so we keep the ranking and say what came.
+        if on_unknown_warning is not None:
+            on_unknown_warning(kind)
+        said = "; ".join(
+            f"{key}: {value}"
+            for key, value in item.items()
+            if key != "type" and isinstance(value, str)
         )
+        message = f"unknown warning type {kind!r}" + (f" ({said})" if said else "")
+        warnings.append(Warning(type="other", message=message))
     return tuple(warnings)
 
 

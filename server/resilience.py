@@ -24,12 +24,14 @@ Policy, in one place:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import Enum
 from typing import TypeVar
 
@@ -37,7 +39,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from rerank.server.calls import current_call
-from rerank.server.domain import ModelInfo, Reranker, RerankerLayer, RerankOutcome, RerankQuery
+from rerank.server.domain import (
+    ModelInfo,
+    Reranker,
+    RerankerLayer,
+    RerankOutcome,
+    RerankQuery,
+    Usage,
+)
 from rerank.server.errors import (
     UpstreamError,
     UpstreamRateLimited,
@@ -204,7 +213,18 @@ class ResilientReranker(RerankerLayer):
         self._rng = rng or random.Random()
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
-        return await self._call(lambda left: self._inner.rerank(query, timeout=left), timeout)
+        attempts = 0
+
+        async def attempt(left: float) -> RerankOutcome:
+            nonlocal attempts
+            attempts += 1
+            return await self._inner.rerank(query, timeout=left)
+
+        outcome = await self._call(attempt, timeout)
+        # Usage: the answer counts its own gateway call; the attempts that failed before it
+        # were gateway calls too (their errors carry no cost).
+        failed = Usage(cost=Decimal(0), upstream_calls=attempts - 1)
+        return dataclasses.replace(outcome, usage=outcome.usage + failed)
 
     async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
         return await self._call(lambda left: self._inner.list_models(timeout=left), timeout)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import grpc
@@ -19,6 +18,7 @@ from rerank.contract import NotJsonError, from_struct
 from rerank.server.admission import Admission
 from rerank.server.calls import current_call
 from rerank.server.domain import (
+    FREE,
     DocumentKind,
     JsonObject,
     Limits,
@@ -28,6 +28,7 @@ from rerank.server.domain import (
     RerankOutcome,
     RerankQuery,
     Warning,
+    caller_metadata,
     check_request,
     final_ranking,
 )
@@ -39,7 +40,10 @@ _WARNING_TYPE_TO_PROTO = {
     "unsupported": pb.Warning.TYPE_UNSUPPORTED,
     "compatibility": pb.Warning.TYPE_COMPATIBILITY,
     "other": pb.Warning.TYPE_OTHER,
+    "deprecated": pb.Warning.TYPE_DEPRECATED,
 }
+# The answer to a request without documents: nothing ranked, nothing asked, nothing billed.
+_NOTHING_TO_RANK = RerankOutcome(ranking=(), usage=FREE)
 
 
 class RerankServicer(pb_grpc.RerankServiceServicer):
@@ -72,10 +76,13 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             check_request(query, self._limits)
             if call is not None:
                 call.model = query.model  # once valid: a slug of at most 128 characters
-            outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
+            if query.documents:
+                outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
+            else:
+                outcome = _NOTHING_TO_RANK
             if call is not None:
                 call.cached = outcome.cached
-                call.cost = call_cost(outcome)
+                call.cost = outcome.usage.cost
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
             return response_to_proto(request, query.model, ranking, outcome)
 
@@ -92,26 +99,6 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         if remaining is None:
             return self._upstream_timeout
         return min(self._upstream_timeout, remaining)
-
-
-def call_cost(outcome: RerankOutcome) -> Decimal | None:
-    """What the gateway charged for this call, for the access log; None when unknown.
-
-    ADAPTER (issue 10): until the per-call usage record (`outcome.usage.cost`, summed over every
-    window and attempt) is on main, this reads the gateway's `providerMetadata.gateway.cost`,
-    which for a windowed call is the first window's only. A cache hit cost nothing.
-    """
-    if outcome.cached:
-        return Decimal(0)
-    gateway = (outcome.provider_metadata or {}).get("gateway")
-    cost = gateway.get("cost") if isinstance(gateway, dict) else None
-    if not isinstance(cost, str):
-        return None
-    try:
-        value = Decimal(cost)
-    except InvalidOperation:
-        return None
-    return value if value.is_finite() else None
 
 
 def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limits) -> RerankQuery:
@@ -200,8 +187,9 @@ def response_to_proto(
         warnings=[warning_to_proto(w) for w in outcome.warnings],
         cached=outcome.cached,
     )
-    if outcome.provider_metadata is not None:
-        response.provider_metadata.update(outcome.provider_metadata)
+    metadata = caller_metadata(outcome)
+    if metadata is not None:
+        response.provider_metadata.update(metadata)
     return response
 
 
@@ -211,6 +199,7 @@ def warning_to_proto(warning: Warning) -> pb.Warning:
         feature=warning.feature,
         details=warning.details,
         message=warning.message,
+        setting=warning.setting,
     )
 
 

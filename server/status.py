@@ -31,6 +31,7 @@ STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.UpstreamInvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.UpstreamForbidden: grpc.StatusCode.PERMISSION_DENIED,
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.UpstreamNotFound: grpc.StatusCode.NOT_FOUND,
     # The provider behind the gateway failed in a way the gateway calls not retryable.
     errors.UpstreamFailedDependency: grpc.StatusCode.FAILED_PRECONDITION,
     # Our own key is wrong: the caller can do nothing about it, an operator must.

@@ -20,7 +20,7 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 
 from rerank.server.calls import current_call
 from rerank.server.domain import (
-    JsonObject,
+    FREE,
     Ranked,
     Reranker,
     RerankerLayer,
@@ -125,16 +125,17 @@ class WindowedReranker(RerankerLayer):
 
 
 def merge(outcomes: list[RerankOutcome]) -> RerankOutcome:
-    """One outcome from the windows': every ranking, each warning once, and the first
-    window's provider metadata (per-call figures such as cost are not summed)."""
+    """One outcome from the windows': every ranking, each warning once, the usage of all of
+    them (every window's cost and calls), and the first window's provider metadata (what the
+    caller sees as `gateway.cost` is the total, from `usage`: `domain.caller_metadata`)."""
     warnings: dict[Warning, None] = {}
-    metadata: JsonObject | None = None
     for outcome in outcomes:
         warnings.update(dict.fromkeys(outcome.warnings))
-        if metadata is None:
-            metadata = outcome.provider_metadata
     return RerankOutcome(
         ranking=tuple(r for outcome in outcomes for r in outcome.ranking),
         warnings=tuple(warnings),
-        provider_metadata=metadata,
+        provider_metadata=next(
+            (o.provider_metadata for o in outcomes if o.provider_metadata is not None), None
+        ),
+        usage=sum((o.usage for o in outcomes), FREE),
     )

@@ -186,7 +186,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             proxy.changed.notify_all()
         upstream = http.client.HTTPConnection(proxy.target.hostname, proxy.target.port, timeout=30)
         try:
-            upstream.request(self.command, proxy.target.path + self.path, body, headers)
+            upstream.request(self.command, self.path, body, headers)
             response = upstream.getresponse()
             reply = response.read()
             self.send_response(response.status)
@@ -206,8 +206,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
 
 class RecordingProxy(_Served):
-    """Forwards every request to `target` (a base URL, e.g. a mock gateway's `/v3/ai`),
-    keeping its method, path and headers in `.requests`; `.url` is the base URL to use."""
+    """Forwards every request to the host of `target` (a base URL, e.g. a mock gateway's
+    `.../v3/ai`), keeping its method, path and headers in `.requests`; `.url` is the same base
+    URL through the proxy (same path, so the protocol version it names stays the same)."""
 
     handler = _ProxyHandler
 
@@ -218,4 +219,4 @@ class RecordingProxy(_Served):
 
     @property
     def url(self) -> str:
-        return self.origin
+        return self.origin + self.target.path

@@ -43,7 +43,11 @@ Handler = Callable[[Request], Awaitable[Reply | str]]
 
 
 class ScriptedServer:
-    """`async with ScriptedServer(handler) as server:` ... `server.url`, `server.requests`."""
+    """`async with ScriptedServer(handler) as server:` ... `server.url`, `server.requests`.
+
+    `server.origin` is `http://127.0.0.1:PORT`; `server.url` a gateway base URL on it
+    (`/v3/ai`); any path is answered by the handler.
+    """
 
     def __init__(self, handler: Handler) -> None:
         self._handler = handler
@@ -53,12 +57,14 @@ class ScriptedServer:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        self.origin = ""
         self.url = ""
 
     async def __aenter__(self) -> ScriptedServer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/v3/ai"
+        self.origin = f"http://127.0.0.1:{port}"
+        self.url = f"{self.origin}/v3/ai"
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

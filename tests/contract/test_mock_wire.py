@@ -1,7 +1,7 @@
 """The mock gateway over a real socket, as ``python -m rerank.mock_gateway --port 0`` serves it.
 
-Replays the requests the AI SDK was seen sending (``shared/specs/wire/ai-sdk-requests.json``,
-byte for byte, and the v4 captures of gateway 4.0.146 copied below) and checks each answer the
+Replays the requests each AI SDK generation was seen sending (``tests/wire``: gateway 3.0.232
+and 4.0.146), byte for byte, and checks each answer the
 way the SDK's response schema does; then the things only a real connection shows: the ``drop``
 fault, the ready line, the control API, and a clean exit on signals.
 """
@@ -16,18 +16,18 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
 import pytest
 
 from tests.e2e.processes import RERANK_MOCK_GATEWAY
+from tests.wire import captured_requests
 
 pytestmark = pytest.mark.contract
 
 REPO = Path(__file__).resolve().parents[2]
-WIRE_FILE = REPO.parent / "shared" / "specs" / "wire" / "ai-sdk-requests.json"
 READY_PREFIX = "mock gateway listening on "
 
 
@@ -84,12 +84,18 @@ def client() -> Iterator[httpx.Client]:
         yield c
 
 
-def _wire_requests() -> list[Any]:
-    if not WIRE_FILE.is_file():
-        reason = "shared/specs/wire/ai-sdk-requests.json is absent (no sibling shared/ directory)"
-        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-wire-file")]
-    captured = json.loads(WIRE_FILE.read_text(encoding="utf-8"))["requests"]
-    return [pytest.param(request, id=request["name"]) for request in captured]
+def _captures(version: Literal["v3", "v4"]) -> list[Any]:
+    # The model-list capture (GET /config) has no body to replay as a rerank.
+    return [
+        pytest.param(request, id=request["name"])
+        for request in captured_requests(version)
+        if request["method"] == "POST"
+    ]
+
+
+V3_REQUESTS = _captures("v3")
+V4_REQUESTS = _captures("v4")
+_V4_HEADERS: dict[str, str] = V4_REQUESTS[0].values[0]["headers"]
 
 
 def replay(client: httpx.Client, mock: MockProcess, request: dict[str, Any]) -> httpx.Response:
@@ -133,7 +139,7 @@ def check_as_the_sdk_does(
     assert len(ranking) == (document_count if top_n is None else min(top_n, document_count))
 
 
-@pytest.mark.parametrize("request_", _wire_requests())
+@pytest.mark.parametrize("request_", V3_REQUESTS)
 def test_sdk_requests_are_answered_as_the_sdk_expects(
     mock: MockProcess, client: httpx.Client, request_: dict[str, Any]
 ) -> None:
@@ -146,60 +152,7 @@ def test_sdk_requests_are_answered_as_the_sdk_expects(
     assert replay(client, mock, request_).content == response.content
 
 
-# Requests exactly as ai 7.0.173 with @ai-sdk/gateway 4.0.146 sends them (captured on the wire,
-# base URL http://HOST/v4/ai, apiKey "test-key-123"; transport-level headers left out).
-_V4_HEADERS = {
-    "ai-gateway-auth-method": "api-key",
-    "ai-gateway-protocol-version": "0.0.1",
-    "ai-model-id": "cohere/rerank-v3.5",
-    "ai-reranking-model-specification-version": "4",
-    "authorization": "Bearer test-key-123",
-    "content-type": "application/json",
-    "user-agent": "ai-sdk-gateway/4.0.146 ai-sdk-provider-utils/5.0.81 node.js/v20.20.2",
-}
-_CAPITALS = (
-    '"Paris is the capital of France.","Berlin is the capital of Germany.",'
-    '"Madrid is the capital of Spain."'
-)
-V4_REQUESTS = [
-    {
-        "name": "text documents, topN 2",
-        "method": "POST",
-        "path": "/v4/ai/reranking-model",
-        "headers": _V4_HEADERS,
-        "body": '{"documents":{"type":"text","values":[' + _CAPITALS + "]},"
-        '"query":"What is the capital of France?","topN":2}',
-    },
-    {
-        "name": "text documents, no topN, providerOptions, one caller header (x-custom)",
-        "method": "POST",
-        "path": "/v4/ai/reranking-model",
-        "headers": {**_V4_HEADERS, "x-custom": "v"},
-        "body": '{"documents":{"type":"text","values":[' + _CAPITALS + "]},"
-        '"query":"What is the capital of France?",'
-        '"providerOptions":{"gateway":{"order":["cohere","bedrock"]},"cohere":{"maxTokensPerDoc":512}}}',
-    },
-    {
-        "name": "object documents, topN 1",
-        "method": "POST",
-        "path": "/v4/ai/reranking-model",
-        "headers": _V4_HEADERS,
-        "body": '{"documents":{"type":"object","values":[{"title":"a","text":"Paris"},'
-        '{"title":"b","text":"Berlin"},{"title":"c","text":"Madrid"}]},'
-        '"query":"What is the capital of France?","topN":1}',
-    },
-    {
-        "name": "text documents, topN 2, teamIdOrSlug team_abc123",
-        "method": "POST",
-        "path": "/v4/ai/reranking-model",
-        "headers": {**_V4_HEADERS, "x-vercel-ai-gateway-team": "team_abc123"},
-        "body": '{"documents":{"type":"text","values":[' + _CAPITALS + "]},"
-        '"query":"What is the capital of France?","topN":2}',
-    },
-]
-
-
-@pytest.mark.parametrize("request_", V4_REQUESTS, ids=lambda r: r["name"])
+@pytest.mark.parametrize("request_", V4_REQUESTS)
 def test_v4_sdk_requests_are_answered_as_the_v4_sdk_expects(
     mock: MockProcess, client: httpx.Client, request_: dict[str, Any]
 ) -> None:
@@ -217,7 +170,7 @@ def test_v4_sdk_requests_are_answered_as_the_v4_sdk_expects(
 def test_a_v4_client_at_the_v3_url_is_told_where_v4_is(
     mock: MockProcess, client: httpx.Client
 ) -> None:
-    response = replay(client, mock, {**V4_REQUESTS[0], "path": "/v3/ai/reranking-model"})
+    response = replay(client, mock, {**V4_REQUESTS[0].values[0], "path": "/v3/ai/reranking-model"})
 
     assert response.status_code == 400
     assert "served under /v4/ai" in response.json()["error"]["message"]
@@ -246,7 +199,9 @@ def test_config_of_each_version_over_the_wire(
         "content-type",
     ],
 )
-@pytest.mark.parametrize("request_", [*_wire_requests()[:1], pytest.param(V4_REQUESTS[0], id="v4")])
+@pytest.mark.parametrize(
+    "request_", [V3_REQUESTS[0], pytest.param(V4_REQUESTS[0].values[0], id="v4")]
+)
 def test_each_required_header_of_the_sdk_is_checked(
     mock: MockProcess, client: httpx.Client, request_: dict[str, Any], header: str
 ) -> None:

@@ -1,11 +1,10 @@
 """The Node example (examples/node) against the server, as separate processes: `make stubs`
-(npm ci + buf generate), then the README's command, its errors, and its retry policy."""
+(npm ci + buf generate), then the README's command, its errors, and its retry policy. Node is
+the dev install's (tools/node.py), so nothing here depends on the machine having one."""
 
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.e2e.processes import Process, start_server
+from tools import node
 
 # `make stubs` may run `npm ci` (the registry, or its local cache): a generous budget.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -23,14 +23,7 @@ STUBS_SECONDS = 540
 
 @pytest.fixture(scope="module")
 def stubs() -> Path:
-    """Runs `make stubs` once for the module; skips without Node 20+ and npm."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are needed for the Node example (Node 20 or newer)")
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
-    match = re.match(r"v(\d+)", version.stdout.strip())
-    if match is None or int(match.group(1)) < 20:
-        pytest.skip(f"the Node example needs Node 20 or newer, not {version.stdout.strip()}")
+    """Runs `make stubs` once for the module, on the Node of the dev install (tools/node.py)."""
     completed = subprocess.run(
         ["make", "stubs"],
         cwd=REPO_ROOT,
@@ -45,8 +38,9 @@ def stubs() -> Path:
 
 def run_example(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["node", "--import", "tsx", "src/rerank.ts", *args],
+        node.command("node", "--import", "tsx", "src/rerank.ts", *args),
         cwd=EXAMPLE,
+        env=node.environment(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -61,7 +55,7 @@ def test_make_stubs_writes_typescript_and_python(stubs: Path) -> None:
         assert (python / name).is_file(), name
     # The example type-checks against what the generator wrote (catches a generator API change).
     tsc = subprocess.run(
-        ["node", "node_modules/typescript/bin/tsc", "--noEmit", "-p", "."],
+        node.command("node", "node_modules/typescript/bin/tsc", "--noEmit", "-p", "."),
         cwd=stubs,
         capture_output=True,
         text=True,
@@ -87,6 +81,19 @@ def test_the_seed_example(stubs: Path, processes: list[Process]) -> None:
     assert scores == sorted(scores, reverse=True)
     assert result["rerankedDocuments"] == [entry["document"] for entry in ranking]
     assert result["model"] == SEED_MODEL
+
+
+def test_a_deprecated_warning_in_the_ai_sdks_shape(stubs: Path, processes: list[Process]) -> None:
+    """The embedded mock speaks v4 (the server's default): its deprecated warning reaches Node
+    as the AI SDK shows one, with its setting."""
+    target = start_server(processes, "--mock")
+    warning = {"type": "deprecated", "setting": "topN", "message": "topN is going away"}
+    options = json.dumps({"mockGateway": {"fault": "warning", **warning}})
+    completed = run_example("--target", target, "--provider-options", options)
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert result["warnings"] == [warning]
+    assert result["ranking"][0]["originalIndex"] == 0
 
 
 def test_an_error_status_exits_non_zero(stubs: Path, processes: list[Process]) -> None:

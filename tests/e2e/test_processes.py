@@ -125,6 +125,15 @@ def test_a_gateway_url_without_a_key_is_refused_at_start(processes: list[Process
     assert "AI_GATEWAY_API_KEY" in server.output
 
 
+def test_a_bad_gateway_protocol_stops_the_server_with_one_line(processes: list[Process]) -> None:
+    server = start(processes, [RERANK_SERVER, "--port", "0"], {"RERANK_GATEWAY_PROTOCOL": "v9"})
+    assert server.popen.wait(timeout=30) == 2
+    (line,) = [line for line in server.output.splitlines() if "error:" in line]
+    assert "RERANK_GATEWAY_PROTOCOL" in line
+    assert "'v9'" in line
+    assert "Traceback" not in server.output
+
+
 def test_sigterm_finishes_in_flight_calls_then_exits(processes: list[Process]) -> None:
     server = start(processes, [RERANK_SERVER, "--port", "0"])
     target = server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)

@@ -223,6 +223,38 @@ def test_bad_provider_options_exit_2(
     assert service.requests == []
 
 
+def test_warnings_are_printed_as_the_sdk_shows_them(
+    target: str, service: FakeRerankService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service.script.append(
+        pb.RerankResponse(
+            ranking=[
+                pb.RankedDocument(original_index=0, score=0.5, document=pb.Document(text="a"))
+            ],
+            model="cohere/rerank-v3.5",
+            id="rr-w",
+            warnings=[
+                pb.Warning(type=pb.Warning.TYPE_DEPRECATED, setting="topN", message="use top_k"),
+                pb.Warning(type=pb.Warning.TYPE_OTHER, message="unknown warning type 'shiny'"),
+            ],
+        )
+    )
+    code, out, _ = run(capsys, "--target", target, "q", "a")
+    assert code == 0
+    assert json.loads(out)["warnings"] == [
+        {"type": "deprecated", "setting": "topN", "message": "use top_k"},
+        {"type": "other", "message": "unknown warning type 'shiny'"},
+    ]
+
+
+def test_no_documents_is_a_query_like_any_other(
+    target: str, service: FakeRerankService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "--target", target, "q")
+    assert (code, err) == (0, "")
+    assert list(last_request(service).documents) == []
+
+
 def test_list_models(target: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--target", target, "--list-models")
     assert code == 0

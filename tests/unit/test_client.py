@@ -207,6 +207,8 @@ def test_warnings_metadata_and_json_shape(
                 pb.Warning(type=pb.Warning.TYPE_COMPATIBILITY, feature="maxTokensPerDoc"),
                 pb.Warning(type=pb.Warning.TYPE_OTHER, message="slow"),
                 pb.Warning(type=pb.Warning.TYPE_UNSPECIFIED, message="?"),
+                pb.Warning(type=pb.Warning.TYPE_DEPRECATED, setting="topN", message="use top_k"),
+                pb.Warning(type=99, message="from a newer server"),
             ],
             provider_metadata=metadata,
         )
@@ -218,8 +220,11 @@ def test_warnings_metadata_and_json_shape(
         "compatibility",
         "other",
         "other",
+        "deprecated",
+        "other",
     ]
     assert result.warnings[0] == client.Warning("unsupported", "topN", "ignored", "")
+    assert result.warnings[4] == client.Warning("deprecated", setting="topN", message="use top_k")
     assert result.to_json_dict() == {
         "ranking": [
             {"originalIndex": 1, "score": 0.75, "document": "Madrid"},
@@ -233,6 +238,8 @@ def test_warnings_metadata_and_json_shape(
             {"type": "compatibility", "feature": "maxTokensPerDoc"},
             {"type": "other", "message": "slow"},
             {"type": "other", "message": "?"},
+            {"type": "deprecated", "setting": "topN", "message": "use top_k"},
+            {"type": "other", "message": "from a newer server"},
         ],
         "providerMetadata": {"gateway": {"cost": "0.002", "attempts": 1}},
         "cached": False,

@@ -1,8 +1,8 @@
 """The gateway adapter against the protocol: bytes and headers out, every answer in.
 
-Outgoing requests are checked against the AI SDK's own requests captured on the wire, and every
-answer — including refused, reset and cut connections — comes from a real HTTP server on a
-loopback port (tests/scripted_http.py).
+Outgoing requests are checked against the AI SDK's own requests captured on the wire (both
+protocol versions, tests/wire), and every answer — including refused, reset and cut
+connections — comes from a real HTTP server on a loopback port (tests/scripted_http.py).
 """
 
 from __future__ import annotations
@@ -11,17 +11,23 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
 
 from rerank.server import errors
-from rerank.server.domain import Ranked, RerankQuery
+from rerank.server.config import GatewayProtocol
+from rerank.server.domain import Ranked, RerankQuery, Usage, Warning
 from rerank.server.gateway import (
+    MAX_LOGGED_WARNING_TYPES,
     MAX_RESPONSE_BYTES,
+    PROTOCOL_FACTS,
+    TEAM_HEADER,
     GatewayReranker,
     encode_rerank_body,
     error_from_response,
@@ -30,15 +36,28 @@ from rerank.server.gateway import (
     parse_retry_after,
 )
 from tests.scripted_http import Fail, Handler, Reply, Request, ScriptedServer
+from tests.wire import captured_requests
 
-BASE = "http://gateway.test/v3/ai"
+SEED = RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("a", "b"))
+# Sent by the HTTP client itself, and left out of the captures (see their `about`).
+TRANSPORT_HEADERS = {"host", "content-length", "connection", "accept", "accept-encoding"}
 
 
 @contextlib.asynccontextmanager
-async def gateway(handler: Handler) -> AsyncIterator[tuple[GatewayReranker, ScriptedServer]]:
-    """The adapter pointed at a scripted server; both closed afterwards."""
+async def gateway(
+    handler: Handler,
+    *,
+    protocol: GatewayProtocol = GatewayProtocol.V4,
+    team: str | None = None,
+) -> AsyncIterator[tuple[GatewayReranker, ScriptedServer]]:
+    """The adapter pointed at a scripted server's `protocol` base URL; both closed afterwards."""
     async with ScriptedServer(handler) as server:
-        reranker = GatewayReranker(base_url=server.url + "/", api_key="test-key-123")
+        reranker = GatewayReranker(
+            base_url=protocol.base_url_at(server.origin) + "/",  # a trailing slash is dropped
+            api_key="test-key-123",
+            protocol=protocol,
+            team=team,
+        )
         try:
             yield reranker, server
         finally:
@@ -64,25 +83,66 @@ def query_from_wire(body: dict[str, Any], model: str) -> RerankQuery:
     )
 
 
-async def test_requests_match_the_ai_sdk_on_the_wire(wire_requests: list[dict[str, Any]]) -> None:
-    """Body byte for byte, and every header the SDK sends but user-agent, for each capture."""
-    async with gateway(answer({"ranking": [{"index": 0, "relevanceScore": 0.5}]})) as (
+async def answer_by_path(request: Request) -> Reply:
+    if request.path.endswith("/config"):
+        return Reply(body=b'{"models": []}')
+    return Reply(body=b'{"ranking": [{"index": 0, "relevanceScore": 0.5}]}')
+
+
+@pytest.mark.parametrize("protocol", list(GatewayProtocol), ids=lambda p: p.value)
+async def test_requests_match_the_ai_sdk_on_the_wire(protocol: GatewayProtocol) -> None:
+    """Path, body byte for byte, every header the SDK sends but user-agent with its value, and
+    no header the SDK does not send, for each capture of the protocol."""
+    captures = captured_requests(protocol.value)
+    assert captures
+    for capture in captures:
+        headers = capture["headers"]
+        async with gateway(answer_by_path, protocol=protocol, team=headers.get(TEAM_HEADER)) as (
+            reranker,
+            server,
+        ):
+            if capture["method"] == "GET":
+                await reranker.list_models(timeout=5)
+            else:
+                body = json.loads(capture["body"])
+                await reranker.rerank(query_from_wire(body, headers["ai-model-id"]), timeout=5)
+        (request,) = server.requests
+        assert (request.method, request.path) == (capture["method"], capture["path"])
+        assert request.body == capture["body"].encode()
+        for name, value in headers.items():
+            if name in ("user-agent", "x-custom"):  # free, and a caller's own header
+                continue
+            assert request.headers.get(name) == value, (capture["name"], name)
+        extra = set(request.headers) - set(headers) - TRANSPORT_HEADERS - {"user-agent"}
+        assert extra == set(), capture["name"]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "version"), [(GatewayProtocol.V3, "3"), (GatewayProtocol.V4, "4")]
+)
+async def test_each_protocol_sends_its_path_and_specification_version(
+    protocol: GatewayProtocol, version: str
+) -> None:
+    async with gateway(answer_by_path, protocol=protocol) as (reranker, server):
+        await reranker.rerank(SEED, timeout=5)
+        await reranker.list_models(timeout=5)
+    rerank_request, config_request = server.requests
+    assert rerank_request.path == f"/{protocol.value}/ai/reranking-model"
+    assert rerank_request.headers["ai-reranking-model-specification-version"] == version
+    assert config_request.path == f"/{protocol.value}/ai/config"
+    assert "ai-reranking-model-specification-version" not in config_request.headers
+    assert TEAM_HEADER not in rerank_request.headers  # no team configured, no header
+
+
+@pytest.mark.parametrize("protocol", list(GatewayProtocol), ids=lambda p: p.value)
+async def test_the_team_goes_on_every_request(protocol: GatewayProtocol) -> None:
+    async with gateway(answer_by_path, protocol=protocol, team="team_abc123") as (
         reranker,
         server,
     ):
-        for capture in wire_requests:
-            server.requests.clear()
-            headers = capture["headers"]
-            body = json.loads(capture["body"])
-            await reranker.rerank(query_from_wire(body, headers["ai-model-id"]), timeout=5)
-            (request,) = server.requests
-            assert request.method == capture["method"]
-            assert request.path == capture["path"]
-            assert request.body == capture["body"].encode()
-            for name, value in headers.items():
-                if name in ("user-agent", "x-custom"):  # free, and a caller's own header
-                    continue
-                assert request.headers[name] == value, name
+        await reranker.rerank(SEED, timeout=5)
+        await reranker.list_models(timeout=5)
+    assert [r.headers.get(TEAM_HEADER) for r in server.requests] == ["team_abc123"] * 2
 
 
 def test_body_omits_absent_keys_and_never_names_the_model() -> None:
@@ -117,7 +177,7 @@ async def test_list_models_keeps_only_reranking_models() -> None:
     assert models[0].provider == "cohere"
     assert models[0].pricing == {"input": "0.002"}
     (request,) = server.requests
-    assert (request.method, request.path) == ("GET", "/v3/ai/config")
+    assert (request.method, request.path) == ("GET", "/v4/ai/config")
     assert request.headers["authorization"] == "Bearer test-key-123"
     assert "ai-model-id" not in request.headers
 
@@ -145,6 +205,12 @@ def test_a_good_body_parses_with_warnings_and_metadata() -> None:
     assert [w.type for w in outcome.warnings] == ["unsupported", "other"]
     assert outcome.warnings[0].feature == "topN"
     assert outcome.provider_metadata == {"gateway": {"cost": "0.002"}}
+    assert outcome.usage == Usage(cost=Decimal("0.002"), upstream_calls=1)
+
+
+def test_an_answer_without_a_cost_has_an_unknown_one() -> None:
+    outcome = parse_rerank_body(b'{"ranking": [{"index": 0, "relevanceScore": 0.5}]}')
+    assert outcome.usage == Usage(cost=None, upstream_calls=1)
 
 
 @pytest.mark.parametrize(
@@ -163,8 +229,10 @@ def test_a_good_body_parses_with_warnings_and_metadata() -> None:
         b'{"ranking": [{"index": 0, "relevanceScore": "0.5"}]}',
         b'{"ranking": [{"index": 0}]}',
         b'{"ranking": [{"index": 0, "relevanceScore": NaN}]}',
-        b'{"ranking": [], "warnings": [{"type": "deprecated"}]}',
         b'{"ranking": [], "warnings": {}}',
+        b'{"ranking": [], "warnings": [1]}',
+        b'{"ranking": [], "warnings": [{"feature": "topN"}]}',
+        b'{"ranking": [], "warnings": [{"type": 3}]}',
         b'{"ranking": [], "providerMetadata": {"gateway": 1}}',
         b'{"error": {"message": "boom", "type": "internal_server_error"}}',
     ],
@@ -172,6 +240,102 @@ def test_a_good_body_parses_with_warnings_and_metadata() -> None:
 def test_a_body_outside_the_protocol_is_refused(body: bytes) -> None:
     with pytest.raises(errors.UpstreamProtocolError):
         parse_rerank_body(body)
+
+
+def test_a_deprecated_warning_is_read_over_v4() -> None:
+    outcome = parse_rerank_body(
+        orjson.dumps(
+            {
+                "ranking": [{"index": 0, "relevanceScore": 0.5}],
+                "warnings": [{"type": "deprecated", "setting": "topN", "message": "use top_k"}],
+            }
+        ),
+        GatewayProtocol.V4,
+    )
+    assert outcome.warnings == (Warning("deprecated", setting="topN", message="use top_k"),)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "warning", "named"),
+    [
+        (
+            GatewayProtocol.V4,
+            {"type": "shiny", "feature": "topN", "details": "new"},
+            "unknown warning type 'shiny' (feature: topN; details: new)",
+        ),
+        (GatewayProtocol.V4, {"type": "shiny"}, "unknown warning type 'shiny'"),
+        (
+            GatewayProtocol.V3,  # v3 does not define it
+            {"type": "deprecated", "setting": "topN", "message": "use top_k"},
+            "unknown warning type 'deprecated' (setting: topN; message: use top_k)",
+        ),
+    ],
+)
+def test_an_undefined_warning_type_is_passed_on_as_other(
+    protocol: GatewayProtocol, warning: dict[str, Any], named: str
+) -> None:
+    heard: list[str] = []
+    outcome = parse_rerank_body(
+        orjson.dumps({"ranking": [{"index": 0, "relevanceScore": 0.5}], "warnings": [warning]}),
+        protocol,
+        on_unknown_warning=heard.append,
+    )
+    assert outcome.ranking == (Ranked(0, 0.5),)
+    assert outcome.warnings == (Warning("other", message=named),)
+    assert heard == [warning["type"]]
+
+
+def test_the_facts_table_differs_only_where_the_spec_says() -> None:
+    v3, v4 = PROTOCOL_FACTS[GatewayProtocol.V3], PROTOCOL_FACTS[GatewayProtocol.V4]
+    assert (v3.specification_version, v4.specification_version) == ("3", "4")
+    assert v4.warning_types - v3.warning_types == {"deprecated"}
+    assert set(v4.error_types) - set(v3.error_types) == {"not_found"}
+    assert set(PROTOCOL_FACTS) == set(GatewayProtocol)
+
+
+async def test_an_undefined_warning_type_is_logged_once_per_type_by_each_adapter(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handler(request: Request) -> Reply:
+        kind = orjson.loads(request.body)["query"]
+        return Reply(
+            body=orjson.dumps(
+                {
+                    "ranking": [{"index": 0, "relevanceScore": 0.5}],
+                    "warnings": [{"type": kind, "message": "m"}, {"type": kind}],
+                }
+            )
+        )
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records]
+
+    caplog.set_level(logging.WARNING, logger="rerank.server.gateway")
+    for _ in range(2):  # each adapter instance keeps its own record of what it logged
+        caplog.clear()
+        async with gateway(handler) as (reranker, _server):
+            for kind in ("shiny", "shiny", "sparkly", "shiny"):
+                query = RerankQuery(model=SEED.model, query=kind, kind="text", documents=("a",))
+                outcome = await reranker.rerank(query, timeout=5)
+                assert [w.type for w in outcome.warnings] == ["other", "other"]
+        assert len(logged()) == 2
+        assert "'shiny'" in logged()[0]
+        assert "'sparkly'" in logged()[1]
+
+
+async def test_logging_of_undefined_warning_types_is_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handler(request: Request) -> Reply:
+        kinds = [f"type-{i}" for i in range(MAX_LOGGED_WARNING_TYPES + 5)]
+        warnings = [{"type": kind} for kind in kinds]
+        return Reply(body=orjson.dumps({"ranking": [], "warnings": warnings}))
+
+    caplog.set_level(logging.WARNING, logger="rerank.server.gateway")
+    async with gateway(handler) as (reranker, _server):
+        outcome = await reranker.rerank(SEED, timeout=5)
+    assert len(outcome.warnings) == MAX_LOGGED_WARNING_TYPES + 5  # every one passed on
+    assert len(caplog.records) == MAX_LOGGED_WARNING_TYPES
 
 
 def envelope(type_: str | None, message: str = "msg", generation_id: str | None = None) -> bytes:
@@ -184,6 +348,7 @@ def envelope(type_: str | None, message: str = "msg", generation_id: str | None 
     return orjson.dumps(data)
 
 
+@pytest.mark.parametrize("protocol", list(GatewayProtocol), ids=lambda p: p.value)
 @pytest.mark.parametrize(
     ("status", "type_", "expected"),
     [
@@ -202,12 +367,42 @@ def envelope(type_: str | None, message: str = "msg", generation_id: str | None 
     ],
 )
 def test_every_error_type_maps_to_its_class(
-    status: int, type_: str | None, expected: type[errors.UpstreamError]
+    status: int,
+    type_: str | None,
+    expected: type[errors.UpstreamError],
+    protocol: GatewayProtocol,
 ) -> None:
-    error = error_from_response(status, {}, envelope(type_, generation_id="gen_01ABC"))
+    error = error_from_response(status, {}, envelope(type_, generation_id="gen_01ABC"), protocol)
     assert type(error) is expected
     assert error.status == status
     assert error.generation_id == "gen_01ABC"
+
+
+@pytest.mark.parametrize(
+    ("protocol", "expected"),
+    [
+        (GatewayProtocol.V4, errors.UpstreamNotFound),
+        # v3 does not define the type: an unknown type on a 404, judged by status
+        (GatewayProtocol.V3, errors.UpstreamError),
+    ],
+)
+def test_not_found_is_its_own_error_in_v4(
+    protocol: GatewayProtocol, expected: type[errors.UpstreamError]
+) -> None:
+    error = error_from_response(404, {}, envelope("not_found", "team missing"), protocol)
+    assert type(error) is expected
+    assert error.message == "team missing"
+
+
+async def test_not_found_over_the_wire() -> None:
+    async def handler(request: Request) -> Reply:
+        return Reply(404, envelope("not_found", "no such team", "gen_9"))
+
+    async with gateway(handler, team="ghost") as (reranker, _server):
+        with pytest.raises(errors.UpstreamNotFound) as caught:
+            await reranker.rerank(SEED, timeout=5)
+    assert (caught.value.status, caught.value.reason) == (404, "UPSTREAM_NOT_FOUND")
+    assert caught.value.message == "no such team [gen_9]"
 
 
 def test_the_generation_id_is_appended_like_the_sdk_does() -> None:
@@ -264,10 +459,7 @@ async def test_rate_limit_carries_the_retry_delay() -> None:
 
     async with gateway(handler) as (reranker, _):
         with pytest.raises(errors.UpstreamRateLimited) as caught:
-            await reranker.rerank(
-                RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("a",)),
-                timeout=5,
-            )
+            await reranker.rerank(SEED, timeout=5)
     assert caught.value.retry_after == 0.25
 
 

@@ -7,12 +7,14 @@ failures in a chosen order cannot be had from a real gateway.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Iterable
+from decimal import Decimal
 
 import pytest
 
-from rerank.server.domain import ModelInfo, Ranked, RerankOutcome, RerankQuery
+from rerank.server.domain import ModelInfo, Ranked, RerankOutcome, RerankQuery, Usage
 from rerank.server.errors import (
     ModelNotFound,
     UpstreamError,
@@ -30,7 +32,14 @@ from rerank.server.resilience import (
 )
 
 QUERY = RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("a",))
-OK = RerankOutcome(ranking=(Ranked(0, 0.5),))
+# As the gateway adapter answers: one gateway call, and the cost it reported.
+OK = RerankOutcome(ranking=(Ranked(0, 0.5),), usage=Usage(Decimal("0.002"), upstream_calls=1))
+
+
+def after(attempts: int) -> RerankOutcome:
+    """OK as the caller gets it after `attempts` gateway calls: each one counted, the cost
+    that of the one answer (the failed attempts' errors carry none)."""
+    return dataclasses.replace(OK, usage=Usage(Decimal("0.002"), upstream_calls=attempts))
 
 
 class FakeTime:
@@ -96,7 +105,7 @@ def down() -> UpstreamUnavailable:
 
 async def test_retryable_failures_are_retried_until_success() -> None:
     wrapper, inner, time = resilient([down(), UpstreamRateLimited("slow"), None])
-    assert await wrapper.rerank(QUERY, timeout=30) == OK
+    assert await wrapper.rerank(QUERY, timeout=30) == after(3)
     assert len(inner.calls) == 3
     assert len(time.slept) == 2
     # Full jitter within the exponential bound.
@@ -150,7 +159,7 @@ async def test_each_attempt_gets_only_the_time_left() -> None:
 async def test_an_empty_budget_stops_retries() -> None:
     budget = RetryBudget(ratio=0.0, capacity=1)
     wrapper, inner, _ = resilient([down(), None, down(), None], budget=budget)
-    assert await wrapper.rerank(QUERY, timeout=30) == OK  # spends the only token
+    assert await wrapper.rerank(QUERY, timeout=30) == after(2)  # spends the only token
     with pytest.raises(UpstreamUnavailable):
         await wrapper.rerank(QUERY, timeout=30)
     assert len(inner.calls) == 3

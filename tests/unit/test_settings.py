@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rerank.server.__main__ import settings_from
-from rerank.server.config import Settings, Upstream
+from rerank.server.config import GatewayProtocol, Settings, Upstream
 
 
 def test_defaults_serve_the_embedded_mock() -> None:
@@ -23,10 +23,85 @@ def test_flags_win_over_the_environment() -> None:
 def test_a_key_selects_the_gateway_and_is_never_in_the_repr() -> None:
     settings = settings_from([], {"AI_GATEWAY_API_KEY": "sk-secret"})
     assert settings.upstream is Upstream.GATEWAY
-    assert settings.gateway_url == "https://ai-gateway.vercel.sh/v3/ai"
+    assert settings.gateway_url == "https://ai-gateway.vercel.sh/v4/ai"
+    assert settings.protocol is GatewayProtocol.V4
     assert "sk-secret" not in repr(settings)
     oidc = settings_from([], {"VERCEL_OIDC_TOKEN": "oidc-token"})
     assert (oidc.api_key, oidc.auth_method) == ("oidc-token", "oidc")
+
+
+KEY = {"AI_GATEWAY_API_KEY": "k"}
+
+
+@pytest.mark.parametrize(
+    ("url", "protocol"),
+    [
+        ("https://ai-gateway.vercel.sh/v3/ai", GatewayProtocol.V3),
+        ("http://127.0.0.1:8080/v3/ai/", GatewayProtocol.V3),
+        ("https://ai-gateway.vercel.sh/v4/ai", GatewayProtocol.V4),
+        ("https://proxy.internal/gateway", GatewayProtocol.V4),
+        ("https://proxy.internal/v3/ai-proxy", GatewayProtocol.V4),
+        ("https://v3/ai.example", GatewayProtocol.V4),  # the host is not the path
+    ],
+)
+def test_the_base_urls_path_chooses_the_protocol(url: str, protocol: GatewayProtocol) -> None:
+    settings = settings_from(["--gateway-url", url], KEY)
+    assert settings.protocol is protocol
+    assert settings.gateway_url == url.rstrip("/")
+
+
+def test_settings_built_in_code_speak_what_their_url_names() -> None:
+    assert Settings().protocol is GatewayProtocol.V4
+    assert Settings(gateway_url="http://127.0.0.1:1/v3/ai").protocol is GatewayProtocol.V3
+    told = Settings(gateway_url="http://127.0.0.1:1/v3/ai", gateway_protocol=GatewayProtocol.V4)
+    assert told.protocol is GatewayProtocol.V4
+
+
+def test_the_embedded_mock_speaks_v4_unless_told() -> None:
+    assert settings_from([], {}).protocol is GatewayProtocol.V4
+    told = settings_from([], {"RERANK_GATEWAY_PROTOCOL": "v3"})
+    assert (told.upstream, told.protocol) == (Upstream.EMBEDDED_MOCK, GatewayProtocol.V3)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "protocol"),
+    [
+        (["--gateway-protocol", "v3"], {"RERANK_GATEWAY_URL": "https://proxy/x"}, "v3"),
+        ([], {"RERANK_GATEWAY_URL": "https://proxy/x", "RERANK_GATEWAY_PROTOCOL": "v3"}, "v3"),
+        ([], {"RERANK_GATEWAY_URL": "https://p/v3/ai", "RERANK_GATEWAY_PROTOCOL": "V4"}, "v4"),
+        (["--gateway-protocol", "v4"], {"RERANK_GATEWAY_PROTOCOL": "v3"}, "v4"),
+    ],
+)
+def test_the_protocol_setting_overrides_the_url(
+    argv: list[str], environ: dict[str, str], protocol: str
+) -> None:
+    assert settings_from(argv, {**KEY, **environ}).protocol is GatewayProtocol(protocol)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [(["--gateway-protocol", "v5"], {}), ([], {"RERANK_GATEWAY_PROTOCOL": "3"})],
+)
+def test_a_bad_protocol_is_one_line_naming_it(
+    argv: list[str], environ: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        settings_from(argv, environ)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    (error_line,) = [line for line in err.splitlines() if "error:" in line]
+    assert "RERANK_GATEWAY_PROTOCOL" in error_line
+    assert "--gateway-protocol" in error_line
+    assert "v3 or v4" in error_line
+    assert "Traceback" not in err
+
+
+def test_the_team_setting() -> None:
+    assert settings_from([], KEY).gateway_team is None
+    assert settings_from([], {**KEY, "RERANK_GATEWAY_TEAM": "  "}).gateway_team is None
+    team = settings_from([], {**KEY, "RERANK_GATEWAY_TEAM": "team_abc123"})
+    assert team.gateway_team == "team_abc123"
+    assert "team_abc123" in repr(team)  # not a secret: it names a team, it opens nothing
 
 
 def test_window_sizes_and_tokens() -> None:

@@ -80,3 +80,13 @@ def test_unavailable_without_a_delay_still_suggests_one() -> None:
     _, status = rich_status(errors.UpstreamUnavailable("down", status=503))
     (retry,) = unpack(list(status.details), error_details_pb2.RetryInfo)
     assert retry.retry_delay.ToNanoseconds() > 0  # type: ignore[attr-defined]
+
+
+def test_both_not_founds_are_not_found_with_their_own_reasons() -> None:
+    infos = []
+    for error in (errors.ModelNotFound("m", status=404), errors.UpstreamNotFound("t", status=404)):
+        code, status = rich_status(error)
+        assert code is grpc.StatusCode.NOT_FOUND
+        (info,) = unpack(list(status.details), error_details_pb2.ErrorInfo)
+        infos.append(info.reason)  # type: ignore[attr-defined]
+    assert infos == ["MODEL_NOT_FOUND", "UPSTREAM_NOT_FOUND"]

@@ -10,19 +10,24 @@ import asyncio
 import dataclasses
 import tracemalloc
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 import pytest
 
 from rerank.server.cache import CachingReranker, cache_key
 from rerank.server.domain import (
+    FREE,
     ModelInfo,
     Ranked,
     RerankOutcome,
     RerankQuery,
+    Usage,
     Warning,
     final_ranking,
 )
-from rerank.server.errors import UpstreamProtocolError, UpstreamUnavailable
+from rerank.server.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from rerank.server.windows import WindowedReranker, WindowPolicy
 
 
@@ -62,6 +67,7 @@ class Backend:
             ranking=tuple(ranking[: query.top_n] if query.top_n else ranking),
             warnings=(Warning(type="other", message="same in every window"),),
             provider_metadata={"gateway": {"cost": "0.001"}},
+            usage=Usage(Decimal("0.001"), upstream_calls=1),
         )
 
     async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
@@ -91,7 +97,22 @@ async def test_windows_rank_like_one_call(n: int, top_n: int | None) -> None:
     assert backend.calls == [min(10, n - start) for start in range(0, n, 10)]
     assert backend.most_in_flight <= 2
     assert len(outcome.warnings) == 1  # merged, not repeated per window
-    assert outcome.provider_metadata == {"gateway": {"cost": "0.001"}}
+    # Every window's cost and call, not the first window's alone.
+    windows = len(backend.calls)
+    assert outcome.usage == Usage(Decimal("0.001") * windows, upstream_calls=windows)
+
+
+async def test_one_window_of_unknown_cost_makes_the_total_unknown() -> None:
+    class SecondWindowSaysNothing(Backend):
+        async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
+            outcome = await super().rerank(query, timeout=timeout)
+            if query.documents[0] == "document number 10":
+                return dataclasses.replace(outcome, usage=Usage(None, upstream_calls=1))
+            return outcome
+
+    windowed = WindowedReranker(SecondWindowSaysNothing(), WindowPolicy(sizes={"cohere": 10}))
+    outcome = await windowed.rerank(query(30), timeout=10)
+    assert outcome.usage == Usage(cost=None, upstream_calls=3)
 
 
 def test_window_sizes_by_model_then_provider_then_default() -> None:
@@ -154,7 +175,7 @@ class FakeClock:
 
 def caching(backend: Backend, **kwargs: object) -> tuple[CachingReranker, FakeClock]:
     clock = FakeClock()
-    options: dict[str, object] = {"ttl": 60.0, "max_bytes": 1_000_000}
+    options: dict[str, object] = {"ttl": 60.0, "max_bytes": 1_000_000, "upstream_timeout": 30.0}
     options.update(kwargs)
     return CachingReranker(backend, clock=clock, **options), clock  # type: ignore[arg-type]
 
@@ -168,6 +189,31 @@ async def test_a_repeated_request_is_answered_from_the_cache() -> None:
     assert second.cached
     assert second.ranking == first.ranking
     assert backend.calls == [5]
+    # The first call paid; the hit costs nothing, and says so (not the original's cost again).
+    assert first.usage == Usage(Decimal("0.001"), upstream_calls=1)
+    assert second.usage == FREE
+
+
+async def test_a_refused_answer_is_never_stored() -> None:
+    """The cache keeps only what a caller would get as OK: an answer the ranking check
+    refuses is an error, so the next identical call goes upstream again."""
+    backend = Backend()
+    cache, _ = caching(backend)
+    backend.bad_index = True
+    with pytest.raises(UpstreamProtocolError):
+        await cache.rerank(query(5), timeout=10)
+    backend.bad_index = False
+    assert not (await cache.rerank(query(5), timeout=10)).cached
+    assert backend.calls == [5, 5]
+
+
+async def test_what_is_stored_is_sorted_and_cut() -> None:
+    backend = Backend()
+    cache, _ = caching(backend)
+    first = await cache.rerank(query(5, top_n=2), timeout=10)
+    hit = await cache.rerank(query(5, top_n=2), timeout=10)
+    assert hit.ranking == first.ranking
+    assert list(first.ranking) == final_ranking(first.ranking, 5, 2)
 
 
 def test_the_key_covers_everything_that_decides_a_ranking() -> None:
@@ -222,35 +268,151 @@ async def test_errors_are_not_cached_and_bypass_is_honoured() -> None:
     assert not (await off.rerank(query(5), timeout=10)).cached
 
 
+# --- calls in flight, shared: a backend whose every call waits until the test answers it ------
+
+
+@dataclass
+class HeldCall:
+    """One upstream call of `HeldBackend`, as the test sees it."""
+
+    timeout: float
+    answer: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set by the test to let a cancelled call finish unwinding (when the backend holds it).
+    unwound: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class HeldBackend:
+    """Each call is announced on `arrived`, then waits until the test sets its `answer`; a
+    cancelled call sets `cancelled`, and with `slow_to_cancel` waits for `unwound` before it
+    ends, as an HTTP request being torn down does."""
+
+    def __init__(self, *, slow_to_cancel: bool = False) -> None:
+        self.arrived: asyncio.Queue[HeldCall] = asyncio.Queue()
+        self.slow_to_cancel = slow_to_cancel
+
+    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
+        call = HeldCall(timeout)
+        self.arrived.put_nowait(call)
+        try:
+            await call.answer.wait()
+        except asyncio.CancelledError:
+            call.cancelled.set()
+            if self.slow_to_cancel:
+                await call.unwound.wait()
+            raise
+        return RerankOutcome(
+            ranking=(Ranked(0, 0.5),), usage=Usage(Decimal("0.001"), upstream_calls=1)
+        )
+
+    async def next_call(self) -> HeldCall:
+        return await asyncio.wait_for(self.arrived.get(), 5)
+
+    async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
+        return ()
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the event loop run until `condition` holds (bounded)."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never happened")
+
+
 async def test_identical_concurrent_calls_share_one_upstream_call() -> None:
-    backend = Backend(delay=0.2)
-    cache, _ = caching(backend)
-    outcomes = await asyncio.gather(*(cache.rerank(query(5), timeout=10) for _ in range(10)))
-    assert backend.calls == [5]
-    assert sum(not o.cached for o in outcomes) == 1
+    backend = HeldBackend()
+    cache, _ = caching(backend)  # type: ignore[arg-type]
+    callers = [asyncio.ensure_future(cache.rerank(query(5), timeout=10)) for _ in range(10)]
+    call = await backend.next_call()
+    await until(lambda: cache.hits == 9)
+    call.answer.set()
+    outcomes = await asyncio.gather(*callers)
+    assert backend.arrived.empty()  # the only upstream call
+    # Charged once: one caller carries the call's usage, the nine others ride free.
+    assert [o.usage for o in outcomes if not o.cached] == [Usage(Decimal("0.001"), 1)]
+    assert [o.usage for o in outcomes if o.cached] == [FREE] * 9
+
+
+async def test_a_shared_call_outlives_its_first_callers_deadline() -> None:
+    backend = HeldBackend()
+    cache, _ = caching(backend, upstream_timeout=30.0)  # type: ignore[arg-type]
+    short = asyncio.ensure_future(cache.rerank(query(5), timeout=0.5))
+    call = await backend.next_call()
+    long = asyncio.ensure_future(cache.rerank(query(5), timeout=20))
+    await until(lambda: cache.hits == 1)
+    assert not short.done()  # the long caller joined while the short one still waited
+    # The shared call was not given the first caller's deadline but the upstream timeout...
+    assert call.timeout == 30.0
+    with pytest.raises(UpstreamTimeout):
+        await asyncio.wait_for(short, 5)
+    # ...so the first caller's deadline ends the first caller only.
+    assert not call.cancelled.is_set()
+    call.answer.set()
+    answer = await asyncio.wait_for(long, 5)
+    assert answer.ranking
+    # The caller handed the answer is charged for it (the first one left with nothing).
+    assert (answer.cached, answer.usage) == (False, Usage(Decimal("0.001"), 1))
+
+
+async def test_a_caller_alone_ends_at_its_deadline_and_cancels_the_call() -> None:
+    backend = HeldBackend()
+    cache, _ = caching(backend)  # type: ignore[arg-type]
+    caller = asyncio.ensure_future(cache.rerank(query(5), timeout=0.05))
+    call = await backend.next_call()
+    with pytest.raises(UpstreamTimeout):
+        await asyncio.wait_for(caller, 5)
+    await asyncio.wait_for(call.cancelled.wait(), 5)
 
 
 async def test_one_caller_leaving_does_not_fail_the_others() -> None:
-    backend = Backend(delay=0.3)
-    cache, _ = caching(backend)
+    backend = HeldBackend()
+    cache, _ = caching(backend)  # type: ignore[arg-type]
     leaving = asyncio.ensure_future(cache.rerank(query(5), timeout=10))
+    call = await backend.next_call()
     staying = asyncio.ensure_future(cache.rerank(query(5), timeout=10))
-    await asyncio.sleep(0.05)
+    await until(lambda: cache.hits == 1)
     leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    call.answer.set()
     assert (await staying).ranking
-    assert backend.cancelled == 0
+    assert not call.cancelled.is_set()
 
 
 async def test_when_every_caller_leaves_the_upstream_call_is_cancelled() -> None:
-    backend = Backend(delay=5)
-    cache, _ = caching(backend)
+    backend = HeldBackend()
+    cache, _ = caching(backend)  # type: ignore[arg-type]
     callers = [asyncio.ensure_future(cache.rerank(query(5), timeout=10)) for _ in range(3)]
-    await asyncio.sleep(0.05)
+    call = await backend.next_call()
+    await until(lambda: cache.hits == 2)
     for caller in callers:
         caller.cancel()
     await asyncio.gather(*callers, return_exceptions=True)
-    await asyncio.sleep(0)
-    assert backend.cancelled == 1
+    await asyncio.wait_for(call.cancelled.wait(), 5)
+
+
+async def test_a_call_arriving_while_the_shared_call_is_cancelled_starts_a_new_one() -> None:
+    """The last caller left, and the upstream call is still unwinding: an identical call now
+    must not join it (it would end CANCELLED through no fault of its own)."""
+    backend = HeldBackend(slow_to_cancel=True)
+    cache, _ = caching(backend)  # type: ignore[arg-type]
+    gone = asyncio.ensure_future(cache.rerank(query(5), timeout=10))
+    dying = await backend.next_call()
+    gone.cancel()
+    await asyncio.wait_for(dying.cancelled.wait(), 5)
+    newcomer = asyncio.ensure_future(cache.rerank(query(5), timeout=10))
+    fresh = await backend.next_call()
+    fresh.answer.set()
+    answer = await asyncio.wait_for(newcomer, 5)
+    assert (answer.cached, answer.usage) == (False, Usage(Decimal("0.001"), 1))
+    dying.unwound.set()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
 
 
 async def test_the_byte_bound_is_honest_about_memory() -> None:

@@ -56,7 +56,20 @@ const WARNING_TYPES: Record<Warning_Type, string> = {
   [Warning_Type.UNSUPPORTED]: "unsupported",
   [Warning_Type.COMPATIBILITY]: "compatibility",
   [Warning_Type.OTHER]: "other",
+  [Warning_Type.DEPRECATED]: "deprecated",
 };
+
+/** One warning as the AI SDK shows it (and the Python client prints it). */
+function warningJson(warning: RerankResponse["warnings"][number]) {
+  const type = WARNING_TYPES[warning.type] ?? "other";
+  if (type === "other") return { type, message: warning.message };
+  if (type === "deprecated") return { type, setting: warning.setting, message: warning.message };
+  return {
+    type,
+    feature: warning.feature,
+    ...(warning.details ? { details: warning.details } : {}),
+  };
+}
 
 /** The AI SDK's `rerank()` result shape, as the Python client prints it. */
 function resultJson(response: RerankResponse) {
@@ -70,15 +83,7 @@ function resultJson(response: RerankResponse) {
     rerankedDocuments: ranking.map((entry) => entry.document),
     model: response.model,
     id: response.id,
-    warnings: response.warnings.map((warning) =>
-      WARNING_TYPES[warning.type] === "other"
-        ? { type: "other", message: warning.message }
-        : {
-            type: WARNING_TYPES[warning.type],
-            feature: warning.feature,
-            ...(warning.details ? { details: warning.details } : {}),
-          },
-    ),
+    warnings: response.warnings.map(warningJson),
     providerMetadata: response.providerMetadata ?? null,
   };
 }

@@ -57,9 +57,9 @@ class RerankRequest(_message.Message):
     """
     @_builtins.property
     def documents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Document]:
-        """Required. The candidates to rank, at least one. All documents of one request are of one
-        kind: all `text` or all `object`. At most the server's document limit (default 10,000
-        documents, 64 KiB each, 64 MiB in all).
+        """The candidates to rank. Empty is answered with an empty `ranking` without asking the
+        gateway. All documents of one request are of one kind: all `text` or all `object`. At
+        most the server's document limit (default 10,000 documents, 64 KiB each, 64 MiB in all).
         """
 
     @_builtins.property
@@ -231,7 +231,11 @@ class Warning(_message.Message):
         TYPE_COMPATIBILITY: Warning._Type.ValueType  # 2
         """A feature (see `feature`) run in a compatibility mode."""
         TYPE_OTHER: Warning._Type.ValueType  # 3
-        """Anything else; see `message`."""
+        """Anything else; see `message`. A warning of a type the gateway's protocol does not
+        define arrives as OTHER too, its type named in `message`.
+        """
+        TYPE_DEPRECATED: Warning._Type.ValueType  # 4
+        """A setting (see `setting`) that is deprecated; see `message` (gateway protocol v4)."""
 
     class Type(_Type, metaclass=_TypeEnumTypeWrapper):
         """Type is what kind of remark this is."""
@@ -243,12 +247,17 @@ class Warning(_message.Message):
     TYPE_COMPATIBILITY: Warning.Type.ValueType  # 2
     """A feature (see `feature`) run in a compatibility mode."""
     TYPE_OTHER: Warning.Type.ValueType  # 3
-    """Anything else; see `message`."""
+    """Anything else; see `message`. A warning of a type the gateway's protocol does not
+    define arrives as OTHER too, its type named in `message`.
+    """
+    TYPE_DEPRECATED: Warning.Type.ValueType  # 4
+    """A setting (see `setting`) that is deprecated; see `message` (gateway protocol v4)."""
 
     TYPE_FIELD_NUMBER: _builtins.int
     FEATURE_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    SETTING_FIELD_NUMBER: _builtins.int
     type: Global___Warning.Type.ValueType
     """The kind of warning."""
     feature: _builtins.str
@@ -256,7 +265,9 @@ class Warning(_message.Message):
     details: _builtins.str
     """For UNSUPPORTED and COMPATIBILITY: more detail, when the gateway gave any."""
     message: _builtins.str
-    """For OTHER: the gateway's message."""
+    """For OTHER and DEPRECATED: the gateway's message."""
+    setting: _builtins.str
+    """For DEPRECATED: the setting concerned, e.g. `topN`."""
     def __init__(
         self,
         *,
@@ -264,10 +275,11 @@ class Warning(_message.Message):
         feature: _builtins.str = ...,
         details: _builtins.str = ...,
         message: _builtins.str = ...,
+        setting: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "feature", b"feature", "message", b"message", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "feature", b"feature", "message", b"message", "setting", b"setting", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

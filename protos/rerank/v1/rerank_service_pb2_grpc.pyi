@@ -42,8 +42,12 @@ class RerankServiceStub:
     """Rerank scores every document against the query and returns them best first, cut to
     `top_n`.
 
+    An empty `documents` is answered at once with an empty `ranking`, as the AI SDK's
+    `rerank()` does: no gateway call, no cost (the other fields are still validated).
+
     Errors: INVALID_ARGUMENT for a malformed request (the message names the field, e.g.
-    `documents[17]`), NOT_FOUND for a model the gateway does not know, RESOURCE_EXHAUSTED when
+    `documents[17]`), NOT_FOUND for a model the gateway does not know (ErrorInfo reason
+    MODEL_NOT_FOUND) or another resource it lacks (UPSTREAM_NOT_FOUND), RESOURCE_EXHAUSTED when
     the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
     it does not answer within the call's deadline, INTERNAL when it answers outside its
     protocol or rejects this server's credentials.
@@ -62,8 +66,12 @@ class RerankServiceAsyncStub(RerankServiceStub):
     """Rerank scores every document against the query and returns them best first, cut to
     `top_n`.
 
+    An empty `documents` is answered at once with an empty `ranking`, as the AI SDK's
+    `rerank()` does: no gateway call, no cost (the other fields are still validated).
+
     Errors: INVALID_ARGUMENT for a malformed request (the message names the field, e.g.
-    `documents[17]`), NOT_FOUND for a model the gateway does not know, RESOURCE_EXHAUSTED when
+    `documents[17]`), NOT_FOUND for a model the gateway does not know (ErrorInfo reason
+    MODEL_NOT_FOUND) or another resource it lacks (UPSTREAM_NOT_FOUND), RESOURCE_EXHAUSTED when
     the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
     it does not answer within the call's deadline, INTERNAL when it answers outside its
     protocol or rejects this server's credentials.
@@ -85,8 +93,12 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
         """Rerank scores every document against the query and returns them best first, cut to
         `top_n`.
 
+        An empty `documents` is answered at once with an empty `ranking`, as the AI SDK's
+        `rerank()` does: no gateway call, no cost (the other fields are still validated).
+
         Errors: INVALID_ARGUMENT for a malformed request (the message names the field, e.g.
-        `documents[17]`), NOT_FOUND for a model the gateway does not know, RESOURCE_EXHAUSTED when
+        `documents[17]`), NOT_FOUND for a model the gateway does not know (ErrorInfo reason
+        MODEL_NOT_FOUND) or another resource it lacks (UPSTREAM_NOT_FOUND), RESOURCE_EXHAUSTED when
         the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
         it does not answer within the call's deadline, INTERNAL when it answers outside its
         protocol or rejects this server's credentials.
