@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import re
 import time
 import uuid
@@ -129,7 +130,7 @@ class TelemetryInterceptor(ServerInterceptor):
                         carrier = {}
                     carrier[key] = value
             if request_id is None or not _REQUEST_ID.fullmatch(request_id):
-                request_id = uuid.uuid4().hex
+                request_id = os.urandom(16).hex()  # as random as uuid4().hex, a third the cost
             call = CallRecord(request_id)
             context.set_trailing_metadata((("x-request-id", request_id),))
             span: Span = trace.INVALID_SPAN
