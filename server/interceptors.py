@@ -50,7 +50,8 @@ Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 #: A caller's `x-request-id` is kept when it is 1-128 visible ASCII characters; anything else
 #: (too long to be an id) is replaced by a new one.
 _REQUEST_ID = re.compile(r"[!-~]{1,128}")
-# gRPC's own guide: the server-side statuses that mean the server failed, not the caller.
+# OpenTelemetry's gRPC conventions: the statuses that mark a server span as failed (the others
+# are the caller's doing).
 _SERVER_ERRORS = frozenset(
     {
         grpc.StatusCode.UNKNOWN,
