@@ -39,8 +39,11 @@ USE_DEFAULT: Final = UseDefault()
 def default_service_config() -> dict[str, Any]:
     """The service config shipped with the proto (`rerank/v1/service_config.json`).
 
-    It retries only UNAVAILABLE (up to 3 attempts with backoff) and balances round-robin.
-    Read on each call, so no module-level state holds it.
+    It retries only UNAVAILABLE (up to 3 attempts with backoff) and balances round-robin. Its
+    retries cover the hop to the server only: the server's answers about the gateway carry
+    `grpc-retry-pushback-ms: -1` (it has retried the gateway itself), which gRPC obeys by not
+    retrying, so client and server attempts never multiply. Read on each call, so no
+    module-level state holds it.
     """
     text = files("rerank.v1").joinpath("service_config.json").read_text(encoding="utf-8")
     config: dict[str, Any] = json.loads(text)

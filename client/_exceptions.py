@@ -1,18 +1,23 @@
 """The errors the client raises, and the one place gRPC errors become them.
 
-Every failed call raises a subclass of `RerankClientError`, chosen by the gRPC status code::
+Every failed call raises a subclass of `RerankClientError`, chosen by the gRPC status code and,
+where one code means several things, by the server's ErrorInfo reason::
 
-    RerankClientError          any failed RPC: code, details, and the rich details below
-    ├── InvalidRequestError    INVALID_ARGUMENT    malformed request (see field_violations)
-    ├── NotFoundError          NOT_FOUND           a model the gateway does not know (reason
-    │                                              MODEL_NOT_FOUND) or another resource it
-    │                                              lacks (UPSTREAM_NOT_FOUND)
-    ├── RateLimitedError       RESOURCE_EXHAUSTED  rate-limited or overloaded (see retry_delay)
-    ├── UnavailableError       UNAVAILABLE         the server or its gateway is unreachable
-    ├── DeadlineExceededError  DEADLINE_EXCEEDED   no answer within the call's deadline
-    ├── PermissionDeniedError  PERMISSION_DENIED
-    ├── UnauthenticatedError   UNAUTHENTICATED
-    └── ServerError            INTERNAL, UNKNOWN and every other code
+    RerankClientError              any failed RPC: code, details, and the rich details below
+    ├── InvalidRequestError        INVALID_ARGUMENT    malformed request (see field_violations)
+    ├── NotFoundError              NOT_FOUND           a model the gateway does not know (reason
+    │                                                  MODEL_NOT_FOUND) or another resource it
+    │                                                  lacks (UPSTREAM_NOT_FOUND)
+    ├── RateLimitedError           RESOURCE_EXHAUSTED  wait `retry_delay`, then try again
+    │   ├── OverloadedError          reason OVERLOADED: this server is at its limits
+    │   └── UpstreamRateLimitedError reason UPSTREAM_RATE_LIMITED: the gateway limits us
+    ├── MessageTooLargeError       RESOURCE_EXHAUSTED  by gRPC itself: a message over the size
+    │                                                  limit; retrying cannot help, split it
+    ├── UnavailableError           UNAVAILABLE         the server or its gateway is unreachable
+    ├── DeadlineExceededError      DEADLINE_EXCEEDED   no answer within the call's deadline
+    ├── PermissionDeniedError      PERMISSION_DENIED
+    ├── UnauthenticatedError       UNAUTHENTICATED
+    └── ServerError                INTERNAL, UNKNOWN and every other code
 
 `from_rpc_error` is the only function that looks inside a `grpc.RpcError` (sync or aio); the
 clients call it at their single boundary with the channel, so no gRPC exception escapes them.
@@ -20,6 +25,7 @@ clients call it at their single boundary with the channel, so no gRPC exception 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,13 +40,16 @@ __all__ = [
     "DeadlineExceededError",
     "ErrorInfo",
     "InvalidRequestError",
+    "MessageTooLargeError",
     "NotFoundError",
+    "OverloadedError",
     "PermissionDeniedError",
     "RateLimitedError",
     "RerankClientError",
     "ServerError",
     "UnauthenticatedError",
     "UnavailableError",
+    "UpstreamRateLimitedError",
     "from_rpc_error",
     "map_rpc_errors",
 ]
@@ -98,7 +107,42 @@ class NotFoundError(RerankClientError):
 
 
 class RateLimitedError(RerankClientError):
-    """RESOURCE_EXHAUSTED: rate-limited upstream or the server is overloaded."""
+    """RESOURCE_EXHAUSTED: come back later (after `retry_delay`, when the server sent one).
+
+    The base of `OverloadedError` and `UpstreamRateLimitedError`; raised as itself for a
+    RESOURCE_EXHAUSTED that says neither (e.g. from a proxy in between).
+    """
+
+
+class OverloadedError(RateLimitedError):
+    """This server refused the call at once: it is at its limit of calls or bytes in flight.
+
+    Nothing was sent to the gateway. Another replica may have room now; this one will after
+    `retry_delay`.
+    """
+
+
+class UpstreamRateLimitedError(RateLimitedError):
+    """The gateway rate-limited this server's calls (its 429), after the server's own retries.
+
+    Every replica shares that limit: wait at least `retry_delay` (the gateway's own
+    `retry-after` when it gave one) and send less.
+    """
+
+
+class MessageTooLargeError(RerankClientError):
+    """RESOURCE_EXHAUSTED from gRPC itself: a message is over a side's size limit.
+
+    gRPC refuses it before any handler runs, so there are no rich details; the client knows
+    it from gRPC's status message. `size` and `limit` are in bytes (None when the message did
+    not say). The same request will fail the same way: send fewer or smaller documents.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str, **kwargs: Any) -> None:
+        super().__init__(code, details, **kwargs)
+        sizes = _TOO_LARGE.search(details)
+        self.size = int(sizes.group(1)) if sizes else None
+        self.limit = int(sizes.group(2)) if sizes else None
 
 
 class UnavailableError(RerankClientError):
@@ -132,6 +176,33 @@ _ERROR_FOR_CODE: dict[grpc.StatusCode, type[RerankClientError]] = {
 }
 
 
+#: ErrorInfo reasons (domain `rerank.v1`) that refine a status code's class.
+_ERROR_FOR_REASON: dict[str, type[RerankClientError]] = {
+    "OVERLOADED": OverloadedError,
+    "UPSTREAM_RATE_LIMITED": UpstreamRateLimitedError,
+}
+_ERROR_DOMAIN = "rerank.v1"
+
+# How gRPC (C core, any side) words its refusal of an oversized message, e.g.
+# "SERVER: Received message larger than max (1800243 vs. 1048576)" or
+# "CLIENT: Sent message larger than max (1800243 vs. 100000)".
+_TOO_LARGE = re.compile(r"message larger than max \((\d+) vs\. (\d+)\)")
+
+
+def _error_class(
+    code: grpc.StatusCode, details: str, error_info: ErrorInfo | None
+) -> type[RerankClientError]:
+    by_code = _ERROR_FOR_CODE.get(code, ServerError)
+    if error_info is not None and error_info.domain == _ERROR_DOMAIN:
+        by_reason = _ERROR_FOR_REASON.get(error_info.reason)
+        # A reason only narrows its own code's class: a mismatch trusts the status line.
+        if by_reason is not None and issubclass(by_reason, by_code):
+            return by_reason
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE.search(details):
+        return MessageTooLargeError
+    return by_code
+
+
 def _rich_status(error: grpc.RpcError) -> status_pb2.Status | None:
     # Sync errors are grpc.Call objects; aio's AioRpcError is not, but has the same
     # `code()`/`details()`/`trailing_metadata()` methods, which is all `from_call` uses.
@@ -149,8 +220,9 @@ def _rich_status(error: grpc.RpcError) -> status_pb2.Status | None:
 def from_rpc_error(error: grpc.RpcError) -> RerankClientError:
     """Translate a `grpc.RpcError` (sync or `grpc.aio.AioRpcError`) into the client's tree.
 
-    The status code picks the class; `google.rpc` details from the `grpc-status-details-bin`
-    trailer (ErrorInfo, RetryInfo, BadRequest) fill its attributes.
+    The status code picks the class, narrowed by the ErrorInfo reason or, for a message over
+    the size limit, by gRPC's own status message; `google.rpc` details from the
+    `grpc-status-details-bin` trailer (ErrorInfo, RetryInfo, BadRequest) fill its attributes.
     """
     code: Any = error.code() if callable(getattr(error, "code", None)) else None
     if not isinstance(code, grpc.StatusCode):
@@ -177,7 +249,7 @@ def from_rpc_error(error: grpc.RpcError) -> RerankClientError:
                 detail.Unpack(bad_request)
                 violations.extend((v.field, v.description) for v in bad_request.field_violations)
 
-    error_class = _ERROR_FOR_CODE.get(code, ServerError)
+    error_class = _error_class(code, details, error_info)
     return error_class(
         code,
         details,

@@ -3,6 +3,7 @@
 ```
 RerankError                      something a caller should hear about
 ├── InvalidRequest               our own validation failed; names the field
+├── MalformedRequest             the bytes are not the method's request message
 ├── Overloaded                   the server refused work it has no room for
 └── UpstreamError                the gateway, or the way to it, failed
     ├── UpstreamTimeout          no answer within the call's deadline
@@ -54,6 +55,14 @@ class InvalidRequest(RerankError):
     def __init__(self, violations: list[FieldViolation]) -> None:
         super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
         self.violations = tuple(violations)
+
+
+class MalformedRequest(RerankError):
+    """The bytes received do not decode as the method's request message: not protobuf, cut
+    short, or a string field that is not UTF-8. gRPC hands them to no handler, so no field
+    can be named; the message says what protobuf found wrong."""
+
+    reason = "MALFORMED_REQUEST"
 
 
 class Overloaded(RerankError):

@@ -30,6 +30,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from rerank.server.config import GatewayProtocol
+from rerank.server.credentials import Credential, StaticCredential
 from rerank.server.domain import (
     JsonObject,
     ModelInfo,
@@ -113,7 +114,8 @@ PROTOCOL_FACTS: Mapping[GatewayProtocol, ProtocolFacts] = MappingProxyType(
 # Never shown to callers: the gateway's own text might be about our key, and the caller
 # cannot fix it anyway (the AI SDK replaces it with a fixed text for the same reason).
 _AUTHENTICATION_MESSAGE = (
-    "the gateway rejected this server's credentials; an operator must check its AI_GATEWAY_API_KEY"
+    "the gateway rejected this server's credentials; an operator must check its "
+    "AI_GATEWAY_API_KEY or OIDC token"
 )
 
 
@@ -123,6 +125,8 @@ class GatewayReranker:
     The HTTP client is aiohttp: on `make bench` it cost half the server CPU per proxied call
     of a tuned httpx (README, "Performance"). This class is the only code that knows it.
 
+    The bearer token comes from `credential`, asked on every request (a token file's token
+    changes while the server runs); `api_key` (with `auth_method`) is the fixed one, for short.
     `protocol` is the version spoken (`PROTOCOL_FACTS`); `team`, when given, goes out as
     `x-vercel-ai-gateway-team` on every request, as the SDK's `teamIdOrSlug` does.
     """
@@ -131,13 +135,19 @@ class GatewayReranker:
         self,
         *,
         base_url: str,
-        api_key: str,
+        api_key: str | None = None,
         auth_method: str = "api-key",
         max_connections: int = 100,
         tracer: Tracer | None = None,
+        credential: Credential | None = None,
         protocol: GatewayProtocol = GatewayProtocol.V4,
         team: str | None = None,
     ) -> None:
+        if credential is None:
+            if api_key is None:
+                raise ValueError("GatewayReranker needs an api_key or a credential")
+            credential = StaticCredential(api_key, auth_method)
+        self._credential = credential
         self._base_url = base_url.rstrip("/")
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -152,9 +162,8 @@ class GatewayReranker:
         }
         self._protocol = protocol
         self._auth_headers = {
-            "authorization": f"Bearer {api_key}",
             "ai-gateway-protocol-version": PROTOCOL_VERSION,
-            "ai-gateway-auth-method": auth_method,
+            "ai-gateway-auth-method": credential.auth_method,
             "user-agent": USER_AGENT,
         }
         if team:
@@ -229,6 +238,10 @@ class GatewayReranker:
         """
         if timeout <= 0:
             raise UpstreamTimeout("the call's deadline passed before the gateway was asked")
+        # aiohttp writes a bytes body in one go; a large one as BytesIO is written in chunks
+        # with the event loop served in between (and still with a content-length, like the SDK).
+        data = io.BytesIO(content) if content and len(content) > _LARGE_BODY else content
+        headers = {"authorization": f"Bearer {self._credential.bearer_token()}", **headers}
         span = child_span(self._tracer, method, SpanKind.CLIENT)
         recording = span.is_recording()
         if recording:
@@ -236,11 +249,7 @@ class GatewayReranker:
             span.set_attribute("http.request.method", method)
             if resend := otel_context.get_value(RESEND_COUNT_KEY):
                 span.set_attribute("http.request.resend_count", resend)  # type: ignore[arg-type]
-        headers = dict(headers)
         inject_trace_context(headers, span.get_span_context())
-        # aiohttp writes a bytes body in one go; a large one as BytesIO is written in chunks
-        # with the event loop served in between (and still with a content-length, like the SDK).
-        data = io.BytesIO(content) if content and len(content) > _LARGE_BODY else content
         try:
             async with (
                 asyncio.timeout(timeout),

@@ -1,33 +1,40 @@
-"""The server's interceptors: telemetry outermost, then authentication, then errors into statuses.
+"""The server's interceptors: metrics outermost, then telemetry, then authentication, then
+errors into statuses.
 
-`TelemetryInterceptor` gives every unary call its request id, its server span and its
-access-log line, refused calls included; `AuthInterceptor` refuses calls without a known bearer
-token before any handler runs; `ErrorInterceptor` turns every `RerankError` into its status
-through the one table in `rerank.server.status`, and any other exception into INTERNAL with an
-incident id.
+`MetricsInterceptor` counts and times every call, refused ones included, under gRPC's own
+metric names (gRFC A66); `TelemetryInterceptor` gives every unary call its request id, its
+server span and its access-log line, refused calls included; `AuthInterceptor` refuses calls
+without a known bearer token before any handler runs; `ErrorInterceptor` turns every
+`RerankError` into its status through the one table in `rerank.server.status`, and any other
+exception into INTERNAL with an incident id; bytes that do not decode as the method's request
+become `MalformedRequest` (INVALID_ARGUMENT) there too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
 import os
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from rerank.server.calls import CallRecord, close_call, current_call, open_call
-from rerank.server.errors import RerankError
+from rerank.server.errors import MalformedRequest, RerankError
 from rerank.server.logs import AccessLog
-from rerank.server.status import rich_status
+from rerank.server.metrics import OTHER, GrpcMethodMetrics, Metrics
+from rerank.server.status import error_answer
 from rerank.server.tracing import TRACE_CONTEXT_KEYS, caller_context
 
 logger = logging.getLogger(__name__)
@@ -210,11 +217,221 @@ def _end_server_span(
         span.set_status(Status(StatusCode.ERROR, call.reason or code.name))
 
 
+class MetricsInterceptor(ServerInterceptor):
+    """gRPC's server metrics (gRFC A66) for every call that reaches a handler: started, and per
+    status its duration and the bytes of its messages. Outermost, so a call refused by the
+    authentication interceptor is counted (UNAUTHENTICATED) like any other.
+
+    `methods` are the registered full method names (`/rerank.v1.RerankService/Rerank`); any
+    other name is counted as `other`, so a caller cannot make up label values. The metered
+    handler is built once per (method, inner handler): the inner one is the same object on
+    every call, or one of the authentication interceptor's three refusals.
+
+    Sizes are the serialized messages, as gRPC's own deserializer receives and its serializer
+    returns them (no compression is configured, so A66's "compressed" size is that). A unary
+    request's size travels from our deserializer to our handler inside the value grpc hands
+    from one to the other; a unary response is serialized by our handler itself; streamed
+    messages are counted by wrapped serializers into the call's `_StreamedBytes`.
+    """
+
+    def __init__(self, metrics: Metrics, methods: Iterable[str]) -> None:
+        self._metrics = metrics
+        self._methods = frozenset(methods)
+        self._metered: dict[tuple[str, int], tuple[Handler, Handler]] = {}
+        for method in self._methods:
+            metrics.grpc_method(method[1:])  # every method's counter from 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        key = (method, id(handler))
+        if (known := self._metered.get(key)) is not None:
+            return known[1]
+        registered = method in self._methods
+        calls = self._metrics.grpc_method(method[1:] if registered else OTHER)
+        if handler is None:
+            # No such method: grpc answers UNIMPLEMENTED without running anything.
+            calls.started.inc()
+            calls.ended(grpc.StatusCode.UNIMPLEMENTED, 0.0, 0, 0)
+            return handler
+        metered = meter(handler, calls)
+        if registered:  # bounded: registered methods × (their handler, three refusals)
+            # The entry keeps `handler` alive, so its id cannot be reused by another object.
+            self._metered[key] = (handler, metered)
+        return metered
+
+
+class _Call:
+    """One call being measured."""
+
+    __slots__ = ("_began", "_calls", "received", "sent")
+
+    def __init__(self, calls: GrpcMethodMetrics, received: int = 0) -> None:
+        calls.started.inc()
+        self._calls = calls
+        self._began = time.perf_counter()
+        self.received = received
+        self.sent = 0
+
+    def end(self, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> None:
+        # A status the handler set (abort, set_code) is what grpc sends; else what grpc makes
+        # of how the handler ended.
+        code: grpc.StatusCode | None = context.code()
+        if code is None:
+            if error is None:
+                code = grpc.StatusCode.OK
+            elif isinstance(error, asyncio.CancelledError | GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+            else:
+                code = grpc.StatusCode.UNKNOWN
+        self._calls.ended(code, time.perf_counter() - self._began, self.received, self.sent)
+
+
+# The call a streamed message belongs to, for the serializers of streaming handlers: grpc runs
+# them in the call's own task, whose context holds it.
+_STREAMED: ContextVar[_Call | None] = ContextVar("rerank_streamed_call", default=None)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def meter(handler: Handler, calls: GrpcMethodMetrics) -> Handler:
+    """`handler`, measured into `calls`; any of the four shapes."""
+    deserialize: Callable[[bytes], Any] = handler.request_deserializer or _identity
+    serialize: Callable[[Any], bytes] = handler.response_serializer or _identity
+
+    def sized_request(data: bytes) -> tuple[int, Any]:
+        try:
+            return len(data), deserialize(data)
+        except Exception:
+            # Not a valid message: grpc answers UNKNOWN and no handler runs.
+            _Call(calls, len(data)).end(_NO_CONTEXT, Exception())
+            raise
+
+    def counted_request(data: bytes) -> Any:
+        call = _STREAMED.get()
+        if call is not None:
+            call.received += len(data)
+        return deserialize(data)
+
+    def counted_response(message: Any) -> bytes:
+        data = serialize(message)
+        call = _STREAMED.get()
+        if call is not None:
+            call.sent += len(data)
+        return data
+
+    if handler.unary_unary is not None:
+        unary: Any = handler.unary_unary
+
+        async def unary_unary(request: tuple[int, Any], context: Any) -> bytes:
+            call = _Call(calls, request[0])
+            error: BaseException | None = None
+            try:
+                data = serialize(await unary(request[1], context))
+                call.sent = len(data)
+                return data
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.end(context, error)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, request_deserializer=sized_request)
+
+    if handler.stream_unary is not None:
+        stream_unary: Any = handler.stream_unary
+
+        async def stream_to_unary(requests: Any, context: Any) -> bytes:
+            call = _Call(calls)
+            _STREAMED.set(call)
+            error: BaseException | None = None
+            try:
+                data = serialize(await stream_unary(requests, context))
+                call.sent = len(data)
+                return data
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.end(context, error)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_to_unary, request_deserializer=counted_request
+        )
+
+    streaming: Any = handler.unary_stream or handler.stream_stream
+    unary_request = handler.unary_stream is not None
+
+    def begin(request: Any) -> tuple[_Call, Any]:
+        if unary_request:
+            size, request = request
+            call = _Call(calls, size)
+        else:
+            call = _Call(calls)
+        _STREAMED.set(call)
+        return call, request
+
+    if inspect.isasyncgenfunction(streaming):
+
+        async def responses(request: Any, context: Any) -> AsyncIterator[Any]:
+            call, request = begin(request)
+            error: BaseException | None = None
+            try:
+                async for response in streaming(request, context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.end(context, error)
+
+        behaviour: Any = responses
+    else:  # writes its responses with `context.write`
+
+        async def written(request: Any, context: Any) -> None:
+            call, request = begin(request)
+            error: BaseException | None = None
+            try:
+                await streaming(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.end(context, error)
+
+        behaviour = written
+    if unary_request:
+        return grpc.unary_stream_rpc_method_handler(
+            behaviour, request_deserializer=sized_request, response_serializer=counted_response
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        behaviour, request_deserializer=counted_request, response_serializer=counted_response
+    )
+
+
+class _NoContext:
+    """For a call that ended before a handler (and its context) existed."""
+
+    def code(self) -> None:
+        return None
+
+
+_NO_CONTEXT: Any = _NoContext()
+
+
 class ErrorInterceptor(ServerInterceptor):
     """Turns `RerankError`s into statuses through the one table in `rerank.server.status`.
 
     Anything else is a bug: it is logged with its traceback under an incident id and the
-    caller gets INTERNAL with that id, never the exception's text.
+    caller gets INTERNAL with that id, never the exception's text. It also wraps each method's
+    request deserializer, so bytes that are not the method's message are answered as a
+    `MalformedRequest` rather than left to grpc, which would answer UNKNOWN.
     """
 
     def __init__(self) -> None:
@@ -240,23 +457,22 @@ class ErrorInterceptor(ServerInterceptor):
 
         async def guard(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
+                if isinstance(request, _Undecodable):
+                    raise request.error
                 return await behaviour(request, context)
             except RerankError as error:
-                code, status = rich_status(error)
+                answer = error_answer(error)
                 if (call := current_call()) is not None:
                     call.reason = error.reason
                 # Failures of ours or upstream's deserve a warning; a caller's mistakes or a
                 # refusal under overload are routine and would drown the log at WARNING.
-                level = logging.WARNING if code in _OPERATOR_CODES else logging.INFO
-                logger.log(level, "%s failed: %s %s", method, code.name, error.reason)
+                level = logging.WARNING if answer.code in _OPERATOR_CODES else logging.INFO
+                logger.log(level, "%s failed: %s %s", method, answer.code.name, error.reason)
                 await context.abort(
-                    code,
-                    status.message,
+                    answer.code,
+                    answer.message,
                     # abort() replaces what was set before (the request id): keep it.
-                    trailing_metadata=(
-                        *context.trailing_metadata(),
-                        ("grpc-status-details-bin", status.SerializeToString()),
-                    ),
+                    trailing_metadata=(*context.trailing_metadata(), *answer.trailing_metadata),
                 )
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
@@ -271,10 +487,40 @@ class ErrorInterceptor(ServerInterceptor):
 
         self._guarded[method] = grpc.unary_unary_rpc_method_handler(
             guard,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
         return self._guarded[method]
+
+
+class _Undecodable:
+    """What the request deserializer hands the guard instead of a message it cannot decode.
+
+    A deserializer cannot answer the call itself: an exception raised in it reaches grpc, which
+    answers UNKNOWN before any handler (or interceptor) runs. So it returns this, and the guard
+    answers with the error it holds.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: MalformedRequest) -> None:
+        self.error = error
+
+
+def _decoding(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    decode = deserializer
+
+    def decode_or_explain(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except DecodeError as exc:
+            # protobuf's text names the message type and what was wrong, e.g. "Error parsing
+            # message with type 'rerank.v1.RerankRequest': String field had bad UTF-8".
+            return _Undecodable(MalformedRequest(f"the request could not be decoded: {exc}"))
+
+    return decode_or_explain
 
 
 class AuthInterceptor(ServerInterceptor):
@@ -302,7 +548,7 @@ class AuthInterceptor(ServerInterceptor):
         # The refusal must match the method's streaming shape or grpc cannot call it; we do not
         # know that shape without the real handler, so answer both ways (unary, and
         # stream-stream for reflection). One handler per shape, the same on every call: the
-        # telemetry interceptor keeps its wrapping of each.
+        # metrics and telemetry interceptors keep their wrapping of each.
         if method.startswith("/grpc.reflection."):
             return _REFUSE_STREAM_STREAM
         if method.endswith("/Watch"):
@@ -333,6 +579,6 @@ async def _refuse_stream(
     yield None  # pragma: no cover - abort raised above
 
 
-_REFUSE_UNARY: Handler = grpc.unary_unary_rpc_method_handler(_refuse)
-_REFUSE_UNARY_STREAM: Handler = grpc.unary_stream_rpc_method_handler(_refuse_stream)
-_REFUSE_STREAM_STREAM: Handler = grpc.stream_stream_rpc_method_handler(_refuse_stream)
+_REFUSE_UNARY = grpc.unary_unary_rpc_method_handler(_refuse)
+_REFUSE_UNARY_STREAM = grpc.unary_stream_rpc_method_handler(_refuse_stream)
+_REFUSE_STREAM_STREAM = grpc.stream_stream_rpc_method_handler(_refuse_stream)

@@ -27,7 +27,6 @@ from opentelemetry.trace import SpanContext
 from rerank.server.calls import CallRecord, current_call
 
 ACCESS_LOGGER = "rerank.access"
-LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 
 #: The access-log record's own fields, in this order, each always present (null when unknown).

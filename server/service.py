@@ -33,6 +33,7 @@ from rerank.server.domain import (
     final_ranking,
 )
 from rerank.server.errors import FieldViolation, InvalidRequest
+from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 
@@ -57,7 +58,9 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         admission: Admission,
         default_model: str,
         upstream_timeout: float,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics.disabled()
         self._reranker = reranker
         self._limits = limits
         self._admission = admission
@@ -76,6 +79,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             check_request(query, self._limits)
             if call is not None:
                 call.model = query.model  # once valid: a slug of at most 128 characters
+            self._metrics.documents(len(query.documents))
             if query.documents:
                 outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
             else:

@@ -2,12 +2,14 @@
 
 Every error status carries a `google.rpc.Status` in `grpc-status-details-bin` with an
 ErrorInfo (reason, domain, metadata); field violations travel as BadRequest, and a delay the
-caller should wait as RetryInfo.
+caller should wait as RetryInfo. Whenever there is a RetryInfo there is also the
+`grpc-retry-pushback-ms` trailer, which is what gRPC clients' own retry policies read (gRFC A6).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -22,6 +24,7 @@ ERROR_DOMAIN = "rerank.v1"
 STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.RerankError: grpc.StatusCode.INTERNAL,
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.MalformedRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     # An unknown error type from the gateway: it did not tell us enough to say more.
     errors.UpstreamError: grpc.StatusCode.UNKNOWN,
@@ -32,8 +35,10 @@ STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.UpstreamForbidden: grpc.StatusCode.PERMISSION_DENIED,
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.UpstreamNotFound: grpc.StatusCode.NOT_FOUND,
-    # The provider behind the gateway failed in a way the gateway calls not retryable.
-    errors.UpstreamFailedDependency: grpc.StatusCode.FAILED_PRECONDITION,
+    # The provider behind the gateway failed, and the gateway calls it final. Not the caller's
+    # to fix (FAILED_PRECONDITION would tell them to fix some state first), not worth a blind
+    # retry (UNAVAILABLE would invite one): a failure on the serving side, as with a 401.
+    errors.UpstreamFailedDependency: grpc.StatusCode.INTERNAL,
     # Our own key is wrong: the caller can do nothing about it, an operator must.
     errors.UpstreamAuthentication: grpc.StatusCode.INTERNAL,
     errors.UpstreamProtocolError: grpc.StatusCode.INTERNAL,
@@ -55,17 +60,60 @@ def status_code_for(error: errors.RerankError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """Everything the caller is sent for one error: status code, message, trailing metadata."""
+
+    code: grpc.StatusCode
+    message: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def error_answer(error: errors.RerankError) -> ErrorAnswer:
+    """The answer to `error`: its status, the rich details, and a retry pushback with them."""
+    code, status = rich_status(error)
+    trailers: list[tuple[str, str | bytes]] = [
+        ("grpc-status-details-bin", status.SerializeToString())
+    ]
+    delay = retry_delay(error)
+    if delay is not None:
+        trailers.append(("grpc-retry-pushback-ms", str(retry_pushback_ms(error, delay))))
+    return ErrorAnswer(code, status.message, tuple(trailers))
+
+
+def retry_delay(error: errors.RerankError) -> float | None:
+    """Seconds the caller should wait before trying again (the RetryInfo), or None."""
+    delay = error.retry_after if isinstance(error, errors.UpstreamError) else None
+    if delay is None:
+        delay = _DEFAULT_RETRY_DELAY.get(status_code_for(error))
+    return delay
+
+
+def retry_pushback_ms(error: errors.RerankError, delay: float) -> int:
+    """The `grpc-retry-pushback-ms` for an error with a RetryInfo of `delay` seconds.
+
+    A gRPC client whose retry policy covers the code waits exactly this long before its next
+    attempt, and makes none when it is negative (gRFC A6). One retry layer per hop: failures
+    of the gateway are retried by the server's own retry layer (which already did, or chose
+    not to: the budget, the deadline, an open circuit). A client retrying them as well would
+    multiply gateway attempts (3 client attempts x 3 server attempts = 9), so it is told not
+    to; the caller's code still reads the RetryInfo. Our own refusals (overload) happened
+    before any gateway call: a retry after the delay costs the gateway nothing.
+    """
+    if isinstance(error, errors.UpstreamError):
+        return -1
+    return max(0, round(delay * 1000))
+
+
 def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.Status]:
     """The status code and the `google.rpc.Status` (with details) that answer `error`."""
     code = status_code_for(error)
     metadata: dict[str, str] = {}
-    retry_after: float | None = None
     if isinstance(error, errors.UpstreamError):
         if error.status is not None:
             metadata["upstream_status"] = str(error.status)
         if error.generation_id:
             metadata["generation_id"] = error.generation_id
-        retry_after = error.retry_after
     details = [
         error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
     ]
@@ -80,8 +128,7 @@ def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.
                 ]
             )
         )
-    if retry_after is None:
-        retry_after = _DEFAULT_RETRY_DELAY.get(code)
+    retry_after = retry_delay(error)
     if retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(retry_after * 1e9))

@@ -75,7 +75,7 @@ _TRACE_CONTEXT = TraceContextTextMapPropagator()
 _BAGGAGE = W3CBaggagePropagator()
 
 
-def sampler_for(name: str, ratio: float, exporting: bool) -> Sampler:
+def sampler_for(name: str | None, ratio: float, exporting: bool) -> Sampler:
     """The sampler `OTEL_TRACES_SAMPLER` names (checked by `__main__`).
 
     Unset, it is the SDK's default, `parentbased_always_on`, when spans are exported, and

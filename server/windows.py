@@ -30,6 +30,7 @@ from rerank.server.domain import (
     final_ranking,
 )
 from rerank.server.errors import RerankError
+from rerank.server.metrics import Metrics
 from rerank.server.tracing import WINDOW_SPAN, child_span
 
 #: Per-call document limits of the providers behind the gateway (spec §8): Cohere recommends at
@@ -59,14 +60,21 @@ class WindowedReranker(RerankerLayer):
     """A `Reranker` that splits requests larger than a window across several calls."""
 
     def __init__(
-        self, inner: Reranker, policy: WindowPolicy, *, tracer: Tracer | None = None
+        self,
+        inner: Reranker,
+        policy: WindowPolicy,
+        metrics: Metrics | None = None,
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         super().__init__(inner)
         self._policy = policy
+        self._metrics = metrics or Metrics.disabled()
         self._tracer = tracer or trace.NoOpTracer()
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         size = self._policy.size_for(query.model)
+        self._metrics.windows(-(-len(query.documents) // size))
         call = current_call()
         if len(query.documents) <= size:
             if call is not None:

@@ -65,11 +65,19 @@ class Tally:
     def __init__(self) -> None:
         self.codes: dict[grpc.StatusCode, int] = {}
         self.late: list[float] = []
+        self._added = asyncio.Event()
 
     def add(self, code: grpc.StatusCode, elapsed: float) -> None:
         self.codes[code] = self.codes.get(code, 0) + 1
         if elapsed > DEADLINE + SLACK:
             self.late.append(elapsed)
+        self._added.set()
+
+    async def until_ended(self, calls: int) -> None:
+        """Return once `calls` calls have ended (so the load is running)."""
+        while sum(self.codes.values()) < calls:
+            self._added.clear()
+            await self._added.wait()
 
 
 async def client(target: str, seed: int, until: float, tally: Tally) -> None:
@@ -141,7 +149,8 @@ def test_chaos_then_sigterm(processes: list[Process]) -> None:
     async def sigterm_under_load() -> tuple[Tally, float]:
         during = Tally()
         running = asyncio.ensure_future(load(target, 3, during, first_seed=200))
-        await asyncio.sleep(1)
+        # Calls have been ending and starting again: the load is on, calls are in flight.
+        await asyncio.wait_for(during.until_ended(2 * CLIENTS), 3)
         server.signal(signal.SIGTERM)
         signalled = time.monotonic()
         await running

@@ -21,10 +21,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from rerank.client import AsyncRerankClient, UnavailableError
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_QUERY
 from tests.e2e.processes import BIN, RERANK_SERVER, Process, start
+from tests.scripted_http import Reply, Request, ScriptedServer
 
 pytestmark = pytest.mark.e2e
 
@@ -248,3 +250,50 @@ def test_two_replicas_behind_envoy_lose_no_call_when_one_stops(
     # ... and Envoy's health check took the stopped replica out.
     assert hosts[leaving_address]["health_flags"] != "healthy", hosts
     assert hosts[staying_address]["health_flags"] == "healthy", hosts
+
+
+@pytest.mark.timeout(120)
+def test_a_call_while_the_gateway_is_down_is_retried_by_one_layer_only(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    """Client (the shipped service config, retrying UNAVAILABLE) → Envoy (retrying) → replica
+    (retrying the gateway) → a gateway that is down. Each layer retries only its own hop, so
+    one call costs the replica's 1 + 2 gateway attempts, not 3 x 3 x 3 = 27."""
+
+    async def down(request: Request) -> Reply:
+        return Reply(
+            status=503, body=b'{"error":{"message":"down","type":"internal_server_error"}}'
+        )
+
+    def start_cluster(gateway_url: str) -> str:
+        addresses = []
+        for _ in range(2):
+            replica = start(
+                processes,
+                [*SERVER, "--port", "0", "--workers", "1", "--gateway-url", gateway_url],
+                {
+                    "AI_GATEWAY_API_KEY": "k",
+                    "RERANK_RETRY_INITIAL_BACKOFF": "0.01",
+                    "RERANK_RETRY_MAX_BACKOFF": "0.05",
+                },
+            )
+            addresses.append(replica.wait_for(r"rerank server listening on (\S+:\d+)").group(1))
+        admin = start_envoy(processes, tmp_path, addresses)
+        admin.wait_healthy(addresses, processes[-1])
+        return f"127.0.0.1:{admin.listener_port()}"
+
+    async def one_call() -> tuple[int, UnavailableError]:
+        async with ScriptedServer(down) as gateway:
+            # Blocking start-up off the loop, which keeps serving the gateway meanwhile.
+            target = await asyncio.to_thread(start_cluster, gateway.url)
+            async with AsyncRerankClient(target, options=CHANNEL_OPTIONS) as client:
+                with pytest.raises(UnavailableError) as caught:
+                    await client.rerank(
+                        SEED_QUERY, list(SEED_DOCUMENTS), bypass_cache=True, timeout=DEADLINE
+                    )
+            return len(gateway.requests), caught.value
+
+    attempts, error = asyncio.run(one_call())
+    assert error.error_info is not None
+    assert error.error_info.reason == "UPSTREAM_UNAVAILABLE"
+    assert attempts == 3, f"{attempts} gateway attempts for one call"

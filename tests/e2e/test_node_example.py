@@ -8,10 +8,12 @@ import json
 import subprocess
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.e2e.processes import Process, start_server
+from tests.unit.test_client_fakes import Abort, FakeRerankService, serve
 from tools import node
 
 # `make stubs` may run `npm ci` (the registry, or its local cache): a generous budget.
@@ -110,29 +112,31 @@ def test_the_service_config_retry_policy(
     processes: list[Process],
     tmp_path: Path,
 ) -> None:
-    """Two injected UNAVAILABLEs are absorbed by the example's 3 attempts (the shipped service
-    config), and surface without it. The server's own upstream retries are off, so every
-    failure reaches the client."""
-    target = start_server(processes, "--mock", env={"RERANK_MAX_RETRIES": "0"})
-
-    def unavailable_twice(key: str) -> str:
-        fault = {"fault": "error", "status": 503, "times": 2, "key": key}
-        return json.dumps({"mockGateway": fault})
-
-    completed = run_example("--target", target, "--provider-options", unavailable_twice("a"))
-    assert completed.returncode == 0, completed.stderr
-    assert json.loads(completed.stdout)["ranking"][0]["originalIndex"] == 0
-
+    """The example's 3 attempts (the shipped service config, applied by src/retry.ts) absorb two
+    UNAVAILABLEs without a pushback, the kind a proxy or a restarting server answers (a fake
+    server plays them), and surface without it. An UNAVAILABLE the rerank server sends about
+    the gateway carries `grpc-retry-pushback-ms: -1` and is not retried: the server's own
+    retry layer owns that hop (here turned off, so one failure is all there is)."""
+    unavailable = Abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+    service = FakeRerankService(script=[unavailable, unavailable])
     no_retries = tmp_path / "service_config.json"
     no_retries.write_text(json.dumps({"methodConfig": []}))
-    completed = run_example(
-        "--target",
-        target,
-        "--service-config",
-        str(no_retries),
-        "--provider-options",
-        unavailable_twice("b"),
-    )
+    with serve(service) as fake:
+        completed = run_example("--target", fake)
+        assert completed.returncode == 0, completed.stderr
+        assert json.loads(completed.stdout)["ranking"]
+        assert len(service.requests) == 3
+
+        service.script.extend([unavailable, unavailable])
+        completed = run_example("--target", fake, "--service-config", str(no_retries))
+        assert completed.returncode != 0
+        assert "UNAVAILABLE: restarting" in completed.stderr
+        assert len(service.requests) == 4
+
+    target = start_server(processes, "--mock", env={"RERANK_MAX_RETRIES": "0"})
+    once = {"mockGateway": {"fault": "error", "status": 503, "times": 1, "key": "a"}}
+    completed = run_example("--target", target, "--provider-options", json.dumps(once))
+    # One retry would have succeeded (the fault strikes once): none was made.
     assert completed.returncode != 0
     assert "UNAVAILABLE" in completed.stderr
 

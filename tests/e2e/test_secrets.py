@@ -6,11 +6,15 @@ is searched for them. Spans are also searched for the query's and the documents'
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import time
+from pathlib import Path
 
 import grpc
 import pytest
 
+from rerank.server.credentials import CHECK_INTERVAL
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
@@ -115,3 +119,51 @@ def check_the_whole_flow(processes: list[Process], receiver: OtlpReceiver) -> No
         assert not [t for t in texts if secret in t]
     for text in (SEED_QUERY, *SEED_DOCUMENTS):
         assert not [t for t in texts if text in t]
+
+
+@pytest.mark.timeout(60)
+def test_a_rotated_token_file_is_picked_up_without_a_restart(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    """A server started with a stale token in RERANK_OIDC_TOKEN_FILE gets the gateway's 401
+    (INTERNAL); once the platform renames a fresh token over the file, calls succeed again,
+    within the file-check interval, and neither token is ever logged."""
+    fresh_token = f"oidc-fresh-{secrets.token_hex(8)}"
+    stale_token = f"oidc-stale-{secrets.token_hex(8)}"
+    token_file = tmp_path / "oidc-token"
+    token_file.write_text(stale_token + "\n")
+    gateway_url = start_mock_gateway(processes, "--api-key", fresh_token)
+    server = start(
+        processes,
+        [RERANK_SERVER, "--port", "0", "--workers", "1", "--gateway-url", gateway_url],
+        {"RERANK_OIDC_TOKEN_FILE": str(token_file), "RERANK_LOG_LEVEL": "DEBUG"},
+    )
+    target = server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
+    seed = pb.RerankRequest(
+        query=SEED_QUERY, documents=[pb.Document(text=d) for d in SEED_DOCUMENTS]
+    )
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RerankServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Rerank(seed, timeout=10)
+        assert caught.value.code() is grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+
+        rotated = tmp_path / "oidc-token.new"
+        rotated.write_text(fresh_token + "\n")
+        os.replace(rotated, token_file)
+        deadline = time.monotonic() + 2 * CHECK_INTERVAL + 5
+        while True:  # polls: the server looks at the file once per CHECK_INTERVAL
+            try:
+                answer = stub.Rerank(seed, timeout=10)
+                break
+            except grpc.RpcError as error:
+                assert error.code() is grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "the fresh token was never used"
+                time.sleep(0.2)
+        assert answer.ranking[0].document.text == SEED_DOCUMENTS[0]
+    for process in processes:
+        process.stop()
+    logs = "\n".join(p.output for p in processes)
+    assert "OIDC token file" in logs  # the server did notice the change
+    for secret in (fresh_token, stale_token):
+        assert secret not in logs

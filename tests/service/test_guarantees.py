@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,11 +18,19 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from rerank.client import (
+    AsyncRerankClient,
+    OverloadedError,
+    RateLimitedError,
+    UnavailableError,
+    UpstreamRateLimitedError,
+)
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings, Upstream
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from tests.scripted_http import Fail, Request, ScriptedServer
+from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
+from tests.scripted_http import Fail, Reply, Request, ScriptedServer
 from tests.service.test_rerank_service import fault, seed_request, unpacked
 
 # Quick retries keep the tests fast; the policy is the same.
@@ -104,32 +113,158 @@ async def test_the_breaker_fails_fast_once_the_gateway_is_down(
     assert 25 < retry.retry_delay.seconds <= 30
 
 
+async def test_large_requests_alone_close_the_circuit_once_the_gateway_is_back(
+    serve: Any, channels: list[Any]
+) -> None:
+    """Issue 10, item 5, through the real chain: after the cool-down only large requests come
+    (three windows each). The first window of one takes the probe, the other two are refused
+    and cancel it; the circuit must close all the same, and large requests pass again."""
+    settings = dataclasses.replace(
+        FAST, max_retries=0, breaker_failure_rate=1.0, breaker_window=1, breaker_cooldown=0.2
+    )
+    stub = stub_for(await serve(settings), channels)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Rerank(failing_first(1, fault="error", status=503), timeout=10)
+    large = seed_request(documents=[pb.Document(text=f"document {i}") for i in range(2500)])
+    refused = 0
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 10
+    while loop.time() < give_up:  # poll: the cool-down passes, then the probe decides
+        try:
+            response = await stub.Rerank(large, timeout=10)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() is grpc.StatusCode.UNAVAILABLE, error.details()
+            refused += 1
+            await asyncio.sleep(0.05)
+            continue
+        assert len(response.ranking) == 2
+        break
+    else:
+        pytest.fail(f"{refused} large requests in a row were refused: the circuit never closed")
+
+
+class HeldGateway:
+    """A gateway (a real HTTP server on loopback) that holds every request until released, so
+    a test knows when calls are in flight: when their requests have arrived here."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.server = ScriptedServer(self._answer)
+        self._arrived = asyncio.Condition()
+
+    async def _answer(self, request: Request) -> Reply:
+        async with self._arrived:
+            self._arrived.notify_all()
+        await self.release.wait()
+        count = len(json.loads(request.body)["documents"]["values"])
+        ranking = [{"index": i, "relevanceScore": 1 - i / count} for i in range(count)]
+        return Reply(body=json.dumps({"ranking": ranking}).encode())
+
+    def settings(self, base: Settings) -> Settings:
+        return dataclasses.replace(
+            base, upstream=Upstream.GATEWAY, gateway_url=self.server.url, api_key="k"
+        )
+
+    async def holding(self, calls: int) -> None:
+        """Return once `calls` requests are held here (fail after 5 s)."""
+        async with asyncio.timeout(5), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.server.requests) >= calls)
+
+
+def pushback(error: grpc.aio.AioRpcError) -> str | None:
+    """The `grpc-retry-pushback-ms` trailer, as gRPC clients read it."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-retry-pushback-ms":
+            return str(value)
+    return None
+
+
 async def test_over_the_call_limit_is_refused_at_once(serve: Any, channels: list[Any]) -> None:
-    stub = stub_for(await serve(dataclasses.replace(FAST, max_concurrent_calls=2)), channels)
-    slow = seed_request(provider_options=fault(fault="slow", delayMs=1500))
-    in_flight = [asyncio.ensure_future(stub.Rerank(slow, timeout=10)) for _ in range(2)]
-    await asyncio.sleep(0.3)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Rerank(seed_request(), timeout=10)
-    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert unpacked(caught.value, error_details_pb2.ErrorInfo).reason == "OVERLOADED"
-    assert unpacked(caught.value, error_details_pb2.RetryInfo) is not None
-    for call in in_flight:
-        assert (await call).ranking
-    assert (await stub.Rerank(seed_request(), timeout=10)).ranking  # room again
+    gateway = HeldGateway()
+    async with gateway.server:
+        settings = gateway.settings(dataclasses.replace(FAST, max_concurrent_calls=2))
+        stub = stub_for(await serve(settings), channels)
+        held = seed_request(bypass_cache=True)
+        in_flight = [asyncio.ensure_future(stub.Rerank(held, timeout=10)) for _ in range(2)]
+        await gateway.holding(2)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Rerank(seed_request(), timeout=10)
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert unpacked(caught.value, error_details_pb2.ErrorInfo).reason == "OVERLOADED"
+        retry = unpacked(caught.value, error_details_pb2.RetryInfo)
+        # No gateway call was made: a gRPC client may retry after the delay, and is told so.
+        assert pushback(caught.value) == str(retry.retry_delay.ToMilliseconds()) == "1000"
+        gateway.release.set()
+        for call in in_flight:
+            assert (await call).ranking
+        assert (await stub.Rerank(seed_request(), timeout=10)).ranking  # room again
+        assert len(gateway.server.requests) == 3  # the refused call never reached the gateway
 
 
 async def test_over_the_byte_limit_is_refused_at_once(serve: Any, channels: list[Any]) -> None:
-    stub = stub_for(await serve(dataclasses.replace(FAST, max_inflight_bytes=100_000)), channels)
-    big = [pb.Document(text="Paris " * 10_000)]
-    slow = seed_request(documents=big, provider_options=fault(fault="slow", delayMs=1500))
-    in_flight = asyncio.ensure_future(stub.Rerank(slow, timeout=10))
-    await asyncio.sleep(0.3)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Rerank(seed_request(documents=big), timeout=10)
-    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "bytes" in (caught.value.details() or "")
-    assert (await in_flight).ranking
+    gateway = HeldGateway()
+    async with gateway.server:
+        settings = gateway.settings(dataclasses.replace(FAST, max_inflight_bytes=100_000))
+        stub = stub_for(await serve(settings), channels)
+        big = [pb.Document(text="Paris " * 10_000)]
+        in_flight = asyncio.ensure_future(stub.Rerank(seed_request(documents=big), timeout=10))
+        await gateway.holding(1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Rerank(seed_request(documents=big, query="another"), timeout=10)
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "bytes" in (caught.value.details() or "")
+        gateway.release.set()
+        assert (await in_flight).ranking
+
+
+async def test_the_client_tells_our_overload_from_the_gateways_rate_limit(serve: Any) -> None:
+    """Both are RESOURCE_EXHAUSTED; the ErrorInfo reason makes them two exceptions."""
+    gateway = HeldGateway()
+    async with gateway.server:
+        settings = gateway.settings(dataclasses.replace(FAST, max_concurrent_calls=1))
+        running = await serve(settings)
+        async with AsyncRerankClient(f"127.0.0.1:{running.port}", timeout=10) as client:
+            held = asyncio.ensure_future(client.rerank(SEED_QUERY, list(SEED_DOCUMENTS)))
+            await gateway.holding(1)
+            with pytest.raises(OverloadedError) as overloaded:
+                await client.rerank(SEED_QUERY, list(SEED_DOCUMENTS))
+            gateway.release.set()
+            await held
+    assert overloaded.value.retry_delay == 1.0
+
+    rate_limited = await serve()  # the bundled mock, told to answer 429
+    async with AsyncRerankClient(f"127.0.0.1:{rate_limited.port}", timeout=10) as client:
+        with pytest.raises(UpstreamRateLimitedError) as limited:
+            await client.rerank(
+                SEED_QUERY,
+                list(SEED_DOCUMENTS),
+                model=SEED_MODEL,
+                provider_options=fault(fault="rate_limit", retryAfterMs=20),
+            )
+    assert isinstance(limited.value, RateLimitedError)  # the common base catches both
+    assert limited.value.retry_delay == pytest.approx(0.02)
+
+
+async def test_client_retries_do_not_multiply_the_servers_gateway_attempts(serve: Any) -> None:
+    """The shipped service config retries UNAVAILABLE; the server retries the gateway. A gateway
+    that stays down sees the server's three attempts per call, not three times three."""
+
+    async def down(request: Request) -> Reply:
+        return Reply(
+            status=503,
+            body=b'{"error":{"message":"down","type":"internal_server_error"}}',
+        )
+
+    async with ScriptedServer(down) as upstream:
+        settings = dataclasses.replace(
+            FAST, upstream=Upstream.GATEWAY, gateway_url=upstream.url, api_key="k"
+        )
+        running = await serve(settings)
+        async with AsyncRerankClient(f"127.0.0.1:{running.port}", timeout=10) as client:
+            with pytest.raises(UnavailableError) as caught:
+                await client.rerank(SEED_QUERY, list(SEED_DOCUMENTS), bypass_cache=True)
+    assert len(upstream.requests) == 1 + FAST.max_retries
+    assert caught.value.retry_delay is not None  # the caller's own code may still wait and retry
 
 
 @pytest.mark.parametrize("how", ["deadline", "cancel"])

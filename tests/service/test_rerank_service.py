@@ -16,11 +16,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from rerank.mock_gateway import score
 from rerank.server.app import RunningServer, start_server
-from rerank.server.config import Settings
+from rerank.server.config import Settings, Upstream
 from rerank.server.domain import ModelInfo, RerankOutcome, RerankQuery
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
+from tests.scripted_http import Reply, Request, ScriptedServer
 
 MESSAGE_LIMIT = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -245,7 +246,7 @@ async def test_invalid_requests_name_the_field(
         ),
         (
             {"fault": "error", "status": 424, "type": "failed_dependency"},
-            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.INTERNAL,
             "UPSTREAM_FAILED_DEPENDENCY",
         ),
         (
@@ -302,6 +303,11 @@ async def test_gateway_failures_become_their_status(
         await stub.Rerank(seed_request(provider_options=fault(**spec)), timeout=10)
     assert caught.value.code() is code
     assert unpacked(caught.value, error_details_pb2.ErrorInfo).reason == reason
+    # The gateway is the server's hop to retry: whenever it says when to come back, it also
+    # tells gRPC clients' retry policies not to retry on their own (gRFC A6: negative).
+    pushback = dict(caught.value.trailing_metadata() or ()).get("grpc-retry-pushback-ms")
+    has_retry_info = unpacked(caught.value, error_details_pb2.RetryInfo) is not None
+    assert pushback == ("-1" if has_retry_info else None)
 
 
 async def test_rate_limit_tells_the_caller_when_to_retry(stub: pb_grpc.RerankServiceStub) -> None:
@@ -373,21 +379,32 @@ async def test_health_and_reflection(channel: grpc.aio.Channel) -> None:
 
 
 async def test_shutdown_lets_in_flight_calls_finish_and_refuses_new_ones() -> None:
-    running = await start_server(Settings(port=0, grace_period=5))
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        stub = pb_grpc.RerankServiceStub(channel)
-        health = health_pb2_grpc.HealthStub(channel)
-        slow = stub.Rerank(
-            seed_request(provider_options=fault(fault="slow", delayMs=700)), timeout=10
+    async def slow_gateway(request: Request) -> Reply:
+        await asyncio.sleep(0.7)  # a slow answer, so the call is still in flight at the stop
+        return Reply(body=b'{"ranking":[{"index":0,"relevanceScore":0.9}]}')
+
+    async with ScriptedServer(slow_gateway) as upstream:
+        running = await start_server(
+            Settings(
+                port=0,
+                grace_period=5,
+                upstream=Upstream.GATEWAY,
+                gateway_url=upstream.url,
+                api_key="k",
+            )
         )
-        await asyncio.sleep(0.2)  # the slow call is now in flight
-        stopping = asyncio.create_task(running.stop())
-        response = await slow
-        assert response.ranking[0].original_index == 0
-        await stopping
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.RerankServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            slow = stub.Rerank(seed_request(), timeout=10)
+            await asyncio.wait_for(upstream.request_arrived.wait(), 5)  # the call is in flight
+            stopping = asyncio.create_task(running.stop())
+            response = await slow
+            assert response.ranking[0].original_index == 0
+            await stopping
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
 class ExplodingReranker:

@@ -12,12 +12,15 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
 
 import rerank.client as client
 from rerank.client import (
     DeadlineExceededError,
     InvalidRequestError,
+    MessageTooLargeError,
     NotFoundError,
+    OverloadedError,
     PermissionDeniedError,
     RateLimitedError,
     RerankClient,
@@ -25,6 +28,7 @@ from rerank.client import (
     ServerError,
     UnauthenticatedError,
     UnavailableError,
+    UpstreamRateLimitedError,
 )
 from rerank.contract import from_struct, from_value, to_struct
 from rerank.v1 import rerank_service_pb2 as pb
@@ -326,8 +330,73 @@ def test_every_status_becomes_its_exception(
     assert isinstance(error.__cause__, grpc.RpcError)
 
 
+# One status code, several causes a caller acts on differently: the ErrorInfo reason decides.
+REASONED_CLASSES = [
+    ("OVERLOADED", OverloadedError),
+    ("UPSTREAM_RATE_LIMITED", UpstreamRateLimitedError),
+]
+
+
+@pytest.mark.parametrize(("reason", "error_class"), REASONED_CLASSES)
+def test_resource_exhausted_is_told_apart_by_its_reason(
+    rerank_client: RerankClient,
+    service: FakeRerankService,
+    reason: str,
+    error_class: type[RerankClientError],
+) -> None:
+    service.script.append(
+        Abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "come back later",
+            [error_info(reason), retry_info(1.5)],
+        )
+    )
+    with pytest.raises(RateLimitedError) as caught:  # the common base still catches both
+        rerank_client.rerank("q", ["a"])
+    assert type(caught.value) is error_class
+    assert caught.value.retry_delay == pytest.approx(1.5)
+
+
+def test_a_reason_never_overrides_its_status_code(
+    target: str, rerank_client: RerankClient, service: FakeRerankService
+) -> None:
+    service.script.append(Abort(grpc.StatusCode.UNAVAILABLE, "x", [error_info("OVERLOADED")]))
+    service.script.append(
+        Abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "x",
+            [error_details_pb2.ErrorInfo(reason="OVERLOADED", domain="elsewhere.example")],
+        )
+    )
+    with (
+        RerankClient(target, service_config=None) as no_retries,
+        pytest.raises(RerankClientError) as caught,
+    ):
+        no_retries.rerank("q", ["a"])
+    assert type(caught.value) is UnavailableError
+    with pytest.raises(RerankClientError) as caught:
+        rerank_client.rerank("q", ["a"])
+    assert type(caught.value) is RateLimitedError  # another domain's reason means nothing here
+
+
+def test_a_message_over_the_send_limit_is_message_too_large(target: str) -> None:
+    """gRPC refuses it on this side, before anything is sent: only its status message says why."""
+    with (
+        RerankClient(target, options=[("grpc.max_send_message_length", 1000)]) as small,
+        pytest.raises(MessageTooLargeError) as caught,
+    ):
+        small.rerank("q", ["x" * 2000])
+    error = caught.value
+    assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert not isinstance(error, RateLimitedError)  # waiting cannot help
+    assert error.limit == 1000
+    assert error.size is not None
+    assert error.size > 2000
+
+
 def test_every_error_class_is_reachable() -> None:
-    mapped = {error_class for _, error_class in ERROR_CLASSES}
+    mapped = {error_class for _, error_class in ERROR_CLASSES + REASONED_CLASSES}
+    mapped.add(MessageTooLargeError)
     defined = {
         value
         for value in vars(client).values()

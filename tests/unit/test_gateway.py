@@ -12,9 +12,11 @@ import contextlib
 import email.utils
 import json
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,6 +24,7 @@ import pytest
 
 from rerank.server import errors
 from rerank.server.config import GatewayProtocol
+from rerank.server.credentials import OidcTokenFile
 from rerank.server.domain import Ranked, RerankQuery, Usage, Warning
 from rerank.server.gateway import (
     MAX_LOGGED_WARNING_TYPES,
@@ -515,3 +518,45 @@ async def test_keep_alive_connections_are_reused() -> None:
             await reranker.list_models(timeout=5)
     assert len(server.requests) == 5
     assert server.connections == 1
+
+
+async def test_the_bearer_token_follows_the_token_file(tmp_path: Path) -> None:
+    """Seen by a real HTTP server: after the platform rotates the token file, the next requests
+    carry the new token, on the same pooled connection, with auth method `oidc`."""
+    token_file = tmp_path / "oidc-token"
+    token_file.write_text("first-token\n")
+    now = [1_900_000_000.0]
+    credential = OidcTokenFile(str(token_file), check_interval=5, clock=lambda: now[0])
+    ranking = {"ranking": [{"index": 0, "relevanceScore": 0.5}]}
+    async with ScriptedServer(answer(ranking)) as server:
+        reranker = GatewayReranker(base_url=server.url, credential=credential)
+        query = RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("d",))
+        try:
+            await reranker.rerank(query, timeout=5)
+            rotated = tmp_path / "oidc-token.new"
+            rotated.write_text("second-token\n")
+            os.replace(rotated, token_file)
+            await reranker.rerank(query, timeout=5)  # within the check interval: not looked at
+            now[0] += 5
+            await reranker.rerank(query, timeout=5)
+            with contextlib.suppress(errors.UpstreamProtocolError):
+                await reranker.list_models(timeout=5)  # GET /config carries it too
+        finally:
+            await reranker.aclose()
+    assert [r.headers["authorization"] for r in server.requests] == [
+        "Bearer first-token",
+        "Bearer first-token",
+        "Bearer second-token",
+        "Bearer second-token",
+    ]
+    assert {r.headers["ai-gateway-auth-method"] for r in server.requests} == {"oidc"}
+    assert server.connections == 1
+
+
+async def test_a_fixed_api_key_is_still_taken_as_before() -> None:
+    async with gateway(answer({"ranking": []})) as (reranker, server):
+        query = RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("d",))
+        await reranker.rerank(query, timeout=5)
+    (request,) = server.requests
+    assert request.headers["authorization"] == "Bearer test-key-123"
+    assert request.headers["ai-gateway-auth-method"] == "api-key"

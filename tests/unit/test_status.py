@@ -9,7 +9,13 @@ import pytest
 from google.rpc import error_details_pb2
 
 from rerank.server import errors
-from rerank.server.status import ERROR_DOMAIN, STATUS_BY_ERROR, rich_status, status_code_for
+from rerank.server.status import (
+    ERROR_DOMAIN,
+    STATUS_BY_ERROR,
+    error_answer,
+    rich_status,
+    status_code_for,
+)
 
 
 def all_error_classes() -> list[type[errors.RerankError]]:
@@ -80,6 +86,42 @@ def test_unavailable_without_a_delay_still_suggests_one() -> None:
     _, status = rich_status(errors.UpstreamUnavailable("down", status=503))
     (retry,) = unpack(list(status.details), error_details_pb2.RetryInfo)
     assert retry.retry_delay.ToNanoseconds() > 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("error", "pushback"),
+    [
+        # Refused before any gateway call: a client's retry policy may come back after the delay.
+        (errors.Overloaded("full"), "1000"),
+        # The server's own retry layer owns the gateway: clients are told not to retry again.
+        (errors.UpstreamRateLimited("slow down", status=429, retry_after=2.5), "-1"),
+        (errors.UpstreamUnavailable("down", status=503), "-1"),
+        (errors.UpstreamUnavailable("circuit open", retry_after=4.0), "-1"),
+        # No RetryInfo, no pushback: retrying is not what these need.
+        (errors.InvalidRequest([errors.FieldViolation("query", "must not be empty")]), None),
+        (errors.UpstreamTimeout("slow"), None),
+        (errors.UpstreamFailedDependency("provider failed", status=424), None),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),
+)
+def test_a_retry_pushback_goes_with_every_retry_info(
+    error: errors.RerankError, pushback: str | None
+) -> None:
+    answer = error_answer(error)
+    trailers = dict(answer.trailing_metadata)
+    assert trailers.get("grpc-retry-pushback-ms") == pushback
+    status = rich_status(error)[1]
+    assert trailers["grpc-status-details-bin"] == status.SerializeToString()
+    has_retry_info = bool(unpack(list(status.details), error_details_pb2.RetryInfo))
+    assert has_retry_info == (pushback is not None)
+
+
+def test_a_failed_dependency_is_internal_not_a_precondition_for_the_caller() -> None:
+    """gRPC's guide: FAILED_PRECONDITION means "fix the system's state, then retry", a state the
+    caller could fix; UNAVAILABLE invites a retry, which the gateway says will not help."""
+    assert status_code_for(errors.UpstreamFailedDependency("x", status=424)) is (
+        grpc.StatusCode.INTERNAL
+    )
 
 
 def test_both_not_founds_are_not_found_with_their_own_reasons() -> None:

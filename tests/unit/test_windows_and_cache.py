@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import pytest
+from prometheus_client import generate_latest
 
 from rerank.server.cache import CachingReranker, cache_key
 from rerank.server.domain import (
@@ -28,7 +29,9 @@ from rerank.server.domain import (
     final_ranking,
 )
 from rerank.server.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from rerank.server.metrics import Exposition, Metrics, MetricsDirectory
 from rerank.server.windows import WindowedReranker, WindowPolicy
+from tests.scrapes import Scrape
 
 
 def score_of(document: str) -> float:
@@ -45,11 +48,20 @@ class Backend:
         self.fail_with: Exception | None = None
         self.cancelled = 0
         self.bad_index = False
+        self._changed = asyncio.Event()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Return once `condition` holds, checked again as calls start and end (at most 5 s)."""
+        async with asyncio.timeout(5):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         self.calls.append(len(query.documents))
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self._changed.set()
         try:
             await asyncio.sleep(self.delay)
         except asyncio.CancelledError:
@@ -57,6 +69,7 @@ class Backend:
             raise
         finally:
             self.in_flight -= 1
+            self._changed.set()
         if self.fail_with is not None:
             raise self.fail_with
         ranking = [Ranked(i, score_of(d)) for i, d in enumerate(query.documents)]  # type: ignore[arg-type]
@@ -155,7 +168,7 @@ async def test_a_caller_leaving_cancels_every_window() -> None:
     backend = Backend(delay=5)
     windowed = WindowedReranker(backend, WindowPolicy(sizes={"cohere": 10}, parallelism=4))
     task = asyncio.ensure_future(windowed.rerank(query(40), timeout=10))
-    await asyncio.sleep(0.05)
+    await backend.until(lambda: backend.in_flight == 4)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -241,6 +254,40 @@ async def test_entries_expire() -> None:
     clock.now = 10.5
     assert not (await cache.rerank(query(5), timeout=10)).cached
     assert backend.calls == [5, 5]
+
+
+async def test_clear_forgets_every_answer() -> None:
+    backend = Backend()
+    cache, _ = caching(backend, max_bytes=1000)
+    await cache.rerank(query(1), timeout=10)
+    assert (await cache.rerank(query(1), timeout=10)).cached
+    cache.clear()
+    assert not (await cache.rerank(query(1), timeout=10)).cached
+    # The byte count was reset too: two entries still fit after the clear.
+    await cache.rerank(query(2), timeout=10)
+    assert (await cache.rerank(query(1), timeout=10)).cached
+    assert backend.calls == [1, 1, 2]
+
+
+async def test_clear_empties_the_cache_gauges_too() -> None:
+    directory = MetricsDirectory()
+    metrics = Metrics.in_directory(directory.path)
+    try:
+        cache, _ = caching(Backend(), metrics=metrics)
+        await cache.rerank(query(1), timeout=10)
+        await cache.rerank(query(2), timeout=10)
+
+        def scrape() -> Scrape:
+            return Scrape(generate_latest(Exposition(directory.path, {})).decode())
+
+        assert scrape().total("rerank_cache_entries") == 2
+        cache.clear()
+        cleared = scrape()
+        assert cleared.total("rerank_cache_entries") == 0
+        assert cleared.total("rerank_cache_bytes") == 0
+    finally:
+        metrics.close()
+        directory.close()
 
 
 async def test_the_byte_bound_evicts_the_least_recently_used() -> None:
