@@ -1,7 +1,8 @@
-"""Secrets never leak: the whole flow runs with known keys, at DEBUG, with JSON logs and every
-call traced to a real OTLP receiver, and every log line of every process, every field of every
-JSON log record, every span (names, attributes, events, status) and every answer a caller gets
-is searched for them. Spans are also searched for the query's and the documents' text."""
+"""Secrets never leak: the whole flow runs with known keys, at DEBUG, with JSON logs, metrics
+served and every call traced to a real OTLP receiver, and every log line of every process, every
+field of every JSON log record, every metric label, every span (names, attributes, events,
+status) and every answer a caller gets is searched for them. Spans and metric labels are also
+searched for the query's and the documents' text."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import secrets
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -20,6 +22,7 @@ from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
 from tests.e2e.processes import RERANK_SERVER, Process, start, start_mock_gateway
 from tests.otlp_receiver import OtlpReceiver
+from tests.scrapes import Scrape
 
 pytestmark = pytest.mark.e2e
 
@@ -37,10 +40,11 @@ def check_the_whole_flow(processes: list[Process], receiver: OtlpReceiver) -> No
     gateway_url = start_mock_gateway(processes, "--api-key", gateway_key, "--log-level", "debug")
     servers = {}
     server_processes = []
+    metrics_urls: list[str] = []
     for name, key in (("good", gateway_key), ("wrong", wrong_gateway_key)):
         server = start(
             processes,
-            [RERANK_SERVER, "--port", "0", "--gateway-url", gateway_url],
+            [RERANK_SERVER, "--port", "0", "--metrics-port", "0", "--gateway-url", gateway_url],
             {
                 "AI_GATEWAY_API_KEY": key,
                 "RERANK_AUTH_TOKENS": f"other-token,{caller_token}",
@@ -53,6 +57,7 @@ def check_the_whole_flow(processes: list[Process], receiver: OtlpReceiver) -> No
             },
         )
         servers[name] = server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
+        metrics_urls.append(server.wait_for(r"rerank metrics on (http://\S+/metrics)").group(1))
         server_processes.append(server)
 
     answers: list[str] = []
@@ -90,6 +95,13 @@ def check_the_whole_flow(processes: list[Process], receiver: OtlpReceiver) -> No
             call(target, faulty, caller_token)
 
     assert "Paris is the capital of France." in "".join(answers)  # the flow really ran
+    # Every label of every metric, scraped while the servers still run.
+    labels: list[str] = []
+    for url in metrics_urls:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            scrape = Scrape(response.read().decode())
+        labels.extend(f"{k}={v}" for _, have, _ in scrape.samples for k, v in have.items())
+    assert any(label.startswith("grpc_method=") for label in labels)
     assert any("UNAUTHENTICATED" in a for a in answers)
     assert any("INTERNAL" in a for a in answers)
     for process in processes:
@@ -102,8 +114,9 @@ def check_the_whole_flow(processes: list[Process], receiver: OtlpReceiver) -> No
     fields: list[str] = []
     for server in server_processes:
         for line in server.output.splitlines():
-            if line.startswith("rerank server listening on "):
-                continue  # the ready line, on stdout by design
+            if line.startswith(("rerank server listening on ", "rerank metrics on ")):
+                continue  # the ready lines, on stdout by design
+            assert line.startswith("{"), line
             record = json.loads(line)
             fields.extend(f"{key}={value}" for key, value in record.items())
     assert any(f == "logger=rerank.access" for f in fields)
@@ -117,8 +130,10 @@ def check_the_whole_flow(processes: list[Process], receiver: OtlpReceiver) -> No
     for secret in (gateway_key, wrong_gateway_key, caller_token, collector_token):
         assert not [f for f in fields if secret in f]
         assert not [t for t in texts if secret in t]
+        assert not [label for label in labels if secret in label]
     for text in (SEED_QUERY, *SEED_DOCUMENTS):
         assert not [t for t in texts if text in t]
+        assert not [label for label in labels if text in label]
 
 
 @pytest.mark.timeout(60)
