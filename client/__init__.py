@@ -29,12 +29,21 @@ from ._exceptions import (
     UpstreamRateLimitedError,
     from_rpc_error,
 )
-from ._models import Document, ModelInfo, RankedDocument, RerankResult, Warning, WarningType
+from ._models import (
+    CallerUsage,
+    Document,
+    ModelInfo,
+    RankedDocument,
+    RerankResult,
+    Warning,
+    WarningType,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "USE_DEFAULT",
     "AsyncRerankClient",
+    "CallerUsage",
     "DeadlineExceededError",
     "Document",
     "ErrorInfo",

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from rerank.contract import from_struct, to_struct
 from rerank.v1 import rerank_service_pb2 as pb
 
-from ._models import Document, ModelInfo, RankedDocument, RerankResult, Warning, WarningType
+from ._models import (
+    CallerUsage,
+    Document,
+    ModelInfo,
+    RankedDocument,
+    RerankResult,
+    Warning,
+    WarningType,
+)
 
 _WARNING_TYPES: dict[int, WarningType] = {
     pb.Warning.TYPE_UNSUPPORTED: "unsupported",
@@ -110,3 +119,25 @@ def parse_list_models_response(response: pb.ListModelsResponse) -> list[ModelInf
         )
         for model in response.models
     ]
+
+
+def parse_get_usage_response(response: pb.GetUsageResponse) -> CallerUsage:
+    """Turn a `GetUsageResponse` into a `CallerUsage`; unset limits are None."""
+    return CallerUsage(
+        caller=response.caller,
+        day=response.day,
+        spent_usd=Decimal(response.spent_usd or "0"),
+        calls=response.calls,
+        refused=response.refused,
+        daily_budget_usd=(
+            Decimal(response.daily_budget_usd) if response.HasField("daily_budget_usd") else None
+        ),
+        requests_per_second=(
+            response.requests_per_second if response.HasField("requests_per_second") else None
+        ),
+        burst=response.burst if response.HasField("burst") else None,
+        max_concurrent_calls=(
+            response.max_concurrent_calls if response.HasField("max_concurrent_calls") else None
+        ),
+        models=tuple(response.models),
+    )

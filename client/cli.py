@@ -5,9 +5,13 @@ Usage::
     rerank [--target HOST:PORT] [--model M] [--top-n N] [--timeout S]
            [--provider-options JSON] [--file PATH [--jsonl]] [--pretty] QUERY [DOCUMENT ...]
     rerank [--target HOST:PORT] [--timeout S] [--pretty] --list-models
+    rerank [--target HOST:PORT] [--timeout S] [--pretty] --usage
 
-Prints the AI SDK-style JSON result on stdout. Exit status: 0 on success, 2 for a usage error,
-an unreadable input file or INVALID_ARGUMENT, 1 for any other failed call.
+Prints the AI SDK-style JSON result on stdout (`--usage`: the caller's own standing today).
+With `RERANK_TOKEN` set, every call sends `authorization: Bearer $RERANK_TOKEN` (an
+environment variable, not a flag, so the token stays out of the process list). Exit status: 0
+on success, 2 for a usage error, an unreadable input file or INVALID_ARGUMENT, 1 for any
+other failed call.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ __all__ = ["main"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 TARGET_ENV = "RERANK_TARGET"
+TOKEN_ENV = "RERANK_TOKEN"
 
 EXIT_OK = 0
 EXIT_RPC_ERROR = 1
@@ -73,6 +78,11 @@ def _parser(default_target: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--list-models", action="store_true", help="list the reranking models and exit"
+    )
+    parser.add_argument(
+        "--usage",
+        action="store_true",
+        help="show this caller's spend, budget, limits, calls and refusals today, and exit",
     )
     return parser
 
@@ -149,10 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         # the status instead so `main` can be called from code and tests.
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
-    if args.list_models:
+    if args.list_models and args.usage:
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{_PROG}: error: --list-models and --usage go alone\n")
+        return EXIT_USAGE
+    if args.list_models or args.usage:
         if args.query is not None or args.file is not None:
+            flag = "--list-models" if args.list_models else "--usage"
             parser.print_usage(sys.stderr)
-            sys.stderr.write(f"{_PROG}: error: --list-models takes no query or documents\n")
+            sys.stderr.write(f"{_PROG}: error: {flag} takes no query or documents\n")
             return EXIT_USAGE
     elif args.query is None:
         parser.print_usage(sys.stderr)
@@ -163,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{_PROG}: error: --jsonl needs --file\n")
         return EXIT_USAGE
 
-    query: str = args.query or ""  # only None with --list-models, where it is unused
+    query: str = args.query or ""  # only None with --list-models or --usage: unused there
     try:
         documents: list[Any] = list(args.documents)
         if args.file is not None:
@@ -174,10 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     try:
-        with RerankClient(args.target) as client:
+        token = os.environ.get(TOKEN_ENV)
+        metadata = {"authorization": f"Bearer {token}"} if token else None
+        with RerankClient(args.target, metadata=metadata) as client:
             if args.list_models:
                 models = client.list_models(timeout=args.timeout)
                 _dump([m.to_json_dict() for m in models], pretty=args.pretty, out=sys.stdout)
+            elif args.usage:
+                usage = client.get_usage(timeout=args.timeout)
+                _dump(usage.to_json_dict(), pretty=args.pretty, out=sys.stdout)
             else:
                 result = client.rerank(
                     query,

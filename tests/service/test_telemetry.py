@@ -10,6 +10,7 @@ import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -217,6 +218,21 @@ async def test_successes_are_sampled_failures_always_written(
     assert (failed["status"], failed["reason"]) == ("INVALID_ARGUMENT", "INVALID_REQUEST")
     assert failed["model"] is None  # not a valid slug: not written anywhere
     assert failed["documents"] == 3
+
+
+async def test_a_named_callers_name_is_logged_never_its_token(
+    serve: Any, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    token = f"tok-{secrets.token_hex(8)}"
+    callers = tmp_path / "callers.toml"
+    callers.write_text(f'[callers.search-team]\ntoken = "{token}"\n')
+    _, stub = await serve(callers_file=str(callers), auth_tokens=frozenset({"unnamed-token"}))
+    await stub.Rerank(seed(), metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+    await stub.Rerank(seed(), metadata=(("authorization", "Bearer unnamed-token"),), timeout=10)
+    named, unnamed = access_records(caplog)
+    assert (named["caller"], unnamed["caller"]) == ("search-team", None)
+    assert token not in caplog.text
 
 
 class Broken:

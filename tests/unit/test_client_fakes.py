@@ -44,6 +44,18 @@ MODELS = pb.ListModelsResponse(
     ]
 )
 
+USAGE = pb.GetUsageResponse(
+    caller="search-api",
+    day="2026-03-14",
+    spent_usd="0.003",
+    daily_budget_usd="0.0025",
+    calls=3,
+    refused=1,
+    requests_per_second=5,
+    burst=5,
+    models=["cohere/*"],
+)
+
 
 @dataclass(frozen=True)
 class Abort:
@@ -69,7 +81,7 @@ class Delay:
 
 AioContext = Any  # grpc.aio.ServicerContext, whose stub is generic over the messages
 
-Step = pb.RerankResponse | pb.ListModelsResponse | Abort | Delay
+Step = pb.RerankResponse | pb.ListModelsResponse | pb.GetUsageResponse | Abort | Delay
 
 
 def bad_request(*violations: tuple[str, str]) -> error_details_pb2.BadRequest:
@@ -124,16 +136,21 @@ class FakeRerankService(pb_grpc.RerankServiceServicer):
         return self.script.pop(0) if self.script else None
 
     def _answer(self, request: Message, step: Step | None) -> Message:
-        if isinstance(step, pb.RerankResponse | pb.ListModelsResponse):
+        if isinstance(step, pb.RerankResponse | pb.ListModelsResponse | pb.GetUsageResponse):
             return step
         if isinstance(request, pb.RerankRequest):
             return default_rerank_response(request)
+        if isinstance(request, pb.GetUsageRequest):
+            return USAGE
         return MODELS
 
     def Rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext) -> Message:
         return self._handle(request, context)
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> Message:
+        return self._handle(request, context)
+
+    def GetUsage(self, request: pb.GetUsageRequest, context: grpc.ServicerContext) -> Message:
         return self._handle(request, context)
 
     def _handle(self, request: Message, context: grpc.ServicerContext) -> Message:
@@ -152,6 +169,9 @@ class AsyncFakeRerankService(FakeRerankService):
         return await self._handle_async(request, context)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: AioContext) -> Message:
+        return await self._handle_async(request, context)
+
+    async def GetUsage(self, request: pb.GetUsageRequest, context: AioContext) -> Message:
         return await self._handle_async(request, context)
 
     async def _handle_async(self, request: Message, context: AioContext) -> Message:
@@ -183,6 +203,7 @@ def serve(servicer: FakeRerankService) -> Iterator[str]:
 __all__ = [
     "MODELS",
     "SERVER_OPTIONS",
+    "USAGE",
     "Abort",
     "AsyncFakeRerankService",
     "Delay",

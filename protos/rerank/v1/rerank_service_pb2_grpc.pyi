@@ -51,10 +51,23 @@ class RerankServiceStub:
     the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
     it does not answer within the call's deadline, INTERNAL when it answers outside its
     protocol or rejects this server's credentials.
+
+    A named caller's own limits (the server's callers file) refuse with RESOURCE_EXHAUSTED,
+    ErrorInfo reason CALLER_RATE_LIMITED (over its rate or its concurrent calls; RetryInfo
+    says when to try again) or CALLER_BUDGET_EXHAUSTED (today's spend reached its budget;
+    RetryInfo points at the next 00:00 UTC), and PERMISSION_DENIED with reason
+    MODEL_NOT_ALLOWED for a model outside its `models`. A missing or unknown bearer token is
+    UNAUTHENTICATED.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_rerank_service_pb2.ListModelsRequest, _rerank_service_pb2.ListModelsResponse]
     """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
     `modelType` "reranking").
+    """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_rerank_service_pb2.GetUsageRequest, _rerank_service_pb2.GetUsageResponse]
+    """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+    budget, its limits, and the calls it made and had refused. It never tells another
+    caller's. Only a named caller (a table of the server's callers file) has a standing: any
+    other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
     """
 
 @_typing.type_check_only
@@ -75,10 +88,23 @@ class RerankServiceAsyncStub(RerankServiceStub):
     the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
     it does not answer within the call's deadline, INTERNAL when it answers outside its
     protocol or rejects this server's credentials.
+
+    A named caller's own limits (the server's callers file) refuse with RESOURCE_EXHAUSTED,
+    ErrorInfo reason CALLER_RATE_LIMITED (over its rate or its concurrent calls; RetryInfo
+    says when to try again) or CALLER_BUDGET_EXHAUSTED (today's spend reached its budget;
+    RetryInfo points at the next 00:00 UTC), and PERMISSION_DENIED with reason
+    MODEL_NOT_ALLOWED for a model outside its `models`. A missing or unknown bearer token is
+    UNAUTHENTICATED.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_rerank_service_pb2.ListModelsRequest, _rerank_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
     `modelType` "reranking").
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_rerank_service_pb2.GetUsageRequest, _rerank_service_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+    budget, its limits, and the calls it made and had refused. It never tells another
+    caller's. Only a named caller (a table of the server's callers file) has a standing: any
+    other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
     """
 
 class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -102,6 +128,13 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
         the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
         it does not answer within the call's deadline, INTERNAL when it answers outside its
         protocol or rejects this server's credentials.
+
+        A named caller's own limits (the server's callers file) refuse with RESOURCE_EXHAUSTED,
+        ErrorInfo reason CALLER_RATE_LIMITED (over its rate or its concurrent calls; RetryInfo
+        says when to try again) or CALLER_BUDGET_EXHAUSTED (today's spend reached its budget;
+        RetryInfo points at the next 00:00 UTC), and PERMISSION_DENIED with reason
+        MODEL_NOT_ALLOWED for a model outside its `models`. A missing or unknown bearer token is
+        UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod
@@ -112,6 +145,18 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_rerank_service_pb2.ListModelsResponse, _abc.Awaitable[_rerank_service_pb2.ListModelsResponse]]:
         """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
         `modelType` "reranking").
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _rerank_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rerank_service_pb2.GetUsageResponse, _abc.Awaitable[_rerank_service_pb2.GetUsageResponse]]:
+        """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+        budget, its limits, and the calls it made and had refused. It never tells another
+        caller's. Only a named caller (a table of the server's callers file) has a standing: any
+        other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
         """
 
 def add_RerankServiceServicer_to_server(servicer: RerankServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
