@@ -16,8 +16,6 @@ gRPC's bytes and the documents as Python values, not a decoded message besides
 from __future__ import annotations
 
 import base64
-import logging
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from google.protobuf.message import DecodeError
 from rerank.contract import RESPONSE_EXTRAS_BYTES, NotJsonError, from_struct
 from rerank.server.admission import Admission
 from rerank.server.caller_limits import CallerLimitsReranker
+from rerank.server.calls import CallRecord, current_call
 from rerank.server.domain import (
     FREE,
     Caller,
@@ -60,8 +59,6 @@ from rerank.server.interceptors import current_caller
 from rerank.server.limits import DailyUsage, bucket_size
 from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
-
-logger = logging.getLogger(__name__)
 
 _WARNING_TYPE_TO_PROTO = {
     "unsupported": pb.Warning.TYPE_UNSUPPORTED,
@@ -102,10 +99,12 @@ class RerankServicer:
         self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RerankResponse:
         """`request` is the serialized RerankRequest, as gRPC received (and keeps) it."""
-        started = time.perf_counter()
+        call = current_call()
         with self._admission.admit(len(request)):
-            query, echo = query_from_bytes(request, self._default_model, self._limits)
+            query, echo = query_from_bytes(request, self._default_model, self._limits, call)
             check_request(query, self._limits)
+            if call is not None:
+                call.model = query.model  # once valid: a slug of at most 128 characters
             if (caller := current_caller()) is not None:
                 query = on_behalf_of(query, caller)
             self._metrics.documents(len(query.documents))
@@ -116,18 +115,12 @@ class RerankServicer:
                 # refused here too.
                 self._reranker.check_model(query)
                 outcome = _NOTHING_TO_RANK
+            if call is not None:
+                call.cached = outcome.cached
+                call.cost = outcome.usage.cost
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
             sent = sent_documents(query, request) if echo and ranking else None
-            response = response_to_proto(query.model, ranking, outcome, sent)
-        logger.debug(
-            "rerank ok id=%s model=%s documents=%d top_n=%s ms=%.1f",
-            response.id,
-            query.model,
-            len(query.documents),
-            query.top_n,
-            (time.perf_counter() - started) * 1000,
-        )
-        return response
+            return response_to_proto(query.model, ranking, outcome, sent)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -194,13 +187,20 @@ def decode_request(data: bytes) -> pb.RerankRequest:
         raise MalformedRequest.of(exc) from None
 
 
-def query_from_bytes(data: bytes, default_model: str, limits: Limits) -> tuple[RerankQuery, bool]:
-    """The query a serialized RerankRequest asks, and whether its answer echoes the documents.
+def query_from_bytes(
+    data: bytes, default_model: str, limits: Limits, call: CallRecord | None = None
+) -> tuple[RerankQuery, bool]:
+    """The query a serialized RerankRequest asks, and whether its answer echoes the documents;
+    `call`, when given, notes the document count and `top_n` as sent (before anything in them
+    can be refused).
 
     The decoded message lives only in here: once its documents are domain values, nothing
     refers to it and its memory is freed, while the call goes on for seconds.
     """
     request = decode_request(data)
+    if call is not None:
+        call.documents = len(request.documents)
+        call.top_n = request.top_n if request.HasField("top_n") else None
     return query_from_proto(request, default_model, limits), echoes_documents(request)
 
 

@@ -58,7 +58,8 @@ def buf_breaking(changed: Path, original: Path) -> subprocess.CompletedProcess[s
             "optional int32 top_n = 4;", "optional int32 top_n = 40;", "top_n", id="renumber"
         ),
         pytest.param(
-            "  // For OTHER and DEPRECATED: the gateway's message.\n  string message = 4;\n",
+            "  // For OTHER and DEPRECATED: the gateway's message. Empty otherwise.\n"
+            "  string message = 4;\n",
             "",
             "message",
             id="remove",
