@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ererank/v1/rerank_service.proto\x12\trerank.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xbc\x01\n\rRerankRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12&\n\tdocuments\x18\x03 \x03(\x0b\x32\x13.rerank.v1.Document\x12\x12\n\x05top_n\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x31\n\x10provider_options\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x62ypass_cache\x18\x06 \x01(\x08\x42\x08\n\x06_top_n\"P\n\x08\x44ocument\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\x06object\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x42\t\n\x07\x63ontent\"\xc1\x01\n\x0eRerankResponse\x12*\n\x07ranking\x18\x01 \x03(\x0b\x32\x19.rerank.v1.RankedDocument\x12\r\n\x05model\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12$\n\x08warnings\x18\x04 \x03(\x0b\x32\x12.rerank.v1.Warning\x12\x32\n\x11provider_metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\"^\n\x0eRankedDocument\x12\x16\n\x0eoriginal_index\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x01\x12%\n\x08\x64ocument\x18\x03 \x01(\x0b\x32\x13.rerank.v1.Document\"\xe5\x01\n\x07Warning\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.rerank.v1.Warning.Type\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07setting\x18\x05 \x01(\t\"o\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TYPE_UNSUPPORTED\x10\x01\x12\x16\n\x12TYPE_COMPATIBILITY\x10\x02\x12\x0e\n\nTYPE_OTHER\x10\x03\x12\x13\n\x0fTYPE_DEPRECATED\x10\x04\"\x13\n\x11ListModelsRequest\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.rerank.v1.Model\"\xa8\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12.\n\x07pricing\x18\x05 \x03(\x0b\x32\x1d.rerank.v1.Model.PricingEntry\x1a.\n\x0cPricingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x99\x01\n\rRerankService\x12=\n\x06Rerank\x12\x18.rerank.v1.RerankRequest\x1a\x19.rerank.v1.RerankResponse\x12I\n\nListModels\x12\x1c.rerank.v1.ListModelsRequest\x1a\x1d.rerank.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ererank/v1/rerank_service.proto\x12\trerank.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"\xbc\x01\n\rRerankRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12&\n\tdocuments\x18\x03 \x03(\x0b\x32\x13.rerank.v1.Document\x12\x12\n\x05top_n\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x31\n\x10provider_options\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x62ypass_cache\x18\x06 \x01(\x08\x42\x08\n\x06_top_n\"P\n\x08\x44ocument\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\x06object\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x42\t\n\x07\x63ontent\"\xc1\x01\n\x0eRerankResponse\x12*\n\x07ranking\x18\x01 \x03(\x0b\x32\x19.rerank.v1.RankedDocument\x12\r\n\x05model\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12$\n\x08warnings\x18\x04 \x03(\x0b\x32\x12.rerank.v1.Warning\x12\x32\n\x11provider_metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\"^\n\x0eRankedDocument\x12\x16\n\x0eoriginal_index\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x01\x12%\n\x08\x64ocument\x18\x03 \x01(\x0b\x32\x13.rerank.v1.Document\"\xe5\x01\n\x07Warning\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.rerank.v1.Warning.Type\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07setting\x18\x05 \x01(\t\"o\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TYPE_UNSUPPORTED\x10\x01\x12\x16\n\x12TYPE_COMPATIBILITY\x10\x02\x12\x0e\n\nTYPE_OTHER\x10\x03\x12\x13\n\x0fTYPE_DEPRECATED\x10\x04\"\x13\n\x11ListModelsRequest\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.rerank.v1.Model\"\xa8\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12.\n\x07pricing\x18\x05 \x03(\x0b\x32\x1d.rerank.v1.Model.PricingEntry\x1a.\n\x0cPricingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x12\x42\x61tchRerankRequest\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.rerank.v1.RerankRequest\"D\n\x13\x42\x61tchRerankResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.rerank.v1.BatchRerankResult\"q\n\x11\x42\x61tchRerankResult\x12-\n\x08response\x18\x01 \x01(\x0b\x32\x19.rerank.v1.RerankResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result2\xe7\x01\n\rRerankService\x12=\n\x06Rerank\x12\x18.rerank.v1.RerankRequest\x1a\x19.rerank.v1.RerankResponse\x12I\n\nListModels\x12\x1c.rerank.v1.ListModelsRequest\x1a\x1d.rerank.v1.ListModelsResponse\x12L\n\x0b\x42\x61tchRerank\x12\x1d.rerank.v1.BatchRerankRequest\x1a\x1e.rerank.v1.BatchRerankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,26 +35,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODEL_PRICINGENTRY']._loaded_options = None
   _globals['_MODEL_PRICINGENTRY']._serialized_options = b'8\001'
-  _globals['_RERANKREQUEST']._serialized_start=76
-  _globals['_RERANKREQUEST']._serialized_end=264
-  _globals['_DOCUMENT']._serialized_start=266
-  _globals['_DOCUMENT']._serialized_end=346
-  _globals['_RERANKRESPONSE']._serialized_start=349
-  _globals['_RERANKRESPONSE']._serialized_end=542
-  _globals['_RANKEDDOCUMENT']._serialized_start=544
-  _globals['_RANKEDDOCUMENT']._serialized_end=638
-  _globals['_WARNING']._serialized_start=641
-  _globals['_WARNING']._serialized_end=870
-  _globals['_WARNING_TYPE']._serialized_start=759
-  _globals['_WARNING_TYPE']._serialized_end=870
-  _globals['_LISTMODELSREQUEST']._serialized_start=872
-  _globals['_LISTMODELSREQUEST']._serialized_end=891
-  _globals['_LISTMODELSRESPONSE']._serialized_start=893
-  _globals['_LISTMODELSRESPONSE']._serialized_end=947
-  _globals['_MODEL']._serialized_start=950
-  _globals['_MODEL']._serialized_end=1118
-  _globals['_MODEL_PRICINGENTRY']._serialized_start=1072
-  _globals['_MODEL_PRICINGENTRY']._serialized_end=1118
-  _globals['_RERANKSERVICE']._serialized_start=1121
-  _globals['_RERANKSERVICE']._serialized_end=1274
+  _globals['_RERANKREQUEST']._serialized_start=101
+  _globals['_RERANKREQUEST']._serialized_end=289
+  _globals['_DOCUMENT']._serialized_start=291
+  _globals['_DOCUMENT']._serialized_end=371
+  _globals['_RERANKRESPONSE']._serialized_start=374
+  _globals['_RERANKRESPONSE']._serialized_end=567
+  _globals['_RANKEDDOCUMENT']._serialized_start=569
+  _globals['_RANKEDDOCUMENT']._serialized_end=663
+  _globals['_WARNING']._serialized_start=666
+  _globals['_WARNING']._serialized_end=895
+  _globals['_WARNING_TYPE']._serialized_start=784
+  _globals['_WARNING_TYPE']._serialized_end=895
+  _globals['_LISTMODELSREQUEST']._serialized_start=897
+  _globals['_LISTMODELSREQUEST']._serialized_end=916
+  _globals['_LISTMODELSRESPONSE']._serialized_start=918
+  _globals['_LISTMODELSRESPONSE']._serialized_end=972
+  _globals['_MODEL']._serialized_start=975
+  _globals['_MODEL']._serialized_end=1143
+  _globals['_MODEL_PRICINGENTRY']._serialized_start=1097
+  _globals['_MODEL_PRICINGENTRY']._serialized_end=1143
+  _globals['_BATCHRERANKREQUEST']._serialized_start=1145
+  _globals['_BATCHRERANKREQUEST']._serialized_end=1209
+  _globals['_BATCHRERANKRESPONSE']._serialized_start=1211
+  _globals['_BATCHRERANKRESPONSE']._serialized_end=1279
+  _globals['_BATCHRERANKRESULT']._serialized_start=1281
+  _globals['_BATCHRERANKRESULT']._serialized_end=1394
+  _globals['_RERANKSERVICE']._serialized_start=1397
+  _globals['_RERANKSERVICE']._serialized_end=1628
 # @@protoc_insertion_point(module_scope)

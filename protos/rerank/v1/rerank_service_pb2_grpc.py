@@ -45,6 +45,11 @@ class RerankServiceStub:
                 request_serializer=rerank_dot_v1_dot_rerank__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=rerank_dot_v1_dot_rerank__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.BatchRerank = channel.unary_unary(
+                '/rerank.v1.RerankService/BatchRerank',
+                request_serializer=rerank_dot_v1_dot_rerank__service__pb2.BatchRerankRequest.SerializeToString,
+                response_deserializer=rerank_dot_v1_dot_rerank__service__pb2.BatchRerankResponse.FromString,
+                _registered_method=True)
 
 
 class RerankServiceServicer:
@@ -77,6 +82,41 @@ class RerankServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchRerank(self, request, context):
+        """BatchRerank answers many Rerank requests in one call: one result per request, in order.
+
+        Each request is answered as Rerank would answer it alone: the same validation, the
+        result cache, the windows, the retries, the caller's limits, and on failure the same
+        status with the same details (ErrorInfo, BadRequest with field paths relative to that
+        request, e.g. `documents[17]`, RetryInfo). One bad or failed request fails alone, in its
+        `BatchRerankResult.error`; the others are answered.
+
+        The requests run concurrently, at most the server's batch parallelism at once (default
+        8, RERANK_BATCH_PARALLELISM, 1 to 64); each holds its own admission place (one call and
+        its bytes) while it runs, so a request the server has no room for fails alone with
+        RESOURCE_EXHAUSTED (reason OVERLOADED, with a RetryInfo). Identical requests, in one
+        batch or in calls in flight, share one gateway call.
+
+        The call's deadline bounds every request: a request not answered shortly before it
+        (the server keeps a tenth of the call's time, at most 1 s, to send the answer) fails
+        with DEADLINE_EXCEEDED in its result, and the answered ones still come back. Without a
+        deadline each request is bounded by the server's upstream timeout, as a Rerank is.
+
+        Limits: at most the server's batch limit of requests (default 100,
+        RERANK_BATCH_MAX_REQUESTS), and the whole message at most the server's receive limit
+        (default 64 MiB, RERANK_MAX_MESSAGE_BYTES), which bounds the bytes of all requests
+        together; each request keeps Rerank's own limits. An empty `requests` is answered OK
+        with no results.
+
+        Errors of the whole call: INVALID_ARGUMENT (reason INVALID_REQUEST, field `requests`)
+        for more requests than the batch limit, or bytes that are not a BatchRerankRequest
+        (MALFORMED_REQUEST); RESOURCE_EXHAUSTED from gRPC itself for a message over the receive
+        limit; DEADLINE_EXCEEDED when the deadline passes before the answer is sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RerankServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +129,11 @@ def add_RerankServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=rerank_dot_v1_dot_rerank__service__pb2.ListModelsRequest.FromString,
                     response_serializer=rerank_dot_v1_dot_rerank__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'BatchRerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRerank,
+                    request_deserializer=rerank_dot_v1_dot_rerank__service__pb2.BatchRerankRequest.FromString,
+                    response_serializer=rerank_dot_v1_dot_rerank__service__pb2.BatchRerankResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -146,6 +191,33 @@ class RerankService:
             '/rerank.v1.RerankService/ListModels',
             rerank_dot_v1_dot_rerank__service__pb2.ListModelsRequest.SerializeToString,
             rerank_dot_v1_dot_rerank__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rerank.v1.RerankService/BatchRerank',
+            rerank_dot_v1_dot_rerank__service__pb2.BatchRerankRequest.SerializeToString,
+            rerank_dot_v1_dot_rerank__service__pb2.BatchRerankResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,37 @@ class RerankServiceStub:
     """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
     `modelType` "reranking").
     """
+    BatchRerank: _grpc.UnaryUnaryMultiCallable[_rerank_service_pb2.BatchRerankRequest, _rerank_service_pb2.BatchRerankResponse]
+    """BatchRerank answers many Rerank requests in one call: one result per request, in order.
+
+    Each request is answered as Rerank would answer it alone: the same validation, the
+    result cache, the windows, the retries, the caller's limits, and on failure the same
+    status with the same details (ErrorInfo, BadRequest with field paths relative to that
+    request, e.g. `documents[17]`, RetryInfo). One bad or failed request fails alone, in its
+    `BatchRerankResult.error`; the others are answered.
+
+    The requests run concurrently, at most the server's batch parallelism at once (default
+    8, RERANK_BATCH_PARALLELISM, 1 to 64); each holds its own admission place (one call and
+    its bytes) while it runs, so a request the server has no room for fails alone with
+    RESOURCE_EXHAUSTED (reason OVERLOADED, with a RetryInfo). Identical requests, in one
+    batch or in calls in flight, share one gateway call.
+
+    The call's deadline bounds every request: a request not answered shortly before it
+    (the server keeps a tenth of the call's time, at most 1 s, to send the answer) fails
+    with DEADLINE_EXCEEDED in its result, and the answered ones still come back. Without a
+    deadline each request is bounded by the server's upstream timeout, as a Rerank is.
+
+    Limits: at most the server's batch limit of requests (default 100,
+    RERANK_BATCH_MAX_REQUESTS), and the whole message at most the server's receive limit
+    (default 64 MiB, RERANK_MAX_MESSAGE_BYTES), which bounds the bytes of all requests
+    together; each request keeps Rerank's own limits. An empty `requests` is answered OK
+    with no results.
+
+    Errors of the whole call: INVALID_ARGUMENT (reason INVALID_REQUEST, field `requests`)
+    for more requests than the batch limit, or bytes that are not a BatchRerankRequest
+    (MALFORMED_REQUEST); RESOURCE_EXHAUSTED from gRPC itself for a message over the receive
+    limit; DEADLINE_EXCEEDED when the deadline passes before the answer is sent.
+    """
 
 @_typing.type_check_only
 class RerankServiceAsyncStub(RerankServiceStub):
@@ -79,6 +110,37 @@ class RerankServiceAsyncStub(RerankServiceStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_rerank_service_pb2.ListModelsRequest, _rerank_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
     `modelType` "reranking").
+    """
+    BatchRerank: _aio.UnaryUnaryMultiCallable[_rerank_service_pb2.BatchRerankRequest, _rerank_service_pb2.BatchRerankResponse]  # type: ignore[assignment]
+    """BatchRerank answers many Rerank requests in one call: one result per request, in order.
+
+    Each request is answered as Rerank would answer it alone: the same validation, the
+    result cache, the windows, the retries, the caller's limits, and on failure the same
+    status with the same details (ErrorInfo, BadRequest with field paths relative to that
+    request, e.g. `documents[17]`, RetryInfo). One bad or failed request fails alone, in its
+    `BatchRerankResult.error`; the others are answered.
+
+    The requests run concurrently, at most the server's batch parallelism at once (default
+    8, RERANK_BATCH_PARALLELISM, 1 to 64); each holds its own admission place (one call and
+    its bytes) while it runs, so a request the server has no room for fails alone with
+    RESOURCE_EXHAUSTED (reason OVERLOADED, with a RetryInfo). Identical requests, in one
+    batch or in calls in flight, share one gateway call.
+
+    The call's deadline bounds every request: a request not answered shortly before it
+    (the server keeps a tenth of the call's time, at most 1 s, to send the answer) fails
+    with DEADLINE_EXCEEDED in its result, and the answered ones still come back. Without a
+    deadline each request is bounded by the server's upstream timeout, as a Rerank is.
+
+    Limits: at most the server's batch limit of requests (default 100,
+    RERANK_BATCH_MAX_REQUESTS), and the whole message at most the server's receive limit
+    (default 64 MiB, RERANK_MAX_MESSAGE_BYTES), which bounds the bytes of all requests
+    together; each request keeps Rerank's own limits. An empty `requests` is answered OK
+    with no results.
+
+    Errors of the whole call: INVALID_ARGUMENT (reason INVALID_REQUEST, field `requests`)
+    for more requests than the batch limit, or bytes that are not a BatchRerankRequest
+    (MALFORMED_REQUEST); RESOURCE_EXHAUSTED from gRPC itself for a message over the receive
+    limit; DEADLINE_EXCEEDED when the deadline passes before the answer is sent.
     """
 
 class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -112,6 +174,43 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_rerank_service_pb2.ListModelsResponse, _abc.Awaitable[_rerank_service_pb2.ListModelsResponse]]:
         """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
         `modelType` "reranking").
+        """
+
+    @_abc_1.abstractmethod
+    def BatchRerank(
+        self,
+        request: _rerank_service_pb2.BatchRerankRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rerank_service_pb2.BatchRerankResponse, _abc.Awaitable[_rerank_service_pb2.BatchRerankResponse]]:
+        """BatchRerank answers many Rerank requests in one call: one result per request, in order.
+
+        Each request is answered as Rerank would answer it alone: the same validation, the
+        result cache, the windows, the retries, the caller's limits, and on failure the same
+        status with the same details (ErrorInfo, BadRequest with field paths relative to that
+        request, e.g. `documents[17]`, RetryInfo). One bad or failed request fails alone, in its
+        `BatchRerankResult.error`; the others are answered.
+
+        The requests run concurrently, at most the server's batch parallelism at once (default
+        8, RERANK_BATCH_PARALLELISM, 1 to 64); each holds its own admission place (one call and
+        its bytes) while it runs, so a request the server has no room for fails alone with
+        RESOURCE_EXHAUSTED (reason OVERLOADED, with a RetryInfo). Identical requests, in one
+        batch or in calls in flight, share one gateway call.
+
+        The call's deadline bounds every request: a request not answered shortly before it
+        (the server keeps a tenth of the call's time, at most 1 s, to send the answer) fails
+        with DEADLINE_EXCEEDED in its result, and the answered ones still come back. Without a
+        deadline each request is bounded by the server's upstream timeout, as a Rerank is.
+
+        Limits: at most the server's batch limit of requests (default 100,
+        RERANK_BATCH_MAX_REQUESTS), and the whole message at most the server's receive limit
+        (default 64 MiB, RERANK_MAX_MESSAGE_BYTES), which bounds the bytes of all requests
+        together; each request keeps Rerank's own limits. An empty `requests` is answered OK
+        with no results.
+
+        Errors of the whole call: INVALID_ARGUMENT (reason INVALID_REQUEST, field `requests`)
+        for more requests than the batch limit, or bytes that are not a BatchRerankRequest
+        (MALFORMED_REQUEST); RESOURCE_EXHAUSTED from gRPC itself for a message over the receive
+        limit; DEADLINE_EXCEEDED when the deadline passes before the answer is sent.
         """
 
 def add_RerankServiceServicer_to_server(servicer: RerankServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
