@@ -146,6 +146,12 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
             parser.error(f"RERANK_{name} must be a finite number ≥ 0, got {raw!r}")
         return value
 
+    def within(name: str, default: int, low: int, high: int) -> int:
+        value = number(name, default)
+        if not value.is_integer() or not low <= value <= high:
+            parser.error(f"RERANK_{name} must be an integer from {low} to {high}, got {value:g}")
+        return int(value)
+
     return Settings(
         host=args.host,
         port=args.port,
@@ -180,6 +186,8 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         window_sizes=window_sizes,
         default_window_size=int(number("WINDOW_SIZE", defaults.default_window_size)),
         window_parallelism=int(number("WINDOW_PARALLELISM", defaults.window_parallelism)),
+        batch_parallelism=within("BATCH_PARALLELISM", defaults.batch_parallelism, 1, 64),
+        batch_max_requests=within("BATCH_MAX_REQUESTS", defaults.batch_max_requests, 1, 1000),
         cache_ttl=number("CACHE_TTL", defaults.cache_ttl),
         cache_max_bytes=int(number("CACHE_MAX_BYTES", defaults.cache_max_bytes)),
         grace_period=number("GRACE_PERIOD", defaults.grace_period),

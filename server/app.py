@@ -37,7 +37,7 @@ from rerank.server.interceptors import (
     ServerInterceptor,
 )
 from rerank.server.resilience import CircuitBreaker, ResilientReranker, RetryBudget, RetryPolicy
-from rerank.server.service import RerankServicer
+from rerank.server.service import BatchLimits, RerankServicer
 from rerank.server.windows import WindowedReranker, WindowPolicy
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
@@ -187,6 +187,9 @@ async def start_server(settings: Settings, reranker: Reranker | None = None) -> 
         admission=Admission(settings.max_concurrent_calls, settings.max_inflight_bytes),
         default_model=settings.default_model,
         upstream_timeout=settings.upstream_timeout,
+        batch=BatchLimits(
+            max_requests=settings.batch_max_requests, parallelism=settings.batch_parallelism
+        ),
     )
     pb_grpc.add_RerankServiceServicer_to_server(servicer, server)
     health_servicer = health_aio.HealthServicer()

@@ -118,6 +118,15 @@ class Settings:
     window_parallelism: int = 4
     """Windows of one request in flight at once (`RERANK_WINDOW_PARALLELISM`)."""
 
+    batch_parallelism: int = 8
+    """Requests of one BatchRerank answered at once, 1 to 64 (`RERANK_BATCH_PARALLELISM`); each
+    holds its own admission place while it runs."""
+
+    batch_max_requests: int = 100
+    """Most requests one BatchRerank may hold, 1 to 1,000 (`RERANK_BATCH_MAX_REQUESTS`); more is
+    INVALID_ARGUMENT for the whole call. The bytes of them all are bounded by
+    `max_message_bytes`."""
+
     cache_ttl: float = 600.0
     """Seconds a cached ranking stays valid (`RERANK_CACHE_TTL`)."""
 

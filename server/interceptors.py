@@ -73,21 +73,14 @@ class ErrorInterceptor(ServerInterceptor):
                 return await behaviour(request, context)
             except RerankError as error:
                 answer = error_answer(error)
-                # Failures of ours or upstream's deserve a warning; a caller's mistakes or a
-                # refusal under overload are routine and would drown the log at WARNING.
-                level = logging.WARNING if answer.code in _OPERATOR_CODES else logging.INFO
-                logger.log(level, "%s failed: %s %s", method, answer.code.name, error.reason)
+                log_failure(method, answer.code, error)
                 await context.abort(
                     answer.code, answer.message, trailing_metadata=answer.trailing_metadata
                 )
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception:
-                incident = uuid.uuid4().hex[:12]
-                logger.exception("%s failed unexpectedly (incident %s)", method, incident)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
-                )
+                await context.abort(grpc.StatusCode.INTERNAL, report_incident(method))
 
         self._guarded[method] = grpc.unary_unary_rpc_method_handler(
             guard,
@@ -95,6 +88,22 @@ class ErrorInterceptor(ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
         return self._guarded[method]
+
+
+def log_failure(what: str, code: grpc.StatusCode, error: RerankError) -> None:
+    """Log a call (or a batch's request) that failed with `error`, answered as `code`."""
+    # Failures of ours or upstream's deserve a warning; a caller's mistakes or a refusal under
+    # overload are routine and would drown the log at WARNING.
+    level = logging.WARNING if code in _OPERATOR_CODES else logging.INFO
+    logger.log(level, "%s failed: %s %s", what, code.name, error.reason)
+
+
+def report_incident(what: str) -> str:
+    """Log the exception being handled (a bug) with its traceback under a new incident id, and
+    return the message the caller gets instead of the exception's text (with INTERNAL)."""
+    incident = uuid.uuid4().hex[:12]
+    logger.exception("%s failed unexpectedly (incident %s)", what, incident)
+    return f"internal error (incident {incident})"
 
 
 class _Undecodable:

@@ -2,19 +2,25 @@
 
 Proto messages stop here: below this module there are only `rerank.server.domain` values.
 Errors are raised as `rerank.server.errors` and turned into statuses by the interceptor in
-`rerank.server.interceptors`.
+`rerank.server.interceptors`; a BatchRerank's requests each fail alone, so there the servicer
+turns each one's error into its `google.rpc.Status` through the same table
+(`rerank.server.status.rich_status`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
 
 from rerank.contract import NotJsonError, from_struct
 from rerank.server.admission import Admission
@@ -33,7 +39,9 @@ from rerank.server.domain import (
     check_request,
     final_ranking,
 )
-from rerank.server.errors import FieldViolation, InvalidRequest
+from rerank.server.errors import FieldViolation, InvalidRequest, RerankError, UpstreamTimeout
+from rerank.server.interceptors import log_failure, report_incident
+from rerank.server.status import rich_status
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 
@@ -47,6 +55,21 @@ _WARNING_TYPE_TO_PROTO = {
 }
 # The answer to a request without documents: nothing ranked, nothing asked, nothing billed.
 _NOTHING_TO_RANK = RerankOutcome(ranking=(), usage=FREE)
+# A batch's requests stop this share of the call's time before its deadline (at most
+# _MAX_ANSWER_RESERVE seconds), so that the answer, with the requests already done, still
+# reaches the caller in time; past the deadline gRPC would deliver nothing at all.
+_ANSWER_SHARE = 0.1
+_MAX_ANSWER_RESERVE = 1.0
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How BatchRerank runs, from `Settings`."""
+
+    max_requests: int
+    """Most requests one batch may hold."""
+    parallelism: int
+    """Requests of one batch answered at once."""
 
 
 class RerankServicer(pb_grpc.RerankServiceServicer):
@@ -60,22 +83,77 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         admission: Admission,
         default_model: str,
         upstream_timeout: float,
+        batch: BatchLimits,
     ) -> None:
         self._reranker = reranker
         self._limits = limits
         self._admission = admission
         self._default_model = default_model
         self._upstream_timeout = upstream_timeout
+        self._batch = batch
 
     async def Rerank(
         self, request: pb.RerankRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RerankResponse:
+        return await self._answer(request, self._timeout(context))
+
+    async def BatchRerank(
+        self, request: pb.BatchRerankRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.BatchRerankResponse:
+        requests = request.requests
+        if len(requests) > self._batch.max_requests:
+            raise InvalidRequest(
+                [
+                    FieldViolation(
+                        "requests",
+                        f"holds {len(requests)} requests; at most {self._batch.max_requests} "
+                        "allowed",
+                    )
+                ]
+            )
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + self._batch_time(context)
+        results: list[pb.BatchRerankResult] = [pb.BatchRerankResult() for _ in requests]
+        # A few workers take the requests in turn: at most `parallelism` in flight, without a
+        # task per request waiting for its turn.
+        turns = iter(enumerate(requests))
+
+        async def worker() -> None:
+            for position, item in turns:
+                await self._answer_into(results[position], position, item, stop_at - loop.time())
+
+        async with asyncio.TaskGroup() as workers:
+            for _ in range(min(self._batch.parallelism, len(requests))):
+                workers.create_task(worker())
+        return pb.BatchRerankResponse(results=results)
+
+    async def _answer_into(
+        self, result: pb.BatchRerankResult, position: int, request: pb.RerankRequest, left: float
+    ) -> None:
+        """Answer one request of a batch into `result`: its response, or the status a Rerank
+        would have failed with (the same table, the same details)."""
+        what = f"BatchRerank requests[{position}]"
+        try:
+            if left <= 0:
+                raise UpstreamTimeout("the call's deadline came before this request's turn")
+            result.response.CopyFrom(await self._answer(request, min(self._upstream_timeout, left)))
+        except RerankError as error:
+            code, status = rich_status(error)
+            log_failure(what, code, error)
+            result.error.CopyFrom(status)
+        except Exception:
+            result.error.CopyFrom(
+                status_pb2.Status(code=code_pb2.INTERNAL, message=report_incident(what))
+            )
+
+    async def _answer(self, request: pb.RerankRequest, timeout: float) -> pb.RerankResponse:
+        """Answer one RerankRequest within `timeout` seconds, holding an admission place."""
         started = time.perf_counter()
         with self._admission.admit(request.ByteSize()):
             query = query_from_proto(request, self._default_model, self._limits)
             check_request(query, self._limits)
             if query.documents:
-                outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
+                outcome = await self._reranker.rerank(query, timeout=timeout)
             else:
                 outcome = _NOTHING_TO_RANK
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
@@ -103,6 +181,15 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         if remaining is None:
             return self._upstream_timeout
         return min(self._upstream_timeout, remaining)
+
+    def _batch_time(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        """Seconds a batch's requests may run: the call's time less the reserve for sending
+        the answer; unbounded without a deadline (each request still has the upstream
+        timeout)."""
+        remaining: float | None = context.time_remaining()
+        if remaining is None:
+            return math.inf
+        return remaining - min(remaining * _ANSWER_SHARE, _MAX_ANSWER_RESERVE)
 
 
 def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limits) -> RerankQuery:

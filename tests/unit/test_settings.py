@@ -129,6 +129,10 @@ def test_window_sizes_and_tokens() -> None:
         ([], {"RERANK_MAX_DOCUMENTS": "-3"}, "RERANK_MAX_DOCUMENTS"),
         ([], {"RERANK_CACHE_TTL": "nan"}, "RERANK_CACHE_TTL"),
         ([], {"RERANK_WINDOW_SIZES": "cohere"}, "RERANK_WINDOW_SIZES"),
+        ([], {"RERANK_BATCH_PARALLELISM": "0"}, "RERANK_BATCH_PARALLELISM"),
+        ([], {"RERANK_BATCH_PARALLELISM": "65"}, "RERANK_BATCH_PARALLELISM"),
+        ([], {"RERANK_BATCH_PARALLELISM": "2.5"}, "RERANK_BATCH_PARALLELISM"),
+        ([], {"RERANK_BATCH_MAX_REQUESTS": "1001"}, "RERANK_BATCH_MAX_REQUESTS"),
         (["--gateway-url", "http://127.0.0.1:9"], {}, "AI_GATEWAY_API_KEY"),
         (["--tls-cert", "c.pem"], {}, "--tls-key"),
         (["--tls-client-ca", "ca.pem"], {}, "--tls-cert"),
@@ -142,6 +146,17 @@ def test_bad_values_are_usage_errors(
         settings_from(argv, environ)
     assert exited.value.code == 2
     assert named in capsys.readouterr().err
+
+
+def test_the_batch_settings_and_their_ranges(capsys: pytest.CaptureFixture[str]) -> None:
+    defaults = settings_from([], {})
+    assert (defaults.batch_parallelism, defaults.batch_max_requests) == (8, 100)
+    edges = settings_from([], {"RERANK_BATCH_PARALLELISM": "64", "RERANK_BATCH_MAX_REQUESTS": "1"})
+    assert (edges.batch_parallelism, edges.batch_max_requests) == (64, 1)
+    with pytest.raises(SystemExit):
+        settings_from([], {"RERANK_BATCH_MAX_REQUESTS": "0"})
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert line.endswith("RERANK_BATCH_MAX_REQUESTS must be an integer from 1 to 1000, got 0")
 
 
 def test_a_token_file_is_the_credential_unless_a_key_is_set(tmp_path: Path) -> None:

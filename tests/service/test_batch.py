@@ -1,0 +1,394 @@
+"""BatchRerank through the whole gRPC path: each request answered (or failed) as a Rerank alone
+would be, in order, under the call's deadline, a bounded fan-out and per-request admission.
+
+The embedded mock answers where its faults say enough; where a test must see what reaches the
+gateway, and when, a scripted HTTP server on loopback plays it and reports each request as an
+event: tests wait on those events, never on a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from rerank.server.app import RunningServer, start_server
+from rerank.server.config import Settings, Upstream
+from rerank.server.domain import ModelInfo, Reranker, RerankOutcome, RerankQuery
+from rerank.v1 import rerank_service_pb2 as pb
+from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
+from tests.conftest import SEED_DOCUMENTS
+from tests.scripted_http import Fail, Reply, Request, ScriptedServer
+from tests.service.test_rerank_service import MESSAGE_LIMIT, fault, seed_request, status_details
+
+FAST = Settings(
+    port=0, grace_period=2, retry_initial_backoff=0.01, retry_max_backoff=0.05, max_retries=0
+)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Any]]:
+    """Start servers with given settings; stop them all at the end."""
+    started: list[RunningServer] = []
+
+    async def start(settings: Settings = FAST, **kwargs: Any) -> RunningServer:
+        running = await start_server(settings, **kwargs)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()
+
+
+@pytest.fixture
+async def channels() -> AsyncIterator[list[grpc.aio.Channel]]:
+    opened: list[grpc.aio.Channel] = []
+    yield opened
+    for channel in opened:
+        await channel.close()
+
+
+def stub_for(running: RunningServer, channels: list[grpc.aio.Channel]) -> Any:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}", options=MESSAGE_LIMIT)
+    channels.append(channel)
+    return pb_grpc.RerankServiceStub(channel)
+
+
+def batch(*requests: pb.RerankRequest) -> pb.BatchRerankRequest:
+    return pb.BatchRerankRequest(requests=requests)
+
+
+def query_of(request: Request) -> str:
+    return str(json.loads(request.body)["query"])
+
+
+def ranked(request: Request) -> Reply:
+    """The gateway's answer: every document, in order, with falling scores."""
+    count = len(json.loads(request.body)["documents"]["values"])
+    ranking = [{"index": i, "relevanceScore": 1 - i / count} for i in range(count)]
+    return Reply(body=json.dumps({"ranking": ranking}).encode())
+
+
+async def rank_all(request: Request) -> Reply:
+    return ranked(request)
+
+
+class GatedGateway:
+    """A gateway (a real HTTP server on loopback) that holds every request until the test
+    opens its gate, and counts how many it holds at once."""
+
+    def __init__(self) -> None:
+        self.server = ScriptedServer(self._answer)
+        self.gates: list[asyncio.Event] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self._changed = asyncio.Condition()
+
+    async def _answer(self, request: Request) -> Reply:
+        gate = asyncio.Event()
+        async with self._changed:
+            self.gates.append(gate)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            self._changed.notify_all()
+        await gate.wait()
+        async with self._changed:
+            self.in_flight -= 1
+            self._changed.notify_all()
+        return ranked(request)
+
+    async def until(self, what: str, condition: Callable[[], bool]) -> None:
+        """Return once `condition` holds over the counts (fail after 10 s)."""
+        try:
+            async with asyncio.timeout(10), self._changed:
+                await self._changed.wait_for(condition)
+        except TimeoutError:
+            raise AssertionError(f"never happened: {what}") from None
+
+
+def on(upstream: ScriptedServer, base: Settings = FAST, **changes: Any) -> Settings:
+    return dataclasses.replace(
+        base, upstream=Upstream.GATEWAY, gateway_url=upstream.url, api_key="k", **changes
+    )
+
+
+def error_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """What a failed Rerank said: its status with the details from its trailers."""
+    status = status_details(error)
+    assert status.code == error.code().value[0]
+    return status
+
+
+def unpack(status: status_pb2.Status, kind: type) -> Any:
+    for holder in status.details:
+        if holder.Is(kind.DESCRIPTOR):
+            message = kind()
+            holder.Unpack(message)
+            return message
+    return None
+
+
+# --- each request as a Rerank alone ---------------------------------------------------------
+
+
+async def test_each_request_is_answered_or_fails_alone_as_a_rerank_would(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    stub = stub_for(await serve(), channels)
+    requests = [
+        seed_request(),
+        seed_request(query=""),  # INVALID_ARGUMENT, field `query`
+        seed_request(model="cohere/no-such-model"),  # NOT_FOUND from the gateway
+        seed_request(provider_options=fault(fault="rate_limit", retryAfterMs=1500)),
+        seed_request(documents=[pb.Document(text="Paris"), pb.Document(object=Struct())]),
+        seed_request(top_n=1, query="Berlin"),
+    ]
+    response = await stub.BatchRerank(batch(*requests), timeout=10)
+    assert len(response.results) == len(requests)
+    for request, result in zip(requests, response.results, strict=True):
+        try:
+            alone = await stub.Rerank(request, timeout=10)
+        except grpc.aio.AioRpcError as error:
+            assert result.WhichOneof("result") == "error"
+            # The same code, message and details (ErrorInfo, BadRequest, RetryInfo), byte for byte.
+            assert result.error == error_of(error), request.query
+        else:
+            assert result.WhichOneof("result") == "response"
+            assert [r.original_index for r in result.response.ranking] == [
+                r.original_index for r in alone.ranking
+            ]
+            assert result.response.id != alone.id
+    codes = [r.error.code for r in response.results]
+    assert codes == [
+        code_pb2.OK,
+        code_pb2.INVALID_ARGUMENT,
+        code_pb2.NOT_FOUND,
+        code_pb2.RESOURCE_EXHAUSTED,
+        code_pb2.INVALID_ARGUMENT,
+        code_pb2.OK,
+    ]
+    bad_request = unpack(response.results[1].error, error_details_pb2.BadRequest)
+    assert [v.field for v in bad_request.field_violations] == ["query"]
+    assert unpack(response.results[2].error, error_details_pb2.ErrorInfo).reason == (
+        "MODEL_NOT_FOUND"
+    )
+    limited = response.results[3].error
+    assert unpack(limited, error_details_pb2.ErrorInfo).reason == "UPSTREAM_RATE_LIMITED"
+    assert unpack(limited, error_details_pb2.RetryInfo).retry_delay.ToMilliseconds() == 1500
+    # In order: the last request asked for one document about Berlin.
+    (best,) = response.results[5].response.ranking
+    assert best.document.text == SEED_DOCUMENTS[1]
+
+
+async def test_an_empty_batch_is_answered_with_no_results(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    stub = stub_for(await serve(), channels)
+    response = await stub.BatchRerank(pb.BatchRerankRequest(), timeout=10)
+    assert list(response.results) == []
+
+
+async def test_more_requests_than_the_limit_fail_the_whole_call(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    async with ScriptedServer(rank_all) as upstream:
+        stub = stub_for(await serve(on(upstream, batch_max_requests=3)), channels)
+        assert len((await stub.BatchRerank(batch(*[seed_request()] * 3), timeout=10)).results) == 3
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.BatchRerank(batch(*[seed_request(bypass_cache=True)] * 4), timeout=10)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "requests: holds 4 requests; at most 3 allowed"
+    status = error_of(caught.value)
+    assert [v.field for v in unpack(status, error_details_pb2.BadRequest).field_violations] == [
+        "requests"
+    ]
+    assert len(upstream.requests) == 1  # the refused batch reached no gateway
+
+
+async def test_a_bug_in_one_request_fails_that_request_alone(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    """Only a fake reranker can raise what no gateway answer makes it raise."""
+
+    class Buggy:
+        async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
+            if query.query == "boom":
+                raise RuntimeError("a bug, not an error the contract knows")
+            return RerankOutcome(ranking=())
+
+        async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
+            return ()
+
+        async def aclose(self) -> None:
+            return None
+
+    reranker: Reranker = Buggy()
+    stub = stub_for(await serve(FAST, reranker=reranker), channels)
+    response = await stub.BatchRerank(batch(seed_request(query="boom"), seed_request()), timeout=10)
+    broken, fine = response.results
+    assert broken.error.code == code_pb2.INTERNAL
+    assert broken.error.message.startswith("internal error (incident ")
+    assert "bug" not in broken.error.message
+    assert fine.WhichOneof("result") == "response"
+
+
+# --- deadline, fan-out, admission -------------------------------------------------------------
+
+
+async def test_the_deadline_bounds_every_request_and_the_done_ones_come_back(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    async def answer(request: Request) -> Reply | str:
+        return Fail.HANG if query_of(request) == "never" else ranked(request)
+
+    async with ScriptedServer(answer) as upstream:
+        stub = stub_for(await serve(on(upstream)), channels)
+        requests = [seed_request(), seed_request(query="never"), seed_request(query="Berlin")]
+        # The call ends OK, before its deadline: the hung request failed in time, alone.
+        response = await stub.BatchRerank(batch(*requests), timeout=2.5)
+        done, hung, also_done = response.results
+        assert done.response.ranking
+        assert also_done.response.ranking
+        assert hung.error.code == code_pb2.DEADLINE_EXCEEDED
+        assert unpack(hung.error, error_details_pb2.ErrorInfo).reason == "UPSTREAM_TIMEOUT"
+        # ...and the server hung up on the gateway request it no longer waits for.
+        await asyncio.wait_for(upstream.client_went_away.wait(), 5)
+
+
+async def test_a_request_whose_turn_comes_after_the_deadline_is_not_sent(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    async def answer(request: Request) -> Reply | str:
+        return Fail.HANG if query_of(request) == "never" else ranked(request)
+
+    async with ScriptedServer(answer) as upstream:
+        stub = stub_for(await serve(on(upstream, batch_parallelism=1)), channels)
+        response = await stub.BatchRerank(
+            batch(seed_request(query="never"), seed_request()), timeout=2
+        )
+        assert [r.error.code for r in response.results] == [code_pb2.DEADLINE_EXCEEDED] * 2
+        assert "before this request's turn" in response.results[1].error.message
+        assert [query_of(r) for r in upstream.requests] == ["never"]
+
+
+async def test_cancelling_the_batch_cancels_its_gateway_requests(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    async def never(request: Request) -> str:
+        return Fail.HANG
+
+    async with ScriptedServer(never) as upstream:
+        stub = stub_for(await serve(on(upstream)), channels)
+        call = stub.BatchRerank(batch(seed_request()), timeout=30)
+        await asyncio.wait_for(upstream.request_arrived.wait(), 5)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.wait_for(upstream.client_went_away.wait(), 5)
+
+
+async def test_the_fan_out_is_bounded_by_the_parallelism(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    gateway = GatedGateway()
+    async with gateway.server:
+        stub = stub_for(await serve(on(gateway.server, batch_parallelism=3)), channels)
+        requests = [seed_request(query=f"query {i}") for i in range(7)]
+        call = asyncio.ensure_future(stub.BatchRerank(batch(*requests), timeout=20))
+        # Open one gate at a time: each frees one place, which the next request takes.
+        for opened in range(7):
+            await gateway.until(
+                f"{min(3, 7 - opened)} requests held",
+                lambda opened=opened: (
+                    gateway.in_flight == min(3, 7 - opened)
+                    and len(gateway.gates) == min(7, opened + 3)
+                ),
+            )
+            gateway.gates[opened].set()
+        response = await call
+    assert gateway.most_in_flight == 3
+    assert all(result.response.ranking for result in response.results)
+    assert sorted(query_of(r) for r in gateway.server.requests) == sorted(r.query for r in requests)
+
+
+async def test_each_request_holds_its_own_admission_place(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    gateway = GatedGateway()
+    async with gateway.server:
+        settings = on(gateway.server, batch_parallelism=3, max_concurrent_calls=2)
+        stub = stub_for(await serve(settings), channels)
+        requests = [seed_request(query=f"query {i}") for i in range(3)]
+        call = asyncio.ensure_future(stub.BatchRerank(batch(*requests), timeout=20))
+        await gateway.until("two requests held", lambda: gateway.in_flight == 2)
+        # The batch's two running requests fill the server: a Rerank meanwhile is refused too.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Rerank(seed_request(query="another caller"), timeout=10)
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        for gate in gateway.gates:
+            gate.set()
+        response = await call
+    codes = [r.error.code for r in response.results]
+    assert sorted(codes) == [code_pb2.OK, code_pb2.OK, code_pb2.RESOURCE_EXHAUSTED]
+    (refused,) = [r.error for r in response.results if r.error.code]
+    assert refused == error_of(caught.value)  # OVERLOADED with its RetryInfo, as a Rerank gets
+    assert unpack(refused, error_details_pb2.ErrorInfo).reason == "OVERLOADED"
+    assert len(gateway.server.requests) == 2  # the refused request never reached the gateway
+
+
+# --- the chain applies per request: cache, windows, retries ------------------------------------
+
+
+async def test_the_cache_and_shared_calls_apply_per_request(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    async with ScriptedServer(rank_all) as upstream:
+        stub = stub_for(await serve(on(upstream)), channels)
+        assert not (await stub.Rerank(seed_request(), timeout=10)).cached
+        response = await stub.BatchRerank(
+            batch(
+                seed_request(),  # answered by the cache
+                seed_request(bypass_cache=True),  # asks the gateway
+                seed_request(query="twice"),  # these two share one gateway call
+                seed_request(query="twice"),
+            ),
+            timeout=10,
+        )
+    cached = [result.response.cached for result in response.results]
+    assert cached[:2] == [True, False]
+    assert sorted(cached[2:]) == [False, True]
+    assert [query_of(r) for r in upstream.requests] == [seed_request().query] * 2 + ["twice"]
+
+
+async def test_windows_and_retries_apply_per_request(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    stub = stub_for(await serve(dataclasses.replace(FAST, max_retries=2)), channels)
+    windowed = seed_request(documents=[pb.Document(text=f"passage {i}") for i in range(2500)])
+    retried = seed_request(
+        provider_options=fault(fault="error", status=503, times=2, key=uuid.uuid4().hex)
+    )
+    response = await stub.BatchRerank(batch(windowed, retried), timeout=30)
+    windows, recovered = response.results
+    # Windows of 1,000, 1,000 and 500 documents, each billed: the oracle asks each alone.
+    each = []
+    for start in range(0, 2500, 1000):
+        alone = seed_request(documents=windowed.documents[start : start + 1000])
+        each.append(Decimal(cost_of(await stub.Rerank(alone, timeout=30))))
+    assert Decimal(cost_of(windows.response)) == sum(each)
+    assert recovered.response.ranking[0].original_index == 0  # two 503s, then the answer
+
+
+def cost_of(response: pb.RerankResponse) -> str:
+    return str(json_format.MessageToDict(response.provider_metadata)["gateway"]["cost"])
