@@ -1,10 +1,12 @@
 """A Python client for `rerank.v1.RerankService`, sync and async, and the `rerank` command.
 
-    from rerank.client import RerankClient
+    from rerank.client import RerankClient, RerankRequest
 
     with RerankClient("127.0.0.1:50051") as rerank:
         result = rerank.rerank("capital of France?", ["Paris is ...", "Berlin is ..."], top_n=1)
         result.ranking[0].original_index, result.reranked_documents
+        items = rerank.rerank_many([RerankRequest("capital of Spain?", ["Madrid is ..."])])
+        items[0].result or items[0].error   # a RerankResult, or what rerank() would have raised
 
 Results mirror the AI SDK's `rerank()`: `ranking` of `(original_index, score, document)` best
 first, and `reranked_documents`; `RerankResult.to_json_dict()` gives the SDK's camelCase JSON.
@@ -28,13 +30,24 @@ from ._exceptions import (
     UnavailableError,
     UpstreamRateLimitedError,
     from_rpc_error,
+    from_status,
 )
-from ._models import Document, ModelInfo, RankedDocument, RerankResult, Warning, WarningType
+from ._models import (
+    BatchItem,
+    Document,
+    ModelInfo,
+    RankedDocument,
+    RerankRequest,
+    RerankResult,
+    Warning,
+    WarningType,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "USE_DEFAULT",
     "AsyncRerankClient",
+    "BatchItem",
     "DeadlineExceededError",
     "Document",
     "ErrorInfo",
@@ -49,6 +62,7 @@ __all__ = [
     "RateLimitedError",
     "RerankClient",
     "RerankClientError",
+    "RerankRequest",
     "RerankResult",
     "ServerError",
     "UnauthenticatedError",
@@ -59,4 +73,5 @@ __all__ = [
     "channel_options",
     "default_service_config",
     "from_rpc_error",
+    "from_status",
 ]

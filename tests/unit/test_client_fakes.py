@@ -3,7 +3,8 @@
 There is no real server to test against (and the client must not depend on one): the fake
 records every request and its metadata, then plays its script, one step per call: a response,
 an abort with a status and `google.rpc` details, or a delay. With the script used up it answers
-with `default_rerank_response`, which ranks the documents in reverse order and echoes them.
+with `default_rerank_response`, which ranks the documents in reverse order and echoes them (a
+BatchRerank: each of its requests so).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Delay:
 
 AioContext = Any  # grpc.aio.ServicerContext, whose stub is generic over the messages
 
-Step = pb.RerankResponse | pb.ListModelsResponse | Abort | Delay
+Step = pb.RerankResponse | pb.ListModelsResponse | pb.BatchRerankResponse | Abort | Delay
 
 
 def bad_request(*violations: tuple[str, str]) -> error_details_pb2.BadRequest:
@@ -124,16 +125,26 @@ class FakeRerankService(pb_grpc.RerankServiceServicer):
         return self.script.pop(0) if self.script else None
 
     def _answer(self, request: Message, step: Step | None) -> Message:
-        if isinstance(step, pb.RerankResponse | pb.ListModelsResponse):
+        if isinstance(step, pb.RerankResponse | pb.ListModelsResponse | pb.BatchRerankResponse):
             return step
         if isinstance(request, pb.RerankRequest):
             return default_rerank_response(request)
+        if isinstance(request, pb.BatchRerankRequest):
+            return pb.BatchRerankResponse(
+                results=[
+                    pb.BatchRerankResult(response=default_rerank_response(r))
+                    for r in request.requests
+                ]
+            )
         return MODELS
 
     def Rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext) -> Message:
         return self._handle(request, context)
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> Message:
+        return self._handle(request, context)
+
+    def BatchRerank(self, request: pb.BatchRerankRequest, context: grpc.ServicerContext) -> Message:
         return self._handle(request, context)
 
     def _handle(self, request: Message, context: grpc.ServicerContext) -> Message:
@@ -152,6 +163,9 @@ class AsyncFakeRerankService(FakeRerankService):
         return await self._handle_async(request, context)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: AioContext) -> Message:
+        return await self._handle_async(request, context)
+
+    async def BatchRerank(self, request: pb.BatchRerankRequest, context: AioContext) -> Message:
         return await self._handle_async(request, context)
 
     async def _handle_async(self, request: Message, context: AioContext) -> Message:
