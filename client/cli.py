@@ -4,10 +4,14 @@ Usage::
 
     rerank [--target HOST:PORT] [--model M] [--top-n N] [--timeout S]
            [--provider-options JSON] [--file PATH [--jsonl]] [--pretty] QUERY [DOCUMENT ...]
+    rerank [--target HOST:PORT] [--model M] [--top-n N] [--timeout S]
+           [--provider-options JSON] --batch FILE
     rerank [--target HOST:PORT] [--timeout S] [--pretty] --list-models
 
-Prints the AI SDK-style JSON result on stdout. Exit status: 0 on success, 2 for a usage error,
-an unreadable input file or INVALID_ARGUMENT, 1 for any other failed call.
+Prints the AI SDK-style JSON result on stdout; with `--batch`, one JSON line per query of FILE,
+in order (a failed query's line is `{"error": {...}}`). Exit status: 0 on success, 2 for a
+usage error, an unreadable input file or INVALID_ARGUMENT, 1 for any other failed call, and 1
+when any query of a batch failed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, TextIO
 
 from ._client import RerankClient
 from ._exceptions import InvalidRequestError, RerankClientError
+from ._models import BatchItem, RerankRequest
 
 __all__ = ["main"]
 
@@ -32,6 +37,9 @@ EXIT_RPC_ERROR = 1
 EXIT_USAGE = 2
 
 _PROG = "rerank"
+
+#: The keys of one `--batch` line: the AI SDK's `rerank()` arguments, and the cache switch.
+_BATCH_KEYS = ("query", "documents", "model", "topN", "providerOptions", "bypassCache")
 
 
 class _InputError(Exception):
@@ -66,6 +74,14 @@ def _parser(default_target: str) -> argparse.ArgumentParser:
         "--jsonl",
         action="store_true",
         help="--file holds JSON lines: an object (object document) or a string (text document)",
+    )
+    parser.add_argument(
+        "--batch",
+        metavar="FILE",
+        help="rerank many queries in one call: FILE ('-' for stdin) holds JSON lines, each "
+        '{"query", "documents"[, "model", "topN", "providerOptions", "bypassCache"]}; '
+        "prints one JSON line per query, in order. --model, --top-n, --provider-options and "
+        "--no-cache apply to lines that do not say",
     )
     parser.add_argument("--pretty", action="store_true", help="indent the JSON output")
     parser.add_argument(
@@ -106,6 +122,74 @@ def _documents_from_file(path: str, *, jsonl: bool, stdin: TextIO) -> list[Any]:
             )
         documents.append(value)
     return documents
+
+
+def _batch_from_file(path: str, defaults: RerankRequest, stdin: TextIO) -> list[RerankRequest]:
+    """The requests of a `--batch` file, one per non-blank line; `defaults` fills what a line
+    leaves out."""
+    name = "<stdin>" if path == "-" else path
+    requests = []
+    for number, line in enumerate(_read_lines(path, stdin), start=1):
+        if not line.strip():
+            continue
+        where = f"{name}:{number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _InputError(f"{where}: invalid JSON: {exc.msg}") from exc
+        requests.append(_batch_line(value, where, defaults))
+    return requests
+
+
+def _batch_line(value: Any, where: str, defaults: RerankRequest) -> RerankRequest:
+    if not isinstance(value, dict):
+        raise _InputError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(_BATCH_KEYS))
+    if unknown:
+        raise _InputError(f"{where}: unknown key {unknown[0]!r}; keys are {', '.join(_BATCH_KEYS)}")
+    query, documents = value.get("query"), value.get("documents")
+    if not isinstance(query, str):
+        raise _InputError(f"{where}: 'query' must be a string")
+    if not isinstance(documents, list):
+        raise _InputError(f"{where}: 'documents' must be a list of strings or objects")
+    for position, document in enumerate(documents):
+        if not isinstance(document, str | dict):
+            raise _InputError(f"{where}: documents[{position}] must be a string or an object")
+    checks: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+        ("model", str, "a string"),
+        ("providerOptions", dict, "an object"),
+        ("bypassCache", bool, "true or false"),
+    )
+    for key, kind, described in checks:
+        if key in value and not isinstance(value[key], kind):
+            raise _InputError(f"{where}: '{key}' must be {described}")
+    top_n = value.get("topN", defaults.top_n)
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int)):
+        raise _InputError(f"{where}: 'topN' must be an integer")
+    return RerankRequest(
+        query=query,
+        documents=documents,
+        model=value.get("model", defaults.model),
+        top_n=top_n,
+        provider_options=value.get("providerOptions", defaults.provider_options),
+        bypass_cache=value.get("bypassCache", defaults.bypass_cache),
+    )
+
+
+def _report_batch(items: list[BatchItem], out: TextIO, err: TextIO) -> int:
+    """One JSON line per item on `out`; a line on `err` naming the failed ones."""
+    for item in items:
+        _dump(item.to_json_dict(), pretty=False, out=out)
+    failures = [
+        f"requests[{position}]: {item.error.code.name}: {item.error.details}"
+        for position, item in enumerate(items)
+        if item.error is not None
+    ]
+    if not failures:
+        return EXIT_OK
+    err.write(f"{_PROG}: {len(failures)} of {len(items)} requests failed: ")
+    err.write("; ".join(failures) + "\n")
+    return EXIT_RPC_ERROR
 
 
 def _provider_options(text: str | None) -> Mapping[str, Any] | None:
@@ -150,9 +234,17 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
     if args.list_models:
-        if args.query is not None or args.file is not None:
+        if args.query is not None or args.file is not None or args.batch is not None:
             parser.print_usage(sys.stderr)
             sys.stderr.write(f"{_PROG}: error: --list-models takes no query or documents\n")
+            return EXIT_USAGE
+    elif args.batch is not None:
+        if args.query is not None or args.file is not None or args.pretty:
+            parser.print_usage(sys.stderr)
+            sys.stderr.write(
+                f"{_PROG}: error: --batch reads the queries and documents from FILE and writes "
+                "JSON lines: no QUERY, DOCUMENT, --file or --pretty\n"
+            )
             return EXIT_USAGE
     elif args.query is None:
         parser.print_usage(sys.stderr)
@@ -163,12 +255,23 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{_PROG}: error: --jsonl needs --file\n")
         return EXIT_USAGE
 
-    query: str = args.query or ""  # only None with --list-models, where it is unused
+    query: str = args.query or ""  # only None with --list-models or --batch, where it is unused
+    batch: list[RerankRequest] = []
     try:
         documents: list[Any] = list(args.documents)
         if args.file is not None:
             documents += _documents_from_file(args.file, jsonl=args.jsonl, stdin=sys.stdin)
         provider_options = _provider_options(args.provider_options)
+        if args.batch is not None:
+            defaults = RerankRequest(
+                "",
+                (),
+                model=args.model,
+                top_n=args.top_n,
+                provider_options=provider_options,
+                bypass_cache=args.no_cache,
+            )
+            batch = _batch_from_file(args.batch, defaults, sys.stdin)
     except _InputError as exc:
         sys.stderr.write(f"{_PROG}: error: {exc}\n")
         return EXIT_USAGE
@@ -178,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.list_models:
                 models = client.list_models(timeout=args.timeout)
                 _dump([m.to_json_dict() for m in models], pretty=args.pretty, out=sys.stdout)
+            elif args.batch is not None:
+                items = client.rerank_many(batch, timeout=args.timeout)
+                return _report_batch(items, sys.stdout, sys.stderr)
             else:
                 result = client.rerank(
                     query,
