@@ -6,14 +6,25 @@
 // With no other argument it runs the seed example; `--query`, `--model`, `--top-n`,
 // `--provider-options` and documents as arguments override it. A non-OK status prints `CODE: message` on stderr and
 // exits 2 for INVALID_ARGUMENT, 1 for anything else (as the Python `rerank` command does).
+//
+//   node --import tsx src/rerank.ts --target 127.0.0.1:50051 --batch queries.jsonl
+//
+// `--batch FILE` sends every line of FILE (JSON: `{"query", "documents"[, "model", "topN",
+// "providerOptions", "bypassCache"]}`, `--model` when a line names none) in one BatchRerank call
+// and prints one JSON line per query, in order: the result, or `{"error": {"code", "message",
+// "details"}}` for a query that failed (`details`: the type names of its google.rpc details).
+// Exit 1 when any query failed, as the Python `rerank --batch` does.
 
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import type { JsonObject } from "@bufbuild/protobuf";
-import { ConnectError, createClient } from "@connectrpc/connect";
+import { create, type JsonObject, type MessageInitShape } from "@bufbuild/protobuf";
+import { type Client, type Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { type Status, StatusSchema } from "./gen/google/rpc/status_pb.js";
 import {
   type Document,
+  type RerankRequestSchema,
   RerankService,
   type RerankResponse,
   Warning_Type,
@@ -43,6 +54,8 @@ const { values, positionals } = parseArgs({
     "service-config": { type: "string", default: DEFAULT_SERVICE_CONFIG },
     // A JSON object forwarded as `providerOptions`, e.g. '{"cohere": {"maxTokensPerDoc": 512}}'.
     "provider-options": { type: "string" },
+    // JSON lines, one query with its documents each: sent as one BatchRerank call.
+    batch: { type: "string" },
   },
 });
 
@@ -88,6 +101,105 @@ function resultJson(response: RerankResponse) {
   };
 }
 
+/** One line of a `--batch` file. */
+interface BatchLine {
+  query: string;
+  documents: (string | JsonObject)[];
+  model?: string;
+  topN?: number;
+  providerOptions?: JsonObject;
+  bypassCache?: boolean;
+}
+
+/** A `--batch` file that cannot be read: reported in one line, exit 2. */
+class InputError extends Error {}
+
+function parseLine(line: string, where: string): BatchLine {
+  try {
+    return JSON.parse(line) as BatchLine;
+  } catch (error) {
+    throw new InputError(`${where}: invalid JSON: ${(error as Error).message}`);
+  }
+}
+
+function readBatch(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (error) {
+    throw new InputError(`cannot read ${path}: ${(error as Error).message}`);
+  }
+}
+
+function batchRequests(path: string): MessageInitShape<typeof RerankRequestSchema>[] {
+  return readBatch(path)
+    .split("\n")
+    .map((line, index) => ({ line, where: `${path}:${index + 1}` }))
+    .filter(({ line }) => line.trim() !== "")
+    .map(({ line, where }) => {
+      const { query, documents, model, topN, providerOptions, bypassCache } = parseLine(
+        line,
+        where,
+      );
+      return {
+        query,
+        model: model ?? values.model,
+        documents: documents.map((document) =>
+          typeof document === "string"
+            ? { content: { case: "text", value: document } }
+            : { content: { case: "object", value: document } },
+        ),
+        topN,
+        providerOptions,
+        bypassCache,
+      };
+    });
+}
+
+/**
+ * The error a Rerank of this request alone would have thrown: a `google.rpc.Status` is what a
+ * failed call carries in `grpc-status-details-bin`, so this is the ConnectError Connect builds
+ * from one, its details still packed (`findDetails` decodes them given their schemas).
+ */
+function statusError(status: Status): ConnectError {
+  const error = new ConnectError(status.message, status.code as Code);
+  error.details = status.details.map((detail) => ({
+    type: detail.typeUrl.slice(detail.typeUrl.lastIndexOf("/") + 1),
+    value: detail.value,
+  }));
+  return error;
+}
+
+/** The `--batch` call: one JSON line per query on stdout; the exit status. */
+async function batch(client: Client<typeof RerankService>, path: string): Promise<number> {
+  const { results } = await client.batchRerank(
+    { requests: batchRequests(path) },
+    { timeoutMs: Number(values["timeout-ms"]) },
+  );
+  const failures: string[] = [];
+  results.forEach((item, position) => {
+    if (item.result.case === "response") {
+      process.stdout.write(`${JSON.stringify(resultJson(item.result.value))}\n`);
+      return;
+    }
+    // Neither set: a newer server's kind of result, or a broken one; this answer is unknown.
+    const unknown = { code: 2, message: "the server sent neither a response nor an error" };
+    const error = statusError(
+      item.result.case === "error" ? item.result.value : create(StatusSchema, unknown),
+    );
+    const code = statusName(error.code);
+    const details = error.details.map((detail) => ("type" in detail ? detail.type : ""));
+    process.stdout.write(
+      `${JSON.stringify({ error: { code, message: error.rawMessage, details } })}\n`,
+    );
+    failures.push(`requests[${position}]: ${code}: ${error.rawMessage}`);
+  });
+  if (failures.length === 0) return 0;
+  process.stderr.write(
+    `rerank-example: ${failures.length} of ${results.length} requests failed: ${failures.join("; ")}\n`,
+  );
+  return 1;
+}
+
 async function main(): Promise<number> {
   const target = values.target;
   const transport = createGrpcTransport({
@@ -97,6 +209,7 @@ async function main(): Promise<number> {
   const client = createClient(RerankService, transport);
   const documents = positionals.length > 0 ? positionals : SEED_DOCUMENTS;
   try {
+    if (values.batch !== undefined) return await batch(client, values.batch);
     const response = await client.rerank(
       {
         model: values.model,
@@ -112,6 +225,10 @@ async function main(): Promise<number> {
     process.stdout.write(`${JSON.stringify(resultJson(response))}\n`);
     return 0;
   } catch (error) {
+    if (error instanceof InputError) {
+      process.stderr.write(`rerank-example: error: ${(error as Error).message}\n`);
+      return 2;
+    }
     const err = ConnectError.from(error);
     process.stderr.write(`rerank-example: ${statusName(err.code)}: ${err.rawMessage}\n`);
     return statusName(err.code) === "INVALID_ARGUMENT" ? 2 : 1;
