@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import batch as batch_cell
 from bench import report
 from bench._procfs import memory_kib
 from bench._services import Service
@@ -51,14 +52,16 @@ class Plan:
     duration_s: float
     #: Cells of 1,000 documents stop after this many calls if that comes before the duration.
     max_calls_1000: int
+    #: Rounds of the batch cell (bench.batch): each one BatchRerank and 32 Rerank calls.
+    batch_rounds: int = 20
 
 
 FULL = Plan("latest", (1, 8, 64, 256), (1, 20, 100, 1000), (1, 8, 64, 256), 1.0, 4.0, 300)
 #: `--workers` compared: (documents, concurrency) cells run against one worker and against one
 #: per core, back to back. The machine's cores also run the mock and the load generator.
 WORKER_CELLS = ((20, 64), (100, 64))
-QUICK = Plan("quick", (1, 64), (20, 1000), (1, 64), 0.5, 1.5, 150)
-SMOKE = Plan("smoke", (8,), (20,), (8,), 0.3, 1.0, 50)
+QUICK = Plan("quick", (1, 64), (20, 1000), (1, 64), 0.5, 1.5, 150, batch_rounds=8)
+SMOKE = Plan("smoke", (8,), (20,), (8,), 0.3, 1.0, 50, batch_rounds=2)
 
 
 def _machine() -> dict[str, Any]:
@@ -254,6 +257,15 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         finally:
             await probe.close()
         workers = await _compare_workers(plan, out, stack, mock_url, server.address)
+        batch = await batch_cell.compare(
+            plan.name,
+            plan.batch_rounds,
+            out,
+            stack,
+            (server.address, {"server": server.pid, "mock": mock.pid}),
+            CALL_TIMEOUT_S,
+            API_KEY,
+        )
     machine["load_average_at_end"] = list(os.getloadavg())
     results: dict[str, Any] = {
         "plan": asdict(plan),
@@ -264,6 +276,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         "call_timeout_s": CALL_TIMEOUT_S,
         "cells": cells,
         "workers": workers,
+        "batch": batch,
     }
     results["ratios"] = _ratios(results)
     return results
