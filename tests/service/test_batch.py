@@ -21,14 +21,18 @@ import pytest
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from rerank.client import AsyncRerankClient, RerankClientError, RerankRequest
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings, Upstream
 from rerank.server.domain import ModelInfo, Reranker, RerankOutcome, RerankQuery
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from tests.conftest import SEED_DOCUMENTS
+from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
 from tests.scripted_http import Fail, Reply, Request, ScriptedServer
+from tests.service.test_hostile_input import rerank_requests
 from tests.service.test_rerank_service import MESSAGE_LIMIT, fault, seed_request, status_details
 
 FAST = Settings(
@@ -392,3 +396,97 @@ async def test_windows_and_retries_apply_per_request(
 
 def cost_of(response: pb.RerankResponse) -> str:
     return str(json_format.MessageToDict(response.provider_metadata)["gateway"]["cost"])
+
+
+# --- the client, hostile requests and bytes -------------------------------------------------
+
+
+async def test_the_clients_items_are_what_rerank_returns_or_raises(
+    serve: Callable[..., Any],
+) -> None:
+    running = await serve()
+    requests = [
+        RerankRequest(SEED_QUERY, list(SEED_DOCUMENTS), top_n=2),
+        RerankRequest(SEED_QUERY, list(SEED_DOCUMENTS), model="cohere/no-such-model"),
+        RerankRequest(" ", ["x"]),
+        RerankRequest("which", [{"title": "Paris"}, {"title": "Berlin"}], top_n=1),
+        RerankRequest("q", ["x"], provider_options=fault(fault="error", status=503)),
+    ]
+    async with AsyncRerankClient(f"127.0.0.1:{running.port}", timeout=10) as client:
+        items = await client.rerank_many(requests)
+        for request, item in zip(requests, items, strict=True):
+            try:
+                alone = await client.rerank(
+                    request.query,
+                    request.documents,
+                    model=request.model,
+                    top_n=request.top_n,
+                    provider_options=request.provider_options,
+                )
+            except RerankClientError as raised:
+                assert item.error is not None, request
+                assert type(item.error) is type(raised)
+                assert (item.error.code, item.error.details) == (raised.code, raised.details)
+                assert item.error.error_info == raised.error_info
+                assert item.error.retry_delay == raised.retry_delay
+                assert item.error.field_violations == raised.field_violations
+            else:
+                assert item.result is not None, request
+                assert item.result.reranked_documents == alone.reranked_documents
+    assert [type(item.error).__name__ for item in items] == [
+        "NoneType",
+        "NotFoundError",
+        "InvalidRequestError",
+        "NoneType",
+        "UnavailableError",
+    ]
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,  # a generated request may hold 1,001 documents
+    ],
+)
+@given(requests=st.lists(rerank_requests(), max_size=4))
+async def test_generated_batches_answer_each_request_as_rerank_does(
+    requests: list[pb.RerankRequest], hostile: Any
+) -> None:
+    response = await hostile.BatchRerank(batch(*requests), timeout=30)
+    assert len(response.results) == len(requests)
+    for request, result in zip(requests, response.results, strict=True):
+        try:
+            alone = await hostile.Rerank(request, timeout=30)
+        except grpc.aio.AioRpcError as error:
+            assert result.error == error_of(error)
+        else:
+            assert [r.original_index for r in result.response.ranking] == [
+                r.original_index for r in alone.ranking
+            ]
+
+
+@pytest.fixture
+async def hostile(serve: Callable[..., Any], channels: list[grpc.aio.Channel]) -> Any:
+    return stub_for(await serve(dataclasses.replace(FAST, max_retries=0)), channels)
+
+
+async def test_bytes_that_are_not_a_batch_fail_the_whole_call(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    """One request of a batch that does not decode makes the whole message undecodable: no
+    result can be told from another."""
+    running = await serve()
+    stub_for(running, channels)
+    channel = channels[-1]
+    send = channel.unary_unary("/rerank.v1.RerankService/BatchRerank", None, None)
+    cut = seed_request().SerializeToString()[:-5]
+    for data in (b"\xff\xff\xff\xff", b"\x0a" + bytes([len(cut)]) + cut):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await send(data, timeout=10)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "rerank.v1.BatchRerankRequest" in (caught.value.details() or "")
+        info = unpack(error_of(caught.value), error_details_pb2.ErrorInfo)
+        assert info.reason == "MALFORMED_REQUEST"
