@@ -4,7 +4,8 @@ Installed with the `rerank-service` package, the plugin (`rerank.testing.plugin`
 `pytest11: rerank`) gives every test suite these fixtures:
 
     rerank_mock_gateway   the deterministic mock gateway on a real loopback port, scriptable
-    rerank_server         a rerank server wired to it (`.target` is "127.0.0.1:PORT")
+    rerank_server         a rerank server wired to it (`.target` is "127.0.0.1:PORT"): the
+                          production chain, without retries; nothing cached between tests
     rerank_client         a connected `rerank.client.RerankClient`
     async_rerank_client   a connected `rerank.client.AsyncRerankClient` (with pytest-asyncio)
 
@@ -21,6 +22,6 @@ servers are usable without pytest: `MockGatewayServer` and `RerankServerThread` 
 managers.
 """
 
-from ._servers import DEFAULT_API_KEY, MockGatewayServer, RerankServerThread
+from ._servers import DEFAULT_API_KEY, TESTING_DEFAULTS, MockGatewayServer, RerankServerThread
 
-__all__ = ["DEFAULT_API_KEY", "MockGatewayServer", "RerankServerThread"]
+__all__ = ["DEFAULT_API_KEY", "TESTING_DEFAULTS", "MockGatewayServer", "RerankServerThread"]

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import uvicorn
 
@@ -26,7 +26,10 @@ from rerank.mock_gateway import (
     create_app,
 )
 
-__all__ = ["DEFAULT_API_KEY", "MockGatewayServer", "RerankServerThread"]
+if TYPE_CHECKING:
+    from rerank.server.app import RerankerChain
+
+__all__ = ["DEFAULT_API_KEY", "TESTING_DEFAULTS", "MockGatewayServer", "RerankServerThread"]
 
 DEFAULT_API_KEY = "rerank-testing"
 """The credential the rerank server sends to the mock gateway (which accepts any)."""
@@ -166,24 +169,56 @@ class MockGatewayServer:
         self.stop()
 
 
+#: What the testing kit's server changes from a deployed one's defaults (`Settings`).
+TESTING_DEFAULTS: Mapping[str, Any] = {
+    # A fault scripted `times=1` reaches the caller once, not absorbed by the server's retries.
+    "max_retries": 0,
+    # Stop quickly at the end of the session.
+    "grace_period": 1.0,
+}
+
+
 class RerankServerThread:
     """A rerank server (`rerank.server.app.start_server`) on a free loopback port, in a thread.
 
     It forwards to the gateway at `gateway_url` (a `MockGatewayServer.v3_url`, or any gateway)
-    with `api_key`. Unlike a deployed server it does not retry gateway failures and has no
-    circuit breaker: a fault scripted for the next call reaches the caller exactly once, so
-    a contract test sees what the gateway did, not how the server's resilience hid it.
+    with `api_key`, through the chain a deployed server runs (`rerank.server.app.build_chain`:
+    the result cache, windows for large requests, the circuit breaker, retries), with the
+    deployed defaults but `TESTING_DEFAULTS`: it does not retry gateway failures, so a fault
+    scripted for the next call reaches the caller exactly once, and a contract test sees what
+    the gateway did, not how the server's resilience hid it. `settings` are any other
+    `rerank.server.config.Settings` fields, by name (e.g. `max_retries=2` to test through the
+    server's retries); a value outside its range raises `SettingError` here, at once.
+    `reset()` forgets what earlier calls left behind.
     """
 
     def __init__(
-        self, gateway_url: str, *, api_key: str = DEFAULT_API_KEY, host: str = "127.0.0.1"
+        self,
+        gateway_url: str,
+        *,
+        api_key: str = DEFAULT_API_KEY,
+        host: str = "127.0.0.1",
+        **settings: Any,
     ) -> None:
-        self._gateway_url = gateway_url
-        self._api_key = api_key
+        # Imported here: a test suite that only uses the mock gateway never loads the server.
+        from rerank.server.config import Settings, Upstream
+
+        self._settings = Settings(
+            **{
+                **TESTING_DEFAULTS,
+                **settings,
+                "host": host,
+                "port": 0,
+                "upstream": Upstream.GATEWAY,
+                "gateway_url": gateway_url.rstrip("/"),
+                "api_key": api_key,
+            }
+        )
         self._host = host
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
+        self._chain: RerankerChain | None = None
         self._port: int | None = None
 
     @property
@@ -218,31 +253,34 @@ class RerankServerThread:
 
     async def _serve(self, ready: Future[int]) -> None:
         # Imported here: a test suite that only uses the mock gateway never loads grpc.
-        from rerank.server.app import build_gateway, start_server
-        from rerank.server.config import Settings, Upstream
+        from rerank.server.app import build_chain, build_gateway, start_server
 
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        settings = Settings(
-            host=self._host,
-            port=0,
-            upstream=Upstream.GATEWAY,
-            gateway_url=self._gateway_url.rstrip("/"),
-            api_key=self._api_key,
-            grace_period=1.0,
-        )
-        reranker = build_gateway(settings)
+        # The builder the server itself uses, kept by hand so `reset()` can reach its parts.
+        chain = build_chain(self._settings, build_gateway(self._settings))
         try:
-            running = await start_server(settings, reranker=reranker)
+            running = await start_server(self._settings, reranker=chain.reranker)
         except BaseException as exc:
-            await reranker.aclose()
+            await chain.reranker.aclose()
             ready.set_exception(exc)
             return
+        self._chain = chain
         ready.set_result(running.port)
         try:
             await self._stopping.wait()
         finally:
             await running.stop()
+
+    def reset(self) -> None:
+        """Forget what earlier calls left behind: cached answers, the circuit breaker's state
+        (closed again), the retry budget. Returns once done; the plugin calls it around every
+        test."""
+        loop, chain = self._loop, self._chain
+        if loop is None or chain is None or self._thread is None:
+            raise RuntimeError("the rerank server is not running: call start() first")
+        # On the server's own loop: the cache and the breaker belong to it.
+        asyncio.run_coroutine_threadsafe(chain.reset(), loop).result(STARTUP_TIMEOUT)
 
     def _signal_stop(self) -> None:
         loop, stopping = self._loop, self._stopping
@@ -251,8 +289,9 @@ class RerankServerThread:
                 loop.call_soon_threadsafe(stopping.set)
 
     def stop(self) -> None:
-        """Stop gracefully (calls in flight get a second) and wait for the thread. Idempotent."""
-        thread, self._thread, self._port = self._thread, None, None
+        """Stop gracefully (calls in flight get the grace period, a second by default) and wait
+        for the thread. Idempotent."""
+        thread, self._thread, self._port, self._chain = self._thread, None, None, None
         if thread is None:
             return
         self._signal_stop()

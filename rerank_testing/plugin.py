@@ -10,21 +10,27 @@ Fixtures (all but the session-wide servers are per test):
     `.fail_next(fault, times=1, **params)`, `.set_scores({text: score})` and `.reset()` script
     it for the current test.
 ``rerank_server``
-    A `RerankServerThread` forwarding to that mock; `.target` is `127.0.0.1:PORT`.
+    A `RerankServerThread` forwarding to that mock through the production chain (cache,
+    windows, circuit breaker; no retries by default); `.target` is `127.0.0.1:PORT`.
+``rerank_server_settings``
+    Session-wide: a mapping of `rerank.server.config.Settings` fields the server starts with,
+    over `TESTING_DEFAULTS` (empty by default). Override it in a `conftest.py`, e.g.
+    ``return {"max_retries": 2}`` to test through the server's retries.
 ``rerank_client``
     A `rerank.client.RerankClient` connected to `rerank_server`, closed after the test.
 ``async_rerank_client``
     A `rerank.client.AsyncRerankClient`, for asyncio tests; only when pytest-asyncio is installed.
 
 The mock gateway and the server start once per session (per xdist worker) and stop at its
-end. The script is emptied before and after every test that uses any of these fixtures, so
-a fault or score scripted by one test never reaches another, even when that test fails.
+end. The script is emptied before and after every test that uses any of these fixtures, and
+the server forgets its cached answers, its circuit breaker's state and its retry budget
+(`RerankServerThread.reset`), so nothing one test does reaches another, even when it fails.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -41,11 +47,20 @@ def _rerank_mock_gateway_session() -> Iterator[MockGatewayServer]:
 
 
 @pytest.fixture(scope="session")
+def rerank_server_settings() -> Mapping[str, Any]:
+    """`Settings` fields for the session's rerank server, over `TESTING_DEFAULTS`; override
+    this fixture (session-scoped) in a conftest.py to change them."""
+    return {}
+
+
+@pytest.fixture(scope="session")
 def _rerank_server_session(
-    _rerank_mock_gateway_session: MockGatewayServer,
+    _rerank_mock_gateway_session: MockGatewayServer, rerank_server_settings: Mapping[str, Any]
 ) -> Iterator[RerankServerThread]:
     # The rerank server's gateway adapter speaks v3 (spec version header "3").
-    with RerankServerThread(_rerank_mock_gateway_session.v3_url) as server:
+    with RerankServerThread(
+        _rerank_mock_gateway_session.v3_url, **rerank_server_settings
+    ) as server:
         yield server
 
 
@@ -65,9 +80,15 @@ def rerank_mock_gateway(
 @pytest.fixture
 def rerank_server(
     _rerank_server_session: RerankServerThread, rerank_mock_gateway: MockGatewayServer
-) -> RerankServerThread:
-    """The session's rerank server, in front of `rerank_mock_gateway` (script emptied)."""
-    return _rerank_server_session
+) -> Iterator[RerankServerThread]:
+    """The session's rerank server, in front of `rerank_mock_gateway` (script emptied), with
+    nothing cached and its circuit closed."""
+    server = _rerank_server_session
+    server.reset()
+    try:
+        yield server
+    finally:
+        server.reset()
 
 
 @pytest.fixture

@@ -76,7 +76,23 @@ class RunningServer:
             await self.embedded_mock.stop()
 
 
-def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
+@dataclass(frozen=True)
+class RerankerChain:
+    """The reranker chain around a gateway, and the parts of it that remember past calls."""
+
+    reranker: Reranker
+    """The outermost layer: what the servicer calls."""
+    cache: CachingReranker
+    resilience: ResilientReranker
+
+    async def reset(self) -> None:
+        """Forget every past call: cached answers, the circuit's state, the retry budget (the
+        testing kit does this between tests, so nothing one test does reaches the next)."""
+        self.cache.clear()
+        await self.resilience.reset()
+
+
+def build_chain(settings: Settings, gateway: Reranker) -> RerankerChain:
     """The whole chain around `gateway`, outermost first: the result cache, windows for large
     requests, retries with a budget and a circuit breaker."""
     resilient = ResilientReranker(
@@ -101,12 +117,18 @@ def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
             parallelism=settings.window_parallelism,
         ),
     )
-    return CachingReranker(
+    cache = CachingReranker(
         windowed,
         ttl=settings.cache_ttl,
         max_bytes=settings.cache_max_bytes,
         upstream_timeout=settings.upstream_timeout,
     )
+    return RerankerChain(cache, cache, resilient)
+
+
+def build_reranker(settings: Settings, gateway: Reranker) -> Reranker:
+    """The chain `build_chain` builds, as the one `Reranker` the servicer calls."""
+    return build_chain(settings, gateway).reranker
 
 
 def build_gateway(settings: Settings) -> GatewayReranker:

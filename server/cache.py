@@ -191,6 +191,11 @@ class CachingReranker(RerankerLayer):
         if self._flights.get(key) is flight:
             del self._flights[key]
 
+    def clear(self) -> None:
+        """Forget every stored answer (calls in flight still finish and share theirs)."""
+        self._entries.clear()
+        self._bytes = 0
+
     def _lookup(self, key: bytes) -> RerankOutcome | None:
         entry = self._entries.get(key)
         if entry is None:

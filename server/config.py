@@ -1,20 +1,37 @@
-"""The server's settings: built once in `__main__` from flags and environment, then passed down.
+"""The server's settings: one model, built once in `__main__` from flags and environment, then
+passed down, and checked whole when it is made.
 
 Nothing below `__main__` reads the environment; everything it needs arrives in `Settings`.
+Every field states the values it may take (its `Rule`) and the names a user sets it by;
+`Settings.__post_init__` checks every field against its rule, so a value out of range stops
+the server at start with one line naming the setting and its range (`SettingError`), whoever
+built the settings: `__main__`, the testing kit or a test.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import math
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from enum import Enum
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from rerank.contract import MAX_MESSAGE_BYTES
+from rerank.server.domain import is_model_slug
 from rerank.server.windows import DEFAULT_WINDOW_SIZES
 
 DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v4/ai"
 DEFAULT_MODEL = "cohere/rerank-v3.5"
+
+#: Python's logging levels, by name.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: The largest length gRPC can carry for one message (a signed 32-bit int).
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
+
+T = TypeVar("T")
 
 
 class GatewayProtocol(Enum):
@@ -49,152 +66,516 @@ class Upstream(Enum):
     GATEWAY = "gateway"
 
 
+class SettingError(ValueError):
+    """A setting outside its range (or two that do not go together). The message is one line
+    that names the setting as a user sets it and says what it may be."""
+
+
+class Rule(Protocol):
+    """The values one setting may take. `str()` says them, in the error and in the README."""
+
+    def allows(self, value: object) -> bool: ...
+
+    def parse(self, text: str) -> object:
+        """The value `text` (from a flag or a variable) stands for; ValueError if none."""
+        ...
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+@dataclass(frozen=True)
+class Between:
+    """A number from `low` to `high` (both included, unless `low_excluded`), finite."""
+
+    low: float
+    high: float = math.inf
+    integer: bool = False
+    low_excluded: bool = False
+
+    def allows(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return False
+        if not math.isfinite(value) or value > self.high:
+            return False
+        return value > self.low if self.low_excluded else value >= self.low
+
+    def parse(self, text: str) -> object:
+        return int(text) if self.integer else float(text)
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        low = f"{'(' if self.low_excluded else '['}{_number(self.low)}"
+        high = "∞)" if self.high == math.inf else f"{_number(self.high)}]"
+        return f"{kind} in {low}, {high}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a few names (an enum's values, or words matched regardless of case)."""
+
+    choices: tuple[object, ...]
+    optional: bool = False
+    """None too (unset)."""
+
+    def _names(self) -> list[str]:
+        return [str(getattr(choice, "value", choice)) for choice in self.choices]
+
+    def allows(self, value: object) -> bool:
+        return value in self.choices or (self.optional and value is None)
+
+    def parse(self, text: str) -> object:
+        for choice, name in zip(self.choices, self._names(), strict=True):
+            if text.strip().upper() == name.upper():
+                return choice
+        raise ValueError(text)
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(self._names()) + (", or unset" if self.optional else "")
+
+
+@dataclass(frozen=True)
+class Switch:
+    """On or off."""
+
+    on: tuple[str, ...] = ("1", "true", "yes", "on")
+    off: tuple[str, ...] = ("", "0", "false", "no", "off")
+
+    def allows(self, value: object) -> bool:
+        return isinstance(value, bool)
+
+    def parse(self, text: str) -> object:
+        word = text.strip().lower()
+        if word in self.on or word in self.off:
+            return word in self.on
+        raise ValueError(text)
+
+    def __str__(self) -> str:
+        return f"on ({', '.join(self.on)}) or off ({', '.join(w or 'empty' for w in self.off)})"
+
+
+@dataclass(frozen=True)
+class Text:
+    """A string that passes `test`; None too when `optional`."""
+
+    description: str
+    test: Callable[[str], bool]
+    optional: bool = False
+
+    def allows(self, value: object) -> bool:
+        if value is None:
+            return self.optional
+        return isinstance(value, str) and self.test(value)
+
+    def parse(self, text: str) -> object:
+        return text.strip()
+
+    def __str__(self) -> str:
+        return f"{self.description}, or unset" if self.optional else self.description
+
+
+@dataclass(frozen=True)
+class Each:
+    """A set of strings, each passing `member`; as text, comma-separated."""
+
+    member: Rule
+    description: str
+
+    def allows(self, value: object) -> bool:
+        return isinstance(value, frozenset) and all(self.member.allows(item) for item in value)
+
+    def parse(self, text: str) -> object:
+        return frozenset(item.strip() for item in text.split(",")) - {""}
+
+    def __str__(self) -> str:
+        return f"{self.description}, each {self.member}"
+
+
+@dataclass(frozen=True)
+class ByName:
+    """A mapping of names to values, each passing `member`; as text, `name=value` pairs,
+    comma-separated, over `base`."""
+
+    member: Rule
+    description: str
+    base: Mapping[str, object] = field(default_factory=dict)
+
+    def allows(self, value: object) -> bool:
+        return isinstance(value, Mapping) and all(
+            isinstance(name, str) and name and self.member.allows(item)
+            for name, item in value.items()
+        )
+
+    def parse(self, text: str) -> object:
+        pairs = dict(self.base)
+        for entry in filter(None, (e.strip() for e in text.split(","))):
+            name, equals, value = entry.partition("=")
+            if not equals or not name.strip():
+                raise ValueError(entry)
+            pairs[name.strip()] = self.member.parse(value)
+        return pairs
+
+    def __str__(self) -> str:
+        return f"{self.description}, each {self.member}"
+
+
+def _visible_ascii(text: str) -> bool:
+    """Header-safe: printable ASCII without spaces (what a bearer token or API key is)."""
+    return bool(text) and all(c in string.printable and not c.isspace() for c in text)
+
+
+def _http_url(text: str) -> bool:
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _host(text: str) -> bool:
+    return bool(text) and not any(c.isspace() for c in text)
+
+
+def _path(text: str) -> bool:
+    return bool(text) and "\0" not in text
+
+
+@dataclass(frozen=True)
+class About:
+    """What `Settings` knows of one field: its rule and the names a user sets it by."""
+
+    rule: Rule
+    env: str | None = None
+    """The variable `__main__` reads it from, as text parsed by `rule`."""
+    flag: str | None = None
+    """The command-line flag, which wins over `env`."""
+    label: str | None = None
+    """How errors name it when not simply `flag / env` (derived or specially read ones)."""
+    secret: bool = False
+    """Never echo the value."""
+    derived: bool = False
+    """Set by `__main__` from other settings; no name of its own."""
+
+    @property
+    def names(self) -> str:
+        return self.label or " / ".join(name for name in (self.flag, self.env) if name)
+
+
+def setting(default: T, info: About) -> T:
+    """A `Settings` field: its default and what `info` says of it. A secret stays out of the
+    settings' repr (and so out of logs)."""
+    return field(default=default, repr=not info.secret, metadata={"about": info})
+
+
+def setting_made(factory: Callable[[], T], info: About) -> T:
+    """A `Settings` field whose default is made afresh (a mutable one)."""
+    return field(default_factory=factory, repr=not info.secret, metadata={"about": info})
+
+
+def about(name: str) -> About:
+    """The rule and names of the `Settings` field `name`."""
+    for each in fields(Settings):
+        if each.name == name:
+            found: About = each.metadata["about"]
+            return found
+    raise KeyError(name)
+
+
+def parse(name: str, text: str) -> object:
+    """The value of field `name` that `text` (a flag's or a variable's) stands for.
+
+    Raises:
+        SettingError: `text` means no value in the field's range.
+    """
+    info = about(name)
+    try:
+        value = info.rule.parse(text)
+    except ValueError:
+        raise _out_of_range(info, text) from None
+    if not info.rule.allows(value):
+        raise _out_of_range(info, text)
+    return value
+
+
+def _out_of_range(info: About, shown: object) -> SettingError:
+    got = "" if info.secret else f", got {shown!r}"
+    return SettingError(f"{info.names} must be {info.rule}{got}")
+
+
+_BYTES = Between(1, GRPC_MAX_MESSAGE_BYTES, integer=True)
+_WINDOW_SIZE = Between(1, 10_000, integer=True)
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server can be told. Defaults are the documented ones."""
+    """Everything the server can be told. Defaults are the documented ones; each field's rule
+    is its range, checked when the settings are made."""
 
-    host: str = "127.0.0.1"
-    """Interface the gRPC server listens on (`--host`, `RERANK_HOST`)."""
+    host: str = setting(
+        "127.0.0.1", About(Text("a host name or address", _host), flag="--host", env="RERANK_HOST")
+    )
+    """Interface the gRPC server listens on."""
 
-    port: int = 50051
-    """gRPC port (`--port`, `RERANK_PORT`); 0 picks a free one and logs it."""
+    port: int = setting(
+        50051, About(Between(0, 65535, integer=True), flag="--port", env="RERANK_PORT")
+    )
+    """gRPC port; 0 picks a free one and logs it."""
 
-    upstream: Upstream = Upstream.EMBEDDED_MOCK
+    upstream: Upstream = setting(
+        Upstream.EMBEDDED_MOCK,
+        About(
+            OneOf(tuple(Upstream)),
+            label="the upstream (from --mock, the credential and --gateway-url)",
+            derived=True,
+        ),
+    )
     """Where calls go; derived in `__main__` from the key and the gateway URL."""
 
-    gateway_url: str = DEFAULT_GATEWAY_URL
-    """Base URL of the gateway, no trailing slash (`--gateway-url`, `RERANK_GATEWAY_URL`)."""
+    gateway_url: str = setting(
+        DEFAULT_GATEWAY_URL,
+        About(
+            Text("an http:// or https:// URL", _http_url),
+            flag="--gateway-url",
+            env="RERANK_GATEWAY_URL",
+        ),
+    )
+    """Base URL of the gateway, no trailing slash."""
 
-    gateway_protocol: GatewayProtocol | None = None
-    """Protocol version to speak to the gateway (and to the embedded mock), when set
-    (`--gateway-protocol`, `RERANK_GATEWAY_PROTOCOL`); None speaks what `gateway_url` names.
-    Read `protocol`, not this."""
+    gateway_protocol: GatewayProtocol | None = setting(
+        None,
+        About(
+            OneOf(tuple(GatewayProtocol), optional=True),
+            flag="--gateway-protocol",
+            env="RERANK_GATEWAY_PROTOCOL",
+        ),
+    )
+    """Protocol version to speak to the gateway (and to the embedded mock), when set; None
+    speaks what `gateway_url` names. Read `protocol`, not this."""
 
-    gateway_team: str | None = None
+    gateway_team: str | None = setting(
+        None,
+        About(
+            Text("a team id or slug: visible ASCII without spaces", _visible_ascii, optional=True),
+            env="RERANK_GATEWAY_TEAM",
+        ),
+    )
     """Team id or slug sent as `x-vercel-ai-gateway-team` on every gateway request, like the
-    SDK's `createGateway({teamIdOrSlug})` (`RERANK_GATEWAY_TEAM`); None sends no such header."""
+    SDK's `createGateway({teamIdOrSlug})`; None sends no such header."""
 
-    api_key: str | None = field(default=None, repr=False)
+    api_key: str | None = setting(
+        None,
+        About(
+            Text("visible ASCII without spaces", _visible_ascii, optional=True),
+            label="AI_GATEWAY_API_KEY / VERCEL_OIDC_TOKEN",
+            secret=True,
+        ),
+    )
     """Credential for the gateway (`AI_GATEWAY_API_KEY`, else `VERCEL_OIDC_TOKEN`). Never logged."""
 
-    auth_method: str = "api-key"
+    auth_method: str = setting(
+        "api-key", About(OneOf(("api-key", "oidc")), label="the gateway auth method", derived=True)
+    )
     """`api-key` or `oidc`: sent as `ai-gateway-auth-method`, after where `api_key` came from."""
 
-    oidc_token_file: str | None = None
+    oidc_token_file: str | None = setting(
+        None,
+        About(Text("a file path", _path, optional=True), label="RERANK_OIDC_TOKEN_FILE"),
+    )
     """A file holding a short-lived OIDC token, read again when it changes and before the token
-    expires (`RERANK_OIDC_TOKEN_FILE`); used instead of `api_key` when set. Never logged."""
+    expires (`RERANK_OIDC_TOKEN_FILE`); used instead of `api_key` when set. `__main__` reads it
+    with the other credentials (a key wins over it; it wins over `VERCEL_OIDC_TOKEN`) and
+    refuses a file without a token. The token is never logged; the path may be."""
 
-    default_model: str = DEFAULT_MODEL
-    """Model used when a request leaves `model` empty (`RERANK_DEFAULT_MODEL`)."""
+    default_model: str = setting(
+        DEFAULT_MODEL,
+        About(
+            Text("a model slug 'provider/model'", is_model_slug),
+            flag="--default-model",
+            env="RERANK_DEFAULT_MODEL",
+        ),
+    )
+    """Model used when a request leaves `model` empty."""
 
-    upstream_timeout: float = 30.0
-    """Seconds one gateway call may take at most; a caller's shorter deadline wins
-    (`RERANK_UPSTREAM_TIMEOUT`)."""
+    upstream_timeout: float = setting(
+        30.0, About(Between(0, 600, low_excluded=True), env="RERANK_UPSTREAM_TIMEOUT")
+    )
+    """Seconds one gateway call may take at most; a caller's shorter deadline wins."""
 
-    max_connections: int = 100
-    """Size of the pooled HTTP connections to the gateway (`RERANK_MAX_CONNECTIONS`)."""
+    max_connections: int = setting(
+        100, About(Between(1, 10_000, integer=True), env="RERANK_MAX_CONNECTIONS")
+    )
+    """Size of the pooled HTTP connections to the gateway."""
 
-    max_documents: int = 10_000
-    """Most documents one request may hold (`RERANK_MAX_DOCUMENTS`); Cohere's hard limit.
-    Requests over a model's window are split across several upstream calls."""
+    max_documents: int = setting(
+        10_000, About(Between(1, 100_000, integer=True), env="RERANK_MAX_DOCUMENTS")
+    )
+    """Most documents one request may hold; Cohere's hard limit by default. Requests over a
+    model's window are split across several upstream calls."""
 
-    max_document_bytes: int = 64 * 1024
-    """Largest single document, in UTF-8 bytes of its text or JSON (`RERANK_MAX_DOCUMENT_BYTES`)."""
+    max_document_bytes: int = setting(64 * 1024, About(_BYTES, env="RERANK_MAX_DOCUMENT_BYTES"))
+    """Largest single document, in UTF-8 bytes of its text or JSON."""
 
-    max_query_bytes: int = 32 * 1024
-    """Longest query, in UTF-8 bytes (`RERANK_MAX_QUERY_BYTES`)."""
+    max_query_bytes: int = setting(32 * 1024, About(_BYTES, env="RERANK_MAX_QUERY_BYTES"))
+    """Longest query, in UTF-8 bytes."""
 
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-    """Largest gRPC message accepted (`RERANK_MAX_MESSAGE_BYTES`). gRPC's own default of 4 MiB
-    is too small for 1,000 documents of 4 KB; 64 MiB takes 10,000 of them."""
+    max_message_bytes: int = setting(
+        MAX_MESSAGE_BYTES,
+        About(Between(1024, GRPC_MAX_MESSAGE_BYTES, integer=True), env="RERANK_MAX_MESSAGE_BYTES"),
+    )
+    """Largest gRPC message accepted. gRPC's own default of 4 MiB is too small for 1,000
+    documents of 4 KB; 64 MiB takes 10,000 of them."""
 
-    window_sizes: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_WINDOW_SIZES))
+    window_sizes: Mapping[str, int] = setting_made(
+        lambda: dict(DEFAULT_WINDOW_SIZES),
+        About(
+            ByName(_WINDOW_SIZE, "model-or-provider=size pairs", DEFAULT_WINDOW_SIZES),
+            env="RERANK_WINDOW_SIZES",
+        ),
+    )
     """Documents per upstream call, by model slug or provider; larger requests are split
-    (`RERANK_WINDOW_SIZES`, e.g. `cohere=1000,voyage/rerank-2.5-lite=500`)."""
+    (e.g. `cohere=1000,voyage/rerank-2.5-lite=500`, over the defaults)."""
 
-    default_window_size: int = 1000
-    """Documents per upstream call for models not in `window_sizes` (`RERANK_WINDOW_SIZE`)."""
+    default_window_size: int = setting(1000, About(_WINDOW_SIZE, env="RERANK_WINDOW_SIZE"))
+    """Documents per upstream call for models not in `window_sizes`."""
 
-    window_parallelism: int = 4
-    """Windows of one request in flight at once (`RERANK_WINDOW_PARALLELISM`)."""
+    window_parallelism: int = setting(
+        4, About(Between(1, 64, integer=True), env="RERANK_WINDOW_PARALLELISM")
+    )
+    """Windows of one request in flight at once."""
 
-    batch_parallelism: int = 8
-    """Requests of one BatchRerank answered at once, 1 to 64 (`RERANK_BATCH_PARALLELISM`); each
-    holds its own admission place while it runs."""
+    batch_parallelism: int = setting(
+        8, About(Between(1, 64, integer=True), env="RERANK_BATCH_PARALLELISM")
+    )
+    """Requests of one BatchRerank answered at once; each holds its own admission place while
+    it runs."""
 
-    batch_max_requests: int = 100
-    """Most requests one BatchRerank may hold, 1 to 1,000 (`RERANK_BATCH_MAX_REQUESTS`); more is
-    INVALID_ARGUMENT for the whole call. The bytes of them all are bounded by
-    `max_message_bytes`."""
+    batch_max_requests: int = setting(
+        100, About(Between(1, 1000, integer=True), env="RERANK_BATCH_MAX_REQUESTS")
+    )
+    """Most requests one BatchRerank may hold; more is INVALID_ARGUMENT for the whole call. The
+    bytes of them all are bounded by `max_message_bytes`."""
 
-    cache_ttl: float = 600.0
-    """Seconds a cached ranking stays valid (`RERANK_CACHE_TTL`)."""
+    cache_ttl: float = setting(
+        600.0, About(Between(0, 86_400, low_excluded=True), env="RERANK_CACHE_TTL")
+    )
+    """Seconds a cached ranking stays valid."""
 
-    cache_max_bytes: int = 64 * 1024 * 1024
-    """Memory bound of the result cache; 0 turns it off (`RERANK_CACHE_MAX_BYTES`)."""
+    cache_max_bytes: int = setting(
+        64 * 1024 * 1024, About(Between(0, integer=True), env="RERANK_CACHE_MAX_BYTES")
+    )
+    """Memory bound of the result cache; 0 turns it off."""
 
-    max_concurrent_calls: int = 512
-    """Rerank calls in flight at most; more are refused at once with RESOURCE_EXHAUSTED
-    (`RERANK_MAX_CONCURRENT_CALLS`)."""
+    max_concurrent_calls: int = setting(
+        512, About(Between(1, 100_000, integer=True), env="RERANK_MAX_CONCURRENT_CALLS")
+    )
+    """Rerank calls in flight at most; more are refused at once with RESOURCE_EXHAUSTED."""
 
-    max_inflight_bytes: int = 256 * 1024 * 1024
-    """Bytes of requests in flight at most; more are refused at once with RESOURCE_EXHAUSTED
-    (`RERANK_MAX_INFLIGHT_BYTES`). Keeps memory bounded under a flood of large requests."""
+    max_inflight_bytes: int = setting(
+        256 * 1024 * 1024, About(Between(1, integer=True), env="RERANK_MAX_INFLIGHT_BYTES")
+    )
+    """Bytes of requests in flight at most; more are refused at once with RESOURCE_EXHAUSTED.
+    Keeps memory bounded under a flood of large requests."""
 
-    max_retries: int = 2
+    max_retries: int = setting(2, About(Between(0, 10, integer=True), env="RERANK_MAX_RETRIES"))
     """Retries of a retryable gateway failure (429, 5xx, 408, 409, connection errors); the AI
-    SDK's default (`RERANK_MAX_RETRIES`)."""
+    SDK's default."""
 
-    retry_initial_backoff: float = 0.5
+    retry_initial_backoff: float = setting(
+        0.5, About(Between(0, 60), env="RERANK_RETRY_INITIAL_BACKOFF")
+    )
     """Upper bound of the first jittered retry delay, seconds, doubling per retry, when the
-    gateway sent no retry-after (`RERANK_RETRY_INITIAL_BACKOFF`)."""
+    gateway sent no retry-after."""
 
-    retry_max_backoff: float = 8.0
-    """Upper bound of any jittered retry delay, seconds (`RERANK_RETRY_MAX_BACKOFF`)."""
+    retry_max_backoff: float = setting(8.0, About(Between(0, 300), env="RERANK_RETRY_MAX_BACKOFF"))
+    """Upper bound of any jittered retry delay, seconds."""
 
-    retry_budget_ratio: float = 0.2
-    """Retries allowed per first attempt, over time (`RERANK_RETRY_BUDGET_RATIO`)."""
+    retry_budget_ratio: float = setting(0.2, About(Between(0, 1), env="RERANK_RETRY_BUDGET_RATIO"))
+    """Retries allowed per first attempt, over time."""
 
-    breaker_failure_rate: float = 0.5
+    breaker_failure_rate: float = setting(
+        0.5, About(Between(0, 1, low_excluded=True), env="RERANK_BREAKER_FAILURE_RATE")
+    )
     """Share of the last `breaker_window` gateway attempts that must have found it down for the
-    circuit to open (`RERANK_BREAKER_FAILURE_RATE`)."""
+    circuit to open. 0 would open it with no failure at all; above 1, never."""
 
-    breaker_window: int = 100
-    """Gateway attempts the circuit breaker judges (`RERANK_BREAKER_WINDOW`)."""
+    breaker_window: int = setting(
+        100, About(Between(1, 10_000, integer=True), env="RERANK_BREAKER_WINDOW")
+    )
+    """Gateway attempts the circuit breaker judges."""
 
-    breaker_cooldown: float = 5.0
-    """Seconds the open circuit fails fast before letting a probe through
-    (`RERANK_BREAKER_COOLDOWN`)."""
+    breaker_cooldown: float = setting(
+        5.0, About(Between(0, 600, low_excluded=True), env="RERANK_BREAKER_COOLDOWN")
+    )
+    """Seconds the open circuit fails fast before letting a probe through."""
 
-    auth_tokens: frozenset[str] = field(default=frozenset(), repr=False)
+    auth_tokens: frozenset[str] = setting(
+        frozenset(),
+        About(
+            Each(Text("visible ASCII without spaces", _visible_ascii), "tokens"),
+            label="RERANK_AUTH_TOKENS / RERANK_AUTH_TOKENS_FILE",
+            secret=True,
+        ),
+    )
     """Bearer tokens callers must present (`authorization: Bearer <token>`); empty turns
     caller authentication off (`RERANK_AUTH_TOKENS`, comma-separated, or
     `RERANK_AUTH_TOKENS_FILE`, one per line). Never logged."""
 
-    auth_health: bool = False
-    """Whether health checks need a token too (`--auth-health`, `RERANK_AUTH_HEALTH=1`). Off by
-    default so load balancers and orchestrators can probe without a secret."""
+    auth_health: bool = setting(
+        False, About(Switch(), flag="--auth-health", env="RERANK_AUTH_HEALTH")
+    )
+    """Whether health checks need a token too. Off by default so load balancers and
+    orchestrators can probe without a secret."""
 
-    tls_cert_file: str | None = None
-    """PEM certificate chain of the server; with `tls_key_file` turns TLS on (`--tls-cert`,
-    `RERANK_TLS_CERT`)."""
+    tls_cert_file: str | None = setting(
+        None,
+        About(Text("a file path", _path, optional=True), flag="--tls-cert", env="RERANK_TLS_CERT"),
+    )
+    """PEM certificate chain of the server; with `tls_key_file` turns TLS on."""
 
-    tls_key_file: str | None = None
-    """PEM private key of the server (`--tls-key`, `RERANK_TLS_KEY`)."""
+    tls_key_file: str | None = setting(
+        None,
+        About(Text("a file path", _path, optional=True), flag="--tls-key", env="RERANK_TLS_KEY"),
+    )
+    """PEM private key of the server."""
 
-    tls_client_ca_file: str | None = None
-    """PEM CA bundle; when set, callers must present a certificate it signed: mutual TLS
-    (`--tls-client-ca`, `RERANK_TLS_CLIENT_CA`)."""
+    tls_client_ca_file: str | None = setting(
+        None,
+        About(
+            Text("a file path", _path, optional=True),
+            flag="--tls-client-ca",
+            env="RERANK_TLS_CLIENT_CA",
+        ),
+    )
+    """PEM CA bundle; when set, callers must present a certificate it signed: mutual TLS."""
 
-    grace_period: float = 10.0
-    """Seconds in-flight calls get to finish after SIGTERM/SIGINT (`RERANK_GRACE_PERIOD`)."""
+    grace_period: float = setting(10.0, About(Between(0, 3600), env="RERANK_GRACE_PERIOD"))
+    """Seconds in-flight calls get to finish after SIGTERM/SIGINT."""
 
-    workers: int = 1
-    """Server processes sharing the port through SO_REUSEPORT (`--workers`, `RERANK_WORKERS`);
-    `__main__` defaults it to one per core. Limits and the cache are per process."""
+    workers: int = setting(
+        1, About(Between(1, 1024, integer=True), flag="--workers", env="RERANK_WORKERS")
+    )
+    """Server processes sharing the port through SO_REUSEPORT; `__main__` defaults it to one
+    per core. Limits and the cache are per process."""
 
-    log_level: str = "INFO"
-    """Python logging level (`--log-level`, `RERANK_LOG_LEVEL`)."""
+    log_level: str = setting(
+        "INFO", About(OneOf(LOG_LEVELS), flag="--log-level", env="RERANK_LOG_LEVEL")
+    )
+    """Python logging level."""
+
+    def __post_init__(self) -> None:
+        for each in fields(self):
+            info: About = each.metadata["about"]
+            value = getattr(self, each.name)
+            if not info.rule.allows(value):
+                raise _out_of_range(info, value)
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise SettingError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise SettingError("--tls-client-ca needs --tls-cert and --tls-key")
+        credential = self.api_key or self.oidc_token_file
+        if self.upstream is Upstream.GATEWAY and credential is None:
+            raise SettingError(
+                "--gateway-url needs a credential: set AI_GATEWAY_API_KEY (any non-empty "
+                "value for a mock gateway process) or RERANK_OIDC_TOKEN_FILE"
+            )
 
     @property
     def protocol(self) -> GatewayProtocol:

@@ -27,6 +27,12 @@ _MODEL_SLUG = re.compile(r"[a-z0-9][a-z0-9_-]*/[A-Za-z0-9][A-Za-z0-9._:-]*")
 MAX_MODEL_SLUG_LENGTH = 128
 
 
+def is_model_slug(text: str) -> bool:
+    """Whether `text` is a gateway model slug `provider/model` (what requests and the default
+    model setting must name)."""
+    return len(text) <= MAX_MODEL_SLUG_LENGTH and _MODEL_SLUG.fullmatch(text) is not None
+
+
 @dataclass(frozen=True)
 class Limits:
     """The size rules a request must keep, from `Settings`."""
@@ -199,7 +205,7 @@ def caller_metadata(outcome: RerankOutcome) -> JsonObject | None:
 def check_request(query: RerankQuery, limits: Limits) -> None:
     """Raise `InvalidRequest` naming every field of `query` that breaks the contract."""
     violations: list[FieldViolation] = []
-    if len(query.model) > MAX_MODEL_SLUG_LENGTH or not _MODEL_SLUG.fullmatch(query.model):
+    if not is_model_slug(query.model):
         violations.append(
             FieldViolation(
                 "model",

@@ -15,7 +15,8 @@ Policy, in one place:
   retried. Retries are therefore at most about `ratio` of traffic, plus a small burst.
 - A circuit breaker fails fast for `cooldown` seconds once at least `failure_rate` of the last
   `window` attempts found the upstream down (`UpstreamUnavailable`); then one probe call at a
-  time goes through, and the first success closes it again. While open, callers get
+  time goes through, and the first success closes it again. A probe runs to its answer even
+  when its caller leaves (see `ResilientReranker._outliving_its_caller`). While open, callers get
   UNAVAILABLE with a RetryInfo of the time left. Health stays SERVING meanwhile (see
   README, "Guarantees"): the gateway is shared by every replica, so taking them all out of a
   load balancer at once would turn one clear error into "no healthy upstream".
@@ -33,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rerank.server.domain import (
     ModelInfo,
@@ -93,6 +94,10 @@ class RetryBudget:
             return False
         self._tokens -= 1
         return True
+
+    def reset(self) -> None:
+        """Full again, as at start."""
+        self._tokens = self._capacity
 
 
 class BreakerState(Enum):
@@ -173,6 +178,12 @@ class CircuitBreaker:
         if probe:
             self._probe_in_flight = False
 
+    def reset(self) -> None:
+        """Closed, with no attempt remembered, as at start."""
+        self._recent.clear()
+        self._probe_in_flight = False
+        self._set(BreakerState.CLOSED)
+
     def _open(self) -> None:
         self._opened_at = self._clock()
         self._set(BreakerState.OPEN)
@@ -206,6 +217,7 @@ class ResilientReranker(RerankerLayer):
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._probes: set[asyncio.Task[Any]] = set()  # half-open probes in flight
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         attempts = 0
@@ -230,10 +242,10 @@ class ResilientReranker(RerankerLayer):
         retry = 0
         while True:
             probe = self._breaker.before_call()
+            judged = self._judged(attempt(deadline - self._clock()), probe=probe)
             try:
-                result = await attempt(deadline - self._clock())
+                result = await (self._outliving_its_caller(judged) if probe else judged)
             except UpstreamError as error:
-                self._breaker.record(error, probe=probe)
                 delay = self._retry_delay(error, retry, deadline)
                 if delay is None:
                     raise
@@ -243,12 +255,57 @@ class ResilientReranker(RerankerLayer):
                 await self._sleep(delay)
                 retry += 1
                 continue
-            except BaseException:
-                # Cancellation and bugs say nothing about the upstream.
-                self._breaker.release(probe=probe)
-                raise
-            self._breaker.record(None, probe=probe)
             return result
+
+    async def _judged(self, attempt: Awaitable[T], *, probe: bool) -> T:
+        """`attempt`, its outcome reported to the breaker."""
+        try:
+            result = await attempt
+        except UpstreamError as error:
+            self._breaker.record(error, probe=probe)
+            raise
+        except BaseException:
+            # Cancellation and bugs say nothing about the upstream.
+            self._breaker.release(probe=probe)
+            raise
+        self._breaker.record(None, probe=probe)
+        return result
+
+    async def _outliving_its_caller(self, probe: Awaitable[T]) -> T:
+        """Run the half-open probe to its verdict even when its caller leaves.
+
+        The probe's caller is often cancelled for reasons that say nothing about the gateway:
+        the windows of a large request go through this layer one by one, the first takes the
+        one probe slot, the others are refused ("calls are paused") and that failure cancels
+        the first. Freeing the slot then would let the next large request do the same, and
+        the circuit would never close while only large requests come. So the probe goes on
+        alone (its own deadline still bounds it; `aclose` cancels it at shutdown) and its
+        answer closes or reopens the circuit. Preferred over the alternatives: making the
+        windows of one request share a probe would teach the windows about the breaker, and
+        letting refused calls wait for the probe's verdict would release them all on the
+        gateway at once the moment it closes.
+        """
+        task = asyncio.ensure_future(probe)
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+        # shield: the caller's cancellation stops its wait, not the probe.
+        return await asyncio.shield(task)
+
+    async def reset(self) -> None:
+        """Forget every past attempt: no probe left running, the circuit closed, the retry
+        budget full (the testing kit, between tests)."""
+        await self._cancel_probes()
+        self._breaker.reset()
+        self._budget.reset()
+
+    async def aclose(self) -> None:
+        await self._cancel_probes()
+        await super().aclose()
+
+    async def _cancel_probes(self) -> None:
+        for task in list(self._probes):
+            task.cancel()
+        await asyncio.gather(*self._probes, return_exceptions=True)
 
     def _retry_delay(self, error: UpstreamError, retry: int, deadline: float) -> float | None:
         """Seconds to wait before retrying `error`, or None when it must not be retried."""

@@ -224,3 +224,123 @@ def test_the_plugin_works_beside_a_consumers_own_client_server_and_mock_gateway(
     )
     result = run(consumer)
     result.assert_outcomes(passed=2)
+
+
+# --- the production chain, and nothing one test does reaching the next (issue 10) ------------
+
+
+def test_the_server_runs_the_production_chain(consumer: pytest.Pytester) -> None:
+    consumer.makepyfile(
+        test_chain="""
+        import pytest
+        from rerank.client import RateLimitedError
+        from seed_data import SEED_DOCUMENTS, SEED_QUERY
+
+        def test_a_repeated_request_is_answered_from_the_cache(rerank_client):
+            first = rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS)
+            again = rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS)
+            assert (first.cached, again.cached) == (False, True)
+            assert again.ranking == first.ranking
+
+        def test_a_large_request_is_split_into_windows(rerank_mock_gateway, rerank_client):
+            # "slow" answers normally, after a pause: it counts the gateway calls made.
+            rerank_mock_gateway.fail_next("slow", delayMs=1, times=3)
+            documents = [f"document {i}" for i in range(2500)]
+            result = rerank_client.rerank(SEED_QUERY, documents, top_n=3)
+            assert len(result.ranking) == 3
+            assert rerank_mock_gateway.script.pending_faults == 0  # 1,000 + 1,000 + 500
+
+        def test_retries_are_off_so_a_fault_scripted_once_is_seen_once(
+            rerank_mock_gateway, rerank_client
+        ):
+            rerank_mock_gateway.fail_next("rate_limit", retryAfterMs=10, times=1)
+            with pytest.raises(RateLimitedError):
+                rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS)
+            assert rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS).ranking
+        """
+    )
+    result = run(consumer)
+    result.assert_outcomes(passed=3)
+
+
+def test_the_servers_settings_are_the_consumers_to_choose(consumer: pytest.Pytester) -> None:
+    consumer.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def rerank_server_settings():
+            return {"max_retries": 1, "retry_initial_backoff": 0.01}
+        """
+    )
+    consumer.makepyfile(
+        test_retries="""
+        from seed_data import SEED_DOCUMENTS, SEED_QUERY
+
+        def test_the_server_retries_now(rerank_mock_gateway, rerank_client):
+            rerank_mock_gateway.fail_next("rate_limit", retryAfterMs=10, times=1)
+            assert rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS).ranking
+            assert rerank_mock_gateway.script.pending_faults == 0
+        """
+    )
+    result = run(consumer)
+    result.assert_outcomes(passed=1)
+
+
+def test_the_cache_and_the_circuit_do_not_leak_between_tests(consumer: pytest.Pytester) -> None:
+    consumer.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def rerank_server_settings():
+            # Two gateway failures in a row open the circuit, for ten minutes.
+            return {"breaker_window": 2, "breaker_failure_rate": 1.0, "breaker_cooldown": 600}
+        """
+    )
+    consumer.makepyfile(
+        test_isolation="""
+        import pytest
+        from rerank.client import RerankClient, UnavailableError
+        from seed_data import SEED_DOCUMENTS, SEED_QUERY
+
+        def test_1_caches_an_answer_and_opens_the_circuit(rerank_mock_gateway, rerank_server):
+            # No client retries: each call is one attempt at the server.
+            with RerankClient(rerank_server.target, service_config=None) as client:
+                assert not client.rerank(SEED_QUERY, SEED_DOCUMENTS).cached
+                assert client.rerank(SEED_QUERY, SEED_DOCUMENTS).cached
+                rerank_mock_gateway.fail_next("error", status=503, times=2)
+                for _ in range(2):
+                    with pytest.raises(UnavailableError, match="Injected error"):
+                        client.rerank(SEED_QUERY, SEED_DOCUMENTS[:2])
+                with pytest.raises(UnavailableError, match="circuit open"):
+                    client.rerank(SEED_QUERY, SEED_DOCUMENTS[:2])
+
+        def test_2_starts_with_an_empty_cache_and_a_closed_circuit(rerank_client):
+            assert not rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS).cached
+            assert rerank_client.rerank(SEED_QUERY, SEED_DOCUMENTS[:2]).ranking
+        """
+    )
+    result = run(consumer)
+    result.assert_outcomes(passed=2)
+
+
+def test_a_setting_out_of_range_fails_at_once_naming_it(consumer: pytest.Pytester) -> None:
+    consumer.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def rerank_server_settings():
+            return {"window_parallelism": 0}
+        """
+    )
+    consumer.makepyfile(
+        test_any="""
+        def test_x(rerank_client):
+            pass
+        """
+    )
+    result = run(consumer)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*RERANK_WINDOW_PARALLELISM must be an integer in ?1, 64?*"])

@@ -113,6 +113,36 @@ async def test_the_breaker_fails_fast_once_the_gateway_is_down(
     assert 25 < retry.retry_delay.seconds <= 30
 
 
+async def test_large_requests_alone_close_the_circuit_once_the_gateway_is_back(
+    serve: Any, channels: list[Any]
+) -> None:
+    """Issue 10, item 5, through the real chain: after the cool-down only large requests come
+    (three windows each). The first window of one takes the probe, the other two are refused
+    and cancel it; the circuit must close all the same, and large requests pass again."""
+    settings = dataclasses.replace(
+        FAST, max_retries=0, breaker_failure_rate=1.0, breaker_window=1, breaker_cooldown=0.2
+    )
+    stub = stub_for(await serve(settings), channels)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Rerank(failing_first(1, fault="error", status=503), timeout=10)
+    large = seed_request(documents=[pb.Document(text=f"document {i}") for i in range(2500)])
+    refused = 0
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 10
+    while loop.time() < give_up:  # poll: the cool-down passes, then the probe decides
+        try:
+            response = await stub.Rerank(large, timeout=10)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() is grpc.StatusCode.UNAVAILABLE, error.details()
+            refused += 1
+            await asyncio.sleep(0.05)
+            continue
+        assert len(response.ranking) == 2
+        break
+    else:
+        pytest.fail(f"{refused} large requests in a row were refused: the circuit never closed")
+
+
 class HeldGateway:
     """A gateway (a real HTTP server on loopback) that holds every request until released, so
     a test knows when calls are in flight: when their requests have arrived here."""

@@ -30,6 +30,7 @@ from rerank.server.resilience import (
     RetryBudget,
     RetryPolicy,
 )
+from rerank.server.windows import WindowedReranker, WindowPolicy
 
 QUERY = RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("a",))
 # As the gateway adapter answers: one gateway call, and the cost it reported.
@@ -246,31 +247,126 @@ async def test_the_open_breaker_spares_the_upstream() -> None:
     assert len(inner.calls) == 2
 
 
-async def test_a_cancelled_probe_frees_its_slot() -> None:
-    time = FakeTime()
-    breaker = CircuitBreaker(failure_rate=1.0, window=1, cooldown=1, clock=time.clock)
+class GatedGateway(ScriptedReranker):
+    """A healthy gateway whose calls take as long as the test says: each waits for `answer`."""
+
+    def __init__(self, time: FakeTime) -> None:
+        super().__init__([], time)
+        self.called = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
+        self.calls.append(timeout)
+        self.called.set()
+        await self.answer.wait()
+        return RerankOutcome(ranking=tuple(Ranked(i, 0.5) for i in range(len(query.documents))))
+
+
+def breaker_telling_when_closed(
+    time: FakeTime, *, cooldown: float
+) -> tuple[CircuitBreaker, asyncio.Event]:
+    """A breaker that one failure opens, and an event set when it closes."""
+    closed = asyncio.Event()
+    breaker = CircuitBreaker(
+        failure_rate=1.0,
+        window=1,
+        cooldown=cooldown,
+        clock=time.clock,
+        on_change=lambda state: closed.set() if state is BreakerState.CLOSED else None,
+    )
+    return breaker, closed
+
+
+async def half_open_with_a_probe_whose_caller_left(
+    time: FakeTime, breaker: CircuitBreaker, budget: RetryBudget | None = None
+) -> tuple[ResilientReranker, GatedGateway]:
+    """A wrapper whose probe is in flight at a gateway that has not answered yet, its caller
+    cancelled."""
     attempt(breaker, down())
     time.now += 1
-
-    started = asyncio.Event()
-
-    class Hanging(ScriptedReranker):
-        async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
-            started.set()
-            await asyncio.Event().wait()
-            raise AssertionError("unreachable")
-
+    gateway = GatedGateway(time)
     wrapper = ResilientReranker(
-        Hanging([], time),
+        gateway,
         policy=RetryPolicy(),
-        budget=RetryBudget(),
+        budget=budget or RetryBudget(),
         breaker=breaker,
         clock=time.clock,
         sleep=time.sleep,
     )
     task = asyncio.create_task(wrapper.rerank(QUERY, timeout=30))
-    await asyncio.wait_for(started.wait(), 5)  # the probe is in flight
+    await asyncio.wait_for(gateway.called.wait(), 5)  # the probe is at the gateway
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert breaker.before_call()  # a new probe may go
+    return wrapper, gateway
+
+
+async def test_a_probe_whose_caller_left_still_decides() -> None:
+    time = FakeTime()
+    breaker, closed = breaker_telling_when_closed(time, cooldown=1)
+    _, gateway = await half_open_with_a_probe_whose_caller_left(time, breaker)
+    with pytest.raises(UpstreamUnavailable):
+        breaker.before_call()  # the probe is still the one in flight
+    gateway.answer.set()
+    await asyncio.wait_for(closed.wait(), 5)
+    assert not breaker.before_call()
+
+
+async def test_closing_cancels_a_probe_whose_caller_left() -> None:
+    time = FakeTime()
+    breaker = CircuitBreaker(failure_rate=1.0, window=1, cooldown=1, clock=time.clock)
+    wrapper, _ = await half_open_with_a_probe_whose_caller_left(time, breaker)
+    await wrapper.aclose()
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert breaker.before_call()  # its slot is free again, for what it is worth
+
+
+async def test_reset_forgets_the_circuit_and_the_budget() -> None:
+    """What the testing kit does between tests: as if no call had ever been made."""
+    time = FakeTime()
+    breaker, _ = breaker_telling_when_closed(time, cooldown=1)
+    budget = RetryBudget(ratio=0.0, capacity=1)
+    assert budget.try_spend()
+    wrapper, _ = await half_open_with_a_probe_whose_caller_left(time, breaker, budget)
+    await wrapper.reset()
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert breaker.state is BreakerState.CLOSED
+    assert not breaker.before_call()
+    assert budget.try_spend()
+
+
+# --- the breaker under windows: one request, several attempts at once -----------------------
+
+
+async def test_large_requests_close_a_half_open_circuit() -> None:
+    """Issue 10, item 5. Window 1 of a large request takes the half-open circuit's one probe
+    slot and windows 2-4 are refused ("calls are paused"); that failure cancels window 1. The
+    probe's verdict must still be reached, or the circuit stays half-open for as long as only
+    large requests come: with the gateway healthy again, the next large request must pass."""
+    time = FakeTime()
+    breaker, closed = breaker_telling_when_closed(time, cooldown=5)
+    attempt(breaker, down())
+    assert breaker.state is BreakerState.OPEN
+    time.now += 5  # the cool-down is over, and the gateway is healthy again
+    gateway = GatedGateway(time)
+    windowed = WindowedReranker(
+        ResilientReranker(
+            gateway,
+            policy=RetryPolicy(),
+            budget=RetryBudget(),
+            breaker=breaker,
+            clock=time.clock,
+            sleep=time.sleep,
+        ),
+        WindowPolicy(default_size=10, parallelism=4),
+    )
+    large = dataclasses.replace(QUERY, model="jina/x", documents=tuple(f"d{i}" for i in range(40)))
+
+    # The probe is in flight (window 1 waits for its answer) when windows 2-4 are refused.
+    with pytest.raises(UpstreamUnavailable, match="paused"):
+        await windowed.rerank(large, timeout=30)
+    assert len(gateway.calls) == 1
+    gateway.answer.set()  # the gateway answers the probe
+    await asyncio.wait_for(closed.wait(), 5)
+    assert len((await windowed.rerank(large, timeout=30)).ranking) == 40
+    assert len(gateway.calls) == 5

@@ -1,13 +1,19 @@
-"""Settings from flags and environment: every bad value is a usage error naming it."""
+"""Settings from flags and environment: every bad value is a usage error naming it, and the
+one model (`Settings`) refuses every value outside its stated range, however it was built."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rerank.server.__main__ import settings_from
-from rerank.server.config import GatewayProtocol, Settings, Upstream
+from rerank.server.config import Between, GatewayProtocol, SettingError, Settings, Upstream, about
+from tests.conftest import REPO_ROOT
 
 
 def test_defaults_serve_the_embedded_mock() -> None:
@@ -94,7 +100,7 @@ def test_a_bad_protocol_is_one_line_naming_it(
     (error_line,) = [line for line in err.splitlines() if "error:" in line]
     assert "RERANK_GATEWAY_PROTOCOL" in error_line
     assert "--gateway-protocol" in error_line
-    assert "v3 or v4" in error_line
+    assert "one of v3, v4" in error_line
     assert "Traceback" not in err
 
 
@@ -124,7 +130,15 @@ def test_window_sizes_and_tokens() -> None:
     ("argv", "environ", "named"),
     [
         ([], {"RERANK_PORT": "abc"}, "--port"),
+        ([], {"RERANK_PORT": "65536"}, "--port / RERANK_PORT must be an integer in [0, 65535]"),
         ([], {"RERANK_WORKERS": "0"}, "--workers"),
+        ([], {"RERANK_MAX_RETRIES": "2.5"}, "RERANK_MAX_RETRIES must be an integer"),
+        ([], {"RERANK_AUTH_HEALTH": "maybe"}, "RERANK_AUTH_HEALTH must be on"),
+        ([], {"RERANK_DEFAULT_MODEL": "rerank-v3.5"}, "RERANK_DEFAULT_MODEL must be a model slug"),
+        ([], {"RERANK_WINDOW_SIZES": "cohere=0"}, "RERANK_WINDOW_SIZES"),
+        (["--gateway-url", "ai-gateway"], {"AI_GATEWAY_API_KEY": "k"}, "--gateway-url"),
+        ([], {"RERANK_AUTH_TOKENS": "one, two words"}, "RERANK_AUTH_TOKENS"),
+        (["--no-such-flag"], {}, "--no-such-flag"),
         ([], {"RERANK_GRACE_PERIOD": "soon"}, "RERANK_GRACE_PERIOD"),
         ([], {"RERANK_MAX_DOCUMENTS": "-3"}, "RERANK_MAX_DOCUMENTS"),
         ([], {"RERANK_CACHE_TTL": "nan"}, "RERANK_CACHE_TTL"),
@@ -145,7 +159,108 @@ def test_bad_values_are_usage_errors(
     with pytest.raises(SystemExit) as exited:
         settings_from(argv, environ)
     assert exited.value.code == 2
-    assert named in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert named in err
+    assert err.count("\n") == 1, err  # one line
+
+
+# Issue 10, item 6: each of these used to start a server that then misbehaved (the same, as
+# a real process, no traceback: tests/e2e/test_settings_at_start.py).
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        # hung every large call (a semaphore of 0 slots)
+        ("RERANK_WINDOW_PARALLELISM", "0", "an integer in [1, 64]"),
+        # made every large call INTERNAL (range() with a step of 0)
+        ("RERANK_WINDOW_SIZE", "0", "an integer in [1, 10000]"),
+        # opened the circuit with no failure at all, or never
+        ("RERANK_BREAKER_FAILURE_RATE", "0", "a number in (0, 1]"),
+        ("RERANK_BREAKER_FAILURE_RATE", "1.5", "a number in (0, 1]"),
+        # printed a traceback from logging.basicConfig
+        ("RERANK_LOG_LEVEL", "LOUD", "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    ],
+)
+def test_out_of_range_stops_the_server_with_one_line(
+    variable: str,
+    value: str,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        settings_from([], {variable: value})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rerank-server: error: ")
+    assert err.endswith(f"{variable} must be {message}, got {value!r}\n")
+    assert err.count("\n") == 1, err
+
+
+def test_the_log_level_is_read_regardless_of_case() -> None:
+    assert settings_from(["--log-level", "debug"], {}).log_level == "DEBUG"
+
+
+def ranges() -> list[tuple[str, Between]]:
+    return [
+        (each.name, each.metadata["about"].rule)
+        for each in dataclasses.fields(Settings)
+        if isinstance(each.metadata["about"].rule, Between)
+    ]
+
+
+@pytest.mark.parametrize(("name", "rule"), ranges())
+def test_the_model_refuses_every_number_outside_its_range(name: str, rule: Between) -> None:
+    """However `Settings` is made (by `__main__`, the testing kit, a test), each number field
+    takes its range's ends (unless excluded) and nothing past them."""
+    step = 1 if rule.integer else 0.001
+    inside = [rule.low + step if rule.low_excluded else rule.low]
+    outside: list[Any] = [rule.low if rule.low_excluded else rule.low - step, math.nan, True]
+    if rule.high != math.inf:
+        inside.append(rule.high)
+        outside.append(rule.high + step)
+    if rule.integer:
+        outside.append(float(inside[0]) + 0.5)
+    for value in inside:
+        assert getattr(Settings(**{name: value}), name) == value
+    for value in outside:
+        with pytest.raises(SettingError, match=re.escape(f"{about(name).names} must be {rule}")):
+            Settings(**{name: value})
+
+
+def test_the_model_checks_the_settings_that_go_together() -> None:
+    with pytest.raises(SettingError, match="--tls-key"):
+        Settings(tls_cert_file="c.pem")
+    with pytest.raises(SettingError, match="--tls-cert"):
+        Settings(tls_client_ca_file="ca.pem")
+    with pytest.raises(SettingError, match="AI_GATEWAY_API_KEY"):
+        Settings(upstream=Upstream.GATEWAY)
+    with pytest.raises(SettingError, match="one of DEBUG"):
+        Settings(log_level="info")  # the model holds the canonical name; `__main__` folds case
+
+
+def test_secrets_are_never_echoed_in_an_error() -> None:
+    with pytest.raises(SettingError) as caught:
+        Settings(api_key="sk-secret with a space")
+    assert "sk-secret" not in str(caught.value)
+    assert "AI_GATEWAY_API_KEY" in str(caught.value)
+    with pytest.raises(SettingError) as caught:
+        Settings(auth_tokens=frozenset({"tok secret"}))
+    assert "secret" not in str(caught.value)
+
+
+def test_the_readme_states_every_settings_range() -> None:
+    """The configuration table's range column says what the model enforces, row by row."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| setting | flag / variable | range | default |")
+    for each in dataclasses.fields(Settings):
+        info = about(each.name)
+        if info.derived:
+            continue
+        name = (info.env or info.flag or info.names).split(" / ")[0]
+        row = next((r for r in rows if f"`{name}`" in r), None)
+        assert row is not None, f"no README row for {name}"
+        assert str(info.rule) in row.split(" | ")[2], f"README row of {name}: not {info.rule}"
 
 
 def test_the_batch_settings_and_their_ranges(capsys: pytest.CaptureFixture[str]) -> None:
@@ -156,7 +271,7 @@ def test_the_batch_settings_and_their_ranges(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit):
         settings_from([], {"RERANK_BATCH_MAX_REQUESTS": "0"})
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert line.endswith("RERANK_BATCH_MAX_REQUESTS must be an integer from 1 to 1000, got 0")
+    assert line.endswith("RERANK_BATCH_MAX_REQUESTS must be an integer in [1, 1000], got '0'")
 
 
 def test_a_token_file_is_the_credential_unless_a_key_is_set(tmp_path: Path) -> None:

@@ -253,6 +253,19 @@ async def test_entries_expire() -> None:
     assert backend.calls == [5, 5]
 
 
+async def test_clear_forgets_every_answer() -> None:
+    backend = Backend()
+    cache, _ = caching(backend, max_bytes=1000)
+    await cache.rerank(query(1), timeout=10)
+    assert (await cache.rerank(query(1), timeout=10)).cached
+    cache.clear()
+    assert not (await cache.rerank(query(1), timeout=10)).cached
+    # The byte count was reset too: two entries still fit after the clear.
+    await cache.rerank(query(2), timeout=10)
+    assert (await cache.rerank(query(1), timeout=10)).cached
+    assert backend.calls == [1, 1, 2]
+
+
 async def test_the_byte_bound_evicts_the_least_recently_used() -> None:
     backend = Backend()
     cache, _ = caching(backend, max_bytes=1000)  # room for two small entries, not three
