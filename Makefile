@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 PROTO_SRC := protos/rerank/v1/rerank_service.proto
 HOST ?= 127.0.0.1
 PORT ?= 50051
+METRICS_PORT ?= 9464
 MOCK_PORT ?= 8080
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
@@ -18,7 +19,10 @@ BENCH_ARGS ?=
 WITH_NODE := $(abspath $(PY)) $(abspath tools/node.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto proto-check stubs breaking lint fmt typecheck test check run run-mock bench clean
+PROMTOOL ?= promtool
+NEED_PROMTOOL = @command -v $(PROMTOOL) >/dev/null || { echo "$(PROMTOOL) not found: install Debian's prometheus package (apt-get install prometheus); .ci/run does"; exit 1; }
+
+.PHONY: help install proto proto-check stubs breaking lint fmt typecheck test check run run-mock bench clean metrics-lint rules-test
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -76,10 +80,20 @@ typecheck: $(STAMP) ## mypy, strict, on every package under `rerank` (through to
 test: $(STAMP) ## Run every test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-check: lint typecheck proto-check breaking test ## Everything CI runs
+metrics-lint: $(STAMP) ## promtool check metrics on a scrape of a real server with --workers 2
+	$(NEED_PROMTOOL)
+	bash -o pipefail -c '$(PY) tools/scrape_metrics.py | $(PROMTOOL) check metrics'
+	@echo "promtool check metrics: no problems"
 
-run: $(STAMP) ## Serve on $(HOST):$(PORT) (the bundled mock gateway unless AI_GATEWAY_API_KEY is set)
-	$(PY) -m rerank.server --host $(HOST) --port $(PORT)
+rules-test: ## promtool: the alerting rules in deploy/prometheus are valid and pass their unit tests
+	$(NEED_PROMTOOL)
+	$(PROMTOOL) check rules deploy/prometheus/alerts.yml
+	cd deploy/prometheus && $(PROMTOOL) test rules alerts.test.yml
+
+check: lint typecheck proto-check breaking metrics-lint rules-test test ## Everything CI runs
+
+run: $(STAMP) ## Serve on $(HOST):$(PORT), metrics on :$(METRICS_PORT) (the bundled mock gateway unless AI_GATEWAY_API_KEY is set)
+	$(PY) -m rerank.server --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
 
 run-mock: $(STAMP) ## Serve the mock gateway alone on $(HOST):$(MOCK_PORT)
 	$(PY) -m rerank.mock_gateway --host $(HOST) --port $(MOCK_PORT)

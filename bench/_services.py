@@ -40,6 +40,8 @@ class Service:
         self._env = {**os.environ, **(env or {})}
         self._popen: subprocess.Popen[bytes] | None = None
         self.address = ""
+        #: What the process printed on stdout up to its ready line.
+        self.printed = ""
 
     @property
     def pid(self) -> int:
@@ -84,7 +86,8 @@ class Service:
                 if not chunk:
                     break  # the child closed stdout: it exited
                 buffered += chunk
-                match = self._ready.search(buffered.decode(errors="replace"))
+                self.printed = buffered.decode(errors="replace")
+                match = self._ready.search(self.printed)
                 if match:
                     return match.group(1)
         raise RuntimeError(

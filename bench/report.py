@@ -61,6 +61,17 @@ def _goal_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 )
             )
             break
+    observability = results.get("observability")
+    if observability:
+        rows.append(
+            (
+                f"server CPU per proxied {observability['documents']}-document call, "
+                f"observability on ÷ all off, C={observability['concurrency']} "
+                f"(median of {len(observability['pairs'])} alternating pairs)",
+                f"{observability['median_ratio']:.3f}×",
+                "≤ 1.10×",
+            )
+        )
     for concurrency in (64, 8):
         key = f"loop_lag_ms_c{concurrency}_20docs"
         if key in ratios:
@@ -157,6 +168,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     lines += _workers_table(results.get("workers", []))
+    lines += _observability_table(results.get("observability"))
     lines += _batch_table(results.get("batch", []))
     direct = {
         (c["documents"], c["concurrency"]): c for c in results["cells"] if c["path"] == "direct"
@@ -282,6 +294,37 @@ def plot(results: dict[str, Any], target: Path) -> None:
     figure.tight_layout()
     figure.savefig(target, dpi=110)
     plt.close(figure)
+
+
+def _observability_table(observability: dict[str, Any] | None) -> list[str]:
+    """Observability on against all off: each alternating pair, then the median."""
+    if not observability:
+        return []
+    on = " ".join([*observability["on"]["args"], *observability["on"]["env"]])
+    lines = [
+        "## Observability overhead",
+        "",
+        f"Proxied {observability['documents']} documents, C={observability['concurrency']}; "
+        f"on = `{on}`, off = the defaults. Pairs alternate which server goes first.",
+        "",
+        "| pair | server CPU ms/call, off | on | on ÷ off |",
+        "|---:|---:|---:|---:|",
+    ]
+    for number, pair in enumerate(observability["pairs"], start=1):
+        lines.append(
+            f"| {number} | {pair['off_ms']:.3f} | {pair['on_ms']:.3f} | {pair['ratio']:.3f}× |"
+        )
+    scrape = observability["scrape"]
+    lines += [
+        f"| median | | | **{observability['median_ratio']:.3f}×** |",
+        "",
+        f"One scrape of `/metrics` ({scrape['bytes'] / 1024:.0f} KiB) costs the server "
+        f"{scrape['cpu_ms']:.1f} ms of CPU (not in the windows above). The metric recordings "
+        f"of one proxied call, timed alone in the bench's process: "
+        f"{observability['recording_us']:.1f} µs.",
+        "",
+    ]
+    return lines
 
 
 def _workers_table(rows: list[dict[str, Any]]) -> list[str]:

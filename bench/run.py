@@ -14,21 +14,26 @@ import datetime
 import json
 import os
 import platform
+import re
+import statistics
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import _workload, report
 from bench import batch as batch_cell
-from bench import report
-from bench._procfs import memory_kib
+from bench._procfs import cpu_seconds, memory_kib
 from bench._services import Service
 from bench.loadgen import CellConfig
+from rerank.server.metrics import Metrics, MetricsDirectory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 API_KEY = "bench"
@@ -52,6 +57,8 @@ class Plan:
     duration_s: float
     #: Cells of 1,000 documents stop after this many calls if that comes before the duration.
     max_calls_1000: int
+    #: Alternating pairs of the observability comparison (off, on; then on, off; ...).
+    observability_pairs: int = 7
     #: Rounds of the batch cell (bench.batch): each one BatchRerank and 32 Rerank calls.
     batch_rounds: int = 20
 
@@ -60,8 +67,19 @@ FULL = Plan("latest", (1, 8, 64, 256), (1, 20, 100, 1000), (1, 8, 64, 256), 1.0,
 #: `--workers` compared: (documents, concurrency) cells run against one worker and against one
 #: per core, back to back. The machine's cores also run the mock and the load generator.
 WORKER_CELLS = ((20, 64), (100, 64))
-QUICK = Plan("quick", (1, 64), (20, 1000), (1, 64), 0.5, 1.5, 150, batch_rounds=8)
-SMOKE = Plan("smoke", (8,), (20,), (8,), 0.3, 1.0, 50, batch_rounds=2)
+QUICK = Plan(
+    "quick", (1, 64), (20, 1000), (1, 64), 0.5, 1.5, 150, observability_pairs=3, batch_rounds=8
+)
+SMOKE = Plan("smoke", (8,), (20,), (8,), 0.3, 1.0, 50, observability_pairs=1, batch_rounds=2)
+#: The observability comparison: the proxied 20-document cell at this concurrency, on a server
+#: with everything off (the default) and one with it on, as below.
+OBSERVABILITY_CELL = (20, 8)
+#: "On": metrics served on a port. (Tracing on but unsampled and access logs at their default
+#: join these when they exist; the README's "Operating it" says what was measured.)
+OBSERVABILITY_ON_ARGS = ("--metrics-port", "0")
+OBSERVABILITY_ON_ENV: dict[str, str] = {}
+#: Scrapes timed, after the pairs, to tell what one costs the server.
+SCRAPES = 20
 
 
 def _machine() -> dict[str, Any]:
@@ -257,6 +275,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         finally:
             await probe.close()
         workers = await _compare_workers(plan, out, stack, mock_url, server.address)
+        observability = await _compare_observability(plan, out, stack, mock_url, server)
         batch = await batch_cell.compare(
             plan.name,
             plan.batch_rounds,
@@ -277,6 +296,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         "cells": cells,
         "workers": workers,
         "batch": batch,
+        "observability": observability,
     }
     results["ratios"] = _ratios(results)
     return results
@@ -335,6 +355,111 @@ async def _compare_workers(
                 flush=True,
             )
     return rows
+
+
+async def _compare_observability(
+    plan: Plan, out: Path, stack: contextlib.ExitStack, gateway_url: str, off: Service
+) -> dict[str, Any]:
+    """Server CPU per call with observability on ÷ all off, on the same proxied cell, the two
+    servers alternated pair after pair (off-on, on-off, ...) so drift and noise on the shared
+    box fall on both; the median of the pairs' ratios is the figure."""
+    on = stack.enter_context(
+        Service(
+            "rerank server (observability on)",
+            "rerank.server",
+            [
+                *("--host", "127.0.0.1", "--port", "0", "--workers", "1"),
+                *("--gateway-url", gateway_url, *OBSERVABILITY_ON_ARGS),
+            ],
+            r"rerank server listening on (\S+:\d+)",
+            out / f"{plan.name}-server-observability.log",
+            env={"AI_GATEWAY_API_KEY": API_KEY, "RERANK_GRACE_PERIOD": "2"} | OBSERVABILITY_ON_ENV,
+        )
+    )
+    documents, concurrency = OBSERVABILITY_CELL
+
+    async def cpu_per_call(server: Service) -> float:
+        result = await _loadgen(
+            CellConfig(
+                path="proxied",
+                target=server.address,
+                documents=documents,
+                concurrency=concurrency,
+                warmup_s=plan.warmup_s,
+                duration_s=plan.duration_s,
+                max_calls=None,
+                call_timeout_s=CALL_TIMEOUT_S,
+                watch_pids={"server": server.pid},
+                api_key=API_KEY,
+            )
+        )
+        cpu: float = 1000 * result["cpu_s"]["server"] / max(1, result["calls"] + result["errors"])
+        return cpu
+
+    pairs = []
+    for number in range(plan.observability_pairs):
+        order = (off, on) if number % 2 == 0 else (on, off)
+        measured = {id(server): await cpu_per_call(server) for server in order}
+        pair = {"off_ms": measured[id(off)], "on_ms": measured[id(on)]}
+        pair["ratio"] = pair["on_ms"] / pair["off_ms"]
+        pairs.append(pair)
+        print(
+            f"observability pair {number + 1}: server CPU ms/call off={pair['off_ms']:.3f} "
+            f"on={pair['on_ms']:.3f} ratio={pair['ratio']:.3f}",
+            flush=True,
+        )
+    scrape = _time_scrapes(on)
+    recording = _recording_cost()
+    print(f"metrics recorded by one proxied call: {recording:.1f} µs", flush=True)
+    return {
+        "documents": documents,
+        "concurrency": concurrency,
+        "on": {"args": list(OBSERVABILITY_ON_ARGS), "env": OBSERVABILITY_ON_ENV},
+        "pairs": pairs,
+        "median_ratio": statistics.median(p["ratio"] for p in pairs),
+        "scrape": scrape,
+        "recording_us": recording,
+    }
+
+
+def _recording_cost(calls: int = 20_000) -> float:
+    """Microseconds of the metric recordings one proxied Rerank call makes (a cache miss, one
+    window, one attempt that cost something), timed in this process into real metric files:
+    the part of the overhead that is ours, without the noise of the shared box."""
+    directory = MetricsDirectory()
+    metrics = Metrics.in_directory(directory.path)
+    try:
+        method = metrics.grpc_method("rerank.v1.RerankService/Rerank")
+        metrics.models_offered([_workload.MODEL])
+        cost = Decimal("0.002")
+        began = time.thread_time()  # CPU time: other processes on the box do not count
+        for _ in range(calls):
+            method.started.inc()
+            metrics.admitted(1)
+            metrics.documents(20)
+            metrics.cache_lookup("miss")
+            metrics.windows(1)
+            metrics.upstream_attempt("rerank", _workload.MODEL, "OK", 0.002, cost)
+            metrics.cache_size(1_000_000, 1000)
+            metrics.admitted(-1)
+            method.ended(grpc.StatusCode.OK, 0.003, 4000, 2000)
+        return (time.thread_time() - began) / calls * 1e6
+    finally:
+        metrics.close()
+        directory.close()
+
+
+def _time_scrapes(server: Service) -> dict[str, float]:
+    """Server CPU per scrape of its `/metrics` (the scrapes are not in the pairs' windows: a
+    scrape every 15 s costs per scrape, not per call)."""
+    found = re.search(r"rerank metrics on (http://\S+)", server.printed)
+    assert found, server.printed
+    before = cpu_seconds(server.pid)
+    size = 0
+    for _ in range(SCRAPES):
+        with urllib.request.urlopen(found.group(1), timeout=30) as response:
+            size = len(response.read())
+    return {"cpu_ms": 1000 * (cpu_seconds(server.pid) - before) / SCRAPES, "bytes": size}
 
 
 def _cell(

@@ -16,9 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any, NoReturn
 
-from rerank.server.app import StartupError, serve
+from rerank.server.app import StartupError, build_info, serve
 from rerank.server.config import DEFAULT_GATEWAY_URL, About, SettingError, Settings, Upstream, parse
 from rerank.server.credentials import TokenFileError, read_token
+from rerank.server.metrics import MetricsDirectory, MetricsEndpoint, serving_metrics
 from rerank.server.workers import run_workers
 
 logger = logging.getLogger("rerank.server")
@@ -46,6 +47,12 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     # Flags default to None: a flag not given leaves the variable, then the default, to speak.
     parser.add_argument("--host", dest="host")
     parser.add_argument("--port", dest="port")
+    parser.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port); "
+        "default: no metrics",
+    )
     parser.add_argument(
         "--gateway-url",
         dest="gateway_url",
@@ -148,6 +155,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level])
     )
 
+    if settings.metrics_port is None:
+        return _run(settings, None)
+    try:
+        with serving_metrics(settings.host, settings.metrics_port, build_info(settings)) as metrics:
+            return _run(settings, metrics)
+    except OSError as exc:  # binding the metrics port
+        logger.error(
+            "cannot serve metrics on %s:%d: %s",
+            settings.host,
+            settings.metrics_port,
+            exc.strerror or exc,
+        )
+        return 1
+
+
+def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] | None) -> int:
     def ready(port: int) -> None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:
             logger.warning(
@@ -166,15 +189,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mutual" if settings.tls_client_ca_file else "on" if settings.tls_cert_file else "off",
         )
         logger.info("%d worker process(es)", settings.workers)
-        # One line on stdout, so scripts and other test suites can wait for it.
+        # Lines on stdout, so scripts and other test suites can wait for them; the one saying
+        # where metrics are comes first, so it is there once the listening line is.
+        if metrics is not None:
+            print(f"rerank metrics on {metrics[1].url}", flush=True)
         print(f"rerank server listening on {settings.host}:{port}", flush=True)
 
     try:
         if settings.workers > 1:
-            return run_workers(settings, settings.workers, ready)
+            return run_workers(settings, settings.workers, ready, metrics)
+        directory = None
+        if metrics is not None:
+            directory = metrics[0].path
+            metrics[1].start()
         # SIGINT before the handlers are installed (during start-up) must not print a traceback.
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(settings, lambda running: ready(running.port)))
+            asyncio.run(serve(settings, lambda running: ready(running.port), directory))
     except StartupError as exc:
         logger.error("%s", exc)
         return 1

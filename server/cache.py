@@ -42,6 +42,7 @@ from rerank.server.domain import (
     final_outcome,
 )
 from rerank.server.errors import UpstreamTimeout
+from rerank.server.metrics import Metrics
 from rerank.server.resilience import Clock
 
 # Per entry besides its serialized outcome: the key, the entry object, the LRU node. Measured
@@ -122,8 +123,10 @@ class CachingReranker(RerankerLayer):
         max_bytes: int,
         upstream_timeout: float,
         clock: Clock = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(inner)
+        self._metrics = metrics or Metrics.disabled()
         self._ttl = ttl
         self._max_bytes = max_bytes
         self._upstream_timeout = upstream_timeout
@@ -141,12 +144,15 @@ class CachingReranker(RerankerLayer):
         cached = self._lookup(key)
         if cached is not None:
             self.hits += 1
+            self._metrics.cache_lookup("hit")
             return cached
         flight = self._flights.get(key)
         if flight is not None:
             self.hits += 1
+            self._metrics.cache_lookup("coalesced")
         else:
             self.misses += 1
+            self._metrics.cache_lookup("miss")
             flight = self._start(key, query)
         return await self._join(key, flight, timeout)
 
@@ -195,6 +201,7 @@ class CachingReranker(RerankerLayer):
         """Forget every stored answer (calls in flight still finish and share theirs)."""
         self._entries.clear()
         self._bytes = 0
+        self._metrics.cache_size(0, 0)
 
     def _lookup(self, key: bytes) -> RerankOutcome | None:
         entry = self._entries.get(key)
@@ -218,6 +225,8 @@ class CachingReranker(RerankerLayer):
         self._bytes += size
         while self._bytes > self._max_bytes:
             self._evict(next(iter(self._entries)))
+        self._metrics.cache_size(self._bytes, len(self._entries))
 
     def _evict(self, key: bytes) -> None:
         self._bytes -= _entry_size(self._entries.pop(key))
+        self._metrics.cache_size(self._bytes, len(self._entries))

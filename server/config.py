@@ -87,14 +87,18 @@ def _number(value: float) -> str:
 
 @dataclass(frozen=True)
 class Between:
-    """A number from `low` to `high` (both included, unless `low_excluded`), finite."""
+    """A number from `low` to `high` (both included, unless `low_excluded`), finite; None too
+    when `optional`."""
 
     low: float
     high: float = math.inf
     integer: bool = False
     low_excluded: bool = False
+    optional: bool = False
 
     def allows(self, value: object) -> bool:
+        if value is None:
+            return self.optional
         if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
             return False
         if not math.isfinite(value) or value > self.high:
@@ -108,7 +112,7 @@ class Between:
         kind = "an integer" if self.integer else "a number"
         low = f"{'(' if self.low_excluded else '['}{_number(self.low)}"
         high = "∞)" if self.high == math.inf else f"{_number(self.high)}]"
-        return f"{kind} in {low}, {high}"
+        return f"{kind} in {low}, {high}" + (", or unset" if self.optional else "")
 
 
 @dataclass(frozen=True)
@@ -318,6 +322,17 @@ class Settings:
         50051, About(Between(0, 65535, integer=True), flag="--port", env="RERANK_PORT")
     )
     """gRPC port; 0 picks a free one and logs it."""
+
+    metrics_port: int | None = setting(
+        None,
+        About(
+            Between(0, 65535, integer=True, optional=True),
+            flag="--metrics-port",
+            env="RERANK_METRICS_PORT",
+        ),
+    )
+    """Port of the Prometheus `GET /metrics` listener on `host`; 0 picks a free one, None
+    (unset) serves no metrics at all."""
 
     upstream: Upstream = setting(
         Upstream.EMBEDDED_MOCK,

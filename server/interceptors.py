@@ -1,8 +1,9 @@
-"""The server's interceptors: authentication first, then errors into statuses.
+"""The server's interceptors: metrics outermost, then authentication, then errors into statuses.
 
-`AuthInterceptor` refuses calls without a known bearer token before any handler runs;
-`ErrorInterceptor` turns every `RerankError` into its status through the one table in
-`rerank.server.status`, and any other exception into INTERNAL with an incident id; bytes that
+`MetricsInterceptor` counts and times every call, refused ones included, under gRPC's own
+metric names (gRFC A66); `AuthInterceptor` refuses calls without a known bearer token before any
+handler runs; `ErrorInterceptor` turns every `RerankError` into its status through the one table
+in `rerank.server.status`, and any other exception into INTERNAL with an incident id; bytes that
 do not decode as the method's request become `MalformedRequest` (INVALID_ARGUMENT) there too.
 """
 
@@ -10,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from rerank.server.errors import MalformedRequest, RerankError
+from rerank.server.metrics import OTHER, GrpcMethodMetrics, Metrics
 from rerank.server.status import error_answer
 
 logger = logging.getLogger(__name__)
@@ -32,8 +37,217 @@ HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Hea
 if TYPE_CHECKING:
     # grpc's stubs make the interceptor generic; the runtime class is not subscriptable.
     ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
 else:
     ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class MetricsInterceptor(ServerInterceptor):
+    """gRPC's server metrics (gRFC A66) for every call that reaches a handler: started, and per
+    status its duration and the bytes of its messages. Outermost, so a call refused by the
+    authentication interceptor is counted (UNAUTHENTICATED) like any other.
+
+    `methods` are the registered full method names (`/rerank.v1.RerankService/Rerank`); any
+    other name is counted as `other`, so a caller cannot make up label values. The metered
+    handler is built once per (method, inner handler): the inner one is the same object on
+    every call, or one of the authentication interceptor's three refusals.
+
+    Sizes are the serialized messages, as gRPC's own deserializer receives and its serializer
+    returns them (no compression is configured, so A66's "compressed" size is that). A unary
+    request's size travels from our deserializer to our handler inside the value grpc hands
+    from one to the other; a unary response is serialized by our handler itself; streamed
+    messages are counted by wrapped serializers into the call's `_StreamedBytes`.
+    """
+
+    def __init__(self, metrics: Metrics, methods: Iterable[str]) -> None:
+        self._metrics = metrics
+        self._methods = frozenset(methods)
+        self._metered: dict[tuple[str, int], tuple[Handler, Handler]] = {}
+        for method in self._methods:
+            metrics.grpc_method(method[1:])  # every method's counter from 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        key = (method, id(handler))
+        if (known := self._metered.get(key)) is not None:
+            return known[1]
+        registered = method in self._methods
+        calls = self._metrics.grpc_method(method[1:] if registered else OTHER)
+        if handler is None:
+            # No such method: grpc answers UNIMPLEMENTED without running anything.
+            calls.started.inc()
+            calls.ended(grpc.StatusCode.UNIMPLEMENTED, 0.0, 0, 0)
+            return handler
+        metered = meter(handler, calls)
+        if registered:  # bounded: registered methods × (their handler, three refusals)
+            # The entry keeps `handler` alive, so its id cannot be reused by another object.
+            self._metered[key] = (handler, metered)
+        return metered
+
+
+class _Call:
+    """One call being measured."""
+
+    __slots__ = ("_began", "_calls", "received", "sent")
+
+    def __init__(self, calls: GrpcMethodMetrics, received: int = 0) -> None:
+        calls.started.inc()
+        self._calls = calls
+        self._began = time.perf_counter()
+        self.received = received
+        self.sent = 0
+
+    def end(self, context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> None:
+        # A status the handler set (abort, set_code) is what grpc sends; else what grpc makes
+        # of how the handler ended.
+        code: grpc.StatusCode | None = context.code()
+        if code is None:
+            if error is None:
+                code = grpc.StatusCode.OK
+            elif isinstance(error, asyncio.CancelledError | GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+            else:
+                code = grpc.StatusCode.UNKNOWN
+        self._calls.ended(code, time.perf_counter() - self._began, self.received, self.sent)
+
+
+# The call a streamed message belongs to, for the serializers of streaming handlers: grpc runs
+# them in the call's own task, whose context holds it.
+_STREAMED: ContextVar[_Call | None] = ContextVar("rerank_streamed_call", default=None)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def meter(handler: Handler, calls: GrpcMethodMetrics) -> Handler:
+    """`handler`, measured into `calls`; any of the four shapes."""
+    deserialize: Callable[[bytes], Any] = handler.request_deserializer or _identity
+    serialize: Callable[[Any], bytes] = handler.response_serializer or _identity
+
+    def sized_request(data: bytes) -> tuple[int, Any]:
+        try:
+            return len(data), deserialize(data)
+        except Exception:
+            # Not a valid message: grpc answers UNKNOWN and no handler runs.
+            _Call(calls, len(data)).end(_NO_CONTEXT, Exception())
+            raise
+
+    def counted_request(data: bytes) -> Any:
+        call = _STREAMED.get()
+        if call is not None:
+            call.received += len(data)
+        return deserialize(data)
+
+    def counted_response(message: Any) -> bytes:
+        data = serialize(message)
+        call = _STREAMED.get()
+        if call is not None:
+            call.sent += len(data)
+        return data
+
+    if handler.unary_unary is not None:
+        unary: Any = handler.unary_unary
+
+        async def unary_unary(request: tuple[int, Any], context: Any) -> bytes:
+            call = _Call(calls, request[0])
+            error: BaseException | None = None
+            try:
+                data = serialize(await unary(request[1], context))
+                call.sent = len(data)
+                return data
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.end(context, error)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, request_deserializer=sized_request)
+
+    if handler.stream_unary is not None:
+        stream_unary: Any = handler.stream_unary
+
+        async def stream_to_unary(requests: Any, context: Any) -> bytes:
+            call = _Call(calls)
+            _STREAMED.set(call)
+            error: BaseException | None = None
+            try:
+                data = serialize(await stream_unary(requests, context))
+                call.sent = len(data)
+                return data
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.end(context, error)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_to_unary, request_deserializer=counted_request
+        )
+
+    streaming: Any = handler.unary_stream or handler.stream_stream
+    unary_request = handler.unary_stream is not None
+
+    def begin(request: Any) -> tuple[_Call, Any]:
+        if unary_request:
+            size, request = request
+            call = _Call(calls, size)
+        else:
+            call = _Call(calls)
+        _STREAMED.set(call)
+        return call, request
+
+    if inspect.isasyncgenfunction(streaming):
+
+        async def responses(request: Any, context: Any) -> AsyncIterator[Any]:
+            call, request = begin(request)
+            error: BaseException | None = None
+            try:
+                async for response in streaming(request, context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.end(context, error)
+
+        behaviour: Any = responses
+    else:  # writes its responses with `context.write`
+
+        async def written(request: Any, context: Any) -> None:
+            call, request = begin(request)
+            error: BaseException | None = None
+            try:
+                await streaming(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                call.end(context, error)
+
+        behaviour = written
+    if unary_request:
+        return grpc.unary_stream_rpc_method_handler(
+            behaviour, request_deserializer=sized_request, response_serializer=counted_response
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        behaviour, request_deserializer=counted_request, response_serializer=counted_response
+    )
+
+
+class _NoContext:
+    """For a call that ended before a handler (and its context) existed."""
+
+    def code(self) -> None:
+        return None
+
+
+_NO_CONTEXT: Any = _NoContext()
 
 
 class ErrorInterceptor(ServerInterceptor):
@@ -154,11 +368,19 @@ class AuthInterceptor(ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        if handler_call_details.method in self._open_methods or self._authorized(
-            handler_call_details
-        ):
+        method = handler_call_details.method
+        if method in self._open_methods or self._authorized(handler_call_details):
             return await continuation(handler_call_details)
-        return _refusal(handler_call_details.method)
+        logger.warning("%s refused: missing or unknown bearer token", method)
+        # The refusal must match the method's streaming shape or grpc cannot call it; we do not
+        # know that shape without the real handler, so answer both ways (unary, and
+        # stream-stream for reflection). One handler per shape: the metrics interceptor keeps
+        # its wrapping of each (see MetricsInterceptor).
+        if method.startswith("/grpc.reflection."):
+            return _REFUSE_STREAM_STREAM
+        if method.endswith("/Watch"):
+            return _REFUSE_UNARY_STREAM
+        return _REFUSE_UNARY
 
     def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
         presented = b""
@@ -170,25 +392,20 @@ class AuthInterceptor(ServerInterceptor):
         return any(matches)
 
 
-def _refusal(method: str) -> grpc.RpcMethodHandler[Any, Any]:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        logger.warning("%s refused: missing or unknown bearer token", method)
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "missing or unknown bearer token: send 'authorization: Bearer <token>'",
-        )
+async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    await context.abort(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing or unknown bearer token: send 'authorization: Bearer <token>'",
+    )
 
-    async def refuse_stream(
-        requests: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        await refuse(None, context)
-        yield None  # pragma: no cover - abort raised above
 
-    # The refusal must match the method's streaming shape or grpc cannot call it; we do not
-    # know that shape without the real handler, so answer both ways (unary, and stream-stream
-    # for reflection).
-    if method.startswith("/grpc.reflection."):
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
-    if method.endswith("/Watch"):
-        return grpc.unary_stream_rpc_method_handler(refuse_stream)
-    return grpc.unary_unary_rpc_method_handler(refuse)
+async def _refuse_stream(
+    requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[Any]:
+    await _refuse(None, context)
+    yield None  # pragma: no cover - abort raised above
+
+
+_REFUSE_UNARY = grpc.unary_unary_rpc_method_handler(_refuse)
+_REFUSE_UNARY_STREAM = grpc.unary_stream_rpc_method_handler(_refuse_stream)
+_REFUSE_STREAM_STREAM = grpc.stream_stream_rpc_method_handler(_refuse_stream)

@@ -50,6 +50,7 @@ from rerank.server.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from rerank.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class RetryBudget:
 class BreakerState(Enum):
     CLOSED = "closed"
     OPEN = "open"
-    HALF_OPEN = "half-open"
+    HALF_OPEN = "half_open"
 
 
 class CircuitBreaker:
@@ -209,8 +210,10 @@ class ResilientReranker(RerankerLayer):
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(inner)
+        self._metrics = metrics or Metrics.disabled()
         self._policy = policy
         self._budget = budget
         self._breaker = breaker
@@ -252,6 +255,7 @@ class ResilientReranker(RerankerLayer):
                 logger.info(
                     "retrying after %s (retry %d in %.3f s)", error.reason, retry + 1, delay
                 )
+                self._metrics.retry(error.reason)
                 await self._sleep(delay)
                 retry += 1
                 continue
@@ -319,5 +323,6 @@ class ResilientReranker(RerankerLayer):
             return None
         if not self._budget.try_spend():
             logger.warning("retry budget exhausted: not retrying %s", error.reason)
+            self._metrics.retry_budget_exhausted()
             return None
         return delay

@@ -41,6 +41,7 @@ from rerank.server.domain import (
 )
 from rerank.server.errors import FieldViolation, InvalidRequest, RerankError, UpstreamTimeout
 from rerank.server.interceptors import log_failure, report_incident
+from rerank.server.metrics import Metrics
 from rerank.server.status import rich_status
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
@@ -84,7 +85,9 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         default_model: str,
         upstream_timeout: float,
         batch: BatchLimits,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics.disabled()
         self._reranker = reranker
         self._limits = limits
         self._admission = admission
@@ -152,6 +155,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         with self._admission.admit(request.ByteSize()):
             query = query_from_proto(request, self._default_model, self._limits)
             check_request(query, self._limits)
+            self._metrics.documents(len(query.documents))
             if query.documents:
                 outcome = await self._reranker.rerank(query, timeout=timeout)
             else:

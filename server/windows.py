@@ -25,6 +25,7 @@ from rerank.server.domain import (
     Warning,
     final_ranking,
 )
+from rerank.server.metrics import Metrics
 
 #: Per-call document limits of the providers behind the gateway (spec §8): Cohere recommends at
 #: most 1,000 per request and Voyage allows 1,000.
@@ -52,12 +53,16 @@ class WindowPolicy:
 class WindowedReranker(RerankerLayer):
     """A `Reranker` that splits requests larger than a window across several calls."""
 
-    def __init__(self, inner: Reranker, policy: WindowPolicy) -> None:
+    def __init__(
+        self, inner: Reranker, policy: WindowPolicy, metrics: Metrics | None = None
+    ) -> None:
         super().__init__(inner)
         self._policy = policy
+        self._metrics = metrics or Metrics.disabled()
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         size = self._policy.size_for(query.model)
+        self._metrics.windows(-(-len(query.documents) // size))
         if len(query.documents) <= size:
             return await self._inner.rerank(query, timeout=timeout)
         deadline = time.monotonic() + timeout

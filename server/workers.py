@@ -5,7 +5,9 @@ processes use N cores with no proxy in between. Workers are forked before any of
 starts a gRPC server (gRPC does not survive a fork once its core is running). The parent
 only supervises: it reserves the port (so `--port 0` resolves once, for all), waits until
 every worker listens, prints the one ready line, forwards SIGTERM/SIGINT, and exits when
-they have, with a failure status if any worker failed.
+they have, with a failure status if any worker failed. With metrics on, it also serves
+`/metrics` over the files every worker writes (`rerank.server.metrics`), and when a worker
+exits it drops that worker's live gauges.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from rerank.server.app import RunningServer, StartupError, serve
 from rerank.server.config import Settings
+from rerank.server.metrics import MetricsDirectory, MetricsEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +42,16 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_workers(settings: Settings, workers: int, ready: Callable[[int], None]) -> int:
-    """Fork `workers` servers on one port; return the exit status for the whole group."""
+def run_workers(
+    settings: Settings,
+    workers: int,
+    ready: Callable[[int], None],
+    metrics: tuple[MetricsDirectory, MetricsEndpoint] | None = None,
+) -> int:
+    """Fork `workers` servers on one port; return the exit status for the whole group.
+
+    `metrics`: the directory the workers record into and the endpoint (bound, not yet serving)
+    this process serves it from once the workers are forked."""
     try:
         reservation = reserve_port(settings.host, settings.port)
     except OSError as exc:
@@ -54,9 +66,16 @@ def run_workers(settings: Settings, workers: int, ready: Callable[[int], None]) 
         if pid == 0:  # the worker
             os.close(ready_read)
             reservation.close()
-            os._exit(_worker(settings, ready_write))
+            directory = None
+            if metrics is not None:
+                metrics[1].close_in_child()
+                directory = metrics[0].path
+            os._exit(_worker(settings, ready_write, directory))
         children.append(pid)
     os.close(ready_write)
+    # Threads only now: forking a process that runs threads is asking for a held lock.
+    if metrics is not None:
+        metrics[1].start()
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -73,20 +92,24 @@ def run_workers(settings: Settings, workers: int, ready: Callable[[int], None]) 
         forward(signal.SIGTERM, None)
     os.close(ready_read)
     status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
+    for _ in children:
+        # Whichever exits first: its live gauges must stop counting now, not when the workers
+        # started before it have exited too.
+        child, code = os.wait()
+        if metrics is not None:
+            metrics[0].process_dead(child)
         status = status or os.waitstatus_to_exitcode(code)
     reservation.close()
     return status
 
 
-def _worker(settings: Settings, ready_write: int) -> int:
+def _worker(settings: Settings, ready_write: int, metrics_directory: Path | None) -> int:
     def listening(_running: RunningServer) -> None:
         os.write(ready_write, b".")
         os.close(ready_write)
 
     try:
-        asyncio.run(serve(settings, listening))
+        asyncio.run(serve(settings, listening, metrics_directory))
     except StartupError as exc:
         logger.error("%s", exc)
         return 1

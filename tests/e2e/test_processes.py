@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -25,6 +26,7 @@ from tests.e2e.processes import (
     start_mock_gateway,
     start_server,
 )
+from tests.scrapes import Scrape
 
 pytestmark = pytest.mark.e2e
 
@@ -47,14 +49,20 @@ def assert_seed_result(stdout: str) -> None:
 
 
 def test_make_run_then_the_cli(processes: list[Process]) -> None:
-    """The README's first command, then the CLI against it, as a newcomer would."""
+    """The README's first command, then the CLI against it, as a newcomer would; `make run`
+    serves metrics too (on 9464; here on a free port) and says where."""
     env = {"AI_GATEWAY_API_KEY": "", "VERCEL_OIDC_TOKEN": ""}
-    make = start(processes, ["make", "run", "PORT=0"], env)
+    make = start(processes, ["make", "run", "PORT=0", "METRICS_PORT=0"], env)
     target = make.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
+    metrics_url = make.wait_for(r"rerank metrics on (http://\S+/metrics)").group(1)
     make.wait_for("bundled deterministic mock gateway")
     completed = run_cli(*seed_cli_args(target))
     assert completed.returncode == 0, completed.stderr
     assert_seed_result(completed.stdout)
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        scrape = Scrape(response.read().decode())
+    rerank = {"grpc_method": "rerank.v1.RerankService/Rerank", "grpc_status": "OK"}
+    assert scrape.total("grpc_server_call_duration_seconds_count", **rerank) == 1
 
 
 def test_the_server_in_front_of_a_mock_gateway_process(processes: list[Process]) -> None:
@@ -208,3 +216,19 @@ def test_a_taken_port_is_one_clear_line(processes: list[Process], workers: str) 
         assert server.popen.wait(timeout=30) == 1
     server.wait_for(rf"ERROR rerank.server: cannot serve on 127.0.0.1:{port}")
     assert "Traceback" not in server.output
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_taken_metrics_port_is_one_clear_line(processes: list[Process], workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        server = start(
+            processes,
+            [RERANK_SERVER, "--port", "0", "--metrics-port", port, "--workers", workers],
+        )
+        assert server.popen.wait(timeout=30) == 1
+    server.wait_for(rf"ERROR rerank.server: cannot serve metrics on 127.0.0.1:{port}: .*in use")
+    assert "Traceback" not in server.output
+    assert "listening" not in server.output

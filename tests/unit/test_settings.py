@@ -104,6 +104,14 @@ def test_a_bad_protocol_is_one_line_naming_it(
     assert "Traceback" not in err
 
 
+def test_the_metrics_port_is_unset_unless_given() -> None:
+    assert settings_from([], {}).metrics_port is None
+    assert settings_from([], {"RERANK_METRICS_PORT": " "}).metrics_port is None
+    assert settings_from([], {"RERANK_METRICS_PORT": "9464"}).metrics_port == 9464
+    given = settings_from(["--metrics-port", "0"], {"RERANK_METRICS_PORT": "9464"})
+    assert given.metrics_port == 0
+
+
 def test_the_team_setting() -> None:
     assert settings_from([], KEY).gateway_team is None
     assert settings_from([], {**KEY, "RERANK_GATEWAY_TEAM": "  "}).gateway_team is None
@@ -132,6 +140,12 @@ def test_window_sizes_and_tokens() -> None:
         ([], {"RERANK_PORT": "abc"}, "--port"),
         ([], {"RERANK_PORT": "65536"}, "--port / RERANK_PORT must be an integer in [0, 65535]"),
         ([], {"RERANK_WORKERS": "0"}, "--workers"),
+        (
+            [],
+            {"RERANK_METRICS_PORT": "65536"},
+            "--metrics-port / RERANK_METRICS_PORT must be an integer in [0, 65535], or unset",
+        ),
+        (["--metrics-port", "ninety"], {}, "--metrics-port"),
         ([], {"RERANK_MAX_RETRIES": "2.5"}, "RERANK_MAX_RETRIES must be an integer"),
         ([], {"RERANK_AUTH_HEALTH": "maybe"}, "RERANK_AUTH_HEALTH must be on"),
         ([], {"RERANK_DEFAULT_MODEL": "rerank-v3.5"}, "RERANK_DEFAULT_MODEL must be a model slug"),
@@ -219,6 +233,7 @@ def test_the_model_refuses_every_number_outside_its_range(name: str, rule: Betwe
         outside.append(rule.high + step)
     if rule.integer:
         outside.append(float(inside[0]) + 0.5)
+    (inside if rule.optional else outside).append(None)
     for value in inside:
         assert getattr(Settings(**{name: value}), name) == value
     for value in outside:

@@ -1,0 +1,39 @@
+"""Reading a `/metrics` scrape in tests: every sample by name and labels, through
+prometheus-client's own parser of the text format."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+class Scrape:
+    """The samples of one scrape."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: list[tuple[str, Mapping[str, str], float]] = [
+            (sample.name, sample.labels, sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of `name` over every sample whose labels include `labels`."""
+        return sum(
+            value
+            for sample, have, value in self.samples
+            if sample == name and all(have.get(k) == v for k, v in labels.items())
+        )
+
+    def labels(self, name: str, label: str) -> set[str]:
+        """The values `label` takes on the samples of `name`."""
+        return {have[label] for sample, have, _ in self.samples if sample == name and label in have}
+
+    def line(self, name: str, **labels: str) -> str:
+        """The one exposition line of `name` with exactly `labels`, as the scrape wrote it."""
+        rendered = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        prefix = f"{name}{{{rendered}}} " if labels else f"{name} "
+        (found,) = [line for line in self.text.splitlines() if line.startswith(prefix)]
+        return found
