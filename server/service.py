@@ -136,6 +136,7 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         """Answer one request of a batch into `result`: its response, or the status a Rerank
         would have failed with (the same table, the same details)."""
         what = f"BatchRerank requests[{position}]"
+        code = grpc.StatusCode.OK
         try:
             if left <= 0:
                 raise UpstreamTimeout("the call's deadline came before this request's turn")
@@ -145,9 +146,11 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
             log_failure(what, code, error)
             result.error.CopyFrom(status)
         except Exception:
+            code = grpc.StatusCode.INTERNAL
             result.error.CopyFrom(
                 status_pb2.Status(code=code_pb2.INTERNAL, message=report_incident(what))
             )
+        self._metrics.batch_request(code)
 
     async def _answer(self, request: pb.RerankRequest, timeout: float) -> pb.RerankResponse:
         """Answer one RerankRequest within `timeout` seconds, holding an admission place."""

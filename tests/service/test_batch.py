@@ -28,11 +28,13 @@ from rerank.client import AsyncRerankClient, RerankClientError, RerankRequest
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings, Upstream
 from rerank.server.domain import ModelInfo, Reranker, RerankOutcome, RerankQuery
+from rerank.server.metrics import Metrics, MetricsDirectory
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
 from tests.scripted_http import Fail, Reply, Request, ScriptedServer
 from tests.service.test_hostile_input import rerank_requests
+from tests.service.test_metrics import ended, scrape_until
 from tests.service.test_rerank_service import MESSAGE_LIMIT, fault, seed_request, status_details
 
 FAST = Settings(
@@ -508,3 +510,25 @@ async def test_bytes_that_are_not_a_batch_fail_the_whole_call(
         assert "rerank.v1.BatchRerankRequest" in (caught.value.details() or "")
         info = unpack(error_of(caught.value), error_details_pb2.ErrorInfo)
         assert info.reason == "MALFORMED_REQUEST"
+
+
+async def test_each_request_is_counted_with_its_status(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    """The call is one OK RPC in gRPC's metrics; its requests are counted one by one."""
+    directory = MetricsDirectory()
+    try:
+        running = await serve(FAST, metrics=Metrics.in_directory(directory.path))
+        stub = stub_for(running, channels)
+        requests = [seed_request(), seed_request(query=""), seed_request(query="Berlin")]
+        await stub.BatchRerank(batch(*requests), timeout=10)
+        method = "rerank.v1.RerankService/BatchRerank"
+        result = await scrape_until(directory, lambda s: ended(s, method, "OK") == 1)
+    finally:
+        directory.close()
+    counted = "rerank_batch_requests_total"
+    assert result.total(counted, grpc_status="OK") == 2
+    assert result.total(counted, grpc_status="INVALID_ARGUMENT") == 1
+    assert result.total("rerank_documents_per_request_count") == 2  # the valid ones
+    assert result.total("rerank_upstream_attempts_total", outcome="OK") == 2
+    assert result.total("rerank_calls_in_flight") == 0
