@@ -222,7 +222,11 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
                 r"rerank server listening on (\S+:\d+)",
                 out / f"{plan.name}-server.log",
                 # The server's defaults otherwise: its CPU per call is what it costs as shipped.
-                env={"AI_GATEWAY_API_KEY": API_KEY, "RERANK_GRACE_PERIOD": "2"},
+                env={
+                    "AI_GATEWAY_API_KEY": API_KEY,
+                    "RERANK_GRACE_PERIOD": "2",
+                    "RERANK_DRAIN_DELAY": "0",
+                },
             )
         )
         echo = stack.enter_context(
@@ -319,7 +323,11 @@ async def _compare_workers(
             ],
             r"rerank server listening on (\S+:\d+)",
             out / f"{plan.name}-server-workers.log",
-            env={"AI_GATEWAY_API_KEY": API_KEY, "RERANK_GRACE_PERIOD": "2"},
+            env={
+                "AI_GATEWAY_API_KEY": API_KEY,
+                "RERANK_GRACE_PERIOD": "2",
+                "RERANK_DRAIN_DELAY": "0",
+            },
         )
     )
     rows = []

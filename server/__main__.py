@@ -91,6 +91,14 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         const="1",
         help="require a caller token for health checks too",
     )
+    parser.add_argument(
+        "--allow-port-overlap",
+        dest="allow_port_overlap",
+        action="store_const",
+        const="1",
+        help="share the port with another server started with this flag too (a zero-downtime "
+        "restart); without it a port another server serves is refused",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -190,10 +198,14 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
         )
         logger.info("%d worker process(es)", settings.workers)
         # Lines on stdout, so scripts and other test suites can wait for them; the one saying
-        # where metrics are comes first, so it is there once the listening line is.
+        # where metrics are comes first, so it is there once the listening line is. Each is one
+        # write, newline included: print() writes the text and its end apart when the stream is
+        # unbuffered (PYTHONUNBUFFERED), and a worker's log line on a shared pipe could land in
+        # between, gluing its digits to the port.
         if metrics is not None:
-            print(f"rerank metrics on {metrics[1].url}", flush=True)
-        print(f"rerank server listening on {settings.host}:{port}", flush=True)
+            sys.stdout.write(f"rerank metrics on {metrics[1].url}\n")
+        sys.stdout.write(f"rerank server listening on {settings.host}:{port}\n")
+        sys.stdout.flush()
 
     try:
         if settings.workers > 1:

@@ -3,7 +3,7 @@
 Two limits, both checked on arrival: calls in flight, and bytes of requests in flight. A call
 over either gets `Overloaded` (RESOURCE_EXHAUSTED with a RetryInfo) immediately, so memory
 stays bounded by `max_bytes` (plus one gRPC message per call gRPC itself is still reading, capped
-by the transport's concurrency limit) however large the flood.
+by the call limit in `interceptors.CallLimitInterceptor`) however large the flood.
 """
 
 from __future__ import annotations

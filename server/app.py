@@ -1,14 +1,17 @@
 """Wiring: the reranker chain, the grpc.aio server with its interceptors, health, reflection,
-and shutdown. The only module that knows every part; the embedded mock is imported only on
-the path that uses it."""
+the port it may take, and shutdown. The only module that knows every part; the embedded mock
+is imported only on the path that uses it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -35,6 +38,7 @@ from rerank.server.gateway import GatewayReranker
 from rerank.server.interceptors import (
     HEALTH_METHODS,
     AuthInterceptor,
+    CallLimitInterceptor,
     ErrorInterceptor,
     MetricsInterceptor,
     ServerInterceptor,
@@ -74,6 +78,15 @@ def build_info(settings: Settings) -> dict[str, str]:
     }
 
 
+#: Calls in flight beyond the admission limit that the call limit still lets in (ListModels,
+#: reflection, and calls whose message is still arriving): a hard backstop, so a flood of
+#: slow senders cannot hold memory without bound while admission has not seen them yet.
+BACKSTOP_CALLS = 64
+#: Health checks in flight at most. Counted apart from every other call, so a flood of calls
+#: never refuses a balancer's probe; bounded, so a flood of Watch streams cannot grow forever.
+HEALTH_CALLS = 64
+
+
 class StartupError(Exception):
     """The server cannot start as configured (port taken, certificate unreadable, ...)."""
 
@@ -90,11 +103,25 @@ class RunningServer:
     embedded_mock: LoopbackMockGateway | None = None
     metrics: Metrics = field(default_factory=Metrics.disabled)
 
-    async def stop(self) -> None:
-        """Graceful stop: NOT_SERVING first (so balancers drain us), then let in-flight
-        calls finish within the grace period, then close the HTTP pool (and the embedded
-        mock gateway, when there is one)."""
+    async def drain(self, delay: float, cut_short: asyncio.Event | None = None) -> None:
+        """NOT_SERVING, then keep serving for `delay` seconds (or until `cut_short` is set).
+
+        A balancer only learns that we are leaving at its next health check: until then it
+        still sends calls, and a listener closed in the same instant would refuse them.
+        """
         await self.health.enter_graceful_shutdown()
+        if delay <= 0:
+            return
+        logger.info("draining: health is NOT_SERVING, calls still served for %.3g s", delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for((cut_short or asyncio.Event()).wait(), delay)
+
+    async def stop(self) -> None:
+        """Graceful stop: NOT_SERVING (when `drain` has not already said so), close the
+        listener and let in-flight calls finish within the grace period, then close the HTTP
+        pool (and the embedded mock gateway, when there is one)."""
+        await self.health.enter_graceful_shutdown()
+        logger.info("stopping: in-flight calls get %.3g s to finish", self.grace_period)
         await self.server.stop(self.grace_period)
         await self.reranker.aclose()
         if self.embedded_mock is not None:
@@ -200,6 +227,13 @@ async def start_server(
     server closes it when it stops.
     """
     metrics = metrics or Metrics.disabled()
+    address = f"{settings.host}:{settings.port}"
+    if settings.port != 0 and not settings.allow_port_overlap:
+        try:
+            refuse_taken_port(settings.host, settings.port)
+        except StartupError:
+            metrics.close()
+            raise
     embedded_mock = None
     if reranker is None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:
@@ -224,10 +258,19 @@ async def start_server(
             )
         reranker = build_reranker(settings, build_gateway(settings), metrics)
     message_limit = settings.max_message_bytes
-    # Metrics outermost: a call the others refuse is still counted.
+    # Metrics outermost, so a call the others refuse is still counted; then the call limit,
+    # so a call beyond it costs nothing more: no token check, no message read.
     interceptors: list[ServerInterceptor] = []
     if metrics.enabled:
         interceptors.append(MetricsInterceptor(metrics, registered_methods()))
+    interceptors.append(
+        CallLimitInterceptor(
+            settings.max_concurrent_calls + BACKSTOP_CALLS,
+            HEALTH_CALLS,
+            HEALTH_METHODS,
+            registered_methods(),
+        )
+    )
     if settings.auth_tokens:
         open_methods = frozenset() if settings.auth_health else HEALTH_METHODS
         interceptors.append(AuthInterceptor(settings.auth_tokens, open_methods))
@@ -237,10 +280,11 @@ async def start_server(
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
+            # gRPC sets SO_REUSEPORT by default, and with it a second server on this port
+            # would start silently and take half the connections. Without it the kernel
+            # refuses every later bind here (refuse_taken_port explains the rest).
+            ("grpc.so_reuseport", 1 if settings.allow_port_overlap else 0),
         ],
-        # A hard backstop above the admission limit: beyond it grpc itself answers
-        # RESOURCE_EXHAUSTED before reading a message, so a flood cannot queue without bound.
-        maximum_concurrent_rpcs=settings.max_concurrent_calls + 64,
     )
     servicer = RerankServicer(
         reranker,
@@ -265,7 +309,6 @@ async def start_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    address = f"{settings.host}:{settings.port}"
     try:
         credentials = server_credentials(settings)
         if credentials is None:
@@ -281,7 +324,10 @@ async def start_server(
         if isinstance(exc, OSError):
             reason = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
         else:
-            reason = "in use, or not an address here"
+            refuse_taken_port(
+                settings.host, settings.port, overlap_failed=settings.allow_port_overlap
+            )
+            reason = "not an address here"
         raise StartupError(f"cannot serve on {address}: {reason}") from exc
     await server.start()
     for name in ("", SERVICE_NAME):
@@ -289,6 +335,46 @@ async def start_server(
     return RunningServer(
         server, port, health_servicer, reranker, settings.grace_period, embedded_mock, metrics
     )
+
+
+def refuse_taken_port(host: str, port: int, *, overlap_failed: bool = False) -> None:
+    """Raise `StartupError` when a listener (another server) already holds `host:port`.
+
+    The probe binds a socket with SO_REUSEADDR and without SO_REUSEPORT, and closes it. Linux
+    refuses that bind exactly when a socket listens on the port (with or without SO_REUSEPORT,
+    on this address or a wildcard that covers it), and allows it over the TIME_WAIT leftovers
+    of a server that just stopped, so a restart is not refused. A probe connect would not do:
+    it cannot tell a server from a port that merely answers, and a listener that has not
+    started accepting yet would pass it.
+
+    The probe is a check before the bind, not the bind itself. One process then binds without
+    SO_REUSEPORT (see start_server), so the kernel itself refuses every server after it. The
+    workers of a multi-process server must share with SO_REUSEPORT; their parent probes once
+    and then holds a SO_REUSEPORT reservation that later probes collide with (workers.py).
+    """
+    try:
+        addresses = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError:
+        return  # not an address here: the bind says so
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise StartupError(f"cannot serve on {host}:{port}: {exc.strerror}") from exc
+                hint = (
+                    "it does not share its port (start both with --allow-port-overlap)"
+                    if overlap_failed
+                    else "--allow-port-overlap (RERANK_ALLOW_PORT_OVERLAP=1) shares it on purpose, "
+                    "for a zero-downtime restart"
+                )
+                raise StartupError(
+                    f"cannot serve on {host}:{port}: another server already serves it; {hint}"
+                ) from None
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -314,7 +400,12 @@ async def serve(
     metrics_directory: Path | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully. With `metrics_directory`, record
-    metrics into this process's files there (the `/metrics` endpoint reads them)."""
+    metrics into this process's files there (the `/metrics` endpoint reads them).
+
+    SIGTERM is how orchestrators and balancers' owners stop a server: NOT_SERVING, the drain
+    delay, then the grace period. SIGINT is a person at a terminal (Ctrl-C), with no balancer
+    to tell: it skips the drain, and cuts short one already under way.
+    """
     metrics = (
         Metrics.disabled() if metrics_directory is None else Metrics.in_directory(metrics_directory)
     )
@@ -324,12 +415,18 @@ async def serve(
     # pause measured 20 ms before, 7.5 ms after, at 64 calls in flight).
     gc.freeze()
     stop = asyncio.Event()
+    interrupted = asyncio.Event()
+
+    def interrupt() -> None:
+        interrupted.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, interrupt)
     ready(running)
     await stop.wait()
-    logger.info("stopping: in-flight calls get %.3g s to finish", settings.grace_period)
+    await running.drain(0 if interrupted.is_set() else settings.drain_delay, interrupted)
     await running.stop()
     # Every call's task should be gone now. grpc's stop() returns while the tasks it cancelled
     # are still unwinding, so give those a moment; whatever remains after it is a leak.

@@ -562,13 +562,28 @@ class Settings:
     """PEM CA bundle; when set, callers must present a certificate it signed: mutual TLS."""
 
     grace_period: float = setting(10.0, About(Between(0, 3600), env="RERANK_GRACE_PERIOD"))
-    """Seconds in-flight calls get to finish after SIGTERM/SIGINT."""
+    """Seconds in-flight calls get to finish after SIGTERM/SIGINT, once the listener has
+    closed."""
+
+    drain_delay: float = setting(5.0, About(Between(0, 600), env="RERANK_DRAIN_DELAY"))
+    """Seconds between SIGTERM and closing the listener, health `NOT_SERVING` meanwhile and
+    calls still served, so balancers stop sending calls first. SIGINT skips it;
+    `rerank.server.app.RunningServer.stop` alone does not drain."""
+
+    allow_port_overlap: bool = setting(
+        False,
+        About(Switch(), flag="--allow-port-overlap", env="RERANK_ALLOW_PORT_OVERLAP"),
+    )
+    """Share the port with another server that allows it too, for a zero-downtime restart.
+    Off: a port another server serves is refused at start, and this server's port cannot be
+    taken by a later one."""
 
     workers: int = setting(
         1, About(Between(1, 1024, integer=True), flag="--workers", env="RERANK_WORKERS")
     )
     """Server processes sharing the port through SO_REUSEPORT; `__main__` defaults it to one
-    per core. Limits and the cache are per process."""
+    per core. Limits and the cache are per process. A worker that dies is replaced (see
+    `rerank.server.workers`)."""
 
     log_level: str = setting(
         "INFO", About(OneOf(LOG_LEVELS), flag="--log-level", env="RERANK_LOG_LEVEL")

@@ -1,9 +1,12 @@
-"""The server's interceptors: metrics outermost, then authentication, then errors into statuses.
+"""The server's interceptors: metrics outermost, then the call limit, then authentication, then
+errors into statuses.
 
 `MetricsInterceptor` counts and times every call, refused ones included, under gRPC's own
-metric names (gRFC A66); `AuthInterceptor` refuses calls without a known bearer token before any
-handler runs; `ErrorInterceptor` turns every `RerankError` into its status through the one table
-in `rerank.server.status`, and any other exception into INTERNAL with an incident id; bytes that
+metric names (gRFC A66); `CallLimitInterceptor` refuses a call beyond the limit before its
+message is read, with health checks counted apart so a flood of calls never starves them;
+`AuthInterceptor` refuses calls without a known bearer token before any handler runs;
+`ErrorInterceptor` turns every `RerankError` into its status through the one table in
+`rerank.server.status`, and any other exception into INTERNAL with an incident id; bytes that
 do not decode as the method's request become `MalformedRequest` (INVALID_ARGUMENT) there too.
 """
 
@@ -15,14 +18,15 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from rerank.server.errors import MalformedRequest, RerankError
+from rerank.server.errors import MalformedRequest, Overloaded, RerankError
 from rerank.server.metrics import OTHER, GrpcMethodMetrics, Metrics
 from rerank.server.status import error_answer
 
@@ -286,11 +290,7 @@ class ErrorInterceptor(ServerInterceptor):
                     raise request.error
                 return await behaviour(request, context)
             except RerankError as error:
-                answer = error_answer(error)
-                log_failure(method, answer.code, error)
-                await context.abort(
-                    answer.code, answer.message, trailing_metadata=answer.trailing_metadata
-                )
+                await abort_with(context, method, error)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception:
@@ -348,6 +348,134 @@ def _decoding(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
             return _Undecodable(MalformedRequest(f"the request could not be decoded: {exc}"))
 
     return decode_or_explain
+
+
+async def abort_with(
+    context: grpc.aio.ServicerContext[Any, Any], method: str, error: RerankError
+) -> NoReturn:
+    """End the call with `error`'s answer from the one table: status, details, pushback."""
+    answer = error_answer(error)
+    log_failure(method, answer.code, error)
+    await context.abort(answer.code, answer.message, trailing_metadata=answer.trailing_metadata)
+
+
+@dataclass
+class _InFlight:
+    """Calls of one kind in flight, and how many may be."""
+
+    limit: int
+    calls: int = 0
+
+
+class CallLimitInterceptor(ServerInterceptor):
+    """At most `limit` calls in flight, health checks not counted; at most `health_limit` of those.
+
+    Replaces grpc.aio's `maximum_concurrent_rpcs`, which counts every method alike: under a
+    flood it refused health checks too, and a balancer that sees failed checks takes a busy
+    but healthy replica out. Here health checks have their own count, so calls cannot use up
+    their room (nor they the calls').
+
+    A refusal still comes before the request is read: every handler is handed to grpc as
+    request-streaming, so grpc leaves the message unread until the wrapper asks for it, and
+    the wrapper asks only once the call has a place. A unary handler then gets the one message
+    as before. What changed against grpc's own limit: the refusal is our `Overloaded` status
+    from the one table (with RetryInfo), not grpc's bare "Concurrent RPC limit exceeded!", and
+    the method is looked up (interceptors run) before the refusal.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        health_limit: int,
+        health_methods: frozenset[str],
+        methods: Iterable[str],
+    ) -> None:
+        self._calls = _InFlight(limit)
+        self._health = _InFlight(health_limit)
+        self._health_methods = health_methods
+        self._methods = frozenset(methods)
+        # grpc asks for a handler on every call, and the one below a method is the same object
+        # each time (or one of the authentication interceptor's three refusals): the wrapping
+        # is kept per (registered method, inner handler). The entry keeps the inner handler
+        # alive, so its id is not reused; other method names are wrapped per call, so a
+        # caller cannot grow this by making names up.
+        self._wrapped: dict[tuple[str, int], tuple[Handler, Handler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        key = (method, id(handler))
+        if (known := self._wrapped.get(key)) is not None:
+            return known[1]
+        in_flight = self._health if method in self._health_methods else self._calls
+        wrapped = _limited(handler, method, in_flight)
+        if method in self._methods:
+            self._wrapped[key] = (handler, wrapped)
+        return wrapped
+
+
+def _limited(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, in_flight: _InFlight
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` as a request-streaming handler that first takes a place in `in_flight`."""
+    # grpc's stubs type handlers as sync; under grpc.aio every behaviour here is async.
+    behaviour: Any = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+
+    async def limited(
+        requests: AsyncIterable[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        if in_flight.calls >= in_flight.limit:
+            await abort_with(
+                context,
+                method,
+                Overloaded(
+                    f"the server is at its limit of {in_flight.limit} calls in flight; retry later"
+                ),
+            )
+        in_flight.calls += 1
+        try:
+            request = requests if handler.request_streaming else await _only(requests)
+            result = behaviour(request, context)
+            if not handler.response_streaming:
+                return await result
+            # A streaming behaviour either writes through the context or is an async generator.
+            if inspect.isasyncgen(result):
+                async for response in result:
+                    await context.write(response)
+            else:
+                await result
+            return None
+        finally:
+            in_flight.calls -= 1
+
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            limited,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.stream_unary_rpc_method_handler(
+        limited,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+async def _only(requests: AsyncIterable[Any]) -> Any:
+    """The request of a unary method: the first message, as grpc's unary path reads it."""
+    async for request in requests:
+        return request
+    # No message: the caller went away before sending one. grpc's unary path then ends the
+    # call without an answer, and so does this (grpc takes CancelledError as exactly that).
+    raise asyncio.CancelledError
 
 
 class AuthInterceptor(ServerInterceptor):

@@ -674,7 +674,11 @@ class MetricsEndpoint:
     """
 
     def __init__(self, host: str, port: int, exposition: Exposition) -> None:
-        handler = type("Handler", (_Handler,), {"exposition": exposition})
+        # Held while a scrape renders, and by `quiet()`: see there.
+        self._rendering = threading.Lock()
+        handler = type(
+            "Handler", (_Handler,), {"exposition": exposition, "rendering": self._rendering}
+        )
         server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
         self._server = server_class((host, port), handler)
         self._server.daemon_threads = True
@@ -699,6 +703,12 @@ class MetricsEndpoint:
             self._thread.join(timeout=5)
         self._server.server_close()
 
+    def quiet(self) -> threading.Lock:
+        """Hold off rendering while this is held, for a fork: the workers' parent forks a
+        replacement while this endpoint's threads run, and a lock a scrape holds (the
+        library's, a file's) would stay held for ever in the child. Use as `with quiet():`."""
+        return self._rendering
+
     def close_in_child(self) -> None:
         """In a forked worker: release the inherited socket (no thread runs there)."""
         self._server.socket.close()
@@ -710,12 +720,14 @@ class _IPv6Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     exposition: Exposition
+    rendering: threading.Lock
 
     def do_GET(self) -> None:
         if self.path.split("?", 1)[0] != "/metrics":
             self.send_error(404, "only /metrics is served here")
             return
-        body = generate_latest(self.exposition)
+        with self.rendering:
+            body = generate_latest(self.exposition)
         self.send_response(200)
         self.send_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
         self.send_header("Content-Length", str(len(body)))

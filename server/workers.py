@@ -1,13 +1,32 @@
-"""`--workers N`: N server processes sharing one port through SO_REUSEPORT.
+"""`--workers N`: N server processes sharing one port through SO_REUSEPORT, and their parent.
 
-The kernel spreads incoming connections across the workers' listening sockets, so N
-processes use N cores with no proxy in between. Workers are forked before any of them
-starts a gRPC server (gRPC does not survive a fork once its core is running). The parent
-only supervises: it reserves the port (so `--port 0` resolves once, for all), waits until
-every worker listens, prints the one ready line, forwards SIGTERM/SIGINT, and exits when
-they have, with a failure status if any worker failed. With metrics on, it also serves
-`/metrics` over the files every worker writes (`rerank.server.metrics`), and when a worker
-exits it drops that worker's live gauges.
+The kernel spreads incoming connections across the workers' listening sockets, so N processes
+use N cores with no proxy in between. Workers are forked before any of them starts a gRPC
+server (gRPC does not survive a fork once its core is running), and the parent never starts
+one, so it can fork a replacement at any time. The parent only supervises:
+
+- It refuses a port another server serves (`app.refuse_taken_port`), then holds the port with
+  a bound, non-listening SO_REUSEPORT socket, so `--port 0` resolves once, for all, and the
+  probe of a server started while the workers start collides with it.
+- It prints the one ready line once every worker listens. A worker that cannot start then
+  stops the others, and the server fails with that worker's reason.
+- It replaces a worker that dies while serving, after a back-off that doubles with each death
+  in that worker's slot (from `FIRST_BACKOFF` up to `MAX_BACKOFF`; back to the first once a
+  worker has served `STABLE_AFTER`). A replacement that dies before it listens counts against
+  the slot: `START_ATTEMPTS` in a row stop the server with the last one's reason, rather than
+  restarting a worker that can never start (a certificate gone from disk, say) forever.
+- It forwards SIGTERM and SIGINT, and SIGKILLs a worker still running after the drain delay,
+  the grace period and `STOP_MARGIN`; the server then exits 1.
+
+Workers tell the parent how their start went over one pipe, a line each: `<pid> ready`, or
+`<pid> failed <reason>` just before they exit. Signals reach the parent's loop through
+`signal.set_wakeup_fd`, so one `select` waits for workers, signals and timers alike.
+
+With metrics on, the parent also serves `/metrics` over the files every worker writes
+(`rerank.server.metrics`), and when a worker exits it drops that worker's live gauges. That
+endpoint runs threads in the parent, which then forks replacements: each fork happens while
+the endpoint holds off rendering (`MetricsEndpoint.quiet`), so no lock a scrape takes is held
+in the child.
 """
 
 from __future__ import annotations
@@ -15,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import selectors
@@ -22,24 +42,54 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from rerank.server.app import RunningServer, StartupError, serve
+from rerank.server.app import RunningServer, StartupError, refuse_taken_port, serve
 from rerank.server.config import Settings
 from rerank.server.metrics import MetricsDirectory, MetricsEndpoint
 
 logger = logging.getLogger(__name__)
 
+#: Seconds every worker has to listen at the start.
 READY_TIMEOUT = 60.0
+#: Seconds before a dead worker is replaced; doubles per death in its slot, up to MAX_BACKOFF.
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+#: A worker that served this many seconds before it died starts its slot's back-off afresh.
+STABLE_AFTER = 60.0
+#: Replacements in a row that die before they listen, after which the server stops.
+START_ATTEMPTS = 3
+#: Seconds a stopping worker gets beyond drain and grace: closing the HTTP pool and the
+#: embedded mock, and the last second `serve` waits for cancelled calls to unwind.
+STOP_MARGIN = 5.0
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
-    """A bound, non-listening SO_REUSEPORT socket holding `host:port` for the workers."""
+    """A bound, non-listening SO_REUSEPORT socket holding `host:port` for the workers.
+
+    Without SO_REUSEADDR, so that another server's probe collides with it. Linux refuses such
+    a bind over the TIME_WAIT leftovers of a server that bound without SO_REUSEPORT (one
+    process that just stopped); the probe has passed by then, so that refusal can only be
+    those leftovers, and the reservation is taken again with SO_REUSEADDR.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
+    for reuse_address in (False, True):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            if reuse_address or exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return sock
+    raise AssertionError("unreachable: the second bind returns or raises")
 
 
 def run_workers(
@@ -48,89 +98,292 @@ def run_workers(
     ready: Callable[[int], None],
     metrics: tuple[MetricsDirectory, MetricsEndpoint] | None = None,
 ) -> int:
-    """Fork `workers` servers on one port; return the exit status for the whole group.
+    """Serve with `workers` processes on one port; return the exit status for the whole group.
 
     `metrics`: the directory the workers record into and the endpoint (bound, not yet serving)
-    this process serves it from once the workers are forked."""
+    this process serves it from once the first workers are forked."""
+    if settings.port != 0 and not settings.allow_port_overlap:
+        refuse_taken_port(settings.host, settings.port)
     try:
         reservation = reserve_port(settings.host, settings.port)
     except OSError as exc:
+        refuse_taken_port(settings.host, settings.port, overlap_failed=True)
         raise StartupError(
             f"cannot serve on {settings.host}:{settings.port}: {exc.strerror}"
         ) from exc
-    settings = dataclasses.replace(settings, port=reservation.getsockname()[1])
-    ready_read, ready_write = os.pipe()
-    children: list[int] = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:  # the worker
-            os.close(ready_read)
-            reservation.close()
-            directory = None
-            if metrics is not None:
-                metrics[1].close_in_child()
-                directory = metrics[0].path
-            os._exit(_worker(settings, ready_write, directory))
-        children.append(pid)
-    os.close(ready_write)
-    # Threads only now: forking a process that runs threads is asking for a held lock.
-    if metrics is not None:
-        metrics[1].start()
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            # A worker that has already exited is not there to tell.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    if _wait_ready(ready_read, workers):
-        ready(settings.port)
-    else:
-        logger.error("not every worker started within %.0f s; stopping", READY_TIMEOUT)
-        forward(signal.SIGTERM, None)
-    os.close(ready_read)
-    status = 0
-    for _ in children:
-        # Whichever exits first: its live gauges must stop counting now, not when the workers
-        # started before it have exited too.
-        child, code = os.wait()
-        if metrics is not None:
-            metrics[0].process_dead(child)
-        status = status or os.waitstatus_to_exitcode(code)
-    reservation.close()
-    return status
+    # The workers share the port among themselves by design: the check above was for others.
+    shared = dataclasses.replace(
+        settings, port=reservation.getsockname()[1], allow_port_overlap=True
+    )
+    try:
+        return _Supervisor(shared, workers, reservation, metrics).run(ready)
+    finally:
+        reservation.close()
 
 
-def _worker(settings: Settings, ready_write: int, metrics_directory: Path | None) -> int:
+@dataclass
+class _Slot:
+    """One of the N places a worker fills; its back-off and failures outlive each worker."""
+
+    number: int
+    pid: int = 0  # 0: no worker in it now
+    started: float = 0.0
+    listening: bool = False
+    reason: str = ""  # what the worker in it said before it died
+    failed_starts: int = 0  # replacements in a row that died before listening
+    backoff: float = FIRST_BACKOFF
+    restart_at: float | None = None
+
+
+class _Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        workers: int,
+        reservation: socket.socket,
+        metrics: tuple[MetricsDirectory, MetricsEndpoint] | None,
+    ) -> None:
+        self._settings = settings
+        self._reservation = reservation
+        self._metrics = metrics
+        self._slots = [_Slot(number) for number in range(1, workers + 1)]
+        self._status_read, self._status_write = os.pipe()
+        self._wakeup_read, self._wakeup_write = os.pipe()
+        for fd in (self._status_read, self._wakeup_read, self._wakeup_write):
+            os.set_blocking(fd, False)
+        self._unread = b""
+        self._serving = False  # every worker listened once, and the ready line is out
+        self._stop_signal: int | None = None
+        self._kill_at: float | None = None
+        self._startup_failure: str | None = None
+        self._exit_status = 0
+
+    def run(self, ready: Callable[[int], None]) -> int:
+        previous = {signum: signal.signal(signum, _wake) for signum in _SIGNALS}
+        previous_wakeup = signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
+        try:
+            self._supervise(ready)
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            for fd in (self._status_read, self._status_write, self._wakeup_read):
+                os.close(fd)
+            os.close(self._wakeup_write)
+        if self._startup_failure is not None:
+            raise StartupError(self._startup_failure)
+        return self._exit_status
+
+    def _supervise(self, ready: Callable[[int], None]) -> None:
+        for slot in self._slots:
+            self._spawn(slot)
+        # Threads only once the first workers are forked; later forks hold them off (quiet).
+        if self._metrics is not None:
+            self._metrics[1].start()
+        ready_by = time.monotonic() + READY_TIMEOUT
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wakeup_read, selectors.EVENT_READ)
+            selector.register(self._status_read, selectors.EVENT_READ)
+            while any(slot.pid or slot.restart_at is not None for slot in self._slots):
+                selector.select(self._timeout(ready_by))
+                # Signals first: a worker that a Ctrl-C on the terminal killed while starting
+                # is then seen as stopping, not as failing to start.
+                for signum in self._signals():
+                    if signum in (signal.SIGTERM, signal.SIGINT):
+                        self._stop(signum)
+                # Then what workers said, before their deaths: a reason precedes its exit.
+                self._read_status(ready)
+                self._reap()
+                self._on_time(time.monotonic(), ready_by)
+
+    def _timeout(self, ready_by: float) -> float | None:
+        deadlines = [slot.restart_at for slot in self._slots if slot.restart_at is not None]
+        if not self._serving and self._stop_signal is None:
+            deadlines.append(ready_by)
+        if self._kill_at is not None:
+            deadlines.append(self._kill_at)
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.restart_at = None
+        quiet = self._metrics[1].quiet() if self._metrics is not None else contextlib.nullcontext()
+        with quiet:
+            pid = os.fork()
+        if pid == 0:  # the worker; it must never return into the parent's code
+            status = 1
+            try:
+                self._become_worker()
+                directory = self._metrics[0].path if self._metrics is not None else None
+                status = _worker(self._settings, self._status_write, directory)
+            finally:
+                os._exit(status)
+        slot.pid, slot.started, slot.listening, slot.reason = pid, time.monotonic(), False, ""
+        logger.debug("worker %d started (pid %d)", slot.number, pid)
+
+    def _become_worker(self) -> None:
+        """Drop what is the parent's: its signal handling, its ends of the pipes, the port."""
+        signal.set_wakeup_fd(-1)
+        for signum in _SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        for fd in (self._status_read, self._wakeup_read, self._wakeup_write):
+            os.close(fd)
+        self._reservation.close()
+        if self._metrics is not None:
+            self._metrics[1].close_in_child()
+
+    def _signals(self) -> list[int]:
+        received = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self._wakeup_read, 512):
+                received += chunk
+        return list(received)
+
+    def _read_status(self, ready: Callable[[int], None]) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self._status_read, 65536):
+                self._unread += chunk
+        *lines, self._unread = self._unread.split(b"\n")
+        for line in lines:
+            pid, _, message = line.decode(errors="replace").partition(" ")
+            slot = self._slot_of(int(pid))
+            if slot is None:
+                continue
+            if message != "ready":
+                slot.reason = message.removeprefix("failed ")
+                continue
+            slot.listening, slot.failed_starts = True, 0
+            logger.info("worker %d (pid %d) listening", slot.number, slot.pid)
+            starting = not self._serving and self._stop_signal is None
+            if starting and all(s.listening for s in self._slots):
+                self._serving = True
+                ready(self._settings.port)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self._metrics is not None:
+                # Its live gauges must stop counting now, not when the others have exited too.
+                self._metrics[0].process_dead(pid)
+            if (slot := self._slot_of(pid)) is not None:
+                self._ended(slot, os.waitstatus_to_exitcode(wait_status))
+
+    def _ended(self, slot: _Slot, code: int) -> None:
+        pid, listened, served = slot.pid, slot.listening, time.monotonic() - slot.started
+        how = f"exit status {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
+        reason = slot.reason or how
+        slot.pid, slot.listening = 0, False
+        if self._stop_signal is not None:
+            # A worker killed by the signal it was sent, before it could handle it, stopped.
+            if code not in (0, -self._stop_signal):
+                logger.warning("worker %d (pid %d) ended (%s)", slot.number, pid, reason)
+                self._exit_status = 1
+            return
+        if not self._serving:
+            self._startup_failure = reason
+            self._stop(signal.SIGINT)  # nobody was sent calls yet: nothing to drain
+            return
+        if not listened:
+            slot.failed_starts += 1
+            if slot.failed_starts >= START_ATTEMPTS:
+                logger.error(
+                    "worker %d could not start %d times in a row (%s); stopping the server",
+                    slot.number,
+                    slot.failed_starts,
+                    reason,
+                )
+                self._exit_status = 1
+                self._stop(signal.SIGTERM)
+                return
+            logger.warning(
+                "worker %d (pid %d) could not start (%s); trying again in %.3g s",
+                slot.number,
+                pid,
+                reason,
+                slot.backoff,
+            )
+        else:
+            if served >= STABLE_AFTER:
+                slot.backoff = FIRST_BACKOFF
+            logger.warning(
+                "worker %d (pid %d) died (%s) after %.0f s; replacing it in %.3g s",
+                slot.number,
+                pid,
+                reason,
+                served,
+                slot.backoff,
+            )
+        slot.restart_at = time.monotonic() + slot.backoff
+        slot.backoff = min(slot.backoff * 2, MAX_BACKOFF)
+
+    def _stop(self, signum: int) -> None:
+        """Stop every worker with `signum` (again, when already stopping: a SIGINT then cuts a
+        drain short), and no longer replace any."""
+        if self._stop_signal is None:
+            self._stop_signal = signum
+            self._kill_at = time.monotonic() + self._stop_budget()
+            for slot in self._slots:
+                slot.restart_at = None
+        for slot in self._slots:
+            if slot.pid:
+                # A worker that has exited but is not reaped yet is not there to tell.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signum)
+
+    def _on_time(self, now: float, ready_by: float) -> None:
+        for slot in self._slots:
+            if slot.restart_at is not None and now >= slot.restart_at:
+                self._spawn(slot)
+        if self._kill_at is not None and now >= self._kill_at:
+            self._kill_at = None
+            for slot in self._slots:
+                if slot.pid:
+                    logger.error(
+                        "worker %d (pid %d) still runs %.3g s after it was told to stop "
+                        "(drain delay + grace period + %.3g s); killing it",
+                        slot.number,
+                        slot.pid,
+                        self._stop_budget(),
+                        STOP_MARGIN,
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(slot.pid, signal.SIGKILL)
+                    self._exit_status = 1
+        if not self._serving and self._stop_signal is None and now >= ready_by:
+            self._startup_failure = f"not every worker listened within {READY_TIMEOUT:.0f} s"
+            self._stop(signal.SIGINT)
+
+    def _stop_budget(self) -> float:
+        drain = self._settings.drain_delay if self._stop_signal == signal.SIGTERM else 0.0
+        return drain + self._settings.grace_period + STOP_MARGIN
+
+    def _slot_of(self, pid: int) -> _Slot | None:
+        return next((slot for slot in self._slots if slot.pid == pid), None)
+
+
+def _wake(_signum: int, _frame: object) -> None:
+    """A handler that does nothing: the wakeup fd carries the signal to the loop."""
+
+
+def _worker(settings: Settings, status_write: int, metrics_directory: Path | None) -> int:
+    def report(message: str) -> None:
+        line = f"{os.getpid()} {message}".replace("\n", " ")[:2000] + "\n"
+        os.write(status_write, line.encode())
+
     def listening(_running: RunningServer) -> None:
-        os.write(ready_write, b".")
-        os.close(ready_write)
+        report("ready")
 
     try:
         asyncio.run(serve(settings, listening, metrics_directory))
     except StartupError as exc:
-        logger.error("%s", exc)
+        report(f"failed {exc}")
         return 1
-    except Exception:
+    except Exception as exc:
         logger.exception("worker %d failed", os.getpid())
+        report(f"failed {type(exc).__name__}: {exc}")
         return 1
     return 0
-
-
-def _wait_ready(ready_read: int, workers: int) -> bool:
-    """True once every worker reported listening; False on a timeout or a dead worker."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    seen = 0
-    with selectors.DefaultSelector() as selector:
-        selector.register(ready_read, selectors.EVENT_READ)
-        while seen < workers:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                return False
-            chunk = os.read(ready_read, workers)
-            if not chunk:  # every worker closed its end: some died before listening
-                return False
-            seen += len(chunk)
-    return True

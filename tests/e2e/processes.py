@@ -29,7 +29,9 @@ class Process:
         self.popen = subprocess.Popen(
             args,
             cwd=REPO_ROOT,
-            env={**os.environ, **(env or {})},
+            # No drain delay unless a test asks for one: it is there for load balancers, and
+            # would add its seconds to every stop of every test.
+            env={**os.environ, "RERANK_DRAIN_DELAY": "0", **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -72,6 +74,12 @@ class Process:
     def signal(self, signum: int) -> None:
         if self.popen.poll() is None:
             os.killpg(self.popen.pid, signum)
+
+    def wait(self, timeout: float = STARTUP_SECONDS) -> int:
+        """The exit code, once the process has exited and all its output is read."""
+        code = self.popen.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
 
     def stop(self) -> None:
         self.signal(signal.SIGTERM)

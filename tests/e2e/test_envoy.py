@@ -34,6 +34,10 @@ SERVER = [RERANK_SERVER]
 CLUSTER = "rerank"
 IN_FLIGHT = 8
 GRACE = 3.0
+# As deployed (the server's default is 5 s): after SIGTERM a replica answers health checks
+# NOT_SERVING for this long before its listener closes, which is longer than Envoy's check
+# interval plus timeout (1 s + 1 s), so Envoy stops routing to it before anything is refused.
+DRAIN = 2.5
 DEADLINE = 10.0
 BEFORE_STOP = 3.0
 AFTER_STOP = 5.0
@@ -48,7 +52,7 @@ def start_replica(processes: list[Process]) -> tuple[Process, str]:
         # DEBUG: every call served is logged ("rerank ok"), so each replica's share is counted
         # from the replica itself, not from what Envoy believes.
         [*SERVER, "--port", "0", "--workers", "1", "--mock", "--log-level", "DEBUG"],
-        {"RERANK_GRACE_PERIOD": str(GRACE)},
+        {"RERANK_GRACE_PERIOD": str(GRACE), "RERANK_DRAIN_DELAY": str(DRAIN)},
     )
     return replica, replica.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
 
@@ -193,7 +197,7 @@ async def load_then_stop(
             timeline.hosts_at_stop = await asyncio.to_thread(admin.hosts)
             timeline.stop_sent = time.monotonic()
             leaving.signal(signal.SIGTERM)
-            await asyncio.to_thread(leaving.popen.wait, GRACE + 10)
+            await asyncio.to_thread(leaving.popen.wait, DRAIN + GRACE + 10)
             timeline.stopped = time.monotonic()
             timeline.served_at_exit = (served(leaving), served(staying))
             await asyncio.sleep(max(0.0, timeline.stop_sent + AFTER_STOP - time.monotonic()))
@@ -234,10 +238,10 @@ def test_two_replicas_behind_envoy_lose_no_call_when_one_stops(
     assert leaving_share > len(before) // 10, (timeline.served_at_stop, len(before))
     assert staying_share > len(before) // 10, (timeline.served_at_stop, len(before))
 
-    # The leaving replica stopped gracefully, within its grace period.
+    # The leaving replica stopped gracefully, within its drain delay and grace period.
     assert leaving.popen.returncode == 0, leaving.output[-2000:]
     assert "stopped (0 tasks left)" in leaving.output
-    assert timeline.stopped - timeline.stop_sent < GRACE + 2
+    assert timeline.stopped - timeline.stop_sent < DRAIN + GRACE + 2
 
     # Load went on after it had gone, and the remaining replica served every such call.
     after_exit = [c for c in load.calls if c.started > timeline.stopped]

@@ -128,16 +128,20 @@ def test_a_killed_worker_keeps_its_counts(processes: list[Process]) -> None:
 
     victim = min(by_worker)
     os.kill(victim, signal.SIGKILL)
-    # Once the parent has seen it die, its live gauges drop out: one circuit left, not two.
+    # Once the parent has seen it die, its live gauges drop out; the parent then replaces it,
+    # so two circuits are left (the survivor's and the replacement's), not three.
+    slot = server.wait_for(rf"worker (\d) \(pid {victim}\) died").group(1)
+    server.wait_for(rf"worker {slot} \(pid (?!{victim}\b)\d+\) listening")
     poll(
         "live workers' circuits",
-        lambda: scrape(url).total("rerank_circuit_breaker_state", state="closed") == 1,
+        lambda: scrape(url).total("rerank_circuit_breaker_state", state="closed") == 2,
     )
     rerank_calls(target, [f"{SEED_QUERY} after {n}" for n in range(6)], connections=2)
     after = scrape(url)
     assert after.total("grpc_server_call_started_total", grpc_method=RERANK) == 24 + 6
     assert after.total("rerank_cache_requests_total", result="miss") == 24 + 6
-    # The cache of the dead worker is gone with it; the survivor's is all that is left.
+    # The cache of the dead worker is gone with it; the survivor's (and the replacement's, new)
+    # is all that is left.
     assert after.total("rerank_cache_entries") == by_worker[max(by_worker)] + 6
 
 

@@ -145,6 +145,12 @@ def unpack(status: status_pb2.Status, kind: type) -> Any:
     return None
 
 
+RATE_LIMITED = fault(
+    fault="error", status=429, type="rate_limit_exceeded", generationId="gen_limited"
+)
+UNAVAILABLE = fault(fault="error", status=503, generationId="gen_down")
+
+
 # --- each request as a Rerank alone ---------------------------------------------------------
 
 
@@ -156,7 +162,9 @@ async def test_each_request_is_answered_or_fails_alone_as_a_rerank_would(
         seed_request(),
         seed_request(query=""),  # INVALID_ARGUMENT, field `query`
         seed_request(model="cohere/no-such-model"),  # NOT_FOUND from the gateway
-        seed_request(provider_options=fault(fault="rate_limit", retryAfterMs=1500)),
+        # A 429, its generation id fixed: the mock derives one from the body, whose provider
+        # options protobuf serializes in no fixed order.
+        seed_request(provider_options=RATE_LIMITED),
         seed_request(documents=[pb.Document(text="Paris"), pb.Document(object=Struct())]),
         seed_request(top_n=1, query="Berlin"),
     ]
@@ -191,7 +199,7 @@ async def test_each_request_is_answered_or_fails_alone_as_a_rerank_would(
     )
     limited = response.results[3].error
     assert unpack(limited, error_details_pb2.ErrorInfo).reason == "UPSTREAM_RATE_LIMITED"
-    assert unpack(limited, error_details_pb2.RetryInfo).retry_delay.ToMilliseconds() == 1500
+    assert unpack(limited, error_details_pb2.RetryInfo).retry_delay.ToMilliseconds() == 1000
     # In order: the last request asked for one document about Berlin.
     (best,) = response.results[5].response.ranking
     assert best.document.text == SEED_DOCUMENTS[1]
@@ -412,7 +420,7 @@ async def test_the_clients_items_are_what_rerank_returns_or_raises(
         RerankRequest(SEED_QUERY, list(SEED_DOCUMENTS), model="cohere/no-such-model"),
         RerankRequest(" ", ["x"]),
         RerankRequest("which", [{"title": "Paris"}, {"title": "Berlin"}], top_n=1),
-        RerankRequest("q", ["x"], provider_options=fault(fault="error", status=503)),
+        RerankRequest("q", ["x"], provider_options=UNAVAILABLE),
     ]
     async with AsyncRerankClient(f"127.0.0.1:{running.port}", timeout=10) as client:
         items = await client.rerank_many(requests)

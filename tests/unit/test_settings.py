@@ -38,6 +38,14 @@ def test_a_key_selects_the_gateway_and_is_never_in_the_repr() -> None:
     assert (oidc.api_key, oidc.auth_method) == ("oidc-token", "oidc")
 
 
+def test_drain_delay_and_port_overlap() -> None:
+    defaults = settings_from([], {})
+    assert (defaults.drain_delay, defaults.allow_port_overlap) == (5.0, False)
+    assert settings_from([], {"RERANK_DRAIN_DELAY": "0"}).drain_delay == 0.0
+    assert settings_from(["--allow-port-overlap"], {}).allow_port_overlap
+    assert settings_from([], {"RERANK_ALLOW_PORT_OVERLAP": "1"}).allow_port_overlap
+
+
 KEY = {"AI_GATEWAY_API_KEY": "k"}
 
 
@@ -165,6 +173,8 @@ def test_window_sizes_and_tokens() -> None:
         (["--tls-cert", "c.pem"], {}, "--tls-key"),
         (["--tls-client-ca", "ca.pem"], {}, "--tls-cert"),
         ([], {"RERANK_AUTH_TOKENS_FILE": "/nonexistent/tokens"}, "RERANK_AUTH_TOKENS_FILE"),
+        ([], {"RERANK_DRAIN_DELAY": "601"}, "RERANK_DRAIN_DELAY"),
+        ([], {"RERANK_DRAIN_DELAY": "-1"}, "RERANK_DRAIN_DELAY"),
     ],
 )
 def test_bad_values_are_usage_errors(
