@@ -59,6 +59,8 @@ class CellConfig:
     call_timeout_s: float
     watch_pids: dict[str, int]
     api_key: str = "bench"
+    #: A named caller's token, sent as `authorization: Bearer …` on every gRPC call.
+    bearer_token: str | None = None
 
     @classmethod
     def from_json(cls, text: str) -> CellConfig:
@@ -158,6 +160,9 @@ async def _run(config: CellConfig) -> dict[str, Any]:
 
         request = make_request()
         method = _workload.ECHO_METHOD if config.path == "echo" else _workload.RERANK_METHOD
+        metadata = (
+            (("authorization", f"Bearer {config.bearer_token}"),) if config.bearer_token else None
+        )
         calls = []
         for _ in range(min(config.concurrency, MAX_CHANNELS)):
             channel = grpc.aio.insecure_channel(
@@ -174,7 +179,9 @@ async def _run(config: CellConfig) -> dict[str, Any]:
             stub = channel.unary_unary(method, None, None)
 
             def grpc_call(stub: Any = stub) -> Awaitable[bytes]:
-                result: Awaitable[bytes] = stub(make_request(), timeout=config.call_timeout_s)
+                result: Awaitable[bytes] = stub(
+                    make_request(), timeout=config.call_timeout_s, metadata=metadata
+                )
                 return result
 
             calls.append(grpc_call)

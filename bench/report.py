@@ -85,6 +85,17 @@ def _goal_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 )
             )
             break
+    for concurrency in (1, 8, 64):
+        key = f"limits_redis_added_cpu_ms_c{concurrency}"
+        if key in ratios:
+            rows.append(
+                (
+                    "server CPU per call added by a named caller's limits in Redis on loopback "
+                    f"(the caller-limits layer alone), C={concurrency}",
+                    f"{_n(ratios[key] * 1000)} µs",
+                    "< 100 µs",
+                )
+            )
     rows += _batch_goal_rows(results.get("batch", []))
     return rows
 
@@ -168,6 +179,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     lines += _workers_table(results.get("workers", []))
+    lines += _limits_tables(results.get("limits") or {})
     lines += _observability_table(results.get("observability"))
     lines += _batch_table(results.get("batch", []))
     direct = {
@@ -294,6 +306,61 @@ def plot(results: dict[str, Any], target: Path) -> None:
     figure.tight_layout()
     figure.savefig(target, dpi=110)
     plt.close(figure)
+
+
+def _limits_tables(limits: dict[str, Any]) -> list[str]:
+    """Named callers' limits: none, counted in the process, in Redis on loopback; the layer
+    alone, then whole calls."""
+    lines: list[str] = []
+    if limits.get("layer"):
+        lines += [
+            "## Limits: the caller-limits layer alone (bench.limits_cost)",
+            "",
+            "The production layer over a reranker that answers at once, in one process: its CPU "
+            "per call, less the same calls without it (median of the rounds' differences).",
+            "",
+            "| C | calls per round | rounds | + CPU µs/call, limits in the process "
+            "| + CPU µs/call, limits in Redis |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for row in limits["layer"]:
+            added = row["added_cpu_us_per_call"]
+            lines.append(
+                f"| {row['concurrency']} | {row['calls']} | {row['rounds']} | "
+                f"{_n(added['memory'])} | {_n(added['redis'])} |"
+            )
+        lines.append("")
+    rows = limits.get("cells", [])
+    if not rows:
+        return lines
+    lines += [
+        "## Limits: whole proxied calls without a named caller, with its limits in the process, "
+        "in Redis (loopback)",
+        "",
+        "Each round runs the three back to back. A whole call's CPU moves by more than the "
+        "limits cost on a shared machine: the layer's own figure above is the goal's.",
+        "",
+        "| docs | C | round | limits | calls/s | p50 ms | p99 ms | errors | server CPU ms/call "
+        "| + over none | redis CPU ms/call |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    plain = {(r["concurrency"], r["round"]): r for r in rows if r["limits"] == "none"}
+    for row in rows:
+        cpu = row["cpu_ms_per_call"]
+        base = plain.get((row["concurrency"], row["round"]))
+        added = (
+            _n(cpu["server"] - base["cpu_ms_per_call"]["server"])
+            if base is not None and row["limits"] != "none"
+            else "–"
+        )
+        latency = row["latency_ms"]
+        redis = f"{cpu['redis']:.3f}" if "redis" in cpu else "–"
+        lines.append(
+            f"| {row['documents']} | {row['concurrency']} | {row['round'] + 1} | {row['limits']} | "
+            f"{_n(row['throughput'])} | {_n(latency['p50'])} | {_n(latency['p99'])} | "
+            f"{row['errors']} | {cpu['server']:.3f} | {added} | {redis} |"
+        )
+    return [*lines, ""]
 
 
 def _observability_table(observability: dict[str, Any] | None) -> list[str]:

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -34,6 +35,7 @@ from bench._procfs import cpu_seconds, memory_kib
 from bench._services import Service
 from bench.loadgen import CellConfig
 from rerank.server.metrics import Metrics, MetricsDirectory
+from tools.redis_server import INSTALL_HINT, RedisServer, redis_server_binary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 API_KEY = "bench"
@@ -57,20 +59,71 @@ class Plan:
     duration_s: float
     #: Cells of 1,000 documents stop after this many calls if that comes before the duration.
     max_calls_1000: int
+    #: Concurrencies at which proxied 20-document calls are run without limits, with a named
+    #: caller's limits counted in the process, and with them in Redis on loopback...
+    limit_concurrencies: tuple[int, ...] = ()
+    #: ...this many times each, alternating, so that the difference is taken within a round.
+    limit_rounds: int = 1
+    #: Calls per measurement of the caller-limits layer on its own (`bench.limits_cost`).
+    limit_layer_calls: int = 20_000
     #: Alternating pairs of the observability comparison (off, on; then on, off; ...).
     observability_pairs: int = 7
     #: Rounds of the batch cell (bench.batch): each one BatchRerank and 32 Rerank calls.
     batch_rounds: int = 20
 
 
-FULL = Plan("latest", (1, 8, 64, 256), (1, 20, 100, 1000), (1, 8, 64, 256), 1.0, 4.0, 300)
+FULL = Plan(
+    "latest",
+    (1, 8, 64, 256),
+    (1, 20, 100, 1000),
+    (1, 8, 64, 256),
+    1.0,
+    4.0,
+    300,
+    limit_concurrencies=(1, 8, 64),
+    limit_rounds=3,
+)
 #: `--workers` compared: (documents, concurrency) cells run against one worker and against one
 #: per core, back to back. The machine's cores also run the mock and the load generator.
 WORKER_CELLS = ((20, 64), (100, 64))
+#: Bound on one `bench.limits_cost` process.
+LIMITS_COST_TIMEOUT_S = 300.0
+#: The named caller of the limits cells: every limit set (so every check runs), none reached.
+BENCH_CALLER_TOKEN = "bench-caller"
+BENCH_CALLERS = f"""
+[callers.bench]
+token = "{BENCH_CALLER_TOKEN}"
+requests_per_second = 1000000
+max_concurrent_calls = 100000
+daily_budget_usd = 1000000
+"""
 QUICK = Plan(
-    "quick", (1, 64), (20, 1000), (1, 64), 0.5, 1.5, 150, observability_pairs=3, batch_rounds=8
+    "quick",
+    (1, 64),
+    (20, 1000),
+    (1, 64),
+    0.5,
+    1.5,
+    150,
+    observability_pairs=3,
+    limit_concurrencies=(8, 64),
+    limit_rounds=3,
+    batch_rounds=8,
 )
-SMOKE = Plan("smoke", (8,), (20,), (8,), 0.3, 1.0, 50, observability_pairs=1, batch_rounds=2)
+SMOKE = Plan(
+    "smoke",
+    (8,),
+    (20,),
+    (8,),
+    0.3,
+    1.0,
+    50,
+    observability_pairs=1,
+    limit_concurrencies=(8,),
+    limit_rounds=1,
+    limit_layer_calls=2_000,
+    batch_rounds=2,
+)
 #: The observability comparison: the proxied 20-document cell at this concurrency, on a server
 #: with everything off (the default) and one with it on, as below.
 OBSERVABILITY_CELL = (20, 8)
@@ -279,6 +332,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         finally:
             await probe.close()
         workers = await _compare_workers(plan, out, stack, mock_url, server.address)
+        limits = await _compare_limits(plan, out, stack, mock_url, server)
         observability = await _compare_observability(plan, out, stack, mock_url, server)
         batch = await batch_cell.compare(
             plan.name,
@@ -299,6 +353,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         "call_timeout_s": CALL_TIMEOUT_S,
         "cells": cells,
         "workers": workers,
+        "limits": limits,
         "batch": batch,
         "observability": observability,
     }
@@ -362,6 +417,123 @@ async def _compare_workers(
                 f"errors={row['errors']}",
                 flush=True,
             )
+    return rows
+
+
+async def _compare_limits(
+    plan: Plan, out: Path, stack: contextlib.ExitStack, gateway_url: str, plain: Service
+) -> dict[str, Any]:
+    """The server CPU a named caller's limits cost per call, two ways. `cells`: the same
+    proxied cells on the server without callers, on one whose limits are counted in the
+    process, and on one whose limits are in a redis-server on loopback (two scripted round
+    trips per call), back to back at each concurrency. `layer`: the caller-limits layer on its
+    own, in one process (`bench.limits_cost`), whose CPU per call does not drown in a whole
+    call's noise."""
+    if not plan.limit_concurrencies:
+        return {}
+    if redis_server_binary() is None:
+        print(f"bench: limits cells skipped: {INSTALL_HINT}", flush=True)
+        return {}
+    redis_dir = out / f"{plan.name}-redis"
+    redis_dir.mkdir(exist_ok=True)
+    redis = stack.enter_context(RedisServer(redis_dir))
+    callers = out / f"{plan.name}-callers.toml"
+    callers.write_text(BENCH_CALLERS)
+    servers = {"none": plain}
+    for store, extra in (("memory", {}), ("redis", {"RERANK_REDIS_URL": redis.url})):
+        servers[store] = stack.enter_context(
+            Service(
+                f"rerank server (limits: {store})",
+                "rerank.server",
+                [
+                    *("--host", "127.0.0.1", "--port", "0", "--workers", "1"),
+                    *("--gateway-url", gateway_url),
+                ],
+                r"rerank server listening on (\S+:\d+)",
+                out / f"{plan.name}-server-limits-{store}.log",
+                env={
+                    "AI_GATEWAY_API_KEY": API_KEY,
+                    "RERANK_GRACE_PERIOD": "2",
+                    "RERANK_CALLERS_FILE": str(callers),
+                    **extra,
+                },
+            )
+        )
+    rows = []
+    for concurrency, round_ in itertools.product(
+        plan.limit_concurrencies, range(plan.limit_rounds)
+    ):
+        for store, server in servers.items():
+            watch = {"server": server.pid}
+            if store == "redis":
+                watch["redis"] = redis.pid
+            result = await _loadgen(
+                CellConfig(
+                    path="proxied",
+                    target=server.address,
+                    documents=20,
+                    concurrency=concurrency,
+                    warmup_s=plan.warmup_s,
+                    duration_s=plan.duration_s,
+                    max_calls=None,
+                    call_timeout_s=CALL_TIMEOUT_S,
+                    watch_pids=watch,
+                    api_key=API_KEY,
+                    bearer_token=None if store == "none" else BENCH_CALLER_TOKEN,
+                )
+            )
+            completed = max(1, result["calls"] + result["errors"])
+            row = {
+                "limits": store,
+                "round": round_,
+                "documents": 20,
+                "concurrency": concurrency,
+                "throughput": result["throughput"],
+                "latency_ms": result["latency_ms"],
+                "errors": result["errors"],
+                "error_kinds": result["error_kinds"],
+                "cpu_ms_per_call": {
+                    name: 1000 * seconds / completed for name, seconds in result["cpu_s"].items()
+                },
+            }
+            rows.append(row)
+            cpu = " ".join(f"{k}={v:.3f}" for k, v in row["cpu_ms_per_call"].items())
+            print(
+                f"limits={store:>6} docs=  20 c={concurrency:>3} {row['throughput']:8.1f} calls/s"
+                f"  p50={row['latency_ms']['p50']:8.2f} ms  errors={row['errors']}  "
+                f"cpu ms/call: {cpu}",
+                flush=True,
+            )
+    layer = await _limits_cost(plan, redis.url)
+    for row in layer:
+        added = " ".join(f"{k}=+{v:.1f}" for k, v in row["added_cpu_us_per_call"].items())
+        print(
+            f"limits layer alone c={row['concurrency']:>3}: CPU µs/call added {added}", flush=True
+        )
+    return {"cells": rows, "layer": layer}
+
+
+async def _limits_cost(plan: Plan, redis_url: str) -> list[dict[str, Any]]:
+    """Run `bench.limits_cost` in a process of its own; bounded, killed by PID if it overruns."""
+    concurrencies = [arg for c in plan.limit_concurrencies for arg in ("--concurrency", str(c))]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.limits_cost",
+        *("--redis-url", redis_url, "--calls", str(plan.limit_layer_calls)),
+        *("--rounds", str(plan.limit_rounds), *concurrencies),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=LIMITS_COST_TIMEOUT_S)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise RuntimeError(f"bench.limits_cost overran {LIMITS_COST_TIMEOUT_S:.0f} s") from None
+    if process.returncode != 0:
+        raise RuntimeError(f"bench.limits_cost failed ({process.returncode}):\n{err.decode()}")
+    rows: list[dict[str, Any]] = json.loads(out)
     return rows
 
 
@@ -525,6 +697,26 @@ def _ratios(results: dict[str, Any]) -> dict[str, Any]:
         proxied = _find(results, "proxied", 20, concurrency)
         if proxied:
             ratios[f"loop_lag_ms_c{concurrency}_20docs"] = proxied["loop_lag_ms"]
+    limits = results.get("limits") or {}
+    # Whole calls: the median over rounds of the difference within each round (the machine's
+    # noise moves both figures of a round alike).
+    cpu = {
+        (r["limits"], r["concurrency"], r["round"]): r["cpu_ms_per_call"]["server"]
+        for r in limits.get("cells", [])
+    }
+    added: dict[tuple[str, int], list[float]] = {}
+    for (store, concurrency, round_), value in cpu.items():
+        plain = cpu.get(("none", concurrency, round_))
+        if store != "none" and plain is not None:
+            added.setdefault((store, concurrency), []).append(value - plain)
+    for (store, concurrency), differences in added.items():
+        ratios[f"limits_{store}_added_server_cpu_ms_c{concurrency}"] = statistics.median(
+            differences
+        )
+    # The layer alone: the goal's figure.
+    for row in limits.get("layer", []):
+        for store, microseconds in row["added_cpu_us_per_call"].items():
+            ratios[f"limits_{store}_added_cpu_ms_c{row['concurrency']}"] = microseconds / 1000
     return ratios
 
 

@@ -34,6 +34,7 @@ from ._exceptions import (
 )
 from ._models import (
     BatchItem,
+    CallerUsage,
     Document,
     ModelInfo,
     RankedDocument,
@@ -48,6 +49,7 @@ __all__ = [
     "USE_DEFAULT",
     "AsyncRerankClient",
     "BatchItem",
+    "CallerUsage",
     "DeadlineExceededError",
     "Document",
     "ErrorInfo",

@@ -14,11 +14,12 @@ from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 
 from ._config import DEFAULT_TIMEOUT, USE_DEFAULT, UseDefault, channel_options
 from ._exceptions import map_rpc_errors
-from ._models import BatchItem, ModelInfo, RerankRequest, RerankResult
+from ._models import BatchItem, CallerUsage, ModelInfo, RerankRequest, RerankResult
 from ._wire import (
     build_batch_request,
     build_rerank_request,
     parse_batch_response,
+    parse_get_usage_response,
     parse_list_models_response,
     parse_rerank_response,
 )
@@ -220,6 +221,24 @@ class RerankClient:
             )
         return parse_list_models_response(response)
 
+    def get_usage(self, *, timeout: float | None = None) -> CallerUsage:
+        """This caller's own standing today (UTC): spend, budget, limits, calls and refusals.
+
+        Only a named caller (a table of the server's callers file, recognised by the token in
+        `metadata` or by its client certificate) has one.
+
+        Raises:
+            RerankClientError: a subclass chosen by the status code; FAILED_PRECONDITION
+                (reason NOT_A_NAMED_CALLER) is a `ServerError` for a caller without a name.
+        """
+        with map_rpc_errors():
+            response = self._stub.GetUsage(
+                pb.GetUsageRequest(),
+                timeout=self._settings.deadline(timeout),
+                metadata=self._settings.call_metadata(),
+            )
+        return parse_get_usage_response(response)
+
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         self._channel.close()
@@ -344,6 +363,16 @@ class AsyncRerankClient:
                 metadata=self._settings.call_metadata(),
             )
         return parse_list_models_response(response)
+
+    async def get_usage(self, *, timeout: float | None = None) -> CallerUsage:
+        """This caller's own standing today; see `RerankClient.get_usage`."""
+        with map_rpc_errors():
+            response = await self._stub.GetUsage(
+                pb.GetUsageRequest(),
+                timeout=self._settings.deadline(timeout),
+                metadata=self._settings.call_metadata(),
+            )
+        return parse_get_usage_response(response)
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 
 from ._exceptions import RerankClientError
 
 __all__ = [
     "BatchItem",
+    "CallerUsage",
     "Document",
     "ModelInfo",
     "RankedDocument",
@@ -207,4 +209,48 @@ class ModelInfo:
             "description": self.description,
             "provider": self.provider,
             "pricing": dict(self.pricing),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CallerUsage:
+    """A named caller's own standing on the current UTC day (`get_usage`), and its limits.
+
+    Limits that are None are unlimited.
+    """
+
+    caller: str
+    """The caller's name in the server's callers file."""
+    day: str
+    """The UTC day of the figures, `YYYY-MM-DD`."""
+    spent_usd: Decimal
+    """US dollars spent today, as the gateway reported each call's cost (exact)."""
+    calls: int
+    """Calls let through today (answered from the cache or not)."""
+    refused: int
+    """Calls refused today for the rate, the concurrent calls or the budget."""
+    daily_budget_usd: Decimal | None = None
+    """The daily budget in US dollars."""
+    requests_per_second: float | None = None
+    """The rate its token bucket refills at."""
+    burst: float | None = None
+    """The token bucket's size."""
+    max_concurrent_calls: int | None = None
+    """Calls it may have in flight at once."""
+    models: tuple[str, ...] = ()
+    """Model slugs (globs) it may use; empty allows every model."""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The standing as a JSON object, camelCase; dollar amounts as exact decimal strings."""
+        return {
+            "caller": self.caller,
+            "day": self.day,
+            "spentUsd": str(self.spent_usd),
+            "dailyBudgetUsd": None if self.daily_budget_usd is None else str(self.daily_budget_usd),
+            "calls": self.calls,
+            "refused": self.refused,
+            "requestsPerSecond": self.requests_per_second,
+            "burst": self.burst,
+            "maxConcurrentCalls": self.max_concurrent_calls,
+            "models": list(self.models),
         }

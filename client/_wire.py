@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -13,6 +14,7 @@ from rerank.v1 import rerank_service_pb2 as pb
 from ._exceptions import ServerError, from_status
 from ._models import (
     BatchItem,
+    CallerUsage,
     Document,
     ModelInfo,
     RankedDocument,
@@ -182,3 +184,25 @@ def parse_list_models_response(response: pb.ListModelsResponse) -> list[ModelInf
         )
         for model in response.models
     ]
+
+
+def parse_get_usage_response(response: pb.GetUsageResponse) -> CallerUsage:
+    """Turn a `GetUsageResponse` into a `CallerUsage`; unset limits are None."""
+    return CallerUsage(
+        caller=response.caller,
+        day=response.day,
+        spent_usd=Decimal(response.spent_usd or "0"),
+        calls=response.calls,
+        refused=response.refused,
+        daily_budget_usd=(
+            Decimal(response.daily_budget_usd) if response.HasField("daily_budget_usd") else None
+        ),
+        requests_per_second=(
+            response.requests_per_second if response.HasField("requests_per_second") else None
+        ),
+        burst=response.burst if response.HasField("burst") else None,
+        max_concurrent_calls=(
+            response.max_concurrent_calls if response.HasField("max_concurrent_calls") else None
+        ),
+        models=tuple(response.models),
+    )

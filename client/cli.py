@@ -7,11 +7,14 @@ Usage::
     rerank [--target HOST:PORT] [--model M] [--top-n N] [--timeout S]
            [--provider-options JSON] --batch FILE
     rerank [--target HOST:PORT] [--timeout S] [--pretty] --list-models
+    rerank [--target HOST:PORT] [--timeout S] [--pretty] --usage
 
-Prints the AI SDK-style JSON result on stdout; with `--batch`, one JSON line per query of FILE,
-in order (a failed query's line is `{"error": {...}}`). Exit status: 0 on success, 2 for a
-usage error, an unreadable input file or INVALID_ARGUMENT, 1 for any other failed call, and 1
-when any query of a batch failed.
+Prints the AI SDK-style JSON result on stdout (`--usage`: the caller's own standing today);
+with `--batch`, one JSON line per query of FILE, in order (a failed query's line is
+`{"error": {...}}`). With `RERANK_TOKEN` set, every call sends `authorization: Bearer
+$RERANK_TOKEN` (an environment variable, not a flag, so the token stays out of the process
+list). Exit status: 0 on success, 2 for a usage error, an unreadable input file or
+INVALID_ARGUMENT, 1 for any other failed call, and 1 when any query of a batch failed.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = ["main"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 TARGET_ENV = "RERANK_TARGET"
+TOKEN_ENV = "RERANK_TOKEN"
 
 EXIT_OK = 0
 EXIT_RPC_ERROR = 1
@@ -89,6 +93,11 @@ def _parser(default_target: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--list-models", action="store_true", help="list the reranking models and exit"
+    )
+    parser.add_argument(
+        "--usage",
+        action="store_true",
+        help="show this caller's spend, budget, limits, calls and refusals today, and exit",
     )
     return parser
 
@@ -233,10 +242,15 @@ def main(argv: list[str] | None = None) -> int:
         # the status instead so `main` can be called from code and tests.
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
-    if args.list_models:
+    if args.list_models and args.usage:
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{_PROG}: error: --list-models and --usage go alone\n")
+        return EXIT_USAGE
+    if args.list_models or args.usage:
         if args.query is not None or args.file is not None or args.batch is not None:
+            flag = "--list-models" if args.list_models else "--usage"
             parser.print_usage(sys.stderr)
-            sys.stderr.write(f"{_PROG}: error: --list-models takes no query or documents\n")
+            sys.stderr.write(f"{_PROG}: error: {flag} takes no query or documents\n")
             return EXIT_USAGE
     elif args.batch is not None:
         if args.query is not None or args.file is not None or args.pretty:
@@ -255,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{_PROG}: error: --jsonl needs --file\n")
         return EXIT_USAGE
 
-    query: str = args.query or ""  # only None with --list-models or --batch, where it is unused
+    # Only None with --list-models, --usage or --batch: unused there.
+    query: str = args.query or ""
     batch: list[RerankRequest] = []
     try:
         documents: list[Any] = list(args.documents)
@@ -277,10 +292,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     try:
-        with RerankClient(args.target) as client:
+        token = os.environ.get(TOKEN_ENV)
+        metadata = {"authorization": f"Bearer {token}"} if token else None
+        with RerankClient(args.target, metadata=metadata) as client:
             if args.list_models:
                 models = client.list_models(timeout=args.timeout)
                 _dump([m.to_json_dict() for m in models], pretty=args.pretty, out=sys.stdout)
+            elif args.usage:
+                usage = client.get_usage(timeout=args.timeout)
+                _dump(usage.to_json_dict(), pretty=args.pretty, out=sys.stdout)
             elif args.batch is not None:
                 items = client.rerank_many(batch, timeout=args.timeout)
                 return _report_batch(items, sys.stdout, sys.stderr)

@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import uvicorn
@@ -44,12 +45,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the error-rate draws")
     parser.add_argument(
+        "--cost-usd",
+        type=_decimal,
+        help="the cost every rerank call reports, in USD (default: the model's price per "
+        "search unit times the search units)",
+    )
+    parser.add_argument(
         "--control",
         action="store_true",
         help="serve the control API (POST /_control/fail_next, set_scores, reset) for scripting",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return parser.parse_args(argv)
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a decimal number: {text!r}") from None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -116,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             latency_ms=args.latency_ms,
             error_rate=args.error_rate,
             seed=args.seed,
+            cost_usd=args.cost_usd,
             control=args.control,
         )
     except ValueError as exc:

@@ -163,7 +163,13 @@ class MockGateway:
                 fault = None
             full = rank(model.id, body.query, body.values, None, self.script.fixed_score)
             ranking = full if body.top_n is None else full[: body.top_n]
-            payload = success_payload(model, body, ranking, request.headers.get(TEAM_HEADER))
+            payload = success_payload(
+                model,
+                body,
+                ranking,
+                request.headers.get(TEAM_HEADER),
+                self.settings.cost_usd,
+            )
             if fault is not None:
                 normal = Normal(
                     payload, ranking_items(full), len(body.values), generation, protocol

@@ -304,11 +304,13 @@ def success_payload(
     request: RerankRequest,
     ranking: list[tuple[int, float]],
     team: str | None = None,
+    cost_usd: Decimal | None = None,
 ) -> dict[str, Any]:
     """The 200 body of spec §3; ``warnings`` only when there is one.
 
     ``team`` is the request's ``x-vercel-ai-gateway-team``, shown to the test as
-    ``providerMetadata.mock.team`` (left out without the header).
+    ``providerMetadata.mock.team`` (left out without the header). ``cost_usd`` replaces the
+    cost the model's price gives (``MockSettings.cost_usd``).
     """
     units = search_units(len(request.values))
     payload: dict[str, Any] = {"ranking": ranking_items(ranking)}
@@ -319,7 +321,11 @@ def success_payload(
     if team is not None:
         mock["team"] = team
     payload["providerMetadata"] = {
-        "gateway": {"cost": _decimal_string(model.search_unit_price * units)},
+        "gateway": {
+            "cost": _decimal_string(
+                model.search_unit_price * units if cost_usd is None else cost_usd
+            )
+        },
         "mock": mock,
     }
     return payload

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class MockSettings:
     seed: int = 0
     """Seed of the app instance's random generator (used only by ``error_rate``)."""
 
+    cost_usd: Decimal | None = None
+    """The cost every successful rerank call reports (``providerMetadata.gateway.cost``), in US
+    dollars, whatever its size; ``None`` reports the model's price per search unit times the
+    search units. A fixed figure makes budget tests exact."""
+
     control: bool = False
     """Serve the control API under ``/_control/`` (``rerank.mock_gateway._control``): scripting
     the app over HTTP, for test suites in other languages. Off, those paths are 404."""
@@ -34,5 +40,7 @@ class MockSettings:
             raise ValueError("api_key must be None or a non-empty string")
         if self.latency_ms < 0:
             raise ValueError("latency_ms must be >= 0")
+        if self.cost_usd is not None and not (self.cost_usd.is_finite() and self.cost_usd >= 0):
+            raise ValueError("cost_usd must be a finite decimal >= 0")
         if not 0.0 <= self.error_rate <= 1.0:
             raise ValueError("error_rate must be within [0, 1]")

@@ -17,6 +17,7 @@ from dataclasses import fields
 from typing import Any, NoReturn
 
 from rerank.server.app import StartupError, build_info, serve
+from rerank.server.callers import CallersFileError, load_directory
 from rerank.server.config import DEFAULT_GATEWAY_URL, About, SettingError, Settings, Upstream, parse
 from rerank.server.credentials import TokenFileError, read_token
 from rerank.server.metrics import MetricsDirectory, MetricsEndpoint, serving_metrics
@@ -119,9 +120,26 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
             values["upstream"] = Upstream.EMBEDDED_MOCK
         else:
             values["upstream"] = Upstream.GATEWAY
-        return Settings(**values)
+        settings = Settings(**values)
     except SettingError as exc:
         parser.error(str(exc))
+    check_callers(settings, parser)
+    return settings
+
+
+def check_callers(settings: Settings, parser: argparse.ArgumentParser) -> None:
+    """Read the callers file once at start, so that a bad one stops the server with its one
+    line (exit 2) rather than in every worker."""
+    try:
+        directory = load_directory(settings.callers_file, settings.auth_tokens)
+    except CallersFileError as exc:
+        parser.error(str(exc))
+    if directory.names_by_certificate and settings.tls_client_ca_file is None:
+        parser.error(
+            f"RERANK_CALLERS_FILE {settings.callers_file}: caller "
+            f"{directory.certificate_callers[0]!r} is named by 'subject' or 'san', which "
+            "needs mutual TLS (--tls-client-ca)"
+        )
 
 
 def secrets_from(environ: Mapping[str, str], parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -149,6 +167,14 @@ def secrets_from(environ: Mapping[str, str], parser: argparse.ArgumentParser) ->
             parser.error(f"cannot read RERANK_AUTH_TOKENS_FILE: {exc.strerror}")
     found["auth_tokens"] = frozenset(tokens - {""})
     return found
+
+
+def say(line: str) -> None:
+    """Print `line` on stdout in one write. `print` writes the text and its newline apart,
+    which, unbuffered (PYTHONUNBUFFERED), lets a worker's log line on the same pipe land
+    between them and glue itself to the port a script reads."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,19 +219,16 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
             )
         logger.info(
             "caller authentication %s; TLS %s",
-            "on" if settings.auth_tokens else "off",
+            "on" if settings.auth_tokens or settings.callers_file else "off",
             "mutual" if settings.tls_client_ca_file else "on" if settings.tls_cert_file else "off",
         )
         logger.info("%d worker process(es)", settings.workers)
         # Lines on stdout, so scripts and other test suites can wait for them; the one saying
         # where metrics are comes first, so it is there once the listening line is. Each is one
-        # write, newline included: print() writes the text and its end apart when the stream is
-        # unbuffered (PYTHONUNBUFFERED), and a worker's log line on a shared pipe could land in
-        # between, gluing its digits to the port.
+        # write (`say`).
         if metrics is not None:
-            sys.stdout.write(f"rerank metrics on {metrics[1].url}\n")
-        sys.stdout.write(f"rerank server listening on {settings.host}:{port}\n")
-        sys.stdout.flush()
+            say(f"rerank metrics on {metrics[1].url}")
+        say(f"rerank server listening on {settings.host}:{port}")
 
     try:
         if settings.workers > 1:

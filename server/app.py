@@ -26,7 +26,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from rerank.server.admission import Admission
 from rerank.server.cache import CachingReranker
-from rerank.server.config import Settings, Upstream
+from rerank.server.caller_limits import CallerLimitsReranker
+from rerank.server.callers import CallerRegistry, CallersFileError
+from rerank.server.config import CacheBackend, Settings, Upstream
 from rerank.server.credentials import (
     Credential,
     OidcTokenFile,
@@ -43,7 +45,10 @@ from rerank.server.interceptors import (
     MetricsInterceptor,
     ServerInterceptor,
 )
+from rerank.server.limits import InMemoryLimitStore, LimitStore
 from rerank.server.metrics import MeteredUpstream, Metrics
+from rerank.server.redis_client import RedisClient
+from rerank.server.redis_store import FailOpenLimitStore, RedisCacheEntries, RedisLimitStore
 from rerank.server.resilience import CircuitBreaker, ResilientReranker, RetryBudget, RetryPolicy
 from rerank.server.service import BatchLimits, RerankServicer
 from rerank.server.windows import WindowedReranker, WindowPolicy
@@ -98,8 +103,13 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
+    #: The chain the servicer calls, below the caller-limits layer.
     reranker: Reranker
     grace_period: float
+    #: The caller-limits layer around `reranker`, with the store it counts in.
+    caller_limits: CallerLimitsReranker
+    #: The named callers in force; `reload()` re-reads the callers file (SIGHUP).
+    callers: CallerRegistry
     embedded_mock: LoopbackMockGateway | None = None
     metrics: Metrics = field(default_factory=Metrics.disabled)
 
@@ -123,7 +133,7 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         logger.info("stopping: in-flight calls get %.3g s to finish", self.grace_period)
         await self.server.stop(self.grace_period)
-        await self.reranker.aclose()
+        await self.caller_limits.aclose()  # and the chain within it
         if self.embedded_mock is not None:
             await self.embedded_mock.stop()
         self.metrics.close()
@@ -141,7 +151,7 @@ class RerankerChain:
     async def reset(self) -> None:
         """Forget every past call: cached answers, the circuit's state, the retry budget (the
         testing kit does this between tests, so nothing one test does reaches the next)."""
-        self.cache.clear()
+        await self.cache.clear()
         await self.resilience.reset()
 
 
@@ -183,6 +193,7 @@ def build_chain(
         max_bytes=settings.cache_max_bytes,
         upstream_timeout=settings.upstream_timeout,
         metrics=metrics,
+        entries=redis_cache_entries(settings, metrics),
     )
     return RerankerChain(cache, cache, resilient)
 
@@ -192,6 +203,51 @@ def build_reranker(
 ) -> Reranker:
     """The chain `build_chain` builds, as the one `Reranker` the servicer calls."""
     return build_chain(settings, gateway, metrics).reranker
+
+
+def redis_cache_entries(settings: Settings, metrics: Metrics) -> RedisCacheEntries | None:
+    """The result cache's entries in Redis with `RERANK_CACHE_BACKEND=redis` (None: in
+    memory): in `cache_redis_url`'s Redis, else in the limits' own, which must then never
+    evict (`RedisCacheEntries` checks)."""
+    if settings.cache_backend is not CacheBackend.REDIS:
+        return None
+    url = settings.cache_redis_url or settings.redis_url
+    assert url is not None, "__main__ requires a URL for the Redis cache"
+    limits = settings.redis_url
+    shares_limits = limits is not None and (url.host, url.port) == (limits.host, limits.port)
+    client = RedisClient(
+        url,
+        timeout=settings.redis_timeout,
+        purpose="the result cache",
+        when_down="calls go on uncached until it is back",
+        on_state=metrics.redis_state("cache"),
+    )
+    return RedisCacheEntries(client, ttl=settings.cache_ttl, shares_limits=shares_limits)
+
+
+def limit_store(settings: Settings, metrics: Metrics) -> LimitStore:
+    """Where callers' limits and spend are counted: in `redis_url`'s Redis, shared by every
+    replica (failing open, unless told to fail closed), else in this process (so per worker
+    and per replica)."""
+    if settings.redis_url is None:
+        return InMemoryLimitStore()
+    if settings.limits_fail_closed:
+        when_down = "calls of named callers are refused (LIMITS_UNAVAILABLE) until it is back"
+    else:
+        when_down = "limits are counted in this process until it is back"
+    client = RedisClient(
+        settings.redis_url,
+        timeout=settings.redis_timeout,
+        purpose="limits",
+        when_down=when_down,
+        on_state=metrics.redis_state("limits"),
+    )
+    # Twice the longest a call may take: a lease outlives any call, yet a replica that died
+    # holding it frees the slot within a minute (by default).
+    store = RedisLimitStore(client, lease_seconds=2 * settings.upstream_timeout)
+    if settings.limits_fail_closed:
+        return store
+    return FailOpenLimitStore(store, on_local_decision=metrics.limits_decided_locally())
 
 
 def build_gateway(settings: Settings) -> GatewayReranker:
@@ -226,6 +282,10 @@ async def start_server(
     can be made to produce). `metrics` records what happens (nothing by default); the running
     server closes it when it stops.
     """
+    try:
+        callers = CallerRegistry(settings.callers_file, settings.auth_tokens)
+    except CallersFileError as exc:
+        raise StartupError(str(exc)) from exc
     metrics = metrics or Metrics.disabled()
     address = f"{settings.host}:{settings.port}"
     if settings.port != 0 and not settings.allow_port_overlap:
@@ -257,6 +317,8 @@ async def start_server(
                 oidc_token_file=None,
             )
         reranker = build_reranker(settings, build_gateway(settings), metrics)
+    # Outermost, so that every call of a named caller meets its limits first.
+    limited = CallerLimitsReranker(reranker, limit_store(settings, metrics), metrics=metrics)
     message_limit = settings.max_message_bytes
     # Metrics outermost, so a call the others refuse is still counted; then the call limit,
     # so a call beyond it costs nothing more: no token check, no message read.
@@ -271,9 +333,9 @@ async def start_server(
             registered_methods(),
         )
     )
-    if settings.auth_tokens:
+    if settings.auth_tokens or settings.callers_file:
         open_methods = frozenset() if settings.auth_health else HEALTH_METHODS
-        interceptors.append(AuthInterceptor(settings.auth_tokens, open_methods))
+        interceptors.append(AuthInterceptor(callers, open_methods))
     interceptors.append(ErrorInterceptor())
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -287,7 +349,7 @@ async def start_server(
         ],
     )
     servicer = RerankServicer(
-        reranker,
+        limited,
         limits=Limits(
             max_documents=settings.max_documents,
             max_document_bytes=settings.max_document_bytes,
@@ -316,7 +378,7 @@ async def start_server(
         else:
             port = server.add_secure_port(address, credentials)
     except (OSError, RuntimeError) as exc:
-        await reranker.aclose()
+        await limited.aclose()
         if embedded_mock is not None:
             await embedded_mock.stop()
         metrics.close()
@@ -333,7 +395,15 @@ async def start_server(
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
-        server, port, health_servicer, reranker, settings.grace_period, embedded_mock, metrics
+        server,
+        port,
+        health_servicer,
+        reranker,
+        settings.grace_period,
+        limited,
+        callers,
+        embedded_mock,
+        metrics,
     )
 
 
@@ -399,8 +469,9 @@ async def serve(
     ready: Callable[[RunningServer], None],
     metrics_directory: Path | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully. With `metrics_directory`, record
-    metrics into this process's files there (the `/metrics` endpoint reads them).
+    """Run until SIGTERM or SIGINT, then stop gracefully; re-read the callers file on SIGHUP.
+    With `metrics_directory`, record metrics into this process's files there (the `/metrics`
+    endpoint reads them).
 
     SIGTERM is how orchestrators and balancers' owners stop a server: NOT_SERVING, the drain
     delay, then the grace period. SIGINT is a person at a terminal (Ctrl-C), with no balancer
@@ -424,6 +495,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, interrupt)
+    loop.add_signal_handler(signal.SIGHUP, running.callers.reload)
     ready(running)
     await stop.wait()
     await running.drain(0 if interrupted.is_set() else settings.drain_delay, interrupted)

@@ -2,10 +2,13 @@
 
 The key is a SHA-256 of everything that decides a ranking: model, query, document kind and
 documents, `top_n` and provider options (keys sorted, so the order a Struct's map arrives in
-does not matter). Entries live `ttl` seconds; the least recently used go first once the
-entries' estimated size passes `max_bytes`. Only what a caller would get as OK is stored: the
-answer is checked, sorted and cut (`domain.final_outcome`) before it is kept, so an answer the
-check refuses is an error like any other, and errors are never cached.
+does not matter), and the named caller whose cache it is (unless it shares the cache).
+Entries live `ttl` seconds; the least recently used go first once the entries' estimated
+size passes `max_bytes`. Where they live is a `CacheEntries`: this process's memory
+(`MemoryEntries`), or a Redis every replica shares (`rerank.server.redis_store.RedisCacheEntries`,
+bounded by the TTL alone). Only what a caller would get as OK is stored: the answer is checked,
+sorted and cut (`domain.final_outcome`) before it is kept, so an answer the check refuses is an
+error like any other, and errors are never cached.
 
 Identical calls that arrive while one is in flight wait for it instead of calling upstream
 again. The shared call belongs to no one caller: it runs under the upstream timeout, each
@@ -14,6 +17,9 @@ waiting for it has gone — so its deadline is, in effect, the longest of its cu
 one caller's cancellation or short deadline never fails another's call, and nobody's
 departure leaves an orphan HTTP request running. A cancelled call is forgotten at once: an
 identical call arriving while it unwinds starts a new one rather than joining it.
+
+Shared calls are this process's own, whichever store keeps the answers: replicas do not wait
+for one another's calls, they find each other's answers once stored.
 
 Usage (`domain.Usage`) is charged once per upstream call: the first caller handed the shared
 answer gets its usage; every other caller it serves, and every cache hit, gets `FREE` usage
@@ -28,11 +34,13 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 import orjson
 
 from rerank.server.domain import (
     FREE,
+    JsonObject,
     Ranked,
     Reranker,
     RerankerLayer,
@@ -51,19 +59,38 @@ _OVERHEAD_PER_ENTRY = 400
 
 
 def cache_key(query: RerankQuery) -> bytes:
-    """The digest of everything that decides the ranking of `query`."""
+    """The digest of everything that decides the ranking of `query`, and of whose cache it
+    is: a named caller's own, unless its table opts into the shared one (then a caller never
+    learns, from `cached` or from timing, what another caller asked)."""
+    scope = None
+    options = query.provider_options
+    if query.caller is not None:
+        if query.caller.shared_cache:
+            # Its `gateway.user` is its own name (`on_behalf_of`): it decides whose bill, not
+            # the ranking, and would keep shared callers apart.
+            options = _without_gateway_user(options)
+        else:
+            scope = query.caller.name
     material = orjson.dumps(
         [
+            scope,
             query.model,
             query.query,
             query.kind,
             query.documents,
             query.top_n,
-            query.provider_options,
+            options,
         ],
         option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.sha256(material).digest()
+
+
+def _without_gateway_user(options: JsonObject | None) -> JsonObject | None:
+    if options is None or "gateway" not in options:
+        return options
+    gateway = {k: v for k, v in options["gateway"].items() if k != "user"}
+    return {**options, "gateway": gateway}
 
 
 def _pack(outcome: RerankOutcome) -> bytes:
@@ -92,6 +119,26 @@ def _unpack(blob: bytes) -> RerankOutcome:
     )
 
 
+class CacheEntries(Protocol):
+    """Where cached answers are kept, by key, each as the bytes of `_pack`."""
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The entry under `key`, or None when there is none (or it has expired)."""
+        ...
+
+    async def put(self, key: bytes, blob: bytes) -> None:
+        """Keep `blob` under `key` for the cache's TTL; a store may decline it."""
+        ...
+
+    async def clear(self) -> None:
+        """Forget every entry."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; called once, at shutdown."""
+        ...
+
+
 # An entry is a plain (blob, expires) tuple: the collector stops tracking exact tuples of
 # atomic values, so a full cache adds nothing to a full collection's work (a class instance, or
 # even a NamedTuple, would stay tracked).
@@ -100,6 +147,62 @@ _Entry = tuple[bytes, float]
 
 def _entry_size(entry: _Entry) -> int:
     return len(entry[0]) + _OVERHEAD_PER_ENTRY
+
+
+class MemoryEntries:
+    """`CacheEntries` in this process: an LRU of at most `max_bytes` (estimated), each entry
+    valid for `ttl` seconds."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        max_bytes: int,
+        clock: Clock = time.monotonic,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._ttl = ttl
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._metrics = metrics or Metrics.disabled()
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._bytes = 0
+
+    async def get(self, key: bytes) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        blob, expires = entry
+        if expires <= self._clock():
+            self._evict(key)
+            return None
+        self._entries.move_to_end(key)
+        return blob
+
+    async def put(self, key: bytes, blob: bytes) -> None:
+        entry = (blob, self._clock() + self._ttl)
+        size = _entry_size(entry)
+        if size > self._max_bytes:
+            return
+        if key in self._entries:
+            self._evict(key)
+        self._entries[key] = entry
+        self._bytes += size
+        while self._bytes > self._max_bytes:
+            self._evict(next(iter(self._entries)))
+        self._metrics.cache_size(self._bytes, len(self._entries))
+
+    def _evict(self, key: bytes) -> None:
+        self._bytes -= _entry_size(self._entries.pop(key))
+        self._metrics.cache_size(self._bytes, len(self._entries))
+
+    async def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+        self._metrics.cache_size(0, 0)
+
+    async def aclose(self) -> None:
+        await self.clear()
 
 
 @dataclass
@@ -113,7 +216,8 @@ class _Flight:
 
 
 class CachingReranker(RerankerLayer):
-    """A `Reranker` that answers repeated requests from memory."""
+    """A `Reranker` that answers repeated requests from its entries: `MemoryEntries` of
+    `ttl` and `max_bytes` (0 turns the cache off), unless `entries` are given."""
 
     def __init__(
         self,
@@ -124,28 +228,27 @@ class CachingReranker(RerankerLayer):
         upstream_timeout: float,
         clock: Clock = time.monotonic,
         metrics: Metrics | None = None,
+        entries: CacheEntries | None = None,
     ) -> None:
         super().__init__(inner)
         self._metrics = metrics or Metrics.disabled()
-        self._ttl = ttl
-        self._max_bytes = max_bytes
+        if entries is None and max_bytes > 0:
+            entries = MemoryEntries(ttl=ttl, max_bytes=max_bytes, clock=clock, metrics=metrics)
+        self._entries = entries
         self._upstream_timeout = upstream_timeout
-        self._clock = clock
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
-        self._bytes = 0
         self._flights: dict[bytes, _Flight] = {}
         self.hits = 0
         self.misses = 0
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
-        if not query.cacheable or self._max_bytes <= 0:
+        if not query.cacheable or self._entries is None:
             return await self._inner.rerank(query, timeout=timeout)
         key = cache_key(query)
-        cached = self._lookup(key)
-        if cached is not None:
+        blob = await self._entries.get(key)
+        if blob is not None:
             self.hits += 1
             self._metrics.cache_lookup("hit")
-            return cached
+            return _unpack(blob)
         flight = self._flights.get(key)
         if flight is not None:
             self.hits += 1
@@ -168,7 +271,8 @@ class CachingReranker(RerankerLayer):
         # Checked before it is stored: an answer the check refuses raises here, for every
         # waiter, and never reaches the cache.
         outcome = final_outcome(await self._inner.rerank(query, timeout=timeout), query)
-        self._store(key, outcome)
+        assert self._entries is not None  # no call is shared without them
+        await self._entries.put(key, _pack(outcome))
         return outcome
 
     async def _join(self, key: bytes, flight: _Flight, timeout: float) -> RerankOutcome:
@@ -197,36 +301,12 @@ class CachingReranker(RerankerLayer):
         if self._flights.get(key) is flight:
             del self._flights[key]
 
-    def clear(self) -> None:
+    async def clear(self) -> None:
         """Forget every stored answer (calls in flight still finish and share theirs)."""
-        self._entries.clear()
-        self._bytes = 0
-        self._metrics.cache_size(0, 0)
+        if self._entries is not None:
+            await self._entries.clear()
 
-    def _lookup(self, key: bytes) -> RerankOutcome | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        blob, expires = entry
-        if expires <= self._clock():
-            self._evict(key)
-            return None
-        self._entries.move_to_end(key)
-        return _unpack(blob)
-
-    def _store(self, key: bytes, outcome: RerankOutcome) -> None:
-        entry = (_pack(outcome), self._clock() + self._ttl)
-        size = _entry_size(entry)
-        if size > self._max_bytes:
-            return
-        if key in self._entries:
-            self._evict(key)
-        self._entries[key] = entry
-        self._bytes += size
-        while self._bytes > self._max_bytes:
-            self._evict(next(iter(self._entries)))
-        self._metrics.cache_size(self._bytes, len(self._entries))
-
-    def _evict(self, key: bytes) -> None:
-        self._bytes -= _entry_size(self._entries.pop(key))
-        self._metrics.cache_size(self._bytes, len(self._entries))
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+        if self._entries is not None:
+            await self._entries.aclose()

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from rerank.contract import MAX_MESSAGE_BYTES
 from rerank.server.domain import is_model_slug
+from rerank.server.redis_client import RedisUrl
 from rerank.server.windows import DEFAULT_WINDOW_SIZES
 
 DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v4/ai"
@@ -55,6 +56,15 @@ class GatewayProtocol(Enum):
         """This version's base URL on a gateway at `origin` (`scheme://host:port`), as the
         SDK builds it: `{origin}/v4/ai`."""
         return f"{origin.rstrip('/')}/{self.value}/ai"
+
+
+class CacheBackend(Enum):
+    """Where the result cache keeps its answers."""
+
+    #: This process's memory, bounded by `Settings.cache_max_bytes`.
+    MEMORY = "memory"
+    #: A Redis every replica shares, bounded by `Settings.cache_ttl`.
+    REDIS = "redis"
 
 
 class Upstream(Enum):
@@ -222,6 +232,23 @@ class ByName:
 
     def __str__(self) -> str:
         return f"{self.description}, each {self.member}"
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where a Redis is (`rerank.server.redis_client.RedisUrl`), or unset."""
+
+    def allows(self, value: object) -> bool:
+        return value is None or isinstance(value, RedisUrl)
+
+    def parse(self, text: str) -> object:
+        return RedisUrl.parse(text.strip())
+
+    def __str__(self) -> str:
+        return (
+            "a redis://[[user]:password@]host[:port][/db] URL, or rediss://… for TLS "
+            "(?ssl_ca_certs=FILE for a private CA), or unset"
+        )
 
 
 def _visible_ascii(text: str) -> bool:
@@ -478,6 +505,34 @@ class Settings:
     )
     """Memory bound of the result cache; 0 turns it off."""
 
+    cache_backend: CacheBackend = setting(
+        CacheBackend.MEMORY, About(OneOf(tuple(CacheBackend)), env="RERANK_CACHE_BACKEND")
+    )
+    """Where the result cache lives: this process, or Redis (`cache_redis_url`, else
+    `redis_url`), where entries expire after `cache_ttl`."""
+
+    cache_redis_url: RedisUrl | None = setting(
+        None, About(RedisAddress(), env="RERANK_CACHE_REDIS_URL", secret=True)
+    )
+    """The Redis of the result cache, when it is not `redis_url`'s: recommended, since a Redis
+    that may evict must hold no limits. Never logged with its password."""
+
+    redis_url: RedisUrl | None = setting(
+        None, About(RedisAddress(), env="RERANK_REDIS_URL", secret=True)
+    )
+    """The Redis where callers' limits, concurrency, spend and usage live, shared by every
+    replica; None keeps them in each process. Never logged with its password."""
+
+    redis_timeout: float = setting(
+        0.2, About(Between(0, 60, low_excluded=True), env="RERANK_REDIS_TIMEOUT")
+    )
+    """Seconds one call to Redis may take, connecting included; past it, Redis counts as
+    away."""
+
+    limits_fail_closed: bool = setting(False, About(Switch(), env="RERANK_LIMITS_FAIL_CLOSED"))
+    """Whether to refuse calls of named callers (UNAVAILABLE, LIMITS_UNAVAILABLE) while the
+    limits' Redis is away, instead of deciding them in this process."""
+
     max_concurrent_calls: int = setting(
         512, About(Between(1, 100_000, integer=True), env="RERANK_MAX_CONCURRENT_CALLS")
     )
@@ -533,6 +588,13 @@ class Settings:
     caller authentication off (`RERANK_AUTH_TOKENS`, comma-separated, or
     `RERANK_AUTH_TOKENS_FILE`, one per line). Never logged."""
 
+    callers_file: str | None = setting(
+        None, About(Text("a file path", _path, optional=True), env="RERANK_CALLERS_FILE")
+    )
+    """TOML file of named callers: their tokens or certificate names, limits, budgets, models
+    and cache scope (`rerank.server.callers`). Re-read on SIGHUP. Without it, every caller of
+    `auth_tokens` is an unnamed caller without limits."""
+
     auth_health: bool = setting(
         False, About(Switch(), flag="--auth-health", env="RERANK_AUTH_HEALTH")
     )
@@ -582,8 +644,8 @@ class Settings:
         1, About(Between(1, 1024, integer=True), flag="--workers", env="RERANK_WORKERS")
     )
     """Server processes sharing the port through SO_REUSEPORT; `__main__` defaults it to one
-    per core. Limits and the cache are per process. A worker that dies is replaced (see
-    `rerank.server.workers`)."""
+    per core. Limits and the cache are per process, unless they live in Redis (`redis_url`,
+    `cache_backend`). A worker that dies is replaced (see `rerank.server.workers`)."""
 
     log_level: str = setting(
         "INFO", About(OneOf(LOG_LEVELS), flag="--log-level", env="RERANK_LOG_LEVEL")
@@ -600,6 +662,16 @@ class Settings:
             raise SettingError("--tls-cert and --tls-key go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise SettingError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.cache_backend is CacheBackend.REDIS and not (
+            self.cache_redis_url or self.redis_url
+        ):
+            raise SettingError(
+                "RERANK_CACHE_BACKEND=redis needs RERANK_CACHE_REDIS_URL or RERANK_REDIS_URL"
+            )
+        if self.cache_redis_url is not None and self.cache_backend is not CacheBackend.REDIS:
+            raise SettingError(
+                "RERANK_CACHE_REDIS_URL is set but RERANK_CACHE_BACKEND is not redis"
+            )
         credential = self.api_key or self.oidc_token_file
         if self.upstream is Upstream.GATEWAY and credential is None:
             raise SettingError(

@@ -7,6 +7,7 @@ translates them into the gateway's JSON. Both sides meet on `Reranker`.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
 
 from rerank.server.errors import FieldViolation, InvalidRequest, UpstreamProtocolError
+from rerank.server.limits import UNLIMITED, CallerLimits
 
 #: A JSON object as Python sees it after parsing.
 JsonObject = dict[str, Any]
@@ -43,6 +45,27 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Caller:
+    """A named caller of `RERANK_CALLERS_FILE` (`rerank.server.callers`), as one call sees it.
+
+    Callers of `RERANK_AUTH_TOKENS`, and every caller when authentication is off, are not
+    named: their calls carry no `Caller` and have no limits.
+    """
+
+    name: str
+    limits: CallerLimits = UNLIMITED
+    #: Model slugs it may use, as globs (`cohere/*`); empty allows every model.
+    models: tuple[str, ...] = ()
+    #: True when its answers share the result cache with other callers (`cache_scope =
+    #: "shared"`); by default a caller's cache is its own.
+    shared_cache: bool = False
+
+    def may_use(self, model: str) -> bool:
+        """Whether `model` matches one of `models` (always, when there are none)."""
+        return not self.models or any(fnmatch.fnmatchcase(model, glob) for glob in self.models)
+
+
+@dataclass(frozen=True)
 class RerankQuery:
     """One validated request to rank `documents` against `query`."""
 
@@ -55,6 +78,9 @@ class RerankQuery:
     provider_options: JsonObject | None = None
     #: False when the caller asked to bypass the result cache.
     cacheable: bool = True
+    #: Who asks, when it is a named caller: its name reaches the gateway as
+    #: `providerOptions.gateway.user`, and scopes the result cache.
+    caller: Caller | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +190,15 @@ class RerankerLayer:
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def on_behalf_of(query: RerankQuery, caller: Caller) -> RerankQuery:
+    """`query` as `caller` sends it: its name replaces any `providerOptions.gateway.user` the
+    request set (a caller must not spend under another's name), so the gateway's own spend
+    reports split by caller too."""
+    options = dict(query.provider_options or {})
+    options["gateway"] = {**options.get("gateway", {}), "user": caller.name}
+    return dataclasses.replace(query, caller=caller, provider_options=options)
 
 
 def reported_cost(provider_metadata: JsonObject | None) -> Decimal | None:

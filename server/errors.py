@@ -5,6 +5,13 @@ RerankError                      something a caller should hear about
 ├── InvalidRequest               our own validation failed; names the field
 ├── MalformedRequest             the bytes are not the method's request message
 ├── Overloaded                   the server refused work it has no room for
+├── LimitsUnavailable            the shared limits cannot be checked, and must be (fail closed)
+├── Unauthenticated              no known bearer token (nor a client certificate naming a caller)
+├── NotANamedCaller              a question only a named caller can ask (GetUsage)
+├── CallerRefused                a named caller's own rules refused the call
+│   ├── ModelNotAllowed          a model outside the caller's `models`
+│   ├── CallerRateLimited        over its rate or its concurrent calls: retry after `retry_after`
+│   └── CallerBudgetExhausted    today's spend reached its budget: retry after UTC midnight
 └── UpstreamError                the gateway, or the way to it, failed
     ├── UpstreamTimeout          no answer within the call's deadline
     ├── UpstreamUnavailable      5xx, refused/reset connection: worth retrying later
@@ -69,6 +76,61 @@ class Overloaded(RerankError):
     """The server is at its admission limit and refused the call at once."""
 
     reason = "OVERLOADED"
+
+
+class LimitsUnavailable(RerankError):
+    """The per-caller limits live in a Redis that cannot be reached (or did not answer in
+    time), and `RERANK_LIMITS_FAIL_CLOSED=1` says to refuse calls rather than let them go on
+    unchecked. Without that setting such calls go on, counted in the process."""
+
+    reason = "LIMITS_UNAVAILABLE"
+
+
+class Unauthenticated(RerankError):
+    """The call carries no bearer token anybody holds, nor a client certificate that names a
+    caller. The message never repeats what was presented."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class NotANamedCaller(RerankError):
+    """Only a caller of `RERANK_CALLERS_FILE` has a standing to ask about (GetUsage)."""
+
+    reason = "NOT_A_NAMED_CALLER"
+
+
+class CallerRefused(RerankError):
+    """A named caller's own rules (`RERANK_CALLERS_FILE`) refused its call."""
+
+    reason = "CALLER_REFUSED"
+
+    def __init__(
+        self, message: str, *, caller: str, retry_after: float | None = None, **details: str
+    ) -> None:
+        super().__init__(message)
+        self.caller = caller
+        #: Seconds until trying again can help; None when waiting does not.
+        self.retry_after = retry_after
+        #: ErrorInfo metadata: the caller's name and what limit it met.
+        self.metadata = {"caller": caller, **details}
+
+
+class ModelNotAllowed(CallerRefused):
+    """The model is not among the caller's `models`."""
+
+    reason = "MODEL_NOT_ALLOWED"
+
+
+class CallerRateLimited(CallerRefused):
+    """The caller is over its `requests_per_second` (and `burst`) or `max_concurrent_calls`."""
+
+    reason = "CALLER_RATE_LIMITED"
+
+
+class CallerBudgetExhausted(CallerRefused):
+    """The caller's spend today has reached its `daily_budget_usd`; a new UTC day resets it."""
+
+    reason = "CALLER_BUDGET_EXHAUSTED"
 
 
 class UpstreamError(RerankError):

@@ -4,7 +4,8 @@ errors into statuses.
 `MetricsInterceptor` counts and times every call, refused ones included, under gRPC's own
 metric names (gRFC A66); `CallLimitInterceptor` refuses a call beyond the limit before its
 message is read, with health checks counted apart so a flood of calls never starves them;
-`AuthInterceptor` refuses calls without a known bearer token before any handler runs;
+`AuthInterceptor` refuses calls without a known bearer token before any handler runs, and tells
+the handler which named caller is calling (`current_caller()`);
 `ErrorInterceptor` turns every `RerankError` into its status through the one table in
 `rerank.server.status`, and any other exception into INTERNAL with an incident id; bytes that
 do not decode as the method's request become `MalformedRequest` (INVALID_ARGUMENT) there too.
@@ -13,7 +14,6 @@ do not decode as the method's request become `MalformedRequest` (INVALID_ARGUMEN
 from __future__ import annotations
 
 import asyncio
-import hmac
 import inspect
 import logging
 import time
@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
-from rerank.server.errors import MalformedRequest, Overloaded, RerankError
+from rerank.server.callers import CallerRegistry
+from rerank.server.domain import Caller
+from rerank.server.errors import MalformedRequest, Overloaded, RerankError, Unauthenticated
 from rerank.server.metrics import OTHER, GrpcMethodMetrics, Metrics
 from rerank.server.status import error_answer
 
@@ -39,11 +41,12 @@ HEALTH_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Hea
 
 
 if TYPE_CHECKING:
-    # grpc's stubs make the interceptor generic; the runtime class is not subscriptable.
+    # grpc's stubs make these generic; the runtime classes are not subscriptable.
     ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
     Handler = grpc.RpcMethodHandler[Any, Any]
 else:
     ServerInterceptor = grpc.aio.ServerInterceptor
+    Handler = grpc.RpcMethodHandler
 
 
 class MetricsInterceptor(ServerInterceptor):
@@ -479,61 +482,189 @@ async def _only(requests: AsyncIterable[Any]) -> Any:
 
 
 class AuthInterceptor(ServerInterceptor):
-    """Requires `authorization: Bearer <token>` with one of the configured tokens.
+    """Requires `authorization: Bearer <token>` with a token the registry knows, or, with
+    mutual TLS, a client certificate that names a caller of `RERANK_CALLERS_FILE`.
 
-    Methods in `open_methods` (health checks, by default) pass without one. The token a caller
-    sent is never logged or echoed.
+    A token decides when one is sent (an unknown one is refused even beside a good
+    certificate). A token of `RERANK_AUTH_TOKENS` is a caller without a name; a named
+    caller's call runs with `current_caller()` set to it. grpc.aio interceptors see no auth
+    context, so the certificate is read in a wrapper around the handler, which names the
+    caller from the call's own context. Methods in `open_methods` (health checks, by default)
+    pass without either. A token, or its digest, is never logged or echoed.
+
+    Every handler it returns is the same object on every call (a refusal per method shape, a
+    wrapper per method): an interceptor outside it may keep its own wrapping of each.
     """
 
-    def __init__(self, tokens: frozenset[str], open_methods: frozenset[str]) -> None:
-        self._expected = [f"Bearer {token}".encode() for token in tokens]
+    def __init__(self, registry: CallerRegistry, open_methods: frozenset[str]) -> None:
+        self._registry = registry
         self._open_methods = open_methods
+        # Per method: the handler wrapped, and its wrapper. Keeping the first keeps its id
+        # from being reused; bounded by the methods times their (stable) handlers.
+        self._identifying: dict[tuple[str, int], tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> Handler:
         method = handler_call_details.method
-        if method in self._open_methods or self._authorized(handler_call_details):
+        if method in self._open_methods:
             return await continuation(handler_call_details)
-        logger.warning("%s refused: missing or unknown bearer token", method)
-        # The refusal must match the method's streaming shape or grpc cannot call it; we do not
-        # know that shape without the real handler, so answer both ways (unary, and
-        # stream-stream for reflection). One handler per shape: the metrics interceptor keeps
-        # its wrapping of each (see MetricsInterceptor).
-        if method.startswith("/grpc.reflection."):
-            return _REFUSE_STREAM_STREAM
-        if method.endswith("/Watch"):
-            return _REFUSE_UNARY_STREAM
-        return _REFUSE_UNARY
+        directory = self._registry.directory
+        presented = _bearer_token(handler_call_details.invocation_metadata)
+        if presented is not None:
+            known, caller = directory.for_token(presented)
+            if not known:
+                return _refusal(method, "missing or unknown bearer token")
+            handler = await continuation(handler_call_details)
+            # A caller without a name needs nothing more: the handler runs as it is.
+            return handler if caller is None else self._identifying_handler(method, handler)
+        if directory.names_by_certificate:
+            return self._identifying_handler(method, await continuation(handler_call_details))
+        return _refusal(method, "missing or unknown bearer token")
 
-    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
-        presented = b""
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                presented = value.encode() if isinstance(value, str) else value
-        # Compare against every token, in constant time, so timing tells nothing.
-        matches = [hmac.compare_digest(presented, expected) for expected in self._expected]
-        return any(matches)
+    def _identifying_handler(self, method: str, handler: Handler) -> Handler:
+        if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
+            return handler
+        key = (method, id(handler))
+        if (known := self._identifying.get(key)) is not None:
+            return known[1]
+        wrapper = _with_caller(method, handler, self._caller_of)
+        self._identifying[key] = (handler, wrapper)
+        return wrapper
+
+    def _caller_of(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller | None:
+        """The named caller of a call, from its own context: its token's, when it sent one
+        (known by the interceptor already), else its client certificate's."""
+        directory = self._registry.directory
+        presented = _bearer_token(context.invocation_metadata())
+        if presented is not None:
+            return directory.for_token(presented)[1]
+        auth = context.auth_context()
+        subjects = list(auth.get("x509_subject", ()))
+        sans = list(auth.get("x509_subject_alternative_name", ()))
+        return directory.for_certificate(
+            subjects[0].decode() if subjects else None, [san.decode() for san in sans]
+        )
+
+
+_BEARER = b"Bearer "
+
+
+def _bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
+    """The token of a call's `authorization: Bearer <token>`; b"" for an `authorization` of
+    another form (known to nobody), None without one."""
+    presented: bytes | None = None
+    for key, value in metadata or ():
+        if key == "authorization":
+            presented = value.encode() if isinstance(value, str) else value
+    if presented is None:
+        return None
+    return presented[len(_BEARER) :] if presented.startswith(_BEARER) else b""
+
+
+#: The named caller of the call being handled. A ContextVar, not shared state: grpc.aio runs
+#: each call's handler in a task of its own, and the value set there is that task's alone.
+_CURRENT_CALLER: ContextVar[Caller | None] = ContextVar("rerank_current_caller", default=None)
+
+
+def current_caller() -> Caller | None:
+    """The named caller of the call being handled; None for a caller without a name, and
+    whenever authentication is off."""
+    return _CURRENT_CALLER.get()
+
+
+def _with_caller(
+    method: str,
+    handler: Handler,
+    identify: Callable[[grpc.aio.ServicerContext[Any, Any]], Caller | None],
+) -> Handler:
+    """`handler` run with `current_caller()` set to what `identify` finds in the call's
+    context; refused UNAUTHENTICATED when it finds nobody."""
+    why = "no known bearer token, and no caller named by the client certificate"
+    if handler.unary_unary is not None:
+        unary: Any = handler.unary_unary
+
+        async def identified(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            caller = identify(context)
+            if caller is None:
+                logger.warning("%s refused: %s", method, why)
+                await _abort_unauthenticated(context)
+            reset = _CURRENT_CALLER.set(caller)
+            try:
+                return await unary(request, context)
+            finally:
+                _CURRENT_CALLER.reset(reset)
+
+        return grpc.unary_unary_rpc_method_handler(
+            identified,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    # Streaming methods (health's Watch, reflection) need no caller, only to be let in; they
+    # are answered by writing, whatever shape the wrapped behaviour has.
+    streaming: Any = handler.unary_stream or handler.stream_stream
+
+    async def identified_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if identify(context) is None:
+            logger.warning("%s refused: %s", method, why)
+            await _abort_unauthenticated(context)
+        answers = streaming(request, context)
+        if hasattr(answers, "__aiter__"):
+            async for answer in answers:
+                await context.write(answer)
+        else:
+            await answers
+
+    make = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream is not None
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return make(
+        identified_stream,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+async def _abort_unauthenticated(context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+    """Abort the call UNAUTHENTICATED, with the ErrorInfo of `Unauthenticated`."""
+    answer = error_answer(
+        Unauthenticated(
+            "missing or unknown bearer token: send 'authorization: Bearer <token>'"
+            " (or, with mutual TLS, a client certificate that names a caller)"
+        )
+    )
+    await context.abort(answer.code, answer.message, trailing_metadata=answer.trailing_metadata)
 
 
 async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED,
-        "missing or unknown bearer token: send 'authorization: Bearer <token>'",
-    )
+    await _abort_unauthenticated(context)
 
 
 async def _refuse_stream(
     requests: Any, context: grpc.aio.ServicerContext[Any, Any]
 ) -> AsyncIterator[Any]:
-    await _refuse(None, context)
+    await _abort_unauthenticated(context)
     yield None  # pragma: no cover - abort raised above
 
 
-_REFUSE_UNARY = grpc.unary_unary_rpc_method_handler(_refuse)
-_REFUSE_UNARY_STREAM = grpc.unary_stream_rpc_method_handler(_refuse_stream)
-_REFUSE_STREAM_STREAM = grpc.stream_stream_rpc_method_handler(_refuse_stream)
+# One refusal per method shape, the same object on every call.
+_REFUSE_UNARY: Handler = grpc.unary_unary_rpc_method_handler(_refuse)
+_REFUSE_UNARY_STREAM: Handler = grpc.unary_stream_rpc_method_handler(_refuse_stream)
+_REFUSE_STREAM_STREAM: Handler = grpc.stream_stream_rpc_method_handler(_refuse_stream)
+
+
+def _refusal(method: str, why: str) -> Handler:
+    """The refusal of a call to `method`, logged (never with what was presented)."""
+    logger.warning("%s refused: %s", method, why)
+    # The refusal must match the method's streaming shape or grpc cannot call it; we do not
+    # know that shape without the real handler, so answer both ways (unary, and stream-stream
+    # for reflection).
+    if method.startswith("/grpc.reflection."):
+        return _REFUSE_STREAM_STREAM
+    if method.endswith("/Watch"):
+        return _REFUSE_UNARY_STREAM
+    return _REFUSE_UNARY

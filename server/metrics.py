@@ -36,7 +36,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -205,9 +205,38 @@ IN_FLIGHT = _f(
 )
 COST = _f(
     _COST_STORED,
-    "What the gateway charged, in US dollars, by model. Exact: kept as integer nano-dollars.",
+    "What the gateway charged, in US dollars, by model and named caller (empty: a caller "
+    "without a name). Exact: kept as integer nano-dollars.",
     "counter",
     "model",
+    "caller",
+)
+CALLER_CALLS = _f(
+    "rerank_caller_calls",
+    "Rerank calls of a named caller that its limits let through (answered from the cache or not).",
+    "counter",
+    "caller",
+)
+CALLER_REFUSALS = _f(
+    "rerank_caller_refusals",
+    "Rerank calls of a named caller that its own limits refused, by the ErrorInfo reason "
+    "(CALLER_RATE_LIMITED, CALLER_BUDGET_EXHAUSTED, MODEL_NOT_ALLOWED).",
+    "counter",
+    "caller",
+    "reason",
+)
+REDIS_UP = _f(
+    "rerank_redis_up",
+    "Worker processes that can use their Redis, by what it holds (limits, cache); a process "
+    "that cannot decides its named callers' limits itself (or serves uncached) until it can.",
+    "gauge",
+    "purpose",
+)
+LIMITS_DECIDED_LOCALLY = _f(
+    "rerank_limits_decided_locally",
+    "Calls of named callers whose limits were decided in the process because the limits' "
+    "Redis was away (fail open).",
+    "counter",
 )
 BUILD_INFO = _f(
     "rerank_build_info",
@@ -236,6 +265,10 @@ FAMILIES = (
     ADMISSION_REFUSALS,
     IN_FLIGHT,
     COST,
+    CALLER_CALLS,
+    CALLER_REFUSALS,
+    REDIS_UP,
+    LIMITS_DECIDED_LOCALLY,
     BUILD_INFO,
 )
 CACHE_RESULTS = ("hit", "miss", "coalesced")
@@ -423,7 +456,9 @@ class Metrics:
         self.enabled = files is not None
         self._grpc_methods: dict[str, GrpcMethodMetrics] = {}
         self._upstream: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
-        self._costs: dict[str, Counter] = {}
+        self._costs: dict[tuple[str, str], Counter] = {}
+        self._caller_calls: dict[str, Counter] = {}
+        self._caller_refusals: dict[tuple[str, str], Counter] = {}
         self._retries: dict[str, Counter] = {}
         self._answered_models: set[str] = set()
         # Children of label values known in advance exist from the start (at 0), so a first
@@ -543,8 +578,16 @@ class Metrics:
             self._answered_models.add(model)
 
     def upstream_attempt(
-        self, operation: str, model: str, outcome: str, seconds: float, cost: Decimal | None
+        self,
+        operation: str,
+        model: str,
+        outcome: str,
+        seconds: float,
+        cost: Decimal | None,
+        caller: str = "",
     ) -> None:
+        """One gateway call; its `cost` is counted under its model and its named `caller`
+        ("" for a caller without a name)."""
         label = self.model_label(model)
         children = self._upstream.get((operation, label, outcome))
         if children is None:
@@ -557,10 +600,46 @@ class Metrics:
         attempts.inc()
         duration.observe(seconds)
         if cost:
-            counter = self._costs.get(label)
+            counter = self._costs.get((label, caller))
             if counter is None:
-                counter = self._costs[label] = self._recorder.counter(COST, model=label)
+                counter = self._costs[(label, caller)] = self._recorder.counter(
+                    COST, model=label, caller=caller
+                )
             counter.inc(nano_dollars(cost))
+
+    # Named callers (`rerank.server.caller_limits`): label values are the callers file's names,
+    # so the operator, not a caller, bounds them.
+
+    # Redis (`redis_client`, `redis_store`)
+
+    def redis_state(self, purpose: str) -> Callable[[bool], None]:
+        """The recorder of whether this process can use its Redis for `purpose` (`limits`,
+        `cache`): a `livesum` gauge, 1 from the start (nothing has failed yet)."""
+        gauge = self._recorder.gauge(REDIS_UP, purpose=purpose)
+        gauge.set(1)
+        return lambda up: gauge.set(1 if up else 0)
+
+    def limits_decided_locally(self) -> Callable[[], None]:
+        """The recorder of a call whose limits this process decided, Redis being away."""
+        return self._recorder.counter(LIMITS_DECIDED_LOCALLY).inc
+
+    def caller_call(self, caller: str) -> None:
+        """A named caller's call got past its limits."""
+        counter = self._caller_calls.get(caller)
+        if counter is None:
+            counter = self._caller_calls[caller] = self._recorder.counter(
+                CALLER_CALLS, caller=caller
+            )
+        counter.inc()
+
+    def caller_refused(self, caller: str, reason: str) -> None:
+        """A named caller's call was refused by its own limits, for `reason`."""
+        counter = self._caller_refusals.get((caller, reason))
+        if counter is None:
+            counter = self._caller_refusals[(caller, reason)] = self._recorder.counter(
+                CALLER_REFUSALS, caller=caller, reason=reason
+            )
+        counter.inc()
 
 
 def nano_dollars(cost: Decimal) -> int:
@@ -590,7 +669,12 @@ class MeteredUpstream(RerankerLayer):
         self._metrics.models_offered((query.model,))
         # The usage record of this one gateway call: its cost, when the gateway reported one.
         self._metrics.upstream_attempt(
-            "rerank", query.model, "OK", self._clock() - started, outcome.usage.cost
+            "rerank",
+            query.model,
+            "OK",
+            self._clock() - started,
+            outcome.usage.cost,
+            caller="" if query.caller is None else query.caller.name,
         )
         return outcome
 

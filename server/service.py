@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -24,23 +25,32 @@ from google.rpc import code_pb2, status_pb2
 
 from rerank.contract import NotJsonError, from_struct
 from rerank.server.admission import Admission
+from rerank.server.caller_limits import CallerLimitsReranker
 from rerank.server.domain import (
     FREE,
+    Caller,
     DocumentKind,
     JsonObject,
     Limits,
     ModelInfo,
     Ranked,
-    Reranker,
     RerankOutcome,
     RerankQuery,
     Warning,
     caller_metadata,
     check_request,
     final_ranking,
+    on_behalf_of,
 )
-from rerank.server.errors import FieldViolation, InvalidRequest, RerankError, UpstreamTimeout
-from rerank.server.interceptors import log_failure, report_incident
+from rerank.server.errors import (
+    FieldViolation,
+    InvalidRequest,
+    NotANamedCaller,
+    RerankError,
+    UpstreamTimeout,
+)
+from rerank.server.interceptors import current_caller, log_failure, report_incident
+from rerank.server.limits import DailyUsage, bucket_size
 from rerank.server.metrics import Metrics
 from rerank.server.status import rich_status
 from rerank.v1 import rerank_service_pb2 as pb
@@ -74,11 +84,12 @@ class BatchLimits:
 
 
 class RerankServicer(pb_grpc.RerankServiceServicer):
-    """Validates each call, hands it to a `Reranker`, and answers in proto."""
+    """Validates each call, hands it to a `Reranker` on behalf of its caller, and answers in
+    proto. `reranker` is the caller-limits layer, which also answers GetUsage."""
 
     def __init__(
         self,
-        reranker: Reranker,
+        reranker: CallerLimitsReranker,
         *,
         limits: Limits,
         admission: Admission,
@@ -158,10 +169,15 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         with self._admission.admit(request.ByteSize()):
             query = query_from_proto(request, self._default_model, self._limits)
             check_request(query, self._limits)
+            if (caller := current_caller()) is not None:
+                query = on_behalf_of(query, caller)
             self._metrics.documents(len(query.documents))
             if query.documents:
                 outcome = await self._reranker.rerank(query, timeout=timeout)
             else:
+                # Nothing to rank, nothing to count; but a model the caller may not use is
+                # refused here too.
+                self._reranker.check_model(query)
                 outcome = _NOTHING_TO_RANK
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
             response = response_to_proto(request, query.model, ranking, outcome)
@@ -180,7 +196,22 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
     ) -> pb.ListModelsResponse:
         with self._admission.admit(0):
             models = await self._reranker.list_models(timeout=self._timeout(context))
-        return pb.ListModelsResponse(models=[model_to_proto(m) for m in models])
+        caller = current_caller()
+        # A named caller sees the models it may use.
+        return pb.ListModelsResponse(
+            models=[model_to_proto(m) for m in models if caller is None or caller.may_use(m.id)]
+        )
+
+    async def GetUsage(
+        self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetUsageResponse:
+        caller = current_caller()
+        if caller is None:
+            raise NotANamedCaller(
+                "only a named caller (a table of the server's RERANK_CALLERS_FILE) has a "
+                "usage to tell; this call's caller has no name"
+            )
+        return usage_to_proto(caller, await self._reranker.usage(caller))
 
     def _timeout(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
         """The configured upstream timeout, or less when the caller's deadline is nearer."""
@@ -289,6 +320,31 @@ def response_to_proto(
     if metadata is not None:
         response.provider_metadata.update(metadata)
     return response
+
+
+def usage_to_proto(caller: Caller, usage: DailyUsage) -> pb.GetUsageResponse:
+    limits = caller.limits
+    response = pb.GetUsageResponse(
+        caller=caller.name,
+        day=usage.day,
+        spent_usd=_dollars(usage.spent_usd),
+        calls=usage.calls,
+        refused=usage.refused,
+        models=caller.models,
+    )
+    if limits.daily_budget_usd is not None:
+        response.daily_budget_usd = _dollars(limits.daily_budget_usd)
+    if limits.requests_per_second is not None:
+        response.requests_per_second = limits.requests_per_second
+        response.burst = bucket_size(limits)
+    if limits.max_concurrent_calls is not None:
+        response.max_concurrent_calls = limits.max_concurrent_calls
+    return response
+
+
+def _dollars(amount: Decimal) -> str:
+    """An exact decimal string without an exponent or trailing zeros: "0.003", "20", "0"."""
+    return format(amount.normalize(), "f")
 
 
 def warning_to_proto(warning: Warning) -> pb.Warning:

@@ -26,6 +26,16 @@ STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.MalformedRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    # Our own limits store is away: retrying later helps, as with any unavailable dependency.
+    errors.LimitsUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    # A caller without a name has no standing to report: the server is not set up for it.
+    errors.NotANamedCaller: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.CallerRefused: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ModelNotAllowed: grpc.StatusCode.PERMISSION_DENIED,
+    # Waiting helps both: tokens refill, calls end, a new UTC day starts.
+    errors.CallerRateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.CallerBudgetExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     # An unknown error type from the gateway: it did not tell us enough to say more.
     errors.UpstreamError: grpc.StatusCode.UNKNOWN,
     errors.UpstreamTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -83,7 +93,11 @@ def error_answer(error: errors.RerankError) -> ErrorAnswer:
 
 def retry_delay(error: errors.RerankError) -> float | None:
     """Seconds the caller should wait before trying again (the RetryInfo), or None."""
-    delay = error.retry_after if isinstance(error, errors.UpstreamError) else None
+    delay = (
+        error.retry_after
+        if isinstance(error, errors.UpstreamError | errors.CallerRefused)
+        else None
+    )
     if delay is None:
         delay = _DEFAULT_RETRY_DELAY.get(status_code_for(error))
     return delay
@@ -97,8 +111,9 @@ def retry_pushback_ms(error: errors.RerankError, delay: float) -> int:
     of the gateway are retried by the server's own retry layer (which already did, or chose
     not to: the budget, the deadline, an open circuit). A client retrying them as well would
     multiply gateway attempts (3 client attempts x 3 server attempts = 9), so it is told not
-    to; the caller's code still reads the RetryInfo. Our own refusals (overload) happened
-    before any gateway call: a retry after the delay costs the gateway nothing.
+    to; the caller's code still reads the RetryInfo. Our own refusals (overload, a caller's
+    rate or budget) happened before any gateway call: a retry after the delay costs the
+    gateway nothing.
     """
     if isinstance(error, errors.UpstreamError):
         return -1
@@ -114,6 +129,8 @@ def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.
             metadata["upstream_status"] = str(error.status)
         if error.generation_id:
             metadata["generation_id"] = error.generation_id
+    elif isinstance(error, errors.CallerRefused):
+        metadata.update(error.metadata)
     details = [
         error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
     ]

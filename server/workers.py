@@ -17,6 +17,8 @@ one, so it can fork a replacement at any time. The parent only supervises:
   restarting a worker that can never start (a certificate gone from disk, say) forever.
 - It forwards SIGTERM and SIGINT, and SIGKILLs a worker still running after the drain delay,
   the grace period and `STOP_MARGIN`; the server then exits 1.
+- It forwards SIGHUP (re-read the callers file) to every live worker, and outlives it: each
+  worker re-reads the file on its own. A replacement reads the file as it is when it starts.
 
 Workers tell the parent how their start went over one pipe, a line each: `<pid> ready`, or
 `<pid> failed <reason>` just before they exit. Signals reach the parent's loop through
@@ -64,7 +66,7 @@ START_ATTEMPTS = 3
 #: embedded mock, and the last second `serve` waits for cancelled calls to unwind.
 STOP_MARGIN = 5.0
 
-_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -191,6 +193,8 @@ class _Supervisor:
                 for signum in self._signals():
                     if signum in (signal.SIGTERM, signal.SIGINT):
                         self._stop(signum)
+                    elif signum == signal.SIGHUP:
+                        self._reload()
                 # Then what workers said, before their deaths: a reason precedes its exit.
                 self._read_status(ready)
                 self._reap()
@@ -225,6 +229,9 @@ class _Supervisor:
         signal.set_wakeup_fd(-1)
         for signum in _SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
+        # Until the worker's own handler is installed (`serve`), a SIGHUP must not kill it, as
+        # its default action would; the file is read at the start anyway.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for fd in (self._status_read, self._wakeup_read, self._wakeup_write):
             os.close(fd)
         self._reservation.close()
@@ -334,6 +341,17 @@ class _Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, signum)
 
+    def _reload(self) -> None:
+        """Pass a SIGHUP on to every live worker: each re-reads the callers file itself."""
+        if self._stop_signal is not None:
+            # A stopping worker may have left its event loop, and with it its SIGHUP handler:
+            # the default action would kill it.
+            return
+        for slot in self._slots:
+            if slot.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGHUP)
+
     def _on_time(self, now: float, ready_by: float) -> None:
         for slot in self._slots:
             if slot.restart_at is not None and now >= slot.restart_at:
@@ -378,7 +396,12 @@ def _worker(settings: Settings, status_write: int, metrics_directory: Path | Non
         report("ready")
 
     try:
-        asyncio.run(serve(settings, listening, metrics_directory))
+        try:
+            asyncio.run(serve(settings, listening, metrics_directory))
+        finally:
+            # Closing the loop put SIGHUP's default action (death) back; a reload sent now
+            # must not turn a clean exit, or a failed start's reason, into "killed by SIGHUP".
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
     except StartupError as exc:
         report(f"failed {exc}")
         return 1

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+
+from tools.redis_server import INSTALL_HINT, RedisServer, redis_server_binary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -13,3 +19,43 @@ SEED_DOCUMENTS = (
     "Madrid is the capital of Spain.",
 )
 SEED_MODEL = "cohere/rerank-v3.5"
+
+
+def pytest_report_header() -> str:
+    """One line at the top of every run: the redis-server the Redis tests use, or what to
+    install for them."""
+    binary = redis_server_binary()
+    return f"redis-server: {binary}" if binary else f"redis-server: {INSTALL_HINT}"
+
+
+def needs_redis_server() -> None:
+    """Skip with one line naming what to install when redis-server is missing; in CI, which
+    installs it (.ci/run), fail instead, so the Redis tests can never be skipped there."""
+    if redis_server_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail(INSTALL_HINT)
+        pytest.skip(INSTALL_HINT)
+
+
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session's tests that never stop it (`redis` empties it)."""
+    needs_redis_server()
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis(shared_redis: RedisServer) -> RedisServer:
+    """The session's redis-server, emptied for this test."""
+    shared_redis.command("FLUSHALL")
+    shared_redis.command("SCRIPT", "FLUSH")
+    return shared_redis
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop and restart."""
+    needs_redis_server()
+    with RedisServer(tmp_path) as server:
+        yield server

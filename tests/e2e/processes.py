@@ -3,6 +3,7 @@ stopped by PID (SIGTERM, then SIGKILL), and the ready lines the servers print.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -67,6 +68,27 @@ class Process:
                     raise AssertionError(f"{pattern!r} never appeared in:\n{self.output}")
                 self._new_line.wait(min(remaining, 0.5))
 
+    def wait_for_count(
+        self, pattern: str, count: int, timeout: float = STARTUP_SECONDS
+    ) -> list[str]:
+        """Wait until `count` lines match `pattern` (e.g. one per worker); their first groups."""
+        compiled = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self.popen.poll() is not None
+            if exited:
+                self._reader.join(timeout=5)
+            with self._new_line:
+                found = [m.group(1) for line in self.lines if (m := compiled.search(line))]
+                if len(found) >= count:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or exited:
+                    raise AssertionError(
+                        f"{pattern!r} matched {len(found)} of {count} lines in:\n{self.output}"
+                    )
+                self._new_line.wait(min(remaining, 0.5))
+
     @property
     def output(self) -> str:
         return "".join(self.lines)
@@ -89,6 +111,13 @@ class Process:
             self.signal(signal.SIGKILL)
             self.popen.wait(timeout=5)
         self._reader.join(timeout=5)
+        if self._reader.is_alive():
+            # The output pipe is still open: children the leader left behind (orphaned
+            # workers) hold it, and being alive they keep its process group, so this signal
+            # reaches them and nothing else.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self._reader.join(timeout=5)
         if self.popen.stdout is not None:
             self.popen.stdout.close()
 

@@ -14,6 +14,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -540,3 +541,50 @@ async def test_each_request_is_counted_with_its_status(
     assert result.total("rerank_documents_per_request_count") == 2  # the valid ones
     assert result.total("rerank_upstream_attempts_total", outcome="OK") == 2
     assert result.total("rerank_calls_in_flight") == 0
+
+
+# --- a named caller's limits, per request ------------------------------------------------------
+
+LIMITED = "batch-caller-token"
+CALLERS = f"""
+[callers.batcher]
+token = "{LIMITED}"
+requests_per_second = 0.01   # after the burst, no token for 100 s
+burst = 3
+models = ["cohere/*"]
+"""
+
+
+async def test_a_named_callers_limits_count_each_request(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel], tmp_path: Path
+) -> None:
+    callers = tmp_path / "callers.toml"
+    callers.write_text(CALLERS)
+    running = await serve(dataclasses.replace(FAST, callers_file=str(callers)))
+    stub = stub_for(running, channels)
+    metadata = (("authorization", f"Bearer {LIMITED}"),)
+    requests = [seed_request(query=f"query {i}") for i in range(5)]
+    requests.insert(2, seed_request(model="voyage/rerank-2"))  # not among its models
+    response = await stub.BatchRerank(batch(*requests), metadata=metadata, timeout=10)
+
+    reasons = [
+        unpack(r.error, error_details_pb2.ErrorInfo).reason if r.error.code else "OK"
+        for r in response.results
+    ]
+    assert reasons[2] == "MODEL_NOT_ALLOWED"
+    assert response.results[2].error.code == code_pb2.PERMISSION_DENIED
+    others = reasons[:2] + reasons[3:]
+    # The burst of three lets three requests through; the other two are refused alone, each
+    # told when a token comes back, as a Rerank would be.
+    assert sorted(others) == ["CALLER_RATE_LIMITED"] * 2 + ["OK"] * 3
+    for result, why in zip(response.results, reasons, strict=True):
+        if why == "CALLER_RATE_LIMITED":
+            assert result.error.code == code_pb2.RESOURCE_EXHAUSTED
+            assert unpack(result.error, error_details_pb2.RetryInfo).retry_delay.seconds > 60
+    usage = await stub.GetUsage(pb.GetUsageRequest(), metadata=metadata, timeout=5)
+    assert usage.calls == 3
+
+    # A batch without a token is refused as a whole.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.BatchRerank(batch(seed_request()), timeout=10)
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED

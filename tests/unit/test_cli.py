@@ -269,6 +269,35 @@ def test_list_models(target: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert [m["id"] for m in models] == ["cohere/rerank-v3.5", "voyage/rerank-2"]
 
 
+def test_usage_prints_the_callers_standing_with_its_token(
+    target: str,
+    service: FakeRerankService,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RERANK_TOKEN", "t0ken")
+    code, out, err = run(capsys, "--target", target, "--usage")
+    assert (code, err) == (0, "")
+    assert isinstance(service.requests[-1], pb.GetUsageRequest)
+    assert service.metadata[-1]["authorization"] == "Bearer t0ken"
+    usage = json.loads(out)
+    assert usage["caller"] == "search-api"
+    assert (usage["spentUsd"], usage["dailyBudgetUsd"]) == ("0.003", "0.0025")
+    assert (usage["calls"], usage["refused"]) == (3, 1)
+
+
+def test_without_rerank_token_no_authorization_is_sent(
+    target: str,
+    service: FakeRerankService,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RERANK_TOKEN", raising=False)
+    code, _, _ = run(capsys, "--target", target, "q", "a")
+    assert code == 0
+    assert "authorization" not in service.metadata[-1]
+
+
 def test_invalid_argument_exits_2_with_field_violations(
     target: str, service: FakeRerankService, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -334,6 +363,8 @@ def test_timeout_exits_1_with_deadline_exceeded(
     [
         ([], "the query is required"),
         (["--list-models", "q"], "--list-models takes no query"),
+        (["--usage", "q"], "--usage takes no query"),
+        (["--usage", "--list-models"], "--list-models and --usage go alone"),
         (["--jsonl", "q", "a"], "--jsonl needs --file"),
         (["--top-n", "two", "q", "a"], "invalid int value"),
         (["--no-such-flag", "q"], "unrecognized arguments"),

@@ -7,6 +7,7 @@ through pytest-grpc's fixtures (with its server and address fixtures overridden)
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -277,6 +278,63 @@ def test_list_models(rerank_client: RerankClient) -> None:
         "provider": "",
         "pricing": {},
     }
+
+
+def test_get_usage(rerank_client: RerankClient, service: FakeRerankService) -> None:
+    usage = rerank_client.get_usage()
+    assert isinstance(service.requests[-1], pb.GetUsageRequest)
+    assert usage == client.CallerUsage(
+        caller="search-api",
+        day="2026-03-14",
+        spent_usd=Decimal("0.003"),
+        calls=3,
+        refused=1,
+        daily_budget_usd=Decimal("0.0025"),
+        requests_per_second=5.0,
+        burst=5.0,
+        max_concurrent_calls=None,
+        models=("cohere/*",),
+    )
+    assert usage.to_json_dict() == {
+        "caller": "search-api",
+        "day": "2026-03-14",
+        "spentUsd": "0.003",
+        "dailyBudgetUsd": "0.0025",
+        "calls": 3,
+        "refused": 1,
+        "requestsPerSecond": 5.0,
+        "burst": 5.0,
+        "maxConcurrentCalls": None,
+        "models": ["cohere/*"],
+    }
+
+
+def test_get_usage_without_limits_reads_them_as_none(
+    rerank_client: RerankClient, service: FakeRerankService
+) -> None:
+    service.script.append(pb.GetUsageResponse(caller="batch", day="2026-03-14", spent_usd="0"))
+    usage = rerank_client.get_usage()
+    assert usage == client.CallerUsage(
+        caller="batch", day="2026-03-14", spent_usd=Decimal(0), calls=0, refused=0
+    )
+    assert usage.daily_budget_usd is None
+    assert usage.requests_per_second is None
+
+
+def test_get_usage_errors_are_translated(
+    rerank_client: RerankClient, service: FakeRerankService
+) -> None:
+    service.script.append(
+        Abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "only a named caller has a usage to tell",
+            [error_info("NOT_A_NAMED_CALLER")],
+        )
+    )
+    with pytest.raises(ServerError) as caught:
+        rerank_client.get_usage()
+    assert caught.value.error_info is not None
+    assert caught.value.error_info.reason == "NOT_A_NAMED_CALLER"
 
 
 def test_large_requests_and_responses_fit(rerank_client: RerankClient) -> None:

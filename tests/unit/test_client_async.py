@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import grpc
 import grpc.aio
@@ -83,6 +84,16 @@ async def test_list_models(rerank_client: AsyncRerankClient) -> None:
     models = await rerank_client.list_models()
     assert [m.id for m in models] == ["cohere/rerank-v3.5", "voyage/rerank-2"]
     assert models[0].pricing == {"input": "0.002"}
+
+
+async def test_get_usage(rerank_client: AsyncRerankClient) -> None:
+    usage = await rerank_client.get_usage()
+    assert (usage.caller, usage.spent_usd, usage.calls, usage.refused) == (
+        "search-api",
+        Decimal("0.003"),
+        3,
+        1,
+    )
 
 
 async def test_metadata_is_sent(target: str, service: AsyncFakeRerankService) -> None:

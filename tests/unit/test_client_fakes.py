@@ -45,6 +45,18 @@ MODELS = pb.ListModelsResponse(
     ]
 )
 
+USAGE = pb.GetUsageResponse(
+    caller="search-api",
+    day="2026-03-14",
+    spent_usd="0.003",
+    daily_budget_usd="0.0025",
+    calls=3,
+    refused=1,
+    requests_per_second=5,
+    burst=5,
+    models=["cohere/*"],
+)
+
 
 @dataclass(frozen=True)
 class Abort:
@@ -70,7 +82,14 @@ class Delay:
 
 AioContext = Any  # grpc.aio.ServicerContext, whose stub is generic over the messages
 
-Step = pb.RerankResponse | pb.ListModelsResponse | pb.BatchRerankResponse | Abort | Delay
+Step = (
+    pb.RerankResponse
+    | pb.ListModelsResponse
+    | pb.GetUsageResponse
+    | pb.BatchRerankResponse
+    | Abort
+    | Delay
+)
 
 
 def bad_request(*violations: tuple[str, str]) -> error_details_pb2.BadRequest:
@@ -125,10 +144,18 @@ class FakeRerankService(pb_grpc.RerankServiceServicer):
         return self.script.pop(0) if self.script else None
 
     def _answer(self, request: Message, step: Step | None) -> Message:
-        if isinstance(step, pb.RerankResponse | pb.ListModelsResponse | pb.BatchRerankResponse):
+        if isinstance(
+            step,
+            pb.RerankResponse
+            | pb.ListModelsResponse
+            | pb.GetUsageResponse
+            | pb.BatchRerankResponse,
+        ):
             return step
         if isinstance(request, pb.RerankRequest):
             return default_rerank_response(request)
+        if isinstance(request, pb.GetUsageRequest):
+            return USAGE
         if isinstance(request, pb.BatchRerankRequest):
             return pb.BatchRerankResponse(
                 results=[
@@ -142,6 +169,9 @@ class FakeRerankService(pb_grpc.RerankServiceServicer):
         return self._handle(request, context)
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> Message:
+        return self._handle(request, context)
+
+    def GetUsage(self, request: pb.GetUsageRequest, context: grpc.ServicerContext) -> Message:
         return self._handle(request, context)
 
     def BatchRerank(self, request: pb.BatchRerankRequest, context: grpc.ServicerContext) -> Message:
@@ -163,6 +193,9 @@ class AsyncFakeRerankService(FakeRerankService):
         return await self._handle_async(request, context)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: AioContext) -> Message:
+        return await self._handle_async(request, context)
+
+    async def GetUsage(self, request: pb.GetUsageRequest, context: AioContext) -> Message:
         return await self._handle_async(request, context)
 
     async def BatchRerank(self, request: pb.BatchRerankRequest, context: AioContext) -> Message:
@@ -197,6 +230,7 @@ def serve(servicer: FakeRerankService) -> Iterator[str]:
 __all__ = [
     "MODELS",
     "SERVER_OPTIONS",
+    "USAGE",
     "Abort",
     "AsyncFakeRerankService",
     "Delay",

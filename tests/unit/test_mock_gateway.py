@@ -6,6 +6,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -179,6 +180,15 @@ async def test_cost_grows_with_search_units(client: httpx.AsyncClient) -> None:
 
     assert payload["providerMetadata"]["gateway"]["cost"] == "0.006"  # 3 units at 0.002
     assert payload["providerMetadata"]["mock"] == {"searchUnits": 3, "documents": 250}
+
+
+async def test_a_fixed_cost_replaces_the_price_whatever_the_size() -> None:
+    async with client_for(create_app(MockSettings(cost_usd=Decimal("0.001")))) as client:
+        for values in (["one document"], [f"document number {i}" for i in range(250)]):
+            payload = (await rerank(client, rerank_body(values, top_n=1))).json()
+            assert payload["providerMetadata"]["gateway"]["cost"] == "0.001"
+    with pytest.raises(ValueError, match="cost_usd"):
+        MockSettings(cost_usd=Decimal("-0.001"))
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,16 @@ from typing import Any
 import pytest
 
 from rerank.server.__main__ import settings_from
-from rerank.server.config import Between, GatewayProtocol, SettingError, Settings, Upstream, about
+from rerank.server.config import (
+    Between,
+    CacheBackend,
+    GatewayProtocol,
+    SettingError,
+    Settings,
+    Upstream,
+    about,
+)
+from rerank.server.redis_client import RedisUrl
 from tests.conftest import REPO_ROOT
 
 
@@ -297,6 +306,59 @@ def test_the_batch_settings_and_their_ranges(capsys: pytest.CaptureFixture[str])
         settings_from([], {"RERANK_BATCH_MAX_REQUESTS": "0"})
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert line.endswith("RERANK_BATCH_MAX_REQUESTS must be an integer in [1, 1000], got '0'")
+
+
+def test_redis_settings() -> None:
+    plain = settings_from([], {})
+    assert (plain.redis_url, plain.cache_backend, plain.limits_fail_closed) == (
+        None,
+        CacheBackend.MEMORY,
+        False,
+    )
+    settings = settings_from(
+        [],
+        {
+            "RERANK_REDIS_URL": "rediss://:pw-secret@redis.internal:6380/2",
+            "RERANK_REDIS_TIMEOUT": "0.05",
+            "RERANK_LIMITS_FAIL_CLOSED": "1",
+            "RERANK_CACHE_BACKEND": "Redis",
+            "RERANK_CACHE_REDIS_URL": "redis://cache.internal",
+        },
+    )
+    assert settings.redis_url == RedisUrl("redis.internal", 6380, 2, tls=True, password="pw-secret")
+    assert settings.cache_redis_url == RedisUrl("cache.internal")
+    assert settings.redis_timeout == 0.05
+    assert settings.limits_fail_closed
+    assert settings.cache_backend is CacheBackend.REDIS
+    assert "pw-secret" not in repr(settings)
+    # The cache may share the limits' Redis.
+    shared = {"RERANK_REDIS_URL": "redis://r", "RERANK_CACHE_BACKEND": "redis"}
+    assert settings_from([], shared).cache_redis_url is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "says"),
+    [
+        ({"RERANK_REDIS_URL": "http://r"}, "RERANK_REDIS_URL must be a redis://"),
+        ({"RERANK_REDIS_URL": "redis://:pw-secret@r:x"}, "RERANK_REDIS_URL must be a redis://"),
+        ({"RERANK_CACHE_REDIS_URL": "redis://c/x"}, "RERANK_CACHE_REDIS_URL must be a redis://"),
+        ({"RERANK_CACHE_BACKEND": "disk"}, "RERANK_CACHE_BACKEND must be one of memory, redis"),
+        ({"RERANK_CACHE_BACKEND": "redis"}, "needs RERANK_CACHE_REDIS_URL or RERANK_REDIS_URL"),
+        ({"RERANK_CACHE_REDIS_URL": "redis://c"}, "RERANK_CACHE_BACKEND is not redis"),
+        ({"RERANK_REDIS_TIMEOUT": "0"}, "RERANK_REDIS_TIMEOUT must be a number in (0, 60]"),
+        ({"RERANK_LIMITS_FAIL_CLOSED": "sometimes"}, "RERANK_LIMITS_FAIL_CLOSED must be on (1,"),
+    ],
+)
+def test_a_bad_redis_setting_is_one_line_naming_it(
+    environ: dict[str, str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        settings_from([], environ)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    (error_line,) = [line for line in err.splitlines() if "error:" in line]
+    assert says in error_line
+    assert "pw-secret" not in err
 
 
 def test_a_token_file_is_the_credential_unless_a_key_is_set(tmp_path: Path) -> None:

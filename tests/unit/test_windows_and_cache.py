@@ -261,7 +261,7 @@ async def test_clear_forgets_every_answer() -> None:
     cache, _ = caching(backend, max_bytes=1000)
     await cache.rerank(query(1), timeout=10)
     assert (await cache.rerank(query(1), timeout=10)).cached
-    cache.clear()
+    await cache.clear()
     assert not (await cache.rerank(query(1), timeout=10)).cached
     # The byte count was reset too: two entries still fit after the clear.
     await cache.rerank(query(2), timeout=10)
@@ -281,7 +281,7 @@ async def test_clear_empties_the_cache_gauges_too() -> None:
             return Scrape(generate_latest(Exposition(directory.path, {})).decode())
 
         assert scrape().total("rerank_cache_entries") == 2
-        cache.clear()
+        await cache.clear()
         cleared = scrape()
         assert cleared.total("rerank_cache_entries") == 0
         assert cleared.total("rerank_cache_bytes") == 0

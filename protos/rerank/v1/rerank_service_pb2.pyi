@@ -390,6 +390,104 @@ class Model(_message.Message):
 Global___Model: _TypeAlias = Model  # noqa: Y015
 
 @_typing.final
+class GetUsageRequest(_message.Message):
+    """GetUsageRequest asks for the calling caller's standing. It has no fields: who asks is who
+    is answered about.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    """GetUsageResponse is one caller's standing on the current UTC day, and its limits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLER_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
+    SPENT_USD_FIELD_NUMBER: _builtins.int
+    DAILY_BUDGET_USD_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    BURST_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_CALLS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    caller: _builtins.str
+    """The caller's name, as its table in the server's callers file names it."""
+    day: _builtins.str
+    """The UTC day the figures are of, `YYYY-MM-DD`; they start from zero at 00:00 UTC."""
+    spent_usd: _builtins.str
+    """US dollars spent today as the gateway reported each call's cost: an exact decimal
+    string, e.g. `0.003`. A call answered from the cache costs nothing.
+    """
+    daily_budget_usd: _builtins.str
+    """The daily budget in US dollars, a decimal string; unset when the caller has none."""
+    calls: _builtins.int
+    """Calls let through today (answered from the cache or not)."""
+    refused: _builtins.int
+    """Calls refused today for the rate, the concurrent calls or the budget."""
+    requests_per_second: _builtins.float
+    """Calls per second the caller's token bucket refills at; unset when unlimited."""
+    burst: _builtins.float
+    """The token bucket's size: calls that may come at once after a pause; unset when the rate
+    is unlimited.
+    """
+    max_concurrent_calls: _builtins.int
+    """Calls the caller may have in flight at once; unset when unlimited."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Model slugs (globs, e.g. `cohere/*`) the caller may use; empty allows every model."""
+
+    def __init__(
+        self,
+        *,
+        caller: _builtins.str = ...,
+        day: _builtins.str = ...,
+        spent_usd: _builtins.str = ...,
+        daily_budget_usd: _builtins.str | None = ...,
+        calls: _builtins.int = ...,
+        refused: _builtins.int = ...,
+        requests_per_second: _builtins.float | None = ...,
+        burst: _builtins.float | None = ...,
+        max_concurrent_calls: _builtins.int | None = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_burst", b"_burst", "_daily_budget_usd", b"_daily_budget_usd", "_max_concurrent_calls", b"_max_concurrent_calls", "_requests_per_second", b"_requests_per_second", "burst", b"burst", "daily_budget_usd", b"daily_budget_usd", "max_concurrent_calls", b"max_concurrent_calls", "requests_per_second", b"requests_per_second"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_burst", b"_burst", "_daily_budget_usd", b"_daily_budget_usd", "_max_concurrent_calls", b"_max_concurrent_calls", "_requests_per_second", b"_requests_per_second", "burst", b"burst", "caller", b"caller", "calls", b"calls", "daily_budget_usd", b"daily_budget_usd", "day", b"day", "max_concurrent_calls", b"max_concurrent_calls", "models", b"models", "refused", b"refused", "requests_per_second", b"requests_per_second", "spent_usd", b"spent_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__burst: _TypeAlias = _typing.Literal["burst"]  # noqa: Y015
+    _WhichOneofArgType__burst: _TypeAlias = _typing.Literal["_burst", b"_burst"]  # noqa: Y015
+    _WhichOneofReturnType__daily_budget_usd: _TypeAlias = _typing.Literal["daily_budget_usd"]  # noqa: Y015
+    _WhichOneofArgType__daily_budget_usd: _TypeAlias = _typing.Literal["_daily_budget_usd", b"_daily_budget_usd"]  # noqa: Y015
+    _WhichOneofReturnType__max_concurrent_calls: _TypeAlias = _typing.Literal["max_concurrent_calls"]  # noqa: Y015
+    _WhichOneofArgType__max_concurrent_calls: _TypeAlias = _typing.Literal["_max_concurrent_calls", b"_max_concurrent_calls"]  # noqa: Y015
+    _WhichOneofReturnType__requests_per_second: _TypeAlias = _typing.Literal["requests_per_second"]  # noqa: Y015
+    _WhichOneofArgType__requests_per_second: _TypeAlias = _typing.Literal["_requests_per_second", b"_requests_per_second"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__burst) -> _WhichOneofReturnType__burst | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__daily_budget_usd) -> _WhichOneofReturnType__daily_budget_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent_calls) -> _WhichOneofReturnType__max_concurrent_calls | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__requests_per_second) -> _WhichOneofReturnType__requests_per_second | None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
 class BatchRerankRequest(_message.Message):
     """BatchRerankRequest asks for several Rerank requests to be answered in one call."""
 

@@ -45,6 +45,11 @@ class RerankServiceStub:
                 request_serializer=rerank_dot_v1_dot_rerank__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=rerank_dot_v1_dot_rerank__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/rerank.v1.RerankService/GetUsage',
+                request_serializer=rerank_dot_v1_dot_rerank__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=rerank_dot_v1_dot_rerank__service__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
         self.BatchRerank = channel.unary_unary(
                 '/rerank.v1.RerankService/BatchRerank',
                 request_serializer=rerank_dot_v1_dot_rerank__service__pb2.BatchRerankRequest.SerializeToString,
@@ -69,6 +74,13 @@ class RerankServiceServicer:
         the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
         it does not answer within the call's deadline, INTERNAL when it answers outside its
         protocol or rejects this server's credentials.
+
+        A named caller's own limits (the server's callers file) refuse with RESOURCE_EXHAUSTED,
+        ErrorInfo reason CALLER_RATE_LIMITED (over its rate or its concurrent calls; RetryInfo
+        says when to try again) or CALLER_BUDGET_EXHAUSTED (today's spend reached its budget;
+        RetryInfo points at the next 00:00 UTC), and PERMISSION_DENIED with reason
+        MODEL_NOT_ALLOWED for a model outside its `models`. A missing or unknown bearer token is
+        UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +89,16 @@ class RerankServiceServicer:
     def ListModels(self, request, context):
         """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
         `modelType` "reranking").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+        budget, its limits, and the calls it made and had refused. It never tells another
+        caller's. Only a named caller (a table of the server's callers file) has a standing: any
+        other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,7 +117,10 @@ class RerankServiceServicer:
         8, RERANK_BATCH_PARALLELISM, 1 to 64); each holds its own admission place (one call and
         its bytes) while it runs, so a request the server has no room for fails alone with
         RESOURCE_EXHAUSTED (reason OVERLOADED, with a RetryInfo). Identical requests, in one
-        batch or in calls in flight, share one gateway call.
+        batch or in calls in flight, share one gateway call. A named caller's limits count each
+        request as a call of its own (its rate, its concurrent calls, its budget, its models): a
+        request beyond them fails alone with the reason a Rerank would get (CALLER_RATE_LIMITED,
+        CALLER_BUDGET_EXHAUSTED, MODEL_NOT_ALLOWED).
 
         The call's deadline bounds every request: a request not answered shortly before it
         (the server keeps a tenth of the call's time, at most 1 s, to send the answer) fails
@@ -111,7 +136,8 @@ class RerankServiceServicer:
         Errors of the whole call: INVALID_ARGUMENT (reason INVALID_REQUEST, field `requests`)
         for more requests than the batch limit, or bytes that are not a BatchRerankRequest
         (MALFORMED_REQUEST); RESOURCE_EXHAUSTED from gRPC itself for a message over the receive
-        limit; DEADLINE_EXCEEDED when the deadline passes before the answer is sent.
+        limit; DEADLINE_EXCEEDED when the deadline passes before the answer is sent;
+        UNAUTHENTICATED for a missing or unknown bearer token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +155,11 @@ def add_RerankServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=rerank_dot_v1_dot_rerank__service__pb2.ListModelsRequest.FromString,
                     response_serializer=rerank_dot_v1_dot_rerank__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=rerank_dot_v1_dot_rerank__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=rerank_dot_v1_dot_rerank__service__pb2.GetUsageResponse.SerializeToString,
             ),
             'BatchRerank': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchRerank,
@@ -191,6 +222,33 @@ class RerankService:
             '/rerank.v1.RerankService/ListModels',
             rerank_dot_v1_dot_rerank__service__pb2.ListModelsRequest.SerializeToString,
             rerank_dot_v1_dot_rerank__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rerank.v1.RerankService/GetUsage',
+            rerank_dot_v1_dot_rerank__service__pb2.GetUsageRequest.SerializeToString,
+            rerank_dot_v1_dot_rerank__service__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

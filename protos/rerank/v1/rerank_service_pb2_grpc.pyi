@@ -51,10 +51,23 @@ class RerankServiceStub:
     the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
     it does not answer within the call's deadline, INTERNAL when it answers outside its
     protocol or rejects this server's credentials.
+
+    A named caller's own limits (the server's callers file) refuse with RESOURCE_EXHAUSTED,
+    ErrorInfo reason CALLER_RATE_LIMITED (over its rate or its concurrent calls; RetryInfo
+    says when to try again) or CALLER_BUDGET_EXHAUSTED (today's spend reached its budget;
+    RetryInfo points at the next 00:00 UTC), and PERMISSION_DENIED with reason
+    MODEL_NOT_ALLOWED for a model outside its `models`. A missing or unknown bearer token is
+    UNAUTHENTICATED.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_rerank_service_pb2.ListModelsRequest, _rerank_service_pb2.ListModelsResponse]
     """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
     `modelType` "reranking").
+    """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_rerank_service_pb2.GetUsageRequest, _rerank_service_pb2.GetUsageResponse]
+    """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+    budget, its limits, and the calls it made and had refused. It never tells another
+    caller's. Only a named caller (a table of the server's callers file) has a standing: any
+    other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
     """
     BatchRerank: _grpc.UnaryUnaryMultiCallable[_rerank_service_pb2.BatchRerankRequest, _rerank_service_pb2.BatchRerankResponse]
     """BatchRerank answers many Rerank requests in one call: one result per request, in order.
@@ -69,7 +82,10 @@ class RerankServiceStub:
     8, RERANK_BATCH_PARALLELISM, 1 to 64); each holds its own admission place (one call and
     its bytes) while it runs, so a request the server has no room for fails alone with
     RESOURCE_EXHAUSTED (reason OVERLOADED, with a RetryInfo). Identical requests, in one
-    batch or in calls in flight, share one gateway call.
+    batch or in calls in flight, share one gateway call. A named caller's limits count each
+    request as a call of its own (its rate, its concurrent calls, its budget, its models): a
+    request beyond them fails alone with the reason a Rerank would get (CALLER_RATE_LIMITED,
+    CALLER_BUDGET_EXHAUSTED, MODEL_NOT_ALLOWED).
 
     The call's deadline bounds every request: a request not answered shortly before it
     (the server keeps a tenth of the call's time, at most 1 s, to send the answer) fails
@@ -85,7 +101,8 @@ class RerankServiceStub:
     Errors of the whole call: INVALID_ARGUMENT (reason INVALID_REQUEST, field `requests`)
     for more requests than the batch limit, or bytes that are not a BatchRerankRequest
     (MALFORMED_REQUEST); RESOURCE_EXHAUSTED from gRPC itself for a message over the receive
-    limit; DEADLINE_EXCEEDED when the deadline passes before the answer is sent.
+    limit; DEADLINE_EXCEEDED when the deadline passes before the answer is sent;
+    UNAUTHENTICATED for a missing or unknown bearer token.
     """
 
 @_typing.type_check_only
@@ -106,10 +123,23 @@ class RerankServiceAsyncStub(RerankServiceStub):
     the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
     it does not answer within the call's deadline, INTERNAL when it answers outside its
     protocol or rejects this server's credentials.
+
+    A named caller's own limits (the server's callers file) refuse with RESOURCE_EXHAUSTED,
+    ErrorInfo reason CALLER_RATE_LIMITED (over its rate or its concurrent calls; RetryInfo
+    says when to try again) or CALLER_BUDGET_EXHAUSTED (today's spend reached its budget;
+    RetryInfo points at the next 00:00 UTC), and PERMISSION_DENIED with reason
+    MODEL_NOT_ALLOWED for a model outside its `models`. A missing or unknown bearer token is
+    UNAUTHENTICATED.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_rerank_service_pb2.ListModelsRequest, _rerank_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
     `modelType` "reranking").
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_rerank_service_pb2.GetUsageRequest, _rerank_service_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+    budget, its limits, and the calls it made and had refused. It never tells another
+    caller's. Only a named caller (a table of the server's callers file) has a standing: any
+    other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
     """
     BatchRerank: _aio.UnaryUnaryMultiCallable[_rerank_service_pb2.BatchRerankRequest, _rerank_service_pb2.BatchRerankResponse]  # type: ignore[assignment]
     """BatchRerank answers many Rerank requests in one call: one result per request, in order.
@@ -124,7 +154,10 @@ class RerankServiceAsyncStub(RerankServiceStub):
     8, RERANK_BATCH_PARALLELISM, 1 to 64); each holds its own admission place (one call and
     its bytes) while it runs, so a request the server has no room for fails alone with
     RESOURCE_EXHAUSTED (reason OVERLOADED, with a RetryInfo). Identical requests, in one
-    batch or in calls in flight, share one gateway call.
+    batch or in calls in flight, share one gateway call. A named caller's limits count each
+    request as a call of its own (its rate, its concurrent calls, its budget, its models): a
+    request beyond them fails alone with the reason a Rerank would get (CALLER_RATE_LIMITED,
+    CALLER_BUDGET_EXHAUSTED, MODEL_NOT_ALLOWED).
 
     The call's deadline bounds every request: a request not answered shortly before it
     (the server keeps a tenth of the call's time, at most 1 s, to send the answer) fails
@@ -140,7 +173,8 @@ class RerankServiceAsyncStub(RerankServiceStub):
     Errors of the whole call: INVALID_ARGUMENT (reason INVALID_REQUEST, field `requests`)
     for more requests than the batch limit, or bytes that are not a BatchRerankRequest
     (MALFORMED_REQUEST); RESOURCE_EXHAUSTED from gRPC itself for a message over the receive
-    limit; DEADLINE_EXCEEDED when the deadline passes before the answer is sent.
+    limit; DEADLINE_EXCEEDED when the deadline passes before the answer is sent;
+    UNAUTHENTICATED for a missing or unknown bearer token.
     """
 
 class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -164,6 +198,13 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
         the gateway rate-limits us, UNAVAILABLE when it cannot be reached, DEADLINE_EXCEEDED when
         it does not answer within the call's deadline, INTERNAL when it answers outside its
         protocol or rejects this server's credentials.
+
+        A named caller's own limits (the server's callers file) refuse with RESOURCE_EXHAUSTED,
+        ErrorInfo reason CALLER_RATE_LIMITED (over its rate or its concurrent calls; RetryInfo
+        says when to try again) or CALLER_BUDGET_EXHAUSTED (today's spend reached its budget;
+        RetryInfo points at the next 00:00 UTC), and PERMISSION_DENIED with reason
+        MODEL_NOT_ALLOWED for a model outside its `models`. A missing or unknown bearer token is
+        UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod
@@ -174,6 +215,18 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_rerank_service_pb2.ListModelsResponse, _abc.Awaitable[_rerank_service_pb2.ListModelsResponse]]:
         """ListModels returns the reranking models the gateway offers (its `GET /config`, filtered to
         `modelType` "reranking").
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _rerank_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rerank_service_pb2.GetUsageResponse, _abc.Awaitable[_rerank_service_pb2.GetUsageResponse]]:
+        """GetUsage answers the calling caller's own standing today (a UTC day): its spend, its
+        budget, its limits, and the calls it made and had refused. It never tells another
+        caller's. Only a named caller (a table of the server's callers file) has a standing: any
+        other gets FAILED_PRECONDITION (ErrorInfo reason NOT_A_NAMED_CALLER).
         """
 
     @_abc_1.abstractmethod
@@ -194,7 +247,10 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
         8, RERANK_BATCH_PARALLELISM, 1 to 64); each holds its own admission place (one call and
         its bytes) while it runs, so a request the server has no room for fails alone with
         RESOURCE_EXHAUSTED (reason OVERLOADED, with a RetryInfo). Identical requests, in one
-        batch or in calls in flight, share one gateway call.
+        batch or in calls in flight, share one gateway call. A named caller's limits count each
+        request as a call of its own (its rate, its concurrent calls, its budget, its models): a
+        request beyond them fails alone with the reason a Rerank would get (CALLER_RATE_LIMITED,
+        CALLER_BUDGET_EXHAUSTED, MODEL_NOT_ALLOWED).
 
         The call's deadline bounds every request: a request not answered shortly before it
         (the server keeps a tenth of the call's time, at most 1 s, to send the answer) fails
@@ -210,7 +266,8 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors of the whole call: INVALID_ARGUMENT (reason INVALID_REQUEST, field `requests`)
         for more requests than the batch limit, or bytes that are not a BatchRerankRequest
         (MALFORMED_REQUEST); RESOURCE_EXHAUSTED from gRPC itself for a message over the receive
-        limit; DEADLINE_EXCEEDED when the deadline passes before the answer is sent.
+        limit; DEADLINE_EXCEEDED when the deadline passes before the answer is sent;
+        UNAUTHENTICATED for a missing or unknown bearer token.
         """
 
 def add_RerankServiceServicer_to_server(servicer: RerankServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

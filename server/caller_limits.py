@@ -1,0 +1,120 @@
+"""The caller-limits layer: a named caller's models, rate, concurrency and daily budget.
+
+The outermost `RerankerLayer`, so every call of a named caller meets its limits before the
+cache, the windows or the retries: a cached answer takes a token from the bucket like any
+other call (it is a call), and costs nothing from the budget (the gateway was not asked). The
+budget is checked before the call (refused once today's spend has reached it) and charged
+after it with the call's `Usage.cost`: what the gateway reported for every window, exactly; a
+cost the gateway did not report is charged as nothing. Calls without a named caller pass
+through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from decimal import Decimal
+
+from rerank.server.domain import Caller, Reranker, RerankerLayer, RerankOutcome, RerankQuery
+from rerank.server.errors import (
+    CallerBudgetExhausted,
+    CallerRateLimited,
+    CallerRefused,
+    ModelNotAllowed,
+)
+from rerank.server.limits import DailyUsage, LimitStore, Refused
+from rerank.server.metrics import Metrics
+
+
+class CallerLimitsReranker(RerankerLayer):
+    """Enforces `query.caller`'s limits through a `LimitStore`; `clock` is wall-clock
+    seconds (days are UTC days)."""
+
+    def __init__(
+        self,
+        inner: Reranker,
+        store: LimitStore,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(inner)
+        self._store = store
+        self._metrics = metrics or Metrics.disabled()
+        self._clock = clock
+
+    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
+        caller = query.caller
+        if caller is None:
+            return await self._inner.rerank(query, timeout=timeout)
+        self.check_model(query)
+        verdict = await self._store.admit(caller.name, caller.limits, now=self._clock())
+        if isinstance(verdict, Refused):
+            self._metrics.caller_refused(caller.name, verdict.reason)
+            raise _refusal(caller, verdict)
+        self._metrics.caller_call(caller.name)
+        cost: Decimal | None = None
+        try:
+            outcome = await self._inner.rerank(query, timeout=timeout)
+            # Every window's cost, exactly; zero for an answer the gateway was not asked for.
+            cost = outcome.usage.cost
+            return outcome
+        finally:
+            # Shielded: a caller hanging up must still give its lease back and pay its way.
+            await asyncio.shield(
+                self._store.finish(caller.name, verdict.lease, cost, now=self._clock())
+            )
+
+    def check_model(self, query: RerankQuery) -> None:
+        """Raise `ModelNotAllowed` (and count it) when `query`'s named caller may not use its
+        model; the servicer asks this of requests it answers without the chain, too."""
+        try:
+            check_model(query)
+        except ModelNotAllowed as refused:
+            self._metrics.caller_refused(refused.caller, refused.reason)
+            raise
+
+    async def usage(self, caller: Caller) -> DailyUsage:
+        """`caller`'s standing today."""
+        return await self._store.usage(caller.name, now=self._clock())
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+        await self._store.aclose()
+
+
+def check_model(query: RerankQuery) -> None:
+    """Raise `ModelNotAllowed` when `query`'s named caller may not use its model."""
+    caller = query.caller
+    if caller is not None and not caller.may_use(query.model):
+        raise ModelNotAllowed(
+            f"caller {caller.name!r} may not use model {query.model!r}; "
+            f"it may use {', '.join(caller.models)}",
+            caller=caller.name,
+            model=query.model,
+        )
+
+
+def _refusal(caller: Caller, refused: Refused) -> CallerRefused:
+    limits = caller.limits
+    if refused.reason == "CALLER_BUDGET_EXHAUSTED":
+        return CallerBudgetExhausted(
+            f"caller {caller.name!r} has spent its daily budget of "
+            f"{limits.daily_budget_usd} USD; it renews at 00:00 UTC",
+            caller=caller.name,
+            retry_after=refused.retry_after,
+            daily_budget_usd=str(limits.daily_budget_usd),
+        )
+    rules = []
+    if limits.requests_per_second is not None:
+        rules.append(f"{limits.requests_per_second:g} calls per second")
+    if limits.max_concurrent_calls is not None:
+        count = limits.max_concurrent_calls
+        rules.append(f"{count} call{'' if count == 1 else 's'} in flight")
+    return CallerRateLimited(
+        f"caller {caller.name!r} is over its limit of {' and '.join(rules)}; "
+        f"retry in {refused.retry_after:.3g} s",
+        caller=caller.name,
+        retry_after=refused.retry_after,
+    )

@@ -1,0 +1,224 @@
+"""Per-caller limits and the day's spend: the values, the store's shape, and the in-process store.
+
+A `LimitStore` answers two questions per call, each in one round trip: may this caller start a
+call now (`admit`: the day's budget, a token from the rate bucket, a concurrency lease), and what
+did the call cost (`finish`: release the lease, charge the cost). `InMemoryLimitStore` keeps
+that state in this process (so with several workers or replicas each enforces its own limits);
+a Redis store keeps it where every replica sees it. Both follow
+the rules of this module's helpers, so they agree on what a limit means:
+
+- the token bucket holds `bucket_size(limits)` tokens, starts full, refills at
+  `requests_per_second`, and a call takes one token;
+- a budget refuses once the day's spend has reached it (`spent >= budget`), so a call may overshoot
+  it by its own cost, never start after it;
+- days are UTC days of the wall clock `now`; costs are integer nano-dollars (`to_nanos`), so
+  sums are exact.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
+from typing import Literal, Protocol
+
+NANOS_PER_USD = 1_000_000_000
+SECONDS_PER_DAY = 86_400
+
+#: How long a caller refused for its concurrency limit should wait: the store cannot know when
+#: one of its calls ends, and a typical rerank call takes about this long.
+CONCURRENCY_RETRY_AFTER = 0.1
+
+RefusalReason = Literal["CALLER_RATE_LIMITED", "CALLER_BUDGET_EXHAUSTED"]
+
+
+@dataclass(frozen=True)
+class CallerLimits:
+    """What one caller may do; `None` everywhere means unlimited."""
+
+    requests_per_second: float | None = None
+    #: Bucket size; `None` means `requests_per_second` (at least one token, see `bucket_size`).
+    burst: float | None = None
+    max_concurrent_calls: int | None = None
+    daily_budget_usd: Decimal | None = None
+
+
+UNLIMITED = CallerLimits()
+
+
+@dataclass(frozen=True)
+class Granted:
+    """The call may go on; `finish` must be called with `lease` when it ends."""
+
+    #: Opaque id of the concurrency lease ("" when the caller has no concurrency limit).
+    lease: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The call must not go on."""
+
+    reason: RefusalReason
+    #: Seconds until trying again can help.
+    retry_after: float
+
+
+@dataclass(frozen=True)
+class DailyUsage:
+    """A caller's standing on one UTC day."""
+
+    #: UTC date, "YYYY-MM-DD".
+    day: str
+    spent_usd: Decimal
+    calls: int
+    refused: int
+
+
+class LimitStore(Protocol):
+    """Where limits are counted: this process (`InMemoryLimitStore`) or Redis."""
+
+    async def admit(self, caller: str, limits: CallerLimits, *, now: float) -> Granted | Refused:
+        """One round trip: the budget check (refused when today's spend >= budget), a token from
+        the bucket, a concurrency lease; counts a refusal or a call in today's usage."""
+        ...
+
+    async def finish(self, caller: str, lease: str, cost: Decimal | None, *, now: float) -> None:
+        """One round trip: release the lease, charge `cost` (exact decimal) to today's spend."""
+        ...
+
+    async def usage(self, caller: str, *, now: float) -> DailyUsage:
+        """Today's spend and counts of `caller` (zeros when it has not called today)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; called once, at shutdown."""
+        ...
+
+
+def utc_day(now: float) -> str:
+    """The UTC date of wall-clock second `now`, "YYYY-MM-DD"."""
+    return datetime.fromtimestamp(now, UTC).date().isoformat()
+
+
+def seconds_to_next_utc_midnight(now: float) -> float:
+    """Seconds from `now` until the next UTC day begins (always > 0)."""
+    today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (today + timedelta(days=1)).timestamp() - now
+
+
+def bucket_size(limits: CallerLimits) -> float:
+    """The rate bucket's capacity: `burst`, else `requests_per_second`, and never below one
+    token (a bucket smaller than one call would refuse every call)."""
+    if limits.requests_per_second is None:
+        return math.inf
+    size = limits.burst if limits.burst is not None else limits.requests_per_second
+    return max(size, 1.0)
+
+
+def to_nanos(usd: Decimal) -> int:
+    """`usd` as whole nano-dollars, rounded up: a fraction of a nano-dollar still counts."""
+    return int((usd * NANOS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+
+
+def from_nanos(nanos: int) -> Decimal:
+    """Nano-dollars back to an exact decimal of dollars."""
+    return Decimal(nanos).scaleb(-9)
+
+
+@dataclass
+class _CallerState:
+    """One caller's counters in this process."""
+
+    tokens: float
+    refilled_at: float
+    leases: set[str] = field(default_factory=set)
+    day: str = ""
+    spent_nanos: int = 0
+    calls: int = 0
+    refused: int = 0
+
+    def roll_to(self, day: str) -> None:
+        """Start a new day's usage when `day` is not the one counted so far."""
+        if day != self.day:
+            self.day = day
+            self.spent_nanos = self.calls = self.refused = 0
+
+
+class InMemoryLimitStore:
+    """A `LimitStore` in this process; single-threaded (one event loop), no awaits inside, so
+    each method is atomic. A change of a caller's limits applies at its next call: the bucket
+    is clamped to the new size and refilled at the new rate from then on."""
+
+    def __init__(self) -> None:
+        self._callers: dict[str, _CallerState] = {}
+        self._lease_ids = itertools.count(1)
+
+    def _state(self, caller: str, limits: CallerLimits, now: float) -> _CallerState:
+        state = self._callers.get(caller)
+        if state is None:
+            state = _CallerState(tokens=bucket_size(limits), refilled_at=now)
+            self._callers[caller] = state
+        state.roll_to(utc_day(now))
+        return state
+
+    async def admit(self, caller: str, limits: CallerLimits, *, now: float) -> Granted | Refused:
+        state = self._state(caller, limits, now)
+        refusal = self._refusal(state, limits, now)
+        if refusal is not None:
+            state.refused += 1
+            return refusal
+        state.calls += 1
+        if limits.requests_per_second is not None:
+            state.tokens -= 1.0
+        if limits.max_concurrent_calls is None:
+            return Granted(lease="")
+        lease = str(next(self._lease_ids))
+        state.leases.add(lease)
+        return Granted(lease=lease)
+
+    @staticmethod
+    def _refusal(state: _CallerState, limits: CallerLimits, now: float) -> Refused | None:
+        """Why `state` may not start a call now (refilling its bucket first), or None."""
+        if limits.daily_budget_usd is not None and state.spent_nanos >= to_nanos(
+            limits.daily_budget_usd
+        ):
+            return Refused("CALLER_BUDGET_EXHAUSTED", seconds_to_next_utc_midnight(now))
+        rate = limits.requests_per_second
+        if rate is not None:
+            # A clock that steps back refills nothing rather than draining the bucket.
+            elapsed = max(0.0, now - state.refilled_at)
+            state.tokens = min(bucket_size(limits), state.tokens + elapsed * rate)
+        state.refilled_at = now
+        if limits.max_concurrent_calls is not None and (
+            len(state.leases) >= limits.max_concurrent_calls
+        ):
+            return Refused("CALLER_RATE_LIMITED", CONCURRENCY_RETRY_AFTER)
+        if rate is not None and state.tokens < 1.0:
+            return Refused("CALLER_RATE_LIMITED", (1.0 - state.tokens) / rate)
+        return None
+
+    async def finish(self, caller: str, lease: str, cost: Decimal | None, *, now: float) -> None:
+        state = self._callers.get(caller)
+        if state is None:
+            return
+        state.leases.discard(lease)
+        if cost is not None and cost > 0:
+            state.roll_to(utc_day(now))
+            state.spent_nanos += to_nanos(cost)
+
+    async def usage(self, caller: str, *, now: float) -> DailyUsage:
+        day = utc_day(now)
+        state = self._callers.get(caller)
+        if state is None or state.day != day:
+            return DailyUsage(day=day, spent_usd=Decimal(0), calls=0, refused=0)
+        return DailyUsage(
+            day=day,
+            spent_usd=from_nanos(state.spent_nanos),
+            calls=state.calls,
+            refused=state.refused,
+        )
+
+    async def aclose(self) -> None:
+        self._callers.clear()

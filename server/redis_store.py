@@ -1,0 +1,460 @@
+"""Per-caller limits and spend in Redis, so that every replica enforces one limit.
+
+`RedisLimitStore` keeps what `limits.InMemoryLimitStore` keeps, under these keys (the caller's
+name in braces is a Redis Cluster hash tag: one caller's keys share a slot, as a script needs):
+
+- `rerank:limits:{CALLER}:bucket`, a hash: the rate bucket's `tokens` and when (`at`, ms) they
+  were counted; it expires once the bucket would be full again (a full bucket is no key).
+- `rerank:limits:{CALLER}:leases`, a sorted set: one lease id per call in flight, scored by
+  when the lease expires; the key expires with its last lease.
+- `rerank:limits:{CALLER}:day:YYYY-MM-DD`, a hash: that UTC day's `spent` (integer
+  nano-dollars), `calls` and `refused`; it expires two days after its last change.
+
+Each of `admit` and `finish` is one Lua script, so one round trip and atomic: no other
+replica's call can come between the check and the take. A concurrency slot is a lease that
+expires (`lease_seconds`, longer than any call may take), so a replica that dies holding slots
+frees them by itself. Scripts take the time from `now` (the replicas' wall clocks, kept in step
+by NTP as usual); the bucket never moves back in time, so a replica whose clock is a little
+behind refills nothing rather than refilling twice.
+
+`FailOpenLimitStore` is how limits survive a Redis outage: calls go on, decided in this process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from rerank.server.errors import LimitsUnavailable
+from rerank.server.limits import (
+    CONCURRENCY_RETRY_AFTER,
+    CallerLimits,
+    DailyUsage,
+    Granted,
+    InMemoryLimitStore,
+    Refused,
+    bucket_size,
+    from_nanos,
+    seconds_to_next_utc_midnight,
+    to_nanos,
+    utc_day,
+)
+from rerank.server.redis_client import RedisClient, RedisError, Script
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "rerank:limits"
+#: A day's usage is kept this long after its last change: today's and yesterday's stay.
+DAY_SECONDS_KEPT = 2 * 86_400
+
+# KEYS: bucket, leases, today's usage. ARGV: now (ms), rate per second ("" = none), bucket
+# size, concurrency limit ("" = none), budget in nano-dollars ("" = none), lease id, lease
+# lifetime (ms), seconds a day's usage is kept.
+# Returns {decision, retry after (ms), today's spend (nano-dollars, as stored)}; decision is
+# "granted", "budget" or "rate" (rate or concurrency). Every check runs before anything is
+# taken, so a refused call takes no token and no slot.
+_ADMIT = Script("""
+local now = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local size = tonumber(ARGV[3])
+local slots = tonumber(ARGV[4])
+local budget = tonumber(ARGV[5])
+local spent = redis.call('HGET', KEYS[3], 'spent') or '0'
+local function counted(field, decision, wait)
+  redis.call('HINCRBY', KEYS[3], field, 1)
+  redis.call('EXPIRE', KEYS[3], ARGV[8])
+  return {decision, wait, spent}
+end
+if budget and tonumber(spent) >= budget then
+  return counted('refused', 'budget', 0)
+end
+if slots then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) >= slots then
+    return counted('refused', 'rate', -1)
+  end
+end
+if rate then
+  local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+  local tokens = tonumber(bucket[1]) or size
+  local at = tonumber(bucket[2]) or now
+  if now > at then
+    tokens = math.min(size, tokens + (now - at) * rate / 1000)
+    at = now
+  end
+  if tokens < 1 then
+    return counted('refused', 'rate', math.ceil((1 - tokens) * 1000 / rate))
+  end
+  tokens = tokens - 1
+  redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', at)
+  redis.call('PEXPIRE', KEYS[1], math.ceil((size - tokens) * 1000 / rate) + 1000)
+end
+if slots then
+  local lifetime = tonumber(ARGV[7])
+  redis.call('ZADD', KEYS[2], now + lifetime, ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], lifetime)
+end
+return counted('calls', 'granted', 0)
+""")
+
+# KEYS: leases, the day's usage. ARGV: lease id ("" = none), nano-dollars spent, calls and
+# refusals to add (the last two are non-zero only when counts made during an outage are
+# handed back), seconds a day's usage is kept.
+_FINISH = Script("""
+if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+local changed = false
+for i, name in ipairs({'spent', 'calls', 'refused'}) do
+  if ARGV[i + 1] ~= '0' then
+    redis.call('HINCRBY', KEYS[2], name, ARGV[i + 1])
+    changed = true
+  end
+end
+if changed then
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
+return 1
+""")
+
+
+def _keys(caller: str) -> tuple[str, str]:
+    base = f"{KEY_PREFIX}:{{{caller}}}"
+    return f"{base}:bucket", f"{base}:leases"
+
+
+def _day_key(caller: str, day: str) -> str:
+    return f"{KEY_PREFIX}:{{{caller}}}:day:{day}"
+
+
+def _unavailable(error: RedisError) -> LimitsUnavailable:
+    # The caller hears that the limits are away, not where they live.
+    return LimitsUnavailable("per-caller limits cannot be checked now; retry later")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """`admit`'s decision, with the caller's spend today as Redis holds it (what the
+    fail-open store falls back on when Redis goes away)."""
+
+    decision: Granted | Refused
+    spent_nanos: int
+
+
+class RedisLimitStore:
+    """A `limits.LimitStore` in Redis; raises `LimitsUnavailable` when Redis cannot answer."""
+
+    def __init__(self, client: RedisClient, *, lease_seconds: float) -> None:
+        self._client = client
+        self._lease_ms = max(1, round(lease_seconds * 1000))
+        # Lease ids unique across replicas: this process's random prefix, then a count.
+        self._lease_prefix = secrets.token_hex(6)
+        self._lease_ids = itertools.count(1)
+
+    async def admit(self, caller: str, limits: CallerLimits, *, now: float) -> Granted | Refused:
+        return (await self.admit_seeing_spend(caller, limits, now=now)).decision
+
+    async def admit_seeing_spend(
+        self, caller: str, limits: CallerLimits, *, now: float
+    ) -> Admission:
+        bucket, leases = _keys(caller)
+        rate = limits.requests_per_second
+        slots = limits.max_concurrent_calls
+        budget = limits.daily_budget_usd
+        lease = f"{self._lease_prefix}.{next(self._lease_ids)}" if slots is not None else ""
+        try:
+            decision, wait_ms, spent = await self._client.run(
+                _ADMIT,
+                (bucket, leases, _day_key(caller, utc_day(now))),
+                (
+                    round(now * 1000),
+                    "" if rate is None else rate,
+                    "" if rate is None else bucket_size(limits),
+                    "" if slots is None else slots,
+                    "" if budget is None else to_nanos(budget),
+                    lease,
+                    self._lease_ms,
+                    DAY_SECONDS_KEPT,
+                ),
+            )
+        except RedisError as error:
+            raise _unavailable(error) from error
+        spent_nanos = int(spent)
+        if decision == b"granted":
+            return Admission(Granted(lease=lease), spent_nanos)
+        if decision == b"budget":
+            refusal = Refused("CALLER_BUDGET_EXHAUSTED", seconds_to_next_utc_midnight(now))
+        elif wait_ms < 0:  # the concurrency limit
+            refusal = Refused("CALLER_RATE_LIMITED", CONCURRENCY_RETRY_AFTER)
+        else:
+            refusal = Refused("CALLER_RATE_LIMITED", wait_ms / 1000)
+        return Admission(refusal, spent_nanos)
+
+    async def finish(self, caller: str, lease: str, cost: Decimal | None, *, now: float) -> None:
+        spent = to_nanos(cost) if cost is not None and cost > 0 else 0
+        await self.add(caller, utc_day(now), lease=lease, spent_nanos=spent)
+
+    async def add(
+        self,
+        caller: str,
+        day: str,
+        *,
+        lease: str = "",
+        spent_nanos: int = 0,
+        calls: int = 0,
+        refused: int = 0,
+    ) -> None:
+        """Release `lease` and add to `day`'s usage, in one round trip (none when there is
+        nothing to do)."""
+        if not lease and not (spent_nanos or calls or refused):
+            return
+        _, leases = _keys(caller)
+        try:
+            await self._client.run(
+                _FINISH,
+                (leases, _day_key(caller, day)),
+                (lease, spent_nanos, calls, refused, DAY_SECONDS_KEPT),
+            )
+        except RedisError as error:
+            raise _unavailable(error) from error
+
+    async def usage(self, caller: str, *, now: float) -> DailyUsage:
+        day = utc_day(now)
+        try:
+            spent, calls, refused = await self._client.call(
+                "HMGET", _day_key(caller, day), "spent", "calls", "refused"
+            )
+        except RedisError as error:
+            raise _unavailable(error) from error
+        return DailyUsage(
+            day=day,
+            spent_usd=from_nanos(int(spent or 0)),
+            calls=int(calls or 0),
+            refused=int(refused or 0),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+#: Prefix of the leases `FailOpenLimitStore` grants from its in-process store.
+_LOCAL = "local:"
+
+
+@dataclass
+class _Outage:
+    """What was decided in this process while Redis was away, to hand back once it returns."""
+
+    #: Names this outage in the leases it grants, so that a lease outliving it is not
+    #: released in the next outage's store.
+    number: int
+    #: Rates and slots while Redis is away: per process.
+    store: InMemoryLimitStore = field(default_factory=InMemoryLimitStore)
+    #: [nano-dollars spent, calls, refusals] counted here and not yet in Redis, by
+    #: (caller, day).
+    counts: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+    def count(
+        self, caller: str, day: str, *, spent: int = 0, calls: int = 0, refused: int = 0
+    ) -> None:
+        counted = self.counts.setdefault((caller, day), [0, 0, 0])
+        counted[0] += spent
+        counted[1] += calls
+        counted[2] += refused
+
+
+class FailOpenLimitStore:
+    """Limits in Redis that do not take the service down with it.
+
+    While Redis cannot answer (`RedisClient` leaves it alone a second after each failure, so
+    an outage costs calls no time), every call is decided by an in-process store started for
+    the outage: the caller's rate and concurrency limits hold per process, and its budget holds
+    against what Redis last said it had spent today plus what this process charged since.
+    Once Redis answers again, the calls, refusals and spend counted meanwhile are added to it
+    before anything else is asked of it, and limits are shared again. `RERANK_LIMITS_FAIL_CLOSED=1`
+    uses `RedisLimitStore` alone instead, which refuses calls with `LimitsUnavailable`.
+    """
+
+    def __init__(
+        self,
+        primary: RedisLimitStore,
+        # Called once per call decided in this process because Redis was away (the
+        # rerank_limits_decided_locally_total counter).
+        on_local_decision: Callable[[], None] | None = None,
+    ) -> None:
+        self._primary = primary
+        self._on_local_decision = on_local_decision
+        self._outage: _Outage | None = None
+        self._outages = itertools.count(1)
+        #: Each caller's spend today as Redis last reported it: (day, nano-dollars).
+        self._spent_seen: dict[str, tuple[str, int]] = {}
+
+    async def admit(self, caller: str, limits: CallerLimits, *, now: float) -> Granted | Refused:
+        try:
+            await self._hand_back()
+            admission = await self._primary.admit_seeing_spend(caller, limits, now=now)
+        except LimitsUnavailable:
+            return await self._admit_here(caller, limits, now)
+        self._spent_seen[caller] = (utc_day(now), admission.spent_nanos)
+        return admission.decision
+
+    async def _admit_here(self, caller: str, limits: CallerLimits, now: float) -> Granted | Refused:
+        outage = self._outage_now()
+        if self._on_local_decision is not None:
+            self._on_local_decision()
+        day = utc_day(now)
+        budget = limits.daily_budget_usd
+        if budget is not None:
+            seen_day, seen = self._spent_seen.get(caller, (day, 0))
+            counted = outage.counts.get((caller, day), [0, 0, 0])
+            spent = (seen if seen_day == day else 0) + counted[0]
+            limits = dataclasses.replace(limits, daily_budget_usd=budget - from_nanos(spent))
+        decision = await outage.store.admit(caller, limits, now=now)
+        if isinstance(decision, Refused):
+            outage.count(caller, day, refused=1)
+            return decision
+        outage.count(caller, day, calls=1)
+        return Granted(lease=f"{_LOCAL}{outage.number}:{decision.lease}")
+
+    async def finish(self, caller: str, lease: str, cost: Decimal | None, *, now: float) -> None:
+        if lease.startswith(_LOCAL):
+            # Granted here: its slot is this process's. Its cost goes to Redis when it can.
+            number, _, local_lease = lease[len(_LOCAL) :].partition(":")
+            if self._outage is not None and str(self._outage.number) == number:
+                await self._outage.store.finish(caller, local_lease, None, now=now)
+            lease = ""
+        spent = to_nanos(cost) if cost is not None and cost > 0 else 0
+        try:
+            await self._primary.finish(caller, lease, cost, now=now)
+        except LimitsUnavailable:
+            # A Redis lease expires there by itself; the cost is kept here, to hand back.
+            if spent:
+                self._outage_now().count(caller, utc_day(now), spent=spent)
+            return
+        self._saw_spent(caller, utc_day(now), spent)
+
+    async def usage(self, caller: str, *, now: float) -> DailyUsage:
+        """Today's usage as Redis holds it; `LimitsUnavailable` while it is away (a figure
+        counted by one process alone would be wrong, not merely late)."""
+        await self._hand_back()
+        return await self._primary.usage(caller, now=now)
+
+    def _outage_now(self) -> _Outage:
+        if self._outage is None:
+            self._outage = _Outage(next(self._outages))
+        return self._outage
+
+    async def _hand_back(self) -> None:
+        """Add what was counted here while Redis was away to Redis, and end the outage;
+        `LimitsUnavailable` (keeping what is not handed back yet) while it is still away."""
+        outage = self._outage
+        if outage is None:
+            return
+        while outage.counts:
+            (caller, day), (spent, calls, refused) = outage.counts.popitem()
+            try:
+                await self._primary.add(
+                    caller, day, spent_nanos=spent, calls=calls, refused=refused
+                )
+            except LimitsUnavailable:
+                self._outage_now().count(caller, day, spent=spent, calls=calls, refused=refused)
+                raise
+            self._saw_spent(caller, day, spent)
+        if self._outage is outage:
+            self._outage = None
+
+    def _saw_spent(self, caller: str, day: str, nanos: int) -> None:
+        """Add `nanos`, just charged in Redis, to the spend last seen there."""
+        seen_day, seen = self._spent_seen.get(caller, (day, 0))
+        if seen_day == day:
+            self._spent_seen[caller] = (day, seen + nanos)
+
+    async def aclose(self) -> None:
+        await self._primary.aclose()
+
+
+CACHE_KEY_PREFIX = "rerank:cache:"
+
+
+class RedisCacheEntries:
+    """`cache.CacheEntries` in Redis: `rerank:cache:<sha-256 hex>` holds a cached answer's
+    bytes, set with an expiry of `ttl` (`SET ... PX`), so the cache is bounded by its TTL
+    and every replica finds the others' answers.
+
+    A Redis that cannot answer is a miss, and an answer not kept: calls go on uncached
+    (`RedisClient` says so once per outage).
+
+    `shares_limits`: this Redis also holds callers' limits and spend, which must never be
+    evicted to make room for cached answers. Then, on first contact, it is asked its
+    `maxmemory` and `maxmemory-policy` (`INFO memory`): unless it can never evict (no
+    `maxmemory`, or `noeviction`), the cache keeps nothing there and says so once. Cache
+    entries then go elsewhere (`RERANK_CACHE_REDIS_URL`) or nowhere.
+    """
+
+    def __init__(self, client: RedisClient, *, ttl: float, shares_limits: bool) -> None:
+        self._client = client
+        self._ttl_ms = max(1, round(ttl * 1000))
+        #: None until checked; True when this Redis may hold cache entries.
+        self._allowed: bool | None = None if shares_limits else True
+
+    async def get(self, key: bytes) -> bytes | None:
+        if not await self._may_use():
+            return None
+        try:
+            blob: bytes | None = await self._client.call("GET", CACHE_KEY_PREFIX + key.hex())
+        except RedisError:
+            return None
+        return blob
+
+    async def put(self, key: bytes, blob: bytes) -> None:
+        if not await self._may_use():
+            return
+        try:
+            await self._client.call("SET", CACHE_KEY_PREFIX + key.hex(), blob, "PX", self._ttl_ms)
+        except RedisError:
+            return
+
+    async def clear(self) -> None:
+        """Delete every cache entry (every replica's: they are one cache)."""
+        cursor = b"0"
+        try:
+            while True:
+                cursor, keys = await self._client.call(
+                    "SCAN", cursor, "MATCH", CACHE_KEY_PREFIX + "*", "COUNT", 1000
+                )
+                if keys:
+                    await self._client.call("UNLINK", *keys)
+                if cursor == b"0":
+                    return
+        except RedisError:
+            return
+
+    async def _may_use(self) -> bool:
+        if self._allowed is None:
+            try:
+                info: bytes = await self._client.call("INFO", "memory")
+            except RedisError:
+                return False  # asked again on the next call
+            memory = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
+            policy = memory.get("maxmemory_policy", "unknown").strip()
+            limit = memory.get("maxmemory", "").strip()
+            self._allowed = limit == "0" or policy == "noeviction"
+            if not self._allowed:
+                logger.error(
+                    "the result cache keeps nothing in Redis at %s: it holds callers' limits "
+                    "and spend and may evict keys (maxmemory %s, maxmemory-policy %s); give "
+                    "the cache a Redis of its own (RERANK_CACHE_REDIS_URL), or set "
+                    "maxmemory-policy noeviction",
+                    self._client.url,
+                    limit or "unknown",
+                    policy,
+                )
+        return self._allowed
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

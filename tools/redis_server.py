@@ -1,0 +1,224 @@
+"""A throwaway `redis-server` on a loopback port, for the tests and the bench.
+
+Debian's `redis-server` package provides the binary (`.ci/run` installs it when missing).
+Nothing is persisted (`--save ''`, no append-only file), and it listens on 127.0.0.1 only.
+Redis needs a port of its own choosing, so a free one is picked first; a start that loses the
+port to another process in between is tried again on another. `restart()` brings it back on
+the same port (an outage, then recovery, as a replica sees it). Stopped by its own PID only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import hiredis
+
+#: One line saying what to install where the binary is missing.
+INSTALL_HINT = (
+    "redis-server not found on PATH: install Debian's redis-server package "
+    "(apt-get install redis-server) to run the Redis tests"
+)
+_READY_SECONDS = 10.0
+_STOP_SECONDS = 10.0
+
+
+def redis_server_binary() -> str | None:
+    """The path of `redis-server`, or None when it is not installed."""
+    return shutil.which("redis-server")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Tls:
+    """Files of a TLS-only redis-server: its certificate chain and key, and the CA that
+    signed them (which clients are given)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
+class RedisServer:
+    """One redis-server process on 127.0.0.1. Use as a context manager, or start()/stop().
+
+    With `tls`, it speaks TLS only, and `url` is a `rediss://` URL naming the CA.
+    """
+
+    def __init__(self, directory: Path, *extra_args: str, tls: Tls | None = None) -> None:
+        binary = redis_server_binary()
+        if binary is None:
+            raise FileNotFoundError(INSTALL_HINT)
+        self._binary = binary
+        self._directory = directory
+        self._extra_args = extra_args
+        self._tls = tls
+        self._popen: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        if self._tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self._tls.ca_file}"
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _connect(self, timeout: float) -> socket.socket:
+        connection = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        if self._tls is None:
+            return connection
+        context = ssl.create_default_context(cafile=str(self._tls.ca_file))
+        return context.wrap_socket(connection, server_hostname="127.0.0.1")
+
+    def _ping(self) -> bool:
+        """Whether it answers PING: `+PONG`, or `-NOAUTH` from one that wants a password."""
+        try:
+            with self._connect(timeout=0.5) as connection:
+                connection.sendall(b"PING\r\n")
+                return connection.recv(16).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+
+    @property
+    def pid(self) -> int:
+        assert self._popen is not None
+        return self._popen.pid
+
+    def start(self) -> RedisServer:
+        """Start on a free port (another one if that is taken before Redis binds it)."""
+        for _ in range(5):
+            if self._start_on(_free_port()):
+                return self
+        raise RuntimeError(f"redis-server did not start; see {self._log}")
+
+    def restart(self) -> None:
+        """Start again on the same port, after `stop()`: what clients see as Redis coming
+        back."""
+        assert self.port, "restart() follows a start()"
+        if not self._start_on(self.port):
+            raise RuntimeError(f"redis-server did not restart on {self.port}; see {self._log}")
+
+    def _start_on(self, port: int) -> bool:
+        self._spawn(port)
+        if self._wait_ready():
+            return True
+        self.stop()
+        return False
+
+    def _spawn(self, port: int) -> None:
+        self.port = port
+        if self._tls is None:
+            listen = ["--port", str(port)]
+        else:
+            listen = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(port),
+                "--tls-cert-file",
+                str(self._tls.cert_file),
+                "--tls-key-file",
+                str(self._tls.key_file),
+                "--tls-ca-cert-file",
+                str(self._tls.ca_file),
+                "--tls-auth-clients",
+                "no",
+            ]
+        with self._log.open("ab") as log:
+            self._popen = subprocess.Popen(
+                [
+                    self._binary,
+                    *listen,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self._directory),
+                    "--loglevel",
+                    "warning",
+                    *self._extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def _log(self) -> Path:
+        return self._directory / "redis-server.log"
+
+    def _wait_ready(self) -> bool:
+        assert self._popen is not None
+        deadline = time.monotonic() + _READY_SECONDS
+        while time.monotonic() < deadline:
+            if self._popen.poll() is not None:  # exited: most likely the port was taken
+                return False
+            if self._ping():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def command(self, *args: str | bytes | int | float) -> Any:
+        """One command over a connection of its own, for a test to look at or change what
+        Redis holds; an error reply is returned as a `hiredis.ReplyError` value."""
+        reader = hiredis.Reader()
+        with self._connect(timeout=5) as connection:
+            connection.sendall(hiredis.pack_command(args))
+            while (reply := reader.gets()) is False:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    raise ConnectionError("redis-server closed the connection")
+                reader.feed(chunk)
+        return reply
+
+    def pause(self) -> None:
+        """SIGSTOP: Redis keeps its connections and answers nothing, as a hung one does."""
+        assert self._popen is not None
+        self._popen.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._popen is not None
+        self._popen.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        """SIGTERM to this PID, SIGKILL if it has not exited in time; the port is kept for
+        `restart()`. A Redis started with save points writes them out first, so a restart
+        finds what it held."""
+        if self._popen is None:
+            return
+        if self._popen.poll() is None:
+            self._popen.send_signal(signal.SIGCONT)  # a paused one would not hear SIGTERM
+            self._popen.terminate()
+            try:
+                self._popen.wait(timeout=_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                self._popen.wait(timeout=_STOP_SECONDS)
+        self._popen = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
