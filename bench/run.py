@@ -125,12 +125,14 @@ SMOKE = Plan(
     batch_rounds=2,
 )
 #: The observability comparison: the proxied 20-document cell at this concurrency, on a server
-#: with everything off (the default) and one with it on, as below.
+#: with everything off and one with it on, as below.
 OBSERVABILITY_CELL = (20, 8)
-#: "On": metrics served on a port. (Tracing on but unsampled and access logs at their default
-#: join these when they exist; the README's "Operating it" says what was measured.)
+#: "On": metrics served on a port, and tracing (on but unsampled: nothing exported) and access
+#: logs at their defaults. "Off": no metrics, the OpenTelemetry SDK disabled, successes not
+#: logged (the README's "Operating it" says what was measured).
 OBSERVABILITY_ON_ARGS = ("--metrics-port", "0")
 OBSERVABILITY_ON_ENV: dict[str, str] = {}
+OBSERVABILITY_OFF_ENV = {"OTEL_SDK_DISABLED": "true", "RERANK_ACCESS_LOG_SUCCESS_SAMPLE": "0"}
 #: Scrapes timed, after the pairs, to tell what one costs the server.
 SCRAPES = 20
 
@@ -333,7 +335,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
             await probe.close()
         workers = await _compare_workers(plan, out, stack, mock_url, server.address)
         limits = await _compare_limits(plan, out, stack, mock_url, server)
-        observability = await _compare_observability(plan, out, stack, mock_url, server)
+        observability = await _compare_observability(plan, out, stack, mock_url)
         batch = await batch_cell.compare(
             plan.name,
             plan.batch_rounds,
@@ -538,11 +540,24 @@ async def _limits_cost(plan: Plan, redis_url: str) -> list[dict[str, Any]]:
 
 
 async def _compare_observability(
-    plan: Plan, out: Path, stack: contextlib.ExitStack, gateway_url: str, off: Service
+    plan: Plan, out: Path, stack: contextlib.ExitStack, gateway_url: str
 ) -> dict[str, Any]:
     """Server CPU per call with observability on ÷ all off, on the same proxied cell, the two
     servers alternated pair after pair (off-on, on-off, ...) so drift and noise on the shared
     box fall on both; the median of the pairs' ratios is the figure."""
+    off = stack.enter_context(
+        Service(
+            "rerank server (observability off)",
+            "rerank.server",
+            [
+                *("--host", "127.0.0.1", "--port", "0", "--workers", "1"),
+                *("--gateway-url", gateway_url),
+            ],
+            r"rerank server listening on (\S+:\d+)",
+            out / f"{plan.name}-server-observability-off.log",
+            env={"AI_GATEWAY_API_KEY": API_KEY, "RERANK_GRACE_PERIOD": "2"} | OBSERVABILITY_OFF_ENV,
+        )
+    )
     on = stack.enter_context(
         Service(
             "rerank server (observability on)",

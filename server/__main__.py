@@ -20,7 +20,9 @@ from rerank.server.app import StartupError, build_info, serve
 from rerank.server.callers import CallersFileError, load_directory
 from rerank.server.config import DEFAULT_GATEWAY_URL, About, SettingError, Settings, Upstream, parse
 from rerank.server.credentials import TokenFileError, read_token
+from rerank.server.logs import configure_logging
 from rerank.server.metrics import MetricsDirectory, MetricsEndpoint, serving_metrics
+from rerank.server.tracing import SAMPLERS
 from rerank.server.workers import run_workers
 
 logger = logging.getLogger("rerank.server")
@@ -73,6 +75,12 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     )
     parser.add_argument("--default-model", dest="default_model")
     parser.add_argument("--log-level", dest="log_level")
+    parser.add_argument(
+        "--log-format",
+        dest="log_format",
+        metavar="text|json",
+        help="text (default) or json: one object per line, for every log record",
+    )
     parser.add_argument("--tls-cert", dest="tls_cert_file", help="PEM chain")
     parser.add_argument("--tls-key", dest="tls_key_file", help="PEM key")
     parser.add_argument(
@@ -115,6 +123,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         if "gateway_url" in values:
             values["gateway_url"] = values["gateway_url"].rstrip("/")
         values |= secrets_from(environ, parser)
+        values |= tracing_from(environ)
         has_credential = "api_key" in values or "oidc_token_file" in values
         if args.mock or (not has_credential and "gateway_url" not in values):
             values["upstream"] = Upstream.EMBEDDED_MOCK
@@ -169,6 +178,40 @@ def secrets_from(environ: Mapping[str, str], parser: argparse.ArgumentParser) ->
     return found
 
 
+def tracing_from(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The standard OpenTelemetry variables that decide whether and what to export: the OTLP
+    traces endpoint (unset: export nothing), the sampler and its ratio. The SDK reads the others
+    itself (README, "Operating it").
+
+    Raises:
+        SettingError: a value the server cannot honour (another exporter or protocol, an
+            unknown sampler, a ratio outside 0-1, an endpoint that is not an HTTP URL).
+    """
+    found: dict[str, Any] = {}
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    if exporter not in ("otlp", "none"):
+        raise SettingError(f"OTEL_TRACES_EXPORTER must be otlp or none, got {exporter!r}")
+    protocol = environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
+    ).strip()
+    if protocol not in ("", "http/protobuf"):
+        raise SettingError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is supported, got {protocol!r}"
+        )
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if not endpoint and (base := environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()):
+        # The specification's rule: the base endpoint gets the signal's path appended.
+        endpoint = base.rstrip("/") + "/v1/traces"
+    if endpoint and exporter == "otlp":
+        found["otlp_traces_endpoint"] = parse("otlp_traces_endpoint", endpoint)
+    if sampler := environ.get("OTEL_TRACES_SAMPLER", "").strip().lower():
+        found["trace_sampler"] = parse("trace_sampler", sampler)
+    ratio = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if ratio and SAMPLERS.get(sampler):  # the SDK too ignores the argument of the others
+        found["trace_sampler_ratio"] = parse("trace_sampler_ratio", ratio)
+    return found
+
+
 def say(line: str) -> None:
     """Print `line` on stdout in one write. `print` writes the text and its newline apart,
     which, unbuffered (PYTHONUNBUFFERED), lets a worker's log line on the same pipe land
@@ -179,11 +222,7 @@ def say(line: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(argv, os.environ)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level, settings.log_format)
     # uvicorn (the embedded mock gateway) logs each start and stop at INFO: noise here.
     logging.getLogger("uvicorn.error").setLevel(
         max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level])

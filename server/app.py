@@ -23,6 +23,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # re-exported at run time
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from rerank.server.admission import Admission
 from rerank.server.cache import CachingReranker
@@ -44,13 +46,16 @@ from rerank.server.interceptors import (
     ErrorInterceptor,
     MetricsInterceptor,
     ServerInterceptor,
+    TelemetryInterceptor,
 )
 from rerank.server.limits import InMemoryLimitStore, LimitStore
+from rerank.server.logs import AccessLog
 from rerank.server.metrics import MeteredUpstream, Metrics
 from rerank.server.redis_client import RedisClient
 from rerank.server.redis_store import FailOpenLimitStore, RedisCacheEntries, RedisLimitStore
 from rerank.server.resilience import CircuitBreaker, ResilientReranker, RetryBudget, RetryPolicy
 from rerank.server.service import BatchLimits, RerankServicer
+from rerank.server.tracing import TRACER_NAME, tracer_provider
 from rerank.server.windows import WindowedReranker, WindowPolicy
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
@@ -112,6 +117,7 @@ class RunningServer:
     callers: CallerRegistry
     embedded_mock: LoopbackMockGateway | None = None
     metrics: Metrics = field(default_factory=Metrics.disabled)
+    tracer_provider: TracerProvider | None = None
 
     async def drain(self, delay: float, cut_short: asyncio.Event | None = None) -> None:
         """NOT_SERVING, then keep serving for `delay` seconds (or until `cut_short` is set).
@@ -129,7 +135,8 @@ class RunningServer:
     async def stop(self) -> None:
         """Graceful stop: NOT_SERVING (when `drain` has not already said so), close the
         listener and let in-flight calls finish within the grace period, then close the HTTP
-        pool (and the embedded mock gateway, when there is one)."""
+        pool (and the embedded mock gateway, when there is one), then export the spans still
+        buffered."""
         await self.health.enter_graceful_shutdown()
         logger.info("stopping: in-flight calls get %.3g s to finish", self.grace_period)
         await self.server.stop(self.grace_period)
@@ -137,6 +144,9 @@ class RunningServer:
         if self.embedded_mock is not None:
             await self.embedded_mock.stop()
         self.metrics.close()
+        if self.tracer_provider is not None:
+            # Blocking (the exporter's last batch over HTTP): off the event loop.
+            await asyncio.to_thread(self.tracer_provider.shutdown)
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,10 @@ class RerankerChain:
 
 
 def build_chain(
-    settings: Settings, gateway: Reranker, metrics: Metrics | None = None
+    settings: Settings,
+    gateway: Reranker,
+    metrics: Metrics | None = None,
+    tracer: trace.Tracer | None = None,
 ) -> RerankerChain:
     """The whole chain around `gateway`, outermost first: the result cache, windows for large
     requests, retries with a budget and a circuit breaker, and the metrics of every call that
@@ -186,6 +199,7 @@ def build_chain(
             parallelism=settings.window_parallelism,
         ),
         metrics,
+        tracer=tracer,
     )
     cache = CachingReranker(
         windowed,
@@ -194,15 +208,19 @@ def build_chain(
         upstream_timeout=settings.upstream_timeout,
         metrics=metrics,
         entries=redis_cache_entries(settings, metrics),
+        tracer=tracer,
     )
     return RerankerChain(cache, cache, resilient)
 
 
 def build_reranker(
-    settings: Settings, gateway: Reranker, metrics: Metrics | None = None
+    settings: Settings,
+    gateway: Reranker,
+    metrics: Metrics | None = None,
+    tracer: trace.Tracer | None = None,
 ) -> Reranker:
     """The chain `build_chain` builds, as the one `Reranker` the servicer calls."""
-    return build_chain(settings, gateway, metrics).reranker
+    return build_chain(settings, gateway, metrics, tracer).reranker
 
 
 def redis_cache_entries(settings: Settings, metrics: Metrics) -> RedisCacheEntries | None:
@@ -250,12 +268,13 @@ def limit_store(settings: Settings, metrics: Metrics) -> LimitStore:
     return FailOpenLimitStore(store, on_local_decision=metrics.limits_decided_locally())
 
 
-def build_gateway(settings: Settings) -> GatewayReranker:
+def build_gateway(settings: Settings, tracer: trace.Tracer | None = None) -> GatewayReranker:
     """The gateway adapter for `settings.gateway_url`, over one pooled HTTP session."""
     return GatewayReranker(
         base_url=settings.gateway_url,
         credential=gateway_credential(settings),
         max_connections=settings.max_connections,
+        tracer=tracer,
         protocol=settings.protocol,
         team=settings.gateway_team,
     )
@@ -294,6 +313,9 @@ async def start_server(
         except StartupError:
             metrics.close()
             raise
+    # Made here, per server (so per worker process, after the fork), never at import.
+    provider = tracer_provider(settings)
+    tracer = provider.get_tracer(TRACER_NAME)
     embedded_mock = None
     if reranker is None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:
@@ -316,12 +338,14 @@ async def start_server(
                 api_key="embedded-mock",
                 oidc_token_file=None,
             )
-        reranker = build_reranker(settings, build_gateway(settings), metrics)
+        reranker = build_reranker(settings, build_gateway(settings, tracer), metrics, tracer)
     # Outermost, so that every call of a named caller meets its limits first.
     limited = CallerLimitsReranker(reranker, limit_store(settings, metrics), metrics=metrics)
     message_limit = settings.max_message_bytes
     # Metrics outermost, so a call the others refuse is still counted; then the call limit,
-    # so a call beyond it costs nothing more: no token check, no message read.
+    # so a call beyond it costs nothing more: no token check, no message read, no log line (the
+    # metrics count those refusals). Telemetry next: a call authentication refuses still has
+    # its span and its access-log record.
     interceptors: list[ServerInterceptor] = []
     if metrics.enabled:
         interceptors.append(MetricsInterceptor(metrics, registered_methods()))
@@ -331,6 +355,14 @@ async def start_server(
             HEALTH_CALLS,
             HEALTH_METHODS,
             registered_methods(),
+        )
+    )
+    interceptors.append(
+        TelemetryInterceptor(
+            tracer,
+            AccessLog(settings.access_log_success_sample),
+            methods=registered_methods(),
+            untraced=HEALTH_METHODS,
         )
     )
     if settings.auth_tokens or settings.callers_file:
@@ -382,6 +414,7 @@ async def start_server(
         if embedded_mock is not None:
             await embedded_mock.stop()
         metrics.close()
+        provider.shutdown()
         # grpc says only "Failed to bind"; the usual cause is worth naming.
         if isinstance(exc, OSError):
             reason = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
@@ -404,6 +437,7 @@ async def start_server(
         callers,
         embedded_mock,
         metrics,
+        provider,
     )
 
 

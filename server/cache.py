@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
+from opentelemetry import trace
+from opentelemetry.trace import Span, Tracer
 
 from rerank.server.domain import (
     FREE,
@@ -52,6 +54,7 @@ from rerank.server.domain import (
 from rerank.server.errors import UpstreamTimeout
 from rerank.server.metrics import Metrics
 from rerank.server.resilience import Clock
+from rerank.server.tracing import CACHE_LOOKUP_SPAN, child_span
 
 # Per entry besides its serialized outcome: the key, the entry object, the LRU node. Measured
 # with tracemalloc (tests/unit/test_windows_and_cache.py checks the bound stays honest).
@@ -149,6 +152,14 @@ def _entry_size(entry: _Entry) -> int:
     return len(entry[0]) + _OVERHEAD_PER_ENTRY
 
 
+def _looked_up(span: Span, result: str) -> None:
+    """End the lookup's span with its result: `hit`, `miss` or `coalesced` (joined a call in
+    flight)."""
+    if span.is_recording():
+        span.set_attribute("rerank.cache.result", result)
+        span.end()
+
+
 class MemoryEntries:
     """`CacheEntries` in this process: an LRU of at most `max_bytes` (estimated), each entry
     valid for `ttl` seconds."""
@@ -229,9 +240,11 @@ class CachingReranker(RerankerLayer):
         clock: Clock = time.monotonic,
         metrics: Metrics | None = None,
         entries: CacheEntries | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         super().__init__(inner)
         self._metrics = metrics or Metrics.disabled()
+        self._tracer = tracer or trace.NoOpTracer()
         if entries is None and max_bytes > 0:
             entries = MemoryEntries(ttl=ttl, max_bytes=max_bytes, clock=clock, metrics=metrics)
         self._entries = entries
@@ -243,19 +256,27 @@ class CachingReranker(RerankerLayer):
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         if not query.cacheable or self._entries is None:
             return await self._inner.rerank(query, timeout=timeout)
+        lookup = child_span(self._tracer, CACHE_LOOKUP_SPAN)
         key = cache_key(query)
-        blob = await self._entries.get(key)
+        try:
+            blob = await self._entries.get(key)
+        except BaseException:
+            lookup.end()  # a shared store that failed: the span ends without a result
+            raise
         if blob is not None:
             self.hits += 1
             self._metrics.cache_lookup("hit")
+            _looked_up(lookup, "hit")
             return _unpack(blob)
         flight = self._flights.get(key)
         if flight is not None:
             self.hits += 1
             self._metrics.cache_lookup("coalesced")
+            _looked_up(lookup, "coalesced")
         else:
             self.misses += 1
             self._metrics.cache_lookup("miss")
+            _looked_up(lookup, "miss")
             flight = self._start(key, query)
         return await self._join(key, flight, timeout)
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from rerank.contract import MAX_MESSAGE_BYTES
 from rerank.server.domain import is_model_slug
 from rerank.server.redis_client import RedisUrl
+from rerank.server.tracing import SAMPLERS
 from rerank.server.windows import DEFAULT_WINDOW_SIZES
 
 DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v4/ai"
@@ -28,6 +29,8 @@ DEFAULT_MODEL = "cohere/rerank-v3.5"
 
 #: Python's logging levels, by name.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: `--log-format`'s values (`rerank.server.logs`).
+LOG_FORMATS = ("text", "json")
 
 #: The largest length gRPC can carry for one message (a signed 32-bit int).
 GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
@@ -678,6 +681,39 @@ class Settings:
                 "--gateway-url needs a credential: set AI_GATEWAY_API_KEY (any non-empty "
                 "value for a mock gateway process) or RERANK_OIDC_TOKEN_FILE"
             )
+
+    log_format: str = setting(
+        "text", About(OneOf(LOG_FORMATS), flag="--log-format", env="RERANK_LOG_FORMAT")
+    )
+    """`text` (for a terminal) or `json`, one object per line, for every log record."""
+
+    access_log_success_sample: float = setting(
+        1.0, About(Between(0, 1), env="RERANK_ACCESS_LOG_SUCCESS_SAMPLE")
+    )
+    """Share of successful calls that write an access-log record; failures always do."""
+
+    otlp_traces_endpoint: str | None = setting(
+        None,
+        About(
+            Text("an http:// or https:// URL", _http_url, optional=True),
+            label="OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            derived=True,
+        ),
+    )
+    """Where spans are exported, OTLP over HTTP/protobuf: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+    or `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces` (`__main__` reads them); None exports
+    nothing."""
+
+    trace_sampler: str | None = setting(
+        None,
+        About(OneOf(tuple(SAMPLERS), optional=True), label="OTEL_TRACES_SAMPLER", derived=True),
+    )
+    """A standard sampler's name; unset, the default (`rerank.server.tracing.sampler_for`)."""
+
+    trace_sampler_ratio: float = setting(
+        1.0, About(Between(0, 1), label="OTEL_TRACES_SAMPLER_ARG", derived=True)
+    )
+    """The ratio of the ratio samplers (`traceidratio`, `parentbased_traceidratio`)."""
 
     @property
     def protocol(self) -> GatewayProtocol:

@@ -17,6 +17,7 @@ import logging
 import math
 import platform
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -24,6 +25,9 @@ from typing import Any, NoReturn
 
 import aiohttp
 import orjson
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from rerank.server.config import GatewayProtocol
 from rerank.server.credentials import Credential, StaticCredential
@@ -51,6 +55,7 @@ from rerank.server.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from rerank.server.tracing import RESEND_COUNT_KEY, child_span, inject_trace_context
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +138,7 @@ class GatewayReranker:
         api_key: str | None = None,
         auth_method: str = "api-key",
         max_connections: int = 100,
+        tracer: Tracer | None = None,
         credential: Credential | None = None,
         protocol: GatewayProtocol = GatewayProtocol.V4,
         team: str | None = None,
@@ -145,6 +151,15 @@ class GatewayReranker:
         self._base_url = base_url.rstrip("/")
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._tracer = tracer or trace.NoOpTracer()
+        # The HTTP client span's fixed attributes: where, never the URL itself (a base URL could
+        # carry a query or user info).
+        url = urllib.parse.urlsplit(self._base_url)
+        self._span_attributes: dict[str, str | int] = {
+            "server.address": url.hostname or "",
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+            "url.scheme": url.scheme,
+        }
         self._protocol = protocol
         self._auth_headers = {
             "ai-gateway-protocol-version": PROTOCOL_VERSION,
@@ -216,13 +231,25 @@ class GatewayReranker:
         content: bytes | None,
         timeout: float,
     ) -> bytes:
-        """One HTTP exchange under one deadline; returns a 2xx body or raises an UpstreamError."""
+        """One HTTP exchange under one deadline; returns a 2xx body or raises an UpstreamError.
+
+        Each exchange is an HTTP client span (OpenTelemetry's HTTP conventions) whose context
+        the request carries as `traceparent`, so the gateway's spans join the caller's trace.
+        """
         if timeout <= 0:
             raise UpstreamTimeout("the call's deadline passed before the gateway was asked")
         # aiohttp writes a bytes body in one go; a large one as BytesIO is written in chunks
         # with the event loop served in between (and still with a content-length, like the SDK).
         data = io.BytesIO(content) if content and len(content) > _LARGE_BODY else content
         headers = {"authorization": f"Bearer {self._credential.bearer_token()}", **headers}
+        span = child_span(self._tracer, method, SpanKind.CLIENT)
+        recording = span.is_recording()
+        if recording:
+            span.set_attributes(self._span_attributes)
+            span.set_attribute("http.request.method", method)
+            if resend := otel_context.get_value(RESEND_COUNT_KEY):
+                span.set_attribute("http.request.resend_count", resend)  # type: ignore[arg-type]
+        inject_trace_context(headers, span.get_span_context())
         try:
             async with (
                 asyncio.timeout(timeout),
@@ -232,13 +259,31 @@ class GatewayReranker:
             ):
                 body = await _read_bounded(response)
         except TimeoutError as exc:
+            _failed(span, "timeout")
             raise UpstreamTimeout(f"the gateway did not answer within {timeout:.3g} s") from exc
         except aiohttp.ClientError as exc:
+            _failed(span, type(exc).__name__)
             # Refused, reset or dropped connections, truncated bodies, unparsable HTTP.
             raise UpstreamUnavailable(f"cannot reach the gateway: {type(exc).__name__}") from exc
+        except BaseException as exc:  # too large an answer, or the call was cancelled
+            _failed(span, getattr(exc, "reason", None) or type(exc).__name__)
+            raise
+        if recording:
+            span.set_attribute("http.response.status_code", response.status)
         if 200 <= response.status < 300:
+            span.end()
             return body
+        # The client-span convention: any 4xx or 5xx is an error, named by its status.
+        _failed(span, str(response.status))
         raise error_from_response(response.status, response.headers, body, self._protocol)
+
+
+def _failed(span: Span, error_type: str) -> None:
+    """End an attempt's span as failed, with `error.type` (a status, or what went wrong)."""
+    if span.is_recording():
+        span.set_attribute("error.type", error_type)
+        span.set_status(Status(StatusCode.ERROR, error_type))
+    span.end()
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:

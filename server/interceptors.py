@@ -1,14 +1,16 @@
-"""The server's interceptors: metrics outermost, then the call limit, then authentication, then
-errors into statuses.
+"""The server's interceptors: metrics outermost, then the call limit, then telemetry, then
+authentication, then errors into statuses.
 
 `MetricsInterceptor` counts and times every call, refused ones included, under gRPC's own
 metric names (gRFC A66); `CallLimitInterceptor` refuses a call beyond the limit before its
 message is read, with health checks counted apart so a flood of calls never starves them;
-`AuthInterceptor` refuses calls without a known bearer token before any handler runs, and tells
-the handler which named caller is calling (`current_caller()`);
-`ErrorInterceptor` turns every `RerankError` into its status through the one table in
-`rerank.server.status`, and any other exception into INTERNAL with an incident id; bytes that
-do not decode as the method's request become `MalformedRequest` (INVALID_ARGUMENT) there too.
+`TelemetryInterceptor` gives every unary call within the limit its request id, its server span
+and its access-log line, refused ones included; `AuthInterceptor` refuses calls without a known
+bearer token before any handler runs, and tells the handler which named caller is calling
+(`current_caller()`); `ErrorInterceptor` turns every `RerankError` into its status through the
+one table in `rerank.server.status`, and any other exception into INTERNAL with an incident id;
+bytes that do not decode as the method's request become `MalformedRequest` (INVALID_ARGUMENT)
+there too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
@@ -25,12 +29,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from rerank.server.callers import CallerRegistry
+from rerank.server.calls import CallRecord, close_call, current_call, open_call
 from rerank.server.domain import Caller
 from rerank.server.errors import MalformedRequest, Overloaded, RerankError, Unauthenticated
+from rerank.server.logs import AccessLog
 from rerank.server.metrics import OTHER, GrpcMethodMetrics, Metrics
 from rerank.server.status import error_answer
+from rerank.server.tracing import TRACE_CONTEXT_KEYS, caller_context
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +57,171 @@ if TYPE_CHECKING:
 else:
     ServerInterceptor = grpc.aio.ServerInterceptor
     Handler = grpc.RpcMethodHandler
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+
+#: A caller's `x-request-id` is kept when it is 1-128 visible ASCII characters; anything else
+#: (too long to be an id) is replaced by a new one.
+_REQUEST_ID = re.compile(r"[!-~]{1,128}")
+# OpenTelemetry's gRPC conventions: the statuses that mark a server span as failed (the others
+# are the caller's doing).
+_SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+class TelemetryInterceptor(ServerInterceptor):
+    """Every unary call: a request id, a server span, a `CallRecord`, one access-log line.
+
+    The request id is the caller's `x-request-id` metadata, or a new one; it goes back in the
+    trailing metadata (`x-request-id`), on errors too. The server span (OpenTelemetry's RPC
+    conventions) continues the caller's W3C trace context from the metadata; health checks
+    (`untraced`) get none, so a prober's calls do not fill a trace store. Streaming calls
+    (health's Watch, reflection) pass through untouched.
+
+    Outermost, so a call authentication refuses is traced and logged like any other. Only the
+    server's own `methods` (`/package.Service/Method`) are observed: a name a caller makes up
+    gets no span name or log line of its choosing (grpc answers UNIMPLEMENTED, or authentication
+    refuses it with its own warning). The observed handler is built once per (method, inner
+    handler): the inner one is the same object on every call (the error interceptor's, or one
+    of authentication's three refusals).
+    """
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        access_log: AccessLog,
+        *,
+        methods: Iterable[str],
+        untraced: frozenset[str],
+    ) -> None:
+        self._tracer = tracer
+        self._access_log = access_log
+        self._methods = frozenset(methods)
+        self._untraced = untraced
+        self._observed: dict[tuple[str, int], tuple[Handler, Handler]] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or method not in self._methods:
+            return handler
+        key = (method, id(handler))
+        if (known := self._observed.get(key)) is not None:
+            return known[1]
+        observed = self._observe(method, handler)
+        # The entry keeps `handler` alive, so its id cannot be reused by another object.
+        # Bounded: the registered methods × (their handler, authentication's refusal).
+        self._observed[key] = (handler, observed)
+        return observed
+
+    def _observe(self, method: str, handler: Handler) -> Handler:
+        behaviour: Any = handler.unary_unary  # a coroutine function under grpc.aio
+        name = method[1:]  # `rerank.v1.RerankService/Rerank`: the span's name, the log's method
+        service, _, rpc_method = name.rpartition("/")
+        traced = method not in self._untraced
+        tracer = self._tracer
+        access_log = self._access_log
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            request_id: str | None = None
+            carrier: dict[str, str] | None = None
+            for key, value in context.invocation_metadata() or ():
+                if key == "x-request-id":
+                    request_id = value if isinstance(value, str) else None
+                elif key in TRACE_CONTEXT_KEYS and isinstance(value, str):
+                    if carrier is None:
+                        carrier = {}
+                    carrier[key] = value
+            if request_id is None or not _REQUEST_ID.fullmatch(request_id):
+                request_id = os.urandom(16).hex()  # as random as uuid4().hex, a third the cost
+            call = CallRecord(request_id)
+            context.set_trailing_metadata((("x-request-id", request_id),))
+            span: Span = trace.INVALID_SPAN
+            attached = None
+            if traced:
+                parent = None if carrier is None else caller_context(carrier)
+                span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
+                attached = otel_context.attach(trace.set_span_in_context(span, parent))
+            opened = open_call(call)
+            error: BaseException | None = None
+            try:
+                return await behaviour(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                close_call(opened)
+                if attached is not None:
+                    otel_context.detach(attached)
+                code = _status_of(context, error)
+                if span.is_recording():
+                    _end_server_span(span, service, rpc_method, call, code)
+                span.end()
+                access_log.write(
+                    name, call, code, span.get_span_context(), time.perf_counter() - started
+                )
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _status_of(
+    context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None
+) -> grpc.StatusCode:
+    """The status grpc sends for a call that ended with `error` (None: returned normally)."""
+    code: grpc.StatusCode | None = context.code()
+    if code is not None:  # set by abort (the error interceptor, authentication) or set_code
+        return code
+    if error is None:
+        return grpc.StatusCode.OK
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+def _end_server_span(
+    span: Span, service: str, method: str, call: CallRecord, code: grpc.StatusCode
+) -> None:
+    """The server span's attributes, set once at its end from what the call noted."""
+    attributes: dict[str, str | int | bool] = {
+        "rpc.system": "grpc",
+        "rpc.service": service,
+        "rpc.method": method,
+        "rpc.grpc.status_code": code.value[0],
+        "rerank.request_id": call.request_id,
+        "rerank.upstream_attempts": call.upstream_attempts,
+        "rerank.windows": call.windows,
+    }
+    if call.caller is not None:
+        attributes["rerank.caller"] = call.caller
+    if call.model is not None:
+        attributes["rerank.model"] = call.model
+    if call.documents is not None:
+        attributes["rerank.documents"] = call.documents
+    if call.top_n is not None:
+        attributes["rerank.top_n"] = call.top_n
+    if call.cached is not None:
+        attributes["rerank.cached"] = call.cached
+    if call.reason is not None:
+        attributes["error.type"] = call.reason
+    elif code is not grpc.StatusCode.OK:
+        attributes["error.type"] = code.name
+    span.set_attributes(attributes)
+    if code in _SERVER_ERRORS:
+        span.set_status(Status(StatusCode.ERROR, call.reason or code.name))
 
 
 class MetricsInterceptor(ServerInterceptor):
@@ -316,9 +491,12 @@ def log_failure(what: str, code: grpc.StatusCode, error: RerankError) -> None:
 
 
 def report_incident(what: str) -> str:
-    """Log the exception being handled (a bug) with its traceback under a new incident id, and
-    return the message the caller gets instead of the exception's text (with INTERNAL)."""
+    """Log the exception being handled (a bug) with its traceback under a new incident id,
+    noted in the current call's record, and return the message the caller gets instead of the
+    exception's text (with INTERNAL)."""
     incident = uuid.uuid4().hex[:12]
+    if (call := current_call()) is not None:
+        call.incident = incident
     logger.exception("%s failed unexpectedly (incident %s)", what, incident)
     return f"internal error (incident {incident})"
 
@@ -357,9 +535,21 @@ async def abort_with(
     context: grpc.aio.ServicerContext[Any, Any], method: str, error: RerankError
 ) -> NoReturn:
     """End the call with `error`'s answer from the one table: status, details, pushback."""
+    log_failure(method, error_answer(error).code, error)
+    await _answer(context, error)
+
+
+async def _answer(context: grpc.aio.ServicerContext[Any, Any], error: RerankError) -> NoReturn:
+    """Abort the call with `error`'s answer, noted in the call's record."""
     answer = error_answer(error)
-    log_failure(method, answer.code, error)
-    await context.abort(answer.code, answer.message, trailing_metadata=answer.trailing_metadata)
+    if (call := current_call()) is not None:
+        call.reason = error.reason
+    await context.abort(
+        answer.code,
+        answer.message,
+        # abort() replaces what was set before (the request id): keep it.
+        trailing_metadata=(*context.trailing_metadata(), *answer.trailing_metadata),
+    )
 
 
 @dataclass
@@ -592,6 +782,8 @@ def _with_caller(
                 logger.warning("%s refused: %s", method, why)
                 await _abort_unauthenticated(context)
             reset = _CURRENT_CALLER.set(caller)
+            if (call := current_call()) is not None:
+                call.caller = caller.name  # the name only: never a token
             try:
                 return await unary(request, context)
             finally:
@@ -631,13 +823,13 @@ def _with_caller(
 
 async def _abort_unauthenticated(context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
     """Abort the call UNAUTHENTICATED, with the ErrorInfo of `Unauthenticated`."""
-    answer = error_answer(
+    await _answer(
+        context,
         Unauthenticated(
             "missing or unknown bearer token: send 'authorization: Bearer <token>'"
             " (or, with mutual TLS, a client certificate that names a caller)"
-        )
+        ),
     )
-    await context.abort(answer.code, answer.message, trailing_metadata=answer.trailing_metadata)
 
 
 async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

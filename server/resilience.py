@@ -36,6 +36,10 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any, TypeVar
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from rerank.server.calls import current_call
 from rerank.server.domain import (
     ModelInfo,
     Reranker,
@@ -51,6 +55,7 @@ from rerank.server.errors import (
     UpstreamUnavailable,
 )
 from rerank.server.metrics import Metrics
+from rerank.server.tracing import RESEND_COUNT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -242,10 +247,13 @@ class ResilientReranker(RerankerLayer):
     async def _call(self, attempt: Callable[[float], Awaitable[T]], timeout: float) -> T:
         deadline = self._clock() + timeout
         self._budget.record_attempt()
+        call = current_call()
         retry = 0
         while True:
             probe = self._breaker.before_call()
-            judged = self._judged(attempt(deadline - self._clock()), probe=probe)
+            if call is not None:
+                call.upstream_attempts += 1
+            judged = self._judged(_attempt(attempt, deadline - self._clock(), retry), probe=probe)
             try:
                 result = await (self._outliving_its_caller(judged) if probe else judged)
             except UpstreamError as error:
@@ -256,6 +264,14 @@ class ResilientReranker(RerankerLayer):
                     "retrying after %s (retry %d in %.3f s)", error.reason, retry + 1, delay
                 )
                 self._metrics.retry(error.reason)
+                trace.get_current_span().add_event(
+                    "retry",
+                    {
+                        "rerank.retry": retry + 1,
+                        "error.type": error.reason,
+                        "rerank.delay_s": delay,
+                    },
+                )
                 await self._sleep(delay)
                 retry += 1
                 continue
@@ -326,3 +342,15 @@ class ResilientReranker(RerankerLayer):
             self._metrics.retry_budget_exhausted()
             return None
         return delay
+
+
+async def _attempt(attempt: Callable[[float], Awaitable[T]], timeout: float, retry: int) -> T:
+    """One attempt; a retry runs with its number in the OpenTelemetry context, for the gateway
+    adapter's `http.request.resend_count` (first attempts, nearly all of them, skip that)."""
+    if retry == 0:
+        return await attempt(timeout)
+    token = otel_context.attach(otel_context.set_value(RESEND_COUNT_KEY, retry))
+    try:
+        return await attempt(timeout)
+    finally:
+        otel_context.detach(token)

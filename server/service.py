@@ -10,9 +10,7 @@ turns each one's error into its `google.rpc.Status` through the same table
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from google.rpc import code_pb2, status_pb2
 from rerank.contract import NotJsonError, from_struct
 from rerank.server.admission import Admission
 from rerank.server.caller_limits import CallerLimitsReranker
+from rerank.server.calls import CallRecord, close_call, current_call, note_batch, open_call
 from rerank.server.domain import (
     FREE,
     Caller,
@@ -55,8 +54,6 @@ from rerank.server.metrics import Metrics
 from rerank.server.status import rich_status
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-
-logger = logging.getLogger(__name__)
 
 _WARNING_TYPE_TO_PROTO = {
     "unsupported": pb.Warning.TYPE_UNSUPPORTED,
@@ -132,13 +129,28 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         # task per request waiting for its turn.
         turns = iter(enumerate(requests))
 
+        # Each request is noted as a call of its own (the parts below note into the record in
+        # their context), and the batch's record sums them when all are answered.
+        call = current_call()
+        notes = [
+            CallRecord(call.request_id if call else "", caller=call.caller if call else None)
+            for _ in requests
+        ]
+
         async def worker() -> None:
             for position, item in turns:
-                await self._answer_into(results[position], position, item, stop_at - loop.time())
+                noting = open_call(notes[position])
+                try:
+                    left = stop_at - loop.time()
+                    await self._answer_into(results[position], position, item, left)
+                finally:
+                    close_call(noting)
 
         async with asyncio.TaskGroup() as workers:
             for _ in range(min(self._batch.parallelism, len(requests))):
                 workers.create_task(worker())
+        if call is not None:
+            note_batch(call, notes)
         return pb.BatchRerankResponse(results=results)
 
     async def _answer_into(
@@ -164,11 +176,17 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
         self._metrics.batch_request(code)
 
     async def _answer(self, request: pb.RerankRequest, timeout: float) -> pb.RerankResponse:
-        """Answer one RerankRequest within `timeout` seconds, holding an admission place."""
-        started = time.perf_counter()
+        """Answer one RerankRequest within `timeout` seconds, holding an admission place, and
+        note what it did in the current call's record."""
+        call = current_call()
+        if call is not None:
+            call.documents = len(request.documents)
+            call.top_n = request.top_n if request.HasField("top_n") else None
         with self._admission.admit(request.ByteSize()):
             query = query_from_proto(request, self._default_model, self._limits)
             check_request(query, self._limits)
+            if call is not None:
+                call.model = query.model  # once valid: a slug of at most 128 characters
             if (caller := current_caller()) is not None:
                 query = on_behalf_of(query, caller)
             self._metrics.documents(len(query.documents))
@@ -179,17 +197,11 @@ class RerankServicer(pb_grpc.RerankServiceServicer):
                 # refused here too.
                 self._reranker.check_model(query)
                 outcome = _NOTHING_TO_RANK
+            if call is not None:
+                call.cached = outcome.cached
+                call.cost = outcome.usage.cost
             ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
-            response = response_to_proto(request, query.model, ranking, outcome)
-        logger.debug(
-            "rerank ok id=%s model=%s documents=%d top_n=%s ms=%.1f",
-            response.id,
-            query.model,
-            len(query.documents),
-            query.top_n,
-            (time.perf_counter() - started) * 1000,
-        )
-        return response
+            return response_to_proto(request, query.model, ranking, outcome)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]

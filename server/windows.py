@@ -15,6 +15,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode, Tracer
+
+from rerank.server.calls import current_call
 from rerank.server.domain import (
     FREE,
     Ranked,
@@ -25,7 +29,9 @@ from rerank.server.domain import (
     Warning,
     final_ranking,
 )
+from rerank.server.errors import RerankError
 from rerank.server.metrics import Metrics
+from rerank.server.tracing import WINDOW_SPAN, child_span
 
 #: Per-call document limits of the providers behind the gateway (spec §8): Cohere recommends at
 #: most 1,000 per request and Voyage allows 1,000.
@@ -54,24 +60,57 @@ class WindowedReranker(RerankerLayer):
     """A `Reranker` that splits requests larger than a window across several calls."""
 
     def __init__(
-        self, inner: Reranker, policy: WindowPolicy, metrics: Metrics | None = None
+        self,
+        inner: Reranker,
+        policy: WindowPolicy,
+        metrics: Metrics | None = None,
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         super().__init__(inner)
         self._policy = policy
         self._metrics = metrics or Metrics.disabled()
+        self._tracer = tracer or trace.NoOpTracer()
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         size = self._policy.size_for(query.model)
         self._metrics.windows(-(-len(query.documents) // size))
+        call = current_call()
         if len(query.documents) <= size:
+            if call is not None:
+                call.windows = 1
             return await self._inner.rerank(query, timeout=timeout)
+        starts = range(0, len(query.documents), size)
+        if call is not None:
+            call.windows = len(starts)
         deadline = time.monotonic() + timeout
         slots = asyncio.Semaphore(self._policy.parallelism)
 
-        async def window(start: int) -> RerankOutcome:
+        async def window(number: int, start: int) -> RerankOutcome:
             async with slots:
                 part = dataclasses.replace(query, documents=query.documents[start : start + size])
-                outcome = await self._inner.rerank(part, timeout=deadline - time.monotonic())
+                span = child_span(self._tracer, WINDOW_SPAN)
+                if span.is_recording():
+                    span.set_attributes(
+                        {
+                            "rerank.window.index": number,
+                            "rerank.window.first_document": start,
+                            "rerank.documents": len(part.documents),
+                        }
+                    )
+                # Our errors' messages may quote the gateway: the span gets the reason only.
+                with trace.use_span(
+                    span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+                ):
+                    try:
+                        outcome = await self._inner.rerank(
+                            part, timeout=deadline - time.monotonic()
+                        )
+                    except RerankError as error:
+                        if span.is_recording():
+                            span.set_attribute("error.type", error.reason)
+                            span.set_status(Status(StatusCode.ERROR, error.reason))
+                        raise
             # Check the window against its own documents before shifting its indices: once
             # shifted, an out-of-range index could pass for another window's document.
             ranked = final_ranking(outcome.ranking, len(part.documents), part.top_n)
@@ -80,7 +119,7 @@ class WindowedReranker(RerankerLayer):
             )
 
         tasks = [
-            asyncio.ensure_future(window(start)) for start in range(0, len(query.documents), size)
+            asyncio.ensure_future(window(number, start)) for number, start in enumerate(starts)
         ]
         try:
             outcomes = await asyncio.gather(*tasks)

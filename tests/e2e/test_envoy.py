@@ -46,10 +46,13 @@ NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 
 
+SERVED_OK = "rerank.access: rerank.v1.RerankService/Rerank OK"
+
+
 def start_replica(processes: list[Process]) -> tuple[Process, str]:
     replica = start(
         processes,
-        # DEBUG: every call served is logged ("rerank ok"), so each replica's share is counted
+        # Every call served has its access-log record, so each replica's share is counted
         # from the replica itself, not from what Envoy believes.
         [*SERVER, "--port", "0", "--workers", "1", "--mock", "--log-level", "DEBUG"],
         {"RERANK_GRACE_PERIOD": str(GRACE), "RERANK_DRAIN_DELAY": str(DRAIN)},
@@ -59,7 +62,7 @@ def start_replica(processes: list[Process]) -> tuple[Process, str]:
 
 def served(replica: Process) -> int:
     """Calls this replica answered OK so far."""
-    return sum("rerank ok" in line for line in list(replica.lines))
+    return sum(SERVED_OK in line for line in list(replica.lines))
 
 
 class Admin:

@@ -122,7 +122,9 @@ def free_port() -> int:
 def test_a_killed_worker_keeps_its_counts(processes: list[Process]) -> None:
     server, target, url = start_metrics_server(processes, "--workers", "2", "--log-level", "DEBUG")
     rerank_calls(target, [f"{SEED_QUERY} {n}" for n in range(24)], connections=24)
-    served = re.findall(r"(\d+) DEBUG rerank.server.service: rerank ok", server.output)
+    served = re.findall(
+        r"(\d+) INFO rerank\.access: rerank\.v1\.RerankService/Rerank OK", server.output
+    )
     by_worker = {int(pid): served.count(pid) for pid in set(served)}
     assert set(by_worker) == set(workers_of(server)), by_worker  # both served some
 

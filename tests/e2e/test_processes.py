@@ -178,8 +178,10 @@ def test_workers_share_one_port_and_stop_together(processes: list[Process]) -> N
         options = [("grpc.use_local_subchannel_pool", 1)]
         with grpc.insecure_channel(target, options=options) as channel:
             assert pb_grpc.RerankServiceStub(channel).Rerank(request, timeout=10).ranking
-    server.wait_for(r"rerank ok")
-    serving = set(re.findall(r"(\d+) DEBUG rerank.server.service: rerank ok", server.output))
+    server.wait_for(r"rerank\.access: rerank\.v1\.RerankService/Rerank OK")
+    serving = set(
+        re.findall(r"(\d+) INFO rerank\.access: rerank\.v1\.RerankService/Rerank OK", server.output)
+    )
     assert len(serving) == 2, server.output
     server.signal(signal.SIGTERM)
     assert server.popen.wait(timeout=30) == 0

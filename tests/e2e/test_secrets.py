@@ -1,11 +1,16 @@
-"""Secrets never leak: the whole flow runs with known keys, at DEBUG, and every log line of
-every process and every answer a caller gets is searched for them."""
+"""Secrets never leak: the whole flow runs with known keys, at DEBUG, with JSON logs, metrics
+served and every call traced to a real OTLP receiver, and every log line of every process, every
+field of every JSON log record, every metric label, every span (names, attributes, events,
+status) and every answer a caller gets is searched for them. Spans and metric labels are also
+searched for the query's and the documents' text."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -16,28 +21,44 @@ from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
 from tests.e2e.processes import RERANK_SERVER, Process, start, start_mock_gateway
+from tests.otlp_receiver import OtlpReceiver
+from tests.scrapes import Scrape
 
 pytestmark = pytest.mark.e2e
 
 
-def test_no_secret_in_any_log_or_answer(processes: list[Process]) -> None:
+def test_no_secret_in_any_log_span_or_answer(processes: list[Process]) -> None:
+    with OtlpReceiver() as receiver:
+        check_the_whole_flow(processes, receiver)
+
+
+def check_the_whole_flow(processes: list[Process], receiver: OtlpReceiver) -> None:
     gateway_key = f"sk-gateway-{secrets.token_hex(8)}"
     wrong_gateway_key = f"sk-wrong-{secrets.token_hex(8)}"
     caller_token = f"tok-caller-{secrets.token_hex(8)}"
+    collector_token = f"otlp-{secrets.token_hex(8)}"
     gateway_url = start_mock_gateway(processes, "--api-key", gateway_key, "--log-level", "debug")
     servers = {}
+    server_processes = []
+    metrics_urls: list[str] = []
     for name, key in (("good", gateway_key), ("wrong", wrong_gateway_key)):
         server = start(
             processes,
-            [RERANK_SERVER, "--port", "0", "--gateway-url", gateway_url],
+            [RERANK_SERVER, "--port", "0", "--metrics-port", "0", "--gateway-url", gateway_url],
             {
                 "AI_GATEWAY_API_KEY": key,
                 "RERANK_AUTH_TOKENS": f"other-token,{caller_token}",
                 "RERANK_LOG_LEVEL": "DEBUG",
+                "RERANK_LOG_FORMAT": "json",
                 "RERANK_RETRY_INITIAL_BACKOFF": "0.01",
+                # Every call traced (the default sampler when exporting), every span exported.
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.origin,
+                "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer {collector_token}",
             },
         )
         servers[name] = server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
+        metrics_urls.append(server.wait_for(r"rerank metrics on (http://\S+/metrics)").group(1))
+        server_processes.append(server)
 
     answers: list[str] = []
 
@@ -74,13 +95,45 @@ def test_no_secret_in_any_log_or_answer(processes: list[Process]) -> None:
             call(target, faulty, caller_token)
 
     assert "Paris is the capital of France." in "".join(answers)  # the flow really ran
+    # Every label of every metric, scraped while the servers still run.
+    labels: list[str] = []
+    for url in metrics_urls:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            scrape = Scrape(response.read().decode())
+        labels.extend(f"{k}={v}" for _, have, _ in scrape.samples for k, v in have.items())
+    assert any(label.startswith("grpc_method=") for label in labels)
     assert any("UNAUTHENTICATED" in a for a in answers)
     assert any("INTERNAL" in a for a in answers)
     for process in processes:
-        process.stop()  # flush every log line before searching them
+        process.stop()  # flush every log line (and, on the servers' way out, every span)
     everything = "\n".join(answers + [p.output for p in processes])
-    for secret in (gateway_key, wrong_gateway_key, caller_token):
+    for secret in (gateway_key, wrong_gateway_key, caller_token, collector_token):
         assert secret not in everything
+
+    # Every record a server wrote is one JSON object; no field of any holds a secret.
+    fields: list[str] = []
+    for server in server_processes:
+        for line in server.output.splitlines():
+            if line.startswith(("rerank server listening on ", "rerank metrics on ")):
+                continue  # the ready lines, on stdout by design
+            assert line.startswith("{"), line
+            record = json.loads(line)
+            fields.extend(f"{key}={value}" for key, value in record.items())
+    assert any(f == "logger=rerank.access" for f in fields)
+    assert any(f.startswith("reason=UPSTREAM_AUTHENTICATION") for f in fields)
+
+    # Spans: the calls ran traced, and nothing of a secret or of the caller's text is there.
+    with receiver.changed:
+        spans = list(receiver.spans)
+    assert {s.kind for s in spans} >= {"SERVER", "CLIENT"}
+    texts = [s.every_text() for s in spans]
+    for secret in (gateway_key, wrong_gateway_key, caller_token, collector_token):
+        assert not [f for f in fields if secret in f]
+        assert not [t for t in texts if secret in t]
+        assert not [label for label in labels if secret in label]
+    for text in (SEED_QUERY, *SEED_DOCUMENTS):
+        assert not [t for t in texts if text in t]
+        assert not [label for label in labels if text in label]
 
 
 @pytest.mark.timeout(60)

@@ -54,7 +54,7 @@ def start_replica(
 ) -> tuple[Process, str]:
     replica = start(
         processes,
-        # DEBUG: each call served is logged ("rerank ok"), so each replica's share is counted.
+        # Each call served has its access-log record, so each replica's share is counted.
         [RERANK_SERVER, "--port", "0", "--workers", "1", "--log-level", "DEBUG"],
         {
             "AI_GATEWAY_API_KEY": "any",

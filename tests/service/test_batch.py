@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
@@ -29,14 +30,16 @@ from rerank.client import AsyncRerankClient, RerankClientError, RerankRequest
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings, Upstream
 from rerank.server.domain import ModelInfo, Reranker, RerankOutcome, RerankQuery
+from rerank.server.logs import ACCESS_LOGGER
 from rerank.server.metrics import Metrics, MetricsDirectory
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
+from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.scripted_http import Fail, Reply, Request, ScriptedServer
 from tests.service.test_hostile_input import rerank_requests
 from tests.service.test_metrics import ended, scrape_until
 from tests.service.test_rerank_service import MESSAGE_LIMIT, fault, seed_request, status_details
+from tests.service.test_telemetry import access_records, rank_in_order
 
 FAST = Settings(
     port=0, grace_period=2, retry_initial_backoff=0.01, retry_max_backoff=0.05, max_retries=0
@@ -588,3 +591,28 @@ async def test_a_named_callers_limits_count_each_request(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.BatchRerank(batch(seed_request()), timeout=10)
     assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_access_record_sums_the_requests(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One record for the call; each request was noted as a call of its own, and the record
+    sums what they did (a failed request charged nothing)."""
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    async with ScriptedServer(rank_in_order) as upstream:  # 0.001 a gateway call
+        running = await serve(on(upstream, window_sizes={"cohere": 2}))
+        stub = stub_for(running, channels)
+        five = [pb.Document(text=f"passage {i}") for i in range(5)]
+        requests = [seed_request(), seed_request(query=""), seed_request(documents=five)]
+        await stub.BatchRerank(batch(*requests), metadata=(("x-request-id", "b1"),), timeout=10)
+    (record,) = access_records(caplog)
+    assert {k: record[k] for k in ("request_id", "method", "status", "model", "top_n")} == {
+        "request_id": "b1",
+        "method": "rerank.v1.RerankService/BatchRerank",
+        "status": "OK",
+        "model": SEED_MODEL,
+        "top_n": None,
+    }
+    # Windows of two documents: 2 for the seed's three, 3 for the five; the empty query none.
+    assert (record["documents"], record["windows"], record["upstream_attempts"]) == (11, 5, 5)
+    assert (record["cached"], record["cost"]) == (False, "0.005")

@@ -1,0 +1,75 @@
+"""What one call did, noted by the parts that did it: the record its access-log line is made of.
+
+The telemetry interceptor (`rerank.server.interceptors`) opens a `CallRecord` for each call and
+writes it out when the call ends; in between, each part notes what it alone knows, where it
+happens: the servicer the model and the document count, the window layer how many windows, the
+retry layer each upstream attempt, the error interceptor the ErrorInfo reason. The record travels
+in a context variable, so it follows the call into the tasks the cache and the windows start
+(each copies the context it was started from) without passing through the `Reranker` interface.
+
+Outside a call (a layer used on its own, in a test) `current_call()` is None and nothing is noted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from decimal import Decimal
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One call's facts for its access-log line. Never a token, a query or a document."""
+
+    request_id: str
+    #: The caller's name, once callers are named (issue 10): never a token. None until then.
+    caller: str | None = None
+    model: str | None = None
+    documents: int | None = None
+    top_n: int | None = None
+    #: Gateway calls made for this call: every window's every attempt, retries included.
+    upstream_attempts: int = 0
+    #: Windows the documents were split into (1 for a call that fits one; 0 when answered
+    #: without the gateway).
+    windows: int = 0
+    cached: bool | None = None
+    #: What the gateway charged for this call (exact), when it said; None when unknown.
+    cost: Decimal | None = None
+    #: The ErrorInfo reason of a failed call (`UPSTREAM_RATE_LIMITED`, ...).
+    reason: str | None = None
+    #: The incident id of an unexpected failure, as in its traceback's log line.
+    incident: str | None = None
+
+
+_CURRENT: ContextVar[CallRecord | None] = ContextVar("rerank_call", default=None)
+
+
+def current_call() -> CallRecord | None:
+    """The record of the call being served in this context, if any."""
+    return _CURRENT.get()
+
+
+def open_call(record: CallRecord) -> Token[CallRecord | None]:
+    """Make `record` the current call's; pass the token to `close_call` when it ends."""
+    return _CURRENT.set(record)
+
+
+def close_call(token: Token[CallRecord | None]) -> None:
+    _CURRENT.reset(token)
+
+
+def note_batch(call: CallRecord, requests: Sequence[CallRecord]) -> None:
+    """Note in `call`, a BatchRerank's record, what its requests did together, each noted as a
+    call of its own: their documents, gateway attempts and windows summed; the cost of the
+    answered ones summed (unknown when any of theirs is); `cached` when every answered one was;
+    the model when every valid one named the same. A failed request was charged nothing."""
+    answered = [r for r in requests if r.cached is not None]
+    call.documents = sum(r.documents or 0 for r in requests)
+    call.upstream_attempts = sum(r.upstream_attempts for r in requests)
+    call.windows = sum(r.windows for r in requests)
+    call.cached = all(r.cached for r in answered) if answered else None
+    costs = [r.cost for r in answered]
+    call.cost = None if None in costs else sum((c for c in costs if c is not None), Decimal(0))
+    models = {r.model for r in requests if r.model is not None}
+    call.model = models.pop() if len(models) == 1 else None

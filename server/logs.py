@@ -1,0 +1,188 @@
+"""Logs: the two formats every record is written in, and the access log, one record per call.
+
+`--log-format text` (the default, for a terminal) keeps the classic line; `json` writes every
+record, the server's own and its libraries', as one JSON object per line. A record logged while
+a call is being served also carries that call's `request_id`, `trace_id` and `span_id` in JSON,
+so a retry's or an error's line can be found from the call's access-log line.
+
+The access log is its own logger, `rerank.access` (an operator can route or silence it apart),
+at INFO: one record per call when it ends, with the fields of `ACCESS_FIELDS`. Failures are
+always written; successes at the configured sample rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+import orjson
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext
+
+from rerank.server.calls import CallRecord, current_call
+
+ACCESS_LOGGER = "rerank.access"
+TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+#: The access-log record's own fields, in this order, each always present (null when unknown).
+ACCESS_FIELDS = (
+    "request_id",
+    "trace_id",
+    "span_id",
+    "caller",
+    "method",
+    "model",
+    "documents",
+    "top_n",
+    "status",
+    "reason",
+    "incident",
+    "duration_ms",
+    "upstream_attempts",
+    "windows",
+    "cached",
+    "cost",
+)
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """Send every record to stderr in `log_format` (`text` or `json`) from `level` up."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Neither format shows a thread's or a process's name: not looking them up for every
+    # record is a tenth of an access-log line's cost.
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, process, the
+    record's own fields (an access-log record's), the current call's ids, and a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _utc(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+        }
+        fields: Mapping[str, Any] | None = getattr(record, "fields", None)
+        if fields is not None:
+            entry.update(fields)
+        else:
+            entry.update(_call_ids())
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        # `default=str`: a field no JSON type holds (a Decimal, a path) still prints.
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """The classic line; an access-log record's fields follow its message as `key=value`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields: Mapping[str, Any] | None = getattr(record, "fields", None)
+        if fields is None:
+            return line
+        return line + "".join([f" {key}={_text(value)}" for key, value in fields.items()])
+
+
+def _utc(created: float) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{seconds}.{int(created * 1000) % 1000:03d}Z"
+
+
+def _text(value: object) -> object:
+    """A field's value as the text format writes it: `-` for none, JSON's booleans."""
+    if value is None:
+        return "-"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return value
+
+
+def _call_ids() -> dict[str, str]:
+    ids: dict[str, str] = {}
+    call = current_call()
+    if call is not None:
+        ids["request_id"] = call.request_id
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        ids["trace_id"] = f"{span_context.trace_id:032x}"
+        ids["span_id"] = f"{span_context.span_id:016x}"
+    return ids
+
+
+class AccessLog:
+    """Writes the access-log record of each call (`rerank.access`)."""
+
+    def __init__(self, success_sample: float = 1.0, rng: random.Random | None = None) -> None:
+        self._logger = logging.getLogger(ACCESS_LOGGER)
+        self._success_sample = success_sample
+        self._rng = rng or random.Random()
+
+    def write(
+        self,
+        method: str,
+        call: CallRecord,
+        code: grpc.StatusCode,
+        span_context: SpanContext,
+        seconds: float,
+    ) -> None:
+        """Log the call that just ended with `code` after `seconds`; `method` as gRPC names
+        it, without the leading slash (`rerank.v1.RerankService/Rerank`)."""
+        if code is grpc.StatusCode.OK and (
+            self._success_sample < 1 and self._rng.random() >= self._success_sample
+        ):
+            return
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        valid = span_context.is_valid
+        fields = {
+            "request_id": call.request_id,
+            "trace_id": f"{span_context.trace_id:032x}" if valid else None,
+            "span_id": f"{span_context.span_id:016x}" if valid else None,
+            "caller": call.caller,
+            "method": method,
+            "model": call.model,
+            "documents": call.documents,
+            "top_n": call.top_n,
+            "status": code.name,
+            "reason": call.reason,
+            "incident": call.incident,
+            "duration_ms": round(seconds * 1000, 3),
+            "upstream_attempts": call.upstream_attempts,
+            "windows": call.windows,
+            "cached": call.cached,
+            # A string: the exact decimal, which a JSON number would not keep.
+            "cost": None if call.cost is None else str(call.cost),
+        }
+        # makeRecord and handle rather than info(): the same record, without the stack walk
+        # info() makes to find the caller's line (a fifth of an access line's cost).
+        logger.handle(
+            logger.makeRecord(
+                ACCESS_LOGGER,
+                logging.INFO,
+                "",  # no source line: the record is the call's, not this line's
+                0,
+                "%s %s %.1f ms",
+                (method, code.name, seconds * 1000),
+                None,
+                extra={"fields": fields},
+            )
+        )

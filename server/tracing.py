@@ -1,0 +1,167 @@
+"""Traces: an OpenTelemetry span tree per call, and the W3C trace context in and out.
+
+```
+rerank.v1.RerankService/Rerank   SERVER    one per unary call (health checks excepted)
+├── rerank.cache.lookup          INTERNAL  rerank.cache.result = hit | miss | coalesced
+├── rerank.window                INTERNAL  one per window, only when a request is split
+│   └── POST                     CLIENT    one per upstream attempt (HTTP conventions)
+└── POST                         CLIENT    an unsplit request's attempts
+```
+
+The caller's `traceparent`/`tracestate` (and `baggage`) are read from the call's metadata, so the
+server span joins the caller's trace; every upstream HTTP request carries a `traceparent` naming
+the attempt's span as its parent, so the gateway's side joins it too. `baggage` is read into the
+call's context and never sent on: the gateway is on the other side of a trust boundary.
+
+The tracer provider always exists (made per server by `tracer_provider`, never global); spans are
+exported over OTLP (HTTP/protobuf) only when an endpoint is configured. A call that is not
+sampled stays cheap: its server span is the SDK's non-recording span, and no child span is made
+under a span that does not record (under every standard sampler a child of an unsampled span is
+unsampled too, and nobody would ever see it). The gateway then gets the server span's id as its
+parent, the only span of ours there is.
+
+Spans carry counts, names and statuses: never a credential, a header's value, a URL's query, a
+query's text or a document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Span, SpanContext, SpanKind, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:  # config imports the window layer, which imports this module
+    from rerank.server.config import Settings
+
+TRACER_NAME = "rerank.server"
+DEFAULT_SERVICE_NAME = "rerank-service"
+#: The metadata keys that carry a caller's trace context.
+TRACE_CONTEXT_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
+CACHE_LOOKUP_SPAN = "rerank.cache.lookup"
+WINDOW_SPAN = "rerank.window"
+#: An OpenTelemetry context key: the retry an upstream attempt is (1 for the first retry), set
+#: by the retry layer for the gateway adapter's `http.request.resend_count`.
+RESEND_COUNT_KEY = otel_context.create_key("rerank.resend_count")
+
+#: `OTEL_TRACES_SAMPLER`'s standard values, and whether each takes `OTEL_TRACES_SAMPLER_ARG`.
+SAMPLERS: Mapping[str, bool] = {
+    "always_on": False,
+    "always_off": False,
+    "traceidratio": True,
+    "parentbased_always_on": False,
+    "parentbased_always_off": False,
+    "parentbased_traceidratio": True,
+}
+
+# Both W3C propagators are stateless; one instance of each serves every call.
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+_BAGGAGE = W3CBaggagePropagator()
+
+
+def sampler_for(name: str | None, ratio: float, exporting: bool) -> Sampler:
+    """The sampler `OTEL_TRACES_SAMPLER` names (checked by `__main__`).
+
+    Unset, it is the SDK's default, `parentbased_always_on`, when spans are exported, and
+    `parentbased_always_off` when they are not: recording spans nobody receives costs CPU for
+    nothing, while a caller's sampled trace is still recorded, so that the sampled flag reaches
+    the gateway as the caller set it.
+    """
+    if not name:
+        name = "parentbased_always_on" if exporting else "parentbased_always_off"
+    samplers: dict[str, Sampler] = {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+    }
+    if name == "traceidratio":
+        return TraceIdRatioBased(ratio)
+    if name == "parentbased_traceidratio":
+        return ParentBasedTraceIdRatio(ratio)
+    return samplers[name]
+
+
+def tracer_provider(settings: Settings) -> TracerProvider:
+    """This server's own tracer provider (each worker process makes its own, after the fork).
+
+    The SDK reads the rest of the standard environment itself: `OTEL_SERVICE_NAME` and
+    `OTEL_RESOURCE_ATTRIBUTES` (the service is `rerank-service` unless they name it),
+    `OTEL_EXPORTER_OTLP_HEADERS`/`_TIMEOUT`/`_COMPRESSION`/`_CERTIFICATE` and `OTEL_BSP_*`.
+    """
+    exporting = settings.otlp_traces_endpoint is not None
+    resource = Resource.create({SERVICE_VERSION: _version()})
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    provider = TracerProvider(
+        sampler=sampler_for(settings.trace_sampler, settings.trace_sampler_ratio, exporting),
+        resource=resource,
+        # Shut down by the server's stop() (and so flushed); an atexit hook per provider would
+        # pile up in a test process that starts many servers.
+        shutdown_on_exit=False,
+    )
+    if settings.otlp_traces_endpoint is not None:
+        # Imported only here: a server that exports nothing never loads requests & co.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=settings.otlp_traces_endpoint)
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _version() -> str:
+    try:
+        return metadata.version("rerank-service")
+    except metadata.PackageNotFoundError:  # a checkout without an install
+        return "0+unknown"
+
+
+def caller_context(carrier: Mapping[str, str]) -> otel_context.Context:
+    """The caller's trace context and baggage, from the metadata keys in `TRACE_CONTEXT_KEYS`."""
+    context = _TRACE_CONTEXT.extract(carrier)
+    if "baggage" in carrier:
+        context = _BAGGAGE.extract(carrier, context=context)
+    return context
+
+
+def child_span(tracer: Tracer, name: str, kind: SpanKind = SpanKind.INTERNAL) -> Span:
+    """A new span under the current one, or, when the current one does not record, that span
+    itself: ending it or setting attributes on it does nothing, and its context is the right
+    parent to hand on."""
+    parent = trace.get_current_span()
+    if not parent.is_recording():
+        return parent
+    return tracer.start_span(name, kind=kind)
+
+
+def inject_trace_context(headers: dict[str, str], span_context: SpanContext) -> None:
+    """Add the W3C `traceparent` (and `tracestate`) naming `span_context` as the parent.
+
+    Written here rather than by the propagator: a fifth of its cost on the hot path, and it
+    can carry nothing else (baggage in particular) by construction. A test checks it against
+    `TraceContextTextMapPropagator`.
+    """
+    if not span_context.is_valid:
+        return
+    headers["traceparent"] = (
+        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}"
+        f"-{span_context.trace_flags:02x}"
+    )
+    if span_context.trace_state:
+        headers["tracestate"] = span_context.trace_state.to_header()
