@@ -107,7 +107,60 @@ def _goal_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     goal,
                 )
             )
+    rows += _batch_goal_rows(results.get("batch", []))
     return rows
+
+
+def _batch_goal_rows(cells: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The batch cell's goals, judged where a gateway has latency; the figures of the mock
+    that answers at once are shown beside them for reference (there the box is CPU-bound)."""
+    rows = []
+    for cell in cells:
+        latency = cell["gateway_latency_ms"]
+        where = f"gateway latency {latency:g} ms" if latency else "mock answering at once"
+        shape = f"{cell['queries']}×{cell['documents']} documents"
+        judged = latency > 0
+        rows.append(
+            (
+                f"server CPU per query, {cell['queries']} Rerank ÷ one BatchRerank, {shape}, "
+                f"{where}",
+                f"{cell['cpu_gain']:.2f}×",
+                "≥ 2×" if judged else "(reference)",
+            )
+        )
+        rows.append(
+            (
+                f"wall time, one BatchRerank ÷ {cell['queries']} Rerank in a row, {shape}, {where}",
+                f"{cell['wall_share']:.2f}",
+                "≤ 0.25" if judged else "(reference)",
+            )
+        )
+    return rows
+
+
+def _batch_table(cells: list[dict[str, Any]]) -> list[str]:
+    """The batch cell: each way's wall time per round and CPU per query."""
+    if not cells:
+        return []
+    lines = [
+        f"## BatchRerank: {cells[0]['queries']} queries × {cells[0]['documents']} documents",
+        "",
+        f"Alternating rounds ({cells[0]['rounds']} of each way): {cells[0]['queries']} Rerank "
+        "calls one after another, then one BatchRerank of as many new queries.",
+        "",
+        "| gateway latency ms | way | wall ms median (min–max) | server CPU ms/query | "
+        "mock CPU ms/query |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for cell in cells:
+        for way, mode in cell["modes"].items():
+            wall, cpu = mode["wall_ms"], mode["cpu_ms_per_query"]
+            lines.append(
+                f"| {cell['gateway_latency_ms']:g} | {way} | {_n(wall['median'])} "
+                f"({_n(wall['min'])}–{_n(wall['max'])}) | {_n(cpu['server'])} | "
+                f"{_n(cpu['mock'])} |"
+            )
+    return [*lines, ""]
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -140,6 +193,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _limits_tables(results.get("limits") or {})
     lines += _observability_table(results.get("observability"))
     lines += _memory_table(results.get("memory", []))
+    lines += _batch_table(results.get("batch", []))
     direct = {
         (c["documents"], c["concurrency"]): c for c in results["cells"] if c["path"] == "direct"
     }

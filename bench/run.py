@@ -30,6 +30,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import _workload, memory, report
+from bench import batch as batch_cell
 from bench._procfs import cpu_seconds, memory_kib
 from bench._services import Service
 from bench.loadgen import CellConfig
@@ -69,6 +70,8 @@ class Plan:
     observability_pairs: int = 7
     #: Calls of 1,000 documents held in flight at once for the memory figures (bench/memory.py).
     memory_calls: tuple[int, ...] = (64, 128)
+    #: Rounds of the batch cell (bench.batch): each one BatchRerank and 32 Rerank calls.
+    batch_rounds: int = 20
 
 
 FULL = Plan(
@@ -108,6 +111,7 @@ QUICK = Plan(
     limit_concurrencies=(8, 64),
     limit_rounds=3,
     memory_calls=(64,),
+    batch_rounds=8,
 )
 SMOKE = Plan(
     "smoke",
@@ -122,6 +126,7 @@ SMOKE = Plan(
     limit_rounds=1,
     limit_layer_calls=2_000,
     memory_calls=(8,),
+    batch_rounds=2,
 )
 #: The observability comparison: the proxied 20-document cell at this concurrency, on a server
 #: with everything off and one with it on, as below.
@@ -335,6 +340,15 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         workers = await _compare_workers(plan, out, stack, mock_url, server.address)
         limits = await _compare_limits(plan, out, stack, mock_url, server)
         observability = await _compare_observability(plan, out, stack, mock_url)
+        batch = await batch_cell.compare(
+            plan.name,
+            plan.batch_rounds,
+            out,
+            stack,
+            (server.address, {"server": server.pid, "mock": mock.pid}),
+            CALL_TIMEOUT_S,
+            API_KEY,
+        )
     # Its own processes: a mock that holds every call, a fresh server per measurement.
     memory_rows = await memory.measure(plan.memory_calls, out, plan.name)
     machine["load_average_at_end"] = list(os.getloadavg())
@@ -348,6 +362,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         "cells": cells,
         "workers": workers,
         "limits": limits,
+        "batch": batch,
         "observability": observability,
         "memory": memory_rows,
     }

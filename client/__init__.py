@@ -1,10 +1,12 @@
 """A Python client for `rerank.v1.RerankService`, sync and async, and the `rerank` command.
 
-    from rerank.client import RerankClient
+    from rerank.client import RerankClient, RerankRequest
 
     with RerankClient("127.0.0.1:50051") as rerank:
         result = rerank.rerank("capital of France?", ["Paris is ...", "Berlin is ..."], top_n=1)
         result.ranking[0].original_index, result.reranked_documents
+        items = rerank.rerank_many([RerankRequest("capital of Spain?", ["Madrid is ..."])])
+        items[0].result or items[0].error   # a RerankResult, or what rerank() would have raised
 
 Results mirror the AI SDK's `rerank()`: `ranking` of `(original_index, score, document)` best
 first, and `reranked_documents`; `RerankResult.to_json_dict()` gives the SDK's camelCase JSON.
@@ -31,12 +33,15 @@ from ._exceptions import (
     UnavailableError,
     UpstreamRateLimitedError,
     from_rpc_error,
+    from_status,
 )
 from ._models import (
+    BatchItem,
     CallerUsage,
     Document,
     ModelInfo,
     RankedDocument,
+    RerankRequest,
     RerankResult,
     Usage,
     Warning,
@@ -47,6 +52,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "USE_DEFAULT",
     "AsyncRerankClient",
+    "BatchItem",
     "CallerUsage",
     "DeadlineExceededError",
     "Document",
@@ -63,6 +69,7 @@ __all__ = [
     "RateLimitedError",
     "RerankClient",
     "RerankClientError",
+    "RerankRequest",
     "RerankResult",
     "ServerError",
     "UnauthenticatedError",
@@ -74,4 +81,5 @@ __all__ = [
     "channel_options",
     "default_service_config",
     "from_rpc_error",
+    "from_status",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -14,9 +14,11 @@ from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 
 from ._config import DEFAULT_TIMEOUT, USE_DEFAULT, UseDefault, channel_options
 from ._exceptions import map_rpc_errors
-from ._models import CallerUsage, ModelInfo, RerankResult
+from ._models import BatchItem, CallerUsage, ModelInfo, RerankRequest, RerankResult
 from ._wire import (
+    build_batch_request,
     build_rerank_request,
+    parse_batch_response,
     parse_get_usage_response,
     parse_list_models_response,
     parse_rerank_response,
@@ -63,6 +65,8 @@ class RerankClient:
         with RerankClient("127.0.0.1:50051") as client:
             result = client.rerank("capital of France?", ["Paris is...", "Berlin is..."], top_n=1)
             print(result.reranked_documents)
+            for item in client.rerank_many([RerankRequest("capital of Spain?", ["Madrid..."])]):
+                print(item.result if item.ok else item.error)
 
     Args:
         target: The server address, e.g. `127.0.0.1:50051` or `dns:///rerank.internal:443`.
@@ -175,6 +179,38 @@ class RerankClient:
                 metadata=self._settings.call_metadata(),
             )
         return parse_rerank_response(response, request)
+
+    def rerank_many(
+        self, requests: Iterable[RerankRequest], *, timeout: float | None = None
+    ) -> list[BatchItem]:
+        """Answer many rerank requests in one call (BatchRerank): one `BatchItem` per request,
+        in order.
+
+        Each item holds the `RerankResult` that `rerank` would have returned for its request,
+        or the exception it would have raised, unraised (`BatchItem.unwrap` raises it), so
+        one failure does not hide the other answers. The server answers a few requests at
+        once, each as a `rerank` alone (cache, windows, retries); the deadline bounds them
+        all: those not done shortly before it come back as `DeadlineExceededError` items.
+
+        Args:
+            requests: The requests, at most the server's batch limit (100 by default); the
+                whole call at most its message limit (64 MiB by default).
+            timeout: The whole call's deadline in seconds; None for the client's default.
+
+        Raises:
+            InvalidRequestError: more requests than the server's batch limit.
+            RerankClientError: the call as a whole failed, e.g. `UnavailableError`, or
+                `MessageTooLargeError` for more bytes than a side's message limit.
+            TypeError: a request that `rerank` could not build either, named `requests[i]`.
+        """
+        batch = build_batch_request(requests)
+        with map_rpc_errors():
+            response = self._stub.BatchRerank(
+                batch,
+                timeout=self._settings.deadline(timeout),
+                metadata=self._settings.call_metadata(),
+            )
+        return parse_batch_response(response, batch)
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The reranking models the gateway offers, in its order: every page of them (the
@@ -319,6 +355,20 @@ class AsyncRerankClient:
                 metadata=self._settings.call_metadata(),
             )
         return parse_rerank_response(response, request)
+
+    async def rerank_many(
+        self, requests: Iterable[RerankRequest], *, timeout: float | None = None
+    ) -> list[BatchItem]:
+        """Answer many rerank requests in one call (BatchRerank): one `BatchItem` per request,
+        in order; see `RerankClient.rerank_many`."""
+        batch = build_batch_request(requests)
+        with map_rpc_errors():
+            response = await self._stub.BatchRerank(
+                batch,
+                timeout=self._settings.deadline(timeout),
+                metadata=self._settings.call_metadata(),
+            )
+        return parse_batch_response(response, batch)
 
     async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The reranking models the gateway offers, every page; see `RerankClient.list_models`."""

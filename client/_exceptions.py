@@ -22,6 +22,8 @@ where one code means several things, by the server's ErrorInfo reason (the contr
 
 `from_rpc_error` is the only function that looks inside a `grpc.RpcError` (sync or aio); the
 clients call it at their single boundary with the channel, so no gRPC exception escapes them.
+`from_status` builds the same exception from a `google.rpc.Status` alone: a BatchRerank's
+failed request carries one, and becomes what a Rerank of that request alone would have raised.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ __all__ = [
     "UnavailableError",
     "UpstreamRateLimitedError",
     "from_rpc_error",
+    "from_status",
     "map_rpc_errors",
 ]
 
@@ -230,6 +233,23 @@ def _rich_status(error: grpc.RpcError) -> status_pb2.Status | None:
     return cast(status_pb2.Status | None, status)
 
 
+#: gRPC status codes by their number, as a `google.rpc.Status` carries them.
+_CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_status(status: status_pb2.Status) -> RerankClientError:
+    """Translate a `google.rpc.Status` into the client's tree, as `from_rpc_error` translates a
+    call that failed with it: the same class, message and rich details.
+
+    A code that is no gRPC error code (OK, or a number gRPC does not define) is UNKNOWN: the
+    status says something failed but not how.
+    """
+    code = _CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+    if code is grpc.StatusCode.OK:
+        code = grpc.StatusCode.UNKNOWN
+    return _from_parts(code, status.message, status)
+
+
 def from_rpc_error(error: grpc.RpcError) -> RerankClientError:
     """Translate a `grpc.RpcError` (sync or `grpc.aio.AioRpcError`) into the client's tree.
 
@@ -242,11 +262,16 @@ def from_rpc_error(error: grpc.RpcError) -> RerankClientError:
         # A bare RpcError without a status (never raised by grpcio itself): treat as unknown.
         code = grpc.StatusCode.UNKNOWN
     details = (error.details() if callable(getattr(error, "details", None)) else None) or ""
+    return _from_parts(code, details, _rich_status(error))
 
+
+def _from_parts(
+    code: grpc.StatusCode, details: str, status: status_pb2.Status | None
+) -> RerankClientError:
+    """The exception for `code` and `details`, its attributes filled from `status`'s details."""
     error_info: ErrorInfo | None = None
     retry_delay: float | None = None
     violations: list[tuple[str, str]] = []
-    status = _rich_status(error)
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):

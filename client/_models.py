@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+from ._exceptions import RerankClientError
+
 __all__ = [
+    "BatchItem",
     "CallerUsage",
     "Document",
     "ModelInfo",
     "RankedDocument",
+    "RerankRequest",
     "RerankResult",
     "Usage",
     "Warning",
@@ -143,6 +148,76 @@ class RerankResult:
             }
         )
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class RerankRequest:
+    """One request of `rerank_many`: the arguments of one `rerank` call."""
+
+    query: str
+    """The search query."""
+    documents: Sequence[str] | Sequence[Mapping[str, Any]]
+    """The candidates: all text (`str`) or all JSON objects (mappings)."""
+    model: str = ""
+    """The gateway's model slug, e.g. `cohere/rerank-v3.5`; empty for the server's default."""
+    top_n: int | None = None
+    """How many of the best documents to return; None for all of them."""
+    provider_options: Mapping[str, Any] | None = None
+    """Provider-specific options, e.g. `{"cohere": {"maxTokensPerDoc": 512}}`."""
+    bypass_cache: bool = False
+    """Ask the server not to answer from, or store into, its result cache."""
+    return_documents: bool = True
+    """False: the server's answer carries no documents; the result still has them, from this
+    request's own."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """The answer to one request of `rerank_many`: exactly one of `result` and `error` is set.
+
+    `error` is the exception `rerank` would have raised for that request alone (the same
+    class, `code`, `details` and rich details), not raised, so that one failure does not hide
+    the other answers.
+    """
+
+    result: RerankResult | None = None
+    """The answer, when the request succeeded."""
+    error: RerankClientError | None = None
+    """Why the request failed, when it did."""
+
+    @property
+    def ok(self) -> bool:
+        """True when the request succeeded."""
+        return self.error is None
+
+    def unwrap(self) -> RerankResult:
+        """The result, or raise the error, as `rerank` would have."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None  # one of the two is always set
+        return self.result
+
+    def to_json_dict(self, *, documents: bool = True) -> dict[str, Any]:
+        """The result's JSON (`RerankResult.to_json_dict`, `documents` as there), or
+        `{"error": {"code", "message", "reason", "fieldViolations", "retryDelay"}}` for a
+        failed request (`code` the status name, e.g. `INVALID_ARGUMENT`; `reason` the
+        ErrorInfo reason or null; `retryDelay` in seconds or null)."""
+        if self.error is None:
+            assert self.result is not None
+            return self.result.to_json_dict(documents=documents)
+        error = self.error
+        return {
+            "error": {
+                "code": error.code.name,
+                "message": error.details,
+                "reason": error.error_info.reason if error.error_info else None,
+                "fieldViolations": [
+                    {"field": field_name, "description": description}
+                    for field_name, description in error.field_violations
+                ],
+                "retryDelay": error.retry_delay,
+            }
+        }
 
 
 @dataclass(frozen=True, slots=True)

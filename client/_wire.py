@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -11,12 +11,14 @@ import grpc
 from rerank.contract import from_struct, to_struct
 from rerank.v1 import rerank_service_pb2 as pb
 
-from ._exceptions import ServerError
+from ._exceptions import ServerError, from_status
 from ._models import (
+    BatchItem,
     CallerUsage,
     Document,
     ModelInfo,
     RankedDocument,
+    RerankRequest,
     RerankResult,
     Usage,
     Warning,
@@ -73,6 +75,73 @@ def build_rerank_request(
     if provider_options is not None:
         request.provider_options.CopyFrom(to_struct(provider_options, "provider_options"))
     return request
+
+
+def build_batch_request(requests: Iterable[RerankRequest]) -> pb.BatchRerankRequest:
+    """Build a `BatchRerankRequest`, each request as `build_rerank_request` builds it.
+
+    Raises:
+        TypeError: as `build_rerank_request`, the message prefixed with `requests[i]`; or for
+            an element that is not a `RerankRequest`.
+    """
+    batch = pb.BatchRerankRequest()
+    for position, request in enumerate(requests):
+        if not isinstance(request, RerankRequest):
+            raise TypeError(
+                f"requests[{position}]: expected a RerankRequest, got {type(request).__name__}"
+            )
+        try:
+            built = build_rerank_request(
+                request.query,
+                request.documents,
+                model=request.model,
+                top_n=request.top_n,
+                provider_options=request.provider_options,
+                bypass_cache=request.bypass_cache,
+                return_documents=request.return_documents,
+            )
+        except TypeError as exc:
+            raise TypeError(f"requests[{position}]: {exc}") from exc
+        batch.requests.append(built)
+    return batch
+
+
+def parse_batch_response(
+    response: pb.BatchRerankResponse, batch: pb.BatchRerankRequest
+) -> list[BatchItem]:
+    """Turn the `BatchRerankResponse` to `batch` into one `BatchItem` per request, in order.
+
+    Raises:
+        ServerError: when the server answered another number of results than the requests
+            sent: which answers which could not be told.
+    """
+    expected = len(batch.requests)
+    if len(response.results) != expected:
+        raise ServerError(
+            grpc.StatusCode.UNKNOWN,
+            f"the server answered {len(response.results)} results to {expected} requests",
+        )
+    items = []
+    for result, request in zip(response.results, batch.requests, strict=True):
+        which = result.WhichOneof("result")
+        if which == "response":
+            try:
+                items.append(BatchItem(result=parse_rerank_response(result.response, request)))
+            except ServerError as error:  # this answer broke the contract; the others stand
+                items.append(BatchItem(error=error))
+        elif which == "error":
+            items.append(BatchItem(error=from_status(result.error)))
+        else:
+            # Neither (a newer server's kind of result, or a broken one): this request's
+            # answer is unknown, the others still stand.
+            items.append(
+                BatchItem(
+                    error=ServerError(
+                        grpc.StatusCode.UNKNOWN, "the server sent neither a response nor an error"
+                    )
+                )
+            )
+    return items
 
 
 def _from_document(document: pb.Document) -> Document:

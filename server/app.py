@@ -56,7 +56,7 @@ from rerank.server.metrics import MeteredUpstream, Metrics
 from rerank.server.redis_client import RedisClient
 from rerank.server.redis_store import FailOpenLimitStore, RedisCacheEntries, RedisLimitStore
 from rerank.server.resilience import CircuitBreaker, ResilientReranker, RetryBudget, RetryPolicy
-from rerank.server.service import SERVICE_NAME, RerankServicer, add_to_server
+from rerank.server.service import SERVICE_NAME, BatchLimits, RerankServicer, add_to_server
 from rerank.server.tracing import TRACER_NAME, tracer_provider
 from rerank.server.windows import WindowedReranker, WindowPolicy
 from rerank.v1 import rerank_service_pb2 as pb
@@ -373,10 +373,13 @@ async def start_server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             # An answer echoes the request's documents: sized for the largest an accepted
-            # request can produce, so none is refused after the gateway was paid for it.
+            # request (or batch of them) can produce, so none is refused after the gateway
+            # was paid for it.
             (
                 "grpc.max_send_message_length",
-                max_response_bytes(settings.max_message_bytes, settings.max_documents),
+                max_response_bytes(
+                    settings.max_message_bytes, settings.max_documents, settings.batch_max_requests
+                ),
             ),
             # gRPC sets SO_REUSEPORT by default, and with it a second server on this port
             # would start silently and take half the connections. Without it the kernel
@@ -396,6 +399,9 @@ async def start_server(
         ),
         default_model=settings.default_model,
         upstream_timeout=settings.upstream_timeout,
+        batch=BatchLimits(
+            max_requests=settings.batch_max_requests, parallelism=settings.batch_parallelism
+        ),
         metrics=metrics,
     )
     add_to_server(servicer, server)

@@ -12,6 +12,7 @@ Outside a call (a layer used on its own, in a test) `current_call()` is None and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from decimal import Decimal
@@ -56,3 +57,19 @@ def open_call(record: CallRecord) -> Token[CallRecord | None]:
 
 def close_call(token: Token[CallRecord | None]) -> None:
     _CURRENT.reset(token)
+
+
+def note_batch(call: CallRecord, requests: Sequence[CallRecord]) -> None:
+    """Note in `call`, a BatchRerank's record, what its requests did together, each noted as a
+    call of its own: their documents, gateway attempts and windows summed; the cost of the
+    answered ones summed (unknown when any of theirs is); `cached` when every answered one was;
+    the model when every valid one named the same. A failed request was charged nothing."""
+    answered = [r for r in requests if r.cached is not None]
+    call.documents = sum(r.documents or 0 for r in requests)
+    call.upstream_attempts = sum(r.upstream_attempts for r in requests)
+    call.windows = sum(r.windows for r in requests)
+    call.cached = all(r.cached for r in answered) if answered else None
+    costs = [r.cost for r in answered]
+    call.cost = None if None in costs else sum((c for c in costs if c is not None), Decimal(0))
+    models = {r.model for r in requests if r.model is not None}
+    call.model = models.pop() if len(models) == 1 else None

@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from rerank.contract import MAX_DOCUMENTS, MAX_MESSAGE_BYTES
+from rerank.contract import MAX_BATCH_REQUESTS, MAX_DOCUMENTS, MAX_MESSAGE_BYTES
 from rerank.server.domain import is_model_slug
 from rerank.server.redis_client import RedisUrl
 from rerank.server.tracing import SAMPLERS
@@ -466,9 +466,9 @@ class Settings:
         About(Between(1024, GRPC_MAX_MESSAGE_BYTES, integer=True), env="RERANK_MAX_MESSAGE_BYTES"),
     )
     """Largest gRPC message accepted. gRPC's own default of 4 MiB is too small for 1,000
-    documents of 4 KB; 64 MiB takes 10,000 of them. The send limit follows from it and
-    `max_documents` (`rerank.contract.max_response_bytes`): the largest answer an accepted
-    request can produce."""
+    documents of 4 KB; 64 MiB takes 10,000 of them. The send limit follows from it,
+    `max_documents` and `batch_max_requests` (`rerank.contract.max_response_bytes`): the
+    largest answer an accepted request or batch can produce."""
 
     window_sizes: Mapping[str, int] = setting_made(
         lambda: dict(DEFAULT_WINDOW_SIZES),
@@ -487,6 +487,18 @@ class Settings:
         4, About(Between(1, 64, integer=True), env="RERANK_WINDOW_PARALLELISM")
     )
     """Windows of one request in flight at once."""
+
+    batch_parallelism: int = setting(
+        8, About(Between(1, 64, integer=True), env="RERANK_BATCH_PARALLELISM")
+    )
+    """Requests of one BatchRerank answered at once; each holds its own admission place while
+    it runs."""
+
+    batch_max_requests: int = setting(
+        MAX_BATCH_REQUESTS, About(Between(1, 1000, integer=True), env="RERANK_BATCH_MAX_REQUESTS")
+    )
+    """Most requests one BatchRerank may hold; more is INVALID_ARGUMENT for the whole call. The
+    bytes of them all are bounded by `max_message_bytes`."""
 
     cache_ttl: float = setting(
         600.0, About(Between(0, 86_400, low_excluded=True), env="RERANK_CACHE_TTL")

@@ -472,13 +472,7 @@ class ErrorInterceptor(ServerInterceptor):
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception:
-                incident = uuid.uuid4().hex[:12]
-                if (call := current_call()) is not None:
-                    call.incident = incident
-                logger.exception("%s failed unexpectedly (incident %s)", method, incident)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
-                )
+                await context.abort(grpc.StatusCode.INTERNAL, report_incident(method))
 
         self._guarded[method] = grpc.unary_unary_rpc_method_handler(
             guard,
@@ -486,6 +480,25 @@ class ErrorInterceptor(ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
         return self._guarded[method]
+
+
+def log_failure(what: str, code: grpc.StatusCode, error: RerankError) -> None:
+    """Log a call (or a batch's request) that failed with `error`, answered as `code`."""
+    # Failures of ours or upstream's deserve a warning; a caller's mistakes or a refusal under
+    # overload are routine and would drown the log at WARNING.
+    level = logging.WARNING if code in _OPERATOR_CODES else logging.INFO
+    logger.log(level, "%s failed: %s %s", what, code.name, error.reason)
+
+
+def report_incident(what: str) -> str:
+    """Log the exception being handled (a bug) with its traceback under a new incident id,
+    noted in the current call's record, and return the message the caller gets instead of the
+    exception's text (with INTERNAL)."""
+    incident = uuid.uuid4().hex[:12]
+    if (call := current_call()) is not None:
+        call.incident = incident
+    logger.exception("%s failed unexpectedly (incident %s)", what, incident)
+    return f"internal error (incident {incident})"
 
 
 class _Undecodable:
@@ -520,11 +533,7 @@ async def abort_with(
     context: grpc.aio.ServicerContext[Any, Any], method: str, error: RerankError
 ) -> NoReturn:
     """End the call with `error`'s answer from the one table: status, details, pushback."""
-    # Failures of ours or upstream's deserve a warning; a caller's mistakes or a refusal under
-    # overload are routine and would drown the log at WARNING.
-    code = error_answer(error).code
-    level = logging.WARNING if code in _OPERATOR_CODES else logging.INFO
-    logger.log(level, "%s failed: %s %s", method, code.name, error.reason)
+    log_failure(method, error_answer(error).code, error)
     await _answer(context, error)
 
 

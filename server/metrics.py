@@ -181,9 +181,16 @@ WINDOWS = _f(
 )
 DOCUMENTS = _f(
     "rerank_documents_per_request",
-    "Documents in one valid Rerank request.",
+    "Documents in one valid Rerank request (or valid request of a BatchRerank).",
     "histogram",
     buckets=DOCUMENT_BUCKETS,
+)
+BATCH_REQUESTS = _f(
+    "rerank_batch_requests",
+    "Requests answered inside BatchRerank calls, by the status each got (the call itself is "
+    "counted with the gRPC metrics, OK however its requests fared).",
+    "counter",
+    "grpc_status",
 )
 ADMISSION_REFUSALS = _f(
     "rerank_admission_refusals",
@@ -192,7 +199,9 @@ ADMISSION_REFUSALS = _f(
     "reason",
 )
 IN_FLIGHT = _f(
-    "rerank_calls_in_flight", "Rerank and ListModels calls admitted and not finished.", "gauge"
+    "rerank_calls_in_flight",
+    "Rerank and ListModels calls, and requests of BatchRerank calls, admitted and not finished.",
+    "gauge",
 )
 COST = _f(
     _COST_STORED,
@@ -252,6 +261,7 @@ FAMILIES = (
     CACHE_ENTRIES,
     WINDOWS,
     DOCUMENTS,
+    BATCH_REQUESTS,
     ADMISSION_REFUSALS,
     IN_FLIGHT,
     COST,
@@ -471,6 +481,9 @@ class Metrics:
         self._in_flight.set(0)
         self._windows = recorder.histogram(WINDOWS)
         self._documents = recorder.histogram(DOCUMENTS)
+        self._batch_requests = {
+            grpc.StatusCode.OK: recorder.counter(BATCH_REQUESTS, grpc_status="OK")
+        }
         self.breaker_state("closed")
 
     @classmethod
@@ -498,6 +511,15 @@ class Metrics:
 
     def documents(self, count: int) -> None:
         self._documents.observe(count)
+
+    def batch_request(self, code: grpc.StatusCode) -> None:
+        """One request of a BatchRerank was answered with `code` (OK: its response)."""
+        child = self._batch_requests.get(code)
+        if child is None:
+            child = self._batch_requests[code] = self._recorder.counter(
+                BATCH_REQUESTS, grpc_status=code.name
+            )
+        child.inc()
 
     def admitted(self, delta: int) -> None:
         """A call entered (+1) or left (-1) the server's admission."""

@@ -2,7 +2,9 @@
 
 Proto messages stop here: below this module there are only `rerank.server.domain` values.
 Errors are raised as `rerank.server.errors` and turned into statuses by the interceptor in
-`rerank.server.interceptors`.
+`rerank.server.interceptors`; a BatchRerank's requests each fail alone, so there the servicer
+turns each one's error into its `google.rpc.Status` through the same table
+(`rerank.server.status.rich_status`).
 
 A Rerank request can be 64 MiB, so how long its copies live is what a call in flight costs.
 gRPC keeps the bytes it received until the call ends, whatever happens to them; the servicer
@@ -10,12 +12,15 @@ takes those bytes (`add_to_server` registers Rerank without a deserializer), dec
 the domain values and lets the decoded message go at once (to echo object documents it decodes
 them again at the end; texts are echoed from the query's own strings). In flight, a call holds
 gRPC's bytes and the documents as Python values, not a decoded message besides
-(bench/memory.py measures it).
+(bench/memory.py measures it). A BatchRerank's requests are answered the same way, each from
+its own serialized bytes, a few at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,11 +30,12 @@ from typing import Any, cast
 import grpc
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
+from google.rpc import code_pb2, status_pb2
 
 from rerank.contract import RESPONSE_EXTRAS_BYTES, NotJsonError, from_struct
 from rerank.server.admission import Admission
 from rerank.server.caller_limits import CallerLimitsReranker
-from rerank.server.calls import CallRecord, current_call
+from rerank.server.calls import CallRecord, close_call, current_call, note_batch, open_call
 from rerank.server.domain import (
     FREE,
     Caller,
@@ -53,11 +59,14 @@ from rerank.server.errors import (
     InvalidRequest,
     MalformedRequest,
     NotANamedCaller,
+    RerankError,
     UpstreamProtocolError,
+    UpstreamTimeout,
 )
-from rerank.server.interceptors import current_caller
+from rerank.server.interceptors import current_caller, log_failure, report_incident
 from rerank.server.limits import DailyUsage, bucket_size
 from rerank.server.metrics import Metrics
+from rerank.server.status import rich_status
 from rerank.v1 import rerank_service_pb2 as pb
 
 _WARNING_TYPE_TO_PROTO = {
@@ -68,6 +77,21 @@ _WARNING_TYPE_TO_PROTO = {
 }
 # The answer to a request without documents: nothing ranked, nothing asked, nothing billed.
 _NOTHING_TO_RANK = RerankOutcome(ranking=(), usage=FREE)
+# A batch's requests stop this share of the call's time before its deadline (at most
+# _MAX_ANSWER_RESERVE seconds), so that the answer, with the requests already done, still
+# reaches the caller in time; past the deadline gRPC would deliver nothing at all.
+_ANSWER_SHARE = 0.1
+_MAX_ANSWER_RESERVE = 1.0
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How BatchRerank runs, from `Settings`."""
+
+    max_requests: int
+    """Most requests one batch may hold."""
+    parallelism: int
+    """Requests of one batch answered at once."""
 
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
@@ -86,6 +110,7 @@ class RerankServicer:
         admission: Admission,
         default_model: str,
         upstream_timeout: float,
+        batch: BatchLimits,
         metrics: Metrics | None = None,
     ) -> None:
         self._metrics = metrics or Metrics.disabled()
@@ -94,11 +119,85 @@ class RerankServicer:
         self._admission = admission
         self._default_model = default_model
         self._upstream_timeout = upstream_timeout
+        self._batch = batch
 
     async def Rerank(
         self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RerankResponse:
         """`request` is the serialized RerankRequest, as gRPC received (and keeps) it."""
+        return await self._answer(request, self._timeout(context))
+
+    async def BatchRerank(
+        self, request: pb.BatchRerankRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.BatchRerankResponse:
+        requests = request.requests
+        if len(requests) > self._batch.max_requests:
+            raise InvalidRequest(
+                [
+                    FieldViolation(
+                        "requests",
+                        f"holds {len(requests)} requests; at most {self._batch.max_requests} "
+                        "allowed",
+                    )
+                ]
+            )
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + self._batch_time(context)
+        results: list[pb.BatchRerankResult] = [pb.BatchRerankResult() for _ in requests]
+        # A few workers take the requests in turn: at most `parallelism` in flight, without a
+        # task per request waiting for its turn.
+        turns = iter(enumerate(requests))
+
+        # Each request is noted as a call of its own (the parts below note into the record in
+        # their context), and the batch's record sums them when all are answered.
+        call = current_call()
+        notes = [
+            CallRecord(call.request_id if call else "", caller=call.caller if call else None)
+            for _ in requests
+        ]
+
+        async def worker() -> None:
+            for position, item in turns:
+                noting = open_call(notes[position])
+                try:
+                    left = stop_at - loop.time()
+                    await self._answer_into(results[position], position, item, left)
+                finally:
+                    close_call(noting)
+
+        async with asyncio.TaskGroup() as workers:
+            for _ in range(min(self._batch.parallelism, len(requests))):
+                workers.create_task(worker())
+        if call is not None:
+            note_batch(call, notes)
+        return pb.BatchRerankResponse(results=results)
+
+    async def _answer_into(
+        self, result: pb.BatchRerankResult, position: int, request: pb.RerankRequest, left: float
+    ) -> None:
+        """Answer one request of a batch into `result`: its response, or the status a Rerank
+        would have failed with (the same table, the same details)."""
+        what = f"BatchRerank requests[{position}]"
+        code = grpc.StatusCode.OK
+        try:
+            if left <= 0:
+                raise UpstreamTimeout("the call's deadline came before this request's turn")
+            timeout = min(self._upstream_timeout, left)
+            result.response.CopyFrom(await self._answer(request.SerializeToString(), timeout))
+        except RerankError as error:
+            code, status = rich_status(error)
+            log_failure(what, code, error)
+            result.error.CopyFrom(status)
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            result.error.CopyFrom(
+                status_pb2.Status(code=code_pb2.INTERNAL, message=report_incident(what))
+            )
+        self._metrics.batch_request(code)
+
+    async def _answer(self, request: bytes, timeout: float) -> pb.RerankResponse:
+        """Answer one serialized RerankRequest within `timeout` seconds, holding an admission
+        place, and note what it did in the current call's record."""
         call = current_call()
         with self._admission.admit(len(request)):
             query, echo = query_from_bytes(request, self._default_model, self._limits, call)
@@ -109,7 +208,7 @@ class RerankServicer:
                 query = on_behalf_of(query, caller)
             self._metrics.documents(len(query.documents))
             if query.documents:
-                outcome = await self._reranker.rerank(query, timeout=self._timeout(context))
+                outcome = await self._reranker.rerank(query, timeout=timeout)
             else:
                 # Nothing to rank, nothing to count; but a model the caller may not use is
                 # refused here too.
@@ -154,6 +253,15 @@ class RerankServicer:
             return self._upstream_timeout
         return min(self._upstream_timeout, remaining)
 
+    def _batch_time(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        """Seconds a batch's requests may run: the call's time less the reserve for sending
+        the answer; unbounded without a deadline (each request still has the upstream
+        timeout)."""
+        remaining: float | None = context.time_remaining()
+        if remaining is None:
+            return math.inf
+        return remaining - min(remaining * _ANSWER_SHARE, _MAX_ANSWER_RESERVE)
+
 
 def add_to_server(servicer: RerankServicer, server: grpc.aio.Server) -> None:
     """Register `servicer` as the generated `add_RerankServiceServicer_to_server` would, but
@@ -162,6 +270,11 @@ def add_to_server(servicer: RerankServicer, server: grpc.aio.Server) -> None:
     handlers = {
         "Rerank": grpc.unary_unary_rpc_method_handler(
             servicer.Rerank, response_serializer=pb.RerankResponse.SerializeToString
+        ),
+        "BatchRerank": grpc.unary_unary_rpc_method_handler(
+            servicer.BatchRerank,
+            request_deserializer=pb.BatchRerankRequest.FromString,
+            response_serializer=pb.BatchRerankResponse.SerializeToString,
         ),
         "ListModels": grpc.unary_unary_rpc_method_handler(
             servicer.ListModels,

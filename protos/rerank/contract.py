@@ -41,19 +41,33 @@ gateway's protocol error rather than sent)."""
 _GRPC_MAX_MESSAGE_BYTES: Final = 2**31 - 1
 
 
-def max_response_bytes(max_request_bytes: int, max_documents: int) -> int:
-    """The largest `RerankResponse` a request the server accepted can produce: every document
-    of the request echoed (at most `max_request_bytes` of them), each with its ranked entry's
-    overhead, and the extras. The server's send limit is this, so an answer is never refused on
-    the way back after the gateway has been paid for it; a client's receive limit must be too."""
-    return min(
-        _GRPC_MAX_MESSAGE_BYTES,
-        max_request_bytes + max_documents * RANKED_DOCUMENT_OVERHEAD + RESPONSE_EXTRAS_BYTES,
-    )
+BATCH_RESULT_OVERHEAD: Final = 12
+"""Bytes a `BatchRerankResult` adds around its `RerankResponse` in a `BatchRerankResponse`: the
+result's tag and length (at most 1 + 5) and the response's (at most 1 + 5)."""
 
 
-MAX_RESPONSE_BYTES: Final = max_response_bytes(MAX_MESSAGE_BYTES, MAX_DOCUMENTS)
-"""The largest response of a server with the default limits (65.2 MiB): what the client receives."""
+def max_response_bytes(
+    max_request_bytes: int, max_documents: int, max_batch_requests: int = 1
+) -> int:
+    """The largest answer a request the server accepted can produce: a `RerankResponse` with
+    every document of the request echoed (at most `max_request_bytes` of them), each with its
+    ranked entry's overhead, and the extras; or a `BatchRerankResponse` of up to
+    `max_batch_requests` such answers, whose documents together are still at most
+    `max_request_bytes`. The server's send limit is this, so an answer is never refused on the
+    way back after the gateway has been paid for it; a client's receive limit must be too."""
+    per_answer = max_documents * RANKED_DOCUMENT_OVERHEAD + RESPONSE_EXTRAS_BYTES
+    if max_batch_requests > 1:
+        per_answer += BATCH_RESULT_OVERHEAD
+    return min(_GRPC_MAX_MESSAGE_BYTES, max_request_bytes + max_batch_requests * per_answer)
+
+
+MAX_BATCH_REQUESTS: Final = 100
+"""The most requests one BatchRerank may hold by default."""
+
+
+MAX_RESPONSE_BYTES: Final = max_response_bytes(MAX_MESSAGE_BYTES, MAX_DOCUMENTS, MAX_BATCH_REQUESTS)
+"""The largest answer of a server with the default limits, a BatchRerank's (184 MiB; a Rerank's
+is at most 65.2 MiB): what the client receives."""
 
 
 ERROR_DOMAIN: Final = "rerank.v1"

@@ -1,11 +1,13 @@
 """The conformance suite: golden request/response cases run against a rerank server.
 
-Every `cases/*.json` is one call: `rpc` (`Rerank` or `ListModels`), `request` (the proto
-request as `google.protobuf.json_format` writes it), and `expect`, what must hold for ANY
-backend (see `EXPECT_KEYS`). Invariants are checked on every successful Rerank whether or not
-a case states them: ranking length `min(topN, len(documents))`, each `original_index` in range
-and unique, descending score with ties by ascending index, documents echoed as sent, `model`
-filled in, a non-empty `id` unique within the run. Mock-only knowledge (`mockOrder`, the
+Every `cases/*.json` is one call: `rpc` (`Rerank`, `BatchRerank` or `ListModels`), `request`
+(the proto request as `google.protobuf.json_format` writes it), and `expect`, what must hold
+for ANY backend (see `EXPECT_KEYS`; a BatchRerank's `results` hold one such expectation per
+request). Invariants are checked on every successful Rerank, and every successful request of a
+batch, whether or not a case states them: ranking length `min(topN, len(documents))`, each
+`original_index` in range and unique, descending score with ties by ascending index, documents
+echoed as sent, `model` filled in, a non-empty `id` unique within the run; a batch answers
+with one result per request. Mock-only knowledge (`mockOrder`, the
 golden `expected_mock_response`, the `mockOnly` fault cases) is checked only when the backend
 is the bundled mock gateway: never the mock's scores elsewhere.
 
@@ -84,10 +86,12 @@ EXPECT_KEYS = {
     "includesModels": "ListModels: ids that must be listed",
     "modelsCount": "ListModels: how many models this page holds",
     "morePages": "ListModels: whether next_page_token is set",
+    "results": "BatchRerank: one expectation per request, in order, with the keys above",
 }
 REQUESTS: Mapping[str, type[Message]] = {
     "Rerank": pb.RerankRequest,
     "ListModels": pb.ListModelsRequest,
+    "BatchRerank": pb.BatchRerankRequest,
 }
 
 
@@ -204,24 +208,29 @@ class Outcome:
     def status_details(self) -> list[Any]:
         """The unpacked `google.rpc` detail messages of the error (ErrorInfo, BadRequest, ...)."""
         assert self.error is not None
-        details: list[Any] = []
         # grpc's stubs type the metadata as `_Metadatum`s; at run time they are pairs.
         metadata: Any = self.error.trailing_metadata() or ()
         for key, value in metadata:
             if key == "grpc-status-details-bin":
                 assert isinstance(value, bytes)
-                status = status_pb2.Status.FromString(value)
-                for packed in status.details:
-                    for kind in (
-                        error_details_pb2.ErrorInfo,
-                        error_details_pb2.BadRequest,
-                        error_details_pb2.RetryInfo,
-                    ):
-                        if packed.Is(kind.DESCRIPTOR):
-                            detail = kind()
-                            packed.Unpack(detail)
-                            details.append(detail)
-        return details
+                return unpacked_details(status_pb2.Status.FromString(value))
+        return []
+
+
+def unpacked_details(status: status_pb2.Status) -> list[Any]:
+    """The `google.rpc` detail messages a status carries (ErrorInfo, BadRequest, RetryInfo)."""
+    details: list[Any] = []
+    for packed in status.details:
+        for kind in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.RetryInfo,
+        ):
+            if packed.Is(kind.DESCRIPTOR):
+                detail = kind()
+                packed.Unpack(detail)
+                details.append(detail)
+    return details
 
 
 async def call(target: str, case: Case) -> Outcome:
@@ -231,6 +240,8 @@ async def call(target: str, case: Case) -> Outcome:
         try:
             if isinstance(request, pb.RerankRequest):
                 response: Message = await stub.Rerank(request, timeout=CALL_TIMEOUT)
+            elif isinstance(request, pb.BatchRerankRequest):
+                response = await stub.BatchRerank(request, timeout=CALL_TIMEOUT)
             else:
                 assert isinstance(request, pb.ListModelsRequest)
                 response = await stub.ListModels(request, timeout=CALL_TIMEOUT)
@@ -244,8 +255,10 @@ async def call(target: str, case: Case) -> Outcome:
 
 def check_error(outcome: Outcome, expect: Mapping[str, Any]) -> None:
     assert outcome.error is not None
-    message = outcome.error.details() or ""
-    details = outcome.status_details()
+    check_status_details(outcome.error.details() or "", outcome.status_details(), expect)
+
+
+def check_status_details(message: str, details: list[Any], expect: Mapping[str, Any]) -> None:
     infos = [d for d in details if isinstance(d, error_details_pb2.ErrorInfo)]
     violations = [
         v.field
@@ -312,6 +325,38 @@ def check_usage(
         assert usage.upstream_calls == expect["upstreamCalls"], usage
 
 
+def check_batch(
+    request: pb.BatchRerankRequest,
+    response: pb.BatchRerankResponse,
+    expect: Mapping[str, Any],
+    backend: Backend,
+    seen: Seen,
+) -> None:
+    """One result per request, in order, each as its expectation says: a response passing
+    every Rerank check, or the error with the code and details a Rerank would have got."""
+    expected = expect.get("results", [])
+    assert len(response.results) == len(request.requests), "one result per request"
+    assert len(expected) == len(request.requests), "the case states every request's outcome"
+    for position, (item, result, wanted) in enumerate(
+        zip(request.requests, response.results, expected, strict=True)
+    ):
+        where = f"results[{position}]"
+        if wanted["code"] == "OK":
+            assert result.WhichOneof("result") == "response", (where, result.error)
+            check_rerank(item, result.response, wanted, backend)
+            check_new_id(result.response, seen)
+            continue
+        assert result.WhichOneof("result") == "error", where
+        assert result.error.code == grpc.StatusCode[wanted["code"]].value[0], (where, result)
+        check_status_details(result.error.message, unpacked_details(result.error), wanted)
+
+
+def check_new_id(response: pb.RerankResponse, seen: Seen) -> None:
+    assert response.id, "id must be set"
+    assert response.id not in seen.ids, f"id {response.id!r} was already given"
+    seen.ids.add(response.id)
+
+
 def check_list_models(
     request: pb.ListModelsRequest, response: pb.ListModelsResponse, expect: Mapping[str, Any]
 ) -> None:
@@ -336,8 +381,9 @@ def masked_json(response: Message) -> dict[str, Any]:
     # Fields at their default are written too (`originalIndex: 0`, `warnings: []`): a golden
     # should show them.
     data = json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
-    if "id" in data:
-        data["id"] = MASKED_ID
+    for answer in [data, *(result.get("response", {}) for result in data.get("results", []))]:
+        if "id" in answer:
+            answer["id"] = MASKED_ID
     # Through JSON with sorted keys: json_format's key order is not stable.
     ordered: dict[str, Any] = json.loads(json.dumps(data, sort_keys=True))
     return ordered
@@ -373,12 +419,17 @@ def test_the_cases_are_well_formed() -> None:
         assert data["rpc"] in REQUESTS, case.path.name
         case.request()  # parses as the proto request
         expect = case.expect
-        assert set(expect) <= set(EXPECT_KEYS), (case.path.name, set(expect) - set(EXPECT_KEYS))
-        assert expect["code"] in grpc.StatusCode.__members__, case.path.name
-        if expect["code"] != "OK":
+        for each in [expect, *expect.get("results", [])]:
+            assert set(each) <= set(EXPECT_KEYS), (case.path.name, set(each) - set(EXPECT_KEYS))
+            assert each["code"] in grpc.StatusCode.__members__, case.path.name
+        assert ("results" in expect) == (data["rpc"] == "BatchRerank" and expect["code"] == "OK")
+        if expect["code"] != "OK" or data.get("mockOnly"):
             assert "expected_mock_response" not in data, case.path.name
         if data.get("mockOnly"):
-            assert "mockGateway" in data["request"].get("providerOptions", {}), case.path.name
+            requests = data["request"].get("requests", [data["request"]])
+            assert any("mockGateway" in r.get("providerOptions", {}) for r in requests), (
+                case.path.name
+            )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
@@ -397,15 +448,19 @@ async def test_case(case: Case, backend: Backend, target: str, seen: Seen) -> No
         request = case.request()
         assert isinstance(request, pb.RerankRequest)
         check_rerank(request, response, expect, backend)
-        assert response.id, "id must be set"
-        assert response.id not in seen.ids, f"id {response.id!r} was already given"
-        seen.ids.add(response.id)
+        check_new_id(response, seen)
+    elif isinstance(response, pb.BatchRerankResponse):
+        request = case.request()
+        assert isinstance(request, pb.BatchRerankRequest)
+        check_batch(request, response, expect, backend, seen)
     else:
         assert isinstance(response, pb.ListModelsResponse)
         request = case.request()
         assert isinstance(request, pb.ListModelsRequest)
         check_list_models(request, response, expect)
-    if backend.golden:
+    # A fault case's answer names the gateway's generation ids, which hash the request body,
+    # whose provider options come in no fixed order: it has no golden to compare.
+    if backend.golden and not case.mock_only:
         check_golden(case, response)
 
 
@@ -472,3 +527,46 @@ def test_the_checks_catch_a_broken_server(breakage: str) -> None:
         second.document.CopyFrom(request.documents[0])
     with pytest.raises(AssertionError):
         check_rerank(request, response, {}, mock)
+
+
+@pytest.mark.parametrize("breakage", ["missing", "reordered", "error_for_ok", "wrong_code"])
+def test_the_batch_checks_catch_a_broken_server(breakage: str) -> None:
+    """A batch answer is checked result by result, against its own request."""
+    request, answer = _seed_pair()
+    refused = status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    refused.message = "query: must not be empty"
+    refused.details.add().Pack(
+        error_details_pb2.ErrorInfo(reason="INVALID_REQUEST", domain="rerank.v1")
+    )
+    refused.details.add().Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field="query", description="must not be empty"
+                )
+            ]
+        )
+    )
+    batch = pb.BatchRerankRequest(requests=[request, pb.RerankRequest(query="")])
+    response = pb.BatchRerankResponse(
+        results=[pb.BatchRerankResult(response=answer), pb.BatchRerankResult(error=refused)]
+    )
+    expect = {
+        "code": "OK",
+        "results": [
+            {"code": "OK", "rankingLength": 2},
+            {"code": "INVALID_ARGUMENT", "field": "query", "reason": "INVALID_REQUEST"},
+        ],
+    }
+    mock = Backend(None, None, None, mock=False)
+    check_batch(batch, response, expect, mock, Seen())  # the good answer passes
+    if breakage == "missing":
+        del response.results[1]
+    elif breakage == "reordered":
+        response.results.reverse()
+    elif breakage == "error_for_ok":
+        response.results[0].error.CopyFrom(refused)
+    else:
+        response.results[1].error.code = grpc.StatusCode.INTERNAL.value[0]
+    with pytest.raises(AssertionError):
+        check_batch(batch, response, expect, mock, Seen())

@@ -23,7 +23,8 @@ BULLET = re.compile(r"^\s*// - ([A-Z_]+)(?: \(([A-Z_, ]+)\))?(, no ErrorInfo)?:"
 WITHOUT_REASON = {"RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "CANCELLED"}
 #: What each RPC can meet besides the reasons every call can (a malformed message, the call
 #: limit, authentication): Rerank all of the gateway's and a named caller's limits; ListModels
-#: the gateway's; GetUsage the standing of a named caller only.
+#: the gateway's; GetUsage the standing of a named caller only; BatchRerank, as a whole call, a
+#: batch too large (each request's own failure is Rerank's, in its result).
 EVERY_CALL = {"MALFORMED_REQUEST", "OVERLOADED", "UNAUTHENTICATED"}
 CALLER_LIMITS = {"MODEL_NOT_ALLOWED", "CALLER_RATE_LIMITED", "CALLER_BUDGET_EXHAUSTED"}
 STANDING = {"NOT_A_NAMED_CALLER", "LIMITS_UNAVAILABLE"}
@@ -78,13 +79,15 @@ def answered_by(rpc: str) -> set[tuple[str, str]]:
         "Rerank": upstream | EVERY_CALL | CALLER_LIMITS | {"LIMITS_UNAVAILABLE"},
         "ListModels": upstream | EVERY_CALL,
         "GetUsage": EVERY_CALL | STANDING,
+        # The whole call's own: a request's failure is in its result, and is Rerank's.
+        "BatchRerank": EVERY_CALL | {"INVALID_REQUEST"},
     }[rpc]
     return {(code, reason) for code, reason in table() if reason in reasons}
 
 
 def test_each_rpc_is_placed() -> None:
     """A new RPC must say what it answers (in `answered_by`), and every row is some RPC's."""
-    assert set(RPCS) == {"Rerank", "ListModels", "GetUsage"}
+    assert set(RPCS) == {"Rerank", "ListModels", "GetUsage", "BatchRerank"}
     assert set().union(*(answered_by(rpc) for rpc in RPCS)) == table()
 
 

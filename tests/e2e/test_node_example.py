@@ -121,6 +121,53 @@ def test_a_deprecated_warning_in_the_ai_sdks_shape(stubs: Path, processes: list[
     assert result["ranking"][0]["originalIndex"] == 0
 
 
+def test_a_batch_call(stubs: Path, processes: list[Process], tmp_path: Path) -> None:
+    """One BatchRerank: a line per query, in order, the failed ones as their own status, as
+    the Python `rerank --batch` prints them (tests/e2e/test_batch_cli.py)."""
+    target = start_server(processes, "--mock")
+    lines = [
+        {"query": SEED_QUERY, "documents": list(SEED_DOCUMENTS), "topN": 2},
+        {"query": "", "documents": list(SEED_DOCUMENTS)},
+        {"query": "Berlin", "documents": [{"text": d} for d in SEED_DOCUMENTS], "topN": 1},
+        {"query": "q", "documents": ["a"], "model": "cohere/no-such-model"},
+    ]
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    completed = run_example("--target", target, "--batch", str(batch))
+    assert completed.returncode == 1, completed.stderr
+    seed, empty, objects, unknown = (json.loads(line) for line in completed.stdout.splitlines())
+    assert seed["rerankedDocuments"] == list(SEED_DOCUMENTS[:2])
+    assert seed["model"] == SEED_MODEL  # the example's --model default fills it in
+    assert empty == {
+        "error": {
+            "code": "INVALID_ARGUMENT",
+            "message": "query: must not be empty",
+            "details": ["google.rpc.ErrorInfo", "google.rpc.BadRequest"],
+        }
+    }
+    assert objects["rerankedDocuments"] == [{"text": SEED_DOCUMENTS[1]}]
+    assert unknown["error"]["code"] == "NOT_FOUND"
+    assert completed.stderr.startswith(
+        "rerank-example: 2 of 4 requests failed: requests[1]: INVALID_ARGUMENT: query: must "
+        "not be empty; requests[3]: NOT_FOUND: "
+    )
+
+    # Lean: the answers carry no documents; the example fills them in from each line's own,
+    # and each query's usage is its own.
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps(line) + "\n" for line in (lines[0], lines[2])))
+    lean = run_example("--target", target, "--batch", str(good), "--no-documents")
+    assert lean.returncode == 0, lean.stderr
+    lean_seed, lean_objects = (json.loads(line) for line in lean.stdout.splitlines())
+    assert lean_seed["rerankedDocuments"] == seed["rerankedDocuments"]
+    assert lean_objects["rerankedDocuments"] == objects["rerankedDocuments"]
+    assert seed["usage"] == {"cost": "0.002", "upstreamCalls": 1}
+
+    missing = run_example("--target", target, "--batch", str(tmp_path / "missing.jsonl"))
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("rerank-example: error: cannot read ")
+
+
 def test_an_error_status_exits_non_zero(stubs: Path, processes: list[Process]) -> None:
     target = start_server(processes, "--mock")
     completed = run_example("--target", target, "--query", "", *SEED_DOCUMENTS)

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from rerank.contract import RESPONSE_EXTRAS_BYTES
+from rerank.contract import RESPONSE_EXTRAS_BYTES, max_response_bytes
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings
 from rerank.v1 import rerank_service_pb2 as pb
@@ -121,6 +121,30 @@ async def test_an_answer_echoing_a_request_near_the_receive_limit_is_sent(
     assert response.ByteSize() > limit
     for ranked in response.ranking:
         assert ranked.document == request.documents[ranked.original_index]
+
+
+async def test_a_batch_near_the_receive_limit_is_answered_with_every_document_echoed(
+    serve: list[RunningServer],
+) -> None:
+    """The same for BatchRerank, where it is harder: its requests together fit the receive
+    limit, but each answer has its own ranked entries, extras and wrapping. Many requests of
+    many short documents make an answer several times the request, beyond what one Rerank's
+    allowance would cover."""
+    limit = 1024 * 1024
+    settings = dataclasses.replace(SETTINGS, max_message_bytes=limit, max_documents=2000)
+    stub = await stub_of(serve, settings)
+    documents = [pb.Document(text=f"{i}") for i in range(2000)]
+    one = seed_request(documents=documents, top_n=None)
+    requests = [one] * (limit // (one.ByteSize() + 4))
+    batch = pb.BatchRerankRequest(requests=requests)
+    assert limit - one.ByteSize() < batch.ByteSize() <= limit
+    response = await stub.BatchRerank(batch, timeout=60)
+    one_answers_allowance = max_response_bytes(limit, 2000)
+    assert response.ByteSize() > one_answers_allowance
+    for result in response.results:
+        assert result.WhichOneof("result") == "response", result.error
+        assert len(result.response.ranking) == 2000
+        assert all(r.document == documents[r.original_index] for r in result.response.ranking)
 
 
 async def test_over_the_receive_limit_is_refused_by_grpc(serve: list[RunningServer]) -> None:

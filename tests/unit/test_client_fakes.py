@@ -3,7 +3,8 @@
 There is no real server to test against (and the client must not depend on one): the fake
 records every request and its metadata, then plays its script, one step per call: a response,
 an abort with a status and `google.rpc` details, or a delay. With the script used up it answers
-with `default_rerank_response`, which ranks the documents in reverse order and echoes them.
+with `default_rerank_response`, which ranks the documents in reverse order and echoes them (a
+BatchRerank: each of its requests so).
 """
 
 from __future__ import annotations
@@ -81,7 +82,14 @@ class Delay:
 
 AioContext = Any  # grpc.aio.ServicerContext, whose stub is generic over the messages
 
-Step = pb.RerankResponse | pb.ListModelsResponse | pb.GetUsageResponse | Abort | Delay
+Step = (
+    pb.RerankResponse
+    | pb.ListModelsResponse
+    | pb.GetUsageResponse
+    | pb.BatchRerankResponse
+    | Abort
+    | Delay
+)
 
 
 def bad_request(*violations: tuple[str, str]) -> error_details_pb2.BadRequest:
@@ -140,12 +148,25 @@ class FakeRerankService(pb_grpc.RerankServiceServicer):
         return self.script.pop(0) if self.script else None
 
     def _answer(self, request: Message, step: Step | None) -> Message:
-        if isinstance(step, pb.RerankResponse | pb.ListModelsResponse | pb.GetUsageResponse):
+        if isinstance(
+            step,
+            pb.RerankResponse
+            | pb.ListModelsResponse
+            | pb.GetUsageResponse
+            | pb.BatchRerankResponse,
+        ):
             return step
         if isinstance(request, pb.RerankRequest):
             return default_rerank_response(request)
         if isinstance(request, pb.GetUsageRequest):
             return USAGE
+        if isinstance(request, pb.BatchRerankRequest):
+            return pb.BatchRerankResponse(
+                results=[
+                    pb.BatchRerankResult(response=default_rerank_response(r))
+                    for r in request.requests
+                ]
+            )
         return MODELS
 
     def Rerank(self, request: pb.RerankRequest, context: grpc.ServicerContext) -> Message:
@@ -155,6 +176,9 @@ class FakeRerankService(pb_grpc.RerankServiceServicer):
         return self._handle(request, context)
 
     def GetUsage(self, request: pb.GetUsageRequest, context: grpc.ServicerContext) -> Message:
+        return self._handle(request, context)
+
+    def BatchRerank(self, request: pb.BatchRerankRequest, context: grpc.ServicerContext) -> Message:
         return self._handle(request, context)
 
     def _handle(self, request: Message, context: grpc.ServicerContext) -> Message:
@@ -176,6 +200,9 @@ class AsyncFakeRerankService(FakeRerankService):
         return await self._handle_async(request, context)
 
     async def GetUsage(self, request: pb.GetUsageRequest, context: AioContext) -> Message:
+        return await self._handle_async(request, context)
+
+    async def BatchRerank(self, request: pb.BatchRerankRequest, context: AioContext) -> Message:
         return await self._handle_async(request, context)
 
     async def _handle_async(self, request: Message, context: AioContext) -> Message:

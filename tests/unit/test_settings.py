@@ -174,6 +174,10 @@ def test_window_sizes_and_tokens() -> None:
         ([], {"RERANK_MAX_DOCUMENTS": "-3"}, "RERANK_MAX_DOCUMENTS"),
         ([], {"RERANK_CACHE_TTL": "nan"}, "RERANK_CACHE_TTL"),
         ([], {"RERANK_WINDOW_SIZES": "cohere"}, "RERANK_WINDOW_SIZES"),
+        ([], {"RERANK_BATCH_PARALLELISM": "0"}, "RERANK_BATCH_PARALLELISM"),
+        ([], {"RERANK_BATCH_PARALLELISM": "65"}, "RERANK_BATCH_PARALLELISM"),
+        ([], {"RERANK_BATCH_PARALLELISM": "2.5"}, "RERANK_BATCH_PARALLELISM"),
+        ([], {"RERANK_BATCH_MAX_REQUESTS": "1001"}, "RERANK_BATCH_MAX_REQUESTS"),
         (["--gateway-url", "http://127.0.0.1:9"], {}, "AI_GATEWAY_API_KEY"),
         (["--tls-cert", "c.pem"], {}, "--tls-key"),
         (["--tls-client-ca", "ca.pem"], {}, "--tls-cert"),
@@ -291,6 +295,17 @@ def test_the_readme_states_every_settings_range() -> None:
         row = next((r for r in rows if f"`{name}`" in r), None)
         assert row is not None, f"no README row for {name}"
         assert str(info.rule) in row.split(" | ")[2], f"README row of {name}: not {info.rule}"
+
+
+def test_the_batch_settings_and_their_ranges(capsys: pytest.CaptureFixture[str]) -> None:
+    defaults = settings_from([], {})
+    assert (defaults.batch_parallelism, defaults.batch_max_requests) == (8, 100)
+    edges = settings_from([], {"RERANK_BATCH_PARALLELISM": "64", "RERANK_BATCH_MAX_REQUESTS": "1"})
+    assert (edges.batch_parallelism, edges.batch_max_requests) == (64, 1)
+    with pytest.raises(SystemExit):
+        settings_from([], {"RERANK_BATCH_MAX_REQUESTS": "0"})
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert line.endswith("RERANK_BATCH_MAX_REQUESTS must be an integer in [1, 1000], got '0'")
 
 
 def test_redis_settings() -> None:

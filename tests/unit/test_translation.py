@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from rerank.contract import (
+    BATCH_RESULT_OVERHEAD,
     RANKED_DOCUMENT_OVERHEAD,
     RESPONSE_EXTRAS_BYTES,
     max_response_bytes,
@@ -132,6 +133,21 @@ def test_the_send_limit_covers_a_full_request_echoed() -> None:
         RESPONSE_EXTRAS_BYTES
     )
     assert max_response_bytes(2**31, 10_000) == 2**31 - 1  # gRPC's own ceiling
+
+
+def test_the_send_limit_covers_a_full_batch_echoed() -> None:
+    """A batch's documents together fit the request's bytes, but each of its answers has its
+    own ranked entries, extras and wrapping."""
+    per_answer = 10 * RANKED_DOCUMENT_OVERHEAD + RESPONSE_EXTRAS_BYTES + BATCH_RESULT_OVERHEAD
+    assert max_response_bytes(1000, 10, 3) == 1000 + 3 * per_answer
+
+
+def test_a_batch_result_adds_at_most_its_overhead_to_the_response() -> None:
+    response = pb.RerankResponse(
+        model="m" * 300, ranking=[pb.RankedDocument(document=pb.Document(text="x" * 70_000))]
+    )
+    batch = pb.BatchRerankResponse(results=[pb.BatchRerankResult(response=response)])
+    assert batch.ByteSize() - response.ByteSize() <= BATCH_RESULT_OVERHEAD
 
 
 # --- ListModels pages ------------------------------------------------------------------------

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ererank/v1/rerank_service.proto\x12\trerank.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xf0\x01\n\rRerankRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12&\n\tdocuments\x18\x03 \x03(\x0b\x32\x13.rerank.v1.Document\x12\x12\n\x05top_n\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x31\n\x10provider_options\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x62ypass_cache\x18\x06 \x01(\x08\x12\x1d\n\x10return_documents\x18\x07 \x01(\x08H\x01\x88\x01\x01\x42\x08\n\x06_top_nB\x13\n\x11_return_documents\"P\n\x08\x44ocument\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\x06object\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x42\t\n\x07\x63ontent\"\xe2\x01\n\x0eRerankResponse\x12*\n\x07ranking\x18\x01 \x03(\x0b\x32\x19.rerank.v1.RankedDocument\x12\r\n\x05model\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12$\n\x08warnings\x18\x04 \x03(\x0b\x32\x12.rerank.v1.Warning\x12\x32\n\x11provider_metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\x12\x1f\n\x05usage\x18\x07 \x01(\x0b\x32\x10.rerank.v1.Usage\"-\n\x05Usage\x12\x0c\n\x04\x63ost\x18\x01 \x01(\t\x12\x16\n\x0eupstream_calls\x18\x02 \x01(\x05\"^\n\x0eRankedDocument\x12\x16\n\x0eoriginal_index\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x01\x12%\n\x08\x64ocument\x18\x03 \x01(\x0b\x32\x13.rerank.v1.Document\"\xe5\x01\n\x07Warning\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.rerank.v1.Warning.Type\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07setting\x18\x05 \x01(\t\"o\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TYPE_UNSUPPORTED\x10\x01\x12\x16\n\x12TYPE_COMPATIBILITY\x10\x02\x12\x0e\n\nTYPE_OTHER\x10\x03\x12\x13\n\x0fTYPE_DEPRECATED\x10\x04\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.rerank.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xcd\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12.\n\x07pricing\x18\x05 \x03(\x0b\x32\x1d.rerank.v1.Model.PricingEntry\x12#\n\x1b\x64ocuments_per_upstream_call\x18\x06 \x01(\x05\x1a.\n\x0cPricingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x11\n\x0fGetUsageRequest\"\xba\x02\n\x10GetUsageResponse\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x02 \x01(\t\x12\x11\n\tspent_usd\x18\x03 \x01(\t\x12\x1d\n\x10\x64\x61ily_budget_usd\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\x03\x12\x0f\n\x07refused\x18\x06 \x01(\x03\x12 \n\x13requests_per_second\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05\x62urst\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12!\n\x14max_concurrent_calls\x18\t \x01(\x05H\x03\x88\x01\x01\x12\x0e\n\x06models\x18\n \x03(\tB\x13\n\x11_daily_budget_usdB\x16\n\x14_requests_per_secondB\x08\n\x06_burstB\x17\n\x15_max_concurrent_calls*\x99\x06\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x45RROR_REASON_INVALID_REQUEST\x10\x01\x12\"\n\x1e\x45RROR_REASON_MALFORMED_REQUEST\x10\x02\x12\x1b\n\x17\x45RROR_REASON_OVERLOADED\x10\x03\x12\x1f\n\x1b\x45RROR_REASON_UPSTREAM_ERROR\x10\x04\x12!\n\x1d\x45RROR_REASON_UPSTREAM_TIMEOUT\x10\x05\x12%\n!ERROR_REASON_UPSTREAM_UNAVAILABLE\x10\x06\x12&\n\"ERROR_REASON_UPSTREAM_RATE_LIMITED\x10\x07\x12)\n%ERROR_REASON_UPSTREAM_INVALID_REQUEST\x10\x08\x12#\n\x1f\x45RROR_REASON_UPSTREAM_FORBIDDEN\x10\t\x12 \n\x1c\x45RROR_REASON_MODEL_NOT_FOUND\x10\n\x12#\n\x1f\x45RROR_REASON_UPSTREAM_NOT_FOUND\x10\x0b\x12+\n\'ERROR_REASON_UPSTREAM_FAILED_DEPENDENCY\x10\x0c\x12(\n$ERROR_REASON_UPSTREAM_AUTHENTICATION\x10\r\x12(\n$ERROR_REASON_UPSTREAM_PROTOCOL_ERROR\x10\x0e\x12#\n\x1f\x45RROR_REASON_LIMITS_UNAVAILABLE\x10\x0f\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\x10\x12#\n\x1f\x45RROR_REASON_NOT_A_NAMED_CALLER\x10\x11\x12\"\n\x1e\x45RROR_REASON_MODEL_NOT_ALLOWED\x10\x12\x12$\n ERROR_REASON_CALLER_RATE_LIMITED\x10\x13\x12(\n$ERROR_REASON_CALLER_BUDGET_EXHAUSTED\x10\x14\x32\xde\x01\n\rRerankService\x12=\n\x06Rerank\x12\x18.rerank.v1.RerankRequest\x1a\x19.rerank.v1.RerankResponse\x12I\n\nListModels\x12\x1c.rerank.v1.ListModelsRequest\x1a\x1d.rerank.v1.ListModelsResponse\x12\x43\n\x08GetUsage\x12\x1a.rerank.v1.GetUsageRequest\x1a\x1b.rerank.v1.GetUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ererank/v1/rerank_service.proto\x12\trerank.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"\xf0\x01\n\rRerankRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12&\n\tdocuments\x18\x03 \x03(\x0b\x32\x13.rerank.v1.Document\x12\x12\n\x05top_n\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x31\n\x10provider_options\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x62ypass_cache\x18\x06 \x01(\x08\x12\x1d\n\x10return_documents\x18\x07 \x01(\x08H\x01\x88\x01\x01\x42\x08\n\x06_top_nB\x13\n\x11_return_documents\"P\n\x08\x44ocument\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\x06object\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x42\t\n\x07\x63ontent\"\xe2\x01\n\x0eRerankResponse\x12*\n\x07ranking\x18\x01 \x03(\x0b\x32\x19.rerank.v1.RankedDocument\x12\r\n\x05model\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12$\n\x08warnings\x18\x04 \x03(\x0b\x32\x12.rerank.v1.Warning\x12\x32\n\x11provider_metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\x12\x1f\n\x05usage\x18\x07 \x01(\x0b\x32\x10.rerank.v1.Usage\"-\n\x05Usage\x12\x0c\n\x04\x63ost\x18\x01 \x01(\t\x12\x16\n\x0eupstream_calls\x18\x02 \x01(\x05\"^\n\x0eRankedDocument\x12\x16\n\x0eoriginal_index\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x01\x12%\n\x08\x64ocument\x18\x03 \x01(\x0b\x32\x13.rerank.v1.Document\"\xe5\x01\n\x07Warning\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.rerank.v1.Warning.Type\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07setting\x18\x05 \x01(\t\"o\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TYPE_UNSUPPORTED\x10\x01\x12\x16\n\x12TYPE_COMPATIBILITY\x10\x02\x12\x0e\n\nTYPE_OTHER\x10\x03\x12\x13\n\x0fTYPE_DEPRECATED\x10\x04\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.rerank.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xcd\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12.\n\x07pricing\x18\x05 \x03(\x0b\x32\x1d.rerank.v1.Model.PricingEntry\x12#\n\x1b\x64ocuments_per_upstream_call\x18\x06 \x01(\x05\x1a.\n\x0cPricingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x11\n\x0fGetUsageRequest\"\xba\x02\n\x10GetUsageResponse\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x02 \x01(\t\x12\x11\n\tspent_usd\x18\x03 \x01(\t\x12\x1d\n\x10\x64\x61ily_budget_usd\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\x03\x12\x0f\n\x07refused\x18\x06 \x01(\x03\x12 \n\x13requests_per_second\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05\x62urst\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12!\n\x14max_concurrent_calls\x18\t \x01(\x05H\x03\x88\x01\x01\x12\x0e\n\x06models\x18\n \x03(\tB\x13\n\x11_daily_budget_usdB\x16\n\x14_requests_per_secondB\x08\n\x06_burstB\x17\n\x15_max_concurrent_calls\"@\n\x12\x42\x61tchRerankRequest\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.rerank.v1.RerankRequest\"D\n\x13\x42\x61tchRerankResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.rerank.v1.BatchRerankResult\"q\n\x11\x42\x61tchRerankResult\x12-\n\x08response\x18\x01 \x01(\x0b\x32\x19.rerank.v1.RerankResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result*\x99\x06\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x45RROR_REASON_INVALID_REQUEST\x10\x01\x12\"\n\x1e\x45RROR_REASON_MALFORMED_REQUEST\x10\x02\x12\x1b\n\x17\x45RROR_REASON_OVERLOADED\x10\x03\x12\x1f\n\x1b\x45RROR_REASON_UPSTREAM_ERROR\x10\x04\x12!\n\x1d\x45RROR_REASON_UPSTREAM_TIMEOUT\x10\x05\x12%\n!ERROR_REASON_UPSTREAM_UNAVAILABLE\x10\x06\x12&\n\"ERROR_REASON_UPSTREAM_RATE_LIMITED\x10\x07\x12)\n%ERROR_REASON_UPSTREAM_INVALID_REQUEST\x10\x08\x12#\n\x1f\x45RROR_REASON_UPSTREAM_FORBIDDEN\x10\t\x12 \n\x1c\x45RROR_REASON_MODEL_NOT_FOUND\x10\n\x12#\n\x1f\x45RROR_REASON_UPSTREAM_NOT_FOUND\x10\x0b\x12+\n\'ERROR_REASON_UPSTREAM_FAILED_DEPENDENCY\x10\x0c\x12(\n$ERROR_REASON_UPSTREAM_AUTHENTICATION\x10\r\x12(\n$ERROR_REASON_UPSTREAM_PROTOCOL_ERROR\x10\x0e\x12#\n\x1f\x45RROR_REASON_LIMITS_UNAVAILABLE\x10\x0f\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\x10\x12#\n\x1f\x45RROR_REASON_NOT_A_NAMED_CALLER\x10\x11\x12\"\n\x1e\x45RROR_REASON_MODEL_NOT_ALLOWED\x10\x12\x12$\n ERROR_REASON_CALLER_RATE_LIMITED\x10\x13\x12(\n$ERROR_REASON_CALLER_BUDGET_EXHAUSTED\x10\x14\x32\xac\x02\n\rRerankService\x12=\n\x06Rerank\x12\x18.rerank.v1.RerankRequest\x1a\x19.rerank.v1.RerankResponse\x12I\n\nListModels\x12\x1c.rerank.v1.ListModelsRequest\x1a\x1d.rerank.v1.ListModelsResponse\x12\x43\n\x08GetUsage\x12\x1a.rerank.v1.GetUsageRequest\x1a\x1b.rerank.v1.GetUsageResponse\x12L\n\x0b\x42\x61tchRerank\x12\x1d.rerank.v1.BatchRerankRequest\x1a\x1e.rerank.v1.BatchRerankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,34 +35,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODEL_PRICINGENTRY']._loaded_options = None
   _globals['_MODEL_PRICINGENTRY']._serialized_options = b'8\001'
-  _globals['_ERRORREASON']._serialized_start=1690
-  _globals['_ERRORREASON']._serialized_end=2483
-  _globals['_RERANKREQUEST']._serialized_start=76
-  _globals['_RERANKREQUEST']._serialized_end=316
-  _globals['_DOCUMENT']._serialized_start=318
-  _globals['_DOCUMENT']._serialized_end=398
-  _globals['_RERANKRESPONSE']._serialized_start=401
-  _globals['_RERANKRESPONSE']._serialized_end=627
-  _globals['_USAGE']._serialized_start=629
-  _globals['_USAGE']._serialized_end=674
-  _globals['_RANKEDDOCUMENT']._serialized_start=676
-  _globals['_RANKEDDOCUMENT']._serialized_end=770
-  _globals['_WARNING']._serialized_start=773
-  _globals['_WARNING']._serialized_end=1002
-  _globals['_WARNING_TYPE']._serialized_start=891
-  _globals['_WARNING_TYPE']._serialized_end=1002
-  _globals['_LISTMODELSREQUEST']._serialized_start=1004
-  _globals['_LISTMODELSREQUEST']._serialized_end=1062
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1064
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1143
-  _globals['_MODEL']._serialized_start=1146
-  _globals['_MODEL']._serialized_end=1351
-  _globals['_MODEL_PRICINGENTRY']._serialized_start=1305
-  _globals['_MODEL_PRICINGENTRY']._serialized_end=1351
-  _globals['_GETUSAGEREQUEST']._serialized_start=1353
-  _globals['_GETUSAGEREQUEST']._serialized_end=1370
-  _globals['_GETUSAGERESPONSE']._serialized_start=1373
-  _globals['_GETUSAGERESPONSE']._serialized_end=1687
-  _globals['_RERANKSERVICE']._serialized_start=2486
-  _globals['_RERANKSERVICE']._serialized_end=2708
+  _globals['_ERRORREASON']._serialized_start=1966
+  _globals['_ERRORREASON']._serialized_end=2759
+  _globals['_RERANKREQUEST']._serialized_start=101
+  _globals['_RERANKREQUEST']._serialized_end=341
+  _globals['_DOCUMENT']._serialized_start=343
+  _globals['_DOCUMENT']._serialized_end=423
+  _globals['_RERANKRESPONSE']._serialized_start=426
+  _globals['_RERANKRESPONSE']._serialized_end=652
+  _globals['_USAGE']._serialized_start=654
+  _globals['_USAGE']._serialized_end=699
+  _globals['_RANKEDDOCUMENT']._serialized_start=701
+  _globals['_RANKEDDOCUMENT']._serialized_end=795
+  _globals['_WARNING']._serialized_start=798
+  _globals['_WARNING']._serialized_end=1027
+  _globals['_WARNING_TYPE']._serialized_start=916
+  _globals['_WARNING_TYPE']._serialized_end=1027
+  _globals['_LISTMODELSREQUEST']._serialized_start=1029
+  _globals['_LISTMODELSREQUEST']._serialized_end=1087
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1089
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1168
+  _globals['_MODEL']._serialized_start=1171
+  _globals['_MODEL']._serialized_end=1376
+  _globals['_MODEL_PRICINGENTRY']._serialized_start=1330
+  _globals['_MODEL_PRICINGENTRY']._serialized_end=1376
+  _globals['_GETUSAGEREQUEST']._serialized_start=1378
+  _globals['_GETUSAGEREQUEST']._serialized_end=1395
+  _globals['_GETUSAGERESPONSE']._serialized_start=1398
+  _globals['_GETUSAGERESPONSE']._serialized_end=1712
+  _globals['_BATCHRERANKREQUEST']._serialized_start=1714
+  _globals['_BATCHRERANKREQUEST']._serialized_end=1778
+  _globals['_BATCHRERANKRESPONSE']._serialized_start=1780
+  _globals['_BATCHRERANKRESPONSE']._serialized_end=1848
+  _globals['_BATCHRERANKRESULT']._serialized_start=1850
+  _globals['_BATCHRERANKRESULT']._serialized_end=1963
+  _globals['_RERANKSERVICE']._serialized_start=2762
+  _globals['_RERANKSERVICE']._serialized_end=3062
 # @@protoc_insertion_point(module_scope)

@@ -26,6 +26,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -759,3 +760,102 @@ class GetUsageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__requests_per_second) -> _WhichOneofReturnType__requests_per_second | None: ...
 
 Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class BatchRerankRequest(_message.Message):
+    """BatchRerankRequest asks for several Rerank requests to be answered in one call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RerankRequest]:
+        """Optional. The requests, each a whole RerankRequest with its own model, query, documents
+        and options. At most the server's batch limit (default 100); empty is answered with no
+        results.
+        """
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___RerankRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRerankRequest: _TypeAlias = BatchRerankRequest  # noqa: Y015
+
+@_typing.final
+class BatchRerankResponse(_message.Message):
+    """BatchRerankResponse holds one result per request of the BatchRerankRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchRerankResult]:
+        """The results, in the order of the requests: `results[i]` answers `requests[i]`. Empty
+        when `requests` is.
+        """
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchRerankResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRerankResponse: _TypeAlias = BatchRerankResponse  # noqa: Y015
+
+@_typing.final
+class BatchRerankResult(_message.Message):
+    """BatchRerankResult is the answer to one request of a batch: what Rerank would have returned
+    for it, or the status Rerank would have failed with.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___RerankResponse:
+        """The request succeeded: the RerankResponse a Rerank call would have returned. Unset
+        when the request failed.
+        """
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Unset when the request succeeded. The request failed: `code` is the gRPC status code number (never 0, OK), `message`
+        and `details` are the message and rich details (ErrorInfo, BadRequest, RetryInfo)
+        a Rerank call would have failed with, as its `grpc-status-details-bin` carries them.
+
+        This is `google.rpc.Status` itself, not a look-alike of ours, so every gRPC stack's
+        status helpers read it as they read a call's status (e.g. Go's `status.FromProto`,
+        Java's `StatusProto.toStatusException`, Python's `grpc_status`). Its file is vendored
+        under protos/google/rpc/ because buf cannot fetch googleapis here; Python's generated
+        code imports `google.rpc.status_pb2` from googleapis-common-protos (which grpcio-status
+        needs anyway), so only the other languages generate it.
+        """
+
+    def __init__(
+        self,
+        *,
+        response: Global___RerankResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___BatchRerankResult: _TypeAlias = BatchRerankResult  # noqa: Y015

@@ -155,6 +155,53 @@ class RerankServiceStub:
       unknown.
     - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped first.
     """
+    BatchRerank: _grpc.UnaryUnaryMultiCallable[_rerank_service_pb2.BatchRerankRequest, _rerank_service_pb2.BatchRerankResponse]
+    """BatchRerank answers many Rerank requests in one call: one result per request, in order.
+
+    Each request is answered as Rerank would answer it alone: the same validation, the
+    result cache, the windows, the retries, the caller's limits, and on failure the same
+    status with the same details (ErrorInfo, BadRequest with field paths relative to that
+    request, e.g. `documents[17]`, RetryInfo). One bad or failed request fails alone, in its
+    `BatchRerankResult.error`; the others are answered.
+
+    The requests run concurrently, at most the server's batch parallelism at once (default
+    8, RERANK_BATCH_PARALLELISM, 1 to 64); each holds its own admission place (one call and
+    its bytes) while it runs, so a request the server has no room for fails alone with
+    RESOURCE_EXHAUSTED (reason OVERLOADED, with a RetryInfo). Identical requests, in one
+    batch or in calls in flight, share one gateway call. A named caller's limits count each
+    request as a call of its own (its rate, its concurrent calls, its budget, its models): a
+    request beyond them fails alone with the reason a Rerank would get (CALLER_RATE_LIMITED,
+    CALLER_BUDGET_EXHAUSTED, MODEL_NOT_ALLOWED).
+
+    The call's deadline bounds every request: a request not answered shortly before it
+    (the server keeps a tenth of the call's time, at most 1 s, to send the answer) fails
+    with DEADLINE_EXCEEDED in its result, and the answered ones still come back. Without a
+    deadline each request is bounded by the server's upstream timeout, as a Rerank is.
+
+    Limits: at most the server's batch limit of requests (default 100,
+    RERANK_BATCH_MAX_REQUESTS), and the whole message at most the server's receive limit
+    (default 64 MiB, RERANK_MAX_MESSAGE_BYTES), which bounds the bytes of all requests
+    together; each request keeps Rerank's own limits. An empty `requests` is answered OK
+    with no results.
+
+    The statuses of the whole call, each with its ErrorInfo reason (an `ErrorReason`) and
+    why; a request's own failure is not among them (the call is OK, the request's result
+    carries any status Rerank lists):
+
+    - OK: one result per request, in order, whether each succeeded or failed.
+    - INVALID_ARGUMENT (INVALID_REQUEST): more requests than the server's batch limit; a
+      BadRequest names the field `requests`.
+    - INVALID_ARGUMENT (MALFORMED_REQUEST): the bytes are not a BatchRerankRequest.
+    - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls in flight; the
+      batch is one call there (its requests then take their own places, see above).
+    - RESOURCE_EXHAUSTED, no ErrorInfo: gRPC itself refused a message over the size limit.
+    - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
+    - DEADLINE_EXCEEDED, no ErrorInfo: the deadline passed before the answer was sent.
+    - INTERNAL, no ErrorInfo: a fault of the server itself, with an incident id.
+    - UNAUTHENTICATED (UNAUTHENTICATED): a bearer token is required and was missing or
+      unknown.
+    - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped first.
+    """
 
 @_typing.type_check_only
 class RerankServiceAsyncStub(RerankServiceStub):
@@ -261,6 +308,53 @@ class RerankServiceAsyncStub(RerankServiceStub):
       answer now.
     - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
     - DEADLINE_EXCEEDED, no ErrorInfo: the call's deadline passed before the server answered.
+    - INTERNAL, no ErrorInfo: a fault of the server itself, with an incident id.
+    - UNAUTHENTICATED (UNAUTHENTICATED): a bearer token is required and was missing or
+      unknown.
+    - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped first.
+    """
+    BatchRerank: _aio.UnaryUnaryMultiCallable[_rerank_service_pb2.BatchRerankRequest, _rerank_service_pb2.BatchRerankResponse]  # type: ignore[assignment]
+    """BatchRerank answers many Rerank requests in one call: one result per request, in order.
+
+    Each request is answered as Rerank would answer it alone: the same validation, the
+    result cache, the windows, the retries, the caller's limits, and on failure the same
+    status with the same details (ErrorInfo, BadRequest with field paths relative to that
+    request, e.g. `documents[17]`, RetryInfo). One bad or failed request fails alone, in its
+    `BatchRerankResult.error`; the others are answered.
+
+    The requests run concurrently, at most the server's batch parallelism at once (default
+    8, RERANK_BATCH_PARALLELISM, 1 to 64); each holds its own admission place (one call and
+    its bytes) while it runs, so a request the server has no room for fails alone with
+    RESOURCE_EXHAUSTED (reason OVERLOADED, with a RetryInfo). Identical requests, in one
+    batch or in calls in flight, share one gateway call. A named caller's limits count each
+    request as a call of its own (its rate, its concurrent calls, its budget, its models): a
+    request beyond them fails alone with the reason a Rerank would get (CALLER_RATE_LIMITED,
+    CALLER_BUDGET_EXHAUSTED, MODEL_NOT_ALLOWED).
+
+    The call's deadline bounds every request: a request not answered shortly before it
+    (the server keeps a tenth of the call's time, at most 1 s, to send the answer) fails
+    with DEADLINE_EXCEEDED in its result, and the answered ones still come back. Without a
+    deadline each request is bounded by the server's upstream timeout, as a Rerank is.
+
+    Limits: at most the server's batch limit of requests (default 100,
+    RERANK_BATCH_MAX_REQUESTS), and the whole message at most the server's receive limit
+    (default 64 MiB, RERANK_MAX_MESSAGE_BYTES), which bounds the bytes of all requests
+    together; each request keeps Rerank's own limits. An empty `requests` is answered OK
+    with no results.
+
+    The statuses of the whole call, each with its ErrorInfo reason (an `ErrorReason`) and
+    why; a request's own failure is not among them (the call is OK, the request's result
+    carries any status Rerank lists):
+
+    - OK: one result per request, in order, whether each succeeded or failed.
+    - INVALID_ARGUMENT (INVALID_REQUEST): more requests than the server's batch limit; a
+      BadRequest names the field `requests`.
+    - INVALID_ARGUMENT (MALFORMED_REQUEST): the bytes are not a BatchRerankRequest.
+    - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls in flight; the
+      batch is one call there (its requests then take their own places, see above).
+    - RESOURCE_EXHAUSTED, no ErrorInfo: gRPC itself refused a message over the size limit.
+    - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
+    - DEADLINE_EXCEEDED, no ErrorInfo: the deadline passed before the answer was sent.
     - INTERNAL, no ErrorInfo: a fault of the server itself, with an incident id.
     - UNAUTHENTICATED (UNAUTHENTICATED): a bearer token is required and was missing or
       unknown.
@@ -387,6 +481,59 @@ class RerankServiceServicer(metaclass=_abc_1.ABCMeta):
           answer now.
         - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
         - DEADLINE_EXCEEDED, no ErrorInfo: the call's deadline passed before the server answered.
+        - INTERNAL, no ErrorInfo: a fault of the server itself, with an incident id.
+        - UNAUTHENTICATED (UNAUTHENTICATED): a bearer token is required and was missing or
+          unknown.
+        - CANCELLED, no ErrorInfo: the caller cancelled, or the server stopped first.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchRerank(
+        self,
+        request: _rerank_service_pb2.BatchRerankRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rerank_service_pb2.BatchRerankResponse, _abc.Awaitable[_rerank_service_pb2.BatchRerankResponse]]:
+        """BatchRerank answers many Rerank requests in one call: one result per request, in order.
+
+        Each request is answered as Rerank would answer it alone: the same validation, the
+        result cache, the windows, the retries, the caller's limits, and on failure the same
+        status with the same details (ErrorInfo, BadRequest with field paths relative to that
+        request, e.g. `documents[17]`, RetryInfo). One bad or failed request fails alone, in its
+        `BatchRerankResult.error`; the others are answered.
+
+        The requests run concurrently, at most the server's batch parallelism at once (default
+        8, RERANK_BATCH_PARALLELISM, 1 to 64); each holds its own admission place (one call and
+        its bytes) while it runs, so a request the server has no room for fails alone with
+        RESOURCE_EXHAUSTED (reason OVERLOADED, with a RetryInfo). Identical requests, in one
+        batch or in calls in flight, share one gateway call. A named caller's limits count each
+        request as a call of its own (its rate, its concurrent calls, its budget, its models): a
+        request beyond them fails alone with the reason a Rerank would get (CALLER_RATE_LIMITED,
+        CALLER_BUDGET_EXHAUSTED, MODEL_NOT_ALLOWED).
+
+        The call's deadline bounds every request: a request not answered shortly before it
+        (the server keeps a tenth of the call's time, at most 1 s, to send the answer) fails
+        with DEADLINE_EXCEEDED in its result, and the answered ones still come back. Without a
+        deadline each request is bounded by the server's upstream timeout, as a Rerank is.
+
+        Limits: at most the server's batch limit of requests (default 100,
+        RERANK_BATCH_MAX_REQUESTS), and the whole message at most the server's receive limit
+        (default 64 MiB, RERANK_MAX_MESSAGE_BYTES), which bounds the bytes of all requests
+        together; each request keeps Rerank's own limits. An empty `requests` is answered OK
+        with no results.
+
+        The statuses of the whole call, each with its ErrorInfo reason (an `ErrorReason`) and
+        why; a request's own failure is not among them (the call is OK, the request's result
+        carries any status Rerank lists):
+
+        - OK: one result per request, in order, whether each succeeded or failed.
+        - INVALID_ARGUMENT (INVALID_REQUEST): more requests than the server's batch limit; a
+          BadRequest names the field `requests`.
+        - INVALID_ARGUMENT (MALFORMED_REQUEST): the bytes are not a BatchRerankRequest.
+        - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls in flight; the
+          batch is one call there (its requests then take their own places, see above).
+        - RESOURCE_EXHAUSTED, no ErrorInfo: gRPC itself refused a message over the size limit.
+        - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
+        - DEADLINE_EXCEEDED, no ErrorInfo: the deadline passed before the answer was sent.
         - INTERNAL, no ErrorInfo: a fault of the server itself, with an incident id.
         - UNAUTHENTICATED (UNAUTHENTICATED): a bearer token is required and was missing or
           unknown.
