@@ -12,6 +12,11 @@ adds what building and sending the answers took.
 Each measurement gets its own server, so one's allocations are not the next one's baseline.
 The figures are divided by the request's bytes (the serialized RerankRequest) for the goal:
 at most 3× without the documents, 4× with them.
+
+A third way holds BatchRerank calls instead, each of `BATCH_REQUESTS` such requests with every
+document echoed: more requests than run at once (the server's batch parallelism, 8), so the
+figure per byte of the batch shows what its waiting requests and built answers hold besides
+those in flight. It is what the admission limit counts a batch as: a Rerank of as many bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from rerank.contract import MAX_RESPONSE_BYTES
 from rerank.v1 import rerank_service_pb2 as pb
 
 DOCUMENTS = 1000
+#: Requests of one BatchRerank in the "batch" way: four times the server's batch parallelism.
+BATCH_REQUESTS = 32
+BATCH_METHOD = "/rerank.v1.RerankService/BatchRerank"
 #: How long the mock holds each call: long enough for every call to arrive and be sampled.
 HOLD_MS = 3000
 SAMPLE_S = 0.02
@@ -42,7 +50,7 @@ API_KEY = "bench"
 class Held:
     """One measurement: `calls` in flight at once, each as `mode` asks."""
 
-    mode: str  # "lean" (return_documents false) or "echoed"
+    mode: str  # "lean" (return_documents false), "echoed", or "batch" (BatchRerank, echoed)
     calls: int
     request_bytes: int
     text_bytes: int
@@ -72,6 +80,37 @@ class Held:
         }
 
 
+def _calls(mode: str, calls: int, label: str) -> list[bytes]:
+    """`calls` serialized requests of the method `mode` calls: a RerankRequest each, or for
+    "batch" a BatchRerankRequest of BATCH_REQUESTS echoed ones (a repeated field's entries
+    concatenated are the message)."""
+    if mode != "batch":
+        return _requests(mode, calls, label)
+    requests = _requests("echoed", calls * BATCH_REQUESTS, label)
+    return [
+        b"".join(
+            pb.BatchRerankRequest(requests=[pb.RerankRequest.FromString(r)]).SerializeToString()
+            for r in requests[first : first + BATCH_REQUESTS]
+        )
+        for first in range(0, len(requests), BATCH_REQUESTS)
+    ]
+
+
+def _answered(mode: str, answer: bytes) -> bool:
+    """Whether `answer` is what a call of `mode` asks: every document ranked, echoed or not."""
+    if mode == "batch":
+        results = pb.BatchRerankResponse.FromString(answer).results
+        rankings = [r.response.ranking for r in results]
+        if len(rankings) != BATCH_REQUESTS:
+            return False
+    else:
+        rankings = [pb.RerankResponse.FromString(answer).ranking]
+    return all(
+        len(ranking) == DOCUMENTS and ranking[0].HasField("document") == (mode != "lean")
+        for ranking in rankings
+    )
+
+
 def _requests(mode: str, calls: int, label: str) -> list[bytes]:
     """`calls` serialized requests of DOCUMENTS documents, each with its own query (`label`
     and a number, so no two share a gateway call or a cache entry), all documents returned or
@@ -95,9 +134,9 @@ async def _hold(target: str, pid: int, mode: str, calls: int) -> Held:
         ("grpc.max_send_message_length", 256 * 1024 * 1024),
         ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
     ]
-    warm_up, requests = _requests(mode, 2, "warm-up"), _requests(mode, calls, "held")
+    warm_up, requests = _calls(mode, 2, "warm-up"), _calls(mode, calls, "held")
     async with grpc.aio.insecure_channel(target, options=options) as channel:
-        rerank = channel.unary_unary(_workload.RERANK_METHOD)
+        rerank = channel.unary_unary(BATCH_METHOD if mode == "batch" else _workload.RERANK_METHOD)
         await asyncio.gather(*(rerank(r, timeout=CALL_TIMEOUT_S) for r in warm_up))
         baseline = memory_kib(pid)[0]
         started = time.monotonic()
@@ -109,12 +148,11 @@ async def _hold(target: str, pid: int, mode: str, calls: int) -> Held:
             await asyncio.wait([first], timeout=SAMPLE_S)
         first_answer = time.monotonic() - started
         answers = await asyncio.gather(*pending)
-    expected = DOCUMENTS
-    for answer in answers:
-        ranking = pb.RerankResponse.FromString(answer).ranking
-        if len(ranking) != expected or ranking[0].HasField("document") != (mode == "echoed"):
-            raise RuntimeError(f"a {mode} call was not answered as asked")
+    if not all(_answered(mode, answer) for answer in answers):
+        raise RuntimeError(f"a {mode} call was not answered as asked")
     text = sum(len(t.encode()) for t in _workload.documents(DOCUMENTS))
+    if mode == "batch":
+        text *= BATCH_REQUESTS
     return Held(
         mode=mode,
         calls=calls,
@@ -128,8 +166,11 @@ async def _hold(target: str, pid: int, mode: str, calls: int) -> Held:
     )
 
 
-async def measure(calls: tuple[int, ...], out: Path, name: str) -> list[dict[str, Any]]:
-    """Each mode at each number of calls in flight, on a fresh server every time."""
+async def measure(
+    calls: tuple[int, ...], batches: tuple[int, ...], out: Path, name: str
+) -> list[dict[str, Any]]:
+    """Each mode at each number of calls in flight (for "batch", of `batches`), on a fresh
+    server every time."""
     rows: list[dict[str, Any]] = []
     with Service(
         "mock gateway (holding)",
@@ -141,33 +182,34 @@ async def measure(calls: tuple[int, ...], out: Path, name: str) -> list[dict[str
         r"mock gateway listening on (http://\S+)/v4/ai",
         out / f"{name}-memory-mock.log",
     ) as mock:
-        for count in calls:
-            for mode in ("lean", "echoed"):
-                with Service(
-                    f"rerank server (memory, {mode}, {count})",
-                    "rerank.server",
-                    [
-                        *("--host", "127.0.0.1", "--port", "0", "--workers", "1"),
-                        *("--gateway-url", f"{mock.address}/v4/ai"),
-                    ],
-                    r"rerank server listening on (\S+:\d+)",
-                    out / f"{name}-memory-server-{mode}-{count}.log",
-                    env={
-                        "AI_GATEWAY_API_KEY": API_KEY,
-                        "RERANK_GRACE_PERIOD": "2",
-                        "RERANK_CACHE_MAX_BYTES": "0",
-                        # Every call its own connection to the gateway, none queued for one.
-                        "RERANK_MAX_CONNECTIONS": str(max(100, 2 * count)),
-                    },
-                ) as server:
-                    held = (await _hold(server.address, server.pid, mode, count)).as_dict()
-                rows.append(held)
-                print(
-                    f"memory {mode:>6} calls={count:>3}: "
-                    f"{held['held_bytes_per_call'] / 1024:7.0f} KiB per call in flight "
-                    f"= {held['held_per_request_byte']:.2f}× the request "
-                    f"({held['request_bytes'] / 1024:.0f} KiB); peak "
-                    f"{held['peak_per_request_byte']:.2f}×",
-                    flush=True,
-                )
+        ways = [(mode, count) for count in calls for mode in ("lean", "echoed")]
+        ways += [("batch", count) for count in batches]
+        for mode, count in ways:
+            with Service(
+                f"rerank server (memory, {mode}, {count})",
+                "rerank.server",
+                [
+                    *("--host", "127.0.0.1", "--port", "0", "--workers", "1"),
+                    *("--gateway-url", f"{mock.address}/v4/ai"),
+                ],
+                r"rerank server listening on (\S+:\d+)",
+                out / f"{name}-memory-server-{mode}-{count}.log",
+                env={
+                    "AI_GATEWAY_API_KEY": API_KEY,
+                    "RERANK_GRACE_PERIOD": "2",
+                    "RERANK_CACHE_MAX_BYTES": "0",
+                    # Every call its own connection to the gateway, none queued for one.
+                    "RERANK_MAX_CONNECTIONS": str(max(100, 2 * count)),
+                },
+            ) as server:
+                held = (await _hold(server.address, server.pid, mode, count)).as_dict()
+            rows.append(held)
+            print(
+                f"memory {mode:>6} calls={count:>3}: "
+                f"{held['held_bytes_per_call'] / 1024:7.0f} KiB per call in flight "
+                f"= {held['held_per_request_byte']:.2f}× the request "
+                f"({held['request_bytes'] / 1024:.0f} KiB); peak "
+                f"{held['peak_per_request_byte']:.2f}×",
+                flush=True,
+            )
     return rows

@@ -96,13 +96,18 @@ def _goal_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     "< 100 µs",
                 )
             )
-    for mode, goal, what in (("lean", "≤ 3×", "none returned"), ("echoed", "≤ 4×", "all echoed")):
+    for mode, goal, what in (
+        ("lean", "≤ 3×", "1,000-document call ÷ its request's bytes, documents none returned"),
+        ("echoed", "≤ 4×", "1,000-document call ÷ its request's bytes, documents all echoed"),
+        # Not the issue's goal: the factor admission counts a batch's bytes with.
+        ("batch", "≤ 3×", "BatchRerank of 32 such calls ÷ its bytes, documents all echoed"),
+    ):
         key = f"memory_per_request_byte_{mode}"
         if key in ratios:
             rows.append(
                 (
-                    f"server RSS growth per in-flight 1,000-document call ÷ its request's bytes, "
-                    f"documents {what} ({ratios[f'{key}_calls']} calls in flight)",
+                    f"server RSS growth per in-flight {what} "
+                    f"({ratios[f'{key}_calls']} calls in flight)",
                     f"{ratios[key]:.2f}×",
                     goal,
                 )
@@ -375,6 +380,13 @@ def _limits_tables(limits: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+_MEMORY_WAYS = {
+    "lean": "no (return_documents false)",
+    "echoed": "all 1,000",
+    "batch": "all 1,000; a BatchRerank of 32 such requests is one call",
+}
+
+
 def _memory_table(rows: list[dict[str, Any]]) -> list[str]:
     """RSS growth per in-flight call of 1,000 documents, both ways (bench/memory.py)."""
     if not rows:
@@ -393,7 +405,7 @@ def _memory_table(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for row in rows:
         lines.append(
-            f"| {'no (return_documents false)' if row['mode'] == 'lean' else 'all 1,000'} "
+            f"| {_MEMORY_WAYS[row['mode']]} "
             f"| {row['calls']} | {row['held_bytes_per_call'] / 1024:.0f} "
             f"| {row['held_per_request_byte']:.2f}× | {row['peak_bytes_per_call'] / 1024:.0f} "
             f"| {row['peak_per_request_byte']:.2f}× | {row['samples']} |"

@@ -70,6 +70,8 @@ class Plan:
     observability_pairs: int = 7
     #: Calls of 1,000 documents held in flight at once for the memory figures (bench/memory.py).
     memory_calls: tuple[int, ...] = (64, 128)
+    #: BatchRerank calls of 32 such requests held in flight at once, for the batch's figure.
+    memory_batches: tuple[int, ...] = (4, 8)
     #: Rounds of the batch cell (bench.batch): each one BatchRerank and 32 Rerank calls.
     batch_rounds: int = 20
 
@@ -111,6 +113,7 @@ QUICK = Plan(
     limit_concurrencies=(8, 64),
     limit_rounds=3,
     memory_calls=(64,),
+    memory_batches=(4,),
     batch_rounds=8,
 )
 SMOKE = Plan(
@@ -126,6 +129,7 @@ SMOKE = Plan(
     limit_rounds=1,
     limit_layer_calls=2_000,
     memory_calls=(8,),
+    memory_batches=(1,),
     batch_rounds=2,
 )
 #: The observability comparison: the proxied 20-document cell at this concurrency, on a server
@@ -350,7 +354,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
             API_KEY,
         )
     # Its own processes: a mock that holds every call, a fresh server per measurement.
-    memory_rows = await memory.measure(plan.memory_calls, out, plan.name)
+    memory_rows = await memory.measure(plan.memory_calls, plan.memory_batches, out, plan.name)
     machine["load_average_at_end"] = list(os.getloadavg())
     results: dict[str, Any] = {
         "plan": asdict(plan),

@@ -43,28 +43,42 @@ class Admission:
         """Hold a place for a call whose request has `request_bytes` bytes, or raise
         `Overloaded`.
 
-        The call counts as `request_bytes * HELD_PER_REQUEST_BYTE`. One heavier than the whole
-        limit still runs when no other call holds any (alone, or it could never run): memory
-        is then bounded by that one call.
+        The call counts as `request_bytes * HELD_PER_REQUEST_BYTE` (see `hold`); 0 for a call
+        whose bytes are counted already, a BatchRerank's request, which then only the call
+        limit can refuse.
         """
-        size = request_bytes * HELD_PER_REQUEST_BYTE
         if self.calls >= self._max_calls:
             self._metrics.refused("concurrent_calls")
             raise Overloaded(
                 f"the server is at its limit of {self._max_calls} concurrent calls; retry later"
             )
-        if self.bytes and self.bytes + size > self._max_bytes:
+        with self.hold(request_bytes):
+            self.calls += 1
+            self._metrics.admitted(1)
+            try:
+                yield
+            finally:
+                self.calls -= 1
+                self._metrics.admitted(-1)
+
+    @contextmanager
+    def hold(self, request_bytes: int) -> Iterator[None]:
+        """Count what a call whose request has `request_bytes` bytes holds, without a call
+        place, or raise `Overloaded`: a BatchRerank's, for all its requests at once (each of
+        them then takes a call place with `admit(0)`).
+
+        One heavier than the whole limit still runs when no other call holds any (alone, or it
+        could never run): memory is then bounded by that one call.
+        """
+        size = request_bytes * HELD_PER_REQUEST_BYTE
+        if size and self.bytes and self.bytes + size > self._max_bytes:
             self._metrics.refused("inflight_bytes")
             raise Overloaded(
                 f"the server is at its limit of {self._max_bytes} bytes held by calls in flight "
                 f"(a call holds about {HELD_PER_REQUEST_BYTE}x its request's bytes); retry later"
             )
-        self.calls += 1
         self.bytes += size
-        self._metrics.admitted(1)
         try:
             yield
         finally:
-            self.calls -= 1
             self.bytes -= size
-            self._metrics.admitted(-1)

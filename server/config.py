@@ -491,8 +491,8 @@ class Settings:
     batch_parallelism: int = setting(
         8, About(Between(1, 64, integer=True), env="RERANK_BATCH_PARALLELISM")
     )
-    """Requests of one BatchRerank answered at once; each holds its own admission place while
-    it runs."""
+    """Requests of one BatchRerank answered at once; each holds its own call place while it
+    runs (the batch's memory is counted once, for the whole call)."""
 
     batch_max_requests: int = setting(
         MAX_BATCH_REQUESTS, About(Between(1, 1000, integer=True), env="RERANK_BATCH_MAX_REQUESTS")

@@ -125,7 +125,7 @@ class RerankServicer:
         self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RerankResponse:
         """`request` is the serialized RerankRequest, as gRPC received (and keeps) it."""
-        return await self._answer(request, self._timeout(context))
+        return await self._answer(request, self._timeout(context), request_bytes=len(request))
 
     async def BatchRerank(
         self, request: pb.BatchRerankRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -141,8 +141,18 @@ class RerankServicer:
                     )
                 ]
             )
+        # What the batch holds is counted once for all its requests, as a Rerank of as many
+        # bytes counts it: the bytes received, the requests in flight as values, the answers
+        # built. Each request in flight then takes a call place of its own.
+        with self._admission.hold(request.ByteSize()):
+            return await self._answer_all(requests, self._batch_time(context))
+
+    async def _answer_all(
+        self, requests: Sequence[pb.RerankRequest], seconds: float
+    ) -> pb.BatchRerankResponse:
+        """Answer a batch's `requests` within `seconds`, a few at a time."""
         loop = asyncio.get_running_loop()
-        stop_at = loop.time() + self._batch_time(context)
+        stop_at = loop.time() + seconds
         results: list[pb.BatchRerankResult] = [pb.BatchRerankResult() for _ in requests]
         # A few workers take the requests in turn: at most `parallelism` in flight, without a
         # task per request waiting for its turn.
@@ -183,7 +193,9 @@ class RerankServicer:
             if left <= 0:
                 raise UpstreamTimeout("the call's deadline came before this request's turn")
             timeout = min(self._upstream_timeout, left)
-            result.response.CopyFrom(await self._answer(request.SerializeToString(), timeout))
+            # Serialized at its turn, to be answered as a Rerank's bytes are.
+            data = request.SerializeToString()
+            result.response.CopyFrom(await self._answer(data, timeout, request_bytes=0))
         except RerankError as error:
             code, status = rich_status(error)
             log_failure(what, code, error)
@@ -195,11 +207,14 @@ class RerankServicer:
             )
         self._metrics.batch_request(code)
 
-    async def _answer(self, request: bytes, timeout: float) -> pb.RerankResponse:
+    async def _answer(
+        self, request: bytes, timeout: float, *, request_bytes: int
+    ) -> pb.RerankResponse:
         """Answer one serialized RerankRequest within `timeout` seconds, holding an admission
-        place, and note what it did in the current call's record."""
+        place that counts `request_bytes` (0 for a batch's request: the batch counted its
+        bytes), and note what it did in the current call's record."""
         call = current_call()
-        with self._admission.admit(len(request)):
+        with self._admission.admit(request_bytes):
             query, echo = query_from_bytes(request, self._default_model, self._limits, call)
             check_request(query, self._limits)
             if call is not None:

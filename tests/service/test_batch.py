@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from rerank.client import AsyncRerankClient, RerankClientError, RerankRequest
 from rerank.contract import to_struct
+from rerank.server.admission import HELD_PER_REQUEST_BYTE
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings, Upstream
 from rerank.server.domain import ModelInfo, Reranker, RerankOutcome, RerankQuery
@@ -407,6 +408,35 @@ async def test_each_request_holds_its_own_admission_place(
     assert refused == error_of(caught.value)  # OVERLOADED with its RetryInfo, as a Rerank gets
     assert unpack(refused, error_details_pb2.ErrorInfo).reason == "OVERLOADED"
     assert len(gateway.server.requests) == 2  # the refused request never reached the gateway
+
+
+async def test_a_batch_counts_its_memory_once_and_is_refused_whole_without_room(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    """The memory a batch holds is counted for the whole call on arrival, as a Rerank's: with
+    a Rerank in flight holding most of the room, a batch is refused whole (OVERLOADED), and
+    none of its requests reaches the gateway; once the room is back it is answered."""
+    gateway = GatedGateway()
+    async with gateway.server:
+        held = seed_request(query="held")
+        room = (held.ByteSize() + 200) * HELD_PER_REQUEST_BYTE
+        stub = stub_for(await serve(on(gateway.server, max_inflight_bytes=room)), channels)
+        call = asyncio.ensure_future(stub.Rerank(held, timeout=20))
+        await gateway.until("the Rerank held", lambda: gateway.in_flight == 1)
+        requests = batch(seed_request(query="one"), seed_request(query="two"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.BatchRerank(requests, timeout=10)
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert unpack(error_of(caught.value), error_details_pb2.ErrorInfo).reason == "OVERLOADED"
+        assert len(gateway.server.requests) == 1
+        gateway.gates[0].set()
+        await call
+        answered = asyncio.ensure_future(stub.BatchRerank(requests, timeout=20))
+        await gateway.until("both requests held", lambda: gateway.in_flight == 2)
+        for gate in gateway.gates:
+            gate.set()
+        response = await answered
+    assert [r.WhichOneof("result") for r in response.results] == ["response", "response"]
 
 
 # --- the chain applies per request: cache, windows, retries ------------------------------------

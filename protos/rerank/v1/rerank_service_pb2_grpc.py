@@ -188,9 +188,10 @@ class RerankServiceServicer:
         `BatchRerankResult.error`; the others are answered.
 
         The requests run concurrently, at most the server's batch parallelism at once (default
-        8, RERANK_BATCH_PARALLELISM, 1 to 64); each holds its own admission place (one call and
-        its bytes) while it runs, so a request the server has no room for fails alone with
-        RESOURCE_EXHAUSTED (reason OVERLOADED, with a RetryInfo). Identical requests, in one
+        8, RERANK_BATCH_PARALLELISM, 1 to 64); each holds its own call place while it runs, so a
+        request the server has no room for fails alone with RESOURCE_EXHAUSTED (reason
+        OVERLOADED, with a RetryInfo). The memory a batch holds is counted once for the whole
+        call, as for a Rerank of as many bytes. Identical requests, in one
         batch or in calls in flight, share one gateway call. A named caller's limits count each
         request as a call of its own (its rate, its concurrent calls, its budget, its models): a
         request beyond them fails alone with the reason a Rerank would get (CALLER_RATE_LIMITED,
@@ -215,8 +216,8 @@ class RerankServiceServicer:
         - INVALID_ARGUMENT (INVALID_REQUEST): more requests than the server's batch limit; a
         BadRequest names the field `requests`.
         - INVALID_ARGUMENT (MALFORMED_REQUEST): the bytes are not a BatchRerankRequest.
-        - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls in flight; the
-        batch is one call there (its requests then take their own places, see above).
+        - RESOURCE_EXHAUSTED (OVERLOADED): this server is at its limit of calls in flight, or
+        of the memory they hold, which has no room for the batch's.
         - RESOURCE_EXHAUSTED, no ErrorInfo: gRPC itself refused a message over the size limit.
         - UNAVAILABLE, no ErrorInfo: the server cannot be reached, or is shutting down.
         - DEADLINE_EXCEEDED, no ErrorInfo: the deadline passed before the answer was sent.
