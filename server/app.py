@@ -403,6 +403,7 @@ async def start_server(
             max_requests=settings.batch_max_requests, parallelism=settings.batch_parallelism
         ),
         metrics=metrics,
+        tracer=tracer,
     )
     add_to_server(servicer, server)
     health_servicer = health_aio.HealthServicer()

@@ -64,7 +64,7 @@ Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 _REQUEST_ID = re.compile(r"[!-~]{1,128}")
 # OpenTelemetry's gRPC conventions: the statuses that mark a server span as failed (the others
 # are the caller's doing).
-_SERVER_ERRORS = frozenset(
+SERVER_ERROR_CODES = frozenset(
     {
         grpc.StatusCode.UNKNOWN,
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -220,7 +220,7 @@ def _end_server_span(
     elif code is not grpc.StatusCode.OK:
         attributes["error.type"] = code.name
     span.set_attributes(attributes)
-    if code in _SERVER_ERRORS:
+    if code in SERVER_ERROR_CODES:
         span.set_status(Status(StatusCode.ERROR, call.reason or code.name))
 
 

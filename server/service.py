@@ -31,6 +31,8 @@ import grpc
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from rerank.contract import RESPONSE_EXTRAS_BYTES, NotJsonError, from_struct
 from rerank.server.admission import Admission
@@ -63,10 +65,16 @@ from rerank.server.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from rerank.server.interceptors import current_caller, log_failure, report_incident
+from rerank.server.interceptors import (
+    SERVER_ERROR_CODES,
+    current_caller,
+    log_failure,
+    report_incident,
+)
 from rerank.server.limits import DailyUsage, bucket_size
 from rerank.server.metrics import Metrics
 from rerank.server.status import rich_status
+from rerank.server.tracing import BATCH_REQUEST_SPAN, child_span
 from rerank.v1 import rerank_service_pb2 as pb
 
 _WARNING_TYPE_TO_PROTO = {
@@ -112,8 +120,10 @@ class RerankServicer:
         upstream_timeout: float,
         batch: BatchLimits,
         metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._metrics = metrics or Metrics.disabled()
+        self._tracer = tracer or trace.NoOpTracer()
         self._reranker = reranker
         self._limits = limits
         self._admission = admission
@@ -169,9 +179,13 @@ class RerankServicer:
         async def worker() -> None:
             for position, item in turns:
                 noting = open_call(notes[position])
+                # A span per request, so that its cache lookup, windows and gateway attempts
+                # are told from the other requests' under the batch's server span.
+                span = child_span(self._tracer, BATCH_REQUEST_SPAN)
                 try:
-                    left = stop_at - loop.time()
-                    await self._answer_into(results[position], position, item, left)
+                    with trace.use_span(span, end_on_exit=True, record_exception=False):
+                        left = stop_at - loop.time()
+                        await self._answer_into(results[position], position, item, left, span)
                 finally:
                     close_call(noting)
 
@@ -183,12 +197,19 @@ class RerankServicer:
         return pb.BatchRerankResponse(results=results)
 
     async def _answer_into(
-        self, result: pb.BatchRerankResult, position: int, request: pb.RerankRequest, left: float
+        self,
+        result: pb.BatchRerankResult,
+        position: int,
+        request: pb.RerankRequest,
+        left: float,
+        span: Span,
     ) -> None:
         """Answer one request of a batch into `result`: its response, or the status a Rerank
-        would have failed with (the same table, the same details)."""
+        would have failed with (the same table, the same details); and say which it was on
+        its `span`."""
         what = f"BatchRerank requests[{position}]"
         code = grpc.StatusCode.OK
+        reason: str | None = None
         try:
             if left <= 0:
                 raise UpstreamTimeout("the call's deadline came before this request's turn")
@@ -198,6 +219,7 @@ class RerankServicer:
             result.response.CopyFrom(await self._answer(data, timeout, request_bytes=0))
         except RerankError as error:
             code, status = rich_status(error)
+            reason = error.reason
             log_failure(what, code, error)
             result.error.CopyFrom(status)
         except Exception:
@@ -206,6 +228,20 @@ class RerankServicer:
                 status_pb2.Status(code=code_pb2.INTERNAL, message=report_incident(what))
             )
         self._metrics.batch_request(code)
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "rerank.batch.index": position,
+                    "rerank.documents": len(request.documents),
+                    "rpc.grpc.status_code": code.value[0],
+                }
+            )
+            # As the server span says a call's failure (its reason only: our errors' messages
+            # may quote the gateway), an error status for the server's or gateway's own.
+            if code is not grpc.StatusCode.OK:
+                span.set_attribute("error.type", reason or code.name)
+            if code in SERVER_ERROR_CODES:
+                span.set_status(Status(StatusCode.ERROR, reason or code.name))
 
     async def _answer(
         self, request: bytes, timeout: float, *, request_bytes: int

@@ -56,6 +56,8 @@ DEFAULT_SERVICE_NAME = "rerank-service"
 TRACE_CONTEXT_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
 CACHE_LOOKUP_SPAN = "rerank.cache.lookup"
 WINDOW_SPAN = "rerank.window"
+#: One request of a BatchRerank, under the batch's server span.
+BATCH_REQUEST_SPAN = "rerank.batch.request"
 #: An OpenTelemetry context key: the retry an upstream attempt is (1 for the first retry), set
 #: by the retry layer for the gateway adapter's `http.request.resend_count`.
 RESEND_COUNT_KEY = otel_context.create_key("rerank.resend_count")

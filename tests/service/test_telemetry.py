@@ -19,6 +19,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings, Upstream
@@ -163,6 +166,44 @@ async def test_without_an_exporter_only_a_callers_sampled_trace_is_recorded(
     )
     # ... so the sampled flag reaches the gateway as the caller set it.
     assert gateway.requests[-1].headers["traceparent"].endswith("-01")
+
+
+async def test_each_request_of_a_batch_is_a_span_holding_its_own_work(
+    serve: Any, gateway: ScriptedServer
+) -> None:
+    """Under a sampled BatchRerank's server span, one span per request, in which its cache
+    lookup and gateway attempt happen; a failed request's span says why."""
+    running, stub = await serve()
+    exported = InMemorySpanExporter()
+    assert running.tracer_provider is not None
+    running.tracer_provider.add_span_processor(SimpleSpanProcessor(exported))
+    sampled = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    batch = pb.BatchRerankRequest(requests=[seed(), seed(query=""), seed(query="Berlin?")])
+    await stub.BatchRerank(batch, metadata=(("traceparent", sampled),), timeout=10)
+
+    spans = exported.get_finished_spans()
+    (server,) = [s for s in spans if s.name == "rerank.v1.RerankService/BatchRerank"]
+    requests = sorted(
+        (s for s in spans if s.name == "rerank.batch.request"),
+        key=lambda s: s.attributes["rerank.batch.index"] if s.attributes else -1,
+    )
+    assert [r.parent.span_id if r.parent else None for r in requests] == [
+        server.context.span_id
+    ] * 3
+    ok, invalid, berlin = requests
+    for answered in (ok, berlin):
+        children = sorted(
+            s.name for s in spans if s.parent and s.parent.span_id == answered.context.span_id
+        )
+        assert children == ["POST", "rerank.cache.lookup"], children
+        assert answered.attributes is not None
+        assert answered.attributes["rpc.grpc.status_code"] == 0
+    assert invalid.attributes is not None
+    assert invalid.attributes["error.type"] == "INVALID_REQUEST"
+    assert invalid.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    # A caller's mistake is not the server's failure, as for a server span.
+    assert invalid.status.status_code is StatusCode.UNSET
+    assert len(gateway.requests) == 2
 
 
 async def test_every_call_writes_one_access_record_with_its_facts(
