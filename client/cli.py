@@ -95,7 +95,7 @@ def _parser(default_target: str) -> argparse.ArgumentParser:
         "--no-documents",
         action="store_true",
         help="ask the server not to send the documents back, and print each ranked entry as "
-        "its originalIndex and score only (no rerankedDocuments)",
+        "its originalIndex and score only (no rerankedDocuments); with --batch, for every line",
     )
     parser.add_argument(
         "--list-models", action="store_true", help="list the reranking models and exit"
