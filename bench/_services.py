@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import selectors
@@ -12,6 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -108,3 +111,26 @@ class Service:
         finally:
             if popen.stdout is not None:
                 popen.stdout.close()
+
+
+async def run_json(module: str, *args: str, timeout: float, what: str) -> Any:
+    """Run `python -m MODULE ARGS` to its end and return the JSON it prints: a measurement
+    in a process of its own. Bounded: killed (this PID only) if it overruns `timeout` seconds;
+    its stderr is in the error when it fails. `what` names it in those errors."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise RuntimeError(f"{what} overran {timeout:.0f} s") from None
+    if process.returncode != 0:
+        raise RuntimeError(f"{what} failed ({process.returncode}):\n{err.decode()}")
+    return json.loads(out)

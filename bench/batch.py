@@ -36,7 +36,7 @@ import grpc
 
 from bench import _workload
 from bench._procfs import cpu_seconds
-from bench._services import Service
+from bench._services import Service, run_json
 from rerank.v1 import rerank_service_pb2 as pb
 
 BATCH_METHOD = "/rerank.v1.RerankService/BatchRerank"
@@ -156,25 +156,11 @@ async def _run(config: BatchCellConfig) -> dict[str, Any]:
 
 async def generate(config: BatchCellConfig) -> dict[str, Any]:
     """Run one cell in a `bench.batch` process; bounded, killed by PID if it overruns."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.batch",
-        json.dumps(asdict(config)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
     # Every round makes `queries` + 1 calls, each within its deadline.
     bound = (config.rounds + 1) * (config.queries + 1) * config.call_timeout_s + SLACK_S
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout=bound)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise RuntimeError(f"batch generator overran {bound:.0f} s: {config}") from None
-    if process.returncode != 0:
-        raise RuntimeError(f"batch generator failed ({process.returncode}):\n{err.decode()}")
-    result: dict[str, Any] = json.loads(out)
+    result: dict[str, Any] = await run_json(
+        "bench.batch", json.dumps(asdict(config)), timeout=bound, what=f"batch generator {config}"
+    )
     return result
 
 

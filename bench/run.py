@@ -17,7 +17,6 @@ import os
 import platform
 import re
 import statistics
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench import _workload, memory, report
 from bench import batch as batch_cell
 from bench._procfs import cpu_seconds, memory_kib
-from bench._services import Service
+from bench._services import Service, run_json
 from bench.loadgen import CellConfig
 from rerank.server.metrics import Metrics, MetricsDirectory
 from tools.redis_server import INSTALL_HINT, RedisServer, redis_server_binary
@@ -204,24 +203,10 @@ class LoopProbe:
 
 async def _loadgen(config: CellConfig) -> dict[str, Any]:
     """Run one cell in a `bench.loadgen` process; bounded, killed by PID if it overruns."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.loadgen",
-        json.dumps(asdict(config)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
     bound = config.warmup_s + config.duration_s + 2 * config.call_timeout_s + LOADGEN_SLACK_S
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout=bound)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise RuntimeError(f"load generator overran {bound:.0f} s: {config}") from None
-    if process.returncode != 0:
-        raise RuntimeError(f"load generator failed ({process.returncode}):\n{err.decode()}")
-    result: dict[str, Any] = json.loads(out)
+    result: dict[str, Any] = await run_json(
+        "bench.loadgen", json.dumps(asdict(config)), timeout=bound, what=f"load generator {config}"
+    )
     return result
 
 
@@ -529,24 +514,13 @@ async def _compare_limits(
 async def _limits_cost(plan: Plan, redis_url: str) -> list[dict[str, Any]]:
     """Run `bench.limits_cost` in a process of its own; bounded, killed by PID if it overruns."""
     concurrencies = [arg for c in plan.limit_concurrencies for arg in ("--concurrency", str(c))]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
+    rows: list[dict[str, Any]] = await run_json(
         "bench.limits_cost",
         *("--redis-url", redis_url, "--calls", str(plan.limit_layer_calls)),
         *("--rounds", str(plan.limit_rounds), *concurrencies),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        timeout=LIMITS_COST_TIMEOUT_S,
+        what="bench.limits_cost",
     )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout=LIMITS_COST_TIMEOUT_S)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise RuntimeError(f"bench.limits_cost overran {LIMITS_COST_TIMEOUT_S:.0f} s") from None
-    if process.returncode != 0:
-        raise RuntimeError(f"bench.limits_cost failed ({process.returncode}):\n{err.decode()}")
-    rows: list[dict[str, Any]] = json.loads(out)
     return rows
 
 
