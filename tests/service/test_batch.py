@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from rerank.client import AsyncRerankClient, RerankClientError, RerankRequest
 from rerank.contract import to_struct
 from rerank.server.admission import HELD_PER_REQUEST_BYTE
-from rerank.server.app import RunningServer, start_server
+from rerank.server.app import RunningServer
 from rerank.server.config import Settings, Upstream
 from rerank.server.domain import ModelInfo, Reranker, RerankOutcome, RerankQuery
 from rerank.server.logs import ACCESS_LOGGER
@@ -38,6 +38,7 @@ from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.scripted_http import Fail, Reply, Request, ScriptedServer
+from tests.service.conftest import StartServer
 from tests.service.test_hostile_input import rerank_requests
 from tests.service.test_metrics import ended, scrape_until
 from tests.service.test_rerank_service import MESSAGE_LIMIT, fault, seed_request, status_details
@@ -49,26 +50,9 @@ FAST = Settings(
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Any]]:
-    """Start servers with given settings; stop them all at the end."""
-    started: list[RunningServer] = []
-
-    async def start(settings: Settings = FAST, **kwargs: Any) -> RunningServer:
-        running = await start_server(settings, **kwargs)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        await running.stop()
-
-
-@pytest.fixture
-async def channels() -> AsyncIterator[list[grpc.aio.Channel]]:
-    opened: list[grpc.aio.Channel] = []
-    yield opened
-    for channel in opened:
-        await channel.close()
+def serve(servers: StartServer) -> StartServer:
+    """`servers`, with FAST settings unless told otherwise."""
+    return lambda settings=FAST, **kwargs: servers(settings, **kwargs)
 
 
 def stub_for(running: RunningServer, channels: list[grpc.aio.Channel]) -> Any:

@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import generate_latest
 
 from rerank.client import AsyncRerankClient, CallerUsage, ServerError, UnauthenticatedError
-from rerank.server.app import RunningServer, start_server
+from rerank.server.app import start_server
 from rerank.server.config import Settings, Upstream
 from rerank.server.limits import seconds_to_next_utc_midnight
 from rerank.server.metrics import Exposition, Metrics, MetricsDirectory
@@ -34,6 +34,7 @@ from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
 from tests.scrapes import Scrape
 from tests.scripted_http import Reply, Request, ScriptedServer
+from tests.service.conftest import StartServer
 from tests.service.test_rerank_service import fault, seed_request, unpacked
 
 SEARCH = "search-api-token-9f2c"
@@ -97,24 +98,8 @@ def settings_for(path: Path, **changes: Any) -> Settings:
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Settings], Awaitable[RunningServer]]]:
-    started: list[RunningServer] = []
-
-    async def start(settings: Settings) -> RunningServer:
-        running = await start_server(settings)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        await running.stop()
-
-
-@pytest.fixture
-async def stub(
-    serve: Callable[[Settings], Awaitable[RunningServer]], tmp_path: Path
-) -> AsyncIterator[pb_grpc.RerankServiceStub]:
-    running = await serve(settings_for(callers_file(tmp_path)))
+async def stub(servers: StartServer, tmp_path: Path) -> AsyncIterator[pb_grpc.RerankServiceStub]:
+    running = await servers(settings_for(callers_file(tmp_path)))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         yield pb_grpc.RerankServiceStub(channel)
 
@@ -220,9 +205,9 @@ async def test_the_budget_allows_exactly_what_it_covers_then_waits_for_midnight(
 
 
 async def test_a_windowed_call_is_charged_for_every_window(
-    serve: Callable[[Settings], Awaitable[RunningServer]], tmp_path: Path
+    servers: StartServer, tmp_path: Path
 ) -> None:
-    running = await serve(settings_for(callers_file(tmp_path), window_sizes={"cohere": 2}))
+    running = await servers(settings_for(callers_file(tmp_path), window_sizes={"cohere": 2}))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = pb_grpc.RerankServiceStub(channel)
         # Three documents in windows of two: two gateway calls at 0.001 each.
@@ -281,14 +266,14 @@ async def test_tokens_of_rerank_auth_tokens_are_callers_without_a_name_or_limits
 
 
 async def test_the_callers_name_reaches_the_gateway_as_its_user(
-    serve: Callable[[Settings], Awaitable[RunningServer]], tmp_path: Path
+    servers: StartServer, tmp_path: Path
 ) -> None:
     async def gateway(request: Request) -> Reply:
         ranking = [{"index": 0, "relevanceScore": 0.9}, {"index": 1, "relevanceScore": 0.2}]
         return Reply(body=orjson.dumps({"ranking": ranking}))
 
     async with ScriptedServer(gateway) as upstream:
-        running = await serve(
+        running = await servers(
             settings_for(
                 callers_file(tmp_path),
                 upstream=Upstream.GATEWAY,
@@ -397,10 +382,8 @@ async def test_get_usage_tells_a_caller_its_own_standing_and_limits(
     assert (budgeted.caller, budgeted.spent_usd, budgeted.calls) == ("budgeted", "0.001", 1)
 
 
-async def test_the_client_reads_the_standing(
-    serve: Callable[[Settings], Awaitable[RunningServer]], tmp_path: Path
-) -> None:
-    running = await serve(settings_for(callers_file(tmp_path)))
+async def test_the_client_reads_the_standing(servers: StartServer, tmp_path: Path) -> None:
+    running = await servers(settings_for(callers_file(tmp_path)))
     target = f"127.0.0.1:{running.port}"
     async with AsyncRerankClient(target, metadata=dict(bearer(NARROW)), timeout=5) as client:
         await client.rerank(SEED_QUERY, list(SEED_DOCUMENTS), model=CHEAP_MODEL)
@@ -424,10 +407,10 @@ async def test_the_client_reads_the_standing(
 
 
 async def test_a_reload_applies_the_new_file_at_once_and_a_bad_one_changes_nothing(
-    serve: Callable[[Settings], Awaitable[RunningServer]], tmp_path: Path
+    servers: StartServer, tmp_path: Path
 ) -> None:
     path = callers_file(tmp_path, f'[callers.a]\ntoken = "{ALONE_A}"\n')
-    running = await serve(settings_for(path))
+    running = await servers(settings_for(path))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = pb_grpc.RerankServiceStub(channel)
         assert (await usage_of(stub, ALONE_A)).caller == "a"
@@ -455,12 +438,12 @@ async def test_a_reload_applies_the_new_file_at_once_and_a_bad_one_changes_nothi
 
 
 async def test_no_token_nor_its_digest_is_ever_logged(
-    serve: Callable[[Settings], Awaitable[RunningServer]],
+    servers: StartServer,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    running = await serve(settings_for(callers_file(tmp_path)))
+    running = await servers(settings_for(callers_file(tmp_path)))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = pb_grpc.RerankServiceStub(channel)
         answers: list[str] = []
@@ -519,7 +502,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 async def test_mutual_tls_callers_are_named_by_their_certificate(
-    serve: Callable[[Settings], Awaitable[RunningServer]], tmp_path: Path, pki: dict[str, Any]
+    servers: StartServer, tmp_path: Path, pki: dict[str, Any]
 ) -> None:
     path = callers_file(
         tmp_path,
@@ -528,7 +511,7 @@ async def test_mutual_tls_callers_are_named_by_their_certificate(
         f'[callers.search-api]\ntoken = "{SEARCH}"\n',
     )
     folder = pki["folder"]
-    running = await serve(
+    running = await servers(
         settings_for(
             path,
             tls_cert_file=str(folder / "server-chain.pem"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +20,7 @@ import grpc
 import orjson
 import pytest
 
-from rerank.server.app import RunningServer, start_server
+from rerank.server.app import RunningServer
 from rerank.server.cache import CachingReranker
 from rerank.server.config import Settings, Upstream
 from rerank.server.domain import RerankQuery, Usage
@@ -28,6 +28,7 @@ from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.scripted_http import Reply, Request, ScriptedServer
+from tests.service.conftest import StartServer
 from tests.service.test_rerank_service import MESSAGE_LIMIT, fault, seed_request
 
 # Quick retries keep the tests fast; the policy is the same.
@@ -35,26 +36,9 @@ FAST = Settings(port=0, grace_period=2, retry_initial_backoff=0.01, retry_max_ba
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Any]]:
-    """Start servers with given settings; stop them all at the end."""
-    started: list[RunningServer] = []
-
-    async def start(settings: Settings = FAST) -> RunningServer:
-        running = await start_server(settings)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        await running.stop()
-
-
-@pytest.fixture
-async def channels() -> AsyncIterator[list[grpc.aio.Channel]]:
-    opened: list[grpc.aio.Channel] = []
-    yield opened
-    for channel in opened:
-        await channel.close()
+def serve(servers: StartServer) -> StartServer:
+    """`servers`, with FAST settings unless told otherwise."""
+    return lambda settings=FAST, **kwargs: servers(settings, **kwargs)
 
 
 @pytest.fixture

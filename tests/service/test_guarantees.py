@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,13 @@ from rerank.client import (
     UpstreamRateLimitedError,
 )
 from rerank.server.admission import HELD_PER_REQUEST_BYTE
-from rerank.server.app import RunningServer, start_server
+from rerank.server.app import RunningServer
 from rerank.server.config import Settings, Upstream
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.scripted_http import Fail, Reply, Request, ScriptedServer
+from tests.service.conftest import StartServer
 from tests.service.test_rerank_service import fault, seed_request, unpacked
 
 # Quick retries keep the tests fast; the policy is the same.
@@ -39,32 +39,15 @@ FAST = Settings(port=0, grace_period=2, retry_initial_backoff=0.01, retry_max_ba
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Any]:
-    """Start servers with given settings; stop them all at the end."""
-    started: list[RunningServer] = []
-
-    async def start(settings: Settings = FAST, **kwargs: Any) -> RunningServer:
-        running = await start_server(settings, **kwargs)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        await running.stop()
+def serve(servers: StartServer) -> StartServer:
+    """`servers`, with FAST settings unless told otherwise."""
+    return lambda settings=FAST, **kwargs: servers(settings, **kwargs)
 
 
 def stub_for(running: RunningServer, channel_list: list[grpc.aio.Channel]) -> Any:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     channel_list.append(channel)
     return pb_grpc.RerankServiceStub(channel)
-
-
-@pytest.fixture
-async def channels() -> AsyncIterator[list[grpc.aio.Channel]]:
-    opened: list[grpc.aio.Channel] = []
-    yield opened
-    for channel in opened:
-        await channel.close()
 
 
 def failing_first(times: int, **spec: Any) -> pb.RerankRequest:

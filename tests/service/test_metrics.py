@@ -17,13 +17,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import generate_latest
 
-from rerank.server.app import RunningServer, start_server
+from rerank.server.app import RunningServer
 from rerank.server.config import Settings
 from rerank.server.metrics import Exposition, Metrics, MetricsDirectory
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_MODEL
 from tests.scrapes import Scrape
+from tests.service.conftest import StartServer
 from tests.service.test_rerank_service import fault, seed_request
 
 FAST = Settings(port=0, grace_period=2, retry_initial_backoff=0.01, retry_max_backoff=0.05)
@@ -41,18 +42,11 @@ def directory() -> Iterator[MetricsDirectory]:
 
 
 @pytest.fixture
-async def serve(directory: MetricsDirectory) -> AsyncIterator[Callable[..., Any]]:
-    """Start a server recording metrics into `directory`; stop it at the end."""
-    started: list[RunningServer] = []
-
-    async def start(settings: Settings = FAST) -> RunningServer:
-        running = await start_server(settings, metrics=Metrics.in_directory(directory.path))
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        await running.stop()
+def serve(servers: StartServer, directory: MetricsDirectory) -> StartServer:
+    """Start a server recording metrics into `directory` (FAST unless told otherwise)."""
+    return lambda settings=FAST, **kwargs: servers(
+        settings, metrics=Metrics.in_directory(directory.path), **kwargs
+    )
 
 
 @pytest.fixture
