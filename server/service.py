@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf import struct_pb2
@@ -102,6 +102,9 @@ class BatchLimits:
     """Requests of one batch answered at once."""
 
 
+#: A request message `decoded` makes from the bytes gRPC received.
+Decoded = TypeVar("Decoded", pb.RerankRequest, pb.BatchRerankRequest)
+
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
 
 
@@ -138,9 +141,10 @@ class RerankServicer:
         return await self._answer(request, self._timeout(context), request_bytes=len(request))
 
     async def BatchRerank(
-        self, request: pb.BatchRerankRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.BatchRerankResponse:
-        requests = request.requests
+        """`request` is the serialized BatchRerankRequest, as gRPC received (and keeps) it."""
+        requests = decoded(pb.BatchRerankRequest, request).requests
         if len(requests) > self._batch.max_requests:
             raise InvalidRequest(
                 [
@@ -154,7 +158,7 @@ class RerankServicer:
         # What the batch holds is counted once for all its requests, as a Rerank of as many
         # bytes counts it: the bytes received, the requests in flight as values, the answers
         # built. Each request in flight then takes a call place of its own.
-        with self._admission.hold(request.ByteSize()):
+        with self._admission.hold(len(request)):
             return await self._answer_all(requests, self._batch_time(context))
 
     async def _answer_all(
@@ -316,16 +320,15 @@ class RerankServicer:
 
 def add_to_server(servicer: RerankServicer, server: grpc.aio.Server) -> None:
     """Register `servicer` as the generated `add_RerankServiceServicer_to_server` would, but
-    with Rerank's request left as the bytes received: the servicer decodes it where it can let
-    the decoded message go (a test checks that every method of the service is here)."""
+    with Rerank's and BatchRerank's requests left as the bytes received: the servicer decodes
+    them where it can let the decoded message go, and counts what a call holds by their
+    length (a test checks that every method of the service is here)."""
     handlers = {
         "Rerank": grpc.unary_unary_rpc_method_handler(
             servicer.Rerank, response_serializer=pb.RerankResponse.SerializeToString
         ),
         "BatchRerank": grpc.unary_unary_rpc_method_handler(
-            servicer.BatchRerank,
-            request_deserializer=pb.BatchRerankRequest.FromString,
-            response_serializer=pb.BatchRerankResponse.SerializeToString,
+            servicer.BatchRerank, response_serializer=pb.BatchRerankResponse.SerializeToString
         ),
         "ListModels": grpc.unary_unary_rpc_method_handler(
             servicer.ListModels,
@@ -343,10 +346,11 @@ def add_to_server(servicer: RerankServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
 
-def decode_request(data: bytes) -> pb.RerankRequest:
-    """The RerankRequest in `data`, or `MalformedRequest` saying what protobuf found wrong."""
+def decoded(kind: type[Decoded], data: bytes) -> Decoded:
+    """The message of type `kind` in `data`, or `MalformedRequest` saying what protobuf found
+    wrong (its text names the type)."""
     try:
-        return pb.RerankRequest.FromString(data)
+        return kind.FromString(data)
     except DecodeError as exc:
         raise MalformedRequest.of(exc) from None
 
@@ -361,7 +365,7 @@ def query_from_bytes(
     The decoded message lives only in here: once its documents are domain values, nothing
     refers to it and its memory is freed, while the call goes on for seconds.
     """
-    request = decode_request(data)
+    request = decoded(pb.RerankRequest, data)
     if call is not None:
         call.documents = len(request.documents)
         call.top_n = request.top_n if request.HasField("top_n") else None
@@ -375,7 +379,7 @@ def sent_documents(query: RerankQuery, data: bytes) -> Callable[[int], pb.Docume
     if query.kind == "text":
         texts = cast(tuple[str, ...], query.documents)
         return lambda index: pb.Document(text=texts[index])
-    return decode_request(data).documents.__getitem__
+    return decoded(pb.RerankRequest, data).documents.__getitem__
 
 
 def echoes_documents(request: pb.RerankRequest) -> bool:
