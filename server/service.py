@@ -12,7 +12,8 @@ takes those bytes (`add_to_server` registers Rerank without a deserializer), dec
 the domain values and lets the decoded message go at once (to echo object documents it decodes
 them again at the end; texts are echoed from the query's own strings). In flight, a call holds
 gRPC's bytes and the documents as Python values, not a decoded message besides
-(bench/memory.py measures it). A BatchRerank's requests are answered the same way, each from
+(bench/memory.py measures it). A BatchRerank is taken as its bytes too, decoded whole (its
+requests are held for the whole call), and its requests are answered the same way, each from
 its own serialized bytes, a few at a time.
 """
 
