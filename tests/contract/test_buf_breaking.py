@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, missing_tool
 
 PROTO = Path("rerank/v1/rerank_service.proto")
 
@@ -20,7 +20,7 @@ def _buf() -> str:
     venv_buf = Path(sys.executable).parent / "buf"
     found = str(venv_buf) if venv_buf.exists() else shutil.which("buf")
     if found is None:
-        pytest.skip("buf is not installed (it comes with the dev extras: buf-bin)")
+        missing_tool("buf is not installed (it comes with the dev extras: buf-bin)")
     return found
 
 

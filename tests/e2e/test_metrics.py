@@ -25,7 +25,7 @@ import pytest
 
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
+from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY, missing_tool
 from tests.e2e.processes import RERANK_SERVER, Process, start
 from tests.scrapes import Scrape
 from tests.unit.test_deploy import dashboard_expressions
@@ -41,10 +41,9 @@ def debian_tool(name: str) -> str:
     install (and fails under CI, which installs it: nothing may skip there)."""
     found = shutil.which(name)
     if found is None:
-        message = f"{name} not found: apt-get install prometheus (Debian's package; .ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_tool(
+            f"{name} not found: apt-get install prometheus (Debian's package; .ci/run does)"
+        )
     return found
 
 
