@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from rerank.contract import max_response_bytes
 from rerank.server.admission import Admission
+from rerank.server.breaker import BreakerState, CircuitBreaker
 from rerank.server.cache import CachingReranker
 from rerank.server.caller_limits import CallerLimitsReranker
 from rerank.server.callers import CallerRegistry, CallersFileError
@@ -55,7 +56,7 @@ from rerank.server.logs import AccessLog
 from rerank.server.metrics import MeteredUpstream, Metrics
 from rerank.server.redis_client import RedisClient
 from rerank.server.redis_store import FailOpenLimitStore, RedisCacheEntries, RedisLimitStore
-from rerank.server.resilience import CircuitBreaker, ResilientReranker, RetryBudget, RetryPolicy
+from rerank.server.resilience import ResilientReranker, RetryBudget, RetryPolicy
 from rerank.server.service import SERVICE_NAME, BatchLimits, RerankServicer, add_to_server
 from rerank.server.tracing import TRACER_NAME, tracer_provider
 from rerank.server.windows import WindowedReranker, WindowPolicy
@@ -175,6 +176,11 @@ def build_chain(
     requests, retries with a budget and a circuit breaker, and the metrics of every call that
     reaches the gateway."""
     metrics = metrics or Metrics.disabled()
+
+    def circuit_changed(state: BreakerState) -> None:
+        logger.warning("gateway circuit %s", state.value)
+        metrics.breaker_transition(state.value)
+
     resilient = ResilientReranker(
         MeteredUpstream(gateway, metrics),
         policy=RetryPolicy(
@@ -187,7 +193,7 @@ def build_chain(
             failure_rate=settings.breaker_failure_rate,
             window=settings.breaker_window,
             cooldown=settings.breaker_cooldown,
-            on_change=lambda state: metrics.breaker_transition(state.value),
+            on_change=circuit_changed,
         ),
         metrics=metrics,
     )

@@ -40,6 +40,7 @@ import orjson
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
+from rerank.server.breaker import Clock
 from rerank.server.domain import (
     FREE,
     JsonObject,
@@ -53,7 +54,6 @@ from rerank.server.domain import (
 )
 from rerank.server.errors import UpstreamTimeout
 from rerank.server.metrics import Metrics
-from rerank.server.resilience import Clock
 from rerank.server.tracing import CACHE_LOOKUP_SPAN, child_span
 
 # Per entry besides its serialized outcome: the key, the entry object, the LRU node. Measured

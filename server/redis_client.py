@@ -12,10 +12,11 @@ Deadline: each call gets `timeout` seconds, connecting included. A call that run
 the connection (a Redis that does not answer in time is treated as gone; the next call
 reconnects), so replies can never be matched to the wrong command.
 
-Outages: the first failure marks this Redis down and logs one line; for `retry_interval`
-seconds after that, calls fail at once without trying (a dead or hung Redis costs no call its
-deadline), then one call at a time tries again, and the first to succeed logs one line that
-it is back. `RedisError` is the one exception callers handle.
+Outages: the first failure marks this Redis down (the service's one circuit breaker, opened by
+a single failure) and logs one line; for `retry_interval` seconds after that, calls fail at
+once without trying (a dead or hung Redis costs no call its deadline), then one call at a time
+tries again, and the first to succeed logs one line that it is back. `RedisError` is the one
+exception callers handle.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
 
-from rerank.server.resilience import Clock
+from rerank.server.breaker import BreakerState, CircuitBreaker, CircuitOpen, Clock
 
 logger = logging.getLogger(__name__)
 
@@ -185,20 +186,21 @@ class RedisClient:
         self._timeout = timeout
         self._purpose = purpose
         self._when_down = when_down
-        self._retry_interval = retry_interval
         self._on_state = on_state
         self._clock = clock
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
         self._ssl = _ssl_context(url) if url.tls else None
-        self._down_since: float | None = None
-        self._retry_at = 0.0
-        self._probing = False
+        self._breaker = CircuitBreaker(
+            failure_rate=1.0, window=1, cooldown=retry_interval, clock=clock
+        )
+        #: When the breaker last opened from closed: how long the outage has lasted.
+        self._down_since = 0.0
 
     @property
     def up(self) -> bool:
         """False from a failure until the next success."""
-        return self._down_since is None
+        return self._breaker.state is BreakerState.CLOSED
 
     async def call(self, *args: Arg) -> Any:
         """One command and its reply; `RedisError` when Redis cannot serve it."""
@@ -218,32 +220,27 @@ class RedisClient:
         return reply
 
     async def _round_trip(self, packed: bytes) -> Any:
-        probe = self._take_turn()
+        try:
+            probe = self._breaker.before_call()
+        except CircuitOpen:
+            outage = self._clock() - self._down_since
+            raise RedisError(f"unreachable for the last {outage:.1f} s") from None
         try:
             async with asyncio.timeout(self._timeout):
                 connection = await self._connected()
                 reply = await connection.send(packed)
         except TimeoutError:
             self._drop_connection()
-            raise self._failed(RedisError(f"no answer within {self._timeout:.3g} s")) from None
+            error = RedisError(f"no answer within {self._timeout:.3g} s")
+            raise self._failed(error, probe=probe) from None
         except (OSError, ssl.SSLError, RedisError) as error:
             self._drop_connection()
-            raise self._failed(RedisError(_describe(error))) from None
-        finally:
-            if probe:
-                self._probing = False
-        self._succeeded()
+            raise self._failed(RedisError(_describe(error)), probe=probe) from None
+        except BaseException:
+            self._breaker.release(probe=probe)
+            raise
+        self._succeeded(probe=probe)
         return reply
-
-    def _take_turn(self) -> bool:
-        """Raise at once while this Redis is left alone after a failure; otherwise say
-        whether this call is the one probing whether it is back."""
-        if self._down_since is None:
-            return False
-        if self._probing or self._clock() < self._retry_at:
-            raise RedisError(f"unreachable for the last {self._clock() - self._down_since:.1f} s")
-        self._probing = True
-        return True
 
     async def _connected(self) -> _Connection:
         if self._connection is not None and self._connection.lost is None:
@@ -289,11 +286,11 @@ class RedisClient:
             self._connection.close()
             self._connection = None
 
-    def _failed(self, error: RedisError) -> RedisError:
-        now = self._clock()
-        self._retry_at = now + self._retry_interval
-        if self._down_since is None:
-            self._down_since = now
+    def _failed(self, error: RedisError, *, probe: bool = False) -> RedisError:
+        was_up = self.up
+        self._breaker.record(True, probe=probe)
+        if was_up and not self.up:
+            self._down_since = self._clock()
             logger.warning(
                 "Redis for %s at %s cannot be used: %s; %s",
                 self._purpose,
@@ -305,15 +302,16 @@ class RedisClient:
                 self._on_state(False)
         return error
 
-    def _succeeded(self) -> None:
-        if self._down_since is not None:
+    def _succeeded(self, *, probe: bool) -> None:
+        was_up = self.up
+        self._breaker.record(False, probe=probe)
+        if self.up and not was_up:
             logger.warning(
                 "Redis for %s at %s is back after %.1f s",
                 self._purpose,
                 self.url,
                 self._clock() - self._down_since,
             )
-            self._down_since = None
             if self._on_state is not None:
                 self._on_state(True)
 

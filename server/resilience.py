@@ -13,13 +13,13 @@ Policy, in one place:
 - A retry budget keeps a failing gateway from being hammered: every first attempt deposits
   `ratio` of a token, every retry withdraws one; with the bucket empty, failures are not
   retried. Retries are therefore at most about `ratio` of traffic, plus a small burst.
-- A circuit breaker fails fast for `cooldown` seconds once at least `failure_rate` of the last
-  `window` attempts found the upstream down (`UpstreamUnavailable`); then one probe call at a
-  time goes through, and the first success closes it again. A probe runs to its answer even
-  when its caller leaves (see `ResilientReranker._outliving_its_caller`). While open, callers get
-  UNAVAILABLE with a RetryInfo of the time left. Health stays SERVING meanwhile (see
-  README, "Guarantees"): the gateway is shared by every replica, so taking them all out of a
-  load balancer at once would turn one clear error into "no healthy upstream".
+- A circuit breaker (`rerank.server.breaker`) fails fast for `cooldown` seconds once at least
+  `failure_rate` of the last `window` attempts found the upstream down (`found_down`); then
+  one probe call at a time goes through, and the first success closes it again. A probe runs
+  to its answer even when its caller leaves (see `ResilientReranker._outliving_its_caller`).
+  While open, callers get UNAVAILABLE with a RetryInfo of the time left. Health stays SERVING
+  meanwhile (see README, "Guarantees"): the gateway is shared by every replica, so taking them
+  all out of a load balancer at once would turn one clear error into "no healthy upstream".
 """
 
 from __future__ import annotations
@@ -29,16 +29,15 @@ import dataclasses
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from enum import Enum
 from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from rerank.server.breaker import CircuitBreaker, CircuitOpen, Clock
 from rerank.server.calls import current_call
 from rerank.server.domain import (
     ModelInfo,
@@ -60,10 +59,18 @@ from rerank.server.tracing import RESEND_COUNT_KEY
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 RETRYABLE: tuple[type[UpstreamError], ...] = (UpstreamUnavailable, UpstreamRateLimited)
+
+
+def found_down(error: UpstreamError | None) -> bool | None:
+    """What an attempt's outcome (None: an answer) tells the breaker: a timeout says nothing,
+    as the caller's deadline may simply have been short; any answer, even a 4xx, shows the
+    upstream up."""
+    if isinstance(error, UpstreamTimeout):
+        return None
+    return isinstance(error, UpstreamUnavailable)
 
 
 @dataclass(frozen=True)
@@ -104,102 +111,6 @@ class RetryBudget:
     def reset(self) -> None:
         """Full again, as at start."""
         self._tokens = self._capacity
-
-
-class BreakerState(Enum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-class CircuitBreaker:
-    """Opens when most recent upstream attempts found it down; lets one probe through after a
-    cool-down.
-
-    It judges a sliding window of the last `window` attempts: once the window is full and at
-    least `failure_rate` of it were `UpstreamUnavailable`, it opens. A share rather than a run
-    of failures, so a gateway that drops one request in five (or one poisonous request retried
-    three times) does not shut everyone out, while a dead one does within `window` attempts.
-    """
-
-    def __init__(
-        self,
-        failure_rate: float = 0.5,
-        window: int = 100,
-        cooldown: float = 5.0,
-        clock: Clock = time.monotonic,
-        on_change: Callable[[BreakerState], None] | None = None,
-    ) -> None:
-        self._failure_rate = failure_rate
-        self._recent: deque[bool] = deque(maxlen=window)  # True: the attempt found it down
-        self._cooldown = cooldown
-        self._clock = clock
-        self._on_change = on_change
-        self._state = BreakerState.CLOSED
-        self._opened_at = 0.0
-        self._probe_in_flight = False
-
-    @property
-    def state(self) -> BreakerState:
-        return self._state
-
-    def before_call(self) -> bool:
-        """Raise `UpstreamUnavailable` when nothing may go upstream now; else return whether
-        this attempt is the half-open probe (pass that to `record` or `release`)."""
-        if self._state is BreakerState.CLOSED:
-            return False
-        remaining = self._opened_at + self._cooldown - self._clock()
-        if self._state is BreakerState.OPEN and remaining <= 0:
-            self._set(BreakerState.HALF_OPEN)
-        if self._state is BreakerState.HALF_OPEN and not self._probe_in_flight:
-            self._probe_in_flight = True
-            return True
-        raise UpstreamUnavailable(
-            "the gateway is failing; calls are paused for a cool-down (circuit open)",
-            retry_after=max(remaining, 0.1),
-        )
-
-    def record(self, error: UpstreamError | None, *, probe: bool) -> None:
-        """Report how an attempt `before_call` let through ended: None for success."""
-        if probe:
-            self._probe_in_flight = False
-        if isinstance(error, UpstreamTimeout):
-            return  # says nothing: the caller's deadline may simply have been short
-        down = isinstance(error, UpstreamUnavailable)
-        if probe:
-            # The probe decides alone: any answer (even a 4xx) shows the upstream is up.
-            self._recent.clear()
-            self._open() if down else self._set(BreakerState.CLOSED)
-            return
-        if self._state is not BreakerState.CLOSED:
-            return  # attempts let through before the circuit opened: too late to count
-        self._recent.append(down)
-        window = self._recent.maxlen or 1
-        if len(self._recent) == window and sum(self._recent) >= self._failure_rate * window:
-            self._recent.clear()
-            self._open()
-
-    def release(self, *, probe: bool) -> None:
-        """An attempt ended without an answer worth judging (cancelled): free its probe slot."""
-        if probe:
-            self._probe_in_flight = False
-
-    def reset(self) -> None:
-        """Closed, with no attempt remembered, as at start."""
-        self._recent.clear()
-        self._probe_in_flight = False
-        self._set(BreakerState.CLOSED)
-
-    def _open(self) -> None:
-        self._opened_at = self._clock()
-        self._set(BreakerState.OPEN)
-
-    def _set(self, state: BreakerState) -> None:
-        if state is not self._state:
-            logger.warning("gateway circuit %s -> %s", self._state.value, state.value)
-            self._state = state
-            if self._on_change is not None:
-                self._on_change(state)
 
 
 class ResilientReranker(RerankerLayer):
@@ -250,7 +161,13 @@ class ResilientReranker(RerankerLayer):
         call = current_call()
         retry = 0
         while True:
-            probe = self._breaker.before_call()
+            try:
+                probe = self._breaker.before_call()
+            except CircuitOpen as closed:
+                raise UpstreamUnavailable(
+                    "the gateway is failing; calls are paused for a cool-down (circuit open)",
+                    retry_after=max(closed.retry_after, 0.1),
+                ) from None
             if call is not None:
                 call.upstream_attempts += 1
             judged = self._judged(_attempt(attempt, deadline - self._clock(), retry), probe=probe)
@@ -282,13 +199,13 @@ class ResilientReranker(RerankerLayer):
         try:
             result = await attempt
         except UpstreamError as error:
-            self._breaker.record(error, probe=probe)
+            self._breaker.record(found_down(error), probe=probe)
             raise
         except BaseException:
             # Cancellation and bugs say nothing about the upstream.
             self._breaker.release(probe=probe)
             raise
-        self._breaker.record(None, probe=probe)
+        self._breaker.record(found_down(None), probe=probe)
         return result
 
     async def _outliving_its_caller(self, probe: Awaitable[T]) -> T:

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import pytest
 
+from rerank.server.breaker import BreakerState, CircuitBreaker, CircuitOpen
 from rerank.server.domain import ModelInfo, Ranked, RerankOutcome, RerankQuery, Usage
 from rerank.server.errors import (
     ModelNotFound,
@@ -23,13 +24,7 @@ from rerank.server.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from rerank.server.resilience import (
-    BreakerState,
-    CircuitBreaker,
-    ResilientReranker,
-    RetryBudget,
-    RetryPolicy,
-)
+from rerank.server.resilience import ResilientReranker, RetryBudget, RetryPolicy, found_down
 from rerank.server.windows import WindowedReranker, WindowPolicy
 
 QUERY = RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("a",))
@@ -177,7 +172,7 @@ def test_the_budget_refills_with_traffic() -> None:
 
 
 def attempt(breaker: CircuitBreaker, outcome: UpstreamError | None) -> None:
-    breaker.record(outcome, probe=breaker.before_call())
+    breaker.record(found_down(outcome), probe=breaker.before_call())
 
 
 def test_the_breaker_opens_fails_fast_and_recovers_through_one_probe() -> None:
@@ -191,15 +186,15 @@ def test_the_breaker_opens_fails_fast_and_recovers_through_one_probe() -> None:
     assert breaker.state is BreakerState.CLOSED  # the window is not full yet
     attempt(breaker, None)
     assert breaker.state is BreakerState.OPEN  # 2 of the last 4 found it down
-    with pytest.raises(UpstreamUnavailable) as caught:
+    with pytest.raises(CircuitOpen) as caught:
         breaker.before_call()
     assert caught.value.retry_after == pytest.approx(5)
     time.now += 5
     assert breaker.before_call()  # the probe
     assert breaker.state is BreakerState.HALF_OPEN
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(CircuitOpen):
         breaker.before_call()  # only one probe at a time
-    breaker.record(None, probe=True)
+    breaker.record(found_down(None), probe=True)
     assert breaker.state is BreakerState.CLOSED
     assert not breaker.before_call()
     assert changes == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
@@ -221,7 +216,7 @@ def test_a_failed_probe_reopens_the_breaker() -> None:
     time.now += 5
     attempt(breaker, down())
     assert breaker.state is BreakerState.OPEN
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(CircuitOpen):
         breaker.before_call()
 
 
@@ -305,7 +300,7 @@ async def test_a_probe_whose_caller_left_still_decides() -> None:
     time = FakeTime()
     breaker, closed = breaker_telling_when_closed(time, cooldown=1)
     _, gateway = await half_open_with_a_probe_whose_caller_left(time, breaker)
-    with pytest.raises(UpstreamUnavailable):
+    with pytest.raises(CircuitOpen):
         breaker.before_call()  # the probe is still the one in flight
     gateway.answer.set()
     await asyncio.wait_for(closed.wait(), 5)

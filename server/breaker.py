@@ -1,0 +1,115 @@
+"""One circuit breaker, for every dependency that can go away: the gateway and Redis.
+
+It judges a sliding window of the last `window` attempts: once the window is full and at least
+`failure_rate` of them failed, it opens, and for `cooldown` seconds nothing goes through
+(`before_call` raises `CircuitOpen`); then it lets one probe through at a time, and the probe
+alone decides: success closes it, failure opens it for another cool-down. A share rather than a
+run of failures, so a gateway that drops one request in five does not shut everyone out while a
+dead one does within `window` attempts; a window of one with a rate of 1 opens at the first
+failure, as a Redis client wants.
+
+What counts as a failure is the caller's to say (`record(failed=...)`, None for an outcome that
+says nothing either way), and so is what an open circuit means to its own callers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from enum import Enum
+
+Clock = Callable[[], float]
+
+
+class BreakerState(Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitOpen(Exception):
+    """Nothing may go through now; `retry_after` seconds of the cool-down are left (0 while
+    a probe is out)."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"circuit open for another {retry_after:.3g} s")
+        self.retry_after = retry_after
+
+
+class CircuitBreaker:
+    """See the module doc. `on_change` hears every change of state, with the new one."""
+
+    def __init__(
+        self,
+        failure_rate: float = 0.5,
+        window: int = 100,
+        cooldown: float = 5.0,
+        clock: Clock = time.monotonic,
+        on_change: Callable[[BreakerState], None] | None = None,
+    ) -> None:
+        self._failure_rate = failure_rate
+        self._recent: deque[bool] = deque(maxlen=window)  # True: that attempt failed
+        self._cooldown = cooldown
+        self._clock = clock
+        self._on_change = on_change
+        self._state = BreakerState.CLOSED
+        self._opened_at = 0.0
+        self._probe_in_flight = False
+
+    @property
+    def state(self) -> BreakerState:
+        return self._state
+
+    def before_call(self) -> bool:
+        """Raise `CircuitOpen` when nothing may go through now; else return whether this
+        attempt is the half-open probe (pass that to `record` or `release`)."""
+        if self._state is BreakerState.CLOSED:
+            return False
+        remaining = self._opened_at + self._cooldown - self._clock()
+        if self._state is BreakerState.OPEN and remaining <= 0:
+            self._set(BreakerState.HALF_OPEN)
+        if self._state is BreakerState.HALF_OPEN and not self._probe_in_flight:
+            self._probe_in_flight = True
+            return True
+        raise CircuitOpen(max(remaining, 0.0))
+
+    def record(self, failed: bool | None, *, probe: bool) -> None:
+        """Report how an attempt `before_call` let through ended: whether it failed, or None
+        when its outcome says nothing either way."""
+        if probe:
+            self._probe_in_flight = False
+        if failed is None:
+            return
+        if probe:
+            self._recent.clear()
+            self._open() if failed else self._set(BreakerState.CLOSED)
+            return
+        if self._state is not BreakerState.CLOSED:
+            return  # attempts let through before the circuit opened: too late to count
+        self._recent.append(failed)
+        window = self._recent.maxlen or 1
+        if len(self._recent) == window and sum(self._recent) >= self._failure_rate * window:
+            self._recent.clear()
+            self._open()
+
+    def release(self, *, probe: bool) -> None:
+        """An attempt ended without an outcome worth judging (cancelled): free its probe
+        slot."""
+        self.record(None, probe=probe)
+
+    def reset(self) -> None:
+        """Closed, with no attempt remembered, as at start."""
+        self._recent.clear()
+        self._probe_in_flight = False
+        self._set(BreakerState.CLOSED)
+
+    def _open(self) -> None:
+        self._opened_at = self._clock()
+        self._set(BreakerState.OPEN)
+
+    def _set(self, state: BreakerState) -> None:
+        if state is not self._state:
+            self._state = state
+            if self._on_change is not None:
+                self._on_change(state)
