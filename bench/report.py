@@ -10,9 +10,10 @@ from typing import Any
 PATHS = {
     "direct": "direct: load generator → mock gateway (HTTP/1.1)",
     "proxied": "proxied: load generator → server (gRPC) → mock gateway (HTTP/1.1)",
+    "bare": "bare: load generator → bare grpc.aio proxy (one prebuilt POST) → mock gateway",
     "echo": "echo: load generator → bare grpc.aio echo (bytes of a 20-document request)",
 }
-COLOURS = {"direct": "tab:blue", "proxied": "tab:orange", "echo": "tab:green"}
+COLOURS = {"direct": "tab:blue", "proxied": "tab:orange", "bare": "tab:red", "echo": "tab:green"}
 
 
 def write(results: dict[str, Any], stem: Path) -> None:
@@ -34,6 +35,19 @@ def _n(value: float) -> str:
 
 def _mib(kib: int) -> str:
     return f"{kib / 1024:.0f}"
+
+
+def _headline_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The server's CPU per proxied call over the bare proxy's, cells of the same run."""
+    ratios = results["ratios"]
+    return [
+        (
+            f"server CPU per proxied 20-document call ÷ bare proxy CPU per call, C={concurrency}",
+            f"{ratios[key]:.2f}×",
+        )
+        for concurrency in results["plan"]["concurrencies"]
+        if (key := f"cpu_proxied20_over_bare_c{concurrency}") in ratios
+    ]
 
 
 def _goal_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -183,6 +197,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['plan']['max_calls_1000']} calls if sooner). The load generator, the server "
         "and the mock share the cores: prefer the ratios.",
         "",
+        "## Headline",
+        "",
+        "The bare proxy (`bench/bare_proxy.py`) makes one pooled aiohttp POST of a prebuilt "
+        "request per gRPC call and answers the upstream's bytes: the least a Python proxy does. "
+        "Its cells run right after the proxied cells of the same concurrency.",
+        "",
+        "| figure | this run |",
+        "|---|---:|",
+        *(f"| {name} | {value} |" for name, value in _headline_rows(results)),
+        "",
         "## Goals",
         "",
         "| figure | this run | goal |",
@@ -202,7 +226,7 @@ def markdown(results: dict[str, Any]) -> str:
     direct = {
         (c["documents"], c["concurrency"]): c for c in results["cells"] if c["path"] == "direct"
     }
-    for path in ("direct", "proxied", "echo"):
+    for path in ("direct", "proxied", "bare", "echo"):
         cells = [c for c in results["cells"] if c["path"] == path]
         if not cells:
             continue
@@ -214,6 +238,9 @@ def markdown(results: dict[str, Any]) -> str:
             head = ["docs", "C", "calls/s", "% of direct", "p50 ms", "p90 ms", "p99 ms"]
             head += ["errors", "server CPU ms/call", "mock CPU ms/call"]
             head += ["server RSS / peak MiB", "loop lag p50 / p99 ms"]
+        elif path == "bare":
+            head = ["C", "calls/s", "p50 ms", "p90 ms", "p99 ms", "errors", "bare CPU ms/call"]
+            head += ["mock CPU ms/call", "bare RSS MiB"]
         else:
             head = ["C", "calls/s", "p50 ms", "p90 ms", "p99 ms", "errors", "echo CPU ms/call"]
             head += ["echo RSS MiB"]
@@ -237,6 +264,9 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{_mib(memory['server']['rss'])} / {_mib(memory['server']['hwm'])}",
                     f"{_n(lag['p50'])} / {_n(lag['p99'])}",
                 ]
+            elif path == "bare":
+                row = [str(cell["concurrency"]), _n(cell["throughput"]), *timing, errors]
+                row += [_n(cpu["bare"]), _n(cpu["mock"]), _mib(memory["bare"]["rss"])]
             else:
                 row = [str(cell["concurrency"]), _n(cell["throughput"]), *timing, errors]
                 row += [_n(cpu["echo"]), _mib(memory["echo"]["rss"])]
@@ -252,7 +282,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def summary(results: dict[str, Any]) -> str:
-    return "\n".join(f"{name}: {value} (goal {goal})" for name, value, goal in _goal_rows(results))
+    """The headline (proxied ÷ bare proxy, same run) first, then each goal."""
+    headline = [f"HEADLINE {name}: {value}" for name, value in _headline_rows(results)]
+    goals = [f"{name}: {value} (goal {goal})" for name, value, goal in _goal_rows(results)]
+    return "\n".join(headline + goals)
 
 
 def plot(results: dict[str, Any], target: Path) -> None:
@@ -268,7 +301,7 @@ def plot(results: dict[str, Any], target: Path) -> None:
     rows = math.ceil(len(counts) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.6 * rows), squeeze=False)
     for axis, documents in zip(axes.flat, counts, strict=False):
-        for path in ("direct", "proxied", "echo"):
+        for path in ("direct", "proxied", "bare", "echo"):
             # The echo call carries a 20-document request: it belongs on that panel only.
             if path == "echo" and documents != 20:
                 continue

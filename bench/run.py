@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import _workload, memory, report
+from bench import _workload, bare_proxy, memory, report
 from bench import batch as batch_cell
 from bench._procfs import cpu_seconds, memory_kib
 from bench._services import Service, run_json
@@ -223,13 +223,40 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def _cells(plan: Plan) -> Iterator[tuple[str, int, int]]:
     """(path, documents, concurrency) in run order: echo first (the floor), then for each
-    cell direct and proxied back to back, so the two compared figures see the same noise."""
+    cell direct and proxied back to back, and after a proxied cell of the bare proxy's size
+    the bare proxy, so that the compared figures see the same noise."""
     for concurrency in plan.echo_concurrencies:
         yield "echo", 20, concurrency
     for documents in plan.documents:
         for concurrency in plan.concurrencies:
             yield "direct", documents, concurrency
             yield "proxied", documents, concurrency
+            if documents == bare_proxy.DOCUMENTS:
+                yield "bare", documents, concurrency
+
+
+def _mock(log: Path) -> Service:
+    """The mock gateway, on a free loopback port; `_v3_url` is the base URL to send it."""
+    return Service(
+        "mock gateway",
+        "rerank.mock_gateway",
+        ["--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
+        # The ready line names the v4 base URL; keep its origin (host and port).
+        r"mock gateway listening on (http://\S+)/v4/ai",
+        log,
+    )
+
+
+def _v3_url(mock: Service) -> str:
+    # v3, served on the same port: the workload (bench/_workload.py) and the server's gateway
+    # adapter both send specification version 3.
+    return f"{mock.address}/v3/ai"
+
+
+def _proxied_server_env() -> dict[str, str]:
+    """The environment of a server under measurement: the server's defaults otherwise, so
+    that its CPU per call is what it costs as shipped."""
+    return {"AI_GATEWAY_API_KEY": API_KEY, "RERANK_GRACE_PERIOD": "2", "RERANK_DRAIN_DELAY": "0"}
 
 
 async def _run(plan: Plan, out: Path) -> dict[str, Any]:
@@ -239,19 +266,8 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
     cells: list[dict[str, Any]] = []
     # Starting and stopping the services blocks this loop on purpose: nothing else runs yet.
     with contextlib.ExitStack() as stack:
-        mock = stack.enter_context(
-            Service(
-                "mock gateway",
-                "rerank.mock_gateway",
-                ["--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
-                # The ready line names the v4 base URL; keep its origin (host and port).
-                r"mock gateway listening on (http://\S+)/v4/ai",
-                out / f"{plan.name}-mock.log",
-            )
-        )
-        # v3, served on the same port: the workload (bench/_workload.py) and the server's
-        # gateway adapter both send specification version 3.
-        mock_url = f"{mock.address}/v3/ai"
+        mock = stack.enter_context(_mock(out / f"{plan.name}-mock.log"))
+        mock_url = _v3_url(mock)
         server = stack.enter_context(
             Service(
                 "rerank server",
@@ -269,12 +285,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
                 ],
                 r"rerank server listening on (\S+:\d+)",
                 out / f"{plan.name}-server.log",
-                # The server's defaults otherwise: its CPU per call is what it costs as shipped.
-                env={
-                    "AI_GATEWAY_API_KEY": API_KEY,
-                    "RERANK_GRACE_PERIOD": "2",
-                    "RERANK_DRAIN_DELAY": "0",
-                },
+                env=_proxied_server_env(),
             )
         )
         echo = stack.enter_context(
@@ -286,12 +297,31 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
                 out / f"{plan.name}-echo.log",
             )
         )
+        bare = stack.enter_context(
+            Service(
+                "bare proxy",
+                "bench.bare_proxy",
+                [
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--upstream",
+                    mock_url,
+                    "--api-key",
+                    API_KEY,
+                ],
+                r"bare proxy listening on (\S+:\d+)",
+                out / f"{plan.name}-bare.log",
+            )
+        )
         targets = {
             "direct": (mock_url, {"mock": mock.pid}),
             "proxied": (server.address, {"server": server.pid, "mock": mock.pid}),
+            "bare": (bare.address, {"bare": bare.pid, "mock": mock.pid}),
             "echo": (echo.address, {"echo": echo.pid}),
         }
-        pids = {"mock": mock.pid, "server": server.pid, "echo": echo.pid}
+        pids = {"mock": mock.pid, "server": server.pid, "bare": bare.pid, "echo": echo.pid}
 
         probe = LoopProbe(server.address)
         try:
@@ -376,11 +406,7 @@ async def _compare_workers(
             ],
             r"rerank server listening on (\S+:\d+)",
             out / f"{plan.name}-server-workers.log",
-            env={
-                "AI_GATEWAY_API_KEY": API_KEY,
-                "RERANK_GRACE_PERIOD": "2",
-                "RERANK_DRAIN_DELAY": "0",
-            },
+            env=_proxied_server_env(),
         )
     )
     rows = []
@@ -679,6 +705,14 @@ def _find(results: dict[str, Any], path: str, documents: int, concurrency: int) 
 def _ratios(results: dict[str, Any]) -> dict[str, Any]:
     """The goals, each from figures of this one run."""
     ratios: dict[str, Any] = {}
+    # The headline: the server's own work per call, over the least a Python proxy does.
+    for concurrency in results["plan"]["concurrencies"]:
+        proxied = _find(results, "proxied", bare_proxy.DOCUMENTS, concurrency)
+        bare = _find(results, "bare", bare_proxy.DOCUMENTS, concurrency)
+        if proxied and bare:
+            ratios[f"cpu_proxied20_over_bare_c{concurrency}"] = (
+                proxied["cpu_ms_per_call"]["server"] / bare["cpu_ms_per_call"]["bare"]
+            )
     for concurrency in (1, 64, 8):
         proxied = _find(results, "proxied", 20, concurrency)
         echo = _find(results, "echo", 20, concurrency)
