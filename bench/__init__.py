@@ -8,5 +8,8 @@ It measures four paths in one run, on one machine, so their ratios mean somethin
   Python proxy does: the headline is the server's CPU per call over this one's);
 - echo: a bare `grpc.aio` echo service (the floor of one gRPC call's cost).
 
+`--against REF` runs instead one proxied cell on this checkout's server and on REF's, in
+alternating pairs (`bench.against`).
+
 See the README's "Performance" section for what each figure means.
 """

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench import against
+
 PATHS = {
     "direct": "direct: load generator → mock gateway (HTTP/1.1)",
     "proxied": "proxied: load generator → server (gRPC) → mock gateway (HTTP/1.1)",
@@ -498,3 +500,117 @@ def _workers_table(rows: list[dict[str, Any]]) -> list[str]:
             f"{_n(latency['p99'])} | {row['errors']} |"
         )
     return [*lines, ""]
+
+
+def write_against(results: dict[str, Any], stem: Path) -> None:
+    """`--against REF`: `stem.json` (every run and pair), `stem.md` (the pairs, the summary)."""
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(against_markdown(results))
+
+
+def _errors(figures: dict[str, Any]) -> str:
+    kinds = ", ".join(f"{kind} {count}" for kind, count in figures["error_kinds"].items())
+    return f"{figures['errors']} ({kinds})" if kinds else str(figures["errors"])
+
+
+def against_pair_line(pair: dict[str, Any]) -> str:
+    """One pair as it runs: each figure on this server / REF's → the ratio."""
+    this, ref, ratios = pair[against.THIS], pair[against.REF], pair["ratios"]
+    line = (
+        f"pair {pair['pair']} ({', '.join(pair['order'])}): "
+        f"server CPU ms/call {this['cpu']:.3f} / {ref['cpu']:.3f} → {ratios['cpu']:.3f}×  "
+        f"calls/s {this['throughput']:.0f} / {ref['throughput']:.0f} → "
+        f"{ratios['throughput']:.3f}×  "
+        f"p99 ms {this['p99']:.1f} / {ref['p99']:.1f} → {ratios['p99']:.3f}×  "
+        f"errors {_errors(this)} / {_errors(ref)}"
+    )
+    if this["errors"] or ref["errors"]:
+        line += "  <- a run with errors"
+    return line
+
+
+def _against_title(results: dict[str, Any]) -> str:
+    ref, this = results["ref"], results["this"]
+    changed = " + uncommitted changes" if this["uncommitted_changes"] else ""
+    return f"this checkout ({this['sha'][:7]}{changed}) ÷ {ref['name']} ({ref['sha'][:7]})"
+
+
+def _miss_path(results: dict[str, Any]) -> str:
+    cell = results["cell"]
+    return (
+        f"proxied cell, {cell['documents']} documents, C={cell['concurrency']}, one worker each, "
+        "miss path: every call carries a query of its own, so the result cache never answers "
+        "and every call goes upstream to the mock"
+    )
+
+
+def _percent(ratio: float) -> str:
+    return f"{100 * (ratio - 1):+.1f} %"
+
+
+def against_summary(results: dict[str, Any]) -> str:
+    """The block later work quotes: each figure's median ratio this ÷ REF and its IQR."""
+    summary, pairs = results["summary"], results["pairs"]
+    rule = "=" * 78
+    lines = [
+        rule,
+        f"bench --against: {_against_title(results)}",
+        _miss_path(results),
+        f"ratios this ÷ REF over {len(pairs)} alternating pair(s) (odd pairs run this first):",
+        f"  {'figure':<20} {'median':<18} IQR (Q1–Q3)",
+    ]
+    for key, name, _ in against.FIGURES:
+        figure = summary[key]
+        median = f"{figure['median']:.3f}× ({_percent(figure['median'])})"
+        lines.append(f"  {name:<20} {median:<18} {figure['q1']:.3f}–{figure['q3']:.3f}×")
+    lines.append(f"quartiles: {results['quartiles']} over the pairs' ratios")
+    runs = 2 * len(pairs)
+    failed = summary["runs_with_errors"]
+    if failed:
+        listed = ", ".join(f"pair {r['pair']} {r['server']}: {r['errors']}" for r in failed)
+        lines.append(f"ERRORS in {len(failed)} of {runs} runs: {listed}")
+    else:
+        lines.append(f"errors: none in {runs} runs")
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+def against_markdown(results: dict[str, Any]) -> str:
+    machine = results["machine"]
+    summary = results["summary"]
+    lines = [
+        f"# Benchmark --against — {results['started_at']}",
+        "",
+        f"{_against_title(results)}: {_miss_path(results)}. "
+        f"{machine['cores']} cores, {machine['implementation']} {machine['python']}, "
+        f"load average at start {machine['load_average_at_start'][0]:.2f}, at end "
+        f"{machine['load_average_at_end'][0]:.2f}. Each run: warm-up ≥ "
+        f"{results['plan']['warmup_s']} s, window {results['plan']['duration_s']} s. Wall time "
+        f"{results['wall_s']:.0f} s.",
+        "",
+        "| figure this ÷ REF | median | Q1–Q3 |",
+        "|---|---:|---:|",
+    ]
+    for key, name, how in against.FIGURES:
+        figure = summary[key]
+        lines.append(
+            f"| {name} ({how}) | {figure['median']:.3f}× | {figure['q1']:.3f}–{figure['q3']:.3f}× |"
+        )
+    lines += [
+        "",
+        f"Quartiles: `{results['quartiles']}`.",
+        "",
+        "| pair | order | server CPU ms/call this / REF | ratio | calls/s this / REF | ratio "
+        "| p99 ms this / REF | ratio | errors this / REF |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for pair in results["pairs"]:
+        this, ref, ratios = pair[against.THIS], pair[against.REF], pair["ratios"]
+        lines.append(
+            f"| {pair['pair']} | {', '.join(pair['order'])} "
+            f"| {this['cpu']:.3f} / {ref['cpu']:.3f} | {ratios['cpu']:.3f}× "
+            f"| {_n(this['throughput'])} / {_n(ref['throughput'])} | {ratios['throughput']:.3f}× "
+            f"| {_n(this['p99'])} / {_n(ref['p99'])} | {ratios['p99']:.3f}× "
+            f"| {_errors(this)} / {_errors(ref)} |"
+        )
+    return "\n".join([*lines, ""])
