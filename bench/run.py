@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import _workload, memory, report
+from bench import _workload, against, bare_proxy, memory, report
 from bench import batch as batch_cell
 from bench._procfs import cpu_seconds, memory_kib
 from bench._services import Service, run_json
@@ -73,6 +74,8 @@ class Plan:
     memory_batches: tuple[int, ...] = (4, 8)
     #: Rounds of the batch cell (bench.batch): each one BatchRerank and 32 Rerank calls.
     batch_rounds: int = 20
+    #: Alternating pairs of `--against REF` (this server, REF's; then REF's, this one; ...).
+    against_pairs: int = 7
 
 
 FULL = Plan(
@@ -130,6 +133,7 @@ SMOKE = Plan(
     memory_calls=(8,),
     memory_batches=(1,),
     batch_rounds=2,
+    against_pairs=1,
 )
 #: The observability comparison: the proxied 20-document cell at this concurrency, on a server
 #: with everything off and one with it on, as below.
@@ -223,13 +227,40 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def _cells(plan: Plan) -> Iterator[tuple[str, int, int]]:
     """(path, documents, concurrency) in run order: echo first (the floor), then for each
-    cell direct and proxied back to back, so the two compared figures see the same noise."""
+    cell direct and proxied back to back, and after a proxied cell of the bare proxy's size
+    the bare proxy, so that the compared figures see the same noise."""
     for concurrency in plan.echo_concurrencies:
         yield "echo", 20, concurrency
     for documents in plan.documents:
         for concurrency in plan.concurrencies:
             yield "direct", documents, concurrency
             yield "proxied", documents, concurrency
+            if documents == bare_proxy.DOCUMENTS:
+                yield "bare", documents, concurrency
+
+
+def _mock(log: Path) -> Service:
+    """The mock gateway, on a free loopback port; `_v3_url` is the base URL to send it."""
+    return Service(
+        "mock gateway",
+        "rerank.mock_gateway",
+        ["--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
+        # The ready line names the v4 base URL; keep its origin (host and port).
+        r"mock gateway listening on (http://\S+)/v4/ai",
+        log,
+    )
+
+
+def _v3_url(mock: Service) -> str:
+    # v3, served on the same port: the workload (bench/_workload.py) and the server's gateway
+    # adapter both send specification version 3.
+    return f"{mock.address}/v3/ai"
+
+
+def _proxied_server_env() -> dict[str, str]:
+    """The environment of a server under measurement: the server's defaults otherwise, so
+    that its CPU per call is what it costs as shipped."""
+    return {"AI_GATEWAY_API_KEY": API_KEY, "RERANK_GRACE_PERIOD": "2", "RERANK_DRAIN_DELAY": "0"}
 
 
 async def _run(plan: Plan, out: Path) -> dict[str, Any]:
@@ -239,19 +270,8 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
     cells: list[dict[str, Any]] = []
     # Starting and stopping the services blocks this loop on purpose: nothing else runs yet.
     with contextlib.ExitStack() as stack:
-        mock = stack.enter_context(
-            Service(
-                "mock gateway",
-                "rerank.mock_gateway",
-                ["--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
-                # The ready line names the v4 base URL; keep its origin (host and port).
-                r"mock gateway listening on (http://\S+)/v4/ai",
-                out / f"{plan.name}-mock.log",
-            )
-        )
-        # v3, served on the same port: the workload (bench/_workload.py) and the server's
-        # gateway adapter both send specification version 3.
-        mock_url = f"{mock.address}/v3/ai"
+        mock = stack.enter_context(_mock(out / f"{plan.name}-mock.log"))
+        mock_url = _v3_url(mock)
         server = stack.enter_context(
             Service(
                 "rerank server",
@@ -269,12 +289,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
                 ],
                 r"rerank server listening on (\S+:\d+)",
                 out / f"{plan.name}-server.log",
-                # The server's defaults otherwise: its CPU per call is what it costs as shipped.
-                env={
-                    "AI_GATEWAY_API_KEY": API_KEY,
-                    "RERANK_GRACE_PERIOD": "2",
-                    "RERANK_DRAIN_DELAY": "0",
-                },
+                env=_proxied_server_env(),
             )
         )
         echo = stack.enter_context(
@@ -286,12 +301,31 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
                 out / f"{plan.name}-echo.log",
             )
         )
+        bare = stack.enter_context(
+            Service(
+                "bare proxy",
+                "bench.bare_proxy",
+                [
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--upstream",
+                    mock_url,
+                    "--api-key",
+                    API_KEY,
+                ],
+                r"bare proxy listening on (\S+:\d+)",
+                out / f"{plan.name}-bare.log",
+            )
+        )
         targets = {
             "direct": (mock_url, {"mock": mock.pid}),
             "proxied": (server.address, {"server": server.pid, "mock": mock.pid}),
+            "bare": (bare.address, {"bare": bare.pid, "mock": mock.pid}),
             "echo": (echo.address, {"echo": echo.pid}),
         }
-        pids = {"mock": mock.pid, "server": server.pid, "echo": echo.pid}
+        pids = {"mock": mock.pid, "server": server.pid, "bare": bare.pid, "echo": echo.pid}
 
         probe = LoopProbe(server.address)
         try:
@@ -376,11 +410,7 @@ async def _compare_workers(
             ],
             r"rerank server listening on (\S+:\d+)",
             out / f"{plan.name}-server-workers.log",
-            env={
-                "AI_GATEWAY_API_KEY": API_KEY,
-                "RERANK_GRACE_PERIOD": "2",
-                "RERANK_DRAIN_DELAY": "0",
-            },
+            env=_proxied_server_env(),
         )
     )
     rows = []
@@ -602,6 +632,105 @@ async def _compare_observability(
     }
 
 
+@dataclass(frozen=True)
+class AgainstCell:
+    """The proxied cell `--against` runs on both servers."""
+
+    documents: int = 20
+    concurrency: int = 32
+
+
+async def _run_against(
+    plan: Plan,
+    ref: against.Ref,
+    ref_python: Path,
+    cell: AgainstCell,
+    pairs: int,
+    out: Path,
+) -> dict[str, Any]:
+    """This checkout's server and REF's, each one worker in front of one mock, the same proxied
+    cell run on each in alternating pairs (this, REF; then REF, this; ...) so that the noise and
+    drift of the shared machine fall on both; each pair gives this ÷ REF of each figure."""
+    started = time.monotonic()
+    started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    machine = _machine()
+    stem = f"against-{ref.short}"
+    runs: list[dict[str, Any]] = []
+    pair_rows: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        mock = stack.enter_context(_mock(out / f"{stem}-mock.log"))
+        servers = {
+            side: stack.enter_context(
+                Service(
+                    f"rerank server ({side})",
+                    "rerank.server",
+                    [
+                        *("--workers", "1", "--metrics-port", "0"),
+                        *("--host", "127.0.0.1", "--port", "0", "--gateway-url", _v3_url(mock)),
+                    ],
+                    r"rerank server listening on (\S+:\d+)",
+                    out / f"{stem}-server-{side}.log",
+                    env=_proxied_server_env(),
+                    python=python,
+                )
+            )
+            for side, python in ((against.THIS, Path(sys.executable)), (against.REF, ref_python))
+        }
+        for number in range(pairs):
+            measured: dict[str, dict[str, Any]] = {}
+            for position, side in enumerate(against.pair_order(number)):
+                server = servers[side]
+                result = await _loadgen(
+                    CellConfig(
+                        path="proxied",
+                        target=server.address,
+                        documents=cell.documents,
+                        concurrency=cell.concurrency,
+                        warmup_s=plan.warmup_s,
+                        duration_s=plan.duration_s,
+                        max_calls=None,
+                        call_timeout_s=CALL_TIMEOUT_S,
+                        watch_pids={"server": server.pid, "mock": mock.pid},
+                        api_key=API_KEY,
+                    )
+                )
+                completed = max(1, result["calls"] + result["errors"])
+                measured[side] = {
+                    "pair": number,
+                    "position": position,
+                    "server": side,
+                    "calls": result["calls"],
+                    "errors": result["errors"],
+                    "error_kinds": result["error_kinds"],
+                    "throughput": result["throughput"],
+                    "latency_ms": result["latency_ms"],
+                    "window_s": result["window_s"],
+                    "cpu_ms_per_call": {
+                        name: 1000 * seconds / completed
+                        for name, seconds in result["cpu_s"].items()
+                    },
+                }
+                runs.append(measured[side])
+            row = against.pair_ratios(number, measured[against.THIS], measured[against.REF])
+            pair_rows.append(row)
+            print(report.against_pair_line(row), flush=True)
+    machine["load_average_at_end"] = list(os.getloadavg())
+    return {
+        "plan": asdict(plan),
+        "started_at": started_at,
+        "wall_s": time.monotonic() - started,
+        "machine": machine,
+        "this": against.describe_checkout(),
+        "ref": {"name": ref.name, "sha": ref.sha},
+        "cell": {"path": "proxied", **asdict(cell)},
+        "call_timeout_s": CALL_TIMEOUT_S,
+        "quartiles": against.QUARTILES,
+        "runs": runs,
+        "pairs": pair_rows,
+        "summary": against.summarize(pair_rows),
+    }
+
+
 def _recording_cost(calls: int = 20_000) -> float:
     """Microseconds of the metric recordings one proxied Rerank call makes (a cache miss, one
     window, one attempt that cost something), timed in this process into real metric files:
@@ -679,6 +808,14 @@ def _find(results: dict[str, Any], path: str, documents: int, concurrency: int) 
 def _ratios(results: dict[str, Any]) -> dict[str, Any]:
     """The goals, each from figures of this one run."""
     ratios: dict[str, Any] = {}
+    # The headline: the server's own work per call, over the least a Python proxy does.
+    for concurrency in results["plan"]["concurrencies"]:
+        proxied = _find(results, "proxied", bare_proxy.DOCUMENTS, concurrency)
+        bare = _find(results, "bare", bare_proxy.DOCUMENTS, concurrency)
+        if proxied and bare:
+            ratios[f"cpu_proxied20_over_bare_c{concurrency}"] = (
+                proxied["cpu_ms_per_call"]["server"] / bare["cpu_ms_per_call"]["bare"]
+            )
     for concurrency in (1, 64, 8):
         proxied = _find(results, "proxied", 20, concurrency)
         echo = _find(results, "echo", 20, concurrency)
@@ -746,17 +883,73 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="half durations, trimmed matrix (or BENCH_QUICK=1)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument(
+        "--against",
+        metavar="REF",
+        help="instead of the matrix: this checkout's server against REF's (a commit, tag or "
+        "branch, built in a virtualenv of its own), the same proxied cell in alternating pairs",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        help=f"--against: alternating pairs (default {FULL.against_pairs}; "
+        f"{SMOKE.against_pairs} with --smoke)",
+    )
+    parser.add_argument(
+        "--documents",
+        type=int,
+        help=f"--against: documents per call (default {AgainstCell.documents})",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help=f"--against: calls in flight (default {AgainstCell.concurrency})",
+    )
     args = parser.parse_args(argv)
+    if args.against is None and (args.pairs, args.documents, args.concurrency) != (None,) * 3:
+        parser.error("--pairs, --documents and --concurrency apply to --against only")
+    if any(
+        value is not None and value < 1 for value in (args.pairs, args.documents, args.concurrency)
+    ):
+        parser.error("--pairs, --documents and --concurrency take a whole number from 1")
     if args.smoke:
         plan = SMOKE
     elif args.quick or os.environ.get("BENCH_QUICK", "") not in ("", "0"):
         plan = QUICK
     else:
         plan = FULL
+    if args.against is not None:
+        try:
+            ref = against.resolve(args.against)
+        except against.UnknownRefError as error:
+            print(f"bench: {error}", file=sys.stderr)
+            return 2
+        return _main_against(plan, ref, args)
     print(f"bench: plan {plan.name}, writing {plan.name}.{{json,md,png}}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     results = asyncio.run(_run(plan, args.out))
     report.write(results, args.out / plan.name)
     print(report.summary(results), flush=True)
+    print(f"bench: done in {results['wall_s']:.0f} s", flush=True)
+    return 0
+
+
+def _main_against(plan: Plan, ref: against.Ref, args: argparse.Namespace) -> int:
+    cell = AgainstCell(
+        documents=args.documents or AgainstCell.documents,
+        concurrency=args.concurrency or AgainstCell.concurrency,
+    )
+    pairs = args.pairs or plan.against_pairs
+    stem = f"against-{ref.short}"
+    print(
+        f"bench: plan {plan.name}, this checkout against {ref.name} ({ref.short}), "
+        f"{pairs} pair(s), writing {stem}.{{json,md}}",
+        flush=True,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    ref_python = against.installed_python(ref, args.out / "against")
+    results = asyncio.run(_run_against(plan, ref, ref_python, cell, pairs, args.out))
+    report.write_against(results, args.out / stem)
+    print(report.against_summary(results), flush=True)
     print(f"bench: done in {results['wall_s']:.0f} s", flush=True)
     return 0
