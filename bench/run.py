@@ -34,7 +34,8 @@ from bench import batch as batch_cell
 from bench._procfs import cpu_seconds, memory_kib
 from bench._services import Service, run_json
 from bench.loadgen import CellConfig
-from rerank.server.metrics import Metrics, MetricsDirectory
+from rerank.server._prometheus import PrometheusRecorder
+from rerank.server.metrics import Metrics
 from tools.redis_server import INSTALL_HINT, RedisServer, redis_server_binary
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -733,29 +734,26 @@ async def _run_against(
 
 def _recording_cost(calls: int = 20_000) -> float:
     """Microseconds of the metric recordings one proxied Rerank call makes (a cache miss, one
-    window, one attempt that cost something), timed in this process into real metric files:
-    the part of the overhead that is ours, without the noise of the shared box."""
-    directory = MetricsDirectory()
-    metrics = Metrics.in_directory(directory.path)
-    try:
-        method = metrics.grpc_method("rerank.v1.RerankService/Rerank")
-        metrics.models_offered([_workload.MODEL])
-        cost = Decimal("0.002")
-        began = time.thread_time()  # CPU time: other processes on the box do not count
-        for _ in range(calls):
-            method.started.inc()
-            metrics.admitted(1)
-            metrics.documents(20)
-            metrics.cache_lookup("miss")
-            metrics.windows(1)
-            metrics.upstream_attempt("rerank", _workload.MODEL, "OK", 0.002, cost)
-            metrics.cache_size(1_000_000, 1000)
-            metrics.admitted(-1)
-            method.ended(grpc.StatusCode.OK, 0.003, 4000, 2000)
-        return (time.thread_time() - began) / calls * 1e6
-    finally:
-        metrics.close()
-        directory.close()
+    window, one attempt that cost something), timed in this process: the part of the overhead
+    that is ours, without the noise of the shared box. Into the storage prometheus-client chose
+    when this process imported it: the server's (files) only with PROMETHEUS_MULTIPROC_DIR set
+    before then, else memory."""
+    metrics = Metrics(PrometheusRecorder())
+    method = metrics.grpc_method("rerank.v1.RerankService/Rerank")
+    metrics.models_offered([_workload.MODEL])
+    cost = Decimal("0.002")
+    began = time.thread_time()  # CPU time: other processes on the box do not count
+    for _ in range(calls):
+        method.started.inc()
+        metrics.admitted(1)
+        metrics.documents(20)
+        metrics.cache_lookup("miss")
+        metrics.windows(1)
+        metrics.upstream_attempt("rerank", _workload.MODEL, "OK", 0.002, cost)
+        metrics.cache_size(1_000_000, 1000)
+        metrics.admitted(-1)
+        method.ended(grpc.StatusCode.OK, 0.003, 4000, 2000)
+    return (time.thread_time() - began) / calls * 1e6
 
 
 def _time_scrapes(server: Service) -> dict[str, float]:

@@ -11,7 +11,7 @@ A call travels, outermost first:
 
 The cache, windows and resilience are `domain.RerankerLayer`s around the gateway adapter.
 `errors` is the one error tree, `status` the one table from it to gRPC codes, `interceptors`
-applies it (and authentication, and gRPC's call metrics), `metrics` is what the server counts and
-the `/metrics` endpoint, `app` wires everything, `config` holds the settings, `workers` runs
-several processes on one port.
+applies it (and authentication, and gRPC's call metrics), `metrics` is what the server counts
+(`_prometheus` stores it and serves `/metrics`), `app` wires everything, `config` holds the
+settings, `workers` runs several processes on one port.
 """

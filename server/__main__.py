@@ -1,7 +1,10 @@
 """`python -m rerank.server` / `rerank-server`: read flags and environment once, then serve.
 
 This is the only module that reads the environment. Flags win over `RERANK_*` variables, which
-win over the defaults in `rerank.server.config.Settings`.
+win over the defaults in `rerank.server.config.Settings`. With metrics on, it also sets
+prometheus-client's storage for this process and its workers (`rerank.server._prometheus`): the
+library reads it once, when first imported, so nothing imported at the top here imports it,
+and the modules that do are imported once it is set.
 """
 
 from __future__ import annotations
@@ -12,18 +15,20 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import fields
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from rerank.server.app import StartupError, build_info, serve
 from rerank.server.callers import CallersFileError, load_directory
 from rerank.server.config import DEFAULT_GATEWAY_URL, About, SettingError, Settings, Upstream, parse
 from rerank.server.credentials import TokenFileError, read_token
 from rerank.server.logs import configure_logging
-from rerank.server.metrics import MetricsDirectory, MetricsEndpoint, serving_metrics
 from rerank.server.tracing import SAMPLERS
-from rerank.server.workers import run_workers
+
+if TYPE_CHECKING:
+    from rerank.server._prometheus import MetricsDirectory, MetricsEndpoint
 
 logger = logging.getLogger("rerank.server")
 
@@ -230,20 +235,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if settings.metrics_port is None:
         return _run(settings, None)
+    with metrics_storage(os.environ) as path:
+        return _serve_metrics(settings, path, settings.metrics_port)
+
+
+@contextlib.contextmanager
+def metrics_storage(environ: MutableMapping[str, str]) -> Iterator[Path]:
+    """A fresh private directory (mode 0700, a new name: no stale file of an earlier run is
+    read), made prometheus-client's storage in `environ` for this process and the workers it
+    forks (they inherit it); removed at exit."""
+    with tempfile.TemporaryDirectory(prefix="rerank-metrics-", ignore_cleanup_errors=True) as path:
+        environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        yield Path(path)
+
+
+def _serve_metrics(settings: Settings, path: Path, port: int) -> int:
+    # Imported here, once the storage is set: they import prometheus-client.
+    from rerank.server._prometheus import serving_metrics
+    from rerank.server.app import build_info
+
     try:
-        with serving_metrics(settings.host, settings.metrics_port, build_info(settings)) as metrics:
+        with serving_metrics(path, settings.host, port, build_info(settings)) as metrics:
             return _run(settings, metrics)
     except OSError as exc:  # binding the metrics port
         logger.error(
             "cannot serve metrics on %s:%d: %s",
             settings.host,
-            settings.metrics_port,
+            port,
             exc.strerror or exc,
         )
         return 1
 
 
 def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] | None) -> int:
+    # Imported here, once the storage is set: they import prometheus-client.
+    from rerank.server.app import StartupError, serve
+    from rerank.server.workers import run_workers
+
     def ready(port: int) -> None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:
             logger.warning(
@@ -272,13 +300,11 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
     try:
         if settings.workers > 1:
             return run_workers(settings, settings.workers, ready, metrics)
-        directory = None
         if metrics is not None:
-            directory = metrics[0].path
             metrics[1].start()
         # SIGINT before the handlers are installed (during start-up) must not print a traceback.
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(settings, lambda running: ready(running.port), directory))
+            asyncio.run(serve(settings, lambda running: ready(running.port), metrics is not None))
     except StartupError as exc:
         logger.error("%s", exc)
         return 1

@@ -16,7 +16,6 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -28,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from rerank.contract import max_response_bytes
+from rerank.server._prometheus import PrometheusRecorder
 from rerank.server.admission import Admission
 from rerank.server.breaker import BreakerState, CircuitBreaker
 from rerank.server.cache import CachingReranker
@@ -547,19 +547,17 @@ def return_large_blocks_when_freed() -> None:
 async def serve(
     settings: Settings,
     ready: Callable[[RunningServer], None],
-    metrics_directory: Path | None = None,
+    record_metrics: bool = False,
 ) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully; re-read the callers file on SIGHUP.
-    With `metrics_directory`, record metrics into this process's files there (the `/metrics`
-    endpoint reads them).
+    With `record_metrics`, record metrics in prometheus-client's storage (the files the
+    `/metrics` endpoint reads, which the server's entry chose).
 
     SIGTERM is how orchestrators and balancers' owners stop a server: NOT_SERVING, the drain
     delay, then the grace period. SIGINT is a person at a terminal (Ctrl-C), with no balancer
     to tell: it skips the drain, and cuts short one already under way.
     """
-    metrics = (
-        Metrics.disabled() if metrics_directory is None else Metrics.in_directory(metrics_directory)
-    )
+    metrics = Metrics(PrometheusRecorder()) if record_metrics else Metrics.disabled()
     return_large_blocks_when_freed()
     running = await start_server(settings, metrics=metrics)
     # Everything alive now (modules, descriptors, the wiring) lives as long as the process:

@@ -1,282 +1,65 @@
-"""Prometheus metrics: what the server counts, where it is kept, and the `/metrics` endpoint.
+"""What the server records, at the point where each thing happens: `Metrics`, handed by the app's
+wiring to every part that records, and `MeteredUpstream` around the gateway adapter.
 
-Storage is prometheus-client's multiprocess format: every process writes its own mmap'd files
-(one per kind, named after its pid) in one directory, and the process serving `/metrics` (the
-parent with `--workers N`, else the server itself) merges all of them on each scrape with
-prometheus-client's `MultiProcessCollector`. So one scrape covers every worker, and a worker
-that dies leaves its counters in its files: one restarted in its place writes new files under
-its new pid, so nothing is lost or counted twice. Gauges of per-process state are `livesum`:
-the parent deletes a dead worker's gauge files (`mark_process_dead`) and its cache or circuit
-stops counting.
+`Metrics` records through a `Recorder`: prometheus-client's own metrics in a registry of their
+own (`rerank.server._prometheus`), or nothing (`Metrics.disabled()`, at the cost of a method
+call). This module does not import prometheus-client, because the settings import it: the
+library decides where every metric of a process is stored when it is first imported, and the
+server's entry (`rerank.server.__main__`) must get to choose that after reading its settings.
 
-The same path serves `--workers 1`: one process writes and serves. Metrics are recorded only
-into files (no in-process registry), so there is one way to store and one way to read, tested
-once.
-
-Why a writer of our own over the library's file format, rather than its `Counter` and
-`Histogram` classes: in multiprocess mode those choose their storage once per process, at
-import, from the `PROMETHEUS_MULTIPROC_DIR` environment variable, and take a lock and a
-`getpid()` on every increment. Measured here: 2.0 µs per counter increment and 3.2 µs per
-histogram observation, against 0.6 µs and 1.2 µs for the writer below, with about twenty of them
-per call. The directory is passed in explicitly instead, so nothing here reads the environment.
-
-Recording sites call `Metrics` methods at the point where a thing happens; children (one label
-set of one metric) are created once and kept. `Metrics.disabled()` records nothing, at the cost
-of a method call.
+The children (one label set of one metric) that a call's path records into are made once and
+kept; rarer ones (retries, refusals) are looked up by the library on each use.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
-import glob
-import os
-import shutil
-import socket
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import Literal, Protocol
 
 import grpc
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.mmap_dict import MmapedDict, mmap_key
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
+from rerank.server._metric_families import (
+    ADMISSION_REFUSALS,
+    BATCH_REQUESTS,
+    BREAKER_STATE,
+    BREAKER_TRANSITIONS,
+    CACHE_BYTES,
+    CACHE_ENTRIES,
+    CACHE_REQUESTS,
+    CALLER_CALLS,
+    CALLER_REFUSALS,
+    COST,
+    DOCUMENTS,
+    GRPC_DURATION,
+    GRPC_RCVD,
+    GRPC_SENT,
+    GRPC_STARTED,
+    IN_FLIGHT,
+    LIMITS_DECIDED_LOCALLY,
+    NANOS_PER_DOLLAR,
+    REDIS_UP,
+    RETRIES,
+    RETRY_BUDGET_EXHAUSTED,
+    UPSTREAM_ATTEMPTS,
+    UPSTREAM_DURATION,
+    WINDOWS,
+    Family,
+)
 from rerank.server.domain import ModelInfo, Reranker, RerankerLayer, RerankOutcome, RerankQuery
 from rerank.server.errors import UpstreamError
-
-# gRFC A66's default buckets: latency in seconds, sizes in bytes.
-LATENCY_BUCKETS = (
-    0, 0.00001, 0.00005, 0.0001, 0.0003, 0.0006, 0.0008, 0.001, 0.002, 0.003, 0.004, 0.005,
-    0.006, 0.008, 0.01, 0.013, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13,
-    0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1, 2, 5, 10, 20, 50, 100,
-)  # fmt: skip
-SIZE_BUCKETS = (
-    0, 1024, 2048, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
-    268435456, 1073741824, 4294967296,
-)  # fmt: skip
-# The gateway's answers take milliseconds to a minute: fewer, wider buckets than A66's.
-UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-DOCUMENT_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-WINDOW_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 16, 32, 64)
 
 #: Models the gateway has answered for, at most: beyond it a new model counts as `other`, so a
 #: gateway that accepted any name could still not grow the label set without bound.
 MAX_MODEL_LABELS = 64
 OTHER = "other"
-#: The cost is counted in integer nano-dollars, exact in a float64 up to 2**53 of them (about
-#: nine million dollars per process and model); the scrape shows dollars.
-_NANOS_PER_DOLLAR = 10**9
-_COST_STORED = "rerank_gateway_cost_nanousd"
-_COST_SHOWN = "rerank_gateway_cost_usd"
-
-Kind = Literal["counter", "histogram", "gauge"]
-
-
-@dataclass(frozen=True)
-class Family:
-    """One metric: its name (without `_total`), help text, kind and label names."""
-
-    name: str
-    help: str
-    kind: Kind
-    labels: tuple[str, ...] = ()
-    buckets: tuple[float, ...] = ()
-
-
-def _f(name: str, help: str, kind: Kind, *labels: str, buckets: Iterable[float] = ()) -> Family:
-    return Family(name, help, kind, labels, tuple(buckets))
-
-
-# Every metric the server exports. README, "Operating it", has the same table for operators.
-GRPC_STARTED = _f("grpc_server_call_started", "RPCs started (gRFC A66).", "counter", "grpc_method")
-GRPC_DURATION = _f(
-    "grpc_server_call_duration_seconds",
-    "Time from the handler's start to its end, per RPC (gRFC A66).",
-    "histogram",
-    "grpc_method",
-    "grpc_status",
-    buckets=LATENCY_BUCKETS,
-)
-GRPC_RCVD = _f(
-    "grpc_server_call_rcvd_total_compressed_message_size_bytes",
-    "Bytes of the request messages of one RPC, serialized (gRFC A66; no compression is used).",
-    "histogram",
-    "grpc_method",
-    "grpc_status",
-    buckets=SIZE_BUCKETS,
-)
-GRPC_SENT = _f(
-    "grpc_server_call_sent_total_compressed_message_size_bytes",
-    "Bytes of the response messages of one RPC, serialized (gRFC A66; no compression is used).",
-    "histogram",
-    "grpc_method",
-    "grpc_status",
-    buckets=SIZE_BUCKETS,
-)
-UPSTREAM_ATTEMPTS = _f(
-    "rerank_upstream_attempts",
-    "Calls to the gateway (each retry and each window is one), by outcome: OK or the "
-    "ErrorInfo reason of the failure.",
-    "counter",
-    "operation",
-    "model",
-    "outcome",
-)
-UPSTREAM_DURATION = _f(
-    "rerank_upstream_attempt_duration_seconds",
-    "Time one call to the gateway took.",
-    "histogram",
-    "operation",
-    "model",
-    "outcome",
-    buckets=UPSTREAM_BUCKETS,
-)
-RETRIES = _f(
-    "rerank_upstream_retries",
-    "Gateway calls retried, by the ErrorInfo reason of the failure retried.",
-    "counter",
-    "reason",
-)
-RETRY_BUDGET_EXHAUSTED = _f(
-    "rerank_upstream_retry_budget_exhausted",
-    "Retryable failures not retried because the retry budget was spent.",
-    "counter",
-)
-BREAKER_STATE = _f(
-    "rerank_circuit_breaker_state",
-    "Worker processes whose gateway circuit is in this state (closed, open, half_open).",
-    "gauge",
-    "state",
-)
-BREAKER_TRANSITIONS = _f(
-    "rerank_circuit_breaker_transitions",
-    "Changes of a worker's gateway circuit, by the state entered.",
-    "counter",
-    "to",
-)
-CACHE_REQUESTS = _f(
-    "rerank_cache_requests",
-    "Result cache lookups: hit (from memory), coalesced (shared an identical call in flight), "
-    "miss (went upstream). Requests that bypass the cache are not counted.",
-    "counter",
-    "result",
-)
-CACHE_BYTES = _f("rerank_cache_bytes", "Bytes the result caches hold (all workers).", "gauge")
-CACHE_ENTRIES = _f("rerank_cache_entries", "Entries in the result caches (all workers).", "gauge")
-WINDOWS = _f(
-    "rerank_windows_per_request",
-    "Upstream windows one request past the cache was split into (1: not split).",
-    "histogram",
-    buckets=WINDOW_BUCKETS,
-)
-DOCUMENTS = _f(
-    "rerank_documents_per_request",
-    "Documents in one valid Rerank request (or valid request of a BatchRerank).",
-    "histogram",
-    buckets=DOCUMENT_BUCKETS,
-)
-BATCH_REQUESTS = _f(
-    "rerank_batch_requests",
-    "Requests answered inside BatchRerank calls, by the status each got (the call itself is "
-    "counted with the gRPC metrics, OK however its requests fared).",
-    "counter",
-    "grpc_status",
-)
-ADMISSION_REFUSALS = _f(
-    "rerank_admission_refusals",
-    "Calls refused at once because the server was full, by the limit reached.",
-    "counter",
-    "reason",
-)
-IN_FLIGHT = _f(
-    "rerank_calls_in_flight",
-    "Rerank and ListModels calls, and requests of BatchRerank calls, admitted and not finished.",
-    "gauge",
-)
-COST = _f(
-    _COST_STORED,
-    "What the gateway charged, in US dollars, by model and named caller (empty: a caller "
-    "without a name). Exact: kept as integer nano-dollars.",
-    "counter",
-    "model",
-    "caller",
-)
-CALLER_CALLS = _f(
-    "rerank_caller_calls",
-    "Rerank calls of a named caller that its limits let through (answered from the cache or not).",
-    "counter",
-    "caller",
-)
-CALLER_REFUSALS = _f(
-    "rerank_caller_refusals",
-    "Rerank calls of a named caller that its own limits refused, by the ErrorInfo reason "
-    "(CALLER_RATE_LIMITED, CALLER_BUDGET_EXHAUSTED, MODEL_NOT_ALLOWED).",
-    "counter",
-    "caller",
-    "reason",
-)
-REDIS_UP = _f(
-    "rerank_redis_up",
-    "Worker processes that can use their Redis, by what it holds (limits, cache); a process "
-    "that cannot decides its named callers' limits itself (or serves uncached) until it can.",
-    "gauge",
-    "purpose",
-)
-LIMITS_DECIDED_LOCALLY = _f(
-    "rerank_limits_decided_locally",
-    "Calls of named callers whose limits were decided in the process because the limits' "
-    "Redis was away (fail open).",
-    "counter",
-)
-BUILD_INFO = _f(
-    "rerank_build_info",
-    "Always 1; the labels say which build and gateway protocol serve.",
-    "gauge",
-    "version",
-    "gateway_protocol",
-)
-FAMILIES = (
-    GRPC_STARTED,
-    GRPC_DURATION,
-    GRPC_RCVD,
-    GRPC_SENT,
-    UPSTREAM_ATTEMPTS,
-    UPSTREAM_DURATION,
-    RETRIES,
-    RETRY_BUDGET_EXHAUSTED,
-    BREAKER_STATE,
-    BREAKER_TRANSITIONS,
-    CACHE_REQUESTS,
-    CACHE_BYTES,
-    CACHE_ENTRIES,
-    WINDOWS,
-    DOCUMENTS,
-    BATCH_REQUESTS,
-    ADMISSION_REFUSALS,
-    IN_FLIGHT,
-    COST,
-    CALLER_CALLS,
-    CALLER_REFUSALS,
-    REDIS_UP,
-    LIMITS_DECIDED_LOCALLY,
-    BUILD_INFO,
-)
 CACHE_RESULTS = ("hit", "miss", "coalesced")
 ADMISSION_REASONS = ("concurrent_calls", "inflight_bytes")
 BREAKER_STATES = ("closed", "open", "half_open")
 
 
-# --- Children: one label set of one metric -----------------------------------------------------
+# --- Children: one label set of one metric, and what makes them ------------------------------
 
 
 class Counter(Protocol):
@@ -284,140 +67,44 @@ class Counter(Protocol):
 
 
 class Histogram(Protocol):
-    def observe(self, value: float) -> None: ...
+    def observe(self, amount: float, /) -> None: ...
 
 
 class Gauge(Protocol):
-    def set(self, value: float) -> None: ...
-    def add(self, amount: float) -> None: ...
+    def set(self, value: float, /) -> None: ...
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class Recorder(Protocol):
+    """The child of `family` with `labels` (all of its label names), made on first use."""
+
+    def counter(self, family: Family, **labels: str) -> Counter: ...
+    def gauge(self, family: Family, **labels: str) -> Gauge: ...
+    def histogram(self, family: Family, **labels: str) -> Histogram: ...
 
 
 class _Nothing:
-    """Every child of disabled metrics: records nothing."""
+    """Every child, and the recorder, of disabled metrics: records nothing."""
 
     __slots__ = ()
 
     def inc(self, amount: float = 1) -> None:
         pass
 
-    def observe(self, value: float) -> None:
+    def observe(self, amount: float, /) -> None:
         pass
 
-    def set(self, value: float) -> None:
+    def set(self, value: float, /) -> None:
         pass
-
-    def add(self, amount: float) -> None:
-        pass
-
-
-_NOTHING = _Nothing()
-
-
-class _File(Protocol):
-    """`prometheus_client.mmap_dict.MmapedDict`, typed."""
-
-    def read_value(self, key: str) -> tuple[float, float]: ...
-    def write_value(self, key: str, value: float, timestamp: float) -> None: ...
-    def close(self) -> None: ...
-
-
-class _Slot:
-    """One value in a metric file: kept in memory, written through on every change."""
-
-    __slots__ = ("_file", "_key", "value")
-
-    def __init__(self, file: _File, key: str) -> None:
-        self._file = file
-        self._key = key
-        # A file of this pid may exist already (a pid reused by a restarted worker): go on from it.
-        self.value = file.read_value(key)[0]
-
-    def inc(self, amount: float = 1) -> None:
-        self.value += amount
-        self._file.write_value(self._key, self.value, 0.0)
-
-    def set(self, value: float) -> None:
-        self.value = value
-        self._file.write_value(self._key, value, 0.0)
-
-    add = inc
-
-
-class _Histogram:
-    """Buckets and sum, as prometheus-client stores them (it derives `_count` from the buckets)."""
-
-    __slots__ = ("_bounds", "_buckets", "_sum")
-
-    def __init__(self, bounds: tuple[float, ...], buckets: list[_Slot], total: _Slot) -> None:
-        self._bounds = bounds
-        self._buckets = buckets
-        self._sum = total
-
-    def observe(self, value: float) -> None:
-        # `le` is inclusive: the first bound ≥ value; past the last one, +Inf.
-        self._buckets[bisect.bisect_left(self._bounds, value)].inc()
-        self._sum.inc(value)
-
-
-class _Files:
-    """This process's metric files in `directory`, one per kind, as `MultiProcessCollector`
-    reads them: `counter_PID.db`, `histogram_PID.db`, `gauge_livesum_PID.db`."""
-
-    def __init__(self, directory: Path) -> None:
-        self._directory = directory
-        self._pid = os.getpid()
-        self._open: dict[str, _File] = {}
-
-    def slot(self, family: Family, sample: str, labels: Mapping[str, str]) -> _Slot:
-        kind = "gauge_livesum" if family.kind == "gauge" else family.kind
-        file = self._open.get(kind)
-        if file is None:
-            path = str(self._directory / f"{kind}_{self._pid}.db")
-            file = self._open[kind] = cast(_File, MmapedDict(path))  # type: ignore[no-untyped-call]
-        key = mmap_key(family.name, sample, list(labels), list(labels.values()), family.help)
-        return _Slot(file, key)
-
-    def close(self) -> None:
-        for file in self._open.values():
-            file.close()
-        self._open.clear()
-
-
-def _go_float(bound: float) -> str:
-    """A bucket bound as prometheus-client writes `le` (`0.005`, `1.0`, `+Inf`)."""
-    text: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
-    return text
-
-
-class _Recorder:
-    """Makes children: in files, or nothing when metrics are off."""
-
-    def __init__(self, files: _Files | None) -> None:
-        self._files = files
 
     def counter(self, family: Family, **labels: str) -> Counter:
-        if self._files is None:
-            return _NOTHING
-        return self._files.slot(family, family.name + "_total", labels)
+        return self
 
     def gauge(self, family: Family, **labels: str) -> Gauge:
-        if self._files is None:
-            return _NOTHING
-        return self._files.slot(family, family.name, labels)
+        return self
 
     def histogram(self, family: Family, **labels: str) -> Histogram:
-        if self._files is None:
-            return _NOTHING
-        bounds = (*family.buckets, float("inf"))
-        buckets = [
-            self._files.slot(family, family.name + "_bucket", {**labels, "le": _go_float(b)})
-            for b in bounds
-        ]
-        return _Histogram(bounds, buckets, self._files.slot(family, family.name + "_sum", labels))
-
-    def close(self) -> None:
-        if self._files is not None:
-            self._files.close()
+        return self
 
 
 # --- What the server records ---------------------------------------------------------------------
@@ -426,7 +113,7 @@ class _Recorder:
 class GrpcMethodMetrics:
     """The A66 metrics of one method: started, and per status duration and sizes."""
 
-    def __init__(self, recorder: _Recorder, method: str) -> None:
+    def __init__(self, recorder: Recorder, method: str) -> None:
         self._recorder = recorder
         self._method = method
         self.started = recorder.counter(GRPC_STARTED, grpc_method=method)
@@ -448,18 +135,18 @@ class GrpcMethodMetrics:
 
 
 class Metrics:
-    """Everything one process records. Made in the app's wiring and handed to the parts that
-    record; `Metrics.disabled()` when no metrics port is set."""
+    """Everything one process records. Made in the app's wiring (with a recorder from
+    `rerank.server._prometheus`) and handed to the parts that record; `Metrics.disabled()` when
+    no metrics port is set."""
 
-    def __init__(self, files: _Files | None) -> None:
-        recorder = self._recorder = _Recorder(files)
-        self.enabled = files is not None
+    def __init__(self, recorder: Recorder | None) -> None:
+        self.enabled = recorder is not None
+        recorder = self._recorder = recorder or _Nothing()
+        # Children a call's path records into, by label values only known as calls come.
         self._grpc_methods: dict[str, GrpcMethodMetrics] = {}
         self._upstream: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self._costs: dict[tuple[str, str], Counter] = {}
         self._caller_calls: dict[str, Counter] = {}
-        self._caller_refusals: dict[tuple[str, str], Counter] = {}
-        self._retries: dict[str, Counter] = {}
         self._answered_models: set[str] = set()
         # Children of label values known in advance exist from the start (at 0), so a first
         # increment is an increase Prometheus can see, and the series are there to alert on.
@@ -481,22 +168,16 @@ class Metrics:
         self._in_flight.set(0)
         self._windows = recorder.histogram(WINDOWS)
         self._documents = recorder.histogram(DOCUMENTS)
-        self._batch_requests = {
-            grpc.StatusCode.OK: recorder.counter(BATCH_REQUESTS, grpc_status="OK")
-        }
+        self._batch_ok = recorder.counter(BATCH_REQUESTS, grpc_status="OK")
         self.breaker_state("closed")
 
     @classmethod
     def disabled(cls) -> Metrics:
         return cls(None)
 
-    @classmethod
-    def in_directory(cls, directory: Path) -> Metrics:
-        """Record into this process's files in `directory` (a `MetricsDirectory`)."""
-        return cls(_Files(directory))
-
     def close(self) -> None:
-        self._recorder.close()
+        """Nothing to release: prometheus-client keeps a process's files open for the life of
+        the process, shared by all of its metrics."""
 
     # gRPC (the interceptor)
 
@@ -514,16 +195,14 @@ class Metrics:
 
     def batch_request(self, code: grpc.StatusCode) -> None:
         """One request of a BatchRerank was answered with `code` (OK: its response)."""
-        child = self._batch_requests.get(code)
-        if child is None:
-            child = self._batch_requests[code] = self._recorder.counter(
-                BATCH_REQUESTS, grpc_status=code.name
-            )
-        child.inc()
+        if code is grpc.StatusCode.OK:
+            self._batch_ok.inc()
+        else:
+            self._recorder.counter(BATCH_REQUESTS, grpc_status=code.name).inc()
 
     def admitted(self, delta: int) -> None:
         """A call entered (+1) or left (-1) the server's admission."""
-        self._in_flight.add(delta)
+        self._in_flight.inc(delta)
 
     def refused(self, reason: Literal["concurrent_calls", "inflight_bytes"]) -> None:
         self._refusals[reason].inc()
@@ -543,10 +222,7 @@ class Metrics:
     # Resilience
 
     def retry(self, reason: str) -> None:
-        counter = self._retries.get(reason)
-        if counter is None:
-            counter = self._retries[reason] = self._recorder.counter(RETRIES, reason=reason)
-        counter.inc()
+        self._recorder.counter(RETRIES, reason=reason).inc()
 
     def retry_budget_exhausted(self) -> None:
         self._budget_exhausted.inc()
@@ -634,17 +310,12 @@ class Metrics:
 
     def caller_refused(self, caller: str, reason: str) -> None:
         """A named caller's call was refused by its own limits, for `reason`."""
-        counter = self._caller_refusals.get((caller, reason))
-        if counter is None:
-            counter = self._caller_refusals[(caller, reason)] = self._recorder.counter(
-                CALLER_REFUSALS, caller=caller, reason=reason
-            )
-        counter.inc()
+        self._recorder.counter(CALLER_REFUSALS, caller=caller, reason=reason).inc()
 
 
 def nano_dollars(cost: Decimal) -> int:
     """`cost` in whole nano-dollars (rounded half-even below one nano-dollar)."""
-    return int((cost * _NANOS_PER_DOLLAR).to_integral_value())
+    return int((cost * NANOS_PER_DOLLAR).to_integral_value())
 
 
 class MeteredUpstream(RerankerLayer):
@@ -697,143 +368,3 @@ class MeteredUpstream(RerankerLayer):
         else:
             outcome = "CANCELLED"  # the caller left, or the server is stopping
         self._metrics.upstream_attempt(operation, model, outcome, self._clock() - started, None)
-
-
-# --- The directory and the endpoint ----------------------------------------------------------
-
-
-class MetricsDirectory:
-    """A fresh private directory for the metric files of every process of one server; removed
-    by `close()`. Made by the process that serves `/metrics`, before any worker starts."""
-
-    def __init__(self) -> None:
-        # mkdtemp: mode 0700, a new name each time, so no stale file of an earlier run is read.
-        self.path = Path(tempfile.mkdtemp(prefix="rerank-metrics-"))
-
-    def process_dead(self, pid: int) -> None:
-        """A worker exited: its `livesum` gauges (cache, circuit, in flight) stop counting; its
-        counters and histograms stay, so totals do not drop when a worker is replaced."""
-        mark_process_dead(pid, str(self.path))  # type: ignore[no-untyped-call]
-
-    def close(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-class Exposition:
-    """What a scrape returns: every process's files merged, the cost shown in dollars, and the
-    build info."""
-
-    def __init__(self, directory: Path, build_info: Mapping[str, str]) -> None:
-        self._directory = directory
-        self._build_info = dict(build_info)
-
-    def collect(self) -> Iterator[Metric]:
-        files = glob.glob(str(self._directory / "*.db"))
-        merged: Iterable[Metric] = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
-        for metric in merged:
-            yield _in_dollars(metric) if metric.name == _COST_STORED else metric
-        info = Metric(BUILD_INFO.name, BUILD_INFO.help, "gauge")
-        info.add_sample(BUILD_INFO.name, self._build_info, 1)
-        yield info
-
-
-def _in_dollars(metric: Metric) -> Metric:
-    """The nano-dollar counter as dollars: an integer over 10**9, divided once and correctly
-    rounded, prints as the exact decimal sum (a float sum of 0.001s would not)."""
-    shown = Metric(_COST_SHOWN, metric.documentation, "counter")
-    for sample in metric.samples:
-        name = sample.name.replace(_COST_STORED, _COST_SHOWN, 1)
-        shown.samples.append(
-            Sample(name, sample.labels, int(sample.value) / _NANOS_PER_DOLLAR, None, None)
-        )
-    return shown
-
-
-class MetricsEndpoint:
-    """`GET /metrics` on `host:port` (0: a free port), in the Prometheus text format.
-
-    The socket is bound when this is made (so a taken port fails at start, before any worker
-    exists) and served by a daemon thread from `start()`: the event loop of a server process
-    never renders a scrape. A worker forked after it closes its copy with `close_in_child()`.
-    """
-
-    def __init__(self, host: str, port: int, exposition: Exposition) -> None:
-        # Held while a scrape renders, and by `quiet()`: see there.
-        self._rendering = threading.Lock()
-        handler = type(
-            "Handler", (_Handler,), {"exposition": exposition, "rendering": self._rendering}
-        )
-        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
-        self._server = server_class((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-        self.host = host
-        self.port: int = self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metrics", daemon=True
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-        self._server.server_close()
-
-    def quiet(self) -> threading.Lock:
-        """Hold off rendering while this is held, for a fork: the workers' parent forks a
-        replacement while this endpoint's threads run, and a lock a scrape holds (the
-        library's, a file's) would stay held for ever in the child. Use as `with quiet():`."""
-        return self._rendering
-
-    def close_in_child(self) -> None:
-        """In a forked worker: release the inherited socket (no thread runs there)."""
-        self._server.socket.close()
-
-
-class _IPv6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
-class _Handler(BaseHTTPRequestHandler):
-    exposition: Exposition
-    rendering: threading.Lock
-
-    def do_GET(self) -> None:
-        if self.path.split("?", 1)[0] != "/metrics":
-            self.send_error(404, "only /metrics is served here")
-            return
-        with self.rendering:
-            body = generate_latest(self.exposition)
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # a scrape every few seconds is not news
-
-
-@contextlib.contextmanager
-def serving_metrics(
-    host: str, port: int, build_info: Mapping[str, str]
-) -> Iterator[tuple[MetricsDirectory, MetricsEndpoint]]:
-    """A directory and an endpoint over it, bound (raises OSError when the port is taken);
-    both closed and removed at exit."""
-    directory = MetricsDirectory()
-    try:
-        endpoint = MetricsEndpoint(host, port, Exposition(directory.path, build_info))
-        try:
-            yield directory, endpoint
-        finally:
-            endpoint.close()
-    finally:
-        directory.close()

@@ -25,7 +25,7 @@ Workers tell the parent how their start went over one pipe, a line each: `<pid> 
 `signal.set_wakeup_fd`, so one `select` waits for workers, signals and timers alike.
 
 With metrics on, the parent also serves `/metrics` over the files every worker writes
-(`rerank.server.metrics`), and when a worker exits it drops that worker's live gauges. That
+(`rerank.server._prometheus`), and when a worker exits it drops that worker's live gauges. That
 endpoint runs threads in the parent, which then forks replacements: each fork happens while
 the endpoint holds off rendering (`MetricsEndpoint.quiet`), so no lock a scrape takes is held
 in the child.
@@ -45,11 +45,10 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
+from rerank.server._prometheus import MetricsDirectory, MetricsEndpoint
 from rerank.server.app import RunningServer, StartupError, refuse_taken_port, serve
 from rerank.server.config import Settings
-from rerank.server.metrics import MetricsDirectory, MetricsEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -217,8 +216,7 @@ class _Supervisor:
             status = 1
             try:
                 self._become_worker()
-                directory = self._metrics[0].path if self._metrics is not None else None
-                status = _worker(self._settings, self._status_write, directory)
+                status = _worker(self._settings, self._status_write, self._metrics is not None)
             finally:
                 os._exit(status)
         slot.pid, slot.started, slot.listening, slot.reason = pid, time.monotonic(), False, ""
@@ -387,7 +385,7 @@ def _wake(_signum: int, _frame: object) -> None:
     """A handler that does nothing: the wakeup fd carries the signal to the loop."""
 
 
-def _worker(settings: Settings, status_write: int, metrics_directory: Path | None) -> int:
+def _worker(settings: Settings, status_write: int, record_metrics: bool) -> int:
     def report(message: str) -> None:
         line = f"{os.getpid()} {message}".replace("\n", " ")[:2000] + "\n"
         os.write(status_write, line.encode())
@@ -397,7 +395,7 @@ def _worker(settings: Settings, status_write: int, metrics_directory: Path | Non
 
     try:
         try:
-            asyncio.run(serve(settings, listening, metrics_directory))
+            asyncio.run(serve(settings, listening, record_metrics))
         finally:
             # Closing the loop put SIGHUP's default action (death) back; a reload sent now
             # must not turn a clean exit, or a failed start's reason, into "killed by SIGHUP".

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
+from rerank.server._prometheus import Exposition, PrometheusRecorder
 
 
 class Scrape:
@@ -18,6 +21,11 @@ class Scrape:
             for family in text_string_to_metric_families(text)
             for sample in family.samples
         ]
+
+    @classmethod
+    def of(cls, recorder: PrometheusRecorder) -> Scrape:
+        """What `/metrics` shows of what `recorder` holds (an in-process server's metrics)."""
+        return cls(generate_latest(Exposition(recorder.registry, {"version": "test"})).decode())
 
     def total(self, name: str, **labels: str) -> float:
         """The sum of `name` over every sample whose labels include `labels`."""

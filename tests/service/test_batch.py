@@ -28,12 +28,13 @@ from hypothesis import strategies as st
 
 from rerank.client import AsyncRerankClient, RerankClientError, RerankRequest
 from rerank.contract import to_struct
+from rerank.server._prometheus import PrometheusRecorder
 from rerank.server.admission import HELD_PER_REQUEST_BYTE
 from rerank.server.app import RunningServer
 from rerank.server.config import Settings, Upstream
 from rerank.server.domain import ModelInfo, Reranker, RerankOutcome, RerankQuery
 from rerank.server.logs import ACCESS_LOGGER
-from rerank.server.metrics import Metrics, MetricsDirectory
+from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
@@ -586,16 +587,13 @@ async def test_each_request_is_counted_with_its_status(
     serve: Callable[..., Any], channels: list[grpc.aio.Channel]
 ) -> None:
     """The call is one OK RPC in gRPC's metrics; its requests are counted one by one."""
-    directory = MetricsDirectory()
-    try:
-        running = await serve(FAST, metrics=Metrics.in_directory(directory.path))
-        stub = stub_for(running, channels)
-        requests = [seed_request(), seed_request(query=""), seed_request(query="Berlin")]
-        await stub.BatchRerank(batch(*requests), timeout=10)
-        method = "rerank.v1.RerankService/BatchRerank"
-        result = await scrape_until(directory, lambda s: ended(s, method, "OK") == 1)
-    finally:
-        directory.close()
+    recorder = PrometheusRecorder()
+    running = await serve(FAST, metrics=Metrics(recorder))
+    stub = stub_for(running, channels)
+    requests = [seed_request(), seed_request(query=""), seed_request(query="Berlin")]
+    await stub.BatchRerank(batch(*requests), timeout=10)
+    method = "rerank.v1.RerankService/BatchRerank"
+    result = await scrape_until(recorder, lambda s: ended(s, method, "OK") == 1)
     counted = "rerank_batch_requests_total"
     assert result.total(counted, grpc_status="OK") == 2
     assert result.total(counted, grpc_status="INVALID_ARGUMENT") == 1

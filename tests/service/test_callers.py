@@ -22,13 +22,13 @@ from cryptography import x509
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client import generate_latest
 
 from rerank.client import AsyncRerankClient, CallerUsage, ServerError, UnauthenticatedError
+from rerank.server._prometheus import PrometheusRecorder
 from rerank.server.app import start_server
 from rerank.server.config import Settings, Upstream
 from rerank.server.limits import seconds_to_next_utc_midnight
-from rerank.server.metrics import Exposition, Metrics, MetricsDirectory
+from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
@@ -300,10 +300,8 @@ async def test_the_callers_name_reaches_the_gateway_as_its_user(
 
 
 async def test_metrics_tell_calls_refusals_and_spend_by_caller(tmp_path: Path) -> None:
-    directory = MetricsDirectory()
-    running = await start_server(
-        settings_for(callers_file(tmp_path)), metrics=Metrics.in_directory(directory.path)
-    )
+    recorder = PrometheusRecorder()
+    running = await start_server(settings_for(callers_file(tmp_path)), metrics=Metrics(recorder))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = pb_grpc.RerankServiceStub(channel)
@@ -317,10 +315,9 @@ async def test_metrics_tell_calls_refusals_and_spend_by_caller(tmp_path: Path) -
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await stub.Rerank(cheap, metadata=bearer(BUDGETED), timeout=5)
             await stub.Rerank(cheap, metadata=bearer(LEGACY), timeout=5)
-        seen = Scrape(generate_latest(Exposition(directory.path, {"version": "t"})).decode())
+        seen = Scrape.of(recorder)
     finally:
         await running.stop()
-        directory.close()
     calls, refusals = "rerank_caller_calls_total", "rerank_caller_refusals_total"
     # Three calls let through, the first one went upstream, two came from its cache.
     assert seen.total(calls, caller="search-api") == 3

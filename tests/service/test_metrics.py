@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -15,11 +15,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client import generate_latest
 
+from rerank.server._prometheus import PrometheusRecorder
 from rerank.server.app import RunningServer
 from rerank.server.config import Settings
-from rerank.server.metrics import Exposition, Metrics, MetricsDirectory
+from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_MODEL
@@ -35,18 +35,14 @@ REFLECTION = "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
 
 @pytest.fixture
-def directory() -> Iterator[MetricsDirectory]:
-    made = MetricsDirectory()
-    yield made
-    made.close()
+def recorder() -> PrometheusRecorder:
+    return PrometheusRecorder()
 
 
 @pytest.fixture
-def serve(servers: StartServer, directory: MetricsDirectory) -> StartServer:
-    """Start a server recording metrics into `directory` (FAST unless told otherwise)."""
-    return lambda settings=FAST, **kwargs: servers(
-        settings, metrics=Metrics.in_directory(directory.path), **kwargs
-    )
+def serve(servers: StartServer, recorder: PrometheusRecorder) -> StartServer:
+    """Start a server recording metrics into `recorder` (FAST unless told otherwise)."""
+    return lambda settings=FAST, **kwargs: servers(settings, metrics=Metrics(recorder), **kwargs)
 
 
 @pytest.fixture
@@ -62,18 +58,14 @@ async def channel_to() -> AsyncIterator[Callable[[RunningServer], grpc.aio.Chann
         await channel.close()
 
 
-def scrape(directory: MetricsDirectory) -> Scrape:
-    return Scrape(generate_latest(Exposition(directory.path, {"version": "test"})).decode())
-
-
 async def scrape_until(
-    directory: MetricsDirectory, holds: Callable[[Scrape], bool], timeout: float = 10
+    recorder: PrometheusRecorder, holds: Callable[[Scrape], bool], timeout: float = 10
 ) -> Scrape:
     """Scrape until `holds` is true of a scrape (a call's end is recorded as its handler
     returns, which may be a moment after the caller has its answer)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not holds(result := scrape(directory)):
+    while not holds(result := Scrape.of(recorder)):
         assert loop.time() < deadline, result.text
         await asyncio.sleep(0.02)
     return result
@@ -86,7 +78,7 @@ def ended(result: Scrape, method: str, status: str) -> float:
 
 
 async def test_every_call_is_counted_by_method_and_status(
-    serve: Any, channel_to: Any, directory: MetricsDirectory
+    serve: Any, channel_to: Any, recorder: PrometheusRecorder
 ) -> None:
     channel = channel_to(await serve())
     stub = pb_grpc.RerankServiceStub(channel)
@@ -111,7 +103,7 @@ async def test_every_call_is_counted_by_method_and_status(
         await channel.unary_stream(f"/{WATCH}")(b"\xff\xff\xff", timeout=10).read()
     assert undecodable.value.code() is grpc.StatusCode.UNKNOWN
 
-    result = await scrape_until(directory, lambda s: ended(s, REFLECTION, "OK") == 1)
+    result = await scrape_until(recorder, lambda s: ended(s, REFLECTION, "OK") == 1)
     assert result.total("grpc_server_call_started_total", grpc_method=RERANK) == 3
     assert ended(result, RERANK, "OK") == 1
     assert ended(result, RERANK, "INVALID_ARGUMENT") == 2
@@ -135,21 +127,21 @@ async def test_every_call_is_counted_by_method_and_status(
 
 
 async def test_a_watch_is_one_call_that_ends_when_the_caller_leaves(
-    serve: Any, channel_to: Any, directory: MetricsDirectory
+    serve: Any, channel_to: Any, recorder: PrometheusRecorder
 ) -> None:
     channel = channel_to(await serve())
     watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
     first = await watch.read()
     assert first.status == health_pb2.HealthCheckResponse.SERVING
-    assert scrape(directory).total("grpc_server_call_started_total", grpc_method=WATCH) == 1
+    assert Scrape.of(recorder).total("grpc_server_call_started_total", grpc_method=WATCH) == 1
     watch.cancel()
-    result = await scrape_until(directory, lambda s: ended(s, WATCH, "CANCELLED") == 1)
+    result = await scrape_until(recorder, lambda s: ended(s, WATCH, "CANCELLED") == 1)
     sent = "grpc_server_call_sent_total_compressed_message_size_bytes_sum"
     assert result.total(sent, grpc_method=WATCH) == first.ByteSize()
 
 
 async def test_calls_refused_for_want_of_a_token_are_counted(
-    serve: Any, channel_to: Any, directory: MetricsDirectory
+    serve: Any, channel_to: Any, recorder: PrometheusRecorder
 ) -> None:
     running = await serve(dataclasses.replace(FAST, auth_tokens=frozenset({"sesame"})))
     channel = channel_to(running)
@@ -162,13 +154,13 @@ async def test_calls_refused_for_want_of_a_token_are_counted(
     asked = reflection_pb2.ServerReflectionRequest(list_services="")
     with pytest.raises(grpc.aio.AioRpcError):
         [a async for a in reflection.ServerReflectionInfo(iter([asked]), timeout=10)]
-    result = await scrape_until(directory, lambda s: ended(s, REFLECTION, "UNAUTHENTICATED") == 1)
+    result = await scrape_until(recorder, lambda s: ended(s, REFLECTION, "UNAUTHENTICATED") == 1)
     assert ended(result, RERANK, "UNAUTHENTICATED") == 3
     assert ended(result, RERANK, "OK") == 3
 
 
 async def test_upstream_attempts_retries_and_cost(
-    serve: Any, channel_to: Any, directory: MetricsDirectory
+    serve: Any, channel_to: Any, recorder: PrometheusRecorder
 ) -> None:
     stub = pb_grpc.RerankServiceStub(channel_to(await serve()))
     await stub.Rerank(seed_request(query="the gateway answers for this model"), timeout=10)
@@ -184,7 +176,7 @@ async def test_upstream_attempts_retries_and_cost(
         await stub.Rerank(seed_request(model="made/up-model"), timeout=10)
     await stub.ListModels(pb.ListModelsRequest(), timeout=10)
 
-    result = scrape(directory)
+    result = Scrape.of(recorder)
     attempts = "rerank_upstream_attempts_total"
     assert result.total(attempts, model=SEED_MODEL, outcome="UPSTREAM_RATE_LIMITED") == 2
     assert result.total(attempts, model=SEED_MODEL, outcome="OK") == 2
@@ -204,20 +196,20 @@ async def test_upstream_attempts_retries_and_cost(
 
 
 async def test_identical_calls_in_flight_share_one_upstream_call(
-    serve: Any, channel_to: Any, directory: MetricsDirectory
+    serve: Any, channel_to: Any, recorder: PrometheusRecorder
 ) -> None:
     stub = pb_grpc.RerankServiceStub(channel_to(await serve()))
     slow = seed_request(provider_options=fault(fault="slow", delayMs=500))
     answers = await asyncio.gather(*(stub.Rerank(slow, timeout=10) for _ in range(3)))
     assert sum(a.cached for a in answers) == 2
-    result = scrape(directory)
+    result = Scrape.of(recorder)
     assert result.total("rerank_cache_requests_total", result="miss") == 1
     assert result.total("rerank_cache_requests_total", result="coalesced") == 2
     assert result.total("rerank_upstream_attempts_total", outcome="OK") == 1
 
 
 async def test_windows_and_the_breaker(
-    serve: Any, channel_to: Any, directory: MetricsDirectory
+    serve: Any, channel_to: Any, recorder: PrometheusRecorder
 ) -> None:
     settings = dataclasses.replace(
         FAST,
@@ -236,7 +228,7 @@ async def test_windows_and_the_breaker(
             await stub.Rerank(seed_request(documents=one_document, provider_options=down))
     with pytest.raises(grpc.aio.AioRpcError):  # refused by the open circuit: no attempt
         await stub.Rerank(seed_request(query="another"), timeout=10)
-    result = scrape(directory)
+    result = Scrape.of(recorder)
     assert result.total("rerank_windows_per_request_bucket", le="1.0") == 2
     assert result.total("rerank_windows_per_request_bucket", le="2.0") == 4
     assert result.total("rerank_windows_per_request_sum") == 2 + 1 + 1 + 2
@@ -249,19 +241,19 @@ async def test_windows_and_the_breaker(
 
 
 async def test_calls_in_flight_and_refusals(
-    serve: Any, channel_to: Any, directory: MetricsDirectory
+    serve: Any, channel_to: Any, recorder: PrometheusRecorder
 ) -> None:
     stub = pb_grpc.RerankServiceStub(
         channel_to(await serve(dataclasses.replace(FAST, max_concurrent_calls=1)))
     )
     slow = seed_request(query="slow", provider_options=fault(fault="slow", delayMs=1000))
     in_flight = asyncio.ensure_future(stub.Rerank(slow, timeout=10))
-    await scrape_until(directory, lambda s: s.total("rerank_calls_in_flight") == 1)
+    await scrape_until(recorder, lambda s: s.total("rerank_calls_in_flight") == 1)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.Rerank(seed_request(query="refused"), timeout=10)
     assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert (await in_flight).ranking
-    result = scrape(directory)
+    result = Scrape.of(recorder)
     assert result.total("rerank_admission_refusals_total", reason="concurrent_calls") == 1
     assert result.total("rerank_admission_refusals_total", reason="inflight_bytes") == 0
     assert result.total("rerank_calls_in_flight") == 0

@@ -16,11 +16,11 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import generate_latest
 
+from rerank.server._prometheus import PrometheusRecorder
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import CacheBackend, Settings
-from rerank.server.metrics import Exposition, Metrics, MetricsDirectory
+from rerank.server.metrics import Metrics
 from rerank.server.redis_client import RedisUrl
 from rerank.server.redis_store import CACHE_KEY_PREFIX
 from rerank.v1 import rerank_service_pb2 as pb
@@ -225,35 +225,29 @@ async def test_metrics_say_when_redis_is_away_and_calls_are_decided_here(
 ) -> None:
     callers = tmp_path / "callers.toml"
     callers.write_text(CALLERS)
-    directory = MetricsDirectory()
+    recorder = PrometheusRecorder()
     settings = with_redis_limits(
         own_redis,
         callers,
         cache_backend=CacheBackend.REDIS,
         cache_redis_url=RedisUrl.parse(own_redis.url),
     )
-    running = await start_server(settings, metrics=Metrics.in_directory(directory.path))
+    running = await start_server(settings, metrics=Metrics(recorder))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = pb_grpc.RerankServiceStub(channel)
             await stub.Rerank(seed_request(), metadata=bearer(UNBOUNDED))
 
-            def scraped() -> Scrape:
-                return Scrape(
-                    generate_latest(Exposition(directory.path, {"version": "t"})).decode()
-                )
-
-            before = scraped()
+            before = Scrape.of(recorder)
             assert before.total("rerank_redis_up", purpose="limits") == 1
             assert before.total("rerank_redis_up", purpose="cache") == 1
             assert before.total("rerank_limits_decided_locally_total") == 0
             own_redis.stop()
             for _ in range(3):  # fail open: they go on
                 await stub.Rerank(seed_request(bypass_cache=True), metadata=bearer(UNBOUNDED))
-            away = scraped()
+            away = Scrape.of(recorder)
             assert away.total("rerank_redis_up", purpose="limits") == 0
             assert away.total("rerank_redis_up", purpose="cache") == 1  # not asked: bypassed
             assert away.total("rerank_limits_decided_locally_total") == 3
     finally:
         await running.stop()
-        directory.close()

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from rerank.server.metrics import FAMILIES
+from rerank.server._metric_families import FAMILIES
 from tests.conftest import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import pytest
-from prometheus_client import generate_latest
 
+from rerank.server._prometheus import PrometheusRecorder
 from rerank.server.cache import CachingReranker, cache_key
 from rerank.server.domain import (
     FREE,
@@ -29,7 +29,7 @@ from rerank.server.domain import (
     final_ranking,
 )
 from rerank.server.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
-from rerank.server.metrics import Exposition, Metrics, MetricsDirectory
+from rerank.server.metrics import Metrics
 from rerank.server.windows import WindowedReranker, WindowPolicy
 from tests.scrapes import Scrape
 
@@ -289,24 +289,15 @@ async def test_clear_forgets_every_answer() -> None:
 
 
 async def test_clear_empties_the_cache_gauges_too() -> None:
-    directory = MetricsDirectory()
-    metrics = Metrics.in_directory(directory.path)
-    try:
-        cache, _ = caching(Backend(), metrics=metrics)
-        await cache.rerank(query(1), timeout=10)
-        await cache.rerank(query(2), timeout=10)
-
-        def scrape() -> Scrape:
-            return Scrape(generate_latest(Exposition(directory.path, {})).decode())
-
-        assert scrape().total("rerank_cache_entries") == 2
-        await cache.clear()
-        cleared = scrape()
-        assert cleared.total("rerank_cache_entries") == 0
-        assert cleared.total("rerank_cache_bytes") == 0
-    finally:
-        metrics.close()
-        directory.close()
+    recorder = PrometheusRecorder()
+    cache, _ = caching(Backend(), metrics=Metrics(recorder))
+    await cache.rerank(query(1), timeout=10)
+    await cache.rerank(query(2), timeout=10)
+    assert Scrape.of(recorder).total("rerank_cache_entries") == 2
+    await cache.clear()
+    cleared = Scrape.of(recorder)
+    assert cleared.total("rerank_cache_entries") == 0
+    assert cleared.total("rerank_cache_bytes") == 0
 
 
 async def test_the_byte_bound_evicts_the_least_recently_used() -> None:
