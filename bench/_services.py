@@ -117,10 +117,17 @@ class Service:
                 popen.stdout.close()
 
 
-async def run_json(module: str, *args: str, timeout: float, what: str) -> Any:
+async def run_json(
+    module: str,
+    *args: str,
+    timeout: float,
+    what: str,
+    env: Mapping[str, str] | None = None,
+) -> Any:
     """Run `python -m MODULE ARGS` to its end and return the JSON it prints: a measurement
-    in a process of its own. Bounded: killed (this PID only) if it overruns `timeout` seconds;
-    its stderr is in the error when it fails. `what` names it in those errors."""
+    in a process of its own, with `env` over this one's environment. Bounded: killed (this
+    PID only) if it overruns `timeout` seconds; its stderr is in the error when it fails.
+    `what` names it in those errors."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -128,6 +135,7 @@ async def run_json(module: str, *args: str, timeout: float, what: str) -> Any:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout=timeout)

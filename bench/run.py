@@ -18,24 +18,22 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import _workload, against, bare_proxy, memory, report
+from bench import against, bare_proxy, memory, report
 from bench import batch as batch_cell
 from bench._procfs import cpu_seconds, memory_kib
 from bench._services import Service, run_json
 from bench.loadgen import CellConfig
-from rerank.server._prometheus import PrometheusRecorder
-from rerank.server.metrics import Metrics
 from tools.redis_server import INSTALL_HINT, RedisServer, redis_server_binary
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -145,6 +143,8 @@ OBSERVABILITY_CELL = (20, 8)
 OBSERVABILITY_ON_ARGS = ("--metrics-port", "0")
 OBSERVABILITY_ON_ENV: dict[str, str] = {}
 OBSERVABILITY_OFF_ENV = {"OTEL_SDK_DISABLED": "true", "RERANK_ACCESS_LOG_SUCCESS_SAMPLE": "0"}
+#: Bound on the `bench.recording_cost` process.
+RECORDING_COST_TIMEOUT_S = 120.0
 #: Scrapes timed, after the pairs, to tell what one costs the server.
 SCRAPES = 20
 
@@ -620,7 +620,14 @@ async def _compare_observability(
             flush=True,
         )
     scrape = _time_scrapes(on)
-    recording = _recording_cost()
+    with tempfile.TemporaryDirectory(prefix="rerank-bench-metrics-") as metrics_files:
+        recording: float = await run_json(
+            "bench.recording_cost",
+            timeout=RECORDING_COST_TIMEOUT_S,
+            what="bench.recording_cost",
+            # The server's storage: prometheus-client's files, chosen when it is imported.
+            env={"PROMETHEUS_MULTIPROC_DIR": metrics_files},
+        )
     print(f"metrics recorded by one proxied call: {recording:.1f} µs", flush=True)
     return {
         "documents": documents,
@@ -730,30 +737,6 @@ async def _run_against(
         "pairs": pair_rows,
         "summary": against.summarize(pair_rows),
     }
-
-
-def _recording_cost(calls: int = 20_000) -> float:
-    """Microseconds of the metric recordings one proxied Rerank call makes (a cache miss, one
-    window, one attempt that cost something), timed in this process: the part of the overhead
-    that is ours, without the noise of the shared box. Into the storage prometheus-client chose
-    when this process imported it: the server's (files) only with PROMETHEUS_MULTIPROC_DIR set
-    before then, else memory."""
-    metrics = Metrics(PrometheusRecorder())
-    method = metrics.grpc_method("rerank.v1.RerankService/Rerank")
-    metrics.models_offered([_workload.MODEL])
-    cost = Decimal("0.002")
-    began = time.thread_time()  # CPU time: other processes on the box do not count
-    for _ in range(calls):
-        method.started.inc()
-        metrics.admitted(1)
-        metrics.documents(20)
-        metrics.cache_lookup("miss")
-        metrics.windows(1)
-        metrics.upstream_attempt("rerank", _workload.MODEL, "OK", 0.002, cost)
-        metrics.cache_size(1_000_000, 1000)
-        metrics.admitted(-1)
-        method.ended(grpc.StatusCode.OK, 0.003, 4000, 2000)
-    return (time.thread_time() - began) / calls * 1e6
 
 
 def _time_scrapes(server: Service) -> dict[str, float]:

@@ -16,7 +16,7 @@ in that process: its metrics stay in memory, in a registry of their own, read th
 
 The library's multiprocess values take a lock, a `getpid()` and a file write per change: about
 1.5 µs per counter increment and 4 µs per histogram observation here, ~40 µs of CPU for the
-recordings of one proxied call (`bench/run.py`, `_recording_cost`) against ~12 µs for a writer
+recordings of one proxied call (`python -m bench.recording_cost`) against ~12 µs for a writer
 of its file format of our own, which would need its private modules: the price of its public API.
 """
 
