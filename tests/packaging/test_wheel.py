@@ -47,8 +47,9 @@ def test_every_top_level_name_in_the_wheel_starts_with_rerank(wheel: Path) -> No
         entry_points = next(
             archive.read(n).decode() for n in archive.namelist() if n.endswith("entry_points.txt")
         )
-    assert "rerank-server = rerank.server.__main__:main" in entry_points
-    assert "rerank-mock-gateway = rerank.mock_gateway.__main__:main" in entry_points
+    # The server's scripts start through the launcher that names a missing [server] extra.
+    assert "rerank-server = rerank._extras:rerank_server" in entry_points
+    assert "rerank-mock-gateway = rerank._extras:rerank_mock_gateway" in entry_points
     assert "rerank = rerank.client.cli:main" in entry_points
     assert "rerank = rerank.testing.plugin" in entry_points
 
