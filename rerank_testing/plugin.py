@@ -59,7 +59,10 @@ def _the_testing_extra() -> Iterator[None]:
         needed = missing_extra(error, "testing")
         if needed is None:
             raise
-        pytest.fail(f"the rerank.testing fixtures need {needed}", pytrace=False)
+        # `pytest.fail`'s exception, without the ImportError as its context (pytest would print
+        # that too, over the one line).
+        message = f"the rerank.testing fixtures need {needed}"
+        raise pytest.fail.Exception(message, pytrace=False) from None
 
 
 @pytest.fixture(scope="session")
