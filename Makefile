@@ -32,10 +32,10 @@ help: ## Show the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[server,testing,dev]'
 	@touch $@
 
-install: $(STAMP) ## Create .venv and install the package with its dev tools
+install: $(STAMP) ## Create .venv and install the package, every extra, and the dev tools
 
 proto: $(STAMP) ## Regenerate the Python stubs (+ .pyi types) from protos/
 	cd protos && ../$(PY) -m grpc_tools.protoc -I . \

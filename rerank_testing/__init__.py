@@ -20,8 +20,37 @@ Installed with the `rerank-service` package, the plugin (`rerank.testing.plugin`
 The servers start once per test session; every test starts with an empty script. The same
 servers are usable without pytest: `MockGatewayServer` and `RerankServerThread` are context
 managers.
+
+The plugin is registered by every install of the package, so it loads without the servers'
+dependencies; the fixtures that start servers, and the names below, need
+`rerank-service[testing]`. They are imported on first use, and a missing extra is one line
+naming it.
 """
 
-from ._servers import DEFAULT_API_KEY, TESTING_DEFAULTS, MockGatewayServer, RerankServerThread
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rerank._extras import missing_extra
+
+if TYPE_CHECKING:
+    from ._servers import DEFAULT_API_KEY, TESTING_DEFAULTS, MockGatewayServer, RerankServerThread
 
 __all__ = ["DEFAULT_API_KEY", "TESTING_DEFAULTS", "MockGatewayServer", "RerankServerThread"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported here, not above: `_servers` imports uvicorn, the mock gateway and the server,
+    # which a plain install does not have, and pytest imports this package for the plugin.
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from . import _servers
+    except ModuleNotFoundError as error:
+        needed = missing_extra(error, "testing")
+        if needed is None:
+            raise
+        raise ModuleNotFoundError(
+            f"rerank.testing.{name} needs {needed}", name=error.name
+        ) from error
+    return getattr(_servers, name)

@@ -25,23 +25,50 @@ The mock gateway and the server start once per session (per xdist worker) and st
 end. The script is emptied before and after every test that uses any of these fixtures, and
 the server forgets its cached answers, its circuit breaker's state and its retry budget
 (`RerankServerThread.reset`), so nothing one test does reaches another, even when it fails.
+
+Every install of the package registers this plugin, a plain one too: it loads without the
+servers' dependencies, so a suite that uses none of these fixtures runs as before. The servers
+are imported when a test first asks for them; without `rerank-service[testing]` that test fails
+with one line naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ._servers import MockGatewayServer, RerankServerThread
+from rerank._extras import missing_extra
 
 if TYPE_CHECKING:
     from rerank.client import AsyncRerankClient, RerankClient
 
+    from ._servers import MockGatewayServer, RerankServerThread
+
+
+@contextlib.contextmanager
+def _the_testing_extra() -> Iterator[None]:
+    """Around the import of `_servers`, which every install registers this plugin without: a
+    missing `rerank-service[testing]` fails the test that asked for a server in one line (the
+    session's other tests still run)."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        needed = missing_extra(error, "testing")
+        if needed is None:
+            raise
+        # `pytest.fail`'s exception, without the ImportError as its context (pytest would print
+        # that too, over the one line).
+        message = f"the rerank.testing fixtures need {needed}"
+        raise pytest.fail.Exception(message, pytrace=False) from None
+
 
 @pytest.fixture(scope="session")
 def _rerank_mock_gateway_session() -> Iterator[MockGatewayServer]:
+    with _the_testing_extra():
+        from ._servers import MockGatewayServer
     with MockGatewayServer() as gateway:
         yield gateway
 
@@ -57,6 +84,8 @@ def rerank_server_settings() -> Mapping[str, Any]:
 def _rerank_server_session(
     _rerank_mock_gateway_session: MockGatewayServer, rerank_server_settings: Mapping[str, Any]
 ) -> Iterator[RerankServerThread]:
+    with _the_testing_extra():
+        from ._servers import RerankServerThread
     # The rerank server's gateway adapter speaks v3 (spec version header "3").
     with RerankServerThread(
         _rerank_mock_gateway_session.v3_url, **rerank_server_settings

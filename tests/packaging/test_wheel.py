@@ -12,30 +12,16 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from email.parser import Parser
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import REPO_ROOT
+from packaging.markers import Marker
+from packaging.requirements import Requirement
 
 pytestmark = pytest.mark.timeout(300)
 
-PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
 OLD_TOP_LEVEL_NAMES = ("server", "client", "mock_gateway", "rerank_testing")
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    # No build isolation: setuptools comes with the dev install, so nothing is downloaded.
-    subprocess.run(
-        [*PIP_WHEEL, "-w", str(out), str(REPO_ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=240,
-    )
-    (built,) = out.glob("rerank_service-*.whl")
-    return built
 
 
 def test_every_top_level_name_in_the_wheel_starts_with_rerank(wheel: Path) -> None:
@@ -47,8 +33,9 @@ def test_every_top_level_name_in_the_wheel_starts_with_rerank(wheel: Path) -> No
         entry_points = next(
             archive.read(n).decode() for n in archive.namelist() if n.endswith("entry_points.txt")
         )
-    assert "rerank-server = rerank.server.__main__:main" in entry_points
-    assert "rerank-mock-gateway = rerank.mock_gateway.__main__:main" in entry_points
+    # The server's scripts start through the launcher that names a missing [server] extra.
+    assert "rerank-server = rerank._extras:rerank_server" in entry_points
+    assert "rerank-mock-gateway = rerank._extras:rerank_mock_gateway" in entry_points
     assert "rerank = rerank.client.cli:main" in entry_points
     assert "rerank = rerank.testing.plugin" in entry_points
 
@@ -115,3 +102,45 @@ def test_a_production_server_never_loads_the_mock_or_uvicorn(tmp_path: Path) -> 
         check=True,
     )
     assert json.loads(completed.stdout) == []
+
+
+BASE_REQUIREMENTS = {"grpcio", "grpcio-status", "protobuf", "googleapis-common-protos"}
+"""What the client, the CLI and the contract import: all a plain install brings."""
+
+
+def _extra_of(marker: Marker | None) -> str | None:
+    """The extra a requirement belongs to (None: the base), from its `extra == "..."` marker."""
+    if marker is None:
+        return None
+    (extra,) = (
+        name
+        for name in ("server", "testing", "dev")
+        if marker.evaluate({"extra": name}) and not marker.evaluate({"extra": ""})
+    )
+    return extra
+
+
+def test_the_base_is_four_ranges_and_the_extras_add_the_rest(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        text = next(
+            archive.read(n).decode()
+            for n in archive.namelist()
+            if n.endswith(".dist-info/METADATA")
+        )
+    metadata = Parser().parsestr(text, headersonly=True)
+    requirements = [Requirement(line) for line in metadata.get_all("Requires-Dist") or []]
+    by_extra: dict[str | None, list[Requirement]] = {}
+    for requirement in requirements:
+        by_extra.setdefault(_extra_of(requirement.marker), []).append(requirement)
+
+    assert {r.name for r in by_extra[None]} == BASE_REQUIREMENTS
+    assert {"server", "testing", "dev"} <= set(metadata.get_all("Provides-Extra") or [])
+    assert [(r.name, r.extras) for r in by_extra["testing"]] == [("rerank-service", {"server"})]
+    # What other teams install is a range (a lower and an upper bound), never one release;
+    # exact pins are for this repository's own tools (dev).
+    installed_elsewhere = [*by_extra[None], *by_extra["server"]]
+    for requirement in installed_elsewhere:
+        operators = {spec.operator for spec in requirement.specifier}
+        assert not operators & {"==", "==="}, str(requirement)
+        assert operators & {">=", "~="}, f"no lower bound: {requirement}"
+        assert operators & {"<", "~="}, f"no upper bound: {requirement}"
