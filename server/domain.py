@@ -10,7 +10,7 @@ import dataclasses
 import fnmatch
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
@@ -309,3 +309,10 @@ def final_outcome(outcome: RerankOutcome, query: RerankQuery) -> RerankOutcome:
     `final_ranking` (which raises `UpstreamProtocolError` for an untrustworthy one)."""
     ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
     return dataclasses.replace(outcome, ranking=tuple(ranking))
+
+
+def best_first(ranking: Iterable[Ranked], top_n: int | None) -> tuple[Ranked, ...]:
+    """`ranking` in the order callers get: highest score first, equal scores by index, cut to
+    `top_n` (all of it when None)."""
+    ordered = sorted(ranking, key=lambda item: (-item.score, item.index))
+    return tuple(ordered if top_n is None else ordered[:top_n])
