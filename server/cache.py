@@ -6,9 +6,8 @@ does not matter), and the named caller whose cache it is (unless it shares the c
 Entries live `ttl` seconds; the least recently used go first once the entries' estimated
 size passes `max_bytes`. Where they live is a `CacheEntries`: this process's memory
 (`MemoryEntries`), or a Redis every replica shares (`rerank.server.redis_store.RedisCacheEntries`,
-bounded by the TTL alone). Only what a caller would get as OK is stored: the answer is checked,
-sorted and cut (`domain.final_outcome`) before it is kept, so an answer the check refuses is an
-error like any other, and errors are never cached.
+bounded by the TTL alone). Answers are stored as they come, already valid (`RerankOutcome`);
+errors, an answer the gateway adapter refuses among them, are never stored.
 
 Identical calls that arrive while one is in flight wait for it instead of calling upstream
 again. The shared call belongs to no one caller: it runs under the upstream timeout, each
@@ -50,7 +49,6 @@ from rerank.server.domain import (
     RerankOutcome,
     RerankQuery,
     Warning,
-    final_outcome,
 )
 from rerank.server.errors import UpstreamTimeout
 from rerank.server.metrics import Metrics
@@ -289,9 +287,7 @@ class CachingReranker(RerankerLayer):
         return flight
 
     async def _fetch(self, key: bytes, query: RerankQuery, timeout: float) -> RerankOutcome:
-        # Checked before it is stored: an answer the check refuses raises here, for every
-        # waiter, and never reaches the cache.
-        outcome = final_outcome(await self._inner.rerank(query, timeout=timeout), query)
+        outcome = await self._inner.rerank(query, timeout=timeout)
         assert self._entries is not None  # no call is shared without them
         await self._entries.put(key, _pack(outcome))
         return outcome

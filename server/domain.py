@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
 
-from rerank.server.errors import FieldViolation, InvalidRequest, UpstreamProtocolError
+from rerank.server.errors import FieldViolation, InvalidRequest
 from rerank.server.limits import UNLIMITED, CallerLimits
 
 #: A JSON object as Python sees it after parsing.
@@ -134,7 +133,13 @@ FREE = Usage(cost=Decimal(0), upstream_calls=0)
 
 @dataclass(frozen=True)
 class RerankOutcome:
-    """What a backend answered: the ranking as it came, plus warnings, metadata and usage."""
+    """What a backend answered: the ranking, plus warnings, metadata and usage.
+
+    The ranking is valid for the query it answers, so every layer above trusts it: each index
+    names one of the query's documents, at most once; scores are finite; it is `best_first`,
+    cut to the query's `top_n`. The gateway adapter makes it so where the answer enters, and
+    refuses one that cannot be made so with `UpstreamProtocolError`.
+    """
 
     ranking: tuple[Ranked, ...]
     warnings: tuple[Warning, ...] = ()
@@ -279,33 +284,8 @@ def check_request(query: RerankQuery, limits: Limits) -> None:
         raise InvalidRequest(violations)
 
 
-def final_ranking(
-    ranking: Sequence[Ranked], document_count: int, top_n: int | None
-) -> list[Ranked]:
-    """Sort and cut a backend's ranking, after checking it is a ranking of these documents.
-
-    The protocol says the gateway sorts and cuts already; we do it again so a sloppy backend
-    cannot hand callers a wrong order. Scores that are not finite, or indices out of range or
-    repeated, mean the answer cannot be trusted at all: `UpstreamProtocolError`.
-    """
-    seen: set[int] = set()
-    for position, item in enumerate(ranking):
-        if not 0 <= item.index < document_count:
-            raise UpstreamProtocolError(
-                f"gateway ranking[{position}] has index {item.index}, "
-                f"outside the {document_count} documents sent"
-            )
-        if item.index in seen:
-            raise UpstreamProtocolError(f"gateway ranking[{position}] repeats index {item.index}")
-        if not math.isfinite(item.score):
-            raise UpstreamProtocolError(f"gateway ranking[{position}] has a non-finite score")
-        seen.add(item.index)
+def best_first(ranking: Iterable[Ranked], top_n: int | None) -> tuple[Ranked, ...]:
+    """`ranking` in the order callers get: highest score first, equal scores by index, cut to
+    `top_n` (all of it when None)."""
     ordered = sorted(ranking, key=lambda item: (-item.score, item.index))
-    return ordered if top_n is None else ordered[:top_n]
-
-
-def final_outcome(outcome: RerankOutcome, query: RerankQuery) -> RerankOutcome:
-    """`outcome` as the caller of `query` gets it: its ranking checked, sorted and cut by
-    `final_ranking` (which raises `UpstreamProtocolError` for an untrustworthy one)."""
-    ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
-    return dataclasses.replace(outcome, ranking=tuple(ranking))
+    return tuple(ordered if top_n is None else ordered[:top_n])

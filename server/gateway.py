@@ -6,6 +6,11 @@ the one the AI SDK's `@ai-sdk/gateway` speaks (`POST {base}/reranking-model`, `G
 header for header, so the real gateway and the bundled mock are interchangeable behind it. Both
 versions of it, v3 (gateway 3.x) and v4 (4.x), are spoken; what differs between them is the one
 table `PROTOCOL_FACTS`.
+
+A rerank answer's ranking is checked here, once, against the documents the call sent, and leaves
+valid (`RerankOutcome`): no layer above checks it again. It is decoded by msgspec into typed
+values: 24 µs of CPU per answer of 20 documents and 1.05 ms per 1,000, against 34 µs and 1.43 ms
+for orjson with the types checked by hand (`python -m bench.decode_cost`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from types import MappingProxyType
 from typing import Any, NoReturn
 
 import aiohttp
+import msgspec
 import orjson
 from aiohttp.abc import AbstractStreamWriter
 from opentelemetry import context as otel_context
@@ -40,6 +46,7 @@ from rerank.server.domain import (
     Usage,
     Warning,
     WarningType,
+    best_first,
     reported_cost,
 )
 from rerank.server.errors import (
@@ -190,7 +197,11 @@ class GatewayReranker:
         request_body = JsonBody(lambda: encode_rerank_body(query))
         body = await self._call("POST", "/reranking-model", headers, request_body, timeout)
         return parse_rerank_body(
-            body, self._protocol, on_unknown_warning=self._log_unknown_warning_once
+            body,
+            self._protocol,
+            document_count=len(query.documents),
+            top_n=query.top_n,
+            on_unknown_warning=self._log_unknown_warning_once,
         )
 
     async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
@@ -350,43 +361,81 @@ def parse_rerank_body(
     body: bytes,
     protocol: GatewayProtocol = GatewayProtocol.V4,
     *,
+    document_count: int,
+    top_n: int | None = None,
     on_unknown_warning: Callable[[str], None] | None = None,
 ) -> RerankOutcome:
-    """Parse a 200 answer of `reranking-model`, rejecting anything outside the protocol.
+    """Parse a 200 answer of `reranking-model` to a query of `document_count` documents and
+    `top_n`, rejecting anything outside the protocol; its ranking comes out as the domain
+    requires (`RerankOutcome`).
 
     Warnings are advice and the ranking is the answer: a warning of a type `protocol` does not
     define is passed on as "other", its type named in the message, and `on_unknown_warning`
     hears the type (the adapter logs it once).
     """
-    data = _parse_json_object(body)
-    ranking = data.get("ranking")
-    if not isinstance(ranking, list):
+    try:
+        answer = _RERANK_ANSWER.decode(body)
+    except msgspec.DecodeError as error:
+        # Malformed JSON, or a value of the wrong type (a non-finite score among them): the
+        # message says where, never what.
+        _protocol_error(str(error))
+    if answer.ranking is None:
+        data = _parse_json_object(body)
         if isinstance(data.get("error"), dict):
             envelope = _Envelope.parse(data)
             raise UpstreamProtocolError(
                 f"the gateway answered 200 with an error: {envelope.display_message}"
             )
         raise UpstreamProtocolError("the gateway's answer has no 'ranking' list")
-    items: list[Ranked] = []
-    for position, item in enumerate(ranking):
-        if not isinstance(item, dict):
-            _protocol_error(f"ranking[{position}] is not an object")
-        index = item.get("index")
-        score = item.get("relevanceScore")
-        if not isinstance(index, int) or isinstance(index, bool):
-            _protocol_error(f"ranking[{position}].index is not an integer")
-        if not isinstance(score, int | float) or isinstance(score, bool):
-            _protocol_error(f"ranking[{position}].relevanceScore is not a number")
-        items.append(Ranked(index=index, score=float(score)))
-    metadata = _parse_provider_metadata(data.get("providerMetadata"))
+    metadata = _parse_provider_metadata(answer.provider_metadata)
     return RerankOutcome(
-        ranking=tuple(items),
-        warnings=_parse_warnings(
-            data.get("warnings"), PROTOCOL_FACTS[protocol], on_unknown_warning
-        ),
+        ranking=_checked_ranking(answer.ranking, document_count, top_n),
+        warnings=_parse_warnings(answer.warnings, PROTOCOL_FACTS[protocol], on_unknown_warning),
         provider_metadata=metadata,
         usage=Usage(cost=reported_cost(metadata), upstream_calls=1),
     )
+
+
+class _RankedItem(msgspec.Struct):
+    """One item of an answer's `ranking`, typed: an index that is not an integer (a bool, a
+    float) or a score that is not a finite number does not decode."""
+
+    index: int
+    score: float = msgspec.field(name="relevanceScore")
+
+
+class _RerankAnswer(msgspec.Struct, rename="camel"):
+    """A 200 answer of `reranking-model`: the ranking typed, the rest read by the helpers that
+    read it as the protocol version says."""
+
+    ranking: list[_RankedItem] | None = None
+    warnings: Any = None
+    provider_metadata: Any = None
+
+
+_RERANK_ANSWER = msgspec.json.Decoder(_RerankAnswer)
+
+
+def _checked_ranking(
+    items: list[_RankedItem], document_count: int, top_n: int | None
+) -> tuple[Ranked, ...]:
+    """`items` sorted and cut, after checking they rank the documents sent.
+
+    The protocol says the gateway sorts and cuts already; we do it again so a sloppy gateway
+    cannot hand callers a wrong order. An index out of range or repeated means the answer
+    cannot be trusted at all: `UpstreamProtocolError`.
+    """
+    seen: set[int] = set()
+    for position, item in enumerate(items):
+        if not 0 <= item.index < document_count:
+            _protocol_error(
+                f"ranking[{position}] has index {item.index}, "
+                f"outside the {document_count} documents sent"
+            )
+        if item.index in seen:
+            _protocol_error(f"ranking[{position}] repeats index {item.index}")
+        seen.add(item.index)
+    return best_first((Ranked(item.index, item.score) for item in items), top_n)
 
 
 def parse_config_body(body: bytes) -> tuple[ModelInfo, ...]:

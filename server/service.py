@@ -54,7 +54,6 @@ from rerank.server.domain import (
     caller_metadata,
     check_request,
     cost_text,
-    final_ranking,
     on_behalf_of,
 )
 from rerank.server.errors import (
@@ -273,9 +272,8 @@ class RerankServicer:
             if call is not None:
                 call.cached = outcome.cached
                 call.cost = outcome.usage.cost
-            ranking = final_ranking(outcome.ranking, len(query.documents), query.top_n)
-            sent = sent_documents(query, request) if echo and ranking else None
-            return response_to_proto(query.model, ranking, outcome, sent)
+            sent = sent_documents(query, request) if echo and outcome.ranking else None
+            return response_to_proto(query.model, outcome.ranking, outcome, sent)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -2,9 +2,10 @@
 parallel under one deadline, merge.
 
 Scores of one model for one query are comparable across calls (they are relevance scores,
-not ranks), so the windows' rankings merge by score; the servicer then sorts and cuts the
-merged ranking to `top_n` like any other. Each window asks only for its own best `top_n`,
-which is all the merge can use.
+not ranks), so the windows' rankings merge by score, cut to `top_n`. Each window asks only for
+its own best `top_n`, which is all the merge can use. A window's answer arrives valid for the
+window's own documents (the gateway adapter checks it against them), so shifting its indices
+by the window's first document makes it valid for the whole request.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from rerank.server.domain import (
     RerankOutcome,
     RerankQuery,
     Warning,
-    final_ranking,
+    best_first,
 )
 from rerank.server.errors import RerankError
 from rerank.server.metrics import Metrics
@@ -120,11 +121,8 @@ class WindowedReranker(RerankerLayer):
                             span.set_attribute("error.type", error.reason)
                             span.set_status(Status(StatusCode.ERROR, error.reason))
                         raise
-            # Check the window against its own documents before shifting its indices: once
-            # shifted, an out-of-range index could pass for another window's document.
-            ranked = final_ranking(outcome.ranking, len(part.documents), part.top_n)
             return dataclasses.replace(
-                outcome, ranking=tuple(Ranked(r.index + start, r.score) for r in ranked)
+                outcome, ranking=tuple(Ranked(r.index + start, r.score) for r in outcome.ranking)
             )
 
         tasks = [
@@ -138,18 +136,19 @@ class WindowedReranker(RerankerLayer):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        return merge(outcomes)
+        return merge(outcomes, query.top_n)
 
 
-def merge(outcomes: list[RerankOutcome]) -> RerankOutcome:
-    """One outcome from the windows': every ranking, each warning once, the usage of all of
-    them (every window's cost and calls), and the first window's provider metadata (what the
-    caller sees as `gateway.cost` is the total, from `usage`: `domain.caller_metadata`)."""
+def merge(outcomes: list[RerankOutcome], top_n: int | None) -> RerankOutcome:
+    """One outcome from the windows': their rankings merged best first and cut to `top_n`, each
+    warning once, the usage of all of them (every window's cost and calls), and the first
+    window's provider metadata (what the caller sees as `gateway.cost` is the total, from
+    `usage`: `domain.caller_metadata`)."""
     warnings: dict[Warning, None] = {}
     for outcome in outcomes:
         warnings.update(dict.fromkeys(outcome.warnings))
     return RerankOutcome(
-        ranking=tuple(r for outcome in outcomes for r in outcome.ranking),
+        ranking=best_first((r for outcome in outcomes for r in outcome.ranking), top_n),
         warnings=tuple(warnings),
         provider_metadata=next(
             (o.provider_metadata for o in outcomes if o.provider_metadata is not None), None

@@ -24,6 +24,7 @@ _SERVER_MODULES: Final = frozenset(
         "grpc_health",
         "grpc_reflection",
         "hiredis",
+        "msgspec",
         "opentelemetry",
         "orjson",
         "prometheus_client",

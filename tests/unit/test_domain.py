@@ -1,4 +1,4 @@
-"""The request rules, the defensive sort-and-cut and the usage record, on plain values."""
+"""The request rules, the order of a ranking and the usage record, on plain values."""
 
 from __future__ import annotations
 
@@ -14,13 +14,12 @@ from rerank.server.domain import (
     RerankOutcome,
     RerankQuery,
     Usage,
+    best_first,
     caller_metadata,
     check_request,
-    final_outcome,
-    final_ranking,
     reported_cost,
 )
-from rerank.server.errors import InvalidRequest, UpstreamProtocolError
+from rerank.server.errors import InvalidRequest
 
 LIMITS = Limits(max_documents=3, max_document_bytes=100, max_query_bytes=10)
 
@@ -81,44 +80,16 @@ def test_all_violations_are_reported_at_once() -> None:
     ]
 
 
-def test_final_ranking_sorts_by_score_then_index_and_cuts() -> None:
+def test_best_first_sorts_by_score_then_index_and_cuts() -> None:
     ranking = [Ranked(0, 0.1), Ranked(3, 0.9), Ranked(1, 0.5), Ranked(2, 0.5)]
-    assert final_ranking(ranking, 4, None) == [
+    assert best_first(ranking, None) == (
         Ranked(3, 0.9),
         Ranked(1, 0.5),
         Ranked(2, 0.5),
         Ranked(0, 0.1),
-    ]
-    assert final_ranking(ranking, 4, 2) == [Ranked(3, 0.9), Ranked(1, 0.5)]
-    assert final_ranking(ranking, 4, 99) == final_ranking(ranking, 4, None)
-
-
-@pytest.mark.parametrize(
-    "ranking",
-    [
-        [Ranked(0, 0.5), Ranked(2, 0.4)],
-        [Ranked(-1, 0.5)],
-        [Ranked(1, 0.5), Ranked(1, 0.4)],
-        [Ranked(0, float("nan"))],
-        [Ranked(0, float("inf"))],
-    ],
-)
-def test_final_ranking_refuses_what_cannot_be_a_ranking(ranking: list[Ranked]) -> None:
-    with pytest.raises(UpstreamProtocolError):
-        final_ranking(ranking, 2, None)
-
-
-def test_final_outcome_checks_sorts_and_cuts_the_ranking_only() -> None:
-    outcome = RerankOutcome(
-        ranking=(Ranked(0, 0.1), Ranked(1, 0.9), Ranked(2, 0.5)),
-        provider_metadata={"gateway": {"cost": "0.002"}},
-        usage=Usage(Decimal("0.002"), 1),
     )
-    final = final_outcome(outcome, query(documents=("a", "b", "c"), top_n=2))
-    assert final.ranking == (Ranked(1, 0.9), Ranked(2, 0.5))
-    assert (final.provider_metadata, final.usage) == (outcome.provider_metadata, outcome.usage)
-    with pytest.raises(UpstreamProtocolError):
-        final_outcome(outcome, query(documents=("a", "b")))
+    assert best_first(ranking, 2) == (Ranked(3, 0.9), Ranked(1, 0.5))
+    assert best_first(ranking, 99) == best_first(ranking, None)
 
 
 def test_usage_adds_exactly_and_unknown_stays_unknown() -> None:

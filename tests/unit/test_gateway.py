@@ -227,9 +227,10 @@ def test_a_good_body_parses_with_warnings_and_metadata() -> None:
                 "providerMetadata": {"gateway": {"cost": "0.002"}},
                 "somethingNew": True,
             }
-        )
+        ),
+        document_count=2,
     )
-    assert outcome.ranking == (Ranked(1, 0.9), Ranked(0, 1.0))
+    assert outcome.ranking == (Ranked(0, 1.0), Ranked(1, 0.9))  # best first
     assert [w.type for w in outcome.warnings] == ["unsupported", "other"]
     assert outcome.warnings[0].feature == "topN"
     assert outcome.provider_metadata == {"gateway": {"cost": "0.002"}}
@@ -237,7 +238,9 @@ def test_a_good_body_parses_with_warnings_and_metadata() -> None:
 
 
 def test_an_answer_without_a_cost_has_an_unknown_one() -> None:
-    outcome = parse_rerank_body(b'{"ranking": [{"index": 0, "relevanceScore": 0.5}]}')
+    outcome = parse_rerank_body(
+        b'{"ranking": [{"index": 0, "relevanceScore": 0.5}]}', document_count=1
+    )
     assert outcome.usage == Usage(cost=None, upstream_calls=1)
 
 
@@ -267,7 +270,54 @@ def test_an_answer_without_a_cost_has_an_unknown_one() -> None:
 )
 def test_a_body_outside_the_protocol_is_refused(body: bytes) -> None:
     with pytest.raises(errors.UpstreamProtocolError):
-        parse_rerank_body(body)
+        parse_rerank_body(body, document_count=1)
+
+
+def ranking_body(*items: tuple[int, float | str]) -> bytes:
+    """An answer whose ranking is `items`, each (index, score); a str score is a JSON number
+    written as is."""
+    return b'{"ranking": [%s]}' % b", ".join(
+        b'{"index": %d, "relevanceScore": %s}' % (index, str(score).encode())
+        for index, score in items
+    )
+
+
+@pytest.mark.parametrize(
+    "ranking",
+    [
+        [(0, 0.5), (2, 0.4)],
+        [(-1, 0.5)],
+        [(1, 0.5), (1, 0.4)],
+        [(0, "NaN")],
+        [(0, "1e999")],  # beyond a double: infinity
+    ],
+)
+def test_a_ranking_that_cannot_rank_the_documents_sent_is_refused(
+    ranking: list[tuple[int, float | str]],
+) -> None:
+    with pytest.raises(errors.UpstreamProtocolError):
+        parse_rerank_body(ranking_body(*ranking), document_count=2)
+
+
+def test_the_ranking_is_checked_sorted_and_cut_for_the_query_and_the_rest_kept() -> None:
+    body = orjson.dumps(
+        {
+            "ranking": [
+                {"index": 0, "relevanceScore": 0.1},
+                {"index": 1, "relevanceScore": 0.9},
+                {"index": 2, "relevanceScore": 0.5},
+            ],
+            "providerMetadata": {"gateway": {"cost": "0.002"}},
+        }
+    )
+    outcome = parse_rerank_body(body, document_count=3, top_n=2)
+    assert outcome.ranking == (Ranked(1, 0.9), Ranked(2, 0.5))
+    assert (outcome.provider_metadata, outcome.usage) == (
+        {"gateway": {"cost": "0.002"}},
+        Usage(Decimal("0.002"), 1),
+    )
+    with pytest.raises(errors.UpstreamProtocolError):
+        parse_rerank_body(body, document_count=2)
 
 
 def test_a_deprecated_warning_is_read_over_v4() -> None:
@@ -279,6 +329,7 @@ def test_a_deprecated_warning_is_read_over_v4() -> None:
             }
         ),
         GatewayProtocol.V4,
+        document_count=1,
     )
     assert outcome.warnings == (Warning("deprecated", setting="topN", message="use top_k"),)
 
@@ -306,6 +357,7 @@ def test_an_undefined_warning_type_is_passed_on_as_other(
     outcome = parse_rerank_body(
         orjson.dumps({"ranking": [{"index": 0, "relevanceScore": 0.5}], "warnings": [warning]}),
         protocol,
+        document_count=1,
         on_unknown_warning=heard.append,
     )
     assert outcome.ranking == (Ranked(0, 0.5),)

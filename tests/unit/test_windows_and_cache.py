@@ -1,7 +1,9 @@
 """Windows for large requests and the result cache, around a scripted backend.
 
 The backend scores each document by a fixed table, so a windowed ranking can be compared with
-the ranking of the whole set, and it counts calls so sharing and caching can be seen.
+the ranking of the whole set, and it counts calls so sharing and caching can be seen. Its
+answers are gateway answers read by the gateway adapter's parser, so the layers get what they
+get in production: rankings already checked against the documents each call carried.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+import orjson
 import pytest
 
 from rerank.server._prometheus import PrometheusRecorder
@@ -25,10 +28,10 @@ from rerank.server.domain import (
     RerankOutcome,
     RerankQuery,
     Usage,
-    Warning,
-    final_ranking,
+    best_first,
 )
 from rerank.server.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from rerank.server.gateway import parse_rerank_body
 from rerank.server.metrics import Metrics
 from rerank.server.windows import WindowedReranker, WindowPolicy
 from tests.scrapes import Scrape
@@ -72,15 +75,20 @@ class Backend:
             self._changed.set()
         if self.fail_with is not None:
             raise self.fail_with
-        ranking = [Ranked(i, score_of(d)) for i, d in enumerate(query.documents)]  # type: ignore[arg-type]
+        ranking = [
+            {"index": i, "relevanceScore": score_of(d)}  # type: ignore[arg-type]
+            for i, d in enumerate(query.documents)
+        ]
         if self.bad_index:
-            ranking.append(Ranked(len(query.documents), 1.0))
-        ranking.sort(key=lambda r: -r.score)
-        return RerankOutcome(
-            ranking=tuple(ranking[: query.top_n] if query.top_n else ranking),
-            warnings=(Warning(type="other", message="same in every window"),),
-            provider_metadata={"gateway": {"cost": "0.001"}},
-            usage=Usage(Decimal("0.001"), upstream_calls=1),
+            ranking.append({"index": len(query.documents), "relevanceScore": 1.0})
+        ranking.sort(key=lambda r: -r["relevanceScore"])
+        answer = {
+            "ranking": ranking[: query.top_n] if query.top_n else ranking,
+            "warnings": [{"type": "other", "message": "same in every window"}],
+            "providerMetadata": {"gateway": {"cost": "0.001"}},
+        }
+        return parse_rerank_body(
+            orjson.dumps(answer), document_count=len(query.documents), top_n=query.top_n
         )
 
     async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
@@ -106,7 +114,7 @@ async def test_windows_rank_like_one_call(n: int, top_n: int | None) -> None:
     windowed = WindowedReranker(backend, WindowPolicy(sizes={"cohere": 10}, parallelism=2))
     outcome = await windowed.rerank(query(n, top_n), timeout=10)
     whole = await Backend().rerank(query(n, top_n), timeout=10)
-    assert final_ranking(outcome.ranking, n, top_n) == final_ranking(whole.ranking, n, top_n)
+    assert outcome.ranking == whole.ranking
     assert backend.calls == [min(10, n - start) for start in range(0, n, 10)]
     assert backend.most_in_flight <= 2
     assert len(outcome.warnings) == 1  # merged, not repeated per window
@@ -245,7 +253,7 @@ async def test_what_is_stored_is_sorted_and_cut() -> None:
     first = await cache.rerank(query(5, top_n=2), timeout=10)
     hit = await cache.rerank(query(5, top_n=2), timeout=10)
     assert hit.ranking == first.ranking
-    assert list(first.ranking) == final_ranking(first.ranking, 5, 2)
+    assert first.ranking == best_first(first.ranking, 2)
 
 
 def test_the_key_covers_everything_that_decides_a_ranking() -> None:
