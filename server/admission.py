@@ -3,7 +3,7 @@
 Two limits, both checked on arrival: calls in flight, and the memory they hold. A call over
 either gets `Overloaded` (RESOURCE_EXHAUSTED with a RetryInfo) immediately, so memory stays
 bounded by `max_bytes` (plus one gRPC message per call gRPC itself is still reading, capped
-by the call limit in `interceptors.CallLimitInterceptor`) however large the flood.
+by the transport's `CallPlaces`) however large the flood.
 
 What a call holds is counted as its request's bytes times `HELD_PER_REQUEST_BYTE`, the factor
 `make bench` measures (bench/memory.py), not as the request's bytes alone: those were a third
@@ -82,3 +82,27 @@ class Admission:
             yield
         finally:
             self.bytes -= size
+
+
+class CallPlaces:
+    """Places for calls of one kind in flight at the transport, taken before a call's message
+    is read: a call beyond `limit` is refused without it (the backstop above `Admission`, which
+    sees a call only once its message is read)."""
+
+    __slots__ = ("calls", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.calls = 0
+
+    def take(self) -> Overloaded | None:
+        """Take a place (give it back with `give`); or, when none is left, the refusal."""
+        if self.calls >= self.limit:
+            return Overloaded(
+                f"the server is at its limit of {self.limit} calls in flight; retry later"
+            )
+        self.calls += 1
+        return None
+
+    def give(self) -> None:
+        self.calls -= 1

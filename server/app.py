@@ -1,4 +1,4 @@
-"""Wiring: the reranker chain, the grpc.aio server with its interceptors, health, reflection,
+"""Wiring: the reranker chain, the grpc.aio server with the call pipeline, health, reflection,
 the port it may take, and shutdown. The only module that knows every part; the embedded mock
 is imported only on the path that uses it."""
 
@@ -13,7 +13,7 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING
@@ -22,7 +22,10 @@ from urllib.parse import urlsplit
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # re-exported at run time
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+
+# What `reflection.aio` names at run time; its stubs take `aio` for grpc's.
+from grpc_reflection.v1alpha._async import ReflectionServicer
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -42,43 +45,22 @@ from rerank.server.credentials import (
 )
 from rerank.server.domain import Limits, Reranker
 from rerank.server.gateway import GatewayReranker
-from rerank.server.interceptors import (
-    HEALTH_METHODS,
-    AuthInterceptor,
-    CallLimitInterceptor,
-    ErrorInterceptor,
-    MetricsInterceptor,
-    ServerInterceptor,
-    TelemetryInterceptor,
-)
+from rerank.server.grpc_door import GrpcDoor
 from rerank.server.limits import InMemoryLimitStore, LimitStore
 from rerank.server.logs import AccessLog
 from rerank.server.metrics import MeteredUpstream, Metrics
+from rerank.server.pipeline import Pipeline
 from rerank.server.redis_client import RedisClient
 from rerank.server.redis_store import FailOpenLimitStore, RedisCacheEntries, RedisLimitStore
 from rerank.server.resilience import ResilientReranker, RetryBudget, RetryPolicy
-from rerank.server.service import SERVICE_NAME, BatchLimits, RerankServicer, add_to_server
+from rerank.server.service import SERVICE_NAME, BatchLimits, RerankServicer
 from rerank.server.tracing import TRACER_NAME, tracer_provider
 from rerank.server.windows import WindowedReranker, WindowPolicy
-from rerank.v1 import rerank_service_pb2 as pb
 
 if TYPE_CHECKING:
     from rerank.mock_gateway import LoopbackMockGateway
 
 logger = logging.getLogger(__name__)
-
-_SERVICES = (
-    pb.DESCRIPTOR.services_by_name["RerankService"],
-    health_pb2.DESCRIPTOR.services_by_name["Health"],
-    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
-)
-
-
-def registered_methods() -> Iterator[str]:
-    """Every method this server answers, as grpc names it: `/package.Service/Method`."""
-    for service in _SERVICES:
-        for method in service.methods:
-            yield f"/{service.full_name}/{method.name}"
 
 
 def build_info(settings: Settings) -> dict[str, str]:
@@ -347,35 +329,7 @@ async def start_server(
         reranker = build_reranker(settings, build_gateway(settings, tracer), metrics, tracer)
     # Outermost, so that every call of a named caller meets its limits first.
     limited = CallerLimitsReranker(reranker, limit_store(settings, metrics), metrics=metrics)
-    # Metrics outermost, so a call the others refuse is still counted; then the call limit,
-    # so a call beyond it costs nothing more: no token check, no message read, no log line (the
-    # metrics count those refusals). Telemetry next: a call authentication refuses still has
-    # its span and its access-log record.
-    interceptors: list[ServerInterceptor] = []
-    if metrics.enabled:
-        interceptors.append(MetricsInterceptor(metrics, registered_methods()))
-    interceptors.append(
-        CallLimitInterceptor(
-            settings.max_concurrent_calls + BACKSTOP_CALLS,
-            HEALTH_CALLS,
-            HEALTH_METHODS,
-            registered_methods(),
-        )
-    )
-    interceptors.append(
-        TelemetryInterceptor(
-            tracer,
-            AccessLog(settings.access_log_success_sample),
-            methods=registered_methods(),
-            untraced=HEALTH_METHODS,
-        )
-    )
-    if settings.auth_tokens or settings.callers_file:
-        open_methods = frozenset() if settings.auth_health else HEALTH_METHODS
-        interceptors.append(AuthInterceptor(callers, open_methods))
-    interceptors.append(ErrorInterceptor())
     server = grpc.aio.server(
-        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             # An answer echoes the request's documents: sized for the largest an accepted
@@ -411,12 +365,22 @@ async def start_server(
         metrics=metrics,
         tracer=tracer,
     )
-    add_to_server(servicer, server)
-    health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    authenticating = callers if settings.auth_tokens or settings.callers_file else None
+    door = GrpcDoor(
+        Pipeline(tracer, AccessLog(settings.access_log_success_sample), authenticating),
+        metrics,
+        limit=settings.max_concurrent_calls + BACKSTOP_CALLS,
+        health_limit=HEALTH_CALLS,
+        auth_health=settings.auth_health,
     )
+    door.add_service(server, SERVICE_NAME, servicer.methods())
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, door.registrar(server))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        ReflectionServicer((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+        door.registrar(server),
+    )
+    door.count_unknown_methods(server)
     try:
         credentials = server_credentials(settings)
         if credentials is None:

@@ -1,13 +1,17 @@
-"""What one call did, noted by the parts that did it: the record its access-log line is made of.
+"""One call's state, from its arrival to its answer: the `CallRecord` the pipeline
+(`rerank.server.pipeline`) makes for it and hands down, and what each part notes in it.
 
-The telemetry interceptor (`rerank.server.interceptors`) opens a `CallRecord` for each call and
-writes it out when the call ends; in between, each part notes what it alone knows, where it
-happens: the servicer the model and the document count, the window layer how many windows, the
-retry layer each upstream attempt, the error interceptor the ErrorInfo reason. The record travels
-in a context variable, so it follows the call into the tasks the cache and the windows start
-(each copies the context it was started from) without passing through the `Reranker` interface.
+The pipeline fills in who is calling and until when; each part then notes what it alone knows,
+where it happens: the servicer the model and the document count, the window layer how many
+windows, the retry layer each upstream attempt, the pipeline the ErrorInfo reason. The access-log
+line and the server span are written from it when the call ends.
 
-Outside a call (a layer used on its own, in a test) `current_call()` is None and nothing is noted.
+The servicer is handed the record. The window and retry layers are reached through the
+`Reranker` interface, which carries queries, not calls, and run in tasks the cache and the
+windows start; every log record written during the call carries its request id too. So the
+record is also the current call of a context variable, the server's only one: each task copies
+the context it was started from, so the record follows the call there. Outside a call (a layer
+used on its own, in a test) `current_call()` is None and nothing is noted.
 """
 
 from __future__ import annotations
@@ -17,14 +21,18 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from decimal import Decimal
 
+from rerank.server.domain import Caller
+
 
 @dataclass(slots=True)
 class CallRecord:
-    """One call's facts for its access-log line. Never a token, a query or a document."""
+    """One call's state and facts. Never a token, a query or a document."""
 
     request_id: str
-    #: The caller's name, once callers are named (issue 10): never a token. None until then.
-    caller: str | None = None
+    #: The named caller; None for a caller without a name, and whenever authentication is off.
+    caller: Caller | None = None
+    #: When the caller stops waiting (`time.monotonic()`); None without a deadline.
+    deadline: float | None = None
     model: str | None = None
     documents: int | None = None
     top_n: int | None = None

@@ -157,7 +157,7 @@ class AccessLog:
             "request_id": call.request_id,
             "trace_id": f"{span_context.trace_id:032x}" if valid else None,
             "span_id": f"{span_context.span_id:016x}" if valid else None,
-            "caller": call.caller,
+            "caller": None if call.caller is None else call.caller.name,
             "method": method,
             "model": call.model,
             "documents": call.documents,

@@ -1,20 +1,20 @@
 """The RerankService servicer and its one translator between protos and domain values.
 
 Proto messages stop here: below this module there are only `rerank.server.domain` values.
-Errors are raised as `rerank.server.errors` and turned into statuses by the interceptor in
-`rerank.server.interceptors`; a BatchRerank's requests each fail alone, so there the servicer
-turns each one's error into its `google.rpc.Status` through the same table
-(`rerank.server.status.rich_status`).
+Each method takes the call's record (`rerank.server.calls`) and the request's bytes, and
+answers with the response message; the call pipeline (`rerank.server.pipeline`) runs it.
+Errors are raised as `rerank.server.errors` and turned into statuses by the pipeline's door;
+a BatchRerank's requests each fail alone, so there the servicer turns each one's error into
+its `google.rpc.Status` through the same table (`rerank.server.status.rich_status`).
 
 A Rerank request can be 64 MiB, so how long its copies live is what a call in flight costs.
 gRPC keeps the bytes it received until the call ends, whatever happens to them; the servicer
-takes those bytes (`add_to_server` registers Rerank without a deserializer), decodes them into
-the domain values and lets the decoded message go at once (to echo object documents it decodes
-them again at the end; texts are echoed from the query's own strings). In flight, a call holds
-gRPC's bytes and the documents as Python values, not a decoded message besides
-(bench/memory.py measures it). A BatchRerank is taken as its bytes too, decoded whole (its
-requests are held for the whole call), and its requests are answered the same way, each from
-its own serialized bytes, a few at a time.
+takes those bytes, decodes them into the domain values and lets the decoded message go at once
+(to echo object documents it decodes them again at the end; texts are echoed from the query's
+own strings). In flight, a call holds gRPC's bytes and the documents as Python values, not a
+decoded message besides (bench/memory.py measures it). A BatchRerank is taken as its bytes
+too, decoded whole (its requests are held for the whole call), and its requests are answered
+the same way, each from its own serialized bytes, a few at a time.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 import grpc
 from google.protobuf import struct_pb2
@@ -38,7 +39,7 @@ from opentelemetry.trace import Span, Status, StatusCode, Tracer
 from rerank.contract import RESPONSE_EXTRAS_BYTES, NotJsonError, from_struct
 from rerank.server.admission import Admission
 from rerank.server.caller_limits import CallerLimitsReranker
-from rerank.server.calls import CallRecord, close_call, current_call, note_batch, open_call
+from rerank.server.calls import CallRecord, close_call, note_batch, open_call
 from rerank.server.domain import (
     FREE,
     Caller,
@@ -65,15 +66,10 @@ from rerank.server.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from rerank.server.interceptors import (
-    SERVER_ERROR_CODES,
-    current_caller,
-    log_failure,
-    report_incident,
-)
 from rerank.server.limits import DailyUsage, bucket_size
 from rerank.server.metrics import Metrics
-from rerank.server.status import rich_status
+from rerank.server.pipeline import Handler
+from rerank.server.status import SERVER_ERROR_CODES, log_failure, report_incident, rich_status
 from rerank.server.tracing import BATCH_REQUEST_SPAN, child_span
 from rerank.v1 import rerank_service_pb2 as pb
 
@@ -103,15 +99,17 @@ class BatchLimits:
 
 
 #: A request message `decoded` makes from the bytes gRPC received.
-Decoded = TypeVar("Decoded", pb.RerankRequest, pb.BatchRerankRequest)
+Decoded = TypeVar(
+    "Decoded", pb.RerankRequest, pb.BatchRerankRequest, pb.ListModelsRequest, pb.GetUsageRequest
+)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
 
 
 class RerankServicer:
     """Validates each call, hands it to a `Reranker` on behalf of its caller, and answers in
-    proto. `reranker` is the caller-limits layer, which also answers GetUsage. Registered by
-    `add_to_server`, which hands Rerank its request as the bytes received."""
+    proto. `reranker` is the caller-limits layer, which also answers GetUsage. Its methods,
+    by name, are `methods()`."""
 
     def __init__(
         self,
@@ -134,15 +132,21 @@ class RerankServicer:
         self._upstream_timeout = upstream_timeout
         self._batch = batch
 
-    async def Rerank(
-        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.RerankResponse:
-        """`request` is the serialized RerankRequest, as gRPC received (and keeps) it."""
-        return await self._answer(request, self._timeout(context), request_bytes=len(request))
+    def methods(self) -> Mapping[str, Handler]:
+        """The service's methods by name, each taking the request as the bytes received (a
+        test checks that every method of the contract is here)."""
+        return {
+            "Rerank": self.rerank,
+            "BatchRerank": self.batch_rerank,
+            "ListModels": self.list_models,
+            "GetUsage": self.get_usage,
+        }
 
-    async def BatchRerank(
-        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.BatchRerankResponse:
+    async def rerank(self, call: CallRecord, request: bytes) -> pb.RerankResponse:
+        """`request` is the serialized RerankRequest, as gRPC received (and keeps) it."""
+        return await self._answer(call, request, self._timeout(call), request_bytes=len(request))
+
+    async def batch_rerank(self, call: CallRecord, request: bytes) -> pb.BatchRerankResponse:
         """`request` is the serialized BatchRerankRequest, as gRPC received (and keeps) it."""
         requests = decoded(pb.BatchRerankRequest, request).requests
         if len(requests) > self._batch.max_requests:
@@ -159,10 +163,10 @@ class RerankServicer:
         # bytes counts it: the bytes received, the requests in flight as values, the answers
         # built. Each request in flight then takes a call place of its own.
         with self._admission.hold(len(request)):
-            return await self._answer_all(requests, self._batch_time(context))
+            return await self._answer_all(call, requests, self._batch_time(call))
 
     async def _answer_all(
-        self, requests: Sequence[pb.RerankRequest], seconds: float
+        self, call: CallRecord, requests: Sequence[pb.RerankRequest], seconds: float
     ) -> pb.BatchRerankResponse:
         """Answer a batch's `requests` within `seconds`, a few at a time."""
         loop = asyncio.get_running_loop()
@@ -172,36 +176,33 @@ class RerankServicer:
         # task per request waiting for its turn.
         turns = iter(enumerate(requests))
 
-        # Each request is noted as a call of its own (the parts below note into the record in
-        # their context), and the batch's record sums them when all are answered.
-        call = current_call()
-        notes = [
-            CallRecord(call.request_id if call else "", caller=call.caller if call else None)
-            for _ in requests
-        ]
+        # Each request is noted as a call of its own (and is the current call of the parts
+        # below it), and the batch's record sums them when all are answered.
+        notes = [CallRecord(call.request_id, caller=call.caller) for _ in requests]
 
         async def worker() -> None:
             for position, item in turns:
-                noting = open_call(notes[position])
+                note = notes[position]
+                noting = open_call(note)
                 # A span per request, so that its cache lookup, windows and gateway attempts
                 # are told from the other requests' under the batch's server span.
                 span = child_span(self._tracer, BATCH_REQUEST_SPAN)
                 try:
                     with trace.use_span(span, end_on_exit=True, record_exception=False):
                         left = stop_at - loop.time()
-                        await self._answer_into(results[position], position, item, left, span)
+                        await self._answer_into(note, results[position], position, item, left, span)
                 finally:
                     close_call(noting)
 
         async with asyncio.TaskGroup() as workers:
             for _ in range(min(self._batch.parallelism, len(requests))):
                 workers.create_task(worker())
-        if call is not None:
-            note_batch(call, notes)
+        note_batch(call, notes)
         return pb.BatchRerankResponse(results=results)
 
     async def _answer_into(
         self,
+        note: CallRecord,
         result: pb.BatchRerankResult,
         position: int,
         request: pb.RerankRequest,
@@ -220,7 +221,7 @@ class RerankServicer:
             timeout = min(self._upstream_timeout, left)
             # Serialized at its turn, to be answered as a Rerank's bytes are.
             data = request.SerializeToString()
-            result.response.CopyFrom(await self._answer(data, timeout, request_bytes=0))
+            result.response.CopyFrom(await self._answer(note, data, timeout, request_bytes=0))
         except RerankError as error:
             code, status = rich_status(error)
             reason = error.reason
@@ -229,7 +230,7 @@ class RerankServicer:
         except Exception:
             code = grpc.StatusCode.INTERNAL
             result.error.CopyFrom(
-                status_pb2.Status(code=code_pb2.INTERNAL, message=report_incident(what))
+                status_pb2.Status(code=code_pb2.INTERNAL, message=report_incident(what, note))
             )
         self._metrics.batch_request(code)
         if span.is_recording():
@@ -248,19 +249,17 @@ class RerankServicer:
                 span.set_status(Status(StatusCode.ERROR, reason or code.name))
 
     async def _answer(
-        self, request: bytes, timeout: float, *, request_bytes: int
+        self, call: CallRecord, request: bytes, timeout: float, *, request_bytes: int
     ) -> pb.RerankResponse:
         """Answer one serialized RerankRequest within `timeout` seconds, holding an admission
         place that counts `request_bytes` (0 for a batch's request: the batch counted its
-        bytes), and note what it did in the current call's record."""
-        call = current_call()
+        bytes), and note what it did in `call`."""
         with self._admission.admit(request_bytes):
             query, echo = query_from_bytes(request, self._default_model, self._limits, call)
             check_request(query, self._limits)
-            if call is not None:
-                call.model = query.model  # once valid: a slug of at most 128 characters
-            if (caller := current_caller()) is not None:
-                query = on_behalf_of(query, caller)
+            call.model = query.model  # once valid: a slug of at most 128 characters
+            if call.caller is not None:
+                query = on_behalf_of(query, call.caller)
             self._metrics.documents(len(query.documents))
             if query.documents:
                 outcome = await self._reranker.rerank(query, timeout=timeout)
@@ -269,19 +268,16 @@ class RerankServicer:
                 # refused here too.
                 self._reranker.check_model(query)
                 outcome = _NOTHING_TO_RANK
-            if call is not None:
-                call.cached = outcome.cached
-                call.cost = outcome.usage.cost
+            call.cached = outcome.cached
+            call.cost = outcome.usage.cost
             sent = sent_documents(query, request) if echo and outcome.ranking else None
             return response_to_proto(query.model, outcome.ranking, outcome, sent)
 
-    async def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ListModelsResponse:
-        page = Page.of(request)
+    async def list_models(self, call: CallRecord, request: bytes) -> pb.ListModelsResponse:
+        page = Page.of(decoded(pb.ListModelsRequest, request))
         with self._admission.admit(0):
-            models = await self._reranker.list_models(timeout=self._timeout(context))
-        caller = current_caller()
+            models = await self._reranker.list_models(timeout=self._timeout(call))
+        caller = call.caller
         # A named caller sees the models it may use: its pages are of those.
         usable = [m for m in models if caller is None or caller.may_use(m.id)]
         listed, next_token = page.cut(usable)
@@ -289,10 +285,9 @@ class RerankServicer:
             models=[model_to_proto(m) for m in listed], next_page_token=next_token
         )
 
-    async def GetUsage(
-        self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.GetUsageResponse:
-        caller = current_caller()
+    async def get_usage(self, call: CallRecord, request: bytes) -> pb.GetUsageResponse:
+        decoded(pb.GetUsageRequest, request)  # asks nothing, but must be one
+        caller = call.caller
         if caller is None:
             raise NotANamedCaller(
                 "only a named caller (a table of the server's RERANK_CALLERS_FILE) has a "
@@ -300,49 +295,20 @@ class RerankServicer:
             )
         return usage_to_proto(caller, await self._reranker.usage(caller))
 
-    def _timeout(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    def _timeout(self, call: CallRecord) -> float:
         """The configured upstream timeout, or less when the caller's deadline is nearer."""
-        remaining: float | None = context.time_remaining()
-        if remaining is None:
+        if call.deadline is None:
             return self._upstream_timeout
-        return min(self._upstream_timeout, remaining)
+        return min(self._upstream_timeout, max(call.deadline - time.monotonic(), 0.0))
 
-    def _batch_time(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    def _batch_time(self, call: CallRecord) -> float:
         """Seconds a batch's requests may run: the call's time less the reserve for sending
         the answer; unbounded without a deadline (each request still has the upstream
         timeout)."""
-        remaining: float | None = context.time_remaining()
-        if remaining is None:
+        if call.deadline is None:
             return math.inf
+        remaining = max(call.deadline - time.monotonic(), 0.0)
         return remaining - min(remaining * _ANSWER_SHARE, _MAX_ANSWER_RESERVE)
-
-
-def add_to_server(servicer: RerankServicer, server: grpc.aio.Server) -> None:
-    """Register `servicer` as the generated `add_RerankServiceServicer_to_server` would, but
-    with Rerank's and BatchRerank's requests left as the bytes received: the servicer decodes
-    them where it can let the decoded message go, and counts what a call holds by their
-    length (a test checks that every method of the service is here)."""
-    handlers = {
-        "Rerank": grpc.unary_unary_rpc_method_handler(
-            servicer.Rerank, response_serializer=pb.RerankResponse.SerializeToString
-        ),
-        "BatchRerank": grpc.unary_unary_rpc_method_handler(
-            servicer.BatchRerank, response_serializer=pb.BatchRerankResponse.SerializeToString
-        ),
-        "ListModels": grpc.unary_unary_rpc_method_handler(
-            servicer.ListModels,
-            request_deserializer=pb.ListModelsRequest.FromString,
-            response_serializer=pb.ListModelsResponse.SerializeToString,
-        ),
-        "GetUsage": grpc.unary_unary_rpc_method_handler(
-            servicer.GetUsage,
-            request_deserializer=pb.GetUsageRequest.FromString,
-            response_serializer=pb.GetUsageResponse.SerializeToString,
-        ),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    # As the generated code does (grpcio 1.62+); grpc-stubs predates the method.
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
 
 def decoded(kind: type[Decoded], data: bytes) -> Decoded:

@@ -6,10 +6,16 @@ caller should wait as RetryInfo. The reason is the error's `ErrorReason` (the co
 in the wire form `rerank.contract.wire_reason` gives it), so each row below is a code and,
 through its class, a documented reason. Whenever there is a RetryInfo there is also the
 `grpc-retry-pushback-ms` trailer, which is what gRPC clients' own retry policies read (gRFC A6).
+
+A failure is logged here too: an error of the table by its code and reason (`log_failure`), and
+anything else, a bug, with its traceback under an incident id that the caller is told instead
+(`report_incident`).
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,6 +25,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from rerank.contract import ERROR_DOMAIN
 from rerank.server import errors
+from rerank.server.calls import CallRecord
+
+logger = logging.getLogger(__name__)
 
 #: Why each error gets its code is in README.md ("Errors"). A test checks that every class
 #: in `rerank.server.errors` has a row here.
@@ -54,6 +63,24 @@ STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.UpstreamAuthentication: grpc.StatusCode.INTERNAL,
     errors.UpstreamProtocolError: grpc.StatusCode.INTERNAL,
 }
+
+# OpenTelemetry's gRPC conventions: the statuses that mark a server span as failed (the others
+# are the caller's doing).
+SERVER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+# Failures of ours or upstream's deserve a warning; a caller's mistakes or a refusal under
+# overload are routine and would drown the log at WARNING.
+_OPERATOR_CODES = frozenset(
+    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE}
+)
 
 # When the gateway gives no delay, callers still learn a sensible pause for these.
 _DEFAULT_RETRY_DELAY: Mapping[grpc.StatusCode, float] = {
@@ -159,3 +186,18 @@ def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.
     return code, status_pb2.Status(
         code=getattr(code_pb2, code.name), message=error.message, details=packed
     )
+
+
+def log_failure(what: str, code: grpc.StatusCode, error: errors.RerankError) -> None:
+    """Log a call (or a batch's request) that failed with `error`, answered as `code`."""
+    level = logging.WARNING if code in _OPERATOR_CODES else logging.INFO
+    logger.log(level, "%s failed: %s %s", what, code.name, error.reason)
+
+
+def report_incident(what: str, call: CallRecord) -> str:
+    """Log the exception being handled (a bug) with its traceback under a new incident id,
+    noted in `call`, and return the message the caller gets instead of the exception's text
+    (with INTERNAL)."""
+    incident = call.incident = uuid.uuid4().hex[:12]
+    logger.exception("%s failed unexpectedly (incident %s)", what, incident)
+    return f"internal error (incident {incident})"
