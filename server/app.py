@@ -23,9 +23,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # re-exported at run time
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
-
-# What `reflection.aio` names at run time; its stubs take `aio` for grpc's.
-from grpc_reflection.v1alpha._async import ReflectionServicer
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -377,10 +374,13 @@ async def start_server(
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, door.registrar(server))
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        ReflectionServicer((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+        # `reflection.aio` is public (its `__all__`); its stubs take `aio` for grpc's.
+        reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        ),
         door.registrar(server),
     )
-    door.count_unknown_methods(server)
+    door.answer_unknown_methods(server)
     try:
         credentials = server_credentials(settings)
         if credentials is None:

@@ -90,12 +90,13 @@ class GrpcDoor:
         it registers each of their handlers on `server` on the shorter path."""
         return _Registrar(self, server)
 
-    def count_unknown_methods(self, server: grpc.aio.Server) -> None:
-        """Count calls to a method nobody registered as `other` (gRPC answers UNIMPLEMENTED
-        without running anything), so a caller cannot make up label values; after every
-        service."""
-        if self._metrics is not None:
-            server.add_generic_rpc_handlers((_Unknown(self._metrics.grpc_method(OTHER)),))
+    def answer_unknown_methods(self, server: grpc.aio.Server) -> None:
+        """Answer a method nobody registered UNIMPLEMENTED on the shorter path (after every
+        service): counted as `other`, so a caller cannot make up label values, and, with
+        authentication on, refused UNAUTHENTICATED first, so that without a token nobody
+        learns which methods exist."""
+        handler = grpc.stream_stream_rpc_method_handler(_unimplemented)
+        server.add_generic_rpc_handlers((_Unknown(self._plain(OTHER, handler)),))
 
     def _meter(self, method: str) -> GrpcMethodMetrics | None:
         return None if self._metrics is None else self._metrics.grpc_method(method)
@@ -245,14 +246,18 @@ class _Registrar:
 
 
 class _Unknown(GenericHandler):
-    """Counts every call to a method no other handler has: the last handler asked."""
+    """The handler of every method no other handler has: the last handler asked."""
 
-    def __init__(self, calls: GrpcMethodMetrics) -> None:
-        self._calls = calls
+    def __init__(self, handler: MethodHandler) -> None:
+        self._handler = handler
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> None:
-        self._calls.started.inc()
-        self._calls.ended(grpc.StatusCode.UNIMPLEMENTED, 0.0, 0, 0)
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> MethodHandler:
+        return self._handler
+
+
+async def _unimplemented(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+    yield  # never reached: a generator, as a streaming method's behaviour is
 
 
 def _read(context: Context) -> tuple[str | None, str | bytes | None, dict[str, str] | None]:

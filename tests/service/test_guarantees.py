@@ -299,6 +299,22 @@ async def test_calls_need_a_known_bearer_token(serve: Any, channels: list[Any]) 
     assert response.ranking
 
 
+async def test_without_a_token_nobody_learns_which_methods_exist(
+    serve: Any, channels: list[Any]
+) -> None:
+    running = await serve(AUTHED)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    channels.append(channel)
+    for method in ("/rerank.v1.RerankService/NoSuchMethod", "/no.such.Service/Method"):
+        unknown = channel.unary_unary(method)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await unknown(b"", timeout=5)
+        assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await unknown(b"", timeout=5, metadata=(("authorization", "Bearer token-one"),))
+        assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
 async def test_health_is_open_unless_configured(serve: Any) -> None:
     for settings, open_ in ((AUTHED, True), (dataclasses.replace(AUTHED, auth_health=True), False)):
         running = await serve(settings)
