@@ -22,7 +22,7 @@ import pytest
 from rerank.server.config import GatewayProtocol, Settings
 from rerank.server.domain import Limits
 from rerank.server.gateway import GatewayReranker
-from rerank.server.service import query_from_proto
+from rerank.server.translate import query_from_proto
 from rerank.v1 import rerank_service_pb2 as pb
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.scripted_http import Reply, Request, ScriptedServer

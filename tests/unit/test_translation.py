@@ -16,7 +16,7 @@ from rerank.contract import (
 )
 from rerank.server.domain import FREE, Limits, ModelInfo, Ranked, RerankOutcome, Usage, Warning
 from rerank.server.errors import InvalidRequest, MalformedRequest, UpstreamProtocolError
-from rerank.server.service import (
+from rerank.server.translate import (
     Page,
     call_usage_to_proto,
     model_to_proto,

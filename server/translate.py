@@ -1,0 +1,308 @@
+"""The one translator between the contract's protos and domain values: proto messages stop
+here; below it there are only `rerank.server.domain` values (why a request's decoded message is
+let go at once: `rerank.server.service`)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TypeVar, cast
+
+from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
+
+from rerank.contract import RESPONSE_EXTRAS_BYTES, NotJsonError, from_struct
+from rerank.server.calls import CallRecord
+from rerank.server.domain import (
+    Caller,
+    DocumentKind,
+    JsonObject,
+    Limits,
+    ModelInfo,
+    Ranked,
+    RerankOutcome,
+    RerankQuery,
+    Usage,
+    Warning,
+    caller_metadata,
+    cost_text,
+)
+from rerank.server.errors import (
+    FieldViolation,
+    InvalidRequest,
+    MalformedRequest,
+    UpstreamProtocolError,
+)
+from rerank.server.limits import DailyUsage, bucket_size
+from rerank.v1 import rerank_service_pb2 as pb
+
+_WARNING_TYPE_TO_PROTO = {
+    "unsupported": pb.Warning.TYPE_UNSUPPORTED,
+    "compatibility": pb.Warning.TYPE_COMPATIBILITY,
+    "other": pb.Warning.TYPE_OTHER,
+    "deprecated": pb.Warning.TYPE_DEPRECATED,
+}
+
+#: A request message `decoded` makes from the bytes gRPC received.
+Decoded = TypeVar(
+    "Decoded", pb.RerankRequest, pb.BatchRerankRequest, pb.ListModelsRequest, pb.GetUsageRequest
+)
+
+
+def decoded(kind: type[Decoded], data: bytes) -> Decoded:
+    """The message of type `kind` in `data`, or `MalformedRequest` saying what protobuf found
+    wrong (its text names the type)."""
+    try:
+        return kind.FromString(data)
+    except DecodeError as exc:
+        raise MalformedRequest.of(exc) from None
+
+
+def query_from_bytes(
+    data: bytes, default_model: str, limits: Limits, call: CallRecord | None = None
+) -> tuple[RerankQuery, bool]:
+    """The query a serialized RerankRequest asks, and whether its answer echoes the documents;
+    `call`, when given, notes the document count and `top_n` as sent (before anything in them
+    can be refused).
+
+    The decoded message lives only in here: once its documents are domain values, nothing
+    refers to it and its memory is freed, while the call goes on for seconds.
+    """
+    request = decoded(pb.RerankRequest, data)
+    if call is not None:
+        call.documents = len(request.documents)
+        call.top_n = request.top_n if request.HasField("top_n") else None
+    return query_from_proto(request, default_model, limits), echoes_documents(request)
+
+
+def sent_documents(query: RerankQuery, data: bytes) -> Callable[[int], pb.Document]:
+    """The request's document at an index, exactly as it was sent, to echo: a text from the
+    query's own string (whose UTF-8 is the bytes received), an object from the request decoded
+    again (a Struct's -0.0 or empty Value would not survive the JSON the query holds)."""
+    if query.kind == "text":
+        texts = cast(tuple[str, ...], query.documents)
+        return lambda index: pb.Document(text=texts[index])
+    return decoded(pb.RerankRequest, data).documents.__getitem__
+
+
+def echoes_documents(request: pb.RerankRequest) -> bool:
+    """Whether the answer carries each ranked document: unless `return_documents` is false."""
+    return not request.HasField("return_documents") or request.return_documents
+
+
+def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limits) -> RerankQuery:
+    """Translate a RerankRequest, raising `InvalidRequest` for what cannot be translated:
+    documents without content, mixed kinds, oversized documents, non-finite numbers."""
+    violations: list[FieldViolation] = []
+    kind: DocumentKind | None = None
+    texts: list[str] = []
+    objects: list[JsonObject] = []
+    for position, document in enumerate(request.documents):
+        field = f"documents[{position}]"
+        which = document.WhichOneof("content")
+        if which is None:
+            violations.append(FieldViolation(field, "must set 'text' or 'object'"))
+            continue
+        if kind is None:
+            kind = which
+        elif which != kind:
+            violations.append(
+                FieldViolation(
+                    field,
+                    f"is {which!r} but documents[0] is {kind!r}; one request holds one kind",
+                )
+            )
+            continue
+        if document.ByteSize() > limits.max_document_bytes:
+            violations.append(
+                FieldViolation(field, f"must be at most {limits.max_document_bytes} bytes")
+            )
+        elif which == "text":
+            if not document.text:
+                violations.append(FieldViolation(field, "must not be empty"))
+            texts.append(document.text)
+        else:
+            objects.append(_json_object(document.object, f"{field}.object", violations))
+    provider_options = None
+    if request.HasField("provider_options"):
+        provider_options = _json_object(request.provider_options, "provider_options", violations)
+        for name, value in provider_options.items():
+            if not isinstance(value, dict):
+                violations.append(FieldViolation(f"provider_options.{name}", "must be an object"))
+    if violations:
+        raise InvalidRequest(violations)
+    return RerankQuery(
+        model=request.model or default_model,
+        query=request.query,
+        kind=kind or "text",
+        documents=tuple(objects) if kind == "object" else tuple(texts),
+        top_n=request.top_n if request.HasField("top_n") else None,
+        provider_options=provider_options,
+        cacheable=not request.bypass_cache,
+    )
+
+
+def _json_object(
+    struct: struct_pb2.Struct, path: str, violations: list[FieldViolation]
+) -> JsonObject:
+    """`struct` as JSON (`rerank.contract.from_struct`); what JSON cannot hold joins
+    `violations`, so that one answer names every bad field."""
+    try:
+        return from_struct(struct, path)
+    except NotJsonError as error:
+        violations.extend(FieldViolation(v.path, v.description) for v in error.violations)
+        return {}
+
+
+def response_to_proto(
+    model: str,
+    ranking: Sequence[Ranked],
+    outcome: RerankOutcome,
+    sent: Callable[[int], pb.Document] | None,
+) -> pb.RerankResponse:
+    """Build the RerankResponse. Each ranked document is `sent(index)`, the request's own, so
+    callers get back exactly what they sent; None leaves them out (the request said
+    `return_documents` false).
+
+    Raises:
+        UpstreamProtocolError: when the gateway's warnings and metadata (with the rest of the
+            response besides its ranking) exceed `RESPONSE_EXTRAS_BYTES`, the allowance the
+            server's send limit is sized with.
+    """
+    response = pb.RerankResponse(
+        model=model,
+        id=f"rr_{uuid.uuid4().hex}",
+        warnings=[warning_to_proto(w) for w in outcome.warnings],
+        cached=outcome.cached,
+        usage=call_usage_to_proto(outcome.usage),
+    )
+    metadata = caller_metadata(outcome)
+    if metadata is not None:
+        response.provider_metadata.update(metadata)
+    extras = response.ByteSize()
+    if extras > RESPONSE_EXTRAS_BYTES:
+        raise UpstreamProtocolError(
+            f"the gateway's warnings and metadata take {extras} bytes; an answer carries at "
+            f"most {RESPONSE_EXTRAS_BYTES} besides its ranking"
+        )
+    response.ranking.extend(
+        pb.RankedDocument(
+            original_index=item.index,
+            score=item.score,
+            document=None if sent is None else sent(item.index),
+        )
+        for item in ranking
+    )
+    return response
+
+
+def call_usage_to_proto(usage: Usage) -> pb.Usage:
+    """A call's usage record as the contract types it: an unknown cost is the empty string.
+    (A named caller's standing of the day is `usage_to_proto`'s.)"""
+    return pb.Usage(
+        cost="" if usage.cost is None else cost_text(usage.cost),
+        upstream_calls=usage.upstream_calls,
+    )
+
+
+def usage_to_proto(caller: Caller, usage: DailyUsage) -> pb.GetUsageResponse:
+    limits = caller.limits
+    response = pb.GetUsageResponse(
+        caller=caller.name,
+        day=usage.day,
+        spent_usd=_dollars(usage.spent_usd),
+        calls=usage.calls,
+        refused=usage.refused,
+        models=caller.models,
+    )
+    if limits.daily_budget_usd is not None:
+        response.daily_budget_usd = _dollars(limits.daily_budget_usd)
+    if limits.requests_per_second is not None:
+        response.requests_per_second = limits.requests_per_second
+        response.burst = bucket_size(limits)
+    if limits.max_concurrent_calls is not None:
+        response.max_concurrent_calls = limits.max_concurrent_calls
+    return response
+
+
+def _dollars(amount: Decimal) -> str:
+    """An exact decimal string without an exponent or trailing zeros: "0.003", "20", "0"."""
+    return format(amount.normalize(), "f")
+
+
+def warning_to_proto(warning: Warning) -> pb.Warning:
+    return pb.Warning(
+        type=_WARNING_TYPE_TO_PROTO[warning.type],
+        feature=warning.feature,
+        details=warning.details,
+        message=warning.message,
+        setting=warning.setting,
+    )
+
+
+def model_to_proto(model: ModelInfo) -> pb.Model:
+    return pb.Model(
+        id=model.id,
+        name=model.name,
+        description=model.description,
+        provider=model.provider,
+        pricing=dict(model.pricing or {}),
+        documents_per_upstream_call=model.documents_per_upstream_call or 0,
+    )
+
+
+@dataclass(frozen=True)
+class Page:
+    """Which models a ListModels call asks for (AIP-158): at most `size` (0: all of them),
+    starting after the model the page token names.
+
+    The token is opaque to callers: URL-safe base64 of `{offset}:{id}`, the position after the
+    last model of the previous page and that model's id. The next page starts after that model
+    wherever it now is in the gateway's list, so a model added or removed before it neither
+    repeats nor skips one; when the model itself is gone, at the position.
+    """
+
+    size: int
+    offset: int = 0
+    after: str | None = None
+
+    @classmethod
+    def of(cls, request: pb.ListModelsRequest) -> Page:
+        """The page `request` asks for, or `InvalidRequest` naming the field that is wrong."""
+        if request.page_size < 0:
+            raise InvalidRequest(
+                [FieldViolation("page_size", f"must not be negative, got {request.page_size}")]
+            )
+        if not request.page_token:
+            return cls(request.page_size)
+        try:
+            offset_text, _, after = (
+                base64.urlsafe_b64decode(request.page_token + "=" * (-len(request.page_token) % 4))
+                .decode()
+                .partition(":")
+            )
+            offset = int(offset_text)
+        except ValueError:  # not base64 (binascii.Error), not UTF-8, not a number
+            offset = -1
+        if offset < 1 or not after:
+            raise InvalidRequest(
+                [FieldViolation("page_token", "is not a next_page_token this service gave")]
+            )
+        return cls(request.page_size, offset, after)
+
+    def cut(self, models: Sequence[ModelInfo]) -> tuple[Sequence[ModelInfo], str]:
+        """This page of `models`, and the token of the next page ("" after the last one)."""
+        start = min(self.offset, len(models))
+        if self.after is not None:
+            found = next((i for i, m in enumerate(models) if m.id == self.after), None)
+            if found is not None:
+                start = found + 1
+        end = len(models) if self.size == 0 else min(len(models), start + self.size)
+        listed = models[start:end]
+        if end >= len(models) or not listed:
+            return listed, ""
+        token = f"{end}:{listed[-1].id}".encode()
+        return listed, base64.urlsafe_b64encode(token).decode().rstrip("=")
