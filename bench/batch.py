@@ -41,7 +41,7 @@ from rerank.v1 import rerank_service_pb2 as pb
 
 BATCH_METHOD = "/rerank.v1.RerankService/BatchRerank"
 MODES = ("sequential", "batch")
-#: The cell of issue 13: 32 queries of 20 documents.
+#: The cell: 32 queries of 20 documents.
 QUERIES = 32
 DOCUMENTS = 20
 #: The latency per call of the second run's mock: a fast gateway (a real one takes longer).

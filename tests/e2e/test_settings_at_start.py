@@ -1,5 +1,5 @@
 """A bad setting, as a user meets it: the real `rerank-server` stops at once with one line
-naming the setting and its range, exit code 2, no traceback (issue 10, item 6)."""
+naming the setting and its range, exit code 2, no traceback."""
 
 from __future__ import annotations
 

@@ -226,7 +226,7 @@ def test_the_plugin_works_beside_a_consumers_own_client_server_and_mock_gateway(
     result.assert_outcomes(passed=2)
 
 
-# --- the production chain, and nothing one test does reaching the next (issue 10) ------------
+# --- the production chain, and nothing one test does reaching the next ----------------------
 
 
 def test_the_server_runs_the_production_chain(consumer: pytest.Pytester) -> None:

@@ -100,7 +100,7 @@ async def test_the_breaker_fails_fast_once_the_gateway_is_down(
 async def test_large_requests_alone_close_the_circuit_once_the_gateway_is_back(
     serve: Any, channels: list[Any]
 ) -> None:
-    """Issue 10, item 5, through the real chain: after the cool-down only large requests come
+    """Through the real chain: after the cool-down only large requests come
     (three windows each). The first window of one takes the probe, the other two are refused
     and cancel it; the circuit must close all the same, and large requests pass again."""
     settings = dataclasses.replace(

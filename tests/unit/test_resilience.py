@@ -334,7 +334,7 @@ async def test_reset_forgets_the_circuit_and_the_budget() -> None:
 
 
 async def test_large_requests_close_a_half_open_circuit() -> None:
-    """Issue 10, item 5. Window 1 of a large request takes the half-open circuit's one probe
+    """Window 1 of a large request takes the half-open circuit's one probe
     slot and windows 2-4 are refused ("calls are paused"); that failure cancels window 1. The
     probe's verdict must still be reached, or the circuit stays half-open for as long as only
     large requests come: with the gateway healthy again, the next large request must pass."""

@@ -197,8 +197,8 @@ def test_bad_values_are_usage_errors(
     assert err.count("\n") == 1, err  # one line
 
 
-# Issue 10, item 6: each of these used to start a server that then misbehaved (the same, as
-# a real process, no traceback: tests/e2e/test_settings_at_start.py).
+# Each of these would otherwise start a server that then misbehaves (the same, as a real
+# process, no traceback: tests/e2e/test_settings_at_start.py).
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
