@@ -24,12 +24,12 @@ import orjson
 import pytest
 
 from rerank.server import errors
+from rerank.server._gateway_http import MAX_RESPONSE_BYTES
 from rerank.server.config import GatewayProtocol
 from rerank.server.credentials import OidcTokenFile
 from rerank.server.domain import Ranked, RerankQuery, Usage, Warning
 from rerank.server.gateway import (
     MAX_LOGGED_WARNING_TYPES,
-    MAX_RESPONSE_BYTES,
     PROTOCOL_FACTS,
     TEAM_HEADER,
     GatewayReranker,
