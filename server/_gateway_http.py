@@ -6,19 +6,25 @@ and a request body let go of once written.
 The HTTP client is aiohttp: on `make bench` it cost half the server CPU per proxied call of a
 tuned httpx (README, "Performance"). This module is the only code that knows it, and the only
 place a failed exchange (a deadline passed, a connection refused, reset or cut, too large an
-answer) becomes a `rerank.server.errors` error; the adapter reads the answers.
+answer) becomes a `rerank.server.errors` error; the adapter reads the answers (with
+`parse_retry_after`, the delay an answer asks for).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email.utils
+import math
 import platform
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from rerank.server.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
@@ -38,10 +44,10 @@ _WRITE_CHUNK = 64 * 1024
 class GatewayHttp:
     """Exchanges with the gateway at `base_url`, over at most `max_connections`."""
 
-    def __init__(self, base_url: str, max_connections: int, tracer: Tracer) -> None:
-        self._base_url = base_url
+    def __init__(self, base_url: str, max_connections: int, tracer: Tracer | None) -> None:
+        self._base_url = base_url = base_url.rstrip("/")
         self._max_connections = max_connections
-        self._tracer = tracer
+        self._tracer = tracer or trace.NoOpTracer()
         self._session: aiohttp.ClientSession | None = None
         # The client span's fixed attributes: where, never the URL itself (a base URL could
         # carry a query or user info).
@@ -159,16 +165,38 @@ def _failed(span: Span, error_type: str) -> None:
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
-    declared = response.content_length
-    if declared is not None and declared > MAX_RESPONSE_BYTES:
+    if (declared := response.content_length or 0) > MAX_RESPONSE_BYTES:
         raise UpstreamProtocolError(
             f"the gateway's answer of {declared} bytes exceeds {MAX_RESPONSE_BYTES} bytes"
         )
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise UpstreamProtocolError(f"the gateway's answer exceeds {MAX_RESPONSE_BYTES} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if (size := size + len(chunk)) > MAX_RESPONSE_BYTES:
+            raise UpstreamProtocolError(f"the gateway's answer exceeds {MAX_RESPONSE_BYTES} bytes")
+    return b"".join(chunks)  # one chunk (most answers): that chunk itself, not a copy
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms` (wins) or `retry-after` (seconds or HTTP date).
+
+    As in the AI SDK, a delay outside 0–60 s is ignored rather than obeyed.
+    """
+    delay = _float_or_none(headers.get("retry-after-ms", ""))
+    delay = None if delay is None else delay / 1000
+    if delay is None and (seconds := headers.get("retry-after")) is not None:
+        delay = _float_or_none(seconds)
+        if delay is None:
+            with contextlib.suppress(TypeError, ValueError):
+                when = email.utils.parsedate_to_datetime(seconds).timestamp()
+                delay = when - (time.time() if now is None else now)
+    return delay if delay is not None and 0 <= delay <= 60 else None
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None

@@ -16,11 +16,7 @@ for orjson with the types checked by hand (`python -m bench.decode_cost`).
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
 import logging
-import math
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -28,11 +24,10 @@ from typing import Any, NoReturn, TypeVar
 
 import msgspec
 import orjson
-from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from rerank.server import errors
-from rerank.server._gateway_http import USER_AGENT, GatewayHttp, JsonBody
+from rerank.server._gateway_http import USER_AGENT, GatewayHttp, JsonBody, parse_retry_after
 from rerank.server.config import GatewayProtocol
 from rerank.server.credentials import Credential, StaticCredential
 from rerank.server.domain import (
@@ -128,9 +123,7 @@ class GatewayReranker:
                 raise ValueError("GatewayReranker needs an api_key or a credential")
             credential = StaticCredential(api_key, auth_method)
         self._credential = credential
-        self._http = GatewayHttp(
-            base_url.rstrip("/"), max_connections, tracer or trace.NoOpTracer()
-        )
+        self._http = GatewayHttp(base_url, max_connections, tracer)
         self._protocol = protocol
         self._auth_headers = {
             "ai-gateway-protocol-version": PROTOCOL_VERSION,
@@ -179,7 +172,7 @@ class GatewayReranker:
         data: JsonBody | None,
         timeout: float,
     ) -> bytes:
-        """One exchange; returns a 2xx body or raises an errors.UpstreamError."""
+        """One exchange; returns a 2xx body or raises an UpstreamError."""
         headers = {"authorization": f"Bearer {self._credential.bearer_token()}", **headers}
         status, answer_headers, body = await self._http.exchange(
             method, path, headers, data, timeout
@@ -297,10 +290,6 @@ class _Envelope(msgspec.Struct, rename="camel"):
 
     error: _Error
     generation_id: Any = None
-
-    @property
-    def type(self) -> str:
-        return _str_or_empty(self.error.type)
 
     @property
     def display_message(self) -> str:
@@ -439,7 +428,7 @@ def error_from_response(
             )
         said = "is rate-limiting calls" if status == 429 else f"failed with HTTP {status}"
         return by_status(f"the gateway {said}", status=status, retry_after=retry_after)
-    error_class = PROTOCOL_FACTS[protocol].error_types.get(envelope.type)
+    error_class = PROTOCOL_FACTS[protocol].error_types.get(_str_or_empty(envelope.error.type))
     error_class = error_class or by_status or errors.UpstreamError
     return error_class(
         (
@@ -453,34 +442,8 @@ def error_from_response(
     )
 
 
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from `retry-after-ms` (wins) or `retry-after` (seconds or HTTP date).
-
-    As in the AI SDK, a delay outside 0–60 s is ignored rather than obeyed.
-    """
-    delay: float | None = None
-    if (millis := headers.get("retry-after-ms")) is not None:
-        delay = _float_or_none(millis)
-        delay = None if delay is None else delay / 1000
-    if delay is None and (seconds := headers.get("retry-after")) is not None:
-        delay = _float_or_none(seconds)
-        if delay is None:
-            with contextlib.suppress(TypeError, ValueError):
-                when = email.utils.parsedate_to_datetime(seconds).timestamp()
-                delay = when - (time.time() if now is None else now)
-    return delay if delay is not None and 0 <= delay <= 60 else None
-
-
 def _str_or_empty(value: object) -> str:
     return value if isinstance(value, str) else ""
-
-
-def _float_or_none(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _protocol_error(detail: str) -> NoReturn:
