@@ -20,14 +20,9 @@ from collections.abc import Callable
 import orjson
 
 from rerank.server.config import GatewayProtocol
-from rerank.server.domain import Ranked, RerankOutcome, Usage, best_first, reported_cost
+from rerank.server.domain import Ranked, RerankOutcome, best_first
 from rerank.server.errors import UpstreamProtocolError
-from rerank.server.gateway import (
-    PROTOCOL_FACTS,
-    _parse_provider_metadata,
-    _parse_warnings,
-    parse_rerank_body,
-)
+from rerank.server.gateway import parse_rerank_body, rerank_outcome
 
 Decode = Callable[[bytes, int], RerankOutcome]
 
@@ -60,7 +55,7 @@ def with_msgspec(body: bytes, documents: int) -> RerankOutcome:
 
 def with_orjson(body: bytes, documents: int) -> RerankOutcome:
     """The answer decoded by orjson, each value's type checked by hand, then checked as a
-    ranking of `documents`; the rest of it read by the adapter's own helpers."""
+    ranking of `documents`; the rest of it read as the adapter reads it (`rerank_outcome`)."""
     data = orjson.loads(body)
     if not isinstance(data, dict) or not isinstance(ranking := data.get("ranking"), list):
         raise UpstreamProtocolError("no ranking")
@@ -78,12 +73,8 @@ def with_orjson(body: bytes, documents: int) -> RerankOutcome:
             raise UpstreamProtocolError("out of range or repeated")
         seen.add(index)
         items.append(Ranked(index, float(score)))
-    metadata = _parse_provider_metadata(data.get("providerMetadata"))
-    return RerankOutcome(
-        ranking=best_first(items, None),
-        warnings=_parse_warnings(data.get("warnings"), PROTOCOL_FACTS[GatewayProtocol.V4], None),
-        provider_metadata=metadata,
-        usage=Usage(cost=reported_cost(metadata), upstream_calls=1),
+    return rerank_outcome(
+        best_first(items, None), data.get("warnings"), data.get("providerMetadata")
     )
 
 

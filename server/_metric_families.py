@@ -1,4 +1,4 @@
-"""What the server exports: every metric's name, help text, kind, labels and buckets.
+"""What the server exports: every metric's name, kind, labels, help text and buckets.
 
 README, "Operating it", has the same table for operators, and `deploy/` speaks of these names.
 Plain data that imports no metrics library: what records them and what stores them read it alike.
@@ -6,7 +6,6 @@ Plain data that imports no metrics library: what records them and what stores th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,189 +34,86 @@ Kind = Literal["counter", "histogram", "gauge"]
 
 @dataclass(frozen=True)
 class Family:
-    """One metric: its name (without `_total`), help text, kind and label names."""
+    """One metric: its name (without `_total`), kind, label names, help text and buckets."""
 
     name: str
-    help: str
     kind: Kind
-    labels: tuple[str, ...] = ()
+    labels: tuple[str, ...]
+    help: str
     buckets: tuple[float, ...] = ()
 
 
-def _f(name: str, help: str, kind: Kind, *labels: str, buckets: Iterable[float] = ()) -> Family:
-    return Family(name, help, kind, labels, tuple(buckets))
+def _f(name: str, kind: Kind, labels: str, help: str, buckets: tuple[float, ...] = ()) -> Family:
+    """A row of the table below; `labels` space-separated."""
+    return Family(name, kind, tuple(labels.split()), help, buckets)
 
 
-GRPC_STARTED = _f("grpc_server_call_started", "RPCs started (gRFC A66).", "counter", "grpc_method")
-GRPC_DURATION = _f(
-    "grpc_server_call_duration_seconds",
-    "Time from the handler's start to its end, per RPC (gRFC A66).",
-    "histogram",
-    "grpc_method",
-    "grpc_status",
-    buckets=LATENCY_BUCKETS,
-)
-GRPC_RCVD = _f(
-    "grpc_server_call_rcvd_total_compressed_message_size_bytes",
+# The table: name, kind, labels, help (as the scrape shows it), buckets.
+# fmt: off
+GRPC_STARTED = _f("grpc_server_call_started", "counter", "grpc_method",
+    "RPCs started (gRFC A66).")
+GRPC_DURATION = _f("grpc_server_call_duration_seconds", "histogram", "grpc_method grpc_status",
+    "Time from the handler's start to its end, per RPC (gRFC A66).", LATENCY_BUCKETS)
+GRPC_RCVD = _f("grpc_server_call_rcvd_total_compressed_message_size_bytes", "histogram",
+    "grpc_method grpc_status",
     "Bytes of the request messages of one RPC, serialized (gRFC A66; no compression is used).",
-    "histogram",
-    "grpc_method",
-    "grpc_status",
-    buckets=SIZE_BUCKETS,
-)
-GRPC_SENT = _f(
-    "grpc_server_call_sent_total_compressed_message_size_bytes",
+    SIZE_BUCKETS)
+GRPC_SENT = _f("grpc_server_call_sent_total_compressed_message_size_bytes", "histogram",
+    "grpc_method grpc_status",
     "Bytes of the response messages of one RPC, serialized (gRFC A66; no compression is used).",
-    "histogram",
-    "grpc_method",
-    "grpc_status",
-    buckets=SIZE_BUCKETS,
-)
-UPSTREAM_ATTEMPTS = _f(
-    "rerank_upstream_attempts",
+    SIZE_BUCKETS)
+UPSTREAM_ATTEMPTS = _f("rerank_upstream_attempts", "counter", "operation model outcome",
     "Calls to the gateway (each retry and each window is one), by outcome: OK or the "
-    "ErrorInfo reason of the failure.",
-    "counter",
-    "operation",
-    "model",
-    "outcome",
-)
-UPSTREAM_DURATION = _f(
-    "rerank_upstream_attempt_duration_seconds",
-    "Time one call to the gateway took.",
-    "histogram",
-    "operation",
-    "model",
-    "outcome",
-    buckets=UPSTREAM_BUCKETS,
-)
-RETRIES = _f(
-    "rerank_upstream_retries",
-    "Gateway calls retried, by the ErrorInfo reason of the failure retried.",
-    "counter",
-    "reason",
-)
-RETRY_BUDGET_EXHAUSTED = _f(
-    "rerank_upstream_retry_budget_exhausted",
-    "Retryable failures not retried because the retry budget was spent.",
-    "counter",
-)
-BREAKER_STATE = _f(
-    "rerank_circuit_breaker_state",
-    "Worker processes whose gateway circuit is in this state (closed, open, half_open).",
-    "gauge",
-    "state",
-)
-BREAKER_TRANSITIONS = _f(
-    "rerank_circuit_breaker_transitions",
-    "Changes of a worker's gateway circuit, by the state entered.",
-    "counter",
-    "to",
-)
-CACHE_REQUESTS = _f(
-    "rerank_cache_requests",
+    "ErrorInfo reason of the failure.")
+UPSTREAM_DURATION = _f("rerank_upstream_attempt_duration_seconds", "histogram",
+    "operation model outcome", "Time one call to the gateway took.", UPSTREAM_BUCKETS)
+RETRIES = _f("rerank_upstream_retries", "counter", "reason",
+    "Gateway calls retried, by the ErrorInfo reason of the failure retried.")
+RETRY_BUDGET_EXHAUSTED = _f("rerank_upstream_retry_budget_exhausted", "counter", "",
+    "Retryable failures not retried because the retry budget was spent.")
+BREAKER_STATE = _f("rerank_circuit_breaker_state", "gauge", "state",
+    "Worker processes whose gateway circuit is in this state (closed, open, half_open).")
+BREAKER_TRANSITIONS = _f("rerank_circuit_breaker_transitions", "counter", "to",
+    "Changes of a worker's gateway circuit, by the state entered.")
+CACHE_REQUESTS = _f("rerank_cache_requests", "counter", "result",
     "Result cache lookups: hit (from memory), coalesced (shared an identical call in flight), "
-    "miss (went upstream). Requests that bypass the cache are not counted.",
-    "counter",
-    "result",
-)
-CACHE_BYTES = _f("rerank_cache_bytes", "Bytes the result caches hold (all workers).", "gauge")
-CACHE_ENTRIES = _f("rerank_cache_entries", "Entries in the result caches (all workers).", "gauge")
-WINDOWS = _f(
-    "rerank_windows_per_request",
-    "Upstream windows one request past the cache was split into (1: not split).",
-    "histogram",
-    buckets=WINDOW_BUCKETS,
-)
-DOCUMENTS = _f(
-    "rerank_documents_per_request",
+    "miss (went upstream). Requests that bypass the cache are not counted.")
+CACHE_BYTES = _f("rerank_cache_bytes", "gauge", "",
+    "Bytes the result caches hold (all workers).")
+CACHE_ENTRIES = _f("rerank_cache_entries", "gauge", "",
+    "Entries in the result caches (all workers).")
+WINDOWS = _f("rerank_windows_per_request", "histogram", "",
+    "Upstream windows one request past the cache was split into (1: not split).", WINDOW_BUCKETS)
+DOCUMENTS = _f("rerank_documents_per_request", "histogram", "",
     "Documents in one valid Rerank request (or valid request of a BatchRerank).",
-    "histogram",
-    buckets=DOCUMENT_BUCKETS,
-)
-BATCH_REQUESTS = _f(
-    "rerank_batch_requests",
+    DOCUMENT_BUCKETS)
+BATCH_REQUESTS = _f("rerank_batch_requests", "counter", "grpc_status",
     "Requests answered inside BatchRerank calls, by the status each got (the call itself is "
-    "counted with the gRPC metrics, OK however its requests fared).",
-    "counter",
-    "grpc_status",
-)
-ADMISSION_REFUSALS = _f(
-    "rerank_admission_refusals",
-    "Calls refused at once because the server was full, by the limit reached.",
-    "counter",
-    "reason",
-)
-IN_FLIGHT = _f(
-    "rerank_calls_in_flight",
-    "Rerank and ListModels calls, and requests of BatchRerank calls, admitted and not finished.",
-    "gauge",
-)
-COST = _f(
-    "rerank_gateway_cost_nanousd",
+    "counted with the gRPC metrics, OK however its requests fared).")
+ADMISSION_REFUSALS = _f("rerank_admission_refusals", "counter", "reason",
+    "Calls refused at once because the server was full, by the limit reached.")
+IN_FLIGHT = _f("rerank_calls_in_flight", "gauge", "",
+    "Rerank and ListModels calls, and requests of BatchRerank calls, admitted and not finished.")
+COST = _f("rerank_gateway_cost_nanousd", "counter", "model caller",
     "What the gateway charged, in US dollars, by model and named caller (empty: a caller "
-    "without a name). Exact: kept as integer nano-dollars.",
-    "counter",
-    "model",
-    "caller",
-)
-CALLER_CALLS = _f(
-    "rerank_caller_calls",
-    "Rerank calls of a named caller that its limits let through (answered from the cache or not).",
-    "counter",
-    "caller",
-)
-CALLER_REFUSALS = _f(
-    "rerank_caller_refusals",
+    "without a name). Exact: kept as integer nano-dollars.")
+CALLER_CALLS = _f("rerank_caller_calls", "counter", "caller",
+    "Rerank calls of a named caller that its limits let through (answered from the cache or not).")
+CALLER_REFUSALS = _f("rerank_caller_refusals", "counter", "caller reason",
     "Rerank calls of a named caller that its own limits refused, by the ErrorInfo reason "
-    "(CALLER_RATE_LIMITED, CALLER_BUDGET_EXHAUSTED, MODEL_NOT_ALLOWED).",
-    "counter",
-    "caller",
-    "reason",
-)
-REDIS_UP = _f(
-    "rerank_redis_up",
+    "(CALLER_RATE_LIMITED, CALLER_BUDGET_EXHAUSTED, MODEL_NOT_ALLOWED).")
+REDIS_UP = _f("rerank_redis_up", "gauge", "purpose",
     "Worker processes that can use their Redis, by what it holds (limits, cache); a process "
-    "that cannot decides its named callers' limits itself (or serves uncached) until it can.",
-    "gauge",
-    "purpose",
-)
-LIMITS_DECIDED_LOCALLY = _f(
-    "rerank_limits_decided_locally",
+    "that cannot decides its named callers' limits itself (or serves uncached) until it can.")
+LIMITS_DECIDED_LOCALLY = _f("rerank_limits_decided_locally", "counter", "",
     "Calls of named callers whose limits were decided in the process because the limits' "
-    "Redis was away (fail open).",
-    "counter",
-)
-BUILD_INFO = _f(
-    "rerank_build_info",
-    "Always 1; the labels say which build and gateway protocol serve.",
-    "gauge",
-    "version",
-    "gateway_protocol",
-)
+    "Redis was away (fail open).")
+BUILD_INFO = _f("rerank_build_info", "gauge", "version gateway_protocol",
+    "Always 1; the labels say which build and gateway protocol serve.")
 FAMILIES = (
-    GRPC_STARTED,
-    GRPC_DURATION,
-    GRPC_RCVD,
-    GRPC_SENT,
-    UPSTREAM_ATTEMPTS,
-    UPSTREAM_DURATION,
-    RETRIES,
-    RETRY_BUDGET_EXHAUSTED,
-    BREAKER_STATE,
-    BREAKER_TRANSITIONS,
-    CACHE_REQUESTS,
-    CACHE_BYTES,
-    CACHE_ENTRIES,
-    WINDOWS,
-    DOCUMENTS,
-    BATCH_REQUESTS,
-    ADMISSION_REFUSALS,
-    IN_FLIGHT,
-    COST,
-    CALLER_CALLS,
-    CALLER_REFUSALS,
-    REDIS_UP,
-    LIMITS_DECIDED_LOCALLY,
-    BUILD_INFO,
+    GRPC_STARTED, GRPC_DURATION, GRPC_RCVD, GRPC_SENT, UPSTREAM_ATTEMPTS, UPSTREAM_DURATION,
+    RETRIES, RETRY_BUDGET_EXHAUSTED, BREAKER_STATE, BREAKER_TRANSITIONS, CACHE_REQUESTS,
+    CACHE_BYTES, CACHE_ENTRIES, WINDOWS, DOCUMENTS, BATCH_REQUESTS, ADMISSION_REFUSALS, IN_FLIGHT,
+    COST, CALLER_CALLS, CALLER_REFUSALS, REDIS_UP, LIMITS_DECIDED_LOCALLY, BUILD_INFO,
 )
+# fmt: on

@@ -42,57 +42,33 @@ from prometheus_client.core import GaugeMetricFamily, Metric, Sample
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from rerank.server._metric_families import (
-    BUILD_INFO,
-    COST,
-    COST_SHOWN,
-    NANOS_PER_DOLLAR,
-    Family,
-)
+from rerank.server._metric_families import BUILD_INFO, COST, COST_SHOWN, NANOS_PER_DOLLAR, Family
 
 
 class PrometheusRecorder:
-    """The families as the library's own metrics, in `registry`: a registry of this recorder's
-    own, not the library's global one, which other code in the process may use. Each is made
-    when first asked for, as a metric without labels shows from when it is made."""
+    """Makes the families as the library's own metrics, in `registry`: a registry of this
+    recorder's own, not the library's global one, which other code in the process may use."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._counters: dict[str, Counter] = {}
-        self._gauges: dict[str, Gauge] = {}
-        self._histograms: dict[str, Histogram] = {}
 
-    def counter(self, family: Family, **labels: str) -> Counter:
-        counter = self._counters.get(family.name)
-        if counter is None:
-            counter = self._counters[family.name] = Counter(
-                family.name, family.help, family.labels, registry=self.registry
-            )
-        return counter.labels(**labels) if labels else counter
+    def counter(self, family: Family, /) -> Counter:
+        return Counter(family.name, family.help, family.labels, registry=self.registry)
 
-    def gauge(self, family: Family, **labels: str) -> Gauge:
-        gauge = self._gauges.get(family.name)
-        if gauge is None:
-            gauge = self._gauges[family.name] = Gauge(
-                family.name,
-                family.help,
-                family.labels,
-                registry=self.registry,
-                multiprocess_mode="livesum",
-            )
-        return gauge.labels(**labels) if labels else gauge
+    def gauge(self, family: Family, /) -> Gauge:
+        # Per-process state: summed over the live processes (see the module's docstring).
+        return Gauge(
+            family.name,
+            family.help,
+            family.labels,
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
 
-    def histogram(self, family: Family, **labels: str) -> Histogram:
-        histogram = self._histograms.get(family.name)
-        if histogram is None:
-            histogram = self._histograms[family.name] = Histogram(
-                family.name,
-                family.help,
-                family.labels,
-                registry=self.registry,
-                buckets=family.buckets,
-            )
-        return histogram.labels(**labels) if labels else histogram
+    def histogram(self, family: Family, /) -> Histogram:
+        return Histogram(
+            family.name, family.help, family.labels, registry=self.registry, buckets=family.buckets
+        )
 
 
 class Exposition(Collector):
@@ -108,6 +84,8 @@ class Exposition(Collector):
             # Metrics kept in memory add `_created` samples, which files do not keep: without
             # them a scrape is the same whichever the storage.
             samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            if not samples:  # labelled, with no child yet: files hold nothing of it either
+                continue
             if metric.name == COST.name:
                 yield _in_dollars(metric.documentation, samples)
                 continue

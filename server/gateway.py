@@ -1,11 +1,12 @@
 """The AI Gateway adapter: domain values ⇄ the gateway's HTTP protocol.
 
-This module is the only place that knows the gateway's JSON and the only place HTTP outcomes
-(statuses, envelopes, aiohttp exceptions) become `rerank.server.errors`. The protocol it speaks is
-the one the AI SDK's `@ai-sdk/gateway` speaks (`POST {base}/reranking-model`, `GET {base}/config`),
-header for header, so the real gateway and the bundled mock are interchangeable behind it. Both
-versions of it, v3 (gateway 3.x) and v4 (4.x), are spoken; what differs between them is the one
-table `PROTOCOL_FACTS`.
+This module is the only place that knows the gateway's JSON and the only place its answers
+(statuses, envelopes) become `rerank.server.errors`; the exchanges themselves, and their
+failures, are `rerank.server._gateway_http`'s. The protocol it speaks is the one the AI SDK's
+`@ai-sdk/gateway` speaks (`POST {base}/reranking-model`, `GET {base}/config`), header for
+header, so the real gateway and the bundled mock are interchangeable behind it. Both versions of
+it, v3 (gateway 3.x) and v4 (4.x), are spoken; what differs between them is the one table
+`PROTOCOL_FACTS`.
 
 A rerank answer's ranking is checked here, once, against the documents the call sent, and leaves
 valid (`RerankOutcome`): no layer above checks it again. It is decoded by msgspec into typed
@@ -15,26 +16,18 @@ for orjson with the types checked by hand (`python -m bench.decode_cost`).
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import logging
-import math
-import platform
-import time
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
-import aiohttp
 import msgspec
 import orjson
-from aiohttp.abc import AbstractStreamWriter
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Tracer
 
+from rerank.server import errors
+from rerank.server._gateway_http import USER_AGENT, GatewayHttp, JsonBody, parse_retry_after
 from rerank.server.config import GatewayProtocol
 from rerank.server.credentials import Credential, StaticCredential
 from rerank.server.domain import (
@@ -49,36 +42,12 @@ from rerank.server.domain import (
     best_first,
     reported_cost,
 )
-from rerank.server.errors import (
-    ModelNotFound,
-    UpstreamAuthentication,
-    UpstreamError,
-    UpstreamFailedDependency,
-    UpstreamForbidden,
-    UpstreamInvalidRequest,
-    UpstreamNotFound,
-    UpstreamProtocolError,
-    UpstreamRateLimited,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
-from rerank.server.tracing import RESEND_COUNT_KEY, child_span, inject_trace_context
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROTOCOL_VERSION = "0.0.1"
 TEAM_HEADER = "x-vercel-ai-gateway-team"
-USER_AGENT = (
-    f"rerank-service/0.1.0 aiohttp/{aiohttp.__version__} runtime/python/{platform.python_version()}"
-)
-
-#: The largest body we read from the gateway. A ranking of 10,000 documents is under 1 MiB;
-#: anything far beyond is not a ranking, and reading it whole would let the upstream spend
-#: our memory.
-MAX_RESPONSE_BYTES = 8 * 1024 * 1024
-#: A request body is written this much at a time (aiohttp's own chunk for file bodies).
-_WRITE_CHUNK = 64 * 1024
-
 #: Distinct undocumented warning types logged per adapter; past this, no more are (a gateway
 #: inventing a new type per answer must not grow our memory or flood the log).
 MAX_LOGGED_WARNING_TYPES = 100
@@ -93,19 +62,19 @@ class ProtocolFacts:
     #: The warning types the SDK of this version accepts; any other is passed on as "other".
     warning_types: frozenset[WarningType]
     #: The gateway's `error.type` → our error. A missing or unknown type is decided by status.
-    error_types: Mapping[str, type[UpstreamError]]
+    error_types: Mapping[str, type[errors.UpstreamError]]
 
 
 _V3_WARNING_TYPES: frozenset[WarningType] = frozenset({"unsupported", "compatibility", "other"})
-_V3_ERROR_TYPES: Mapping[str, type[UpstreamError]] = MappingProxyType(
+_V3_ERROR_TYPES: Mapping[str, type[errors.UpstreamError]] = MappingProxyType(
     {
-        "authentication_error": UpstreamAuthentication,
-        "invalid_request_error": UpstreamInvalidRequest,
-        "forbidden": UpstreamForbidden,
-        "model_not_found": ModelNotFound,
-        "failed_dependency": UpstreamFailedDependency,
-        "rate_limit_exceeded": UpstreamRateLimited,
-        "internal_server_error": UpstreamUnavailable,
+        "authentication_error": errors.UpstreamAuthentication,
+        "invalid_request_error": errors.UpstreamInvalidRequest,
+        "forbidden": errors.UpstreamForbidden,
+        "model_not_found": errors.ModelNotFound,
+        "failed_dependency": errors.UpstreamFailedDependency,
+        "rate_limit_exceeded": errors.UpstreamRateLimited,
+        "internal_server_error": errors.UpstreamUnavailable,
     }
 )
 #: The one table of what differs between the versions; everything else is the same.
@@ -115,7 +84,7 @@ PROTOCOL_FACTS: Mapping[GatewayProtocol, ProtocolFacts] = MappingProxyType(
         GatewayProtocol.V4: ProtocolFacts(
             "4",
             _V3_WARNING_TYPES | {"deprecated"},
-            MappingProxyType({**_V3_ERROR_TYPES, "not_found": UpstreamNotFound}),
+            MappingProxyType({**_V3_ERROR_TYPES, "not_found": errors.UpstreamNotFound}),
         ),
     }
 )
@@ -128,10 +97,8 @@ _AUTHENTICATION_MESSAGE = (
 
 
 class GatewayReranker:
-    """A `Reranker` that calls an AI Gateway over one pooled HTTP client session.
-
-    The HTTP client is aiohttp: on `make bench` it cost half the server CPU per proxied call
-    of a tuned httpx (README, "Performance"). This class is the only code that knows it.
+    """A `Reranker` that calls an AI Gateway over one pooled HTTP client session
+    (`rerank.server._gateway_http`).
 
     The bearer token comes from `credential`, asked on every request (a token file's token
     changes while the server runs); `api_key` (with `auth_method`) is the fixed one, for short.
@@ -156,18 +123,7 @@ class GatewayReranker:
                 raise ValueError("GatewayReranker needs an api_key or a credential")
             credential = StaticCredential(api_key, auth_method)
         self._credential = credential
-        self._base_url = base_url.rstrip("/")
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._tracer = tracer or trace.NoOpTracer()
-        # The HTTP client span's fixed attributes: where, never the URL itself (a base URL could
-        # carry a query or user info).
-        url = urllib.parse.urlsplit(self._base_url)
-        self._span_attributes: dict[str, str | int] = {
-            "server.address": url.hostname or "",
-            "server.port": url.port or (443 if url.scheme == "https" else 80),
-            "url.scheme": url.scheme,
-        }
+        self._http = GatewayHttp(base_url, max_connections, tracer)
         self._protocol = protocol
         self._auth_headers = {
             "ai-gateway-protocol-version": PROTOCOL_VERSION,
@@ -188,8 +144,7 @@ class GatewayReranker:
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
-        if self._session is not None:
-            await self._session.close()
+        await self._http.aclose()
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         """POST the query to `{base}/reranking-model` and parse the ranking."""
@@ -209,6 +164,23 @@ class GatewayReranker:
         body = await self._call("GET", "/config", self._auth_headers, None, timeout)
         return parse_config_body(body)
 
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        data: JsonBody | None,
+        timeout: float,
+    ) -> bytes:
+        """One exchange; returns a 2xx body or raises an UpstreamError."""
+        headers = {"authorization": f"Bearer {self._credential.bearer_token()}", **headers}
+        status, answer_headers, body = await self._http.exchange(
+            method, path, headers, data, timeout
+        )
+        if 200 <= status < 300:
+            return body
+        raise error_from_response(status, answer_headers, body, self._protocol)
+
     def _log_unknown_warning_once(self, kind: str) -> None:
         logged = self._logged_warning_types
         if kind in logged or len(logged) >= MAX_LOGGED_WARNING_TYPES:
@@ -220,127 +192,6 @@ class GatewayReranker:
             kind[:100],
             self._protocol.value,
         )
-
-    def _pool(self) -> aiohttp.ClientSession:
-        # Created on first use, inside the event loop that will run it (aiohttp's rule).
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
-                # Deadlines are ours (one asyncio.timeout per exchange), not aiohttp's 5 min.
-                timeout=aiohttp.ClientTimeout(total=None),
-                # The SDK sends no cookies; neither may a shared client carry one caller's
-                # cookie into another caller's request.
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        data: JsonBody | None,
-        timeout: float,
-    ) -> bytes:
-        """One HTTP exchange under one deadline; returns a 2xx body or raises an UpstreamError.
-
-        Each exchange is an HTTP client span (OpenTelemetry's HTTP conventions) whose context
-        the request carries as `traceparent`, so the gateway's spans join the caller's trace.
-        """
-        if timeout <= 0:
-            raise UpstreamTimeout("the call's deadline passed before the gateway was asked")
-        headers = {"authorization": f"Bearer {self._credential.bearer_token()}", **headers}
-        span = child_span(self._tracer, method, SpanKind.CLIENT)
-        recording = span.is_recording()
-        if recording:
-            span.set_attributes(self._span_attributes)
-            span.set_attribute("http.request.method", method)
-            if resend := otel_context.get_value(RESEND_COUNT_KEY):
-                span.set_attribute("http.request.resend_count", resend)  # type: ignore[arg-type]
-        inject_trace_context(headers, span.get_span_context())
-        try:
-            async with (
-                asyncio.timeout(timeout),
-                self._pool().request(
-                    method, self._base_url + path, headers=headers, data=data
-                ) as response,
-            ):
-                body = await _read_bounded(response)
-        except TimeoutError as exc:
-            _failed(span, "timeout")
-            raise UpstreamTimeout(f"the gateway did not answer within {timeout:.3g} s") from exc
-        except aiohttp.ClientError as exc:
-            _failed(span, type(exc).__name__)
-            # Refused, reset or dropped connections, truncated bodies, unparsable HTTP.
-            raise UpstreamUnavailable(f"cannot reach the gateway: {type(exc).__name__}") from exc
-        except BaseException as exc:  # too large an answer, or the call was cancelled
-            _failed(span, getattr(exc, "reason", None) or type(exc).__name__)
-            raise
-        if recording:
-            span.set_attribute("http.response.status_code", response.status)
-        if 200 <= response.status < 300:
-            span.end()
-            return body
-        # The client-span convention: any 4xx or 5xx is an error, named by its status.
-        _failed(span, str(response.status))
-        raise error_from_response(response.status, response.headers, body, self._protocol)
-
-
-class JsonBody(aiohttp.Payload):
-    """A request body let go of once written: `encode` makes it.
-
-    aiohttp keeps a request's payload until the answer's headers arrive, and a rerank body is
-    a copy of the call's documents: kept, every call waiting on a slow gateway would hold its
-    documents twice for as long as it waits. So the body is made once (its length goes out as
-    the content-length, as the SDK sends one), written in chunks of 64 KiB with the event loop
-    served in between, and dropped; should aiohttp write it again (a 307 redirect), it is made
-    again from `encode`.
-    """
-
-    def __init__(self, encode: Callable[[], bytes]) -> None:
-        body = encode()
-        super().__init__(None, content_type="application/json")
-        self._encode = encode
-        self._body: bytes | None = body
-        self._size = len(body)
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return (self._body or self._encode()).decode(encoding, errors)
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        await self.write_with_length(writer, None)
-
-    async def write_with_length(
-        self, writer: AbstractStreamWriter, content_length: int | None
-    ) -> None:
-        body, self._body = memoryview(self._body or self._encode()), None
-        end = len(body) if content_length is None else min(content_length, len(body))
-        for start in range(0, end, _WRITE_CHUNK):
-            await writer.write(body[start : min(start + _WRITE_CHUNK, end)])
-
-
-def _failed(span: Span, error_type: str) -> None:
-    """End an attempt's span as failed, with `error.type` (a status, or what went wrong)."""
-    if span.is_recording():
-        span.set_attribute("error.type", error_type)
-        span.set_status(Status(StatusCode.ERROR, error_type))
-    span.end()
-
-
-async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
-    declared = response.content_length
-    if declared is not None and declared > MAX_RESPONSE_BYTES:
-        raise UpstreamProtocolError(
-            f"the gateway's answer of {declared} bytes exceeds {MAX_RESPONSE_BYTES} bytes"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise UpstreamProtocolError(f"the gateway's answer exceeds {MAX_RESPONSE_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def encode_rerank_body(query: RerankQuery) -> bytes:
@@ -367,30 +218,46 @@ def parse_rerank_body(
 ) -> RerankOutcome:
     """Parse a 200 answer of `reranking-model` to a query of `document_count` documents and
     `top_n`, rejecting anything outside the protocol; its ranking comes out as the domain
-    requires (`RerankOutcome`).
+    requires (`RerankOutcome`), the rest as `rerank_outcome` reads it."""
+    answer = _decoded(_RERANK_ANSWER, body)
+    if answer.ranking is None:
+        if (envelope := _envelope(body)) is not None:
+            raise errors.UpstreamProtocolError(
+                f"the gateway answered 200 with an error: {envelope.display_message}"
+            )
+        raise errors.UpstreamProtocolError("the gateway's answer has no 'ranking' list")
+    return rerank_outcome(
+        _checked_ranking(answer.ranking, document_count, top_n),
+        answer.warnings,
+        answer.provider_metadata,
+        protocol,
+        on_unknown_warning,
+    )
+
+
+def rerank_outcome(
+    ranking: tuple[Ranked, ...],
+    warnings: object,
+    provider_metadata: object,
+    protocol: GatewayProtocol = GatewayProtocol.V4,
+    on_unknown_warning: Callable[[str], None] | None = None,
+) -> RerankOutcome:
+    """The outcome of an answer around its checked `ranking`: its `warnings` and
+    `provider_metadata` (as JSON decodes them) read as `protocol` defines them.
 
     Warnings are advice and the ranking is the answer: a warning of a type `protocol` does not
     define is passed on as "other", its type named in the message, and `on_unknown_warning`
     hears the type (the adapter logs it once).
     """
-    try:
-        answer = _RERANK_ANSWER.decode(body)
-    except msgspec.DecodeError as error:
-        # Malformed JSON, or a value of the wrong type (a non-finite score among them): the
-        # message says where, never what.
-        _protocol_error(str(error))
-    if answer.ranking is None:
-        data = _parse_json_object(body)
-        if isinstance(data.get("error"), dict):
-            envelope = _Envelope.parse(data)
-            raise UpstreamProtocolError(
-                f"the gateway answered 200 with an error: {envelope.display_message}"
-            )
-        raise UpstreamProtocolError("the gateway's answer has no 'ranking' list")
-    metadata = _parse_provider_metadata(answer.provider_metadata)
+    if provider_metadata is not None and not (
+        isinstance(provider_metadata, dict)
+        and all(isinstance(value, dict) for value in provider_metadata.values())
+    ):
+        _protocol_error("'providerMetadata' is not a map of objects")
+    metadata: JsonObject | None = provider_metadata
     return RerankOutcome(
-        ranking=_checked_ranking(answer.ranking, document_count, top_n),
-        warnings=_parse_warnings(answer.warnings, PROTOCOL_FACTS[protocol], on_unknown_warning),
+        ranking=ranking,
+        warnings=_warnings(warnings, PROTOCOL_FACTS[protocol].warning_types, on_unknown_warning),
         provider_metadata=metadata,
         usage=Usage(cost=reported_cost(metadata), upstream_calls=1),
     )
@@ -405,15 +272,51 @@ class _RankedItem(msgspec.Struct):
 
 
 class _RerankAnswer(msgspec.Struct, rename="camel"):
-    """A 200 answer of `reranking-model`: the ranking typed, the rest read by the helpers that
-    read it as the protocol version says."""
+    """A 200 answer of `reranking-model`: the ranking typed, the rest read by `rerank_outcome`
+    as the protocol version says."""
 
     ranking: list[_RankedItem] | None = None
     warnings: Any = None
     provider_metadata: Any = None
 
 
+class _Error(msgspec.Struct):
+    message: str
+    type: Any = None
+
+
+class _Envelope(msgspec.Struct, rename="camel"):
+    """`{"error": {"message", "type"?, "param"?, "code"?}, "generationId"?}`."""
+
+    error: _Error
+    generation_id: Any = None
+
+    @property
+    def display_message(self) -> str:
+        # The AI SDK shows the generation id appended to the message; so do we.
+        generation_id = _str_or_empty(self.generation_id)
+        return f"{self.error.message} [{generation_id}]" if generation_id else self.error.message
+
+
 _RERANK_ANSWER = msgspec.json.Decoder(_RerankAnswer)
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+_JSON_OBJECT = msgspec.json.Decoder(JsonObject)
+
+
+def _decoded(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError as error:
+        # Malformed JSON, or a value of the wrong type (a non-finite score among them): the
+        # message says where, never what.
+        _protocol_error(str(error))
+
+
+def _envelope(body: bytes) -> _Envelope | None:
+    try:
+        return _ENVELOPE.decode(body)
+    except msgspec.DecodeError:
+        return None
 
 
 def _checked_ranking(
@@ -423,7 +326,7 @@ def _checked_ranking(
 
     The protocol says the gateway sorts and cuts already; we do it again so a sloppy gateway
     cannot hand callers a wrong order. An index out of range or repeated means the answer
-    cannot be trusted at all: `UpstreamProtocolError`.
+    cannot be trusted at all: `errors.UpstreamProtocolError`.
     """
     seen: set[int] = set()
     for position, item in enumerate(items):
@@ -438,22 +341,52 @@ def _checked_ranking(
     return best_first((Ranked(item.index, item.score) for item in items), top_n)
 
 
+def _warnings(
+    raw: object, defined: frozenset[WarningType], on_unknown: Callable[[str], None] | None
+) -> tuple[Warning, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        _protocol_error("'warnings' is not a list")
+    warnings: list[Warning] = []
+    for position, item in enumerate(raw):
+        kind = item.get("type") if isinstance(item, dict) else None
+        if not isinstance(item, dict) or not isinstance(kind, str):
+            _protocol_error(f"warnings[{position}] is not an object with a string 'type'")
+        if kind in defined:
+            warnings.append(
+                Warning(
+                    type=kind,
+                    feature=_str_or_empty(item.get("feature")),
+                    details=_str_or_empty(item.get("details")),
+                    message=_str_or_empty(item.get("message")),
+                    setting=_str_or_empty(item.get("setting")),
+                )
+            )
+            continue
+        # The SDK would reject the whole (billed) answer here; a warning is advice, the
+        # ranking is the answer, so we keep the ranking and say what came.
+        if on_unknown is not None:
+            on_unknown(kind)
+        said = "; ".join(f"{k}: {v}" for k, v in item.items() if k != "type" and isinstance(v, str))
+        message = f"unknown warning type {kind!r}" + (f" ({said})" if said else "")
+        warnings.append(Warning(type="other", message=message))
+    return tuple(warnings)
+
+
 def parse_config_body(body: bytes) -> tuple[ModelInfo, ...]:
     """Parse `GET /config` and keep the models whose `modelType` is "reranking"."""
-    data = _parse_json_object(body)
-    models = data.get("models")
+    models = _decoded(_JSON_OBJECT, body).get("models")
     if not isinstance(models, list):
         _protocol_error("the gateway's config has no 'models' list")
     found: list[ModelInfo] = []
     for model in models:
         if not isinstance(model, dict) or model.get("modelType") != "reranking":
             continue
-        model_id = model.get("id")
-        if not isinstance(model_id, str):
+        if not isinstance(model_id := model.get("id"), str):
             continue
-        specification = model.get("specification")
+        specification, pricing = model.get("specification"), model.get("pricing")
         provider = specification.get("provider") if isinstance(specification, dict) else None
-        pricing = model.get("pricing")
         found.append(
             ModelInfo(
                 id=model_id,
@@ -475,170 +408,43 @@ def error_from_response(
     headers: Mapping[str, str],
     body: bytes,
     protocol: GatewayProtocol = GatewayProtocol.V4,
-) -> UpstreamError:
-    """The one translation of a non-2xx gateway answer into our error tree; `error.type` is
-    read as `protocol` defines it."""
+) -> errors.UpstreamError:
+    """The one translation of a non-2xx gateway answer into our error tree: by the envelope's
+    `error.type` as `protocol` defines it, else by status as the AI SDK reads one."""
     retry_after = parse_retry_after(headers)
-    try:
-        envelope = _Envelope.parse(_parse_json_object(body))
-    except UpstreamProtocolError:
-        envelope = None
+    if status == 429:
+        by_status: type[errors.UpstreamError] | None = errors.UpstreamRateLimited
+    elif status >= 500 or status in (408, 409):
+        by_status = errors.UpstreamUnavailable
+    else:
+        by_status = None
+    envelope = _envelope(body)
     if envelope is None:
         # Not the gateway's envelope (a proxy's HTML page, an empty body): only the status
-        # tells us anything, read the way the AI SDK reads it.
-        if status == 429:
-            return UpstreamRateLimited(
-                "the gateway is rate-limiting calls", status=status, retry_after=retry_after
+        # tells us anything.
+        if by_status is None:
+            return errors.UpstreamProtocolError(
+                f"the gateway answered HTTP {status} without an error envelope", status=status
             )
-        if status >= 500 or status in (408, 409):
-            return UpstreamUnavailable(
-                f"the gateway failed with HTTP {status}", status=status, retry_after=retry_after
-            )
-        return UpstreamProtocolError(
-            f"the gateway answered HTTP {status} without an error envelope", status=status
-        )
-    error_class = PROTOCOL_FACTS[protocol].error_types.get(envelope.type or "")
-    if error_class is None:
-        if status == 429:
-            error_class = UpstreamRateLimited
-        elif status >= 500 or status in (408, 409):
-            error_class = UpstreamUnavailable
-        else:
-            error_class = UpstreamError
-    message = (
-        _AUTHENTICATION_MESSAGE
-        if error_class is UpstreamAuthentication
-        else envelope.display_message
-    )
+        said = "is rate-limiting calls" if status == 429 else f"failed with HTTP {status}"
+        return by_status(f"the gateway {said}", status=status, retry_after=retry_after)
+    error_class = PROTOCOL_FACTS[protocol].error_types.get(_str_or_empty(envelope.error.type))
+    error_class = error_class or by_status or errors.UpstreamError
     return error_class(
-        message,
+        (
+            _AUTHENTICATION_MESSAGE
+            if error_class is errors.UpstreamAuthentication
+            else envelope.display_message
+        ),
         status=status,
         retry_after=retry_after,
-        generation_id=envelope.generation_id,
+        generation_id=envelope.generation_id if isinstance(envelope.generation_id, str) else None,
     )
-
-
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from `retry-after-ms` (wins) or `retry-after` (seconds or HTTP date).
-
-    As in the AI SDK, a delay outside 0–60 s is ignored rather than obeyed.
-    """
-    delay: float | None = None
-    millis = headers.get("retry-after-ms")
-    if millis is not None:
-        delay = _float_or_none(millis)
-        delay = None if delay is None else delay / 1000
-    if delay is None and (seconds := headers.get("retry-after")) is not None:
-        delay = _float_or_none(seconds)
-        if delay is None:
-            try:
-                when = email.utils.parsedate_to_datetime(seconds).timestamp()
-            except (TypeError, ValueError):
-                when = None
-            if when is not None:
-                delay = when - (time.time() if now is None else now)
-    if delay is None or not 0 <= delay <= 60:
-        return None
-    return delay
-
-
-class _Envelope:
-    """`{"error": {"message", "type"?, "param"?, "code"?}, "generationId"?}`."""
-
-    def __init__(self, message: str, type_: str | None, generation_id: str | None) -> None:
-        self.message = message
-        self.type = type_
-        self.generation_id = generation_id
-
-    @property
-    def display_message(self) -> str:
-        # The AI SDK shows the generation id appended to the message; so do we.
-        if self.generation_id:
-            return f"{self.message} [{self.generation_id}]"
-        return self.message
-
-    @classmethod
-    def parse(cls, data: JsonObject) -> _Envelope:
-        error = data.get("error")
-        if not isinstance(error, dict) or not isinstance(error.get("message"), str):
-            _protocol_error("not an error envelope")
-        type_ = error.get("type")
-        generation_id = data.get("generationId")
-        return cls(
-            message=error["message"],
-            type_=type_ if isinstance(type_, str) else None,
-            generation_id=generation_id if isinstance(generation_id, str) else None,
-        )
-
-
-def _parse_json_object(body: bytes) -> JsonObject:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        _protocol_error("the gateway's answer is not JSON")
-    if not isinstance(data, dict):
-        _protocol_error("the gateway's answer is not a JSON object")
-    return data
-
-
-def _parse_warnings(
-    raw: object,
-    facts: ProtocolFacts,
-    on_unknown_warning: Callable[[str], None] | None,
-) -> tuple[Warning, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        _protocol_error("'warnings' is not a list")
-    warnings: list[Warning] = []
-    for position, item in enumerate(raw):
-        kind = item.get("type") if isinstance(item, dict) else None
-        if not isinstance(item, dict) or not isinstance(kind, str):
-            _protocol_error(f"warnings[{position}] is not an object with a string 'type'")
-        if kind in facts.warning_types:
-            warnings.append(
-                Warning(
-                    type=kind,
-                    feature=_str_or_empty(item.get("feature")),
-                    details=_str_or_empty(item.get("details")),
-                    message=_str_or_empty(item.get("message")),
-                    setting=_str_or_empty(item.get("setting")),
-                )
-            )
-            continue
-        # The SDK would reject the whole (billed) answer here; a warning is advice, the
-        # ranking is the answer, so we keep the ranking and say what came.
-        if on_unknown_warning is not None:
-            on_unknown_warning(kind)
-        said = "; ".join(
-            f"{key}: {value}"
-            for key, value in item.items()
-            if key != "type" and isinstance(value, str)
-        )
-        message = f"unknown warning type {kind!r}" + (f" ({said})" if said else "")
-        warnings.append(Warning(type="other", message=message))
-    return tuple(warnings)
-
-
-def _parse_provider_metadata(raw: object) -> JsonObject | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        _protocol_error("'providerMetadata' is not a map of objects")
-    return raw
 
 
 def _str_or_empty(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _float_or_none(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _protocol_error(detail: str) -> NoReturn:
-    raise UpstreamProtocolError(f"the gateway broke its protocol: {detail}")
+    raise errors.UpstreamProtocolError(f"the gateway broke its protocol: {detail}")

@@ -1,133 +1,76 @@
 """What the server records, at the point where each thing happens: `Metrics`, handed by the app's
 wiring to every part that records, and `MeteredUpstream` around the gateway adapter.
 
-`Metrics` records through a `Recorder`: prometheus-client's own metrics in a registry of their
-own (`rerank.server._prometheus`), or nothing (`Metrics.disabled()`, at the cost of a method
-call). This module does not import prometheus-client, because the settings import it: the
-library decides where every metric of a process is stored when it is first imported, and the
-server's entry (`rerank.server.__main__`) must get to choose that after reading its settings.
+`Metrics` records into prometheus-client's own `Counter`, `Gauge` and `Histogram`, which a
+`PrometheusRecorder` makes in a registry of their own (`rerank.server._prometheus`), or nothing
+(`Metrics.disabled()`, at the cost of a method call). This module does not import
+prometheus-client, because the settings import it: the library decides where every metric of a
+process is stored when it is first imported, and the server's entry (`rerank.server.__main__`)
+must get to choose that after reading its settings.
 
 The children (one label set of one metric) that a call's path records into are made once and
-kept; rarer ones (retries, refusals) are looked up by the library on each use.
+kept; rarer ones (retries, refusals) are looked up by the library on each use (`labels()`).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 import grpc
 
-from rerank.server._metric_families import (
-    ADMISSION_REFUSALS,
-    BATCH_REQUESTS,
-    BREAKER_STATE,
-    BREAKER_TRANSITIONS,
-    CACHE_BYTES,
-    CACHE_ENTRIES,
-    CACHE_REQUESTS,
-    CALLER_CALLS,
-    CALLER_REFUSALS,
-    COST,
-    DOCUMENTS,
-    GRPC_DURATION,
-    GRPC_RCVD,
-    GRPC_SENT,
-    GRPC_STARTED,
-    IN_FLIGHT,
-    LIMITS_DECIDED_LOCALLY,
-    NANOS_PER_DOLLAR,
-    REDIS_UP,
-    RETRIES,
-    RETRY_BUDGET_EXHAUSTED,
-    UPSTREAM_ATTEMPTS,
-    UPSTREAM_DURATION,
-    WINDOWS,
-    Family,
-)
+from rerank.server import _metric_families as family
 from rerank.server.domain import ModelInfo, Reranker, RerankerLayer, RerankOutcome, RerankQuery
 from rerank.server.errors import UpstreamError
+
+if TYPE_CHECKING:  # the library is imported by the recorder, once the entry has chosen its storage
+    from prometheus_client import Counter, Histogram
+
+    from rerank.server._prometheus import PrometheusRecorder
 
 #: Models the gateway has answered for, at most: beyond it a new model counts as `other`, so a
 #: gateway that accepted any name could still not grow the label set without bound.
 MAX_MODEL_LABELS = 64
 OTHER = "other"
-CACHE_RESULTS = ("hit", "miss", "coalesced")
-ADMISSION_REASONS = ("concurrent_calls", "inflight_bytes")
-BREAKER_STATES = ("closed", "open", "half_open")
-
-
-# --- Children: one label set of one metric, and what makes them ------------------------------
-
-
-class Counter(Protocol):
-    def inc(self, amount: float = 1) -> None: ...
-
-
-class Histogram(Protocol):
-    def observe(self, amount: float, /) -> None: ...
-
-
-class Gauge(Protocol):
-    def set(self, value: float, /) -> None: ...
-    def inc(self, amount: float = 1) -> None: ...
-
-
-class Recorder(Protocol):
-    """The child of `family` with `labels` (all of its label names), made on first use."""
-
-    def counter(self, family: Family, **labels: str) -> Counter: ...
-    def gauge(self, family: Family, **labels: str) -> Gauge: ...
-    def histogram(self, family: Family, **labels: str) -> Histogram: ...
 
 
 class _Nothing:
-    """Every child, and the recorder, of disabled metrics: records nothing."""
+    """Every metric and child, and the recorder, of disabled metrics: records nothing."""
 
     __slots__ = ()
 
-    def inc(self, amount: float = 1) -> None:
+    def inc(self, *amount: float) -> None:
         pass
 
-    def observe(self, amount: float, /) -> None:
-        pass
+    observe = set = inc
 
-    def set(self, value: float, /) -> None:
-        pass
-
-    def counter(self, family: Family, **labels: str) -> Counter:
+    def labels(self, **labels: str) -> _Nothing:
         return self
 
-    def gauge(self, family: Family, **labels: str) -> Gauge:
+    def counter(self, family: family.Family, /) -> _Nothing:
         return self
 
-    def histogram(self, family: Family, **labels: str) -> Histogram:
-        return self
-
-
-# --- What the server records ---------------------------------------------------------------------
+    gauge = histogram = counter
 
 
 class GrpcMethodMetrics:
     """The A66 metrics of one method: started, and per status duration and sizes."""
 
-    def __init__(self, recorder: Recorder, method: str) -> None:
-        self._recorder = recorder
-        self._method = method
-        self.started = recorder.counter(GRPC_STARTED, grpc_method=method)
-        self._ended: dict[grpc.StatusCode, tuple[Histogram, Histogram, Histogram]] = {}
+    def __init__(
+        self, method: str, started: Counter | _Nothing, ended: tuple[Histogram | _Nothing, ...]
+    ) -> None:
+        self.started = started.labels(grpc_method=method)
+        self._method, self._families = method, ended
+        self._ended: dict[grpc.StatusCode, tuple[Histogram | _Nothing, ...]] = {}
 
     def ended(self, code: grpc.StatusCode, seconds: float, received: int, sent: int) -> None:
         children = self._ended.get(code)
         if children is None:
             labels = {"grpc_method": self._method, "grpc_status": code.name}
-            children = self._ended[code] = (
-                self._recorder.histogram(GRPC_DURATION, **labels),
-                self._recorder.histogram(GRPC_RCVD, **labels),
-                self._recorder.histogram(GRPC_SENT, **labels),
-            )
+            children = self._ended[code] = tuple(f.labels(**labels) for f in self._families)
         duration, rcvd, sent_bytes = children
         duration.observe(seconds)
         rcvd.observe(received)
@@ -137,39 +80,60 @@ class GrpcMethodMetrics:
 class Metrics:
     """Everything one process records. Made in the app's wiring (with a recorder from
     `rerank.server._prometheus`) and handed to the parts that record; `Metrics.disabled()` when
-    no metrics port is set."""
+    no metrics port is set.
 
-    def __init__(self, recorder: Recorder | None) -> None:
+    Every family but one (`limits_decided_locally`) is made here: one without labels shows from
+    then, one with labels from its first child. Children of label values known in advance are
+    made here too (at 0), so a first increment is an increase Prometheus can see, and the
+    series are there to alert on."""
+
+    def __init__(self, recorder: PrometheusRecorder | None) -> None:
         self.enabled = recorder is not None
-        recorder = self._recorder = recorder or _Nothing()
-        # Children a call's path records into, by label values only known as calls come.
-        self._grpc_methods: dict[str, GrpcMethodMetrics] = {}
-        self._upstream: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
-        self._costs: dict[tuple[str, str], Counter] = {}
-        self._caller_calls: dict[str, Counter] = {}
-        self._answered_models: set[str] = set()
-        # Children of label values known in advance exist from the start (at 0), so a first
-        # increment is an increase Prometheus can see, and the series are there to alert on.
-        self._cache = {r: recorder.counter(CACHE_REQUESTS, result=r) for r in CACHE_RESULTS}
+        self._recorder = make = recorder or _Nothing()
+        self._grpc_started = make.counter(family.GRPC_STARTED)
+        self._grpc_ended = tuple(
+            make.histogram(f) for f in (family.GRPC_DURATION, family.GRPC_RCVD, family.GRPC_SENT)
+        )
+        self._attempts = make.counter(family.UPSTREAM_ATTEMPTS)
+        self._attempt_seconds = make.histogram(family.UPSTREAM_DURATION)
+        self._cost = make.counter(family.COST)
+        self._retries = make.counter(family.RETRIES)
+        self._batch = make.counter(family.BATCH_REQUESTS)
+        self._caller_calls = make.counter(family.CALLER_CALLS)
+        self._caller_refusals = make.counter(family.CALLER_REFUSALS)
+        self._redis_up = make.gauge(family.REDIS_UP)
+        cache, refusals = (
+            make.counter(family.CACHE_REQUESTS),
+            make.counter(family.ADMISSION_REFUSALS),
+        )
+        self._cache = {r: cache.labels(result=r) for r in ("hit", "miss", "coalesced")}
         self._refusals = {
-            reason: recorder.counter(ADMISSION_REFUSALS, reason=reason)
-            for reason in ADMISSION_REASONS
+            r: refusals.labels(reason=r) for r in ("concurrent_calls", "inflight_bytes")
         }
-        self._breaker_state = {s: recorder.gauge(BREAKER_STATE, state=s) for s in BREAKER_STATES}
-        self._breaker_transitions = {
-            s: recorder.counter(BREAKER_TRANSITIONS, to=s) for s in BREAKER_STATES
-        }
-        self._budget_exhausted = recorder.counter(RETRY_BUDGET_EXHAUSTED)
-        self._cache_bytes = recorder.gauge(CACHE_BYTES)
-        self._cache_entries = recorder.gauge(CACHE_ENTRIES)
-        self._cache_bytes.set(0)
-        self._cache_entries.set(0)
-        self._in_flight = recorder.gauge(IN_FLIGHT)
-        self._in_flight.set(0)
-        self._windows = recorder.histogram(WINDOWS)
-        self._documents = recorder.histogram(DOCUMENTS)
-        self._batch_ok = recorder.counter(BATCH_REQUESTS, grpc_status="OK")
+        states = ("closed", "open", "half_open")
+        state = make.gauge(family.BREAKER_STATE)
+        self._breaker_state = {s: state.labels(state=s) for s in states}
+        transitions = make.counter(family.BREAKER_TRANSITIONS)
+        self._breaker_transitions = {s: transitions.labels(to=s) for s in states}
+        self._batch_ok = self._batch.labels(grpc_status="OK")
+        self._cache_bytes = make.gauge(family.CACHE_BYTES)
+        self._cache_entries = make.gauge(family.CACHE_ENTRIES)
+        #: How many documents one valid request (or request of a BatchRerank) has.
+        self.documents: Callable[[int], None] = make.histogram(family.DOCUMENTS).observe
+        #: How many windows one request past the cache was split into.
+        self.windows: Callable[[int], None] = make.histogram(family.WINDOWS).observe
+        #: A call entered (+1) or left (-1) the server's admission.
+        self.admitted: Callable[[int], None] = make.gauge(family.IN_FLIGHT).inc
+        self.retry_budget_exhausted: Callable[[], None] = make.counter(
+            family.RETRY_BUDGET_EXHAUSTED
+        ).inc
         self.breaker_state("closed")
+        # Children of label values only known as calls come, made once.
+        self._grpc_methods: dict[str, GrpcMethodMetrics] = {}
+        self._upstream: dict[tuple[str, ...], tuple[Counter | _Nothing, Histogram | _Nothing]] = {}
+        self._costs: dict[tuple[str, str], Counter | _Nothing] = {}
+        self._callers: dict[str, Counter | _Nothing] = {}
+        self._answered_models: set[str] = set()
 
     @classmethod
     def disabled(cls) -> Metrics:
@@ -179,35 +143,22 @@ class Metrics:
         """Nothing to release: prometheus-client keeps a process's files open for the life of
         the process, shared by all of its metrics."""
 
-    # gRPC (the interceptor)
-
     def grpc_method(self, method: str) -> GrpcMethodMetrics:
         """The children of `method` (e.g. `rerank.v1.RerankService/Rerank`, or `other`)."""
         found = self._grpc_methods.get(method)
         if found is None:
-            found = self._grpc_methods[method] = GrpcMethodMetrics(self._recorder, method)
+            found = self._grpc_methods[method] = GrpcMethodMetrics(
+                method, self._grpc_started, self._grpc_ended
+            )
         return found
-
-    # The call (servicer, admission)
-
-    def documents(self, count: int) -> None:
-        self._documents.observe(count)
 
     def batch_request(self, code: grpc.StatusCode) -> None:
         """One request of a BatchRerank was answered with `code` (OK: its response)."""
-        if code is grpc.StatusCode.OK:
-            self._batch_ok.inc()
-        else:
-            self._recorder.counter(BATCH_REQUESTS, grpc_status=code.name).inc()
-
-    def admitted(self, delta: int) -> None:
-        """A call entered (+1) or left (-1) the server's admission."""
-        self._in_flight.inc(delta)
+        ok = code is grpc.StatusCode.OK
+        (self._batch_ok if ok else self._batch.labels(grpc_status=code.name)).inc()
 
     def refused(self, reason: Literal["concurrent_calls", "inflight_bytes"]) -> None:
         self._refusals[reason].inc()
-
-    # Cache, windows
 
     def cache_lookup(self, result: Literal["hit", "miss", "coalesced"]) -> None:
         self._cache[result].inc()
@@ -216,16 +167,8 @@ class Metrics:
         self._cache_bytes.set(size)
         self._cache_entries.set(entries)
 
-    def windows(self, count: int) -> None:
-        self._windows.observe(count)
-
-    # Resilience
-
     def retry(self, reason: str) -> None:
-        self._recorder.counter(RETRIES, reason=reason).inc()
-
-    def retry_budget_exhausted(self) -> None:
-        self._budget_exhausted.inc()
+        self._retries.labels(reason=reason).inc()
 
     def breaker_state(self, state: str) -> None:
         """This process's circuit is now in `state` (a `livesum` gauge per state: summed over
@@ -237,14 +180,6 @@ class Metrics:
         """This process's circuit entered `state` (closed, open or half_open)."""
         self.breaker_state(state)
         self._breaker_transitions[state].inc()
-
-    # Upstream attempts (`MeteredUpstream`)
-
-    def model_label(self, model: str) -> str:
-        """`model` once the gateway has answered for it, else `other`: callers choose the model
-        name, and a label must not take any value a caller sends. Empty (no label) for calls
-        that name no model (`list_models`)."""
-        return model if not model or model in self._answered_models else OTHER
 
     def models_offered(self, models: Iterable[str]) -> None:
         """The gateway listed these models, or answered for one of them."""
@@ -263,59 +198,62 @@ class Metrics:
         caller: str = "",
     ) -> None:
         """One gateway call; its `cost` is counted under its model and its named `caller`
-        ("" for a caller without a name)."""
-        label = self.model_label(model)
-        children = self._upstream.get((operation, label, outcome))
+        ("" for a caller without a name). The model is `other` until the gateway has answered
+        for it: callers choose the name, and a label must not take any value a caller sends
+        (empty, no label, for calls that name no model: `list_models`)."""
+        label = model if not model or model in self._answered_models else OTHER
+        key = (operation, label, outcome)
+        children = self._upstream.get(key)
         if children is None:
             labels = {"operation": operation, "model": label, "outcome": outcome}
-            children = self._upstream[(operation, label, outcome)] = (
-                self._recorder.counter(UPSTREAM_ATTEMPTS, **labels),
-                self._recorder.histogram(UPSTREAM_DURATION, **labels),
+            children = self._upstream[key] = (
+                self._attempts.labels(**labels),
+                self._attempt_seconds.labels(**labels),
             )
-        attempts, duration = children
-        attempts.inc()
-        duration.observe(seconds)
+        children[0].inc()
+        children[1].observe(seconds)
         if cost:
             counter = self._costs.get((label, caller))
             if counter is None:
-                counter = self._costs[(label, caller)] = self._recorder.counter(
-                    COST, model=label, caller=caller
-                )
+                counter = self._costs[label, caller] = self._cost.labels(model=label, caller=caller)
             counter.inc(nano_dollars(cost))
 
     # Named callers (`rerank.server.caller_limits`): label values are the callers file's names,
     # so the operator, not a caller, bounds them.
+
+    def caller_call(self, caller: str) -> None:
+        """A named caller's call got past its limits."""
+        counter = self._callers.get(caller)
+        if counter is None:
+            counter = self._callers[caller] = self._caller_calls.labels(caller=caller)
+        counter.inc()
+
+    def caller_refused(self, caller: str, reason: str) -> None:
+        """A named caller's call was refused by its own limits, for `reason`."""
+        self._caller_refusals.labels(caller=caller, reason=reason).inc()
 
     # Redis (`redis_client`, `redis_store`)
 
     def redis_state(self, purpose: str) -> Callable[[bool], None]:
         """The recorder of whether this process can use its Redis for `purpose` (`limits`,
         `cache`): a `livesum` gauge, 1 from the start (nothing has failed yet)."""
-        gauge = self._recorder.gauge(REDIS_UP, purpose=purpose)
+        gauge = self._redis_up.labels(purpose=purpose)
         gauge.set(1)
         return lambda up: gauge.set(1 if up else 0)
 
     def limits_decided_locally(self) -> Callable[[], None]:
         """The recorder of a call whose limits this process decided, Redis being away."""
-        return self._recorder.counter(LIMITS_DECIDED_LOCALLY).inc
+        return self._decided_locally.inc
 
-    def caller_call(self, caller: str) -> None:
-        """A named caller's call got past its limits."""
-        counter = self._caller_calls.get(caller)
-        if counter is None:
-            counter = self._caller_calls[caller] = self._recorder.counter(
-                CALLER_CALLS, caller=caller
-            )
-        counter.inc()
-
-    def caller_refused(self, caller: str, reason: str) -> None:
-        """A named caller's call was refused by its own limits, for `reason`."""
-        self._recorder.counter(CALLER_REFUSALS, caller=caller, reason=reason).inc()
+    @functools.cached_property
+    def _decided_locally(self) -> Counter | _Nothing:
+        # Made when a limit store that fails open asks: the series shows only where there is one.
+        return self._recorder.counter(family.LIMITS_DECIDED_LOCALLY)
 
 
 def nano_dollars(cost: Decimal) -> int:
     """`cost` in whole nano-dollars (rounded half-even below one nano-dollar)."""
-    return int((cost * NANOS_PER_DOLLAR).to_integral_value())
+    return int((cost * family.NANOS_PER_DOLLAR).to_integral_value())
 
 
 class MeteredUpstream(RerankerLayer):
@@ -328,36 +266,32 @@ class MeteredUpstream(RerankerLayer):
     def __init__(self, inner: Reranker, metrics: Metrics) -> None:
         super().__init__(inner)
         self._metrics = metrics
-        self._clock = time.perf_counter
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
-        started = self._clock()
+        started = time.perf_counter()
         try:
             outcome = await self._inner.rerank(query, timeout=timeout)
         except BaseException as error:
             self._failed("rerank", query.model, error, started)
             raise
         self._metrics.models_offered((query.model,))
+        caller = "" if query.caller is None else query.caller.name
+        seconds = time.perf_counter() - started
         # The usage record of this one gateway call: its cost, when the gateway reported one.
         self._metrics.upstream_attempt(
-            "rerank",
-            query.model,
-            "OK",
-            self._clock() - started,
-            outcome.usage.cost,
-            caller="" if query.caller is None else query.caller.name,
+            "rerank", query.model, "OK", seconds, outcome.usage.cost, caller
         )
         return outcome
 
     async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
-        started = self._clock()
+        started = time.perf_counter()
         try:
             models = await self._inner.list_models(timeout=timeout)
         except BaseException as error:
             self._failed("list_models", "", error, started)
             raise
         self._metrics.models_offered(model.id for model in models)
-        self._metrics.upstream_attempt("list_models", "", "OK", self._clock() - started, None)
+        self._metrics.upstream_attempt("list_models", "", "OK", time.perf_counter() - started, None)
         return models
 
     def _failed(self, operation: str, model: str, error: BaseException, started: float) -> None:
@@ -367,4 +301,5 @@ class MeteredUpstream(RerankerLayer):
             outcome = "INTERNAL"
         else:
             outcome = "CANCELLED"  # the caller left, or the server is stopping
-        self._metrics.upstream_attempt(operation, model, outcome, self._clock() - started, None)
+        seconds = time.perf_counter() - started
+        self._metrics.upstream_attempt(operation, model, outcome, seconds, None)

@@ -24,12 +24,12 @@ import orjson
 import pytest
 
 from rerank.server import errors
+from rerank.server._gateway_http import MAX_RESPONSE_BYTES, parse_retry_after
 from rerank.server.config import GatewayProtocol
 from rerank.server.credentials import OidcTokenFile
 from rerank.server.domain import Ranked, RerankQuery, Usage, Warning
 from rerank.server.gateway import (
     MAX_LOGGED_WARNING_TYPES,
-    MAX_RESPONSE_BYTES,
     PROTOCOL_FACTS,
     TEAM_HEADER,
     GatewayReranker,
@@ -37,7 +37,6 @@ from rerank.server.gateway import (
     error_from_response,
     parse_config_body,
     parse_rerank_body,
-    parse_retry_after,
 )
 from tests.scripted_http import Fail, Handler, Reply, Request, ScriptedServer
 from tests.wire import captured_requests
