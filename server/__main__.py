@@ -1,10 +1,11 @@
 """`python -m rerank.server` / `rerank-server`: read flags and environment once, then serve.
 
 This is the only module that reads the environment. Flags win over `RERANK_*` variables, which
-win over the defaults in `rerank.server.config.Settings`. With metrics on, it also sets
-prometheus-client's storage for this process and its workers (`rerank.server._prometheus`): the
-library reads it once, when first imported, so nothing imported at the top here imports it,
-and the modules that do are imported once it is set.
+win over the defaults in `rerank.server.config.Settings`, whose declaration makes both: each
+field's `Names` says its variable and flag. With metrics on, it also sets prometheus-client's
+storage for this process and its workers (`rerank.server._prometheus`): the library reads it
+once, when first imported, so nothing imported at the top here imports it, and the modules
+that do are imported once it is set.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
 
 from rerank.server.callers import CallersFileError, load_directory
-from rerank.server.config import DEFAULT_GATEWAY_URL, About, SettingError, Settings, Upstream, parse
+from rerank.server.config import SettingError, Settings, Upstream, choices, fields, names, range_of
 from rerank.server.credentials import TokenFileError, read_token
 from rerank.server.logs import configure_logging
 from rerank.server.tracing import SAMPLERS
@@ -40,100 +41,56 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:
-    """Build `Settings` from command-line flags and an environment mapping.
+def command_line() -> _Parser:
+    """The flags of the fields that have one (`Names.flag`), and `--mock`.
 
-    Every field that names a flag or a variable (`rerank.server.config.About`) is read the
-    same way: the flag's text, else the variable's, parsed and range-checked by the field's
-    rule. A bad value exits 2 with one line naming it and its range.
+    Our own argparse rather than pydantic-settings' CLI source, which makes every field a flag
+    (with extra spellings) where only these have one; and its environment source reads
+    `os.environ` itself, where `settings_from` reads the mapping it is given.
     """
     parser = _Parser(
         prog="rerank-server",
         description="gRPC reranking service in front of the AI Gateway. With no "
         "AI_GATEWAY_API_KEY and no gateway URL it serves from the bundled mock gateway.",
     )
-    # Flags default to None: a flag not given leaves the variable, then the default, to speak.
-    parser.add_argument("--host", dest="host")
-    parser.add_argument("--port", dest="port")
+    for name, field in fields().items():
+        if (flag := names(name).flag) is None:
+            continue
+        about = f"{field.description}: {range_of(field)}"
+        if field.annotation is bool:  # a switch: the flag alone turns it on
+            parser.add_argument(flag, dest=name, action="store_const", const="1", help=about)
+        else:  # None when not given: the variable, then the default, speak
+            parser.add_argument(flag, dest=name, help=about)
     parser.add_argument(
-        "--metrics-port",
-        dest="metrics_port",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port); "
-        "default: no metrics",
+        "--mock", action="store_true", help="serve from the bundled mock gateway even with a key"
     )
-    parser.add_argument(
-        "--gateway-url",
-        dest="gateway_url",
-        help=f"gateway base URL (default with a key: {DEFAULT_GATEWAY_URL})",
-    )
-    parser.add_argument(
-        "--gateway-protocol",
-        dest="gateway_protocol",
-        metavar="v3|v4",
-        help="protocol version spoken to the gateway (default: v3 for a base URL ending in "
-        "/v3/ai, else v4)",
-    )
-    parser.add_argument(
-        "--mock",
-        action="store_true",
-        help="serve from the bundled mock gateway even when a key is set",
-    )
-    parser.add_argument("--default-model", dest="default_model")
-    parser.add_argument("--log-level", dest="log_level")
-    parser.add_argument(
-        "--log-format",
-        dest="log_format",
-        metavar="text|json",
-        help="text (default) or json: one object per line, for every log record",
-    )
-    parser.add_argument("--tls-cert", dest="tls_cert_file", help="PEM chain")
-    parser.add_argument("--tls-key", dest="tls_key_file", help="PEM key")
-    parser.add_argument(
-        "--tls-client-ca",
-        dest="tls_client_ca_file",
-        help="PEM CA bundle: require client certificates it signed (mutual TLS)",
-    )
-    parser.add_argument(
-        "--workers",
-        dest="workers",
-        help="server processes sharing the port (SO_REUSEPORT); default one per core",
-    )
-    parser.add_argument(
-        "--auth-health",
-        dest="auth_health",
-        action="store_const",
-        const="1",
-        help="require a caller token for health checks too",
-    )
-    parser.add_argument(
-        "--allow-port-overlap",
-        dest="allow_port_overlap",
-        action="store_const",
-        const="1",
-        help="share the port with another server started with this flag too (a zero-downtime "
-        "restart); without it a port another server serves is refused",
-    )
-    args = parser.parse_args(argv)
+    return parser
 
+
+def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:
+    """Build `Settings` from command-line flags and an environment mapping: each field's flag,
+    else its variable (blank is unset), as text the model reads (choices in any case). A bad
+    value exits 2 with one line naming it and its range."""
+    parser = command_line()
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for name, field in fields().items():
+        named = names(name)
+        text = getattr(args, name, None)
+        if text is None and named.env:
+            text = environ.get(named.env, "").strip() or None
+        if text is not None:
+            folded = {choice.upper(): choice for choice in choices(field)}
+            values[name] = folded.get(text.strip().upper(), text.strip())
+    values.setdefault("workers", len(os.sched_getaffinity(0)))
+    if "gateway_url" in values:
+        values["gateway_url"] = values["gateway_url"].rstrip("/")
+    values |= secrets_from(environ, parser)
+    has_credential = "api_key" in values or "oidc_token_file" in values
+    gateway = has_credential or "gateway_url" in values
+    values["upstream"] = Upstream.GATEWAY if gateway and not args.mock else Upstream.EMBEDDED_MOCK
     try:
-        values: dict[str, Any] = {}
-        for each in fields(Settings):
-            info: About = each.metadata["about"]
-            text = getattr(args, each.name, None) if info.flag else None
-            if text is None and info.env:
-                text = environ.get(info.env, "").strip() or None  # blank is unset
-            if text is not None:
-                values[each.name] = parse(each.name, text)
-        values.setdefault("workers", len(os.sched_getaffinity(0)))
-        if "gateway_url" in values:
-            values["gateway_url"] = values["gateway_url"].rstrip("/")
-        values |= secrets_from(environ, parser)
-        values |= tracing_from(environ)
-        has_credential = "api_key" in values or "oidc_token_file" in values
-        if args.mock or (not has_credential and "gateway_url" not in values):
-            values["upstream"] = Upstream.EMBEDDED_MOCK
-        else:
-            values["upstream"] = Upstream.GATEWAY
+        values["export_traces"] = traces_exported(environ)
         settings = Settings(**values)
     except SettingError as exc:
         parser.error(str(exc))
@@ -183,38 +140,46 @@ def secrets_from(environ: Mapping[str, str], parser: argparse.ArgumentParser) ->
     return found
 
 
-def tracing_from(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The standard OpenTelemetry variables that decide whether and what to export: the OTLP
-    traces endpoint (unset: export nothing), the sampler and its ratio. The SDK reads the others
-    itself (README, "Operating it").
+def traces_exported(environ: Mapping[str, str]) -> bool:
+    """Whether spans are exported: an OTLP endpoint is set, and the exporter is not `none`.
+
+    The OpenTelemetry SDK reads these variables itself; read here only to refuse, at start, a
+    value the server cannot honour (README, "Operating it").
 
     Raises:
-        SettingError: a value the server cannot honour (another exporter or protocol, an
-            unknown sampler, a ratio outside 0-1, an endpoint that is not an HTTP URL).
+        SettingError: another exporter or protocol, an endpoint that is not an HTTP URL, an
+            unknown sampler, or a ratio outside [0, 1].
     """
-    found: dict[str, Any] = {}
-    exporter = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+
+    def read(name: str) -> str:
+        return environ.get(name, "").strip()
+
+    exporter = read("OTEL_TRACES_EXPORTER").lower() or "otlp"
     if exporter not in ("otlp", "none"):
         raise SettingError(f"OTEL_TRACES_EXPORTER must be otlp or none, got {exporter!r}")
-    protocol = environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
-    ).strip()
+    protocol = read("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or read("OTEL_EXPORTER_OTLP_PROTOCOL")
     if protocol not in ("", "http/protobuf"):
         raise SettingError(
             f"OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is supported, got {protocol!r}"
         )
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-    if not endpoint and (base := environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()):
-        # The specification's rule: the base endpoint gets the signal's path appended.
-        endpoint = base.rstrip("/") + "/v1/traces"
-    if endpoint and exporter == "otlp":
-        found["otlp_traces_endpoint"] = parse("otlp_traces_endpoint", endpoint)
-    if sampler := environ.get("OTEL_TRACES_SAMPLER", "").strip().lower():
-        found["trace_sampler"] = parse("trace_sampler", sampler)
-    ratio = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
-    if ratio and SAMPLERS.get(sampler):  # the SDK too ignores the argument of the others
-        found["trace_sampler_ratio"] = parse("trace_sampler_ratio", ratio)
-    return found
+    endpoints = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    for name in filter(read, endpoints):
+        parts = urlsplit(read(name))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingError(f"{name} must be an http:// or https:// URL, got {read(name)!r}")
+    sampler = read("OTEL_TRACES_SAMPLER").lower()
+    if sampler and sampler not in SAMPLERS:
+        raise SettingError(
+            f"OTEL_TRACES_SAMPLER must be one of {', '.join(SAMPLERS)}, got {sampler!r}"
+        )
+    if SAMPLERS.get(sampler) and (ratio := read("OTEL_TRACES_SAMPLER_ARG")):
+        try:
+            in_range = 0 <= float(ratio) <= 1
+        except ValueError:
+            in_range = False
+        if not in_range:
+            raise SettingError(f"OTEL_TRACES_SAMPLER_ARG must be a number in [0, 1], got {ratio!r}")
+    return exporter == "otlp" and any(map(read, endpoints))
 
 
 def say(line: str) -> None:

@@ -15,7 +15,8 @@ subject = "CN=search-api,O=Example"   # with mutual TLS: its certificate's subje
 san = ["search-api.internal"]         # entries of its subject alternative names
 ```
 
-Every mistake is a `CallersFileError` of one line naming the caller and the key. Tokens and
+Each table is read by a pydantic model (`_Caller`); every mistake, pydantic's or the model's
+own, is a `CallersFileError` of one line naming the caller and the key. Tokens and
 their digests never appear in one: the directory keeps only SHA-256 digests, compared in
 constant time.
 """
@@ -25,13 +26,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from rerank.server.domain import Caller
 from rerank.server.limits import CallerLimits
@@ -39,21 +41,7 @@ from rerank.server.limits import CallerLimits
 logger = logging.getLogger(__name__)
 
 #: A name reaches the gateway (`gateway.user`), logs and metric labels: kept plain.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
-_CACHE_SCOPES = ("caller", "shared")
-_KEYS = (
-    "token_sha256",
-    "token",
-    "requests_per_second",
-    "burst",
-    "max_concurrent_calls",
-    "daily_budget_usd",
-    "models",
-    "cache_scope",
-    "subject",
-    "san",
-)
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _PARSE_POSITION = re.compile(r"at line (\d+)")
 _TABLE_HEADER = re.compile(r"^\s*\[\s*callers\s*\.\s*\"?([^\]\"]+)\"?\s*\]")
 # Only the key of a line is ever read for a message, never what follows its `=`.
@@ -181,6 +169,91 @@ def load_directory(path: str | None, unnamed_tokens: Iterable[str] = ()) -> Call
     return directory_of(parse_callers(text, path), unnamed_tokens, source=path)
 
 
+def _number(value: object) -> object:
+    """Only what TOML writes as a number (a Decimal here, or an int), never a string."""
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise ValueError(value)
+    return value
+
+
+def _listed(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+Number = Annotated[Decimal, BeforeValidator(_number)]
+Text = Annotated[str, Field(strict=True, pattern=r"\S")]
+Texts = Annotated[tuple[Text, ...], BeforeValidator(_listed)]
+
+
+class _Mistake(ValueError):
+    """Keys of a caller's table that do not go together; `key` None names the whole table."""
+
+    def __init__(self, key: str | None, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+
+
+class _Caller(BaseModel):
+    """One `[callers.NAME]` table as written; each key's doc is what it must be."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
+
+    token_sha256: Annotated[str | None, Field(strict=True, pattern="^[0-9a-fA-F]{64}$")] = None
+    """64 hex digits (sha256sum of the token)"""
+    token: Annotated[str | None, Field(strict=True, pattern=r"^\S(.*\S)?$")] = None
+    """a non-empty string, without white space at either end"""
+    requests_per_second: Annotated[Number | None, Field(gt=0)] = None
+    """a number > 0"""
+    burst: Annotated[Number | None, Field(ge=1)] = None
+    """a number ≥ 1"""
+    max_concurrent_calls: Annotated[int | None, Field(strict=True, ge=1)] = None
+    """a whole number ≥ 1"""
+    daily_budget_usd: Annotated[Decimal | None, Field(ge=0)] = None
+    """a number of US dollars ≥ 0"""
+    models: Texts = ()
+    """a list of non-empty strings"""
+    cache_scope: Literal["caller", "shared"] = "caller"
+    """'caller' or 'shared'"""
+    subject: Text | None = None
+    """a non-empty string"""
+    san: Texts = ()
+    """a list of non-empty strings"""
+
+    @model_validator(mode="after")
+    def _together(self) -> _Caller:
+        if self.token is not None and self.token_sha256 is not None:
+            raise _Mistake("token", "set token_sha256 or token, not both")
+        if self.token is None and self.token_sha256 is None and not self.subject and not self.san:
+            raise _Mistake(None, "cannot be recognised: set token_sha256, token, subject or san")
+        if self.burst is not None and self.requests_per_second is None:
+            raise _Mistake("burst", "needs requests_per_second (the bucket's refill rate)")
+        return self
+
+    def entry(self, name: str) -> CallerEntry:
+        rate, burst = self.requests_per_second, self.burst
+        limits = CallerLimits(
+            requests_per_second=None if rate is None else float(rate),
+            burst=None if burst is None else float(burst),
+            max_concurrent_calls=self.max_concurrent_calls,
+            daily_budget_usd=self.daily_budget_usd,
+        )
+        plain = None if self.token is None else hashlib.sha256(self.token.encode()).digest()
+        return CallerEntry(
+            caller=Caller(name, limits, self.models, shared_cache=self.cache_scope == "shared"),
+            token_digest=bytes.fromhex(self.token_sha256) if self.token_sha256 else plain,
+            subject=self.subject,
+            sans=self.san,
+        )
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    callers: Mapping[Annotated[str, Field(pattern=_NAME)], _Caller] = Field(default_factory=dict)
+
+
 def parse_callers(text: str, source: str = "") -> list[CallerEntry]:
     """The callers of a callers file's text; `source` names the file in errors."""
     try:
@@ -188,145 +261,39 @@ def parse_callers(text: str, source: str = "") -> list[CallerEntry]:
         document = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
         raise _parse_error(source, text, exc) from None
-    for key in document:
-        if key != "callers":
-            raise CallersFileError(
-                f"{_where(source)}: unknown top-level key {key!r}; callers go in [callers.NAME]"
-            )
-    tables = document.get("callers", {})
-    if not isinstance(tables, dict):
-        raise CallersFileError(f"{_where(source)}: 'callers' must be a table of callers")
-    return [_entry(source, name, table) for name, table in tables.items()]
+    try:
+        callers = _File.model_validate(document).callers
+    except ValidationError as exc:
+        raise CallersFileError(f"{_where(source)}: {_one_line(exc)}") from None
+    return [table.entry(name) for name, table in callers.items()]
 
 
-def _entry(source: str, name: str, table: object) -> CallerEntry:
-    if not _NAME.fullmatch(name):
-        raise _error(
-            source,
-            name,
-            None,
-            "is not a name: 1 to 64 letters, digits, '.', '_' or '-', first a letter or digit",
+def _one_line(exc: ValidationError) -> str:
+    """pydantic's first error as one line naming the caller and the key; never a token."""
+    error = exc.errors()[0]
+    where = error["loc"]
+    if where[0] != "callers":
+        return f"unknown top-level key {where[0]!r}; callers go in [callers.NAME]"
+    if len(where) == 1:
+        return "'callers' must be a table of callers"
+    caller, key = f"caller {where[1]!r}", str(where[2]) if len(where) > 2 else None
+    mistake = (error.get("ctx") or {}).get("error")
+    if key == "[key]":
+        return (
+            f"{caller} is not a name: 1 to 64 letters, digits, '.', '_' or '-', "
+            "first a letter or digit"
         )
-    if not isinstance(table, dict):
-        raise _error(source, name, None, "must be a table ([callers.NAME])")
-    for key in table:
-        if key not in _KEYS:
-            raise _error(source, name, key, f"is not a caller setting; known: {', '.join(_KEYS)}")
-    reader = _TableReader(source, name, table)
-    digest = reader.token_digest()
-    subject = reader.text("subject")
-    sans = reader.texts("san")
-    if digest is None and subject is None and not sans:
-        raise _error(
-            source,
-            name,
-            None,
-            "cannot be recognised: set token_sha256, token, subject or san",
-        )
-    rate = reader.number("requests_per_second", minimum=0, inclusive=False)
-    burst = reader.number("burst", minimum=1, inclusive=True)
-    if burst is not None and rate is None:
-        raise _error(source, name, "burst", "needs requests_per_second (the bucket's refill rate)")
-    concurrent = reader.number("max_concurrent_calls", minimum=1, inclusive=True, integer=True)
-    budget = reader.decimal("daily_budget_usd")
-    scope = reader.text("cache_scope") or "caller"
-    if scope not in _CACHE_SCOPES:
-        raise _error(source, name, "cache_scope", f"must be 'caller' or 'shared', got {scope!r}")
-    caller = Caller(
-        name=name,
-        limits=CallerLimits(
-            requests_per_second=rate,
-            burst=burst,
-            max_concurrent_calls=None if concurrent is None else int(concurrent),
-            daily_budget_usd=budget,
-        ),
-        models=reader.texts("models"),
-        shared_cache=scope == "shared",
-    )
-    return CallerEntry(caller=caller, token_digest=digest, subject=subject, sans=sans)
-
-
-@dataclass(frozen=True)
-class _TableReader:
-    """Typed reads of one caller's table; each mistake names the caller and the key."""
-
-    source: str
-    name: str
-    table: Mapping[str, Any]
-
-    def fail(self, key: str, problem: str) -> CallersFileError:
-        return _error(self.source, self.name, key, problem)
-
-    def token_digest(self) -> bytes | None:
-        hashed, plain = self.table.get("token_sha256"), self.table.get("token")
-        if hashed is not None and plain is not None:
-            raise self.fail("token", "set token_sha256 or token, not both")
-        # Neither value is ever shown: a near-miss of a secret is still a secret.
-        if hashed is not None:
-            if not isinstance(hashed, str) or not _SHA256_HEX.fullmatch(hashed):
-                raise self.fail("token_sha256", "must be 64 hex digits (sha256sum of the token)")
-            return bytes.fromhex(hashed)
-        if plain is not None:
-            if not isinstance(plain, str) or not plain.strip():
-                raise self.fail("token", "must be a non-empty string")
-            if plain != plain.strip():
-                raise self.fail("token", "must not start or end with white space")
-            return hashlib.sha256(plain.encode()).digest()
-        return None
-
-    def text(self, key: str) -> str | None:
-        value = self.table.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, "must be a non-empty string")
-        return value
-
-    def texts(self, key: str) -> tuple[str, ...]:
-        value = self.table.get(key)
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(
-            isinstance(item, str) and item.strip() for item in value
-        ):
-            raise self.fail(key, "must be a list of non-empty strings")
-        return tuple(value)
-
-    def number(
-        self, key: str, *, minimum: float, inclusive: bool, integer: bool = False
-    ) -> float | None:
-        value = self.table.get(key)
-        if value is None:
-            return None
-        kind = "a whole number" if integer else "a number"
-        bound = f"{'≥' if inclusive else '>'} {minimum:g}"
-        if isinstance(value, bool) or not isinstance(value, int | Decimal):
-            raise self.fail(key, f"must be {kind} {bound}, got {type(value).__name__}")
-        if integer and not isinstance(value, int):
-            raise self.fail(key, f"must be {kind} {bound}, got {value}")
-        number = float(value)
-        if not math.isfinite(number) or number < minimum or (not inclusive and number == minimum):
-            raise self.fail(key, f"must be {kind} {bound}, got {value}")
-        return number
-
-    def decimal(self, key: str) -> Decimal | None:
-        value = self.table.get(key)
-        if value is None:
-            return None
-        # A string keeps every digit as written ("0.0025"), like a TOML float does here.
-        if isinstance(value, str):
-            try:
-                value = Decimal(value.strip())
-            except ArithmeticError:
-                raise self.fail(key, f"must be a number of US dollars ≥ 0, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | Decimal):
-            raise self.fail(key, f"must be a number of US dollars ≥ 0, got {type(value).__name__}")
-        amount = Decimal(value)
-        if not amount.is_finite() or amount < 0:
-            raise self.fail(key, f"must be a number of US dollars ≥ 0, got {value}")
-        return amount
+    if isinstance(mistake, _Mistake):
+        return f"{caller}{'' if mistake.key is None else f', key {mistake.key!r}'} {mistake}"
+    if key is None:
+        return f"{caller} must be a table ([callers.NAME])"
+    if key not in _Caller.model_fields:
+        known = ", ".join(_Caller.model_fields)
+        return f"{caller}, key {key!r} is not a caller setting; known: {known}"
+    given = error["input"]
+    shown = given if isinstance(given, int | Decimal) else repr(given)
+    shown = "" if key.startswith("token") else f", got {shown}"  # a near-miss is still a secret
+    return f"{caller}, key {key!r} must be {_Caller.model_fields[key].description}{shown}"
 
 
 def _where(source: str) -> str:

@@ -1,257 +1,116 @@
-"""The server's settings: one model, built once in `__main__` from flags and environment, then
-passed down, and checked whole when it is made.
+"""The server's settings: one frozen pydantic model, `Settings`, built once in `__main__` from
+flags and environment, then passed down.
 
-Nothing below `__main__` reads the environment; everything it needs arrives in `Settings`.
-Every field states the values it may take (its `Rule`) and the names a user sets it by;
-`Settings.__post_init__` checks every field against its rule, so a value out of range stops
-the server at start with one line naming the setting and its range (`SettingError`), whoever
-built the settings: `__main__`, the testing kit or a test.
+Each field is declared once: its type and range, its default, the names a user sets it by
+(`Names`: variable and flag) and its one-line doc. From that declaration come the command line
+and the reading of the environment (`__main__`, the only reader of either), validation, the one
+line a bad value stops the start with (`SettingError`, whoever built the settings: `__main__`,
+the testing kit or a test) and the README's settings table (tools/settings_table.py).
 """
 
 from __future__ import annotations
 
-import math
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Protocol, TypeVar
+from types import NoneType, UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass as checked_dataclass
+from pydantic.dataclasses import is_pydantic_dataclass
+from pydantic.fields import FieldInfo
 
 from rerank.contract import MAX_BATCH_REQUESTS, MAX_DOCUMENTS, MAX_MESSAGE_BYTES
 from rerank.server.domain import is_model_slug
 from rerank.server.redis_client import RedisUrl
-from rerank.server.tracing import SAMPLERS
 from rerank.server.windows import DEFAULT_WINDOW_SIZES
 
 DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v4/ai"
 DEFAULT_MODEL = "cohere/rerank-v3.5"
-
-#: Python's logging levels, by name.
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-#: `--log-format`'s values (`rerank.server.logs`).
-LOG_FORMATS = ("text", "json")
-
 #: The largest length gRPC can carry for one message (a signed 32-bit int).
 GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
-
-T = TypeVar("T")
+SWITCH_WORDS = "on (1, true, yes, on) or off (empty, 0, false, no, off)"
 
 
 class GatewayProtocol(Enum):
-    """The version of the gateway's reranking protocol spoken upstream.
-
-    `v3` is what `@ai-sdk/gateway` 3.x (`ai` 6) speaks, `v4` what 4.x (`ai` 7) speaks. What
-    differs between them is one table, `rerank.server.gateway.PROTOCOL_FACTS`.
-    """
+    """The gateway's reranking protocol: v3 as `ai` 6 speaks it, v4 as `ai` 7 does (what
+    differs is one table, `rerank.server.gateway.PROTOCOL_FACTS`)."""
 
     V3 = "v3"
     V4 = "v4"
 
     @classmethod
     def of_base_url(cls, base_url: str) -> GatewayProtocol:
-        """The version a base URL names: v3 when its path ends in `/v3/ai`, else v4 (the
-        current one; a proxy with another path says otherwise with `--gateway-protocol`)."""
-        path = urlsplit(base_url).path.rstrip("/")
-        return cls.V3 if path.endswith("/v3/ai") else cls.V4
+        """v3 when the URL's path ends in `/v3/ai`, else v4."""
+        return cls.V3 if urlsplit(base_url).path.rstrip("/").endswith("/v3/ai") else cls.V4
 
     def base_url_at(self, origin: str) -> str:
-        """This version's base URL on a gateway at `origin` (`scheme://host:port`), as the
-        SDK builds it: `{origin}/v4/ai`."""
+        """This version's base URL on a gateway at `origin` (`scheme://host:port`)."""
         return f"{origin.rstrip('/')}/{self.value}/ai"
 
 
 class CacheBackend(Enum):
-    """Where the result cache keeps its answers."""
+    """Where the result cache keeps its answers: this process's memory, or a shared Redis."""
 
-    #: This process's memory, bounded by `Settings.cache_max_bytes`.
     MEMORY = "memory"
-    #: A Redis every replica shares, bounded by `Settings.cache_ttl`.
     REDIS = "redis"
 
 
 class Upstream(Enum):
-    """Where reranking calls go."""
+    """Where reranking calls go: the bundled mock gateway in-process, or a gateway's URL."""
 
-    #: The bundled mock gateway, in-process, through the real adapter (no network).
     EMBEDDED_MOCK = "embedded-mock"
-    #: An AI Gateway (the real one, or a mock gateway process) at `Settings.gateway_url`.
     GATEWAY = "gateway"
 
 
-class SettingError(ValueError):
-    """A setting outside its range (or two that do not go together). The message is one line
-    that names the setting as a user sets it and says what it may be."""
-
-
-class Rule(Protocol):
-    """The values one setting may take. `str()` says them, in the error and in the README."""
-
-    def allows(self, value: object) -> bool: ...
-
-    def parse(self, text: str) -> object:
-        """The value `text` (from a flag or a variable) stands for; ValueError if none."""
-        ...
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
+class SettingError(Exception):
+    """A setting outside its range, or two that do not go together: one line naming the
+    setting as a user sets it. Not a ValueError, so that pydantic lets it through as it is."""
 
 
 @dataclass(frozen=True)
-class Between:
-    """A number from `low` to `high` (both included, unless `low_excluded`), finite; None too
-    when `optional`."""
+class Names:
+    """How a user sets a field: its variable (by default `RERANK_` and the field's name in
+    capitals; None: none) and its flag, which wins; or, for a value read otherwise, the
+    `label` errors and the table name it by. A field without a variable, flag or label is
+    derived by `__main__`. (A secret is a field out of the repr, `Field(repr=False)`: never
+    logged, never echoed in an error.)"""
 
-    low: float
-    high: float = math.inf
-    integer: bool = False
-    low_excluded: bool = False
-    optional: bool = False
-
-    def allows(self, value: object) -> bool:
-        if value is None:
-            return self.optional
-        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
-            return False
-        if not math.isfinite(value) or value > self.high:
-            return False
-        return value > self.low if self.low_excluded else value >= self.low
-
-    def parse(self, text: str) -> object:
-        return int(text) if self.integer else float(text)
+    flag: str | None = None
+    env: str | None = ""
+    label: str | None = None
+    shown_default: str | None = None
+    """The default as the table says it, when not the field's own."""
 
     def __str__(self) -> str:
-        kind = "an integer" if self.integer else "a number"
-        low = f"{'(' if self.low_excluded else '['}{_number(self.low)}"
-        high = "∞)" if self.high == math.inf else f"{_number(self.high)}]"
-        return f"{kind} in {low}, {high}" + (", or unset" if self.optional else "")
+        return self.label or " / ".join(name for name in (self.flag, self.env) if name)
 
 
 @dataclass(frozen=True)
-class OneOf:
-    """One of a few names (an enum's values, or words matched regardless of case)."""
+class Says:
+    """What a type's values are, in words, where its constraints do not say it."""
 
-    choices: tuple[object, ...]
-    optional: bool = False
-    """None too (unset)."""
-
-    def _names(self) -> list[str]:
-        return [str(getattr(choice, "value", choice)) for choice in self.choices]
-
-    def allows(self, value: object) -> bool:
-        return value in self.choices or (self.optional and value is None)
-
-    def parse(self, text: str) -> object:
-        for choice, name in zip(self.choices, self._names(), strict=True):
-            if text.strip().upper() == name.upper():
-                return choice
-        raise ValueError(text)
-
-    def __str__(self) -> str:
-        return "one of " + ", ".join(self._names()) + (", or unset" if self.optional else "")
+    words: str
 
 
-@dataclass(frozen=True)
-class Switch:
-    """On or off."""
+def _must(test: Callable[[str], bool]) -> AfterValidator:
+    def check(text: str | None) -> str | None:
+        if text is not None and not test(text):
+            raise ValueError(text)
+        return text
 
-    on: tuple[str, ...] = ("1", "true", "yes", "on")
-    off: tuple[str, ...] = ("", "0", "false", "no", "off")
-
-    def allows(self, value: object) -> bool:
-        return isinstance(value, bool)
-
-    def parse(self, text: str) -> object:
-        word = text.strip().lower()
-        if word in self.on or word in self.off:
-            return word in self.on
-        raise ValueError(text)
-
-    def __str__(self) -> str:
-        return f"on ({', '.join(self.on)}) or off ({', '.join(w or 'empty' for w in self.off)})"
-
-
-@dataclass(frozen=True)
-class Text:
-    """A string that passes `test`; None too when `optional`."""
-
-    description: str
-    test: Callable[[str], bool]
-    optional: bool = False
-
-    def allows(self, value: object) -> bool:
-        if value is None:
-            return self.optional
-        return isinstance(value, str) and self.test(value)
-
-    def parse(self, text: str) -> object:
-        return text.strip()
-
-    def __str__(self) -> str:
-        return f"{self.description}, or unset" if self.optional else self.description
-
-
-@dataclass(frozen=True)
-class Each:
-    """A set of strings, each passing `member`; as text, comma-separated."""
-
-    member: Rule
-    description: str
-
-    def allows(self, value: object) -> bool:
-        return isinstance(value, frozenset) and all(self.member.allows(item) for item in value)
-
-    def parse(self, text: str) -> object:
-        return frozenset(item.strip() for item in text.split(",")) - {""}
-
-    def __str__(self) -> str:
-        return f"{self.description}, each {self.member}"
-
-
-@dataclass(frozen=True)
-class ByName:
-    """A mapping of names to values, each passing `member`; as text, `name=value` pairs,
-    comma-separated, over `base`."""
-
-    member: Rule
-    description: str
-    base: Mapping[str, object] = field(default_factory=dict)
-
-    def allows(self, value: object) -> bool:
-        return isinstance(value, Mapping) and all(
-            isinstance(name, str) and name and self.member.allows(item)
-            for name, item in value.items()
-        )
-
-    def parse(self, text: str) -> object:
-        pairs = dict(self.base)
-        for entry in filter(None, (e.strip() for e in text.split(","))):
-            name, equals, value = entry.partition("=")
-            if not equals or not name.strip():
-                raise ValueError(entry)
-            pairs[name.strip()] = self.member.parse(value)
-        return pairs
-
-    def __str__(self) -> str:
-        return f"{self.description}, each {self.member}"
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where a Redis is (`rerank.server.redis_client.RedisUrl`), or unset."""
-
-    def allows(self, value: object) -> bool:
-        return value is None or isinstance(value, RedisUrl)
-
-    def parse(self, text: str) -> object:
-        return RedisUrl.parse(text.strip())
-
-    def __str__(self) -> str:
-        return (
-            "a redis://[[user]:password@]host[:port][/db] URL, or rediss://… for TLS "
-            "(?ssl_ca_certs=FILE for a private CA), or unset"
-        )
+    return AfterValidator(check)
 
 
 def _visible_ascii(text: str) -> bool:
@@ -264,462 +123,288 @@ def _http_url(text: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def _host(text: str) -> bool:
-    return bool(text) and not any(c.isspace() for c in text)
+def _window_sizes(value: object) -> object:
+    """`model-or-provider=size` pairs, comma-separated, over the defaults."""
+    if not isinstance(value, str):
+        return value
+    pairs: dict[str, object] = dict(DEFAULT_WINDOW_SIZES)
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        name, equals, size = entry.partition("=")
+        if not equals or not name.strip():
+            raise ValueError(entry)
+        pairs[name.strip()] = size.strip()
+    return pairs
 
 
-def _path(text: str) -> bool:
-    return bool(text) and "\0" not in text
+def _redis_url(value: object) -> object:
+    return RedisUrl.parse(value.strip()) if isinstance(value, str) else value
 
 
-@dataclass(frozen=True)
-class About:
-    """What `Settings` knows of one field: its rule and the names a user sets it by."""
-
-    rule: Rule
-    env: str | None = None
-    """The variable `__main__` reads it from, as text parsed by `rule`."""
-    flag: str | None = None
-    """The command-line flag, which wins over `env`."""
-    label: str | None = None
-    """How errors name it when not simply `flag / env` (derived or specially read ones)."""
-    secret: bool = False
-    """Never echo the value."""
-    derived: bool = False
-    """Set by `__main__` from other settings; no name of its own."""
-
-    @property
-    def names(self) -> str:
-        return self.label or " / ".join(name for name in (self.flag, self.env) if name)
+def _n(low: float | None = None, high: float | None = None, *, above: float | None = None) -> Any:
+    """A range: from `low` (or strictly `above`) to `high`; an end not given is open."""
+    return Field(ge=low, gt=above, le=high)
 
 
-def setting(default: T, info: About) -> T:
-    """A `Settings` field: its default and what `info` says of it. A secret stays out of the
-    settings' repr (and so out of logs)."""
-    return field(default=default, repr=not info.secret, metadata={"about": info})
+Host = Annotated[str, Says("a host name or address"), _must(lambda t: t.split() == [t])]
+Url = Annotated[str, Says("an http:// or https:// URL"), _must(_http_url)]
+Visible = Annotated[str, Says("visible ASCII without spaces"), _must(_visible_ascii)]
+Team = Annotated[Visible, Says("a team id or slug: visible ASCII without spaces")]
+Path = Annotated[str, Says("a file path"), _must(lambda text: bool(text) and "\0" not in text)]
+Slug = Annotated[str, Says("a model slug 'provider/model'"), _must(is_model_slug)]
+Redis = Annotated[
+    RedisUrl,
+    BeforeValidator(_redis_url),
+    Says(
+        "a redis://[[user]:password@]host[:port][/db] URL, or rediss://… for TLS "
+        "(?ssl_ca_certs=FILE for a private CA)"
+    ),
+]
+Port = Annotated[int, _n(0, 65535)]
+Bytes = Annotated[int, _n(1, GRPC_MAX_MESSAGE_BYTES)]
+Windows = Annotated[
+    Mapping[str, Annotated[int, _n(1, 10_000)]],
+    BeforeValidator(_window_sizes),
+    Says("model-or-provider=size pairs, each an integer in [1, 10000]"),
+]
+Tokens = Annotated[frozenset[Visible], Says("tokens, each visible ASCII without spaces")]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+DERIVED = Names(env=None)
 
 
-def setting_made(factory: Callable[[], T], info: About) -> T:
-    """A `Settings` field whose default is made afresh (a mutable one)."""
-    return field(default_factory=factory, repr=not info.secret, metadata={"about": info})
-
-
-def about(name: str) -> About:
-    """The rule and names of the `Settings` field `name`."""
-    for each in fields(Settings):
-        if each.name == name:
-            found: About = each.metadata["about"]
-            return found
-    raise KeyError(name)
-
-
-def parse(name: str, text: str) -> object:
-    """The value of field `name` that `text` (a flag's or a variable's) stands for.
-
-    Raises:
-        SettingError: `text` means no value in the field's range.
-    """
-    info = about(name)
-    try:
-        value = info.rule.parse(text)
-    except ValueError:
-        raise _out_of_range(info, text) from None
-    if not info.rule.allows(value):
-        raise _out_of_range(info, text)
-    return value
-
-
-def _out_of_range(info: About, shown: object) -> SettingError:
-    got = "" if info.secret else f", got {shown!r}"
-    return SettingError(f"{info.names} must be {info.rule}{got}")
-
-
-_BYTES = Between(1, GRPC_MAX_MESSAGE_BYTES, integer=True)
-_WINDOW_SIZE = Between(1, 10_000, integer=True)
-
-
-@dataclass(frozen=True)
+# A pydantic dataclass rather than a BaseModel: `dataclasses.replace` makes a changed copy,
+# checked whole again, as the workers, the embedded mock and the tests do.
+@checked_dataclass(
+    frozen=True,
+    config=ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        arbitrary_types_allowed=True,  # RedisUrl
+        use_attribute_docstrings=True,  # each field's docstring is its one-line doc
+    ),
+)
 class Settings:
-    """Everything the server can be told. Defaults are the documented ones; each field's rule
-    is its range, checked when the settings are made."""
+    """Everything the server can be told; the defaults are the documented ones."""
 
-    host: str = setting(
-        "127.0.0.1", About(Text("a host name or address", _host), flag="--host", env="RERANK_HOST")
+    host: Annotated[Host, Names("--host")] = "127.0.0.1"
+    """listen address"""
+    port: Annotated[Port, Names("--port")] = 50051
+    """port (0 = any free one, printed)"""
+    metrics_port: Annotated[Port | None, Names("--metrics-port", shown_default="no metrics")] = None
+    """Prometheus `GET /metrics` on the listen address (0 = any free one, printed)"""
+    upstream: Annotated[Upstream, DERIVED] = Upstream.EMBEDDED_MOCK
+    """where calls go, from `--mock`, the credential and the gateway URL"""
+    api_key: Annotated[
+        Visible | None, Names(env=None, label="AI_GATEWAY_API_KEY / VERCEL_OIDC_TOKEN")
+    ] = Field(default=None, repr=False)
+    """gateway credential: a key, else a one-shot OIDC token; none: the bundled mock"""
+    auth_method: Annotated[Literal["api-key", "oidc"], DERIVED] = "api-key"
+    """sent as `ai-gateway-auth-method`, after where the credential came from"""
+    oidc_token_file: Annotated[Path | None, Names(env=None, label="RERANK_OIDC_TOKEN_FILE")] = None
+    """gateway OIDC token from a file, re-read as it changes; must hold a token at start"""
+    gateway_url: Annotated[Url, Names("--gateway-url")] = DEFAULT_GATEWAY_URL
+    """gateway base URL (needs a credential)"""
+    gateway_protocol: Annotated[
+        GatewayProtocol | None, Names("--gateway-protocol", shown_default="the URL's")
+    ] = None
+    """gateway protocol version: unset, v3 for a base URL ending in `/v3/ai`, else v4"""
+    gateway_team: Team | None = None
+    """gateway team (id or slug), sent as `x-vercel-ai-gateway-team` on every request"""
+    default_model: Annotated[Slug, Names("--default-model")] = DEFAULT_MODEL
+    """model for an empty `model`"""
+    upstream_timeout: Annotated[float, _n(above=0, high=600)] = 30.0
+    """upstream timeout, seconds (a caller's nearer deadline wins)"""
+    max_connections: Annotated[int, _n(1, 10_000)] = 100
+    """pooled HTTP connections to the gateway"""
+    max_documents: Annotated[int, _n(1, 100_000)] = MAX_DOCUMENTS
+    """most documents per request"""
+    max_document_bytes: Bytes = 64 * 1024
+    """largest document (bytes, encoded)"""
+    max_query_bytes: Bytes = 32 * 1024
+    """longest query (UTF-8 bytes)"""
+    max_message_bytes: Annotated[int, _n(1024, GRPC_MAX_MESSAGE_BYTES)] = MAX_MESSAGE_BYTES
+    """largest gRPC message received (bytes); the send limit follows from it"""
+    window_sizes: Annotated[Windows, Names(shown_default="cohere=1000,voyage=1000")] = Field(
+        default_factory=lambda: dict(DEFAULT_WINDOW_SIZES)
     )
-    """Interface the gRPC server listens on."""
-
-    port: int = setting(
-        50051, About(Between(0, 65535, integer=True), flag="--port", env="RERANK_PORT")
+    """documents per upstream call, by model or provider, over the defaults"""
+    default_window_size: Annotated[int, _n(1, 10_000), Names(env="RERANK_WINDOW_SIZE")] = 1000
+    """documents per upstream call for the other models"""
+    window_parallelism: Annotated[int, _n(1, 64)] = 4
+    """windows of one request in flight at once"""
+    batch_parallelism: Annotated[int, _n(1, 64)] = 8
+    """requests of one `BatchRerank` answered at once (each holds its own call place)"""
+    batch_max_requests: Annotated[int, _n(1, 1000)] = MAX_BATCH_REQUESTS
+    """most requests in one `BatchRerank` (more: `INVALID_ARGUMENT` for the call)"""
+    cache_ttl: Annotated[float, _n(above=0, high=86_400)] = 600.0
+    """result cache lifetime, seconds"""
+    cache_max_bytes: Annotated[int, _n(0)] = 64 * 1024 * 1024
+    """result cache memory bound, bytes (0 = no cache)"""
+    cache_backend: CacheBackend = CacheBackend.MEMORY
+    """where the result cache lives: `memory` (per process) or `redis` (needs a Redis URL)"""
+    cache_redis_url: Annotated[Redis | None, Names(shown_default="the limits'")] = Field(
+        default=None, repr=False
     )
-    """gRPC port; 0 picks a free one and logs it."""
-
-    metrics_port: int | None = setting(
-        None,
-        About(
-            Between(0, 65535, integer=True, optional=True),
-            flag="--metrics-port",
-            env="RERANK_METRICS_PORT",
-        ),
+    """the result cache's own Redis, only with `RERANK_CACHE_BACKEND=redis`"""
+    redis_url: Redis | None = Field(default=None, repr=False)
+    """Redis holding callers' rates, calls, spend and usage for every replica"""
+    redis_timeout: Annotated[float, _n(above=0, high=60)] = 0.2
+    """deadline of one call to Redis, connecting included, seconds"""
+    limits_fail_closed: bool = False
+    """refuse named callers' calls while the limits' Redis is away"""
+    max_concurrent_calls: Annotated[int, _n(1, 100_000)] = 512
+    """Rerank calls in flight at most"""
+    max_inflight_bytes: Annotated[int, _n(1)] = 256 * 1024 * 1024
+    """bytes of memory calls in flight hold at most, each counted as 3 × its request's"""
+    max_retries: Annotated[int, _n(0, 10)] = 2
+    """retries of a retryable gateway failure"""
+    retry_initial_backoff: Annotated[float, _n(0, 60)] = 0.5
+    """first jittered retry delay at most, seconds"""
+    retry_max_backoff: Annotated[float, _n(0, 300)] = 8.0
+    """any jittered retry delay at most, seconds"""
+    retry_budget_ratio: Annotated[float, _n(0, 1)] = 0.2
+    """retries allowed per call, over time (retry budget)"""
+    breaker_failure_rate: Annotated[float, _n(above=0, high=1)] = 0.5
+    """share of the last gateway attempts found down that opens the circuit"""
+    breaker_window: Annotated[int, _n(1, 10_000)] = 100
+    """gateway attempts the circuit breaker judges"""
+    breaker_cooldown: Annotated[float, _n(above=0, high=600)] = 5.0
+    """open-circuit cool-down, seconds"""
+    auth_tokens: Annotated[
+        Tokens, Names(env=None, label="RERANK_AUTH_TOKENS / RERANK_AUTH_TOKENS_FILE")
+    ] = Field(default=frozenset(), repr=False)
+    """caller bearer tokens, comma-separated or one per line in a file; none: no authentication"""
+    callers_file: Path | None = None
+    """named callers (a TOML file, re-read on SIGHUP); a bad one stops the start"""
+    auth_health: Annotated[bool, Names("--auth-health")] = False
+    """health checks need a token too"""
+    tls_cert_file: Annotated[Path | None, Names("--tls-cert", "RERANK_TLS_CERT")] = None
+    """TLS certificate chain (PEM), with the key"""
+    tls_key_file: Annotated[Path | None, Names("--tls-key", "RERANK_TLS_KEY")] = None
+    """TLS private key (PEM), with the certificate"""
+    tls_client_ca_file: Annotated[Path | None, Names("--tls-client-ca", "RERANK_TLS_CLIENT_CA")] = (
+        None
     )
-    """Port of the Prometheus `GET /metrics` listener on `host`; 0 picks a free one, None
-    (unset) serves no metrics at all."""
-
-    upstream: Upstream = setting(
-        Upstream.EMBEDDED_MOCK,
-        About(
-            OneOf(tuple(Upstream)),
-            label="the upstream (from --mock, the credential and --gateway-url)",
-            derived=True,
-        ),
-    )
-    """Where calls go; derived in `__main__` from the key and the gateway URL."""
-
-    gateway_url: str = setting(
-        DEFAULT_GATEWAY_URL,
-        About(
-            Text("an http:// or https:// URL", _http_url),
-            flag="--gateway-url",
-            env="RERANK_GATEWAY_URL",
-        ),
-    )
-    """Base URL of the gateway, no trailing slash."""
-
-    gateway_protocol: GatewayProtocol | None = setting(
-        None,
-        About(
-            OneOf(tuple(GatewayProtocol), optional=True),
-            flag="--gateway-protocol",
-            env="RERANK_GATEWAY_PROTOCOL",
-        ),
-    )
-    """Protocol version to speak to the gateway (and to the embedded mock), when set; None
-    speaks what `gateway_url` names. Read `protocol`, not this."""
-
-    gateway_team: str | None = setting(
-        None,
-        About(
-            Text("a team id or slug: visible ASCII without spaces", _visible_ascii, optional=True),
-            env="RERANK_GATEWAY_TEAM",
-        ),
-    )
-    """Team id or slug sent as `x-vercel-ai-gateway-team` on every gateway request, like the
-    SDK's `createGateway({teamIdOrSlug})`; None sends no such header."""
-
-    api_key: str | None = setting(
-        None,
-        About(
-            Text("visible ASCII without spaces", _visible_ascii, optional=True),
-            label="AI_GATEWAY_API_KEY / VERCEL_OIDC_TOKEN",
-            secret=True,
-        ),
-    )
-    """Credential for the gateway (`AI_GATEWAY_API_KEY`, else `VERCEL_OIDC_TOKEN`). Never logged."""
-
-    auth_method: str = setting(
-        "api-key", About(OneOf(("api-key", "oidc")), label="the gateway auth method", derived=True)
-    )
-    """`api-key` or `oidc`: sent as `ai-gateway-auth-method`, after where `api_key` came from."""
-
-    oidc_token_file: str | None = setting(
-        None,
-        About(Text("a file path", _path, optional=True), label="RERANK_OIDC_TOKEN_FILE"),
-    )
-    """A file holding a short-lived OIDC token, read again when it changes and before the token
-    expires (`RERANK_OIDC_TOKEN_FILE`); used instead of `api_key` when set. `__main__` reads it
-    with the other credentials (a key wins over it; it wins over `VERCEL_OIDC_TOKEN`) and
-    refuses a file without a token. The token is never logged; the path may be."""
-
-    default_model: str = setting(
-        DEFAULT_MODEL,
-        About(
-            Text("a model slug 'provider/model'", is_model_slug),
-            flag="--default-model",
-            env="RERANK_DEFAULT_MODEL",
-        ),
-    )
-    """Model used when a request leaves `model` empty."""
-
-    upstream_timeout: float = setting(
-        30.0, About(Between(0, 600, low_excluded=True), env="RERANK_UPSTREAM_TIMEOUT")
-    )
-    """Seconds one gateway call may take at most; a caller's shorter deadline wins."""
-
-    max_connections: int = setting(
-        100, About(Between(1, 10_000, integer=True), env="RERANK_MAX_CONNECTIONS")
-    )
-    """Size of the pooled HTTP connections to the gateway."""
-
-    max_documents: int = setting(
-        MAX_DOCUMENTS, About(Between(1, 100_000, integer=True), env="RERANK_MAX_DOCUMENTS")
-    )
-    """Most documents one request may hold; Cohere's hard limit by default. Requests over a
-    model's window are split across several upstream calls."""
-
-    max_document_bytes: int = setting(64 * 1024, About(_BYTES, env="RERANK_MAX_DOCUMENT_BYTES"))
-    """Largest single document, in UTF-8 bytes of its text or JSON."""
-
-    max_query_bytes: int = setting(32 * 1024, About(_BYTES, env="RERANK_MAX_QUERY_BYTES"))
-    """Longest query, in UTF-8 bytes."""
-
-    max_message_bytes: int = setting(
-        MAX_MESSAGE_BYTES,
-        About(Between(1024, GRPC_MAX_MESSAGE_BYTES, integer=True), env="RERANK_MAX_MESSAGE_BYTES"),
-    )
-    """Largest gRPC message accepted. gRPC's own default of 4 MiB is too small for 1,000
-    documents of 4 KB; 64 MiB takes 10,000 of them. The send limit follows from it,
-    `max_documents` and `batch_max_requests` (`rerank.contract.max_response_bytes`): the
-    largest answer an accepted request or batch can produce."""
-
-    window_sizes: Mapping[str, int] = setting_made(
-        lambda: dict(DEFAULT_WINDOW_SIZES),
-        About(
-            ByName(_WINDOW_SIZE, "model-or-provider=size pairs", DEFAULT_WINDOW_SIZES),
-            env="RERANK_WINDOW_SIZES",
-        ),
-    )
-    """Documents per upstream call, by model slug or provider; larger requests are split
-    (e.g. `cohere=1000,voyage/rerank-2.5-lite=500`, over the defaults)."""
-
-    default_window_size: int = setting(1000, About(_WINDOW_SIZE, env="RERANK_WINDOW_SIZE"))
-    """Documents per upstream call for models not in `window_sizes`."""
-
-    window_parallelism: int = setting(
-        4, About(Between(1, 64, integer=True), env="RERANK_WINDOW_PARALLELISM")
-    )
-    """Windows of one request in flight at once."""
-
-    batch_parallelism: int = setting(
-        8, About(Between(1, 64, integer=True), env="RERANK_BATCH_PARALLELISM")
-    )
-    """Requests of one BatchRerank answered at once; each holds its own call place while it
-    runs (the batch's memory is counted once, for the whole call)."""
-
-    batch_max_requests: int = setting(
-        MAX_BATCH_REQUESTS, About(Between(1, 1000, integer=True), env="RERANK_BATCH_MAX_REQUESTS")
-    )
-    """Most requests one BatchRerank may hold; more is INVALID_ARGUMENT for the whole call. The
-    bytes of them all are bounded by `max_message_bytes`."""
-
-    cache_ttl: float = setting(
-        600.0, About(Between(0, 86_400, low_excluded=True), env="RERANK_CACHE_TTL")
-    )
-    """Seconds a cached ranking stays valid."""
-
-    cache_max_bytes: int = setting(
-        64 * 1024 * 1024, About(Between(0, integer=True), env="RERANK_CACHE_MAX_BYTES")
-    )
-    """Memory bound of the result cache; 0 turns it off."""
-
-    cache_backend: CacheBackend = setting(
-        CacheBackend.MEMORY, About(OneOf(tuple(CacheBackend)), env="RERANK_CACHE_BACKEND")
-    )
-    """Where the result cache lives: this process, or Redis (`cache_redis_url`, else
-    `redis_url`), where entries expire after `cache_ttl`."""
-
-    cache_redis_url: RedisUrl | None = setting(
-        None, About(RedisAddress(), env="RERANK_CACHE_REDIS_URL", secret=True)
-    )
-    """The Redis of the result cache, when it is not `redis_url`'s: recommended, since a Redis
-    that may evict must hold no limits. Never logged with its password."""
-
-    redis_url: RedisUrl | None = setting(
-        None, About(RedisAddress(), env="RERANK_REDIS_URL", secret=True)
-    )
-    """The Redis where callers' limits, concurrency, spend and usage live, shared by every
-    replica; None keeps them in each process. Never logged with its password."""
-
-    redis_timeout: float = setting(
-        0.2, About(Between(0, 60, low_excluded=True), env="RERANK_REDIS_TIMEOUT")
-    )
-    """Seconds one call to Redis may take, connecting included; past it, Redis counts as
-    away."""
-
-    limits_fail_closed: bool = setting(False, About(Switch(), env="RERANK_LIMITS_FAIL_CLOSED"))
-    """Whether to refuse calls of named callers (UNAVAILABLE, LIMITS_UNAVAILABLE) while the
-    limits' Redis is away, instead of deciding them in this process."""
-
-    max_concurrent_calls: int = setting(
-        512, About(Between(1, 100_000, integer=True), env="RERANK_MAX_CONCURRENT_CALLS")
-    )
-    """Rerank calls in flight at most; more are refused at once with RESOURCE_EXHAUSTED."""
-
-    max_inflight_bytes: int = setting(
-        256 * 1024 * 1024, About(Between(1, integer=True), env="RERANK_MAX_INFLIGHT_BYTES")
-    )
-    """Bytes of memory calls in flight may hold, each counted as its request's bytes times
-    `admission.HELD_PER_REQUEST_BYTE` (3, measured); more are refused at once with
-    RESOURCE_EXHAUSTED. Keeps memory bounded under a flood of large requests."""
-
-    max_retries: int = setting(2, About(Between(0, 10, integer=True), env="RERANK_MAX_RETRIES"))
-    """Retries of a retryable gateway failure (429, 5xx, 408, 409, connection errors); the AI
-    SDK's default."""
-
-    retry_initial_backoff: float = setting(
-        0.5, About(Between(0, 60), env="RERANK_RETRY_INITIAL_BACKOFF")
-    )
-    """Upper bound of the first jittered retry delay, seconds, doubling per retry, when the
-    gateway sent no retry-after."""
-
-    retry_max_backoff: float = setting(8.0, About(Between(0, 300), env="RERANK_RETRY_MAX_BACKOFF"))
-    """Upper bound of any jittered retry delay, seconds."""
-
-    retry_budget_ratio: float = setting(0.2, About(Between(0, 1), env="RERANK_RETRY_BUDGET_RATIO"))
-    """Retries allowed per first attempt, over time."""
-
-    breaker_failure_rate: float = setting(
-        0.5, About(Between(0, 1, low_excluded=True), env="RERANK_BREAKER_FAILURE_RATE")
-    )
-    """Share of the last `breaker_window` gateway attempts that must have found it down for the
-    circuit to open. 0 would open it with no failure at all; above 1, never."""
-
-    breaker_window: int = setting(
-        100, About(Between(1, 10_000, integer=True), env="RERANK_BREAKER_WINDOW")
-    )
-    """Gateway attempts the circuit breaker judges."""
-
-    breaker_cooldown: float = setting(
-        5.0, About(Between(0, 600, low_excluded=True), env="RERANK_BREAKER_COOLDOWN")
-    )
-    """Seconds the open circuit fails fast before letting a probe through."""
-
-    auth_tokens: frozenset[str] = setting(
-        frozenset(),
-        About(
-            Each(Text("visible ASCII without spaces", _visible_ascii), "tokens"),
-            label="RERANK_AUTH_TOKENS / RERANK_AUTH_TOKENS_FILE",
-            secret=True,
-        ),
-    )
-    """Bearer tokens callers must present (`authorization: Bearer <token>`); empty turns
-    caller authentication off (`RERANK_AUTH_TOKENS`, comma-separated, or
-    `RERANK_AUTH_TOKENS_FILE`, one per line). Never logged."""
-
-    callers_file: str | None = setting(
-        None, About(Text("a file path", _path, optional=True), env="RERANK_CALLERS_FILE")
-    )
-    """TOML file of named callers: their tokens or certificate names, limits, budgets, models
-    and cache scope (`rerank.server.callers`). Re-read on SIGHUP. Without it, every caller of
-    `auth_tokens` is an unnamed caller without limits."""
-
-    auth_health: bool = setting(
-        False, About(Switch(), flag="--auth-health", env="RERANK_AUTH_HEALTH")
-    )
-    """Whether health checks need a token too. Off by default so load balancers and
-    orchestrators can probe without a secret."""
-
-    tls_cert_file: str | None = setting(
-        None,
-        About(Text("a file path", _path, optional=True), flag="--tls-cert", env="RERANK_TLS_CERT"),
-    )
-    """PEM certificate chain of the server; with `tls_key_file` turns TLS on."""
-
-    tls_key_file: str | None = setting(
-        None,
-        About(Text("a file path", _path, optional=True), flag="--tls-key", env="RERANK_TLS_KEY"),
-    )
-    """PEM private key of the server."""
-
-    tls_client_ca_file: str | None = setting(
-        None,
-        About(
-            Text("a file path", _path, optional=True),
-            flag="--tls-client-ca",
-            env="RERANK_TLS_CLIENT_CA",
-        ),
-    )
-    """PEM CA bundle; when set, callers must present a certificate it signed: mutual TLS."""
-
-    grace_period: float = setting(10.0, About(Between(0, 3600), env="RERANK_GRACE_PERIOD"))
-    """Seconds in-flight calls get to finish after SIGTERM/SIGINT, once the listener has
-    closed."""
-
-    drain_delay: float = setting(5.0, About(Between(0, 600), env="RERANK_DRAIN_DELAY"))
-    """Seconds between SIGTERM and closing the listener, health `NOT_SERVING` meanwhile and
-    calls still served, so balancers stop sending calls first. SIGINT skips it;
-    `rerank.server.app.RunningServer.stop` alone does not drain."""
-
-    allow_port_overlap: bool = setting(
-        False,
-        About(Switch(), flag="--allow-port-overlap", env="RERANK_ALLOW_PORT_OVERLAP"),
-    )
-    """Share the port with another server that allows it too, for a zero-downtime restart.
-    Off: a port another server serves is refused at start, and this server's port cannot be
-    taken by a later one."""
-
-    workers: int = setting(
-        1, About(Between(1, 1024, integer=True), flag="--workers", env="RERANK_WORKERS")
-    )
-    """Server processes sharing the port through SO_REUSEPORT; `__main__` defaults it to one
-    per core. Limits and the cache are per process, unless they live in Redis (`redis_url`,
-    `cache_backend`). A worker that dies is replaced (see `rerank.server.workers`)."""
-
-    log_level: str = setting(
-        "INFO", About(OneOf(LOG_LEVELS), flag="--log-level", env="RERANK_LOG_LEVEL")
-    )
-    """Python logging level."""
-
-    def __post_init__(self) -> None:
-        for each in fields(self):
-            info: About = each.metadata["about"]
-            value = getattr(self, each.name)
-            if not info.rule.allows(value):
-                raise _out_of_range(info, value)
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise SettingError("--tls-cert and --tls-key go together")
-        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
-            raise SettingError("--tls-client-ca needs --tls-cert and --tls-key")
-        if self.cache_backend is CacheBackend.REDIS and not (
-            self.cache_redis_url or self.redis_url
-        ):
-            raise SettingError(
-                "RERANK_CACHE_BACKEND=redis needs RERANK_CACHE_REDIS_URL or RERANK_REDIS_URL"
-            )
-        if self.cache_redis_url is not None and self.cache_backend is not CacheBackend.REDIS:
-            raise SettingError(
-                "RERANK_CACHE_REDIS_URL is set but RERANK_CACHE_BACKEND is not redis"
-            )
-        credential = self.api_key or self.oidc_token_file
-        if self.upstream is Upstream.GATEWAY and credential is None:
-            raise SettingError(
-                "--gateway-url needs a credential: set AI_GATEWAY_API_KEY (any non-empty "
-                "value for a mock gateway process) or RERANK_OIDC_TOKEN_FILE"
-            )
-
-    log_format: str = setting(
-        "text", About(OneOf(LOG_FORMATS), flag="--log-format", env="RERANK_LOG_FORMAT")
-    )
-    """`text` (for a terminal) or `json`, one object per line, for every log record."""
-
-    access_log_success_sample: float = setting(
-        1.0, About(Between(0, 1), env="RERANK_ACCESS_LOG_SUCCESS_SAMPLE")
-    )
-    """Share of successful calls that write an access-log record; failures always do."""
-
-    otlp_traces_endpoint: str | None = setting(
-        None,
-        About(
-            Text("an http:// or https:// URL", _http_url, optional=True),
-            label="OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            derived=True,
-        ),
-    )
-    """Where spans are exported, OTLP over HTTP/protobuf: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
-    or `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces` (`__main__` reads them); None exports
-    nothing."""
-
-    trace_sampler: str | None = setting(
-        None,
-        About(OneOf(tuple(SAMPLERS), optional=True), label="OTEL_TRACES_SAMPLER", derived=True),
-    )
-    """A standard sampler's name; unset, the default (`rerank.server.tracing.sampler_for`)."""
-
-    trace_sampler_ratio: float = setting(
-        1.0, About(Between(0, 1), label="OTEL_TRACES_SAMPLER_ARG", derived=True)
-    )
-    """The ratio of the ratio samplers (`traceidratio`, `parentbased_traceidratio`)."""
+    """client CA (PEM): callers need a certificate it signed (mutual TLS)"""
+    grace_period: Annotated[float, _n(0, 3600)] = 10.0
+    """shutdown grace period, seconds: in-flight calls finish after the listener closed"""
+    drain_delay: Annotated[float, _n(0, 600)] = 5.0
+    """drain delay after SIGTERM, seconds: health `NOT_SERVING`, calls still served"""
+    allow_port_overlap: Annotated[bool, Names("--allow-port-overlap")] = False
+    """share the port with another server that shares it too (zero-downtime restart)"""
+    workers: Annotated[int, _n(1, 1024), Names("--workers", shown_default="one per core")] = 1
+    """server processes sharing the port (SO_REUSEPORT)"""
+    log_level: Annotated[LogLevel, Names("--log-level")] = "INFO"
+    """log level"""
+    log_format: Annotated[Literal["text", "json"], Names("--log-format")] = "text"
+    """log format: `json` is one object per line, for every record"""
+    access_log_success_sample: Annotated[float, _n(0, 1)] = 1.0
+    """share of successful calls that write an access-log record (failures always do)"""
+    export_traces: Annotated[bool, DERIVED] = False
+    """whether spans are exported (the OpenTelemetry SDK reads where to, and how, itself)"""
 
     @property
     def protocol(self) -> GatewayProtocol:
-        """The protocol version spoken upstream: `gateway_protocol` when set, else the one
-        `gateway_url` names (v3 for a path ending in `/v3/ai`, else v4)."""
+        """The protocol version spoken upstream: `gateway_protocol`, else the URL's."""
         return self.gateway_protocol or GatewayProtocol.of_base_url(self.gateway_url)
+
+    @model_validator(mode="after")
+    def _together(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        redis = self.cache_backend is CacheBackend.REDIS
+        if redis and not (self.cache_redis_url or self.redis_url):
+            raise ValueError(
+                "RERANK_CACHE_BACKEND=redis needs RERANK_CACHE_REDIS_URL or RERANK_REDIS_URL"
+            )
+        if self.cache_redis_url is not None and not redis:
+            raise ValueError("RERANK_CACHE_REDIS_URL is set but RERANK_CACHE_BACKEND is not redis")
+        if self.upstream is Upstream.GATEWAY and not (self.api_key or self.oidc_token_file):
+            raise ValueError(
+                "--gateway-url needs a credential: set AI_GATEWAY_API_KEY (any non-empty "
+                "value for a mock gateway process) or RERANK_OIDC_TOKEN_FILE"
+            )
+        return self
+
+    # Defined last, so that it is outermost: every error of the model, the checks above too.
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_line(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise SettingError(one_line(exc, data)) from None
+
+
+def fields() -> Mapping[str, FieldInfo]:
+    """The fields of `Settings`, by name, as pydantic knows them."""
+    assert is_pydantic_dataclass(Settings)
+    return Settings.__pydantic_fields__
+
+
+def names(name: str) -> Names:
+    """How a user sets the field `name`, its variable's name filled in."""
+    found = next((m for m in fields()[name].metadata if isinstance(m, Names)), Names())
+    return replace(found, env=f"RERANK_{name.upper()}") if found.env == "" else found
+
+
+def _parts(annotation: Any) -> tuple[Any, list[Any], bool]:
+    """The type under `annotation`, every constraint on the way, and whether None is allowed."""
+    metadata: list[Any] = []
+    optional = False
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation, *more = get_args(annotation)
+            for each in more:  # a `Field(...)`'s constraints, or the object itself
+                metadata += each.metadata if isinstance(each, FieldInfo) else [each]
+        elif get_origin(annotation) in (Union, UnionType):
+            arms = [arm for arm in get_args(annotation) if arm is not NoneType]
+            optional, annotation = True, arms[0]
+        else:
+            return annotation, metadata, optional
+
+
+def choices(field: FieldInfo) -> tuple[str, ...]:
+    """The names an enum or `Literal` field takes (empty for the others)."""
+    kind, _, _ = _parts(field.annotation)
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return tuple(str(member.value) for member in kind)
+    return tuple(map(str, get_args(kind))) if get_origin(kind) is Literal else ()
+
+
+def _number(value: object) -> str:
+    return str(value).removesuffix(".0")
+
+
+def range_of(field: FieldInfo) -> str:
+    """The values `field` takes, in words: the table's range column, and the error's."""
+    kind, metadata, optional = _parts(field.annotation)
+    metadata += field.metadata
+    said = [m.words for m in metadata if isinstance(m, Says)]
+    if said:
+        words = said[-1]
+    elif kind is bool:
+        words = SWITCH_WORDS
+    elif choices(field):
+        words = "one of " + ", ".join(choices(field))
+    else:
+        end = {k: getattr(m, k) for m in metadata for k in ("ge", "gt", "le") if hasattr(m, k)}
+        low = f"({_number(end['gt'])}" if "gt" in end else f"[{_number(end['ge'])}"
+        high = f"{_number(end['le'])}]" if "le" in end else "∞)"
+        words = f"{'an integer' if kind is int else 'a number'} in {low}, {high}"
+    return words + (", or unset" if optional else "")
+
+
+def one_line(exc: ValidationError, data: Any) -> str:
+    """pydantic's first error as one line: the setting as a user names it, and its range."""
+    error = exc.errors()[0]
+    if not error["loc"]:
+        return str(error["ctx"]["error"])
+    name = str(error["loc"][0])
+    if name not in fields():
+        return f"{name} is not a setting"
+    named = names(name)
+    given = getattr(data, "kwargs", None) or {}  # the dataclass's keyword arguments
+    got = f", got {given.get(name)!r}" if fields()[name].repr else ""
+    return f"{named} must be {range_of(fields()[name])}{got}"

@@ -14,11 +14,11 @@ the attempt's span as its parent, so the gateway's side joins it too. `baggage` 
 call's context and never sent on: the gateway is on the other side of a trust boundary.
 
 The tracer provider always exists (made per server by `tracer_provider`, never global); spans are
-exported over OTLP (HTTP/protobuf) only when an endpoint is configured. A call that is not
-sampled stays cheap: its server span is the SDK's non-recording span, and no child span is made
-under a span that does not record (under every standard sampler a child of an unsampled span is
-unsampled too, and nobody would ever see it). The gateway then gets the server span's id as its
-parent, the only span of ours there is.
+exported over OTLP (HTTP/protobuf) only when an endpoint is configured (`Settings.export_traces`).
+A call that is not sampled stays cheap: its server span is the SDK's non-recording span, and no
+child span is made under a span that does not record (under every standard sampler a child of an
+unsampled span is unsampled too, and nobody would ever see it). The gateway then gets the server
+span's id as its parent, the only span of ours there is.
 
 Spans carry counts, names and statuses: never a credential, a header's value, a URL's query, a
 query's text or a document.
@@ -36,14 +36,7 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    ALWAYS_ON,
-    ParentBased,
-    ParentBasedTraceIdRatio,
-    Sampler,
-    TraceIdRatioBased,
-)
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import Span, SpanContext, SpanKind, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -62,7 +55,8 @@ BATCH_REQUEST_SPAN = "rerank.batch.request"
 #: by the retry layer for the gateway adapter's `http.request.resend_count`.
 RESEND_COUNT_KEY = otel_context.create_key("rerank.resend_count")
 
-#: `OTEL_TRACES_SAMPLER`'s standard values, and whether each takes `OTEL_TRACES_SAMPLER_ARG`.
+#: `OTEL_TRACES_SAMPLER`'s standard values (the ones the SDK knows), and whether each takes
+#: `OTEL_TRACES_SAMPLER_ARG`.
 SAMPLERS: Mapping[str, bool] = {
     "always_on": False,
     "always_off": False,
@@ -77,53 +71,31 @@ _TRACE_CONTEXT = TraceContextTextMapPropagator()
 _BAGGAGE = W3CBaggagePropagator()
 
 
-def sampler_for(name: str | None, ratio: float, exporting: bool) -> Sampler:
-    """The sampler `OTEL_TRACES_SAMPLER` names (checked by `__main__`).
-
-    Unset, it is the SDK's default, `parentbased_always_on`, when spans are exported, and
-    `parentbased_always_off` when they are not: recording spans nobody receives costs CPU for
-    nothing, while a caller's sampled trace is still recorded, so that the sampled flag reaches
-    the gateway as the caller set it.
-    """
-    if not name:
-        name = "parentbased_always_on" if exporting else "parentbased_always_off"
-    samplers: dict[str, Sampler] = {
-        "always_on": ALWAYS_ON,
-        "always_off": ALWAYS_OFF,
-        "parentbased_always_on": ParentBased(ALWAYS_ON),
-        "parentbased_always_off": ParentBased(ALWAYS_OFF),
-    }
-    if name == "traceidratio":
-        return TraceIdRatioBased(ratio)
-    if name == "parentbased_traceidratio":
-        return ParentBasedTraceIdRatio(ratio)
-    return samplers[name]
-
-
 def tracer_provider(settings: Settings) -> TracerProvider:
     """This server's own tracer provider (each worker process makes its own, after the fork).
 
-    The SDK reads the rest of the standard environment itself: `OTEL_SERVICE_NAME` and
-    `OTEL_RESOURCE_ATTRIBUTES` (the service is `rerank-service` unless they name it),
-    `OTEL_EXPORTER_OTLP_HEADERS`/`_TIMEOUT`/`_COMPRESSION`/`_CERTIFICATE` and `OTEL_BSP_*`.
+    The SDK reads the standard environment itself: where spans go and how
+    (`OTEL_EXPORTER_OTLP_*`), the sampler (`OTEL_TRACES_SAMPLER`, `_ARG`; by default
+    `parentbased_always_on`), `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` (the service
+    is `rerank-service` unless they name it) and `OTEL_BSP_*`. Exporting nothing, only a
+    caller's sampled trace is recorded (`parentbased_always_off`), so that the sampled flag
+    reaches the gateway as the caller set it, and no CPU goes to spans nobody receives.
     """
-    exporting = settings.otlp_traces_endpoint is not None
     resource = Resource.create({SERVICE_VERSION: _version()})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
     provider = TracerProvider(
-        sampler=sampler_for(settings.trace_sampler, settings.trace_sampler_ratio, exporting),
+        sampler=None if settings.export_traces else ParentBased(ALWAYS_OFF),
         resource=resource,
         # Shut down by the server's stop() (and so flushed); an atexit hook per provider would
         # pile up in a test process that starts many servers.
         shutdown_on_exit=False,
     )
-    if settings.otlp_traces_endpoint is not None:
+    if settings.export_traces:
         # Imported only here: a server that exports nothing never loads requests & co.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter(endpoint=settings.otlp_traces_endpoint)
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
 
 

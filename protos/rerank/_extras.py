@@ -28,6 +28,7 @@ _SERVER_MODULES: Final = frozenset(
         "opentelemetry",
         "orjson",
         "prometheus_client",
+        "pydantic",
         "uvicorn",
     }
 )

@@ -29,7 +29,6 @@ from rerank.server.tracing import (
     SAMPLERS,
     caller_context,
     inject_trace_context,
-    sampler_for,
     tracer_provider,
 )
 
@@ -37,28 +36,18 @@ TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 SPAN_ID = 0xB7AD6B7169203331
 
 
-def test_the_otlp_endpoint_follows_the_standard_variables() -> None:
-    def endpoint(**environ: str) -> str | None:
-        return settings_from([], environ).otlp_traces_endpoint
+def test_spans_are_exported_when_an_otlp_endpoint_is_set() -> None:
+    """Where to (and the `/v1/traces` appended to the base endpoint) is the SDK's to read."""
 
-    assert endpoint() is None  # nothing configured: nothing exported
-    assert endpoint(OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318/") == (
-        "http://collector:4318/v1/traces"
-    )
-    assert endpoint(
-        OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318",
-        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="https://traces.example/otlp",  # used as it is
-    ) == ("https://traces.example/otlp")
-    assert (
-        endpoint(OTEL_EXPORTER_OTLP_ENDPOINT="http://c:4318", OTEL_TRACES_EXPORTER="none") is None
-    )
-    sampled = settings_from(
-        [], {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}
-    )
-    assert (sampled.trace_sampler, sampled.trace_sampler_ratio) == (
-        "parentbased_traceidratio",
-        0.25,
-    )
+    def exported(**environ: str) -> bool:
+        return settings_from([], environ).export_traces
+
+    assert not exported()  # nothing configured: nothing exported
+    assert exported(OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:4318/")
+    assert exported(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="https://traces.example/otlp")
+    assert not exported(OTEL_EXPORTER_OTLP_ENDPOINT="http://c:4318", OTEL_TRACES_EXPORTER="none")
+    sampled = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}
+    assert not exported(**sampled)
 
 
 @pytest.mark.parametrize(
@@ -96,15 +85,24 @@ def test_the_default_sampler_records_only_what_someone_receives() -> None:
         "parentbased_traceidratio",
     }
     # Exporting: the SDK's default. Not exporting: only a caller's sampled trace is recorded.
-    assert sampler_for("", 1.0, exporting=True).get_description() == (
+    exporting = tracer_provider(Settings(export_traces=True))
+    assert exporting.sampler.get_description() == (
         "ParentBased{root:AlwaysOnSampler,remoteParentSampled:AlwaysOnSampler,"
         "remoteParentNotSampled:AlwaysOffSampler,localParentSampled:AlwaysOnSampler,"
         "localParentNotSampled:AlwaysOffSampler}"
     )
-    off = sampler_for("", 1.0, exporting=False)
+    exporting.shutdown()
+    off = tracer_provider(Settings()).sampler
     assert off.get_description() == ParentBased(ALWAYS_OFF).get_description()
-    ratio = sampler_for("parentbased_traceidratio", 0.5, exporting=False)
-    assert ratio.get_description() == ParentBasedTraceIdRatio(0.5).get_description()
+
+
+def test_the_sdk_reads_the_sampler_when_exporting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+    provider = tracer_provider(Settings(export_traces=True))
+    ratio = ParentBasedTraceIdRatio(0.5).get_description()
+    assert provider.sampler.get_description() == ratio
+    provider.shutdown()
 
 
 def test_the_service_is_named_unless_the_environment_names_it(
