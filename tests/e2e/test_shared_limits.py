@@ -27,6 +27,7 @@ from tests.e2e.processes import RERANK_SERVER, Process, start, start_mock_gatewa
 from tests.e2e.test_envoy import CHANNEL_OPTIONS, served, start_envoy
 from tests.service.test_rerank_service import unpacked
 from tools.redis_server import RedisServer
+from tools.waiting import until_async
 
 pytestmark = pytest.mark.e2e
 
@@ -128,13 +129,15 @@ async def until_shared_again(
 ) -> None:
     """Unlimited calls until both replicas have found Redis back (each says so once)."""
     begun = time.monotonic()
-    for n in range(600):  # polled, bounded
+
+    async def back() -> bool:
         if all("is back after" in replica.output for replica in replicas):
-            figures.append(f"both replicas shared limits again {time.monotonic() - begun:.1f} s")
-            return
-        await sequential(stub, UNLIMITED, 1, f"probe {n}")
-        await asyncio.sleep(0.05)
-    raise AssertionError("the replicas never found Redis back")
+            return True
+        await sequential(stub, UNLIMITED, 1, "probe")
+        return False
+
+    await until_async(back, "the replicas found Redis back", timeout=60, every=0.05)
+    figures.append(f"both replicas shared limits again {time.monotonic() - begun:.1f} s")
 
 
 @pytest.mark.timeout(240)

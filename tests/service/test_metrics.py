@@ -26,6 +26,7 @@ from tests.conftest import SEED_MODEL
 from tests.scrapes import Scrape
 from tests.service.conftest import StartServer
 from tests.service.test_rerank_service import fault, seed_request
+from tools.waiting import until_async
 
 FAST = Settings(port=0, grace_period=2, retry_initial_backoff=0.01, retry_max_backoff=0.05)
 RERANK = "rerank.v1.RerankService/Rerank"
@@ -63,12 +64,13 @@ async def scrape_until(
 ) -> Scrape:
     """Scrape until `holds` is true of a scrape (a call's end is recorded as its handler
     returns, which may be a moment after the caller has its answer)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not holds(result := Scrape.of(recorder)):
-        assert loop.time() < deadline, result.text
-        await asyncio.sleep(0.02)
-    return result
+    last = [Scrape.of(recorder)]
+
+    def held() -> Scrape | None:
+        last[0] = Scrape.of(recorder)
+        return last[0] if holds(last[0]) else None
+
+    return await until_async(held, lambda: last[0].text, timeout=timeout)
 
 
 def ended(result: Scrape, method: str, status: str) -> float:
