@@ -33,6 +33,7 @@ from rerank.server.errors import UpstreamProtocolError, UpstreamTimeout, Upstrea
 from rerank.server.gateway import parse_rerank_body
 from rerank.server.metrics import Metrics
 from rerank.server.windows import WindowedReranker, WindowPolicy
+from tests.fake_clock import FakeClock
 from tests.scrapes import Scrape
 from tools.waiting import until_async
 
@@ -197,14 +198,6 @@ async def test_a_caller_leaving_cancels_every_window() -> None:
 
 
 # --- the cache ------------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def caching(backend: Backend, **kwargs: object) -> tuple[CachingReranker, FakeClock]:
