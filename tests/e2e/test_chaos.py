@@ -19,7 +19,8 @@ import pytest
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
-from tests.e2e.processes import RERANK_SERVER, Process, start, start_mock_gateway
+from tests.e2e.processes import RERANK_SERVER, start, start_mock_gateway
+from tools.processes import Process
 from tools.waiting import until_async
 
 pytestmark = pytest.mark.e2e

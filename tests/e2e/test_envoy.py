@@ -25,8 +25,9 @@ from rerank.client import AsyncRerankClient, UnavailableError
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_QUERY
-from tests.e2e.processes import BIN, RERANK_SERVER, Process, start
+from tests.e2e.processes import BIN, RERANK_SERVER, start
 from tests.scripted_http import Reply, Request, ScriptedServer
+from tools.processes import Process
 from tools.waiting import until
 
 pytestmark = pytest.mark.e2e

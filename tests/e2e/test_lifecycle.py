@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
-from tests.e2e.processes import RERANK_SERVER, Process, start
+from tests.e2e.processes import RERANK_SERVER, start
+from tools.processes import Process
 from tools.waiting import until
 
 pytestmark = pytest.mark.e2e

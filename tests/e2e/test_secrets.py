@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -19,9 +18,10 @@ from rerank.server.credentials import CHECK_INTERVAL
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
-from tests.e2e.processes import RERANK_SERVER, Process, start, start_mock_gateway
+from tests.e2e.processes import RERANK_SERVER, start, start_mock_gateway
 from tests.otlp_receiver import OtlpReceiver
 from tests.scrapes import Scrape
+from tools.processes import Process
 from tools.waiting import until
 
 pytestmark = pytest.mark.e2e
@@ -98,9 +98,8 @@ def check_the_whole_flow(processes: list[Process], receiver: OtlpReceiver) -> No
     # Every label of every metric, scraped while the servers still run.
     labels: list[str] = []
     for url in metrics_urls:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            scrape = Scrape(response.read().decode())
-        labels.extend(f"{k}={v}" for _, have, _ in scrape.samples for k, v in have.items())
+        samples = Scrape.at(url).samples
+        labels.extend(f"{k}={v}" for _, have, _ in samples for k, v in have.items())
     assert any(label.startswith("grpc_method=") for label in labels)
     assert any("UNAUTHENTICATED" in a for a in answers)
     assert any("INTERNAL" in a for a in answers)

@@ -13,8 +13,9 @@ import pytest
 
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from tests.e2e.processes import Process, start_mock_gateway, start_server
+from tests.e2e.processes import start_mock_gateway, start_server
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, RecordingProxy
+from tools.processes import Process
 from tools.waiting import until
 
 pytestmark = pytest.mark.e2e
