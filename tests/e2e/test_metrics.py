@@ -24,9 +24,10 @@ import pytest
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY, missing_tool
-from tests.e2e.processes import RERANK_SERVER, Process, start
+from tests.dashboard import dashboard_expressions
+from tests.e2e.processes import RERANK_SERVER, start
 from tests.scrapes import Scrape
-from tests.unit.test_deploy import dashboard_expressions
+from tools.processes import Process
 from tools.waiting import until
 
 pytestmark = pytest.mark.e2e
@@ -56,11 +57,6 @@ def start_metrics_server(processes: list[Process], *args: str) -> tuple[Process,
     target = server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
     url = server.wait_for(r"rerank metrics on (http://\S+/metrics)").group(1)
     return server, target, url
-
-
-def scrape(url: str) -> Scrape:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return Scrape(response.read().decode())
 
 
 def rerank_calls(target: str, queries: list[str], connections: int) -> list[Decimal]:
@@ -124,13 +120,13 @@ def test_a_killed_worker_keeps_its_counts(processes: list[Process]) -> None:
     slot = server.wait_for(rf"worker (\d) \(pid {victim}\) died").group(1)
     server.wait_for(rf"worker {slot} \(pid (?!{victim}\b)\d+\) listening")
     until(
-        lambda: scrape(url).total("rerank_circuit_breaker_state", state="closed") == 2,
+        lambda: Scrape.at(url).total("rerank_circuit_breaker_state", state="closed") == 2,
         "live workers' circuits",
         timeout=30,
         every=0.1,
     )
     rerank_calls(target, [f"{SEED_QUERY} after {n}" for n in range(6)], connections=2)
-    after = scrape(url)
+    after = Scrape.at(url)
     assert after.total("grpc_server_call_started_total", grpc_method=RERANK) == 24 + 6
     assert after.total("rerank_cache_requests_total", result="miss") == 24 + 6
     # The cache of the dead worker is gone with it; the survivor's (and the replacement's, new)
@@ -227,7 +223,7 @@ def test_the_exposition_passes_promtool_check_metrics(processes: list[Process]) 
     rerank_calls(target, [SEED_QUERY, SEED_QUERY, "another question"], connections=1)
     with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError):
         pb_grpc.RerankServiceStub(channel).Rerank(pb.RerankRequest(), timeout=10)
-    text = scrape(url).text
+    text = Scrape.at(url).text
     assert "rerank_gateway_cost_usd_total" in text
     checked = subprocess.run(
         [promtool, "check", "metrics"],

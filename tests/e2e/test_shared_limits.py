@@ -23,9 +23,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY, needs_redis_server
-from tests.e2e.processes import RERANK_SERVER, Process, start, start_mock_gateway
+from tests.e2e.processes import RERANK_SERVER, start, start_mock_gateway
 from tests.e2e.test_envoy import CHANNEL_OPTIONS, served, start_envoy
-from tests.service.test_rerank_service import unpacked
+from tests.service.calls import unpacked
+from tools.processes import Process
 from tools.redis_server import RedisServer
 from tools.waiting import until_async
 

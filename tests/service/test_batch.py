@@ -38,12 +38,12 @@ from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
+from tests.scrapes import ended, scrape_until
 from tests.scripted_http import Fail, Reply, Request, ScriptedServer
+from tests.service.calls import MESSAGE_LIMIT, access_records, fault, seed_request, status_details
 from tests.service.conftest import StartServer
-from tests.service.test_hostile_input import rerank_requests
-from tests.service.test_metrics import ended, scrape_until
-from tests.service.test_rerank_service import MESSAGE_LIMIT, fault, seed_request, status_details
-from tests.service.test_telemetry import access_records, rank_in_order
+from tests.service.gateways import rank_in_order
+from tests.service.hostile import rerank_requests
 from tools.waiting import until_async
 
 FAST = Settings(

@@ -34,8 +34,8 @@ from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
 from tests.scrapes import Scrape
 from tests.scripted_http import Reply, Request, ScriptedServer
+from tests.service.calls import fault, seed_request, unpacked
 from tests.service.conftest import StartServer
-from tests.service.test_rerank_service import fault, seed_request, unpacked
 from tools.waiting import until_async
 
 SEARCH = "search-api-token-9f2c"

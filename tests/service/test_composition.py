@@ -28,8 +28,8 @@ from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.scripted_http import Reply, Request, ScriptedServer
+from tests.service.calls import MESSAGE_LIMIT, fault, seed_request
 from tests.service.conftest import StartServer
-from tests.service.test_rerank_service import MESSAGE_LIMIT, fault, seed_request
 from tools.waiting import until_async
 
 # Quick retries keep the tests fast; the policy is the same.
