@@ -125,7 +125,7 @@ async def usage(stub: pb_grpc.RerankServiceStub, token: str) -> pb.GetUsageRespo
     return response
 
 
-async def until_shared_again(
+async def probe_until_shared_again(
     stub: pb_grpc.RerankServiceStub, replicas: list[Process], figures: list[str]
 ) -> None:
     """Unlimited calls until both replicas have found Redis back (each says so once)."""
@@ -243,7 +243,7 @@ async def exercise(
 
         # Back on the same port, with what it saved: one limit for both replicas again.
         redis.restart()
-        await until_shared_again(stub, replicas, figures)
+        await probe_until_shared_again(stub, replicas, figures)
         again = await sequential(stub, LIMITED, SEQUENTIAL_CALLS, "after")
         budget_after = await sequential(stub, BUDGETED, 2, "after budget")
         standing = await usage(stub, BUDGETED)
