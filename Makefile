@@ -84,7 +84,7 @@ test: $(STAMP) ## Run every test
 
 metrics-lint: $(STAMP) ## promtool check metrics on a scrape of a real server with --workers 2
 	$(NEED_PROMTOOL)
-	bash -o pipefail -c '$(PY) tools/scrape_metrics.py | $(PROMTOOL) check metrics'
+	bash -o pipefail -c '$(PY) -m tools.scrape_metrics | $(PROMTOOL) check metrics'
 	@echo "promtool check metrics: no problems"
 
 rules-test: ## promtool: the alerting rules in deploy/prometheus are valid and pass their unit tests

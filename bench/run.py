@@ -742,8 +742,8 @@ async def _run_against(
 def _time_scrapes(server: Service) -> dict[str, float]:
     """Server CPU per scrape of its `/metrics` (the scrapes are not in the pairs' windows: a
     scrape every 15 s costs per scrape, not per call)."""
-    found = re.search(r"rerank metrics on (http://\S+)", server.printed)
-    assert found, server.printed
+    found = re.search(r"rerank metrics on (http://\S+)", server.output)
+    assert found, server.output
     before = cpu_seconds(server.pid)
     size = 0
     for _ in range(SCRAPES):

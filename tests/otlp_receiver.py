@@ -12,9 +12,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import threading
-import time
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,8 +24,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as ProtoStatus
-
-WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -113,16 +109,6 @@ class _Served:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
-    def wait_until(self, done: Callable[[], bool], timeout: float = WAIT_SECONDS) -> None:
-        """Return once `done()` holds, re-asked whenever something arrives."""
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while not done():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"not there within {timeout:.0f} s")
-                self.changed.wait(remaining)
 
 
 class _OtlpHandler(BaseHTTPRequestHandler):

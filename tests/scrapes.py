@@ -3,12 +3,14 @@ prometheus-client's own parser of the text format."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import urllib.request
+from collections.abc import Callable, Mapping
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rerank.server._prometheus import Exposition, PrometheusRecorder
+from tools.waiting import until_async
 
 
 class Scrape:
@@ -21,6 +23,12 @@ class Scrape:
             for family in text_string_to_metric_families(text)
             for sample in family.samples
         ]
+
+    @classmethod
+    def at(cls, url: str) -> Scrape:
+        """What a server's `/metrics` endpoint at `url` shows now."""
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return cls(response.read().decode())
 
     @classmethod
     def of(cls, recorder: PrometheusRecorder) -> Scrape:
@@ -45,3 +53,23 @@ class Scrape:
         prefix = f"{name}{{{rendered}}} " if labels else f"{name} "
         (found,) = [line for line in self.text.splitlines() if line.startswith(prefix)]
         return found
+
+
+async def scrape_until(
+    recorder: PrometheusRecorder, holds: Callable[[Scrape], bool], timeout: float = 10
+) -> Scrape:
+    """Scrape until `holds` is true of a scrape (a call's end is recorded as its handler
+    returns, which may be a moment after the caller has its answer)."""
+    last = [Scrape.of(recorder)]
+
+    def held() -> Scrape | None:
+        last[0] = Scrape.of(recorder)
+        return last[0] if holds(last[0]) else None
+
+    return await until_async(held, lambda: last[0].text, timeout=timeout)
+
+
+def ended(result: Scrape, method: str, status: str) -> float:
+    return result.total(
+        "grpc_server_call_duration_seconds_count", grpc_method=method, grpc_status=status
+    )

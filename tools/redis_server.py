@@ -17,15 +17,16 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import hiredis
+
+from tools.processes import Process
+from tools.waiting import until
 
 #: One line saying what to install where the binary is missing.
 INSTALL_HINT = (
@@ -83,9 +84,11 @@ class RedisServer:
         self._directory = directory
         self._extra_args = extra_args
         self._tls = tls
-        self._popen: subprocess.Popen[bytes] | None = None
-        self._relay: subprocess.Popen[bytes] | None = None
+        self._server: Process | None = None
+        self._relay: Process | None = None
         self.port = 0
+        #: What the last start that failed printed.
+        self._output = ""
 
     @property
     def url(self) -> str:
@@ -111,77 +114,72 @@ class RedisServer:
 
     @property
     def pid(self) -> int:
-        assert self._popen is not None
-        return self._popen.pid
+        assert self._server is not None
+        return self._server.pid
 
     def start(self) -> RedisServer:
         """Start on a free port (another one if that is taken before Redis binds it)."""
         for _ in range(5):
             if self._start_on(_free_port()):
                 return self
-        raise RuntimeError(f"redis-server did not start; see {self._log}")
+        raise RuntimeError(f"redis-server did not start:\n{self._output}")
 
     def restart(self) -> None:
         """Start again on the same port, after `stop()`: what clients see as Redis coming
         back."""
         assert self.port, "restart() follows a start()"
         if not self._start_on(self.port):
-            raise RuntimeError(f"redis-server did not restart on {self.port}; see {self._log}")
+            raise RuntimeError(f"redis-server did not restart on {self.port}:\n{self._output}")
 
     def _start_on(self, port: int) -> bool:
         self._spawn(port)
         if self._wait_ready():
             return True
+        started = self._started()
         self.stop()
+        self._output = "".join(process.output for process in started)
         return False
 
     def _spawn(self, port: int) -> None:
         self.port = port
         server_port = port if self._tls is None else _free_port()
-        with self._log.open("ab") as log:
-            self._popen = subprocess.Popen(
+        self._server = Process(
+            [
+                self._binary,
+                *("--port", str(server_port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no"),
+                *("--dir", str(self._directory), "--loglevel", "warning"),
+                *self._extra_args,
+            ]
+        )
+        if self._tls is not None:
+            self._relay = Process(
                 [
-                    self._binary,
-                    *("--port", str(server_port), "--bind", "127.0.0.1"),
-                    *("--save", "", "--appendonly", "no"),
-                    *("--dir", str(self._directory), "--loglevel", "warning"),
-                    *self._extra_args,
+                    *(sys.executable, "-m", "tools.tls_relay"),
+                    *("--port", str(port), "--target-port", str(server_port)),
+                    *("--cert-file", str(self._tls.cert_file)),
+                    *("--key-file", str(self._tls.key_file)),
                 ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                cwd=_REPO_ROOT,
             )
-            if self._tls is not None:
-                self._relay = subprocess.Popen(
-                    [
-                        *(sys.executable, "-m", "tools.tls_relay"),
-                        *("--port", str(port), "--target-port", str(server_port)),
-                        *("--cert-file", str(self._tls.cert_file)),
-                        *("--key-file", str(self._tls.key_file)),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                    cwd=_REPO_ROOT,
-                    start_new_session=True,
-                )
 
-    @property
-    def _log(self) -> Path:
-        return self._directory / "redis-server.log"
+    def _started(self) -> list[Process]:
+        return [process for process in (self._server, self._relay) if process is not None]
+
+    def _exited(self) -> bool:
+        return any(process.popen.poll() is not None for process in self._started())
 
     def _wait_ready(self) -> bool:
-        assert self._popen is not None
-        deadline = time.monotonic() + _READY_SECONDS
-        while time.monotonic() < deadline:
-            # Exited: most likely the port was taken.
-            if self._popen.poll() is not None or (
-                self._relay is not None and self._relay.poll() is not None
-            ):
-                return False
-            if self._ping():
-                return True
-            time.sleep(0.02)
-        return False
+        """Whether it answers; False once it has exited (most likely the port was taken)."""
+        try:
+            until(
+                lambda: self._exited() or self._ping(),
+                "redis-server answering PING",
+                timeout=_READY_SECONDS,
+            )
+        except AssertionError:
+            return False
+        return not self._exited()
 
     def command(self, *args: str | bytes | int | float) -> Any:
         """One command over a connection of its own, for a test to look at or change what
@@ -198,28 +196,22 @@ class RedisServer:
 
     def pause(self) -> None:
         """SIGSTOP: Redis keeps its connections and answers nothing, as a hung one does."""
-        assert self._popen is not None
-        self._popen.send_signal(signal.SIGSTOP)
+        assert self._server is not None
+        self._server.signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        assert self._popen is not None
-        self._popen.send_signal(signal.SIGCONT)
+        assert self._server is not None
+        self._server.signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        """SIGTERM to this PID (and its TLS relay's), SIGKILL if it has not exited in time;
-        the port is kept for `restart()`. A Redis started with save points writes them out
-        first, so a restart finds what it held."""
-        if self._popen is not None:
-            self._popen.send_signal(signal.SIGCONT)  # a paused one would not hear SIGTERM
-        for process in (self._relay, self._popen):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=_STOP_SECONDS)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=_STOP_SECONDS)
-        self._popen = self._relay = None
+        """Stop it (and its TLS relay) by PID, SIGTERM then SIGKILL; the port is kept for
+        `restart()`. A Redis started with save points writes them out first, so a restart
+        finds what it held."""
+        if self._server is not None:
+            self._server.signal(signal.SIGCONT)  # a paused one would not hear SIGTERM
+        for process in reversed(self._started()):
+            process.stop(timeout=_STOP_SECONDS)
+        self._server = self._relay = None
 
     def __enter__(self) -> RedisServer:
         return self.start()

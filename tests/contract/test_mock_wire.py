@@ -24,6 +24,7 @@ import pytest
 
 from tests.e2e.processes import RERANK_MOCK_GATEWAY
 from tests.wire import captured_requests
+from tools.processes import Process
 
 pytestmark = pytest.mark.contract
 
@@ -34,7 +35,7 @@ READY_PREFIX = "mock gateway listening on "
 class MockProcess:
     """A running ``python -m rerank.mock_gateway`` and the (v4) base URL it announced."""
 
-    def __init__(self, process: subprocess.Popen[str], ready_line: str, log: Path) -> None:
+    def __init__(self, process: Process, ready_line: str, log: Path) -> None:
         self.process = process
         self.ready_line = ready_line
         self.base_url = ready_line.removeprefix(READY_PREFIX).strip()
@@ -44,32 +45,16 @@ class MockProcess:
 
 @contextmanager
 def mock_process(log: Path, *flags: str) -> Iterator[MockProcess]:
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [
-                RERANK_MOCK_GATEWAY,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                *flags,
-            ],
-            stdout=subprocess.PIPE,
+    with log.open("wb") as stderr:
+        process = Process(
+            [RERANK_MOCK_GATEWAY, "--host", "127.0.0.1", "--port", "0", *flags],
             stderr=stderr,
-            text=True,
             cwd=REPO,
         )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
+    with process:
+        line = process.wait_for(".*", timeout=30).string
         assert line.startswith(READY_PREFIX + "http://127.0.0.1:"), (line, log.read_text())
         yield MockProcess(process, line, log)
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -344,10 +329,9 @@ def test_the_process_announces_itself_once_and_exits_cleanly(
     with mock_process(tmp_path / "stderr.log", "--api-key", "s3cret") as running:
         good = client.get(running.base_url + "/config", headers={"authorization": "Bearer s3cret"})
         bad = client.get(running.base_url + "/config", headers={"authorization": "Bearer nope"})
-        running.process.send_signal(sig)
+        running.process.signal(sig)
         assert running.process.wait(timeout=15) == 0, running.log.read_text()
-        assert running.process.stdout is not None
-        rest_of_stdout = running.process.stdout.read()
+        rest_of_stdout = "".join(running.process.lines[1:])
 
     assert (good.status_code, bad.status_code) == (200, 401)
     assert rest_of_stdout == ""  # the ready line was the only line; logs go to stderr

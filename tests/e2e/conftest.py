@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.processes import Process
+from tools.processes import Process
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
-from tests.e2e.processes import Process, start_server
-from tests.e2e.test_processes import run_cli
+from tests.e2e.processes import run_cli, start_server
+from tools.processes import Process
 
 pytestmark = pytest.mark.e2e
 

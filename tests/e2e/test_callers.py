@@ -15,7 +15,8 @@ import pytest
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
-from tests.e2e.processes import BIN, RERANK_SERVER, Process, start
+from tests.e2e.processes import BIN, RERANK_SERVER, start
+from tools.processes import Process
 
 pytestmark = pytest.mark.e2e
 

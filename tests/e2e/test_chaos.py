@@ -19,7 +19,9 @@ import pytest
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
-from tests.e2e.processes import RERANK_SERVER, Process, start, start_mock_gateway
+from tests.e2e.processes import RERANK_SERVER, start, start_mock_gateway
+from tools.processes import Process
+from tools.waiting import until_async
 
 pytestmark = pytest.mark.e2e
 
@@ -65,19 +67,14 @@ class Tally:
     def __init__(self) -> None:
         self.codes: dict[grpc.StatusCode, int] = {}
         self.late: list[float] = []
-        self._added = asyncio.Event()
+        #: Set as calls end.
+        self.added = asyncio.Event()
 
     def add(self, code: grpc.StatusCode, elapsed: float) -> None:
         self.codes[code] = self.codes.get(code, 0) + 1
         if elapsed > DEADLINE + SLACK:
             self.late.append(elapsed)
-        self._added.set()
-
-    async def until_ended(self, calls: int) -> None:
-        """Return once `calls` calls have ended (so the load is running)."""
-        while sum(self.codes.values()) < calls:
-            self._added.clear()
-            await self._added.wait()
+        self.added.set()
 
 
 async def client(target: str, seed: int, until: float, tally: Tally) -> None:
@@ -150,7 +147,12 @@ def test_chaos_then_sigterm(processes: list[Process]) -> None:
         during = Tally()
         running = asyncio.ensure_future(load(target, 3, during, first_seed=200))
         # Calls have been ending and starting again: the load is on, calls are in flight.
-        await asyncio.wait_for(during.until_ended(2 * CLIENTS), 3)
+        await until_async(
+            lambda: sum(during.codes.values()) >= 2 * CLIENTS,
+            "the load running",
+            timeout=3,
+            changed=during.added,
+        )
         server.signal(signal.SIGTERM)
         signalled = time.monotonic()
         await running

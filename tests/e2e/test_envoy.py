@@ -25,8 +25,10 @@ from rerank.client import AsyncRerankClient, UnavailableError
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_QUERY
-from tests.e2e.processes import BIN, RERANK_SERVER, Process, start
+from tests.e2e.processes import BIN, RERANK_SERVER, start
 from tests.scripted_http import Reply, Request, ScriptedServer
+from tools.processes import Process
+from tools.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -69,11 +71,15 @@ class Admin:
     """Envoy's admin interface, found through the file `--admin-address-path` wrote."""
 
     def __init__(self, envoy: Process, address_file: Path) -> None:
-        deadline = time.monotonic() + 30
-        while not (address_file.exists() and address_file.read_text().strip()):
-            if envoy.popen.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"Envoy's admin never came up:\n{envoy.output}")
-            time.sleep(0.05)
+        until(
+            lambda: (
+                envoy.popen.poll() is not None
+                or (address_file.exists() and address_file.read_text().strip())
+            ),
+            lambda: f"Envoy's admin:\n{envoy.output}",
+            timeout=30,
+        )
+        assert envoy.popen.poll() is None, f"Envoy's admin never came up:\n{envoy.output}"
         self.base = f"http://{address_file.read_text().strip()}"
 
     def get(self, path: str) -> str:
@@ -97,14 +103,16 @@ class Admin:
         return hosts
 
     def wait_healthy(self, addresses: list[str], envoy: Process, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            hosts = self.hosts()
-            if all(hosts.get(a, {}).get("health_flags") == "healthy" for a in addresses):
-                return
-            if envoy.popen.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"not all healthy: {hosts}\n{envoy.output}")
-            time.sleep(0.1)
+        until(
+            lambda: (
+                envoy.popen.poll() is not None
+                or all(self.hosts().get(a, {}).get("health_flags") == "healthy" for a in addresses)
+            ),
+            lambda: f"all healthy: {self.hosts()}\n{envoy.output}",
+            timeout=timeout,
+            every=0.1,
+        )
+        assert envoy.popen.poll() is None, f"not all healthy: {self.hosts()}\n{envoy.output}"
 
 
 def start_envoy(processes: list[Process], tmp_path: Path, replicas: list[str]) -> Admin:

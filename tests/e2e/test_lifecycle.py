@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -18,7 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
-from tests.e2e.processes import RERANK_SERVER, Process, start
+from tests.e2e.processes import RERANK_SERVER, start
+from tools.processes import Process
+from tools.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -72,10 +73,12 @@ def children(parent: int) -> set[int]:
 def workers_of(process: Process, count: int, unlike: Collection[int] = ()) -> list[int]:
     """The parent's `count` live workers, none of them in `unlike` (polled: a replacement takes
     a moment to be forked), in the order the parent's log names them (`worker N (pid P)`)."""
-    deadline = time.monotonic() + 30
-    while len(pids := children(process.popen.pid) - set(unlike)) != count:
-        assert time.monotonic() < deadline, f"no {count} workers: {pids}"
-        time.sleep(0.02)  # polling /proc, not waiting for it
+
+    def live() -> set[int] | None:
+        pids = children(process.popen.pid) - set(unlike)
+        return pids if len(pids) == count else None
+
+    pids = until(live, f"{count} workers", timeout=30)  # polling /proc: nothing announces them
     order = re.findall(r"worker \d+ \(pid (\d+)\)", process.output)
     return sorted(pids, key=lambda pid: order.index(str(pid)) if str(pid) in order else len(order))
 
@@ -137,10 +140,7 @@ def test_port_overlap_on_purpose_for_a_zero_downtime_restart(processes: list[Pro
     served_before = len(re.findall(SERVED, new.output))
     for _ in range(8):
         assert rerank_on_a_new_connection(port).ranking
-    deadline = time.monotonic() + 5  # the records reach us through a pipe: poll for them
-    while len(re.findall(SERVED, new.output)) < served_before + 8:
-        assert time.monotonic() < deadline, new.output[-2000:]
-        time.sleep(0.05)
+    new.wait_for_count(SERVED, served_before + 8, timeout=5)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -172,10 +172,11 @@ def test_sigterm_turns_health_not_serving_while_calls_are_still_served(
         check = health_pb2.HealthCheckRequest(service="rerank.v1.RerankService")
         assert health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
         process.signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.SERVING:
-            assert time.monotonic() < deadline, "health never turned NOT_SERVING"
-            time.sleep(0.02)  # polling the health check, not waiting for it
+        until(  # polling the health check: the server announces nothing to a client
+            lambda: health.Check(check, timeout=5).status != health_pb2.HealthCheckResponse.SERVING,
+            "health turned NOT_SERVING",
+            timeout=20,
+        )
     # The listener is still open: a new connection is accepted and its call served.
     assert rerank_on_a_new_connection(port).ranking
     process.wait_for(r"draining: health is NOT_SERVING, calls still served for 60 s")

@@ -12,10 +12,8 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,9 +24,11 @@ import pytest
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY, missing_tool
-from tests.e2e.processes import RERANK_SERVER, Process, start
+from tests.dashboard import dashboard_expressions
+from tests.e2e.processes import RERANK_SERVER, start
 from tests.scrapes import Scrape
-from tests.unit.test_deploy import dashboard_expressions
+from tools.processes import Process
+from tools.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -57,20 +57,6 @@ def start_metrics_server(processes: list[Process], *args: str) -> tuple[Process,
     target = server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
     url = server.wait_for(r"rerank metrics on (http://\S+/metrics)").group(1)
     return server, target, url
-
-
-def scrape(url: str) -> Scrape:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return Scrape(response.read().decode())
-
-
-def poll(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
-    """`check()` once it is truthy, asked again and again until `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"{what}: still {result!r} after {timeout:.0f} s"
-        time.sleep(0.1)
-    return result
 
 
 def rerank_calls(target: str, queries: list[str], connections: int) -> list[Decimal]:
@@ -133,12 +119,14 @@ def test_a_killed_worker_keeps_its_counts(processes: list[Process]) -> None:
     # so two circuits are left (the survivor's and the replacement's), not three.
     slot = server.wait_for(rf"worker (\d) \(pid {victim}\) died").group(1)
     server.wait_for(rf"worker {slot} \(pid (?!{victim}\b)\d+\) listening")
-    poll(
+    until(
+        lambda: Scrape.at(url).total("rerank_circuit_breaker_state", state="closed") == 2,
         "live workers' circuits",
-        lambda: scrape(url).total("rerank_circuit_breaker_state", state="closed") == 2,
+        timeout=30,
+        every=0.1,
     )
     rerank_calls(target, [f"{SEED_QUERY} after {n}" for n in range(6)], connections=2)
-    after = scrape(url)
+    after = Scrape.at(url)
     assert after.total("grpc_server_call_started_total", grpc_method=RERANK) == 24 + 6
     assert after.total("rerank_cache_requests_total", result="miss") == 24 + 6
     # The cache of the dead worker is gone with it; the survivor's (and the replacement's, new)
@@ -192,12 +180,12 @@ def test_a_real_prometheus_scrapes_every_worker(processes: list[Process], tmp_pa
             return None
         return float(data["result"][0]["value"][1])
 
-    poll("prometheus scraping the server", lambda: value('up{job="rerank"}') == 1)
+    until(lambda: value('up{job="rerank"}') == 1, "prometheus up", timeout=30, every=0.1)
     queries = [f"{SEED_QUERY} {n}" for n in range(400)]
     costs = rerank_calls(target, queries, connections=8)  # scraped every second meanwhile
 
     started = f'sum(grpc_server_call_started_total{{grpc_method="{RERANK}"}})'
-    poll(f"{started} == {len(queries)}", lambda: value(started) == len(queries))
+    until(lambda: value(started) == len(queries), started, timeout=30, every=0.1)
     ok = f'sum(grpc_server_call_duration_seconds_count{{grpc_method="{RERANK}",grpc_status="OK"}})'
     assert value(ok) == len(queries)
     assert value("sum(rerank_gateway_cost_usd_total)") == float(sum(costs))
@@ -214,7 +202,7 @@ def test_a_real_prometheus_scrapes_every_worker(processes: list[Process], tmp_pa
         never = "0001-01-01"  # Prometheus's zero time
         return found if found and all(r["lastEvaluation"] > never for r in found) else []
 
-    checked = poll("every rule evaluated", evaluated)
+    checked = until(evaluated, "every rule evaluated", timeout=30, every=0.1)
     assert len(checked) == 5
     for rule in checked:
         assert rule["health"] == "ok", rule
@@ -235,7 +223,7 @@ def test_the_exposition_passes_promtool_check_metrics(processes: list[Process]) 
     rerank_calls(target, [SEED_QUERY, SEED_QUERY, "another question"], connections=1)
     with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError):
         pb_grpc.RerankServiceStub(channel).Rerank(pb.RerankRequest(), timeout=10)
-    text = scrape(url).text
+    text = Scrape.at(url).text
     assert "rerank_gateway_cost_usd_total" in text
     checked = subprocess.run(
         [promtool, "check", "metrics"],

@@ -13,9 +13,10 @@ import pytest
 
 from rerank.v1 import rerank_service_pb2 as pb
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
-from tests.e2e.processes import Process, start_server
-from tests.unit.test_client_fakes import Abort, FakeRerankService, serve
+from tests.e2e.processes import start_server
+from tests.unit.client_fakes import Abort, FakeRerankService, serve
 from tools import node
+from tools.processes import Process
 
 # `make stubs` may run `npm ci` (the registry, or its local cache): a generous budget.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

@@ -7,9 +7,7 @@ import json
 import re
 import signal
 import socket
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -18,23 +16,12 @@ import pytest
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
-from tests.e2e.processes import (
-    BIN,
-    RERANK_SERVER,
-    Process,
-    start,
-    start_mock_gateway,
-    start_server,
-)
+from tests.e2e.processes import RERANK_SERVER, run_cli, start, start_mock_gateway, start_server
 from tests.scrapes import Scrape
+from tools.processes import Process
+from tools.waiting import until
 
 pytestmark = pytest.mark.e2e
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "rerank"), *args], capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def seed_cli_args(target: str) -> list[str]:
@@ -59,8 +46,7 @@ def test_make_run_then_the_cli(processes: list[Process]) -> None:
     completed = run_cli(*seed_cli_args(target))
     assert completed.returncode == 0, completed.stderr
     assert_seed_result(completed.stdout)
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        scrape = Scrape(response.read().decode())
+    scrape = Scrape.at(metrics_url)
     rerank = {"grpc_method": "rerank.v1.RerankService/Rerank", "grpc_status": "OK"}
     assert scrape.total("grpc_server_call_duration_seconds_count", **rerank) == 1
 
@@ -143,14 +129,19 @@ def test_a_bad_gateway_protocol_stops_the_server_with_one_line(processes: list[P
 
 
 def test_sigterm_finishes_in_flight_calls_then_exits(processes: list[Process]) -> None:
-    server = start(processes, [RERANK_SERVER, "--port", "0"])
+    server = start(processes, [RERANK_SERVER, "--port", "0", "--metrics-port", "0"])
     target = server.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
+    metrics_url = server.wait_for(r"rerank metrics on (http://\S+/metrics)").group(1)
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.RerankServiceStub(channel)
         request = pb.RerankRequest(query=SEED_QUERY, documents=[pb.Document(text="Paris")])
         request.provider_options.update({"mockGateway": {"fault": "slow", "delayMs": 1500}})
         in_flight = stub.Rerank.future(request, timeout=20)
-        time.sleep(0.5)
+        # SIGTERM once the server holds the call: its gauge says so.
+        until(
+            lambda: Scrape.at(metrics_url).total("rerank_calls_in_flight") == 1,
+            "the call in flight at the server",
+        )
         server.signal(signal.SIGTERM)
         assert in_flight.result().ranking[0].original_index == 0
     assert server.popen.wait(timeout=15) == 0

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -20,9 +18,11 @@ from rerank.server.credentials import CHECK_INTERVAL
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
-from tests.e2e.processes import RERANK_SERVER, Process, start, start_mock_gateway
+from tests.e2e.processes import RERANK_SERVER, start, start_mock_gateway
 from tests.otlp_receiver import OtlpReceiver
 from tests.scrapes import Scrape
+from tools.processes import Process
+from tools.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -98,9 +98,8 @@ def check_the_whole_flow(processes: list[Process], receiver: OtlpReceiver) -> No
     # Every label of every metric, scraped while the servers still run.
     labels: list[str] = []
     for url in metrics_urls:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            scrape = Scrape(response.read().decode())
-        labels.extend(f"{k}={v}" for _, have, _ in scrape.samples for k, v in have.items())
+        samples = Scrape.at(url).samples
+        labels.extend(f"{k}={v}" for _, have, _ in samples for k, v in have.items())
     assert any(label.startswith("grpc_method=") for label in labels)
     assert any("UNAUTHENTICATED" in a for a in answers)
     assert any("INTERNAL" in a for a in answers)
@@ -166,15 +165,16 @@ def test_a_rotated_token_file_is_picked_up_without_a_restart(
         rotated = tmp_path / "oidc-token.new"
         rotated.write_text(fresh_token + "\n")
         os.replace(rotated, token_file)
-        deadline = time.monotonic() + 2 * CHECK_INTERVAL + 5
-        while True:  # polls: the server looks at the file once per CHECK_INTERVAL
+
+        def answered() -> pb.RerankResponse | None:
             try:
-                answer = stub.Rerank(seed, timeout=10)
-                break
+                return stub.Rerank(seed, timeout=10)  # type: ignore[no-any-return]
             except grpc.RpcError as error:
                 assert error.code() is grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
-                assert time.monotonic() < deadline, "the fresh token was never used"
-                time.sleep(0.2)
+                return None
+
+        # Polls: the server looks at the file once per CHECK_INTERVAL.
+        answer = until(answered, "the fresh token used", timeout=2 * CHECK_INTERVAL + 5, every=0.2)
         assert answer.ranking[0].document.text == SEED_DOCUMENTS[0]
     for process in processes:
         process.stop()

@@ -23,10 +23,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY, needs_redis_server
-from tests.e2e.processes import RERANK_SERVER, Process, start, start_mock_gateway
+from tests.e2e.processes import RERANK_SERVER, start, start_mock_gateway
 from tests.e2e.test_envoy import CHANNEL_OPTIONS, served, start_envoy
-from tests.service.test_rerank_service import unpacked
+from tests.service.calls import unpacked
+from tools.processes import Process
 from tools.redis_server import RedisServer
+from tools.waiting import until_async
 
 pytestmark = pytest.mark.e2e
 
@@ -123,18 +125,20 @@ async def usage(stub: pb_grpc.RerankServiceStub, token: str) -> pb.GetUsageRespo
     return response
 
 
-async def until_shared_again(
+async def probe_until_shared_again(
     stub: pb_grpc.RerankServiceStub, replicas: list[Process], figures: list[str]
 ) -> None:
     """Unlimited calls until both replicas have found Redis back (each says so once)."""
     begun = time.monotonic()
-    for n in range(600):  # polled, bounded
+
+    async def back() -> bool:
         if all("is back after" in replica.output for replica in replicas):
-            figures.append(f"both replicas shared limits again {time.monotonic() - begun:.1f} s")
-            return
-        await sequential(stub, UNLIMITED, 1, f"probe {n}")
-        await asyncio.sleep(0.05)
-    raise AssertionError("the replicas never found Redis back")
+            return True
+        await sequential(stub, UNLIMITED, 1, "probe")
+        return False
+
+    await until_async(back, "the replicas found Redis back", timeout=60, every=0.05)
+    figures.append(f"both replicas shared limits again {time.monotonic() - begun:.1f} s")
 
 
 @pytest.mark.timeout(240)
@@ -239,7 +243,7 @@ async def exercise(
 
         # Back on the same port, with what it saved: one limit for both replicas again.
         redis.restart()
-        await until_shared_again(stub, replicas, figures)
+        await probe_until_shared_again(stub, replicas, figures)
         again = await sequential(stub, LIMITED, SEQUENTIAL_CALLS, "after")
         budget_after = await sequential(stub, BUDGETED, 2, "after budget")
         standing = await usage(stub, BUDGETED)

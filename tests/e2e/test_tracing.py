@@ -13,8 +13,10 @@ import pytest
 
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from tests.e2e.processes import Process, start_mock_gateway, start_server
+from tests.e2e.processes import start_mock_gateway, start_server
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, RecordingProxy
+from tools.processes import Process
+from tools.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -99,7 +101,12 @@ def test_a_windowed_call_with_a_retry_is_one_trace_the_gateway_joins(
         assert ("x-request-id", "e2e-request-1") in tuple(call.trailing_metadata())
 
         # The server span ends last, after every child was exported or queued.
-        receiver.wait_until(lambda: any(s.name == SERVER_SPAN for s in receiver.trace(trace_id)))
+        until(
+            lambda: any(s.name == SERVER_SPAN for s in receiver.trace(trace_id)),
+            "the server span",
+            timeout=30,
+            changed=receiver.changed,
+        )
         spans = receiver.trace(trace_id)
         (root,) = [s for s in spans if s.name == SERVER_SPAN]
         assert (root.kind, root.parent_span_id) == ("SERVER", caller_span)
@@ -194,7 +201,12 @@ def test_every_worker_exports_its_own_spans(
                 timeout=10,
                 metadata=(("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01"),),
             )
-        receiver.wait_until(lambda: len(roots()) == len(trace_ids))
+        until(
+            lambda: len(roots()) == len(trace_ids),
+            "a root span per call",
+            timeout=30,
+            changed=receiver.changed,
+        )
         instances = {s.resource["service.instance.id"] for s in roots()}
         if len(instances) == 2:
             break

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tools import node
+from tools import node, processes
 
 SDK_DIR = Path(__file__).resolve().parent
 NPM_CI_SECONDS = 300
@@ -63,15 +62,9 @@ class Run:
 @pytest.fixture(scope="session")
 def sdk_scripts() -> Path:
     """Runs `npm ci` in tests/sdk once for the session."""
-    completed = subprocess.run(
-        node.command("npm", "ci", "--prefix", str(SDK_DIR), "--no-audit", "--no-fund"),
-        env=node.environment(),
-        capture_output=True,
-        text=True,
-        timeout=NPM_CI_SECONDS,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
+    npm_ci = node.command("npm", "ci", "--prefix", str(SDK_DIR), "--no-audit", "--no-fund")
+    finished = asyncio.run(processes.run(npm_ci, timeout=NPM_CI_SECONDS, env=node.environment()))
+    assert finished.returncode == 0, finished.stdout + finished.stderr
     return SDK_DIR
 
 
@@ -80,41 +73,21 @@ def _command(script: str, generation: Generation | None, args: tuple[str, ...]) 
     return node.command("node", str(SDK_DIR / script), *sdk, *args)
 
 
-def _run(returncode: int, stdout: str, stderr: str) -> Run:
+async def arun_script(script: str, generation: Generation | None, *args: str) -> Run:
+    """Run `node tests/sdk/<script> --sdk N ARGS...`, the event loop free meanwhile (a test's
+    loop may serve the HTTP server the script calls)."""
+    finished = await processes.run(
+        _command(script, generation, args), timeout=SCRIPT_SECONDS, env=node.environment()
+    )
     try:
-        result = json.loads(stdout)
+        result = json.loads(finished.stdout)
     except json.JSONDecodeError as exc:
-        raise AssertionError(f"not one JSON document:\n{stdout}\n{stderr}") from exc
-    return Run(returncode, result, stderr)
+        raise AssertionError(
+            f"not one JSON document:\n{finished.stdout}\n{finished.stderr}"
+        ) from exc
+    return Run(finished.returncode, result, finished.stderr)
 
 
 def run_script(script: str, generation: Generation | None, *args: str) -> Run:
-    """Run `node tests/sdk/<script> --sdk N ARGS...`."""
-    completed = subprocess.run(
-        _command(script, generation, args),
-        env=node.environment(),
-        capture_output=True,
-        text=True,
-        timeout=SCRIPT_SECONDS,
-        check=False,
-    )
-    return _run(completed.returncode, completed.stdout, completed.stderr)
-
-
-async def arun_script(script: str, generation: Generation | None, *args: str) -> Run:
-    """`run_script` for a test whose event loop serves the HTTP server the script calls."""
-    process = await asyncio.create_subprocess_exec(
-        *_command(script, generation, args),
-        env=node.environment(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(SCRIPT_SECONDS):
-            stdout, stderr = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return _run(process.returncode, stdout.decode(), stderr.decode())
+    """`arun_script` for a test without an event loop."""
+    return asyncio.run(arun_script(script, generation, *args))

@@ -20,9 +20,10 @@ import pytest
 
 from rerank.mock_gateway import RERANKING_MODEL_IDS
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
-from tests.e2e.processes import RERANK_MOCK_GATEWAY, Process
+from tests.e2e.processes import RERANK_MOCK_GATEWAY
 from tests.sdk.conftest import AI_7, GENERATIONS, TEST_SECONDS, Generation, run_script
 from tools import node
+from tools.processes import Process
 
 # The first test also waits for the session's `npm ci` (sdk_scripts): a budget that covers it.
 pytestmark = [
@@ -37,11 +38,8 @@ READY = r"mock gateway listening on (http://\S+)/v4/ai\s*$"
 
 def start_mock(*flags: str) -> Iterator[str]:
     """A `rerank-mock-gateway --port 0` process; yields its origin (`http://127.0.0.1:PORT`)."""
-    process = Process([RERANK_MOCK_GATEWAY, "--port", "0", *flags])
-    try:
+    with Process([RERANK_MOCK_GATEWAY, "--port", "0", *flags]) as process:
         yield process.wait_for(READY).group(1)
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -38,12 +38,13 @@ from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
+from tests.scrapes import ended, scrape_until
 from tests.scripted_http import Fail, Reply, Request, ScriptedServer
+from tests.service.calls import MESSAGE_LIMIT, access_records, fault, seed_request, status_details
 from tests.service.conftest import StartServer
-from tests.service.test_hostile_input import rerank_requests
-from tests.service.test_metrics import ended, scrape_until
-from tests.service.test_rerank_service import MESSAGE_LIMIT, fault, seed_request, status_details
-from tests.service.test_telemetry import access_records, rank_in_order
+from tests.service.gateways import rank_in_order
+from tests.service.hostile import rerank_requests
+from tools.waiting import until_async
 
 FAST = Settings(
     port=0, grace_period=2, retry_initial_backoff=0.01, retry_max_backoff=0.05, max_retries=0
@@ -90,28 +91,19 @@ class GatedGateway:
         self.gates: list[asyncio.Event] = []
         self.in_flight = 0
         self.most_in_flight = 0
-        self._changed = asyncio.Condition()
+        #: Set as requests arrive and leave.
+        self.changed = asyncio.Event()
 
     async def _answer(self, request: Request) -> Reply:
         gate = asyncio.Event()
-        async with self._changed:
-            self.gates.append(gate)
-            self.in_flight += 1
-            self.most_in_flight = max(self.most_in_flight, self.in_flight)
-            self._changed.notify_all()
+        self.gates.append(gate)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.changed.set()
         await gate.wait()
-        async with self._changed:
-            self.in_flight -= 1
-            self._changed.notify_all()
+        self.in_flight -= 1
+        self.changed.set()
         return ranked(request)
-
-    async def until(self, what: str, condition: Callable[[], bool]) -> None:
-        """Return once `condition` holds over the counts (fail after 10 s)."""
-        try:
-            async with asyncio.timeout(10), self._changed:
-                await self._changed.wait_for(condition)
-        except TimeoutError:
-            raise AssertionError(f"never happened: {what}") from None
 
 
 def on(upstream: ScriptedServer, base: Settings = FAST, **changes: Any) -> Settings:
@@ -356,12 +348,13 @@ async def test_the_fan_out_is_bounded_by_the_parallelism(
         call = asyncio.ensure_future(stub.BatchRerank(batch(*requests), timeout=20))
         # Open one gate at a time: each frees one place, which the next request takes.
         for opened in range(7):
-            await gateway.until(
-                f"{min(3, 7 - opened)} requests held",
+            await until_async(
                 lambda opened=opened: (
                     gateway.in_flight == min(3, 7 - opened)
                     and len(gateway.gates) == min(7, opened + 3)
                 ),
+                f"{min(3, 7 - opened)} requests held",
+                changed=gateway.changed,
             )
             gateway.gates[opened].set()
         response = await call
@@ -379,7 +372,9 @@ async def test_each_request_holds_its_own_admission_place(
         stub = stub_for(await serve(settings), channels)
         requests = [seed_request(query=f"query {i}") for i in range(3)]
         call = asyncio.ensure_future(stub.BatchRerank(batch(*requests), timeout=20))
-        await gateway.until("two requests held", lambda: gateway.in_flight == 2)
+        await until_async(
+            lambda: gateway.in_flight == 2, "two requests held", changed=gateway.changed
+        )
         # The batch's two running requests fill the server: a Rerank meanwhile is refused too.
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Rerank(seed_request(query="another caller"), timeout=10)
@@ -407,7 +402,9 @@ async def test_a_batch_counts_its_memory_once_and_is_refused_whole_without_room(
         room = (held.ByteSize() + 200) * HELD_PER_REQUEST_BYTE
         stub = stub_for(await serve(on(gateway.server, max_inflight_bytes=room)), channels)
         call = asyncio.ensure_future(stub.Rerank(held, timeout=20))
-        await gateway.until("the Rerank held", lambda: gateway.in_flight == 1)
+        await until_async(
+            lambda: gateway.in_flight == 1, "the Rerank held", changed=gateway.changed
+        )
         requests = batch(seed_request(query="one"), seed_request(query="two"))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.BatchRerank(requests, timeout=10)
@@ -417,7 +414,9 @@ async def test_a_batch_counts_its_memory_once_and_is_refused_whole_without_room(
         gateway.gates[0].set()
         await call
         answered = asyncio.ensure_future(stub.BatchRerank(requests, timeout=20))
-        await gateway.until("both requests held", lambda: gateway.in_flight == 2)
+        await until_async(
+            lambda: gateway.in_flight == 2, "both requests held", changed=gateway.changed
+        )
         for gate in gateway.gates:
             gate.set()
         response = await answered

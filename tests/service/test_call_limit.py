@@ -16,7 +16,7 @@ from rerank.server.app import BACKSTOP_CALLS, HEALTH_CALLS, SERVICE_NAME, start_
 from rerank.server.config import Settings
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from tests.service.test_rerank_service import fault, seed_request
+from tests.service.calls import fault, seed_request
 
 ADMITTED = 2
 LIMIT = ADMITTED + BACKSTOP_CALLS

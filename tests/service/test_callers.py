@@ -34,8 +34,9 @@ from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
 from tests.scrapes import Scrape
 from tests.scripted_http import Reply, Request, ScriptedServer
+from tests.service.calls import fault, seed_request, unpacked
 from tests.service.conftest import StartServer
-from tests.service.test_rerank_service import fault, seed_request, unpacked
+from tools.waiting import until_async
 
 SEARCH = "search-api-token-9f2c"
 BUDGETED = "budgeted-token-41aa"
@@ -166,10 +167,12 @@ async def test_over_the_concurrent_calls_is_caller_rate_limited(
 ) -> None:
     slow = seed_request(provider_options=fault(fault="slow", delayMs=1500))
     first = stub.Rerank(slow, metadata=bearer(NARROW), timeout=10)
+
     # The first call holds the caller's one slot once it is counted.
-    deadline = time.monotonic() + 5
-    while (await usage_of(stub, NARROW)).calls < 1:
-        assert time.monotonic() < deadline, "the first call was never admitted"
+    async def admitted() -> bool:
+        return (await usage_of(stub, NARROW)).calls >= 1
+
+    await until_async(admitted, "the first call admitted", timeout=5)
     error = await refusal(stub.Rerank(seed_request(), metadata=bearer(NARROW), timeout=5))
     code, why, _ = reason(error)
     assert (code, why) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CALLER_RATE_LIMITED")

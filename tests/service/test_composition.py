@@ -28,8 +28,9 @@ from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.scripted_http import Reply, Request, ScriptedServer
+from tests.service.calls import MESSAGE_LIMIT, fault, seed_request
 from tests.service.conftest import StartServer
-from tests.service.test_rerank_service import MESSAGE_LIMIT, fault, seed_request
+from tools.waiting import until_async
 
 # Quick retries keep the tests fast; the policy is the same.
 FAST = Settings(port=0, grace_period=2, retry_initial_backoff=0.01, retry_max_backoff=0.05)
@@ -62,15 +63,6 @@ def cache_of(running: RunningServer) -> CachingReranker:
     """The outermost layer of the production chain, whose counters show what it did."""
     assert isinstance(running.reranker, CachingReranker)
     return running.reranker
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Poll `condition` until it holds (bounded: a chain that never gets there fails)."""
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"never happened: {what}")
 
 
 def once(**spec: Any) -> dict[str, Any]:
@@ -148,9 +140,9 @@ async def test_a_shared_call_outlives_the_first_callers_deadline(
     cache = cache_of(running)
     request = seed_request(provider_options=fault(fault="slow", delayMs=1500, key=uuid.uuid4().hex))
     short = asyncio.ensure_future(stub.Rerank(request, timeout=0.5))
-    await until(lambda: cache.misses == 1, "A's call in flight")
+    await until_async(lambda: cache.misses == 1, "A's call in flight")
     long = asyncio.ensure_future(stub.Rerank(request, timeout=20))
-    await until(lambda: cache.hits == 1, "B joined A's call")
+    await until_async(lambda: cache.hits == 1, "B joined A's call")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await short
     assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -215,9 +207,9 @@ async def test_a_shared_call_is_charged_once(running: RunningServer, stub: Any) 
     cache = cache_of(running)
     request = seed_request(provider_options=fault(fault="slow", delayMs=500, key=uuid.uuid4().hex))
     first = asyncio.ensure_future(stub.Rerank(request, timeout=20))
-    await until(lambda: cache.misses == 1, "the first call in flight")
+    await until_async(lambda: cache.misses == 1, "the first call in flight")
     second = asyncio.ensure_future(stub.Rerank(request, timeout=20))
-    await until(lambda: cache.hits == 1, "the second call joined it")
+    await until_async(lambda: cache.hits == 1, "the second call joined it")
     answers = [await first, await second]
     charged = [a for a in answers if not a.cached]
     assert len(charged) == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,9 @@ from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.scripted_http import Fail, Reply, Request, ScriptedServer
+from tests.service.calls import fault, seed_request, unpacked
 from tests.service.conftest import StartServer
-from tests.service.test_rerank_service import fault, seed_request, unpacked
+from tests.service.gateways import HeldGateway
 
 # Quick retries keep the tests fast; the policy is the same.
 FAST = Settings(port=0, grace_period=2, retry_initial_backoff=0.01, retry_max_backoff=0.05)
@@ -125,34 +125,6 @@ async def test_large_requests_alone_close_the_circuit_once_the_gateway_is_back(
         break
     else:
         pytest.fail(f"{refused} large requests in a row were refused: the circuit never closed")
-
-
-class HeldGateway:
-    """A gateway (a real HTTP server on loopback) that holds every request until released, so
-    a test knows when calls are in flight: when their requests have arrived here."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.server = ScriptedServer(self._answer)
-        self._arrived = asyncio.Condition()
-
-    async def _answer(self, request: Request) -> Reply:
-        async with self._arrived:
-            self._arrived.notify_all()
-        await self.release.wait()
-        count = len(json.loads(request.body)["documents"]["values"])
-        ranking = [{"index": i, "relevanceScore": 1 - i / count} for i in range(count)]
-        return Reply(body=json.dumps({"ranking": ranking}).encode())
-
-    def settings(self, base: Settings) -> Settings:
-        return dataclasses.replace(
-            base, upstream=Upstream.GATEWAY, gateway_url=self.server.url, api_key="k"
-        )
-
-    async def holding(self, calls: int) -> None:
-        """Return once `calls` requests are held here (fail after 5 s)."""
-        async with asyncio.timeout(5), self._arrived:
-            await self._arrived.wait_for(lambda: len(self.server.requests) >= calls)
 
 
 def pushback(error: grpc.aio.AioRpcError) -> str | None:

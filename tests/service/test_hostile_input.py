@@ -14,7 +14,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,7 +24,8 @@ from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from tests.service.test_rerank_service import MESSAGE_LIMIT, fault, seed_request, unpacked
+from tests.service.calls import MESSAGE_LIMIT, fault, seed_request, unpacked
+from tests.service.hostile import rerank_requests
 
 # Bodies the server can put right (sort and cut) rather than refuse.
 REPAIRABLE = {"unsorted", "too_many"}
@@ -72,60 +72,6 @@ async def test_a_malformed_upstream_is_never_a_wrong_ranking(
 
 
 # --- generated requests -------------------------------------------------------------------
-
-json_leaf = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.integers(min_value=-(2**60), max_value=2**60),
-    st.text(max_size=50),
-)
-json_value = st.recursive(
-    json_leaf,
-    lambda children: st.one_of(
-        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=30,
-)
-hostile_text = st.one_of(
-    st.text(max_size=200),
-    st.text(alphabet=st.sampled_from("\x00\u200b\ufeff\U0001f600\u0301 aé"), max_size=100),
-    st.just("x" * 70_000),
-)
-
-
-def to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(value)
-    return struct
-
-
-@st.composite
-def rerank_requests(draw: st.DrawFn) -> pb.RerankRequest:
-    request = pb.RerankRequest(
-        model=draw(st.one_of(st.just(""), st.just("cohere/rerank-v3.5"), st.text(max_size=140))),
-        query=draw(hostile_text),
-    )
-    kinds = draw(st.sampled_from(["text", "object", "mixed", "empty"]))
-    count = draw(st.one_of(st.integers(0, 12), st.just(1001)))
-    for i in range(count):
-        kind = kinds if kinds in ("text", "object") else draw(st.sampled_from(["text", "object"]))
-        if kinds == "empty" and i == 0:
-            request.documents.add()  # neither text nor object
-        elif kind == "text":
-            request.documents.add(text=draw(hostile_text) if i < 12 else "doc")
-        else:
-            request.documents.add(
-                object=to_struct(draw(st.dictionaries(st.text(max_size=8), json_value, max_size=5)))
-            )
-    top_n = draw(st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)))
-    if top_n is not None:
-        request.top_n = top_n
-    if draw(st.booleans()):
-        request.provider_options.CopyFrom(
-            to_struct(draw(st.dictionaries(st.text(max_size=8), json_value, max_size=3)))
-        )
-    return request
 
 
 def assert_documented_refusal(request: pb.RerankRequest, error: grpc.aio.AioRpcError) -> None:

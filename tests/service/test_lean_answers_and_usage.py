@@ -16,7 +16,7 @@ from rerank.server.config import Settings
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
-from tests.service.test_rerank_service import MESSAGE_LIMIT, fault, seed_request, struct, unpacked
+from tests.service.calls import MESSAGE_LIMIT, fault, seed_request, struct, unpacked
 
 SETTINGS = Settings(port=0, grace_period=2)
 

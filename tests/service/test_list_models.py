@@ -14,7 +14,7 @@ from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
-from tests.service.test_rerank_service import MESSAGE_LIMIT, unpacked
+from tests.service.calls import MESSAGE_LIMIT, unpacked
 
 SETTINGS = Settings(port=0, grace_period=2)
 

@@ -16,8 +16,8 @@ import pytest
 from rerank.server.app import RunningServer, start_server
 from rerank.server.config import Settings
 from rerank.v1 import rerank_service_pb2 as pb
-from tests.service.test_guarantees import HeldGateway
-from tests.service.test_rerank_service import MESSAGE_LIMIT, seed_request, struct
+from tests.service.calls import MESSAGE_LIMIT, seed_request, struct
+from tests.service.gateways import HeldGateway
 
 SETTINGS = Settings(port=0, grace_period=2, cache_max_bytes=0)
 RERANK = "/rerank.v1.RerankService/Rerank"

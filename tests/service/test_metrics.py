@@ -23,9 +23,9 @@ from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_MODEL
-from tests.scrapes import Scrape
+from tests.scrapes import Scrape, ended, scrape_until
+from tests.service.calls import fault, seed_request
 from tests.service.conftest import StartServer
-from tests.service.test_rerank_service import fault, seed_request
 
 FAST = Settings(port=0, grace_period=2, retry_initial_backoff=0.01, retry_max_backoff=0.05)
 RERANK = "rerank.v1.RerankService/Rerank"
@@ -56,25 +56,6 @@ async def channel_to() -> AsyncIterator[Callable[[RunningServer], grpc.aio.Chann
     yield open_channel
     for channel in opened:
         await channel.close()
-
-
-async def scrape_until(
-    recorder: PrometheusRecorder, holds: Callable[[Scrape], bool], timeout: float = 10
-) -> Scrape:
-    """Scrape until `holds` is true of a scrape (a call's end is recorded as its handler
-    returns, which may be a moment after the caller has its answer)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not holds(result := Scrape.of(recorder)):
-        assert loop.time() < deadline, result.text
-        await asyncio.sleep(0.02)
-    return result
-
-
-def ended(result: Scrape, method: str, status: str) -> float:
-    return result.total(
-        "grpc_server_call_duration_seconds_count", grpc_method=method, grpc_status=status
-    )
 
 
 async def test_every_call_is_counted_by_method_and_status(

@@ -27,7 +27,7 @@ from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import needs_redis_server
 from tests.scrapes import Scrape
-from tests.service.test_rerank_service import MESSAGE_LIMIT, seed_request, unpacked
+from tests.service.calls import MESSAGE_LIMIT, seed_request, unpacked
 from tools.redis_server import RedisServer
 
 FAST = Settings(port=0, grace_period=2, redis_timeout=5.0, cache_ttl=120.0)

@@ -9,8 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -22,11 +21,7 @@ from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.scripted_http import Reply, Request, ScriptedServer
-
-MESSAGE_LIMIT = [
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
+from tests.service.calls import MESSAGE_LIMIT, fault, seed_request, struct, unpacked
 
 
 @pytest.fixture
@@ -47,53 +42,6 @@ async def channel(running: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
 @pytest.fixture
 def stub(channel: grpc.aio.Channel) -> pb_grpc.RerankServiceStub:
     return pb_grpc.RerankServiceStub(channel)
-
-
-def struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(value)
-    return message
-
-
-def seed_request(**changes: Any) -> pb.RerankRequest:
-    request = pb.RerankRequest(
-        model=SEED_MODEL,
-        query=SEED_QUERY,
-        documents=[pb.Document(text=text) for text in SEED_DOCUMENTS],
-        top_n=2,
-    )
-    for name, value in changes.items():
-        if value is None:
-            request.ClearField(name)
-        elif name == "provider_options":
-            request.provider_options.CopyFrom(struct(value))
-        elif name == "documents":
-            del request.documents[:]
-            request.documents.extend(value)
-        else:
-            setattr(request, name, value)
-    return request
-
-
-def fault(**spec: Any) -> dict[str, Any]:
-    """providerOptions that make the mock gateway inject a fault (see mock_gateway)."""
-    return {"mockGateway": spec}
-
-
-def status_details(error: grpc.aio.AioRpcError) -> status_pb2.Status:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            return status_pb2.Status.FromString(value)
-    raise AssertionError("no rich status details")
-
-
-def unpacked(error: grpc.aio.AioRpcError, kind: type) -> Any:
-    for holder in status_details(error).details:
-        if holder.Is(kind.DESCRIPTOR):
-            message = kind()
-            holder.Unpack(message)
-            return message
-    return None
 
 
 async def test_the_seed_example(stub: pb_grpc.RerankServiceStub) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.context import Context
@@ -30,17 +29,11 @@ from rerank.server.logs import ACCESS_FIELDS, ACCESS_LOGGER
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
-from tests.scripted_http import Reply, Request, ScriptedServer
+from tests.scripted_http import ScriptedServer
+from tests.service.calls import access_records
+from tests.service.gateways import rank_in_order
 
 SETTINGS = Settings(port=0, grace_period=2, upstream=Upstream.GATEWAY, api_key="test-key")
-
-
-async def rank_in_order(request: Request) -> Reply:
-    """A gateway that ranks the documents in the order sent, at a cost of 0.001 a call."""
-    documents = orjson.loads(request.body)["documents"]["values"]
-    ranking = [{"index": i, "relevanceScore": 1 - i / 100} for i in range(len(documents))]
-    body = {"ranking": ranking, "providerMetadata": {"gateway": {"cost": "0.001"}}}
-    return Reply(body=orjson.dumps(body))
 
 
 @pytest.fixture
@@ -78,10 +71,6 @@ def seed(**changes: Any) -> pb.RerankRequest:
     for name, value in changes.items():
         setattr(request, name, value)
     return request
-
-
-def access_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [r.fields for r in caplog.records if r.name == ACCESS_LOGGER]  # type: ignore[attr-defined]
 
 
 async def test_the_request_id_is_the_callers_or_a_new_one_and_comes_back_on_errors_too(

@@ -29,6 +29,7 @@ from rerank.server.errors import (
     UpstreamUnavailable,
 )
 from rerank.server.limits import CallerLimits, InMemoryLimitStore
+from tests.fake_clock import FakeClock
 
 NOON = datetime(2026, 3, 14, 12, tzinfo=UTC).timestamp()
 QUERY = RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("a", "b"))
@@ -66,16 +67,8 @@ class Backend:
         pass
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOON
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def layer(backend: Backend, clock: Clock | None = None) -> CallerLimitsReranker:
-    return CallerLimitsReranker(backend, InMemoryLimitStore(), clock=clock or Clock())
+def layer(backend: Backend, clock: FakeClock | None = None) -> CallerLimitsReranker:
+    return CallerLimitsReranker(backend, InMemoryLimitStore(), clock=clock or FakeClock(NOON))
 
 
 def as_caller(name: str = "search-api", **limits: object) -> RerankQuery:
@@ -106,7 +99,7 @@ async def test_a_model_outside_the_callers_globs_is_refused_before_anything() ->
 
 
 async def test_over_the_rate_is_refused_with_when_to_retry() -> None:
-    backend, clock = Backend(), Clock()
+    backend, clock = Backend(), FakeClock(NOON)
     limited = layer(backend, clock)
     query = as_caller(requests_per_second=2, burst=2)
     await limited.rerank(query, timeout=5)
@@ -117,7 +110,7 @@ async def test_over_the_rate_is_refused_with_when_to_retry() -> None:
     assert caught.value.retry_after == pytest.approx(0.5)
     assert "2 calls per second" in caught.value.message
     assert backend.calls == 2
-    clock.now += 0.5
+    clock.advance(0.5)
     await limited.rerank(query, timeout=5)
     assert backend.calls == 3
 
@@ -155,7 +148,7 @@ async def test_a_failed_or_cancelled_call_gives_its_lease_back() -> None:
 
 
 async def test_the_budget_is_charged_exactly_and_refuses_until_midnight() -> None:
-    backend, clock = Backend(cost="0.001"), Clock()
+    backend, clock = Backend(cost="0.001"), FakeClock(NOON)
     limited = layer(backend, clock)
     query = as_caller(daily_budget_usd=Decimal("0.0025"))
     for _ in range(3):
@@ -167,7 +160,7 @@ async def test_the_budget_is_charged_exactly_and_refuses_until_midnight() -> Non
     assert "00:00 UTC" in caught.value.message
     usage = await limited.usage(query.caller)  # type: ignore[arg-type]
     assert (usage.spent_usd, usage.calls, usage.refused) == (Decimal("0.003"), 3, 1)
-    clock.now += 12 * 3600
+    clock.advance(12 * 3600)
     await limited.rerank(query, timeout=5)
 
 

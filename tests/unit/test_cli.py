@@ -14,7 +14,7 @@ import pytest
 from rerank.client.cli import main
 from rerank.v1 import rerank_service_pb2 as pb
 
-from .test_client_fakes import Abort, Delay, FakeRerankService, bad_request, serve
+from .client_fakes import Abort, Delay, FakeRerankService, bad_request, serve
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pytest
 
 from rerank.v1 import rerank_service_pb2 as pb
 
+from .client_fakes import Abort, FakeRerankService, bad_request, error_info, retry_info, serve
 from .test_cli import run
-from .test_client_fakes import Abort, FakeRerankService, bad_request, error_info, retry_info, serve
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from rerank.client import (
 from rerank.contract import from_struct, from_value, max_response_bytes, to_struct
 from rerank.v1 import rerank_service_pb2 as pb
 
-from .test_client_fakes import (
+from .client_fakes import (
     Abort,
     Delay,
     FakeRerankService,

@@ -35,7 +35,7 @@ from rerank.client import (
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 
-from .test_client_fakes import (
+from .client_fakes import (
     MODELS,
     SERVER_OPTIONS,
     Abort,

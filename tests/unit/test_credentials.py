@@ -18,6 +18,7 @@ from rerank.server.credentials import (
     jwt_expiry,
     read_token,
 )
+from tests.fake_clock import FakeClock
 
 NOW = 1_900_000_000.0
 
@@ -34,14 +35,6 @@ def jwt(exp: float | None, subject: str = "owner:team:project") -> str:
     return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def replace_file(path: Path, text: str) -> None:
     """Rewrite `path` the way platforms rotate a mounted token: a new file renamed over it."""
     fresh = path.with_suffix(".new")
@@ -50,8 +43,8 @@ def replace_file(path: Path, text: str) -> None:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(NOW)
 
 
 @pytest.fixture
@@ -69,19 +62,21 @@ def test_the_expiry_is_read_from_the_jwt_without_verifying_it() -> None:
     assert jwt_expiry("a." + base64.urlsafe_b64encode(b"[1, 2]").decode() + ".c") is None
 
 
-def test_the_file_is_looked_at_once_per_interval_at_most(token_path: Path, clock: Clock) -> None:
+def test_the_file_is_looked_at_once_per_interval_at_most(
+    token_path: Path, clock: FakeClock
+) -> None:
     credential = OidcTokenFile(str(token_path), check_interval=5, clock=clock)
     first = credential.bearer_token()
     assert first == jwt(NOW + 3600)
     replace_file(token_path, jwt(NOW + 7200))
-    clock.now += 4.9
+    clock.advance(4.9)
     assert credential.bearer_token() == first  # no stat yet: calls cost a clock read
-    clock.now += 0.1
+    clock.advance(0.1)
     assert credential.bearer_token() == jwt(NOW + 7200)
 
 
 @pytest.mark.parametrize("how", ["renamed over", "written in place", "grown"])
-def test_any_change_of_the_file_is_seen(token_path: Path, clock: Clock, how: str) -> None:
+def test_any_change_of_the_file_is_seen(token_path: Path, clock: FakeClock, how: str) -> None:
     credential = OidcTokenFile(str(token_path), check_interval=1, clock=clock)
     new = jwt(NOW + 7200, subject="owner:team:other")
     if how == "renamed over":
@@ -93,12 +88,12 @@ def test_any_change_of_the_file_is_seen(token_path: Path, clock: Clock, how: str
         os.utime(token_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     else:
         token_path.write_text(new + "\n\n")
-    clock.now += 1
+    clock.advance(1)
     assert credential.bearer_token() == new
 
 
 def test_an_unchanged_looking_file_is_read_again_before_the_token_expires(
-    token_path: Path, clock: Clock
+    token_path: Path, clock: FakeClock
 ) -> None:
     old = jwt(NOW + 100)
     token_path.write_text(old)
@@ -110,21 +105,21 @@ def test_an_unchanged_looking_file_is_read_again_before_the_token_expires(
     assert len(new) == len(old)
     token_path.write_text(new)
     os.utime(token_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    clock.now += 30  # 70 s left: not yet
+    clock.advance(30)  # 70 s left: not yet
     assert credential.bearer_token() == old
-    clock.now += 15  # 55 s left: read it again
+    clock.advance(15)  # 55 s left: read it again
     assert credential.bearer_token() == new
 
 
 def test_an_expiring_token_with_no_newer_one_is_kept_and_warned_about_once(
-    token_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+    token_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     token = jwt(NOW + 30)
     token_path.write_text(token)
     credential = OidcTokenFile(str(token_path), check_interval=1, refresh_ahead=60, clock=clock)
     with caplog.at_level(logging.WARNING, logger="rerank.server.credentials"):
         for _ in range(5):
-            clock.now += 1
+            clock.advance(1)
             assert credential.bearer_token() == token
     (warning,) = caplog.records
     assert "expires in" in warning.getMessage()
@@ -132,20 +127,20 @@ def test_an_expiring_token_with_no_newer_one_is_kept_and_warned_about_once(
 
 
 def test_a_file_briefly_gone_keeps_the_token_held(
-    token_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+    token_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     credential = OidcTokenFile(str(token_path), check_interval=1, clock=clock)
     token = credential.bearer_token()
     token_path.unlink()
-    clock.now += 1
+    clock.advance(1)
     with caplog.at_level(logging.WARNING, logger="rerank.server.credentials"):
         assert credential.bearer_token() == token
     assert "keeping the token read before" in caplog.text
     token_path.write_text("")  # back, but empty: still not a token
-    clock.now += 1
+    clock.advance(1)
     assert credential.bearer_token() == token
     replace_file(token_path, "the-next-token")
-    clock.now += 1
+    clock.advance(1)
     assert credential.bearer_token() == "the-next-token"
 
 

@@ -4,26 +4,19 @@ tests/e2e/test_metrics.py)."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 
 from rerank.server._metric_families import FAMILIES
-from tests.conftest import REPO_ROOT
+from tests.dashboard import DEPLOY, dashboard_expressions
 
-DEPLOY = REPO_ROOT / "deploy"
 # What a scrape shows: counters with `_total`, histograms as `_bucket`, `_sum` and `_count`,
 # the cost in dollars (it is stored in nano-dollars).
 SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
 SHOWN = {family.name.replace("nanousd", "usd"): family for family in FAMILIES}
 EXPORTED = {name + suffix for name, family in SHOWN.items() for suffix in SUFFIXES[family.kind]}
 METRIC = re.compile(r"\b(?:grpc_server|rerank)_[a-z0-9_]+")
-
-
-def dashboard_expressions() -> list[str]:
-    dashboard = json.loads((DEPLOY / "grafana" / "rerank-service.json").read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
 @pytest.mark.parametrize(

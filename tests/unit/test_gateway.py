@@ -38,6 +38,7 @@ from rerank.server.gateway import (
     parse_config_body,
     parse_rerank_body,
 )
+from tests.fake_clock import FakeClock
 from tests.scripted_http import Fail, Handler, Reply, Request, ScriptedServer
 from tests.wire import captured_requests
 
@@ -601,8 +602,8 @@ async def test_the_bearer_token_follows_the_token_file(tmp_path: Path) -> None:
     carry the new token, on the same pooled connection, with auth method `oidc`."""
     token_file = tmp_path / "oidc-token"
     token_file.write_text("first-token\n")
-    now = [1_900_000_000.0]
-    credential = OidcTokenFile(str(token_file), check_interval=5, clock=lambda: now[0])
+    clock = FakeClock(1_900_000_000.0)
+    credential = OidcTokenFile(str(token_file), check_interval=5, clock=clock)
     ranking = {"ranking": [{"index": 0, "relevanceScore": 0.5}]}
     async with ScriptedServer(answer(ranking)) as server:
         reranker = GatewayReranker(base_url=server.url, credential=credential)
@@ -613,7 +614,7 @@ async def test_the_bearer_token_follows_the_token_file(tmp_path: Path) -> None:
             rotated.write_text("second-token\n")
             os.replace(rotated, token_file)
             await reranker.rerank(query, timeout=5)  # within the check interval: not looked at
-            now[0] += 5
+            clock.advance(5)
             await reranker.rerank(query, timeout=5)
             with contextlib.suppress(errors.UpstreamProtocolError):
                 await reranker.list_models(timeout=5)  # GET /config carries it too

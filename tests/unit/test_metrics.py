@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
-import grpc
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.registry import Collector
@@ -27,8 +26,8 @@ from rerank.server._prometheus import (
 )
 from rerank.server.metrics import MAX_MODEL_LABELS, Metrics, nano_dollars
 from tests.scrapes import Scrape
+from tests.unit.recorded_calls import MODEL, record_a_call
 
-MODEL = "cohere/rerank-v3.5"
 INFO = {"version": "1.2.3", "gateway_protocol": "v3"}
 
 
@@ -116,24 +115,11 @@ def test_the_cost_of_every_process_adds_up_exactly(directory: MetricsDirectory) 
     assert result.total("rerank_upstream_attempts_total", model=MODEL) == 3004
 
 
-def record_a_call(metrics: Metrics) -> None:
-    """What one proxied call records, and a few things more."""
-    method = metrics.grpc_method("rerank.v1.RerankService/Rerank")
-    method.started.inc()
-    metrics.models_offered([MODEL])
-    metrics.documents(3)
-    metrics.cache_lookup("miss")
-    metrics.upstream_attempt("rerank", MODEL, "OK", 0.02, Decimal("0.002"), caller="team")
-    metrics.retry("UPSTREAM_RATE_LIMITED")
-    metrics.caller_call("team")
-    method.ended(grpc.StatusCode.OK, 0.03, 400, 200)
-
-
 def test_a_scrape_is_the_same_from_memory_as_from_files(
     directory: MetricsDirectory, recorder: PrometheusRecorder, metrics: Metrics
 ) -> None:
     record_in_another_process(
-        directory, "from tests.unit.test_metrics import record_a_call\nrecord_a_call(metrics)"
+        directory, "from tests.unit.recorded_calls import record_a_call\nrecord_a_call(metrics)"
     )
     record_a_call(metrics)
     from_files, from_memory = scrape(directory).text, scrape(recorder).text

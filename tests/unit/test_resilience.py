@@ -26,6 +26,7 @@ from rerank.server.errors import (
 )
 from rerank.server.resilience import ResilientReranker, RetryBudget, RetryPolicy, found_down
 from rerank.server.windows import WindowedReranker, WindowPolicy
+from tests.fake_clock import FakeClock
 
 QUERY = RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("a",))
 # As the gateway adapter answers: one gateway call, and the cost it reported.
@@ -38,26 +39,12 @@ def after(attempts: int) -> RerankOutcome:
     return dataclasses.replace(OK, usage=Usage(Decimal("0.002"), upstream_calls=attempts))
 
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
 class ScriptedReranker:
     """Answers each call with the next outcome of the script: an error to raise, or OK."""
 
-    def __init__(self, script: Iterable[UpstreamError | None], time: FakeTime) -> None:
+    def __init__(self, script: Iterable[UpstreamError | None]) -> None:
         self.script = list(script)
         self.calls: list[float] = []
-        self.time = time
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         self.calls.append(timeout)
@@ -79,20 +66,20 @@ def resilient(
     max_retries: int = 2,
     budget: RetryBudget | None = None,
     breaker: CircuitBreaker | None = None,
-    time: FakeTime | None = None,
-) -> tuple[ResilientReranker, ScriptedReranker, FakeTime]:
-    time = time or FakeTime()
-    inner = ScriptedReranker(script, time)
+    clock: FakeClock | None = None,
+) -> tuple[ResilientReranker, ScriptedReranker, FakeClock]:
+    clock = clock or FakeClock(1000.0)
+    inner = ScriptedReranker(script)
     wrapper = ResilientReranker(
         inner,
         policy=RetryPolicy(max_retries=max_retries, initial_backoff=0.5, max_backoff=8),
         budget=budget or RetryBudget(),
-        breaker=breaker or CircuitBreaker(window=1000, clock=time.clock),
-        clock=time.clock,
-        sleep=time.sleep,
+        breaker=breaker or CircuitBreaker(window=1000, clock=clock),
+        clock=clock,
+        sleep=clock.sleep,
         rng=random.Random(7),
     )
-    return wrapper, inner, time
+    return wrapper, inner, clock
 
 
 def down() -> UpstreamUnavailable:
@@ -100,13 +87,13 @@ def down() -> UpstreamUnavailable:
 
 
 async def test_retryable_failures_are_retried_until_success() -> None:
-    wrapper, inner, time = resilient([down(), UpstreamRateLimited("slow"), None])
+    wrapper, inner, clock = resilient([down(), UpstreamRateLimited("slow"), None])
     assert await wrapper.rerank(QUERY, timeout=30) == after(3)
     assert len(inner.calls) == 3
-    assert len(time.slept) == 2
+    assert len(clock.slept) == 2
     # Full jitter within the exponential bound.
-    assert 0 <= time.slept[0] <= 0.5
-    assert 0 <= time.slept[1] <= 1.0
+    assert 0 <= clock.slept[0] <= 0.5
+    assert 0 <= clock.slept[1] <= 1.0
 
 
 async def test_at_most_max_retries() -> None:
@@ -133,16 +120,16 @@ async def test_other_failures_are_not_retried(error: UpstreamError) -> None:
 
 
 async def test_the_gateways_retry_after_is_honoured() -> None:
-    wrapper, _, time = resilient([UpstreamRateLimited("slow", retry_after=3.0), None])
+    wrapper, _, clock = resilient([UpstreamRateLimited("slow", retry_after=3.0), None])
     await wrapper.rerank(QUERY, timeout=30)
-    assert time.slept == [3.0]
+    assert clock.slept == [3.0]
 
 
 async def test_no_retry_past_the_deadline() -> None:
-    wrapper, inner, time = resilient([UpstreamRateLimited("slow", retry_after=5.0), None])
+    wrapper, inner, clock = resilient([UpstreamRateLimited("slow", retry_after=5.0), None])
     with pytest.raises(UpstreamRateLimited):
         await wrapper.rerank(QUERY, timeout=4)
-    assert time.slept == []
+    assert clock.slept == []
     assert len(inner.calls) == 1
 
 
@@ -176,10 +163,10 @@ def attempt(breaker: CircuitBreaker, outcome: UpstreamError | None) -> None:
 
 
 def test_the_breaker_opens_fails_fast_and_recovers_through_one_probe() -> None:
-    time = FakeTime()
+    clock = FakeClock(1000.0)
     changes: list[BreakerState] = []
     breaker = CircuitBreaker(
-        failure_rate=0.5, window=4, cooldown=5, clock=time.clock, on_change=changes.append
+        failure_rate=0.5, window=4, cooldown=5, clock=clock, on_change=changes.append
     )
     for outcome in (down(), None, down()):
         attempt(breaker, outcome)
@@ -189,7 +176,7 @@ def test_the_breaker_opens_fails_fast_and_recovers_through_one_probe() -> None:
     with pytest.raises(CircuitOpen) as caught:
         breaker.before_call()
     assert caught.value.retry_after == pytest.approx(5)
-    time.now += 5
+    clock.advance(5)
     assert breaker.before_call()  # the probe
     assert breaker.state is BreakerState.HALF_OPEN
     with pytest.raises(CircuitOpen):
@@ -210,10 +197,10 @@ def test_a_failing_minority_never_opens_it() -> None:
 
 
 def test_a_failed_probe_reopens_the_breaker() -> None:
-    time = FakeTime()
-    breaker = CircuitBreaker(failure_rate=1.0, window=1, cooldown=5, clock=time.clock)
+    clock = FakeClock(1000.0)
+    breaker = CircuitBreaker(failure_rate=1.0, window=1, cooldown=5, clock=clock)
     attempt(breaker, down())
-    time.now += 5
+    clock.advance(5)
     attempt(breaker, down())
     assert breaker.state is BreakerState.OPEN
     with pytest.raises(CircuitOpen):
@@ -233,9 +220,9 @@ def test_answers_and_timeouts_do_not_count_as_down() -> None:
 
 
 async def test_the_open_breaker_spares_the_upstream() -> None:
-    time = FakeTime()
-    breaker = CircuitBreaker(failure_rate=1.0, window=2, cooldown=10, clock=time.clock)
-    wrapper, inner, _ = resilient([down()] * 10, max_retries=0, breaker=breaker, time=time)
+    clock = FakeClock(1000.0)
+    breaker = CircuitBreaker(failure_rate=1.0, window=2, cooldown=10, clock=clock)
+    wrapper, inner, _ = resilient([down()] * 10, max_retries=0, breaker=breaker, clock=clock)
     for _ in range(5):
         with pytest.raises(UpstreamUnavailable):
             await wrapper.rerank(QUERY, timeout=30)
@@ -245,8 +232,8 @@ async def test_the_open_breaker_spares_the_upstream() -> None:
 class GatedGateway(ScriptedReranker):
     """A healthy gateway whose calls take as long as the test says: each waits for `answer`."""
 
-    def __init__(self, time: FakeTime) -> None:
-        super().__init__([], time)
+    def __init__(self) -> None:
+        super().__init__([])
         self.called = asyncio.Event()
         self.answer = asyncio.Event()
 
@@ -258,7 +245,7 @@ class GatedGateway(ScriptedReranker):
 
 
 def breaker_telling_when_closed(
-    time: FakeTime, *, cooldown: float
+    clock: FakeClock, *, cooldown: float
 ) -> tuple[CircuitBreaker, asyncio.Event]:
     """A breaker that one failure opens, and an event set when it closes."""
     closed = asyncio.Event()
@@ -266,27 +253,27 @@ def breaker_telling_when_closed(
         failure_rate=1.0,
         window=1,
         cooldown=cooldown,
-        clock=time.clock,
+        clock=clock,
         on_change=lambda state: closed.set() if state is BreakerState.CLOSED else None,
     )
     return breaker, closed
 
 
 async def half_open_with_a_probe_whose_caller_left(
-    time: FakeTime, breaker: CircuitBreaker, budget: RetryBudget | None = None
+    clock: FakeClock, breaker: CircuitBreaker, budget: RetryBudget | None = None
 ) -> tuple[ResilientReranker, GatedGateway]:
     """A wrapper whose probe is in flight at a gateway that has not answered yet, its caller
     cancelled."""
     attempt(breaker, down())
-    time.now += 1
-    gateway = GatedGateway(time)
+    clock.advance(1)
+    gateway = GatedGateway()
     wrapper = ResilientReranker(
         gateway,
         policy=RetryPolicy(),
         budget=budget or RetryBudget(),
         breaker=breaker,
-        clock=time.clock,
-        sleep=time.sleep,
+        clock=clock,
+        sleep=clock.sleep,
     )
     task = asyncio.create_task(wrapper.rerank(QUERY, timeout=30))
     await asyncio.wait_for(gateway.called.wait(), 5)  # the probe is at the gateway
@@ -297,9 +284,9 @@ async def half_open_with_a_probe_whose_caller_left(
 
 
 async def test_a_probe_whose_caller_left_still_decides() -> None:
-    time = FakeTime()
-    breaker, closed = breaker_telling_when_closed(time, cooldown=1)
-    _, gateway = await half_open_with_a_probe_whose_caller_left(time, breaker)
+    clock = FakeClock(1000.0)
+    breaker, closed = breaker_telling_when_closed(clock, cooldown=1)
+    _, gateway = await half_open_with_a_probe_whose_caller_left(clock, breaker)
     with pytest.raises(CircuitOpen):
         breaker.before_call()  # the probe is still the one in flight
     gateway.answer.set()
@@ -308,9 +295,9 @@ async def test_a_probe_whose_caller_left_still_decides() -> None:
 
 
 async def test_closing_cancels_a_probe_whose_caller_left() -> None:
-    time = FakeTime()
-    breaker = CircuitBreaker(failure_rate=1.0, window=1, cooldown=1, clock=time.clock)
-    wrapper, _ = await half_open_with_a_probe_whose_caller_left(time, breaker)
+    clock = FakeClock(1000.0)
+    breaker = CircuitBreaker(failure_rate=1.0, window=1, cooldown=1, clock=clock)
+    wrapper, _ = await half_open_with_a_probe_whose_caller_left(clock, breaker)
     await wrapper.aclose()
     assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert breaker.before_call()  # its slot is free again, for what it is worth
@@ -318,11 +305,11 @@ async def test_closing_cancels_a_probe_whose_caller_left() -> None:
 
 async def test_reset_forgets_the_circuit_and_the_budget() -> None:
     """What the testing kit does between tests: as if no call had ever been made."""
-    time = FakeTime()
-    breaker, _ = breaker_telling_when_closed(time, cooldown=1)
+    clock = FakeClock(1000.0)
+    breaker, _ = breaker_telling_when_closed(clock, cooldown=1)
     budget = RetryBudget(ratio=0.0, capacity=1)
     assert budget.try_spend()
-    wrapper, _ = await half_open_with_a_probe_whose_caller_left(time, breaker, budget)
+    wrapper, _ = await half_open_with_a_probe_whose_caller_left(clock, breaker, budget)
     await wrapper.reset()
     assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert breaker.state is BreakerState.CLOSED
@@ -338,20 +325,20 @@ async def test_large_requests_close_a_half_open_circuit() -> None:
     slot and windows 2-4 are refused ("calls are paused"); that failure cancels window 1. The
     probe's verdict must still be reached, or the circuit stays half-open for as long as only
     large requests come: with the gateway healthy again, the next large request must pass."""
-    time = FakeTime()
-    breaker, closed = breaker_telling_when_closed(time, cooldown=5)
+    clock = FakeClock(1000.0)
+    breaker, closed = breaker_telling_when_closed(clock, cooldown=5)
     attempt(breaker, down())
     assert breaker.state is BreakerState.OPEN
-    time.now += 5  # the cool-down is over, and the gateway is healthy again
-    gateway = GatedGateway(time)
+    clock.advance(5)  # the cool-down is over, and the gateway is healthy again
+    gateway = GatedGateway()
     windowed = WindowedReranker(
         ResilientReranker(
             gateway,
             policy=RetryPolicy(),
             budget=RetryBudget(),
             breaker=breaker,
-            clock=time.clock,
-            sleep=time.sleep,
+            clock=clock,
+            sleep=clock.sleep,
         ),
         WindowPolicy(default_size=10, parallelism=4),
     )

@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import tracemalloc
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -34,7 +33,9 @@ from rerank.server.errors import UpstreamProtocolError, UpstreamTimeout, Upstrea
 from rerank.server.gateway import parse_rerank_body
 from rerank.server.metrics import Metrics
 from rerank.server.windows import WindowedReranker, WindowPolicy
+from tests.fake_clock import FakeClock
 from tests.scrapes import Scrape
+from tools.waiting import until_async
 
 
 def score_of(document: str) -> float:
@@ -51,20 +52,14 @@ class Backend:
         self.fail_with: Exception | None = None
         self.cancelled = 0
         self.bad_index = False
-        self._changed = asyncio.Event()
-
-    async def until(self, condition: Callable[[], bool]) -> None:
-        """Return once `condition` holds, checked again as calls start and end (at most 5 s)."""
-        async with asyncio.timeout(5):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
+        #: Set as calls start and end.
+        self.changed = asyncio.Event()
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         self.calls.append(len(query.documents))
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        self._changed.set()
+        self.changed.set()
         try:
             await asyncio.sleep(self.delay)
         except asyncio.CancelledError:
@@ -72,7 +67,7 @@ class Backend:
             raise
         finally:
             self.in_flight -= 1
-            self._changed.set()
+            self.changed.set()
         if self.fail_with is not None:
             raise self.fail_with
         ranking = [
@@ -195,7 +190,7 @@ async def test_a_caller_leaving_cancels_every_window() -> None:
     backend = Backend(delay=5)
     windowed = WindowedReranker(backend, WindowPolicy(sizes={"cohere": 10}, parallelism=4))
     task = asyncio.ensure_future(windowed.rerank(query(40), timeout=10))
-    await backend.until(lambda: backend.in_flight == 4)
+    await until_async(lambda: backend.in_flight == 4, "4 in flight", changed=backend.changed)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -203,14 +198,6 @@ async def test_a_caller_leaving_cancels_every_window() -> None:
 
 
 # --- the cache ------------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def caching(backend: Backend, **kwargs: object) -> tuple[CachingReranker, FakeClock]:
@@ -380,21 +367,12 @@ class HeldBackend:
         pass
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Let the event loop run until `condition` holds (bounded)."""
-    for _ in range(10_000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("never happened")
-
-
 async def test_identical_concurrent_calls_share_one_upstream_call() -> None:
     backend = HeldBackend()
     cache, _ = caching(backend)  # type: ignore[arg-type]
     callers = [asyncio.ensure_future(cache.rerank(query(5), timeout=10)) for _ in range(10)]
     call = await backend.next_call()
-    await until(lambda: cache.hits == 9)
+    await until_async(lambda: cache.hits == 9, "9 joined the call")
     call.answer.set()
     outcomes = await asyncio.gather(*callers)
     assert backend.arrived.empty()  # the only upstream call
@@ -409,7 +387,7 @@ async def test_a_shared_call_outlives_its_first_callers_deadline() -> None:
     short = asyncio.ensure_future(cache.rerank(query(5), timeout=0.5))
     call = await backend.next_call()
     long = asyncio.ensure_future(cache.rerank(query(5), timeout=20))
-    await until(lambda: cache.hits == 1)
+    await until_async(lambda: cache.hits == 1, "1 joined the call")
     assert not short.done()  # the long caller joined while the short one still waited
     # The shared call was not given the first caller's deadline but the upstream timeout...
     assert call.timeout == 30.0
@@ -440,7 +418,7 @@ async def test_one_caller_leaving_does_not_fail_the_others() -> None:
     leaving = asyncio.ensure_future(cache.rerank(query(5), timeout=10))
     call = await backend.next_call()
     staying = asyncio.ensure_future(cache.rerank(query(5), timeout=10))
-    await until(lambda: cache.hits == 1)
+    await until_async(lambda: cache.hits == 1, "1 joined the call")
     leaving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await leaving
@@ -454,7 +432,7 @@ async def test_when_every_caller_leaves_the_upstream_call_is_cancelled() -> None
     cache, _ = caching(backend)  # type: ignore[arg-type]
     callers = [asyncio.ensure_future(cache.rerank(query(5), timeout=10)) for _ in range(3)]
     call = await backend.next_call()
-    await until(lambda: cache.hits == 2)
+    await until_async(lambda: cache.hits == 2, "2 joined the call")
     for caller in callers:
         caller.cancel()
     await asyncio.gather(*callers, return_exceptions=True)
