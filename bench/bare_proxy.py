@@ -31,7 +31,7 @@ async def _serve(host: str, port: int, upstream: str, api_key: str) -> None:
     body = prefix + orjson.dumps(_workload.QUERY) + suffix
     headers = _workload.http_headers(api_key)
     url = upstream.rstrip("/") + "/reranking-model"
-    # As the server's gateway adapter pools its connections (server/gateway.py).
+    # As the server's gateway adapter pools its connections (server/_gateway.py).
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=100),
         timeout=aiohttp.ClientTimeout(total=None),

@@ -1,7 +1,7 @@
 """`python -m bench.decode_cost`: the CPU one gateway answer costs to decode and check, two ways.
 
 The gateway adapter turns a rerank answer into a `RerankOutcome` whose ranking is already valid
-(`rerank.server.gateway.parse_rerank_body`: msgspec decodes into typed values, then indices are
+(`rerank.server._gateway.parse_rerank_body`: msgspec decodes into typed values, then indices are
 checked against the documents sent, sorted and cut). The other way is the one it replaced:
 orjson into dicts and lists, every value's type checked by hand, then the same checks. Both read
 the same realistic answers (every document ranked, best first, full-precision scores, the
@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 import orjson
 
-from rerank.server.config import GatewayProtocol
-from rerank.server.domain import Ranked, RerankOutcome, best_first
-from rerank.server.errors import UpstreamProtocolError
-from rerank.server.gateway import parse_rerank_body, rerank_outcome
+from rerank.server._config import GatewayProtocol
+from rerank.server._domain import Ranked, RerankOutcome, best_first
+from rerank.server._errors import UpstreamProtocolError
+from rerank.server._gateway import parse_rerank_body, rerank_outcome
 
 Decode = Callable[[bytes, int], RerankOutcome]
 

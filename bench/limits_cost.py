@@ -21,11 +21,11 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from rerank.server.caller_limits import CallerLimitsReranker
-from rerank.server.domain import Caller, ModelInfo, Ranked, RerankOutcome, RerankQuery, Usage
-from rerank.server.limits import CallerLimits, InMemoryLimitStore, LimitStore
-from rerank.server.redis_client import RedisClient, RedisUrl
-from rerank.server.redis_store import RedisLimitStore
+from rerank.server._caller_limits import CallerLimitsReranker
+from rerank.server._domain import Caller, ModelInfo, Ranked, RerankOutcome, RerankQuery, Usage
+from rerank.server._limits import CallerLimits, InMemoryLimitStore, LimitStore
+from rerank.server._redis_client import RedisClient, RedisUrl
+from rerank.server._redis_store import RedisLimitStore
 
 #: Every limit set, so every check runs; none reached.
 LIMITS = CallerLimits(

@@ -17,8 +17,8 @@ from decimal import Decimal
 import grpc
 
 from bench import _workload
+from rerank.server._metrics import Metrics
 from rerank.server._prometheus import PrometheusRecorder
-from rerank.server.metrics import Metrics
 
 CALLS = 20_000
 

@@ -27,7 +27,7 @@ from rerank.mock_gateway import (
 )
 
 if TYPE_CHECKING:
-    from rerank.server.app import RerankerChain
+    from rerank.server._app import RerankerChain
 
 __all__ = ["DEFAULT_API_KEY", "TESTING_DEFAULTS", "MockGatewayServer", "RerankServerThread"]
 
@@ -179,15 +179,15 @@ TESTING_DEFAULTS: Mapping[str, Any] = {
 
 
 class RerankServerThread:
-    """A rerank server (`rerank.server.app.start_server`) on a free loopback port, in a thread.
+    """A rerank server (`rerank.server._app.start_server`) on a free loopback port, in a thread.
 
     It forwards to the gateway at `gateway_url` (a `MockGatewayServer.v3_url`, or any gateway)
-    with `api_key`, through the chain a deployed server runs (`rerank.server.app.build_chain`:
+    with `api_key`, through the chain a deployed server runs (`rerank.server._app.build_chain`:
     the result cache, windows for large requests, the circuit breaker, retries), with the
     deployed defaults but `TESTING_DEFAULTS`: it does not retry gateway failures, so a fault
     scripted for the next call reaches the caller exactly once, and a contract test sees what
     the gateway did, not how the server's resilience hid it. `settings` are any other
-    `rerank.server.config.Settings` fields, by name (e.g. `max_retries=2` to test through the
+    `rerank.server._config.Settings` fields, by name (e.g. `max_retries=2` to test through the
     server's retries); a value outside its range raises `SettingError` here, at once.
     `reset()` forgets what earlier calls left behind.
     """
@@ -201,7 +201,7 @@ class RerankServerThread:
         **settings: Any,
     ) -> None:
         # Imported here: a test suite that only uses the mock gateway never loads the server.
-        from rerank.server.config import Settings, Upstream
+        from rerank.server._config import Settings, Upstream
 
         self._settings = Settings(
             **{
@@ -253,7 +253,7 @@ class RerankServerThread:
 
     async def _serve(self, ready: Future[int]) -> None:
         # Imported here: a test suite that only uses the mock gateway never loads grpc.
-        from rerank.server.app import build_chain, build_gateway, start_server
+        from rerank.server._app import build_chain, build_gateway, start_server
 
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()

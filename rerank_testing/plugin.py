@@ -13,7 +13,7 @@ Fixtures (all but the session-wide servers are per test):
     A `RerankServerThread` forwarding to that mock through the production chain (cache,
     windows, circuit breaker; no retries by default); `.target` is `127.0.0.1:PORT`.
 ``rerank_server_settings``
-    Session-wide: a mapping of `rerank.server.config.Settings` fields the server starts with,
+    Session-wide: a mapping of `rerank.server._config.Settings` fields the server starts with,
     over `TESTING_DEFAULTS` (empty by default). Override it in a `conftest.py`, e.g.
     ``return {"max_retries": 2}`` to test through the server's retries.
 ``rerank_client``

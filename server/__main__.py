@@ -1,7 +1,7 @@
 """`python -m rerank.server` / `rerank-server`: read flags and environment once, then serve.
 
 This is the only module that reads the environment. Flags win over `RERANK_*` variables, which
-win over the defaults in `rerank.server.config.Settings`, whose declaration makes both: each
+win over the defaults in `rerank.server._config.Settings`, whose declaration makes both: each
 field's `Names` says its variable and flag. With metrics on, it also sets prometheus-client's
 storage for this process and its workers (`rerank.server._prometheus`): the library reads it
 once, when first imported, so nothing imported at the top here imports it, and the modules
@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
-from rerank.server.callers import CallersFileError, load_directory
-from rerank.server.config import SettingError, Settings, Upstream, choices, fields, names, range_of
-from rerank.server.credentials import TokenFileError, read_token
-from rerank.server.logs import configure_logging
-from rerank.server.tracing import SAMPLERS
+from rerank.server._callers import CallersFileError, load_directory
+from rerank.server._config import SettingError, Settings, Upstream, choices, fields, names, range_of
+from rerank.server._credentials import TokenFileError, read_token
+from rerank.server._logs import configure_logging
+from rerank.server._tracing import SAMPLERS
 
 if TYPE_CHECKING:
     from rerank.server._prometheus import MetricsDirectory, MetricsEndpoint
@@ -216,8 +216,8 @@ def metrics_storage(environ: MutableMapping[str, str]) -> Iterator[Path]:
 
 def _serve_metrics(settings: Settings, path: Path, port: int) -> int:
     # Imported here, once the storage is set: they import prometheus-client.
+    from rerank.server._app import build_info
     from rerank.server._prometheus import serving_metrics
-    from rerank.server.app import build_info
 
     try:
         with serving_metrics(path, settings.host, port, build_info(settings)) as metrics:
@@ -234,8 +234,8 @@ def _serve_metrics(settings: Settings, path: Path, port: int) -> int:
 
 def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] | None) -> int:
     # Imported here, once the storage is set: they import prometheus-client.
-    from rerank.server.app import StartupError, serve
-    from rerank.server.workers import run_workers
+    from rerank.server._app import StartupError, serve
+    from rerank.server._workers import run_workers
 
     def ready(port: int) -> None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:

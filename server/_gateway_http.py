@@ -1,4 +1,4 @@
-"""The gateway adapter's HTTP exchanges (`rerank.server.gateway`): one pooled session, one
+"""The gateway adapter's HTTP exchanges (`rerank.server._gateway`): one pooled session, one
 deadline per exchange, an OpenTelemetry client span whose context the request carries as
 `traceparent` (so the gateway's spans join the caller's trace), an answer read up to a bound,
 and a request body let go of once written.
@@ -6,7 +6,7 @@ and a request body let go of once written.
 The HTTP client is aiohttp: on `make bench` it cost half the server CPU per proxied call of a
 tuned httpx (README, "Performance"). This module is the only code that knows it, and the only
 place a failed exchange (a deadline passed, a connection refused, reset or cut, too large an
-answer) becomes a `rerank.server.errors` error; the adapter reads the answers (with
+answer) becomes a `rerank.server._errors` error; the adapter reads the answers (with
 `parse_retry_after`, the delay an answer asks for).
 """
 
@@ -27,8 +27,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from rerank.server.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
-from rerank.server.tracing import RESEND_COUNT_KEY, child_span, inject_trace_context
+from rerank.server._errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from rerank.server._tracing import RESEND_COUNT_KEY, child_span, inject_trace_context
 
 USER_AGENT = (
     f"rerank-service/0.1.0 aiohttp/{aiohttp.__version__} runtime/python/{platform.python_version()}"

@@ -1,4 +1,4 @@
-"""The README's settings table, made from `rerank.server.config.Settings`' declaration.
+"""The README's settings table, made from `rerank.server._config.Settings`' declaration.
 
 `python tools/settings_table.py` prints it; `--write` puts it into README.md between its two
 markers. tests/unit/test_settings.py fails when the README's table differs from this one.
@@ -10,10 +10,10 @@ import sys
 from enum import Enum
 from pathlib import Path
 
-from rerank.server.config import fields, names, range_of
+from rerank.server._config import fields, names, range_of
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-BEGIN = "<!-- settings table: made by tools/settings_table.py from rerank.server.config -->"
+BEGIN = "<!-- settings table: made by tools/settings_table.py from rerank.server._config -->"
 END = "<!-- end of the settings table -->"
 
 

@@ -41,8 +41,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from rerank.contract import MAX_MESSAGE_BYTES, MAX_RESPONSE_BYTES
-from rerank.server.app import start_server
-from rerank.server.config import Settings, Upstream
+from rerank.server._app import start_server
+from rerank.server._config import Settings, Upstream
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 

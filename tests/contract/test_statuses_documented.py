@@ -1,5 +1,5 @@
 """The proto says everything a caller can get back: each RPC's comment lists every status with
-its ErrorInfo reason that the server's one table (`rerank.server.status`) can answer, and no
+its ErrorInfo reason that the server's one table (`rerank.server._status`) can answer, and no
 other; each `ErrorReason` value names the status it comes with."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import re
 import grpc
 import pytest
 
-from rerank.server import errors
-from rerank.server.status import status_code_for
+from rerank.server import _errors as errors
+from rerank.server._status import status_code_for
 from rerank.v1 import rerank_service_pb2 as pb
 from tests.conftest import REPO_ROOT
 

@@ -56,7 +56,7 @@ def test_sighup_reloads_the_callers_in_every_worker_and_the_parent_survives(
 
     callers.write_text(f'[callers.new]\ntoken = "{NEW}"\n')
     os.kill(parent, signal.SIGHUP)  # the parent alone: it must pass it on
-    reloaded = server.wait_for_count(r"(\d+) INFO rerank.server.callers: callers reloaded", 2)
+    reloaded = server.wait_for_count(r"(\d+) INFO rerank.server._callers: callers reloaded", 2)
     assert len(set(reloaded)) == 2, server.output
     assert parent not in {int(pid) for pid in reloaded}
     answers = [call(target, NEW) for _ in range(16)]
@@ -72,7 +72,7 @@ def test_sighup_reloads_the_callers_in_every_worker_and_the_parent_survives(
     # A bad file on reload: each worker says so, and keeps the callers it has.
     callers.write_text(f'[callers.new]\ntoken = "{NEW}"\nburst = -1\n')
     os.kill(parent, signal.SIGHUP)
-    refused = server.wait_for_count(r"(\d+) ERROR rerank.server.callers: callers not reloaded", 2)
+    refused = server.wait_for_count(r"(\d+) ERROR rerank.server._callers: callers not reloaded", 2)
     assert set(refused) == set(reloaded)
     assert "caller 'new', key 'burst'" in server.output
     assert call(target, NEW) is grpc.StatusCode.OK

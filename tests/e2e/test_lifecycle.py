@@ -195,8 +195,8 @@ def test_the_drain_delay_ends_by_itself_then_the_listener_closes(
     os.kill(process.popen.pid, signal.SIGTERM)  # the parent only, as an orchestrator would
     assert process.wait() == 0
     for pid in pids:
-        drained = process.output.index(f"{pid} INFO rerank.server.app: draining")
-        stopping = process.output.index(f"{pid} INFO rerank.server.app: stopping")
+        drained = process.output.index(f"{pid} INFO rerank.server._app: draining")
+        stopping = process.output.index(f"{pid} INFO rerank.server._app: stopping")
         assert drained < stopping
     assert process.output.count("stopped (0 tasks left)") == 2
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from rerank.server.credentials import CHECK_INTERVAL
+from rerank.server._credentials import CHECK_INTERVAL
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY

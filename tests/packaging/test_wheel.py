@@ -76,7 +76,7 @@ def test_every_module_imports_from_the_unpacked_wheel_alone(wheel: Path, tmp_pat
     assert completed.returncode == 0, completed.stderr
     report = json.loads(completed.stdout)
     files: dict[str, str | None] = report["files"]
-    for expected in ("rerank.server.app", "rerank.client.cli", "rerank.mock_gateway._app"):
+    for expected in ("rerank.server._app", "rerank.client.cli", "rerank.mock_gateway._app"):
         assert expected in files
     assert "rerank.testing.plugin" in files
     outside = {name: f for name, f in files.items() if f is None or not f.startswith(str(site))}
@@ -88,7 +88,7 @@ def test_a_production_server_never_loads_the_mock_or_uvicorn(tmp_path: Path) -> 
     probe = textwrap.dedent(
         """
         import json, sys
-        import rerank.server.__main__, rerank.server.app, rerank.server.workers
+        import rerank.server.__main__, rerank.server._app, rerank.server._workers
         print(json.dumps(sorted(m for m in sys.modules
                                 if m.split(".")[0] == "uvicorn" or m.startswith("rerank.mock"))))
         """

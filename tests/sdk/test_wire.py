@@ -1,7 +1,7 @@
 """Wire fidelity: our gateway adapter sends what the AI SDK itself sends, for the same call.
 
 A recording HTTP server on loopback (tests/scripted_http.py) takes one call from the SDK (a Node
-process, tests/sdk) and then the same call from `rerank.server.gateway.GatewayReranker`, built
+process, tests/sdk) and then the same call from `rerank.server._gateway.GatewayReranker`, built
 with the matching `protocol=` and, through the server's own request translator, from a
 `rerank.v1.RerankRequest` as a gRPC caller would send it. Compared: the method and path; every
 header the SDK sends, by value (but user-agent, and the three that fetch itself adds, listed
@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from rerank.server.config import GatewayProtocol, Settings
-from rerank.server.domain import Limits
-from rerank.server.gateway import GatewayReranker
-from rerank.server.translate import query_from_proto
+from rerank.server._config import GatewayProtocol, Settings
+from rerank.server._domain import Limits
+from rerank.server._gateway import GatewayReranker
+from rerank.server._translate import query_from_proto
 from rerank.v1 import rerank_service_pb2 as pb
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.scripted_http import Reply, Request, ScriptedServer

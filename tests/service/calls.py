@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
-from rerank.server.logs import ACCESS_LOGGER
+from rerank.server._logs import ACCESS_LOGGER
 from rerank.v1 import rerank_service_pb2 as pb
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 

@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 import pytest
 
-from rerank.server.app import RunningServer, start_server
-from rerank.server.config import Settings
+from rerank.server._app import RunningServer, start_server
+from rerank.server._config import Settings
 
 #: `servers`: start a server as `start_server(settings, **kwargs)` does.
 StartServer = Callable[..., Awaitable[RunningServer]]

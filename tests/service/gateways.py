@@ -9,7 +9,7 @@ import json
 
 import orjson
 
-from rerank.server.config import Settings, Upstream
+from rerank.server._config import Settings, Upstream
 from tests.scripted_http import Reply, Request, ScriptedServer
 from tools.waiting import until_async
 

@@ -28,13 +28,13 @@ from hypothesis import strategies as st
 
 from rerank.client import AsyncRerankClient, RerankClientError, RerankRequest
 from rerank.contract import to_struct
+from rerank.server._admission import HELD_PER_REQUEST_BYTE
+from rerank.server._app import RunningServer
+from rerank.server._config import Settings, Upstream
+from rerank.server._domain import ModelInfo, Reranker, RerankOutcome, RerankQuery
+from rerank.server._logs import ACCESS_LOGGER
+from rerank.server._metrics import Metrics
 from rerank.server._prometheus import PrometheusRecorder
-from rerank.server.admission import HELD_PER_REQUEST_BYTE
-from rerank.server.app import RunningServer
-from rerank.server.config import Settings, Upstream
-from rerank.server.domain import ModelInfo, Reranker, RerankOutcome, RerankQuery
-from rerank.server.logs import ACCESS_LOGGER
-from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY

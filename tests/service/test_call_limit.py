@@ -12,8 +12,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rerank.server.app import BACKSTOP_CALLS, HEALTH_CALLS, SERVICE_NAME, start_server
-from rerank.server.config import Settings
+from rerank.server._app import BACKSTOP_CALLS, HEALTH_CALLS, SERVICE_NAME, start_server
+from rerank.server._config import Settings
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.service.calls import fault, seed_request

@@ -24,11 +24,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from rerank.client import AsyncRerankClient, CallerUsage, ServerError, UnauthenticatedError
+from rerank.server._app import start_server
+from rerank.server._config import Settings, Upstream
+from rerank.server._limits import seconds_to_next_utc_midnight
+from rerank.server._metrics import Metrics
 from rerank.server._prometheus import PrometheusRecorder
-from rerank.server.app import start_server
-from rerank.server.config import Settings, Upstream
-from rerank.server.limits import seconds_to_next_utc_midnight
-from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY

@@ -20,10 +20,10 @@ import grpc
 import orjson
 import pytest
 
-from rerank.server.app import RunningServer
-from rerank.server.cache import CachingReranker
-from rerank.server.config import Settings, Upstream
-from rerank.server.domain import RerankQuery, Usage
+from rerank.server._app import RunningServer
+from rerank.server._cache import CachingReranker
+from rerank.server._config import Settings, Upstream
+from rerank.server._domain import RerankQuery, Usage
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY

@@ -18,8 +18,8 @@ import pytest
 
 from rerank.client import AsyncRerankClient, InvalidRequestError, NotFoundError
 from rerank.client import Warning as ClientWarning
-from rerank.server.app import RunningServer, start_server
-from rerank.server.config import GatewayProtocol, Settings, Upstream
+from rerank.server._app import RunningServer, start_server
+from rerank.server._config import GatewayProtocol, Settings, Upstream
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.scripted_http import Reply, Request, ScriptedServer
 
@@ -125,7 +125,7 @@ async def test_a_deprecated_warning_reaches_the_client(serve: Serve) -> None:
 async def test_an_undefined_warning_type_does_not_fail_the_call(
     serve: Serve, protocol: GatewayProtocol, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="rerank.server.gateway")
+    caplog.set_level(logging.WARNING, logger="rerank.server._gateway")
     warning = {"type": kind, "setting": "topN", "message": "m"}
     client, upstream = await serve(ranking_with(warnings=[warning]), protocol)
     for _ in range(3):  # the cache is bypassed: each call is parsed anew

@@ -23,9 +23,9 @@ from rerank.client import (
     UnavailableError,
     UpstreamRateLimitedError,
 )
-from rerank.server.admission import HELD_PER_REQUEST_BYTE
-from rerank.server.app import RunningServer
-from rerank.server.config import Settings, Upstream
+from rerank.server._admission import HELD_PER_REQUEST_BYTE
+from rerank.server._app import RunningServer
+from rerank.server._config import Settings, Upstream
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from rerank.client import AsyncRerankClient, MessageTooLargeError, RateLimitedError
 from rerank.mock_gateway import MALFORMED_VARIANTS
-from rerank.server.app import RunningServer, start_server
-from rerank.server.config import Settings
+from rerank.server._app import RunningServer, start_server
+from rerank.server._config import Settings
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.service.calls import MESSAGE_LIMIT, fault, seed_request, unpacked

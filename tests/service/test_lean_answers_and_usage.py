@@ -11,8 +11,8 @@ import pytest
 from google.rpc import error_details_pb2
 
 from rerank.contract import RESPONSE_EXTRAS_BYTES, max_response_bytes
-from rerank.server.app import RunningServer, start_server
-from rerank.server.config import Settings
+from rerank.server._app import RunningServer, start_server
+from rerank.server._config import Settings
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY

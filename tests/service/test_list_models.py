@@ -10,8 +10,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from rerank.server.app import RunningServer, start_server
-from rerank.server.config import Settings
+from rerank.server._app import RunningServer, start_server
+from rerank.server._config import Settings
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.service.calls import MESSAGE_LIMIT, unpacked

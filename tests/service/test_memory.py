@@ -13,8 +13,8 @@ from typing import Any
 import grpc
 import pytest
 
-from rerank.server.app import RunningServer, start_server
-from rerank.server.config import Settings
+from rerank.server._app import RunningServer, start_server
+from rerank.server._config import Settings
 from rerank.v1 import rerank_service_pb2 as pb
 from tests.service.calls import MESSAGE_LIMIT, seed_request, struct
 from tests.service.gateways import HeldGateway

@@ -16,10 +16,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from rerank.server._app import RunningServer
+from rerank.server._config import Settings
+from rerank.server._metrics import Metrics
 from rerank.server._prometheus import PrometheusRecorder
-from rerank.server.app import RunningServer
-from rerank.server.config import Settings
-from rerank.server.metrics import Metrics
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_MODEL

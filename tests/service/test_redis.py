@@ -17,12 +17,12 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from rerank.server._app import RunningServer, start_server
+from rerank.server._config import CacheBackend, Settings
+from rerank.server._metrics import Metrics
 from rerank.server._prometheus import PrometheusRecorder
-from rerank.server.app import RunningServer, start_server
-from rerank.server.config import CacheBackend, Settings
-from rerank.server.metrics import Metrics
-from rerank.server.redis_client import RedisUrl
-from rerank.server.redis_store import CACHE_KEY_PREFIX
+from rerank.server._redis_client import RedisUrl
+from rerank.server._redis_store import CACHE_KEY_PREFIX
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import needs_redis_server
@@ -85,7 +85,7 @@ async def test_replicas_share_the_cache_and_entries_expire_with_the_ttl(
 async def test_a_cache_redis_that_goes_away_costs_calls_only_the_cache(
     own_redis: RedisServer, serve: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="rerank.server.redis_client")
+    caplog.set_level(logging.WARNING, logger="rerank.server._redis_client")
     running, stub = await serve(with_redis_cache(own_redis))
     assert not (await stub.Rerank(seed_request())).cached
     assert (await stub.Rerank(seed_request())).cached

@@ -14,9 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from rerank.mock_gateway import score
-from rerank.server.app import RunningServer, start_server
-from rerank.server.config import Settings, Upstream
-from rerank.server.domain import ModelInfo, RerankOutcome, RerankQuery
+from rerank.server._app import RunningServer, start_server
+from rerank.server._config import Settings, Upstream
+from rerank.server._domain import ModelInfo, RerankOutcome, RerankQuery
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY

@@ -22,10 +22,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from rerank.server.app import RunningServer, start_server
-from rerank.server.config import Settings, Upstream
-from rerank.server.domain import ModelInfo, RerankOutcome, RerankQuery
-from rerank.server.logs import ACCESS_FIELDS, ACCESS_LOGGER
+from rerank.server._app import RunningServer, start_server
+from rerank.server._config import Settings, Upstream
+from rerank.server._domain import ModelInfo, RerankOutcome, RerankQuery
+from rerank.server._logs import ACCESS_FIELDS, ACCESS_LOGGER
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY

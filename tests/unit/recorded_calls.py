@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import grpc
 
-from rerank.server.metrics import Metrics
+from rerank.server._metrics import Metrics
 
 MODEL = "cohere/rerank-v3.5"
 

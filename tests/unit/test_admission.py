@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rerank.server.admission import HELD_PER_REQUEST_BYTE, Admission
-from rerank.server.errors import Overloaded
+from rerank.server._admission import HELD_PER_REQUEST_BYTE, Admission
+from rerank.server._errors import Overloaded
 
 
 def test_a_call_counts_what_it_holds_not_its_requests_bytes() -> None:

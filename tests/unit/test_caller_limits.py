@@ -10,9 +10,9 @@ from decimal import Decimal
 
 import pytest
 
-from rerank.server.cache import cache_key
-from rerank.server.caller_limits import CallerLimitsReranker
-from rerank.server.domain import (
+from rerank.server._cache import cache_key
+from rerank.server._caller_limits import CallerLimitsReranker
+from rerank.server._domain import (
     FREE,
     Caller,
     ModelInfo,
@@ -22,13 +22,13 @@ from rerank.server.domain import (
     Usage,
     on_behalf_of,
 )
-from rerank.server.errors import (
+from rerank.server._errors import (
     CallerBudgetExhausted,
     CallerRateLimited,
     ModelNotAllowed,
     UpstreamUnavailable,
 )
-from rerank.server.limits import CallerLimits, InMemoryLimitStore
+from rerank.server._limits import CallerLimits, InMemoryLimitStore
 from tests.fake_clock import FakeClock
 
 NOON = datetime(2026, 3, 14, 12, tzinfo=UTC).timestamp()

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 from rerank.server.__main__ import settings_from
-from rerank.server.callers import (
+from rerank.server._callers import (
     CallerRegistry,
     CallersFileError,
     directory_of,
     load_directory,
     parse_callers,
 )
-from rerank.server.domain import Caller
-from rerank.server.limits import CallerLimits
+from rerank.server._domain import Caller
+from rerank.server._limits import CallerLimits
 
 SECRET = "s3cret-search-api-token"
 SECRET_SHA256 = hashlib.sha256(SECRET.encode()).hexdigest()

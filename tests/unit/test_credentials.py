@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rerank.server.credentials import (
+from rerank.server._credentials import (
     OidcTokenFile,
     StaticCredential,
     TokenFileError,
@@ -117,7 +117,7 @@ def test_an_expiring_token_with_no_newer_one_is_kept_and_warned_about_once(
     token = jwt(NOW + 30)
     token_path.write_text(token)
     credential = OidcTokenFile(str(token_path), check_interval=1, refresh_ahead=60, clock=clock)
-    with caplog.at_level(logging.WARNING, logger="rerank.server.credentials"):
+    with caplog.at_level(logging.WARNING, logger="rerank.server._credentials"):
         for _ in range(5):
             clock.advance(1)
             assert credential.bearer_token() == token
@@ -133,7 +133,7 @@ def test_a_file_briefly_gone_keeps_the_token_held(
     token = credential.bearer_token()
     token_path.unlink()
     clock.advance(1)
-    with caplog.at_level(logging.WARNING, logger="rerank.server.credentials"):
+    with caplog.at_level(logging.WARNING, logger="rerank.server._credentials"):
         assert credential.bearer_token() == token
     assert "keeping the token read before" in caplog.text
     token_path.write_text("")  # back, but empty: still not a token

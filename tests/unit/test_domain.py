@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rerank.server.domain import (
+from rerank.server._domain import (
     FREE,
     Limits,
     Ranked,
@@ -19,7 +19,7 @@ from rerank.server.domain import (
     check_request,
     reported_cost,
 )
-from rerank.server.errors import InvalidRequest
+from rerank.server._errors import InvalidRequest
 
 LIMITS = Limits(max_documents=3, max_document_bytes=100, max_query_bytes=10)
 

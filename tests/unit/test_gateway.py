@@ -23,12 +23,11 @@ from typing import Any
 import orjson
 import pytest
 
-from rerank.server import errors
-from rerank.server._gateway_http import MAX_RESPONSE_BYTES, parse_retry_after
-from rerank.server.config import GatewayProtocol
-from rerank.server.credentials import OidcTokenFile
-from rerank.server.domain import Ranked, RerankQuery, Usage, Warning
-from rerank.server.gateway import (
+from rerank.server import _errors as errors
+from rerank.server._config import GatewayProtocol
+from rerank.server._credentials import OidcTokenFile
+from rerank.server._domain import Ranked, RerankQuery, Usage, Warning
+from rerank.server._gateway import (
     MAX_LOGGED_WARNING_TYPES,
     PROTOCOL_FACTS,
     TEAM_HEADER,
@@ -38,6 +37,7 @@ from rerank.server.gateway import (
     parse_config_body,
     parse_rerank_body,
 )
+from rerank.server._gateway_http import MAX_RESPONSE_BYTES, parse_retry_after
 from tests.fake_clock import FakeClock
 from tests.scripted_http import Fail, Handler, Reply, Request, ScriptedServer
 from tests.wire import captured_requests
@@ -390,7 +390,7 @@ async def test_an_undefined_warning_type_is_logged_once_per_type_by_each_adapter
     def logged() -> list[str]:
         return [r.getMessage() for r in caplog.records]
 
-    caplog.set_level(logging.WARNING, logger="rerank.server.gateway")
+    caplog.set_level(logging.WARNING, logger="rerank.server._gateway")
     for _ in range(2):  # each adapter instance keeps its own record of what it logged
         caplog.clear()
         async with gateway(handler) as (reranker, _server):
@@ -411,7 +411,7 @@ async def test_logging_of_undefined_warning_types_is_bounded(
         warnings = [{"type": kind} for kind in kinds]
         return Reply(body=orjson.dumps({"ranking": [], "warnings": warnings}))
 
-    caplog.set_level(logging.WARNING, logger="rerank.server.gateway")
+    caplog.set_level(logging.WARNING, logger="rerank.server._gateway")
     async with gateway(handler) as (reranker, _server):
         outcome = await reranker.rerank(SEED, timeout=5)
     assert len(outcome.warnings) == MAX_LOGGED_WARNING_TYPES + 5  # every one passed on

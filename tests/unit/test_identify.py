@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 
-from rerank.server.callers import CallerRegistry
-from rerank.server.errors import Unauthenticated
-from rerank.server.logs import AccessLog
-from rerank.server.pipeline import Pipeline
+from rerank.server._callers import CallerRegistry
+from rerank.server._errors import Unauthenticated
+from rerank.server._logs import AccessLog
+from rerank.server._pipeline import Pipeline
 
 RERANK = "rerank.v1.RerankService/Rerank"
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from rerank.server.limits import (
+from rerank.server._limits import (
     CallerLimits,
     DailyUsage,
     Granted,

@@ -18,13 +18,13 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import Collector
 
 from rerank.server.__main__ import metrics_storage
+from rerank.server._metrics import MAX_MODEL_LABELS, Metrics, nano_dollars
 from rerank.server._prometheus import (
     Exposition,
     MetricsDirectory,
     MetricsEndpoint,
     PrometheusRecorder,
 )
-from rerank.server.metrics import MAX_MODEL_LABELS, Metrics, nano_dollars
 from tests.scrapes import Scrape
 from tests.unit.recorded_calls import MODEL, record_a_call
 
@@ -66,7 +66,7 @@ def record_in_another_process(
     program = (
         "import os, sys\n"
         "from rerank.server._prometheus import PrometheusRecorder\n"
-        "from rerank.server.metrics import Metrics\n"
+        "from rerank.server._metrics import Metrics\n"
         f"metrics = {metrics}\n"
         f"{code}\n"
         "print(os.getpid())\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from rerank.server.redis_client import RedisClient, RedisError, RedisUrl, Script
+from rerank.server._redis_client import RedisClient, RedisError, RedisUrl, Script
 from tests.conftest import needs_redis_server
 from tools.redis_server import RedisServer, Tls
 
@@ -126,7 +126,7 @@ async def test_rediss_speaks_tls_and_checks_the_certificate(tmp_path: Path) -> N
 async def test_an_outage_is_one_line_and_calls_fail_fast_until_the_retry(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="rerank.server.redis_client")
+    caplog.set_level(logging.WARNING, logger="rerank.server._redis_client")
     states: list[bool] = []
     redis_client = RedisClient(
         RedisUrl.parse(own_redis.url),
@@ -155,7 +155,7 @@ async def test_an_outage_is_one_line_and_calls_fail_fast_until_the_retry(
 async def test_a_redis_back_is_used_again_and_said_once(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="rerank.server.redis_client")
+    caplog.set_level(logging.WARNING, logger="rerank.server._redis_client")
     states: list[bool] = []
     redis_client = RedisClient(
         RedisUrl.parse(own_redis.url),

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from rerank.server.errors import LimitsUnavailable
-from rerank.server.limits import (
+from rerank.server._errors import LimitsUnavailable
+from rerank.server._limits import (
     CallerLimits,
     DailyUsage,
     Granted,
@@ -25,8 +25,8 @@ from rerank.server.limits import (
     LimitStore,
     Refused,
 )
-from rerank.server.redis_client import RedisClient, RedisUrl
-from rerank.server.redis_store import DAY_SECONDS_KEPT, FailOpenLimitStore, RedisLimitStore
+from rerank.server._redis_client import RedisClient, RedisUrl
+from rerank.server._redis_store import DAY_SECONDS_KEPT, FailOpenLimitStore, RedisLimitStore
 from tests.conftest import needs_redis_server
 from tools.redis_server import RedisServer
 
@@ -264,7 +264,7 @@ async def test_fail_open_decides_here_while_redis_is_away_then_hands_the_counts_
         on_local_decision=lambda: decided_here.append(None),
     )
     limits = CallerLimits(requests_per_second=2, burst=2, daily_budget_usd=Decimal("0.0035"))
-    caplog.set_level(logging.WARNING, logger="rerank.server.redis_client")
+    caplog.set_level(logging.WARNING, logger="rerank.server._redis_client")
     try:
         granted = await store.admit("a", limits, now=NOON)
         assert isinstance(granted, Granted)

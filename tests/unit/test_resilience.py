@@ -14,9 +14,9 @@ from decimal import Decimal
 
 import pytest
 
-from rerank.server.breaker import BreakerState, CircuitBreaker, CircuitOpen
-from rerank.server.domain import ModelInfo, Ranked, RerankOutcome, RerankQuery, Usage
-from rerank.server.errors import (
+from rerank.server._breaker import BreakerState, CircuitBreaker, CircuitOpen
+from rerank.server._domain import ModelInfo, Ranked, RerankOutcome, RerankQuery, Usage
+from rerank.server._errors import (
     ModelNotFound,
     UpstreamError,
     UpstreamProtocolError,
@@ -24,8 +24,8 @@ from rerank.server.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from rerank.server.resilience import ResilientReranker, RetryBudget, RetryPolicy, found_down
-from rerank.server.windows import WindowedReranker, WindowPolicy
+from rerank.server._resilience import ResilientReranker, RetryBudget, RetryPolicy, found_down
+from rerank.server._windows import WindowedReranker, WindowPolicy
 from tests.fake_clock import FakeClock
 
 QUERY = RerankQuery(model="cohere/rerank-v3.5", query="q", kind="text", documents=("a",))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rerank.server.__main__ import settings_from
-from rerank.server.config import (
+from rerank.server._config import (
     CacheBackend,
     GatewayProtocol,
     SettingError,
@@ -21,7 +21,7 @@ from rerank.server.config import (
     names,
     range_of,
 )
-from rerank.server.redis_client import RedisUrl
+from rerank.server._redis_client import RedisUrl
 from tests.conftest import REPO_ROOT
 from tools.settings_table import BEGIN, readme_with_table
 

@@ -9,8 +9,8 @@ import pytest
 from google.rpc import error_details_pb2
 
 from rerank.contract import error_reason, wire_reason
-from rerank.server import errors
-from rerank.server.status import (
+from rerank.server import _errors as errors
+from rerank.server._status import (
     ERROR_DOMAIN,
     STATUS_BY_ERROR,
     error_answer,

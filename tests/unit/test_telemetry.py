@@ -22,10 +22,10 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from rerank.server.__main__ import settings_from
-from rerank.server.calls import CallRecord, close_call, open_call
-from rerank.server.config import Settings
-from rerank.server.logs import JsonFormatter, TextFormatter, configure_logging
-from rerank.server.tracing import (
+from rerank.server._calls import CallRecord, close_call, open_call
+from rerank.server._config import Settings
+from rerank.server._logs import JsonFormatter, TextFormatter, configure_logging
+from rerank.server._tracing import (
     SAMPLERS,
     caller_context,
     inject_trace_context,
@@ -195,7 +195,7 @@ def test_json_is_one_object_per_line_for_every_record(
 
 def test_a_record_inside_a_call_carries_the_calls_ids() -> None:
     record = logging.LogRecord(
-        "rerank.server.resilience", logging.INFO, "", 0, "retrying", (), None
+        "rerank.server._resilience", logging.INFO, "", 0, "retrying", (), None
     )
     span = NonRecordingSpan(SpanContext(TRACE_ID, SPAN_ID, is_remote=False))
     opened = open_call(CallRecord("req-7"))

@@ -14,9 +14,9 @@ from rerank.contract import (
     max_response_bytes,
     to_struct,
 )
-from rerank.server.domain import FREE, Limits, ModelInfo, Ranked, RerankOutcome, Usage, Warning
-from rerank.server.errors import InvalidRequest, MalformedRequest, UpstreamProtocolError
-from rerank.server.translate import (
+from rerank.server._domain import FREE, Limits, ModelInfo, Ranked, RerankOutcome, Usage, Warning
+from rerank.server._errors import InvalidRequest, MalformedRequest, UpstreamProtocolError
+from rerank.server._translate import (
     Page,
     call_usage_to_proto,
     model_to_proto,

@@ -18,9 +18,8 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from rerank.server._prometheus import PrometheusRecorder
-from rerank.server.cache import CachingReranker, cache_key
-from rerank.server.domain import (
+from rerank.server._cache import CachingReranker, cache_key
+from rerank.server._domain import (
     FREE,
     ModelInfo,
     Ranked,
@@ -29,10 +28,11 @@ from rerank.server.domain import (
     Usage,
     best_first,
 )
-from rerank.server.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
-from rerank.server.gateway import parse_rerank_body
-from rerank.server.metrics import Metrics
-from rerank.server.windows import WindowedReranker, WindowPolicy
+from rerank.server._errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from rerank.server._gateway import parse_rerank_body
+from rerank.server._metrics import Metrics
+from rerank.server._prometheus import PrometheusRecorder
+from rerank.server._windows import WindowedReranker, WindowPolicy
 from tests.fake_clock import FakeClock
 from tests.scrapes import Scrape
 from tools.waiting import until_async

@@ -27,32 +27,32 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from rerank.contract import max_response_bytes
-from rerank.server._prometheus import PrometheusRecorder
-from rerank.server.admission import Admission
-from rerank.server.breaker import BreakerState, CircuitBreaker
-from rerank.server.cache import CachingReranker
-from rerank.server.caller_limits import CallerLimitsReranker
-from rerank.server.callers import CallerRegistry, CallersFileError
-from rerank.server.config import CacheBackend, Settings, Upstream
-from rerank.server.credentials import (
+from rerank.server._admission import Admission
+from rerank.server._breaker import BreakerState, CircuitBreaker
+from rerank.server._cache import CachingReranker
+from rerank.server._caller_limits import CallerLimitsReranker
+from rerank.server._callers import CallerRegistry, CallersFileError
+from rerank.server._config import CacheBackend, Settings, Upstream
+from rerank.server._credentials import (
     Credential,
     OidcTokenFile,
     StaticCredential,
     TokenFileError,
 )
-from rerank.server.domain import Limits, Reranker
-from rerank.server.gateway import GatewayReranker
-from rerank.server.grpc_door import GrpcDoor
-from rerank.server.limits import InMemoryLimitStore, LimitStore
-from rerank.server.logs import AccessLog
-from rerank.server.metrics import MeteredUpstream, Metrics
-from rerank.server.pipeline import Pipeline
-from rerank.server.redis_client import RedisClient
-from rerank.server.redis_store import FailOpenLimitStore, RedisCacheEntries, RedisLimitStore
-from rerank.server.resilience import ResilientReranker, RetryBudget, RetryPolicy
-from rerank.server.service import SERVICE_NAME, BatchLimits, RerankServicer
-from rerank.server.tracing import TRACER_NAME, tracer_provider
-from rerank.server.windows import WindowedReranker, WindowPolicy
+from rerank.server._domain import Limits, Reranker
+from rerank.server._gateway import GatewayReranker
+from rerank.server._grpc_door import GrpcDoor
+from rerank.server._limits import InMemoryLimitStore, LimitStore
+from rerank.server._logs import AccessLog
+from rerank.server._metrics import MeteredUpstream, Metrics
+from rerank.server._pipeline import Pipeline
+from rerank.server._prometheus import PrometheusRecorder
+from rerank.server._redis_client import RedisClient
+from rerank.server._redis_store import FailOpenLimitStore, RedisCacheEntries, RedisLimitStore
+from rerank.server._resilience import ResilientReranker, RetryBudget, RetryPolicy
+from rerank.server._service import SERVICE_NAME, BatchLimits, RerankServicer
+from rerank.server._tracing import TRACER_NAME, tracer_provider
+from rerank.server._windows import WindowedReranker, WindowPolicy
 
 if TYPE_CHECKING:
     from rerank.mock_gateway import LoopbackMockGateway

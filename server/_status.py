@@ -1,4 +1,4 @@
-"""The one table from `rerank.server.errors` to gRPC status codes, and the rich details sent along.
+"""The one table from `rerank.server._errors` to gRPC status codes, and the rich details sent along.
 
 Every error status carries a `google.rpc.Status` in `grpc-status-details-bin` with an
 ErrorInfo (reason, domain, metadata); field violations travel as BadRequest, and a delay the
@@ -24,13 +24,13 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from rerank.contract import ERROR_DOMAIN
-from rerank.server import errors
-from rerank.server.calls import CallRecord
+from rerank.server import _errors as errors
+from rerank.server._calls import CallRecord
 
 logger = logging.getLogger(__name__)
 
 #: Why each error gets its code is in README.md ("Errors"). A test checks that every class
-#: in `rerank.server.errors` has a row here.
+#: in `rerank.server._errors` has a row here.
 STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.RerankError: grpc.StatusCode.INTERNAL,
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,

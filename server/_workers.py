@@ -46,9 +46,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rerank.server._app import RunningServer, StartupError, refuse_taken_port, serve
+from rerank.server._config import Settings
 from rerank.server._prometheus import MetricsDirectory, MetricsEndpoint
-from rerank.server.app import RunningServer, StartupError, refuse_taken_port, serve
-from rerank.server.config import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import orjson
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
-from rerank.server.calls import CallRecord, current_call
+from rerank.server._calls import CallRecord, current_call
 
 ACCESS_LOGGER = "rerank.access"
 TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"

@@ -1,11 +1,11 @@
 """The RerankService servicer: what each method does, in domain values (`translate` turns
 protos into them and back).
 
-Each method takes the call's record (`rerank.server.calls`) and the request's bytes, and
-answers with the response message; the call pipeline (`rerank.server.pipeline`) runs it.
-Errors are raised as `rerank.server.errors` and turned into statuses by the pipeline's door;
+Each method takes the call's record (`rerank.server._calls`) and the request's bytes, and
+answers with the response message; the call pipeline (`rerank.server._pipeline`) runs it.
+Errors are raised as `rerank.server._errors` and turned into statuses by the pipeline's door;
 a BatchRerank's requests each fail alone, so there the servicer turns each one's error into
-its `google.rpc.Status` through the same table (`rerank.server.status.rich_status`).
+its `google.rpc.Status` through the same table (`rerank.server._status.rich_status`).
 
 A Rerank request can be 64 MiB, so how long its copies live is what a call in flight costs.
 gRPC keeps the bytes it received until the call ends, whatever happens to them; the servicer
@@ -30,28 +30,28 @@ from google.rpc import code_pb2, status_pb2
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
-from rerank.server.admission import Admission
-from rerank.server.caller_limits import CallerLimitsReranker
-from rerank.server.calls import CallRecord, close_call, note_batch, open_call
-from rerank.server.domain import (
+from rerank.server._admission import Admission
+from rerank.server._caller_limits import CallerLimitsReranker
+from rerank.server._calls import CallRecord, close_call, note_batch, open_call
+from rerank.server._domain import (
     FREE,
     Limits,
     RerankOutcome,
     check_request,
     on_behalf_of,
 )
-from rerank.server.errors import (
+from rerank.server._errors import (
     FieldViolation,
     InvalidRequest,
     NotANamedCaller,
     RerankError,
     UpstreamTimeout,
 )
-from rerank.server.metrics import Metrics
-from rerank.server.pipeline import Handler
-from rerank.server.status import SERVER_ERROR_CODES, log_failure, report_incident, rich_status
-from rerank.server.tracing import BATCH_REQUEST_SPAN, child_span
-from rerank.server.translate import (
+from rerank.server._metrics import Metrics
+from rerank.server._pipeline import Handler
+from rerank.server._status import SERVER_ERROR_CODES, log_failure, report_incident, rich_status
+from rerank.server._tracing import BATCH_REQUEST_SPAN, child_span
+from rerank.server._translate import (
     Page,
     decoded,
     model_to_proto,

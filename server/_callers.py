@@ -35,8 +35,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from rerank.server.domain import Caller
-from rerank.server.limits import CallerLimits
+from rerank.server._domain import Caller
+from rerank.server._limits import CallerLimits
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
 
-from rerank.server.errors import FieldViolation, InvalidRequest
-from rerank.server.limits import UNLIMITED, CallerLimits
+from rerank.server._errors import FieldViolation, InvalidRequest
+from rerank.server._limits import UNLIMITED, CallerLimits
 
 #: A JSON object as Python sees it after parsing.
 JsonObject = dict[str, Any]
@@ -45,7 +45,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Caller:
-    """A named caller of `RERANK_CALLERS_FILE` (`rerank.server.callers`), as one call sees it.
+    """A named caller of `RERANK_CALLERS_FILE` (`rerank.server._callers`), as one call sees it.
 
     Callers of `RERANK_AUTH_TOKENS`, and every caller when authentication is off, are not
     named: their calls carry no `Caller` and have no limits.

@@ -41,7 +41,7 @@ from opentelemetry.trace import Span, SpanContext, SpanKind, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:  # config imports the window layer, which imports this module
-    from rerank.server.config import Settings
+    from rerank.server._config import Settings
 
 TRACER_NAME = "rerank.server"
 DEFAULT_SERVICE_NAME = "rerank-service"

@@ -1,6 +1,6 @@
 """The one translator between the contract's protos and domain values: proto messages stop
-here; below it there are only `rerank.server.domain` values (why a request's decoded message is
-let go at once: `rerank.server.service`)."""
+here; below it there are only `rerank.server._domain` values (why a request's decoded message is
+let go at once: `rerank.server._service`)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
 from rerank.contract import RESPONSE_EXTRAS_BYTES, NotJsonError, from_struct
-from rerank.server.calls import CallRecord
-from rerank.server.domain import (
+from rerank.server._calls import CallRecord
+from rerank.server._domain import (
     Caller,
     DocumentKind,
     JsonObject,
@@ -30,13 +30,13 @@ from rerank.server.domain import (
     caller_metadata,
     cost_text,
 )
-from rerank.server.errors import (
+from rerank.server._errors import (
     FieldViolation,
     InvalidRequest,
     MalformedRequest,
     UpstreamProtocolError,
 )
-from rerank.server.limits import DailyUsage, bucket_size
+from rerank.server._limits import DailyUsage, bucket_size
 from rerank.v1 import rerank_service_pb2 as pb
 
 _WARNING_TYPE_TO_PROTO = {

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
 
-from rerank.server.errors import Overloaded
-from rerank.server.metrics import Metrics
+from rerank.server._errors import Overloaded
+from rerank.server._metrics import Metrics
 
 HELD_PER_REQUEST_BYTE: Final = 3
 """Bytes of memory an in-flight Rerank call holds per byte of its request: gRPC's copy of the

@@ -13,7 +13,7 @@ Policy, in one place:
 - A retry budget keeps a failing gateway from being hammered: every first attempt deposits
   `ratio` of a token, every retry withdraws one; with the bucket empty, failures are not
   retried. Retries are therefore at most about `ratio` of traffic, plus a small burst.
-- A circuit breaker (`rerank.server.breaker`) fails fast for `cooldown` seconds once at least
+- A circuit breaker (`rerank.server._breaker`) fails fast for `cooldown` seconds once at least
   `failure_rate` of the last `window` attempts found the upstream down (`found_down`); then
   one probe call at a time goes through, and the first success closes it again. A probe runs
   to its answer even when its caller leaves (see `ResilientReranker._outliving_its_caller`).
@@ -37,9 +37,9 @@ from typing import Any, TypeVar
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from rerank.server.breaker import CircuitBreaker, CircuitOpen, Clock
-from rerank.server.calls import current_call
-from rerank.server.domain import (
+from rerank.server._breaker import CircuitBreaker, CircuitOpen, Clock
+from rerank.server._calls import current_call
+from rerank.server._domain import (
     ModelInfo,
     Reranker,
     RerankerLayer,
@@ -47,14 +47,14 @@ from rerank.server.domain import (
     RerankQuery,
     Usage,
 )
-from rerank.server.errors import (
+from rerank.server._errors import (
     UpstreamError,
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from rerank.server.metrics import Metrics
-from rerank.server.tracing import RESEND_COUNT_KEY
+from rerank.server._metrics import Metrics
+from rerank.server._tracing import RESEND_COUNT_KEY
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ documents, `top_n` and provider options (keys sorted, so the order a Struct's ma
 does not matter), and the named caller whose cache it is (unless it shares the cache).
 Entries live `ttl` seconds; the least recently used go first once the entries' estimated
 size passes `max_bytes`. Where they live is a `CacheEntries`: this process's memory
-(`MemoryEntries`), or a Redis every replica shares (`rerank.server.redis_store.RedisCacheEntries`,
+(`MemoryEntries`), or a Redis every replica shares (`rerank.server._redis_store.RedisCacheEntries`,
 bounded by the TTL alone). Answers are stored as they come, already valid (`RerankOutcome`);
 errors, an answer the gateway adapter refuses among them, are never stored.
 
@@ -39,8 +39,8 @@ import orjson
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer
 
-from rerank.server.breaker import Clock
-from rerank.server.domain import (
+from rerank.server._breaker import Clock
+from rerank.server._domain import (
     FREE,
     JsonObject,
     Ranked,
@@ -50,9 +50,9 @@ from rerank.server.domain import (
     RerankQuery,
     Warning,
 )
-from rerank.server.errors import UpstreamTimeout
-from rerank.server.metrics import Metrics
-from rerank.server.tracing import CACHE_LOOKUP_SPAN, child_span
+from rerank.server._errors import UpstreamTimeout
+from rerank.server._metrics import Metrics
+from rerank.server._tracing import CACHE_LOOKUP_SPAN, child_span
 
 # Per entry besides its serialized outcome: the key, the entry object, the LRU node. Measured
 # with tracemalloc (tests/unit/test_windows_and_cache.py checks the bound stays honest).

@@ -1,5 +1,5 @@
 """One call's state, from its arrival to its answer: the `CallRecord` the pipeline
-(`rerank.server.pipeline`) makes for it and hands down, and what each part notes in it.
+(`rerank.server._pipeline`) makes for it and hands down, and what each part notes in it.
 
 The pipeline fills in who is calling and until when; each part then notes what it alone knows,
 where it happens: the servicer the model and the document count, the window layer how many
@@ -21,7 +21,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from decimal import Decimal
 
-from rerank.server.domain import Caller
+from rerank.server._domain import Caller
 
 
 @dataclass(slots=True)

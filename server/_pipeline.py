@@ -1,6 +1,6 @@
 """The call pipeline: one pass from a call's arrival to its answer, whatever the transport.
 
-A transport's door (`rerank.server.grpc_door`) takes the call's place and reads its request's
+A transport's door (`rerank.server._grpc_door`) takes the call's place and reads its request's
 bytes and what travels beside them: the request id, the caller's `authorization`, the trace
 context, the time left. It makes the call's record with `arrive` and hands the rest to
 `answer`, which, in this order: opens the server span (continuing the caller's W3C trace
@@ -9,7 +9,7 @@ method, and writes the access-log line. The door gets back the answer's bytes, o
 answer with (a `RerankError`, or the `Incident` of a bug), and writes it as its protocol does.
 
 The method is a function of the call's `CallRecord` and the request's bytes: the record is the
-call's one state, handed down (`rerank.server.calls`).
+call's one state, handed down (`rerank.server._calls`).
 """
 
 from __future__ import annotations
@@ -28,18 +28,18 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from rerank.server.callers import CallerRegistry
-from rerank.server.calls import CallRecord, close_call, open_call
-from rerank.server.domain import Caller
-from rerank.server.errors import RerankError, Unauthenticated
-from rerank.server.logs import AccessLog
-from rerank.server.status import (
+from rerank.server._callers import CallerRegistry
+from rerank.server._calls import CallRecord, close_call, open_call
+from rerank.server._domain import Caller
+from rerank.server._errors import RerankError, Unauthenticated
+from rerank.server._logs import AccessLog
+from rerank.server._status import (
     SERVER_ERROR_CODES,
     log_failure,
     report_incident,
     status_code_for,
 )
-from rerank.server.tracing import caller_context
+from rerank.server._tracing import caller_context
 
 logger = logging.getLogger(__name__)
 

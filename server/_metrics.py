@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Literal
 import grpc
 
 from rerank.server import _metric_families as family
-from rerank.server.domain import ModelInfo, Reranker, RerankerLayer, RerankOutcome, RerankQuery
-from rerank.server.errors import UpstreamError
+from rerank.server._domain import ModelInfo, Reranker, RerankerLayer, RerankOutcome, RerankQuery
+from rerank.server._errors import UpstreamError
 
 if TYPE_CHECKING:  # the library is imported by the recorder, once the entry has chosen its storage
     from prometheus_client import Counter, Histogram
@@ -218,7 +218,7 @@ class Metrics:
                 counter = self._costs[label, caller] = self._cost.labels(model=label, caller=caller)
             counter.inc(nano_dollars(cost))
 
-    # Named callers (`rerank.server.caller_limits`): label values are the callers file's names,
+    # Named callers (`rerank.server._caller_limits`): label values are the callers file's names,
     # so the operator, not a caller, bounds them.
 
     def caller_call(self, caller: str) -> None:

@@ -1,7 +1,7 @@
 """The AI Gateway adapter: domain values ⇄ the gateway's HTTP protocol.
 
 This module is the only place that knows the gateway's JSON and the only place its answers
-(statuses, envelopes) become `rerank.server.errors`; the exchanges themselves, and their
+(statuses, envelopes) become `rerank.server._errors`; the exchanges themselves, and their
 failures, are `rerank.server._gateway_http`'s. The protocol it speaks is the one the AI SDK's
 `@ai-sdk/gateway` speaks (`POST {base}/reranking-model`, `GET {base}/config`), header for
 header, so the real gateway and the bundled mock are interchangeable behind it. Both versions of
@@ -26,11 +26,10 @@ import msgspec
 import orjson
 from opentelemetry.trace import Tracer
 
-from rerank.server import errors
-from rerank.server._gateway_http import USER_AGENT, GatewayHttp, JsonBody, parse_retry_after
-from rerank.server.config import GatewayProtocol
-from rerank.server.credentials import Credential, StaticCredential
-from rerank.server.domain import (
+from rerank.server import _errors as errors
+from rerank.server._config import GatewayProtocol
+from rerank.server._credentials import Credential, StaticCredential
+from rerank.server._domain import (
     JsonObject,
     ModelInfo,
     Ranked,
@@ -42,6 +41,7 @@ from rerank.server.domain import (
     best_first,
     reported_cost,
 )
+from rerank.server._gateway_http import USER_AGENT, GatewayHttp, JsonBody, parse_retry_after
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

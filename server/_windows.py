@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode, Tracer
 
-from rerank.server.calls import current_call
-from rerank.server.domain import (
+from rerank.server._calls import current_call
+from rerank.server._domain import (
     FREE,
     ModelInfo,
     Ranked,
@@ -31,9 +31,9 @@ from rerank.server.domain import (
     Warning,
     best_first,
 )
-from rerank.server.errors import RerankError
-from rerank.server.metrics import Metrics
-from rerank.server.tracing import WINDOW_SPAN, child_span
+from rerank.server._errors import RerankError
+from rerank.server._metrics import Metrics
+from rerank.server._tracing import WINDOW_SPAN, child_span
 
 #: Per-call document limits of the providers behind the gateway (spec §8): Cohere recommends at
 #: most 1,000 per request and Voyage allows 1,000.

@@ -32,9 +32,9 @@ from pydantic.dataclasses import is_pydantic_dataclass
 from pydantic.fields import FieldInfo
 
 from rerank.contract import MAX_BATCH_REQUESTS, MAX_DOCUMENTS, MAX_MESSAGE_BYTES
-from rerank.server.domain import is_model_slug
-from rerank.server.redis_client import RedisUrl
-from rerank.server.windows import DEFAULT_WINDOW_SIZES
+from rerank.server._domain import is_model_slug
+from rerank.server._redis_client import RedisUrl
+from rerank.server._windows import DEFAULT_WINDOW_SIZES
 
 DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v4/ai"
 DEFAULT_MODEL = "cohere/rerank-v3.5"
@@ -45,7 +45,7 @@ SWITCH_WORDS = "on (1, true, yes, on) or off (empty, 0, false, no, off)"
 
 class GatewayProtocol(Enum):
     """The gateway's reranking protocol: v3 as `ai` 6 speaks it, v4 as `ai` 7 does (what
-    differs is one table, `rerank.server.gateway.PROTOCOL_FACTS`)."""
+    differs is one table, `rerank.server._gateway.PROTOCOL_FACTS`)."""
 
     V3 = "v3"
     V4 = "v4"

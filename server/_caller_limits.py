@@ -16,15 +16,15 @@ import time
 from collections.abc import Callable
 from decimal import Decimal
 
-from rerank.server.domain import Caller, Reranker, RerankerLayer, RerankOutcome, RerankQuery
-from rerank.server.errors import (
+from rerank.server._domain import Caller, Reranker, RerankerLayer, RerankOutcome, RerankQuery
+from rerank.server._errors import (
     CallerBudgetExhausted,
     CallerRateLimited,
     CallerRefused,
     ModelNotAllowed,
 )
-from rerank.server.limits import DailyUsage, LimitStore, Refused
-from rerank.server.metrics import Metrics
+from rerank.server._limits import DailyUsage, LimitStore, Refused
+from rerank.server._metrics import Metrics
 
 
 class CallerLimitsReranker(RerankerLayer):

@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
 
-from rerank.server.breaker import BreakerState, CircuitBreaker, CircuitOpen, Clock
+from rerank.server._breaker import BreakerState, CircuitBreaker, CircuitOpen, Clock
 
 logger = logging.getLogger(__name__)
 

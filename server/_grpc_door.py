@@ -5,7 +5,7 @@ gRPC's server metrics (gRFC A66: started, and per status the duration and the by
 messages), a place among the calls in flight (`CallPlaces`), refused before the message is
 read, then the call itself. The service's methods go through the `Pipeline`; the door reads
 their `x-request-id`, `authorization` and trace context from the metadata, and writes the
-answer, or the error's status from the one table (`rerank.server.status`) with the request id
+answer, or the error's status from the one table (`rerank.server._status`) with the request id
 in the trailers.
 
 Health and reflection take a shorter path: health checks have places of their own (a flood of
@@ -32,13 +32,13 @@ import grpc
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
-from rerank.server.admission import CallPlaces
-from rerank.server.calls import CallRecord
-from rerank.server.errors import MalformedRequest, Overloaded, RerankError, Unauthenticated
-from rerank.server.metrics import OTHER, GrpcMethodMetrics, Metrics
-from rerank.server.pipeline import Handler, Pipeline
-from rerank.server.status import error_answer, log_failure
-from rerank.server.tracing import TRACE_CONTEXT_KEYS
+from rerank.server._admission import CallPlaces
+from rerank.server._calls import CallRecord
+from rerank.server._errors import MalformedRequest, Overloaded, RerankError, Unauthenticated
+from rerank.server._metrics import OTHER, GrpcMethodMetrics, Metrics
+from rerank.server._pipeline import Handler, Pipeline
+from rerank.server._status import error_answer, log_failure
+from rerank.server._tracing import TRACE_CONTEXT_KEYS
 
 if TYPE_CHECKING:
     # grpc's stubs make these generic; the runtime classes are not subscriptable.

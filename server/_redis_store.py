@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from rerank.server.errors import LimitsUnavailable
-from rerank.server.limits import (
+from rerank.server._errors import LimitsUnavailable
+from rerank.server._limits import (
     CONCURRENCY_RETRY_AFTER,
     CallerLimits,
     DailyUsage,
@@ -44,7 +44,7 @@ from rerank.server.limits import (
     to_nanos,
     utc_day,
 )
-from rerank.server.redis_client import RedisClient, RedisError, Script
+from rerank.server._redis_client import RedisClient, RedisError, Script
 
 logger = logging.getLogger(__name__)
 
