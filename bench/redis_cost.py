@@ -86,46 +86,20 @@ async def compare(
         )
         for client, module in SERVERS.items()
     }
+    # A first cell each, not counted: a fresh server's first calls cost more than its next.
+    for client, server in servers.items():
+        await _server_cpu_us(cell, client, server, redis)
     rows = []
     for round_ in range(cell.rounds):
         order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
-        cpu_us: dict[str, float] = {}
-        for client in order:
-            server = servers[client]
-            scripts_before = _scripts_run(redis)
-            result = await run_json(
-                "bench.loadgen",
-                json.dumps(
-                    asdict(
-                        CellConfig(
-                            path="proxied",
-                            target=server.address,
-                            documents=20,
-                            concurrency=cell.concurrency,
-                            warmup_s=cell.warmup_s,
-                            duration_s=cell.duration_s,
-                            max_calls=None,
-                            call_timeout_s=CALL_TIMEOUT_S,
-                            watch_pids={"server": server.pid},
-                            api_key=API_KEY,
-                            bearer_token=BENCH_CALLER_TOKEN,
-                        )
-                    )
-                ),
-                timeout=cell.warmup_s + cell.duration_s + 2 * CALL_TIMEOUT_S + SLACK_S,
-                what=f"load generator (Redis client: {client})",
-            )
-            if result["errors"]:
-                raise RuntimeError(f"{client}: {result['errors']} calls failed: {result}")
-            # Two scripts a call, or the server decided calls itself (Redis away, failing open).
-            if _scripts_run(redis) - scripts_before < 2 * result["calls"]:
-                raise RuntimeError(f"{client}: calls were decided without Redis; see its log")
-            cpu_us[client] = 1e6 * result["cpu_s"]["server"] / max(1, result["calls"])
+        cpu_us = {
+            client: await _server_cpu_us(cell, client, servers[client], redis) for client in order
+        }
         rows.append({"round": round_, "first": order[0], "server_cpu_us_per_call": cpu_us})
         print(
             f"redis client c={cell.concurrency} round {round_ + 1}: server CPU µs/call "
             f"ours={cpu_us['ours']:.0f} redis-py={cpu_us['redis-py']:.0f} "
-            f"(+{cpu_us['redis-py'] - cpu_us['ours']:.0f})",
+            f"({cpu_us['redis-py'] - cpu_us['ours']:+.0f})",
             flush=True,
         )
     layer: list[dict[str, Any]] = await run_json(
@@ -145,6 +119,39 @@ async def compare(
         flush=True,
     )
     return result
+
+
+async def _server_cpu_us(
+    cell: RedisCell, client: str, server: Service, redis: RedisServer
+) -> float:
+    """One cell of named-caller calls on `server`: its CPU µs per call."""
+    scripts_before = _scripts_run(redis)
+    config = CellConfig(
+        path="proxied",
+        target=server.address,
+        documents=20,
+        concurrency=cell.concurrency,
+        warmup_s=cell.warmup_s,
+        duration_s=cell.duration_s,
+        max_calls=None,
+        call_timeout_s=CALL_TIMEOUT_S,
+        watch_pids={"server": server.pid},
+        api_key=API_KEY,
+        bearer_token=BENCH_CALLER_TOKEN,
+    )
+    result = await run_json(
+        "bench.loadgen",
+        json.dumps(asdict(config)),
+        timeout=cell.warmup_s + cell.duration_s + 2 * CALL_TIMEOUT_S + SLACK_S,
+        what=f"load generator (Redis client: {client})",
+    )
+    if result["errors"]:
+        raise RuntimeError(f"{client}: {result['errors']} calls failed: {result}")
+    # Two scripts a call, or the server decided calls itself (Redis away, failing open).
+    if _scripts_run(redis) - scripts_before < 2 * result["calls"]:
+        raise RuntimeError(f"{client}: calls were decided without Redis; see its log")
+    cpu_us: float = 1e6 * result["cpu_s"]["server"] / max(1, result["calls"])
+    return cpu_us
 
 
 def _scripts_run(redis: RedisServer) -> int:
