@@ -44,6 +44,24 @@ class Service(processes.Process):
             raise
 
 
+def mock_gateway(log: Path) -> Service:
+    """The mock gateway, on a free loopback port; `v3_url` is the base URL to send it."""
+    return Service(
+        "mock gateway",
+        "rerank.mock_gateway",
+        ["--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
+        # The ready line names the v4 base URL; keep its origin (host and port).
+        r"mock gateway listening on (http://\S+)/v4/ai",
+        log,
+    )
+
+
+def v3_url(mock: Service) -> str:
+    # v3, served on the same port: the workload (bench/_workload.py) and the server's gateway
+    # adapter both send specification version 3.
+    return f"{mock.address}/v3/ai"
+
+
 async def run_json(
     module: str,
     *args: str,

@@ -24,6 +24,16 @@ BARE_METHOD = "/bench.BareProxy/Forward"
 #: The echo call carries the serialized 20-document request, so its bytes on the wire match
 #: the proxied 20-document call the CPU ratio compares it with.
 ECHO_DOCUMENTS = 20
+#: The named caller of the limits and Redis cells: every limit set (so every check runs), none
+#: reached.
+BENCH_CALLER_TOKEN = "bench-caller"
+BENCH_CALLERS = f"""
+[callers.bench]
+token = "{BENCH_CALLER_TOKEN}"
+requests_per_second = 1000000
+max_concurrent_calls = 100000
+daily_budget_usd = 1000000
+"""
 
 _SUBJECTS = (
     "The treaty",

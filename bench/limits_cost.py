@@ -7,8 +7,9 @@ also measured where they run: in this one process, the production caller-limits 
 loopback, in this process, or no layer at all, `concurrency` calls in flight, alternating in
 rounds. The figure is this process's CPU time (user + system: the loopback sockets' kernel work
 included) per call, less that of the same calls without the layer, so it is the CPU the limits
-add to a server's call: two scripted round trips and the layer's own Python. Prints one JSON
-object.
+add to a server's call: two scripted round trips and the layer's own Python. The Redis store is
+run twice, over our client ("redis") and over redis-py's asyncio client ("redis-py",
+`bench.redis_py`): the difference is what keeping our own client saves. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import json
 import statistics
 import time
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
+from bench.redis_py import RedisPyClient
 from rerank.server._caller_limits import CallerLimitsReranker
 from rerank.server._domain import Caller, ModelInfo, Ranked, RerankOutcome, RerankQuery, Usage
 from rerank.server._limits import CallerLimits, InMemoryLimitStore, LimitStore
@@ -73,42 +75,55 @@ async def _cpu_us_per_call(reranker: Any, calls: int, concurrency: int) -> float
     return (time.process_time() - began) / (per_worker * concurrency) * 1e6
 
 
-async def _run(redis_url: str, calls: int, concurrencies: list[int], rounds: int) -> Any:
-    stores: dict[str, LimitStore] = {
-        "memory": InMemoryLimitStore(),
-        "redis": RedisLimitStore(
-            RedisClient(
-                RedisUrl.parse(redis_url),
-                timeout=5.0,
-                purpose="limits",
-                when_down="the measurement is void",
-            ),
-            lease_seconds=60,
-        ),
+#: The stores `--store` may name: "redis" over our client, "redis-py" over redis-py's.
+STORES = ("memory", "redis", "redis-py")
+
+
+def _store(name: str, redis_url: str) -> LimitStore:
+    if name == "memory":
+        return InMemoryLimitStore()
+    url = RedisUrl.parse(redis_url)
+    options: dict[str, Any] = {
+        "timeout": 5.0,
+        "purpose": "limits",
+        "when_down": "the measurement is void",
     }
-    layers = {name: CallerLimitsReranker(_Instant(), store) for name, store in stores.items()}
+    client = (
+        RedisClient(url, **options)
+        # The same interface, as the store uses it (`bench.redis_py`).
+        if name == "redis"
+        else cast(RedisClient, RedisPyClient(url, **options))
+    )
+    return RedisLimitStore(client, lease_seconds=60)
+
+
+async def _run(
+    redis_url: str, stores: list[str], calls: int, concurrencies: list[int], rounds: int
+) -> Any:
+    layers = {name: CallerLimitsReranker(_Instant(), _store(name, redis_url)) for name in stores}
     rows = []
     try:
         for concurrency in concurrencies:
-            samples: dict[str, list[float]] = {"none": [], "memory": [], "redis": []}
-            for _ in range(rounds):
+            samples: dict[str, list[float]] = {"none": [], **{name: [] for name in layers}}
+            for round_ in range(rounds):
                 samples["none"].append(await _cpu_us_per_call(_Instant(), calls, concurrency))
-                for name, layer in layers.items():
-                    samples[name].append(await _cpu_us_per_call(layer, calls, concurrency))
-            none = statistics.median(samples["none"])
+                # Every other round the other way round: no store always follows the same one.
+                order = list(layers) if round_ % 2 == 0 else list(reversed(layers))
+                for name in order:
+                    samples[name].append(await _cpu_us_per_call(layers[name], calls, concurrency))
+            added = {
+                name: [v - n for v, n in zip(samples[name], samples["none"], strict=True)]
+                for name in layers
+            }
             rows.append(
                 {
                     "concurrency": concurrency,
                     "calls": calls,
                     "rounds": rounds,
                     "cpu_us_per_call": {k: statistics.median(v) for k, v in samples.items()},
-                    "added_cpu_us_per_call": {
-                        name: statistics.median(
-                            v - n for v, n in zip(samples[name], samples["none"], strict=True)
-                        )
-                        for name in layers
-                    },
-                    "none_us": none,
+                    "added_cpu_us_per_call": {k: statistics.median(v) for k, v in added.items()},
+                    "added_cpu_us_by_round": added,
+                    "none_us": statistics.median(samples["none"]),
                 }
             )
     finally:
@@ -123,8 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, action="append", required=True)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--store",
+        choices=STORES,
+        action="append",
+        help="a store to measure, in this order (default: memory, redis)",
+    )
     args = parser.parse_args(argv)
-    rows = asyncio.run(_run(args.redis_url, args.calls, args.concurrency, args.rounds))
+    stores = args.store or ["memory", "redis"]
+    rows = asyncio.run(_run(args.redis_url, stores, args.calls, args.concurrency, args.rounds))
     print(json.dumps(rows))
     return 0
 

@@ -22,17 +22,18 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import against, bare_proxy, memory, report
+from bench import against, bare_proxy, memory, redis_cost, report
 from bench import batch as batch_cell
 from bench._procfs import cpu_seconds, memory_kib
-from bench._services import Service, run_json
+from bench._services import Service, mock_gateway, run_json, v3_url
+from bench._workload import BENCH_CALLER_TOKEN, BENCH_CALLERS
 from bench.loadgen import CellConfig
 from tools.redis_server import INSTALL_HINT, RedisServer, redis_server_binary
 
@@ -75,6 +76,8 @@ class Plan:
     batch_rounds: int = 20
     #: Alternating pairs of `--against REF` (this server, REF's; then REF's, this one; ...).
     against_pairs: int = 7
+    #: The Redis client cell (`bench.redis_cost`): ours against redis-py's, alternating.
+    redis_cell: redis_cost.RedisCell = field(default_factory=redis_cost.RedisCell)
 
 
 FULL = Plan(
@@ -93,15 +96,6 @@ FULL = Plan(
 WORKER_CELLS = ((20, 64), (100, 64))
 #: Bound on one `bench.limits_cost` process.
 LIMITS_COST_TIMEOUT_S = 300.0
-#: The named caller of the limits cells: every limit set (so every check runs), none reached.
-BENCH_CALLER_TOKEN = "bench-caller"
-BENCH_CALLERS = f"""
-[callers.bench]
-token = "{BENCH_CALLER_TOKEN}"
-requests_per_second = 1000000
-max_concurrent_calls = 100000
-daily_budget_usd = 1000000
-"""
 QUICK = Plan(
     "quick",
     (1, 64),
@@ -113,6 +107,7 @@ QUICK = Plan(
     observability_pairs=3,
     limit_concurrencies=(8, 64),
     limit_rounds=3,
+    redis_cell=redis_cost.RedisCell(warmup_s=0.5, duration_s=1.5, layer_calls=2_000),
     memory_calls=(64,),
     memory_batches=(4,),
     batch_rounds=8,
@@ -129,6 +124,7 @@ SMOKE = Plan(
     limit_concurrencies=(8,),
     limit_rounds=1,
     limit_layer_calls=2_000,
+    redis_cell=redis_cost.RedisCell(rounds=1, warmup_s=0.3, duration_s=1.0, layer_calls=500),
     memory_calls=(8,),
     memory_batches=(1,),
     batch_rounds=2,
@@ -240,24 +236,6 @@ def _cells(plan: Plan) -> Iterator[tuple[str, int, int]]:
                 yield "bare", documents, concurrency
 
 
-def _mock(log: Path) -> Service:
-    """The mock gateway, on a free loopback port; `_v3_url` is the base URL to send it."""
-    return Service(
-        "mock gateway",
-        "rerank.mock_gateway",
-        ["--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
-        # The ready line names the v4 base URL; keep its origin (host and port).
-        r"mock gateway listening on (http://\S+)/v4/ai",
-        log,
-    )
-
-
-def _v3_url(mock: Service) -> str:
-    # v3, served on the same port: the workload (bench/_workload.py) and the server's gateway
-    # adapter both send specification version 3.
-    return f"{mock.address}/v3/ai"
-
-
 def _proxied_server_env() -> dict[str, str]:
     """The environment of a server under measurement: the server's defaults otherwise, so
     that its CPU per call is what it costs as shipped."""
@@ -271,8 +249,8 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
     cells: list[dict[str, Any]] = []
     # Starting and stopping the services blocks this loop on purpose: nothing else runs yet.
     with contextlib.ExitStack() as stack:
-        mock = stack.enter_context(_mock(out / f"{plan.name}-mock.log"))
-        mock_url = _v3_url(mock)
+        mock = stack.enter_context(mock_gateway(out / f"{plan.name}-mock.log"))
+        mock_url = v3_url(mock)
         server = stack.enter_context(
             Service(
                 "rerank server",
@@ -363,6 +341,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
             await probe.close()
         workers = await _compare_workers(plan, out, stack, mock_url, server.address)
         limits = await _compare_limits(plan, out, stack, mock_url, server)
+        redis_clients = await _compare_redis_clients(plan, out, stack, mock_url)
         observability = await _compare_observability(plan, out, stack, mock_url)
         batch = await batch_cell.compare(
             plan.name,
@@ -386,6 +365,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         "cells": cells,
         "workers": workers,
         "limits": limits,
+        "redis_clients": redis_clients,
         "batch": batch,
         "observability": observability,
         "memory": memory_rows,
@@ -542,6 +522,19 @@ async def _compare_limits(
     return {"cells": rows, "layer": layer}
 
 
+async def _compare_redis_clients(
+    plan: Plan, out: Path, stack: contextlib.ExitStack, gateway_url: str
+) -> dict[str, Any]:
+    """The Redis client cell (`bench.redis_cost`), against a redis-server of its own."""
+    if redis_server_binary() is None:
+        print(f"bench: Redis client cell skipped: {INSTALL_HINT}", flush=True)
+        return {}
+    redis_dir = out / f"{plan.name}-redis-clients"
+    redis_dir.mkdir(exist_ok=True)
+    redis = stack.enter_context(RedisServer(redis_dir))
+    return await redis_cost.compare(plan.redis_cell, redis_dir, stack, gateway_url, redis)
+
+
 async def _limits_cost(plan: Plan, redis_url: str) -> list[dict[str, Any]]:
     """Run `bench.limits_cost` in a process of its own; bounded, killed by PID if it overruns."""
     concurrencies = [arg for c in plan.limit_concurrencies for arg in ("--concurrency", str(c))]
@@ -666,7 +659,7 @@ async def _run_against(
     runs: list[dict[str, Any]] = []
     pair_rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
-        mock = stack.enter_context(_mock(out / f"{stem}-mock.log"))
+        mock = stack.enter_context(mock_gateway(out / f"{stem}-mock.log"))
         servers = {
             side: stack.enter_context(
                 Service(
@@ -674,7 +667,7 @@ async def _run_against(
                     "rerank.server",
                     [
                         *("--workers", "1", "--metrics-port", "0"),
-                        *("--host", "127.0.0.1", "--port", "0", "--gateway-url", _v3_url(mock)),
+                        *("--host", "127.0.0.1", "--port", "0", "--gateway-url", v3_url(mock)),
                     ],
                     r"rerank server listening on (\S+:\d+)",
                     out / f"{stem}-server-{side}.log",
