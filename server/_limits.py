@@ -25,7 +25,6 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Literal, Protocol
 
 NANOS_PER_USD = 1_000_000_000
-SECONDS_PER_DAY = 86_400
 
 #: How long a caller refused for its concurrency limit should wait: the store cannot know when
 #: one of its calls ends, and a typical rerank call takes about this long.
@@ -127,6 +126,19 @@ def from_nanos(nanos: int) -> Decimal:
     return Decimal(nanos).scaleb(-9)
 
 
+def charged_nanos(cost: Decimal | None) -> int:
+    """What a call is charged: its cost, or nothing when the gateway reported none."""
+    return to_nanos(cost) if cost is not None and cost > 0 else 0
+
+
+def refusal(limit: str, now: float, wait: float = 0.0) -> Refused:
+    """The refusal for the limit a call met: "budget" (until the next UTC day), "slots" (the
+    concurrency limit) or "rate" (`wait` seconds, until a token is back)."""
+    if limit == "budget":
+        return Refused("CALLER_BUDGET_EXHAUSTED", seconds_to_next_utc_midnight(now))
+    return Refused("CALLER_RATE_LIMITED", CONCURRENCY_RETRY_AFTER if limit == "slots" else wait)
+
+
 @dataclass
 class _CallerState:
     """One caller's counters in this process."""
@@ -184,7 +196,7 @@ class InMemoryLimitStore:
         if limits.daily_budget_usd is not None and state.spent_nanos >= to_nanos(
             limits.daily_budget_usd
         ):
-            return Refused("CALLER_BUDGET_EXHAUSTED", seconds_to_next_utc_midnight(now))
+            return refusal("budget", now)
         rate = limits.requests_per_second
         if rate is not None:
             # A clock that steps back refills nothing rather than draining the bucket.
@@ -194,9 +206,9 @@ class InMemoryLimitStore:
         if limits.max_concurrent_calls is not None and (
             len(state.leases) >= limits.max_concurrent_calls
         ):
-            return Refused("CALLER_RATE_LIMITED", CONCURRENCY_RETRY_AFTER)
+            return refusal("slots", now)
         if rate is not None and state.tokens < 1.0:
-            return Refused("CALLER_RATE_LIMITED", (1.0 - state.tokens) / rate)
+            return refusal("rate", now, (1.0 - state.tokens) / rate)
         return None
 
     async def finish(self, caller: str, lease: str, cost: Decimal | None, *, now: float) -> None:
@@ -204,9 +216,9 @@ class InMemoryLimitStore:
         if state is None:
             return
         state.leases.discard(lease)
-        if cost is not None and cost > 0:
+        if spent := charged_nanos(cost):
             state.roll_to(utc_day(now))
-            state.spent_nanos += to_nanos(cost)
+            state.spent_nanos += spent
 
     async def usage(self, caller: str, *, now: float) -> DailyUsage:
         day = utc_day(now)
