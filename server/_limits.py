@@ -1,18 +1,11 @@
 """Per-caller limits and the day's spend: the values, the store's shape, and the in-process store.
 
-A `LimitStore` answers two questions per call, each in one round trip: may this caller start a
-call now (`admit`: the day's budget, a token from the rate bucket, a concurrency lease), and what
-did the call cost (`finish`: release the lease, charge the cost). `InMemoryLimitStore` keeps
-that state in this process (so with several workers or replicas each enforces its own limits);
-a Redis store keeps it where every replica sees it. Both follow
-the rules of this module's helpers, so they agree on what a limit means:
-
-- the token bucket holds `bucket_size(limits)` tokens, starts full, refills at
-  `requests_per_second`, and a call takes one token;
-- a budget refuses once the day's spend has reached it (`spent >= budget`), so a call may overshoot
-  it by its own cost, never start after it;
-- days are UTC days of the wall clock `now`; costs are integer nano-dollars (`to_nanos`), so
-  sums are exact.
+`InMemoryLimitStore` keeps the state in this process (each worker or replica enforces its own
+limits); `_redis_store` keeps it where every replica sees it. Both follow this module's rules,
+so they agree on what a limit means: the bucket holds `bucket_size` tokens, starts full, and a
+call takes one; a budget refuses once the day's spend has reached it, so a call may overshoot
+it by its own cost, never start after it; days are UTC days of the wall clock `now`; costs are
+integer nano-dollars (`to_nanos`), so sums are exact.
 """
 
 from __future__ import annotations
@@ -76,24 +69,21 @@ class DailyUsage:
 
 
 class LimitStore(Protocol):
-    """Where limits are counted: this process (`InMemoryLimitStore`) or Redis."""
+    """Where limits are counted, in one round trip per question: may this caller start a call
+    now (`admit`: the budget, a token, a concurrency lease; counted as a call or a refusal), and
+    what did it cost (`finish`: release the lease, charge the cost)."""
 
-    async def admit(self, caller: str, limits: CallerLimits, *, now: float) -> Granted | Refused:
-        """One round trip: the budget check (refused when today's spend >= budget), a token from
-        the bucket, a concurrency lease; counts a refusal or a call in today's usage."""
-        ...
+    async def admit(
+        self, caller: str, limits: CallerLimits, *, now: float
+    ) -> Granted | Refused: ...
 
-    async def finish(self, caller: str, lease: str, cost: Decimal | None, *, now: float) -> None:
-        """One round trip: release the lease, charge `cost` (exact decimal) to today's spend."""
-        ...
+    async def finish(
+        self, caller: str, lease: str, cost: Decimal | None, *, now: float
+    ) -> None: ...
 
-    async def usage(self, caller: str, *, now: float) -> DailyUsage:
-        """Today's spend and counts of `caller` (zeros when it has not called today)."""
-        ...
+    async def usage(self, caller: str, *, now: float) -> DailyUsage: ...
 
-    async def aclose(self) -> None:
-        """Release connections; called once, at shutdown."""
-        ...
+    async def aclose(self) -> None: ...
 
 
 def utc_day(now: float) -> str:
