@@ -9,6 +9,7 @@ expires, so a replica that dies holding slots frees them by itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -227,9 +228,8 @@ class _Outage:
         self, caller: str, day: str, *, spent: int = 0, calls: int = 0, refused: int = 0
     ) -> None:
         counted = self.counts.setdefault((caller, day), [0, 0, 0])
-        counted[0] += spent
-        counted[1] += calls
-        counted[2] += refused
+        for i, n in enumerate((spent, calls, refused)):
+            counted[i] += n
 
 
 class FailOpenLimitStore:
@@ -376,7 +376,7 @@ class RedisCacheEntries:
     async def clear(self) -> None:
         """Delete every cache entry (every replica's: they are one cache)."""
         cursor = b"0"
-        try:
+        with contextlib.suppress(RedisError):
             while True:
                 cursor, keys = await self._client.call(
                     "SCAN", cursor, "MATCH", CACHE_KEY_PREFIX + "*", "COUNT", 1000
@@ -385,8 +385,6 @@ class RedisCacheEntries:
                     await self._client.call("UNLINK", *keys)
                 if cursor == b"0":
                     return
-        except RedisError:
-            return
 
     async def _may_use(self) -> bool:
         if self._allowed is None:
