@@ -2,14 +2,11 @@
 
 It judges a sliding window of the last `window` attempts: once the window is full and at least
 `failure_rate` of them failed, it opens, and for `cooldown` seconds nothing goes through
-(`before_call` raises `CircuitOpen`); then it lets one probe through at a time, and the probe
-alone decides: success closes it, failure opens it for another cool-down. A share rather than a
-run of failures, so a gateway that drops one request in five does not shut everyone out while a
-dead one does within `window` attempts; a window of one with a rate of 1 opens at the first
-failure, as a Redis client wants.
-
-What counts as a failure is the caller's to say (`record(failed=...)`, None for an outcome that
-says nothing either way), and so is what an open circuit means to its own callers.
+(`before_call` raises `CircuitOpen`); then one probe at a time goes through, and it alone
+decides: success closes it, failure opens it again. A share rather than a run of failures, so a
+gateway that drops one request in five does not shut everyone out; a window of one with a rate
+of 1 opens at the first failure, as a Redis client wants. What counts as a failure, and what an
+open circuit means, is the caller's to say.
 """
 
 from __future__ import annotations

@@ -1,28 +1,15 @@
 """A content-addressed result cache, with identical concurrent calls sharing one upstream call.
 
-The key is a SHA-256 of everything that decides a ranking: model, query, document kind and
-documents, `top_n` and provider options (keys sorted, so the order a Struct's map arrives in
-does not matter), and the named caller whose cache it is (unless it shares the cache).
-Entries live `ttl` seconds; the least recently used go first once the entries' estimated
-size passes `max_bytes`. Where they live is a `CacheEntries`: this process's memory
-(`MemoryEntries`), or a Redis every replica shares (`rerank.server._redis_store.RedisCacheEntries`,
-bounded by the TTL alone). Answers are stored as they come, already valid (`RerankOutcome`);
-errors, an answer the gateway adapter refuses among them, are never stored.
+The key is a SHA-256 of everything that decides a ranking, and of whose cache it is
+(`cache_key`). Entries live `ttl` seconds, in this process (`MemoryEntries`, an LRU bounded by
+`max_bytes`) or in a Redis every replica shares (`_redis_store.RedisCacheEntries`). Answers are
+stored already valid; errors never are.
 
-Identical calls that arrive while one is in flight wait for it instead of calling upstream
-again. The shared call belongs to no one caller: it runs under the upstream timeout, each
-caller waits for it only until its own deadline, and it is cancelled when the last caller
-waiting for it has gone — so its deadline is, in effect, the longest of its current waiters',
-one caller's cancellation or short deadline never fails another's call, and nobody's
-departure leaves an orphan HTTP request running. A cancelled call is forgotten at once: an
-identical call arriving while it unwinds starts a new one rather than joining it.
-
-Shared calls are this process's own, whichever store keeps the answers: replicas do not wait
-for one another's calls, they find each other's answers once stored.
-
-Usage (`domain.Usage`) is charged once per upstream call: the first caller handed the shared
-answer gets its usage; every other caller it serves, and every cache hit, gets `FREE` usage
-and `cached: true`.
+A shared call belongs to no one caller: it runs under the upstream timeout, each caller waits
+only until its own deadline, and it is cancelled when its last waiter has gone, so one caller's
+cancellation never fails another's call and nobody's departure leaves an orphan HTTP request.
+It is charged once: the first caller handed its answer gets its usage, every other one (and
+every cache hit) `FREE` usage and `cached: true` (README, "Usage").
 """
 
 from __future__ import annotations
@@ -33,11 +20,11 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import orjson
 from opentelemetry import trace
-from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace import Tracer
 
 from rerank.server._breaker import Clock
 from rerank.server._domain import (
@@ -121,23 +108,16 @@ def _unpack(blob: bytes) -> RerankOutcome:
 
 
 class CacheEntries(Protocol):
-    """Where cached answers are kept, by key, each as the bytes of `_pack`."""
+    """Where cached answers are kept, by key, each as the bytes of `_pack`; `put` keeps one
+    for the cache's TTL, or declines it."""
 
-    async def get(self, key: bytes) -> bytes | None:
-        """The entry under `key`, or None when there is none (or it has expired)."""
-        ...
+    async def get(self, key: bytes) -> bytes | None: ...
 
-    async def put(self, key: bytes, blob: bytes) -> None:
-        """Keep `blob` under `key` for the cache's TTL; a store may decline it."""
-        ...
+    async def put(self, key: bytes, blob: bytes) -> None: ...
 
-    async def clear(self) -> None:
-        """Forget every entry."""
-        ...
+    async def clear(self) -> None: ...
 
-    async def aclose(self) -> None:
-        """Release connections; called once, at shutdown."""
-        ...
+    async def aclose(self) -> None: ...
 
 
 # An entry is a plain (blob, expires) tuple: the collector stops tracking exact tuples of
@@ -148,14 +128,6 @@ _Entry = tuple[bytes, float]
 
 def _entry_size(entry: _Entry) -> int:
     return len(entry[0]) + _OVERHEAD_PER_ENTRY
-
-
-def _looked_up(span: Span, result: str) -> None:
-    """End the lookup's span with its result: `hit`, `miss` or `coalesced` (joined a call in
-    flight)."""
-    if span.is_recording():
-        span.set_attribute("rerank.cache.result", result)
-        span.end()
 
 
 class MemoryEntries:
@@ -261,20 +233,21 @@ class CachingReranker(RerankerLayer):
         except BaseException:
             lookup.end()  # a shared store that failed: the span ends without a result
             raise
-        if blob is not None:
-            self.hits += 1
-            self._metrics.cache_lookup("hit")
-            _looked_up(lookup, "hit")
-            return _unpack(blob)
-        flight = self._flights.get(key)
-        if flight is not None:
-            self.hits += 1
-            self._metrics.cache_lookup("coalesced")
-            _looked_up(lookup, "coalesced")
-        else:
+        flight = None if blob is not None else self._flights.get(key)
+        # "coalesced": joined an identical call in flight.
+        result: Literal["hit", "miss", "coalesced"]
+        result = "hit" if blob is not None else "miss" if flight is None else "coalesced"
+        if result == "miss":
             self.misses += 1
-            self._metrics.cache_lookup("miss")
-            _looked_up(lookup, "miss")
+        else:
+            self.hits += 1
+        self._metrics.cache_lookup(result)
+        if lookup.is_recording():
+            lookup.set_attribute("rerank.cache.result", result)
+            lookup.end()
+        if blob is not None:
+            return _unpack(blob)
+        if flight is None:
             flight = self._start(key, query)
         return await self._join(key, flight, timeout)
 

@@ -1,12 +1,8 @@
 """The caller-limits layer: a named caller's models, rate, concurrency and daily budget.
 
-The outermost `RerankerLayer`, so every call of a named caller meets its limits before the
-cache, the windows or the retries: a cached answer takes a token from the bucket like any
-other call (it is a call), and costs nothing from the budget (the gateway was not asked). The
-budget is checked before the call (refused once today's spend has reached it) and charged
-after it with the call's `Usage.cost`: what the gateway reported for every window, exactly; a
-cost the gateway did not report is charged as nothing. Calls without a named caller pass
-through.
+The outermost layer, so a cached answer takes a token like any other call (it is a call) and
+costs nothing from the budget (the gateway was not asked); README, "Callers, limits and
+budgets". Calls without a named caller pass through.
 """
 
 from __future__ import annotations
@@ -28,8 +24,7 @@ from rerank.server._metrics import Metrics
 
 
 class CallerLimitsReranker(RerankerLayer):
-    """Enforces `query.caller`'s limits through a `LimitStore`; `clock` is wall-clock
-    seconds (days are UTC days)."""
+    """Enforces `query.caller`'s limits through a `LimitStore`; `clock` is the wall clock."""
 
     def __init__(
         self,
@@ -76,7 +71,6 @@ class CallerLimitsReranker(RerankerLayer):
             raise
 
     async def usage(self, caller: Caller) -> DailyUsage:
-        """`caller`'s standing today."""
         return await self._store.usage(caller.name, now=self._clock())
 
     async def aclose(self) -> None:

@@ -45,18 +45,14 @@ class Limits:
 
 @dataclass(frozen=True)
 class Caller:
-    """A named caller of `RERANK_CALLERS_FILE` (`rerank.server._callers`), as one call sees it.
-
-    Callers of `RERANK_AUTH_TOKENS`, and every caller when authentication is off, are not
-    named: their calls carry no `Caller` and have no limits.
-    """
+    """A named caller of `RERANK_CALLERS_FILE` (`_callers`), as one call sees it; other calls
+    carry none, and have no limits."""
 
     name: str
     limits: CallerLimits = UNLIMITED
     #: Model slugs it may use, as globs (`cohere/*`); empty allows every model.
     models: tuple[str, ...] = ()
-    #: True when its answers share the result cache with other callers (`cache_scope =
-    #: "shared"`); by default a caller's cache is its own.
+    #: `cache_scope = "shared"`: its answers share the result cache with other such callers.
     shared_cache: bool = False
 
     def may_use(self, model: str) -> bool:
@@ -84,7 +80,7 @@ class RerankQuery:
 
 @dataclass(frozen=True)
 class Ranked:
-    """One ranked document: its index in the request and its score."""
+    """One ranked document: its index in the request, and its score."""
 
     index: int
     score: float
@@ -107,17 +103,9 @@ class Warning:
 
 @dataclass(frozen=True)
 class Usage:
-    """What one call spent upstream: the one usage record of a call.
-
-    `cost` is the sum of the costs the gateway reported (`providerMetadata.gateway.cost`) on
-    every answer the call is made of — every window; a failed attempt gets an error, which
-    carries none — exact as decimals. It is None ("unknown", not zero) when any of those
-    answers reported no cost, so a known total is never an under-count. `upstream_calls`
-    counts gateway calls made: every window and every attempt, retried or not.
-
-    A call answered without the gateway (a cache hit, or a caller served by an identical call
-    in flight that another caller was charged for) has `FREE` usage.
-    """
+    """What one call spent upstream (README, "Usage"): `cost` exact, None when unknown (any
+    answer without one), so a known total is never an under-count; `upstream_calls` counts
+    every window and every attempt."""
 
     cost: Decimal | None = None
     upstream_calls: int = 0
@@ -133,21 +121,16 @@ FREE = Usage(cost=Decimal(0), upstream_calls=0)
 
 @dataclass(frozen=True)
 class RerankOutcome:
-    """What a backend answered: the ranking, plus warnings, metadata and usage.
-
-    The ranking is valid for the query it answers, so every layer above trusts it: each index
-    names one of the query's documents, at most once; scores are finite; it is `best_first`,
-    cut to the query's `top_n`. The gateway adapter makes it so where the answer enters, and
-    refuses one that cannot be made so with `UpstreamProtocolError`.
-    """
+    """What a backend answered. Its ranking is valid for its query, so every layer above
+    trusts it: each index names one of the query's documents, at most once; scores are finite;
+    it is `best_first`, cut to `top_n`. The gateway adapter makes it so where it enters."""
 
     ranking: tuple[Ranked, ...]
     warnings: tuple[Warning, ...] = ()
     #: The gateway's entries as it sent them (for a windowed call, the first window's).
     #: Its `gateway.cost` is not this call's: `caller_metadata` puts `usage.cost` there.
     provider_metadata: JsonObject | None = None
-    #: True when this call was not charged for an upstream call: its answer came from the
-    #: result cache, or from an identical call in flight that another caller was charged for.
+    #: True when another call was charged for this answer: a cache hit, or a shared call.
     cached: bool = False
     usage: Usage = Usage()
 
@@ -167,25 +150,19 @@ class ModelInfo:
 
 
 class Reranker(Protocol):
-    """Something that reranks: the gateway adapter, over the real gateway or the mock."""
+    """Something that reranks: the gateway adapter, or a layer around it. `rerank` gives up
+    with `UpstreamTimeout` after `timeout` seconds; `aclose` is called once, at shutdown."""
 
-    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
-        """Rank `query.documents`; give up with `UpstreamTimeout` after `timeout` seconds."""
-        ...
+    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome: ...
 
-    async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
-        """The reranking models on offer."""
-        ...
+    async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]: ...
 
-    async def aclose(self) -> None:
-        """Release connections; called once, at shutdown."""
-        ...
+    async def aclose(self) -> None: ...
 
 
 class RerankerLayer:
-    """A `Reranker` around another: every call passes through to `inner` unless the layer
-    overrides it. The cache, the windows and the retries are layers; a new concern (metrics,
-    tenants) is a layer that overrides the one method it changes."""
+    """A `Reranker` around another: each concern (limits, cache, windows, retries) overrides
+    the one method it changes, and every other call passes through to `inner`."""
 
     def __init__(self, inner: Reranker) -> None:
         self._inner = inner
@@ -210,9 +187,8 @@ def on_behalf_of(query: RerankQuery, caller: Caller) -> RerankQuery:
 
 
 def reported_cost(provider_metadata: JsonObject | None) -> Decimal | None:
-    """The cost one gateway answer reports in `providerMetadata.gateway.cost`: a decimal
-    string (spec §4). None when it is absent, or not a finite, non-negative decimal string:
-    a figure we cannot trust is unknown, not zero."""
+    """The cost one gateway answer reports in `providerMetadata.gateway.cost` (spec §4); None
+    unless a finite, non-negative decimal string: a figure we cannot trust is unknown, not 0."""
     gateway = (provider_metadata or {}).get("gateway")
     text = gateway.get("cost") if isinstance(gateway, dict) else None
     if not isinstance(text, str):
@@ -231,9 +207,8 @@ def cost_text(cost: Decimal) -> str:
 
 
 def caller_metadata(outcome: RerankOutcome) -> JsonObject | None:
-    """The provider metadata a caller sees: the gateway's entries, with `gateway.cost` set to
-    this call's total (`outcome.usage.cost`), or without it when that is unknown. None when
-    the gateway sent none (the contract says the field is then unset)."""
+    """The provider metadata a caller sees: the gateway's, with `gateway.cost` this call's
+    total, or without it when unknown (README, "Usage")."""
     if outcome.provider_metadata is None:
         return None
     metadata = dict(outcome.provider_metadata)

@@ -1,18 +1,11 @@
 """Per-caller limits and the day's spend: the values, the store's shape, and the in-process store.
 
-A `LimitStore` answers two questions per call, each in one round trip: may this caller start a
-call now (`admit`: the day's budget, a token from the rate bucket, a concurrency lease), and what
-did the call cost (`finish`: release the lease, charge the cost). `InMemoryLimitStore` keeps
-that state in this process (so with several workers or replicas each enforces its own limits);
-a Redis store keeps it where every replica sees it. Both follow
-the rules of this module's helpers, so they agree on what a limit means:
-
-- the token bucket holds `bucket_size(limits)` tokens, starts full, refills at
-  `requests_per_second`, and a call takes one token;
-- a budget refuses once the day's spend has reached it (`spent >= budget`), so a call may overshoot
-  it by its own cost, never start after it;
-- days are UTC days of the wall clock `now`; costs are integer nano-dollars (`to_nanos`), so
-  sums are exact.
+`InMemoryLimitStore` keeps the state in this process (each worker or replica enforces its own
+limits); `_redis_store` keeps it where every replica sees it. Both follow this module's rules,
+so they agree on what a limit means: the bucket holds `bucket_size` tokens, starts full, and a
+call takes one; a budget refuses once the day's spend has reached it, so a call may overshoot
+it by its own cost, never start after it; days are UTC days of the wall clock `now`; costs are
+integer nano-dollars (`to_nanos`), so sums are exact.
 """
 
 from __future__ import annotations
@@ -25,7 +18,6 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Literal, Protocol
 
 NANOS_PER_USD = 1_000_000_000
-SECONDS_PER_DAY = 86_400
 
 #: How long a caller refused for its concurrency limit should wait: the store cannot know when
 #: one of its calls ends, and a typical rerank call takes about this long.
@@ -77,24 +69,21 @@ class DailyUsage:
 
 
 class LimitStore(Protocol):
-    """Where limits are counted: this process (`InMemoryLimitStore`) or Redis."""
+    """Where limits are counted, in one round trip per question: may this caller start a call
+    now (`admit`: the budget, a token, a concurrency lease; counted as a call or a refusal), and
+    what did it cost (`finish`: release the lease, charge the cost)."""
 
-    async def admit(self, caller: str, limits: CallerLimits, *, now: float) -> Granted | Refused:
-        """One round trip: the budget check (refused when today's spend >= budget), a token from
-        the bucket, a concurrency lease; counts a refusal or a call in today's usage."""
-        ...
+    async def admit(
+        self, caller: str, limits: CallerLimits, *, now: float
+    ) -> Granted | Refused: ...
 
-    async def finish(self, caller: str, lease: str, cost: Decimal | None, *, now: float) -> None:
-        """One round trip: release the lease, charge `cost` (exact decimal) to today's spend."""
-        ...
+    async def finish(
+        self, caller: str, lease: str, cost: Decimal | None, *, now: float
+    ) -> None: ...
 
-    async def usage(self, caller: str, *, now: float) -> DailyUsage:
-        """Today's spend and counts of `caller` (zeros when it has not called today)."""
-        ...
+    async def usage(self, caller: str, *, now: float) -> DailyUsage: ...
 
-    async def aclose(self) -> None:
-        """Release connections; called once, at shutdown."""
-        ...
+    async def aclose(self) -> None: ...
 
 
 def utc_day(now: float) -> str:
@@ -125,6 +114,19 @@ def to_nanos(usd: Decimal) -> int:
 def from_nanos(nanos: int) -> Decimal:
     """Nano-dollars back to an exact decimal of dollars."""
     return Decimal(nanos).scaleb(-9)
+
+
+def charged_nanos(cost: Decimal | None) -> int:
+    """What a call is charged: its cost, or nothing when the gateway reported none."""
+    return to_nanos(cost) if cost is not None and cost > 0 else 0
+
+
+def refusal(limit: str, now: float, wait: float = 0.0) -> Refused:
+    """The refusal for the limit a call met: "budget" (until the next UTC day), "slots" (the
+    concurrency limit) or "rate" (`wait` seconds, until a token is back)."""
+    if limit == "budget":
+        return Refused("CALLER_BUDGET_EXHAUSTED", seconds_to_next_utc_midnight(now))
+    return Refused("CALLER_RATE_LIMITED", CONCURRENCY_RETRY_AFTER if limit == "slots" else wait)
 
 
 @dataclass
@@ -184,7 +186,7 @@ class InMemoryLimitStore:
         if limits.daily_budget_usd is not None and state.spent_nanos >= to_nanos(
             limits.daily_budget_usd
         ):
-            return Refused("CALLER_BUDGET_EXHAUSTED", seconds_to_next_utc_midnight(now))
+            return refusal("budget", now)
         rate = limits.requests_per_second
         if rate is not None:
             # A clock that steps back refills nothing rather than draining the bucket.
@@ -194,9 +196,9 @@ class InMemoryLimitStore:
         if limits.max_concurrent_calls is not None and (
             len(state.leases) >= limits.max_concurrent_calls
         ):
-            return Refused("CALLER_RATE_LIMITED", CONCURRENCY_RETRY_AFTER)
+            return refusal("slots", now)
         if rate is not None and state.tokens < 1.0:
-            return Refused("CALLER_RATE_LIMITED", (1.0 - state.tokens) / rate)
+            return refusal("rate", now, (1.0 - state.tokens) / rate)
         return None
 
     async def finish(self, caller: str, lease: str, cost: Decimal | None, *, now: float) -> None:
@@ -204,9 +206,9 @@ class InMemoryLimitStore:
         if state is None:
             return
         state.leases.discard(lease)
-        if cost is not None and cost > 0:
+        if spent := charged_nanos(cost):
             state.roll_to(utc_day(now))
-            state.spent_nanos += to_nanos(cost)
+            state.spent_nanos += spent
 
     async def usage(self, caller: str, *, now: float) -> DailyUsage:
         day = utc_day(now)

@@ -1,24 +1,15 @@
 """A small Redis client for the calls on the hot path: one pipelined connection, hiredis replies.
 
-Every rerank call of a named caller makes two round trips to Redis (`redis_store`), so their
-cost is the cost of the feature. Commands from concurrent calls go over one connection, those
-issued in one turn of the event loop leave in one write, and their replies (Redis answers in
-order) are parsed by hiredis, in C, from one read. redis-py's asyncio client, with hiredis as
-its parser, cost the server 196 µs more CPU per named-caller call than this one (8 calls in
-flight, median of 7 alternating rounds; the limits layer alone: 274 µs more), where more than
-25 µs keeps this one: `python -m bench.redis_cost` (also in `make bench`). It speaks what the
-store and the cache need: commands and scripts (EVALSHA, loading the script on NOSCRIPT), AUTH
-and SELECT from the URL, TLS.
+Ours because it costs less: redis-py's asyncio client cost the server 196 µs more CPU per
+named-caller call (README, "Which Redis client"; `python -m bench.redis_cost`). Commands from
+concurrent calls share one connection, those of one event-loop turn leave in one write, and
+hiredis parses their replies, in C, from one read. It speaks what the store and the cache need:
+commands and scripts, AUTH and SELECT from the URL, TLS.
 
-Deadline: each call gets `timeout` seconds, connecting included. A call that runs out closes
-the connection (a Redis that does not answer in time is treated as gone; the next call
-reconnects), so replies can never be matched to the wrong command.
-
-Outages: the first failure marks this Redis down (the service's one circuit breaker, opened by
-a single failure) and logs one line; for `retry_interval` seconds after that, calls fail at
-once without trying (a dead or hung Redis costs no call its deadline), then one call at a time
-tries again, and the first to succeed logs one line that it is back. `RedisError` is the one
-exception callers handle.
+A call that runs out of its `timeout` (connecting included) closes the connection, so replies
+can never be matched to the wrong command. The first failure opens a breaker (logged once):
+for `retry_interval` seconds calls fail at once, so a dead or hung Redis costs no call its
+deadline; then one call at a time tries again. `RedisError` is the one exception callers handle.
 """
 
 from __future__ import annotations
@@ -32,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
@@ -53,13 +44,13 @@ class RedisError(Exception):
     """Redis cannot serve this call: unreachable, too slow, or it answered with an error."""
 
 
+_Failure = TypeVar("_Failure", RedisError, None)
+
+
 @dataclass(frozen=True)
 class RedisUrl:
-    """Where a Redis is: `redis://[[user]:password@]host[:port][/db]`, `rediss://` for TLS.
-
-    `?ssl_ca_certs=FILE` (redis-py's name) gives the CA bundle a `rediss://` server's
-    certificate is checked against, instead of the system's.
-    """
+    """`redis://[[user]:password@]host[:port][/db]`, `rediss://` for TLS; `?ssl_ca_certs=FILE`
+    (redis-py's name) checks a TLS server against that CA bundle instead of the system's."""
 
     host: str
     port: int = DEFAULT_PORT
@@ -192,7 +183,7 @@ class RedisClient:
         self._clock = clock
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
-        self._ssl = _ssl_context(url) if url.tls else None
+        self._ssl = ssl.create_default_context(cafile=url.ca_file) if url.tls else None
         self._breaker = CircuitBreaker(
             failure_rate=1.0, window=1, cooldown=retry_interval, clock=clock
         )
@@ -208,7 +199,7 @@ class RedisClient:
         """One command and its reply; `RedisError` when Redis cannot serve it."""
         reply = await self._round_trip(_pack(args))
         if isinstance(reply, hiredis.ReplyError):
-            raise self._failed(RedisError(f"Redis answered: {reply}"))
+            raise self._record(RedisError(f"Redis answered: {reply}"))
         return reply
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -218,7 +209,7 @@ class RedisClient:
             # A new or restarted Redis: EVAL runs the script and keeps it for EVALSHA.
             reply = await self._round_trip(_pack(("EVAL", script.source, len(keys), *keys, *args)))
         if isinstance(reply, hiredis.ReplyError):
-            raise self._failed(RedisError(f"Redis answered: {reply}"))
+            raise self._record(RedisError(f"Redis answered: {reply}"))
         return reply
 
     async def _round_trip(self, packed: bytes) -> Any:
@@ -234,14 +225,14 @@ class RedisClient:
         except TimeoutError:
             self._drop_connection()
             error = RedisError(f"no answer within {self._timeout:.3g} s")
-            raise self._failed(error, probe=probe) from None
+            raise self._record(error, probe=probe) from None
         except (OSError, ssl.SSLError, RedisError) as error:
             self._drop_connection()
-            raise self._failed(RedisError(_describe(error)), probe=probe) from None
+            raise self._record(RedisError(_describe(error)), probe=probe) from None
         except BaseException:
             self._breaker.release(probe=probe)
             raise
-        self._succeeded(probe=probe)
+        self._record(None, probe=probe)
         return reply
 
     async def _connected(self) -> _Connection:
@@ -288,10 +279,14 @@ class RedisClient:
             self._connection.close()
             self._connection = None
 
-    def _failed(self, error: RedisError, *, probe: bool = False) -> RedisError:
+    def _record(self, error: _Failure, *, probe: bool = False) -> _Failure:
+        """Tell the breaker how a call ended (`error` None: it succeeded); log, and tell
+        `on_state`, when that takes Redis down or brings it back."""
         was_up = self.up
-        self._breaker.record(True, probe=probe)
-        if was_up and not self.up:
+        self._breaker.record(error is not None, probe=probe)
+        if was_up == self.up:
+            return error
+        if error is not None:
             self._down_since = self._clock()
             logger.warning(
                 "Redis for %s at %s cannot be used: %s; %s",
@@ -300,22 +295,16 @@ class RedisClient:
                 error,
                 self._when_down,
             )
-            if self._on_state is not None:
-                self._on_state(False)
-        return error
-
-    def _succeeded(self, *, probe: bool) -> None:
-        was_up = self.up
-        self._breaker.record(False, probe=probe)
-        if self.up and not was_up:
+        else:
             logger.warning(
                 "Redis for %s at %s is back after %.1f s",
                 self._purpose,
                 self.url,
                 self._clock() - self._down_since,
             )
-            if self._on_state is not None:
-                self._on_state(True)
+        if self._on_state is not None:
+            self._on_state(self.up)
+        return error
 
     async def aclose(self) -> None:
         if self._connecting is not None:
@@ -329,10 +318,6 @@ def _pack(command: tuple[Arg, ...]) -> bytes:
     """`command` in the Redis protocol (hiredis packs it, in C)."""
     packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]  # its stub says a 1-tuple
     return packed
-
-
-def _ssl_context(url: RedisUrl) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=url.ca_file)
 
 
 def _describe(error: BaseException) -> str:

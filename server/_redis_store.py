@@ -1,27 +1,15 @@
-"""Per-caller limits and spend in Redis, so that every replica enforces one limit.
+"""Per-caller limits and spend, and the result cache's entries, in Redis: every replica
+enforces one limit and finds the others' answers.
 
-`RedisLimitStore` keeps what `limits.InMemoryLimitStore` keeps, under these keys (the caller's
-name in braces is a Redis Cluster hash tag: one caller's keys share a slot, as a script needs):
-
-- `rerank:limits:{CALLER}:bucket`, a hash: the rate bucket's `tokens` and when (`at`, ms) they
-  were counted; it expires once the bucket would be full again (a full bucket is no key).
-- `rerank:limits:{CALLER}:leases`, a sorted set: one lease id per call in flight, scored by
-  when the lease expires; the key expires with its last lease.
-- `rerank:limits:{CALLER}:day:YYYY-MM-DD`, a hash: that UTC day's `spent` (integer
-  nano-dollars), `calls` and `refused`; it expires two days after its last change.
-
-Each of `admit` and `finish` is one Lua script, so one round trip and atomic: no other
+The keys, their lifetimes and the outage behaviour are in the README ("Shared by replicas:
+Redis"). Each of `admit` and `finish` is one Lua script, so one round trip and atomic: no other
 replica's call can come between the check and the take. A concurrency slot is a lease that
-expires (`lease_seconds`, longer than any call may take), so a replica that dies holding slots
-frees them by itself. Scripts take the time from `now` (the replicas' wall clocks, kept in step
-by NTP as usual); the bucket never moves back in time, so a replica whose clock is a little
-behind refills nothing rather than refilling twice.
-
-`FailOpenLimitStore` is how limits survive a Redis outage: calls go on, decided in this process.
+expires, so a replica that dies holding slots frees them by itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -32,15 +20,15 @@ from decimal import Decimal
 
 from rerank.server._errors import LimitsUnavailable
 from rerank.server._limits import (
-    CONCURRENCY_RETRY_AFTER,
     CallerLimits,
     DailyUsage,
     Granted,
     InMemoryLimitStore,
     Refused,
     bucket_size,
+    charged_nanos,
     from_nanos,
-    seconds_to_next_utc_midnight,
+    refusal,
     to_nanos,
     utc_day,
 )
@@ -56,8 +44,9 @@ DAY_SECONDS_KEPT = 2 * 86_400
 # size, concurrency limit ("" = none), budget in nano-dollars ("" = none), lease id, lease
 # lifetime (ms), seconds a day's usage is kept.
 # Returns {decision, retry after (ms), today's spend (nano-dollars, as stored)}; decision is
-# "granted", "budget" or "rate" (rate or concurrency). Every check runs before anything is
-# taken, so a refused call takes no token and no slot.
+# "granted" or the limit met (`limits.refusal`). Every check runs before anything is taken, so
+# a refused call takes no token and no slot. The bucket never moves back in time: a replica
+# whose clock is a little behind refills nothing rather than refilling twice.
 _ADMIT = Script("""
 local now = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
@@ -76,7 +65,7 @@ end
 if slots then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   if redis.call('ZCARD', KEYS[2]) >= slots then
-    return counted('refused', 'rate', -1)
+    return counted('refused', 'slots', 0)
   end
 end
 if rate then
@@ -109,41 +98,22 @@ _FINISH = Script("""
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
-local changed = false
 for i, name in ipairs({'spent', 'calls', 'refused'}) do
   if ARGV[i + 1] ~= '0' then
     redis.call('HINCRBY', KEYS[2], name, ARGV[i + 1])
-    changed = true
+    redis.call('EXPIRE', KEYS[2], ARGV[5])
   end
-end
-if changed then
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
 end
 return 1
 """)
 
 
-def _keys(caller: str) -> tuple[str, str]:
-    base = f"{KEY_PREFIX}:{{{caller}}}"
-    return f"{base}:bucket", f"{base}:leases"
+def _key(caller: str, what: str) -> str:
+    return f"{KEY_PREFIX}:{{{caller}}}:{what}"
 
 
-def _day_key(caller: str, day: str) -> str:
-    return f"{KEY_PREFIX}:{{{caller}}}:day:{day}"
-
-
-def _unavailable(error: RedisError) -> LimitsUnavailable:
-    # The caller hears that the limits are away, not where they live.
-    return LimitsUnavailable("per-caller limits cannot be checked now; retry later")
-
-
-@dataclass(frozen=True)
-class Admission:
-    """`admit`'s decision, with the caller's spend today as Redis holds it (what the
-    fail-open store falls back on when Redis goes away)."""
-
-    decision: Granted | Refused
-    spent_nanos: int
+# The caller hears that the limits are away, not where they live.
+_UNAVAILABLE = "per-caller limits cannot be checked now; retry later"
 
 
 class RedisLimitStore:
@@ -157,12 +127,13 @@ class RedisLimitStore:
         self._lease_ids = itertools.count(1)
 
     async def admit(self, caller: str, limits: CallerLimits, *, now: float) -> Granted | Refused:
-        return (await self.admit_seeing_spend(caller, limits, now=now)).decision
+        return (await self.admit_seeing_spend(caller, limits, now=now))[0]
 
     async def admit_seeing_spend(
         self, caller: str, limits: CallerLimits, *, now: float
-    ) -> Admission:
-        bucket, leases = _keys(caller)
+    ) -> tuple[Granted | Refused, int]:
+        """`admit`'s decision, and the caller's spend today (nano-dollars) as Redis holds it:
+        what the fail-open store falls back on when Redis goes away."""
         rate = limits.requests_per_second
         slots = limits.max_concurrent_calls
         budget = limits.daily_budget_usd
@@ -170,7 +141,11 @@ class RedisLimitStore:
         try:
             decision, wait_ms, spent = await self._client.run(
                 _ADMIT,
-                (bucket, leases, _day_key(caller, utc_day(now))),
+                (
+                    _key(caller, "bucket"),
+                    _key(caller, "leases"),
+                    _key(caller, f"day:{utc_day(now)}"),
+                ),
                 (
                     round(now * 1000),
                     "" if rate is None else rate,
@@ -183,21 +158,13 @@ class RedisLimitStore:
                 ),
             )
         except RedisError as error:
-            raise _unavailable(error) from error
-        spent_nanos = int(spent)
+            raise LimitsUnavailable(_UNAVAILABLE) from error
         if decision == b"granted":
-            return Admission(Granted(lease=lease), spent_nanos)
-        if decision == b"budget":
-            refusal = Refused("CALLER_BUDGET_EXHAUSTED", seconds_to_next_utc_midnight(now))
-        elif wait_ms < 0:  # the concurrency limit
-            refusal = Refused("CALLER_RATE_LIMITED", CONCURRENCY_RETRY_AFTER)
-        else:
-            refusal = Refused("CALLER_RATE_LIMITED", wait_ms / 1000)
-        return Admission(refusal, spent_nanos)
+            return Granted(lease=lease), int(spent)
+        return refusal(decision.decode(), now, wait_ms / 1000), int(spent)
 
     async def finish(self, caller: str, lease: str, cost: Decimal | None, *, now: float) -> None:
-        spent = to_nanos(cost) if cost is not None and cost > 0 else 0
-        await self.add(caller, utc_day(now), lease=lease, spent_nanos=spent)
+        await self.add(caller, utc_day(now), lease=lease, spent_nanos=charged_nanos(cost))
 
     async def add(
         self,
@@ -213,24 +180,23 @@ class RedisLimitStore:
         nothing to do)."""
         if not lease and not (spent_nanos or calls or refused):
             return
-        _, leases = _keys(caller)
         try:
             await self._client.run(
                 _FINISH,
-                (leases, _day_key(caller, day)),
+                (_key(caller, "leases"), _key(caller, f"day:{day}")),
                 (lease, spent_nanos, calls, refused, DAY_SECONDS_KEPT),
             )
         except RedisError as error:
-            raise _unavailable(error) from error
+            raise LimitsUnavailable(_UNAVAILABLE) from error
 
     async def usage(self, caller: str, *, now: float) -> DailyUsage:
         day = utc_day(now)
         try:
             spent, calls, refused = await self._client.call(
-                "HMGET", _day_key(caller, day), "spent", "calls", "refused"
+                "HMGET", _key(caller, f"day:{day}"), "spent", "calls", "refused"
             )
         except RedisError as error:
-            raise _unavailable(error) from error
+            raise LimitsUnavailable(_UNAVAILABLE) from error
         return DailyUsage(
             day=day,
             spent_usd=from_nanos(int(spent or 0)),
@@ -255,36 +221,29 @@ class _Outage:
     number: int
     #: Rates and slots while Redis is away: per process.
     store: InMemoryLimitStore = field(default_factory=InMemoryLimitStore)
-    #: [nano-dollars spent, calls, refusals] counted here and not yet in Redis, by
-    #: (caller, day).
+    #: [nano-dollars spent, calls, refusals] not yet in Redis, by (caller, day).
     counts: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
     def count(
         self, caller: str, day: str, *, spent: int = 0, calls: int = 0, refused: int = 0
     ) -> None:
         counted = self.counts.setdefault((caller, day), [0, 0, 0])
-        counted[0] += spent
-        counted[1] += calls
-        counted[2] += refused
+        for i, n in enumerate((spent, calls, refused)):
+            counted[i] += n
 
 
 class FailOpenLimitStore:
-    """Limits in Redis that do not take the service down with it.
+    """Limits in Redis that do not take the service down with it (README, "Fail open").
 
-    While Redis cannot answer (`RedisClient` leaves it alone a second after each failure, so
-    an outage costs calls no time), every call is decided by an in-process store started for
-    the outage: the caller's rate and concurrency limits hold per process, and its budget holds
-    against what Redis last said it had spent today plus what this process charged since.
-    Once Redis answers again, the calls, refusals and spend counted meanwhile are added to it
-    before anything else is asked of it, and limits are shared again. `RERANK_LIMITS_FAIL_CLOSED=1`
-    uses `RedisLimitStore` alone instead, which refuses calls with `LimitsUnavailable`.
+    While Redis cannot answer, calls are decided by an in-process store started for the outage,
+    the budget against the spend Redis last reported plus what this process charged since; once
+    it answers again, what was counted meanwhile is added to it before anything else is asked.
     """
 
     def __init__(
         self,
         primary: RedisLimitStore,
-        # Called once per call decided in this process because Redis was away (the
-        # rerank_limits_decided_locally_total counter).
+        # Called once per call decided in this process (rerank_limits_decided_locally_total).
         on_local_decision: Callable[[], None] | None = None,
     ) -> None:
         self._primary = primary
@@ -297,11 +256,11 @@ class FailOpenLimitStore:
     async def admit(self, caller: str, limits: CallerLimits, *, now: float) -> Granted | Refused:
         try:
             await self._hand_back()
-            admission = await self._primary.admit_seeing_spend(caller, limits, now=now)
+            decision, spent = await self._primary.admit_seeing_spend(caller, limits, now=now)
         except LimitsUnavailable:
             return await self._admit_here(caller, limits, now)
-        self._spent_seen[caller] = (utc_day(now), admission.spent_nanos)
-        return admission.decision
+        self._spent_seen[caller] = (utc_day(now), spent)
+        return decision
 
     async def _admit_here(self, caller: str, limits: CallerLimits, now: float) -> Granted | Refused:
         outage = self._outage_now()
@@ -328,15 +287,16 @@ class FailOpenLimitStore:
             if self._outage is not None and str(self._outage.number) == number:
                 await self._outage.store.finish(caller, local_lease, None, now=now)
             lease = ""
-        spent = to_nanos(cost) if cost is not None and cost > 0 else 0
+        day = utc_day(now)
+        spent = charged_nanos(cost)
         try:
-            await self._primary.finish(caller, lease, cost, now=now)
+            await self._primary.add(caller, day, lease=lease, spent_nanos=spent)
         except LimitsUnavailable:
             # A Redis lease expires there by itself; the cost is kept here, to hand back.
             if spent:
-                self._outage_now().count(caller, utc_day(now), spent=spent)
+                self._outage_now().count(caller, day, spent=spent)
             return
-        self._saw_spent(caller, utc_day(now), spent)
+        self._saw_spent(caller, day, spent)
 
     async def usage(self, caller: str, *, now: float) -> DailyUsage:
         """Today's usage as Redis holds it; `LimitsUnavailable` while it is away (a figure
@@ -382,18 +342,12 @@ CACHE_KEY_PREFIX = "rerank:cache:"
 
 
 class RedisCacheEntries:
-    """`cache.CacheEntries` in Redis: `rerank:cache:<sha-256 hex>` holds a cached answer's
-    bytes, set with an expiry of `ttl` (`SET ... PX`), so the cache is bounded by its TTL
-    and every replica finds the others' answers.
+    """`cache.CacheEntries` in Redis, each entry set with an expiry of `ttl` (`SET ... PX`).
 
-    A Redis that cannot answer is a miss, and an answer not kept: calls go on uncached
-    (`RedisClient` says so once per outage).
-
-    `shares_limits`: this Redis also holds callers' limits and spend, which must never be
-    evicted to make room for cached answers. Then, on first contact, it is asked its
-    `maxmemory` and `maxmemory-policy` (`INFO memory`): unless it can never evict (no
-    `maxmemory`, or `noeviction`), the cache keeps nothing there and says so once. Cache
-    entries then go elsewhere (`RERANK_CACHE_REDIS_URL`) or nowhere.
+    A Redis that cannot answer is a miss, and an answer not kept: calls go on uncached.
+    `shares_limits`: this Redis also holds limits and spend, which must never be evicted for
+    cached answers; so, on first contact, it is asked whether it may evict (`INFO memory`), and
+    if so the cache keeps nothing there (README, "Eviction").
     """
 
     def __init__(self, client: RedisClient, *, ttl: float, shares_limits: bool) -> None:
@@ -422,7 +376,7 @@ class RedisCacheEntries:
     async def clear(self) -> None:
         """Delete every cache entry (every replica's: they are one cache)."""
         cursor = b"0"
-        try:
+        with contextlib.suppress(RedisError):
             while True:
                 cursor, keys = await self._client.call(
                     "SCAN", cursor, "MATCH", CACHE_KEY_PREFIX + "*", "COUNT", 1000
@@ -431,8 +385,6 @@ class RedisCacheEntries:
                     await self._client.call("UNLINK", *keys)
                 if cursor == b"0":
                     return
-        except RedisError:
-            return
 
     async def _may_use(self) -> bool:
         if self._allowed is None:

@@ -1,25 +1,14 @@
-"""Retries, a retry budget and a circuit breaker around any `Reranker`.
+"""Retries, a retry budget and a circuit breaker around any `Reranker` (README, "Guarantees").
 
-Policy, in one place:
-
-- Retried: `UpstreamUnavailable` (5xx, 408, 409, refused/reset/dropped connections) and
-  `UpstreamRateLimited` (429) — the failures the AI SDK retries. Nothing else: a 4xx will fail
-  the same way again, a protocol error means a broken upstream, and a timeout means the
-  caller's deadline is spent.
-- At most `max_retries` retries (default 2, three attempts, like the AI SDK). The delay is
-  the gateway's `retry-after-ms`/`retry-after` when it gave one (0-60 s), else exponential
-  backoff with full jitter. A retry whose delay would end past the call's deadline is not
-  made: the caller gets the last error at once instead of a wasted wait.
-- A retry budget keeps a failing gateway from being hammered: every first attempt deposits
-  `ratio` of a token, every retry withdraws one; with the bucket empty, failures are not
-  retried. Retries are therefore at most about `ratio` of traffic, plus a small burst.
-- A circuit breaker (`rerank.server._breaker`) fails fast for `cooldown` seconds once at least
-  `failure_rate` of the last `window` attempts found the upstream down (`found_down`); then
-  one probe call at a time goes through, and the first success closes it again. A probe runs
-  to its answer even when its caller leaves (see `ResilientReranker._outliving_its_caller`).
-  While open, callers get UNAVAILABLE with a RetryInfo of the time left. Health stays SERVING
-  meanwhile (see README, "Guarantees"): the gateway is shared by every replica, so taking them
-  all out of a load balancer at once would turn one clear error into "no healthy upstream".
+- Retried: `RETRYABLE`, the failures the AI SDK retries; a 4xx would fail the same way again, a
+  protocol error means a broken upstream, and a timeout means the caller's deadline is spent.
+  A retry whose delay would end past the call's deadline is not made: the caller gets the last
+  error at once instead of a wasted wait.
+- A retry budget keeps a failing gateway from being hammered: retries are at most about `ratio`
+  of traffic, plus a small burst.
+- The circuit breaker (`_breaker`) fails fast once the upstream is found down (`found_down`).
+  Health stays SERVING meanwhile: the gateway is shared by every replica, so taking them all out
+  of a load balancer at once would turn one clear error into "no healthy upstream".
 """
 
 from __future__ import annotations
@@ -77,17 +66,15 @@ def found_down(error: UpstreamError | None) -> bool | None:
 class RetryPolicy:
     """How often and how patiently to retry a retryable failure."""
 
+    #: Retries after the first attempt (the AI SDK's default is 2).
     max_retries: int = 2
-    """Retries after the first attempt (the AI SDK's default is 2)."""
-
+    #: Upper bound of the first jittered delay, seconds; doubles per retry.
     initial_backoff: float = 0.5
-    """Upper bound of the first jittered delay, seconds; doubles per retry."""
-
+    #: Upper bound of any jittered delay, seconds.
     max_backoff: float = 8.0
-    """Upper bound of any jittered delay, seconds."""
 
     def backoff(self, retry: int, rng: random.Random) -> float:
-        """Full jitter: uniform in [0, min(max, initial * 2**retry)]."""
+        """Full jitter."""
         return rng.uniform(0, min(self.max_backoff, self.initial_backoff * 2**retry))
 
 
@@ -211,16 +198,11 @@ class ResilientReranker(RerankerLayer):
     async def _outliving_its_caller(self, probe: Awaitable[T]) -> T:
         """Run the half-open probe to its verdict even when its caller leaves.
 
-        The probe's caller is often cancelled for reasons that say nothing about the gateway:
-        the windows of a large request go through this layer one by one, the first takes the
-        one probe slot, the others are refused ("calls are paused") and that failure cancels
-        the first. Freeing the slot then would let the next large request do the same, and
-        the circuit would never close while only large requests come. So the probe goes on
-        alone (its own deadline still bounds it; `aclose` cancels it at shutdown) and its
-        answer closes or reopens the circuit. Preferred over the alternatives: making the
-        windows of one request share a probe would teach the windows about the breaker, and
-        letting refused calls wait for the probe's verdict would release them all on the
-        gateway at once the moment it closes.
+        Its caller is often cancelled for reasons that say nothing about the gateway: the first
+        window of a large request takes the probe slot, the others are refused, and that
+        cancels the first; freeing the slot then, the circuit would never close while only
+        large requests come. (Windows sharing a probe would teach them about the breaker;
+        refused calls waiting for the verdict would all hit the gateway the moment it closes.)
         """
         task = asyncio.ensure_future(probe)
         self._probes.add(task)

@@ -44,14 +44,12 @@ DEFAULT_WINDOW_SIZES: Mapping[str, int] = {"cohere": 1000, "voyage": 1000}
 class WindowPolicy:
     """How many documents one upstream call may carry, and how many calls run at once."""
 
+    #: By model slug (`voyage/rerank-2.5-lite`) or provider (`voyage`); the slug wins.
     sizes: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_WINDOW_SIZES))
-    """By model slug (`voyage/rerank-2.5-lite`) or provider (`voyage`); the slug wins."""
-
+    #: For models and providers not in `sizes`.
     default_size: int = 1000
-    """For models and providers not in `sizes`."""
-
+    #: Windows of one request in flight at once.
     parallelism: int = 4
-    """Windows of one request in flight at once."""
 
     def size_for(self, model: str) -> int:
         provider = model.split("/", 1)[0]
@@ -84,15 +82,13 @@ class WindowedReranker(RerankerLayer):
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         size = self._policy.size_for(query.model)
-        self._metrics.windows(-(-len(query.documents) // size))
-        call = current_call()
-        if len(query.documents) <= size:
-            if call is not None:
-                call.windows = 1
-            return await self._inner.rerank(query, timeout=timeout)
         starts = range(0, len(query.documents), size)
+        self._metrics.windows(len(starts))
+        call = current_call()
         if call is not None:
-            call.windows = len(starts)
+            call.windows = max(len(starts), 1)
+        if len(starts) <= 1:
+            return await self._inner.rerank(query, timeout=timeout)
         deadline = time.monotonic() + timeout
         slots = asyncio.Semaphore(self._policy.parallelism)
 
