@@ -6,7 +6,7 @@ context, the time left. It makes the call's record with `arrive` and hands the r
 `answer`, which, in this order: opens the server span (continuing the caller's W3C trace
 context), names the caller (a bearer token, or a client certificate that names one), runs the
 method, and writes the access-log line. The door gets back the answer's bytes, or the error to
-answer with (a `RerankError`, or the `Incident` of a bug), and writes it as its protocol does.
+answer with (a `RerankError`, or the `ErrorAnswer` of a bug), and writes it as its protocol does.
 
 The method is a function of the call's `CallRecord` and the request's bytes: the record is the
 call's one state, handed down (`rerank.server._calls`).
@@ -35,6 +35,7 @@ from rerank.server._errors import RerankError, Unauthenticated
 from rerank.server._logs import AccessLog
 from rerank.server._status import (
     SERVER_ERROR_CODES,
+    ErrorAnswer,
     log_failure,
     report_incident,
     status_code_for,
@@ -58,17 +59,9 @@ class Peer(Protocol):
     def auth_context(self) -> Mapping[str, Iterable[bytes]]: ...
 
 
-class Incident:
-    """The answer to a bug: the caller is told its incident id, never the exception."""
-
-    __slots__ = ("message",)
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
-#: What `answer` gives back: the answer's bytes, or the failure to answer with.
-Answer = bytes | RerankError | Incident
+#: What `answer` gives back: the answer's bytes, or the failure to answer with (the answer to a
+#: bug tells the caller its incident id, never the exception).
+Answer = bytes | RerankError | ErrorAnswer
 
 
 class Pipeline:
@@ -155,7 +148,7 @@ class Pipeline:
             return error
         except Exception:
             code = grpc.StatusCode.INTERNAL
-            return Incident(report_incident(method, call))
+            return ErrorAnswer(code, report_incident(method, call), ())
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED  # the caller went away
             raise
