@@ -26,21 +26,15 @@ import grpc
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer
 
 from rerank.server._callers import CallerRegistry
 from rerank.server._calls import CallRecord, close_call, open_call
 from rerank.server._domain import Caller
 from rerank.server._errors import RerankError, Unauthenticated
 from rerank.server._logs import AccessLog
-from rerank.server._status import (
-    SERVER_ERROR_CODES,
-    ErrorAnswer,
-    log_failure,
-    report_incident,
-    status_code_for,
-)
-from rerank.server._tracing import caller_context
+from rerank.server._status import ErrorAnswer, log_failure, report_incident, status_code_for
+from rerank.server._tracing import caller_context, end_span
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +164,6 @@ def _end_server_span(span: Span, method: str, call: CallRecord, code: grpc.Statu
         "rpc.system": "grpc",
         "rpc.service": service,
         "rpc.method": rpc_method,
-        "rpc.grpc.status_code": code.value[0],
         "rerank.request_id": call.request_id,
         "rerank.upstream_attempts": call.upstream_attempts,
         "rerank.windows": call.windows,
@@ -185,10 +178,4 @@ def _end_server_span(span: Span, method: str, call: CallRecord, code: grpc.Statu
         attributes["rerank.top_n"] = call.top_n
     if call.cached is not None:
         attributes["rerank.cached"] = call.cached
-    if call.reason is not None:
-        attributes["error.type"] = call.reason
-    elif code is not grpc.StatusCode.OK:
-        attributes["error.type"] = code.name
-    span.set_attributes(attributes)
-    if code in SERVER_ERROR_CODES:
-        span.set_status(Status(StatusCode.ERROR, call.reason or code.name))
+    end_span(span, attributes, code, call.reason)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import grpc
 from google.rpc import code_pb2, status_pb2
 from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, Tracer
 
 from rerank.server._admission import Admission
 from rerank.server._caller_limits import CallerLimitsReranker
@@ -49,8 +49,8 @@ from rerank.server._errors import (
 )
 from rerank.server._metrics import Metrics
 from rerank.server._pipeline import Handler
-from rerank.server._status import SERVER_ERROR_CODES, log_failure, report_incident, rich_status
-from rerank.server._tracing import BATCH_REQUEST_SPAN, child_span
+from rerank.server._status import log_failure, report_incident, rich_status
+from rerank.server._tracing import BATCH_REQUEST_SPAN, child_span, end_span
 from rerank.server._translate import (
     Page,
     decoded,
@@ -211,20 +211,12 @@ class RerankServicer:
                 status_pb2.Status(code=code_pb2.INTERNAL, message=report_incident(what, note))
             )
         self._metrics.batch_request(code)
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    "rerank.batch.index": position,
-                    "rerank.documents": len(request.documents),
-                    "rpc.grpc.status_code": code.value[0],
-                }
-            )
-            # As the server span says a call's failure (its reason only: our errors' messages
-            # may quote the gateway), an error status for the server's or gateway's own.
-            if code is not grpc.StatusCode.OK:
-                span.set_attribute("error.type", reason or code.name)
-            if code in SERVER_ERROR_CODES:
-                span.set_status(Status(StatusCode.ERROR, reason or code.name))
+        if span.is_recording():  # as a server span says a call's outcome
+            attributes: dict[str, str | int | bool] = {
+                "rerank.batch.index": position,
+                "rerank.documents": len(request.documents),
+            }
+            end_span(span, attributes, code, reason)
 
     async def _answer(
         self, call: CallRecord, request: bytes, timeout: float, *, request_bytes: int

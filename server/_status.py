@@ -56,18 +56,6 @@ STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.UpstreamProtocolError: grpc.StatusCode.INTERNAL,
 }
 
-# OpenTelemetry's gRPC conventions: the statuses that mark a server span as failed (the others
-# are the caller's doing).
-SERVER_ERROR_CODES = frozenset(
-    {
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
 # Failures of ours or upstream's deserve a warning; a caller's mistakes or a refusal under
 # overload are routine and would drown the log at WARNING.
 _OPERATOR_CODES = frozenset(
