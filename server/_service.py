@@ -7,14 +7,10 @@ Errors are raised as `rerank.server._errors` and turned into statuses by the pip
 a BatchRerank's requests each fail alone, so there the servicer turns each one's error into
 its `google.rpc.Status` through the same table (`rerank.server._status.rich_status`).
 
-A Rerank request can be 64 MiB, so how long its copies live is what a call in flight costs.
-gRPC keeps the bytes it received until the call ends, whatever happens to them; the servicer
-takes those bytes, decodes them into the domain values and lets the decoded message go at once
-(to echo object documents it decodes them again at the end; texts are echoed from the query's
-own strings). In flight, a call holds gRPC's bytes and the documents as Python values, not a
-decoded message besides (bench/memory.py measures it). A BatchRerank is taken as its bytes
-too, decoded whole (its requests are held for the whole call), and its requests are answered
-the same way, each from its own serialized bytes, a few at a time.
+A Rerank request can be 64 MiB, so how long its copies live is what a call in flight costs:
+the servicer takes gRPC's bytes and lets the decoded message go at once (README, "Memory per
+call in flight"). A BatchRerank's requests are answered the same way, each from its own
+serialized bytes, a few at a time.
 """
 
 from __future__ import annotations
