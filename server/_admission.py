@@ -20,12 +20,9 @@ from rerank.server._errors import Overloaded
 from rerank.server._metrics import Metrics
 
 HELD_PER_REQUEST_BYTE: Final = 3
-"""Bytes of memory an in-flight Rerank call holds per byte of its request: gRPC's copy of the
-message it received (which it keeps until the call ends), the documents as Python values, and
-what the allocator has not returned of the call's transient copies. Measured by `make bench`
-at 2.4-2.5 for calls of 1,000 documents, with or without the documents echoed (3.0-3.5 where
-the C library is not glibc, whose large blocks `app.return_large_blocks_when_freed` returns);
-rounded up for what the measurement leaves out, such as the answer being sent."""
+"""Bytes of memory an in-flight Rerank call holds per byte of its request: the measured 2.4-2.5
+(README, "Memory per call in flight"; 3.0-3.5 where the C library is not glibc) rounded up for
+what the measurement leaves out, such as the answer being sent."""
 
 
 class Admission:

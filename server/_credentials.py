@@ -1,11 +1,6 @@
-"""The gateway credential, asked for on every call: a fixed key, or a short-lived token in a file.
-
-`GatewayReranker` asks its `Credential` for the bearer token of each request. A fixed key
-(`AI_GATEWAY_API_KEY`, or `VERCEL_OIDC_TOKEN`, which is read once at start: a running process's
-environment never changes) is a `StaticCredential`. A token file (`RERANK_OIDC_TOKEN_FILE`), the
-way platforms mount short-lived OIDC tokens and rotate them in place, is an `OidcTokenFile`: it is
-read again when the file changes and when the token it holds is about to expire. Tokens are
-never logged.
+"""The gateway credential, asked for on every call: a fixed key (`StaticCredential`), or a
+short-lived token in a file the platform rotates (`OidcTokenFile`; README, "OIDC tokens").
+Tokens are never logged.
 """
 
 from __future__ import annotations
@@ -74,11 +69,8 @@ def read_token(path: str) -> str:
 
 
 def jwt_expiry(token: str) -> float | None:
-    """The `exp` claim of a JWT (seconds since the epoch), read without verifying anything; None
-    when the token is not a JWT or has no numeric `exp`.
-
-    Only the gateway can verify the token. This reads the expiry alone, to know when to look
-    for the next one."""
+    """The `exp` claim of a JWT (seconds since the epoch), read without verifying anything (only
+    the gateway can), to know when to look for the next token; None when there is none."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
@@ -94,14 +86,11 @@ def jwt_expiry(token: str) -> float | None:
 
 
 class OidcTokenFile:
-    """A token file the platform rewrites (a mounted service-account token, say).
-
-    `bearer_token()` answers from memory. At most every `check_interval` seconds it `stat`s the
-    file, and reads it again when the file changed (inode, size or modification time: a rename
-    over it, as Kubernetes does, or a write in place), or when the token held expires within
-    `refresh_ahead` seconds (in case the new token came without a visible change). A file that
-    cannot be read then keeps the token held, with a warning; at construction it raises
-    `TokenFileError`.
+    """A token file the platform rewrites, read again when it changed (inode, size or
+    modification time: a rename over it, as Kubernetes does, or a write in place), or when the
+    token held expires within `refresh_ahead` seconds (in case the new token came without a
+    visible change). A file that cannot be read then keeps the token held, with a warning; at
+    construction it raises `TokenFileError`.
     """
 
     auth_method = "oidc"

@@ -25,7 +25,7 @@ RerankError                      something a caller should hear about
     └── UpstreamProtocolError    an answer outside the protocol (bad JSON, bad ranking, ...)
 ```
 
-The gateway adapter is the only place HTTP outcomes become these errors, and `status.py` is
+The gateway adapter is the only place HTTP outcomes become these errors, and `_status.py` is
 the only place these errors become gRPC status codes. Each class's `reason` (its
 `ErrorInfo.reason`) is a value of the contract's `ErrorReason`, in its wire form; a test checks
 that every value is some class's and every class's is a value. Messages are safe to show a
@@ -63,7 +63,7 @@ class RerankError(Exception):
 
 
 class InvalidRequest(RerankError):
-    """The request broke a rule of the contract; `violations` name the fields."""
+    """`violations` name the fields."""
 
     reason = wire_reason(ErrorReason.ERROR_REASON_INVALID_REQUEST)
 
@@ -73,50 +73,41 @@ class InvalidRequest(RerankError):
 
 
 class MalformedRequest(RerankError):
-    """The bytes received do not decode as the method's request message: not protobuf, cut
-    short, or a string field that is not UTF-8. Nothing was decoded, so no field can be named;
-    the message says what protobuf found wrong."""
+    """Nothing was decoded, so no field can be named; the message says what protobuf found
+    wrong."""
 
     reason = wire_reason(ErrorReason.ERROR_REASON_MALFORMED_REQUEST)
 
     @classmethod
     def of(cls, decode_error: Exception) -> MalformedRequest:
         """The error for protobuf's `DecodeError`, whose text names the message type and what
-        was wrong, e.g. "Error parsing message with type 'rerank.v1.RerankRequest': String
-        field had bad UTF-8"."""
+        was wrong."""
         return cls(f"the request could not be decoded: {decode_error}")
 
 
 class Overloaded(RerankError):
-    """The server is at its admission limit and refused the call at once."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_OVERLOADED)
 
 
 class LimitsUnavailable(RerankError):
-    """The per-caller limits live in a Redis that cannot be reached (or did not answer in
-    time), and `RERANK_LIMITS_FAIL_CLOSED=1` says to refuse calls rather than let them go on
-    unchecked. Without that setting such calls go on, counted in the process."""
+    """Only with `RERANK_LIMITS_FAIL_CLOSED=1`: without it such calls go on, counted in the
+    process."""
 
     reason = wire_reason(ErrorReason.ERROR_REASON_LIMITS_UNAVAILABLE)
 
 
 class Unauthenticated(RerankError):
-    """The call carries no bearer token anybody holds, nor a client certificate that names a
-    caller. The message never repeats what was presented."""
+    """The message never repeats what was presented."""
 
     reason = wire_reason(ErrorReason.ERROR_REASON_UNAUTHENTICATED)
 
 
 class NotANamedCaller(RerankError):
-    """Only a caller of `RERANK_CALLERS_FILE` has a standing to ask about (GetUsage)."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_NOT_A_NAMED_CALLER)
 
 
 class CallerRefused(RerankError):
-    """A named caller's own rules (`RERANK_CALLERS_FILE`) refused its call. Never raised
-    itself: each subclass says which rule, and has its own reason."""
+    """Never raised itself: each subclass says which rule, and has its own reason."""
 
     def __init__(
         self, message: str, *, caller: str, retry_after: float | None = None, **details: str
@@ -130,25 +121,19 @@ class CallerRefused(RerankError):
 
 
 class ModelNotAllowed(CallerRefused):
-    """The model is not among the caller's `models`."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_MODEL_NOT_ALLOWED)
 
 
 class CallerRateLimited(CallerRefused):
-    """The caller is over its `requests_per_second` (and `burst`) or `max_concurrent_calls`."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_CALLER_RATE_LIMITED)
 
 
 class CallerBudgetExhausted(CallerRefused):
-    """The caller's spend today has reached its `daily_budget_usd`; a new UTC day resets it."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_CALLER_BUDGET_EXHAUSTED)
 
 
 class UpstreamError(RerankError):
-    """The gateway failed to rank; `status` is the HTTP status when there was one."""
+    """`status` is the HTTP status, when there was one."""
 
     reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_ERROR)
 
@@ -169,61 +154,40 @@ class UpstreamError(RerankError):
 
 
 class UpstreamTimeout(UpstreamError):
-    """The gateway did not answer within the time the call had left."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_TIMEOUT)
 
 
 class UpstreamUnavailable(UpstreamError):
-    """The gateway could not be reached or failed on its side (5xx)."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_UNAVAILABLE)
 
 
 class UpstreamRateLimited(UpstreamError):
-    """The gateway rate-limited us (429)."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_RATE_LIMITED)
 
 
 class UpstreamInvalidRequest(UpstreamError):
-    """The gateway judged the request invalid (400 invalid_request_error)."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_INVALID_REQUEST)
 
 
 class UpstreamForbidden(UpstreamError):
-    """The gateway forbade the call (403 forbidden), e.g. by a team rule."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_FORBIDDEN)
 
 
 class ModelNotFound(UpstreamError):
-    """The gateway does not know the model (404 model_not_found)."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_MODEL_NOT_FOUND)
 
 
 class UpstreamNotFound(UpstreamError):
-    """The gateway lacks a resource other than the model (404 not_found, protocol v4), e.g. a
-    team or a configuration the call names; `ModelNotFound` is the model's own case."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_NOT_FOUND)
 
 
 class UpstreamFailedDependency(UpstreamError):
-    """The provider behind the gateway failed the call (424 failed_dependency)."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_FAILED_DEPENDENCY)
 
 
 class UpstreamAuthentication(UpstreamError):
-    """The gateway rejected this server's credentials (401): an operator must fix it."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_AUTHENTICATION)
 
 
 class UpstreamProtocolError(UpstreamError):
-    """The gateway answered outside its protocol: unparsable or inconsistent."""
-
     reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_PROTOCOL_ERROR)

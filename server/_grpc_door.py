@@ -1,12 +1,11 @@
 """The gRPC ends of the call pipeline: metadata in, status and trailers out.
 
-Every method is registered wrapped once, here, and the wrapping does for each call, in order:
-gRPC's server metrics (gRFC A66: started, and per status the duration and the bytes of the
-messages), a place among the calls in flight (`CallPlaces`), refused before the message is
-read, then the call itself. The service's methods go through the `Pipeline`; the door reads
-their `x-request-id`, `authorization` and trace context from the metadata, and writes the
-answer, or the error's status from the one table (`rerank.server._status`) with the request id
-in the trailers.
+Every method is registered wrapped once, here, and the wrapping (`_door`) does for each call,
+in order: gRPC's server metrics (gRFC A66), a place among the calls in flight (`CallPlaces`),
+refused before the message is read, then the call itself. The service's methods go through the
+`Pipeline`; the door reads their `x-request-id`, `authorization` and trace context, and writes
+the answer, or the error's status from the one table (`rerank.server._status`) with the request
+id in the trailers.
 
 Health and reflection take a shorter path: health checks have places of their own (a flood of
 calls never starves a balancer's probe, nor a flood of Watch streams the calls), a caller is
@@ -14,10 +13,9 @@ required of them only when configured (of reflection, whenever authentication is
 span; a unary check still gets its request id and access-log line.
 
 A place is taken before the message is read because every handler is handed to gRPC as
-request-streaming: gRPC leaves the message unread until the wrapper asks for it, and the wrapper
-asks once the call has its place. The bytes are decoded by the method, so bytes that are not
-its request are a `MalformedRequest` (INVALID_ARGUMENT) of the service, where gRPC would answer
-UNKNOWN.
+request-streaming: gRPC leaves the message unread until the wrapper asks for it. The bytes are
+decoded by the method, so bytes that are not its request are a `MalformedRequest`
+(INVALID_ARGUMENT), where gRPC would answer UNKNOWN.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -34,10 +32,10 @@ from opentelemetry import trace
 
 from rerank.server._admission import CallPlaces
 from rerank.server._calls import CallRecord
-from rerank.server._errors import MalformedRequest, Overloaded, RerankError, Unauthenticated
-from rerank.server._metrics import OTHER, GrpcMethodMetrics, Metrics
+from rerank.server._errors import MalformedRequest, RerankError, Unauthenticated
+from rerank.server._metrics import OTHER, Metrics
 from rerank.server._pipeline import Handler, Pipeline
-from rerank.server._status import error_answer, log_failure
+from rerank.server._status import ErrorAnswer, error_answer, log_failure
 from rerank.server._tracing import TRACE_CONTEXT_KEYS
 
 if TYPE_CHECKING:
@@ -48,6 +46,8 @@ else:
     MethodHandler = grpc.RpcMethodHandler
     GenericHandler = grpc.GenericRpcHandler
 Context = grpc.aio.ServicerContext[Any, Any]
+#: What `_door` wraps: one call's work, given its requests' bytes and the call's `_Call`.
+Body = Callable[[AsyncIterable[bytes], "_Call"], Awaitable[Any]]
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 _REQUEST_ID = "x-request-id"
@@ -98,60 +98,79 @@ class GrpcDoor:
         handler = grpc.stream_stream_rpc_method_handler(_unimplemented)
         server.add_generic_rpc_handlers((_Unknown(self._plain(OTHER, handler)),))
 
-    def _meter(self, method: str) -> GrpcMethodMetrics | None:
-        return None if self._metrics is None else self._metrics.grpc_method(method)
+    def _door(
+        self,
+        method: str,
+        places: CallPlaces,
+        body: Body,
+        serialize: Callable[[Any], bytes],
+        response_streaming: bool = False,
+    ) -> MethodHandler:
+        """`body` wrapped in what every call gets: its metrics, its place, its final status,
+        and the access-log line of a call the pipeline does not log (a health check)."""
+        calls = None if self._metrics is None else self._metrics.grpc_method(method)
+        access_log = self._pipeline.access_log
 
-    def _through_pipeline(self, method: str, handler: Handler) -> MethodHandler:
-        pipeline = self._pipeline
-        places = self._places
-        calls = self._meter(method)
-
-        async def serve(requests: AsyncIterable[bytes], context: Context) -> bytes:
+        async def door(requests: AsyncIterable[bytes], context: Context) -> Any:
             began = time.perf_counter()
             if calls is not None:
                 calls.started.inc()
             code = grpc.StatusCode.OK
-            received = sent = 0
+            state = _Call(context, serialize)
             try:
                 if (refused := places.take()) is not None:
-                    await _refuse(context, method, refused)
+                    log_failure(method, grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+                    await _abort(context, error_answer(refused), None)
                 try:
-                    data = await _only(requests)
-                    received = len(data)
-                    request_id, authorization, carrier = _read(context)
-                    call = pipeline.arrive(request_id, context.time_remaining())
-                    answer = await pipeline.answer(
-                        method, handler, call, data, authorization, context, carrier
-                    )
-                    if isinstance(answer, bytes):
-                        context.set_trailing_metadata(((_REQUEST_ID, call.request_id),))
-                        sent = len(answer)
-                        return answer
-                    if isinstance(answer, RerankError):
-                        await _abort(context, answer, call.request_id)
-                    await context.abort(
-                        grpc.StatusCode.INTERNAL,
-                        answer.message,
-                        trailing_metadata=((_REQUEST_ID, call.request_id),),
-                    )
+                    return await body(requests, state)
                 finally:
                     places.give()
             except BaseException as error:
-                code = _status_of(context, error)
+                # The status gRPC sends: set by an abort or the behaviour, else from the error.
+                code = context.code() or (
+                    grpc.StatusCode.CANCELLED
+                    if isinstance(error, asyncio.CancelledError)
+                    else grpc.StatusCode.UNKNOWN
+                )
                 raise
             finally:
+                seconds = time.perf_counter() - began
                 if calls is not None:
-                    calls.ended(code, time.perf_counter() - began, received, sent)
+                    calls.ended(code, seconds, state.received, state.sent)
+                if state.call is not None:
+                    access_log.write(method, state.call, code, trace.INVALID_SPAN_CONTEXT, seconds)
 
-        return grpc.stream_unary_rpc_method_handler(serve)
+        if response_streaming:
+            return grpc.stream_stream_rpc_method_handler(door)
+        return grpc.stream_unary_rpc_method_handler(door)
+
+    def _through_pipeline(self, method: str, handler: Handler) -> MethodHandler:
+        pipeline = self._pipeline
+
+        async def serve(requests: AsyncIterable[bytes], state: _Call) -> bytes:
+            context = state.context
+            data = await _only(requests)
+            state.received = len(data)
+            request_id, authorization, carrier = _read(context)
+            call = pipeline.arrive(request_id, context.time_remaining())
+            answer = await pipeline.answer(
+                method, handler, call, data, authorization, context, carrier
+            )
+            if isinstance(answer, RerankError):
+                await _abort(context, error_answer(answer), call.request_id)
+            if isinstance(answer, ErrorAnswer):  # an incident
+                await _abort(context, answer, call.request_id)
+            context.set_trailing_metadata(((_REQUEST_ID, call.request_id),))
+            state.sent = len(answer)
+            return answer
+
+        return self._door(method, self._places, serve, _identity)
 
     def _plain(self, method: str, handler: MethodHandler) -> MethodHandler:
         """A health or reflection method on the shorter path, whatever its shape."""
         health = method.startswith(HEALTH_SERVICE)
-        places = self._health_places if health else self._places
         pipeline = self._pipeline
         authenticates = pipeline.authenticates and (self._auth_health or not health)
-        calls = self._meter(method)
         deserialize: Callable[[bytes], Any] = handler.request_deserializer or _identity
         serialize: Callable[[Any], bytes] = handler.response_serializer or _identity
         unary = handler.unary_unary is not None
@@ -163,62 +182,46 @@ class GrpcDoor:
             or handler.stream_stream
         )
 
-        async def plain(requests: AsyncIterator[bytes], context: Context) -> Any:
-            began = time.perf_counter()
-            if calls is not None:
-                calls.started.inc()
-            code = grpc.StatusCode.OK
-            sizes = _Sized(context, serialize)
+        async def plain(requests: AsyncIterable[bytes], state: _Call) -> Any:
+            context = state.context
+            request_id, authorization, _ = _read(context)
             call: CallRecord | None = None
+            if unary:  # a health check: its request id and access-log line
+                call = state.call = pipeline.arrive(request_id, None)
+                context.set_trailing_metadata(((_REQUEST_ID, call.request_id),))
             try:
-                if (refused := places.take()) is not None:
-                    await _refuse(context, method, refused)
-                try:
-                    request_id, authorization, _ = _read(context)
-                    if unary:  # a health check: its request id and access-log line
-                        call = pipeline.arrive(request_id, None)
-                        context.set_trailing_metadata(((_REQUEST_ID, call.request_id),))
+                if authenticates:
+                    pipeline.identify(method, authorization, context)
+                if handler.request_streaming:
+                    request: Any = state.requests(requests, deserialize)
+                else:
+                    data = await _only(requests)
+                    state.received = len(data)
                     try:
-                        if authenticates:
-                            pipeline.identify(method, authorization, context)
-                        if handler.request_streaming:
-                            request: Any = sizes.requests(requests, deserialize)
-                        else:
-                            data = await _only(requests)
-                            sizes.received = len(data)
-                            request = _decoded(deserialize, data, unary)
-                    except RerankError as error:
-                        if call is not None:
-                            call.reason = error.reason
-                        if not isinstance(error, Unauthenticated):  # logged with its reason
-                            log_failure(method, error_answer(error).code, error)
-                        await _abort(context, error, None if call is None else call.request_id)
-                    if unary:
-                        return sizes.sent_as_bytes(await behaviour(request, context))
-                    answers = behaviour(request, sizes)
-                    if inspect.isasyncgen(answers):  # else it writes through the context
-                        async for answer in answers:
-                            await sizes.write(answer)
-                    else:
-                        await answers
-                    return None
-                finally:
-                    places.give()
-            except BaseException as error:
-                code = _status_of(context, error)
-                raise
-            finally:
-                seconds = time.perf_counter() - began
-                if calls is not None:
-                    calls.ended(code, seconds, sizes.received, sizes.sent)
+                        request = deserialize(data)
+                    except DecodeError as exc:
+                        if not unary:  # gRPC answers UNKNOWN, as it would without the door
+                            raise
+                        raise MalformedRequest.of(exc) from None
+            except RerankError as error:
                 if call is not None:
-                    pipeline.access_log.write(
-                        method, call, code, trace.INVALID_SPAN_CONTEXT, seconds
-                    )
+                    call.reason = error.reason
+                failed = error_answer(error)
+                if not isinstance(error, Unauthenticated):  # logged with its reason
+                    log_failure(method, failed.code, error)
+                await _abort(context, failed, None if call is None else call.request_id)
+            if unary:
+                return state.sent_as_bytes(await behaviour(request, context))
+            answers = behaviour(request, state)
+            if inspect.isasyncgen(answers):  # else it writes through the context
+                async for answer in answers:
+                    await state.write(answer)
+            else:
+                await answers
+            return None
 
-        if handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(plain)
-        return grpc.stream_unary_rpc_method_handler(plain)
+        places = self._health_places if health else self._places
+        return self._door(method, places, plain, serialize, handler.response_streaming)
 
 
 def _register(server: grpc.aio.Server, service: str, handlers: dict[str, MethodHandler]) -> None:
@@ -277,30 +280,12 @@ def _read(context: Context) -> tuple[str | None, str | bytes | None, dict[str, s
     return request_id, authorization, carrier
 
 
-async def _refuse(context: Context, method: str, refused: Overloaded) -> NoReturn:
-    """Refuse a call for want of a place, before its message is read."""
-    log_failure(method, grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
-    await _abort(context, refused, None)
-
-
-async def _abort(context: Context, error: RerankError, request_id: str | None) -> NoReturn:
-    """End the call with `error`'s answer from the one table, and its request id."""
-    failed = error_answer(error)
+async def _abort(context: Context, failed: ErrorAnswer, request_id: str | None) -> NoReturn:
+    """End the call with `failed`, and its request id."""
     trailers = failed.trailing_metadata
     if request_id is not None:
         trailers = ((_REQUEST_ID, request_id), *trailers)
     await context.abort(failed.code, failed.message, trailing_metadata=trailers)
-
-
-def _decoded(deserialize: Callable[[bytes], Any], data: bytes, unary: bool) -> Any:
-    """The request in `data`. Bytes that are not one are `MalformedRequest` for a unary
-    method; for a streaming one gRPC answers UNKNOWN, as it would without the door."""
-    try:
-        return deserialize(data)
-    except DecodeError as exc:
-        if not unary:
-            raise
-        raise MalformedRequest.of(exc) from None
 
 
 async def _only(requests: AsyncIterable[bytes]) -> bytes:
@@ -312,29 +297,21 @@ async def _only(requests: AsyncIterable[bytes]) -> bytes:
     raise asyncio.CancelledError
 
 
-def _status_of(context: Context, error: BaseException) -> grpc.StatusCode:
-    """The status gRPC sends for a call that ended with `error`."""
-    code: grpc.StatusCode | None = context.code()
-    if code is not None:  # set by an abort, or by the behaviour
-        return code
-    if isinstance(error, asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.UNKNOWN
-
-
 def _identity(value: Any) -> Any:
     return value
 
 
-class _Sized:
-    """The sizes of one streaming call's messages: the context its behaviour writes through,
-    counting what it writes, and its requests, counted as read."""
+class _Call:
+    """One call at the door: the sizes of its messages, for the metrics, and the record of a
+    call the door logs itself. Also the context a streaming behaviour writes through, counting
+    what it writes."""
 
-    __slots__ = ("_context", "_serialize", "received", "sent")
+    __slots__ = ("_serialize", "call", "context", "received", "sent")
 
     def __init__(self, context: Context, serialize: Callable[[Any], bytes]) -> None:
-        self._context = context
+        self.context = context
         self._serialize = serialize
+        self.call: CallRecord | None = None
         self.received = 0
         self.sent = 0
 
@@ -344,7 +321,7 @@ class _Sized:
         return data
 
     async def write(self, message: Any) -> None:
-        await self._context.write(self.sent_as_bytes(message))
+        await self.context.write(self.sent_as_bytes(message))
 
     async def requests(
         self, requests: AsyncIterable[bytes], deserialize: Callable[[bytes], Any]
@@ -354,4 +331,4 @@ class _Sized:
             yield deserialize(data)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
+        return getattr(self.context, name)

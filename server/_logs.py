@@ -1,13 +1,5 @@
-"""Logs: the two formats every record is written in, and the access log, one record per call.
-
-`--log-format text` (the default, for a terminal) keeps the classic line; `json` writes every
-record, the server's own and its libraries', as one JSON object per line. A record logged while
-a call is being served also carries that call's `request_id`, `trace_id` and `span_id` in JSON,
-so a retry's or an error's line can be found from the call's access-log line.
-
-The access log is its own logger, `rerank.access` (an operator can route or silence it apart),
-at INFO: one record per call when it ends, with the fields of `ACCESS_FIELDS`. Failures are
-always written; successes at the configured sample rate.
+"""Logs: the two formats every record is written in, and the access log, one record per call
+(README, "Logs": the formats, the fields and when a record is written).
 """
 
 from __future__ import annotations
@@ -62,8 +54,8 @@ def configure_logging(level: str, log_format: str) -> None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, process, the
-    record's own fields (an access-log record's), the current call's ids, and a traceback."""
+    """One JSON object per record; one written during a call carries the call's ids, so that it
+    can be found from the call's access-log record."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {

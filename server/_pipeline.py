@@ -6,7 +6,7 @@ context, the time left. It makes the call's record with `arrive` and hands the r
 `answer`, which, in this order: opens the server span (continuing the caller's W3C trace
 context), names the caller (a bearer token, or a client certificate that names one), runs the
 method, and writes the access-log line. The door gets back the answer's bytes, or the error to
-answer with (a `RerankError`, or the `Incident` of a bug), and writes it as its protocol does.
+answer with (a `RerankError`, or the `ErrorAnswer` of a bug), and writes it as its protocol does.
 
 The method is a function of the call's `CallRecord` and the request's bytes: the record is the
 call's one state, handed down (`rerank.server._calls`).
@@ -26,20 +26,15 @@ import grpc
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer
 
 from rerank.server._callers import CallerRegistry
 from rerank.server._calls import CallRecord, close_call, open_call
 from rerank.server._domain import Caller
 from rerank.server._errors import RerankError, Unauthenticated
 from rerank.server._logs import AccessLog
-from rerank.server._status import (
-    SERVER_ERROR_CODES,
-    log_failure,
-    report_incident,
-    status_code_for,
-)
-from rerank.server._tracing import caller_context
+from rerank.server._status import ErrorAnswer, log_failure, report_incident, status_code_for
+from rerank.server._tracing import caller_context, end_span
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +53,9 @@ class Peer(Protocol):
     def auth_context(self) -> Mapping[str, Iterable[bytes]]: ...
 
 
-class Incident:
-    """The answer to a bug: the caller is told its incident id, never the exception."""
-
-    __slots__ = ("message",)
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
-#: What `answer` gives back: the answer's bytes, or the failure to answer with.
-Answer = bytes | RerankError | Incident
+#: What `answer` gives back: the answer's bytes, or the failure to answer with (the answer to a
+#: bug tells the caller its incident id, never the exception).
+Answer = bytes | RerankError | ErrorAnswer
 
 
 class Pipeline:
@@ -155,7 +142,7 @@ class Pipeline:
             return error
         except Exception:
             code = grpc.StatusCode.INTERNAL
-            return Incident(report_incident(method, call))
+            return ErrorAnswer(code, report_incident(method, call), ())
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED  # the caller went away
             raise
@@ -177,7 +164,6 @@ def _end_server_span(span: Span, method: str, call: CallRecord, code: grpc.Statu
         "rpc.system": "grpc",
         "rpc.service": service,
         "rpc.method": rpc_method,
-        "rpc.grpc.status_code": code.value[0],
         "rerank.request_id": call.request_id,
         "rerank.upstream_attempts": call.upstream_attempts,
         "rerank.windows": call.windows,
@@ -192,10 +178,4 @@ def _end_server_span(span: Span, method: str, call: CallRecord, code: grpc.Statu
         attributes["rerank.top_n"] = call.top_n
     if call.cached is not None:
         attributes["rerank.cached"] = call.cached
-    if call.reason is not None:
-        attributes["error.type"] = call.reason
-    elif code is not grpc.StatusCode.OK:
-        attributes["error.type"] = code.name
-    span.set_attributes(attributes)
-    if code in SERVER_ERROR_CODES:
-        span.set_status(Status(StatusCode.ERROR, call.reason or code.name))
+    end_span(span, attributes, code, call.reason)

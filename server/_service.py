@@ -7,14 +7,10 @@ Errors are raised as `rerank.server._errors` and turned into statuses by the pip
 a BatchRerank's requests each fail alone, so there the servicer turns each one's error into
 its `google.rpc.Status` through the same table (`rerank.server._status.rich_status`).
 
-A Rerank request can be 64 MiB, so how long its copies live is what a call in flight costs.
-gRPC keeps the bytes it received until the call ends, whatever happens to them; the servicer
-takes those bytes, decodes them into the domain values and lets the decoded message go at once
-(to echo object documents it decodes them again at the end; texts are echoed from the query's
-own strings). In flight, a call holds gRPC's bytes and the documents as Python values, not a
-decoded message besides (bench/memory.py measures it). A BatchRerank is taken as its bytes
-too, decoded whole (its requests are held for the whole call), and its requests are answered
-the same way, each from its own serialized bytes, a few at a time.
+A Rerank request can be 64 MiB, so how long its copies live is what a call in flight costs:
+the servicer takes gRPC's bytes and lets the decoded message go at once (README, "Memory per
+call in flight"). A BatchRerank's requests are answered the same way, each from its own
+serialized bytes, a few at a time.
 """
 
 from __future__ import annotations
@@ -28,7 +24,7 @@ from dataclasses import dataclass
 import grpc
 from google.rpc import code_pb2, status_pb2
 from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, Tracer
 
 from rerank.server._admission import Admission
 from rerank.server._caller_limits import CallerLimitsReranker
@@ -49,8 +45,8 @@ from rerank.server._errors import (
 )
 from rerank.server._metrics import Metrics
 from rerank.server._pipeline import Handler
-from rerank.server._status import SERVER_ERROR_CODES, log_failure, report_incident, rich_status
-from rerank.server._tracing import BATCH_REQUEST_SPAN, child_span
+from rerank.server._status import log_failure, report_incident, rich_status
+from rerank.server._tracing import BATCH_REQUEST_SPAN, child_span, end_span
 from rerank.server._translate import (
     Page,
     decoded,
@@ -211,20 +207,12 @@ class RerankServicer:
                 status_pb2.Status(code=code_pb2.INTERNAL, message=report_incident(what, note))
             )
         self._metrics.batch_request(code)
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    "rerank.batch.index": position,
-                    "rerank.documents": len(request.documents),
-                    "rpc.grpc.status_code": code.value[0],
-                }
-            )
-            # As the server span says a call's failure (its reason only: our errors' messages
-            # may quote the gateway), an error status for the server's or gateway's own.
-            if code is not grpc.StatusCode.OK:
-                span.set_attribute("error.type", reason or code.name)
-            if code in SERVER_ERROR_CODES:
-                span.set_status(Status(StatusCode.ERROR, reason or code.name))
+        if span.is_recording():  # as a server span says a call's outcome
+            attributes: dict[str, str | int | bool] = {
+                "rerank.batch.index": position,
+                "rerank.documents": len(request.documents),
+            }
+            end_span(span, attributes, code, reason)
 
     async def _answer(
         self, call: CallRecord, request: bytes, timeout: float, *, request_bytes: int

@@ -1,15 +1,7 @@
-"""The one table from `rerank.server._errors` to gRPC status codes, and the rich details sent along.
-
-Every error status carries a `google.rpc.Status` in `grpc-status-details-bin` with an
-ErrorInfo (reason, domain, metadata); field violations travel as BadRequest, and a delay the
-caller should wait as RetryInfo. The reason is the error's `ErrorReason` (the contract's enum,
-in the wire form `rerank.contract.wire_reason` gives it), so each row below is a code and,
-through its class, a documented reason. Whenever there is a RetryInfo there is also the
-`grpc-retry-pushback-ms` trailer, which is what gRPC clients' own retry policies read (gRFC A6).
-
-A failure is logged here too: an error of the table by its code and reason (`log_failure`), and
-anything else, a bug, with its traceback under an incident id that the caller is told instead
-(`report_incident`).
+"""The one table from `rerank.server._errors` to gRPC status codes, and the rich details sent
+along (README, "Errors": what each status carries). A failure is logged here too: an error of
+the table by its code and reason, and a bug with its traceback under an incident id that the
+caller is told instead.
 """
 
 from __future__ import annotations
@@ -20,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from rerank.contract import ERROR_DOMAIN
@@ -64,18 +56,6 @@ STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.UpstreamProtocolError: grpc.StatusCode.INTERNAL,
 }
 
-# OpenTelemetry's gRPC conventions: the statuses that mark a server span as failed (the others
-# are the caller's doing).
-SERVER_ERROR_CODES = frozenset(
-    {
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
 # Failures of ours or upstream's deserve a warning; a caller's mistakes or a refusal under
 # overload are routine and would drown the log at WARNING.
 _OPERATOR_CODES = frozenset(
@@ -113,39 +93,25 @@ def error_answer(error: errors.RerankError) -> ErrorAnswer:
     trailers: list[tuple[str, str | bytes]] = [
         ("grpc-status-details-bin", status.SerializeToString())
     ]
-    delay = retry_delay(error)
-    if delay is not None:
-        trailers.append(("grpc-retry-pushback-ms", str(retry_pushback_ms(error, delay))))
+    if (delay := _retry_delay(error, code)) is not None:
+        # A gRPC client whose retry policy covers the code waits this long, and retries not at
+        # all when it is negative (gRFC A6). One retry layer per hop: the server's own retry
+        # layer has retried the gateway (or chose not to), and a client retrying too would
+        # multiply gateway attempts; the caller's code still reads the RetryInfo. Our own
+        # refusals came before any gateway call: a retry after the delay costs it nothing.
+        pushback = -1 if isinstance(error, errors.UpstreamError) else max(0, round(delay * 1000))
+        trailers.append(("grpc-retry-pushback-ms", str(pushback)))
     return ErrorAnswer(code, status.message, tuple(trailers))
 
 
-def retry_delay(error: errors.RerankError) -> float | None:
+def _retry_delay(error: errors.RerankError, code: grpc.StatusCode) -> float | None:
     """Seconds the caller should wait before trying again (the RetryInfo), or None."""
-    delay = (
-        error.retry_after
-        if isinstance(error, errors.UpstreamError | errors.CallerRefused)
-        else None
-    )
-    if delay is None:
-        delay = _DEFAULT_RETRY_DELAY.get(status_code_for(error))
-    return delay
-
-
-def retry_pushback_ms(error: errors.RerankError, delay: float) -> int:
-    """The `grpc-retry-pushback-ms` for an error with a RetryInfo of `delay` seconds.
-
-    A gRPC client whose retry policy covers the code waits exactly this long before its next
-    attempt, and makes none when it is negative (gRFC A6). One retry layer per hop: failures
-    of the gateway are retried by the server's own retry layer (which already did, or chose
-    not to: the budget, the deadline, an open circuit). A client retrying them as well would
-    multiply gateway attempts (3 client attempts x 3 server attempts = 9), so it is told not
-    to; the caller's code still reads the RetryInfo. Our own refusals (overload, a caller's
-    rate or budget) happened before any gateway call: a retry after the delay costs the
-    gateway nothing.
-    """
-    if isinstance(error, errors.UpstreamError):
-        return -1
-    return max(0, round(delay * 1000))
+    if (
+        isinstance(error, errors.UpstreamError | errors.CallerRefused)
+        and error.retry_after is not None
+    ):
+        return error.retry_after
+    return _DEFAULT_RETRY_DELAY.get(code)
 
 
 def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.Status]:
@@ -173,19 +139,14 @@ def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.
                 ]
             )
         )
-    retry_after = retry_delay(error)
-    if retry_after is not None:
+    if (retry_after := _retry_delay(error, code)) is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(retry_after * 1e9))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-    packed = []
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message)
     for detail in details:
-        holder = any_pb2.Any()
-        holder.Pack(detail)
-        packed.append(holder)
-    return code, status_pb2.Status(
-        code=getattr(code_pb2, code.name), message=error.message, details=packed
-    )
+        status.details.add().Pack(detail)
+    return code, status
 
 
 def log_failure(what: str, code: grpc.StatusCode, error: errors.RerankError) -> None:

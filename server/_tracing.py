@@ -1,27 +1,10 @@
-"""Traces: an OpenTelemetry span tree per call, and the W3C trace context in and out.
+"""Traces: an OpenTelemetry span tree per call, and the W3C trace context in and out (README,
+"Traces": the tree, each span's attributes, what is not traced).
 
-```
-rerank.v1.RerankService/Rerank   SERVER    one per unary call (health checks excepted)
-├── rerank.cache.lookup          INTERNAL  rerank.cache.result = hit | miss | coalesced
-├── rerank.window                INTERNAL  one per window, only when a request is split
-│   └── POST                     CLIENT    one per upstream attempt (HTTP conventions)
-└── POST                         CLIENT    an unsplit request's attempts
-```
-
-The caller's `traceparent`/`tracestate` (and `baggage`) are read from the call's metadata, so the
-server span joins the caller's trace; every upstream HTTP request carries a `traceparent` naming
-the attempt's span as its parent, so the gateway's side joins it too. `baggage` is read into the
-call's context and never sent on: the gateway is on the other side of a trust boundary.
-
-The tracer provider always exists (made per server by `tracer_provider`, never global); spans are
-exported over OTLP (HTTP/protobuf) only when an endpoint is configured (`Settings.export_traces`).
-A call that is not sampled stays cheap: its server span is the SDK's non-recording span, and no
-child span is made under a span that does not record (under every standard sampler a child of an
-unsampled span is unsampled too, and nobody would ever see it). The gateway then gets the server
-span's id as its parent, the only span of ours there is.
-
-Spans carry counts, names and statuses: never a credential, a header's value, a URL's query, a
-query's text or a document.
+A call that is not sampled stays cheap: no child span is made under a span that does not record
+(under every standard sampler a child of an unsampled span is unsampled too, and nobody would
+ever see it). `baggage` is read in and never sent on: the gateway is on the other side of a
+trust boundary. Spans never carry a credential, a header's value, a URL, a query or a document.
 """
 
 from __future__ import annotations
@@ -30,6 +13,7 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import TYPE_CHECKING
 
+import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -37,7 +21,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
-from opentelemetry.trace import Span, SpanContext, SpanKind, Tracer
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:  # config imports the window layer, which imports this module
@@ -66,21 +50,29 @@ SAMPLERS: Mapping[str, bool] = {
     "parentbased_traceidratio": True,
 }
 
+# OpenTelemetry's gRPC conventions: the statuses that mark a server span as failed (the others
+# are the caller's doing).
+SERVER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
 # Both W3C propagators are stateless; one instance of each serves every call.
 _TRACE_CONTEXT = TraceContextTextMapPropagator()
 _BAGGAGE = W3CBaggagePropagator()
 
 
 def tracer_provider(settings: Settings) -> TracerProvider:
-    """This server's own tracer provider (each worker process makes its own, after the fork).
-
-    The SDK reads the standard environment itself: where spans go and how
-    (`OTEL_EXPORTER_OTLP_*`), the sampler (`OTEL_TRACES_SAMPLER`, `_ARG`; by default
-    `parentbased_always_on`), `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` (the service
-    is `rerank-service` unless they name it) and `OTEL_BSP_*`. Exporting nothing, only a
-    caller's sampled trace is recorded (`parentbased_always_off`), so that the sampled flag
-    reaches the gateway as the caller set it, and no CPU goes to spans nobody receives.
-    """
+    """This server's own tracer provider (each worker process makes its own, after the fork);
+    the SDK reads the standard `OTEL_*` environment itself. Exporting nothing, only a caller's
+    sampled trace is recorded, so that the sampled flag reaches the gateway as the caller set
+    it, and no CPU goes to spans nobody receives."""
     resource = Resource.create({SERVICE_VERSION: _version()})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
@@ -139,3 +131,17 @@ def inject_trace_context(headers: dict[str, str], span_context: SpanContext) -> 
     )
     if span_context.trace_state:
         headers["tracestate"] = span_context.trace_state.to_header()
+
+
+def end_span(
+    span: Span, attributes: dict[str, str | int | bool], code: grpc.StatusCode, reason: str | None
+) -> None:
+    """Set `attributes` on `span` with the outcome, `code`: on a failure, `error.type` (the
+    ErrorInfo `reason`, never the message, which may quote the gateway), and an error status
+    when the server or the gateway failed."""
+    attributes["rpc.grpc.status_code"] = code.value[0]
+    if code is not grpc.StatusCode.OK:
+        attributes["error.type"] = reason or code.name
+    span.set_attributes(attributes)
+    if code in SERVER_ERROR_CODES:
+        span.set_status(Status(StatusCode.ERROR, reason or code.name))
