@@ -264,7 +264,7 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
 
     try:
         if settings.workers > 1:
-            return run_workers(settings, settings.workers, ready, metrics)
+            return run_workers(settings, ready, metrics)
         if metrics is not None:
             metrics[1].start()
         # SIGINT before the handlers are installed (during start-up) must not print a traceback.
