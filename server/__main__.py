@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
@@ -216,11 +217,12 @@ def metrics_storage(environ: MutableMapping[str, str]) -> Iterator[Path]:
 
 def _serve_metrics(settings: Settings, path: Path, port: int) -> int:
     # Imported here, once the storage is set: they import prometheus-client.
-    from rerank.server._app import build_info
     from rerank.server._prometheus import serving_metrics
 
+    # The labels of `rerank_build_info`.
+    info = {"version": version("rerank-service"), "gateway_protocol": settings.protocol.value}
     try:
-        with serving_metrics(path, settings.host, port, build_info(settings)) as metrics:
+        with serving_metrics(path, settings.host, port, info) as metrics:
             return _run(settings, metrics)
     except OSError as exc:  # binding the metrics port
         logger.error(

@@ -15,7 +15,6 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -58,14 +57,6 @@ if TYPE_CHECKING:
     from rerank.mock_gateway import LoopbackMockGateway
 
 logger = logging.getLogger(__name__)
-
-
-def build_info(settings: Settings) -> dict[str, str]:
-    """The labels of `rerank_build_info`: this build, and the protocol spoken upstream."""
-    return {
-        "version": metadata.version("rerank-service"),
-        "gateway_protocol": settings.protocol.value,
-    }
 
 
 #: Calls in flight beyond the admission limit that the call limit still lets in (ListModels,
@@ -198,16 +189,6 @@ def build_chain(
     return RerankerChain(cache, cache, resilient)
 
 
-def build_reranker(
-    settings: Settings,
-    gateway: Reranker,
-    metrics: Metrics | None = None,
-    tracer: trace.Tracer | None = None,
-) -> Reranker:
-    """The chain `build_chain` builds, as the one `Reranker` the servicer calls."""
-    return build_chain(settings, gateway, metrics, tracer).reranker
-
-
 def redis_cache_entries(settings: Settings, metrics: Metrics) -> RedisCacheEntries | None:
     """The result cache's entries in Redis with `RERANK_CACHE_BACKEND=redis` (None: in
     memory): in `cache_redis_url`'s Redis, else in the limits' own, which must then never
@@ -256,27 +237,26 @@ def limit_store(settings: Settings, metrics: Metrics) -> LimitStore:
 
 
 def build_gateway(settings: Settings, tracer: trace.Tracer | None = None) -> GatewayReranker:
-    """The gateway adapter for `settings.gateway_url`, over one pooled HTTP session."""
+    """The gateway adapter for `settings.gateway_url`, over one pooled HTTP session; its
+    credential the token file when there is one (read again as it changes), else the key."""
+    credential: Credential
+    if settings.oidc_token_file is not None:
+        try:
+            credential = OidcTokenFile(settings.oidc_token_file)
+        except TokenFileError as exc:
+            raise StartupError(f"RERANK_OIDC_TOKEN_FILE: {exc}") from exc
+    elif settings.api_key is None:
+        raise ValueError("a gateway upstream needs an API key or a token file")
+    else:
+        credential = StaticCredential(settings.api_key, settings.auth_method)
     return GatewayReranker(
         base_url=settings.gateway_url,
-        credential=gateway_credential(settings),
+        credential=credential,
         max_connections=settings.max_connections,
         tracer=tracer,
         protocol=settings.protocol,
         team=settings.gateway_team,
     )
-
-
-def gateway_credential(settings: Settings) -> Credential:
-    """The token file when there is one (read again as it changes), else the fixed key."""
-    if settings.oidc_token_file is not None:
-        try:
-            return OidcTokenFile(settings.oidc_token_file)
-        except TokenFileError as exc:
-            raise StartupError(f"RERANK_OIDC_TOKEN_FILE: {exc}") from exc
-    if settings.api_key is None:
-        raise ValueError("a gateway upstream needs an API key or a token file")
-    return StaticCredential(settings.api_key, settings.auth_method)
 
 
 async def start_server(
@@ -325,7 +305,7 @@ async def start_server(
                 api_key="embedded-mock",
                 oidc_token_file=None,
             )
-        reranker = build_reranker(settings, build_gateway(settings, tracer), metrics, tracer)
+        reranker = build_chain(settings, build_gateway(settings, tracer), metrics, tracer).reranker
     # Outermost, so that every call of a named caller meets its limits first.
     limited = CallerLimitsReranker(reranker, limit_store(settings, metrics), metrics=metrics)
     server = grpc.aio.server(
@@ -424,17 +404,9 @@ async def start_server(
 def refuse_taken_port(host: str, port: int, *, overlap_failed: bool = False) -> None:
     """Raise `StartupError` when a listener (another server) already holds `host:port`.
 
-    The probe binds a socket with SO_REUSEADDR and without SO_REUSEPORT, and closes it. Linux
-    refuses that bind exactly when a socket listens on the port (with or without SO_REUSEPORT,
-    on this address or a wildcard that covers it), and allows it over the TIME_WAIT leftovers
-    of a server that just stopped, so a restart is not refused. A probe connect would not do:
-    it cannot tell a server from a port that merely answers, and a listener that has not
-    started accepting yet would pass it.
-
-    The probe is a check before the bind, not the bind itself. One process then binds without
-    SO_REUSEPORT (see start_server), so the kernel itself refuses every server after it. The
-    workers of a multi-process server must share with SO_REUSEPORT; their parent probes once
-    and then holds a SO_REUSEPORT reservation that later probes collide with (workers.py).
+    A probe bind with SO_REUSEADDR and without SO_REUSEPORT, closed at once: Linux refuses it
+    exactly when something listens there, and allows it over TIME_WAIT leftovers (README, "The
+    port", says why no connect, and what the bind itself and the workers' reservation add).
     """
     try:
         addresses = socket.getaddrinfo(
@@ -487,20 +459,10 @@ LARGE_BLOCK_BYTES = 64 * 1024
 
 def return_large_blocks_when_freed() -> None:
     """Have glibc give every allocation of `LARGE_BLOCK_BYTES` or more its own mapping, which
-    goes back to the system when freed.
-
-    By default glibc raises that threshold each time such a mapping is freed (up to 32 MiB),
-    and from then on serves large blocks from heaps that keep what is freed. A call's large
-    transient blocks (the message gRPC reads, the body sent to the gateway, the answer) then
-    stay resident after use: at 64 and 128 calls of 1,000 documents in flight, 0.6-0.9 times
-    each request's bytes per call (bench/memory.py), so the memory a flood leaves behind was
-    not what the calls held. A fixed threshold also stops the raising. Nothing happens where
-    the C library has no `mallopt` (not glibc).
-
-    The price is a mapping and fresh pages for each such block: about 11 % more server CPU per
-    call of 1,000 documents (0.5 ms of 4.9), nothing measurable at 20 (README, "Memory per
-    call in flight").
-    """
+    goes back to the system when freed; by default glibc raises that threshold as such mappings
+    are freed, and a call's large transient blocks then stay resident after use. The numbers,
+    and the price (a mapping per block), are in README, "Memory per call in flight". Nothing
+    happens where the C library has no `mallopt` (not glibc)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
@@ -515,14 +477,9 @@ async def serve(
     ready: Callable[[RunningServer], None],
     record_metrics: bool = False,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully; re-read the callers file on SIGHUP.
-    With `record_metrics`, record metrics in prometheus-client's storage (the files the
-    `/metrics` endpoint reads, which the server's entry chose).
-
-    SIGTERM is how orchestrators and balancers' owners stop a server: NOT_SERVING, the drain
-    delay, then the grace period. SIGINT is a person at a terminal (Ctrl-C), with no balancer
-    to tell: it skips the drain, and cuts short one already under way.
-    """
+    """Run until SIGTERM (drain, then grace) or SIGINT (a person at a terminal, no balancer
+    to tell: no drain), then stop; re-read the callers file on SIGHUP. With `record_metrics`,
+    record into prometheus-client's storage, which the server's entry chose."""
     metrics = Metrics(PrometheusRecorder()) if record_metrics else Metrics.disabled()
     return_large_blocks_when_freed()
     running = await start_server(settings, metrics=metrics)
