@@ -214,7 +214,8 @@ def metrics_storage(environ: MutableMapping[str, str]) -> Iterator[Path]:
 
 def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] | None) -> int:
     # Imported here, once the storage is set: they import prometheus-client.
-    from rerank.server._app import StartupError, serve
+    from rerank.server._app import serve
+    from rerank.server._listening import StartupError
     from rerank.server._workers import run_workers
 
     def ready(port: int) -> None:

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
-import errno
 import gc
 import logging
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,7 +23,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from rerank.contract import max_response_bytes
-from rerank.server._admission import Admission
+from rerank.server._admission import Admission, return_large_blocks_when_freed
 from rerank.server._breaker import BreakerState, CircuitBreaker
 from rerank.server._cache import CachingReranker
 from rerank.server._caller_limits import CallerLimitsReranker
@@ -42,6 +39,7 @@ from rerank.server._domain import Limits, Reranker
 from rerank.server._gateway import GatewayReranker
 from rerank.server._grpc_door import GrpcDoor
 from rerank.server._limits import InMemoryLimitStore, LimitStore
+from rerank.server._listening import StartupError, refuse_taken_port, server_credentials
 from rerank.server._logs import AccessLog
 from rerank.server._metrics import MeteredUpstream, Metrics
 from rerank.server._pipeline import Pipeline
@@ -66,10 +64,6 @@ BACKSTOP_CALLS = 64
 #: Health checks in flight at most. Counted apart from every other call, so a flood of calls
 #: never refuses a balancer's probe; bounded, so a flood of Watch streams cannot grow forever.
 HEALTH_CALLS = 64
-
-
-class StartupError(Exception):
-    """The server cannot start as configured (port taken, certificate unreadable, ...)."""
 
 
 @dataclass
@@ -399,77 +393,6 @@ async def start_server(
         metrics,
         provider,
     )
-
-
-def refuse_taken_port(host: str, port: int, *, overlap_failed: bool = False) -> None:
-    """Raise `StartupError` when a listener (another server) already holds `host:port`.
-
-    A probe bind with SO_REUSEADDR and without SO_REUSEPORT, closed at once: Linux refuses it
-    exactly when something listens there, and allows it over TIME_WAIT leftovers (README, "The
-    port", says why no connect, and what the bind itself and the workers' reservation add).
-    """
-    try:
-        addresses = socket.getaddrinfo(
-            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except OSError:
-        return  # not an address here: the bind says so
-    for family, kind, protocol, _, address in addresses:
-        with socket.socket(family, kind, protocol) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise StartupError(f"cannot serve on {host}:{port}: {exc.strerror}") from exc
-                hint = (
-                    "it does not share its port (start both with --allow-port-overlap)"
-                    if overlap_failed
-                    else "--allow-port-overlap (RERANK_ALLOW_PORT_OVERLAP=1) shares it on purpose, "
-                    "for a zero-downtime restart"
-                )
-                raise StartupError(
-                    f"cannot serve on {host}:{port}: another server already serves it; {hint}"
-                ) from None
-
-
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS from the certificate and key files, mutual when a client CA is given."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return None
-
-    def read(path: str) -> bytes:
-        with open(path, "rb") as file:
-            return file.read()
-
-    client_ca = read(settings.tls_client_ca_file) if settings.tls_client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(read(settings.tls_key_file), read(settings.tls_cert_file))],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
-
-
-#: glibc's `mallopt` parameter for the size from which an allocation gets its own mapping.
-_M_MMAP_THRESHOLD = -3
-#: That size for the server. The blocks that stayed resident are of 64 KiB and a little more
-#: (transport buffers): thresholds of 72, 96, 128 or 256 KiB left them in the heaps (measured).
-LARGE_BLOCK_BYTES = 64 * 1024
-
-
-def return_large_blocks_when_freed() -> None:
-    """Have glibc give every allocation of `LARGE_BLOCK_BYTES` or more its own mapping, which
-    goes back to the system when freed; by default glibc raises that threshold as such mappings
-    are freed, and a call's large transient blocks then stay resident after use. The numbers,
-    and the price (a mapping per block), are in README, "Memory per call in flight". Nothing
-    happens where the C library has no `mallopt` (not glibc)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    if not mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES):
-        logger.info("mallopt(M_MMAP_THRESHOLD) refused: freed large blocks stay in the heap")
 
 
 async def serve(

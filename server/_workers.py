@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import logging
 import os
 import selectors
@@ -28,8 +27,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rerank.server._app import StartupError, refuse_taken_port, serve
+from rerank.server._app import serve
 from rerank.server._config import Settings
+from rerank.server._listening import StartupError, refuse_taken_port, reserve_port
 from rerank.server._prometheus import MetricsDirectory, MetricsEndpoint
 
 logger = logging.getLogger(__name__)
@@ -46,28 +46,6 @@ START_ATTEMPTS = 3  # replacements in a row that die before they listen: the ser
 STOP_MARGIN = 5.0
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A bound, non-listening SO_REUSEPORT socket holding `host:port` for the workers.
-
-    Without SO_REUSEADDR, so that another server's probe collides with it. Linux refuses that
-    bind over the TIME_WAIT leftovers of a server that bound without SO_REUSEPORT; the probe
-    has passed by then, so only those leftovers refuse it, and it is taken with SO_REUSEADDR.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for reuse_address in (0, 1):
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse_address)
-        try:
-            sock.bind((host, port))
-            return sock
-        except OSError as exc:
-            sock.close()
-            if reuse_address or exc.errno != errno.EADDRINUSE:
-                raise
-    raise AssertionError("unreachable: the second bind returns or raises")
 
 
 def run_workers(
