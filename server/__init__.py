@@ -35,8 +35,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rerank.server._app import RunningServer, StartupError, serve, start_server
+    from rerank.server._app import RunningServer, serve, start_server
     from rerank.server._config import GatewayProtocol, SettingError, Settings, Upstream
+    from rerank.server._listening import StartupError
 
 #: Public name → the private module that defines it.
 _PUBLIC = {
@@ -44,7 +45,7 @@ _PUBLIC = {
     "RunningServer": "_app",
     "SettingError": "_config",
     "Settings": "_config",
-    "StartupError": "_app",
+    "StartupError": "_listening",
     "Upstream": "_config",
     "serve": "_app",
     "start_server": "_app",

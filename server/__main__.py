@@ -1,11 +1,9 @@
 """`python -m rerank.server` / `rerank-server`: read flags and environment once, then serve.
 
-This is the only module that reads the environment. Flags win over `RERANK_*` variables, which
-win over the defaults in `rerank.server._config.Settings`, whose declaration makes both: each
-field's `Names` says its variable and flag. With metrics on, it also sets prometheus-client's
-storage for this process and its workers (`rerank.server._prometheus`): the library reads it
-once, when first imported, so nothing imported at the top here imports it, and the modules
-that do are imported once it is set.
+The only module that reads the environment: flags win over variables, which win over the
+defaults, as each field of `Settings` declares. With metrics on, it sets prometheus-client's
+storage first: the library reads it once, when imported, so the modules that import it are
+imported only after (in the functions below).
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
@@ -42,12 +41,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def command_line() -> _Parser:
-    """The flags of the fields that have one (`Names.flag`), and `--mock`.
-
-    Our own argparse rather than pydantic-settings' CLI source, which makes every field a flag
-    (with extra spellings) where only these have one; and its environment source reads
-    `os.environ` itself, where `settings_from` reads the mapping it is given.
-    """
+    """The flags of the fields that have one, and `--mock`. Not pydantic-settings: it makes
+    every field a flag, and reads `os.environ` itself where `settings_from` reads a mapping."""
     parser = _Parser(
         prog="rerank-server",
         description="gRPC reranking service in front of the AI Gateway. With no "
@@ -141,15 +136,8 @@ def secrets_from(environ: Mapping[str, str], parser: argparse.ArgumentParser) ->
 
 
 def traces_exported(environ: Mapping[str, str]) -> bool:
-    """Whether spans are exported: an OTLP endpoint is set, and the exporter is not `none`.
-
-    The OpenTelemetry SDK reads these variables itself; read here only to refuse, at start, a
-    value the server cannot honour (README, "Operating it").
-
-    Raises:
-        SettingError: another exporter or protocol, an endpoint that is not an HTTP URL, an
-            unknown sampler, or a ratio outside [0, 1].
-    """
+    """Whether spans are exported (an OTLP endpoint, an exporter not `none`). The SDK reads
+    these variables itself: a `SettingError` here only refuses, at start, what it cannot honour."""
 
     def read(name: str) -> str:
         return environ.get(name, "").strip()
@@ -201,40 +189,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.metrics_port is None:
         return _run(settings, None)
     with metrics_storage(os.environ) as path:
-        return _serve_metrics(settings, path, settings.metrics_port)
+        from rerank.server._prometheus import serving_metrics  # once the storage is set
+
+        port = settings.metrics_port
+        info = {"version": version("rerank-service"), "gateway_protocol": settings.protocol.value}
+        try:  # info: the labels of `rerank_build_info`
+            with serving_metrics(path, settings.host, port, info) as metrics:
+                return _run(settings, metrics)
+        except OSError as exc:  # binding the metrics port
+            logger.error(
+                "cannot serve metrics on %s:%d: %s", settings.host, port, exc.strerror or exc
+            )
+            return 1
 
 
 @contextlib.contextmanager
 def metrics_storage(environ: MutableMapping[str, str]) -> Iterator[Path]:
-    """A fresh private directory (mode 0700, a new name: no stale file of an earlier run is
-    read), made prometheus-client's storage in `environ` for this process and the workers it
-    forks (they inherit it); removed at exit."""
+    """A fresh private directory (0700; a new name, so no stale file of an earlier run is read),
+    made prometheus-client's storage in `environ` for this process and its workers."""
     with tempfile.TemporaryDirectory(prefix="rerank-metrics-", ignore_cleanup_errors=True) as path:
         environ["PROMETHEUS_MULTIPROC_DIR"] = path
         yield Path(path)
 
 
-def _serve_metrics(settings: Settings, path: Path, port: int) -> int:
-    # Imported here, once the storage is set: they import prometheus-client.
-    from rerank.server._app import build_info
-    from rerank.server._prometheus import serving_metrics
-
-    try:
-        with serving_metrics(path, settings.host, port, build_info(settings)) as metrics:
-            return _run(settings, metrics)
-    except OSError as exc:  # binding the metrics port
-        logger.error(
-            "cannot serve metrics on %s:%d: %s",
-            settings.host,
-            port,
-            exc.strerror or exc,
-        )
-        return 1
-
-
 def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] | None) -> int:
     # Imported here, once the storage is set: they import prometheus-client.
-    from rerank.server._app import StartupError, serve
+    from rerank.server._app import serve
+    from rerank.server._listening import StartupError
     from rerank.server._workers import run_workers
 
     def ready(port: int) -> None:
@@ -255,16 +236,15 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
             "mutual" if settings.tls_client_ca_file else "on" if settings.tls_cert_file else "off",
         )
         logger.info("%d worker process(es)", settings.workers)
-        # Lines on stdout, so scripts and other test suites can wait for them; the one saying
-        # where metrics are comes first, so it is there once the listening line is. Each is one
-        # write (`say`).
+        # Lines on stdout, for scripts to wait for; where metrics are comes first, so it is there
+        # once the listening line is.
         if metrics is not None:
             say(f"rerank metrics on {metrics[1].url}")
         say(f"rerank server listening on {settings.host}:{port}")
 
     try:
         if settings.workers > 1:
-            return run_workers(settings, settings.workers, ready, metrics)
+            return run_workers(settings, ready, metrics)
         if metrics is not None:
             metrics[1].start()
         # SIGINT before the handlers are installed (during start-up) must not print a traceback.

@@ -12,6 +12,8 @@ of it, so a limit of 256 MiB had let calls hold about 1.5 GB.
 
 from __future__ import annotations
 
+import ctypes
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -19,10 +21,13 @@ from typing import Final
 from rerank.server._errors import Overloaded
 from rerank.server._metrics import Metrics
 
+logger = logging.getLogger(__name__)
+
 HELD_PER_REQUEST_BYTE: Final = 3
 """Bytes of memory an in-flight Rerank call holds per byte of its request: the measured 2.4-2.5
-(README, "Memory per call in flight"; 3.0-3.5 where the C library is not glibc) rounded up for
-what the measurement leaves out, such as the answer being sent."""
+(README, "Memory per call in flight"; 3.0-3.5 where the C library is not glibc, whose large
+blocks `return_large_blocks_when_freed` returns) rounded up for what the measurement leaves
+out, such as the answer being sent."""
 
 
 class Admission:
@@ -103,3 +108,25 @@ class CallPlaces:
 
     def give(self) -> None:
         self.calls -= 1
+
+
+#: glibc's `mallopt` parameter for the size from which an allocation gets its own mapping.
+_M_MMAP_THRESHOLD = -3
+#: That size for the server. The blocks that stayed resident are of 64 KiB and a little more
+#: (transport buffers): thresholds of 72, 96, 128 or 256 KiB left them in the heaps (measured).
+LARGE_BLOCK_BYTES = 64 * 1024
+
+
+def return_large_blocks_when_freed() -> None:
+    """Have glibc give every allocation of `LARGE_BLOCK_BYTES` or more its own mapping, which
+    goes back to the system when freed; by default glibc raises that threshold as such mappings
+    are freed, and a call's large transient blocks then stay resident after use. The numbers,
+    and the price (a mapping per block), are in README, "Memory per call in flight". Nothing
+    happens where the C library has no `mallopt` (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    if not mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES):
+        logger.info("mallopt(M_MMAP_THRESHOLD) refused: freed large blocks stay in the heap")

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
-import errno
 import gc
 import logging
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -27,7 +23,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from rerank.contract import max_response_bytes
-from rerank.server._admission import Admission
+from rerank.server._admission import Admission, return_large_blocks_when_freed
 from rerank.server._breaker import BreakerState, CircuitBreaker
 from rerank.server._cache import CachingReranker
 from rerank.server._caller_limits import CallerLimitsReranker
@@ -43,6 +39,7 @@ from rerank.server._domain import Limits, Reranker
 from rerank.server._gateway import GatewayReranker
 from rerank.server._grpc_door import GrpcDoor
 from rerank.server._limits import InMemoryLimitStore, LimitStore
+from rerank.server._listening import StartupError, refuse_taken_port, server_credentials
 from rerank.server._logs import AccessLog
 from rerank.server._metrics import MeteredUpstream, Metrics
 from rerank.server._pipeline import Pipeline
@@ -60,14 +57,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def build_info(settings: Settings) -> dict[str, str]:
-    """The labels of `rerank_build_info`: this build, and the protocol spoken upstream."""
-    return {
-        "version": metadata.version("rerank-service"),
-        "gateway_protocol": settings.protocol.value,
-    }
-
-
 #: Calls in flight beyond the admission limit that the call limit still lets in (ListModels,
 #: reflection, and calls whose message is still arriving): a hard backstop, so a flood of
 #: slow senders cannot hold memory without bound while admission has not seen them yet.
@@ -75,10 +64,6 @@ BACKSTOP_CALLS = 64
 #: Health checks in flight at most. Counted apart from every other call, so a flood of calls
 #: never refuses a balancer's probe; bounded, so a flood of Watch streams cannot grow forever.
 HEALTH_CALLS = 64
-
-
-class StartupError(Exception):
-    """The server cannot start as configured (port taken, certificate unreadable, ...)."""
 
 
 @dataclass
@@ -198,16 +183,6 @@ def build_chain(
     return RerankerChain(cache, cache, resilient)
 
 
-def build_reranker(
-    settings: Settings,
-    gateway: Reranker,
-    metrics: Metrics | None = None,
-    tracer: trace.Tracer | None = None,
-) -> Reranker:
-    """The chain `build_chain` builds, as the one `Reranker` the servicer calls."""
-    return build_chain(settings, gateway, metrics, tracer).reranker
-
-
 def redis_cache_entries(settings: Settings, metrics: Metrics) -> RedisCacheEntries | None:
     """The result cache's entries in Redis with `RERANK_CACHE_BACKEND=redis` (None: in
     memory): in `cache_redis_url`'s Redis, else in the limits' own, which must then never
@@ -256,27 +231,26 @@ def limit_store(settings: Settings, metrics: Metrics) -> LimitStore:
 
 
 def build_gateway(settings: Settings, tracer: trace.Tracer | None = None) -> GatewayReranker:
-    """The gateway adapter for `settings.gateway_url`, over one pooled HTTP session."""
+    """The gateway adapter for `settings.gateway_url`, over one pooled HTTP session; its
+    credential the token file when there is one (read again as it changes), else the key."""
+    credential: Credential
+    if settings.oidc_token_file is not None:
+        try:
+            credential = OidcTokenFile(settings.oidc_token_file)
+        except TokenFileError as exc:
+            raise StartupError(f"RERANK_OIDC_TOKEN_FILE: {exc}") from exc
+    elif settings.api_key is None:
+        raise ValueError("a gateway upstream needs an API key or a token file")
+    else:
+        credential = StaticCredential(settings.api_key, settings.auth_method)
     return GatewayReranker(
         base_url=settings.gateway_url,
-        credential=gateway_credential(settings),
+        credential=credential,
         max_connections=settings.max_connections,
         tracer=tracer,
         protocol=settings.protocol,
         team=settings.gateway_team,
     )
-
-
-def gateway_credential(settings: Settings) -> Credential:
-    """The token file when there is one (read again as it changes), else the fixed key."""
-    if settings.oidc_token_file is not None:
-        try:
-            return OidcTokenFile(settings.oidc_token_file)
-        except TokenFileError as exc:
-            raise StartupError(f"RERANK_OIDC_TOKEN_FILE: {exc}") from exc
-    if settings.api_key is None:
-        raise ValueError("a gateway upstream needs an API key or a token file")
-    return StaticCredential(settings.api_key, settings.auth_method)
 
 
 async def start_server(
@@ -325,7 +299,7 @@ async def start_server(
                 api_key="embedded-mock",
                 oidc_token_file=None,
             )
-        reranker = build_reranker(settings, build_gateway(settings, tracer), metrics, tracer)
+        reranker = build_chain(settings, build_gateway(settings, tracer), metrics, tracer).reranker
     # Outermost, so that every call of a named caller meets its limits first.
     limited = CallerLimitsReranker(reranker, limit_store(settings, metrics), metrics=metrics)
     server = grpc.aio.server(
@@ -421,108 +395,14 @@ async def start_server(
     )
 
 
-def refuse_taken_port(host: str, port: int, *, overlap_failed: bool = False) -> None:
-    """Raise `StartupError` when a listener (another server) already holds `host:port`.
-
-    The probe binds a socket with SO_REUSEADDR and without SO_REUSEPORT, and closes it. Linux
-    refuses that bind exactly when a socket listens on the port (with or without SO_REUSEPORT,
-    on this address or a wildcard that covers it), and allows it over the TIME_WAIT leftovers
-    of a server that just stopped, so a restart is not refused. A probe connect would not do:
-    it cannot tell a server from a port that merely answers, and a listener that has not
-    started accepting yet would pass it.
-
-    The probe is a check before the bind, not the bind itself. One process then binds without
-    SO_REUSEPORT (see start_server), so the kernel itself refuses every server after it. The
-    workers of a multi-process server must share with SO_REUSEPORT; their parent probes once
-    and then holds a SO_REUSEPORT reservation that later probes collide with (workers.py).
-    """
-    try:
-        addresses = socket.getaddrinfo(
-            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except OSError:
-        return  # not an address here: the bind says so
-    for family, kind, protocol, _, address in addresses:
-        with socket.socket(family, kind, protocol) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise StartupError(f"cannot serve on {host}:{port}: {exc.strerror}") from exc
-                hint = (
-                    "it does not share its port (start both with --allow-port-overlap)"
-                    if overlap_failed
-                    else "--allow-port-overlap (RERANK_ALLOW_PORT_OVERLAP=1) shares it on purpose, "
-                    "for a zero-downtime restart"
-                )
-                raise StartupError(
-                    f"cannot serve on {host}:{port}: another server already serves it; {hint}"
-                ) from None
-
-
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS from the certificate and key files, mutual when a client CA is given."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return None
-
-    def read(path: str) -> bytes:
-        with open(path, "rb") as file:
-            return file.read()
-
-    client_ca = read(settings.tls_client_ca_file) if settings.tls_client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(read(settings.tls_key_file), read(settings.tls_cert_file))],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
-
-
-#: glibc's `mallopt` parameter for the size from which an allocation gets its own mapping.
-_M_MMAP_THRESHOLD = -3
-#: That size for the server. The blocks that stayed resident are of 64 KiB and a little more
-#: (transport buffers): thresholds of 72, 96, 128 or 256 KiB left them in the heaps (measured).
-LARGE_BLOCK_BYTES = 64 * 1024
-
-
-def return_large_blocks_when_freed() -> None:
-    """Have glibc give every allocation of `LARGE_BLOCK_BYTES` or more its own mapping, which
-    goes back to the system when freed.
-
-    By default glibc raises that threshold each time such a mapping is freed (up to 32 MiB),
-    and from then on serves large blocks from heaps that keep what is freed. A call's large
-    transient blocks (the message gRPC reads, the body sent to the gateway, the answer) then
-    stay resident after use: at 64 and 128 calls of 1,000 documents in flight, 0.6-0.9 times
-    each request's bytes per call (bench/memory.py), so the memory a flood leaves behind was
-    not what the calls held. A fixed threshold also stops the raising. Nothing happens where
-    the C library has no `mallopt` (not glibc).
-
-    The price is a mapping and fresh pages for each such block: about 11 % more server CPU per
-    call of 1,000 documents (0.5 ms of 4.9), nothing measurable at 20 (README, "Memory per
-    call in flight").
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    if not mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES):
-        logger.info("mallopt(M_MMAP_THRESHOLD) refused: freed large blocks stay in the heap")
-
-
 async def serve(
     settings: Settings,
     ready: Callable[[RunningServer], None],
     record_metrics: bool = False,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully; re-read the callers file on SIGHUP.
-    With `record_metrics`, record metrics in prometheus-client's storage (the files the
-    `/metrics` endpoint reads, which the server's entry chose).
-
-    SIGTERM is how orchestrators and balancers' owners stop a server: NOT_SERVING, the drain
-    delay, then the grace period. SIGINT is a person at a terminal (Ctrl-C), with no balancer
-    to tell: it skips the drain, and cuts short one already under way.
-    """
+    """Run until SIGTERM (drain, then grace) or SIGINT (a person at a terminal, no balancer
+    to tell: no drain), then stop; re-read the callers file on SIGHUP. With `record_metrics`,
+    record into prometheus-client's storage, which the server's entry chose."""
     metrics = Metrics(PrometheusRecorder()) if record_metrics else Metrics.disabled()
     return_large_blocks_when_freed()
     running = await start_server(settings, metrics=metrics)

@@ -1,24 +1,9 @@
-"""Named callers: `RERANK_CALLERS_FILE`, read into a `CallerDirectory` that recognises them.
+"""Named callers: `RERANK_CALLERS_FILE` (its format and rules: README, "Callers, limits and
+budgets"), read into a `CallerDirectory` that recognises them.
 
-The file is TOML, one table per caller:
-
-```toml
-[callers.search-api]
-token_sha256 = "…"          # hex SHA-256 of its bearer token (preferred), or `token = "…"`
-requests_per_second = 5     # token bucket refill rate       (optional; default unlimited)
-burst = 5                   # bucket size                    (optional; default the rate)
-max_concurrent_calls = 16   # calls in flight at once        (optional; default unlimited)
-daily_budget_usd = 20.0     # the gateway's cost per UTC day (optional; default unlimited)
-models = ["cohere/*"]       # model slugs it may use, globs  (optional; default all)
-cache_scope = "shared"      # share the result cache with others (optional; default "caller")
-subject = "CN=search-api,O=Example"   # with mutual TLS: its certificate's subject, and/or
-san = ["search-api.internal"]         # entries of its subject alternative names
-```
-
-Each table is read by a pydantic model (`_Caller`); every mistake, pydantic's or the model's
-own, is a `CallersFileError` of one line naming the caller and the key. Tokens and
-their digests never appear in one: the directory keeps only SHA-256 digests, compared in
-constant time.
+Each table is read by a pydantic model (`_Caller`), whose key docs are what each key must be;
+every mistake is a `CallersFileError` of one line naming the caller and the key, never a token
+or a digest: the directory keeps only SHA-256 digests, compared in constant time.
 """
 
 from __future__ import annotations
@@ -64,11 +49,8 @@ class CallerEntry:
 
 @dataclass(frozen=True)
 class CallerDirectory:
-    """Who is who: bearer-token digests and certificate names to callers.
-
-    A digest maps to a named `Caller`, or to None for a token of `RERANK_AUTH_TOKENS` (a
-    caller without a name or limits).
-    """
+    """Who is who: bearer-token digests and certificate names to callers (None: a token of
+    `RERANK_AUTH_TOKENS`, a caller without a name or limits)."""
 
     _tokens: tuple[tuple[bytes, Caller | None], ...] = ()
     _subjects: Mapping[str, Caller] = field(default_factory=dict)
@@ -88,11 +70,8 @@ class CallerDirectory:
         return tuple(sorted({caller.name for caller in named}))
 
     def for_token(self, token: bytes) -> tuple[bool, Caller | None]:
-        """(known, caller) for a presented bearer token; `caller` is None for an unnamed one.
-
-        Every digest is compared, in constant time, so the time taken tells nothing about
-        which token (if any) came close.
-        """
+        """(known, caller) for a presented bearer token. Every digest is compared, in constant
+        time, so the time taken tells nothing about which token (if any) came close."""
         digest = hashlib.sha256(token).digest()
         known = False
         found: Caller | None = None
@@ -325,12 +304,8 @@ def _parse_error(source: str, text: str, exc: tomllib.TOMLDecodeError) -> Caller
 
 
 class CallerRegistry:
-    """The directory in force, and its reload from the file (on SIGHUP).
-
-    A reload swaps the whole directory at once; a call already past authentication keeps the
-    `Caller` it was given. A file that cannot be used on reload is logged and the directory
-    in force stays.
-    """
+    """The directory in force, and its reload from the file (SIGHUP), swapped whole: a call
+    already past authentication keeps the `Caller` it was given."""
 
     def __init__(self, path: str | None, unnamed_tokens: Iterable[str] = ()) -> None:
         self._path = path

@@ -1,16 +1,11 @@
-"""The server's settings: one frozen pydantic model, `Settings`, built once in `__main__` from
-flags and environment, then passed down.
-
-Each field is declared once: its type and range, its default, the names a user sets it by
-(`Names`: variable and flag) and its one-line doc. From that declaration come the command line
-and the reading of the environment (`__main__`, the only reader of either), validation, the one
-line a bad value stops the start with (`SettingError`, whoever built the settings: `__main__`,
-the testing kit or a test) and the README's settings table (tools/settings_table.py).
+"""The server's settings: one frozen pydantic dataclass, `Settings`, built once in `__main__`
+from flags and environment, then passed down. Each field's declaration (type, range, default,
+`Names`, one-line doc) makes the command line, the validation, the one line a bad value stops
+the start with (`SettingError`, whoever builds the settings) and the README's settings table.
 """
 
 from __future__ import annotations
 
-import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -44,8 +39,7 @@ SWITCH_WORDS = "on (1, true, yes, on) or off (empty, 0, false, no, off)"
 
 
 class GatewayProtocol(Enum):
-    """The gateway's reranking protocol: v3 as `ai` 6 speaks it, v4 as `ai` 7 does (what
-    differs is one table, `rerank.server._gateway.PROTOCOL_FACTS`)."""
+    """The gateway's reranking protocol: v3 as `ai` 6 speaks it, v4 as `ai` 7 does."""
 
     V3 = "v3"
     V4 = "v4"
@@ -81,11 +75,9 @@ class SettingError(Exception):
 
 @dataclass(frozen=True)
 class Names:
-    """How a user sets a field: its variable (by default `RERANK_` and the field's name in
-    capitals; None: none) and its flag, which wins; or, for a value read otherwise, the
-    `label` errors and the table name it by. A field without a variable, flag or label is
-    derived by `__main__`. (A secret is a field out of the repr, `Field(repr=False)`: never
-    logged, never echoed in an error.)"""
+    """How a user sets a field: its flag, which wins, and its variable (by default `RERANK_`
+    and the name in capitals; None: none); or the `label` of a value read otherwise. With none
+    of them, `__main__` derives it. (A secret is a field with `repr=False`: never echoed.)"""
 
     flag: str | None = None
     env: str | None = ""
@@ -111,11 +103,6 @@ def _must(test: Callable[[str], bool]) -> AfterValidator:
         return text
 
     return AfterValidator(check)
-
-
-def _visible_ascii(text: str) -> bool:
-    """Header-safe: printable ASCII without spaces (what a bearer token or API key is)."""
-    return bool(text) and all(c in string.printable and not c.isspace() for c in text)
 
 
 def _http_url(text: str) -> bool:
@@ -147,9 +134,10 @@ def _n(low: float | None = None, high: float | None = None, *, above: float | No
 
 Host = Annotated[str, Says("a host name or address"), _must(lambda t: t.split() == [t])]
 Url = Annotated[str, Says("an http:// or https:// URL"), _must(_http_url)]
-Visible = Annotated[str, Says("visible ASCII without spaces"), _must(_visible_ascii)]
+# Header-safe: printable ASCII without spaces (what a bearer token or API key is).
+Visible = Annotated[str, Says("visible ASCII without spaces"), Field(pattern="^[!-~]+$")]
 Team = Annotated[Visible, Says("a team id or slug: visible ASCII without spaces")]
-Path = Annotated[str, Says("a file path"), _must(lambda text: bool(text) and "\0" not in text)]
+Path = Annotated[str, Says("a file path"), Field(pattern="^[^\\x00]+$")]
 Slug = Annotated[str, Says("a model slug 'provider/model'"), _must(is_model_slug)]
 Redis = Annotated[
     RedisUrl,

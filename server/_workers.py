@@ -1,34 +1,16 @@
-"""`--workers N`: N server processes sharing one port through SO_REUSEPORT, and their parent.
+"""`--workers N`: N server processes sharing one port through SO_REUSEPORT, and their parent,
+which only supervises (README, "Workers" and "The port", says what it does and when).
 
-The kernel spreads incoming connections across the workers' listening sockets, so N processes
-use N cores with no proxy in between. Workers are forked before any of them starts a gRPC
-server (gRPC does not survive a fork once its core is running), and the parent never starts
-one, so it can fork a replacement at any time. The parent only supervises:
-
-- It refuses a port another server serves (`app.refuse_taken_port`), then holds the port with
-  a bound, non-listening SO_REUSEPORT socket, so `--port 0` resolves once, for all, and the
-  probe of a server started while the workers start collides with it.
-- It prints the one ready line once every worker listens. A worker that cannot start then
-  stops the others, and the server fails with that worker's reason.
-- It replaces a worker that dies while serving, after a back-off that doubles with each death
-  in that worker's slot (from `FIRST_BACKOFF` up to `MAX_BACKOFF`; back to the first once a
-  worker has served `STABLE_AFTER`). A replacement that dies before it listens counts against
-  the slot: `START_ATTEMPTS` in a row stop the server with the last one's reason, rather than
-  restarting a worker that can never start (a certificate gone from disk, say) forever.
-- It forwards SIGTERM and SIGINT, and SIGKILLs a worker still running after the drain delay,
-  the grace period and `STOP_MARGIN`; the server then exits 1.
-- It forwards SIGHUP (re-read the callers file) to every live worker, and outlives it: each
-  worker re-reads the file on its own. A replacement reads the file as it is when it starts.
-
-Workers tell the parent how their start went over one pipe, a line each: `<pid> ready`, or
-`<pid> failed <reason>` just before they exit. Signals reach the parent's loop through
+Workers are forked before any of them starts a gRPC server (gRPC does not survive a fork once
+its core runs), and the parent never starts one, so it can fork a replacement at any time. It
+holds the port with a bound, non-listening SO_REUSEPORT socket, so `--port 0` resolves once,
+for all. Workers report their start over one pipe, a line each (`<pid> ready`, or
+`<pid> failed <reason>` just before they exit); signals reach the parent's loop through
 `signal.set_wakeup_fd`, so one `select` waits for workers, signals and timers alike.
 
-With metrics on, the parent also serves `/metrics` over the files every worker writes
-(`rerank.server._prometheus`), and when a worker exits it drops that worker's live gauges. That
-endpoint runs threads in the parent, which then forks replacements: each fork happens while
-the endpoint holds off rendering (`MetricsEndpoint.quiet`), so no lock a scrape takes is held
-in the child.
+With metrics on, the parent serves `/metrics` over the files every worker writes. That
+endpoint runs threads, and the parent forks replacements: each fork happens while the endpoint
+holds off rendering (`MetricsEndpoint.quiet`), so no lock a scrape takes is held in the child.
 """
 
 from __future__ import annotations
@@ -36,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import logging
 import os
 import selectors
@@ -46,63 +27,34 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rerank.server._app import RunningServer, StartupError, refuse_taken_port, serve
+from rerank.server._app import serve
 from rerank.server._config import Settings
+from rerank.server._listening import StartupError, refuse_taken_port, reserve_port
 from rerank.server._prometheus import MetricsDirectory, MetricsEndpoint
 
 logger = logging.getLogger(__name__)
 
-#: Seconds every worker has to listen at the start.
-READY_TIMEOUT = 60.0
-#: Seconds before a dead worker is replaced; doubles per death in its slot, up to MAX_BACKOFF.
+READY_TIMEOUT = 60.0  # seconds every worker has to listen at the start
+# Seconds before a dead worker is replaced: doubles per death in its slot, up to MAX_BACKOFF,
+# and starts afresh once a worker served STABLE_AFTER.
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
-#: A worker that served this many seconds before it died starts its slot's back-off afresh.
 STABLE_AFTER = 60.0
-#: Replacements in a row that die before they listen, after which the server stops.
-START_ATTEMPTS = 3
-#: Seconds a stopping worker gets beyond drain and grace: closing the HTTP pool and the
-#: embedded mock, and the last second `serve` waits for cancelled calls to unwind.
+START_ATTEMPTS = 3  # replacements in a row that die before they listen: the server stops
+# Seconds a stopping worker gets beyond drain and grace: closing the HTTP pool and the
+# embedded mock, and the last second `serve` waits for cancelled calls to unwind.
 STOP_MARGIN = 5.0
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A bound, non-listening SO_REUSEPORT socket holding `host:port` for the workers.
-
-    Without SO_REUSEADDR, so that another server's probe collides with it. Linux refuses such
-    a bind over the TIME_WAIT leftovers of a server that bound without SO_REUSEPORT (one
-    process that just stopped); the probe has passed by then, so that refusal can only be
-    those leftovers, and the reservation is taken again with SO_REUSEADDR.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for reuse_address in (False, True):
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if reuse_address:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            if reuse_address or exc.errno != errno.EADDRINUSE:
-                raise
-            continue
-        return sock
-    raise AssertionError("unreachable: the second bind returns or raises")
-
-
 def run_workers(
     settings: Settings,
-    workers: int,
     ready: Callable[[int], None],
     metrics: tuple[MetricsDirectory, MetricsEndpoint] | None = None,
 ) -> int:
-    """Serve with `workers` processes on one port; return the exit status for the whole group.
-
-    `metrics`: the directory the workers record into and the endpoint (bound, not yet serving)
-    this process serves it from once the first workers are forked."""
+    """Serve with `settings.workers` processes on one port; the exit status for them all.
+    `metrics`: the directory the workers record into and its endpoint (bound, not serving)."""
     if settings.port != 0 and not settings.allow_port_overlap:
         refuse_taken_port(settings.host, settings.port)
     try:
@@ -117,7 +69,7 @@ def run_workers(
         settings, port=reservation.getsockname()[1], allow_port_overlap=True
     )
     try:
-        return _Supervisor(shared, workers, reservation, metrics).run(ready)
+        return _Supervisor(shared, reservation, metrics).run(ready)
     finally:
         reservation.close()
 
@@ -140,14 +92,13 @@ class _Supervisor:
     def __init__(
         self,
         settings: Settings,
-        workers: int,
         reservation: socket.socket,
         metrics: tuple[MetricsDirectory, MetricsEndpoint] | None,
     ) -> None:
         self._settings = settings
         self._reservation = reservation
         self._metrics = metrics
-        self._slots = [_Slot(number) for number in range(1, workers + 1)]
+        self._slots = [_Slot(number) for number in range(1, settings.workers + 1)]
         self._status_read, self._status_write = os.pipe()
         self._wakeup_read, self._wakeup_write = os.pipe()
         for fd in (self._status_read, self._wakeup_read, self._wakeup_write):
@@ -175,6 +126,10 @@ class _Supervisor:
             raise StartupError(self._startup_failure)
         return self._exit_status
 
+    @property
+    def _starting(self) -> bool:
+        return not self._serving and self._stop_signal is None
+
     def _supervise(self, ready: Callable[[int], None]) -> None:
         for slot in self._slots:
             self._spawn(slot)
@@ -186,26 +141,24 @@ class _Supervisor:
             selector.register(self._wakeup_read, selectors.EVENT_READ)
             selector.register(self._status_read, selectors.EVENT_READ)
             while any(slot.pid or slot.restart_at is not None for slot in self._slots):
-                selector.select(self._timeout(ready_by))
+                deadlines = [s.restart_at for s in self._slots if s.restart_at is not None]
+                deadlines += [ready_by] if self._starting else []
+                deadlines += [self._kill_at] if self._kill_at is not None else []
+                now = time.monotonic()
+                selector.select(max(0.0, min(deadlines) - now) if deadlines else None)
                 # Signals first: a worker that a Ctrl-C on the terminal killed while starting
                 # is then seen as stopping, not as failing to start.
-                for signum in self._signals():
+                for signum in _read_all(self._wakeup_read, 512):
                     if signum in (signal.SIGTERM, signal.SIGINT):
                         self._stop(signum)
-                    elif signum == signal.SIGHUP:
-                        self._reload()
+                    elif signum == signal.SIGHUP and self._stop_signal is None:
+                        # Each worker re-reads the callers file itself. Not while stopping: a
+                        # worker out of its event loop has lost its handler, and would die.
+                        self._send(signal.SIGHUP)
                 # Then what workers said, before their deaths: a reason precedes its exit.
                 self._read_status(ready)
                 self._reap()
                 self._on_time(time.monotonic(), ready_by)
-
-    def _timeout(self, ready_by: float) -> float | None:
-        deadlines = [slot.restart_at for slot in self._slots if slot.restart_at is not None]
-        if not self._serving and self._stop_signal is None:
-            deadlines.append(ready_by)
-        if self._kill_at is not None:
-            deadlines.append(self._kill_at)
-        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _spawn(self, slot: _Slot) -> None:
         slot.restart_at = None
@@ -236,18 +189,8 @@ class _Supervisor:
         if self._metrics is not None:
             self._metrics[1].close_in_child()
 
-    def _signals(self) -> list[int]:
-        received = b""
-        with contextlib.suppress(BlockingIOError):
-            while chunk := os.read(self._wakeup_read, 512):
-                received += chunk
-        return list(received)
-
     def _read_status(self, ready: Callable[[int], None]) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while chunk := os.read(self._status_read, 65536):
-                self._unread += chunk
-        *lines, self._unread = self._unread.split(b"\n")
+        *lines, self._unread = (self._unread + _read_all(self._status_read, 65536)).split(b"\n")
         for line in lines:
             pid, _, message = line.decode(errors="replace").partition(" ")
             slot = self._slot_of(int(pid))
@@ -258,8 +201,7 @@ class _Supervisor:
                 continue
             slot.listening, slot.failed_starts = True, 0
             logger.info("worker %d (pid %d) listening", slot.number, slot.pid)
-            starting = not self._serving and self._stop_signal is None
-            if starting and all(s.listening for s in self._slots):
+            if self._starting and all(s.listening for s in self._slots):
                 self._serving = True
                 ready(self._settings.port)
 
@@ -333,22 +275,14 @@ class _Supervisor:
             self._kill_at = time.monotonic() + self._stop_budget()
             for slot in self._slots:
                 slot.restart_at = None
+        self._send(signum)
+
+    def _send(self, signum: int) -> None:
         for slot in self._slots:
             if slot.pid:
                 # A worker that has exited but is not reaped yet is not there to tell.
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, signum)
-
-    def _reload(self) -> None:
-        """Pass a SIGHUP on to every live worker: each re-reads the callers file itself."""
-        if self._stop_signal is not None:
-            # A stopping worker may have left its event loop, and with it its SIGHUP handler:
-            # the default action would kill it.
-            return
-        for slot in self._slots:
-            if slot.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.pid, signal.SIGHUP)
 
     def _on_time(self, now: float, ready_by: float) -> None:
         for slot in self._slots:
@@ -366,10 +300,9 @@ class _Supervisor:
                         self._stop_budget(),
                         STOP_MARGIN,
                     )
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(slot.pid, signal.SIGKILL)
                     self._exit_status = 1
-        if not self._serving and self._stop_signal is None and now >= ready_by:
+            self._send(signal.SIGKILL)
+        if self._starting and now >= ready_by:
             self._startup_failure = f"not every worker listened within {READY_TIMEOUT:.0f} s"
             self._stop(signal.SIGINT)
 
@@ -385,17 +318,23 @@ def _wake(_signum: int, _frame: object) -> None:
     """A handler that does nothing: the wakeup fd carries the signal to the loop."""
 
 
+def _read_all(fd: int, size: int) -> bytes:
+    """What a non-blocking pipe holds now."""
+    received = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, size):
+            received += chunk
+    return received
+
+
 def _worker(settings: Settings, status_write: int, record_metrics: bool) -> int:
     def report(message: str) -> None:
         line = f"{os.getpid()} {message}".replace("\n", " ")[:2000] + "\n"
         os.write(status_write, line.encode())
 
-    def listening(_running: RunningServer) -> None:
-        report("ready")
-
     try:
         try:
-            asyncio.run(serve(settings, listening, record_metrics))
+            asyncio.run(serve(settings, lambda _running: report("ready"), record_metrics))
         finally:
             # Closing the loop put SIGHUP's default action (death) back; a reload sent now
             # must not turn a clean exit, or a failed start's reason, into "killed by SIGHUP".
