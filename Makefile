@@ -103,7 +103,7 @@ run-mock: $(STAMP) ## Serve the mock gateway alone on $(HOST):$(MOCK_PORT)
 bench: $(STAMP) ## Load benchmark, ~5 min (BENCH_QUICK=1: shorter; BENCH_ARGS=--smoke: ~10 s; AGAINST=REF: A/B)
 	$(PY) -m bench $(BENCH_ARGS) $(if $(AGAINST),--against '$(AGAINST)')
 
-clean: ## Remove .venv and caches
+clean: ## Remove .venv, caches and the bench's builds of other commits (AGAINST=)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info gen examples/node/node_modules examples/node/src/gen \
-		tests/sdk/node_modules
+		tests/sdk/node_modules bench/results/against
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
