@@ -21,8 +21,9 @@ from typing import Any
 from . import _cohere
 from ._catalogue import config_body
 from ._control import CONTROL_ROUTES
-from ._faults import FAULT_OPTION, Fault, Normal, parse_fault, render
+from ._faults import FAULT_OPTION, Fault, parse_fault, render
 from ._http import Drop, Reply, json_reply
+from ._malformed import Normal
 from ._protocol import (
     MODEL_ID_HEADER,
     TEAM_HEADER,

@@ -44,6 +44,7 @@ from typing import Any
 import orjson
 
 from ._http import Drop, Reply, json_reply
+from ._malformed import MALFORMED, MALFORMED_VARIANTS, Normal, with_warning
 from ._protocol import GatewayError, error_reply
 from ._versions import PROTOCOL_VERSIONS, ProtocolVersion
 
@@ -53,7 +54,6 @@ FAULT_OPTION = "mockGateway"
 DROP_VARIANTS = ("mid_body", "before_headers")
 
 _DEFAULT_HTML = "<html><body><h1>502 Bad Gateway</h1><p>mock gateway</p></body></html>"
-_NAN_SENTINEL = "__mock_gateway_nan__"
 
 Check = Callable[[str, Any], Any]
 
@@ -122,170 +122,6 @@ class Fault:
         return float(self.params.get("delayMs", 2000)) / 1000
 
 
-@dataclass(frozen=True)
-class Normal:
-    """What the call would have answered without the fault, for faults that distort it."""
-
-    payload: dict[str, Any]
-    """The success body; its ``ranking`` is already sorted and cut to topN."""
-    full_ranking: list[dict[str, Any]]
-    """Every document's entry, sorted, not cut."""
-    document_count: int
-    generation_id: str
-    protocol: ProtocolVersion
-    """The version of the call, for faults that exist in one version only."""
-
-
-# --- the malformed bodies: one small function per variant ------------------------------------
-
-Variant = Callable[[Normal, Mapping[str, Any]], Reply]
-"""A ``malformed`` body, built from the normal answer and the fault's parameters."""
-
-
-def _ranking(normal: Normal) -> list[dict[str, Any]]:
-    """A copy of the normal ranking's items, for a variant to spoil."""
-    return [dict(item) for item in normal.payload["ranking"]]
-
-
-def _with_ranking(normal: Normal, ranking: list[dict[str, Any]]) -> Reply:
-    return Reply(200, orjson.dumps(_with(normal.payload, ranking=ranking)))
-
-
-def _not_json(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    return Reply(200, b"<html><body>this is not JSON</body></html>")
-
-
-def _truncated(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    whole = orjson.dumps(normal.payload)
-    return Reply(200, whole[: len(whole) // 2])
-
-
-def _empty(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    return Reply(200, b"")
-
-
-def _wrong_types(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    ranking = [{**item, "relevanceScore": str(item["relevanceScore"])} for item in _ranking(normal)]
-    return _with_ranking(normal, ranking)
-
-
-def _nan_score(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    ranking = _ranking(normal)
-    ranking[0]["relevanceScore"] = _NAN_SENTINEL
-    # orjson cannot write NaN (it is not JSON), so splice the bare token in.
-    body = orjson.dumps(_with(normal.payload, ranking=ranking))
-    return Reply(200, body.replace(orjson.dumps(_NAN_SENTINEL), b"NaN"))
-
-
-def _missing_score(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    ranking = [
-        {k: v for k, v in item.items() if k != "relevanceScore"} for item in _ranking(normal)
-    ]
-    return _with_ranking(normal, ranking)
-
-
-def _missing_ranking(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    return json_reply(200, {k: v for k, v in normal.payload.items() if k != "ranking"})
-
-
-def _index_out_of_range(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    ranking = _ranking(normal)
-    ranking[0]["index"] = normal.document_count
-    return _with_ranking(normal, ranking)
-
-
-def _duplicate_index(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    ranking = _ranking(normal)
-    if len(ranking) > 1:
-        ranking[-1]["index"] = ranking[0]["index"]
-    else:
-        ranking.append(dict(ranking[0]))
-    return _with_ranking(normal, ranking)
-
-
-def _negative_index(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    ranking = _ranking(normal)
-    ranking[0]["index"] = -1
-    return _with_ranking(normal, ranking)
-
-
-def _float_index(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    ranking = _ranking(normal)
-    ranking[0]["index"] += 0.5
-    return _with_ranking(normal, ranking)
-
-
-def _error_envelope(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    error = {
-        "message": "Injected error envelope on a 200",
-        "type": "internal_server_error",
-        "param": None,
-        "code": None,
-    }
-    return error_reply(200, error, normal.generation_id)
-
-
-def _huge(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    # Valid JSON whose size, not shape, is the problem.
-    padding = "x" * params.get("sizeBytes", 20_000_000)
-    return json_reply(
-        200, {**_with(normal.payload, ranking=_ranking(normal)), "mockPadding": padding}
-    )
-
-
-def _unsorted(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    return _with_ranking(normal, _ranking(normal)[::-1])
-
-
-def _too_many(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    return _with_ranking(normal, normal.full_ranking)
-
-
-UNDOCUMENTED_WARNING_TYPE = "undocumented"
-"""The type of the ``unknown_warning`` variant: one that no protocol version documents."""
-
-
-def _unknown_warning(normal: Normal, params: Mapping[str, Any]) -> Reply:
-    warning = {
-        "type": UNDOCUMENTED_WARNING_TYPE,
-        "feature": "topN",
-        "details": "Injected warning of a type no protocol version documents.",
-    }
-    return _with_warning(normal, warning)
-
-
-def _with_warning(normal: Normal, warning: dict[str, Any]) -> Reply:
-    warnings = [*normal.payload.get("warnings", []), warning]
-    return json_reply(200, _with(normal.payload, ranking=_ranking(normal), warnings=warnings))
-
-
-_MALFORMED: Mapping[str, Variant] = MappingProxyType(
-    {
-        "not_json": _not_json,
-        "truncated": _truncated,
-        "empty": _empty,
-        "wrong_types": _wrong_types,
-        "nan_score": _nan_score,
-        "missing_score": _missing_score,
-        "missing_ranking": _missing_ranking,
-        "index_out_of_range": _index_out_of_range,
-        "duplicate_index": _duplicate_index,
-        "negative_index": _negative_index,
-        "float_index": _float_index,
-        "error_envelope": _error_envelope,
-        "huge": _huge,
-        "unsorted": _unsorted,
-        "too_many": _too_many,
-        "unknown_warning": _unknown_warning,
-    }
-)
-
-MALFORMED_VARIANTS: tuple[str, ...] = tuple(_MALFORMED)
-"""The bodies of the ``malformed`` fault. The AI SDK rejects all but four: ``duplicate_index``,
-``unsorted`` and ``too_many`` pass its schema, and ``huge`` is valid JSON, so those four test a
-caller's own checks (index uniqueness, order, topN, size)."""
-
-
 # --- the faults: their parameters and how each answers ---------------------------------------
 
 Render = Callable[[Mapping[str, Any], Normal], Reply | Drop]
@@ -318,7 +154,7 @@ def _error(params: Mapping[str, Any], normal: Normal) -> Reply:
 
 
 def _malformed(params: Mapping[str, Any], normal: Normal) -> Reply:
-    return _MALFORMED[params["variant"]](normal, params)
+    return MALFORMED[params["variant"]](normal, params)
 
 
 def _drop(params: Mapping[str, Any], normal: Normal) -> Drop:
@@ -369,7 +205,7 @@ def _warning(params: Mapping[str, Any], normal: Normal) -> Reply:
         value = params.get(name, default)
         if value is not None:
             warning[name] = value
-    return _with_warning(normal, warning)
+    return with_warning(normal, warning)
 
 
 def _not_found(params: Mapping[str, Any], normal: Normal) -> Reply:
@@ -504,13 +340,3 @@ def render(fault: Fault, normal: Normal) -> Reply | Drop:
     if answer is None:
         raise AssertionError(f"fault {fault.name!r} has no rendering")  # slow never gets here
     return answer(fault.params, normal)
-
-
-def _with(payload: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """``payload`` with keys replaced in place and new keys inserted right after ``ranking``."""
-    result = {}
-    for key, value in payload.items():
-        result[key] = changes.get(key, value)
-        if key == "ranking":
-            result.update({k: v for k, v in changes.items() if k not in payload})
-    return result
