@@ -213,8 +213,9 @@ def limit_store(settings: Settings, metrics: Metrics) -> LimitStore:
         when_down = "calls of named callers are refused (LIMITS_UNAVAILABLE) until it is back"
     else:
         when_down = "limits are counted in this process until it is back"
-    # Our own client, not redis-py's asyncio client: redis-py cost the server 196 µs more CPU
-    # per named-caller call (python -m bench.redis_cost; more than 25 µs keeps ours).
+    # Our own client, not redis-py's asyncio client: redis-py costs the server more CPU per
+    # named-caller call than the 25 µs that would let it replace ours (README, "Which Redis
+    # client"; python -m bench.redis_cost).
     client = RedisClient(
         settings.redis_url,
         timeout=settings.redis_timeout,

@@ -1,7 +1,7 @@
 """A small Redis client for the calls on the hot path: one pipelined connection, hiredis replies.
 
-Ours because it costs less: redis-py's asyncio client cost the server 196 µs more CPU per
-named-caller call (README, "Which Redis client"; `python -m bench.redis_cost`). Commands from
+Ours because it costs less: redis-py's asyncio client cost the server hundreds of µs more CPU
+per named-caller call (README, "Which Redis client"; `python -m bench.redis_cost`). Commands from
 concurrent calls share one connection, those of one event-loop turn leave in one write, and
 hiredis parses their replies, in C, from one read. It speaks what the store and the cache need:
 commands and scripts, AUTH and SELECT from the URL, TLS.
@@ -197,22 +197,22 @@ class RedisClient:
 
     async def call(self, *args: Arg) -> Any:
         """One command and its reply; `RedisError` when Redis cannot serve it."""
-        reply = await self._round_trip(_pack(args))
+        reply = await self._round_trip(args)
         if isinstance(reply, hiredis.ReplyError):
             raise self._record(RedisError(f"Redis answered: {reply}"))
         return reply
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Run `script` (EVALSHA; sending its source once when Redis does not have it)."""
-        reply = await self._round_trip(_pack(("EVALSHA", script.sha, len(keys), *keys, *args)))
+        reply = await self._round_trip(("EVALSHA", script.sha, len(keys), *keys, *args))
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             # A new or restarted Redis: EVAL runs the script and keeps it for EVALSHA.
-            reply = await self._round_trip(_pack(("EVAL", script.source, len(keys), *keys, *args)))
+            reply = await self._round_trip(("EVAL", script.source, len(keys), *keys, *args))
         if isinstance(reply, hiredis.ReplyError):
             raise self._record(RedisError(f"Redis answered: {reply}"))
         return reply
 
-    async def _round_trip(self, packed: bytes) -> Any:
+    async def _round_trip(self, command: tuple[Arg, ...]) -> Any:
         try:
             probe = self._breaker.before_call()
         except CircuitOpen:
@@ -220,8 +220,7 @@ class RedisClient:
             raise RedisError(f"unreachable for the last {outage:.1f} s") from None
         try:
             async with asyncio.timeout(self._timeout):
-                connection = await self._connected()
-                reply = await connection.send(packed)
+                reply = await self._exchange(command)
         except TimeoutError:
             self._drop_connection()
             error = RedisError(f"no answer within {self._timeout:.3g} s")
@@ -234,6 +233,12 @@ class RedisClient:
             raise
         self._record(None, probe=probe)
         return reply
+
+    async def _exchange(self, command: tuple[Arg, ...]) -> Any:
+        """The transport: `command` sent, its reply (an error reply as a `hiredis.ReplyError`
+        value). The deadline, the breaker and the log lines are `_round_trip`'s."""
+        connection = await self._connected()
+        return await connection.send(_pack(command))
 
     async def _connected(self) -> _Connection:
         if self._connection is not None and self._connection.lost is None:
