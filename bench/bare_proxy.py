@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from typing import Any
 
 import aiohttp
@@ -21,6 +20,7 @@ import grpc
 import orjson
 
 from bench import _workload
+from bench.echo_server import serve_floor
 
 #: The request forwarded: the size of the proxied cell it is compared with.
 DOCUMENTS = 20
@@ -31,7 +31,7 @@ async def _serve(host: str, port: int, upstream: str, api_key: str) -> None:
     body = prefix + orjson.dumps(_workload.QUERY) + suffix
     headers = _workload.http_headers(api_key)
     url = upstream.rstrip("/") + "/reranking-model"
-    # As the server's gateway adapter pools its connections (server/_gateway.py).
+    # As the server's gateway adapter pools its connections (server/_gateway_http.py).
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=100),
         timeout=aiohttp.ClientTimeout(total=None),
@@ -42,21 +42,8 @@ async def _serve(host: str, port: int, upstream: str, api_key: str) -> None:
         async with session.post(url, data=body, headers=headers) as response:
             return await response.read()
 
-    server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        "bench.BareProxy", {"Forward": grpc.unary_unary_rpc_method_handler(forward)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    print(f"bare proxy listening on {host}:{bound}", flush=True)
     try:
-        await stop.wait()
-        await server.stop(1)
+        await serve_floor("bare proxy", "BareProxy", "Forward", forward, host, port)
     finally:
         await session.close()
 
