@@ -13,6 +13,8 @@ PORT ?= 50051
 METRICS_PORT ?= 9464
 MOCK_PORT ?= 8080
 PYTEST_ARGS ?=
+# Where `make docs` writes the site (tests/docs builds it elsewhere).
+SITE_DIR ?= site
 BENCH_ARGS ?=
 # `make bench AGAINST=REF`: this checkout's server against REF's (make cannot take --against).
 AGAINST ?=
@@ -94,8 +96,8 @@ rules-test: ## promtool: the alerting rules in deploy/prometheus are valid and p
 
 # `python -m` puts the checkout on sys.path, so the hooks import `tools` (docs/hooks/reference.py).
 # NO_MKDOCS_2_WARNING: mkdocs-material 9.x prints an end-of-life banner about MkDocs 2 otherwise.
-docs: $(STAMP) ## Build the docs site into site/ (--strict: a broken link or a missing page fails)
-	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+docs: $(STAMP) ## Build the docs site into site/ (SITE_DIR=) with --strict: a broken link or a missing page fails
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir $(SITE_DIR)
 
 check: lint typecheck proto-check breaking metrics-lint rules-test test ## Everything CI runs
 
