@@ -57,9 +57,25 @@ def _returned_by() -> tuple[dict[str, list[str]], dict[str, dict[str, str]]]:
     return reasons, bare
 
 
+def client_raises(code: Any, reason: str | None) -> str:
+    """The exception the Python client raises for `code` with `reason` (`from_status`, the
+    client's own mapping)."""
+    from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+    from rerank.client import from_status
+    from rerank.contract import ERROR_DOMAIN
+
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message="")
+    if reason is not None:
+        info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
+        status.details.add().Pack(info)
+    return f"`{type(from_status(status)).__name__}`"
+
+
 def errors_table() -> str:
     """One row per error the server raises: its `ErrorReason`, the status `_status.py` gives
-    it, what the proto says it means, and the RPCs whose comment lists it."""
+    it, what the proto says it means, the gateway error types that become it, the RPCs whose
+    comment lists it, and what the Python client raises for it."""
     from rerank.server._status import STATUS_BY_ERROR
 
     meaning = {
@@ -71,8 +87,9 @@ def errors_table() -> str:
     rpcs, _ = _returned_by()
     gateway_types = _gateway_error_types()
     rows = [
-        "| reason (`ErrorInfo.reason`) | status | meaning | gateway `error.type` | returned by |",
-        "|---|---|---|---|---|",
+        "| reason (`ErrorInfo.reason`) | status | meaning | gateway `error.type` | returned by "
+        "| Python client raises |",
+        "|---|---|---|---|---|---|",
     ]
     for error, code in STATUS_BY_ERROR.items():
         if "reason" not in vars(error):
@@ -84,7 +101,8 @@ def errors_table() -> str:
         said = meaning[value].split(": ", 1)[-1]
         listed = ", ".join(rpcs.get(reason, [])) or "—"
         types = ", ".join(gateway_types.get(error, [])) or "—"
-        rows.append(f"| `{reason}` | `{code.name}` | {said} | {types} | {listed} |")
+        raises = client_raises(code, reason)
+        rows.append(f"| `{reason}` | `{code.name}` | {said} | {types} | {listed} | {raises} |")
     return "\n".join(rows)
 
 
@@ -146,14 +164,17 @@ def protocols_table() -> str:
 def bare_statuses_table() -> str:
     """The statuses that come without an ErrorInfo (from gRPC itself, or a bug's incident id),
     as the RPCs' comments list them."""
+    import grpc
+
     _, bare = _returned_by()
-    rows = ["| status | when | RPCs |", "|---|---|---|"]
+    rows = ["| status | when | RPCs | Python client raises |", "|---|---|---|---|"]
     for code, by_rpc in bare.items():
         whys: dict[str, list[str]] = {}
         for rpc, why in by_rpc.items():
             whys.setdefault(why, []).append(rpc)
         for why, listed in whys.items():
-            rows.append(f"| `{code}` | {why} | {', '.join(listed)} |")
+            raises = client_raises(grpc.StatusCode[code], None)
+            rows.append(f"| `{code}` | {why} | {', '.join(listed)} | {raises} |")
     return "\n".join(rows)
 
 

@@ -8,8 +8,12 @@ import html
 import re
 from pathlib import Path
 
+import grpc
 import pytest
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from rerank.client import from_status
+from rerank.contract import ERROR_DOMAIN
 from rerank.mock_gateway import _faults
 from rerank.mock_gateway._malformed import MALFORMED_VARIANTS
 from rerank.server import _metric_families as families
@@ -70,12 +74,20 @@ def test_every_setting_of_the_model_is_on_the_configuration_page(site: Path) -> 
     assert listed > 40
 
 
+def client_raises(code: grpc.StatusCode, reason: str) -> str:
+    """The class the Python client raises for `code` with `reason`, by its own mapping."""
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message="")
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    return type(from_status(status)).__name__
+
+
 def test_every_error_is_on_the_errors_page_with_its_status_and_meaning(site: Path) -> None:
     markup = page(site, "errors")
     reasons = [error for error in STATUS_BY_ERROR if "reason" in vars(error)]
     for error in reasons:
         row = row_naming(markup, error.reason)
         assert STATUS_BY_ERROR[error].name in row, (error, row)
+        assert client_raises(STATUS_BY_ERROR[error], error.reason) in row, (error, row)
     # Every ErrorReason value is some error's, and its proto comment is the row's meaning.
     values = {v.name for v in pb.ErrorReason.DESCRIPTOR.values} - {"ERROR_REASON_UNSPECIFIED"}
     assert {"ERROR_REASON_" + error.reason for error in reasons} == values
