@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tools.processes import Process
 
 README = REPO_ROOT / "README.md"
@@ -77,6 +77,17 @@ def test_the_skipped_blocks_hold_what_needs_a_server() -> None:
     assert any(c.startswith("make run") for c in skipped)
     assert any(c.startswith("make test") for c in skipped)
     assert not any(c.startswith(("make run", "make test")) for c in RUN)
+
+
+def test_the_readmes_cli_example_is_the_one_the_e2e_tests_run() -> None:
+    """The CLI call needs `make run`; tests/e2e/test_processes.py runs these arguments against
+    it."""
+    (cli,) = [
+        c for b in SHELL for c in commands(b.body) if c.startswith(".venv/bin/rerank --model")
+    ]
+    assert f"--model {SEED_MODEL} --top-n 2" in cli
+    for text in (SEED_QUERY, *SEED_DOCUMENTS):
+        assert f'"{text}"' in cli, text
 
 
 @pytest.mark.parametrize("command", RUN)
