@@ -11,6 +11,7 @@ committed, so there is nothing to keep in step by hand:
   (`rerank.server._gateway.PROTOCOL_FACTS`);
 - `metrics`: the registered metric families (`rerank.server._metric_families`);
 - `faults`: the mock gateway's fault table (`rerank.mock_gateway._faults`);
+- `mock-versions`: the protocol versions the mock serves (`rerank.mock_gateway._versions`);
 - `contract`: the whole proto, from its comments (`proto_reference`).
 
 `make docs` runs MkDocs as `python -m mkdocs`, so the checkout's root (and `tools`) imports.
@@ -161,6 +162,25 @@ def protocols_table() -> str:
     return "\n".join(rows)
 
 
+def mock_versions_table() -> str:
+    """The protocol versions the mock gateway serves (`PROTOCOL_VERSIONS`), one row each."""
+    from rerank.mock_gateway._versions import PROTOCOL_VERSIONS
+
+    rows = [
+        "| base URL | `ai-reranking-model-specification-version` | `/config` "
+        "`specificationVersion` | warning types | error types |",
+        "|---|---|---|---|---|",
+    ]
+    for version in PROTOCOL_VERSIONS.values():
+        warnings = ", ".join(f"`{t}`" for t in version.warning_types)
+        errors = ", ".join(f"`{t}`" for t in version.error_types)
+        rows.append(
+            f"| `http://HOST:PORT{version.base_path}` | `{version.specification_version}` "
+            f'| `"{version.config_specification_version}"` | {warnings} | {errors} |'
+        )
+    return "\n".join(rows)
+
+
 def bare_statuses_table() -> str:
     """The statuses that come without an ErrorInfo (from gRPC itself, or a bug's incident id),
     as the RPCs' comments list them."""
@@ -247,6 +267,7 @@ TABLES: Mapping[str, Callable[[], str]] = {
     "protocols": protocols_table,
     "metrics": metrics_table,
     "faults": faults_table,
+    "mock-versions": mock_versions_table,
     "contract": proto_reference.contract_markdown,
 }
 

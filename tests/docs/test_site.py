@@ -16,6 +16,7 @@ from rerank.client import from_status
 from rerank.contract import ERROR_DOMAIN
 from rerank.mock_gateway import _faults
 from rerank.mock_gateway._malformed import MALFORMED_VARIANTS
+from rerank.mock_gateway._versions import PROTOCOL_VERSIONS
 from rerank.server import _metric_families as families
 from rerank.server._config import fields, names, range_of
 from rerank.server._status import STATUS_BY_ERROR
@@ -116,6 +117,10 @@ def test_every_fault_of_the_mock_is_on_its_page(site: Path) -> None:
     shown = text_of(markup)
     for variant in (*MALFORMED_VARIANTS, *_faults.DROP_VARIANTS):
         assert variant in shown, variant
+    for version in PROTOCOL_VERSIONS.values():
+        row = row_naming(markup, f"http://HOST:PORT{version.base_path}")
+        for kind in (*version.warning_types, *version.error_types):
+            assert kind in row, (version.name, kind)
 
 
 def _comment_blocks() -> list[str]:
