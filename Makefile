@@ -13,6 +13,8 @@ PORT ?= 50051
 METRICS_PORT ?= 9464
 MOCK_PORT ?= 8080
 PYTEST_ARGS ?=
+# Where `make docs` writes the site (tests/docs builds it elsewhere).
+SITE_DIR ?= site
 BENCH_ARGS ?=
 # `make bench AGAINST=REF`: this checkout's server against REF's (make cannot take --against).
 AGAINST ?=
@@ -24,7 +26,7 @@ WITH_NODE := $(abspath $(PY)) $(abspath tools/node.py)
 PROMTOOL ?= promtool
 NEED_PROMTOOL = @command -v $(PROMTOOL) >/dev/null || { echo "$(PROMTOOL) not found: install Debian's prometheus package (apt-get install prometheus); .ci/run does"; exit 1; }
 
-.PHONY: help install proto proto-check stubs breaking lint fmt typecheck test check run run-mock bench clean metrics-lint rules-test
+.PHONY: help install proto proto-check stubs breaking lint fmt typecheck test check run run-mock bench clean metrics-lint rules-test docs
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -92,6 +94,11 @@ rules-test: ## promtool: the alerting rules in deploy/prometheus are valid and p
 	$(PROMTOOL) check rules deploy/prometheus/alerts.yml
 	cd deploy/prometheus && $(PROMTOOL) test rules alerts.test.yml
 
+# `python -m` puts the checkout on sys.path, so the hooks import `tools` (docs/hooks/reference.py).
+# NO_MKDOCS_2_WARNING: mkdocs-material 9.x prints an end-of-life banner about MkDocs 2 otherwise.
+docs: $(STAMP) ## Build the docs site into site/ (SITE_DIR=) with --strict: a broken link or a missing page fails
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir $(SITE_DIR)
+
 check: lint typecheck proto-check breaking metrics-lint rules-test test ## Everything CI runs
 
 run: $(STAMP) ## Serve on $(HOST):$(PORT), metrics on :$(METRICS_PORT) (the bundled mock gateway unless AI_GATEWAY_API_KEY is set)
@@ -104,6 +111,6 @@ bench: $(STAMP) ## Load benchmark, ~5 min (BENCH_QUICK=1: shorter; BENCH_ARGS=--
 	$(PY) -m bench $(BENCH_ARGS) $(if $(AGAINST),--against '$(AGAINST)')
 
 clean: ## Remove .venv, caches and the bench's builds of other commits (AGAINST=)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info gen examples/node/node_modules examples/node/src/gen \
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info gen site examples/node/node_modules examples/node/src/gen \
 		tests/sdk/node_modules bench/results/against
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

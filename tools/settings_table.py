@@ -1,20 +1,14 @@
-"""The README's settings table, made from `rerank.server._config.Settings`' declaration.
+"""The settings table, made from `rerank.server._config.Settings`' declaration.
 
-`python tools/settings_table.py` prints it; `--write` puts it into README.md between its two
-markers. tests/unit/test_settings.py fails when the README's table differs from this one.
+The docs site's build puts it into the configuration page (docs/hooks/reference.py);
+`python tools/settings_table.py` prints it.
 """
 
 from __future__ import annotations
 
-import sys
 from enum import Enum
-from pathlib import Path
 
 from rerank.server._config import fields, names, range_of
-
-README = Path(__file__).resolve().parent.parent / "README.md"
-BEGIN = "<!-- settings table: made by tools/settings_table.py from rerank.server._config -->"
-END = "<!-- end of the settings table -->"
 
 
 def _default(value: object) -> str:
@@ -38,15 +32,5 @@ def table() -> str:
     return "\n".join(rows)
 
 
-def readme_with_table(readme: str) -> str:
-    """`readme` with the text between the markers replaced by `table()`."""
-    before, _, rest = readme.partition(BEGIN + "\n")
-    _, _, after = rest.partition(END)
-    return f"{before}{BEGIN}\n{table()}\n{END}{after}"
-
-
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--write"]:
-        README.write_text(readme_with_table(README.read_text(encoding="utf-8")), encoding="utf-8")
-    else:
-        print(table())
+    print(table())

@@ -11,7 +11,8 @@ with one result per request. Mock-only knowledge (`mockOrder`, the
 golden `expected_mock_response`, the `mockOnly` fault cases) is checked only when the backend
 is the bundled mock gateway: never the mock's scores elsewhere.
 
-Where the server runs (environment variables; see the README, "Conformance suite"):
+Where the server runs (environment variables; see docs/contract-testing.md, "The conformance
+suite"):
 
 - default: in-process, `start_server(Settings(port=0))`, over the embedded mock gateway;
 - `RERANK_CONFORMANCE_GATEWAY_URL` and `AI_GATEWAY_API_KEY` both set: in-process, pointed at

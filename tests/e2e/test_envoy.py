@@ -116,7 +116,7 @@ class Admin:
 
 
 def start_envoy(processes: list[Process], tmp_path: Path, replicas: list[str]) -> Admin:
-    # The checked-in template, rendered by the checked-in script: what the README runs.
+    # The checked-in template, rendered by the checked-in script: what docs/design/envoy.md runs.
     rendered = subprocess.run(
         [sys.executable, "deploy/envoy/render.py", "--port", "0", "--admin-port", "0", *replicas],
         cwd=REPO_ROOT,

@@ -1,6 +1,7 @@
 """The Node example (examples/node) against the server, as separate processes: `make stubs`
-(npm ci + buf generate), then the README's command, its errors, and its retry policy. Node is
-the dev install's (tools/node.py), so nothing here depends on the machine having one."""
+(npm ci + buf generate), then the command of docs/other-languages.md, its errors, and its retry
+policy. Node is the dev install's (tools/node.py), so nothing here depends on the machine having
+one."""
 
 from __future__ import annotations
 

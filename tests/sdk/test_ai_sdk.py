@@ -44,7 +44,7 @@ def start_mock(*flags: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def mock() -> Iterator[str]:
-    """The mock as the README starts it: any bearer key is accepted."""
+    """The mock as docs/contract-testing.md starts it: any bearer key is accepted."""
     yield from start_mock()
 
 

@@ -163,10 +163,10 @@ async def test_a_caller_alone_still_ends_at_its_deadline(stub: Any) -> None:
 
 @pytest.mark.parametrize("bypass", [True, False], ids=["own-call", "shared-call"])
 async def test_where_retries_are_planned(stub: Any, bypass: bool) -> None:
-    """The documented trade-off (README, "Usage"): a call of its own plans retries against its
-    deadline and gets the gateway's error at once when the retry cannot fit; a shared call
-    plans them against the upstream timeout, since later callers may wait longer, so a caller
-    whose deadline comes first ends at its deadline."""
+    """The documented trade-off (docs/design/guarantees.md, "Usage"): a call of its own plans
+    retries against its deadline and gets the gateway's error at once when the retry cannot
+    fit; a shared call plans them against the upstream timeout, since later callers may wait
+    longer, so a caller whose deadline comes first ends at its deadline."""
     request = seed_request(
         bypass_cache=bypass, provider_options=once(fault="rate_limit", retryAfterMs=5000)
     )

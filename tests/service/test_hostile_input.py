@@ -75,7 +75,7 @@ async def test_a_malformed_upstream_is_never_a_wrong_ranking(
 
 
 def assert_documented_refusal(request: pb.RerankRequest, error: grpc.aio.AioRpcError) -> None:
-    """What README.md ("Guarantees", hostile input) allows for a well-formed request: the
+    """What docs/design/guarantees.md (hostile input) allows for a well-formed request: the
     invalid fields named, or NOT_FOUND for a model slug the gateway does not know."""
     code, details = error.code(), error.details() or ""
     info = unpacked(error, error_details_pb2.ErrorInfo)

@@ -22,8 +22,6 @@ from rerank.server._config import (
     range_of,
 )
 from rerank.server._redis_client import RedisUrl
-from tests.conftest import REPO_ROOT
-from tools.settings_table import BEGIN, readme_with_table
 
 
 def test_defaults_serve_the_embedded_mock() -> None:
@@ -288,14 +286,6 @@ def test_secrets_are_never_echoed_in_an_error() -> None:
     with pytest.raises(SettingError) as caught:
         Settings(auth_tokens=frozenset({"tok secret"}))
     assert "secret" not in str(caught.value)
-
-
-def test_the_readmes_settings_table_is_the_one_the_declaration_makes() -> None:
-    """Each setting's names, range and default in the README come from `Settings` (run
-    `python tools/settings_table.py --write` after changing one)."""
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    assert BEGIN in readme
-    assert readme == readme_with_table(readme)
 
 
 def test_the_batch_settings_and_their_ranges(capsys: pytest.CaptureFixture[str]) -> None:
