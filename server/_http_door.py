@@ -28,22 +28,19 @@ from typing import Any
 
 import grpc
 import orjson
-from connectrpc.code import Code
-from connectrpc.errors import ConnectError, ErrorDetail
 from connectrpc.request import RequestContext
-from protobuf.wkt import Any as AnyDetail
 
 from rerank.server._calls import CallRecord
 from rerank.server._config import Settings
 from rerank.server._errors import Overloaded, RerankError
 from rerank.server._http_cohere import cohere_answer, cohere_error, cohere_handler
+from rerank.server._http_connect import ConnectService, connect_code, connect_error
 from rerank.server._http_server import Connections, HttpServer, bind_http
 from rerank.server._listening import StartupError, refuse_taken_port
 from rerank.server._metrics import OTHER, GrpcMethodMetrics, Metrics
 from rerank.server._pipeline import Handler, Pipeline
-from rerank.server._status import ErrorAnswer, error_answer, log_failure, rich_status
+from rerank.server._status import ErrorAnswer, error_answer, log_failure
 from rerank.server._tracing import TRACE_CONTEXT_KEYS
-from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1.rerank_service_connect import RerankServiceASGIApplication
 
 Scope = dict[str, Any]
@@ -128,7 +125,7 @@ class HttpDoor:
         self._cohere = {v: cohere_handler(v, methods["Rerank"]) for v in (1, 2)}
         self._exchanges: dict[str | None, _Exchange] = {}
         self.serving = True
-        self._connect = RerankServiceASGIApplication(_ConnectService(self), read_max_bytes=None)
+        self._connect = RerankServiceASGIApplication(ConnectService(self), read_max_bytes=None)
         routes = [*COHERE_ROUTES, *(f"/{SERVICE}/{name}" for name in methods), OTHER]
         self._metrics: dict[str, GrpcMethodMetrics] | None = (
             {route: metrics.grpc_method(route) for route in routes} if metrics.enabled else None
@@ -197,7 +194,7 @@ class HttpDoor:
             exchange.code = refusal.code
             close = refusal.status in (408, 413)
             extra = [(b"connection", b"close")] if close else []
-            body = orjson.dumps({"code": _connect_code(refusal.code), "message": refusal.message})
+            body = orjson.dumps({"code": connect_code(refusal.code), "message": refusal.message})
             await _write(send, refusal.status, [*exchange.headers, *refusal.headers, *extra], body)
         finally:
             if metrics is not None:
@@ -321,13 +318,7 @@ class HttpDoor:
             exchange.sent = len(answer)
             return ctx.method.output.FromString(answer)
         exchange.code, message = _code_and_message(answer)
-        details: list[ErrorDetail] = []
-        if isinstance(answer, RerankError):
-            details = [
-                ErrorDetail(AnyDetail(type_url=d.type_url, value=d.value))
-                for d in rich_status(answer)[1].details
-            ]
-        raise ConnectError(Code(_connect_code(exchange.code)), message, details)
+        raise connect_error(answer, exchange.code, message)
 
 
 class _Overloaded(Exception):
@@ -342,36 +333,6 @@ def _code_and_message(answer: RerankError | ErrorAnswer) -> tuple[grpc.StatusCod
         return answer.code, answer.message
     failed = error_answer(answer)
     return failed.code, failed.message
-
-
-def _connect_code(code: grpc.StatusCode) -> str:
-    """Connect's name of a gRPC status code (the same codes, spelled in lower case)."""
-    return "canceled" if code is grpc.StatusCode.CANCELLED else code.name.lower()
-
-
-class _ConnectService:
-    """The service connectrpc's app calls: each method handed to the door's pipeline."""
-
-    def __init__(self, door: HttpDoor) -> None:
-        self._door = door
-
-    async def rerank(self, request: pb.RerankRequest, ctx: Any) -> pb.RerankResponse:
-        answer: pb.RerankResponse = await self._door.connect_call("Rerank", request, ctx)
-        return answer
-
-    async def batch_rerank(
-        self, request: pb.BatchRerankRequest, ctx: Any
-    ) -> pb.BatchRerankResponse:
-        answer: pb.BatchRerankResponse = await self._door.connect_call("BatchRerank", request, ctx)
-        return answer
-
-    async def list_models(self, request: pb.ListModelsRequest, ctx: Any) -> pb.ListModelsResponse:
-        answer: pb.ListModelsResponse = await self._door.connect_call("ListModels", request, ctx)
-        return answer
-
-    async def get_usage(self, request: pb.GetUsageRequest, ctx: Any) -> pb.GetUsageResponse:
-        answer: pb.GetUsageResponse = await self._door.connect_call("GetUsage", request, ctx)
-        return answer
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -394,6 +355,9 @@ def _adding(send: Send, exchange: _Exchange) -> Send:
     async def adding(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             message["headers"] = [*message.get("headers", ()), *exchange.headers]
+            # connectrpc's own refusals (a body it cannot decode) never reach the pipeline.
+            if message["status"] >= 400 and exchange.code is grpc.StatusCode.OK:
+                exchange.code = grpc.StatusCode.INVALID_ARGUMENT
         await send(message)
 
     return adding
