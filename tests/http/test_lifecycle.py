@@ -4,11 +4,15 @@ stopping the start, and a stop that answers the calls in flight first."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from rerank.server._app import start_server
 from tests.conftest import SEED_DOCUMENTS, SEED_QUERY
@@ -88,3 +92,27 @@ async def closed(url: str) -> bool:
     writer.close()
     await writer.wait_closed()
     return False
+
+
+async def test_the_tls_settings_apply_to_the_http_port(tmp_path: Path) -> None:
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1")
+    cert, key, ca = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    authority.cert_pem.write_to_path(str(ca))
+    running = await start_server(
+        dataclasses.replace(HTTP, tls_cert_file=str(cert), tls_key_file=str(key))
+    )
+    try:
+        assert running.http is not None
+        url = f"https://127.0.0.1:{running.http.port}"
+        trusting = ssl.create_default_context(cafile=str(ca))
+        async with httpx.AsyncClient(timeout=10, verify=trusting) as client:
+            answer = await client.post(f"{url}/v2/rerank", json=COHERE)
+        assert answer.status_code == 200
+        async with httpx.AsyncClient(timeout=10) as plain:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await plain.get(f"http://127.0.0.1:{running.http.port}/healthz")
+    finally:
+        await running.stop()
