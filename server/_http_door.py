@@ -134,6 +134,15 @@ class HttpDoor:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        client = scope.get("client")
+        peer = f"{client[0]}:{client[1]}" if client else None
+        try:
+            await self._serve(scope, receive, send, peer)
+        finally:
+            if (guard := self._connections.get(peer)) is not None:
+                guard.answered()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, peer: str | None) -> None:
         path: str = scope["path"]
         headers = dict(scope["headers"])
         origin = headers.get(b"origin")
@@ -164,8 +173,6 @@ class HttpDoor:
                 (b"access-control-expose-headers", _EXPOSED),
                 (b"vary", b"origin"),
             ]
-        client = scope.get("client")
-        peer = f"{client[0]}:{client[1]}" if client else None
         route = path if known else OTHER
         metrics = None if self._metrics is None else self._metrics[route]
         if metrics is not None:
@@ -200,8 +207,6 @@ class HttpDoor:
             if metrics is not None:
                 seconds = time.perf_counter() - began
                 metrics.ended(exchange.code, seconds, exchange.received, exchange.sent)
-            if (guard := self._connections.get(peer)) is not None:
-                guard.answered()
 
     def _check(self, method: str, known: bool, headers: dict[bytes, bytes], cohere: Any) -> None:
         """Refuse what no dialect here can answer, from the request line and headers alone."""

@@ -134,13 +134,18 @@ async def test_the_next_request_on_a_kept_connection_is_timed_too(serve: StartSe
     assert running.http is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", running.http.port)
     try:
-        writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /healthz HTTP/1.1\r\n")
-        began = time.monotonic()
+        for path in (b"/healthz", b"/nowhere"):  # answered by the door, and refused
+            writer.write(b"GET %s HTTP/1.1\r\nhost: x\r\n\r\n" % path)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        # The next request's headers begin after the answer (uvicorn's own keep-alive timer is
+        # then off), and never end: the door's guard closes the connection, the timeout after
+        # the last answer.
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
         async with asyncio.timeout(WAIT):
             received = await reader.read(-1)
-        assert received.startswith(b"HTTP/1.1 200")
-        assert received.count(b"HTTP/1.1") == 1
-        assert time.monotonic() - began >= HEADER_TIMEOUT
+        assert received == b""
     finally:
         writer.close()
         await writer.wait_closed()
