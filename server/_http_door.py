@@ -30,6 +30,7 @@ import grpc
 import orjson
 from connectrpc.request import RequestContext
 
+from rerank.server._admission import CallPlaces
 from rerank.server._calls import CallRecord
 from rerank.server._config import Settings
 from rerank.server._errors import Overloaded, RerankError
@@ -117,7 +118,7 @@ class HttpDoor:
         self._pipeline = pipeline
         self._methods = methods
         self._connections = connections
-        self._places_left = limit
+        self._places = CallPlaces(limit)
         self._max_body = max_body
         self._body_timeout = body_timeout
         self._origins = cors_origins
@@ -179,9 +180,9 @@ class HttpDoor:
             metrics.started.inc()
         try:
             self._check(scope["method"], known, headers, version)
-            if self._places_left <= 0:
-                raise _Overloaded
-            self._places_left -= 1
+            if (refused := self._places.take()) is not None:
+                await self._refuse_overloaded(send, exchange, refused, version is not None)
+                return
             try:
                 body = await self._body(receive)
                 exchange.received = len(body)
@@ -194,11 +195,11 @@ class HttpDoor:
                     finally:
                         self._exchanges.pop(peer, None)
             finally:
-                self._places_left += 1
-        except _Overloaded:
-            await self._refuse_overloaded(send, exchange, version is not None)
+                self._places.give()
         except _Refusal as refusal:
             exchange.code = refusal.code
+            if refusal.code is grpc.StatusCode.CANCELLED:
+                return  # nobody to answer
             close = refusal.status in (408, 413)
             extra = [(b"connection", b"close")] if close else []
             body = orjson.dumps({"code": connect_code(refusal.code), "message": refusal.message})
@@ -208,7 +209,9 @@ class HttpDoor:
                 seconds = time.perf_counter() - began
                 metrics.ended(exchange.code, seconds, exchange.received, exchange.sent)
 
-    def _check(self, method: str, known: bool, headers: dict[bytes, bytes], cohere: Any) -> None:
+    def _check(
+        self, method: str, known: bool, headers: dict[bytes, bytes], cohere: int | None
+    ) -> None:
         """Refuse what no dialect here can answer, from the request line and headers alone."""
         if not known:
             raise _Refusal(404, grpc.StatusCode.UNIMPLEMENTED, "no such route")
@@ -246,7 +249,7 @@ class HttpDoor:
                     408, grpc.StatusCode.DEADLINE_EXCEEDED, "the request's body stalled"
                 ) from None
             if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError  # the caller went away: nothing to answer
+                raise _Refusal(499, grpc.StatusCode.CANCELLED, "the caller went away")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._max_body:
@@ -279,8 +282,9 @@ class HttpDoor:
         status, headers, data = cohere_error(error, code, message)
         await _write(send, status, [*exchange.headers, *headers], data)
 
-    async def _refuse_overloaded(self, send: Send, exchange: _Exchange, cohere: bool) -> None:
-        refused = Overloaded("the server is at its limit of HTTP calls in flight; retry later")
+    async def _refuse_overloaded(
+        self, send: Send, exchange: _Exchange, refused: Overloaded, cohere: bool
+    ) -> None:
         exchange.code = grpc.StatusCode.RESOURCE_EXHAUSTED
         log_failure("HTTP call", exchange.code, refused)
         status, headers, body = cohere_error(refused, exchange.code, refused.message)
@@ -324,10 +328,6 @@ class HttpDoor:
             return ctx.method.output.FromString(answer)
         exchange.code, message = _code_and_message(answer)
         raise connect_error(answer, exchange.code, message)
-
-
-class _Overloaded(Exception):
-    """No place is left for the call."""
 
 
 _TRACE_KEYS = frozenset(key.encode() for key in TRACE_CONTEXT_KEYS)

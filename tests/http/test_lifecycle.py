@@ -116,3 +116,29 @@ async def test_the_tls_settings_apply_to_the_http_port(tmp_path: Path) -> None:
                 await plain.get(f"http://127.0.0.1:{running.http.port}/healthz")
     finally:
         await running.stop()
+
+
+async def test_a_full_server_refuses_at_once_with_429() -> None:
+    gateway = HeldGateway()
+    async with gateway.server:
+        running = await start_server(
+            gateway.settings(dataclasses.replace(HTTP, max_concurrent_calls=1))
+        )
+        try:
+            url = base_url(running)
+            async with httpx.AsyncClient(timeout=10) as client:
+                held = asyncio.create_task(client.post(f"{url}/v2/rerank", json=COHERE))
+                await gateway.holding(1)
+                refused = await client.post(f"{url}/v2/rerank", json=COHERE)
+                assert refused.status_code == 429
+                assert refused.headers["retry-after"] == "1"
+                connect = await client.post(
+                    f"{url}/rerank.v1.RerankService/Rerank",
+                    json={"query": SEED_QUERY, "documents": [{"text": "x"}]},
+                )
+                assert connect.status_code == 429
+                assert connect.json()["code"] == "resource_exhausted"
+                gateway.release.set()
+                assert (await held).status_code == 200
+        finally:
+            await running.stop()
