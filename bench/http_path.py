@@ -158,7 +158,15 @@ async def compare(out: Path, pairs: int = 7, calls: int = 2000) -> dict[str, Any
         ) as server,
     ):
         http_url = server.wait_for(r"rerank http listening on (http://\S+)").group(1)
-        return await measure(server.address, http_url, server.pid, pairs, calls)
+        result = await measure(server.address, http_url, server.pid, pairs, calls)
+    ratio = result["http_over_grpc"]
+    print(
+        f"http path: server CPU per call HTTP/gRPC = {ratio['median']:.2f} "
+        f"(IQR {ratio['iqr']:.2f}, {pairs} pairs of {calls} calls)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
