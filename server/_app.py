@@ -38,7 +38,6 @@ from rerank.server._credentials import (
 from rerank.server._domain import Limits, Reranker
 from rerank.server._gateway import GatewayReranker
 from rerank.server._grpc_door import GrpcDoor
-from rerank.server._http_door import HttpPort, open_http_port
 from rerank.server._limits import InMemoryLimitStore, LimitStore
 from rerank.server._listening import StartupError, refuse_taken_port, server_credentials
 from rerank.server._logs import AccessLog
@@ -54,6 +53,7 @@ from rerank.server._windows import WindowedReranker, WindowPolicy
 
 if TYPE_CHECKING:
     from rerank.mock_gateway import LoopbackMockGateway
+    from rerank.server._http_door import HttpPort
 
 logger = logging.getLogger(__name__)
 
@@ -391,6 +391,9 @@ async def start_server(
     await server.start()
     http = None
     if settings.http_port is not None:
+        # Imported here: without an HTTP port the server never loads uvicorn nor connectrpc.
+        from rerank.server._http_door import open_http_port
+
         try:
             http = await open_http_port(
                 settings,
