@@ -8,7 +8,7 @@ CPU per request was 171-178 µs for uvicorn with httptools, 329 µs with h11, 44
 hypercorn; granian's embedded server took 127-140 µs but binds its own socket (no
 SO_REUSEPORT for our workers, nor a socket handed to it) and says it is experimental.
 
-What uvicorn lacks, the guard adds (`_Guard`): uvicorn never closes a connection that stalls in
+What uvicorn lacks, the guard adds (`HeaderGuard`): uvicorn never closes a connection that stalls in
 its headers, nor a new idle one, and answers headers of any size (64 KiB: 200). The guard
 wraps uvicorn's protocol (composition, not a subclass): it closes a connection whose request
 headers are not complete within the header timeout (uvicorn's own keep-alive timeout closes one
@@ -48,20 +48,20 @@ class Connections:
     """The connections of one HTTP server, by their peer's `host:port`."""
 
     def __init__(self) -> None:
-        self._by_peer: dict[str, _Guard] = {}
+        self._by_peer: dict[str, HeaderGuard] = {}
 
-    def get(self, peer: str | None) -> _Guard | None:
+    def get(self, peer: str | None) -> HeaderGuard | None:
         return None if peer is None else self._by_peer.get(peer)
 
-    def add(self, peer: str, guard: _Guard) -> None:
+    def add(self, peer: str, guard: HeaderGuard) -> None:
         self._by_peer[peer] = guard
 
-    def remove(self, peer: str, guard: _Guard) -> None:
+    def remove(self, peer: str, guard: HeaderGuard) -> None:
         if self._by_peer.get(peer) is guard:
             del self._by_peer[peer]
 
 
-class _Guard(asyncio.Protocol):
+class HeaderGuard(asyncio.Protocol):
     """uvicorn's protocol for one connection, behind the header deadline and size limit."""
 
     def __init__(self, inner: Any, connections: Connections, timeout: float) -> None:
@@ -169,8 +169,8 @@ class HttpServer:
     ) -> None:
         timeout = settings.http_header_timeout
 
-        def guarded(**kwargs: Any) -> _Guard:
-            return _Guard(HttpToolsProtocol(**kwargs), connections, timeout)
+        def guarded(**kwargs: Any) -> HeaderGuard:
+            return HeaderGuard(HttpToolsProtocol(**kwargs), connections, timeout)
 
         client_ca = settings.tls_client_ca_file
         config = uvicorn.Config(

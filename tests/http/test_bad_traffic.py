@@ -107,22 +107,10 @@ async def test_headers_over_16_kib_are_431(serve: StartServer) -> None:
     big = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (17 * 1024) + b"\r\n\r\n"
     answer, _ = await exchange(running, big)
     assert status_of(answer) == 431
-    # Headers under the limit are answered, however much body follows them, and wherever the
-    # packets split their end.
+    # Headers under the limit are answered, however much body follows them.
     fine = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-big: " + b"a" * (15 * 1024)
     answer, _ = await exchange(running, fine + b"\r\n\r\n" + b"b" * (64 * 1024))
     assert status_of(answer) == 200
-    assert running.http is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", running.http.port)
-    try:
-        for part in (fine + b"\r\n\r", b"\n"):
-            writer.write(part)
-            await writer.drain()  # each part its own segment (asyncio's sockets: TCP_NODELAY)
-        async with asyncio.timeout(WAIT):
-            assert status_of(await reader.read(-1)) == 200
-    finally:
-        writer.close()
-        await writer.wait_closed()
     await still_up(running)
 
 
