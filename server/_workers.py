@@ -77,7 +77,7 @@ def run_workers(
             http_port=None if http is None else http.getsockname()[1],
             allow_port_overlap=True,
         )
-        return _Supervisor(shared, reservation, metrics).run(ready)
+        return _Supervisor(shared, reservation, metrics, http).run(ready)
     except OSError as exc:
         raise StartupError(f"cannot serve HTTP on {settings.host}: {exc.strerror}") from exc
     finally:
@@ -106,9 +106,11 @@ class _Supervisor:
         settings: Settings,
         reservation: socket.socket,
         metrics: tuple[MetricsDirectory, MetricsEndpoint] | None,
+        http_reservation: socket.socket | None = None,
     ) -> None:
         self._settings = settings
         self._reservation = reservation
+        self._http_reservation = http_reservation
         self._metrics = metrics
         self._slots = [_Slot(number) for number in range(1, settings.workers + 1)]
         self._status_read, self._status_write = os.pipe()
@@ -198,6 +200,8 @@ class _Supervisor:
         for fd in (self._status_read, self._wakeup_read, self._wakeup_write):
             os.close(fd)
         self._reservation.close()
+        if self._http_reservation is not None:
+            self._http_reservation.close()
         if self._metrics is not None:
             self._metrics[1].close_in_child()
 

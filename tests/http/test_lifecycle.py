@@ -142,3 +142,19 @@ async def test_a_full_server_refuses_at_once_with_429() -> None:
                 assert (await held).status_code == 200
         finally:
             await running.stop()
+
+
+@pytest.mark.e2e
+async def test_an_http_port_another_server_holds_stops_the_start() -> None:
+    running = await start_server(HTTP)
+    try:
+        assert running.http is not None
+        taken = running.http.port
+        finished = await run([RERANK_SERVER, "--port", "0", "--http-port", str(taken)], timeout=60)
+    finally:
+        await running.stop()
+    assert finished.returncode == 1
+    assert (
+        f"cannot serve on 127.0.0.1:{taken}: another server already serves it"
+        in finished.stdout + finished.stderr
+    )
