@@ -6,7 +6,9 @@ In front of every dialect, before a byte of the body is read: the route (404), t
 each part within the header timeout (408 when it stalls), then the dialect:
 
 - Connect and gRPC-Web (`POST /rerank.v1.RerankService/<Method>`) through connectrpc's ASGI app
-  (`rerank.v1.rerank_service_connect`), whose service hands each call to the pipeline;
+  (`rerank.v1.rerank_service_connect`), whose service hands each call to the pipeline; connectrpc
+  hands it only the headers and the client's address, so the door finds what it noted of the
+  call by that address (one request at a time per HTTP/1.1 connection);
 - Cohere's `POST /v1/rerank` and `/v2/rerank` (`rerank.server._http_cohere`).
 
 Each call gets its request id (kept from `x-request-id`, and sent back), its caller by bearer
