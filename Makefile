@@ -11,6 +11,7 @@ PROTO_SRC := protos/rerank/v1/rerank_service.proto
 HOST ?= 127.0.0.1
 PORT ?= 50051
 METRICS_PORT ?= 9464
+HTTP_PORT ?= 8000
 MOCK_PORT ?= 8080
 PYTEST_ARGS ?=
 # Where `make docs` writes the site (tests/docs builds it elsewhere).
@@ -44,6 +45,8 @@ proto: $(STAMP) ## Regenerate the Python stubs (+ .pyi types) from protos/
 		--python_out=. --grpc_python_out=. \
 		--plugin=protoc-gen-mypy=../$(BIN)/protoc-gen-mypy --mypy_out=. \
 		--plugin=protoc-gen-mypy_grpc=../$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=. \
+		--plugin=protoc-gen-connectrpc=../$(BIN)/protoc-gen-connectrpc --connectrpc_out=. \
+		--connectrpc_opt=protobuf=google,io=async \
 		rerank/v1/rerank_service.proto
 
 proto-check: proto ## Fail when the committed stubs differ from what `make proto` writes
@@ -101,8 +104,8 @@ docs: $(STAMP) ## Build the docs site into site/ (SITE_DIR=) with --strict: a br
 
 check: lint typecheck proto-check breaking metrics-lint rules-test test ## Everything CI runs
 
-run: $(STAMP) ## Serve on $(HOST):$(PORT), metrics on :$(METRICS_PORT) (the bundled mock gateway unless AI_GATEWAY_API_KEY is set)
-	$(PY) -m rerank.server --host $(HOST) --port $(PORT) --metrics-port $(METRICS_PORT)
+run: $(STAMP) ## Serve gRPC on $(HOST):$(PORT), HTTP on :$(HTTP_PORT), metrics on :$(METRICS_PORT) (the bundled mock gateway unless AI_GATEWAY_API_KEY is set)
+	$(PY) -m rerank.server --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
 
 run-mock: $(STAMP) ## Serve the mock gateway alone on $(HOST):$(MOCK_PORT)
 	$(PY) -m rerank.mock_gateway --host $(HOST) --port $(MOCK_PORT)

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import against, bare_proxy, memory, redis_cost, report
+from bench import against, bare_proxy, http_path, memory, redis_cost, report
 from bench import batch as batch_cell
 from bench._procfs import cpu_seconds, memory_kib
 from bench._services import Service, mock_gateway, run_json, v3_url
@@ -354,6 +354,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         )
     # Its own processes: a mock that holds every call, a fresh server per measurement.
     memory_rows = await memory.measure(plan.memory_calls, plan.memory_batches, out, plan.name)
+    http = await http_path.compare(out, plan.observability_pairs)  # HTTP beside gRPC
     machine["load_average_at_end"] = list(os.getloadavg())
     results: dict[str, Any] = {
         "plan": asdict(plan),
@@ -369,6 +370,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
         "batch": batch,
         "observability": observability,
         "memory": memory_rows,
+        "http_path": http,
     }
     results["ratios"] = _ratios(results)
     return results

@@ -5,6 +5,9 @@ outermost first:
 
     door          (`_grpc_door`)      gRPC's ends: a place among the calls in flight, metadata,
                                       status and trailers, the gRFC A66 metrics
+                  (`_http_door`)      or HTTP's (`_http_server`: uvicorn behind a header guard):
+                                      Connect and gRPC-Web (`_http_connect`), Cohere's API
+                                      (`_http_cohere`), the same places, statuses and metrics
     pipeline      (`_pipeline`)       request id, server span, caller, access-log line
     servicer      (`_service`)        each method, in domain values (`_translate`: proto ⇄
                                       domain, every field checked by `_domain.check_request`)

@@ -218,7 +218,7 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
     from rerank.server._listening import StartupError
     from rerank.server._workers import run_workers
 
-    def ready(port: int) -> None:
+    def ready(port: int, http_port: int | None = None) -> None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:
             logger.warning(
                 "no AI_GATEWAY_API_KEY and no gateway URL: answering from the bundled "
@@ -240,6 +240,8 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
         # once the listening line is.
         if metrics is not None:
             say(f"rerank metrics on {metrics[1].url}")
+        if http_port is not None:  # before the gRPC line, which scripts wait for last
+            say(f"rerank http listening on http://{settings.host}:{http_port}")
         say(f"rerank server listening on {settings.host}:{port}")
 
     try:
@@ -249,7 +251,15 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
             metrics[1].start()
         # SIGINT before the handlers are installed (during start-up) must not print a traceback.
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(settings, lambda running: ready(running.port), metrics is not None))
+            asyncio.run(
+                serve(
+                    settings,
+                    lambda running: ready(
+                        running.port, running.http.port if running.http else None
+                    ),
+                    metrics is not None,
+                )
+            )
     except StartupError as exc:
         logger.error("%s", exc)
         return 1

@@ -53,6 +53,7 @@ from rerank.server._windows import WindowedReranker, WindowPolicy
 
 if TYPE_CHECKING:
     from rerank.mock_gateway import LoopbackMockGateway
+    from rerank.server._http_door import HttpPort
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class RunningServer:
     embedded_mock: LoopbackMockGateway | None = None
     metrics: Metrics = field(default_factory=Metrics.disabled)
     tracer_provider: TracerProvider | None = None
+    #: Connect, gRPC-Web and the Cohere API, when `http_port` is set.
+    http: HttpPort | None = None
 
     async def drain(self, delay: float, cut_short: asyncio.Event | None = None) -> None:
         """NOT_SERVING, then keep serving for `delay` seconds (or until `cut_short` is set).
@@ -91,6 +94,8 @@ class RunningServer:
         still sends calls, and a listener closed in the same instant would refuse them.
         """
         await self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            self.http.drain()
         if delay <= 0:
             return
         logger.info("draining: health is NOT_SERVING, calls still served for %.3g s", delay)
@@ -104,7 +109,10 @@ class RunningServer:
         buffered."""
         await self.health.enter_graceful_shutdown()
         logger.info("stopping: in-flight calls get %.3g s to finish", self.grace_period)
-        await self.server.stop(self.grace_period)
+        if self.http is None:
+            await self.server.stop(self.grace_period)
+        else:  # both ports answer their calls in flight, then close
+            await asyncio.gather(self.server.stop(self.grace_period), self.http.stop())
         await self.caller_limits.aclose()  # and the chain within it
         if self.embedded_mock is not None:
             await self.embedded_mock.stop()
@@ -340,8 +348,9 @@ async def start_server(
         tracer=tracer,
     )
     authenticating = callers if settings.auth_tokens or settings.callers_file else None
+    pipeline = Pipeline(tracer, AccessLog(settings.access_log_success_sample), authenticating)
     door = GrpcDoor(
-        Pipeline(tracer, AccessLog(settings.access_log_success_sample), authenticating),
+        pipeline,
         metrics,
         limit=settings.max_concurrent_calls + BACKSTOP_CALLS,
         health_limit=HEALTH_CALLS,
@@ -380,6 +389,28 @@ async def start_server(
             reason = "not an address here"
         raise StartupError(f"cannot serve on {address}: {reason}") from exc
     await server.start()
+    http = None
+    if settings.http_port is not None:
+        # Imported here: without an HTTP port the server never loads uvicorn nor connectrpc.
+        from rerank.server._http_door import open_http_port
+
+        try:
+            http = await open_http_port(
+                settings,
+                pipeline,
+                servicer.methods(),
+                metrics,
+                limit=settings.max_concurrent_calls + BACKSTOP_CALLS,
+                grpc_port=port,
+            )
+        except StartupError:
+            await server.stop(None)
+            await limited.aclose()
+            if embedded_mock is not None:
+                await embedded_mock.stop()
+            metrics.close()
+            provider.shutdown()
+            raise
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
@@ -393,6 +424,7 @@ async def start_server(
         embedded_mock,
         metrics,
         provider,
+        http,
     )
 
 

@@ -127,6 +127,13 @@ def _redis_url(value: object) -> object:
     return RedisUrl.parse(value.strip()) if isinstance(value, str) else value
 
 
+def _comma_set(value: object) -> object:
+    """Comma-separated text as a set of its non-empty entries."""
+    if not isinstance(value, str):
+        return value
+    return frozenset(filter(None, (entry.strip() for entry in value.split(","))))
+
+
 def _n(low: float | None = None, high: float | None = None, *, above: float | None = None) -> Any:
     """A range: from `low` (or strictly `above`) to `high`; an end not given is open."""
     return Field(ge=low, gt=above, le=high)
@@ -155,6 +162,11 @@ Windows = Annotated[
     Says("model-or-provider=size pairs, each an integer in [1, 10000]"),
 ]
 Tokens = Annotated[frozenset[Visible], Says("tokens, each visible ASCII without spaces")]
+Origins = Annotated[
+    frozenset[Annotated[str, Field(pattern="^(\\*|https?://[!-~]+)$")]],
+    BeforeValidator(_comma_set),
+    Says("origins such as https://app.example, comma-separated, or *"),
+]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 DERIVED = Names(env=None)
 
@@ -179,6 +191,12 @@ class Settings:
     """port (0 = any free one, printed)"""
     metrics_port: Annotated[Port | None, Names("--metrics-port", shown_default="no metrics")] = None
     """Prometheus `GET /metrics` on the listen address (0 = any free one, printed)"""
+    http_port: Annotated[Port | None, Names("--http-port", shown_default="no HTTP")] = None
+    """HTTP port for Connect, gRPC-Web and the Cohere API (0 = any free one, printed)"""
+    http_header_timeout: Annotated[float, _n(above=0, high=600)] = 10.0
+    """HTTP: seconds for a request's headers, a stalled body's next bytes, an idle connection"""
+    http_cors_origins: Annotated[Origins, Names(shown_default="none")] = frozenset()
+    """HTTP: origins browsers may call from, comma-separated (`*`: any)"""
     upstream: Annotated[Upstream, DERIVED] = Upstream.EMBEDDED_MOCK
     """where calls go, from `--mock`, the credential and the gateway URL"""
     api_key: Annotated[

@@ -50,7 +50,7 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 def run_workers(
     settings: Settings,
-    ready: Callable[[int], None],
+    ready: Callable[[int, int | None], None],
     metrics: tuple[MetricsDirectory, MetricsEndpoint] | None = None,
 ) -> int:
     """Serve with `settings.workers` processes on one port; the exit status for them all.
@@ -64,14 +64,26 @@ def run_workers(
         raise StartupError(
             f"cannot serve on {settings.host}:{settings.port}: {exc.strerror}"
         ) from exc
-    # The workers share the port among themselves by design: the check above was for others.
-    shared = dataclasses.replace(
-        settings, port=reservation.getsockname()[1], allow_port_overlap=True
-    )
+    http = None
     try:
-        return _Supervisor(shared, reservation, metrics).run(ready)
+        if settings.http_port is not None:  # the HTTP port, held the same way
+            if settings.http_port != 0 and not settings.allow_port_overlap:
+                refuse_taken_port(settings.host, settings.http_port)
+            http = reserve_port(settings.host, settings.http_port)
+        # The workers share the ports among themselves by design: the checks were for others.
+        shared = dataclasses.replace(
+            settings,
+            port=reservation.getsockname()[1],
+            http_port=None if http is None else http.getsockname()[1],
+            allow_port_overlap=True,
+        )
+        return _Supervisor(shared, reservation, metrics, http).run(ready)
+    except OSError as exc:
+        raise StartupError(f"cannot serve HTTP on {settings.host}: {exc.strerror}") from exc
     finally:
         reservation.close()
+        if http is not None:
+            http.close()
 
 
 @dataclass
@@ -94,9 +106,11 @@ class _Supervisor:
         settings: Settings,
         reservation: socket.socket,
         metrics: tuple[MetricsDirectory, MetricsEndpoint] | None,
+        http_reservation: socket.socket | None = None,
     ) -> None:
         self._settings = settings
         self._reservation = reservation
+        self._http_reservation = http_reservation
         self._metrics = metrics
         self._slots = [_Slot(number) for number in range(1, settings.workers + 1)]
         self._status_read, self._status_write = os.pipe()
@@ -110,7 +124,7 @@ class _Supervisor:
         self._startup_failure: str | None = None
         self._exit_status = 0
 
-    def run(self, ready: Callable[[int], None]) -> int:
+    def run(self, ready: Callable[[int, int | None], None]) -> int:
         previous = {signum: signal.signal(signum, _wake) for signum in _SIGNALS}
         previous_wakeup = signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
         try:
@@ -130,7 +144,7 @@ class _Supervisor:
     def _starting(self) -> bool:
         return not self._serving and self._stop_signal is None
 
-    def _supervise(self, ready: Callable[[int], None]) -> None:
+    def _supervise(self, ready: Callable[[int, int | None], None]) -> None:
         for slot in self._slots:
             self._spawn(slot)
         # Threads only once the first workers are forked; later forks hold them off (quiet).
@@ -186,10 +200,12 @@ class _Supervisor:
         for fd in (self._status_read, self._wakeup_read, self._wakeup_write):
             os.close(fd)
         self._reservation.close()
+        if self._http_reservation is not None:
+            self._http_reservation.close()
         if self._metrics is not None:
             self._metrics[1].close_in_child()
 
-    def _read_status(self, ready: Callable[[int], None]) -> None:
+    def _read_status(self, ready: Callable[[int, int | None], None]) -> None:
         *lines, self._unread = (self._unread + _read_all(self._status_read, 65536)).split(b"\n")
         for line in lines:
             pid, _, message = line.decode(errors="replace").partition(" ")
@@ -203,7 +219,7 @@ class _Supervisor:
             logger.info("worker %d (pid %d) listening", slot.number, slot.pid)
             if self._starting and all(s.listening for s in self._slots):
                 self._serving = True
-                ready(self._settings.port)
+                ready(self._settings.port, self._settings.http_port)
 
     def _reap(self) -> None:
         while True:

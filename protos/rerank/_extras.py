@@ -21,14 +21,18 @@ from typing import Final
 _SERVER_MODULES: Final = frozenset(
     {
         "aiohttp",
+        "connectrpc",
         "grpc_health",
         "grpc_reflection",
         "hiredis",
+        "httptools",
         "msgspec",
         "opentelemetry",
         "orjson",
         "prometheus_client",
+        "protobuf",
         "pydantic",
+        "pyqwest",
         "uvicorn",
     }
 )

@@ -43,6 +43,8 @@ def _imported_by(folder: Path) -> set[str]:
     them (functions and TYPE_CHECKING blocks too), other than the standard library's and ours."""
     found: set[str] = set()
     for path in folder.glob("*.py"):
+        if path.name.endswith("_connect.py"):
+            continue  # the contract's Connect module: the server's (test below)
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 found.update(alias.name.partition(".")[0] for alias in node.names)
@@ -76,6 +78,21 @@ PROVIDED_TO = {
 def test_each_package_imports_only_what_its_install_provides(package: str) -> None:
     folder = REPO_ROOT / (PACKAGE_DIRS.get(package) or PACKAGE_DIRS["rerank"] + "/v1")
     assert _imported_by(folder) - PROVIDED_TO[package] == set()
+
+
+def test_the_connect_module_imports_only_what_the_server_extra_provides() -> None:
+    imported = _imported_by_file(
+        REPO_ROOT / PACKAGE_DIRS["rerank"] / "v1/rerank_service_connect.py"
+    )
+    assert imported - BASE_MODULES - SERVER_MODULES == set()
+
+
+def _imported_by_file(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.partition(".")[0])
+    return found - set(sys.stdlib_module_names) - {"__future__", "rerank"}
 
 
 def _module_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str) -> str:
