@@ -344,7 +344,6 @@ def choices(field: FieldInfo) -> tuple[str, ...]:
 def range_of(field: FieldInfo) -> str:
     """The values `field` takes, in words: the table's range column, and the error's."""
     kind, metadata = _parts(field)
-    num = lambda value: str(value).removesuffix(".0")  # noqa: E731
     said = [m.words for m in metadata if isinstance(m, Says)]
     if said:
         words = said[-1]
@@ -354,8 +353,9 @@ def range_of(field: FieldInfo) -> str:
         words = "one of " + ", ".join(choices(field))
     else:
         end = {k: getattr(m, k) for m in metadata for k in ("ge", "gt", "le") if hasattr(m, k)}
-        low = f"({num(end['gt'])}" if "gt" in end else f"[{num(end['ge'])}"
-        high = f"{num(end['le'])}]" if "le" in end else "∞)"
+        end = {k: str(v).removesuffix(".0") for k, v in end.items()}
+        low = f"({end['gt']}" if "gt" in end else f"[{end['ge']}"
+        high = f"{end['le']}]" if "le" in end else "∞)"
         words = f"{'an integer' if kind is int else 'a number'} in {low}, {high}"
     return words + (", or unset" if field.default is None else "")
 

@@ -1,21 +1,25 @@
-"""The gateway credential, asked for on every call: a fixed key (`StaticCredential`), or a
-short-lived token in a file the platform rotates (`OidcTokenFile`; README, "OIDC tokens").
-Tokens are never logged.
+"""Credentials both ways, never logged. The gateway's, asked for on every call: a fixed key
+(`StaticCredential`), or a short-lived token in a file the platform rotates (`OidcTokenFile`;
+README, "OIDC tokens"). The callers': `CallerDirectory`, who presents which token or certificate.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import orjson
+
+from rerank.server._domain import Caller
 
 logger = logging.getLogger(__name__)
 
@@ -155,3 +159,47 @@ class OidcTokenFile:
         except OSError as exc:
             raise TokenFileError(f"cannot read {self._path}: {exc.strerror}") from exc
         return found.st_ino, found.st_size, found.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class CallerDirectory:
+    """Who is who: bearer-token digests and certificate names to callers (None: a token of
+    `RERANK_AUTH_TOKENS`, a caller without a name or limits)."""
+
+    _tokens: tuple[tuple[bytes, Caller | None], ...] = ()
+    _subjects: Mapping[str, Caller] = field(default_factory=dict)
+    _sans: Mapping[str, Caller] = field(default_factory=dict)
+    #: The named callers, by name.
+    callers: Mapping[str, Caller] = field(default_factory=dict)
+
+    @property
+    def names_by_certificate(self) -> bool:
+        """Whether some caller is recognised by its client certificate."""
+        return bool(self._subjects or self._sans)
+
+    @property
+    def certificate_callers(self) -> tuple[str, ...]:
+        """The names of the callers recognised by a client certificate, sorted."""
+        named = [*self._subjects.values(), *self._sans.values()]
+        return tuple(sorted({caller.name for caller in named}))
+
+    def for_token(self, token: bytes) -> tuple[bool, Caller | None]:
+        """(known, caller) for a presented bearer token. Every digest is compared, in constant
+        time, so the time taken tells nothing about which token (if any) came close."""
+        digest = hashlib.sha256(token).digest()
+        known = False
+        found: Caller | None = None
+        for expected, caller in self._tokens:
+            if hmac.compare_digest(digest, expected):
+                known, found = True, caller
+        return known, found
+
+    def for_certificate(self, subject: str | None, sans: Sequence[str]) -> Caller | None:
+        """The caller a client certificate names: by its subject first, else by the first
+        of its subject alternative names (in the certificate's order) that a table lists."""
+        if subject is not None and (caller := self._subjects.get(subject)) is not None:
+            return caller
+        for san in sans:
+            if (caller := self._sans.get(san)) is not None:
+                return caller
+        return None
