@@ -60,15 +60,7 @@ def cache_key(query: RerankQuery) -> bytes:
         else:
             scope = query.caller.name
     material = orjson.dumps(
-        [
-            scope,
-            query.model,
-            query.query,
-            query.kind,
-            query.documents,
-            query.top_n,
-            options,
-        ],
+        [scope, query.model, query.query, query.kind, query.documents, query.top_n, options],
         option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.sha256(material).digest()
