@@ -124,32 +124,18 @@ def build_chain(
         logger.warning("gateway circuit %s", state.value)
         metrics.breaker_transition(state.value)
 
+    s = settings
     resilient = ResilientReranker(
         MeteredUpstream(gateway, metrics),
-        policy=RetryPolicy(
-            max_retries=settings.max_retries,
-            initial_backoff=settings.retry_initial_backoff,
-            max_backoff=settings.retry_max_backoff,
-        ),
-        budget=RetryBudget(ratio=settings.retry_budget_ratio),
+        policy=RetryPolicy(s.max_retries, s.retry_initial_backoff, s.retry_max_backoff),
+        budget=RetryBudget(ratio=s.retry_budget_ratio),
         breaker=CircuitBreaker(
-            failure_rate=settings.breaker_failure_rate,
-            window=settings.breaker_window,
-            cooldown=settings.breaker_cooldown,
-            on_change=circuit_changed,
+            s.breaker_failure_rate, s.breaker_window, s.breaker_cooldown, on_change=circuit_changed
         ),
         metrics=metrics,
     )
-    windowed = WindowedReranker(
-        resilient,
-        WindowPolicy(
-            sizes=settings.window_sizes,
-            default_size=settings.default_window_size,
-            parallelism=settings.window_parallelism,
-        ),
-        metrics,
-        tracer=tracer,
-    )
+    windows = WindowPolicy(s.window_sizes, s.default_window_size, s.window_parallelism)
+    windowed = WindowedReranker(resilient, windows, metrics, tracer=tracer)
     cache = CachingReranker(
         windowed,
         ttl=settings.cache_ttl,

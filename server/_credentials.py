@@ -23,30 +23,22 @@ from rerank.server._domain import Caller
 
 logger = logging.getLogger(__name__)
 
-#: How often an `OidcTokenFile` looks at its file at most, in seconds: one `stat` per interval,
-#: however many calls go out.
-CHECK_INTERVAL = 5.0
-#: How long before a token's `exp` its file is read again even if it looks unchanged.
-REFRESH_AHEAD = 60.0
+CHECK_INTERVAL = 5.0  # seconds between looks at a token file, however many calls go out
+REFRESH_AHEAD = 60.0  # seconds before a token's `exp` its file is read even if unchanged
 
 
 class Credential(Protocol):
-    """Where a gateway request's `authorization: Bearer ...` comes from."""
+    """Where a gateway request's bearer token (asked for on every request: cheap) and its
+    `ai-gateway-auth-method` (`api-key` or `oidc`) come from."""
 
     @property
-    def auth_method(self) -> str:
-        """Sent as `ai-gateway-auth-method`: `api-key` or `oidc`."""
-        ...
+    def auth_method(self) -> str: ...
 
-    def bearer_token(self) -> str:
-        """The token for the request about to be sent. Called on every request: cheap."""
-        ...
+    def bearer_token(self) -> str: ...
 
 
 @dataclass(frozen=True)
 class StaticCredential:
-    """A credential fixed at start: an API key, or an OIDC token from the environment."""
-
     token: str = field(repr=False)
     auth_method: str = "api-key"
 
@@ -55,11 +47,10 @@ class StaticCredential:
 
 
 class TokenFileError(Exception):
-    """The token file cannot be read, or holds no token. The message never holds the token."""
+    """The token file cannot be read, or holds no token (never said)."""
 
 
 def read_token(path: str) -> str:
-    """The token in `path`: its text, surrounding whitespace removed."""
     try:
         with open(path, encoding="utf-8") as file:
             token = file.read().strip()
@@ -73,8 +64,8 @@ def read_token(path: str) -> str:
 
 
 def jwt_expiry(token: str) -> float | None:
-    """The `exp` claim of a JWT (seconds since the epoch), read without verifying anything (only
-    the gateway can), to know when to look for the next token; None when there is none."""
+    """The `exp` claim of a JWT, unverified (only the gateway can), to know when to look for the
+    next token; None when there is none."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
@@ -90,12 +81,9 @@ def jwt_expiry(token: str) -> float | None:
 
 
 class OidcTokenFile:
-    """A token file the platform rewrites, read again when it changed (inode, size or
-    modification time: a rename over it, as Kubernetes does, or a write in place), or when the
-    token held expires within `refresh_ahead` seconds (in case the new token came without a
-    visible change). A file that cannot be read then keeps the token held, with a warning; at
-    construction it raises `TokenFileError`.
-    """
+    """A token file the platform rewrites, read again when it changed (inode, size or mtime:
+    a rename over it, or a write in place), or when its token expires within `refresh_ahead`.
+    Unreadable later, the token held stays, with a warning; at construction, `TokenFileError`."""
 
     auth_method = "oidc"
 
@@ -110,8 +98,7 @@ class OidcTokenFile:
         self._path = path
         self._check_interval = check_interval
         self._refresh_ahead = refresh_ahead
-        # Wall-clock time, because `exp` is: one clock for the interval and the expiry.
-        self._clock = clock
+        self._clock = clock  # wall-clock time, as `exp` is
         self._identity = self._stat()
         self._token = read_token(path)
         self._expires_at = jwt_expiry(self._token)
@@ -134,8 +121,7 @@ class OidcTokenFile:
             identity = self._stat()
             if identity == self._identity and not expiring:
                 return
-            # A small file, read only when it changed or its token is expiring: reading it on
-            # the event loop costs less than handing it to a thread.
+            # A small file, rarely read: on the event loop costs less than a thread.
             token = read_token(self._path)
         except TokenFileError as exc:
             logger.warning("OIDC token file: %s; keeping the token read before", exc)
@@ -164,28 +150,25 @@ class OidcTokenFile:
 @dataclass(frozen=True)
 class CallerDirectory:
     """Who is who: bearer-token digests and certificate names to callers (None: a token of
-    `RERANK_AUTH_TOKENS`, a caller without a name or limits)."""
+    `RERANK_AUTH_TOKENS`, without a name or limits); `callers` by name."""
 
     _tokens: tuple[tuple[bytes, Caller | None], ...] = ()
     _subjects: Mapping[str, Caller] = field(default_factory=dict)
     _sans: Mapping[str, Caller] = field(default_factory=dict)
-    #: The named callers, by name.
     callers: Mapping[str, Caller] = field(default_factory=dict)
 
     @property
     def names_by_certificate(self) -> bool:
-        """Whether some caller is recognised by its client certificate."""
         return bool(self._subjects or self._sans)
 
     @property
     def certificate_callers(self) -> tuple[str, ...]:
-        """The names of the callers recognised by a client certificate, sorted."""
         named = [*self._subjects.values(), *self._sans.values()]
         return tuple(sorted({caller.name for caller in named}))
 
     def for_token(self, token: bytes) -> tuple[bool, Caller | None]:
-        """(known, caller) for a presented bearer token. Every digest is compared, in constant
-        time, so the time taken tells nothing about which token (if any) came close."""
+        """(known, caller) for a bearer token. Every digest is compared, in constant time, so
+        the time taken tells nothing about which token came close."""
         digest = hashlib.sha256(token).digest()
         known = False
         found: Caller | None = None
@@ -195,8 +178,7 @@ class CallerDirectory:
         return known, found
 
     def for_certificate(self, subject: str | None, sans: Sequence[str]) -> Caller | None:
-        """The caller a client certificate names: by its subject first, else by the first
-        of its subject alternative names (in the certificate's order) that a table lists."""
+        """The caller a client certificate names: by its subject, else its first listed SAN."""
         if subject is not None and (caller := self._subjects.get(subject)) is not None:
             return caller
         for san in sans:
