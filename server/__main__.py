@@ -18,17 +18,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from rerank.server import _config as config
 from rerank.server._callers import CallerRegistry, CallersFileError
-from rerank.server._config import (
-    SettingError,
-    Settings,
-    Upstream,
-    choices,
-    fields,
-    is_http_url,
-    names,
-    range_of,
-)
+from rerank.server._config import SettingError, Settings, Upstream
 from rerank.server._credentials import TokenFileError, read_token
 from rerank.server._logs import configure_logging
 from rerank.server._tracing import SAMPLERS
@@ -53,20 +45,20 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         description="gRPC reranking service in front of the AI Gateway. With no "
         "AI_GATEWAY_API_KEY and no gateway URL it serves from the bundled mock gateway.",
     )
-    for name, field in fields().items():
-        if flag := names(name).flag:
-            about = f"{field.description}: {range_of(field)}"
+    for name, field in config.fields().items():
+        if flag := config.names(name).flag:
+            about = f"{field.description}: {config.range_of(field)}"
             switch = {"action": "store_const", "const": "1"} if field.annotation is bool else {}
             parser.add_argument(flag, dest=name, help=about, **switch)  # type: ignore[arg-type]
     parser.add_argument("--mock", action="store_true", help="serve from the bundled mock gateway")
     args = parser.parse_args(argv)
     values: dict[str, Any] = {"workers": len(os.sched_getaffinity(0))}
-    for name, field in fields().items():
+    for name, field in config.fields().items():
         text = getattr(args, name, None)
-        if text is None and (env := names(name).env):
+        if text is None and (env := config.names(name).env):
             text = environ.get(env, "").strip() or None
         if text is not None:
-            folded = {choice.upper(): choice for choice in choices(field)}
+            folded = {choice.upper(): choice for choice in config.choices(field)}
             values[name] = folded.get(text.strip().upper(), text.strip())
     if "gateway_url" in values:
         values["gateway_url"] = values["gateway_url"].rstrip("/")
@@ -133,7 +125,7 @@ def _traces_exported(environ: Mapping[str, str]) -> bool:
         refused = f"OTEL_TRACES_EXPORTER must be otlp or none, got {exporter!r}"
     elif protocol not in ("", "http/protobuf"):
         refused = f"OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is supported, got {protocol!r}"
-    elif wrong := [name for name in endpoints if read(name) and not is_http_url(read(name))]:
+    elif wrong := [name for name in endpoints if read(name) and not config.is_http_url(read(name))]:
         refused = f"{wrong[0]} must be an http:// or https:// URL, got {read(wrong[0])!r}"
     elif sampler not in ("", *SAMPLERS):
         refused = f"OTEL_TRACES_SAMPLER must be one of {', '.join(SAMPLERS)}, got {sampler!r}"

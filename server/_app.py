@@ -256,17 +256,15 @@ async def start_server(
         reranker = build_chain(settings, build_gateway(settings, tracer), metrics, tracer).reranker
     # Outermost, so that every call of a named caller meets its limits first.
     limited = CallerLimitsReranker(reranker, limit_store(settings, metrics), metrics=metrics)
+    # An answer echoes the request's documents: sized for the largest an accepted request can
+    # produce, so none is refused after the gateway was paid for it.
+    sent = max_response_bytes(
+        settings.max_message_bytes, settings.max_documents, settings.batch_max_requests
+    )
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
-            # An answer echoes the request's documents: sized for the largest an accepted
-            # request can produce, so none is refused after the gateway was paid for it.
-            (
-                "grpc.max_send_message_length",
-                max_response_bytes(
-                    settings.max_message_bytes, settings.max_documents, settings.batch_max_requests
-                ),
-            ),
+            ("grpc.max_send_message_length", sent),
             # gRPC's default SO_REUSEPORT would let a second server here start silently and
             # take half the connections (refuse_taken_port explains the rest).
             ("grpc.so_reuseport", 1 if settings.allow_port_overlap else 0),
@@ -275,18 +273,12 @@ async def start_server(
     servicer = RerankServicer(
         limited,
         limits=Limits(
-            max_documents=settings.max_documents,
-            max_document_bytes=settings.max_document_bytes,
-            max_query_bytes=settings.max_query_bytes,
+            settings.max_documents, settings.max_document_bytes, settings.max_query_bytes
         ),
-        admission=Admission(
-            settings.max_concurrent_calls, settings.max_inflight_bytes, metrics=metrics
-        ),
+        admission=Admission(settings.max_concurrent_calls, settings.max_inflight_bytes, metrics),
         default_model=settings.default_model,
         upstream_timeout=settings.upstream_timeout,
-        batch=BatchLimits(
-            max_requests=settings.batch_max_requests, parallelism=settings.batch_parallelism
-        ),
+        batch=BatchLimits(settings.batch_max_requests, settings.batch_parallelism),
         metrics=metrics,
         tracer=tracer,
     )
@@ -302,7 +294,7 @@ async def start_server(
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, door.registrar(server))
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        # `reflection.aio` is public (its `__all__`); its stubs take `aio` for grpc's.
+        # `reflection.aio` is public (its `__all__`); its stubs mistake it for grpc's.
         reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
         ),

@@ -154,7 +154,11 @@ class ResilientReranker(RerankerLayer):
                 retry += 1
                 logger.info("retrying after %s (retry %d in %.3f s)", error.reason, retry, delay)
                 self._metrics.retry(error.reason)
-                said = {"rerank.retry": retry, "error.type": error.reason, "rerank.delay_s": delay}
+                said: dict[str, str | int | float] = {
+                    "rerank.retry": retry,
+                    "error.type": error.reason,
+                    "rerank.delay_s": delay,
+                }
                 trace.get_current_span().add_event("retry", said)
                 await self._sleep(delay)
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -206,13 +207,8 @@ def _dollars(amount: Decimal) -> str:
 
 
 def warning_to_proto(warning: Warning) -> pb.Warning:
-    return pb.Warning(
-        type=pb.Warning.Type.Value(f"TYPE_{warning.type.upper()}"),
-        feature=warning.feature,
-        details=warning.details,
-        message=warning.message,
-        setting=warning.setting,
-    )
+    kind = pb.Warning.Type.Value(f"TYPE_{warning.type.upper()}")
+    return pb.Warning(**{**dataclasses.asdict(warning), "type": kind})
 
 
 def model_to_proto(model: ModelInfo) -> pb.Model:
