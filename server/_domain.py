@@ -199,27 +199,19 @@ def check_request(query: RerankQuery, limits: Limits) -> None:
     """Raise `InvalidRequest` naming every field of `query` that breaks the contract."""
     violations: list[FieldViolation] = []
     if not is_model_slug(query.model):
-        violations.append(
-            FieldViolation(
-                "model",
-                f"must be a gateway model slug 'provider/model' of at most "
-                f"{MAX_MODEL_SLUG_LENGTH} characters, e.g. 'cohere/rerank-v3.5'",
-            )
+        slug = (
+            f"a gateway model slug 'provider/model' of at most {MAX_MODEL_SLUG_LENGTH} characters"
         )
+        violations.append(FieldViolation("model", f"must be {slug}, e.g. 'cohere/rerank-v3.5'"))
     if not query.query.strip():
         violations.append(FieldViolation("query", "must not be empty"))
     elif len(query.query.encode()) > limits.max_query_bytes:
-        violations.append(
-            FieldViolation("query", f"must be at most {limits.max_query_bytes} bytes of UTF-8")
-        )
+        most = f"must be at most {limits.max_query_bytes} bytes of UTF-8"
+        violations.append(FieldViolation("query", most))
     # No documents is a valid question, with an empty answer, as the AI SDK's rerank() says.
-    if len(query.documents) > limits.max_documents:
-        violations.append(
-            FieldViolation(
-                "documents",
-                f"holds {len(query.documents)} documents; at most {limits.max_documents} allowed",
-            )
-        )
+    if (count := len(query.documents)) > limits.max_documents:
+        most = f"holds {count} documents; at most {limits.max_documents} allowed"
+        violations.append(FieldViolation("documents", most))
     if query.top_n is not None and query.top_n < 1:
         violations.append(
             FieldViolation("top_n", f"must be at least 1 when set, got {query.top_n}")

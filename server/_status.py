@@ -118,16 +118,9 @@ def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.
         error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
     ]
     if isinstance(error, errors.InvalidRequest):
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in error.violations
-                ]
-            )
-        )
+        violation = error_details_pb2.BadRequest.FieldViolation
+        fields = [violation(field=v.field, description=v.description) for v in error.violations]
+        details.append(error_details_pb2.BadRequest(field_violations=fields))
     if (retry_after := _retry_delay(error, code)) is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(retry_after * 1e9))
