@@ -60,11 +60,9 @@ if slots then
 end
 if rate then
   local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-  local tokens = tonumber(bucket[1]) or size
-  local at = tonumber(bucket[2]) or now
+  local tokens, at = tonumber(bucket[1]) or size, tonumber(bucket[2]) or now
   if now > at then
-    tokens = math.min(size, tokens + (now - at) * rate / 1000)
-    at = now
+    tokens, at = math.min(size, tokens + (now - at) * rate / 1000), now
   end
   if tokens < 1 then
     return counted('refused', 'rate', math.ceil((1 - tokens) * 1000 / rate))

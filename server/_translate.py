@@ -235,26 +235,21 @@ class Page:
 
     @classmethod
     def of(cls, request: pb.ListModelsRequest) -> Page:
-        if request.page_size < 0:
-            raise InvalidRequest(
-                [FieldViolation("page_size", f"must not be negative, got {request.page_size}")]
-            )
-        if not request.page_token:
-            return cls(request.page_size)
+        size, token = request.page_size, request.page_token
+        if size < 0:
+            raise InvalidRequest([FieldViolation("page_size", f"must not be negative, got {size}")])
+        if not token:
+            return cls(size)
         try:
-            offset_text, _, after = (
-                base64.urlsafe_b64decode(request.page_token + "=" * (-len(request.page_token) % 4))
-                .decode()
-                .partition(":")
-            )
+            text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            offset_text, _, after = text.partition(":")
             offset = int(offset_text)
         except ValueError:  # not base64 (binascii.Error), not UTF-8, not a number
             offset = -1
         if offset < 1 or not after:
-            raise InvalidRequest(
-                [FieldViolation("page_token", "is not a next_page_token this service gave")]
-            )
-        return cls(request.page_size, offset, after)
+            unknown = FieldViolation("page_token", "is not a next_page_token this service gave")
+            raise InvalidRequest([unknown])
+        return cls(size, offset, after)
 
     def cut(self, models: Sequence[ModelInfo]) -> tuple[Sequence[ModelInfo], str]:
         """This page of `models`, and the token of the next page ("" after the last one)."""

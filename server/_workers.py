@@ -56,13 +56,11 @@ def run_workers(
         reservation = reserve_port(settings.host, settings.port)
     except OSError as exc:
         refuse_taken_port(settings.host, settings.port, overlap_failed=True)
-        raise StartupError(
-            f"cannot serve on {settings.host}:{settings.port}: {exc.strerror}"
-        ) from exc
+        where = f"{settings.host}:{settings.port}"
+        raise StartupError(f"cannot serve on {where}: {exc.strerror}") from exc
     # The workers share the port among themselves: the check above was for others.
-    shared = dataclasses.replace(
-        settings, port=reservation.getsockname()[1], allow_port_overlap=True
-    )
+    port = reservation.getsockname()[1]
+    shared = dataclasses.replace(settings, port=port, allow_port_overlap=True)
     try:
         return _Supervisor(shared, reservation, metrics).run(ready)
     finally:
