@@ -124,17 +124,25 @@ def build_chain(
         logger.warning("gateway circuit %s", state.value)
         metrics.breaker_transition(state.value)
 
-    s = settings
+    retries = RetryPolicy(
+        settings.max_retries, settings.retry_initial_backoff, settings.retry_max_backoff
+    )
+    breaker = CircuitBreaker(
+        settings.breaker_failure_rate,
+        settings.breaker_window,
+        settings.breaker_cooldown,
+        on_change=circuit_changed,
+    )
     resilient = ResilientReranker(
         MeteredUpstream(gateway, metrics),
-        policy=RetryPolicy(s.max_retries, s.retry_initial_backoff, s.retry_max_backoff),
-        budget=RetryBudget(ratio=s.retry_budget_ratio),
-        breaker=CircuitBreaker(
-            s.breaker_failure_rate, s.breaker_window, s.breaker_cooldown, on_change=circuit_changed
-        ),
+        policy=retries,
+        budget=RetryBudget(ratio=settings.retry_budget_ratio),
+        breaker=breaker,
         metrics=metrics,
     )
-    windows = WindowPolicy(s.window_sizes, s.default_window_size, s.window_parallelism)
+    windows = WindowPolicy(
+        settings.window_sizes, settings.default_window_size, settings.window_parallelism
+    )
     windowed = WindowedReranker(resilient, windows, metrics, tracer=tracer)
     cache = CachingReranker(
         windowed,
