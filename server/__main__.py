@@ -50,7 +50,8 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
             about = f"{field.description}: {config.range_of(field)}"
             switch = {"action": "store_const", "const": "1"} if field.annotation is bool else {}
             parser.add_argument(flag, dest=name, help=about, **switch)  # type: ignore[arg-type]
-    parser.add_argument("--mock", action="store_true", help="serve from the bundled mock gateway")
+    mock = "serve from the bundled mock gateway even with a key"
+    parser.add_argument("--mock", action="store_true", help=mock)
     args = parser.parse_args(argv)
     values: dict[str, Any] = {"workers": len(os.sched_getaffinity(0))}
     for name, field in config.fields().items():
