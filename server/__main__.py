@@ -195,11 +195,11 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
             url, protocol = settings.gateway_url, settings.protocol.value
             logger.info("forwarding to the gateway at %s (protocol %s)", url, protocol)
         logger.info(
-            "caller authentication %s; TLS %s; %d worker process(es)",
+            "caller authentication %s; TLS %s",
             "on" if settings.auth_tokens or settings.callers_file else "off",
             "mutual" if settings.tls_client_ca_file else "on" if settings.tls_cert_file else "off",
-            settings.workers,
         )
+        logger.info("%d worker process(es)", settings.workers)
         # For scripts to wait for: where metrics are first, so it is there with the port.
         if metrics is not None:
             say(f"rerank metrics on {metrics[1].url}")
