@@ -48,8 +48,10 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     for name, field in config.fields().items():
         if flag := config.names(name).flag:
             about = f"{field.description}: {config.range_of(field)}"
-            switch = {"action": "store_const", "const": "1"} if field.annotation is bool else {}
-            parser.add_argument(flag, dest=name, help=about, **switch)  # type: ignore[arg-type]
+            if field.annotation is bool:  # a switch: the flag alone turns it on
+                parser.add_argument(flag, dest=name, action="store_const", const="1", help=about)
+            else:  # None when not given: the variable, then the default, speak
+                parser.add_argument(flag, dest=name, help=about)
     mock = "serve from the bundled mock gateway even with a key"
     parser.add_argument("--mock", action="store_true", help=mock)
     args = parser.parse_args(argv)
