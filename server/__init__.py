@@ -25,8 +25,9 @@ Caller limits, cache, windows, resilience and metering are `_domain.RerankerLaye
 gateway adapter. `_errors` is the one error tree, `_status` the one table from it to gRPC codes
 (and the failures' log lines), `_calls` the per-call record the pipeline hands down, `_metrics`
 what the server counts (`_prometheus` stores it and serves `/metrics`), `_app` wires
-everything, `_config` holds the settings, `_callers` the named callers, `_workers` runs several
-processes on one port.
+everything, `_config` holds the settings, `_callers` reads the named callers' file into the
+callers' directory, which `_credentials` holds with our own gateway credential, `_workers` runs
+several processes on one port.
 
 The names are imported on first use: importing this package imports nothing else, so that
 `__main__` can choose prometheus-client's storage before anything imports the library.

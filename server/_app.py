@@ -1,6 +1,5 @@
 """Wiring: the reranker chain, the grpc.aio server with the call pipeline, health, reflection,
-the port it may take, and shutdown. The only module that knows every part; the embedded mock
-is imported only on the path that uses it."""
+and shutdown. The only module that knows every part."""
 
 from __future__ import annotations
 
@@ -29,12 +28,7 @@ from rerank.server._cache import CachingReranker
 from rerank.server._caller_limits import CallerLimitsReranker
 from rerank.server._callers import CallerRegistry, CallersFileError
 from rerank.server._config import CacheBackend, Settings, Upstream
-from rerank.server._credentials import (
-    Credential,
-    OidcTokenFile,
-    StaticCredential,
-    TokenFileError,
-)
+from rerank.server._credentials import Credential, OidcTokenFile, StaticCredential, TokenFileError
 from rerank.server._domain import Limits, Reranker
 from rerank.server._gateway import GatewayReranker
 from rerank.server._grpc_door import GrpcDoor
@@ -58,28 +52,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-#: Calls in flight beyond the admission limit that the call limit still lets in (ListModels,
-#: reflection, and calls whose message is still arriving): a hard backstop, so a flood of
-#: slow senders cannot hold memory without bound while admission has not seen them yet.
+#: Calls in flight beyond the admission limit (ListModels, reflection, calls whose message is
+#: still arriving): a backstop, so slow senders cannot hold memory admission has not seen yet.
 BACKSTOP_CALLS = 64
-#: Health checks in flight at most. Counted apart from every other call, so a flood of calls
-#: never refuses a balancer's probe; bounded, so a flood of Watch streams cannot grow forever.
+#: Health checks in flight at most, counted apart, so a flood of calls never refuses a probe.
 HEALTH_CALLS = 64
 
 
 @dataclass
 class RunningServer:
-    """A started server and what must be closed with it."""
-
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
-    #: The chain the servicer calls, below the caller-limits layer.
-    reranker: Reranker
+    reranker: Reranker  # below `caller_limits`, the layer the servicer calls
     grace_period: float
-    #: The caller-limits layer around `reranker`, with the store it counts in.
     caller_limits: CallerLimitsReranker
-    #: The named callers in force; `reload()` re-reads the callers file (SIGHUP).
     callers: CallerRegistry
     embedded_mock: LoopbackMockGateway | None = None
     metrics: Metrics = field(default_factory=Metrics.disabled)
@@ -88,11 +75,8 @@ class RunningServer:
     http: HttpPort | None = None
 
     async def drain(self, delay: float, cut_short: asyncio.Event | None = None) -> None:
-        """NOT_SERVING, then keep serving for `delay` seconds (or until `cut_short` is set).
-
-        A balancer only learns that we are leaving at its next health check: until then it
-        still sends calls, and a listener closed in the same instant would refuse them.
-        """
+        """NOT_SERVING, then keep serving for `delay` seconds (or until `cut_short`): a balancer
+        learns that we leave only at its next health check, and sends calls until then."""
         await self.health.enter_graceful_shutdown()
         if self.http is not None:
             self.http.drain()
@@ -103,10 +87,8 @@ class RunningServer:
             await asyncio.wait_for((cut_short or asyncio.Event()).wait(), delay)
 
     async def stop(self) -> None:
-        """Graceful stop: NOT_SERVING (when `drain` has not already said so), close the
-        listener and let in-flight calls finish within the grace period, then close the HTTP
-        pool (and the embedded mock gateway, when there is one), then export the spans still
-        buffered."""
+        """NOT_SERVING, close the listener, let calls finish within the grace period, then close
+        the chain, the embedded mock and the metrics, and export the spans still buffered."""
         await self.health.enter_graceful_shutdown()
         logger.info("stopping: in-flight calls get %.3g s to finish", self.grace_period)
         if self.http is None:
@@ -124,16 +106,15 @@ class RunningServer:
 
 @dataclass(frozen=True)
 class RerankerChain:
-    """The reranker chain around a gateway, and the parts of it that remember past calls."""
+    """The reranker chain around a gateway (`reranker`, its outermost layer), and the parts of
+    it that remember past calls."""
 
     reranker: Reranker
-    """The outermost layer: what the servicer calls."""
     cache: CachingReranker
     resilience: ResilientReranker
 
     async def reset(self) -> None:
-        """Forget every past call: cached answers, the circuit's state, the retry budget (the
-        testing kit does this between tests, so nothing one test does reaches the next)."""
+        """Forget every past call (the testing kit does, between tests)."""
         await self.cache.clear()
         await self.resilience.reset()
 
@@ -144,41 +125,33 @@ def build_chain(
     metrics: Metrics | None = None,
     tracer: trace.Tracer | None = None,
 ) -> RerankerChain:
-    """The whole chain around `gateway`, outermost first: the result cache, windows for large
-    requests, retries with a budget and a circuit breaker, and the metrics of every call that
-    reaches the gateway."""
+    """The chain around `gateway`, outermost first: cache, windows, resilience, metering."""
     metrics = metrics or Metrics.disabled()
 
     def circuit_changed(state: BreakerState) -> None:
         logger.warning("gateway circuit %s", state.value)
         metrics.breaker_transition(state.value)
 
+    retries = RetryPolicy(
+        settings.max_retries, settings.retry_initial_backoff, settings.retry_max_backoff
+    )
+    breaker = CircuitBreaker(
+        settings.breaker_failure_rate,
+        settings.breaker_window,
+        settings.breaker_cooldown,
+        on_change=circuit_changed,
+    )
     resilient = ResilientReranker(
         MeteredUpstream(gateway, metrics),
-        policy=RetryPolicy(
-            max_retries=settings.max_retries,
-            initial_backoff=settings.retry_initial_backoff,
-            max_backoff=settings.retry_max_backoff,
-        ),
+        policy=retries,
         budget=RetryBudget(ratio=settings.retry_budget_ratio),
-        breaker=CircuitBreaker(
-            failure_rate=settings.breaker_failure_rate,
-            window=settings.breaker_window,
-            cooldown=settings.breaker_cooldown,
-            on_change=circuit_changed,
-        ),
+        breaker=breaker,
         metrics=metrics,
     )
-    windowed = WindowedReranker(
-        resilient,
-        WindowPolicy(
-            sizes=settings.window_sizes,
-            default_size=settings.default_window_size,
-            parallelism=settings.window_parallelism,
-        ),
-        metrics,
-        tracer=tracer,
+    windows = WindowPolicy(
+        settings.window_sizes, settings.default_window_size, settings.window_parallelism
     )
+    windowed = WindowedReranker(resilient, windows, metrics, tracer=tracer)
     cache = CachingReranker(
         windowed,
         ttl=settings.cache_ttl,
@@ -192,13 +165,12 @@ def build_chain(
 
 
 def redis_cache_entries(settings: Settings, metrics: Metrics) -> RedisCacheEntries | None:
-    """The result cache's entries in Redis with `RERANK_CACHE_BACKEND=redis` (None: in
-    memory): in `cache_redis_url`'s Redis, else in the limits' own, which must then never
-    evict (`RedisCacheEntries` checks)."""
+    """The result cache's entries in Redis (None: in memory): `cache_redis_url`'s, else the
+    limits' own, which must then never evict (`RedisCacheEntries` checks)."""
     if settings.cache_backend is not CacheBackend.REDIS:
         return None
     url = settings.cache_redis_url or settings.redis_url
-    assert url is not None, "__main__ requires a URL for the Redis cache"
+    assert url is not None, "Settings require a URL for the Redis cache"
     limits = settings.redis_url
     shares_limits = limits is not None and (url.host, url.port) == (limits.host, limits.port)
     client = RedisClient(
@@ -212,18 +184,16 @@ def redis_cache_entries(settings: Settings, metrics: Metrics) -> RedisCacheEntri
 
 
 def limit_store(settings: Settings, metrics: Metrics) -> LimitStore:
-    """Where callers' limits and spend are counted: in `redis_url`'s Redis, shared by every
-    replica (failing open, unless told to fail closed), else in this process (so per worker
-    and per replica)."""
+    """Where callers' limits and spend are counted: `redis_url`'s Redis, shared by every replica
+    (failing open unless told not to), else this process."""
     if settings.redis_url is None:
         return InMemoryLimitStore()
     if settings.limits_fail_closed:
         when_down = "calls of named callers are refused (LIMITS_UNAVAILABLE) until it is back"
     else:
         when_down = "limits are counted in this process until it is back"
-    # Our own client, not redis-py's asyncio client: redis-py costs the server more CPU per
-    # named-caller call than the 25 µs that would let it replace ours (README, "Which Redis
-    # client"; python -m bench.redis_cost).
+    # Our own client, not redis-py's asyncio one: redis-py costs the server over 25 µs more CPU
+    # per named-caller call (README, "Which Redis client"; python -m bench.redis_cost).
     client = RedisClient(
         settings.redis_url,
         timeout=settings.redis_timeout,
@@ -240,8 +210,7 @@ def limit_store(settings: Settings, metrics: Metrics) -> LimitStore:
 
 
 def build_gateway(settings: Settings, tracer: trace.Tracer | None = None) -> GatewayReranker:
-    """The gateway adapter for `settings.gateway_url`, over one pooled HTTP session; its
-    credential the token file when there is one (read again as it changes), else the key."""
+    """The gateway adapter, its credential the token file when there is one, else the key."""
     credential: Credential
     if settings.oidc_token_file is not None:
         try:
@@ -265,12 +234,8 @@ def build_gateway(settings: Settings, tracer: trace.Tracer | None = None) -> Gat
 async def start_server(
     settings: Settings, reranker: Reranker | None = None, metrics: Metrics | None = None
 ) -> RunningServer:
-    """Build and start the server on `settings.host:settings.port`; return once listening.
-
-    `reranker` replaces the one `settings` describe (tests use it for failures no gateway
-    can be made to produce). `metrics` records what happens (nothing by default); the running
-    server closes it when it stops.
-    """
+    """Start the server; return once listening. `reranker` replaces the chain `settings`
+    describe (for failures no gateway can be made to produce); the server closes `metrics`."""
     try:
         callers = CallerRegistry(settings.callers_file, settings.auth_tokens)
     except CallersFileError as exc:
@@ -283,21 +248,17 @@ async def start_server(
         except StartupError:
             metrics.close()
             raise
-    # Made here, per server (so per worker process, after the fork), never at import.
     provider = tracer_provider(settings)
     tracer = provider.get_tracer(TRACER_NAME)
     embedded_mock = None
     if reranker is None:
         if settings.upstream is Upstream.EMBEDDED_MOCK:
-            # Composition root: only here does the server know the mock exists. It serves on
-            # a loopback port in this process, so the real adapter and HTTP client are used.
-            # Imported here, not at the top: a production server never loads the mock or
-            # uvicorn.
+            # On a loopback port, so the real adapter and HTTP client are used; imported here,
+            # so a production server never loads the mock or uvicorn. It serves every protocol
+            # version under its own base path, as the gateway does.
             from rerank.mock_gateway import LoopbackMockGateway
 
             embedded_mock = LoopbackMockGateway()
-            # The mock serves every protocol version on one port, each under its own base
-            # path, as the gateway does: speaking the configured one is choosing its path.
             origin = urlsplit(await embedded_mock.start())
             protocol = settings.protocol
             settings = dataclasses.replace(
@@ -311,39 +272,29 @@ async def start_server(
         reranker = build_chain(settings, build_gateway(settings, tracer), metrics, tracer).reranker
     # Outermost, so that every call of a named caller meets its limits first.
     limited = CallerLimitsReranker(reranker, limit_store(settings, metrics), metrics=metrics)
+    # An answer echoes the request's documents: sized for the largest an accepted request can
+    # produce, so none is refused after the gateway was paid for it.
+    sent = max_response_bytes(
+        settings.max_message_bytes, settings.max_documents, settings.batch_max_requests
+    )
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
-            # An answer echoes the request's documents: sized for the largest an accepted
-            # request (or batch of them) can produce, so none is refused after the gateway
-            # was paid for it.
-            (
-                "grpc.max_send_message_length",
-                max_response_bytes(
-                    settings.max_message_bytes, settings.max_documents, settings.batch_max_requests
-                ),
-            ),
-            # gRPC sets SO_REUSEPORT by default, and with it a second server on this port
-            # would start silently and take half the connections. Without it the kernel
-            # refuses every later bind here (refuse_taken_port explains the rest).
+            ("grpc.max_send_message_length", sent),
+            # gRPC's default SO_REUSEPORT would let a second server here start silently and
+            # take half the connections (refuse_taken_port explains the rest).
             ("grpc.so_reuseport", 1 if settings.allow_port_overlap else 0),
-        ],
+        ]
     )
     servicer = RerankServicer(
         limited,
         limits=Limits(
-            max_documents=settings.max_documents,
-            max_document_bytes=settings.max_document_bytes,
-            max_query_bytes=settings.max_query_bytes,
+            settings.max_documents, settings.max_document_bytes, settings.max_query_bytes
         ),
-        admission=Admission(
-            settings.max_concurrent_calls, settings.max_inflight_bytes, metrics=metrics
-        ),
+        admission=Admission(settings.max_concurrent_calls, settings.max_inflight_bytes, metrics),
         default_model=settings.default_model,
         upstream_timeout=settings.upstream_timeout,
-        batch=BatchLimits(
-            max_requests=settings.batch_max_requests, parallelism=settings.batch_parallelism
-        ),
+        batch=BatchLimits(settings.batch_max_requests, settings.batch_parallelism),
         metrics=metrics,
         tracer=tracer,
     )
@@ -360,7 +311,7 @@ async def start_server(
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, door.registrar(server))
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        # `reflection.aio` is public (its `__all__`); its stubs take `aio` for grpc's.
+        # `reflection.aio` is public (its `__all__`); its stubs mistake it for grpc's.
         reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
         ),
@@ -429,19 +380,15 @@ async def start_server(
 
 
 async def serve(
-    settings: Settings,
-    ready: Callable[[RunningServer], None],
-    record_metrics: bool = False,
+    settings: Settings, ready: Callable[[RunningServer], None], record_metrics: bool = False
 ) -> None:
-    """Run until SIGTERM (drain, then grace) or SIGINT (a person at a terminal, no balancer
-    to tell: no drain), then stop; re-read the callers file on SIGHUP. With `record_metrics`,
-    record into prometheus-client's storage, which the server's entry chose."""
+    """Run until SIGTERM (drain, then grace) or SIGINT (no balancer to tell: no drain); re-read
+    the callers file on SIGHUP. `record_metrics`: into the storage `__main__` chose."""
     metrics = Metrics(PrometheusRecorder()) if record_metrics else Metrics.disabled()
     return_large_blocks_when_freed()
     running = await start_server(settings, metrics=metrics)
-    # Everything alive now (modules, descriptors, the wiring) lives as long as the process:
-    # moved out of the collector's sight, full collections under load stay short (a gen-2
-    # pause measured 20 ms before, 7.5 ms after, at 64 calls in flight).
+    # What is alive now lives as long as the process: out of the collector's sight, full
+    # collections under load stay short (a gen-2 pause: 20 ms → 7.5 ms at 64 calls in flight).
     gc.freeze()
     stop = asyncio.Event()
     interrupted = asyncio.Event()
@@ -458,8 +405,8 @@ async def serve(
     await stop.wait()
     await running.drain(0 if interrupted.is_set() else settings.drain_delay, interrupted)
     await running.stop()
-    # Every call's task should be gone now. grpc's stop() returns while the tasks it cancelled
-    # are still unwinding, so give those a moment; whatever remains after it is a leak.
+    # grpc's stop() returns while the tasks it cancelled still unwind: a moment for those; what
+    # remains after it is a leak.
     others = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
     if others:
         await asyncio.wait(others, timeout=1)

@@ -1,12 +1,9 @@
-"""One circuit breaker, for every dependency that can go away: the gateway and Redis.
+"""One circuit breaker, for the gateway and Redis.
 
-It judges a sliding window of the last `window` attempts: once the window is full and at least
-`failure_rate` of them failed, it opens, and for `cooldown` seconds nothing goes through
-(`before_call` raises `CircuitOpen`); then one probe at a time goes through, and it alone
-decides: success closes it, failure opens it again. A share rather than a run of failures, so a
-gateway that drops one request in five does not shut everyone out; a window of one with a rate
-of 1 opens at the first failure, as a Redis client wants. What counts as a failure, and what an
-open circuit means, is the caller's to say.
+Once the last `window` attempts are in and at least `failure_rate` of them failed, it opens: for
+`cooldown` seconds nothing goes through (`CircuitOpen`); then one probe at a time, whose outcome
+closes or opens it again. A share, not a run, so a gateway dropping one request in five shuts
+nobody out; a window of one with a rate of 1 opens at the first failure, as Redis wants.
 """
 
 from __future__ import annotations
@@ -26,8 +23,7 @@ class BreakerState(Enum):
 
 
 class CircuitOpen(Exception):
-    """Nothing may go through now; `retry_after` seconds of the cool-down are left (0 while
-    a probe is out)."""
+    """Nothing may go through for `retry_after` seconds (0 while a probe is out)."""
 
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"circuit open for another {retry_after:.3g} s")
@@ -35,7 +31,7 @@ class CircuitOpen(Exception):
 
 
 class CircuitBreaker:
-    """See the module doc. `on_change` hears every change of state, with the new one."""
+    """`on_change` hears every change of state."""
 
     def __init__(
         self,
@@ -59,8 +55,7 @@ class CircuitBreaker:
         return self._state
 
     def before_call(self) -> bool:
-        """Raise `CircuitOpen` when nothing may go through now; else return whether this
-        attempt is the half-open probe (pass that to `record` or `release`)."""
+        """`CircuitOpen`, or whether this attempt is the probe (for `record` or `release`)."""
         if self._state is BreakerState.CLOSED:
             return False
         remaining = self._opened_at + self._cooldown - self._clock()
@@ -72,8 +67,7 @@ class CircuitBreaker:
         raise CircuitOpen(max(remaining, 0.0))
 
     def record(self, failed: bool | None, *, probe: bool) -> None:
-        """Report how an attempt `before_call` let through ended: whether it failed, or None
-        when its outcome says nothing either way."""
+        """How an attempt ended: failed, or not, or None when that says nothing."""
         if probe:
             self._probe_in_flight = False
         if failed is None:
@@ -91,12 +85,10 @@ class CircuitBreaker:
             self._open()
 
     def release(self, *, probe: bool) -> None:
-        """An attempt ended without an outcome worth judging (cancelled): free its probe
-        slot."""
+        """An attempt ended without an outcome (cancelled): free its probe slot."""
         self.record(None, probe=probe)
 
     def reset(self) -> None:
-        """Closed, with no attempt remembered, as at start."""
         self._recent.clear()
         self._probe_in_flight = False
         self._set(BreakerState.CLOSED)

@@ -1,15 +1,10 @@
 """A content-addressed result cache, with identical concurrent calls sharing one upstream call.
 
-The key is a SHA-256 of everything that decides a ranking, and of whose cache it is
-(`cache_key`). Entries live `ttl` seconds, in this process (`MemoryEntries`, an LRU bounded by
-`max_bytes`) or in a Redis every replica shares (`_redis_store.RedisCacheEntries`). Answers are
-stored already valid; errors never are.
-
-A shared call belongs to no one caller: it runs under the upstream timeout, each caller waits
-only until its own deadline, and it is cancelled when its last waiter has gone, so one caller's
-cancellation never fails another's call and nobody's departure leaves an orphan HTTP request.
-It is charged once: the first caller handed its answer gets its usage, every other one (and
-every cache hit) `FREE` usage and `cached: true` (README, "Usage").
+Entries live `ttl` seconds, in this process (`MemoryEntries`) or in a Redis every replica shares
+(`RedisCacheEntries`); errors are never stored. A shared call runs under the upstream timeout,
+each caller waits until its own deadline, and it is cancelled when its last waiter has gone. It
+is charged once: the first caller handed its answer gets its usage, every other one (and every
+cache hit) `FREE` usage and `cached: true` (README, "Usage").
 """
 
 from __future__ import annotations
@@ -41,34 +36,24 @@ from rerank.server._errors import UpstreamTimeout
 from rerank.server._metrics import Metrics
 from rerank.server._tracing import CACHE_LOOKUP_SPAN, child_span
 
-# Per entry besides its serialized outcome: the key, the entry object, the LRU node. Measured
-# with tracemalloc (tests/unit/test_windows_and_cache.py checks the bound stays honest).
+# Per entry besides its serialized outcome (the key, the entry, the LRU node), as tracemalloc
+# measures it (a test checks the bound stays honest).
 _OVERHEAD_PER_ENTRY = 400
 
 
 def cache_key(query: RerankQuery) -> bytes:
-    """The digest of everything that decides the ranking of `query`, and of whose cache it
-    is: a named caller's own, unless its table opts into the shared one (then a caller never
-    learns, from `cached` or from timing, what another caller asked)."""
+    """The digest of everything that decides the ranking of `query`, and of whose cache it is: a
+    named caller's own (so it never learns what another asked), unless it opts into sharing."""
     scope = None
     options = query.provider_options
     if query.caller is not None:
         if query.caller.shared_cache:
-            # Its `gateway.user` is its own name (`on_behalf_of`): it decides whose bill, not
-            # the ranking, and would keep shared callers apart.
+            # Its `gateway.user` (its name) decides whose bill, not the ranking.
             options = _without_gateway_user(options)
         else:
             scope = query.caller.name
     material = orjson.dumps(
-        [
-            scope,
-            query.model,
-            query.query,
-            query.kind,
-            query.documents,
-            query.top_n,
-            options,
-        ],
+        [scope, query.model, query.query, query.kind, query.documents, query.top_n, options],
         option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.sha256(material).digest()
@@ -82,9 +67,8 @@ def _without_gateway_user(options: JsonObject | None) -> JsonObject | None:
 
 
 def _pack(outcome: RerankOutcome) -> bytes:
-    """An outcome as one bytes object: its size is what it costs, and the garbage collector
-    has nothing to traverse in it (a cache of many small objects makes every full collection
-    slower, which showed as event-loop stalls under load)."""
+    """An outcome as one bytes object: its size is its cost, and the garbage collector has
+    nothing to traverse in it (many small objects slowed full collections under load)."""
     packed = orjson.dumps(
         [
             [[r.index, r.score] for r in outcome.ranking],
@@ -108,8 +92,7 @@ def _unpack(blob: bytes) -> RerankOutcome:
 
 
 class CacheEntries(Protocol):
-    """Where cached answers are kept, by key, each as the bytes of `_pack`; `put` keeps one
-    for the cache's TTL, or declines it."""
+    """Where cached answers (`_pack`'s bytes) are kept by key; `put` may decline one."""
 
     async def get(self, key: bytes) -> bytes | None: ...
 
@@ -120,9 +103,8 @@ class CacheEntries(Protocol):
     async def aclose(self) -> None: ...
 
 
-# An entry is a plain (blob, expires) tuple: the collector stops tracking exact tuples of
-# atomic values, so a full cache adds nothing to a full collection's work (a class instance, or
-# even a NamedTuple, would stay tracked).
+# A plain (blob, expires) tuple: the collector stops tracking exact tuples of atomic values (an
+# instance, or a NamedTuple, would stay tracked).
 _Entry = tuple[bytes, float]
 
 
@@ -131,8 +113,7 @@ def _entry_size(entry: _Entry) -> int:
 
 
 class MemoryEntries:
-    """`CacheEntries` in this process: an LRU of at most `max_bytes` (estimated), each entry
-    valid for `ttl` seconds."""
+    """`CacheEntries` in this process: an LRU of at most `max_bytes` (estimated)."""
 
     def __init__(
         self,
@@ -188,17 +169,14 @@ class MemoryEntries:
 
 @dataclass
 class _Flight:
-    """One upstream call, and the callers waiting for it."""
-
     task: asyncio.Future[RerankOutcome]
     waiters: int = 0
-    #: Whether a waiter has been handed the answer with its usage (the others get FREE).
-    charged: bool = False
+    charged: bool = False  # a waiter was handed the answer with its usage
 
 
 class CachingReranker(RerankerLayer):
-    """A `Reranker` that answers repeated requests from its entries: `MemoryEntries` of
-    `ttl` and `max_bytes` (0 turns the cache off), unless `entries` are given."""
+    """Answers repeated requests from `entries`, by default `MemoryEntries` (none when
+    `max_bytes` is 0)."""
 
     def __init__(
         self,
@@ -234,7 +212,6 @@ class CachingReranker(RerankerLayer):
             lookup.end()  # a shared store that failed: the span ends without a result
             raise
         flight = None if blob is not None else self._flights.get(key)
-        # "coalesced": joined an identical call in flight.
         result: Literal["hit", "miss", "coalesced"]
         result = "hit" if blob is not None else "miss" if flight is None else "coalesced"
         if result == "miss":
@@ -252,8 +229,7 @@ class CachingReranker(RerankerLayer):
         return await self._join(key, flight, timeout)
 
     def _start(self, key: bytes, query: RerankQuery) -> _Flight:
-        # Under the upstream timeout, not this caller's deadline: callers who join later
-        # may wait longer, and the call ends anyway when the last of them leaves (`_join`).
+        # Not this caller's deadline: callers who join later may wait longer.
         flight = _Flight(asyncio.ensure_future(self._fetch(key, query, self._upstream_timeout)))
         self._flights[key] = flight
         flight.task.add_done_callback(lambda _: self._forget(key, flight))
@@ -287,7 +263,6 @@ class CachingReranker(RerankerLayer):
         return outcome
 
     def _forget(self, key: bytes, flight: _Flight) -> None:
-        """Stop offering `flight` to new callers (it ended, or is being cancelled)."""
         if self._flights.get(key) is flight:
             del self._flights[key]
 

@@ -1,9 +1,5 @@
 """The caller-limits layer: a named caller's models, rate, concurrency and daily budget.
-
-The outermost layer, so a cached answer takes a token like any other call (it is a call) and
-costs nothing from the budget (the gateway was not asked); README, "Callers, limits and
-budgets". Calls without a named caller pass through.
-"""
+Outermost, so a cached answer takes a token (it is a call) and costs nothing from the budget."""
 
 from __future__ import annotations
 
@@ -24,8 +20,6 @@ from rerank.server._metrics import Metrics
 
 
 class CallerLimitsReranker(RerankerLayer):
-    """Enforces `query.caller`'s limits through a `LimitStore`; `clock` is the wall clock."""
-
     def __init__(
         self,
         inner: Reranker,
@@ -52,7 +46,6 @@ class CallerLimitsReranker(RerankerLayer):
         cost: Decimal | None = None
         try:
             outcome = await self._inner.rerank(query, timeout=timeout)
-            # Every window's cost, exactly; zero for an answer the gateway was not asked for.
             cost = outcome.usage.cost
             return outcome
         finally:
@@ -62,8 +55,7 @@ class CallerLimitsReranker(RerankerLayer):
             )
 
     def check_model(self, query: RerankQuery) -> None:
-        """Raise `ModelNotAllowed` (and count it) when `query`'s named caller may not use its
-        model; the servicer asks this of requests it answers without the chain, too."""
+        """`check_model`, counted; the servicer asks it of requests it answers alone, too."""
         try:
             check_model(query)
         except ModelNotAllowed as refused:

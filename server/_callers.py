@@ -1,25 +1,21 @@
-"""Named callers: `RERANK_CALLERS_FILE` (its format and rules: README, "Callers, limits and
-budgets"), read into a `CallerDirectory` that recognises them.
-
-Each table is read by a pydantic model (`_Caller`), whose key docs are what each key must be;
-every mistake is a `CallersFileError` of one line naming the caller and the key, never a token
-or a digest: the directory keeps only SHA-256 digests, compared in constant time.
-"""
+"""`RERANK_CALLERS_FILE` (README, "Callers, limits and budgets") read by pydantic models into a
+`CallerDirectory`. Every mistake is one line naming the caller and the key, never a token or a
+digest."""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from rerank.server._credentials import CallerDirectory
 from rerank.server._domain import Caller
 from rerank.server._limits import CallerLimits
 
@@ -27,7 +23,6 @@ logger = logging.getLogger(__name__)
 
 #: A name reaches the gateway (`gateway.user`), logs and metric labels: kept plain.
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-_PARSE_POSITION = re.compile(r"at line (\d+)")
 _TABLE_HEADER = re.compile(r"^\s*\[\s*callers\s*\.\s*\"?([^\]\"]+)\"?\s*\]")
 # Only the key of a line is ever read for a message, never what follows its `=`.
 _LINE_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
@@ -39,56 +34,10 @@ class CallersFileError(Exception):
 
 @dataclass(frozen=True)
 class CallerEntry:
-    """One way to recognise a caller: the digest of its token (or None), as parsed."""
-
     caller: Caller
     token_digest: bytes | None
     subject: str | None
     sans: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class CallerDirectory:
-    """Who is who: bearer-token digests and certificate names to callers (None: a token of
-    `RERANK_AUTH_TOKENS`, a caller without a name or limits)."""
-
-    _tokens: tuple[tuple[bytes, Caller | None], ...] = ()
-    _subjects: Mapping[str, Caller] = field(default_factory=dict)
-    _sans: Mapping[str, Caller] = field(default_factory=dict)
-    #: The named callers, by name.
-    callers: Mapping[str, Caller] = field(default_factory=dict)
-
-    @property
-    def names_by_certificate(self) -> bool:
-        """Whether some caller is recognised by its client certificate."""
-        return bool(self._subjects or self._sans)
-
-    @property
-    def certificate_callers(self) -> tuple[str, ...]:
-        """The names of the callers recognised by a client certificate, sorted."""
-        named = [*self._subjects.values(), *self._sans.values()]
-        return tuple(sorted({caller.name for caller in named}))
-
-    def for_token(self, token: bytes) -> tuple[bool, Caller | None]:
-        """(known, caller) for a presented bearer token. Every digest is compared, in constant
-        time, so the time taken tells nothing about which token (if any) came close."""
-        digest = hashlib.sha256(token).digest()
-        known = False
-        found: Caller | None = None
-        for expected, caller in self._tokens:
-            if hmac.compare_digest(digest, expected):
-                known, found = True, caller
-        return known, found
-
-    def for_certificate(self, subject: str | None, sans: Sequence[str]) -> Caller | None:
-        """The caller a client certificate names: by its subject first, else by the first
-        of its subject alternative names (in the certificate's order) that a table lists."""
-        if subject is not None and (caller := self._subjects.get(subject)) is not None:
-            return caller
-        for san in sans:
-            if (caller := self._sans.get(san)) is not None:
-                return caller
-        return None
 
 
 def directory_of(
@@ -96,40 +45,31 @@ def directory_of(
 ) -> CallerDirectory:
     """The directory of parsed callers plus `RERANK_AUTH_TOKENS`; a token, subject or SAN
     held twice is an error naming both holders (never the token)."""
-    tokens: dict[bytes, tuple[str, Caller | None]] = {}
+    tokens: dict[bytes, Caller | None] = {}
     subjects: dict[str, Caller] = {}
     sans: dict[str, Caller] = {}
     callers: dict[str, Caller] = {}
     for entry in named:
         name = entry.caller.name
         callers[name] = entry.caller
-        if entry.token_digest is not None:
-            if (holder := tokens.get(entry.token_digest)) is not None:
-                raise _error(source, name, "token", f"is the same token as {holder[0]}")
-            tokens[entry.token_digest] = (f"caller {name!r}", entry.caller)
-        if entry.subject is not None:
-            if (other := subjects.get(entry.subject)) is not None:
-                also = f"is also the subject of caller {other.name!r}"
-                raise _error(source, name, "subject", also)
-            subjects[entry.subject] = entry.caller
+        if (digest := entry.token_digest) is not None:
+            if (holder := tokens.get(digest)) is not None:
+                raise _error(source, name, "token", f"is the same token as caller {holder.name!r}")
+            tokens[digest] = entry.caller
+        other = subjects.setdefault(entry.subject, entry.caller) if entry.subject else entry.caller
+        if other is not entry.caller:
+            raise _error(source, name, "subject", f"is also the subject of caller {other.name!r}")
         for san in entry.sans:
-            if (other := sans.get(san)) is not None:
+            if (other := sans.setdefault(san, entry.caller)) is not entry.caller:
                 raise _error(source, name, "san", f"{san!r} is also a san of caller {other.name!r}")
-            sans[san] = entry.caller
     for token in unnamed_tokens:
         digest = hashlib.sha256(token.encode()).digest()
-        if (holder := tokens.get(digest)) is not None and holder[1] is not None:
+        if (holder := tokens.setdefault(digest, None)) is not None:
             raise CallersFileError(
-                f"RERANK_AUTH_TOKENS holds the token of {holder[0]} of {source or 'the file'}: "
-                "a token names one caller"
+                f"RERANK_AUTH_TOKENS holds the token of caller {holder.name!r} of "
+                f"{source or 'the file'}: a token names one caller"
             )
-        tokens[digest] = ("RERANK_AUTH_TOKENS", None)
-    return CallerDirectory(
-        _tokens=tuple((digest, caller) for digest, (_, caller) in tokens.items()),
-        _subjects=subjects,
-        _sans=sans,
-        callers=callers,
-    )
+    return CallerDirectory(tuple(tokens.items()), subjects, sans, callers)
 
 
 def load_directory(path: str | None, unnamed_tokens: Iterable[str] = ()) -> CallerDirectory:
@@ -140,11 +80,9 @@ def load_directory(path: str | None, unnamed_tokens: Iterable[str] = ()) -> Call
         with open(path, encoding="utf-8") as file:
             text = file.read()
     except OSError as exc:
-        raise CallersFileError(
-            f"RERANK_CALLERS_FILE {path}: cannot read it: {exc.strerror}"
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise CallersFileError(f"{_where(path)}: is not UTF-8 text") from exc
+        raise CallersFileError(f"{_where(path)}: cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CallersFileError(f"{_where(path)}: is not UTF-8 text") from None
     return directory_of(parse_callers(text, path), unnamed_tokens, source=path)
 
 
@@ -155,13 +93,9 @@ def _number(value: object) -> object:
     return value
 
 
-def _listed(value: object) -> object:
-    return [value] if isinstance(value, str) else value
-
-
 Number = Annotated[Decimal, BeforeValidator(_number)]
 Text = Annotated[str, Field(strict=True, pattern=r"\S")]
-Texts = Annotated[tuple[Text, ...], BeforeValidator(_listed)]
+Texts = Annotated[tuple[Text, ...], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
 
 
 class _Mistake(ValueError):
@@ -173,7 +107,7 @@ class _Mistake(ValueError):
 
 
 class _Caller(BaseModel):
-    """One `[callers.NAME]` table as written; each key's doc is what it must be."""
+    """One `[callers.NAME]` table; each key's doc is what it must be."""
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True
@@ -239,7 +173,8 @@ def parse_callers(text: str, source: str = "") -> list[CallerEntry]:
         # Decimals for every float, so a budget of 0.0025 is 0.0025, not its binary neighbour.
         document = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
-        raise _parse_error(source, text, exc) from None
+        within = _within(text, exc)
+        raise CallersFileError(f"{_where(source)}: is not valid TOML{within}: {exc}") from None
     try:
         callers = _File.model_validate(document).callers
     except ValidationError as exc:
@@ -258,10 +193,8 @@ def _one_line(exc: ValidationError) -> str:
     caller, key = f"caller {where[1]!r}", str(where[2]) if len(where) > 2 else None
     mistake = (error.get("ctx") or {}).get("error")
     if key == "[key]":
-        return (
-            f"{caller} is not a name: 1 to 64 letters, digits, '.', '_' or '-', "
-            "first a letter or digit"
-        )
+        rule = "1 to 64 letters, digits, '.', '_' or '-', first a letter or digit"
+        return f"{caller} is not a name: {rule}"
     if isinstance(mistake, _Mistake):
         return f"{caller}{'' if mistake.key is None else f', key {mistake.key!r}'} {mistake}"
     if key is None:
@@ -279,28 +212,21 @@ def _where(source: str) -> str:
     return f"RERANK_CALLERS_FILE {source}" if source else "RERANK_CALLERS_FILE"
 
 
-def _error(source: str, name: str, key: str | None, problem: str) -> CallersFileError:
-    subject = f"caller {name!r}" if key is None else f"caller {name!r}, key {key!r}"
-    return CallersFileError(f"{_where(source)}: {subject} {problem}")
+def _error(source: str, name: str, key: str, problem: str) -> CallersFileError:
+    return CallersFileError(f"{_where(source)}: caller {name!r}, key {key!r} {problem}")
 
 
-def _parse_error(source: str, text: str, exc: tomllib.TOMLDecodeError) -> CallersFileError:
-    """tomllib's message (which has the line and column, never the text) plus the caller
-    whose table the line falls in, when it falls in one."""
-    message = str(exc)
-    position = _PARSE_POSITION.search(message)
+def _within(text: str, exc: tomllib.TOMLDecodeError) -> str:
+    """The caller (and key) whose table the line tomllib names falls in; never the text."""
     caller = key = None
-    if position is not None:
-        lines = text.splitlines()[: int(position.group(1))]
-        for line in lines:
-            if header := _TABLE_HEADER.match(line):
-                caller = header.group(1).strip()
-        if lines and (assignment := _LINE_KEY.match(lines[-1])):
-            key = assignment.group(1)
-    within = ""
-    if caller:
-        within = f" in caller {caller!r}" + (f", key {key!r}" if key else "")
-    return CallersFileError(f"{_where(source)}: is not valid TOML{within}: {message}")
+    position = re.search(r"at line (\d+)", str(exc))
+    lines = text.splitlines()[: int(position.group(1)) if position else 0]
+    for line in lines:
+        if header := _TABLE_HEADER.match(line):
+            caller = header.group(1).strip()
+    if lines and (assignment := _LINE_KEY.match(lines[-1])):
+        key = assignment.group(1)
+    return f" in caller {caller!r}" + (f", key {key!r}" if key else "") if caller else ""
 
 
 class CallerRegistry:
@@ -308,8 +234,7 @@ class CallerRegistry:
     already past authentication keeps the `Caller` it was given."""
 
     def __init__(self, path: str | None, unnamed_tokens: Iterable[str] = ()) -> None:
-        self._path = path
-        self._unnamed = frozenset(unnamed_tokens)
+        self._path, self._unnamed = path, frozenset(unnamed_tokens)
         self.directory = load_directory(path, self._unnamed)
 
     def reload(self) -> bool:
@@ -317,12 +242,10 @@ class CallerRegistry:
         if self._path is None:
             return False
         try:
-            directory = load_directory(self._path, self._unnamed)
+            self.directory = load_directory(self._path, self._unnamed)
         except CallersFileError as exc:
             logger.error("callers not reloaded, the previous ones stay: %s", exc)
             return False
-        self.directory = directory
-        logger.info(
-            "callers reloaded from %s: %d named caller(s)", self._path, len(directory.callers)
-        )
+        count = len(self.directory.callers)
+        logger.info("callers reloaded from %s: %d named caller(s)", self._path, count)
         return True

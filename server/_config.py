@@ -1,7 +1,5 @@
-"""The server's settings: one frozen pydantic dataclass, `Settings`, built once in `__main__`
-from flags and environment, then passed down. Each field's declaration (type, range, default,
-`Names`, one-line doc) makes the command line, the validation, the one line a bad value stops
-the start with (`SettingError`, whoever builds the settings) and the README's settings table.
+"""The server's settings: `Settings`, built once in `__main__` from flags and environment. Each
+field's declaration makes its flag, its check, its one-line error and its row of the README's table.
 """
 
 from __future__ import annotations
@@ -32,10 +30,7 @@ from rerank.server._redis_client import RedisUrl
 from rerank.server._windows import DEFAULT_WINDOW_SIZES
 
 DEFAULT_GATEWAY_URL = "https://ai-gateway.vercel.sh/v4/ai"
-DEFAULT_MODEL = "cohere/rerank-v3.5"
-#: The largest length gRPC can carry for one message (a signed 32-bit int).
-GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
-SWITCH_WORDS = "on (1, true, yes, on) or off (empty, 0, false, no, off)"
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1  # a signed 32-bit length
 
 
 class GatewayProtocol(Enum):
@@ -55,35 +50,32 @@ class GatewayProtocol(Enum):
 
 
 class CacheBackend(Enum):
-    """Where the result cache keeps its answers: this process's memory, or a shared Redis."""
-
     MEMORY = "memory"
     REDIS = "redis"
 
 
 class Upstream(Enum):
-    """Where reranking calls go: the bundled mock gateway in-process, or a gateway's URL."""
+    """The bundled mock gateway in-process, or a gateway's URL."""
 
     EMBEDDED_MOCK = "embedded-mock"
     GATEWAY = "gateway"
 
 
 class SettingError(Exception):
-    """A setting outside its range, or two that do not go together: one line naming the
-    setting as a user sets it. Not a ValueError, so that pydantic lets it through as it is."""
+    """One line naming a bad setting as a user sets it. Not a ValueError, which pydantic
+    would wrap."""
 
 
 @dataclass(frozen=True)
 class Names:
-    """How a user sets a field: its flag, which wins, and its variable (by default `RERANK_`
-    and the name in capitals; None: none); or the `label` of a value read otherwise. With none
-    of them, `__main__` derives it. (A secret is a field with `repr=False`: never echoed.)"""
+    """How a user sets a field: its flag (which wins) and its variable (by default `RERANK_` and
+    the name in capitals; None: none), or the `label` of a value read otherwise; no names at
+    all: derived by `__main__`. `shown_default`: the table's default, when not the field's."""
 
     flag: str | None = None
     env: str | None = ""
     label: str | None = None
     shown_default: str | None = None
-    """The default as the table says it, when not the field's own."""
 
     def __str__(self) -> str:
         return self.label or " / ".join(name for name in (self.flag, self.env) if name)
@@ -91,23 +83,18 @@ class Names:
 
 @dataclass(frozen=True)
 class Says:
-    """What a type's values are, in words, where its constraints do not say it."""
+    """A type's values in words, where its constraints do not say them."""
 
     words: str
 
 
 def _must(test: Callable[[str], bool]) -> AfterValidator:
-    def check(text: str | None) -> str | None:
-        if text is not None and not test(text):
+    def check(text: str) -> str:
+        if not test(text):
             raise ValueError(text)
         return text
 
     return AfterValidator(check)
-
-
-def _http_url(text: str) -> bool:
-    parts = urlsplit(text)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _window_sizes(value: object) -> object:
@@ -123,10 +110,6 @@ def _window_sizes(value: object) -> object:
     return pairs
 
 
-def _redis_url(value: object) -> object:
-    return RedisUrl.parse(value.strip()) if isinstance(value, str) else value
-
-
 def _comma_set(value: object) -> object:
     """Comma-separated text as a set of its non-empty entries."""
     if not isinstance(value, str):
@@ -135,20 +118,22 @@ def _comma_set(value: object) -> object:
 
 
 def _n(low: float | None = None, high: float | None = None, *, above: float | None = None) -> Any:
-    """A range: from `low` (or strictly `above`) to `high`; an end not given is open."""
     return Field(ge=low, gt=above, le=high)
 
 
+def is_http_url(text: str) -> bool:
+    return urlsplit(text).scheme in ("http", "https") and bool(urlsplit(text).hostname)
+
+
 Host = Annotated[str, Says("a host name or address"), _must(lambda t: t.split() == [t])]
-Url = Annotated[str, Says("an http:// or https:// URL"), _must(_http_url)]
-# Header-safe: printable ASCII without spaces (what a bearer token or API key is).
+Url = Annotated[str, Says("an http:// or https:// URL"), _must(is_http_url)]
 Visible = Annotated[str, Says("visible ASCII without spaces"), Field(pattern="^[!-~]+$")]
 Team = Annotated[Visible, Says("a team id or slug: visible ASCII without spaces")]
 Path = Annotated[str, Says("a file path"), Field(pattern="^[^\\x00]+$")]
 Slug = Annotated[str, Says("a model slug 'provider/model'"), _must(is_model_slug)]
 Redis = Annotated[
     RedisUrl,
-    BeforeValidator(_redis_url),
+    BeforeValidator(lambda v: RedisUrl.parse(v.strip()) if isinstance(v, str) else v),
     Says(
         "a redis://[[user]:password@]host[:port][/db] URL, or rediss://… for TLS "
         "(?ssl_ca_certs=FILE for a private CA)"
@@ -215,7 +200,7 @@ class Settings:
     """gateway protocol version: unset, v3 for a base URL ending in `/v3/ai`, else v4"""
     gateway_team: Team | None = None
     """gateway team (id or slug), sent as `x-vercel-ai-gateway-team` on every request"""
-    default_model: Annotated[Slug, Names("--default-model")] = DEFAULT_MODEL
+    default_model: Annotated[Slug, Names("--default-model")] = "cohere/rerank-v3.5"
     """model for an empty `model`"""
     upstream_timeout: Annotated[float, _n(above=0, high=600)] = 30.0
     """upstream timeout, seconds (a caller's nearer deadline wins)"""
@@ -344,7 +329,6 @@ class Settings:
 
 
 def fields() -> Mapping[str, FieldInfo]:
-    """The fields of `Settings`, by name, as pydantic knows them."""
     assert is_pydantic_dataclass(Settings)
     return Settings.__pydantic_fields__
 
@@ -355,51 +339,43 @@ def names(name: str) -> Names:
     return replace(found, env=f"RERANK_{name.upper()}") if found.env == "" else found
 
 
-def _parts(annotation: Any) -> tuple[Any, list[Any], bool]:
-    """The type under `annotation`, every constraint on the way, and whether None is allowed."""
-    metadata: list[Any] = []
-    optional = False
-    while True:
-        if get_origin(annotation) is Annotated:
-            annotation, *more = get_args(annotation)
-            for each in more:  # a `Field(...)`'s constraints, or the object itself
-                metadata += each.metadata if isinstance(each, FieldInfo) else [each]
-        elif get_origin(annotation) in (Union, UnionType):
-            arms = [arm for arm in get_args(annotation) if arm is not NoneType]
-            optional, annotation = True, arms[0]
+def _parts(field: FieldInfo) -> tuple[Any, list[Any]]:
+    """The type under the field's annotation (None's arm left out), and every constraint."""
+    kind, metadata = field.annotation, list(field.metadata)
+    while get_origin(kind) in (Annotated, Union, UnionType):
+        if get_origin(kind) is Annotated:
+            kind, *more = get_args(kind)
+            metadata += [m for x in more for m in (x.metadata if isinstance(x, FieldInfo) else [x])]
         else:
-            return annotation, metadata, optional
+            kind = next(arm for arm in get_args(kind) if arm is not NoneType)
+    return kind, metadata
 
 
 def choices(field: FieldInfo) -> tuple[str, ...]:
     """The names an enum or `Literal` field takes (empty for the others)."""
-    kind, _, _ = _parts(field.annotation)
+    kind = _parts(field)[0]
     if isinstance(kind, type) and issubclass(kind, Enum):
         return tuple(str(member.value) for member in kind)
     return tuple(map(str, get_args(kind))) if get_origin(kind) is Literal else ()
 
 
-def _number(value: object) -> str:
-    return str(value).removesuffix(".0")
-
-
 def range_of(field: FieldInfo) -> str:
     """The values `field` takes, in words: the table's range column, and the error's."""
-    kind, metadata, optional = _parts(field.annotation)
-    metadata += field.metadata
+    kind, metadata = _parts(field)
     said = [m.words for m in metadata if isinstance(m, Says)]
     if said:
         words = said[-1]
     elif kind is bool:
-        words = SWITCH_WORDS
+        words = "on (1, true, yes, on) or off (empty, 0, false, no, off)"
     elif choices(field):
         words = "one of " + ", ".join(choices(field))
     else:
         end = {k: getattr(m, k) for m in metadata for k in ("ge", "gt", "le") if hasattr(m, k)}
-        low = f"({_number(end['gt'])}" if "gt" in end else f"[{_number(end['ge'])}"
-        high = f"{_number(end['le'])}]" if "le" in end else "∞)"
+        end = {k: str(v).removesuffix(".0") for k, v in end.items()}
+        low = f"({end['gt']}" if "gt" in end else f"[{end['ge']}"
+        high = f"{end['le']}]" if "le" in end else "∞)"
         words = f"{'an integer' if kind is int else 'a number'} in {low}, {high}"
-    return words + (", or unset" if optional else "")
+    return words + (", or unset" if field.default is None else "")
 
 
 def one_line(exc: ValidationError, data: Any) -> str:
@@ -410,7 +386,6 @@ def one_line(exc: ValidationError, data: Any) -> str:
     name = str(error["loc"][0])
     if name not in fields():
         return f"{name} is not a setting"
-    named = names(name)
     given = getattr(data, "kwargs", None) or {}  # the dataclass's keyword arguments
     got = f", got {given.get(name)!r}" if fields()[name].repr else ""
-    return f"{named} must be {range_of(fields()[name])}{got}"
+    return f"{names(name)} must be {range_of(fields()[name])}{got}"

@@ -1,48 +1,44 @@
-"""The gateway credential, asked for on every call: a fixed key (`StaticCredential`), or a
-short-lived token in a file the platform rotates (`OidcTokenFile`; README, "OIDC tokens").
-Tokens are never logged.
+"""Credentials both ways, never logged. The gateway's, asked for on every call: a fixed key
+(`StaticCredential`), or a short-lived token in a file the platform rotates (`OidcTokenFile`;
+README, "OIDC tokens"). The callers': `CallerDirectory`, who presents which token or certificate.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import orjson
 
+from rerank.server._domain import Caller
+
 logger = logging.getLogger(__name__)
 
-#: How often an `OidcTokenFile` looks at its file at most, in seconds: one `stat` per interval,
-#: however many calls go out.
-CHECK_INTERVAL = 5.0
-#: How long before a token's `exp` its file is read again even if it looks unchanged.
-REFRESH_AHEAD = 60.0
+CHECK_INTERVAL = 5.0  # seconds between looks at a token file, however many calls go out
+REFRESH_AHEAD = 60.0  # seconds before a token's `exp` its file is read even if unchanged
 
 
 class Credential(Protocol):
-    """Where a gateway request's `authorization: Bearer ...` comes from."""
+    """Where a gateway request's bearer token (asked for on every request: cheap) and its
+    `ai-gateway-auth-method` (`api-key` or `oidc`) come from."""
 
     @property
-    def auth_method(self) -> str:
-        """Sent as `ai-gateway-auth-method`: `api-key` or `oidc`."""
-        ...
+    def auth_method(self) -> str: ...
 
-    def bearer_token(self) -> str:
-        """The token for the request about to be sent. Called on every request: cheap."""
-        ...
+    def bearer_token(self) -> str: ...
 
 
 @dataclass(frozen=True)
 class StaticCredential:
-    """A credential fixed at start: an API key, or an OIDC token from the environment."""
-
     token: str = field(repr=False)
     auth_method: str = "api-key"
 
@@ -51,11 +47,10 @@ class StaticCredential:
 
 
 class TokenFileError(Exception):
-    """The token file cannot be read, or holds no token. The message never holds the token."""
+    """The token file cannot be read, or holds no token (never said)."""
 
 
 def read_token(path: str) -> str:
-    """The token in `path`: its text, surrounding whitespace removed."""
     try:
         with open(path, encoding="utf-8") as file:
             token = file.read().strip()
@@ -69,8 +64,8 @@ def read_token(path: str) -> str:
 
 
 def jwt_expiry(token: str) -> float | None:
-    """The `exp` claim of a JWT (seconds since the epoch), read without verifying anything (only
-    the gateway can), to know when to look for the next token; None when there is none."""
+    """The `exp` claim of a JWT, unverified (only the gateway can), to know when to look for the
+    next token; None when there is none."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
@@ -86,12 +81,9 @@ def jwt_expiry(token: str) -> float | None:
 
 
 class OidcTokenFile:
-    """A token file the platform rewrites, read again when it changed (inode, size or
-    modification time: a rename over it, as Kubernetes does, or a write in place), or when the
-    token held expires within `refresh_ahead` seconds (in case the new token came without a
-    visible change). A file that cannot be read then keeps the token held, with a warning; at
-    construction it raises `TokenFileError`.
-    """
+    """A token file the platform rewrites, read again when it changed (inode, size or mtime:
+    a rename over it, or a write in place), or when its token expires within `refresh_ahead`.
+    Unreadable later, the token held stays, with a warning; at construction, `TokenFileError`."""
 
     auth_method = "oidc"
 
@@ -106,8 +98,7 @@ class OidcTokenFile:
         self._path = path
         self._check_interval = check_interval
         self._refresh_ahead = refresh_ahead
-        # Wall-clock time, because `exp` is: one clock for the interval and the expiry.
-        self._clock = clock
+        self._clock = clock  # wall-clock time, as `exp` is
         self._identity = self._stat()
         self._token = read_token(path)
         self._expires_at = jwt_expiry(self._token)
@@ -130,8 +121,7 @@ class OidcTokenFile:
             identity = self._stat()
             if identity == self._identity and not expiring:
                 return
-            # A small file, read only when it changed or its token is expiring: reading it on
-            # the event loop costs less than handing it to a thread.
+            # A small file, rarely read: on the event loop costs less than a thread.
             token = read_token(self._path)
         except TokenFileError as exc:
             logger.warning("OIDC token file: %s; keeping the token read before", exc)
@@ -155,3 +145,43 @@ class OidcTokenFile:
         except OSError as exc:
             raise TokenFileError(f"cannot read {self._path}: {exc.strerror}") from exc
         return found.st_ino, found.st_size, found.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class CallerDirectory:
+    """Who is who: bearer-token digests and certificate names to callers (None: a token of
+    `RERANK_AUTH_TOKENS`, without a name or limits); `callers` by name."""
+
+    _tokens: tuple[tuple[bytes, Caller | None], ...] = ()
+    _subjects: Mapping[str, Caller] = field(default_factory=dict)
+    _sans: Mapping[str, Caller] = field(default_factory=dict)
+    callers: Mapping[str, Caller] = field(default_factory=dict)
+
+    @property
+    def names_by_certificate(self) -> bool:
+        return bool(self._subjects or self._sans)
+
+    @property
+    def certificate_callers(self) -> tuple[str, ...]:
+        named = [*self._subjects.values(), *self._sans.values()]
+        return tuple(sorted({caller.name for caller in named}))
+
+    def for_token(self, token: bytes) -> tuple[bool, Caller | None]:
+        """(known, caller) for a bearer token. Every digest is compared, in constant time, so
+        the time taken tells nothing about which token came close."""
+        digest = hashlib.sha256(token).digest()
+        known = False
+        found: Caller | None = None
+        for expected, caller in self._tokens:
+            if hmac.compare_digest(digest, expected):
+                known, found = True, caller
+        return known, found
+
+    def for_certificate(self, subject: str | None, sans: Sequence[str]) -> Caller | None:
+        """The caller a client certificate names: by its subject, else its first listed SAN."""
+        if subject is not None and (caller := self._subjects.get(subject)) is not None:
+            return caller
+        for san in sans:
+            if (caller := self._sans.get(san)) is not None:
+                return caller
+        return None

@@ -25,19 +25,19 @@ RerankError                      something a caller should hear about
     └── UpstreamProtocolError    an answer outside the protocol (bad JSON, bad ranking, ...)
 ```
 
-The gateway adapter is the only place HTTP outcomes become these errors, and `_status.py` is
-the only place these errors become gRPC status codes. Each class's `reason` (its
-`ErrorInfo.reason`) is a value of the contract's `ErrorReason`, in its wire form; a test checks
-that every value is some class's and every class's is a value. Messages are safe to show a
-caller: they never hold a credential or a Python repr of an internal object.
+The gateway adapter is the only place HTTP outcomes become these errors, `_status.py` the only
+place these errors become gRPC status codes. Each class's `reason` (`ErrorInfo.reason`) is the
+contract's `ErrorReason` of its name (`UpstreamTimeout`: `UPSTREAM_TIMEOUT`); the two bases never
+raised have none. Messages are safe to show a caller: never a credential or an internal repr.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rerank.contract import wire_reason
+from rerank.contract import error_reason, wire_reason
 from rerank.v1.rerank_service_pb2 import ErrorReason
 
 
@@ -52,20 +52,20 @@ class FieldViolation:
 class RerankError(Exception):
     """Base of every error the server reports to callers on purpose."""
 
-    #: Why, as the caller reads it in `ErrorInfo.reason`: an `ErrorReason` in its wire form
-    #: (`wire_reason`). Each class raised says its own; this base and `CallerRefused`, never
-    #: raised themselves, have none.
     reason: ClassVar[str]
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
+    def __init_subclass__(cls) -> None:
+        wire = re.sub(r"(?<=.)([A-Z])", r"_\1", cls.__name__).upper()
+        if error_reason(wire) != ErrorReason.ERROR_REASON_UNSPECIFIED:
+            cls.reason = wire_reason(error_reason(wire))
+
 
 class InvalidRequest(RerankError):
     """`violations` name the fields."""
-
-    reason = wire_reason(ErrorReason.ERROR_REASON_INVALID_REQUEST)
 
     def __init__(self, violations: list[FieldViolation]) -> None:
         super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
@@ -73,69 +73,49 @@ class InvalidRequest(RerankError):
 
 
 class MalformedRequest(RerankError):
-    """Nothing was decoded, so no field can be named; the message says what protobuf found
-    wrong."""
-
-    reason = wire_reason(ErrorReason.ERROR_REASON_MALFORMED_REQUEST)
+    """Nothing was decoded, so no field can be named."""
 
     @classmethod
     def of(cls, decode_error: Exception) -> MalformedRequest:
-        """The error for protobuf's `DecodeError`, whose text names the message type and what
-        was wrong."""
-        return cls(f"the request could not be decoded: {decode_error}")
+        return cls(f"the request could not be decoded: {decode_error}")  # it names the type
 
 
-class Overloaded(RerankError):
-    reason = wire_reason(ErrorReason.ERROR_REASON_OVERLOADED)
+class Overloaded(RerankError): ...
 
 
-class LimitsUnavailable(RerankError):
-    """Only with `RERANK_LIMITS_FAIL_CLOSED=1`: without it such calls go on, counted in the
-    process."""
-
-    reason = wire_reason(ErrorReason.ERROR_REASON_LIMITS_UNAVAILABLE)
+class LimitsUnavailable(RerankError): ...  # only with RERANK_LIMITS_FAIL_CLOSED=1
 
 
-class Unauthenticated(RerankError):
-    """The message never repeats what was presented."""
-
-    reason = wire_reason(ErrorReason.ERROR_REASON_UNAUTHENTICATED)
+class Unauthenticated(RerankError): ...  # its message never repeats what was presented
 
 
-class NotANamedCaller(RerankError):
-    reason = wire_reason(ErrorReason.ERROR_REASON_NOT_A_NAMED_CALLER)
+class NotANamedCaller(RerankError): ...
 
 
 class CallerRefused(RerankError):
-    """Never raised itself: each subclass says which rule, and has its own reason."""
+    """Never raised itself: each subclass says which rule."""
 
     def __init__(
         self, message: str, *, caller: str, retry_after: float | None = None, **details: str
     ) -> None:
         super().__init__(message)
         self.caller = caller
-        #: Seconds until trying again can help; None when waiting does not.
-        self.retry_after = retry_after
-        #: ErrorInfo metadata: the caller's name and what limit it met.
-        self.metadata = {"caller": caller, **details}
+        self.retry_after = retry_after  # seconds until trying again can help, if it can
+        self.metadata = {"caller": caller, **details}  # ErrorInfo's: the caller, the limit met
 
 
-class ModelNotAllowed(CallerRefused):
-    reason = wire_reason(ErrorReason.ERROR_REASON_MODEL_NOT_ALLOWED)
+class ModelNotAllowed(CallerRefused): ...
 
 
-class CallerRateLimited(CallerRefused):
-    reason = wire_reason(ErrorReason.ERROR_REASON_CALLER_RATE_LIMITED)
+class CallerRateLimited(CallerRefused): ...
 
 
-class CallerBudgetExhausted(CallerRefused):
-    reason = wire_reason(ErrorReason.ERROR_REASON_CALLER_BUDGET_EXHAUSTED)
+class CallerBudgetExhausted(CallerRefused): ...
 
 
 class UpstreamError(RerankError):
-    """`status` is the HTTP status, when there was one."""
-
-    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_ERROR)
+    """`status`: the HTTP status, if any; `retry_after`: seconds the gateway asked us to wait;
+    `generation_id`: the gateway's id of the failed generation, for support requests."""
 
     def __init__(
         self,
@@ -146,48 +126,34 @@ class UpstreamError(RerankError):
         generation_id: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
-        #: Seconds the gateway asked us to wait before trying again, when it said.
-        self.retry_after = retry_after
-        #: The gateway's id of the failed generation, for support requests.
-        self.generation_id = generation_id
+        self.status, self.retry_after, self.generation_id = status, retry_after, generation_id
 
 
-class UpstreamTimeout(UpstreamError):
-    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_TIMEOUT)
+class UpstreamTimeout(UpstreamError): ...
 
 
-class UpstreamUnavailable(UpstreamError):
-    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_UNAVAILABLE)
+class UpstreamUnavailable(UpstreamError): ...
 
 
-class UpstreamRateLimited(UpstreamError):
-    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_RATE_LIMITED)
+class UpstreamRateLimited(UpstreamError): ...
 
 
-class UpstreamInvalidRequest(UpstreamError):
-    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_INVALID_REQUEST)
+class UpstreamInvalidRequest(UpstreamError): ...
 
 
-class UpstreamForbidden(UpstreamError):
-    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_FORBIDDEN)
+class UpstreamForbidden(UpstreamError): ...
 
 
-class ModelNotFound(UpstreamError):
-    reason = wire_reason(ErrorReason.ERROR_REASON_MODEL_NOT_FOUND)
+class ModelNotFound(UpstreamError): ...
 
 
-class UpstreamNotFound(UpstreamError):
-    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_NOT_FOUND)
+class UpstreamNotFound(UpstreamError): ...
 
 
-class UpstreamFailedDependency(UpstreamError):
-    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_FAILED_DEPENDENCY)
+class UpstreamFailedDependency(UpstreamError): ...
 
 
-class UpstreamAuthentication(UpstreamError):
-    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_AUTHENTICATION)
+class UpstreamAuthentication(UpstreamError): ...
 
 
-class UpstreamProtocolError(UpstreamError):
-    reason = wire_reason(ErrorReason.ERROR_REASON_UPSTREAM_PROTOCOL_ERROR)
+class UpstreamProtocolError(UpstreamError): ...

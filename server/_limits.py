@@ -1,11 +1,9 @@
-"""Per-caller limits and the day's spend: the values, the store's shape, and the in-process store.
+"""Per-caller limits and the day's spend: the values, the store's shape, the in-process store.
 
-`InMemoryLimitStore` keeps the state in this process (each worker or replica enforces its own
-limits); `_redis_store` keeps it where every replica sees it. Both follow this module's rules,
-so they agree on what a limit means: the bucket holds `bucket_size` tokens, starts full, and a
-call takes one; a budget refuses once the day's spend has reached it, so a call may overshoot
-it by its own cost, never start after it; days are UTC days of the wall clock `now`; costs are
-integer nano-dollars (`to_nanos`), so sums are exact.
+This process's store and Redis's (`_redis_store`) follow these rules: the bucket holds
+`bucket_size` tokens, starts full, and a call takes one; a budget refuses once the day's spend
+has reached it (a call may overshoot it by its own cost); days are UTC days of the wall clock;
+costs are integer nano-dollars, so sums are exact.
 """
 
 from __future__ import annotations
@@ -19,8 +17,7 @@ from typing import Literal, Protocol
 
 NANOS_PER_USD = 1_000_000_000
 
-#: How long a caller refused for its concurrency limit should wait: the store cannot know when
-#: one of its calls ends, and a typical rerank call takes about this long.
+#: The wait told a caller refused for its concurrency: about a rerank call's length.
 CONCURRENCY_RETRY_AFTER = 0.1
 
 RefusalReason = Literal["CALLER_RATE_LIMITED", "CALLER_BUDGET_EXHAUSTED"]
@@ -28,10 +25,9 @@ RefusalReason = Literal["CALLER_RATE_LIMITED", "CALLER_BUDGET_EXHAUSTED"]
 
 @dataclass(frozen=True)
 class CallerLimits:
-    """What one caller may do; `None` everywhere means unlimited."""
+    """What one caller may do; `None` means unlimited (`burst`: see `bucket_size`)."""
 
     requests_per_second: float | None = None
-    #: Bucket size; `None` means `requests_per_second` (at least one token, see `bucket_size`).
     burst: float | None = None
     max_concurrent_calls: int | None = None
     daily_budget_usd: Decimal | None = None
@@ -42,26 +38,21 @@ UNLIMITED = CallerLimits()
 
 @dataclass(frozen=True)
 class Granted:
-    """The call may go on; `finish` must be called with `lease` when it ends."""
+    """The call may go on; `finish` it with `lease` ("" without a concurrency limit)."""
 
-    #: Opaque id of the concurrency lease ("" when the caller has no concurrency limit).
     lease: str
 
 
 @dataclass(frozen=True)
 class Refused:
-    """The call must not go on."""
-
     reason: RefusalReason
-    #: Seconds until trying again can help.
-    retry_after: float
+    retry_after: float  # seconds until trying again can help
 
 
 @dataclass(frozen=True)
 class DailyUsage:
-    """A caller's standing on one UTC day."""
+    """A caller's standing on one UTC day ("YYYY-MM-DD")."""
 
-    #: UTC date, "YYYY-MM-DD".
     day: str
     spent_usd: Decimal
     calls: int
@@ -69,9 +60,8 @@ class DailyUsage:
 
 
 class LimitStore(Protocol):
-    """Where limits are counted, in one round trip per question: may this caller start a call
-    now (`admit`: the budget, a token, a concurrency lease; counted as a call or a refusal), and
-    what did it cost (`finish`: release the lease, charge the cost)."""
+    """Where limits are counted, one round trip per question: may this caller start a call now
+    (`admit`, counted as a call or a refusal), and what did it cost (`finish`)."""
 
     async def admit(
         self, caller: str, limits: CallerLimits, *, now: float
@@ -87,19 +77,16 @@ class LimitStore(Protocol):
 
 
 def utc_day(now: float) -> str:
-    """The UTC date of wall-clock second `now`, "YYYY-MM-DD"."""
     return datetime.fromtimestamp(now, UTC).date().isoformat()
 
 
 def seconds_to_next_utc_midnight(now: float) -> float:
-    """Seconds from `now` until the next UTC day begins (always > 0)."""
     today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return (today + timedelta(days=1)).timestamp() - now
 
 
 def bucket_size(limits: CallerLimits) -> float:
-    """The rate bucket's capacity: `burst`, else `requests_per_second`, and never below one
-    token (a bucket smaller than one call would refuse every call)."""
+    """The rate bucket's capacity: `burst`, else `requests_per_second`; at least one token."""
     if limits.requests_per_second is None:
         return math.inf
     size = limits.burst if limits.burst is not None else limits.requests_per_second
@@ -112,12 +99,10 @@ def to_nanos(usd: Decimal) -> int:
 
 
 def from_nanos(nanos: int) -> Decimal:
-    """Nano-dollars back to an exact decimal of dollars."""
     return Decimal(nanos).scaleb(-9)
 
 
 def charged_nanos(cost: Decimal | None) -> int:
-    """What a call is charged: its cost, or nothing when the gateway reported none."""
     return to_nanos(cost) if cost is not None and cost > 0 else 0
 
 
@@ -131,8 +116,6 @@ def refusal(limit: str, now: float, wait: float = 0.0) -> Refused:
 
 @dataclass
 class _CallerState:
-    """One caller's counters in this process."""
-
     tokens: float
     refilled_at: float
     leases: set[str] = field(default_factory=set)
@@ -142,16 +125,14 @@ class _CallerState:
     refused: int = 0
 
     def roll_to(self, day: str) -> None:
-        """Start a new day's usage when `day` is not the one counted so far."""
         if day != self.day:
             self.day = day
             self.spent_nanos = self.calls = self.refused = 0
 
 
 class InMemoryLimitStore:
-    """A `LimitStore` in this process; single-threaded (one event loop), no awaits inside, so
-    each method is atomic. A change of a caller's limits applies at its next call: the bucket
-    is clamped to the new size and refilled at the new rate from then on."""
+    """A `LimitStore` in this process: no awaits inside, so each method is atomic. Changed
+    limits apply at the caller's next call."""
 
     def __init__(self) -> None:
         self._callers: dict[str, _CallerState] = {}
@@ -183,9 +164,8 @@ class InMemoryLimitStore:
     @staticmethod
     def _refusal(state: _CallerState, limits: CallerLimits, now: float) -> Refused | None:
         """Why `state` may not start a call now (refilling its bucket first), or None."""
-        if limits.daily_budget_usd is not None and state.spent_nanos >= to_nanos(
-            limits.daily_budget_usd
-        ):
+        budget = limits.daily_budget_usd
+        if budget is not None and state.spent_nanos >= to_nanos(budget):
             return refusal("budget", now)
         rate = limits.requests_per_second
         if rate is not None:
@@ -193,9 +173,7 @@ class InMemoryLimitStore:
             elapsed = max(0.0, now - state.refilled_at)
             state.tokens = min(bucket_size(limits), state.tokens + elapsed * rate)
         state.refilled_at = now
-        if limits.max_concurrent_calls is not None and (
-            len(state.leases) >= limits.max_concurrent_calls
-        ):
+        if len(state.leases) >= (limits.max_concurrent_calls or math.inf):
             return refusal("slots", now)
         if rate is not None and state.tokens < 1.0:
             return refusal("rate", now, (1.0 - state.tokens) / rate)
@@ -214,13 +192,8 @@ class InMemoryLimitStore:
         day = utc_day(now)
         state = self._callers.get(caller)
         if state is None or state.day != day:
-            return DailyUsage(day=day, spent_usd=Decimal(0), calls=0, refused=0)
-        return DailyUsage(
-            day=day,
-            spent_usd=from_nanos(state.spent_nanos),
-            calls=state.calls,
-            refused=state.refused,
-        )
+            return DailyUsage(day, Decimal(0), 0, 0)
+        return DailyUsage(day, from_nanos(state.spent_nanos), state.calls, state.refused)
 
     async def aclose(self) -> None:
         self._callers.clear()

@@ -1,6 +1,5 @@
-"""Where the server listens: whether another server holds the port already, the workers'
-shared reservation of it, the TLS it speaks there, and the `StartupError` any of them raises
-(README, "The port", says why the probe binds rather than connects)."""
+"""Where the server listens: whether another server holds the port, the workers' reservation of
+it, its TLS, and the `StartupError` any of them raises (README, "The port")."""
 
 from __future__ import annotations
 
@@ -17,12 +16,8 @@ class StartupError(Exception):
 
 
 def refuse_taken_port(host: str, port: int, *, overlap_failed: bool = False) -> None:
-    """Raise `StartupError` when a listener (another server) already holds `host:port`.
-
-    A probe bind with SO_REUSEADDR and without SO_REUSEPORT, closed at once: Linux refuses it
-    exactly when something listens there, and allows it over TIME_WAIT leftovers (README, "The
-    port", says why no connect, and what the bind itself and the workers' reservation add).
-    """
+    """`StartupError` when another server listens on `host:port`: a probe bind with
+    SO_REUSEADDR and without SO_REUSEPORT, which Linux refuses exactly then."""
     try:
         addresses = socket.getaddrinfo(
             host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -49,12 +44,9 @@ def refuse_taken_port(host: str, port: int, *, overlap_failed: bool = False) -> 
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
-    """A bound, non-listening SO_REUSEPORT socket holding `host:port` for the workers.
-
-    Without SO_REUSEADDR, so that another server's probe collides with it. Linux refuses that
-    bind over the TIME_WAIT leftovers of a server that bound without SO_REUSEPORT; the probe
-    has passed by then, so only those leftovers refuse it, and it is taken with SO_REUSEADDR.
-    """
+    """A bound, non-listening SO_REUSEPORT socket holding `host:port` for the workers; without
+    SO_REUSEADDR, so another server's probe collides with it, unless only TIME_WAIT leftovers
+    refuse it (the probe has passed)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for reuse_address in (0, 1):
         sock = socket.socket(family, socket.SOCK_STREAM)

@@ -1,15 +1,10 @@
-"""A small Redis client for the calls on the hot path: one pipelined connection, hiredis replies.
+"""A small Redis client for the hot path: one pipelined connection, hiredis replies. Ours as it
+costs less CPU than redis-py's asyncio client (README, "Which Redis client"). Commands of one
+event-loop turn leave in one write; it speaks commands, scripts, AUTH, SELECT and TLS.
 
-Ours because it costs less: redis-py's asyncio client cost the server hundreds of µs more CPU
-per named-caller call (README, "Which Redis client"; `python -m bench.redis_cost`). Commands from
-concurrent calls share one connection, those of one event-loop turn leave in one write, and
-hiredis parses their replies, in C, from one read. It speaks what the store and the cache need:
-commands and scripts, AUTH and SELECT from the URL, TLS.
-
-A call that runs out of its `timeout` (connecting included) closes the connection, so replies
-can never be matched to the wrong command. The first failure opens a breaker (logged once):
-for `retry_interval` seconds calls fail at once, so a dead or hung Redis costs no call its
-deadline; then one call at a time tries again. `RedisError` is the one exception callers handle.
+A call out of its `timeout` (connecting included) closes the connection, so no reply meets the
+wrong command. The first failure opens a breaker (logged once): for `retry_interval` seconds
+calls fail at once, then one at a time tries again. `RedisError` is the one exception raised.
 """
 
 from __future__ import annotations
@@ -33,15 +28,12 @@ from rerank.server._breaker import BreakerState, CircuitBreaker, CircuitOpen, Cl
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 6379
-#: Seconds a Redis that failed is left alone before one call tries it again.
 RETRY_INTERVAL = 1.0
-
-#: What a command may be made of.
 Arg = str | bytes | int | float
 
 
 class RedisError(Exception):
-    """Redis cannot serve this call: unreachable, too slow, or it answered with an error."""
+    """Redis cannot serve this call: unreachable, too slow, or it answered an error."""
 
 
 _Failure = TypeVar("_Failure", RedisError, None)
@@ -62,7 +54,7 @@ class RedisUrl:
 
     @classmethod
     def parse(cls, url: str) -> RedisUrl:
-        """Parse `url`; `ValueError` names what is wrong (never echoing a password)."""
+        """`url`, or `ValueError` naming what is wrong (never echoing a password)."""
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError("must start with redis:// or rediss:// (TLS)")
@@ -92,7 +84,7 @@ class RedisUrl:
         )
 
     def __str__(self) -> str:
-        """The URL without its credentials: safe to log."""
+        """Without its credentials: safe to log."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}/{self.db}"
 
@@ -109,7 +101,7 @@ class Script:
 
 
 class _Connection(asyncio.Protocol):
-    """One connection: commands written in order, replies matched to them in order."""
+    """One connection: replies matched to commands in order."""
 
     def __init__(self) -> None:
         self._reader = hiredis.Reader()
@@ -123,15 +115,13 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
-        """Queue one packed command; the future gets its reply (an error reply as a
-        `hiredis.ReplyError` value)."""
+        """Queue one packed command; the future gets its reply (an error as a value)."""
         if self.lost is not None or self._transport is None:
             raise RedisError(f"the connection was lost: {self.lost}")
         loop = asyncio.get_running_loop()
         reply = loop.create_future()
         self._pending.append(reply)
         if not self._outgoing:
-            # Everything queued in this turn of the event loop leaves in one write.
             loop.call_soon(self._flush)
         self._outgoing.append(packed)
         return reply
@@ -161,7 +151,8 @@ class _Connection(asyncio.Protocol):
 
 
 class RedisClient:
-    """A Redis at `url`, for `purpose` ("limits", "the result cache"); see the module doc."""
+    """A Redis at `url`, for `purpose` ("limits", "the result cache"). `on_state` hears every
+    change of state (the rerank_redis_up gauge)."""
 
     def __init__(
         self,
@@ -171,7 +162,6 @@ class RedisClient:
         purpose: str,
         when_down: str,
         retry_interval: float = RETRY_INTERVAL,
-        # Called on every change of state, with the new one (the rerank_redis_up gauge).
         on_state: Callable[[bool], None] | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -187,7 +177,6 @@ class RedisClient:
         self._breaker = CircuitBreaker(
             failure_rate=1.0, window=1, cooldown=retry_interval, clock=clock
         )
-        #: When the breaker last opened from closed: how long the outage has lasted.
         self._down_since = 0.0
 
     @property
@@ -235,8 +224,7 @@ class RedisClient:
         return reply
 
     async def _exchange(self, command: tuple[Arg, ...]) -> Any:
-        """The transport: `command` sent, its reply (an error reply as a `hiredis.ReplyError`
-        value). The deadline, the breaker and the log lines are `_round_trip`'s."""
+        """The transport alone (the deadline, breaker and log lines are `_round_trip`'s)."""
         connection = await self._connected()
         return await connection.send(_pack(command))
 
@@ -257,8 +245,8 @@ class RedisClient:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        # Bounded on its own too: callers stop waiting at their deadline, and a connection
-        # attempt to a host that never answers must not outlive them.
+        # Bounded on its own too: an attempt at a host that never answers must not outlive
+        # the callers, who stop waiting at their deadline.
         async with asyncio.timeout(self._timeout):
             _, connection = await loop.create_connection(
                 _Connection,
@@ -285,28 +273,17 @@ class RedisClient:
             self._connection = None
 
     def _record(self, error: _Failure, *, probe: bool = False) -> _Failure:
-        """Tell the breaker how a call ended (`error` None: it succeeded); log, and tell
-        `on_state`, when that takes Redis down or brings it back."""
+        """Tell the breaker how a call ended (None: well); log a change of state, and tell it."""
         was_up = self.up
         self._breaker.record(error is not None, probe=probe)
         if was_up == self.up:
             return error
         if error is not None:
             self._down_since = self._clock()
-            logger.warning(
-                "Redis for %s at %s cannot be used: %s; %s",
-                self._purpose,
-                self.url,
-                error,
-                self._when_down,
-            )
+            state = f"cannot be used: {error}; {self._when_down}"
         else:
-            logger.warning(
-                "Redis for %s at %s is back after %.1f s",
-                self._purpose,
-                self.url,
-                self._clock() - self._down_since,
-            )
+            state = f"is back after {self._clock() - self._down_since:.1f} s"
+        logger.warning("Redis for %s at %s %s", self._purpose, self.url, state)
         if self._on_state is not None:
             self._on_state(self.up)
         return error
@@ -320,13 +297,12 @@ class RedisClient:
 
 
 def _pack(command: tuple[Arg, ...]) -> bytes:
-    """`command` in the Redis protocol (hiredis packs it, in C)."""
     packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]  # its stub says a 1-tuple
     return packed
 
 
 def _describe(error: BaseException) -> str:
-    """A failure in a few words: `[Errno 111] Connection refused`, not a repr."""
+    """A failure in a few words, not a repr."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return str(error) or type(error).__name__

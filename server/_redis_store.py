@@ -1,10 +1,6 @@
-"""Per-caller limits and spend, and the result cache's entries, in Redis: every replica
-enforces one limit and finds the others' answers.
-
-The keys, their lifetimes and the outage behaviour are in the README ("Shared by replicas:
-Redis"). Each of `admit` and `finish` is one Lua script, so one round trip and atomic: no other
-replica's call can come between the check and the take. A concurrency slot is a lease that
-expires, so a replica that dies holding slots frees them by itself.
+"""Per-caller limits and spend, and the result cache's entries, in Redis shared by replicas
+(README, "Shared by replicas: Redis"). `admit` and `finish` are one Lua script each: one round
+trip, atomic. A concurrency slot is a lease that expires, so a dead replica frees its slots.
 """
 
 from __future__ import annotations
@@ -40,19 +36,13 @@ KEY_PREFIX = "rerank:limits"
 #: A day's usage is kept this long after its last change: today's and yesterday's stay.
 DAY_SECONDS_KEPT = 2 * 86_400
 
-# KEYS: bucket, leases, today's usage. ARGV: now (ms), rate per second ("" = none), bucket
-# size, concurrency limit ("" = none), budget in nano-dollars ("" = none), lease id, lease
-# lifetime (ms), seconds a day's usage is kept.
-# Returns {decision, retry after (ms), today's spend (nano-dollars, as stored)}; decision is
-# "granted" or the limit met (`limits.refusal`). Every check runs before anything is taken, so
-# a refused call takes no token and no slot. The bucket never moves back in time: a replica
-# whose clock is a little behind refills nothing rather than refilling twice.
+# KEYS: bucket, leases, today's usage. ARGV: now (ms), rate per second, bucket size, slots,
+# budget in nano-dollars ("" = none, for each limit), lease id, lease lifetime (ms), seconds a
+# day's usage is kept. Returns {"granted" or the limit met, retry after (ms), today's spend}.
+# Every check runs before anything is taken; a replica whose clock is behind refills nothing.
 _ADMIT = Script("""
-local now = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local size = tonumber(ARGV[3])
-local slots = tonumber(ARGV[4])
-local budget = tonumber(ARGV[5])
+local now, rate, size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local slots, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
 local spent = redis.call('HGET', KEYS[3], 'spent') or '0'
 local function counted(field, decision, wait)
   redis.call('HINCRBY', KEYS[3], field, 1)
@@ -70,11 +60,9 @@ if slots then
 end
 if rate then
   local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-  local tokens = tonumber(bucket[1]) or size
-  local at = tonumber(bucket[2]) or now
+  local tokens, at = tonumber(bucket[1]) or size, tonumber(bucket[2]) or now
   if now > at then
-    tokens = math.min(size, tokens + (now - at) * rate / 1000)
-    at = now
+    tokens, at = math.min(size, tokens + (now - at) * rate / 1000), now
   end
   if tokens < 1 then
     return counted('refused', 'rate', math.ceil((1 - tokens) * 1000 / rate))
@@ -92,8 +80,7 @@ return counted('calls', 'granted', 0)
 """)
 
 # KEYS: leases, the day's usage. ARGV: lease id ("" = none), nano-dollars spent, calls and
-# refusals to add (the last two are non-zero only when counts made during an outage are
-# handed back), seconds a day's usage is kept.
+# refusals to add (counts made during an outage), seconds a day's usage is kept.
 _FINISH = Script("""
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
@@ -132,10 +119,8 @@ class RedisLimitStore:
     async def admit_seeing_spend(
         self, caller: str, limits: CallerLimits, *, now: float
     ) -> tuple[Granted | Refused, int]:
-        """`admit`'s decision, and the caller's spend today (nano-dollars) as Redis holds it:
-        what the fail-open store falls back on when Redis goes away."""
-        rate = limits.requests_per_second
-        slots = limits.max_concurrent_calls
+        """`admit`'s decision, and the caller's spend today (nano-dollars) as Redis holds it."""
+        rate, slots = limits.requests_per_second, limits.max_concurrent_calls
         budget = limits.daily_budget_usd
         lease = f"{self._lease_prefix}.{next(self._lease_ids)}" if slots is not None else ""
         try:
@@ -176,8 +161,7 @@ class RedisLimitStore:
         calls: int = 0,
         refused: int = 0,
     ) -> None:
-        """Release `lease` and add to `day`'s usage, in one round trip (none when there is
-        nothing to do)."""
+        """Release `lease` and add to `day`'s usage, in one round trip (if there is any)."""
         if not lease and not (spent_nanos or calls or refused):
             return
         try:
@@ -197,12 +181,7 @@ class RedisLimitStore:
             )
         except RedisError as error:
             raise LimitsUnavailable(_UNAVAILABLE) from error
-        return DailyUsage(
-            day=day,
-            spent_usd=from_nanos(int(spent or 0)),
-            calls=int(calls or 0),
-            refused=int(refused or 0),
-        )
+        return DailyUsage(day, from_nanos(int(spent or 0)), int(calls or 0), int(refused or 0))
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -214,14 +193,12 @@ _LOCAL = "local:"
 
 @dataclass
 class _Outage:
-    """What was decided in this process while Redis was away, to hand back once it returns."""
+    """What was decided here while Redis was away, to hand back once it returns: `counts` are
+    [nano-dollars, calls, refusals] by (caller, day); `number` names the outage in its leases,
+    so that one outliving it is not released in the next outage's `store`."""
 
-    #: Names this outage in the leases it grants, so that a lease outliving it is not
-    #: released in the next outage's store.
     number: int
-    #: Rates and slots while Redis is away: per process.
     store: InMemoryLimitStore = field(default_factory=InMemoryLimitStore)
-    #: [nano-dollars spent, calls, refusals] not yet in Redis, by (caller, day).
     counts: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
     def count(
@@ -233,24 +210,19 @@ class _Outage:
 
 
 class FailOpenLimitStore:
-    """Limits in Redis that do not take the service down with it (README, "Fail open").
-
-    While Redis cannot answer, calls are decided by an in-process store started for the outage,
-    the budget against the spend Redis last reported plus what this process charged since; once
-    it answers again, what was counted meanwhile is added to it before anything else is asked.
-    """
+    """Limits in Redis that do not take the service down with it (README, "Fail open"): while
+    Redis cannot answer, an in-process store decides, the budget against the spend Redis last
+    reported plus what was charged here since; counted meanwhile, then handed back."""
 
     def __init__(
         self,
         primary: RedisLimitStore,
-        # Called once per call decided in this process (rerank_limits_decided_locally_total).
         on_local_decision: Callable[[], None] | None = None,
     ) -> None:
         self._primary = primary
         self._on_local_decision = on_local_decision
         self._outage: _Outage | None = None
         self._outages = itertools.count(1)
-        #: Each caller's spend today as Redis last reported it: (day, nano-dollars).
         self._spent_seen: dict[str, tuple[str, int]] = {}
 
     async def admit(self, caller: str, limits: CallerLimits, *, now: float) -> Granted | Refused:
@@ -282,7 +254,6 @@ class FailOpenLimitStore:
 
     async def finish(self, caller: str, lease: str, cost: Decimal | None, *, now: float) -> None:
         if lease.startswith(_LOCAL):
-            # Granted here: its slot is this process's. Its cost goes to Redis when it can.
             number, _, local_lease = lease[len(_LOCAL) :].partition(":")
             if self._outage is not None and str(self._outage.number) == number:
                 await self._outage.store.finish(caller, local_lease, None, now=now)
@@ -299,8 +270,8 @@ class FailOpenLimitStore:
         self._saw_spent(caller, day, spent)
 
     async def usage(self, caller: str, *, now: float) -> DailyUsage:
-        """Today's usage as Redis holds it; `LimitsUnavailable` while it is away (a figure
-        counted by one process alone would be wrong, not merely late)."""
+        """Today's usage as Redis holds it; `LimitsUnavailable` while it is away (one process's
+        figure would be wrong, not merely late)."""
         await self._hand_back()
         return await self._primary.usage(caller, now=now)
 
@@ -310,8 +281,7 @@ class FailOpenLimitStore:
         return self._outage
 
     async def _hand_back(self) -> None:
-        """Add what was counted here while Redis was away to Redis, and end the outage;
-        `LimitsUnavailable` (keeping what is not handed back yet) while it is still away."""
+        """Hand what was counted here to Redis and end the outage, or `LimitsUnavailable`."""
         outage = self._outage
         if outage is None:
             return
@@ -329,7 +299,6 @@ class FailOpenLimitStore:
             self._outage = None
 
     def _saw_spent(self, caller: str, day: str, nanos: int) -> None:
-        """Add `nanos`, just charged in Redis, to the spend last seen there."""
         seen_day, seen = self._spent_seen.get(caller, (day, 0))
         if seen_day == day:
             self._spent_seen[caller] = (day, seen + nanos)
@@ -342,18 +311,13 @@ CACHE_KEY_PREFIX = "rerank:cache:"
 
 
 class RedisCacheEntries:
-    """`cache.CacheEntries` in Redis, each entry set with an expiry of `ttl` (`SET ... PX`).
-
-    A Redis that cannot answer is a miss, and an answer not kept: calls go on uncached.
-    `shares_limits`: this Redis also holds limits and spend, which must never be evicted for
-    cached answers; so, on first contact, it is asked whether it may evict (`INFO memory`), and
-    if so the cache keeps nothing there (README, "Eviction").
-    """
+    """`CacheEntries` in Redis, each expiring after `ttl`; a Redis that cannot answer is a
+    miss. `shares_limits`: that Redis holds limits too, which must never be evicted for answers,
+    so the cache keeps nothing in one that may evict (README, "Eviction")."""
 
     def __init__(self, client: RedisClient, *, ttl: float, shares_limits: bool) -> None:
         self._client = client
         self._ttl_ms = max(1, round(ttl * 1000))
-        #: None until checked; True when this Redis may hold cache entries.
         self._allowed: bool | None = None if shares_limits else True
 
     async def get(self, key: bytes) -> bytes | None:
@@ -374,7 +338,6 @@ class RedisCacheEntries:
             return
 
     async def clear(self) -> None:
-        """Delete every cache entry (every replica's: they are one cache)."""
         cursor = b"0"
         with contextlib.suppress(RedisError):
             while True:

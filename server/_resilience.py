@@ -1,14 +1,9 @@
 """Retries, a retry budget and a circuit breaker around any `Reranker` (README, "Guarantees").
 
-- Retried: `RETRYABLE`, the failures the AI SDK retries; a 4xx would fail the same way again, a
-  protocol error means a broken upstream, and a timeout means the caller's deadline is spent.
-  A retry whose delay would end past the call's deadline is not made: the caller gets the last
-  error at once instead of a wasted wait.
-- A retry budget keeps a failing gateway from being hammered: retries are at most about `ratio`
-  of traffic, plus a small burst.
-- The circuit breaker (`_breaker`) fails fast once the upstream is found down (`found_down`).
-  Health stays SERVING meanwhile: the gateway is shared by every replica, so taking them all out
-  of a load balancer at once would turn one clear error into "no healthy upstream".
+Retried: `RETRYABLE`, the failures the AI SDK retries, unless the delay would end past the
+call's deadline. The budget keeps retries to about `ratio` of traffic. The breaker fails fast
+once the upstream is found down; health stays SERVING meanwhile, since every replica shares
+the gateway and a balancer without replicas answers worse than one clear error.
 """
 
 from __future__ import annotations
@@ -54,9 +49,8 @@ RETRYABLE: tuple[type[UpstreamError], ...] = (UpstreamUnavailable, UpstreamRateL
 
 
 def found_down(error: UpstreamError | None) -> bool | None:
-    """What an attempt's outcome (None: an answer) tells the breaker: a timeout says nothing,
-    as the caller's deadline may simply have been short; any answer, even a 4xx, shows the
-    upstream up."""
+    """What an attempt's outcome (None: an answer) tells the breaker: a timeout nothing (the
+    deadline may have been short); any answer, even a 4xx, that the upstream is up."""
     if isinstance(error, UpstreamTimeout):
         return None
     return isinstance(error, UpstreamUnavailable)
@@ -64,17 +58,14 @@ def found_down(error: UpstreamError | None) -> bool | None:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently to retry a retryable failure."""
+    """Retries after the first attempt; the first jittered delay at most (seconds, doubling
+    per retry), and any delay at most."""
 
-    #: Retries after the first attempt (the AI SDK's default is 2).
     max_retries: int = 2
-    #: Upper bound of the first jittered delay, seconds; doubles per retry.
     initial_backoff: float = 0.5
-    #: Upper bound of any jittered delay, seconds.
     max_backoff: float = 8.0
 
     def backoff(self, retry: int, rng: random.Random) -> float:
-        """Full jitter."""
         return rng.uniform(0, min(self.max_backoff, self.initial_backoff * 2**retry))
 
 
@@ -96,13 +87,10 @@ class RetryBudget:
         return True
 
     def reset(self) -> None:
-        """Full again, as at start."""
         self._tokens = self._capacity
 
 
 class ResilientReranker(RerankerLayer):
-    """A `Reranker` that retries, budgets retries and breaks the circuit around another."""
-
     def __init__(
         self,
         inner: Reranker,
@@ -134,8 +122,7 @@ class ResilientReranker(RerankerLayer):
             return await self._inner.rerank(query, timeout=left)
 
         outcome = await self._call(attempt, timeout)
-        # Usage: the answer counts its own gateway call; the attempts that failed before it
-        # were gateway calls too (their errors carry no cost).
+        # The attempts that failed before the answer were gateway calls too, without a cost.
         failed = Usage(cost=Decimal(0), upstream_calls=attempts - 1)
         return dataclasses.replace(outcome, usage=outcome.usage + failed)
 
@@ -164,20 +151,16 @@ class ResilientReranker(RerankerLayer):
                 delay = self._retry_delay(error, retry, deadline)
                 if delay is None:
                     raise
-                logger.info(
-                    "retrying after %s (retry %d in %.3f s)", error.reason, retry + 1, delay
-                )
-                self._metrics.retry(error.reason)
-                trace.get_current_span().add_event(
-                    "retry",
-                    {
-                        "rerank.retry": retry + 1,
-                        "error.type": error.reason,
-                        "rerank.delay_s": delay,
-                    },
-                )
-                await self._sleep(delay)
                 retry += 1
+                logger.info("retrying after %s (retry %d in %.3f s)", error.reason, retry, delay)
+                self._metrics.retry(error.reason)
+                said: dict[str, str | int | float] = {
+                    "rerank.retry": retry,
+                    "error.type": error.reason,
+                    "rerank.delay_s": delay,
+                }
+                trace.get_current_span().add_event("retry", said)
+                await self._sleep(delay)
                 continue
             return result
 
@@ -196,23 +179,16 @@ class ResilientReranker(RerankerLayer):
         return result
 
     async def _outliving_its_caller(self, probe: Awaitable[T]) -> T:
-        """Run the half-open probe to its verdict even when its caller leaves.
-
-        Its caller is often cancelled for reasons that say nothing about the gateway: the first
-        window of a large request takes the probe slot, the others are refused, and that
-        cancels the first; freeing the slot then, the circuit would never close while only
-        large requests come. (Windows sharing a probe would teach them about the breaker;
-        refused calls waiting for the verdict would all hit the gateway the moment it closes.)
-        """
+        """Run the half-open probe to its verdict even when its caller leaves: the first window
+        of a large request takes the probe slot, the others are refused, which cancels the
+        first; freeing the slot then, the circuit would never close under large requests."""
         task = asyncio.ensure_future(probe)
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
-        # shield: the caller's cancellation stops its wait, not the probe.
         return await asyncio.shield(task)
 
     async def reset(self) -> None:
-        """Forget every past attempt: no probe left running, the circuit closed, the retry
-        budget full (the testing kit, between tests)."""
+        """Forget every past attempt (the testing kit, between tests)."""
         await self._cancel_probes()
         self._breaker.reset()
         self._budget.reset()
@@ -233,7 +209,6 @@ class ResilientReranker(RerankerLayer):
         delay = error.retry_after
         if delay is None:
             delay = self._policy.backoff(retry, self._rng)
-        # Waiting past the deadline only to fail anyway helps nobody.
         if self._clock() + delay >= deadline:
             return None
         if not self._budget.try_spend():
@@ -244,8 +219,7 @@ class ResilientReranker(RerankerLayer):
 
 
 async def _attempt(attempt: Callable[[float], Awaitable[T]], timeout: float, retry: int) -> T:
-    """One attempt; a retry runs with its number in the OpenTelemetry context, for the gateway
-    adapter's `http.request.resend_count` (first attempts, nearly all of them, skip that)."""
+    """One attempt; a retry with its number in the OpenTelemetry context (`resend_count`)."""
     if retry == 0:
         return await attempt(timeout)
     token = otel_context.attach(otel_context.set_value(RESEND_COUNT_KEY, retry))

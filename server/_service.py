@@ -1,16 +1,9 @@
-"""The RerankService servicer: what each method does, in domain values (`translate` turns
-protos into them and back).
+"""The RerankService servicer: each method takes the call's record and the request's bytes,
+and answers with the response message, in domain values in between (`_translate`).
 
-Each method takes the call's record (`rerank.server._calls`) and the request's bytes, and
-answers with the response message; the call pipeline (`rerank.server._pipeline`) runs it.
-Errors are raised as `rerank.server._errors` and turned into statuses by the pipeline's door;
-a BatchRerank's requests each fail alone, so there the servicer turns each one's error into
-its `google.rpc.Status` through the same table (`rerank.server._status.rich_status`).
-
-A Rerank request can be 64 MiB, so how long its copies live is what a call in flight costs:
-the servicer takes gRPC's bytes and lets the decoded message go at once (README, "Memory per
-call in flight"). A BatchRerank's requests are answered the same way, each from its own
-serialized bytes, a few at a time.
+Errors are raised, and the door makes them statuses; a BatchRerank's requests each fail alone,
+so their errors become `google.rpc.Status`es here, through the same table. The decoded message
+of a request (up to 64 MiB) is let go at once (README, "Memory per call in flight").
 """
 
 from __future__ import annotations
@@ -29,13 +22,7 @@ from opentelemetry.trace import Span, Tracer
 from rerank.server._admission import Admission
 from rerank.server._caller_limits import CallerLimitsReranker
 from rerank.server._calls import CallRecord, close_call, note_batch, open_call
-from rerank.server._domain import (
-    FREE,
-    Limits,
-    RerankOutcome,
-    check_request,
-    on_behalf_of,
-)
+from rerank.server._domain import FREE, Limits, RerankOutcome, check_request, on_behalf_of
 from rerank.server._errors import (
     FieldViolation,
     InvalidRequest,
@@ -60,30 +47,24 @@ from rerank.v1 import rerank_service_pb2 as pb
 
 # The answer to a request without documents: nothing ranked, nothing asked, nothing billed.
 _NOTHING_TO_RANK = RerankOutcome(ranking=(), usage=FREE)
-# A batch's requests stop this share of the call's time before its deadline (at most
-# _MAX_ANSWER_RESERVE seconds), so that the answer, with the requests already done, still
-# reaches the caller in time; past the deadline gRPC would deliver nothing at all.
+# A batch's requests stop this share of the call's time (at most _MAX_ANSWER_RESERVE s) before
+# its deadline, so that the answer still reaches the caller: past it gRPC delivers nothing.
 _ANSWER_SHARE = 0.1
 _MAX_ANSWER_RESERVE = 1.0
 
 
 @dataclass(frozen=True)
 class BatchLimits:
-    """How BatchRerank runs, from `Settings`."""
-
     max_requests: int
-    """Most requests one batch may hold."""
     parallelism: int
-    """Requests of one batch answered at once."""
 
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RerankService"].full_name
 
 
 class RerankServicer:
-    """Validates each call, hands it to a `Reranker` on behalf of its caller, and answers in
-    proto. `reranker` is the caller-limits layer, which also answers GetUsage. Its methods,
-    by name, are `methods()`."""
+    """Validates each call, hands it to `reranker` (the caller-limits layer, which also answers
+    GetUsage) on behalf of its caller, and answers in proto."""
 
     def __init__(
         self,
@@ -107,8 +88,7 @@ class RerankServicer:
         self._batch = batch
 
     def methods(self) -> Mapping[str, Handler]:
-        """The service's methods by name, each taking the request as the bytes received (a
-        test checks that every method of the contract is here)."""
+        """The methods by name (a test checks that every method of the contract is here)."""
         return {
             "Rerank": self.rerank,
             "BatchRerank": self.batch_rerank,
@@ -117,49 +97,34 @@ class RerankServicer:
         }
 
     async def rerank(self, call: CallRecord, request: bytes) -> pb.RerankResponse:
-        """`request` is the serialized RerankRequest, as gRPC received (and keeps) it."""
         return await self._answer(call, request, self._timeout(call), request_bytes=len(request))
 
     async def batch_rerank(self, call: CallRecord, request: bytes) -> pb.BatchRerankResponse:
-        """`request` is the serialized BatchRerankRequest, as gRPC received (and keeps) it."""
         requests = decoded(pb.BatchRerankRequest, request).requests
         if len(requests) > self._batch.max_requests:
-            raise InvalidRequest(
-                [
-                    FieldViolation(
-                        "requests",
-                        f"holds {len(requests)} requests; at most {self._batch.max_requests} "
-                        "allowed",
-                    )
-                ]
-            )
-        # What the batch holds is counted once for all its requests, as a Rerank of as many
-        # bytes counts it: the bytes received, the requests in flight as values, the answers
-        # built. Each request in flight then takes a call place of its own.
+            most = f"holds {len(requests)} requests; at most {self._batch.max_requests} allowed"
+            raise InvalidRequest([FieldViolation("requests", most)])
+        # The batch's bytes are counted once for all its requests, as a Rerank's are; each
+        # request in flight then takes a call place of its own.
         with self._admission.hold(len(request)):
             return await self._answer_all(call, requests, self._batch_time(call))
 
     async def _answer_all(
         self, call: CallRecord, requests: Sequence[pb.RerankRequest], seconds: float
     ) -> pb.BatchRerankResponse:
-        """Answer a batch's `requests` within `seconds`, a few at a time."""
+        """Answer a batch's `requests` within `seconds`, `parallelism` workers taking them in
+        turn; each is noted as a call of its own, which the batch's record sums."""
         loop = asyncio.get_running_loop()
         stop_at = loop.time() + seconds
         results: list[pb.BatchRerankResult] = [pb.BatchRerankResult() for _ in requests]
-        # A few workers take the requests in turn: at most `parallelism` in flight, without a
-        # task per request waiting for its turn.
         turns = iter(enumerate(requests))
-
-        # Each request is noted as a call of its own (and is the current call of the parts
-        # below it), and the batch's record sums them when all are answered.
         notes = [CallRecord(call.request_id, caller=call.caller) for _ in requests]
 
         async def worker() -> None:
             for position, item in turns:
                 note = notes[position]
                 noting = open_call(note)
-                # A span per request, so that its cache lookup, windows and gateway attempts
-                # are told from the other requests' under the batch's server span.
+                # A span per request, so that what it did is told from the other requests'.
                 span = child_span(self._tracer, BATCH_REQUEST_SPAN)
                 try:
                     with trace.use_span(span, end_on_exit=True, record_exception=False):
@@ -184,8 +149,7 @@ class RerankServicer:
         span: Span,
     ) -> None:
         """Answer one request of a batch into `result`: its response, or the status a Rerank
-        would have failed with (the same table, the same details); and say which it was on
-        its `span`."""
+        would have failed with; and say which on its `span`."""
         what = f"BatchRerank requests[{position}]"
         code = grpc.StatusCode.OK
         reason: str | None = None
@@ -217,9 +181,8 @@ class RerankServicer:
     async def _answer(
         self, call: CallRecord, request: bytes, timeout: float, *, request_bytes: int
     ) -> pb.RerankResponse:
-        """Answer one serialized RerankRequest within `timeout` seconds, holding an admission
-        place that counts `request_bytes` (0 for a batch's request: the batch counted its
-        bytes), and note what it did in `call`."""
+        """Answer one serialized RerankRequest within `timeout` seconds, admitted with
+        `request_bytes` (0 for a batch's request: the batch counted them); note it in `call`."""
         with self._admission.admit(request_bytes):
             query, echo = query_from_bytes(request, self._default_model, self._limits, call)
             check_request(query, self._limits)
@@ -230,8 +193,7 @@ class RerankServicer:
             if query.documents:
                 outcome = await self._reranker.rerank(query, timeout=timeout)
             else:
-                # Nothing to rank, nothing to count; but a model the caller may not use is
-                # refused here too.
+                # Nothing to rank; but a model the caller may not use is refused here too.
                 self._reranker.check_model(query)
                 outcome = _NOTHING_TO_RANK
             call.cached = outcome.cached
@@ -244,7 +206,6 @@ class RerankServicer:
         with self._admission.admit(0):
             models = await self._reranker.list_models(timeout=self._timeout(call))
         caller = call.caller
-        # A named caller sees the models it may use: its pages are of those.
         usable = [m for m in models if caller is None or caller.may_use(m.id)]
         listed, next_token = page.cut(usable)
         return pb.ListModelsResponse(
@@ -262,15 +223,12 @@ class RerankServicer:
         return usage_to_proto(caller, await self._reranker.usage(caller))
 
     def _timeout(self, call: CallRecord) -> float:
-        """The configured upstream timeout, or less when the caller's deadline is nearer."""
         if call.deadline is None:
             return self._upstream_timeout
         return min(self._upstream_timeout, max(call.deadline - time.monotonic(), 0.0))
 
     def _batch_time(self, call: CallRecord) -> float:
-        """Seconds a batch's requests may run: the call's time less the reserve for sending
-        the answer; unbounded without a deadline (each request still has the upstream
-        timeout)."""
+        """Seconds a batch's requests may run: the call's time less the answer's reserve."""
         if call.deadline is None:
             return math.inf
         remaining = max(call.deadline - time.monotonic(), 0.0)

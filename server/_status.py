@@ -1,8 +1,5 @@
-"""The one table from `rerank.server._errors` to gRPC status codes, and the rich details sent
-along (README, "Errors": what each status carries). A failure is logged here too: an error of
-the table by its code and reason, and a bug with its traceback under an incident id that the
-caller is told instead.
-"""
+"""The one table from `_errors` to gRPC status codes, the rich details sent along (README,
+"Errors"), and the failures' log lines: a bug's with its traceback under an incident id."""
 
 from __future__ import annotations
 
@@ -21,8 +18,7 @@ from rerank.server._calls import CallRecord
 
 logger = logging.getLogger(__name__)
 
-#: Why each error gets its code is in README.md ("Errors"). A test checks that every class
-#: in `rerank.server._errors` has a row here.
+#: Why each error gets its code: README, "Errors". A test checks that every class has a row.
 STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.RerankError: grpc.StatusCode.INTERNAL,
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -47,9 +43,8 @@ STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.UpstreamForbidden: grpc.StatusCode.PERMISSION_DENIED,
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.UpstreamNotFound: grpc.StatusCode.NOT_FOUND,
-    # The provider behind the gateway failed, and the gateway calls it final. Not the caller's
-    # to fix (FAILED_PRECONDITION would tell them to fix some state first), not worth a blind
-    # retry (UNAVAILABLE would invite one): a failure on the serving side, as with a 401.
+    # The provider behind the gateway failed, finally: not the caller's to fix, not worth a
+    # blind retry (as FAILED_PRECONDITION or UNAVAILABLE would say).
     errors.UpstreamFailedDependency: grpc.StatusCode.INTERNAL,
     # Our own key is wrong: the caller can do nothing about it, an operator must.
     errors.UpstreamAuthentication: grpc.StatusCode.INTERNAL,
@@ -94,11 +89,9 @@ def error_answer(error: errors.RerankError) -> ErrorAnswer:
         ("grpc-status-details-bin", status.SerializeToString())
     ]
     if (delay := _retry_delay(error, code)) is not None:
-        # A gRPC client whose retry policy covers the code waits this long, and retries not at
-        # all when it is negative (gRFC A6). One retry layer per hop: the server's own retry
-        # layer has retried the gateway (or chose not to), and a client retrying too would
-        # multiply gateway attempts; the caller's code still reads the RetryInfo. Our own
-        # refusals came before any gateway call: a retry after the delay costs it nothing.
+        # A gRPC client whose retry policy covers the code waits this long, or never retries
+        # when it is negative (gRFC A6): one retry layer per hop, and ours has retried the
+        # gateway. Our own refusals came before any gateway call: a retry costs it nothing.
         pushback = -1 if isinstance(error, errors.UpstreamError) else max(0, round(delay * 1000))
         trailers.append(("grpc-retry-pushback-ms", str(pushback)))
     return ErrorAnswer(code, status.message, tuple(trailers))
@@ -106,12 +99,8 @@ def error_answer(error: errors.RerankError) -> ErrorAnswer:
 
 def _retry_delay(error: errors.RerankError, code: grpc.StatusCode) -> float | None:
     """Seconds the caller should wait before trying again (the RetryInfo), or None."""
-    if (
-        isinstance(error, errors.UpstreamError | errors.CallerRefused)
-        and error.retry_after is not None
-    ):
-        return error.retry_after
-    return _DEFAULT_RETRY_DELAY.get(code)
+    own: float | None = getattr(error, "retry_after", None)  # the gateway's, or a limit's
+    return _DEFAULT_RETRY_DELAY.get(code) if own is None else own
 
 
 def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.Status]:
@@ -129,16 +118,9 @@ def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.
         error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
     ]
     if isinstance(error, errors.InvalidRequest):
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in error.violations
-                ]
-            )
-        )
+        violation = error_details_pb2.BadRequest.FieldViolation
+        fields = [violation(field=v.field, description=v.description) for v in error.violations]
+        details.append(error_details_pb2.BadRequest(field_violations=fields))
     if (retry_after := _retry_delay(error, code)) is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(retry_after * 1e9))
@@ -150,15 +132,13 @@ def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.
 
 
 def log_failure(what: str, code: grpc.StatusCode, error: errors.RerankError) -> None:
-    """Log a call (or a batch's request) that failed with `error`, answered as `code`."""
     level = logging.WARNING if code in _OPERATOR_CODES else logging.INFO
     logger.log(level, "%s failed: %s %s", what, code.name, error.reason)
 
 
 def report_incident(what: str, call: CallRecord) -> str:
-    """Log the exception being handled (a bug) with its traceback under a new incident id,
-    noted in `call`, and return the message the caller gets instead of the exception's text
-    (with INTERNAL)."""
+    """Log the exception being handled (a bug) under a new incident id, noted in `call`; the
+    message the caller gets instead of the exception's."""
     incident = call.incident = uuid.uuid4().hex[:12]
     logger.exception("%s failed unexpectedly (incident %s)", what, incident)
     return f"internal error (incident {incident})"

@@ -1,10 +1,9 @@
-"""The one translator between the contract's protos and domain values: proto messages stop
-here; below it there are only `rerank.server._domain` values (why a request's decoded message is
-let go at once: `rerank.server._service`)."""
+"""The one translator between the contract's protos and `_domain` values: protos stop here."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,13 +38,6 @@ from rerank.server._errors import (
 from rerank.server._limits import DailyUsage, bucket_size
 from rerank.v1 import rerank_service_pb2 as pb
 
-_WARNING_TYPE_TO_PROTO = {
-    "unsupported": pb.Warning.TYPE_UNSUPPORTED,
-    "compatibility": pb.Warning.TYPE_COMPATIBILITY,
-    "other": pb.Warning.TYPE_OTHER,
-    "deprecated": pb.Warning.TYPE_DEPRECATED,
-}
-
 #: A request message `decoded` makes from the bytes gRPC received.
 Decoded = TypeVar(
     "Decoded", pb.RerankRequest, pb.BatchRerankRequest, pb.ListModelsRequest, pb.GetUsageRequest
@@ -53,8 +45,7 @@ Decoded = TypeVar(
 
 
 def decoded(kind: type[Decoded], data: bytes) -> Decoded:
-    """The message of type `kind` in `data`, or `MalformedRequest` saying what protobuf found
-    wrong (its text names the type)."""
+    """The message of type `kind` in `data`, or `MalformedRequest` saying what was wrong."""
     try:
         return kind.FromString(data)
     except DecodeError as exc:
@@ -65,12 +56,8 @@ def query_from_bytes(
     data: bytes, default_model: str, limits: Limits, call: CallRecord | None = None
 ) -> tuple[RerankQuery, bool]:
     """The query a serialized RerankRequest asks, and whether its answer echoes the documents;
-    `call`, when given, notes the document count and `top_n` as sent (before anything in them
-    can be refused).
-
-    The decoded message lives only in here: once its documents are domain values, nothing
-    refers to it and its memory is freed, while the call goes on for seconds.
-    """
+    `call` notes the document count and `top_n` as sent. The decoded message lives only in
+    here, so its memory is freed while the call goes on for seconds."""
     request = decoded(pb.RerankRequest, data)
     if call is not None:
         call.documents = len(request.documents)
@@ -79,9 +66,9 @@ def query_from_bytes(
 
 
 def sent_documents(query: RerankQuery, data: bytes) -> Callable[[int], pb.Document]:
-    """The request's document at an index, exactly as it was sent, to echo: a text from the
-    query's own string (whose UTF-8 is the bytes received), an object from the request decoded
-    again (a Struct's -0.0 or empty Value would not survive the JSON the query holds)."""
+    """The request's document at an index, exactly as sent: a text from the query's own string,
+    an object from the request decoded again (a Struct's -0.0 or empty Value would not survive
+    the JSON the query holds)."""
     if query.kind == "text":
         texts = cast(tuple[str, ...], query.documents)
         return lambda index: pb.Document(text=texts[index])
@@ -89,13 +76,11 @@ def sent_documents(query: RerankQuery, data: bytes) -> Callable[[int], pb.Docume
 
 
 def echoes_documents(request: pb.RerankRequest) -> bool:
-    """Whether the answer carries each ranked document: unless `return_documents` is false."""
     return not request.HasField("return_documents") or request.return_documents
 
 
 def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limits) -> RerankQuery:
-    """Translate a RerankRequest, raising `InvalidRequest` for what cannot be translated:
-    documents without content, mixed kinds, oversized documents, non-finite numbers."""
+    """A RerankRequest's query, or `InvalidRequest` naming every field that cannot be one."""
     violations: list[FieldViolation] = []
     kind: DocumentKind | None = None
     texts: list[str] = []
@@ -109,12 +94,8 @@ def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limi
         if kind is None:
             kind = which
         elif which != kind:
-            violations.append(
-                FieldViolation(
-                    field,
-                    f"is {which!r} but documents[0] is {kind!r}; one request holds one kind",
-                )
-            )
+            mixed = f"is {which!r} but documents[0] is {kind!r}; one request holds one kind"
+            violations.append(FieldViolation(field, mixed))
             continue
         if document.ByteSize() > limits.max_document_bytes:
             violations.append(
@@ -148,8 +129,7 @@ def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limi
 def _json_object(
     struct: struct_pb2.Struct, path: str, violations: list[FieldViolation]
 ) -> JsonObject:
-    """`struct` as JSON (`rerank.contract.from_struct`); what JSON cannot hold joins
-    `violations`, so that one answer names every bad field."""
+    """`struct` as JSON; what JSON cannot hold joins `violations`."""
     try:
         return from_struct(struct, path)
     except NotJsonError as error:
@@ -163,15 +143,9 @@ def response_to_proto(
     outcome: RerankOutcome,
     sent: Callable[[int], pb.Document] | None,
 ) -> pb.RerankResponse:
-    """Build the RerankResponse. Each ranked document is `sent(index)`, the request's own, so
-    callers get back exactly what they sent; None leaves them out (the request said
-    `return_documents` false).
-
-    Raises:
-        UpstreamProtocolError: when the gateway's warnings and metadata (with the rest of the
-            response besides its ranking) exceed `RESPONSE_EXTRAS_BYTES`, the allowance the
-            server's send limit is sized with.
-    """
+    """The RerankResponse, each ranked document `sent(index)` (None: none). Extras beyond
+    `RESPONSE_EXTRAS_BYTES`, the allowance the send limit is sized with, are the gateway's
+    `UpstreamProtocolError`."""
     response = pb.RerankResponse(
         model=model,
         id=f"rr_{uuid.uuid4().hex}",
@@ -200,8 +174,7 @@ def response_to_proto(
 
 
 def call_usage_to_proto(usage: Usage) -> pb.Usage:
-    """A call's usage record as the contract types it: an unknown cost is the empty string.
-    (A named caller's standing of the day is `usage_to_proto`'s.)"""
+    """A call's usage as the contract types it: an unknown cost is the empty string."""
     return pb.Usage(
         cost="" if usage.cost is None else cost_text(usage.cost),
         upstream_calls=usage.upstream_calls,
@@ -234,13 +207,8 @@ def _dollars(amount: Decimal) -> str:
 
 
 def warning_to_proto(warning: Warning) -> pb.Warning:
-    return pb.Warning(
-        type=_WARNING_TYPE_TO_PROTO[warning.type],
-        feature=warning.feature,
-        details=warning.details,
-        message=warning.message,
-        setting=warning.setting,
-    )
+    kind = pb.Warning.Type.Value(f"TYPE_{warning.type.upper()}")
+    return pb.Warning(**{**dataclasses.asdict(warning), "type": kind})
 
 
 def model_to_proto(model: ModelInfo) -> pb.Model:
@@ -256,14 +224,10 @@ def model_to_proto(model: ModelInfo) -> pb.Model:
 
 @dataclass(frozen=True)
 class Page:
-    """Which models a ListModels call asks for (AIP-158): at most `size` (0: all of them),
-    starting after the model the page token names.
-
-    The token is opaque to callers: URL-safe base64 of `{offset}:{id}`, the position after the
-    last model of the previous page and that model's id. The next page starts after that model
-    wherever it now is in the gateway's list, so a model added or removed before it neither
-    repeats nor skips one; when the model itself is gone, at the position.
-    """
+    """Which models a ListModels call asks for (AIP-158): at most `size` (0: all), after the
+    model its token names. The token, opaque to callers, is URL-safe base64 of `{offset}:{id}`:
+    the next page starts after that model wherever it now is (so models added or removed
+    before it neither repeat nor skip one), or, when it is gone, at the offset."""
 
     size: int
     offset: int = 0
@@ -271,27 +235,21 @@ class Page:
 
     @classmethod
     def of(cls, request: pb.ListModelsRequest) -> Page:
-        """The page `request` asks for, or `InvalidRequest` naming the field that is wrong."""
-        if request.page_size < 0:
-            raise InvalidRequest(
-                [FieldViolation("page_size", f"must not be negative, got {request.page_size}")]
-            )
-        if not request.page_token:
-            return cls(request.page_size)
+        size, token = request.page_size, request.page_token
+        if size < 0:
+            raise InvalidRequest([FieldViolation("page_size", f"must not be negative, got {size}")])
+        if not token:
+            return cls(size)
         try:
-            offset_text, _, after = (
-                base64.urlsafe_b64decode(request.page_token + "=" * (-len(request.page_token) % 4))
-                .decode()
-                .partition(":")
-            )
+            text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            offset_text, _, after = text.partition(":")
             offset = int(offset_text)
         except ValueError:  # not base64 (binascii.Error), not UTF-8, not a number
             offset = -1
         if offset < 1 or not after:
-            raise InvalidRequest(
-                [FieldViolation("page_token", "is not a next_page_token this service gave")]
-            )
-        return cls(request.page_size, offset, after)
+            unknown = FieldViolation("page_token", "is not a next_page_token this service gave")
+            raise InvalidRequest([unknown])
+        return cls(size, offset, after)
 
     def cut(self, models: Sequence[ModelInfo]) -> tuple[Sequence[ModelInfo], str]:
         """This page of `models`, and the token of the next page ("" after the last one)."""

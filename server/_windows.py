@@ -1,11 +1,7 @@
-"""Large document sets: split into windows the model takes in one call, rank them in
-parallel under one deadline, merge.
-
-Scores of one model for one query are comparable across calls (they are relevance scores,
-not ranks), so the windows' rankings merge by score, cut to `top_n`. Each window asks only for
-its own best `top_n`, which is all the merge can use. A window's answer arrives valid for the
-window's own documents (the gateway adapter checks it against them), so shifting its indices
-by the window's first document makes it valid for the whole request.
+"""Large document sets: split into windows the model takes in one call, rank them in parallel
+under one deadline, merge by score (relevance scores of one model for one query compare across
+calls), cut to `top_n`. A window's answer is valid for its own documents, so shifting its
+indices by its first document makes it valid for the whole request.
 """
 
 from __future__ import annotations
@@ -42,13 +38,11 @@ DEFAULT_WINDOW_SIZES: Mapping[str, int] = {"cohere": 1000, "voyage": 1000}
 
 @dataclass(frozen=True)
 class WindowPolicy:
-    """How many documents one upstream call may carry, and how many calls run at once."""
+    """Documents per upstream call, by model slug or provider (the slug wins), else
+    `default_size`; and windows of one request in flight at once."""
 
-    #: By model slug (`voyage/rerank-2.5-lite`) or provider (`voyage`); the slug wins.
     sizes: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_WINDOW_SIZES))
-    #: For models and providers not in `sizes`.
     default_size: int = 1000
-    #: Windows of one request in flight at once.
     parallelism: int = 4
 
     def size_for(self, model: str) -> int:
@@ -57,8 +51,7 @@ class WindowPolicy:
 
 
 class WindowedReranker(RerankerLayer):
-    """A `Reranker` that splits requests larger than a window across several calls, and says
-    each model's window in the models it lists."""
+    """Splits requests larger than a window; says each model's window in the models listed."""
 
     def __init__(
         self,
@@ -96,26 +89,23 @@ class WindowedReranker(RerankerLayer):
             async with slots:
                 part = dataclasses.replace(query, documents=query.documents[start : start + size])
                 span = child_span(self._tracer, WINDOW_SPAN)
-                if span.is_recording():
-                    span.set_attributes(
-                        {
-                            "rerank.window.index": number,
-                            "rerank.window.first_document": start,
-                            "rerank.documents": len(part.documents),
-                        }
-                    )
+                span.set_attributes(
+                    {
+                        "rerank.window.index": number,
+                        "rerank.window.first_document": start,
+                        "rerank.documents": len(part.documents),
+                    }
+                )
                 # Our errors' messages may quote the gateway: the span gets the reason only.
                 with trace.use_span(
                     span, end_on_exit=True, record_exception=False, set_status_on_exception=False
                 ):
                     try:
-                        outcome = await self._inner.rerank(
-                            part, timeout=deadline - time.monotonic()
-                        )
+                        left = deadline - time.monotonic()
+                        outcome = await self._inner.rerank(part, timeout=left)
                     except RerankError as error:
-                        if span.is_recording():
-                            span.set_attribute("error.type", error.reason)
-                            span.set_status(Status(StatusCode.ERROR, error.reason))
+                        span.set_attribute("error.type", error.reason)
+                        span.set_status(Status(StatusCode.ERROR, error.reason))
                         raise
             return dataclasses.replace(
                 outcome, ranking=tuple(Ranked(r.index + start, r.score) for r in outcome.ranking)
@@ -136,10 +126,8 @@ class WindowedReranker(RerankerLayer):
 
 
 def merge(outcomes: list[RerankOutcome], top_n: int | None) -> RerankOutcome:
-    """One outcome from the windows': their rankings merged best first and cut to `top_n`, each
-    warning once, the usage of all of them (every window's cost and calls), and the first
-    window's provider metadata (what the caller sees as `gateway.cost` is the total, from
-    `usage`: `domain.caller_metadata`)."""
+    """One outcome from the windows': rankings merged best first, each warning once, the usage
+    of all of them, and the first window's provider metadata."""
     warnings: dict[Warning, None] = {}
     for outcome in outcomes:
         warnings.update(dict.fromkeys(outcome.warnings))

@@ -1,16 +1,12 @@
-"""`--workers N`: N server processes sharing one port through SO_REUSEPORT, and their parent,
-which only supervises (README, "Workers" and "The port", says what it does and when).
+"""`--workers N`: N server processes sharing one port (SO_REUSEPORT), and their parent, which
+only supervises (README, "Workers" and "The port").
 
-Workers are forked before any of them starts a gRPC server (gRPC does not survive a fork once
-its core runs), and the parent never starts one, so it can fork a replacement at any time. It
-holds the port with a bound, non-listening SO_REUSEPORT socket, so `--port 0` resolves once,
-for all. Workers report their start over one pipe, a line each (`<pid> ready`, or
-`<pid> failed <reason>` just before they exit); signals reach the parent's loop through
-`signal.set_wakeup_fd`, so one `select` waits for workers, signals and timers alike.
-
-With metrics on, the parent serves `/metrics` over the files every worker writes. That
-endpoint runs threads, and the parent forks replacements: each fork happens while the endpoint
-holds off rendering (`MetricsEndpoint.quiet`), so no lock a scrape takes is held in the child.
+The parent never starts gRPC (which does not survive a fork once its core runs), so it can fork
+a replacement at any time; it holds the port with a bound, non-listening socket, so `--port 0`
+resolves once for all. Workers report over one pipe (`<pid> ready`, or `<pid> failed <reason>`
+before they exit); signals reach the parent through `signal.set_wakeup_fd`, so one `select`
+waits for all. With metrics on, the parent serves `/metrics`, with threads: each fork happens
+while the endpoint holds off (`MetricsEndpoint.quiet`), so no lock is held in the child.
 """
 
 from __future__ import annotations
@@ -41,8 +37,7 @@ FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 60.0
 START_ATTEMPTS = 3  # replacements in a row that die before they listen: the server stops
-# Seconds a stopping worker gets beyond drain and grace: closing the HTTP pool and the
-# embedded mock, and the last second `serve` waits for cancelled calls to unwind.
+# Seconds a stopping worker gets beyond drain and grace, to close and unwind.
 STOP_MARGIN = 5.0
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -54,16 +49,15 @@ def run_workers(
     metrics: tuple[MetricsDirectory, MetricsEndpoint] | None = None,
 ) -> int:
     """Serve with `settings.workers` processes on one port; the exit status for them all.
-    `metrics`: the directory the workers record into and its endpoint (bound, not serving)."""
+    `metrics`: the directory the workers record into and its endpoint (not serving yet)."""
     if settings.port != 0 and not settings.allow_port_overlap:
         refuse_taken_port(settings.host, settings.port)
     try:
         reservation = reserve_port(settings.host, settings.port)
     except OSError as exc:
         refuse_taken_port(settings.host, settings.port, overlap_failed=True)
-        raise StartupError(
-            f"cannot serve on {settings.host}:{settings.port}: {exc.strerror}"
-        ) from exc
+        where = f"{settings.host}:{settings.port}"
+        raise StartupError(f"cannot serve on {where}: {exc.strerror}") from exc
     http = None
     try:
         if settings.http_port is not None:  # the HTTP port, held the same way
@@ -88,7 +82,7 @@ def run_workers(
 
 @dataclass
 class _Slot:
-    """One of the N places a worker fills; its back-off and failures outlive each worker."""
+    """One of the N places a worker fills; its back-off outlives each worker."""
 
     number: int
     pid: int = 0  # 0: no worker in it now
@@ -147,7 +141,6 @@ class _Supervisor:
     def _supervise(self, ready: Callable[[int, int | None], None]) -> None:
         for slot in self._slots:
             self._spawn(slot)
-        # Threads only once the first workers are forked; later forks hold them off (quiet).
         if self._metrics is not None:
             self._metrics[1].start()
         ready_by = time.monotonic() + READY_TIMEOUT
@@ -190,7 +183,6 @@ class _Supervisor:
         logger.debug("worker %d started (pid %d)", slot.number, pid)
 
     def _become_worker(self) -> None:
-        """Drop what is the parent's: its signal handling, its ends of the pipes, the port."""
         signal.set_wakeup_fd(-1)
         for signum in _SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
@@ -238,12 +230,12 @@ class _Supervisor:
     def _ended(self, slot: _Slot, code: int) -> None:
         pid, listened, served = slot.pid, slot.listening, time.monotonic() - slot.started
         how = f"exit status {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
-        reason = slot.reason or how
+        reason, who = slot.reason or how, f"worker {slot.number} (pid {pid})"
         slot.pid, slot.listening = 0, False
         if self._stop_signal is not None:
             # A worker killed by the signal it was sent, before it could handle it, stopped.
             if code not in (0, -self._stop_signal):
-                logger.warning("worker %d (pid %d) ended (%s)", slot.number, pid, reason)
+                logger.warning("%s ended (%s)", who, reason)
                 self._exit_status = 1
             return
         if not self._serving:
@@ -253,33 +245,20 @@ class _Supervisor:
         if not listened:
             slot.failed_starts += 1
             if slot.failed_starts >= START_ATTEMPTS:
+                times = f"{slot.failed_starts} times in a row ({reason})"
                 logger.error(
-                    "worker %d could not start %d times in a row (%s); stopping the server",
-                    slot.number,
-                    slot.failed_starts,
-                    reason,
+                    "worker %d could not start %s; stopping the server", slot.number, times
                 )
                 self._exit_status = 1
                 self._stop(signal.SIGTERM)
                 return
-            logger.warning(
-                "worker %d (pid %d) could not start (%s); trying again in %.3g s",
-                slot.number,
-                pid,
-                reason,
-                slot.backoff,
-            )
+            again = f"trying again in {slot.backoff:.3g} s"
+            logger.warning("%s could not start (%s); %s", who, reason, again)
         else:
             if served >= STABLE_AFTER:
                 slot.backoff = FIRST_BACKOFF
-            logger.warning(
-                "worker %d (pid %d) died (%s) after %.0f s; replacing it in %.3g s",
-                slot.number,
-                pid,
-                reason,
-                served,
-                slot.backoff,
-            )
+            again = f"replacing it in {slot.backoff:.3g} s"
+            logger.warning("%s died (%s) after %.0f s; %s", who, reason, served, again)
         slot.restart_at = time.monotonic() + slot.backoff
         slot.backoff = min(slot.backoff * 2, MAX_BACKOFF)
 
