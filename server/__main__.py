@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -62,6 +63,20 @@ def command_line() -> _Parser:
     return parser
 
 
+def default_workers(cgroup: Path) -> int:
+    """A worker per core this process may run on, but no more than its cgroup's CPU quota
+    (v2 `cpu.max`, v1 `cpu/cpu.cfs_quota_us` over `cfs_period_us`), rounded up: a container
+    limited to 2 CPUs on a 64-core node runs 2, not 64."""
+    cores = len(os.sched_getaffinity(0))
+    v1 = [cgroup / "cpu" / f"cpu.cfs_{part}_us" for part in ("quota", "period")]
+    with contextlib.suppress(OSError, ValueError):
+        v2 = cgroup / "cpu.max"
+        quota, period = v2.read_text().split() if v2.exists() else [f.read_text() for f in v1]
+        if quota.strip() not in ("max", "-1"):
+            return max(1, min(cores, math.ceil(int(quota) / int(period))))
+    return cores
+
+
 def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:
     """Build `Settings` from command-line flags and an environment mapping: each field's flag,
     else its variable (blank is unset), as text the model reads (choices in any case). A bad
@@ -77,7 +92,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         if text is not None:
             folded = {choice.upper(): choice for choice in choices(field)}
             values[name] = folded.get(text.strip().upper(), text.strip())
-    values.setdefault("workers", len(os.sched_getaffinity(0)))
+    values.setdefault("workers", default_workers(Path("/sys/fs/cgroup")))
     if "gateway_url" in values:
         values["gateway_url"] = values["gateway_url"].rstrip("/")
     values |= secrets_from(environ, parser)
