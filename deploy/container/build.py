@@ -126,12 +126,10 @@ def revision() -> str:
     return found.stdout.strip() or "unknown"
 
 
-def build_command(
-    builder: str, base: str, tag: str, secrets: Path, context_dir: Path, has_ca: bool
-) -> list[str]:
+def build_command(builder: str, base: str, tag: str, secrets: Path, context_dir: Path) -> list[str]:
+    """The builder's command line. Both secrets are always given (an empty `ca.crt` when
+    there is no bundle): the Containerfile uses each only when it is not empty."""
     command = [builder, "build", *ISOLATION.get(builder, [])]
-    if builder == "buildah":
-        command[1] = "bud"
     command += [
         "--file",
         str(context_dir / "deploy/container/Containerfile"),
@@ -143,11 +141,11 @@ def build_command(
         f"REVISION={revision()}",
         "--secret",
         f"id=pip.conf,src={secrets / 'pip.conf'}",
+        "--secret",
+        f"id=ca.crt,src={secrets / 'ca.crt'}",
         "--tag",
         tag,
     ]
-    if has_ca:
-        command += ["--secret", f"id=ca.crt,src={secrets / 'ca.crt'}"]
     return [*command, str(context_dir)]
 
 
@@ -165,16 +163,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         secrets = Path(scratch) / "secrets"
         secrets.mkdir(mode=0o700)
         bundle = ca_bundle(settings, os.environ)
-        if bundle is not None:
+        if bundle is None:
+            (secrets / "ca.crt").touch()
+        else:
             shutil.copyfile(bundle, secrets / "ca.crt")
         conf = pip_conf(settings, bundle is not None)
         (secrets / "pip.conf").write_text(conf, encoding="utf-8")
         context_dir = Path(scratch) / "context"
         context_dir.mkdir()
         context(context_dir)
-        command = build_command(
-            args.builder, args.base, args.tag, secrets, context_dir, bundle is not None
-        )
+        command = build_command(args.builder, args.base, args.tag, secrets, context_dir)
         return subprocess.run(command, check=False).returncode
 
 

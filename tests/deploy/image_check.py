@@ -30,10 +30,12 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rerank.v1 import rerank_service_pb2
 from tests.conftest import REPO_ROOT, SEED_DOCUMENTS, SEED_QUERY, missing_tool
+from tests.deploy.kustomize import render
 from tools.processes import Process
 from tools.waiting import until
 
@@ -55,8 +57,8 @@ pytestmark = pytest.mark.timeout(900)
 TAG = "localhost/rerank-service:image-test"
 LOCAL_BASE = "localhost/rerank-base:bookworm"
 SERVICE = rerank_service_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name
-TOOLS = ("buildah", "podman", "debootstrap", "runc")
-INSTALL_HINT = "apt-get install buildah podman runc debootstrap (.ci/run does)"
+TOOLS = ("buildah", "podman", "debootstrap", "runc", "catatonit")
+INSTALL_HINT = "apt-get install buildah podman runc debootstrap catatonit (.ci/run does)"
 CONTAINERS_CONF = """\
 [containers]
 default_ulimits = []
@@ -189,8 +191,9 @@ def test_the_images_cli_ranks_the_seed_example(container: Container) -> None:
         "rerank", "--target", f"127.0.0.1:{container.port}", SEED_QUERY, *SEED_DOCUMENTS
     )
     assert run.returncode == 0, run.stderr
-    first = next(line for line in run.stdout.splitlines() if line.strip())
-    assert SEED_DOCUMENTS[0] in first, run.stdout
+    ranking = json.loads(run.stdout)["ranking"]
+    assert ranking[0]["originalIndex"] == 0, run.stdout
+    assert ranking[0]["document"] == SEED_DOCUMENTS[0]
 
 
 def test_the_http_face_answers_health(container: Container) -> None:
@@ -323,3 +326,58 @@ def test_no_layer_holds_the_pip_configuration_or_the_ca_bundle(
                 for host in hosts:
                     assert host not in content, (name, host)
     assert scanned > 1000, scanned  # the venv was read
+
+
+def test_podman_kube_play_runs_the_dev_overlay(
+    image: str, environ: dict[str, str], tmp_path: Path
+) -> None:
+    """The dev overlay's rendered output, run as a pod by `podman kube play`: its settings from
+    its ConfigMap, its security context, its mock gateway. Only two things are changed: the
+    image is the one built here, and each container port is published on a free loopback port
+    of the host (`hostIP`, `hostPort`) rather than on every interface."""
+    resources = render("dev")
+    published: dict[str, int] = {}
+    for resource in resources:
+        if resource["kind"] != "Deployment":
+            continue
+        (container,) = resource["spec"]["template"]["spec"]["containers"]
+        container["image"] = image
+        for port in container["ports"]:
+            published[port["name"]] = port["hostPort"] = free_port()
+            port["hostIP"] = "127.0.0.1"
+    played = tmp_path / "dev.yaml"
+    played.write_text(yaml.safe_dump_all(resources))
+    command(["podman", "kube", "play", str(played)], environ)
+    try:
+
+        def health() -> int:
+            with grpc.insecure_channel(f"127.0.0.1:{published['grpc']}") as channel:
+                check = health_pb2.HealthCheckRequest(service=SERVICE)
+                try:
+                    status: int = health_pb2_grpc.HealthStub(channel).Check(check, timeout=2).status
+                except grpc.RpcError:
+                    return -1
+                return status
+
+        until(
+            lambda: health() == health_pb2.HealthCheckResponse.SERVING,
+            "the kube play pod's health SERVING",
+            timeout=60,
+        )
+        names = command(["podman", "ps", "--format", "{{.Names}}"], environ).split()
+        (name,) = [n for n in names if n.startswith("rerank-service-dev-pod-")]
+        settings = json.loads(command(["podman", "inspect", name], environ))[0]
+        assert settings["HostConfig"]["ReadonlyRootfs"] is True
+        assert settings["Config"]["User"].split(":")[0] == str(USER)
+        logs = subprocess.run(
+            ["podman", "logs", name],
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # the server logs on stderr
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert "answering from the bundled deterministic mock gateway" in logs
+    finally:
+        command(["podman", "kube", "down", str(played)], environ)
