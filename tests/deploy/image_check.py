@@ -101,8 +101,9 @@ def environ(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def image(environ: dict[str, str]) -> str:
-    """`make image-local` under a tag of the test's own."""
+def image(environ: dict[str, str]) -> Iterator[str]:
+    """`make image-local` under a tag of the test's own, removed at the end (the base is kept
+    for the next run: making it takes minutes)."""
     run = subprocess.run(
         ["make", "-C", str(REPO_ROOT), "image-local", f"IMAGE={TAG}"],
         env=environ,
@@ -112,7 +113,8 @@ def image(environ: dict[str, str]) -> str:
         check=False,
     )
     assert run.returncode == 0, f"make image-local:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
-    return TAG
+    yield TAG
+    command(["podman", "rmi", "--force", TAG], environ)
 
 
 def inspect(name: str, environ: Mapping[str, str]) -> dict[str, Any]:
