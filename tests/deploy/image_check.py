@@ -69,6 +69,8 @@ events_logger = "file"
 """
 DRAIN_DELAY = 2.0
 GRACE_PERIOD = 3.0
+#: What the image may add to its base: the virtualenv with the [server] extra is about 60 MB.
+MAX_ADDED_BYTES = 100_000_000
 #: The image's user (deploy/container/Containerfile's USER), which the manifests run as too.
 USER = 10001
 
@@ -103,7 +105,11 @@ def environ(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def image(environ: dict[str, str]) -> Iterator[str]:
     """`make image-local` under a tag of the test's own, removed at the end (the base is kept
-    for the next run: making it takes minutes)."""
+    for the next run: making it takes minutes). One left by an interrupted run goes first, so
+    that it does not linger untagged."""
+    subprocess.run(
+        ["podman", "rmi", "--force", TAG], env=environ, capture_output=True, timeout=60, check=False
+    )
     run = subprocess.run(
         ["make", "-C", str(REPO_ROOT), "image-local", f"IMAGE={TAG}"],
         env=environ,
@@ -243,6 +249,13 @@ def test_the_images_metadata(image: str, environ: dict[str, str]) -> None:
     for label in ("source", "version", "licenses", "revision"):
         assert labels.get(f"org.opencontainers.image.{label}"), label
     assert "RERANK_HOST=0.0.0.0" in config["Env"]
+
+
+def test_the_layers_above_the_base_are_at_most_100_mb(image: str, environ: dict[str, str]) -> None:
+    """The virtualenv with the [server] extra: about 60 MB (docs/deploying.md, "Size")."""
+    added = inspect(image, environ)["Size"] - inspect(LOCAL_BASE, environ)["Size"]
+    print(f"layers above the base: {added / 1e6:.1f} MB")
+    assert 0 < added <= MAX_ADDED_BYTES, f"{added / 1e6:.1f} MB"
 
 
 def test_sigterm_drains_then_exits_0_within_the_grace_period(
