@@ -44,7 +44,7 @@ if [ -z "$mirror" ]; then
     exit 1
 fi
 
-rootfs=$(mktemp -d "${TMPDIR:-/tmp}/rerank-base.XXXXXX")
+rootfs=$(mktemp -d -t rerank-base.XXXXXX)
 trap 'rm -rf "$rootfs"' EXIT
 echo "local base: debootstrap $suite (minbase, python3, python3-venv) into $rootfs"
 debootstrap --variant=minbase --include=python3,python3-venv "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 || {
