@@ -27,7 +27,7 @@ WITH_NODE := $(abspath $(PY)) $(abspath tools/node.py)
 PROMTOOL ?= promtool
 NEED_PROMTOOL = @command -v $(PROMTOOL) >/dev/null || { echo "$(PROMTOOL) not found: install Debian's prometheus package (apt-get install prometheus); .ci/run does"; exit 1; }
 
-.PHONY: help install proto proto-check stubs breaking lint fmt typecheck test check run run-mock bench clean metrics-lint rules-test docs
+.PHONY: help install proto proto-check stubs breaking lint fmt typecheck test check run run-mock bench clean metrics-lint rules-test docs image image-local image-test
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -103,6 +103,24 @@ docs: $(STAMP) ## Build the docs site into site/ (SITE_DIR=) with --strict: a br
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir $(SITE_DIR)
 
 check: lint typecheck proto-check breaking metrics-lint rules-test test ## Everything CI runs
+
+# The image (deploy/container/Containerfile). IMAGE_BASE: any Python 3.11+ image with venv;
+# image-local makes its base from Debian's packages (debootstrap, this machine's apt mirror) for
+# a machine with no container registry. The builder: buildah (or podman, docker).
+IMAGE ?= localhost/rerank-service:latest
+IMAGE_BASE ?= python:3.11-slim-bookworm
+IMAGE_LOCAL_BASE ?= localhost/rerank-base:bookworm
+IMAGE_BUILDER ?= buildah
+
+image: ## Build the image (IMAGE) on IMAGE_BASE, pip's configuration passed as build secrets
+	$(PYTHON) deploy/container/build.py --builder $(IMAGE_BUILDER) --base '$(IMAGE_BASE)' --tag '$(IMAGE)'
+
+image-local: ## Build the image on a base made from Debian's packages: no registry needed
+	deploy/container/local-base.sh '$(IMAGE_LOCAL_BASE)'
+	$(PYTHON) deploy/container/build.py --builder $(IMAGE_BUILDER) --base '$(IMAGE_LOCAL_BASE)' --tag '$(IMAGE)'
+
+image-test: $(STAMP) ## Build the image (image-local) and run it with podman: health, CLI, HTTP, metrics, drain, no secret in a layer
+	$(BIN)/pytest -p no:randomly $(PYTEST_ARGS) tests/deploy/image_check.py
 
 run: $(STAMP) ## Serve gRPC on $(HOST):$(PORT), HTTP on :$(HTTP_PORT), metrics on :$(METRICS_PORT) (the bundled mock gateway unless AI_GATEWAY_API_KEY is set)
 	$(PY) -m rerank.server --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -36,6 +37,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def default_workers(cgroup: Path) -> int:
+    """A worker per core this process may run on, but no more than its cgroup's CPU quota
+    (v2 `cpu.max`, v1 `cpu/cpu.cfs_quota_us` over `cfs_period_us`), rounded up: a container
+    limited to 2 CPUs on a 64-core node runs 2, not 64."""
+    cores = len(os.sched_getaffinity(0))
+    v1 = [cgroup / "cpu" / f"cpu.cfs_{part}_us" for part in ("quota", "period")]
+    with contextlib.suppress(OSError, ValueError):
+        v2 = cgroup / "cpu.max"
+        quota, period = v2.read_text().split() if v2.exists() else [f.read_text() for f in v1]
+        if quota.strip() not in ("max", "-1"):
+            return max(1, min(cores, math.ceil(int(quota) / int(period))))
+    return cores
+
+
 def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:
     """`Settings` from flags, else variables (blank is unset), else the defaults; a bad value
     exits 2 with one line naming it. Not pydantic-settings: it makes every field a flag, and
@@ -55,7 +70,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
     mock = "serve from the bundled mock gateway even with a key"
     parser.add_argument("--mock", action="store_true", help=mock)
     args = parser.parse_args(argv)
-    values: dict[str, Any] = {"workers": len(os.sched_getaffinity(0))}
+    values: dict[str, Any] = {"workers": default_workers(Path("/sys/fs/cgroup"))}
     for name, field in config.fields().items():
         text = getattr(args, name, None)
         if text is None and (env := config.names(name).env):
