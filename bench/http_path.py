@@ -1,10 +1,12 @@
-"""The HTTP path beside the gRPC path: server CPU per call of a Cohere-shaped `POST /v2/rerank`
-(20 documents, 32 calls in flight) against per gRPC `Rerank` call of the same documents, on one
-server (one worker, both ports) proxying to the mock gateway.
+"""The HTTP paths beside the gRPC path: server CPU per call of a Cohere-shaped `POST /v2/rerank`
+and of the AI Gateway protocol's `POST /v4/ai/reranking-model` (20 documents, 32 calls in
+flight) against per gRPC `Rerank` call of the same documents, on one server (one worker, both
+ports) proxying to the mock gateway.
 
-The two are measured in alternating pairs (gRPC then HTTP, then HTTP then gRPC, ...), so that
-each ratio is taken within one pair, under the same noise; the figure is the median ratio and
-its interquartile range. Every call carries a query of its own, so none is a cache hit.
+The paths are measured in alternating rounds (gRPC, Cohere, gateway; then the reverse, ...), so
+that each ratio is taken within one round, under the same noise; the figures are the median
+ratios and their interquartile ranges. Every call carries a query of its own, so none is a
+cache hit.
 
     python -m bench.http_path [--pairs 7] [--calls 2000]
 
@@ -35,24 +37,29 @@ from bench._services import Service, mock_gateway, v3_url
 DOCUMENTS = 20
 CONCURRENCY = 32
 API_KEY = "bench"
+COHERE_HEAD = b"POST /v2/rerank HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+#: The headers `createGateway` of `ai` 7 sends (less the user agent).
+GATEWAY_HEAD = (
+    b"POST /v4/ai/reranking-model HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+    b"authorization: Bearer bench\r\nai-gateway-protocol-version: 0.0.1\r\n"
+    b"ai-gateway-auth-method: api-key\r\nai-reranking-model-specification-version: 4\r\n"
+    b"ai-model-id: %s\r\n" % _workload.MODEL.encode()
+)
 
 
 class _KeptConnection:
-    """One keep-alive HTTP/1.1 connection posting Cohere bodies; answers are content-length
-    framed (as the server sends them). Cheap on the generator's side, like wrk."""
+    """One keep-alive HTTP/1.1 connection posting JSON bodies after a request head; answers are
+    content-length framed (as the server sends them). Cheap on the generator's side, like wrk."""
 
     def __init__(self, host: str, port: int) -> None:
         self._host, self._port = host, port
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
-    async def post(self, body: bytes) -> None:
+    async def post(self, head: bytes, body: bytes) -> None:
         if self._streams is None:
             self._streams = await asyncio.open_connection(self._host, self._port)
         reader, writer = self._streams
-        writer.write(
-            b"POST /v2/rerank HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        writer.write(head + b"content-length: %d\r\n\r\n%s" % (len(body), body))
         head = await reader.readuntil(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 200"):
             raise RuntimeError(f"the HTTP path answered {head.splitlines()[0]!r}")
@@ -98,9 +105,13 @@ async def measure(
 
     async def http_call(worker: int) -> None:
         body = {"model": _workload.MODEL, "query": next(queries), "documents": documents}
-        await connections[worker].post(orjson.dumps({**body, "top_n": top_n}))
+        await connections[worker].post(COHERE_HEAD, orjson.dumps({**body, "top_n": top_n}))
 
-    paths = {"grpc": grpc_call, "http": http_call}
+    async def gateway_call(worker: int) -> None:
+        body = {"documents": {"type": "text", "values": documents}, "query": next(queries)}
+        await connections[worker].post(GATEWAY_HEAD, orjson.dumps({**body, "topN": top_n}))
+
+    paths = {"grpc": grpc_call, "http": http_call, "gateway": gateway_call}
 
     async def cpu_per_call(path: str) -> float:
         before = cpu_seconds(pid)
@@ -115,28 +126,34 @@ async def measure(
     try:
         for path in paths:  # warm both up: connections, caches of code and allocator
             await _run_calls(CONCURRENCY * 4, paths[path])
-        figures: dict[str, list[float]] = {"grpc": [], "http": []}
+        figures: dict[str, list[float]] = {path: [] for path in paths}
         for pair in range(pairs):
-            order = ("grpc", "http") if pair % 2 == 0 else ("http", "grpc")
+            order = list(paths) if pair % 2 == 0 else list(reversed(paths))
             for path in order:
                 figures[path].append(await cpu_per_call(path))
     finally:
         for connection in connections:
             await connection.close()
         await channel.close()
-    ratios = sorted(h / g for h, g in zip(figures["http"], figures["grpc"], strict=True))
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {
         "documents": DOCUMENTS,
         "concurrency": CONCURRENCY,
         "calls_per_measurement": calls,
         "server_cpu_us_per_call": figures,
-        "http_over_grpc": {
-            "median": statistics.median(ratios),
-            "iqr": quartiles[2] - quartiles[0],
-            "ratios": ratios,
-        },
+        "http_over_grpc": _over(figures["http"], figures["grpc"]),
+        "gateway_over_grpc": _over(figures["gateway"], figures["grpc"]),
         "base_request_bytes": len(base),
+    }
+
+
+def _over(path: list[float], grpc_path: list[float]) -> dict[str, Any]:
+    """The ratios of `path`'s figures to gRPC's, round by round: median and IQR."""
+    ratios = sorted(p / g for p, g in zip(path, grpc_path, strict=True))
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {
+        "median": statistics.median(ratios),
+        "iqr": quartiles[2] - quartiles[0],
+        "ratios": ratios,
     }
 
 

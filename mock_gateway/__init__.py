@@ -10,12 +10,13 @@ Serve it with ``python -m rerank.mock_gateway --port 0`` or mount ``create_app()
 ``httpx.ASGITransport``.
 """
 
+from rerank.server._gateway_protocol import TEAM_HEADER
+
 from ._app import ConnectionDropped, MockGateway, create_app
 from ._catalogue import RERANKING_MODEL_IDS
 from ._embedded import LoopbackMockGateway
 from ._faults import DROP_VARIANTS, FAULT_OPTION
 from ._malformed import MALFORMED_VARIANTS
-from ._protocol import TEAM_HEADER
 from ._scoring import score
 from ._script import MockScript
 from ._settings import MockSettings

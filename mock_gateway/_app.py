@@ -18,6 +18,8 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any
 
+from rerank.server._gateway_protocol import CONFIG_PATH, MODEL_ID_HEADER, RERANK_PATH, TEAM_HEADER
+
 from . import _cohere
 from ._catalogue import config_body
 from ._control import CONTROL_ROUTES
@@ -25,8 +27,6 @@ from ._faults import FAULT_OPTION, Fault, parse_fault, render
 from ._http import Drop, Reply, json_reply
 from ._malformed import Normal
 from ._protocol import (
-    MODEL_ID_HEADER,
-    TEAM_HEADER,
     GatewayError,
     check_auth,
     check_rerank_headers,
@@ -91,11 +91,11 @@ class MockGateway:
         """Faults and scores a test scripts for the next calls (``rerank.mock_gateway._script``)."""
         self._routes: dict[str, _Route] = {}
         for protocol in PROTOCOL_VERSIONS.values():
-            self._routes[f"{protocol.base_path}/reranking-model"] = _Route(
+            self._routes[protocol.base_path + RERANK_PATH] = _Route(
                 "POST", partial(self._rerank, protocol)
             )
             config = json_reply(200, config_body(protocol.config_specification_version))
-            self._routes[f"{protocol.base_path}/config"] = _Route(
+            self._routes[protocol.base_path + CONFIG_PATH] = _Route(
                 "GET", partial(self._config, config)
             )
         for path, api_version in _COHERE_VERSIONS.items():

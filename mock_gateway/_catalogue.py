@@ -15,6 +15,10 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
+import msgspec
+
+from rerank.server._gateway_protocol import ConfigModel, Specification
+
 
 @dataclass(frozen=True)
 class Model:
@@ -39,18 +43,12 @@ class Model:
         pricing = None
         if self.pricing is not None:
             pricing = {"input": self.pricing[0], "output": self.pricing[1]}
-        return {
-            "id": self.id,
-            "name": self.name,
-            "description": self.description,
-            "pricing": pricing,
-            "specification": {
-                "specificationVersion": specification_version,
-                "provider": self.provider,
-                "modelId": self.id,
-            },
-            "modelType": self.model_type,
-        }
+        specification = Specification(specification_version, self.provider, self.id)
+        entry = ConfigModel(
+            self.id, self.name, self.description, pricing, specification, self.model_type
+        )
+        listed: dict[str, Any] = msgspec.to_builtins(entry)
+        return listed
 
 
 def _rerank(

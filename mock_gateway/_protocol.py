@@ -11,22 +11,26 @@ import hashlib
 import hmac
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
-import orjson
+import msgspec
+
+from rerank.server import _gateway_protocol as protocol
+from rerank.server._gateway_protocol import (
+    ErrorBody,
+    ErrorEnvelope,
+    ProtocolViolation,
+    RankedItem,
+    RerankAnswer,
+    RerankRequest,
+    warning,
+)
 
 from ._catalogue import RERANKING_MODELS, Model
 from ._http import Reply, json_reply
 from ._scoring import score
-from ._versions import PROTOCOL_VERSIONS, ProtocolVersion
-
-PROTOCOL_VERSION_HEADER = "ai-gateway-protocol-version"
-SPEC_VERSION_HEADER = "ai-reranking-model-specification-version"
-MODEL_ID_HEADER = "ai-model-id"
-TEAM_HEADER = "x-vercel-ai-gateway-team"
-"""Optional on both versions; its value comes back in ``providerMetadata.mock.team``."""
+from ._versions import ProtocolVersion
 
 MAX_DOCUMENTS = 10_000
 """Cohere's hard limit; the real gateway's is not documented."""
@@ -60,12 +64,15 @@ class GatewayError(Exception):
 
     def reply(self, generation_id: str) -> Reply:
         """The envelope ``{"error": {...}, "generationId": ...}`` with this error's status."""
-        return error_reply(
-            self.status,
-            {"message": self.message, "type": self.type, "param": self.param, "code": self.code},
-            generation_id,
-            self.headers,
+        envelope = ErrorEnvelope(
+            ErrorBody(self.message, self.type, self.param, self.code), generation_id
         )
+        return json_reply(self.status, msgspec.to_builtins(envelope), self.headers)
+
+    @classmethod
+    def of(cls, violation: ProtocolViolation) -> GatewayError:
+        """400 for a request outside the protocol, naming the header or field."""
+        return cls(400, violation.message, param=violation.param)
 
 
 def error_reply(
@@ -120,43 +127,12 @@ def check_auth(headers: Mapping[str, str], api_key: str | None) -> None:
         raise GatewayError(401, "Invalid API key or OIDC token", "authentication_error")
 
 
-def check_rerank_headers(headers: Mapping[str, str], protocol: ProtocolVersion) -> str:
+def check_rerank_headers(headers: Mapping[str, str], version: ProtocolVersion) -> str:
     """Validate the model headers and content type of a rerank call; return the model id."""
-    if PROTOCOL_VERSION_HEADER not in headers:
-        raise _header_error(
-            f"Missing required header {PROTOCOL_VERSION_HEADER}", PROTOCOL_VERSION_HEADER
-        )
-    spec_version = headers.get(SPEC_VERSION_HEADER)
-    wanted = protocol.specification_version
-    if spec_version != wanted:
-        got = "it is missing" if spec_version is None else f"got {spec_version!r}"
-        raise _header_error(
-            f"Header {SPEC_VERSION_HEADER} must be {wanted!r} under {protocol.base_path}, "
-            f"{got}{_where_served(spec_version)}",
-            SPEC_VERSION_HEADER,
-        )
-    model_id = headers.get(MODEL_ID_HEADER, "").strip()
-    if not model_id:
-        raise _header_error(f"Missing required header {MODEL_ID_HEADER}", MODEL_ID_HEADER)
-    media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise _header_error(
-            f"Header content-type must be application/json, got {media_type or 'nothing'!r}",
-            "content-type",
-        )
-    return model_id
-
-
-def _where_served(spec_version: str | None) -> str:
-    # A client of the other SDK generation at the wrong base URL: say where its version lives.
-    for version in PROTOCOL_VERSIONS.values():
-        if version.specification_version == spec_version:
-            return f" (protocol {version.name} is served under {version.base_path})"
-    return ""
-
-
-def _header_error(message: str, header: str) -> GatewayError:
-    return GatewayError(400, message, param=header)
+    try:
+        return protocol.check_rerank_headers(headers, version)
+    except ProtocolViolation as violation:
+        raise GatewayError.of(violation) from None
 
 
 def find_model(model_id: str) -> Model:
@@ -172,80 +148,21 @@ def find_model(model_id: str) -> Model:
     return model
 
 
-@dataclass(frozen=True)
-class RerankRequest:
-    """A validated body of ``POST /reranking-model``."""
-
-    kind: Literal["text", "object"]
-    values: tuple[str | dict[str, Any], ...]
-    query: str
-    top_n: int | None
-    provider_options: dict[str, dict[str, Any]]
-    """Empty when the body had no ``providerOptions``."""
-
-
 def parse_json(body: bytes) -> Any:
     """Decode a JSON body or raise 400 (orjson is strict: no NaN, valid UTF-8 only)."""
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise GatewayError(400, f"Request body is not valid JSON: {exc}") from None
+        return protocol.parse_json(body)
+    except ProtocolViolation as violation:
+        raise GatewayError(400, violation.message) from None
 
 
 def parse_rerank_body(body: bytes) -> RerankRequest:
     """Validate a rerank body (spec §2); every refusal names the offending field."""
-    data = parse_json(body)
-    if not isinstance(data, dict):
-        raise GatewayError(400, "Request body must be a JSON object")
-
-    documents = data.get("documents")
-    if not isinstance(documents, dict):
-        raise _field_error("documents", "must be an object {type, values}")
-    kind = documents.get("type")
-    if kind not in ("text", "object"):
-        raise _field_error("documents.type", "must be 'text' or 'object'")
-    values = documents.get("values")
-    if not isinstance(values, list):
-        raise _field_error("documents.values", "must be an array")
-    if not values:
-        raise _field_error("documents.values", "must not be empty")
-    if len(values) > MAX_DOCUMENTS:
-        raise _field_error(
-            "documents.values", f"must hold at most {MAX_DOCUMENTS} documents, got {len(values)}"
-        )
-    wanted, wanted_name = (str, "a string") if kind == "text" else (dict, "an object")
-    for index, value in enumerate(values):
-        if not isinstance(value, wanted):
-            raise _field_error(
-                f"documents.values[{index}]",
-                f"must be {wanted_name} because documents.type is {kind!r}",
-            )
-
-    query = data.get("query")
-    if not isinstance(query, str):
-        raise _field_error("query", "must be a string")
-
-    top_n = data.get("topN")
-    if top_n is not None and (not _is_int(top_n) or top_n < 1):
-        raise _field_error("topN", f"must be an integer >= 1, got {orjson.dumps(top_n).decode()}")
-
-    options = data.get("providerOptions", {})
-    if not isinstance(options, dict):
-        raise _field_error("providerOptions", "must be an object")
-    for provider, provider_options in options.items():
-        if not isinstance(provider_options, dict):
-            raise _field_error(f"providerOptions.{provider}", "must be an object")
-
-    return RerankRequest(kind, tuple(values), query, top_n, options)
-
-
-def _is_int(value: Any) -> bool:
-    # JSON true is not a count, and JSON 2.0 decodes to a float.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _field_error(field: str, problem: str) -> GatewayError:
-    return GatewayError(400, f"{field} {problem}", param=field)
+    try:
+        return protocol.parse_rerank_body(body, max_documents=MAX_DOCUMENTS)
+    except ProtocolViolation as violation:
+        param = None if violation.param == "body" else violation.param
+        raise GatewayError(400, violation.message, param=param) from None
 
 
 def rank(
@@ -281,22 +198,25 @@ def warnings_for(model: Model, request: RerankRequest) -> list[dict[str, str]]:
     ``providerOptions.cohere`` sent to a Voyage model (or ``voyage`` to a Cohere model) is
     ignored and reported as ``unsupported``, in the order the options were sent.
     """
-    warnings = []
-    for provider in request.provider_options:
-        if provider in ("cohere", "voyage") and provider != model.provider:
-            warnings.append(
-                {
-                    "type": "unsupported",
-                    "feature": f"providerOptions.{provider}",
-                    "details": f"{model.provider} models ignore {provider} provider options.",
-                }
-            )
-    return warnings
+    return [
+        warning(
+            "unsupported",
+            f"providerOptions.{provider}",
+            f"{model.provider} models ignore {provider} provider options.",
+        )
+        for provider in request.provider_options
+        if provider in ("cohere", "voyage") and provider != model.provider
+    ]
 
 
 def ranking_items(ranking: list[tuple[int, float]]) -> list[dict[str, Any]]:
     """The ``ranking`` array of a success body."""
-    return [{"index": index, "relevanceScore": value} for index, value in ranking]
+    items: list[dict[str, Any]] = msgspec.to_builtins(_ranked(ranking))
+    return items
+
+
+def _ranked(ranking: list[tuple[int, float]]) -> list[RankedItem]:
+    return [RankedItem(index, value) for index, value in ranking]
 
 
 def success_payload(
@@ -313,21 +233,16 @@ def success_payload(
     cost the model's price gives (``MockSettings.cost_usd``).
     """
     units = search_units(len(request.values))
-    payload: dict[str, Any] = {"ranking": ranking_items(ranking)}
-    warnings = warnings_for(model, request)
-    if warnings:
-        payload["warnings"] = warnings
     mock: dict[str, Any] = {"searchUnits": units, "documents": len(request.values)}
     if team is not None:
         mock["team"] = team
-    payload["providerMetadata"] = {
-        "gateway": {
-            "cost": _decimal_string(
-                model.search_unit_price * units if cost_usd is None else cost_usd
-            )
-        },
-        "mock": mock,
-    }
+    cost = model.search_unit_price * units if cost_usd is None else cost_usd
+    answer = RerankAnswer(
+        _ranked(ranking),
+        warnings_for(model, request) or None,
+        {"gateway": {"cost": _decimal_string(cost)}, "mock": mock},
+    )
+    payload: dict[str, Any] = msgspec.to_builtins(answer)
     return payload
 
 

@@ -20,10 +20,9 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import msgspec
-import orjson
 from opentelemetry.trace import Tracer
 
 from rerank.server import _errors as errors
@@ -42,12 +41,15 @@ from rerank.server._domain import (
     reported_cost,
 )
 from rerank.server._gateway_http import USER_AGENT, GatewayHttp, JsonBody, parse_retry_after
+from rerank.server._gateway_protocol import PROTOCOL_V3, PROTOCOL_V4, PROTOCOL_VERSION, TEAM_HEADER
+from rerank.server._gateway_protocol import ErrorEnvelope as _Envelope
+from rerank.server._gateway_protocol import RankedItem as _RankedItem
+from rerank.server._gateway_protocol import RerankAnswer as _RerankAnswer
+from rerank.server._gateway_protocol import encode_rerank_body as _encode_body
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PROTOCOL_VERSION = "0.0.1"
-TEAM_HEADER = "x-vercel-ai-gateway-team"
 #: Distinct undocumented warning types logged per adapter; past this, no more are (a gateway
 #: inventing a new type per answer must not grow our memory or flood the log).
 MAX_LOGGED_WARNING_TYPES = 100
@@ -65,27 +67,30 @@ class ProtocolFacts:
     error_types: Mapping[str, type[errors.UpstreamError]]
 
 
-_V3_WARNING_TYPES: frozenset[WarningType] = frozenset({"unsupported", "compatibility", "other"})
-_V3_ERROR_TYPES: Mapping[str, type[errors.UpstreamError]] = MappingProxyType(
-    {
-        "authentication_error": errors.UpstreamAuthentication,
-        "invalid_request_error": errors.UpstreamInvalidRequest,
-        "forbidden": errors.UpstreamForbidden,
-        "model_not_found": errors.ModelNotFound,
-        "failed_dependency": errors.UpstreamFailedDependency,
-        "rate_limit_exceeded": errors.UpstreamRateLimited,
-        "internal_server_error": errors.UpstreamUnavailable,
-    }
-)
-#: The one table of what differs between the versions; everything else is the same.
+#: The gateway's `error.type` → our error. A missing or unknown type is decided by status.
+_ERROR_CLASSES: Mapping[str, type[errors.UpstreamError]] = {
+    "authentication_error": errors.UpstreamAuthentication,
+    "invalid_request_error": errors.UpstreamInvalidRequest,
+    "forbidden": errors.UpstreamForbidden,
+    "model_not_found": errors.ModelNotFound,
+    "not_found": errors.UpstreamNotFound,
+    "failed_dependency": errors.UpstreamFailedDependency,
+    "rate_limit_exceeded": errors.UpstreamRateLimited,
+    "internal_server_error": errors.UpstreamUnavailable,
+}
+#: The one table of what differs between the versions (`_gateway_protocol.PROTOCOL_VERSIONS`),
+#: in our terms; everything else is the same.
 PROTOCOL_FACTS: Mapping[GatewayProtocol, ProtocolFacts] = MappingProxyType(
     {
-        GatewayProtocol.V3: ProtocolFacts("3", _V3_WARNING_TYPES, _V3_ERROR_TYPES),
-        GatewayProtocol.V4: ProtocolFacts(
-            "4",
-            _V3_WARNING_TYPES | {"deprecated"},
-            MappingProxyType({**_V3_ERROR_TYPES, "not_found": errors.UpstreamNotFound}),
-        ),
+        setting: ProtocolFacts(
+            version.specification_version,
+            frozenset(version.warning_types),
+            MappingProxyType({kind: _ERROR_CLASSES[kind] for kind in version.error_types}),
+        )
+        for setting, version in (
+            (GatewayProtocol.V3, PROTOCOL_V3),
+            (GatewayProtocol.V4, PROTOCOL_V4),
+        )
     }
 )
 # Never shown to callers: the gateway's own text might be about our key, and the caller
@@ -197,15 +202,9 @@ class GatewayReranker:
 def encode_rerank_body(query: RerankQuery) -> bytes:
     """The request body exactly as the AI SDK writes it: camelCase, this key order, absent
     keys omitted, no `model` key (the model travels only in the `ai-model-id` header)."""
-    body: dict[str, Any] = {
-        "documents": {"type": query.kind, "values": query.documents},
-        "query": query.query,
-    }
-    if query.top_n is not None:
-        body["topN"] = query.top_n
-    if query.provider_options is not None:
-        body["providerOptions"] = query.provider_options
-    return orjson.dumps(body)
+    return _encode_body(
+        query.kind, query.documents, query.query, query.top_n, query.provider_options
+    )
 
 
 def parse_rerank_body(
@@ -261,41 +260,6 @@ def rerank_outcome(
         provider_metadata=metadata,
         usage=Usage(cost=reported_cost(metadata), upstream_calls=1),
     )
-
-
-class _RankedItem(msgspec.Struct):
-    """One item of an answer's `ranking`, typed: an index that is not an integer (a bool, a
-    float) or a score that is not a finite number does not decode."""
-
-    index: int
-    score: float = msgspec.field(name="relevanceScore")
-
-
-class _RerankAnswer(msgspec.Struct, rename="camel"):
-    """A 200 answer of `reranking-model`: the ranking typed, the rest read by `rerank_outcome`
-    as the protocol version says."""
-
-    ranking: list[_RankedItem] | None = None
-    warnings: Any = None
-    provider_metadata: Any = None
-
-
-class _Error(msgspec.Struct):
-    message: str
-    type: Any = None
-
-
-class _Envelope(msgspec.Struct, rename="camel"):
-    """`{"error": {"message", "type"?, "param"?, "code"?}, "generationId"?}`."""
-
-    error: _Error
-    generation_id: Any = None
-
-    @property
-    def display_message(self) -> str:
-        # The AI SDK shows the generation id appended to the message; so do we.
-        generation_id = _str_or_empty(self.generation_id)
-        return f"{self.error.message} [{generation_id}]" if generation_id else self.error.message
 
 
 _RERANK_ANSWER = msgspec.json.Decoder(_RerankAnswer)

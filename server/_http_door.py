@@ -9,15 +9,14 @@ each part within the header timeout (408 when it stalls), then the dialect:
   (`rerank.v1.rerank_service_connect`), whose service hands each call to the pipeline; connectrpc
   hands it only the headers and the client's address, so the door finds what it noted of the
   call by that address (one request at a time per HTTP/1.1 connection);
-- Cohere's `POST /v1/rerank` and `/v2/rerank` (`rerank.server._http_cohere`).
+- Cohere's `POST /v1/rerank` and `/v2/rerank` (`rerank.server._http_cohere`);
+- the AI Gateway's own `/v3/ai` and `/v4/ai` routes (`rerank.server._http_gateway`).
 
-Each call gets its request id (kept from `x-request-id`, and sent back), its caller by bearer
-token only (the ASGI server does not hand over the client certificate), its trace context, its
-span and access-log line from the pipeline, and the gRFC A66 metrics with the route as
-`grpc_method` (`/v2/rerank`, `/rerank.v1.RerankService/Rerank`) so that HTTP calls are told
-from gRPC ones. Errors come from the one table (`rerank.server._status`) and are written as each
-dialect writes them: Connect's codes with the same ErrorInfo/BadRequest/RetryInfo details as
-gRPC's, Cohere's statuses with `{"message"}`.
+Each call gets its request id (`x-request-id`, sent back), its caller by bearer token only
+(ASGI servers do not hand over the client certificate), its trace, span and access-log line,
+and the gRFC A66 metrics with the route as `grpc_method` (`/v2/rerank`), apart from gRPC's.
+Errors come from the one table (`rerank.server._status`), written as each dialect writes them
+(Connect's with gRPC's ErrorInfo/BadRequest/RetryInfo details).
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from rerank.server._config import Settings
 from rerank.server._errors import Overloaded, RerankError
 from rerank.server._http_cohere import cohere_answer, cohere_error, cohere_handler
 from rerank.server._http_connect import ConnectService, connect_code, connect_error
+from rerank.server._http_gateway import GATEWAY_ROUTES, JsonCall, gateway_call, gateway_refusal
 from rerank.server._http_server import Connections, HttpServer, bind_http
 from rerank.server._listening import StartupError, refuse_taken_port
 from rerank.server._metrics import OTHER, GrpcMethodMetrics, Metrics
@@ -125,11 +125,19 @@ class HttpDoor:
         self._body_timeout = body_timeout
         self._origins = cors_origins
         self._grpc_port = grpc_port
-        self._cohere = {v: cohere_handler(v, methods["Rerank"]) for v in (1, 2)}
+        self._cohere = {
+            v: JsonCall(
+                "Rerank",
+                cohere_handler(v, methods["Rerank"]),
+                lambda answer, call, v=v: cohere_answer(v, answer, call.documents),  # type: ignore[misc]
+                cohere_error,
+            )
+            for v in (1, 2)
+        }
         self._exchanges: dict[str | None, _Exchange] = {}
         self.serving = True
         self._connect = RerankServiceASGIApplication(ConnectService(self), read_max_bytes=None)
-        routes = [*COHERE_ROUTES, *(f"/{SERVICE}/{name}" for name in methods), OTHER]
+        routes = [*COHERE_ROUTES, *GATEWAY_ROUTES, *(f"/{SERVICE}/{m}" for m in methods), OTHER]
         self._metrics: dict[str, GrpcMethodMetrics] | None = (
             {route: metrics.grpc_method(route) for route in routes} if metrics.enabled else None
         )
@@ -156,7 +164,8 @@ class HttpDoor:
             return
         version = COHERE_ROUTES.get(path)
         name = path.removeprefix(f"/{SERVICE}/") if path.startswith(f"/{SERVICE}/") else None
-        known = version is not None or name in self._methods
+        gateway = GATEWAY_ROUTES.get(path)
+        known = version is not None or name in self._methods or gateway is not None
         if scope["method"] == "OPTIONS" and known and b"access-control-request-method" in headers:
             await self._preflight(send, origin if allowed else None, headers)
             return
@@ -181,15 +190,19 @@ class HttpDoor:
         if metrics is not None:
             metrics.started.inc()
         try:
-            self._check(scope["method"], known, headers, version)
+            self._check(scope["method"], known, headers, version or gateway)
             if (refused := self._places.take()) is not None:
-                await self._refuse_overloaded(send, exchange, refused, version is not None)
+                dialect = "cohere" if version else "gateway" if gateway else "connect"
+                await self._refuse_overloaded(send, exchange, refused, dialect)
                 return
             try:
                 body = await self._body(receive)
                 exchange.received = len(body)
                 if version is not None:
-                    await self._answer_cohere(version, body, exchange, send)
+                    await self._answer_json(self._cohere[version], body, exchange, send)
+                elif gateway is not None:
+                    call = gateway_call(gateway, headers, self._methods)
+                    await self._answer_json(call, body, exchange, send)
                 else:
                     self._exchanges[peer] = exchange
                     try:
@@ -205,20 +218,24 @@ class HttpDoor:
             close = refusal.status in (408, 413)
             extra = [(b"connection", b"close")] if close else []
             body = orjson.dumps({"code": connect_code(refusal.code), "message": refusal.message})
+            if gateway is not None:
+                body = gateway_refusal(refusal.status, refusal.message)
             await _write(send, refusal.status, [*exchange.headers, *refusal.headers, *extra], body)
         finally:
             if metrics is not None:
                 seconds = time.perf_counter() - began
                 metrics.ended(exchange.code, seconds, exchange.received, exchange.sent)
 
-    def _check(
-        self, method: str, known: bool, headers: dict[bytes, bytes], cohere: int | None
-    ) -> None:
+    def _check(self, method: str, known: bool, headers: dict[bytes, bytes], json: Any) -> None:
         """Refuse what no dialect here can answer, from the request line and headers alone."""
+        wanted = getattr(json, "http_method", "POST")  # a gateway route's own, else POST
         if not known:
             raise _Refusal(404, grpc.StatusCode.UNIMPLEMENTED, "no such route")
-        if method != "POST":
-            raise _Refusal(405, grpc.StatusCode.UNIMPLEMENTED, "only POST", (b"allow", b"POST"))
+        if method != wanted:
+            refused = f"only {wanted}"
+            raise _Refusal(405, grpc.StatusCode.UNIMPLEMENTED, refused, (b"allow", wanted.encode()))
+        if method == "GET":
+            return
         kind = headers.get(b"content-type", b"").partition(b";")[0].strip().lower()
         if kind.startswith(b"application/grpc") and not kind.startswith(b"application/grpc-web"):
             raise _Refusal(
@@ -226,7 +243,7 @@ class HttpDoor:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"gRPC is served on the gRPC port ({self._grpc_port}), not this HTTP port",
             )
-        if kind not in ((b"application/json",) if cohere else _CONNECT_TYPES):
+        if kind not in ((b"application/json",) if json else _CONNECT_TYPES):
             raise _Refusal(
                 415, grpc.StatusCode.INVALID_ARGUMENT, f"unsupported content type {kind.decode()!r}"
             )
@@ -260,13 +277,13 @@ class HttpDoor:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    async def _answer_cohere(
-        self, version: int, body: bytes, exchange: _Exchange, send: Send
+    async def _answer_json(
+        self, dialect: JsonCall, body: bytes, exchange: _Exchange, send: Send
     ) -> None:
         call = exchange.call
         answer = await self._pipeline.answer(
-            f"{SERVICE}/Rerank",
-            self._cohere[version],
+            f"{SERVICE}/{dialect.method}",
+            dialect.handler,
             call,
             body,
             exchange.authorization,
@@ -274,23 +291,25 @@ class HttpDoor:
             exchange.trace,
         )
         if isinstance(answer, bytes):
-            data = cohere_answer(version, answer, call.documents)
+            data = dialect.answer(answer, call)
             exchange.sent = len(data)
             await _write(send, 200, exchange.headers, data)
             return
         error = answer if isinstance(answer, RerankError) else None
         code, message = _code_and_message(answer)
         exchange.code = code
-        status, headers, data = cohere_error(error, code, message)
+        status, headers, data = dialect.error(error, code, message)
         await _write(send, status, [*exchange.headers, *headers], data)
 
     async def _refuse_overloaded(
-        self, send: Send, exchange: _Exchange, refused: Overloaded, cohere: bool
+        self, send: Send, exchange: _Exchange, refused: Overloaded, dialect: str
     ) -> None:
         exchange.code = grpc.StatusCode.RESOURCE_EXHAUSTED
         log_failure("HTTP call", exchange.code, refused)
         status, headers, body = cohere_error(refused, exchange.code, refused.message)
-        if not cohere:
+        if dialect == "gateway":
+            body = gateway_refusal(status, refused.message)
+        elif dialect == "connect":
             body = orjson.dumps({"code": "resource_exhausted", "message": refused.message})
         await _write(send, status, [*exchange.headers, *headers], body)
 
@@ -303,7 +322,7 @@ class HttpDoor:
         asked = headers.get(b"access-control-request-headers", b"")
         allow = [
             (b"access-control-allow-origin", origin),
-            (b"access-control-allow-methods", b"POST"),
+            (b"access-control-allow-methods", b"GET, POST"),
             (b"access-control-allow-headers", asked),
             (b"access-control-max-age", b"7200"),
             (b"vary", b"origin"),
@@ -380,8 +399,7 @@ async def _write(send: Send, status: int, headers: list[tuple[bytes, bytes]], bo
 
 
 class HttpPort:
-    """The HTTP port of a running server: its door and its server, started and stopped
-    together."""
+    """The HTTP port of a running server: its door and its server, started and stopped together."""
 
     def __init__(self, door: HttpDoor, server: HttpServer) -> None:
         self.door = door
@@ -413,9 +431,8 @@ async def open_http_port(
     try:
         sock = bind_http(settings.host, settings.http_port)
     except OSError as exc:
-        raise StartupError(
-            f"cannot serve HTTP on {settings.host}:{settings.http_port}: {exc.strerror}"
-        ) from exc
+        where = f"{settings.host}:{settings.http_port}"
+        raise StartupError(f"cannot serve HTTP on {where}: {exc.strerror}") from exc
     connections = Connections()
     door = HttpDoor(
         pipeline,
