@@ -119,8 +119,7 @@ def _secrets(environ: Mapping[str, str]) -> dict[str, Any]:
     tokens = {t.strip() for t in environ.get("RERANK_AUTH_TOKENS", "").split(",")}
     if tokens_file := environ.get("RERANK_AUTH_TOKENS_FILE"):
         try:
-            with open(tokens_file, encoding="utf-8") as lines:
-                tokens |= {line.strip() for line in lines}
+            tokens |= {line.strip() for line in Path(tokens_file).read_text("utf-8").splitlines()}
         except OSError as exc:
             raise SettingError(f"cannot read RERANK_AUTH_TOKENS_FILE: {exc.strerror}") from None
     found["auth_tokens"] = frozenset(tokens - {""})
@@ -231,15 +230,7 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
             metrics[1].start()
         # SIGINT before the handlers are installed (during start-up) must not print a traceback.
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(
-                serve(
-                    settings,
-                    lambda running: ready(
-                        running.port, running.http.port if running.http else None
-                    ),
-                    metrics is not None,
-                )
-            )
+            asyncio.run(serve(settings, ready, metrics is not None))
     except StartupError as exc:
         logger.error("%s", exc)
         return 1

@@ -380,10 +380,11 @@ async def start_server(
 
 
 async def serve(
-    settings: Settings, ready: Callable[[RunningServer], None], record_metrics: bool = False
+    settings: Settings, ready: Callable[[int, int | None], None], record_metrics: bool = False
 ) -> None:
     """Run until SIGTERM (drain, then grace) or SIGINT (no balancer to tell: no drain); re-read
-    the callers file on SIGHUP. `record_metrics`: into the storage `__main__` chose."""
+    the callers file on SIGHUP. `ready` hears the gRPC port and the HTTP one (None: none), as
+    from `run_workers`; `record_metrics`: into the storage `__main__` chose."""
     metrics = Metrics(PrometheusRecorder()) if record_metrics else Metrics.disabled()
     return_large_blocks_when_freed()
     running = await start_server(settings, metrics=metrics)
@@ -401,7 +402,7 @@ async def serve(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, interrupt)
     loop.add_signal_handler(signal.SIGHUP, running.callers.reload)
-    ready(running)
+    ready(running.port, running.http.port if running.http else None)
     await stop.wait()
     await running.drain(0 if interrupted.is_set() else settings.drain_delay, interrupted)
     await running.stop()

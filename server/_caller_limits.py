@@ -55,12 +55,18 @@ class CallerLimitsReranker(RerankerLayer):
             )
 
     def check_model(self, query: RerankQuery) -> None:
-        """`check_model`, counted; the servicer asks it of requests it answers alone, too."""
-        try:
-            check_model(query)
-        except ModelNotAllowed as refused:
+        """Raise `ModelNotAllowed`, counted, when `query`'s named caller may not use its model;
+        the servicer asks it of requests it answers alone, too."""
+        caller = query.caller
+        if caller is not None and not caller.may_use(query.model):
+            refused = ModelNotAllowed(
+                f"caller {caller.name!r} may not use model {query.model!r}; "
+                f"it may use {', '.join(caller.models)}",
+                caller=caller.name,
+                model=query.model,
+            )
             self._metrics.caller_refused(refused.caller, refused.reason)
-            raise
+            raise refused
 
     async def usage(self, caller: Caller) -> DailyUsage:
         return await self._store.usage(caller.name, now=self._clock())
@@ -68,18 +74,6 @@ class CallerLimitsReranker(RerankerLayer):
     async def aclose(self) -> None:
         await self._inner.aclose()
         await self._store.aclose()
-
-
-def check_model(query: RerankQuery) -> None:
-    """Raise `ModelNotAllowed` when `query`'s named caller may not use its model."""
-    caller = query.caller
-    if caller is not None and not caller.may_use(query.model):
-        raise ModelNotAllowed(
-            f"caller {caller.name!r} may not use model {query.model!r}; "
-            f"it may use {', '.join(caller.models)}",
-            caller=caller.name,
-            model=query.model,
-        )
 
 
 def _refusal(caller: Caller, refused: Refused) -> CallerRefused:

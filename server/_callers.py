@@ -11,7 +11,8 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -45,31 +46,27 @@ def directory_of(
 ) -> CallerDirectory:
     """The directory of parsed callers plus `RERANK_AUTH_TOKENS`; a token, subject or SAN
     held twice is an error naming both holders (never the token)."""
-    tokens: dict[bytes, Caller | None] = {}
-    subjects: dict[str, Caller] = {}
-    sans: dict[str, Caller] = {}
+    held: dict[str, dict[Any, Caller]] = {"token": {}, "subject": {}, "san": {}}
     callers: dict[str, Caller] = {}
     for entry in named:
-        name = entry.caller.name
-        callers[name] = entry.caller
-        if (digest := entry.token_digest) is not None:
-            if (holder := tokens.get(digest)) is not None:
-                raise _error(source, name, "token", f"is the same token as caller {holder.name!r}")
-            tokens[digest] = entry.caller
-        other = subjects.setdefault(entry.subject, entry.caller) if entry.subject else entry.caller
-        if other is not entry.caller:
-            raise _error(source, name, "subject", f"is also the subject of caller {other.name!r}")
-        for san in entry.sans:
-            if (other := sans.setdefault(san, entry.caller)) is not entry.caller:
-                raise _error(source, name, "san", f"{san!r} is also a san of caller {other.name!r}")
-    for token in unnamed_tokens:
-        digest = hashlib.sha256(token.encode()).digest()
-        if (holder := tokens.setdefault(digest, None)) is not None:
+        callers[entry.caller.name] = caller = entry.caller
+        keys = [("token", entry.token_digest), ("subject", entry.subject)]
+        for key, value in [*keys, *(("san", san) for san in entry.sans)]:
+            if value is None or (holder := held[key].setdefault(value, caller)) is caller:
+                continue
+            said = {"token": "is the same token as", "subject": "is also the subject of"}
+            problem = f"{said.get(key, f'{value!r} is also a san of')} caller {holder.name!r}"
             raise CallersFileError(
-                f"RERANK_AUTH_TOKENS holds the token of caller {holder.name!r} of "
-                f"{source or 'the file'}: a token names one caller"
+                f"{_where(source)}: caller {caller.name!r}, key {key!r} {problem}"
             )
-    return CallerDirectory(tuple(tokens.items()), subjects, sans, callers)
+    unnamed = {hashlib.sha256(token.encode()).digest(): None for token in unnamed_tokens}
+    for digest in unnamed.keys() & held["token"].keys():
+        raise CallersFileError(
+            f"RERANK_AUTH_TOKENS holds the token of caller {held['token'][digest].name!r} of "
+            f"{source or 'the file'}: a token names one caller"
+        )
+    tokens: dict[bytes, Caller | None] = {**held["token"], **unnamed}
+    return CallerDirectory(tuple(tokens.items()), held["subject"], held["san"], callers)
 
 
 def load_directory(path: str | None, unnamed_tokens: Iterable[str] = ()) -> CallerDirectory:
@@ -77,8 +74,7 @@ def load_directory(path: str | None, unnamed_tokens: Iterable[str] = ()) -> Call
     if path is None:
         return directory_of((), unnamed_tokens)
     try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise CallersFileError(f"{_where(path)}: cannot read it: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -210,10 +206,6 @@ def _one_line(exc: ValidationError) -> str:
 
 def _where(source: str) -> str:
     return f"RERANK_CALLERS_FILE {source}" if source else "RERANK_CALLERS_FILE"
-
-
-def _error(source: str, name: str, key: str, problem: str) -> CallersFileError:
-    return CallersFileError(f"{_where(source)}: caller {name!r}, key {key!r} {problem}")
 
 
 def _within(text: str, exc: tomllib.TOMLDecodeError) -> str:

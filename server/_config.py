@@ -39,11 +39,6 @@ class GatewayProtocol(Enum):
     V3 = "v3"
     V4 = "v4"
 
-    @classmethod
-    def of_base_url(cls, base_url: str) -> GatewayProtocol:
-        """v3 when the URL's path ends in `/v3/ai`, else v4."""
-        return cls.V3 if urlsplit(base_url).path.rstrip("/").endswith("/v3/ai") else cls.V4
-
     def base_url_at(self, origin: str) -> str:
         """This version's base URL on a gateway at `origin` (`scheme://host:port`)."""
         return f"{origin.rstrip('/')}/{self.value}/ai"
@@ -295,8 +290,9 @@ class Settings:
 
     @property
     def protocol(self) -> GatewayProtocol:
-        """The protocol version spoken upstream: `gateway_protocol`, else the URL's."""
-        return self.gateway_protocol or GatewayProtocol.of_base_url(self.gateway_url)
+        """The version spoken upstream: `gateway_protocol`, else v3 for a URL ending `/v3/ai`."""
+        v3 = urlsplit(self.gateway_url).path.rstrip("/").endswith("/v3/ai")
+        return self.gateway_protocol or (GatewayProtocol.V3 if v3 else GatewayProtocol.V4)
 
     @model_validator(mode="after")
     def _together(self) -> Settings:

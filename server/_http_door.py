@@ -38,8 +38,8 @@ from rerank.server._errors import Overloaded, RerankError
 from rerank.server._http_cohere import cohere_answer, cohere_error, cohere_handler
 from rerank.server._http_connect import ConnectService, connect_code, connect_error
 from rerank.server._http_gateway import GATEWAY_ROUTES, JsonCall, gateway_call, gateway_refusal
-from rerank.server._http_server import Connections, HttpServer, bind_http
-from rerank.server._listening import StartupError, refuse_taken_port
+from rerank.server._http_server import Connections, HttpServer
+from rerank.server._listening import StartupError, refuse_taken_port, reserve_port
 from rerank.server._metrics import OTHER, GrpcMethodMetrics, Metrics
 from rerank.server._pipeline import Handler, Pipeline
 from rerank.server._status import ErrorAnswer, error_answer, log_failure
@@ -429,7 +429,7 @@ async def open_http_port(
     if settings.http_port != 0 and not settings.allow_port_overlap:
         refuse_taken_port(settings.host, settings.http_port)
     try:
-        sock = bind_http(settings.host, settings.http_port)
+        sock = reserve_port(settings.host, settings.http_port)  # shared by workers, as gRPC's
     except OSError as exc:
         where = f"{settings.host}:{settings.http_port}"
         raise StartupError(f"cannot serve HTTP on {where}: {exc.strerror}") from exc

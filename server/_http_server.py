@@ -1,5 +1,5 @@
 """The HTTP port's server: uvicorn (with httptools) on the worker's event loop, beside grpc.aio,
-on a SO_REUSEPORT socket of its own, and a guard in front of uvicorn's protocol.
+on a SO_REUSEPORT socket (`_listening.reserve_port`), and a guard in front of uvicorn's protocol.
 
 Why uvicorn: of the ASGI servers that can serve on the worker's one loop from a socket we bind
 (SO_REUSEPORT, shared by the workers), it costs the least CPU per request: measured with one
@@ -140,21 +140,6 @@ class HeaderGuard(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
-
-
-def bind_http(host: str, port: int) -> socket.socket:
-    """A listening-ready socket on `host:port`, shared by every worker (SO_REUSEPORT)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
 
 
 class HttpServer:

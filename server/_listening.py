@@ -44,9 +44,9 @@ def refuse_taken_port(host: str, port: int, *, overlap_failed: bool = False) -> 
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
-    """A bound, non-listening SO_REUSEPORT socket holding `host:port` for the workers; without
-    SO_REUSEADDR, so another server's probe collides with it, unless only TIME_WAIT leftovers
-    refuse it (the probe has passed)."""
+    """A bound SO_REUSEPORT socket on `host:port`: the workers' reservation of a port, or the
+    HTTP port itself; without SO_REUSEADDR, so another server's probe collides with it, unless
+    only TIME_WAIT leftovers refuse it (the probe has passed)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for reuse_address in (0, 1):
         sock = socket.socket(family, socket.SOCK_STREAM)

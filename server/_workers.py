@@ -329,7 +329,7 @@ def _worker(settings: Settings, status_write: int, record_metrics: bool) -> int:
 
     try:
         try:
-            asyncio.run(serve(settings, lambda _running: report("ready"), record_metrics))
+            asyncio.run(serve(settings, lambda *_ports: report("ready"), record_metrics))
         finally:
             # Closing the loop put SIGHUP's default action (death) back; a reload sent now
             # must not turn a clean exit, or a failed start's reason, into "killed by SIGHUP".
