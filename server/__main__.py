@@ -9,7 +9,6 @@ imported only after (in the functions below).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
@@ -20,6 +19,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
+
+import uvloop
 
 from rerank.server._callers import CallersFileError, load_directory
 from rerank.server._config import SettingError, Settings, Upstream, choices, fields, names, range_of
@@ -249,7 +250,8 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
             metrics[1].start()
         # SIGINT before the handlers are installed (during start-up) must not print a traceback.
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(settings, lambda running: ready(running.port), metrics is not None))
+            # libuv's event loop: about a tenth less CPU per proxied call (docs/performance.md).
+            uvloop.run(serve(settings, lambda running: ready(running.port), metrics is not None))
     except StartupError as exc:
         logger.error("%s", exc)
         return 1

@@ -15,7 +15,6 @@ holds off rendering (`MetricsEndpoint.quiet`), so no lock a scrape takes is held
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -26,6 +25,8 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import uvloop
 
 from rerank.server._app import serve
 from rerank.server._config import Settings
@@ -334,7 +335,8 @@ def _worker(settings: Settings, status_write: int, record_metrics: bool) -> int:
 
     try:
         try:
-            asyncio.run(serve(settings, lambda _running: report("ready"), record_metrics))
+            # libuv's event loop: about a tenth less CPU per proxied call (docs/performance.md).
+            uvloop.run(serve(settings, lambda _running: report("ready"), record_metrics))
         finally:
             # Closing the loop put SIGHUP's default action (death) back; a reload sent now
             # must not turn a clean exit, or a failed start's reason, into "killed by SIGHUP".

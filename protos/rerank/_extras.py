@@ -30,6 +30,7 @@ _SERVER_MODULES: Final = frozenset(
         "prometheus_client",
         "pydantic",
         "uvicorn",
+        "uvloop",
     }
 )
 
