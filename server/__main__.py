@@ -1,9 +1,9 @@
 """`python -m rerank.server` / `rerank-server`: read flags and environment once, then serve.
 
 The only module that reads the environment: flags win over variables, which win over the
-defaults, as each field of `Settings` declares. With metrics on, it sets prometheus-client's
-storage first: the library reads it once, when imported, so the modules that import it are
-imported only after (in the functions below).
+defaults, as each field of `Settings` declares. With metrics on and workers, it sets
+prometheus-client's storage first: the library reads it once, when imported, so the modules that
+import it are imported only after (in the functions below).
 """
 
 from __future__ import annotations
@@ -189,7 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if settings.metrics_port is None:
         return _run(settings, None)
-    with metrics_storage(os.environ) as path:
+    # One process keeps its metrics in memory; workers share the library's files.
+    one = settings.workers == 1
+    with contextlib.nullcontext(None) if one else metrics_storage(os.environ) as path:
         from rerank.server._prometheus import serving_metrics  # once the storage is set
 
         port = settings.metrics_port
@@ -251,7 +253,8 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
         # SIGINT before the handlers are installed (during start-up) must not print a traceback.
         with contextlib.suppress(KeyboardInterrupt):
             # libuv's event loop: about a tenth less CPU per proxied call (docs/performance.md).
-            uvloop.run(serve(settings, lambda running: ready(running.port), metrics is not None))
+            recorder = None if metrics is None else metrics[0].recorder()
+            uvloop.run(serve(settings, lambda running: ready(running.port), recorder))
     except StartupError as exc:
         logger.error("%s", exc)
         return 1

@@ -399,12 +399,12 @@ async def start_server(
 async def serve(
     settings: Settings,
     ready: Callable[[RunningServer], None],
-    record_metrics: bool = False,
+    recorder: PrometheusRecorder | None = None,
 ) -> None:
     """Run until SIGTERM (drain, then grace) or SIGINT (a person at a terminal, no balancer
-    to tell: no drain), then stop; re-read the callers file on SIGHUP. With `record_metrics`,
-    record into prometheus-client's storage, which the server's entry chose."""
-    metrics = Metrics(PrometheusRecorder()) if record_metrics else Metrics.disabled()
+    to tell: no drain), then stop; re-read the callers file on SIGHUP. With a `recorder`,
+    record into it (prometheus-client's storage, which the server's entry chose)."""
+    metrics = Metrics(recorder)
     return_large_blocks_when_freed()
     running = await start_server(settings, metrics=metrics)
     # Everything alive now (modules, descriptors, the wiring) lives as long as the process:

@@ -31,7 +31,7 @@ import uvloop
 from rerank.server._app import serve
 from rerank.server._config import Settings
 from rerank.server._listening import StartupError, refuse_taken_port, reserve_port
-from rerank.server._prometheus import MetricsDirectory, MetricsEndpoint
+from rerank.server._prometheus import MetricsDirectory, MetricsEndpoint, PrometheusRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -336,7 +336,8 @@ def _worker(settings: Settings, status_write: int, record_metrics: bool) -> int:
     try:
         try:
             # libuv's event loop: about a tenth less CPU per proxied call (docs/performance.md).
-            uvloop.run(serve(settings, lambda _running: report("ready"), record_metrics))
+            recorder = PrometheusRecorder() if record_metrics else None
+            uvloop.run(serve(settings, lambda _running: report("ready"), recorder))
         finally:
             # Closing the loop put SIGHUP's default action (death) back; a reload sent now
             # must not turn a clean exit, or a failed start's reason, into "killed by SIGHUP".
