@@ -1,22 +1,17 @@
 """Metrics through prometheus-client: the families as its metrics, what a scrape returns, where
 every process of a server stores them, and the `/metrics` endpoint.
 
-Storage is the library's own, chosen by the library once per process, when it is first
-imported: with `PROMETHEUS_MULTIPROC_DIR` set, every process writes its values into mmap'd files
-of its own in that directory (its multiprocess mode), else they stay in memory. A server of one
-process keeps them in memory and renders a scrape from there. With `--workers N` the entry
-(`rerank.server.__main__`) sets that variable before anything imports the library, and the
-workers inherit it; the parent merges every file on each scrape (`MultiProcessCollector`). So
-one scrape covers every worker, and a worker that dies leaves its counters in its files: one
-restarted in its place writes new files under its new pid, so nothing is lost or counted twice.
-Gauges of per-process state are `livesum`: the parent deletes a dead worker's gauge files
-(`mark_process_dead`) and its cache or circuit stops counting. An in-process server (tests, the
-pytest kit) never sets the variable, so it never switches the storage of anyone else's metrics
-in that process.
-
-The library's multiprocess values take a lock, a `getpid()` and a file write per change: the
-recordings of one proxied call cost ~47 µs of CPU in files against ~22 µs in memory (`python -m
-bench.recording_cost`, with and without the variable), which is why one process keeps memory.
+The library chooses a process's storage once, when first imported: in memory, or, with
+`PROMETHEUS_MULTIPROC_DIR` set, mmap'd files of its own in that directory (multiprocess mode),
+whose lock, `getpid()` and file write per change cost a proxied call ~47 µs of CPU against ~22 µs
+in memory (`python -m bench.recording_cost`, with and without it). So a server of one process
+keeps memory; with `--workers N` the entry (`rerank.server.__main__`) sets the variable before
+anything imports the library, the workers inherit it, and the parent merges every file on each
+scrape (`MultiProcessCollector`). A dead worker's counters stay in its files, and its successor
+writes new ones under its own pid: nothing is lost or counted twice. Gauges of per-process state
+are `livesum`: the parent deletes a dead worker's gauge files (`mark_process_dead`). An
+in-process server (tests, the pytest kit) never sets the variable, so it never switches the
+storage of anyone else's metrics in that process.
 """
 
 from __future__ import annotations
