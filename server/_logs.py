@@ -102,7 +102,7 @@ class TextFormatter(logging.Formatter):
         second = int(record.created)
         if second != self._second[0]:
             self._second = (second, time.strftime(self.default_time_format, self.converter(second)))
-        return self.default_msec_format % (self._second[1], record.msecs)
+        return f"{self._second[1]},{int(record.msecs):03d}"  # as default_msec_format
 
 
 def _utc(created: float) -> str:
