@@ -45,6 +45,7 @@ _LINE = re.compile(r":\d+\)$")
 IDLE = frozenset(
     {
         "epoll_wait",
+        "epoll_pwait",
         "poll",
         "ppoll",
         "select",
@@ -74,6 +75,12 @@ async def _record(pid: int, seconds: float, rate: int, fmt: str, out: Path) -> N
             f"bench.profile: py-spy could not record the server (exit {finished.returncode}): "
             f"{(finished.stderr or finished.stdout).strip()}"
         )
+
+
+def retitle(svg: str, title: str) -> str:
+    """The flame graph with `title` for the command line py-spy writes as its title (which
+    names this machine's paths)."""
+    return re.sub(r'(<text id="title"[^>]*>)[^<]*(</text>)', rf"\g<1>{title}\g<2>", svg, count=1)
 
 
 def top_frames(collapsed: str, top: int = TOP) -> str:
@@ -148,6 +155,9 @@ async def _profile(out: Path, seconds: float, rate: int) -> dict[str, object]:
         try:
             await asyncio.sleep(WARMUP_S + 1)
             await _record(server.pid, seconds, rate, "flamegraph", svg)
+            title = f"make profile: proxied Rerank, {DOCUMENTS} documents, C={CONCURRENCY}, "
+            title += f"py-spy record --native --rate {rate} --duration {int(seconds)}"
+            svg.write_text(retitle(svg.read_text(), title))
             await _record(server.pid, seconds, rate, "raw", raw)
         except BaseException:
             load.cancel()

@@ -3,7 +3,7 @@ py-spy's collapsed stacks, lines merged per function, waiting threads left out."
 
 from __future__ import annotations
 
-from bench.profile import top_frames
+from bench.profile import retitle, top_frames
 
 STACKS = """\
 main (a.py:1);answer (b.py:10);encode (c.py:5) 6
@@ -24,3 +24,10 @@ def test_frames_are_ranked_by_self_and_by_total_time_without_waiting_threads() -
     assert len(self_rows) == 4
     totals = {" ".join(row.split()[2:]): row.split()[1] for row in total_table.splitlines()[2:]}
     assert totals == {"main (a.py)": "10", "answer (b.py)": "10", "encode (c.py)": "8"}
+
+
+def test_the_flame_graph_is_retitled_without_the_command_line() -> None:
+    svg = '<svg><text id="title" x="50%">/some/path/py-spy record --pid 7</text><text>x</text>'
+    assert retitle(svg, "make profile") == (
+        '<svg><text id="title" x="50%">make profile</text><text>x</text>'
+    )
