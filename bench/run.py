@@ -236,6 +236,16 @@ def _cells(plan: Plan) -> Iterator[tuple[str, int, int]]:
                 yield "bare", documents, concurrency
 
 
+def _bare_proxy(log: Path, mock_url: str) -> Service:
+    return Service(
+        "bare proxy",
+        "bench.bare_proxy",
+        ["--host", "127.0.0.1", "--port", "0", "--upstream", mock_url, "--api-key", API_KEY],
+        r"bare proxy listening on (\S+:\d+)",
+        log,
+    )
+
+
 def _proxied_server_env() -> dict[str, str]:
     """The environment of a server under measurement: the server's defaults otherwise, so
     that its CPU per call is what it costs as shipped."""
@@ -280,24 +290,7 @@ async def _run(plan: Plan, out: Path) -> dict[str, Any]:
                 out / f"{plan.name}-echo.log",
             )
         )
-        bare = stack.enter_context(
-            Service(
-                "bare proxy",
-                "bench.bare_proxy",
-                [
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--upstream",
-                    mock_url,
-                    "--api-key",
-                    API_KEY,
-                ],
-                r"bare proxy listening on (\S+:\d+)",
-                out / f"{plan.name}-bare.log",
-            )
-        )
+        bare = stack.enter_context(_bare_proxy(out / f"{plan.name}-bare.log", mock_url))
         targets = {
             "direct": (mock_url, {"mock": mock.pid}),
             "proxied": (server.address, {"server": server.pid, "mock": mock.pid}),
@@ -646,14 +639,15 @@ class AgainstCell:
 async def _run_against(
     plan: Plan,
     ref: against.Ref,
-    ref_python: Path,
+    ref_python: Path | None,
     cell: AgainstCell,
     pairs: int,
     out: Path,
 ) -> dict[str, Any]:
     """This checkout's server and REF's, each one worker in front of one mock, the same proxied
     cell run on each in alternating pairs (this, REF; then REF, this; ...) so that the noise and
-    drift of the shared machine fall on both; each pair gives this ÷ REF of each figure."""
+    drift of the shared machine fall on both; each pair gives this ÷ REF of each figure.
+    `ref_python` None: REF is the bare proxy (`--floor`), sent the same calls."""
     started = time.monotonic()
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     machine = _machine()
@@ -676,16 +670,19 @@ async def _run_against(
                     env=_proxied_server_env(),
                     python=python,
                 )
+                if python is not None
+                else _bare_proxy(out / f"{stem}-bare.log", v3_url(mock))
             )
             for side, python in ((against.THIS, Path(sys.executable)), (against.REF, ref_python))
         }
+        paths = {against.THIS: "proxied", against.REF: "proxied" if ref_python else "bare"}
         for number in range(pairs):
             measured: dict[str, dict[str, Any]] = {}
             for position, side in enumerate(against.pair_order(number)):
                 server = servers[side]
                 result = await _loadgen(
                     CellConfig(
-                        path="proxied",
+                        path=paths[side],
                         target=server.address,
                         documents=cell.documents,
                         concurrency=cell.concurrency,
@@ -866,6 +863,12 @@ def main(argv: list[str] | None = None) -> int:
         "branch, built in a virtualenv of its own), the same proxied cell in alternating pairs",
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="instead of the matrix: this checkout's proxied cell against the bare proxy "
+        "(bench.bare_proxy) in alternating pairs: the headline ratio with its IQR",
+    )
+    parser.add_argument(
         "--pairs",
         type=int,
         help=f"--against: alternating pairs (default {FULL.against_pairs}; "
@@ -882,8 +885,16 @@ def main(argv: list[str] | None = None) -> int:
         help=f"--against: calls in flight (default {AgainstCell.concurrency})",
     )
     args = parser.parse_args(argv)
-    if args.against is None and (args.pairs, args.documents, args.concurrency) != (None,) * 3:
-        parser.error("--pairs, --documents and --concurrency apply to --against only")
+    if args.floor and args.against is not None:
+        parser.error("--floor and --against each choose what the pairs compare: one of them")
+    if args.floor and args.documents not in (None, bare_proxy.DOCUMENTS):
+        parser.error(f"--floor: the bare proxy forwards {bare_proxy.DOCUMENTS} documents")
+    if (
+        args.against is None
+        and not args.floor
+        and (args.pairs, args.documents, args.concurrency) != (None,) * 3
+    ):
+        parser.error("--pairs, --documents and --concurrency apply to --against and --floor only")
     if any(
         value is not None and value < 1 for value in (args.pairs, args.documents, args.concurrency)
     ):
@@ -894,6 +905,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = QUICK
     else:
         plan = FULL
+    if args.floor:
+        return _main_against(plan, against.Ref("the bare proxy", "bare"), args)
     if args.against is not None:
         try:
             ref = against.resolve(args.against)
@@ -923,7 +936,7 @@ def _main_against(plan: Plan, ref: against.Ref, args: argparse.Namespace) -> int
         flush=True,
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    ref_python = against.installed_python(ref, args.out / "against")
+    ref_python = None if args.floor else against.installed_python(ref, args.out / "against")
     results = asyncio.run(_run_against(plan, ref, ref_python, cell, pairs, args.out))
     report.write_against(results, args.out / stem)
     print(report.against_summary(results), flush=True)

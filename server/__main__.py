@@ -1,13 +1,13 @@
 """`python -m rerank.server` / `rerank-server`: read flags and environment once, then serve.
 
-The only module that reads the environment. With metrics on, it sets prometheus-client's storage
-first: the library reads it once, when imported, so what imports it is imported only after.
+The only module that reads the environment. With metrics on and workers, it sets
+prometheus-client's storage first: the library reads it once, when imported, so what
+imports it is imported only after.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import math
@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
+
+import uvloop
 
 from rerank.server import _config as config
 from rerank.server._callers import CallerRegistry, CallersFileError
@@ -174,7 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
     if settings.metrics_port is None:
         return _run(settings, None)
-    with metrics_storage(os.environ) as path:
+    # One process keeps its metrics in memory; workers share the library's files.
+    one = settings.workers == 1
+    with contextlib.nullcontext(None) if one else metrics_storage(os.environ) as path:
         from rerank.server._prometheus import serving_metrics  # once the storage is set
 
         info = {"version": version("rerank-service"), "gateway_protocol": settings.protocol.value}
@@ -230,7 +234,9 @@ def _run(settings: Settings, metrics: tuple[MetricsDirectory, MetricsEndpoint] |
             metrics[1].start()
         # SIGINT before the handlers are installed (during start-up) must not print a traceback.
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(settings, ready, metrics is not None))
+            # libuv's event loop: about a tenth less CPU per proxied call (docs/performance.md).
+            recorder = None if metrics is None else metrics[0].recorder()
+            uvloop.run(serve(settings, ready, recorder))
     except StartupError as exc:
         logger.error("%s", exc)
         return 1

@@ -380,12 +380,14 @@ async def start_server(
 
 
 async def serve(
-    settings: Settings, ready: Callable[[int, int | None], None], record_metrics: bool = False
+    settings: Settings,
+    ready: Callable[[int, int | None], None],
+    recorder: PrometheusRecorder | None = None,
 ) -> None:
     """Run until SIGTERM (drain, then grace) or SIGINT (no balancer to tell: no drain); re-read
     the callers file on SIGHUP. `ready` hears the gRPC port and the HTTP one (None: none), as
-    from `run_workers`; `record_metrics`: into the storage `__main__` chose."""
-    metrics = Metrics(PrometheusRecorder()) if record_metrics else Metrics.disabled()
+    from `run_workers`; with a `recorder`, record into it (the storage `__main__` chose)."""
+    metrics = Metrics(recorder)
     return_large_blocks_when_freed()
     running = await start_server(settings, metrics=metrics)
     # What is alive now lives as long as the process: out of the collector's sight, full

@@ -1,15 +1,10 @@
-"""What the server records, at the point where each thing happens: `Metrics`, handed by the app's
-wiring to every part that records, and `MeteredUpstream` around the gateway adapter.
-
-`Metrics` records into prometheus-client's own `Counter`, `Gauge` and `Histogram`, which a
-`PrometheusRecorder` makes in a registry of their own (`rerank.server._prometheus`), or nothing
-(`Metrics.disabled()`, at the cost of a method call). This module does not import
-prometheus-client, because the settings import it: the library decides where every metric of a
-process is stored when it is first imported, and the server's entry (`rerank.server.__main__`)
-must get to choose that after reading its settings.
-
-The children (one label set of one metric) that a call's path records into are made once and
-kept; rarer ones (retries, refusals) are looked up by the library on each use (`labels()`).
+"""What the server records, where each thing happens: `Metrics`, handed by the app's wiring to
+every part that records, and `MeteredUpstream` around the gateway adapter. `Metrics` records into
+prometheus-client's metrics, which a `PrometheusRecorder` makes (`rerank.server._prometheus`),
+or nothing (`Metrics.disabled()`). This module does not import the library, because the settings
+import it: the library chooses a process's storage when first imported, after the entry
+(`rerank.server.__main__`) has read its settings. The children (label sets) of a call's path are
+made once and kept; rarer ones (retries, refusals) are looked up on each use (`labels()`).
 """
 
 from __future__ import annotations

@@ -1,23 +1,17 @@
-"""Metrics through prometheus-client: the families as its metrics, what a scrape returns, the
-directory every process of a server stores them in, and the `/metrics` endpoint.
+"""Metrics through prometheus-client: the families as its metrics, what a scrape returns, where
+every process of a server stores them, and the `/metrics` endpoint.
 
-Storage is the library's own, chosen by the library once per process, when it is first
-imported: with `PROMETHEUS_MULTIPROC_DIR` set, every process writes its values into mmap'd files
-of its own in that directory (its multiprocess mode), else they stay in memory. The server's
-entry (`rerank.server.__main__`) sets that variable when metrics are on, before anything imports
-the library, and its workers inherit it; the process serving `/metrics` (the parent with
-`--workers N`, else the server itself) merges every file on each scrape (`MultiProcessCollector`).
-So one scrape covers every worker, and a worker that dies leaves its counters in its files: one
-restarted in its place writes new files under its new pid, so nothing is lost or counted twice.
-Gauges of per-process state are `livesum`: the parent deletes a dead worker's gauge files
-(`mark_process_dead`) and its cache or circuit stops counting. An in-process server (tests, the
-pytest kit) never sets the variable, so it never switches the storage of anyone else's metrics
-in that process: its metrics stay in memory, in a registry of their own, read the same way.
-
-The library's multiprocess values take a lock, a `getpid()` and a file write per change: about
-1.5 µs per counter increment and 4 µs per histogram observation here, ~40 µs of CPU for the
-recordings of one proxied call (`python -m bench.recording_cost`) against ~12 µs for a writer
-of its file format of our own, which would need its private modules: the price of its public API.
+The library chooses a process's storage once, when first imported: in memory, or, with
+`PROMETHEUS_MULTIPROC_DIR` set, mmap'd files of its own in that directory (multiprocess mode),
+whose lock, `getpid()` and file write per change cost a proxied call ~47 µs of CPU against ~22 µs
+in memory (`python -m bench.recording_cost`, with and without it). So a server of one process
+keeps memory; with `--workers N` the entry (`rerank.server.__main__`) sets the variable before
+anything imports the library, the workers inherit it, and the parent merges every file on each
+scrape (`MultiProcessCollector`). A dead worker's counters stay in its files, and its successor
+writes new ones under its own pid: nothing is lost or counted twice. Gauges of per-process state
+are `livesum`: the parent deletes a dead worker's gauge files (`mark_process_dead`). An
+in-process server (tests, the pytest kit) never sets the variable, so it never switches the
+storage of anyone else's metrics in that process.
 """
 
 from __future__ import annotations
@@ -107,14 +101,21 @@ def _in_dollars(documentation: str, samples: Iterable[Sample]) -> Metric:
 
 
 class MetricsDirectory:
-    """The directory the library stores the metrics of every process of one server in (the
-    entry makes it, and removes it at exit)."""
+    """Where one server's metrics are: the directory of the library's files of every process
+    (the entry makes it, and removes it at exit), or, `path` None, the memory of its one."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
         self.path = path
+        self._memory = PrometheusRecorder() if path is None else None
+
+    def recorder(self) -> PrometheusRecorder:
+        """What a process serving calls records into."""
+        return self._memory or PrometheusRecorder()
 
     def collector(self) -> Collector:
-        """Every process's files, merged on each collection."""
+        """What a scrape reads: every process's files, merged on each collection."""
+        if self._memory is not None:
+            return self._memory.registry
         collector: Collector = MultiProcessCollector(None, str(self.path))  # type: ignore[no-untyped-call]
         return collector
 
@@ -199,10 +200,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def serving_metrics(
-    path: Path, host: str, port: int, build_info: Mapping[str, str]
+    path: Path | None, host: str, port: int, build_info: Mapping[str, str]
 ) -> Iterator[tuple[MetricsDirectory, MetricsEndpoint]]:
-    """The directory at `path` (the library's, see the module's docstring) and an endpoint
-    over it, bound (raises OSError when the port is taken); the endpoint is closed at exit."""
+    """The storage at `path` (the library's files; None: memory, see the module's docstring)
+    and an endpoint over it, bound (raises OSError when the port is taken), closed at exit."""
     directory = MetricsDirectory(path)
     endpoint = MetricsEndpoint(host, port, Exposition(directory.collector(), build_info))
     try:

@@ -34,6 +34,7 @@ _SERVER_MODULES: Final = frozenset(
         "pydantic",
         "pyqwest",
         "uvicorn",
+        "uvloop",
     }
 )
 

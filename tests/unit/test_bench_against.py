@@ -124,3 +124,21 @@ def test_an_unknown_ref_stops_the_bench_with_one_line_and_exit_2(
         "bench: --against no-such-ref-anywhere: not a commit, tag or branch of this repository\n"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--floor", "--against", "HEAD"], "--floor and --against each choose"),
+        (["--floor", "--documents", "100"], "the bare proxy forwards 20 documents"),
+        (["--pairs", "3"], "apply to --against and --floor only"),
+    ],
+)
+def test_floor_arguments_that_cannot_be_measured_stop_with_usage(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        bench_run.main([*args, "--out", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
