@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from rerank.v1 import rerank_service_pb2 as pb
@@ -37,9 +38,11 @@ def assert_seed_result(stdout: str) -> None:
 
 def test_make_run_then_the_cli(processes: list[Process]) -> None:
     """The README's first command, then the CLI against it, as a newcomer would; `make run`
-    serves metrics too (on 9464; here on a free port) and says where."""
+    serves metrics and the HTTP face too (on 9464 and 8000; here on free ports) and says where,
+    and answers the README's Cohere-shaped POST there (on uvloop, as in production)."""
     env = {"AI_GATEWAY_API_KEY": "", "VERCEL_OIDC_TOKEN": ""}
-    make = start(processes, ["make", "run", "PORT=0", "METRICS_PORT=0"], env)
+    make = start(processes, ["make", "run", "PORT=0", "METRICS_PORT=0", "HTTP_PORT=0"], env)
+    http_url = make.wait_for(r"rerank http listening on (http://\S+)").group(1)
     target = make.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
     metrics_url = make.wait_for(r"rerank metrics on (http://\S+/metrics)").group(1)
     make.wait_for("bundled deterministic mock gateway")
@@ -49,6 +52,10 @@ def test_make_run_then_the_cli(processes: list[Process]) -> None:
     scrape = Scrape.at(metrics_url)
     rerank = {"grpc_method": "rerank.v1.RerankService/Rerank", "grpc_status": "OK"}
     assert scrape.total("grpc_server_call_duration_seconds_count", **rerank) == 1
+    cohere = {"model": SEED_MODEL, "query": SEED_QUERY, "documents": SEED_DOCUMENTS, "top_n": 2}
+    answer = httpx.post(f"{http_url}/v2/rerank", json=cohere, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert [r["index"] for r in answer.json()["results"]] == [0, 1]
 
 
 def test_the_server_in_front_of_a_mock_gateway_process(processes: list[Process]) -> None:
