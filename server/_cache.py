@@ -22,6 +22,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from rerank.server._breaker import Clock
+from rerank.server._calls import current_call
 from rerank.server._domain import (
     FREE,
     JsonObject,
@@ -52,8 +53,11 @@ def cache_key(query: RerankQuery) -> bytes:
             options = _without_gateway_user(options)
         else:
             scope = query.caller.name
+    # The team decides which account the gateway bills: an answer one team paid for is not
+    # handed free to another, and a call shared in flight goes out with its first caller's team.
+    team = call.team if (call := current_call()) is not None else None
     material = orjson.dumps(
-        [scope, query.model, query.query, query.kind, query.documents, query.top_n, options],
+        [scope, team, query.model, query.query, query.kind, query.documents, query.top_n, options],
         option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.sha256(material).digest()
