@@ -4,7 +4,9 @@ Entries live `ttl` seconds, in this process (`MemoryEntries`) or in a Redis ever
 (`RedisCacheEntries`); errors are never stored. A shared call runs under the upstream timeout,
 each caller waits until its own deadline, and it is cancelled when its last waiter has gone. It
 is charged once: the first caller handed its answer gets its usage, every other one (and every
-cache hit) `FREE` usage and `cached: true` (README, "Usage").
+cache hit) `FREE` usage and `cached: true`.
+
+What the cache promises callers, and why: docs/design/guarantees.md.
 """
 
 from __future__ import annotations
