@@ -11,5 +11,5 @@ It measures four paths in one run, on one machine, so their ratios mean somethin
 `--against REF` runs instead one proxied cell on this checkout's server and on REF's, in
 alternating pairs (`bench.against`).
 
-See the README's "Performance" section for what each figure means.
+What each figure means, and how to run it: docs/performance.md.
 """

@@ -2,7 +2,8 @@
 loop, compute the ratios, write `bench/results/NAME.{json,md,png}`.
 
 Every process is a child of this one, started with Popen and stopped by its PID; every wait is
-bounded. The load of each cell comes from a separate `bench.loadgen` process.
+bounded. The load of each cell comes from a separate `bench.loadgen` process. What the
+figures mean: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ LOADGEN_SLACK_S = 90.0
 
 @dataclass(frozen=True)
 class Plan:
-    """What to run. The full plan is the README's matrix; quick and smoke trim it."""
+    """What to run. The full plan is the matrix docs/performance.md describes; quick and smoke
+    trim it."""
 
     name: str
     concurrencies: tuple[int, ...]
@@ -135,7 +137,7 @@ SMOKE = Plan(
 OBSERVABILITY_CELL = (20, 8)
 #: "On": metrics served on a port, and tracing (on but unsampled: nothing exported) and access
 #: logs at their defaults. "Off": no metrics, the OpenTelemetry SDK disabled, successes not
-#: logged (the README's "Operating it" says what was measured).
+#: logged (docs/design/observability.md says what was measured).
 OBSERVABILITY_ON_ARGS = ("--metrics-port", "0")
 OBSERVABILITY_ON_ENV: dict[str, str] = {}
 OBSERVABILITY_OFF_ENV = {"OTEL_SDK_DISABLED": "true", "RERANK_ACCESS_LOG_SUCCESS_SAMPLE": "0"}

@@ -3,6 +3,8 @@
 Two limits, checked on arrival: calls in flight, and the memory they hold (each counted as
 its request's bytes times `HELD_PER_REQUEST_BYTE`). A call over either gets `Overloaded` at
 once, so memory stays bounded however large the flood.
+
+How much a call in flight holds, and how that was measured: docs/design/memory.md.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Entries live `ttl` seconds, in this process (`MemoryEntries`) or in a Redis ever
 (`RedisCacheEntries`); errors are never stored. A shared call runs under the upstream timeout,
 each caller waits until its own deadline, and it is cancelled when its last waiter has gone. It
 is charged once: the first caller handed its answer gets its usage, every other one (and every
-cache hit) `FREE` usage and `cached: true` (README, "Usage").
+cache hit) `FREE` usage and `cached: true`.
+
+What the cache promises callers, and why: docs/design/guarantees.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from rerank.server._breaker import Clock
+from rerank.server._calls import current_call
 from rerank.server._domain import (
     FREE,
     JsonObject,
@@ -52,8 +55,11 @@ def cache_key(query: RerankQuery) -> bytes:
             options = _without_gateway_user(options)
         else:
             scope = query.caller.name
+    # The team decides which account the gateway bills: an answer one team paid for is not
+    # handed free to another, and a call shared in flight goes out with its first caller's team.
+    team = call.team if (call := current_call()) is not None else None
     material = orjson.dumps(
-        [scope, query.model, query.query, query.kind, query.documents, query.top_n, options],
+        [scope, team, query.model, query.query, query.kind, query.documents, query.top_n, options],
         option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.sha256(material).digest()

@@ -1,5 +1,8 @@
 """The caller-limits layer: a named caller's models, rate, concurrency and daily budget.
-Outermost, so a cached answer takes a token (it is a call) and costs nothing from the budget."""
+Outermost, so a cached answer takes a token (it is a call) and costs nothing from the budget.
+
+What a caller's limits and budget mean to it: docs/callers.md.
+"""
 
 from __future__ import annotations
 

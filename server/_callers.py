@@ -1,4 +1,4 @@
-"""`RERANK_CALLERS_FILE` (README, "Callers, limits and budgets") read by pydantic models into a
+"""`RERANK_CALLERS_FILE` (docs/callers.md) read by pydantic models into a
 `CallerDirectory`. Every mistake is one line naming the caller and the key, never a token or a
 digest."""
 

@@ -36,6 +36,9 @@ class CallRecord:
     model: str | None = None
     documents: int | None = None
     top_n: int | None = None
+    #: The gateway team the caller asked to be billed to (the AI Gateway door's
+    #: `x-vercel-ai-gateway-team`); the adapter sends it instead of the server's own team.
+    team: str | None = None
     #: Gateway calls made for this call: every window's every attempt, retries included.
     upstream_attempts: int = 0
     #: Windows the documents were split into (1 for a call that fits one; 0 when answered

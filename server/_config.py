@@ -1,5 +1,6 @@
 """The server's settings: `Settings`, built once in `__main__` from flags and environment. Each
-field's declaration makes its flag, its check, its one-line error and its row of the README's table.
+field's declaration makes its flag, its check, its one-line error and its row of the settings
+table of docs/configuration.md, which the docs build makes from it.
 """
 
 from __future__ import annotations

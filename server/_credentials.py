@@ -1,6 +1,6 @@
 """Credentials both ways, never logged. The gateway's, asked for on every call: a fixed key
 (`StaticCredential`), or a short-lived token in a file the platform rotates (`OidcTokenFile`;
-README, "OIDC tokens"). The callers': `CallerDirectory`, who presents which token or certificate.
+docs/configuration.md). The callers': `CallerDirectory`, who presents which token or certificate.
 """
 
 from __future__ import annotations

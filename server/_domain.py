@@ -1,5 +1,8 @@
 """What a rerank call is, independent of gRPC and HTTP: frozen values and the rules on them.
-The servicer and the gateway adapter translate them, and meet on `Reranker`."""
+The servicer and the gateway adapter translate them, and meet on `Reranker`.
+
+What these values promise (a valid ranking, exact usage): docs/design/guarantees.md.
+"""
 
 from __future__ import annotations
 

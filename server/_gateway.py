@@ -26,6 +26,7 @@ import msgspec
 from opentelemetry.trace import Tracer
 
 from rerank.server import _errors as errors
+from rerank.server._calls import current_call
 from rerank.server._config import GatewayProtocol
 from rerank.server._credentials import Credential, StaticCredential
 from rerank.server._domain import (
@@ -108,7 +109,8 @@ class GatewayReranker:
     The bearer token comes from `credential`, asked on every request (a token file's token
     changes while the server runs); `api_key` (with `auth_method`) is the fixed one, for short.
     `protocol` is the version spoken (`PROTOCOL_FACTS`); `team`, when given, goes out as
-    `x-vercel-ai-gateway-team` on every request, as the SDK's `teamIdOrSlug` does.
+    `x-vercel-ai-gateway-team` on every request, as the SDK's `teamIdOrSlug` does; a call's own
+    team (`CallRecord.team`) takes its place on that call's rerank requests.
     """
 
     def __init__(
@@ -154,6 +156,8 @@ class GatewayReranker:
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         """POST the query to `{base}/reranking-model` and parse the ranking."""
         headers = {**self._rerank_headers, "ai-model-id": query.model}
+        if (call := current_call()) is not None and call.team:
+            headers[TEAM_HEADER] = call.team
         request_body = JsonBody(lambda: encode_rerank_body(query))
         body = await self._call("POST", "/reranking-model", headers, request_body, timeout)
         return parse_rerank_body(

@@ -4,7 +4,7 @@ deadline per exchange, an OpenTelemetry client span whose context the request ca
 and a request body let go of once written.
 
 The HTTP client is aiohttp: on `make bench` it cost half the server CPU per proxied call of a
-tuned httpx (README, "Performance"). This module is the only code that knows it, and the only
+tuned httpx (docs/design/clients.md). This module is the only code that knows it, and the only
 place a failed exchange (a deadline passed, a connection refused, reset or cut, too large an
 answer) becomes a `rerank.server._errors` error; the adapter reads the answers (with
 `parse_retry_after`, the delay an answer asks for).

@@ -13,6 +13,7 @@ service's ListModels: the reranking models the caller may use. Errors come from 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from rerank.server._gateway_protocol import (
     CONFIG_PATH,
     PROTOCOL_VERSIONS,
     RERANK_PATH,
+    TEAM_HEADER,
     ConfigAnswer,
     ErrorBody,
     ErrorEnvelope,
@@ -92,6 +94,7 @@ _WARNING_KINDS: Mapping[int, WarningKind] = {
     pb.Warning.TYPE_DEPRECATED: "deprecated",
 }
 _ENCODE = msgspec.json.Encoder()
+_TEAM = re.compile(r"[!-~]+")
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,9 @@ def gateway_call(
         )
 
     async def rerank(call: CallRecord, data: bytes) -> Message:
-        return await method(call, rerank_request(version, text, data).SerializeToString())
+        request = rerank_request(version, text, data)
+        call.team = caller_team(text)
+        return await method(call, request.SerializeToString())
 
     return JsonCall(route.method, rerank, lambda answer, _: rerank_answer(version, answer), error)
 
@@ -166,6 +171,19 @@ def rerank_request(
     if body.top_n is not None:
         request.top_n = min(body.top_n, 2**31 - 1)
     return request
+
+
+def caller_team(headers: Mapping[str, str]) -> str | None:
+    """The team of `x-vercel-ai-gateway-team`, passed on to the gateway for this call; None
+    without one (the server's own team then). Refused unless it could go out as a header as
+    the SDK sends it: visible ASCII without spaces, as `RERANK_GATEWAY_TEAM`."""
+    team = headers.get(TEAM_HEADER, "")
+    if not team:
+        return None
+    if _TEAM.fullmatch(team) is None:
+        problem = "must be a team id or slug: visible ASCII without spaces"
+        raise InvalidRequest([FieldViolation(TEAM_HEADER, problem)])
+    return team
 
 
 def rerank_answer(version: ProtocolVersion, answer: bytes) -> bytes:

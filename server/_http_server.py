@@ -76,8 +76,8 @@ class HeaderGuard(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's TCP transports have asyncio.Transport's methods but not its base class.
-        self._transport = transport = cast(asyncio.Transport, transport)
+        # A stream transport (uvloop's is one without subclassing asyncio.Transport).
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else ""
         self._connections.add(self._peer, self)

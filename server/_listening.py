@@ -1,5 +1,5 @@
 """Where the server listens: whether another server holds the port, the workers' reservation of
-it, its TLS, and the `StartupError` any of them raises (README, "The port")."""
+it, its TLS, and the `StartupError` any of them raises (docs/design/processes.md)."""
 
 from __future__ import annotations
 

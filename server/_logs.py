@@ -1,5 +1,5 @@
 """Logs: the two formats every record is written in, and the access log, one record per call
-(README, "Logs": the formats, the fields and when a record is written).
+(the formats, the fields and when a record is written: docs/operating.md#logs).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """What the server exports: every metric's name, kind, labels, help text and buckets.
 
-README, "Operating it", has the same table for operators, and `deploy/` speaks of these names.
+docs/operating.md#metrics shows them to operators (its table made from these), and `deploy/`
+speaks of these names.
 Plain data that imports no metrics library: what records them and what stores them read it alike.
 """
 

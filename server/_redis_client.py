@@ -1,5 +1,5 @@
 """A small Redis client for the hot path: one pipelined connection, hiredis replies. Ours as it
-costs less CPU than redis-py's asyncio client (README, "Which Redis client"). Commands of one
+costs less CPU than redis-py's asyncio client (docs/design/clients.md). Commands of one
 event-loop turn leave in one write; it speaks commands, scripts, AUTH, SELECT and TLS.
 
 A call out of its `timeout` (connecting included) closes the connection, so no reply meets the

@@ -1,5 +1,5 @@
 """Per-caller limits and spend, and the result cache's entries, in Redis shared by replicas
-(README, "Shared by replicas: Redis"). `admit` and `finish` are one Lua script each: one round
+(docs/callers.md#shared-by-replicas-redis). `admit` and `finish` are one Lua script each: one round
 trip, atomic. A concurrency slot is a lease that expires, so a dead replica frees its slots.
 """
 

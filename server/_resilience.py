@@ -1,4 +1,4 @@
-"""Retries, a retry budget and a circuit breaker around any `Reranker` (README, "Guarantees").
+"""Retries, a retry budget and a circuit breaker around any `Reranker` (docs/design/retries.md).
 
 Retried: `RETRYABLE`, the failures the AI SDK retries, unless the delay would end past the
 call's deadline. The budget keeps retries to about `ratio` of traffic. The breaker fails fast

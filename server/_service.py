@@ -3,7 +3,7 @@ and answers with the response message, in domain values in between (`_translate`
 
 Errors are raised, and the door makes them statuses; a BatchRerank's requests each fail alone,
 so their errors become `google.rpc.Status`es here, through the same table. The decoded message
-of a request (up to 64 MiB) is let go at once (README, "Memory per call in flight").
+of a request (up to 64 MiB) is let go at once (docs/design/memory.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
-"""The one table from `_errors` to gRPC status codes, the rich details sent along (README,
-"Errors"), and the failures' log lines: a bug's with its traceback under an incident id."""
+"""The one table from `_errors` to gRPC status codes, the rich details sent along, and the
+failures' log lines: a bug's with its traceback under an incident id.
+
+Every status, its reason and what a caller does about it: docs/errors.md (made from this table).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Traces: an OpenTelemetry span tree per call, and the W3C trace context in and out (README,
-"Traces": the tree, each span's attributes, what is not traced).
+"""Traces: an OpenTelemetry span tree per call, and the W3C trace context in and out (the tree,
+each span's attributes, what is not traced: docs/operating.md#traces).
 
 A call that is not sampled stays cheap: no child span is made under a span that does not record
 (under every standard sampler a child of an unsampled span is unsampled too, and nobody would

@@ -1,5 +1,5 @@
 """`--workers N`: N server processes sharing one port (SO_REUSEPORT), and their parent, which
-only supervises (README, "Workers" and "The port").
+only supervises (docs/design/processes.md).
 
 The parent never starts gRPC (which does not survive a fork once its core runs), so it can fork
 a replacement at any time; it holds the port with a bound, non-listening socket, so `--port 0`

@@ -2,7 +2,7 @@
 shell command in it runs as written in a checkout. A command that needs a server running (or a
 live key, or is the whole suite) sits in a block marked, on the line before its fence,
 `<!-- readme-test: skip: WHY -->`; the e2e tests run those flows (tests/e2e/test_processes.py:
-`make run`, then the CLI's seed example against it)."""
+`make run`, then the CLI's seed example and the `curl` against it)."""
 
 from __future__ import annotations
 

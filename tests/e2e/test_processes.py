@@ -7,22 +7,26 @@ import json
 import re
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
+from tests.docs.test_readme import SHELL, commands
 from tests.e2e.processes import RERANK_SERVER, run_cli, start, start_mock_gateway, start_server
 from tests.scrapes import Scrape
 from tools.processes import Process
 from tools.waiting import until
 
 pytestmark = pytest.mark.e2e
+
+#: Where the README's `curl` calls `make run`'s HTTP port.
+README_HTTP = "http://127.0.0.1:8000"
 
 
 def seed_cli_args(target: str) -> list[str]:
@@ -37,25 +41,37 @@ def assert_seed_result(stdout: str) -> None:
 
 
 def test_make_run_then_the_cli(processes: list[Process]) -> None:
-    """The README's first command, then the CLI against it, as a newcomer would; `make run`
-    serves metrics and the HTTP face too (on 9464 and 8000; here on free ports) and says where,
-    and answers the README's Cohere-shaped POST there (on uvloop, as in production)."""
+    """The README's first command, then the CLI against it, as a newcomer would, and the
+    README's `curl` to the HTTP port; `make run` serves metrics too (on 9464, HTTP on 8000;
+    here each on a free port) and says where."""
     env = {"AI_GATEWAY_API_KEY": "", "VERCEL_OIDC_TOKEN": ""}
-    make = start(processes, ["make", "run", "PORT=0", "METRICS_PORT=0", "HTTP_PORT=0"], env)
-    http_url = make.wait_for(r"rerank http listening on (http://\S+)").group(1)
+    make = start(processes, ["make", "run", "PORT=0", "HTTP_PORT=0", "METRICS_PORT=0"], env)
     target = make.wait_for(r"rerank server listening on (\S+:\d+)").group(1)
     metrics_url = make.wait_for(r"rerank metrics on (http://\S+/metrics)").group(1)
+    http_url = make.wait_for(r"rerank http listening on (http://\S+)").group(1)
     make.wait_for("bundled deterministic mock gateway")
     completed = run_cli(*seed_cli_args(target))
     assert completed.returncode == 0, completed.stderr
     assert_seed_result(completed.stdout)
+
+    (curl,) = [c for b in SHELL for c in commands(b.body) if c.startswith("curl ")]
+    assert README_HTTP in curl
+    answered = subprocess.run(
+        ["bash", "-c", curl.replace(README_HTTP, http_url)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert answered.returncode == 0, answered.stderr
+    results = json.loads(answered.stdout)["results"]
+    assert [r["index"] for r in results] == [0, 1]  # Paris, then Berlin, as the CLI ranks them
+
     scrape = Scrape.at(metrics_url)
     rerank = {"grpc_method": "rerank.v1.RerankService/Rerank", "grpc_status": "OK"}
     assert scrape.total("grpc_server_call_duration_seconds_count", **rerank) == 1
-    cohere = {"model": SEED_MODEL, "query": SEED_QUERY, "documents": SEED_DOCUMENTS, "top_n": 2}
-    answer = httpx.post(f"{http_url}/v2/rerank", json=cohere, timeout=10)
-    assert answer.status_code == 200, answer.text
-    assert [r["index"] for r in answer.json()["results"]] == [0, 1]
+    cohere = {"grpc_method": "/v2/rerank", "grpc_status": "OK"}
+    assert scrape.total("grpc_server_call_duration_seconds_count", **cohere) == 1
 
 
 def test_the_server_in_front_of_a_mock_gateway_process(processes: list[Process]) -> None:

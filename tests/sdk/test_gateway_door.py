@@ -52,7 +52,7 @@ models = ["cohere/*"]
 #: What the mock bills every gateway call: a windowed call's cost says how many calls it made.
 CALL_COST = Decimal("0.001")
 
-Door = Callable[[], Awaitable[RunningServer]]
+Door = Callable[..., Awaitable[RunningServer]]
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ async def door(servers: StartServer, tmp_path: Path) -> AsyncIterator[Door]:
     of it (`origin` names its HTTP port)."""
     mock = LoopbackMockGateway(MockSettings(cost_usd=CALL_COST))
 
-    async def start() -> RunningServer:
+    async def start(**overrides: Any) -> RunningServer:
         await mock.start()
         callers = tmp_path / "callers.toml"
         callers.write_text(CALLERS)
@@ -73,6 +73,7 @@ async def door(servers: StartServer, tmp_path: Path) -> AsyncIterator[Door]:
             gateway_url=mock.v4_url,
             api_key="mock-key",
             callers_file=str(callers),
+            **overrides,
         )
         return await servers(settings)
 
@@ -211,12 +212,62 @@ async def test_2500_documents_are_three_gateway_calls_and_one_ranking(
     assert result["providerMetadata"]["mock"]["documents"] == 1000  # the first window's
 
 
-async def test_the_team_header_is_accepted(door: Door) -> None:
-    """v4 only: createGateway({teamIdOrSlug}) sends x-vercel-ai-gateway-team."""
-    running = await door()
+async def test_the_sdks_team_reaches_the_gateway(door: Door) -> None:
+    """v4 only: createGateway({teamIdOrSlug}) sends x-vercel-ai-gateway-team, and the server
+    passes it on to the gateway in place of its own team (the mock echoes the team it got)."""
+    running = await door(gateway_team="server-team")
     result = (await rerank(AI_7, origin(running), "--team", "team_abc123")).ok()
 
     assert len(result["ranking"]) == 2
+    assert result["providerMetadata"]["mock"]["team"] == "team_abc123"
+
+
+async def test_the_callers_team_is_passed_on_and_keys_the_cache(door: Door) -> None:
+    """Over raw HTTP: without the header the gateway hears the server's team; with it, the
+    caller's. An answer billed to one team is not another team's cache hit; the same team's
+    is. A team that cannot be a header is refused, naming the header."""
+    running = await door(gateway_team="server-team")
+    headers = {
+        "ai-gateway-protocol-version": "0.0.1",
+        "ai-model-id": SEED_MODEL,
+        "ai-reranking-model-specification-version": "4",
+        "authorization": f"Bearer {APP}",
+        "content-type": "application/json",
+    }
+    body = json.dumps(
+        {"documents": {"type": "text", "values": list(SEED_DOCUMENTS)}, "query": SEED_QUERY}
+    )
+
+    async with httpx.AsyncClient(base_url=origin(running) + "/v4/ai", timeout=10) as client:
+
+        async def call(team: str | None) -> dict[str, Any]:
+            sent = headers if team is None else {**headers, "x-vercel-ai-gateway-team": team}
+            answer = await client.post("/reranking-model", headers=sent, content=body)
+            assert answer.status_code == 200, answer.text
+            data: dict[str, Any] = answer.json()
+            return data
+
+        served = await call(None)
+        team_a = await call("team-a")
+        team_b = await call("team-b")
+        team_a_again = await call("team-a")
+        refused = await client.post(
+            "/reranking-model",
+            headers={**headers, "x-vercel-ai-gateway-team": "team a"},
+            content=body,
+        )
+
+    assert served["providerMetadata"]["mock"]["team"] == "server-team"
+    assert team_a["providerMetadata"]["mock"]["team"] == "team-a"
+    assert team_b["providerMetadata"]["mock"]["team"] == "team-b"
+    for billed in (served, team_a, team_b):
+        assert billed["providerMetadata"]["gateway"] == {"cost": str(CALL_COST)}
+    assert team_a_again["ranking"] == team_a["ranking"]
+    assert team_a_again["providerMetadata"]["gateway"] == {"cost": "0"}  # a hit, not billed
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "x-vercel-ai-gateway-team"
 
 
 async def test_the_paths_version_and_method_are_enforced_in_the_envelope(door: Door) -> None:

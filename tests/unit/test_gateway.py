@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from rerank.server import _errors as errors
+from rerank.server._calls import CallRecord, close_call, open_call
 from rerank.server._config import GatewayProtocol
 from rerank.server._credentials import OidcTokenFile
 from rerank.server._domain import Ranked, RerankQuery, Usage, Warning
@@ -147,6 +148,29 @@ async def test_the_team_goes_on_every_request(protocol: GatewayProtocol) -> None
         await reranker.rerank(SEED, timeout=5)
         await reranker.list_models(timeout=5)
     assert [r.headers.get(TEAM_HEADER) for r in server.requests] == ["team_abc123"] * 2
+
+
+@pytest.mark.parametrize("configured", [None, "server-team"])
+async def test_a_calls_own_team_goes_on_its_rerank_requests_instead(configured: str | None) -> None:
+    """The team a call carries (the AI Gateway door's caller header) replaces the server's on
+    that call's requests; a call without one, and `/config`, keep the server's."""
+    async with gateway(answer_by_path, team=configured) as (reranker, server):
+        token = open_call(CallRecord("req-1", team="caller-team"))
+        try:
+            await reranker.rerank(SEED, timeout=5)
+            await reranker.list_models(timeout=5)
+        finally:
+            close_call(token)
+        token = open_call(CallRecord("req-2"))
+        try:
+            await reranker.rerank(SEED, timeout=5)
+        finally:
+            close_call(token)
+    assert [r.headers.get(TEAM_HEADER) for r in server.requests] == [
+        "caller-team",
+        configured,
+        configured,
+    ]
 
 
 def test_body_omits_absent_keys_and_never_names_the_model() -> None:
