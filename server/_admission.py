@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 HELD_PER_REQUEST_BYTE: Final = 3
 """Bytes an in-flight Rerank call holds per byte of its request: the 2.4-2.5 measured with glibc
-(README, "Memory per call in flight"; bench/memory.py) rounded up for the answer being sent."""
+(docs/design/memory.md; bench/memory.py) rounded up for the answer being sent."""
 
 
 class Admission:
@@ -103,7 +103,7 @@ LARGE_BLOCK_BYTES = 64 * 1024
 def return_large_blocks_when_freed() -> None:
     """Have glibc give every allocation of `LARGE_BLOCK_BYTES` or more its own mapping, returned
     when freed (by default glibc raises that threshold as they are freed, and a call's large
-    blocks stay resident); README, "Memory per call in flight". Not glibc: nothing."""
+    blocks stay resident); docs/design/memory.md. Not glibc: nothing."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):

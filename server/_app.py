@@ -193,7 +193,7 @@ def limit_store(settings: Settings, metrics: Metrics) -> LimitStore:
     else:
         when_down = "limits are counted in this process until it is back"
     # Our own client, not redis-py's asyncio one: redis-py costs the server over 25 µs more CPU
-    # per named-caller call (README, "Which Redis client"; python -m bench.redis_cost).
+    # per named-caller call (docs/design/clients.md; python -m bench.redis_cost).
     client = RedisClient(
         settings.redis_url,
         timeout=settings.redis_timeout,

@@ -173,7 +173,7 @@ class Settings:
     metrics_port: Annotated[Port | None, Names("--metrics-port", shown_default="no metrics")] = None
     """Prometheus `GET /metrics` on the listen address (0 = any free one, printed)"""
     http_port: Annotated[Port | None, Names("--http-port", shown_default="no HTTP")] = None
-    """HTTP port for Connect, gRPC-Web and the Cohere API (0 = any free one, printed)"""
+    """HTTP port: Connect, gRPC-Web, the Cohere API, the AI Gateway protocol (0 = any free one)"""
     http_header_timeout: Annotated[float, _n(above=0, high=600)] = 10.0
     """HTTP: seconds for a request's headers, a stalled body's next bytes, an idle connection"""
     http_cors_origins: Annotated[Origins, Names(shown_default="none")] = frozenset()
@@ -195,7 +195,7 @@ class Settings:
     ] = None
     """gateway protocol version: unset, v3 for a base URL ending in `/v3/ai`, else v4"""
     gateway_team: Team | None = None
-    """gateway team (id or slug), sent as `x-vercel-ai-gateway-team` on every request"""
+    """gateway team (id or slug), `x-vercel-ai-gateway-team` unless a caller names its own"""
     default_model: Annotated[Slug, Names("--default-model")] = "cohere/rerank-v3.5"
     """model for an empty `model`"""
     upstream_timeout: Annotated[float, _n(above=0, high=600)] = 30.0

@@ -88,8 +88,9 @@ class Warning:
 
 @dataclass(frozen=True)
 class Usage:
-    """What one call spent upstream (README, "Usage"): `cost` exact, None when any answer had
-    none (a known total is never an under-count); every window and attempt is a call."""
+    """What one call spent upstream (docs/design/guarantees.md#usage): `cost` exact, None when
+    any answer had none (a known total is never an under-count); every window and attempt is a
+    call."""
 
     cost: Decimal | None = None
     upstream_calls: int = 0

@@ -210,7 +210,7 @@ class _Outage:
 
 
 class FailOpenLimitStore:
-    """Limits in Redis that do not take the service down with it (README, "Fail open"): while
+    """Limits in Redis that do not take the service down with it (docs/callers.md): while
     Redis cannot answer, an in-process store decides, the budget against the spend Redis last
     reported plus what was charged here since; counted meanwhile, then handed back."""
 
@@ -313,7 +313,7 @@ CACHE_KEY_PREFIX = "rerank:cache:"
 class RedisCacheEntries:
     """`CacheEntries` in Redis, each expiring after `ttl`; a Redis that cannot answer is a
     miss. `shares_limits`: that Redis holds limits too, which must never be evicted for answers,
-    so the cache keeps nothing in one that may evict (README, "Eviction")."""
+    so the cache keeps nothing in one that may evict (docs/callers.md, "Eviction")."""
 
     def __init__(self, client: RedisClient, *, ttl: float, shares_limits: bool) -> None:
         self._client = client

@@ -21,7 +21,7 @@ from rerank.server._calls import CallRecord
 
 logger = logging.getLogger(__name__)
 
-#: Why each error gets its code: README, "Errors". A test checks that every class has a row.
+#: Why each error gets its code: docs/errors.md. A test checks that every class has a row.
 STATUS_BY_ERROR: Mapping[type[errors.RerankError], grpc.StatusCode] = {
     errors.RerankError: grpc.StatusCode.INTERNAL,
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
