@@ -88,8 +88,43 @@ def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limi
     """A RerankRequest's query, or `InvalidRequest` naming every field that cannot be one."""
     violations: list[FieldViolation] = []
     kind: DocumentKind | None = None
-    texts: list[str] = []
+    texts = [document.text for document in request.documents]
     objects: list[JsonObject] = []
+    # Most requests hold texts, none empty (an object's text is), and are smaller than the
+    # limit of one document (which a document of theirs is then too): no document needs a look.
+    if not all(texts) or request.ByteSize() > limits.max_document_bytes:
+        texts, kind = _checked_documents(request, limits, objects, violations)
+    elif texts:
+        kind = "text"
+    provider_options = None
+    if request.HasField("provider_options"):
+        provider_options = _json_object(request.provider_options, "provider_options", violations)
+        for name, value in provider_options.items():
+            if not isinstance(value, dict):
+                violations.append(FieldViolation(f"provider_options.{name}", "must be an object"))
+    if violations:
+        raise InvalidRequest(violations)
+    return RerankQuery(
+        model=request.model or default_model,
+        query=request.query,
+        kind=kind or "text",
+        documents=tuple(objects) if kind == "object" else tuple(texts),
+        top_n=request.top_n if request.HasField("top_n") else None,
+        provider_options=provider_options,
+        cacheable=not request.bypass_cache,
+    )
+
+
+def _checked_documents(
+    request: pb.RerankRequest,
+    limits: Limits,
+    objects: list[JsonObject],
+    violations: list[FieldViolation],
+) -> tuple[list[str], DocumentKind | None]:
+    """The request's texts (its objects join `objects`) and their kind, each document checked;
+    what is wrong joins `violations`."""
+    kind: DocumentKind | None = None
+    texts: list[str] = []
     for position, document in enumerate(request.documents):
         field = f"documents[{position}]"
         which = document.WhichOneof("content")
@@ -112,23 +147,7 @@ def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limi
             texts.append(document.text)
         else:
             objects.append(_json_object(document.object, f"{field}.object", violations))
-    provider_options = None
-    if request.HasField("provider_options"):
-        provider_options = _json_object(request.provider_options, "provider_options", violations)
-        for name, value in provider_options.items():
-            if not isinstance(value, dict):
-                violations.append(FieldViolation(f"provider_options.{name}", "must be an object"))
-    if violations:
-        raise InvalidRequest(violations)
-    return RerankQuery(
-        model=request.model or default_model,
-        query=request.query,
-        kind=kind or "text",
-        documents=tuple(objects) if kind == "object" else tuple(texts),
-        top_n=request.top_n if request.HasField("top_n") else None,
-        provider_options=provider_options,
-        cacheable=not request.bypass_cache,
-    )
+    return texts, kind
 
 
 def _json_object(
