@@ -146,7 +146,10 @@ class ResilientReranker(RerankerLayer):
                 ) from None
             if call is not None:
                 call.upstream_attempts += 1
-            judged = self._judged(_attempt(attempt, deadline - self._clock(), retry), probe=probe)
+            left = deadline - self._clock()  # the first attempt without a frame of its own
+            judged = self._judged(
+                attempt(left) if retry == 0 else _resent(attempt, left, retry), probe=probe
+            )
             try:
                 result = await (self._outliving_its_caller(judged) if probe else judged)
             except UpstreamError as error:
@@ -220,15 +223,8 @@ class ResilientReranker(RerankerLayer):
         return delay
 
 
-def _attempt(attempt: Callable[[float], Awaitable[T]], timeout: float, retry: int) -> Awaitable[T]:
-    """One attempt (the first without a frame of its own); a retry with its number in the
-    OpenTelemetry context (`resend_count`)."""
-    if retry == 0:
-        return attempt(timeout)
-    return _resent(attempt, timeout, retry)
-
-
 async def _resent(attempt: Callable[[float], Awaitable[T]], timeout: float, retry: int) -> T:
+    """A retry, with its number in the OpenTelemetry context (`resend_count`)."""
     token = otel_context.attach(otel_context.set_value(RESEND_COUNT_KEY, retry))
     try:
         return await attempt(timeout)

@@ -71,11 +71,7 @@ def sent_documents(query: RerankQuery, data: bytes) -> Callable[[pb.Document, in
     empty Value would not survive the JSON the query holds)."""
     if query.kind == "text":
         texts = cast(tuple[str, ...], query.documents)
-
-        def put_text(target: pb.Document, index: int) -> None:
-            target.text = texts[index]
-
-        return put_text
+        return lambda target, index: setattr(target, "text", texts[index])
     documents = decoded(pb.RerankRequest, data).documents
     return lambda target, index: target.CopyFrom(documents[index])
 
@@ -87,45 +83,15 @@ def echoes_documents(request: pb.RerankRequest) -> bool:
 def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limits) -> RerankQuery:
     """A RerankRequest's query, or `InvalidRequest` naming every field that cannot be one."""
     violations: list[FieldViolation] = []
-    kind: DocumentKind | None = None
-    texts = [document.text for document in request.documents]
     objects: list[JsonObject] = []
+    texts = [document.text for document in request.documents]
     # Most requests hold texts, none empty (an object's text is), and are smaller than the
-    # limit of one document (which a document of theirs is then too): no document needs a look.
-    if not all(texts) or request.ByteSize() > limits.max_document_bytes:
-        texts, kind = _checked_documents(request, limits, objects, violations)
-    elif texts:
-        kind = "text"
-    provider_options = None
-    if request.HasField("provider_options"):
-        provider_options = _json_object(request.provider_options, "provider_options", violations)
-        for name, value in provider_options.items():
-            if not isinstance(value, dict):
-                violations.append(FieldViolation(f"provider_options.{name}", "must be an object"))
-    if violations:
-        raise InvalidRequest(violations)
-    return RerankQuery(
-        model=request.model or default_model,
-        query=request.query,
-        kind=kind or "text",
-        documents=tuple(objects) if kind == "object" else tuple(texts),
-        top_n=request.top_n if request.HasField("top_n") else None,
-        provider_options=provider_options,
-        cacheable=not request.bypass_cache,
-    )
-
-
-def _checked_documents(
-    request: pb.RerankRequest,
-    limits: Limits,
-    objects: list[JsonObject],
-    violations: list[FieldViolation],
-) -> tuple[list[str], DocumentKind | None]:
-    """The request's texts (its objects join `objects`) and their kind, each document checked;
-    what is wrong joins `violations`."""
-    kind: DocumentKind | None = None
-    texts: list[str] = []
-    for position, document in enumerate(request.documents):
+    # limit of one document (each of theirs then is too): no document needs a look of its own.
+    unchecked = all(texts) and request.ByteSize() <= limits.max_document_bytes
+    kind: DocumentKind | None = "text" if unchecked and texts else None
+    if not unchecked:
+        texts = []
+    for position, document in enumerate(() if unchecked else request.documents):
         field = f"documents[{position}]"
         which = document.WhichOneof("content")
         if which is None:
@@ -147,7 +113,23 @@ def _checked_documents(
             texts.append(document.text)
         else:
             objects.append(_json_object(document.object, f"{field}.object", violations))
-    return texts, kind
+    provider_options = None
+    if request.HasField("provider_options"):
+        provider_options = _json_object(request.provider_options, "provider_options", violations)
+        for name, value in provider_options.items():
+            if not isinstance(value, dict):
+                violations.append(FieldViolation(f"provider_options.{name}", "must be an object"))
+    if violations:
+        raise InvalidRequest(violations)
+    return RerankQuery(
+        model=request.model or default_model,
+        query=request.query,
+        kind=kind or "text",
+        documents=tuple(objects) if kind == "object" else tuple(texts),
+        top_n=request.top_n if request.HasField("top_n") else None,
+        provider_options=provider_options,
+        cacheable=not request.bypass_cache,
+    )
 
 
 def _json_object(
@@ -173,11 +155,10 @@ def response_to_proto(
     response = pb.RerankResponse(
         model=model,
         id=f"rr_{os.urandom(16).hex()}",  # as random as uuid4().hex, a third the cost
+        warnings=[warning_to_proto(w) for w in outcome.warnings],
         cached=outcome.cached,
         usage=call_usage_to_proto(outcome.usage),
     )
-    if outcome.warnings:
-        response.warnings.extend(warning_to_proto(w) for w in outcome.warnings)
     metadata = caller_metadata(outcome)
     if metadata is not None:
         _fill_struct(response.provider_metadata, metadata)
@@ -196,8 +177,7 @@ def response_to_proto(
 
 
 def _fill_struct(struct: struct_pb2.Struct, values: JsonObject) -> None:
-    """`struct.update(values)`, with strings and objects (what metadata mostly holds) set in
-    place rather than through the library's general conversion."""
+    """`struct.update(values)`, strings and objects (most metadata) set in place, directly."""
     fields = struct.fields
     for key, value in values.items():
         if isinstance(value, str):
