@@ -16,8 +16,9 @@ import dataclasses
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 from opentelemetry import trace
@@ -207,13 +208,18 @@ class CachingReranker(RerankerLayer):
         self.hits = 0
         self.misses = 0
 
-    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
-        if not query.cacheable or self._entries is None:
-            return await self._inner.rerank(query, timeout=timeout)
+    def rerank(self, query: RerankQuery, *, timeout: float) -> Coroutine[Any, Any, RerankOutcome]:
+        if not query.cacheable or self._entries is None:  # without a frame of this layer's own
+            return self._inner.rerank(query, timeout=timeout)
+        return self._cached(query, self._entries, timeout)
+
+    async def _cached(
+        self, query: RerankQuery, entries: CacheEntries, timeout: float
+    ) -> RerankOutcome:
         lookup = child_span(self._tracer, CACHE_LOOKUP_SPAN)
         key = cache_key(query)
         try:
-            blob = await self._entries.get(key)
+            blob = await entries.get(key)
         except BaseException:
             lookup.end()  # a shared store that failed: the span ends without a result
             raise

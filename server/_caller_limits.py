@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from decimal import Decimal
+from typing import Any
 
 from rerank.server._domain import Caller, Reranker, RerankerLayer, RerankOutcome, RerankQuery
 from rerank.server._errors import (
@@ -36,10 +37,12 @@ class CallerLimitsReranker(RerankerLayer):
         self._metrics = metrics or Metrics.disabled()
         self._clock = clock
 
-    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
-        caller = query.caller
-        if caller is None:
-            return await self._inner.rerank(query, timeout=timeout)
+    def rerank(self, query: RerankQuery, *, timeout: float) -> Coroutine[Any, Any, RerankOutcome]:
+        if query.caller is None:  # nothing to limit: no frame of this layer's own
+            return self._inner.rerank(query, timeout=timeout)
+        return self._limited(query, query.caller, timeout)
+
+    async def _limited(self, query: RerankQuery, caller: Caller, timeout: float) -> RerankOutcome:
         self.check_model(query)
         verdict = await self._store.admit(caller.name, caller.limits, now=self._clock())
         if isinstance(verdict, Refused):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
@@ -145,8 +145,8 @@ class RerankerLayer:
     def __init__(self, inner: Reranker) -> None:
         self._inner = inner
 
-    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
-        return await self._inner.rerank(query, timeout=timeout)
+    def rerank(self, query: RerankQuery, *, timeout: float) -> Coroutine[Any, Any, RerankOutcome]:
+        return self._inner.rerank(query, timeout=timeout)  # no frame of this layer's own
 
     async def list_models(self, *, timeout: float) -> tuple[ModelInfo, ...]:
         return await self._inner.list_models(timeout=timeout)

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -116,12 +116,14 @@ class ResilientReranker(RerankerLayer):
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
         attempts = 0
 
-        async def attempt(left: float) -> RerankOutcome:
+        def attempt(left: float) -> Coroutine[Any, Any, RerankOutcome]:
             nonlocal attempts
             attempts += 1
-            return await self._inner.rerank(query, timeout=left)
+            return self._inner.rerank(query, timeout=left)
 
         outcome = await self._call(attempt, timeout)
+        if attempts == 1:
+            return outcome
         # The attempts that failed before the answer were gateway calls too, without a cost.
         failed = Usage(cost=Decimal(0), upstream_calls=attempts - 1)
         return dataclasses.replace(outcome, usage=outcome.usage + failed)
@@ -144,7 +146,10 @@ class ResilientReranker(RerankerLayer):
                 ) from None
             if call is not None:
                 call.upstream_attempts += 1
-            judged = self._judged(_attempt(attempt, deadline - self._clock(), retry), probe=probe)
+            left = deadline - self._clock()  # the first attempt without a frame of its own
+            judged = self._judged(
+                attempt(left) if retry == 0 else _resent(attempt, left, retry), probe=probe
+            )
             try:
                 result = await (self._outliving_its_caller(judged) if probe else judged)
             except UpstreamError as error:
@@ -218,10 +223,8 @@ class ResilientReranker(RerankerLayer):
         return delay
 
 
-async def _attempt(attempt: Callable[[float], Awaitable[T]], timeout: float, retry: int) -> T:
-    """One attempt; a retry with its number in the OpenTelemetry context (`resend_count`)."""
-    if retry == 0:
-        return await attempt(timeout)
+async def _resent(attempt: Callable[[float], Awaitable[T]], timeout: float, retry: int) -> T:
+    """A retry, with its number in the OpenTelemetry context (`resend_count`)."""
     token = otel_context.attach(otel_context.set_value(RESEND_COUNT_KEY, retry))
     try:
         return await attempt(timeout)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode, Tracer
@@ -73,15 +74,20 @@ class WindowedReranker(RerankerLayer):
             for m in models
         )
 
-    async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:
+    def rerank(self, query: RerankQuery, *, timeout: float) -> Coroutine[Any, Any, RerankOutcome]:
         size = self._policy.size_for(query.model)
         starts = range(0, len(query.documents), size)
         self._metrics.windows(len(starts))
         call = current_call()
         if call is not None:
             call.windows = max(len(starts), 1)
-        if len(starts) <= 1:
-            return await self._inner.rerank(query, timeout=timeout)
+        if len(starts) <= 1:  # one window: the inner call itself, without a frame of ours
+            return self._inner.rerank(query, timeout=timeout)
+        return self._in_windows(query, size, starts, timeout)
+
+    async def _in_windows(
+        self, query: RerankQuery, size: int, starts: range, timeout: float
+    ) -> RerankOutcome:
         deadline = time.monotonic() + timeout
         slots = asyncio.Semaphore(self._policy.parallelism)
 
