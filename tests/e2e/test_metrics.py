@@ -186,10 +186,15 @@ def test_a_real_prometheus_scrapes_every_worker(processes: list[Process], tmp_pa
 
     started = f'sum(grpc_server_call_started_total{{grpc_method="{RERANK}"}})'
     until(lambda: value(started) == len(queries), started, timeout=30, every=0.1)
-    ok = f'sum(grpc_server_call_duration_seconds_count{{grpc_method="{RERANK}",grpc_status="OK"}})'
+    done = f'grpc_server_call_duration_seconds_count{{grpc_method="{RERANK}",grpc_status="OK"}}'
+    ok = f"sum({done})"
     assert value(ok) == len(queries)
     assert value("sum(rerank_gateway_cost_usd_total)") == float(sum(costs))
     assert value('sum(rerank_circuit_breaker_state{state="closed"})') == 2  # both workers
+    # A rate needs two samples of its series: when the calls end within one scrape interval,
+    # the series they made have one until the next scrape, which this waits for.
+    rated = f"sum(rate({done}[1m]))"
+    until(lambda: value(rated) is not None, rated, timeout=30, every=0.1)
 
     # Every alert rule evaluates against the real series without an error, and none fires
     # (the cost alert may be pending: 400 calls in seconds is a high rate of spend per hour).

@@ -20,8 +20,9 @@ async def exchange(running: RunningServer, sent: bytes) -> tuple[bytes, float]:
     """Send `sent` on a new connection and read until the server closes it: what came back,
     and after how many seconds."""
     assert running.http is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", running.http.port)
+    # Timed from before the connection: the server's timer starts when it accepts it.
     began = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.http.port)
     try:
         writer.write(sent)
         await writer.drain()
