@@ -75,8 +75,8 @@ def cohere_request(version: int, data: bytes) -> pb.RerankRequest:
         if not 1 <= top_n <= 2**31 - 1:
             raise InvalidRequest([FieldViolation("top_n", "must be at least 1")])
         request.top_n = top_n
-    if (echo := _field(body, "return_documents", bool, "true or false")) is not None:
-        request.return_documents = echo
+    # Cohere returns the documents only when asked (`return_documents`, false by default).
+    request.return_documents = bool(_field(body, "return_documents", bool, "true or false"))
     tokens = _field(body, "max_tokens_per_doc", int, "an integer")
     if tokens is not None and version == 2:
         request.provider_options.update({"cohere": {"maxTokensPerDoc": tokens}})

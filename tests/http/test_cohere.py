@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from unittest.mock import ANY
 
 import cohere
 import grpc
@@ -58,6 +59,11 @@ async def test_v1_takes_text_objects_and_echoes_documents(
     assert best["index"] == 0
     assert best["document"] == {"text": SEED_DOCUMENTS[0]}
     assert answer.json()["meta"]["api_version"] == {"version": "1"}
+    # As Cohere's API: without `return_documents`, the results carry none.
+    del body["return_documents"]
+    answer = await client.post(f"{base_url(running)}/v2/rerank", json=body | {"documents": ["a"]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"] == [{"index": 0, "relevance_score": ANY}]
 
 
 async def test_a_bad_body_is_400_naming_the_field(
