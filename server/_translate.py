@@ -65,15 +65,15 @@ def query_from_bytes(
     return query_from_proto(request, default_model, limits), echoes_documents(request)
 
 
-def sent_documents(query: RerankQuery, data: bytes) -> Callable[[pb.Document, int], None]:
-    """What writes the request's document at an index into a message, exactly as sent: a text
-    from the query's own string, an object from the request decoded again (a Struct's -0.0 or
-    empty Value would not survive the JSON the query holds)."""
+def sent_documents(query: RerankQuery, data: bytes) -> Callable[[int], pb.Document]:
+    """The request's document at an index, exactly as sent: a text from the query's own string,
+    an object from the request decoded again (a Struct's -0.0 or empty Value would not survive
+    the JSON the query holds). Each entry is built whole, then added: copied into an entry
+    in place instead, a Struct's fields were not always written back in the order they came."""
     if query.kind == "text":
         texts = cast(tuple[str, ...], query.documents)
-        return lambda target, index: setattr(target, "text", texts[index])
-    documents = decoded(pb.RerankRequest, data).documents
-    return lambda target, index: target.CopyFrom(documents[index])
+        return lambda index: pb.Document(text=texts[index])
+    return decoded(pb.RerankRequest, data).documents.__getitem__
 
 
 def echoes_documents(request: pb.RerankRequest) -> bool:
@@ -147,11 +147,11 @@ def response_to_proto(
     model: str,
     ranking: Sequence[Ranked],
     outcome: RerankOutcome,
-    sent: Callable[[pb.Document, int], None] | None,
+    sent: Callable[[int], pb.Document] | None,
 ) -> pb.RerankResponse:
     """The RerankResponse, each ranked document written by `sent` (None: none). Extras beyond
     `RESPONSE_EXTRAS_BYTES`, the allowance the send limit is sized with, are the gateway's
-    `UpstreamProtocolError`. Each entry is added to the message in place, not copied in."""
+    `UpstreamProtocolError`."""
     response = pb.RerankResponse(
         model=model,
         id=f"rr_{os.urandom(16).hex()}",  # as random as uuid4().hex, a third the cost
@@ -168,11 +168,14 @@ def response_to_proto(
             f"the gateway's warnings and metadata take {extras} bytes; an answer carries at "
             f"most {RESPONSE_EXTRAS_BYTES} besides its ranking"
         )
-    add = response.ranking.add
-    for item in ranking:
-        entry = add(original_index=item.index, score=item.score)
-        if sent is not None:
-            sent(entry.document, item.index)
+    response.ranking.extend(
+        pb.RankedDocument(
+            original_index=item.index,
+            score=item.score,
+            document=None if sent is None else sent(item.index),
+        )
+        for item in ranking
+    )
     return response
 
 
