@@ -91,3 +91,13 @@ async def arun_script(script: str, generation: Generation | None, *args: str) ->
 def run_script(script: str, generation: Generation | None, *args: str) -> Run:
     """`arun_script` for a test without an event loop."""
     return asyncio.run(arun_script(script, generation, *args))
+
+
+def assert_rate_limited_to_the_end(error: dict[str, Any]) -> None:
+    """The SDK's error after every attempt was a 429: its 3 attempts spent, the rate limit last."""
+    assert error["class"] == "RetryError"
+    assert error["reason"] == "maxRetriesExceeded"
+    assert error["attempts"] == 3
+    assert error["lastError"]["class"] == "GatewayRateLimitError"
+    assert error["lastError"]["statusCode"] == 429
+    assert error["lastError"]["isRetryable"] is True

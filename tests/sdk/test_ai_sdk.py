@@ -21,7 +21,14 @@ import pytest
 from rerank.mock_gateway import RERANKING_MODEL_IDS
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.e2e.processes import RERANK_MOCK_GATEWAY
-from tests.sdk.conftest import AI_7, GENERATIONS, TEST_SECONDS, Generation, run_script
+from tests.sdk.conftest import (
+    AI_7,
+    GENERATIONS,
+    TEST_SECONDS,
+    Generation,
+    assert_rate_limited_to_the_end,
+    run_script,
+)
 from tools import node
 from tools.processes import Process
 
@@ -194,12 +201,7 @@ def test_a_rate_limit_is_retried_then_a_retry_error(mock: str, generation: Gener
     fault = faulted({"fault": "rate_limit", "retryAfterMs": 0})
     error = rerank(generation, mock, "--provider-options", fault).error
 
-    assert error["class"] == "RetryError"
-    assert error["reason"] == "maxRetriesExceeded"
-    assert error["attempts"] == 3
-    assert error["lastError"]["class"] == "GatewayRateLimitError"
-    assert error["lastError"]["statusCode"] == 429
-    assert error["lastError"]["isRetryable"] is True
+    assert_rate_limited_to_the_end(error)
 
 
 @pytest.mark.parametrize("generation", GENERATIONS)

@@ -25,7 +25,15 @@ from rerank.server._config import Settings, Upstream
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
-from tests.sdk.conftest import AI_7, GENERATIONS, TEST_SECONDS, Generation, Run, arun_script
+from tests.sdk.conftest import (
+    AI_7,
+    GENERATIONS,
+    TEST_SECONDS,
+    Generation,
+    Run,
+    arun_script,
+    assert_rate_limited_to_the_end,
+)
 from tests.service.conftest import StartServer
 from tests.service.conftest import servers as servers  # the service tests' fixture, shared
 
@@ -160,12 +168,7 @@ async def test_a_caller_over_its_rate_is_retried_then_a_retry_error(
     assert (await rerank(generation, origin(running), token=SLOW)).returncode == 0
     error = (await rerank(generation, origin(running), "--query", "again", token=SLOW)).error
 
-    assert error["class"] == "RetryError"
-    assert error["reason"] == "maxRetriesExceeded"
-    assert error["attempts"] == 3
-    assert error["lastError"]["class"] == "GatewayRateLimitError"
-    assert error["lastError"]["statusCode"] == 429
-    assert error["lastError"]["isRetryable"] is True
+    assert_rate_limited_to_the_end(error)
 
 
 @pytest.mark.parametrize("generation", GENERATIONS)
