@@ -213,7 +213,7 @@ class RedisClient:
             self._drop_connection()
             raise self._record(RedisError(_describe(error)), probe=probe) from None
         except BaseException:
-            self._breaker.release(probe=probe)
+            self._breaker.record(None, probe=probe)
             raise
         self._record(None, probe=probe)
         return reply
