@@ -284,7 +284,6 @@ def config_model(
     name: str,
     description: str | None,
     pricing: Mapping[str, str] | None,
-    model_type: str = "reranking",
 ) -> ConfigModel:
     """A model as `GET /config` of `protocol` lists it."""
     if pricing is not None and not {"input", "output"} <= pricing.keys():
@@ -298,7 +297,7 @@ def config_model(
         description,
         None if pricing is None else dict(pricing),
         specification,
-        model_type,
+        "reranking",
     )
 
 

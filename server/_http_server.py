@@ -43,7 +43,7 @@ _TOO_LARGE = (
 class HeaderGuard(asyncio.Protocol):
     """uvicorn's protocol for one connection, behind the header deadline and size limit."""
 
-    def __init__(self, inner: Any, connections: Connections, timeout: float) -> None:
+    def __init__(self, inner: asyncio.Protocol, connections: Connections, timeout: float) -> None:
         self._inner = inner
         self._connections = connections
         self._timeout = timeout
@@ -112,8 +112,7 @@ class HeaderGuard(asyncio.Protocol):
         self._inner.connection_lost(exc)
 
     def eof_received(self) -> bool | None:
-        result: bool | None = self._inner.eof_received()
-        return result
+        return self._inner.eof_received()
 
     def pause_writing(self) -> None:
         self._inner.pause_writing()
