@@ -95,15 +95,12 @@ def check_rerank_headers(headers: Mapping[str, str], protocol: ProtocolVersion) 
     wanted = protocol.specification_version
     if spec_version != wanted:
         got = "it is missing" if spec_version is None else f"got {spec_version!r}"
-        served = next(
-            (
-                f" (protocol {v.name} is served under {v.base_path})"
-                for v in PROTOCOL_VERSIONS.values()
-                if v.specification_version == spec_version
-            ),
-            "",
-        )
-        problem = f"must be {wanted!r} under {protocol.base_path}, {got}{served}"
+        served = [
+            f" (protocol {v.name} is served under {v.base_path})"
+            for v in PROTOCOL_VERSIONS.values()
+            if v.specification_version == spec_version
+        ]
+        problem = f"must be {wanted!r} under {protocol.base_path}, {got}{''.join(served)}"
         raise ProtocolViolation(
             SPEC_VERSION_HEADER, problem, f"Header {SPEC_VERSION_HEADER} {problem}"
         )
