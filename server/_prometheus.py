@@ -1,13 +1,10 @@
 """Metrics through prometheus-client: the families as its metrics, what a scrape returns, where
 every process of a server stores them, and the `/metrics` endpoint.
 
-The library chooses a process's storage once, when first imported: memory, or, with
-`PROMETHEUS_MULTIPROC_DIR` set, mmap'd files in that directory, which cost a proxied call ~47 µs
-of CPU against ~22 µs (`python -m bench.recording_cost`). So one process keeps memory; with
-`--workers N`, `__main__` sets the variable before anything imports the library, and the parent
-merges the workers' files on each scrape. A dead worker's counters stay in its files (nothing
-lost or counted twice); its `livesum` gauges of per-process state are deleted. An in-process
-server (tests, the pytest kit) never sets the variable, so never switches anyone else's metrics.
+The library chooses a process's storage once, when first imported: memory, or the mmap'd files
+of its multiprocess mode, which `__main__` sets up for `--workers N` only, as they cost twice the
+CPU (docs/operating.md, "One scrape is the whole server"). An in-process server (tests, the
+pytest kit) never sets the storage, so never switches anyone else's metrics.
 """
 
 from __future__ import annotations
@@ -46,6 +43,7 @@ class PrometheusRecorder:
         return Counter(family.name, family.help, family.labels, registry=self.registry)
 
     def gauge(self, family: Family, /) -> Gauge:
+        # Per-process state: the sum over the workers alive now (docs/operating.md).
         return Gauge(
             family.name,
             family.help,
