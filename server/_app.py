@@ -209,9 +209,8 @@ def build_gateway(settings: Settings, tracer: trace.Tracer | None = None) -> Gat
             credential = OidcTokenFile(settings.oidc_token_file)
         except TokenFileError as exc:
             raise StartupError(f"RERANK_OIDC_TOKEN_FILE: {exc}") from exc
-    elif settings.api_key is None:
-        raise ValueError("a gateway upstream needs an API key or a token file")
     else:
+        assert settings.api_key is not None, "Settings require a key or a token file"
         credential = StaticCredential(settings.api_key, settings.auth_method)
     return GatewayReranker(
         base_url=settings.gateway_url,
