@@ -10,7 +10,7 @@ import gc
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -46,7 +46,6 @@ from rerank.server._tracing import TRACER_NAME, tracer_provider
 from rerank.server._windows import WindowedReranker, WindowPolicy
 
 if TYPE_CHECKING:
-    from rerank.mock_gateway import LoopbackMockGateway
     from rerank.server._http_door import HttpPort
 
 logger = logging.getLogger(__name__)
@@ -64,13 +63,12 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
-    reranker: Reranker  # below `caller_limits`, the layer the servicer calls
+    reranker: Reranker  # below the caller limits, the layer the servicer calls
     grace_period: float
-    caller_limits: CallerLimitsReranker
     callers: CallerRegistry
-    embedded_mock: LoopbackMockGateway | None = None
-    metrics: Metrics = field(default_factory=Metrics.disabled)
-    tracer_provider: TracerProvider | None = None
+    #: Closes the chain, the embedded mock, the metrics and the tracer, last first.
+    closing: contextlib.AsyncExitStack
+    tracer_provider: TracerProvider
     #: Connect, gRPC-Web and the Cohere API, when `http_port` is set.
     http: HttpPort | None = None
 
@@ -88,20 +86,14 @@ class RunningServer:
 
     async def stop(self) -> None:
         """NOT_SERVING, close the listener, let calls finish within the grace period, then close
-        the chain, the embedded mock and the metrics, and export the spans still buffered."""
+        everything else (`closing`)."""
         await self.health.enter_graceful_shutdown()
         logger.info("stopping: in-flight calls get %.3g s to finish", self.grace_period)
         if self.http is None:
             await self.server.stop(self.grace_period)
         else:  # both ports answer their calls in flight, then close
             await asyncio.gather(self.server.stop(self.grace_period), self.http.stop())
-        await self.caller_limits.aclose()  # and the chain within it
-        if self.embedded_mock is not None:
-            await self.embedded_mock.stop()
-        self.metrics.close()
-        if self.tracer_provider is not None:
-            # Blocking (the exporter's last batch over HTTP): off the event loop.
-            await asyncio.to_thread(self.tracer_provider.shutdown)
+        await self.closing.aclose()
 
 
 @dataclass(frozen=True)
@@ -217,9 +209,8 @@ def build_gateway(settings: Settings, tracer: trace.Tracer | None = None) -> Gat
             credential = OidcTokenFile(settings.oidc_token_file)
         except TokenFileError as exc:
             raise StartupError(f"RERANK_OIDC_TOKEN_FILE: {exc}") from exc
-    elif settings.api_key is None:
-        raise ValueError("a gateway upstream needs an API key or a token file")
     else:
+        assert settings.api_key is not None, "Settings require a key or a token file"
         credential = StaticCredential(settings.api_key, settings.auth_method)
     return GatewayReranker(
         base_url=settings.gateway_url,
@@ -242,138 +233,135 @@ async def start_server(
         raise StartupError(str(exc)) from exc
     metrics = metrics or Metrics.disabled()
     address = f"{settings.host}:{settings.port}"
-    if settings.port != 0 and not settings.allow_port_overlap:
-        try:
-            refuse_taken_port(settings.host, settings.port)
-        except StartupError:
-            metrics.close()
-            raise
-    provider = tracer_provider(settings)
-    tracer = provider.get_tracer(TRACER_NAME)
-    embedded_mock = None
-    if reranker is None:
-        if settings.upstream is Upstream.EMBEDDED_MOCK:
-            # On a loopback port, so the real adapter and HTTP client are used; imported here,
-            # so a production server never loads the mock or uvicorn. It serves every protocol
-            # version under its own base path, as the gateway does.
-            from rerank.mock_gateway import LoopbackMockGateway
-
-            embedded_mock = LoopbackMockGateway()
-            origin = urlsplit(await embedded_mock.start())
-            protocol = settings.protocol
-            settings = dataclasses.replace(
-                settings,
-                upstream=Upstream.GATEWAY,
-                gateway_url=protocol.base_url_at(f"{origin.scheme}://{origin.netloc}"),
-                gateway_protocol=protocol,
-                api_key="embedded-mock",
-                oidc_token_file=None,
-            )
-        reranker = build_chain(settings, build_gateway(settings, tracer), metrics, tracer).reranker
-    # Outermost, so that every call of a named caller meets its limits first.
-    limited = CallerLimitsReranker(reranker, limit_store(settings, metrics), metrics=metrics)
-    # An answer echoes the request's documents: sized for the largest an accepted request can
-    # produce, so none is refused after the gateway was paid for it.
-    sent = max_response_bytes(
-        settings.max_message_bytes, settings.max_documents, settings.batch_max_requests
-    )
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", sent),
-            # gRPC's default SO_REUSEPORT would let a second server here start silently and
-            # take half the connections (refuse_taken_port explains the rest).
-            ("grpc.so_reuseport", 1 if settings.allow_port_overlap else 0),
-        ]
-    )
-    servicer = RerankServicer(
-        limited,
-        limits=Limits(
-            settings.max_documents, settings.max_document_bytes, settings.max_query_bytes
-        ),
-        admission=Admission(settings.max_concurrent_calls, settings.max_inflight_bytes, metrics),
-        default_model=settings.default_model,
-        upstream_timeout=settings.upstream_timeout,
-        batch=BatchLimits(settings.batch_max_requests, settings.batch_parallelism),
-        metrics=metrics,
-        tracer=tracer,
-    )
-    authenticating = callers if settings.auth_tokens or settings.callers_file else None
-    pipeline = Pipeline(tracer, AccessLog(settings.access_log_success_sample), authenticating)
-    door = GrpcDoor(
-        pipeline,
-        metrics,
-        limit=settings.max_concurrent_calls + BACKSTOP_CALLS,
-        health_limit=HEALTH_CALLS,
-        auth_health=settings.auth_health,
-    )
-    door.add_service(server, SERVICE_NAME, servicer.methods())
-    health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, door.registrar(server))
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        # `reflection.aio` is public (its `__all__`); its stubs mistake it for grpc's.
-        reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        ),
-        door.registrar(server),
-    )
-    door.answer_unknown_methods(server)
+    # What is opened here closes when the start fails, else when the server stops, last first.
+    closing = contextlib.AsyncExitStack()
+    closing.callback(metrics.close)
     try:
-        credentials = server_credentials(settings)
-        if credentials is None:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, credentials)
-    except (OSError, RuntimeError) as exc:
-        await limited.aclose()
-        if embedded_mock is not None:
-            await embedded_mock.stop()
-        metrics.close()
-        provider.shutdown()
-        # grpc says only "Failed to bind"; the usual cause is worth naming.
-        if isinstance(exc, OSError):
-            reason = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
-        else:
-            refuse_taken_port(
-                settings.host, settings.port, overlap_failed=settings.allow_port_overlap
-            )
-            reason = "not an address here"
-        raise StartupError(f"cannot serve on {address}: {reason}") from exc
-    await server.start()
-    http = None
-    if settings.http_port is not None:
-        # Imported here: without an HTTP port the server never loads uvicorn nor connectrpc.
-        from rerank.server._http_door import open_http_port
+        if settings.port != 0 and not settings.allow_port_overlap:
+            refuse_taken_port(settings.host, settings.port)
+        provider = tracer_provider(settings)
+        # Blocking (the exporter's last batch over HTTP): off the event loop.
+        closing.push_async_callback(asyncio.to_thread, provider.shutdown)
+        tracer = provider.get_tracer(TRACER_NAME)
+        if reranker is None:
+            if settings.upstream is Upstream.EMBEDDED_MOCK:
+                # On a loopback port, so the real adapter and HTTP client are used; imported
+                # here, so a production server never loads the mock or uvicorn. It serves every
+                # protocol version under its own base path, as the gateway does.
+                from rerank.mock_gateway import LoopbackMockGateway
 
+                embedded_mock = LoopbackMockGateway()
+                origin = urlsplit(await embedded_mock.start())
+                closing.push_async_callback(embedded_mock.stop)
+                protocol = settings.protocol
+                settings = dataclasses.replace(
+                    settings,
+                    upstream=Upstream.GATEWAY,
+                    gateway_url=protocol.base_url_at(f"{origin.scheme}://{origin.netloc}"),
+                    gateway_protocol=protocol,
+                    api_key="embedded-mock",
+                    oidc_token_file=None,
+                )
+            gateway = build_gateway(settings, tracer)
+            reranker = build_chain(settings, gateway, metrics, tracer).reranker
+        # Outermost, so that every call of a named caller meets its limits first.
+        limited = CallerLimitsReranker(reranker, limit_store(settings, metrics), metrics=metrics)
+        closing.push_async_callback(limited.aclose)  # and the chain within it
+        # An answer echoes the request's documents: sized for the largest an accepted request
+        # can produce, so none is refused after the gateway was paid for it.
+        sent = max_response_bytes(
+            settings.max_message_bytes, settings.max_documents, settings.batch_max_requests
+        )
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", sent),
+                # gRPC's default SO_REUSEPORT would let a second server here start silently and
+                # take half the connections (refuse_taken_port explains the rest).
+                ("grpc.so_reuseport", 1 if settings.allow_port_overlap else 0),
+            ]
+        )
+        servicer = RerankServicer(
+            limited,
+            limits=Limits(
+                settings.max_documents, settings.max_document_bytes, settings.max_query_bytes
+            ),
+            admission=Admission(
+                settings.max_concurrent_calls, settings.max_inflight_bytes, metrics
+            ),
+            default_model=settings.default_model,
+            upstream_timeout=settings.upstream_timeout,
+            batch=BatchLimits(settings.batch_max_requests, settings.batch_parallelism),
+            metrics=metrics,
+            tracer=tracer,
+        )
+        authenticating = callers if settings.auth_tokens or settings.callers_file else None
+        pipeline = Pipeline(tracer, AccessLog(settings.access_log_success_sample), authenticating)
+        door = GrpcDoor(
+            pipeline,
+            metrics,
+            limit=settings.max_concurrent_calls + BACKSTOP_CALLS,
+            health_limit=HEALTH_CALLS,
+            auth_health=settings.auth_health,
+        )
+        door.add_service(server, SERVICE_NAME, servicer.methods())
+        health_servicer = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, door.registrar(server))
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            # `reflection.aio` is public (its `__all__`); its stubs mistake it for grpc's.
+            reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            ),
+            door.registrar(server),
+        )
+        door.answer_unknown_methods(server)
         try:
-            http = await open_http_port(
-                settings,
-                pipeline,
-                servicer.methods(),
-                metrics,
-                limit=settings.max_concurrent_calls + BACKSTOP_CALLS,
-                grpc_port=port,
-            )
-        except StartupError:
-            await server.stop(None)
-            await limited.aclose()
-            if embedded_mock is not None:
-                await embedded_mock.stop()
-            metrics.close()
-            provider.shutdown()
-            raise
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            credentials = server_credentials(settings)
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        except (OSError, RuntimeError) as exc:
+            # grpc says only "Failed to bind"; the usual cause is worth naming.
+            if isinstance(exc, OSError):
+                reason = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
+            else:
+                refuse_taken_port(
+                    settings.host, settings.port, overlap_failed=settings.allow_port_overlap
+                )
+                reason = "not an address here"
+            raise StartupError(f"cannot serve on {address}: {reason}") from exc
+        await server.start()
+        http = None
+        if settings.http_port is not None:
+            # Imported here: without an HTTP port the server never loads uvicorn nor connectrpc.
+            from rerank.server._http_door import open_http_port
+
+            try:
+                http = await open_http_port(
+                    settings,
+                    pipeline,
+                    servicer.methods(),
+                    metrics,
+                    limit=settings.max_concurrent_calls + BACKSTOP_CALLS,
+                    grpc_port=port,
+                )
+            except StartupError:
+                await server.stop(None)
+                raise
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    except BaseException:
+        await closing.aclose()
+        raise
     return RunningServer(
         server,
         port,
         health_servicer,
         reranker,
         settings.grace_period,
-        limited,
         callers,
-        embedded_mock,
-        metrics,
+        closing,
         provider,
         http,
     )

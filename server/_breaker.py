@@ -67,7 +67,8 @@ class CircuitBreaker:
         raise CircuitOpen(max(remaining, 0.0))
 
     def record(self, failed: bool | None, *, probe: bool) -> None:
-        """How an attempt ended: failed, or not, or None when that says nothing."""
+        """How an attempt ended: failed, or not, or None when that says nothing (cancelled: it
+        frees the probe slot all the same)."""
         if probe:
             self._probe_in_flight = False
         if failed is None:
@@ -83,10 +84,6 @@ class CircuitBreaker:
         if len(self._recent) == window and sum(self._recent) >= self._failure_rate * window:
             self._recent.clear()
             self._open()
-
-    def release(self, *, probe: bool) -> None:
-        """An attempt ended without an outcome (cancelled): free its probe slot."""
-        self.record(None, probe=probe)
 
     def reset(self) -> None:
         self._recent.clear()

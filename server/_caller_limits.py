@@ -12,13 +12,8 @@ from collections.abc import Callable, Coroutine
 from decimal import Decimal
 from typing import Any
 
+from rerank.server import _errors as errors
 from rerank.server._domain import Caller, Reranker, RerankerLayer, RerankOutcome, RerankQuery
-from rerank.server._errors import (
-    CallerBudgetExhausted,
-    CallerRateLimited,
-    CallerRefused,
-    ModelNotAllowed,
-)
 from rerank.server._limits import DailyUsage, LimitStore, Refused
 from rerank.server._metrics import Metrics
 
@@ -65,7 +60,7 @@ class CallerLimitsReranker(RerankerLayer):
         the servicer asks it of requests it answers alone, too."""
         caller = query.caller
         if caller is not None and not caller.may_use(query.model):
-            refused = ModelNotAllowed(
+            refused = errors.ModelNotAllowed(
                 f"caller {caller.name!r} may not use model {query.model!r}; "
                 f"it may use {', '.join(caller.models)}",
                 caller=caller.name,
@@ -82,10 +77,10 @@ class CallerLimitsReranker(RerankerLayer):
         await self._store.aclose()
 
 
-def _refusal(caller: Caller, refused: Refused) -> CallerRefused:
+def _refusal(caller: Caller, refused: Refused) -> errors.CallerRefused:
     limits = caller.limits
     if refused.reason == "CALLER_BUDGET_EXHAUSTED":
-        return CallerBudgetExhausted(
+        return errors.CallerBudgetExhausted(
             f"caller {caller.name!r} has spent its daily budget of "
             f"{limits.daily_budget_usd} USD; it renews at 00:00 UTC",
             caller=caller.name,
@@ -98,7 +93,7 @@ def _refusal(caller: Caller, refused: Refused) -> CallerRefused:
     if limits.max_concurrent_calls is not None:
         count = limits.max_concurrent_calls
         rules.append(f"{count} call{'' if count == 1 else 's'} in flight")
-    return CallerRateLimited(
+    return errors.CallerRateLimited(
         f"caller {caller.name!r} is over its limit of {' and '.join(rules)}; "
         f"retry in {refused.retry_after:.3g} s",
         caller=caller.name,

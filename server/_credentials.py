@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import orjson
@@ -52,8 +53,7 @@ class TokenFileError(Exception):
 
 def read_token(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as file:
-            token = file.read().strip()
+        token = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise TokenFileError(f"cannot read {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:

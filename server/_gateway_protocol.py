@@ -1,15 +1,9 @@
-"""The AI Gateway's reranking protocol (gateway spec §0-§6), defined once for the three places
-that speak it: the server's gateway adapter (`rerank.server._gateway`, a client of it), the
-HTTP port's gateway door (`rerank.server._http_gateway`, a server of it) and the mock gateway
-(`rerank.mock_gateway`, a server of it).
-
-Here are the headers, the request body (its encoding as the AI SDK writes it, and its parsing
-as a server reads it), the answer, the error envelope, the model listing, and the one table of
-what differs between v3 and v4 (`PROTOCOL_VERSIONS`). The answer's and the envelope's shapes are
-msgspec structs: the adapter decodes answers into them (typed as they decode, the cheapest way
-measured, `python -m bench.decode_cost`), and the servers encode them. Nothing here knows the
-server's errors or the mock's catalogue: a refused request is a `ProtocolViolation`, which
-each side words as its own error.
+"""The AI Gateway's reranking protocol (gateway spec §0-§6), defined once for its client (the
+gateway adapter, `_gateway`) and its servers (the HTTP port's `_http_gateway`, the mock gateway):
+headers, bodies, answers, the error envelope, the model listing, and what differs between v3
+and v4 (`PROTOCOL_VERSIONS`). Answers and envelopes are msgspec structs, typed as they decode
+(the cheapest way measured, `python -m bench.decode_cost`). A refused request is a
+`ProtocolViolation`, which each side words as its own error.
 """
 
 from __future__ import annotations
@@ -22,57 +16,37 @@ from typing import Any, Literal
 import msgspec
 import orjson
 
-PROTOCOL_VERSION = "0.0.1"
-"""The value of `ai-gateway-protocol-version` on every request."""
+PROTOCOL_VERSION = "0.0.1"  # of `ai-gateway-protocol-version`, on every request
 PROTOCOL_VERSION_HEADER = "ai-gateway-protocol-version"
-AUTH_METHOD_HEADER = "ai-gateway-auth-method"
 SPEC_VERSION_HEADER = "ai-reranking-model-specification-version"
 MODEL_ID_HEADER = "ai-model-id"
-TEAM_HEADER = "x-vercel-ai-gateway-team"
-"""Optional: `createGateway({teamIdOrSlug})` sends it on every request."""
+TEAM_HEADER = "x-vercel-ai-gateway-team"  # optional: `createGateway({teamIdOrSlug})` sends it
 RERANK_PATH = "/reranking-model"
 CONFIG_PATH = "/config"
 
 WarningKind = Literal["unsupported", "compatibility", "other", "deprecated"]
 
-#: Every `error.type` of spec §4 (and v4's `not_found`) and the status it usually comes with.
-ERROR_STATUS: Mapping[str, int] = MappingProxyType(
-    {
-        "authentication_error": 401,
-        "invalid_request_error": 400,
-        "forbidden": 403,
-        "model_not_found": 404,
-        "not_found": 404,
-        "failed_dependency": 424,
-        "rate_limit_exceeded": 429,
-        "internal_server_error": 500,
-    }
-)
-
 
 @dataclass(frozen=True)
 class ProtocolVersion:
-    """What one version of the protocol requires and allows (spec §0)."""
+    """What one version of the protocol requires and allows (spec §0): `name` is the first
+    segment of its base path, `specification_version` the value of the
+    `ai-reranking-model-specification-version` header, `config_specification_version` the
+    literal the SDK's schema demands of every model `GET /config` lists; `warning_types` any
+    other of which fails the SDK's whole call, `error_types` those it has a class of its own for.
+    """
 
     name: str
-    """``"v3"`` or ``"v4"``: the first segment of the base path ``/{name}/ai``."""
     specification_version: str
-    """The value the ``ai-reranking-model-specification-version`` header must have."""
     config_specification_version: str
-    """``specification.specificationVersion`` of every model ``GET /config`` lists (the SDK's
-    schema demands exactly this literal)."""
     warning_types: tuple[WarningKind, ...]
-    """The warning types the SDK of this version accepts; any other fails its whole call."""
     error_types: tuple[str, ...]
-    """The ``error.type`` values the SDK of this version maps to an error class of its own."""
 
     @property
     def base_path(self) -> str:
-        """The path a gateway client's base URL ends in, e.g. ``/v4/ai``."""
         return f"/{self.name}/ai"
 
     def base_url(self, host: str, port: int) -> str:
-        """The base URL of this version on ``host:port``, e.g. ``http://127.0.0.1:8080/v4/ai``."""
         return http_origin(host, port) + self.base_path
 
 
@@ -82,7 +56,15 @@ def http_origin(host: str, port: int) -> str:
 
 
 _V3_WARNING_TYPES: tuple[WarningKind, ...] = ("unsupported", "compatibility", "other")
-_V3_ERROR_TYPES = tuple(kind for kind in ERROR_STATUS if kind != "not_found")
+_V3_ERROR_TYPES = (  # spec §4
+    "authentication_error",
+    "invalid_request_error",
+    "forbidden",
+    "model_not_found",
+    "failed_dependency",
+    "rate_limit_exceeded",
+    "internal_server_error",
+)
 
 PROTOCOL_V3 = ProtocolVersion("v3", "3", "v3", _V3_WARNING_TYPES, _V3_ERROR_TYPES)
 """``ai`` 6 with ``@ai-sdk/gateway`` 3.x."""
@@ -93,7 +75,6 @@ PROTOCOL_V4 = ProtocolVersion(
 PROTOCOL_VERSIONS: Mapping[str, ProtocolVersion] = MappingProxyType(
     {version.name: version for version in (PROTOCOL_V3, PROTOCOL_V4)}
 )
-"""Every version, by name: the one table of what differs between them."""
 
 
 class ProtocolViolation(Exception):
@@ -114,15 +95,12 @@ def check_rerank_headers(headers: Mapping[str, str], protocol: ProtocolVersion) 
     wanted = protocol.specification_version
     if spec_version != wanted:
         got = "it is missing" if spec_version is None else f"got {spec_version!r}"
-        served = next(
-            (
-                f" (protocol {v.name} is served under {v.base_path})"
-                for v in PROTOCOL_VERSIONS.values()
-                if v.specification_version == spec_version
-            ),
-            "",
-        )
-        problem = f"must be {wanted!r} under {protocol.base_path}, {got}{served}"
+        served = [
+            f" (protocol {v.name} is served under {v.base_path})"
+            for v in PROTOCOL_VERSIONS.values()
+            if v.specification_version == spec_version
+        ]
+        problem = f"must be {wanted!r} under {protocol.base_path}, {got}{''.join(served)}"
         raise ProtocolViolation(
             SPEC_VERSION_HEADER, problem, f"Header {SPEC_VERSION_HEADER} {problem}"
         )
@@ -142,14 +120,13 @@ def _header(name: str, problem: str, said: str) -> ProtocolViolation:
 
 @dataclass(frozen=True)
 class RerankRequest:
-    """A body of ``POST /reranking-model`` (spec §2), checked; the model is the header's."""
+    """A body of `POST /reranking-model` (spec §2), checked; the model is the header's."""
 
     kind: Literal["text", "object"]
     values: tuple[str | dict[str, Any], ...]
     query: str
     top_n: int | None
-    provider_options: dict[str, dict[str, Any]]
-    """Empty when the body had no ``providerOptions``."""
+    provider_options: dict[str, dict[str, Any]]  # empty when the body had none
 
 
 def encode_rerank_body(
@@ -170,7 +147,7 @@ def encode_rerank_body(
 
 
 def parse_json(body: bytes) -> Any:
-    """Decode a JSON body (orjson is strict: no NaN, valid UTF-8 only)."""
+    """orjson is strict: no NaN, valid UTF-8 only."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -287,7 +264,7 @@ class Specification(msgspec.Struct, rename="camel"):
 
 
 class ConfigModel(msgspec.Struct, rename="camel"):
-    """One model of ``GET /config`` (spec §6); `pricing`, when there is one, has string
+    """One model of `GET /config` (spec §6); `pricing`, when there is one, has string
     `input` and `output` (the SDK's schema refuses the whole list otherwise)."""
 
     id: str
@@ -304,9 +281,8 @@ def config_model(
     name: str,
     description: str | None,
     pricing: Mapping[str, str] | None,
-    model_type: str = "reranking",
 ) -> ConfigModel:
-    """A model as ``GET /config`` of `protocol` lists it."""
+    """A model as `GET /config` of `protocol` lists it."""
     if pricing is not None and not {"input", "output"} <= pricing.keys():
         pricing = None
     specification = Specification(
@@ -318,11 +294,11 @@ def config_model(
         description,
         None if pricing is None else dict(pricing),
         specification,
-        model_type,
+        "reranking",
     )
 
 
 class ConfigAnswer(msgspec.Struct):
-    """The body of ``GET /config``."""
+    """The body of `GET /config`."""
 
     models: list[ConfigModel]

@@ -13,7 +13,6 @@ from protobuf.wkt import Any as AnyDetail
 
 from rerank.server._errors import RerankError
 from rerank.server._status import ErrorAnswer, rich_status
-from rerank.v1 import rerank_service_pb2 as pb
 
 
 def connect_code(code: grpc.StatusCode) -> str:
@@ -43,25 +42,12 @@ class Calls(Protocol):
 
 
 class ConnectService:
-    """The service connectrpc's app calls: each method handed to the door's pipeline."""
+    """The service connectrpc's app calls: each method handed, by its name, to the door."""
 
     def __init__(self, door: Calls) -> None:
         self._door = door
 
-    async def rerank(self, request: pb.RerankRequest, ctx: Any) -> pb.RerankResponse:
-        answer: pb.RerankResponse = await self._door.connect_call("Rerank", request, ctx)
-        return answer
+    async def _call(self, request: Any, ctx: Any) -> Any:
+        return await self._door.connect_call(ctx.method.name, request, ctx)
 
-    async def batch_rerank(
-        self, request: pb.BatchRerankRequest, ctx: Any
-    ) -> pb.BatchRerankResponse:
-        answer: pb.BatchRerankResponse = await self._door.connect_call("BatchRerank", request, ctx)
-        return answer
-
-    async def list_models(self, request: pb.ListModelsRequest, ctx: Any) -> pb.ListModelsResponse:
-        answer: pb.ListModelsResponse = await self._door.connect_call("ListModels", request, ctx)
-        return answer
-
-    async def get_usage(self, request: pb.GetUsageRequest, ctx: Any) -> pb.GetUsageResponse:
-        answer: pb.GetUsageResponse = await self._door.connect_call("GetUsage", request, ctx)
-        return answer
+    rerank = batch_rerank = list_models = get_usage = _call

@@ -1,21 +1,17 @@
 """The HTTP port's server: uvicorn (with httptools) on the worker's event loop, beside grpc.aio,
-on a SO_REUSEPORT socket (`_listening.reserve_port`), and a guard in front of uvicorn's protocol.
+on a SO_REUSEPORT socket (`_listening.reserve_port`), behind a guard.
 
-Why uvicorn: of the ASGI servers that can serve on the worker's one loop from a socket we bind
-(SO_REUSEPORT, shared by the workers), it costs the least CPU per request: measured with one
-keep-alive client of 32 connections posting a 20-document Cohere body to a trivial app, server
-CPU per request was 171-178 µs for uvicorn with httptools, 329 µs with h11, 445-472 µs for
-hypercorn; granian's embedded server took 127-140 µs but binds its own socket (no
-SO_REUSEPORT for our workers, nor a socket handed to it) and says it is experimental.
+Why uvicorn: of the ASGI servers that serve on our loop from a socket we bind, it costs the
+least CPU per request (a 20-document Cohere body over 32 keep-alive connections: 171-178 µs;
+with h11 329 µs, hypercorn 445-472 µs; granian's 127-140 µs binds its own socket, which our
+workers cannot share, and calls itself experimental).
 
-What uvicorn lacks, the guard adds (`HeaderGuard`): uvicorn never closes a connection that stalls in
-its headers, nor a new idle one, and answers headers of any size (64 KiB: 200). The guard
-wraps uvicorn's protocol (composition, not a subclass): it closes a connection whose request
-headers are not complete within the header timeout (uvicorn's own keep-alive timeout closes one
-left idle after an answer), and answers 431 to headers over 16 KiB without handing them on.
-The door (`rerank.server._http_door`) tells it when a request's answer is complete, so that it
-times the next request's headers. Connections are found by their peer's address, which
-identifies one connection of a listener at a time.
+What uvicorn lacks, the guard (`HeaderGuard`, wrapping its protocol) adds: it closes a connection
+whose request headers are not complete within the header timeout (uvicorn closes one idle after
+an answer, never one stalled in its headers), and answers 431 to headers over 16 KiB without
+handing them on. The door tells it when an answer is complete, so that it times the next
+request's headers; it finds the guard by the peer's address, unique among a listener's
+connections.
 """
 
 from __future__ import annotations
@@ -44,27 +40,10 @@ _TOO_LARGE = (
 )
 
 
-class Connections:
-    """The connections of one HTTP server, by their peer's `host:port`."""
-
-    def __init__(self) -> None:
-        self._by_peer: dict[str, HeaderGuard] = {}
-
-    def get(self, peer: str | None) -> HeaderGuard | None:
-        return None if peer is None else self._by_peer.get(peer)
-
-    def add(self, peer: str, guard: HeaderGuard) -> None:
-        self._by_peer[peer] = guard
-
-    def remove(self, peer: str, guard: HeaderGuard) -> None:
-        if self._by_peer.get(peer) is guard:
-            del self._by_peer[peer]
-
-
 class HeaderGuard(asyncio.Protocol):
     """uvicorn's protocol for one connection, behind the header deadline and size limit."""
 
-    def __init__(self, inner: Any, connections: Connections, timeout: float) -> None:
+    def __init__(self, inner: asyncio.Protocol, connections: Connections, timeout: float) -> None:
         self._inner = inner
         self._connections = connections
         self._timeout = timeout
@@ -80,7 +59,7 @@ class HeaderGuard(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else ""
-        self._connections.add(self._peer, self)
+        self._connections[self._peer] = self
         self._arm()
         self._inner.connection_made(transport)
 
@@ -128,18 +107,22 @@ class HeaderGuard(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self._connections.remove(self._peer, self)
+        if self._connections.get(self._peer) is self:
+            del self._connections[self._peer]
         self._inner.connection_lost(exc)
 
     def eof_received(self) -> bool | None:
-        result: bool | None = self._inner.eof_received()
-        return result
+        return self._inner.eof_received()
 
     def pause_writing(self) -> None:
         self._inner.pause_writing()
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
+
+
+#: The guards of one HTTP server's connections, by their peer's `host:port`.
+Connections = dict[str | None, HeaderGuard]
 
 
 class HttpServer:

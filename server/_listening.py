@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from pathlib import Path
 
 import grpc
 
@@ -67,13 +68,10 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return None
 
-    def read(path: str) -> bytes:
-        with open(path, "rb") as file:
-            return file.read()
-
-    client_ca = read(settings.tls_client_ca_file) if settings.tls_client_ca_file else None
+    ca_file = settings.tls_client_ca_file
+    client_ca = Path(ca_file).read_bytes() if ca_file else None
     return grpc.ssl_server_credentials(
-        [(read(settings.tls_key_file), read(settings.tls_cert_file))],
+        [(Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes())],
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )

@@ -1,17 +1,10 @@
 """Metrics through prometheus-client: the families as its metrics, what a scrape returns, where
 every process of a server stores them, and the `/metrics` endpoint.
 
-The library chooses a process's storage once, when first imported: in memory, or, with
-`PROMETHEUS_MULTIPROC_DIR` set, mmap'd files of its own in that directory (multiprocess mode),
-whose lock, `getpid()` and file write per change cost a proxied call ~47 µs of CPU against ~22 µs
-in memory (`python -m bench.recording_cost`, with and without it). So a server of one process
-keeps memory; with `--workers N` the entry (`rerank.server.__main__`) sets the variable before
-anything imports the library, the workers inherit it, and the parent merges every file on each
-scrape (`MultiProcessCollector`). A dead worker's counters stay in its files, and its successor
-writes new ones under its own pid: nothing is lost or counted twice. Gauges of per-process state
-are `livesum`: the parent deletes a dead worker's gauge files (`mark_process_dead`). An
-in-process server (tests, the pytest kit) never sets the variable, so it never switches the
-storage of anyone else's metrics in that process.
+The library chooses a process's storage once, when first imported: memory, or the mmap'd files
+of its multiprocess mode, which `__main__` sets up for `--workers N` only, as they cost twice the
+CPU (docs/operating.md, "One scrape is the whole server"). An in-process server (tests, the
+pytest kit) never sets the storage, so never switches anyone else's metrics.
 """
 
 from __future__ import annotations
@@ -40,8 +33,8 @@ from rerank.server._metric_families import BUILD_INFO, COST, COST_SHOWN, NANOS_P
 
 
 class PrometheusRecorder:
-    """Makes the families as the library's own metrics, in `registry`: a registry of this
-    recorder's own, not the library's global one, which other code in the process may use."""
+    """The families as the library's metrics, in a registry of its own (not the global one,
+    which other code in the process may use)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -50,7 +43,7 @@ class PrometheusRecorder:
         return Counter(family.name, family.help, family.labels, registry=self.registry)
 
     def gauge(self, family: Family, /) -> Gauge:
-        # Per-process state: summed over the live processes (see the module's docstring).
+        # Per-process state: the sum over the workers alive now (docs/operating.md).
         return Gauge(
             family.name,
             family.help,
@@ -101,40 +94,34 @@ def _in_dollars(documentation: str, samples: Iterable[Sample]) -> Metric:
 
 
 class MetricsDirectory:
-    """Where one server's metrics are: the directory of the library's files of every process
-    (the entry makes it, and removes it at exit), or, `path` None, the memory of its one."""
+    """Where one server's metrics are: the library's files of every process in `path`, or
+    (None) the memory of its one process."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._memory = PrometheusRecorder() if path is None else None
 
     def recorder(self) -> PrometheusRecorder:
-        """What a process serving calls records into."""
         return self._memory or PrometheusRecorder()
 
     def collector(self) -> Collector:
-        """What a scrape reads: every process's files, merged on each collection."""
         if self._memory is not None:
             return self._memory.registry
         collector: Collector = MultiProcessCollector(None, str(self.path))  # type: ignore[no-untyped-call]
         return collector
 
     def process_dead(self, pid: int) -> None:
-        """A worker exited: its `livesum` gauges (cache, circuit, in flight) stop counting; its
-        counters and histograms stay, so totals do not drop when a worker is replaced."""
+        """A worker exited: its `livesum` gauges stop counting; its counters and histograms
+        stay, so totals do not drop when a worker is replaced."""
         mark_process_dead(pid, str(self.path))  # type: ignore[no-untyped-call]
 
 
 class MetricsEndpoint:
-    """`GET /metrics` on `host:port` (0: a free port), in the Prometheus text format.
-
-    The socket is bound when this is made (so a taken port fails at start, before any worker
-    exists) and served by a daemon thread from `start()`: the event loop of a server process
-    never renders a scrape. A worker forked after it closes its copy with `close_in_child()`.
-    """
+    """`GET /metrics` on `host:port` (0: a free port), bound when made (a taken port fails
+    before any worker exists), served by a daemon thread from `start()`, so no event loop
+    renders a scrape."""
 
     def __init__(self, host: str, port: int, exposition: Exposition) -> None:
-        # Held while a scrape renders, and by `quiet()`: see there.
         self._rendering = threading.Lock()
         handler = type(
             "Handler", (_Handler,), {"exposition": exposition, "rendering": self._rendering}
@@ -164,13 +151,12 @@ class MetricsEndpoint:
         self._server.server_close()
 
     def quiet(self) -> threading.Lock:
-        """Hold off rendering while this is held, for a fork: the workers' parent forks a
-        replacement while this endpoint's threads run, and a lock a scrape holds (the
-        library's, a file's) would stay held for ever in the child. Use as `with quiet():`."""
+        """Held (`with quiet():`) while the parent forks a worker: a lock a scrape holds (the
+        library's, a file's) would stay held for ever in the child."""
         return self._rendering
 
     def close_in_child(self) -> None:
-        """In a forked worker: release the inherited socket (no thread runs there)."""
+        """In a forked worker: release the inherited socket."""
         self._server.socket.close()
 
 
@@ -202,8 +188,8 @@ class _Handler(BaseHTTPRequestHandler):
 def serving_metrics(
     path: Path | None, host: str, port: int, build_info: Mapping[str, str]
 ) -> Iterator[tuple[MetricsDirectory, MetricsEndpoint]]:
-    """The storage at `path` (the library's files; None: memory, see the module's docstring)
-    and an endpoint over it, bound (raises OSError when the port is taken), closed at exit."""
+    """The storage at `path` (None: memory) and an endpoint over it, bound (OSError when the
+    port is taken), closed at exit."""
     directory = MetricsDirectory(path)
     endpoint = MetricsEndpoint(host, port, Exposition(directory.collector(), build_info))
     try:

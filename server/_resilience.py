@@ -178,7 +178,7 @@ class ResilientReranker(RerankerLayer):
             raise
         except BaseException:
             # Cancellation and bugs say nothing about the upstream.
-            self._breaker.release(probe=probe)
+            self._breaker.record(None, probe=probe)
             raise
         self._breaker.record(found_down(None), probe=probe)
         return result

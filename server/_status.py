@@ -68,12 +68,9 @@ _DEFAULT_RETRY_DELAY: Mapping[grpc.StatusCode, float] = {
 
 
 def status_code_for(error: errors.RerankError) -> grpc.StatusCode:
-    """The status of `error`: its own class's row, else its nearest ancestor's."""
-    for cls in type(error).__mro__:
-        code = STATUS_BY_ERROR.get(cls)
-        if code is not None:
-            return code
-    return grpc.StatusCode.INTERNAL
+    """The status of `error`: its own class's row, else its nearest ancestor's (`RerankError`'s
+    at the last)."""
+    return next(STATUS_BY_ERROR[c] for c in type(error).__mro__ if c in STATUS_BY_ERROR)
 
 
 @dataclass(frozen=True)

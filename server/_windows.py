@@ -25,7 +25,6 @@ from rerank.server._domain import (
     RerankerLayer,
     RerankOutcome,
     RerankQuery,
-    Warning,
     best_first,
 )
 from rerank.server._errors import RerankError
@@ -134,12 +133,9 @@ class WindowedReranker(RerankerLayer):
 def merge(outcomes: list[RerankOutcome], top_n: int | None) -> RerankOutcome:
     """One outcome from the windows': rankings merged best first, each warning once, the usage
     of all of them, and the first window's provider metadata."""
-    warnings: dict[Warning, None] = {}
-    for outcome in outcomes:
-        warnings.update(dict.fromkeys(outcome.warnings))
     return RerankOutcome(
         ranking=best_first((r for outcome in outcomes for r in outcome.ranking), top_n),
-        warnings=tuple(warnings),
+        warnings=tuple(dict.fromkeys(w for outcome in outcomes for w in outcome.warnings)),
         provider_metadata=next(
             (o.provider_metadata for o in outcomes if o.provider_metadata is not None), None
         ),
