@@ -210,15 +210,13 @@ def _where(source: str) -> str:
 
 def _within(text: str, exc: tomllib.TOMLDecodeError) -> str:
     """The caller (and key) whose table the line tomllib names falls in; never the text."""
-    caller = key = None
     position = re.search(r"at line (\d+)", str(exc))
     lines = text.splitlines()[: int(position.group(1)) if position else 0]
-    for line in lines:
-        if header := _TABLE_HEADER.match(line):
-            caller = header.group(1).strip()
-    if lines and (assignment := _LINE_KEY.match(lines[-1])):
-        key = assignment.group(1)
-    return f" in caller {caller!r}" + (f", key {key!r}" if key else "") if caller else ""
+    callers = [found.group(1).strip() for line in lines if (found := _TABLE_HEADER.match(line))]
+    key = _LINE_KEY.match(lines[-1]) if lines else None
+    if not callers:
+        return ""
+    return f" in caller {callers[-1]!r}" + (f", key {key.group(1)!r}" if key else "")
 
 
 class CallerRegistry:
