@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import uvloop
 
 from rerank.server import _config as config
-from rerank.server._callers import CallerRegistry, CallersFileError
+from rerank.server._callers import CallerRegistry
 from rerank.server._config import SettingError, Settings, Upstream
-from rerank.server._credentials import TokenFileError, read_token
+from rerank.server._credentials import CallersFileError, TokenFileError, read_token
 from rerank.server._logs import configure_logging
-from rerank.server._tracing import SAMPLERS
+from rerank.server._tracing import traces_exported
 
 if TYPE_CHECKING:
     from rerank.server._prometheus import MetricsDirectory, MetricsEndpoint
@@ -88,7 +88,7 @@ def settings_from(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Set
         values["upstream"] = (
             Upstream.GATEWAY if gateway and not args.mock else Upstream.EMBEDDED_MOCK
         )
-        values["export_traces"] = _traces_exported(environ)
+        values["export_traces"] = traces_exported(environ)
         settings = Settings(**values)
         # Read once here, so that a bad file stops the start with one line, not every worker.
         directory = CallerRegistry(settings.callers_file, settings.auth_tokens).directory
@@ -126,40 +126,6 @@ def _secrets(environ: Mapping[str, str]) -> dict[str, Any]:
             raise SettingError(f"cannot read RERANK_AUTH_TOKENS_FILE: {exc.strerror}") from None
     found["auth_tokens"] = frozenset(tokens - {""})
     return found
-
-
-def _traces_exported(environ: Mapping[str, str]) -> bool:
-    """Whether spans are exported. The SDK reads these variables itself: this only refuses, at
-    start, a value it cannot honour."""
-
-    def read(name: str) -> str:
-        return environ.get(name, "").strip()
-
-    exporter = read("OTEL_TRACES_EXPORTER").lower() or "otlp"
-    protocol = read("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or read("OTEL_EXPORTER_OTLP_PROTOCOL")
-    sampler = read("OTEL_TRACES_SAMPLER").lower()
-    ratio = read("OTEL_TRACES_SAMPLER_ARG") if SAMPLERS.get(sampler) else ""
-    endpoints = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-    if exporter not in ("otlp", "none"):
-        refused = f"OTEL_TRACES_EXPORTER must be otlp or none, got {exporter!r}"
-    elif protocol not in ("", "http/protobuf"):
-        refused = f"OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is supported, got {protocol!r}"
-    elif wrong := [name for name in endpoints if read(name) and not config.is_http_url(read(name))]:
-        refused = f"{wrong[0]} must be an http:// or https:// URL, got {read(wrong[0])!r}"
-    elif sampler not in ("", *SAMPLERS):
-        refused = f"OTEL_TRACES_SAMPLER must be one of {', '.join(SAMPLERS)}, got {sampler!r}"
-    elif ratio and not _fraction(ratio):
-        refused = f"OTEL_TRACES_SAMPLER_ARG must be a number in [0, 1], got {ratio!r}"
-    else:
-        return exporter == "otlp" and any(map(read, endpoints))
-    raise SettingError(refused)
-
-
-def _fraction(text: str) -> bool:
-    try:
-        return 0 <= float(text) <= 1
-    except ValueError:
-        return False
 
 
 def say(line: str) -> None:

@@ -26,9 +26,15 @@ from rerank.server._admission import Admission, return_large_blocks_when_freed
 from rerank.server._breaker import BreakerState, CircuitBreaker
 from rerank.server._cache import CachingReranker
 from rerank.server._caller_limits import CallerLimitsReranker
-from rerank.server._callers import CallerRegistry, CallersFileError
+from rerank.server._callers import CallerRegistry
 from rerank.server._config import CacheBackend, Settings, Upstream
-from rerank.server._credentials import Credential, OidcTokenFile, StaticCredential, TokenFileError
+from rerank.server._credentials import (
+    CallersFileError,
+    Credential,
+    OidcTokenFile,
+    StaticCredential,
+    TokenFileError,
+)
 from rerank.server._domain import Limits, Reranker
 from rerank.server._gateway import GatewayReranker
 from rerank.server._grpc_door import GrpcDoor

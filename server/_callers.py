@@ -9,14 +9,13 @@ import logging
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from rerank.server._credentials import CallerDirectory
+from rerank.server._credentials import CallerDirectory, CallerEntry, CallersFileError, directory_of
 from rerank.server._domain import Caller
 from rerank.server._limits import CallerLimits
 
@@ -27,46 +26,6 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _TABLE_HEADER = re.compile(r"^\s*\[\s*callers\s*\.\s*\"?([^\]\"]+)\"?\s*\]")
 # Only the key of a line is ever read for a message, never what follows its `=`.
 _LINE_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
-
-
-class CallersFileError(Exception):
-    """The callers file cannot be used: one line naming the file, the caller and the key."""
-
-
-@dataclass(frozen=True)
-class CallerEntry:
-    caller: Caller
-    token_digest: bytes | None
-    subject: str | None
-    sans: tuple[str, ...]
-
-
-def directory_of(
-    named: Iterable[CallerEntry], unnamed_tokens: Iterable[str] = (), *, source: str = ""
-) -> CallerDirectory:
-    """The directory of parsed callers plus `RERANK_AUTH_TOKENS`; a token, subject or SAN
-    held twice is an error naming both holders (never the token)."""
-    held: dict[str, dict[Any, Caller]] = {"token": {}, "subject": {}, "san": {}}
-    callers: dict[str, Caller] = {}
-    for entry in named:
-        callers[entry.caller.name] = caller = entry.caller
-        keys = [("token", entry.token_digest), ("subject", entry.subject)]
-        for key, value in [*keys, *(("san", san) for san in entry.sans)]:
-            if value is None or (holder := held[key].setdefault(value, caller)) is caller:
-                continue
-            said = {"token": "is the same token as", "subject": "is also the subject of"}
-            problem = f"{said.get(key, f'{value!r} is also a san of')} caller {holder.name!r}"
-            raise CallersFileError(
-                f"{_where(source)}: caller {caller.name!r}, key {key!r} {problem}"
-            )
-    unnamed = {hashlib.sha256(token.encode()).digest(): None for token in unnamed_tokens}
-    for digest in unnamed.keys() & held["token"].keys():
-        raise CallersFileError(
-            f"RERANK_AUTH_TOKENS holds the token of caller {held['token'][digest].name!r} of "
-            f"{source or 'the file'}: a token names one caller"
-        )
-    tokens: dict[bytes, Caller | None] = {**held["token"], **unnamed}
-    return CallerDirectory(tuple(tokens.items()), held["subject"], held["san"], callers)
 
 
 def load_directory(path: str | None, unnamed_tokens: Iterable[str] = ()) -> CallerDirectory:
@@ -210,15 +169,13 @@ def _where(source: str) -> str:
 
 def _within(text: str, exc: tomllib.TOMLDecodeError) -> str:
     """The caller (and key) whose table the line tomllib names falls in; never the text."""
-    caller = key = None
     position = re.search(r"at line (\d+)", str(exc))
     lines = text.splitlines()[: int(position.group(1)) if position else 0]
-    for line in lines:
-        if header := _TABLE_HEADER.match(line):
-            caller = header.group(1).strip()
-    if lines and (assignment := _LINE_KEY.match(lines[-1])):
-        key = assignment.group(1)
-    return f" in caller {caller!r}" + (f", key {key!r}" if key else "") if caller else ""
+    callers = [found.group(1).strip() for line in lines if (found := _TABLE_HEADER.match(line))]
+    key = _LINE_KEY.match(lines[-1]) if lines else None
+    if not callers:
+        return ""
+    return f" in caller {callers[-1]!r}" + (f", key {key.group(1)!r}" if key else "")
 
 
 class CallerRegistry:

@@ -338,14 +338,11 @@ def names(name: str) -> Names:
 
 def _parts(field: FieldInfo) -> tuple[Any, list[Any]]:
     """The type under the field's annotation (None's arm left out), and every constraint."""
-    kind, metadata = field.annotation, list(field.metadata)
-    while get_origin(kind) in (Annotated, Union, UnionType):
-        if get_origin(kind) is Annotated:
-            kind, *more = get_args(kind)
-            metadata += [m for x in more for m in (x.metadata if isinstance(x, FieldInfo) else [x])]
-        else:
-            kind = next(arm for arm in get_args(kind) if arm is not NoneType)
-    return kind, metadata
+    kind = field.annotation
+    if get_origin(kind) not in (Union, UnionType):
+        return kind, field.metadata
+    inner = FieldInfo.from_annotation(next(a for a in get_args(kind) if a is not NoneType))
+    return inner.annotation, [*field.metadata, *inner.metadata]
 
 
 def choices(field: FieldInfo) -> tuple[str, ...]:

@@ -13,10 +13,10 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -185,3 +185,45 @@ class CallerDirectory:
             if (caller := self._sans.get(san)) is not None:
                 return caller
         return None
+
+
+class CallersFileError(Exception):
+    """The callers file cannot be used: one line naming the file, the caller and the key."""
+
+
+@dataclass(frozen=True)
+class CallerEntry:
+    """A caller of the callers file, with the token digest, subject and SANs that name it."""
+
+    caller: Caller
+    token_digest: bytes | None
+    subject: str | None
+    sans: tuple[str, ...]
+
+
+def directory_of(
+    named: Iterable[CallerEntry], unnamed_tokens: Iterable[str] = (), *, source: str = ""
+) -> CallerDirectory:
+    """The directory of the callers file's callers (`source` names the file) plus
+    `RERANK_AUTH_TOKENS`: the one maker of its lookups. A token, subject or SAN held twice is
+    an error naming both holders (never the token)."""
+    held: dict[str, dict[Any, Caller]] = {"token": {}, "subject": {}, "san": {}}
+    callers: dict[str, Caller] = {}
+    for entry in named:
+        callers[entry.caller.name] = caller = entry.caller
+        keys = [("token", entry.token_digest), ("subject", entry.subject)]
+        for key, value in [*keys, *(("san", san) for san in entry.sans)]:
+            if value is None or (holder := held[key].setdefault(value, caller)) is caller:
+                continue
+            said = {"token": "is the same token as", "subject": "is also the subject of"}
+            problem = f"{said.get(key, f'{value!r} is also a san of')} caller {holder.name!r}"
+            where = f"RERANK_CALLERS_FILE {source}".rstrip()
+            raise CallersFileError(f"{where}: caller {caller.name!r}, key {key!r} {problem}")
+    unnamed = {hashlib.sha256(token.encode()).digest(): None for token in unnamed_tokens}
+    for digest in unnamed.keys() & held["token"].keys():
+        raise CallersFileError(
+            f"RERANK_AUTH_TOKENS holds the token of caller {held['token'][digest].name!r} of "
+            f"{source or 'the file'}: a token names one caller"
+        )
+    tokens: dict[bytes, Caller | None] = {**held["token"], **unnamed}
+    return CallerDirectory(tuple(tokens.items()), held["subject"], held["san"], callers)

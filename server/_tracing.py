@@ -145,3 +145,35 @@ def end_span(
     span.set_attributes(attributes)
     if code in SERVER_ERROR_CODES:
         span.set_status(Status(StatusCode.ERROR, reason or code.name))
+
+
+def traces_exported(environ: Mapping[str, str]) -> bool:
+    """Whether spans are exported. The SDK reads these variables itself: this only refuses, at
+    start, a value it cannot honour."""
+    from rerank.server._config import SettingError, is_http_url  # _config imports this module
+
+    def read(name: str) -> str:
+        return environ.get(name, "").strip()
+
+    exporter = read("OTEL_TRACES_EXPORTER").lower() or "otlp"
+    protocol = read("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or read("OTEL_EXPORTER_OTLP_PROTOCOL")
+    sampler = read("OTEL_TRACES_SAMPLER").lower()
+    ratio = read("OTEL_TRACES_SAMPLER_ARG") if SAMPLERS.get(sampler) else ""
+    endpoints = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    try:
+        fraction = 0 <= float(ratio or 0) <= 1
+    except ValueError:
+        fraction = False
+    if exporter not in ("otlp", "none"):
+        refused = f"OTEL_TRACES_EXPORTER must be otlp or none, got {exporter!r}"
+    elif protocol not in ("", "http/protobuf"):
+        refused = f"OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is supported, got {protocol!r}"
+    elif wrong := [name for name in endpoints if read(name) and not is_http_url(read(name))]:
+        refused = f"{wrong[0]} must be an http:// or https:// URL, got {read(wrong[0])!r}"
+    elif sampler not in ("", *SAMPLERS):
+        refused = f"OTEL_TRACES_SAMPLER must be one of {', '.join(SAMPLERS)}, got {sampler!r}"
+    elif not fraction:
+        refused = f"OTEL_TRACES_SAMPLER_ARG must be a number in [0, 1], got {ratio!r}"
+    else:
+        return exporter == "otlp" and any(map(read, endpoints))
+    raise SettingError(refused)

@@ -10,13 +10,8 @@ from pathlib import Path
 import pytest
 
 from rerank.server.__main__ import settings_from
-from rerank.server._callers import (
-    CallerRegistry,
-    CallersFileError,
-    directory_of,
-    load_directory,
-    parse_callers,
-)
+from rerank.server._callers import CallerRegistry, CallersFileError, load_directory, parse_callers
+from rerank.server._credentials import directory_of
 from rerank.server._domain import Caller
 from rerank.server._limits import CallerLimits
 
