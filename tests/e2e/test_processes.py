@@ -67,10 +67,18 @@ def test_make_run_then_the_cli(processes: list[Process]) -> None:
     results = json.loads(answered.stdout)["results"]
     assert [r["index"] for r in results] == [0, 1]  # Paris, then Berlin, as the CLI ranks them
 
-    scrape = Scrape.at(metrics_url)
+    # A call is counted once its answer is on its way, so the client may read the answer
+    # first: wait for both counts, then check that each call counted once.
     rerank = {"grpc_method": "rerank.v1.RerankService/Rerank", "grpc_status": "OK"}
-    assert scrape.total("grpc_server_call_duration_seconds_count", **rerank) == 1
     cohere = {"grpc_method": "/v2/rerank", "grpc_status": "OK"}
+
+    def counted() -> Scrape | None:
+        scrape = Scrape.at(metrics_url)
+        calls = "grpc_server_call_duration_seconds_count"
+        return scrape if scrape.total(calls, **rerank) and scrape.total(calls, **cohere) else None
+
+    scrape = until(counted, "both calls counted")
+    assert scrape.total("grpc_server_call_duration_seconds_count", **rerank) == 1
     assert scrape.total("grpc_server_call_duration_seconds_count", **cohere) == 1
 
 
