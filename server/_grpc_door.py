@@ -27,7 +27,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, M
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 
 from rerank.server._admission import CallPlaces
@@ -161,10 +161,9 @@ class GrpcDoor:
             if isinstance(answer, ErrorAnswer):  # an incident
                 await _abort(context, answer, call.request_id)
             context.set_trailing_metadata(((_REQUEST_ID, call.request_id),))
-            state.sent = len(answer)
-            return answer
+            return state.sent_as_bytes(answer)
 
-        return self._door(method, self._places, serve, _identity)
+        return self._door(method, self._places, serve, _serialized)
 
     def _plain(self, method: str, handler: MethodHandler) -> MethodHandler:
         """A health or reflection method on the shorter path, whatever its shape."""
@@ -299,6 +298,10 @@ async def _only(requests: AsyncIterable[bytes]) -> bytes:
 
 def _identity(value: Any) -> Any:
     return value
+
+
+def _serialized(message: Message) -> bytes:
+    return message.SerializeToString()
 
 
 class _Call:

@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 import orjson
 from connectrpc.request import RequestContext
+from google.protobuf.message import Message
 
 from rerank.server._admission import CallPlaces
 from rerank.server._calls import CallRecord
@@ -290,7 +291,7 @@ class HttpDoor:
             _PEER,
             exchange.trace,
         )
-        if isinstance(answer, bytes):
+        if isinstance(answer, Message):
             data = dialect.answer(answer, call)
             exchange.sent = len(data)
             await _write(send, 200, exchange.headers, data)
@@ -344,9 +345,9 @@ class HttpDoor:
             _PEER,
             exchange.trace,
         )
-        if isinstance(answer, bytes):
-            exchange.sent = len(answer)
-            return ctx.method.output.FromString(answer)
+        if isinstance(answer, Message):
+            exchange.sent = answer.ByteSize()
+            return answer
         exchange.code, message = _code_and_message(answer)
         raise connect_error(answer, exchange.code, message)
 
