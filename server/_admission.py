@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 from rerank.server._errors import Overloaded
@@ -33,24 +35,28 @@ class Admission:
         self.calls = 0
         self.bytes = 0
 
-    def admit(self, request_bytes: int) -> Held:
+    @contextmanager
+    def admit(self, request_bytes: int) -> Iterator[None]:
         """Hold a place for a call of `request_bytes` (0 for a BatchRerank's request: `hold`
-        counted them) until the `Held` is exited, or raise `Overloaded`."""
+        counted them), or raise `Overloaded`."""
         if self.calls >= self._max_calls:
             self._metrics.refused("concurrent_calls")
             raise Overloaded(
                 f"the server is at its limit of {self._max_calls} concurrent calls; retry later"
             )
-        held = self.hold(request_bytes)
-        self.calls += 1
-        self._metrics.admitted(1)
-        held.calls = 1
-        return held
+        with self.hold(request_bytes):
+            self.calls += 1
+            self._metrics.admitted(1)
+            try:
+                yield
+            finally:
+                self.calls -= 1
+                self._metrics.admitted(-1)
 
-    def hold(self, request_bytes: int) -> Held:
+    @contextmanager
+    def hold(self, request_bytes: int) -> Iterator[None]:
         """Count what a call of `request_bytes` holds, without a place (a BatchRerank's, for
-        all its requests), until the `Held` is exited, or raise `Overloaded`. One heavier
-        than the limit runs alone."""
+        all its requests), or raise `Overloaded`. One heavier than the limit runs alone."""
         size = request_bytes * HELD_PER_REQUEST_BYTE
         if size and self.bytes and self.bytes + size > self._max_bytes:
             self._metrics.refused("inflight_bytes")
@@ -59,29 +65,10 @@ class Admission:
                 f"(a call holds about {HELD_PER_REQUEST_BYTE}x its request's bytes); retry later"
             )
         self.bytes += size
-        return Held(self, size)
-
-
-class Held:
-    """What one call holds of an `Admission`, given back when the `with` block it is used in
-    ends. A plain class: a generator's context manager costs a call several times as much."""
-
-    __slots__ = ("_admission", "calls", "size")
-
-    def __init__(self, admission: Admission, size: int) -> None:
-        self._admission = admission
-        self.size = size
-        self.calls = 0
-
-    def __enter__(self) -> None:
-        pass
-
-    def __exit__(self, *_: object) -> None:
-        admission = self._admission
-        admission.bytes -= self.size
-        if self.calls:
-            admission.calls -= 1
-            admission._metrics.admitted(-1)
+        try:
+            yield
+        finally:
+            self.bytes -= size
 
 
 class CallPlaces:

@@ -168,22 +168,21 @@ def response_to_proto(
             f"the gateway's warnings and metadata take {extras} bytes; an answer carries at "
             f"most {RESPONSE_EXTRAS_BYTES} besides its ranking"
         )
-    add = response.ranking.add
-    if sent is None:
+    if isinstance(sent, tuple):  # texts, written into each entry: no message made and copied
         for item in ranking:
-            add(original_index=item.index, score=item.score)
-    elif isinstance(sent, tuple):  # texts, written into each entry: no message made and copied
-        for item in ranking:
-            add(original_index=item.index, score=item.score).document.text = sent[item.index]
-    else:
-        # Each entry built whole, then added: an object copied into an entry in place did not
-        # always keep its Struct's fields in the order they came.
-        response.ranking.extend(
-            pb.RankedDocument(
-                original_index=item.index, score=item.score, document=sent[item.index]
-            )
-            for item in ranking
+            entry = response.ranking.add(original_index=item.index, score=item.score)
+            entry.document.text = sent[item.index]
+        return response
+    # Each entry built whole, then added: an object copied into an entry in place did not
+    # always keep its Struct's fields in the order they came.
+    response.ranking.extend(
+        pb.RankedDocument(
+            original_index=item.index,
+            score=item.score,
+            document=None if sent is None else sent[item.index],
         )
+        for item in ranking
+    )
     return response
 
 
