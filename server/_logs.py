@@ -45,7 +45,9 @@ ACCESS_FIELDS = (
 
 def configure_logging(level: str, log_format: str) -> None:
     """Send every record to stderr in `log_format` (`text` or `json`) from `level` up."""
-    logging.basicConfig(level=level, handlers=[LineHandler(log_format)], force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     # Neither format shows a thread's or a process's name: not looking them up for every
     # record is a tenth of an access-log line's cost.
     logging.logThreads = False
@@ -104,36 +106,17 @@ class TextFormatter(logging.Formatter):
         return f"{self._second[1]},{int(record.msecs):03d}"  # as default_msec_format
 
 
-class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """`configure_logging`'s handler: every record to stderr in `log_format`. Access-log lines
-    (`access_line`) are formatted from one record made once, changed for each line: a record
-    made, and passed through `logging`'s handling, per line would double the line's cost."""
-
-    def __init__(self, log_format: str) -> None:
-        super().__init__(sys.stderr)
-        self.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
-        self._access = logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "", (), None)
-
-    def access_line(self, message: str, fields: Mapping[str, Any]) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            record = self._access
-            record.created = created = time.time()
-            record.msecs = int((created - int(created)) * 1000) + 0.0  # as LogRecord's own
-            record.msg, record.process, record.fields = message, os.getpid(), fields
-            self.stream.write(self.format(record) + self.terminator)
-            self.stream.flush()
-
-
-def _sole_line_handler(logger: logging.Logger) -> LineHandler | None:
-    """The handler that alone would write `logger`'s INFO records, when it is a `LineHandler`
-    and nothing filters them; else None (a test's capturing handler, or any other)."""
+def _sole_stream_handler(logger: logging.Logger) -> logging.Handler | None:
+    """The handler that alone would take `logger`'s INFO records, when it is a plain
+    `StreamHandler` (`configure_logging`'s: it writes a record and keeps nothing of it) and
+    nothing filters them; else None (a test's capturing handler, or any other)."""
     handlers: list[logging.Handler] = []
     current: logging.Logger | None = logger
     while current is not None:
         handlers += current.handlers
         current = current.parent if current.propagate else None
     sole = handlers[0] if len(handlers) == 1 else None
-    if isinstance(sole, LineHandler) and sole.level <= logging.INFO:
+    if type(sole) is logging.StreamHandler and sole.level <= logging.INFO:
         return None if logger.filters or sole.filters else sole
     return None
 
@@ -162,6 +145,10 @@ class AccessLog:
         self._logger = logging.getLogger(ACCESS_LOGGER)
         self._success_sample = success_sample
         self._rng = rng or random.Random()
+        # The record of every line a plain stream handler writes alone, changed for each line
+        # (lines are written from the event loop's thread only): a record made, and passed
+        # through the logger's handling, per line would double the line's cost.
+        self._record = logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "", (), None)
 
     def write(
         self,
@@ -201,8 +188,12 @@ class AccessLog:
             "cost": None if call.cost is None else str(call.cost),
         }
         message = f"{method} {code.name} {seconds * 1000:.1f} ms"
-        if (handler := _sole_line_handler(logger)) is not None:
-            handler.access_line(message, fields)
+        if (handler := _sole_stream_handler(logger)) is not None:
+            record = self._record
+            record.created = created = time.time()
+            record.msecs = int((created - int(created)) * 1000) + 0.0  # as LogRecord's own
+            record.msg, record.process, record.fields = message, os.getpid(), fields
+            handler.handle(record)
             return
         # makeRecord and handle rather than info(): the same record, without the stack walk
         # info() makes to find the caller's line (a fifth of an access line's cost).
