@@ -24,10 +24,11 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from operator import methodcaller
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
 from rerank.server._admission import CallPlaces
@@ -163,7 +164,7 @@ class GrpcDoor:
             context.set_trailing_metadata(((_REQUEST_ID, call.request_id),))
             return state.sent_as_bytes(answer)
 
-        return self._door(method, self._places, serve, _serialized)
+        return self._door(method, self._places, serve, methodcaller("SerializeToString"))
 
     def _plain(self, method: str, handler: MethodHandler) -> MethodHandler:
         """A health or reflection method on the shorter path, whatever its shape."""
@@ -298,10 +299,6 @@ async def _only(requests: AsyncIterable[bytes]) -> bytes:
 
 def _identity(value: Any) -> Any:
     return value
-
-
-def _serialized(message: Message) -> bytes:
-    return message.SerializeToString()
 
 
 class _Call:

@@ -107,9 +107,8 @@ class TextFormatter(logging.Formatter):
 
 
 def _sole_stream_handler(logger: logging.Logger) -> logging.Handler | None:
-    """The handler that alone would take `logger`'s INFO records, when it is a plain
-    `StreamHandler` (`configure_logging`'s: it writes a record and keeps nothing of it) and
-    nothing filters them; else None (a test's capturing handler, or any other)."""
+    """The handler that alone takes `logger`'s INFO records, unfiltered, when it is a plain
+    `StreamHandler` (`configure_logging`'s, which keeps nothing of a record); else None."""
     handlers: list[logging.Handler] = []
     current: logging.Logger | None = logger
     while current is not None:
@@ -139,15 +138,14 @@ def _call_ids() -> dict[str, str]:
 
 
 class AccessLog:
-    """Writes the access-log record of each call (`rerank.access`)."""
+    """Writes the access-log record of each call (`rerank.access`). A plain stream handler that
+    alone takes them is handed one record, made once and changed for each line (lines come from
+    the event loop's thread only): one made per line would double the line's cost."""
 
     def __init__(self, success_sample: float = 1.0, rng: random.Random | None = None) -> None:
         self._logger = logging.getLogger(ACCESS_LOGGER)
         self._success_sample = success_sample
         self._rng = rng or random.Random()
-        # The record of every line a plain stream handler writes alone, changed for each line
-        # (lines are written from the event loop's thread only): a record made, and passed
-        # through the logger's handling, per line would double the line's cost.
         self._record = logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "", (), None)
 
     def write(
