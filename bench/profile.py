@@ -57,6 +57,11 @@ IDLE = frozenset(
         "sem_wait",
     }
 )
+#: Python frames that only wait, whatever native frame py-spy finds under them (an unnamed libc
+#: address, under the metrics endpoint's `serve_forever`): a selector's `select`.
+IDLE_CALLERS = frozenset(
+    {"_PollLikeSelector.select", "EpollSelector.select", "SelectSelector.select"}
+)
 
 
 def _py_spy() -> str:
@@ -96,7 +101,8 @@ def top_frames(collapsed: str, top: int = TOP) -> str:
             continue
         count = int(count_text)
         frames = [_LINE.sub(")", frame) for frame in stack.strip().split(";")]
-        if frames[-1].split(" (", 1)[0] in IDLE:
+        names = [frame.split(" (", 1)[0] for frame in frames]
+        if names[-1] in IDLE or IDLE_CALLERS.intersection(names):
             idle += count
             continue
         samples += count

@@ -244,13 +244,7 @@ class CachingReranker(RerankerLayer):
         # Not this caller's deadline: callers who join later may wait longer.
         flight = _Flight(asyncio.ensure_future(self._fetch(key, query, self._upstream_timeout)))
         self._flights[key] = flight
-
-        def landed(task: asyncio.Future[RerankOutcome]) -> None:
-            if not task.cancelled():
-                task.exception()  # read, so that an error no waiter is left for is not logged
-            self._forget(key, flight)
-
-        flight.task.add_done_callback(landed)
+        flight.task.add_done_callback(lambda _: self._forget(key, flight))
         return flight
 
     async def _fetch(self, key: bytes, query: RerankQuery, timeout: float) -> RerankOutcome:
@@ -271,6 +265,8 @@ class CachingReranker(RerankerLayer):
             if flight.waiters == 0 and not flight.task.done():
                 self._forget(key, flight)
                 flight.task.cancel()
+            elif flight.waiters == 0 and not flight.task.cancelled():
+                flight.task.exception()  # read: an error no waiter is left for is not logged
         if not flight.task.done():
             raise UpstreamTimeout(f"the gateway did not answer within {timeout:.3g} s")
         outcome = flight.task.result()

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 import sys
 import time
@@ -48,10 +47,6 @@ def configure_logging(level: str, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    # Neither format shows a thread's or a process's name: not looking them up for every
-    # record is a tenth of an access-log line's cost.
-    logging.logThreads = False
-    logging.logMultiprocessing = False
 
 
 class JsonFormatter(logging.Formatter):
@@ -193,7 +188,7 @@ class AccessLog:
             record = self._record
             record.created = created = time.time()
             record.msecs = int((created - int(created)) * 1000) + 0.0  # as LogRecord's own
-            record.msg, record.process = message, os.getpid()
+            record.msg = message  # its process: this one, made here (after any fork)
         # No source line (pathname "", line 0): the record is the call's, not this line's.
         record.fields = fields
         (logger if handler is None else handler).handle(record)

@@ -6,8 +6,7 @@ context, the time left. It makes the call's record with `arrive` and hands the r
 `answer`, which, in this order: opens the server span (continuing the caller's W3C trace
 context), names the caller (a bearer token, or a client certificate that names one), runs the
 method, and writes the access-log line. The door gets back the answer's message, or the error to
-answer with (a `RerankError`, or the `ErrorAnswer` of a bug), and writes it as its protocol does
-(gRPC's serialized, an HTTP dialect's as its JSON: never serialized only to be read again).
+answer with (a `RerankError`, or the `ErrorAnswer` of a bug), and writes it as its protocol does.
 
 The method is a function of the call's `CallRecord` and the request's bytes: the record is the
 call's one state, handed down (`rerank.server._calls`).

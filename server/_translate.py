@@ -38,8 +38,6 @@ from rerank.server._errors import (
 from rerank.server._limits import DailyUsage, bucket_size
 from rerank.v1 import rerank_service_pb2 as pb
 
-#: The documents an answer echoes: a request's texts, or its (object) documents.
-SentDocuments = tuple[str, ...] | Sequence[pb.Document]
 #: A request message `decoded` makes from the bytes gRPC received.
 Decoded = TypeVar(
     "Decoded", pb.RerankRequest, pb.BatchRerankRequest, pb.ListModelsRequest, pb.GetUsageRequest
@@ -67,7 +65,7 @@ def query_from_bytes(
     return query_from_proto(request, default_model, limits), echoes_documents(request)
 
 
-def sent_documents(query: RerankQuery, data: bytes) -> SentDocuments:
+def sent_documents(query: RerankQuery, data: bytes) -> tuple[str, ...] | Sequence[pb.Document]:
     """The request's documents exactly as sent: texts, the query's own strings; objects, the
     request decoded again (a Struct's -0.0 or empty Value would not survive the JSON the query
     holds)."""
@@ -147,7 +145,7 @@ def response_to_proto(
     model: str,
     ranking: Sequence[Ranked],
     outcome: RerankOutcome,
-    sent: SentDocuments | None,
+    sent: tuple[str, ...] | Sequence[pb.Document] | None,
 ) -> pb.RerankResponse:
     """The RerankResponse, each ranked document echoed from `sent` (None: none). Extras beyond
     `RESPONSE_EXTRAS_BYTES`, the allowance the send limit is sized with, are the gateway's
