@@ -30,7 +30,6 @@ from typing import Any
 import grpc
 import orjson
 from connectrpc.request import RequestContext
-from google.protobuf.message import Message
 
 from rerank.server._admission import CallPlaces
 from rerank.server._calls import CallRecord
@@ -291,7 +290,7 @@ class HttpDoor:
             _PEER,
             exchange.trace,
         )
-        if isinstance(answer, Message):
+        if not isinstance(answer, RerankError | ErrorAnswer):
             data = dialect.answer(answer, call)
             exchange.sent = len(data)
             await _write(send, 200, exchange.headers, data)
@@ -345,7 +344,7 @@ class HttpDoor:
             _PEER,
             exchange.trace,
         )
-        if isinstance(answer, Message):
+        if not isinstance(answer, RerankError | ErrorAnswer):
             exchange.sent = answer.ByteSize()
             return answer
         exchange.code, message = _code_and_message(answer)
