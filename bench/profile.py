@@ -1,12 +1,12 @@
 """`python -m bench.profile` (`make profile`): where a proxied call's CPU goes, as py-spy sees it.
 
 The cell profiled is the headline's: proxied Rerank calls of 20 documents (every query new, so
-every call misses the cache and goes upstream), C=32, one worker with metrics on, the access
-log and tracing at their defaults, the mock gateway in a process of its own. While the load
-runs, py-spy samples the server's process twice, one recording after the other: once for the
-flame graph (`--format flamegraph`, SVG) and once for the raw collapsed stacks, from which the
-top frames by self time are computed. Both record native frames too (`--native`: grpc's C core,
-the JSON codecs, the interpreter's own work).
+every call misses the cache and goes upstream; `--cache-off`: the cache off), C=32, one worker
+with metrics on, the access log and tracing at their defaults, the mock gateway in a process of
+its own. While the load runs, py-spy samples the server's process twice, one recording after
+the other: once for the flame graph (`--format flamegraph`, SVG) and once for the raw collapsed
+stacks, from which the top frames by self time are computed. Both record native frames too
+(`--native`: grpc's C core, the JSON codecs, the interpreter's own work).
 
 Writes to bench/results/: `profile.svg`, `profile.txt` (the collapsed stacks) and
 `profile-top.txt` (frames by self time, and by time with children). py-spy attaches through
@@ -57,6 +57,11 @@ IDLE = frozenset(
         "sem_wait",
     }
 )
+#: Python frames that only wait, whatever native frame py-spy finds under them (an unnamed libc
+#: address, under the metrics endpoint's `serve_forever`): a selector's `select`.
+IDLE_CALLERS = frozenset(
+    {"_PollLikeSelector.select", "EpollSelector.select", "SelectSelector.select"}
+)
 
 
 def _py_spy() -> str:
@@ -96,7 +101,8 @@ def top_frames(collapsed: str, top: int = TOP) -> str:
             continue
         count = int(count_text)
         frames = [_LINE.sub(")", frame) for frame in stack.strip().split(";")]
-        if frames[-1].split(" (", 1)[0] in IDLE:
+        names = [frame.split(" (", 1)[0] for frame in frames]
+        if names[-1] in IDLE or IDLE_CALLERS.intersection(names):
             idle += count
             continue
         samples += count
@@ -114,7 +120,7 @@ def top_frames(collapsed: str, top: int = TOP) -> str:
     return "\n".join([waits, "", *table("self time", own), "", *table("total time", total)]) + "\n"
 
 
-async def _profile(out: Path, seconds: float, rate: int) -> dict[str, object]:
+async def _profile(out: Path, seconds: float, rate: int, cache: bool) -> dict[str, object]:
     svg, raw, top = out / "profile.svg", out / "profile.txt", out / "profile-top.txt"
     with contextlib.ExitStack() as stack:
         mock = stack.enter_context(mock_gateway(out / "profile-mock.log"))
@@ -128,7 +134,7 @@ async def _profile(out: Path, seconds: float, rate: int) -> dict[str, object]:
                 ],
                 r"rerank server listening on (\S+:\d+)",
                 out / "profile-server.log",
-                env=_proxied_server_env(),
+                env=_proxied_server_env(cache),
             )
         )
         config = CellConfig(
@@ -174,9 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each recording")
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
+    parser.add_argument(
+        "--cache-off",
+        action="store_true",
+        help="the result cache off (RERANK_CACHE_MAX_BYTES=0) instead of on, every call a miss",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    found = asyncio.run(_profile(args.out, args.seconds, args.rate))
+    found = asyncio.run(_profile(args.out, args.seconds, args.rate, not args.cache_off))
     cell = found["cell"]
     assert isinstance(cell, dict)
     print(

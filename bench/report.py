@@ -587,10 +587,14 @@ def _against_title(results: dict[str, Any]) -> str:
 
 def _miss_path(results: dict[str, Any]) -> str:
     cell = results["cell"]
+    cache = (
+        "the result cache on, every call a query of its own, so that it never answers"
+        if cell.get("cache", True)
+        else "the result cache off (RERANK_CACHE_MAX_BYTES=0)"
+    )
     return (
         f"proxied cell, {cell['documents']} documents, C={cell['concurrency']}, one worker each, "
-        "miss path: every call carries a query of its own, so the result cache never answers "
-        "and every call goes upstream to the mock"
+        f"miss path: {cache}; every call goes upstream to the mock"
     )
 
 

@@ -248,10 +248,12 @@ def _bare_proxy(log: Path, mock_url: str) -> Service:
     )
 
 
-def _proxied_server_env() -> dict[str, str]:
+def _proxied_server_env(cache: bool = True) -> dict[str, str]:
     """The environment of a server under measurement: the server's defaults otherwise, so
-    that its CPU per call is what it costs as shipped."""
-    return {"AI_GATEWAY_API_KEY": API_KEY, "RERANK_GRACE_PERIOD": "2", "RERANK_DRAIN_DELAY": "0"}
+    that its CPU per call is what it costs as shipped. `cache` False: the result cache off
+    (`RERANK_CACHE_MAX_BYTES=0`), so that no part of it runs for a call."""
+    env = {"AI_GATEWAY_API_KEY": API_KEY, "RERANK_GRACE_PERIOD": "2", "RERANK_DRAIN_DELAY": "0"}
+    return env if cache else env | {"RERANK_CACHE_MAX_BYTES": "0"}
 
 
 async def _run(plan: Plan, out: Path) -> dict[str, Any]:
@@ -636,6 +638,8 @@ class AgainstCell:
 
     documents: int = 20
     concurrency: int = 32
+    #: The result cache on (every call a miss: each query is new) or off (`--cache-off`).
+    cache: bool = True
 
 
 async def _run_against(
@@ -653,7 +657,7 @@ async def _run_against(
     started = time.monotonic()
     started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     machine = _machine()
-    stem = f"against-{ref.short}"
+    stem = f"against-{ref.short}" + ("" if cell.cache else "-cache-off")
     runs: list[dict[str, Any]] = []
     pair_rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
@@ -669,7 +673,7 @@ async def _run_against(
                     ],
                     r"rerank server listening on (\S+:\d+)",
                     out / f"{stem}-server-{side}.log",
-                    env=_proxied_server_env(),
+                    env=_proxied_server_env(cell.cache),
                     python=python,
                 )
                 if python is not None
@@ -886,6 +890,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help=f"--against: calls in flight (default {AgainstCell.concurrency})",
     )
+    parser.add_argument(
+        "--cache-off",
+        action="store_true",
+        help="--against, --floor: servers with the result cache off (RERANK_CACHE_MAX_BYTES=0) "
+        "instead of on with every call a miss",
+    )
     args = parser.parse_args(argv)
     if args.floor and args.against is not None:
         parser.error("--floor and --against each choose what the pairs compare: one of them")
@@ -894,9 +904,12 @@ def main(argv: list[str] | None = None) -> int:
     if (
         args.against is None
         and not args.floor
-        and (args.pairs, args.documents, args.concurrency) != (None,) * 3
+        and ((args.pairs, args.documents, args.concurrency) != (None,) * 3 or args.cache_off)
     ):
-        parser.error("--pairs, --documents and --concurrency apply to --against and --floor only")
+        parser.error(
+            "--pairs, --documents, --concurrency and --cache-off apply to --against and --floor"
+            " only"
+        )
     if any(
         value is not None and value < 1 for value in (args.pairs, args.documents, args.concurrency)
     ):
@@ -929,9 +942,10 @@ def _main_against(plan: Plan, ref: against.Ref, args: argparse.Namespace) -> int
     cell = AgainstCell(
         documents=args.documents or AgainstCell.documents,
         concurrency=args.concurrency or AgainstCell.concurrency,
+        cache=not args.cache_off,
     )
     pairs = args.pairs or plan.against_pairs
-    stem = f"against-{ref.short}"
+    stem = f"against-{ref.short}" + ("" if cell.cache else "-cache-off")
     print(
         f"bench: plan {plan.name}, this checkout against {ref.name} ({ref.short}), "
         f"{pairs} pair(s), writing {stem}.{{json,md}}",

@@ -256,19 +256,20 @@ class CachingReranker(RerankerLayer):
     async def _join(self, key: bytes, flight: _Flight, timeout: float) -> RerankOutcome:
         flight.waiters += 1
         try:
-            async with asyncio.timeout(timeout) as own_deadline:
-                # shield: a waiter leaving must not cancel the call the others wait for...
-                outcome = await asyncio.shield(flight.task)
-        except TimeoutError:
-            if not own_deadline.expired():
-                raise
-            raise UpstreamTimeout(f"the gateway did not answer within {timeout:.3g} s") from None
+            # Waited on, not awaited: a waiter leaving, by its deadline or cancelled, does not
+            # cancel the call the others wait for...
+            await asyncio.wait((flight.task,), timeout=timeout)
         finally:
             flight.waiters -= 1
             # ...but when the last one leaves, nobody needs it.
             if flight.waiters == 0 and not flight.task.done():
                 self._forget(key, flight)
                 flight.task.cancel()
+            elif flight.waiters == 0 and not flight.task.cancelled():
+                flight.task.exception()  # read: an error no waiter is left for is not logged
+        if not flight.task.done():
+            raise UpstreamTimeout(f"the gateway did not answer within {timeout:.3g} s")
+        outcome = flight.task.result()
         if flight.charged:
             return dataclasses.replace(outcome, cached=True, usage=FREE)
         flight.charged = True

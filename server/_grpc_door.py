@@ -24,6 +24,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from operator import methodcaller
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -161,10 +162,9 @@ class GrpcDoor:
             if isinstance(answer, ErrorAnswer):  # an incident
                 await _abort(context, answer, call.request_id)
             context.set_trailing_metadata(((_REQUEST_ID, call.request_id),))
-            state.sent = len(answer)
-            return answer
+            return state.sent_as_bytes(answer)
 
-        return self._door(method, self._places, serve, _identity)
+        return self._door(method, self._places, serve, methodcaller("SerializeToString"))
 
     def _plain(self, method: str, handler: MethodHandler) -> MethodHandler:
         """A health or reflection method on the shorter path, whatever its shape."""

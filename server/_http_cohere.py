@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import orjson
@@ -94,9 +94,9 @@ def cohere_handler(
     return handle
 
 
-def cohere_answer(version: int, answer: bytes, documents: int | None) -> bytes:
-    """A RerankResponse's bytes as Cohere's JSON answer (`documents`: how many were sent)."""
-    response = pb.RerankResponse.FromString(answer)
+def cohere_answer(version: int, answer: Message, documents: int | None) -> bytes:
+    """A RerankResponse as Cohere's JSON answer (`documents`: how many were sent)."""
+    response = cast(pb.RerankResponse, answer)
     results = []
     for ranked in response.ranking:
         result: dict[str, Any] = {"index": ranked.original_index, "relevance_score": ranked.score}

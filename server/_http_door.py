@@ -290,7 +290,7 @@ class HttpDoor:
             _PEER,
             exchange.trace,
         )
-        if isinstance(answer, bytes):
+        if not isinstance(answer, RerankError | ErrorAnswer):
             data = dialect.answer(answer, call)
             exchange.sent = len(data)
             await _write(send, 200, exchange.headers, data)
@@ -344,9 +344,9 @@ class HttpDoor:
             _PEER,
             exchange.trace,
         )
-        if isinstance(answer, bytes):
-            exchange.sent = len(answer)
-            return ctx.method.output.FromString(answer)
+        if not isinstance(answer, RerankError | ErrorAnswer):
+            exchange.sent = answer.ByteSize()
+            return answer
         exchange.code, message = _code_and_message(answer)
         raise connect_error(answer, exchange.code, message)
 

@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 import msgspec
@@ -105,7 +106,7 @@ class JsonCall:
 
     method: str
     handler: Handler
-    answer: Callable[[bytes, CallRecord], bytes]
+    answer: Callable[[Message, CallRecord], bytes]
     error: Callable[[RerankError | None, grpc.StatusCode, str], tuple[int, Headers, bytes]]
 
 
@@ -186,18 +187,17 @@ def caller_team(headers: Mapping[str, str]) -> str | None:
     return team
 
 
-def rerank_answer(version: ProtocolVersion, answer: bytes) -> bytes:
-    """A RerankResponse's bytes as the gateway's 200 body (spec §3): its ranking, its
+def rerank_answer(version: ProtocolVersion, answer: Message) -> bytes:
+    """A RerankResponse as the gateway's 200 body (spec §3): its ranking, its
     warnings as `version` allows them, its provider metadata (`gateway.cost` the call's total
     over every window)."""
-    response = pb.RerankResponse.FromString(answer)
+    response = cast(pb.RerankResponse, answer)
     warnings = []
     for said in response.warnings:
-        kind = _WARNING_KINDS.get(said.type, "other")
+        kind, message = _WARNING_KINDS.get(said.type, "other"), said.message
         if kind not in version.warning_types:  # a v3 SDK would refuse the whole answer
-            said.message = f"{kind} setting {said.setting!r}: {said.message}"
-            kind = "other"
-        warnings.append(warning(kind, said.feature, said.details, said.message, said.setting))
+            kind, message = "other", f"{kind} setting {said.setting!r}: {message}"
+        warnings.append(warning(kind, said.feature, said.details, message, said.setting))
     metadata = (
         from_struct(response.provider_metadata) if response.HasField("provider_metadata") else None
     )
@@ -205,9 +205,9 @@ def rerank_answer(version: ProtocolVersion, answer: bytes) -> bytes:
     return _ENCODE.encode(RerankAnswer(ranking, warnings or None, metadata or None))
 
 
-def config_answer(version: ProtocolVersion, answer: bytes) -> bytes:
-    """A ListModelsResponse's bytes as the body of `GET /config` (spec §6)."""
-    models = pb.ListModelsResponse.FromString(answer).models
+def config_answer(version: ProtocolVersion, answer: Message) -> bytes:
+    """A ListModelsResponse as the body of `GET /config` (spec §6)."""
+    models = cast(pb.ListModelsResponse, answer).models
     listed = [
         config_model(
             version, model.id, model.name, model.description or None, dict(model.pricing) or None

@@ -5,7 +5,7 @@ bytes and what travels beside them: the request id, the caller's `authorization`
 context, the time left. It makes the call's record with `arrive` and hands the rest to
 `answer`, which, in this order: opens the server span (continuing the caller's W3C trace
 context), names the caller (a bearer token, or a client certificate that names one), runs the
-method, and writes the access-log line. The door gets back the answer's bytes, or the error to
+method, and writes the access-log line. The door gets back the answer's message, or the error to
 answer with (a `RerankError`, or the `ErrorAnswer` of a bug), and writes it as its protocol does.
 
 The method is a function of the call's `CallRecord` and the request's bytes: the record is the
@@ -53,9 +53,9 @@ class Peer(Protocol):
     def auth_context(self) -> Mapping[str, Iterable[bytes]]: ...
 
 
-#: What `answer` gives back: the answer's bytes, or the failure to answer with (the answer to a
-#: bug tells the caller its incident id, never the exception).
-Answer = bytes | RerankError | ErrorAnswer
+#: What `answer` gives back: the answer's message, or the failure to answer with (the answer to
+#: a bug tells the caller its incident id, never the exception).
+Answer = Message | RerankError | ErrorAnswer
 
 
 class Pipeline:
@@ -133,7 +133,7 @@ class Pipeline:
         try:
             if self._callers is not None:
                 call.caller = self.identify(method, authorization, peer)
-            return (await handler(call, data)).SerializeToString()
+            return await handler(call, data)
         except RerankError as error:
             code = status_code_for(error)
             call.reason = error.reason

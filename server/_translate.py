@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TypeVar, cast
@@ -65,15 +65,13 @@ def query_from_bytes(
     return query_from_proto(request, default_model, limits), echoes_documents(request)
 
 
-def sent_documents(query: RerankQuery, data: bytes) -> Callable[[int], pb.Document]:
-    """The request's document at an index, exactly as sent: a text from the query's own string,
-    an object from the request decoded again (a Struct's -0.0 or empty Value would not survive
-    the JSON the query holds). Each entry is built whole, then added: copied into an entry
-    in place instead, a Struct's fields were not always written back in the order they came."""
+def sent_documents(query: RerankQuery, data: bytes) -> tuple[str, ...] | Sequence[pb.Document]:
+    """The request's documents exactly as sent: texts, the query's own strings; objects, the
+    request decoded again (a Struct's -0.0 or empty Value would not survive the JSON the query
+    holds)."""
     if query.kind == "text":
-        texts = cast(tuple[str, ...], query.documents)
-        return lambda index: pb.Document(text=texts[index])
-    return decoded(pb.RerankRequest, data).documents.__getitem__
+        return cast(tuple[str, ...], query.documents)
+    return decoded(pb.RerankRequest, data).documents
 
 
 def echoes_documents(request: pb.RerankRequest) -> bool:
@@ -147,9 +145,9 @@ def response_to_proto(
     model: str,
     ranking: Sequence[Ranked],
     outcome: RerankOutcome,
-    sent: Callable[[int], pb.Document] | None,
+    sent: tuple[str, ...] | Sequence[pb.Document] | None,
 ) -> pb.RerankResponse:
-    """The RerankResponse, each ranked document written by `sent` (None: none). Extras beyond
+    """The RerankResponse, each ranked document echoed from `sent` (None: none). Extras beyond
     `RESPONSE_EXTRAS_BYTES`, the allowance the send limit is sized with, are the gateway's
     `UpstreamProtocolError`."""
     response = pb.RerankResponse(
@@ -168,11 +166,18 @@ def response_to_proto(
             f"the gateway's warnings and metadata take {extras} bytes; an answer carries at "
             f"most {RESPONSE_EXTRAS_BYTES} besides its ranking"
         )
+    if isinstance(sent, tuple):  # texts, written into each entry: no message made and copied
+        for item in ranking:
+            entry = response.ranking.add(original_index=item.index, score=item.score)
+            entry.document.text = sent[item.index]
+        return response
+    # Each entry built whole, then added: an object copied into an entry in place did not
+    # always keep its Struct's fields in the order they came.
     response.ranking.extend(
         pb.RankedDocument(
             original_index=item.index,
             score=item.score,
-            document=None if sent is None else sent(item.index),
+            document=None if sent is None else sent[item.index],
         )
         for item in ranking
     )

@@ -31,3 +31,8 @@ def test_the_flame_graph_is_retitled_without_the_command_line() -> None:
     assert retitle(svg, "make profile") == (
         '<svg><text id="title" x="50%">make profile</text><text>x</text>'
     )
+
+
+def test_a_thread_waiting_in_a_selector_is_left_out_whatever_native_frame_it_shows() -> None:
+    stacks = STACKS + "serve (s.py:2);_PollLikeSelector.select (selectors.py:416);0x7f1 (libc) 5\n"
+    assert top_frames(stacks).startswith("95 samples of waiting threads left out")

@@ -117,8 +117,8 @@ def test_the_answer_keeps_v3s_warning_types() -> None:
         warnings=[pb.Warning(type=pb.Warning.TYPE_DEPRECATED, setting="topN", message="going")],
     )
     response.provider_metadata.update({"gateway": {"cost": "0.003"}})
-    v4 = json.loads(rerank_answer(PROTOCOL_V4, response.SerializeToString()))
-    v3 = json.loads(rerank_answer(PROTOCOL_V3, response.SerializeToString()))
+    v4 = json.loads(rerank_answer(PROTOCOL_V4, response))
+    v3 = json.loads(rerank_answer(PROTOCOL_V3, response))
     assert v4 == {
         "ranking": [{"index": 1, "relevanceScore": 0.5}],
         "warnings": [{"type": "deprecated", "setting": "topN", "message": "going"}],
@@ -134,7 +134,7 @@ def test_config_lists_pricing_only_when_the_sdk_can_read_it() -> None:
             pb.Model(id="cohere/rerank-v3.5", name="C", pricing={"search_unit": "0.002"}),
         ]
     )
-    listed = json.loads(config_answer(PROTOCOL_V3, models.SerializeToString()))["models"]
+    listed = json.loads(config_answer(PROTOCOL_V3, models))["models"]
     assert [m["pricing"] for m in listed] == [{"input": "1", "output": "0"}, None]
     assert listed[1] == {
         "id": "cohere/rerank-v3.5",

@@ -8,8 +8,10 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
+import grpc
 import pytest
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
@@ -21,10 +23,11 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from rerank.server import _logs
 from rerank.server.__main__ import settings_from
 from rerank.server._calls import CallRecord, close_call, open_call
 from rerank.server._config import Settings
-from rerank.server._logs import JsonFormatter, TextFormatter, configure_logging
+from rerank.server._logs import AccessLog, JsonFormatter, TextFormatter, configure_logging
 from rerank.server._tracing import (
     SAMPLERS,
     caller_context,
@@ -225,3 +228,38 @@ def test_text_keeps_the_classic_line_and_appends_an_access_records_fields() -> N
     assert formatter.format(access) == (
         "INFO rerank.access: m OK request_id=r1 model=- cached=false documents=3"
     )
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_an_access_line_written_without_a_record_is_the_line_the_formatter_makes(
+    root_logging: None, monkeypatch: pytest.MonkeyPatch, log_format: str
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging("INFO", log_format)
+    call = CallRecord("req-9", model="cohere/rerank-v3.5", documents=3, upstream_attempts=1)
+    call.cost = Decimal("0.001")
+    # Written by the handler itself: the logger's record handling is never reached.
+    monkeypatch.setattr(logging.Logger, "handle", _never)
+    monkeypatch.setattr(_logs.time, "time", lambda: 1_700_000_000.25)
+    span_context = SpanContext(TRACE_ID, SPAN_ID, is_remote=False)
+    AccessLog().write("rerank.v1.RerankService/Rerank", call, grpc.StatusCode.OK, span_context, 0.5)
+    [line] = stream.getvalue().splitlines()
+
+    # The same call through a capturing handler: a record, which the formatter writes.
+    captured: list[logging.LogRecord] = []
+    capture = logging.Handler()
+    capture.emit = captured.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(capture)
+    monkeypatch.undo()
+    AccessLog().write("rerank.v1.RerankService/Rerank", call, grpc.StatusCode.OK, span_context, 0.5)
+    [record] = captured
+    record.created, record.msecs = 1_700_000_000.25, 250.0
+    formatter = logging.getLogger().handlers[0].formatter
+    assert formatter is not None
+    assert line == formatter.format(record)
+    assert "request_id=req-9" in line or json.loads(line)["request_id"] == "req-9"
+
+
+def _never(*_: object) -> None:
+    raise AssertionError("an access line went through a LogRecord")
