@@ -21,26 +21,6 @@ from rerank.server._calls import CallRecord, current_call
 ACCESS_LOGGER = "rerank.access"
 TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 
-#: The access-log record's own fields, in this order, each always present (null when unknown).
-ACCESS_FIELDS = (
-    "request_id",
-    "trace_id",
-    "span_id",
-    "caller",
-    "method",
-    "model",
-    "documents",
-    "top_n",
-    "status",
-    "reason",
-    "incident",
-    "duration_ms",
-    "upstream_attempts",
-    "windows",
-    "cached",
-    "cost",
-)
-
 
 def configure_logging(level: str, log_format: str) -> None:
     """Send every record to stderr in `log_format` (`text` or `json`) from `level` up."""

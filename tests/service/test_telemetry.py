@@ -25,7 +25,7 @@ from opentelemetry.trace import StatusCode
 from rerank.server._app import RunningServer, start_server
 from rerank.server._config import Settings, Upstream
 from rerank.server._domain import ModelInfo, RerankOutcome, RerankQuery
-from rerank.server._logs import ACCESS_FIELDS, ACCESS_LOGGER
+from rerank.server._logs import ACCESS_LOGGER
 from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
@@ -33,6 +33,25 @@ from tests.scripted_http import ScriptedServer
 from tests.service.calls import access_records
 from tests.service.gateways import rank_in_order
 
+#: The access-log record's own fields, in this order, each always present (null when unknown).
+ACCESS_FIELDS = (
+    "request_id",
+    "trace_id",
+    "span_id",
+    "caller",
+    "method",
+    "model",
+    "documents",
+    "top_n",
+    "status",
+    "reason",
+    "incident",
+    "duration_ms",
+    "upstream_attempts",
+    "windows",
+    "cached",
+    "cost",
+)
 SETTINGS = Settings(port=0, grace_period=2, upstream=Upstream.GATEWAY, api_key="test-key")
 
 
