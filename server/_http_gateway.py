@@ -12,6 +12,7 @@ service's ListModels: the reranking models the caller may use. Errors come from 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -118,12 +119,7 @@ def gateway_call(
     text = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
     model = text.get("ai-model-id", "")
     method = methods[route.method]
-
-    def error(
-        failed: RerankError | None, code: grpc.StatusCode, message: str
-    ) -> tuple[int, Headers, bytes]:
-        return gateway_error(version, failed, code, message, model)
-
+    error = functools.partial(gateway_error, version, model=model)
     if route.method == "ListModels":
 
         async def list_models(call: CallRecord, data: bytes) -> Message:
