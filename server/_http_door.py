@@ -295,10 +295,10 @@ class HttpDoor:
             exchange.sent = len(data)
             await _write(send, 200, exchange.headers, data)
             return
+        failed = answer if isinstance(answer, ErrorAnswer) else error_answer(answer)
+        exchange.code = failed.code
         error = answer if isinstance(answer, RerankError) else None
-        code, message = _code_and_message(answer)
-        exchange.code = code
-        status, headers, data = dialect.error(error, code, message)
+        status, headers, data = dialect.error(error, failed.code, failed.message)
         await _write(send, status, [*exchange.headers, *headers], data)
 
     async def _refuse_overloaded(
@@ -347,18 +347,12 @@ class HttpDoor:
         if not isinstance(answer, RerankError | ErrorAnswer):
             exchange.sent = answer.ByteSize()
             return answer
-        exchange.code, message = _code_and_message(answer)
-        raise connect_error(answer, exchange.code, message)
+        failed = answer if isinstance(answer, ErrorAnswer) else error_answer(answer)
+        exchange.code = failed.code
+        raise connect_error(answer, failed.code, failed.message)
 
 
 _TRACE_KEYS = frozenset(key.encode() for key in TRACE_CONTEXT_KEYS)
-
-
-def _code_and_message(answer: RerankError | ErrorAnswer) -> tuple[grpc.StatusCode, str]:
-    if isinstance(answer, ErrorAnswer):
-        return answer.code, answer.message
-    failed = error_answer(answer)
-    return failed.code, failed.message
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
