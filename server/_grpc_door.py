@@ -157,10 +157,9 @@ class GrpcDoor:
             answer = await pipeline.answer(
                 method, handler, call, data, authorization, context, carrier
             )
-            if isinstance(answer, RerankError):
-                await _abort(context, error_answer(answer), call.request_id)
-            if isinstance(answer, ErrorAnswer):  # an incident
-                await _abort(context, answer, call.request_id)
+            if isinstance(answer, RerankError | ErrorAnswer):  # an ErrorAnswer: an incident
+                failed = answer if isinstance(answer, ErrorAnswer) else error_answer(answer)
+                await _abort(context, failed, call.request_id)
             context.set_trailing_metadata(((_REQUEST_ID, call.request_id),))
             return state.sent_as_bytes(answer)
 
