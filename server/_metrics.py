@@ -97,10 +97,8 @@ class Metrics:
         self._caller_calls = make.counter(family.CALLER_CALLS)
         self._caller_refusals = make.counter(family.CALLER_REFUSALS)
         self._redis_up = make.gauge(family.REDIS_UP)
-        cache, refusals = (
-            make.counter(family.CACHE_REQUESTS),
-            make.counter(family.ADMISSION_REFUSALS),
-        )
+        cache = make.counter(family.CACHE_REQUESTS)
+        refusals = make.counter(family.ADMISSION_REFUSALS)
         self._cache = {r: cache.labels(result=r) for r in ("hit", "miss", "coalesced")}
         self._refusals = {
             r: refusals.labels(reason=r) for r in ("concurrent_calls", "inflight_bytes")
