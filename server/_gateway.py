@@ -68,7 +68,6 @@ class ProtocolFacts:
     error_types: Mapping[str, type[errors.UpstreamError]]
 
 
-#: The gateway's `error.type` → our error. A missing or unknown type is decided by status.
 _ERROR_CLASSES: Mapping[str, type[errors.UpstreamError]] = {
     "authentication_error": errors.UpstreamAuthentication,
     "invalid_request_error": errors.UpstreamInvalidRequest,
