@@ -34,7 +34,7 @@ from connectrpc.request import RequestContext
 from rerank.server._admission import CallPlaces
 from rerank.server._calls import CallRecord
 from rerank.server._config import Settings
-from rerank.server._errors import Overloaded, RerankError
+from rerank.server._errors import RerankError
 from rerank.server._http_cohere import cohere_answer, cohere_error, cohere_handler
 from rerank.server._http_connect import ConnectService, connect_code, connect_error
 from rerank.server._http_gateway import GATEWAY_ROUTES, JsonCall, gateway_call, gateway_refusal
@@ -192,9 +192,9 @@ class HttpDoor:
         try:
             self._check(scope["method"], known, headers, version or gateway)
             if (refused := self._places.take()) is not None:
-                dialect = "cohere" if version else "gateway" if gateway else "connect"
-                await self._refuse_overloaded(send, exchange, refused, dialect)
-                return
+                log_failure("HTTP call", grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+                _, retry, _ = cohere_error(refused, grpc.StatusCode.RESOURCE_EXHAUSTED, "")
+                raise _Refusal(429, grpc.StatusCode.RESOURCE_EXHAUSTED, refused.message, *retry)
             try:
                 body = await self._body(receive)
                 exchange.received = len(body)
@@ -300,18 +300,6 @@ class HttpDoor:
         error = answer if isinstance(answer, RerankError) else None
         status, headers, data = dialect.error(error, failed.code, failed.message)
         await _write(send, status, [*exchange.headers, *headers], data)
-
-    async def _refuse_overloaded(
-        self, send: Send, exchange: _Exchange, refused: Overloaded, dialect: str
-    ) -> None:
-        exchange.code = grpc.StatusCode.RESOURCE_EXHAUSTED
-        log_failure("HTTP call", exchange.code, refused)
-        status, headers, body = cohere_error(refused, exchange.code, refused.message)
-        if dialect == "gateway":
-            body = gateway_refusal(status, refused.message)
-        elif dialect == "connect":
-            body = orjson.dumps({"code": "resource_exhausted", "message": refused.message})
-        await _write(send, status, [*exchange.headers, *headers], body)
 
     async def _preflight(
         self, send: Send, origin: bytes | None, headers: dict[bytes, bytes]
