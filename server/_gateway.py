@@ -106,7 +106,7 @@ class GatewayReranker:
     (`rerank.server._gateway_http`).
 
     The bearer token comes from `credential`, asked on every request (a token file's token
-    changes while the server runs); `api_key` (with `auth_method`) is the fixed one, for short.
+    changes while the server runs); `api_key` is a fixed one, for short.
     `protocol` is the version spoken (`PROTOCOL_FACTS`); `team`, when given, goes out as
     `x-vercel-ai-gateway-team` on every request, as the SDK's `teamIdOrSlug` does; a call's own
     team (`CallRecord.team`) takes its place on that call's rerank requests.
@@ -117,7 +117,6 @@ class GatewayReranker:
         *,
         base_url: str,
         api_key: str | None = None,
-        auth_method: str = "api-key",
         max_connections: int = 100,
         tracer: Tracer | None = None,
         credential: Credential | None = None,
@@ -127,7 +126,7 @@ class GatewayReranker:
         if credential is None:
             if api_key is None:
                 raise ValueError("GatewayReranker needs an api_key or a credential")
-            credential = StaticCredential(api_key, auth_method)
+            credential = StaticCredential(api_key)
         self._credential = credential
         self._http = GatewayHttp(base_url, max_connections, tracer)
         self._protocol = protocol
