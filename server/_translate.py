@@ -62,7 +62,8 @@ def query_from_bytes(
     if call is not None:
         call.documents = len(request.documents)
         call.top_n = request.top_n if request.HasField("top_n") else None
-    return query_from_proto(request, default_model, limits), echoes_documents(request)
+    echo = not request.HasField("return_documents") or request.return_documents
+    return query_from_proto(request, default_model, limits), echo
 
 
 def sent_documents(query: RerankQuery, data: bytes) -> tuple[str, ...] | Sequence[pb.Document]:
@@ -72,10 +73,6 @@ def sent_documents(query: RerankQuery, data: bytes) -> tuple[str, ...] | Sequenc
     if query.kind == "text":
         return cast(tuple[str, ...], query.documents)
     return decoded(pb.RerankRequest, data).documents
-
-
-def echoes_documents(request: pb.RerankRequest) -> bool:
-    return not request.HasField("return_documents") or request.return_documents
 
 
 def query_from_proto(request: pb.RerankRequest, default_model: str, limits: Limits) -> RerankQuery:
