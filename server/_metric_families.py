@@ -111,10 +111,6 @@ LIMITS_DECIDED_LOCALLY = _f("rerank_limits_decided_locally", "counter", "",
     "Redis was away (fail open).")
 BUILD_INFO = _f("rerank_build_info", "gauge", "version gateway_protocol",
     "Always 1; the labels say which build and gateway protocol serve.")
-FAMILIES = (
-    GRPC_STARTED, GRPC_DURATION, GRPC_RCVD, GRPC_SENT, UPSTREAM_ATTEMPTS, UPSTREAM_DURATION,
-    RETRIES, RETRY_BUDGET_EXHAUSTED, BREAKER_STATE, BREAKER_TRANSITIONS, CACHE_REQUESTS,
-    CACHE_BYTES, CACHE_ENTRIES, WINDOWS, DOCUMENTS, BATCH_REQUESTS, ADMISSION_REFUSALS, IN_FLIGHT,
-    COST, CALLER_CALLS, CALLER_REFUSALS, REDIS_UP, LIMITS_DECIDED_LOCALLY, BUILD_INFO,
-)
 # fmt: on
+#: Every family above, in the table's order: none can be left out of the list.
+FAMILIES = tuple(value for value in list(globals().values()) if isinstance(value, Family))
