@@ -89,13 +89,13 @@ class Pipeline:
         for anyone else. A token, or its digest, is never logged or echoed."""
         assert self._callers is not None, "identify is for a server that authenticates"
         directory = self._callers.directory
+        why = "missing or unknown bearer token"
         if authorization is not None:
             presented = authorization.encode() if isinstance(authorization, str) else authorization
             token = presented[len(_BEARER) :] if presented.startswith(_BEARER) else b""
             known, caller = directory.for_token(token)
             if known:
                 return caller
-            why = "missing or unknown bearer token"
         elif directory.names_by_certificate:
             auth = peer.auth_context()
             subjects = list(auth.get("x509_subject", ()))
@@ -104,8 +104,6 @@ class Pipeline:
             if caller is not None:
                 return caller
             why = "no known bearer token, and no caller named by the client certificate"
-        else:
-            why = "missing or unknown bearer token"
         logger.warning("%s refused: %s", what, why)
         raise Unauthenticated(
             "missing or unknown bearer token: send 'authorization: Bearer <token>'"
