@@ -122,6 +122,7 @@ class HttpDoor:
         self._connections = connections
         self._places = CallPlaces(limit)
         self._max_body = max_body
+        self._too_large = f"the body is larger than the server's limit of {max_body} bytes"
         self._body_timeout = body_timeout
         self._origins = cors_origins
         self._grpc_port = grpc_port
@@ -250,10 +251,6 @@ class HttpDoor:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             raise _Refusal(413, grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large)
-
-    @property
-    def _too_large(self) -> str:
-        return f"the body is larger than the server's limit of {self._max_body} bytes"
 
     async def _body(self, receive: Receive) -> bytes:
         """The request's body; 408 when none of it arrives for the timeout, 413 over the limit."""
