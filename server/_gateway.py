@@ -307,6 +307,9 @@ def _checked_ranking(
     return best_first((Ranked(item.index, item.score) for item in items), top_n)
 
 
+_WARNING_TEXTS = ("feature", "details", "message", "setting")  # `Warning`'s fields after its type
+
+
 def _warnings(
     raw: object, defined: frozenset[WarningType], on_unknown: Callable[[str], None] | None
 ) -> tuple[Warning, ...]:
@@ -320,15 +323,8 @@ def _warnings(
         if not isinstance(item, dict) or not isinstance(kind, str):
             _protocol_error(f"warnings[{position}] is not an object with a string 'type'")
         if kind in defined:
-            warnings.append(
-                Warning(
-                    type=kind,
-                    feature=_str_or_empty(item.get("feature")),
-                    details=_str_or_empty(item.get("details")),
-                    message=_str_or_empty(item.get("message")),
-                    setting=_str_or_empty(item.get("setting")),
-                )
-            )
+            texts = (_str_or_empty(item.get(key)) for key in _WARNING_TEXTS)
+            warnings.append(Warning(kind, *texts))
             continue
         # The SDK would reject the whole (billed) answer here; a warning is advice, the
         # ranking is the answer, so we keep the ranking and say what came.
