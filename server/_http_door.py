@@ -216,8 +216,7 @@ class HttpDoor:
             exchange.code = refusal.code
             if refusal.code is grpc.StatusCode.CANCELLED:
                 return  # nobody to answer
-            close = refusal.status in (408, 413)
-            extra = [(b"connection", b"close")] if close else []
+            extra = [(b"connection", b"close")] if refusal.status in (408, 413) else []
             body = orjson.dumps({"code": connect_code(refusal.code), "message": refusal.message})
             if gateway is not None:
                 body = gateway_refusal(refusal.status, refusal.message)
