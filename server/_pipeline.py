@@ -7,9 +7,6 @@ context, the time left. It makes the call's record with `arrive` and hands the r
 context), names the caller (a bearer token, or a client certificate that names one), runs the
 method, and writes the access-log line. The door gets back the answer's message, or the error to
 answer with (a `RerankError`, or the `ErrorAnswer` of a bug), and writes it as its protocol does.
-
-The method is a function of the call's `CallRecord` and the request's bytes: the record is the
-call's one state, handed down (`rerank.server._calls`).
 """
 
 from __future__ import annotations
@@ -38,7 +35,8 @@ from rerank.server._tracing import caller_context, end_span
 
 logger = logging.getLogger(__name__)
 
-#: A method of the service: the call's record and the request's bytes in, the answer out.
+#: A method of the service: the call's record (its one state, handed down: `_calls`) and the
+#: request's bytes in, the answer out.
 Handler = Callable[[CallRecord, bytes], Awaitable[Message]]
 
 #: A caller's request id is kept when it is 1-128 visible ASCII characters; anything else (too
