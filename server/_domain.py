@@ -217,9 +217,8 @@ def check_request(query: RerankQuery, limits: Limits) -> None:
         most = f"holds {count} documents; at most {limits.max_documents} allowed"
         violations.append(FieldViolation("documents", most))
     if query.top_n is not None and query.top_n < 1:
-        violations.append(
-            FieldViolation("top_n", f"must be at least 1 when set, got {query.top_n}")
-        )
+        least = f"must be at least 1 when set, got {query.top_n}"
+        violations.append(FieldViolation("top_n", least))
     if violations:
         raise InvalidRequest(violations)
 
