@@ -392,12 +392,9 @@ def error_from_response(
         return by_status(f"the gateway {said}", status=status, retry_after=retry_after)
     error_class = PROTOCOL_FACTS[protocol].error_types.get(_str_or_empty(envelope.error.type))
     error_class = error_class or by_status or errors.UpstreamError
+    authentication = error_class is errors.UpstreamAuthentication
     return error_class(
-        (
-            _AUTHENTICATION_MESSAGE
-            if error_class is errors.UpstreamAuthentication
-            else envelope.display_message
-        ),
+        _AUTHENTICATION_MESSAGE if authentication else envelope.display_message,
         status=status,
         retry_after=retry_after,
         generation_id=envelope.generation_id if isinstance(envelope.generation_id, str) else None,
