@@ -8,7 +8,6 @@ an `InvalidRequest` or `MalformedRequest` with its span and access-log line like
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import grpc
@@ -18,6 +17,7 @@ from google.rpc import error_details_pb2
 
 from rerank.server._calls import CallRecord
 from rerank.server._errors import FieldViolation, InvalidRequest, MalformedRequest, RerankError
+from rerank.server._http_gateway import Handler, JsonCall
 from rerank.server._status import rich_status
 from rerank.v1 import rerank_service_pb2 as pb
 
@@ -83,15 +83,16 @@ def cohere_request(version: int, data: bytes) -> pb.RerankRequest:
     return request
 
 
-def cohere_handler(
-    version: int, rerank: Callable[[CallRecord, bytes], Awaitable[Message]]
-) -> Callable[[CallRecord, bytes], Awaitable[Message]]:
-    """The service's Rerank, taking a Cohere body of `version`."""
+def cohere_call(version: int, rerank: Handler) -> JsonCall:
+    """The call a Cohere body of `version` makes of the service's Rerank."""
 
     async def handle(call: CallRecord, data: bytes) -> Message:
         return await rerank(call, cohere_request(version, data).SerializeToString())
 
-    return handle
+    def answer(response: Message, call: CallRecord) -> bytes:
+        return cohere_answer(version, response, call.documents)
+
+    return JsonCall("Rerank", handle, answer, cohere_error)
 
 
 def cohere_answer(version: int, answer: Message, documents: int | None) -> bytes:

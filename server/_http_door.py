@@ -35,7 +35,7 @@ from rerank.server._admission import CallPlaces
 from rerank.server._calls import CallRecord
 from rerank.server._config import Settings
 from rerank.server._errors import RerankError
-from rerank.server._http_cohere import cohere_answer, cohere_error, cohere_handler
+from rerank.server._http_cohere import cohere_call, cohere_error
 from rerank.server._http_connect import ConnectService, connect_code, connect_error
 from rerank.server._http_gateway import GATEWAY_ROUTES, JsonCall, gateway_call, gateway_refusal
 from rerank.server._http_server import Connections, HttpServer
@@ -126,15 +126,7 @@ class HttpDoor:
         self._body_timeout = body_timeout
         self._origins = cors_origins
         self._grpc_port = grpc_port
-        self._cohere = {
-            v: JsonCall(
-                "Rerank",
-                cohere_handler(v, methods["Rerank"]),
-                lambda answer, call, v=v: cohere_answer(v, answer, call.documents),  # type: ignore[misc]
-                cohere_error,
-            )
-            for v in (1, 2)
-        }
+        self._cohere = {v: cohere_call(v, methods["Rerank"]) for v in (1, 2)}
         self._exchanges: dict[str | None, _Exchange] = {}
         self.serving = True
         self._connect = RerankServiceASGIApplication(ConnectService(self), read_max_bytes=None)
