@@ -148,7 +148,6 @@ class GatewayReranker:
         self._logged_warning_types: set[str] = set()
 
     async def aclose(self) -> None:
-        """Close the pooled connections."""
         await self._http.aclose()
 
     async def rerank(self, query: RerankQuery, *, timeout: float) -> RerankOutcome:

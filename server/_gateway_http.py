@@ -59,7 +59,6 @@ class GatewayHttp:
         }
 
     async def aclose(self) -> None:
-        """Close the pooled connections."""
         if self._session is not None:
             await self._session.close()
 
