@@ -13,12 +13,11 @@ from typing import Any, cast
 import grpc
 import orjson
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
 
 from rerank.server._calls import CallRecord
 from rerank.server._errors import FieldViolation, InvalidRequest, MalformedRequest, RerankError
 from rerank.server._http_gateway import Handler, JsonCall
-from rerank.server._status import rich_status
+from rerank.server._status import retry_delay
 from rerank.v1 import rerank_service_pb2 as pb
 
 #: The service's status codes as Cohere's HTTP statuses: the one translation at this boundary.
@@ -114,11 +113,6 @@ def cohere_error(
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Cohere's status, headers (a `Retry-After` when waiting helps) and `{"message"}` body."""
     headers: list[tuple[bytes, bytes]] = []
-    if error is not None:
-        for detail in rich_status(error)[1].details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                seconds = math.ceil(info.retry_delay.ToTimedelta().total_seconds())
-                headers.append((b"retry-after", str(max(1, seconds)).encode()))
+    if error is not None and (seconds := retry_delay(error)) is not None:
+        headers.append((b"retry-after", str(max(1, math.ceil(seconds))).encode()))
     return COHERE_STATUS.get(code, 500), headers, orjson.dumps({"message": message})

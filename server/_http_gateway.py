@@ -22,7 +22,6 @@ from typing import cast
 import grpc
 import msgspec
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
 
 from rerank.contract import NotJsonError, from_struct, to_struct
 from rerank.server._calls import CallRecord
@@ -52,7 +51,7 @@ from rerank.server._gateway_protocol import (
     parse_rerank_body,
     warning,
 )
-from rerank.server._status import rich_status
+from rerank.server._status import retry_delay
 from rerank.v1 import rerank_service_pb2 as pb
 
 Handler = Callable[[CallRecord, bytes], Awaitable[Message]]
@@ -233,14 +232,9 @@ def gateway_error(
     if kind not in version.error_types:  # what the SDK of this version makes of any other
         kind = "internal_server_error"
     headers: Headers = []
-    if error is not None:
-        for detail in rich_status(error)[1].details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                seconds = info.retry_delay.ToTimedelta().total_seconds()
-                headers.append((b"retry-after", str(max(1, math.ceil(seconds))).encode()))
-                headers.append((b"retry-after-ms", str(max(0, round(seconds * 1000))).encode()))
+    if error is not None and (seconds := retry_delay(error)) is not None:
+        headers.append((b"retry-after", str(max(1, math.ceil(seconds))).encode()))
+        headers.append((b"retry-after-ms", str(max(0, round(seconds * 1000))).encode()))
     return status, headers, _ENCODE.encode(ErrorEnvelope(ErrorBody(message, kind, param)))
 
 

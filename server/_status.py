@@ -88,7 +88,7 @@ def error_answer(error: errors.RerankError) -> ErrorAnswer:
     trailers: list[tuple[str, str | bytes]] = [
         ("grpc-status-details-bin", status.SerializeToString())
     ]
-    if (delay := _retry_delay(error, code)) is not None:
+    if (delay := retry_delay(error, code)) is not None:
         # A gRPC client whose retry policy covers the code waits this long, or never retries
         # when it is negative (gRFC A6): one retry layer per hop, and ours has retried the
         # gateway. Our own refusals came before any gateway call: a retry costs it nothing.
@@ -97,8 +97,10 @@ def error_answer(error: errors.RerankError) -> ErrorAnswer:
     return ErrorAnswer(code, status.message, tuple(trailers))
 
 
-def _retry_delay(error: errors.RerankError, code: grpc.StatusCode) -> float | None:
-    """Seconds the caller should wait before trying again (the RetryInfo), or None."""
+def retry_delay(error: errors.RerankError, code: grpc.StatusCode | None = None) -> float | None:
+    """Seconds the caller should wait before trying again (the RetryInfo, and an HTTP
+    dialect's `retry-after`), or None; `code`: the error's status, when known already."""
+    code = status_code_for(error) if code is None else code
     own: float | None = getattr(error, "retry_after", None)  # the gateway's, or a limit's
     return _DEFAULT_RETRY_DELAY.get(code) if own is None else own
 
@@ -121,7 +123,7 @@ def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.
         violation = error_details_pb2.BadRequest.FieldViolation
         fields = [violation(field=v.field, description=v.description) for v in error.violations]
         details.append(error_details_pb2.BadRequest(field_violations=fields))
-    if (retry_after := _retry_delay(error, code)) is not None:
+    if (retry_after := retry_delay(error, code)) is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(retry_after * 1e9))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
