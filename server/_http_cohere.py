@@ -103,7 +103,10 @@ def cohere_answer(version: int, answer: Message, documents: int | None) -> bytes
         if ranked.HasField("document"):
             result["document"] = {"text": ranked.document.text}
         results.append(result)
-    units = max(1, math.ceil((documents or 0) / _SEARCH_UNIT_DOCUMENTS))
+    # What the gateway billed this call: nothing when it was not asked (a cache hit, no
+    # documents), as the answer's own usage says.
+    asked = response.usage.upstream_calls > 0
+    units = max(1, math.ceil((documents or 0) / _SEARCH_UNIT_DOCUMENTS)) if asked else 0
     meta = {"api_version": {"version": str(version)}, "billed_units": {"search_units": units}}
     return orjson.dumps({"id": response.id, "results": results, "meta": meta})
 

@@ -43,6 +43,20 @@ async def test_the_cohere_sdk_reranks_through_v2(serve: StartServer) -> None:
     assert answer.meta.billed_units.search_units == 1
 
 
+async def test_a_call_the_gateway_was_not_asked_for_bills_no_search_unit(
+    serve: StartServer, client: httpx.AsyncClient
+) -> None:
+    running = await serve()
+    url = f"{base_url(running)}/v2/rerank"
+    body = {"model": "cohere/rerank-v3.5", "query": SEED_QUERY, "documents": list(SEED_DOCUMENTS)}
+    units = []
+    for sent in (body, body, {**body, "documents": []}):  # asked, a cache hit, nothing to rank
+        answer = await client.post(url, json=sent)
+        assert answer.status_code == 200, answer.text
+        units.append(answer.json()["meta"]["billed_units"]["search_units"])
+    assert units == [1, 0, 0]
+
+
 async def test_v1_takes_text_objects_and_echoes_documents(
     serve: StartServer, client: httpx.AsyncClient
 ) -> None:
