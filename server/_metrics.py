@@ -1,16 +1,18 @@
 """What the server records, where each thing happens: `Metrics`, handed by the app's wiring to
 every part that records, and `MeteredUpstream` around the gateway adapter. `Metrics` records into
-prometheus-client's metrics, which a `PrometheusRecorder` makes (`rerank.server._prometheus`),
-or nothing (`Metrics.disabled()`). This module does not import the library, because the settings
-import it: the library chooses a process's storage when first imported, after the entry
-(`rerank.server.__main__`) has read its settings. The children (label sets) of a call's path are
-made once and kept; rarer ones (retries, refusals) are looked up on each use (`labels()`).
+what a `PrometheusRecorder` makes (`rerank.server._prometheus`): the library's metrics in its
+files, or `Tally`s in memory; or into `Tally`s nobody collects (`Metrics.disabled()`). This
+module does not import the library, because the settings import it: the library chooses a
+process's storage when first imported, after the entry (`rerank.server.__main__`) has read its
+settings. The children (label sets) of a call's path are made once and kept; rarer ones
+(retries, refusals) are looked up on each use (`labels()`).
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
@@ -32,21 +34,48 @@ MAX_MODEL_LABELS = 64
 OTHER = "other"
 
 
-class _Nothing:
-    """Every metric and child, and the recorder, of disabled metrics: records nothing."""
+class Tally:
+    """One family's value in this process's memory, or one child's (`labels`): what `Metrics`
+    records into when one process keeps its metrics, and when none are kept (never collected).
+    Plain numbers, no lock: every recording is made on the event loop's thread, and a scrape
+    reads them (`rerank.server._prometheus`) at a tenth of the cost of the library's values."""
 
-    __slots__ = ()
+    __slots__ = ("children", "counts", "family", "sum", "value")
 
-    def inc(self, *amount: float) -> None:
-        pass
+    def __init__(self, family: family.Family) -> None:
+        self.family = family
+        self.children: dict[tuple[str, ...], Tally] = {}
+        self.value = self.sum = 0.0
+        #: A histogram's observations by bucket (the last: above every bound), not cumulative.
+        self.counts = [0] * (len(family.buckets) + 1)
 
-    observe = set = inc
+    def labels(self, **labels: str) -> Tally:
+        key = tuple(labels[name] for name in self.family.labels)
+        child = self.children.get(key)
+        if child is None:
+            child = self.children[key] = Tally(self.family)
+        return child
 
-    def labels(self, **labels: str) -> _Nothing:
-        return self
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
 
-    def counter(self, family: family.Family, /) -> _Nothing:
-        return self
+    def set(self, value: float) -> None:
+        self.value = value
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.family.buckets, amount)] += 1
+        self.sum += amount
+
+
+class Tallies:
+    """Makes a `Tally` per family and keeps them, in the order made."""
+
+    def __init__(self) -> None:
+        self.made: list[Tally] = []
+
+    def counter(self, family: family.Family, /) -> Tally:
+        self.made.append(made := Tally(family))
+        return made
 
     gauge = histogram = counter
 
@@ -55,11 +84,11 @@ class GrpcMethodMetrics:
     """The A66 metrics of one method: started, and per status duration and sizes."""
 
     def __init__(
-        self, method: str, started: Counter | _Nothing, ended: tuple[Histogram | _Nothing, ...]
+        self, method: str, started: Counter | Tally, ended: tuple[Histogram | Tally, ...]
     ) -> None:
         self.started = started.labels(grpc_method=method)
         self._method, self._families = method, ended
-        self._ended: dict[grpc.StatusCode, tuple[Histogram | _Nothing, ...]] = {}
+        self._ended: dict[grpc.StatusCode, tuple[Histogram | Tally, ...]] = {}
 
     def ended(self, code: grpc.StatusCode, seconds: float, received: int, sent: int) -> None:
         children = self._ended.get(code)
@@ -84,7 +113,7 @@ class Metrics:
 
     def __init__(self, recorder: PrometheusRecorder | None) -> None:
         self.enabled = recorder is not None
-        self._recorder = make = recorder or _Nothing()
+        self._recorder = make = recorder or Tallies()
         self._grpc_started = make.counter(family.GRPC_STARTED)
         self._grpc_ended = tuple(
             make.histogram(f) for f in (family.GRPC_DURATION, family.GRPC_RCVD, family.GRPC_SENT)
@@ -123,9 +152,9 @@ class Metrics:
         self.breaker_state("closed")
         # Children of label values only known as calls come, made once.
         self._grpc_methods: dict[str, GrpcMethodMetrics] = {}
-        self._upstream: dict[tuple[str, ...], tuple[Counter | _Nothing, Histogram | _Nothing]] = {}
-        self._costs: dict[tuple[str, str], Counter | _Nothing] = {}
-        self._callers: dict[str, Counter | _Nothing] = {}
+        self._upstream: dict[tuple[str, ...], tuple[Counter | Tally, Histogram | Tally]] = {}
+        self._costs: dict[tuple[str, str], Counter | Tally] = {}
+        self._callers: dict[str, Counter | Tally] = {}
         self._answered_models: set[str] = set()
 
     @classmethod
@@ -239,7 +268,7 @@ class Metrics:
         return self._decided_locally.inc
 
     @functools.cached_property
-    def _decided_locally(self) -> Counter | _Nothing:
+    def _decided_locally(self) -> Counter | Tally:
         # Made when a limit store that fails open asks: the series shows only where there is one.
         return self._recorder.counter(family.LIMITS_DECIDED_LOCALLY)
 

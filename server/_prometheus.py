@@ -10,6 +10,7 @@ pytest kit) never sets the storage, so never switches anyone else's metrics.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,25 +25,42 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    values,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric, Sample
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    Sample,
+)
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from rerank.server._metric_families import BUILD_INFO, COST, COST_SHOWN, NANOS_PER_DOLLAR, Family
+from rerank.server._metrics import Tallies, Tally
 
 
-class PrometheusRecorder:
-    """The families as the library's metrics, in a registry of its own (not the global one,
-    which other code in the process may use)."""
+class PrometheusRecorder(Collector):
+    """The families in a registry of their own (not the global one, which other code in the
+    process may use): in the library's files when it stores there (the workers), else in
+    this process's memory as `Tally`s, which this collects."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._tallies = None if values.ValueClass is not values.MutexValue else Tallies()
+        if self._tallies is not None:
+            self.registry.register(self)
 
-    def counter(self, family: Family, /) -> Counter:
+    def counter(self, family: Family, /) -> Counter | Tally:
+        if self._tallies is not None:
+            return self._tallies.counter(family)
         return Counter(family.name, family.help, family.labels, registry=self.registry)
 
-    def gauge(self, family: Family, /) -> Gauge:
+    def gauge(self, family: Family, /) -> Gauge | Tally:
+        if self._tallies is not None:
+            return self._tallies.gauge(family)
         # Per-process state: the sum over the workers alive now (docs/operating.md).
         return Gauge(
             family.name,
@@ -52,10 +70,31 @@ class PrometheusRecorder:
             multiprocess_mode="livesum",
         )
 
-    def histogram(self, family: Family, /) -> Histogram:
+    def histogram(self, family: Family, /) -> Histogram | Tally:
+        if self._tallies is not None:
+            return self._tallies.histogram(family)
         return Histogram(
             family.name, family.help, family.labels, registry=self.registry, buckets=family.buckets
         )
+
+    def collect(self) -> Iterator[Metric]:
+        """The tallies as the library's metric families, samples in its order."""
+        for tally in self._tallies.made if self._tallies is not None else ():
+            family = tally.family
+            children = tally.children.items() if family.labels else [((), tally)]
+            if family.kind != "histogram":
+                kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
+                metric = kind(family.name, family.help, labels=family.labels)
+                for key, child in children:
+                    metric.add_metric(key, child.value)
+                yield metric
+                continue
+            histogram = HistogramMetricFamily(family.name, family.help, labels=family.labels)
+            bounds = [*map(floatToGoString, family.buckets), "+Inf"]
+            for key, child in children:
+                buckets = list(zip(bounds, itertools.accumulate(child.counts), strict=True))
+                histogram.add_metric(key, buckets, child.sum)
+            yield histogram
 
 
 class Exposition(Collector):
