@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import os
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -149,7 +149,7 @@ def response_to_proto(
     `UpstreamProtocolError`."""
     response = pb.RerankResponse(
         model=model,
-        id=f"rr_{os.urandom(16).hex()}",  # as random as uuid4().hex, a third the cost
+        id=f"rr_{random.randbytes(16).hex()}",  # as a request id is made (`Pipeline.arrive`)
         warnings=[warning_to_proto(w) for w in outcome.warnings],
         cached=outcome.cached,
         usage=call_usage_to_proto(outcome.usage),
