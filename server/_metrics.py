@@ -35,10 +35,9 @@ OTHER = "other"
 
 
 class Tally:
-    """One family's value in this process's memory, or one child's (`labels`): what `Metrics`
-    records into when one process keeps its metrics, and when none are kept (never collected).
-    Plain numbers, no lock: every recording is made on the event loop's thread, and a scrape
-    reads them (`rerank.server._prometheus`) at a tenth of the cost of the library's values."""
+    """A family's value in this process's memory, or one child's (`labels`), when one process
+    keeps its metrics (or none are kept). Plain numbers, no lock (every recording is made on
+    the event loop's thread): a tenth of the cost of the library's values."""
 
     __slots__ = ("children", "counts", "family", "sum", "value")
 
@@ -67,14 +66,11 @@ class Tally:
         self.sum += amount
 
 
-class Tallies:
+class Tallies(list[Tally]):
     """Makes a `Tally` per family and keeps them, in the order made."""
 
-    def __init__(self) -> None:
-        self.made: list[Tally] = []
-
     def counter(self, family: family.Family, /) -> Tally:
-        self.made.append(made := Tally(family))
+        self.append(made := Tally(family))
         return made
 
     gauge = histogram = counter

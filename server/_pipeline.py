@@ -76,9 +76,7 @@ class Pipeline:
         """The record of a call that arrived with `request_id` (kept when it is one, else a
         new one) and `seconds_left` until its deadline (None: without one)."""
         if request_id is None or not _REQUEST_ID.fullmatch(request_id):
-            # 128 bits of the process's generator (seeded by the OS, again in a forked child):
-            # as unlikely to repeat as uuid4().hex, without a system call per id.
-            request_id = random.randbytes(16).hex()
+            request_id = random.randbytes(16).hex()  # 128 random bits (uuid4: 122); no syscall
         deadline = None if seconds_left is None else time.monotonic() + seconds_left
         return CallRecord(request_id, deadline=deadline)
 

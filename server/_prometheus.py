@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import socket
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
-    Sample,
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
@@ -49,7 +48,7 @@ class PrometheusRecorder(Collector):
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._tallies = None if values.ValueClass is not values.MutexValue else Tallies()
+        self._tallies = Tallies() if values.ValueClass is values.MutexValue else None
         if self._tallies is not None:
             self.registry.register(self)
 
@@ -79,7 +78,7 @@ class PrometheusRecorder(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """The tallies as the library's metric families, samples in its order."""
-        for tally in self._tallies.made if self._tallies is not None else ():
+        for tally in self._tallies or ():
             family = tally.family
             children = tally.children.items() if family.labels else [((), tally)]
             if family.kind != "histogram":
@@ -107,26 +106,19 @@ class Exposition(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for metric in self._source.collect():
-            # Metrics kept in memory add `_created` samples, which files do not keep: without
-            # them a scrape is the same whichever the storage.
-            samples = [s for s in metric.samples if not s.name.endswith("_created")]
-            if not samples:  # labelled, with no child yet: files hold nothing of it either
+            if not metric.samples:  # labelled, with no child yet: files hold nothing of it either
                 continue
-            if metric.name == COST.name:
-                yield _in_dollars(metric.documentation, samples)
-                continue
-            metric.samples = samples
-            yield metric
+            yield _in_dollars(metric) if metric.name == COST.name else metric
         info = GaugeMetricFamily(BUILD_INFO.name, BUILD_INFO.help, labels=list(self._build_info))
         info.add_metric(list(self._build_info.values()), 1)
         yield info
 
 
-def _in_dollars(documentation: str, samples: Iterable[Sample]) -> Metric:
+def _in_dollars(counter: Metric) -> Metric:
     """The nano-dollar counter as dollars: an integer over 10**9, divided once and correctly
     rounded, prints as the exact decimal sum (a float sum of 0.001s would not)."""
-    shown = Metric(COST_SHOWN, documentation, "counter")
-    for sample in samples:
+    shown = Metric(COST_SHOWN, counter.documentation, "counter")
+    for sample in counter.samples:
         name = sample.name.replace(COST.name, COST_SHOWN, 1)
         shown.add_sample(name, sample.labels, int(sample.value) / NANOS_PER_DOLLAR)
     return shown
