@@ -302,7 +302,12 @@ async def start_server(
             tracer=tracer,
         )
         authenticating = callers if settings.auth_tokens or settings.callers_file else None
-        pipeline = Pipeline(tracer, AccessLog(settings.access_log_success_sample), authenticating)
+        pipeline = Pipeline(
+            tracer,
+            AccessLog(settings.access_log_success_sample),
+            authenticating,
+            traces_exported=settings.export_traces,
+        )
         door = GrpcDoor(
             pipeline,
             metrics,

@@ -31,7 +31,7 @@ from rerank.server._domain import Caller
 from rerank.server._errors import RerankError, Unauthenticated
 from rerank.server._logs import AccessLog
 from rerank.server._status import ErrorAnswer, log_failure, report_incident, status_code_for
-from rerank.server._tracing import caller_context, end_span
+from rerank.server._tracing import caller_context, end_span, unrecorded_root
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,17 @@ class Pipeline:
     log. `callers` is None when authentication is off: every call's caller is then unnamed."""
 
     def __init__(
-        self, tracer: Tracer, access_log: AccessLog, callers: CallerRegistry | None
+        self,
+        tracer: Tracer,
+        access_log: AccessLog,
+        callers: CallerRegistry | None,
+        *,
+        traces_exported: bool = True,
     ) -> None:
         self._tracer = tracer
+        #: A call without a caller's trace context starts a trace nobody records (its server
+        #: span made without the tracer's sampling round: `unrecorded_root`).
+        self._roots_unrecorded = not traces_exported
         self.access_log = access_log
         self._callers = callers
 
@@ -122,7 +130,10 @@ class Pipeline:
         the log's method) with `handler`, given the request's bytes `data`."""
         began = time.perf_counter()
         parent = None if trace_context is None else caller_context(trace_context)
-        span = self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
+        if parent is None and self._roots_unrecorded:
+            span = unrecorded_root()
+        else:
+            span = self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
         attached = otel_context.attach(trace.set_span_in_context(span, parent))
         opened = open_call(call)
         code = grpc.StatusCode.OK

@@ -20,8 +20,17 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    Tracer,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:  # config imports the window layer, which imports this module
@@ -63,9 +72,10 @@ SERVER_ERROR_CODES = frozenset(
     }
 )
 
-# Both W3C propagators are stateless; one instance of each serves every call.
+# Both W3C propagators, and the SDK's id generator, are stateless: one of each serves every call.
 _TRACE_CONTEXT = TraceContextTextMapPropagator()
 _BAGGAGE = W3CBaggagePropagator()
+_IDS = RandomIdGenerator()
 
 
 def tracer_provider(settings: Settings) -> TracerProvider:
@@ -104,6 +114,14 @@ def caller_context(carrier: Mapping[str, str]) -> otel_context.Context:
     if "baggage" in carrier:
         context = _BAGGAGE.extract(carrier, context=context)
     return context
+
+
+def unrecorded_root() -> Span:
+    """The server span the tracer of a server that exports nothing makes for a call without a
+    caller's trace context (its parent-based sampler drops every new trace): new ids, not
+    sampled, nothing recorded. Made here, without the tracer's sampling round: a fifth of it."""
+    ids = _IDS
+    return NonRecordingSpan(SpanContext(ids.generate_trace_id(), ids.generate_span_id(), False))
 
 
 def child_span(tracer: Tracer, name: str, kind: SpanKind = SpanKind.INTERNAL) -> Span:
