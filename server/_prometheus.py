@@ -77,10 +77,11 @@ class PrometheusRecorder(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
-        """The tallies as the library's metric families, samples in its order."""
-        for tally in self._tallies or ():
+        """The tallies as the library's metric families, samples in its order. Read from the
+        scrape's thread while the event loop's adds children: each list copied first, at once."""
+        for tally in list(self._tallies or ()):
             family = tally.family
-            children = tally.children.items() if family.labels else [((), tally)]
+            children = list(tally.children.items()) if family.labels else [((), tally)]
             if family.kind != "histogram":
                 kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
                 metric = kind(family.name, family.help, labels=family.labels)
