@@ -302,11 +302,9 @@ async def start_server(
             tracer=tracer,
         )
         authenticating = callers if settings.auth_tokens or settings.callers_file else None
+        access_log = AccessLog(settings.access_log_success_sample)
         pipeline = Pipeline(
-            tracer,
-            AccessLog(settings.access_log_success_sample),
-            authenticating,
-            traces_exported=settings.export_traces,
+            tracer, access_log, authenticating, traces_exported=settings.export_traces
         )
         door = GrpcDoor(
             pipeline,

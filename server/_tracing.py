@@ -22,15 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
-from opentelemetry.trace import (
-    NonRecordingSpan,
-    Span,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    Tracer,
-)
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:  # config imports the window layer, which imports this module
@@ -121,7 +113,9 @@ def unrecorded_root() -> Span:
     caller's trace context (its parent-based sampler drops every new trace): new ids, not
     sampled, nothing recorded. Made here, without the tracer's sampling round: a fifth of it."""
     ids = _IDS
-    return NonRecordingSpan(SpanContext(ids.generate_trace_id(), ids.generate_span_id(), False))
+    return trace.NonRecordingSpan(
+        SpanContext(ids.generate_trace_id(), ids.generate_span_id(), False)
+    )
 
 
 def child_span(tracer: Tracer, name: str, kind: SpanKind = SpanKind.INTERNAL) -> Span:
