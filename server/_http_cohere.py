@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from rerank.server._calls import CallRecord
 from rerank.server._errors import FieldViolation, InvalidRequest, MalformedRequest, RerankError
 from rerank.server._http_gateway import Handler, JsonCall
-from rerank.server._status import retry_delay
+from rerank.server._status import retry_after_header
 from rerank.v1 import rerank_service_pb2 as pb
 
 #: The service's status codes as Cohere's HTTP statuses: the one translation at this boundary.
@@ -115,7 +115,5 @@ def cohere_error(
     error: RerankError | None, code: grpc.StatusCode, message: str
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Cohere's status, headers (a `Retry-After` when waiting helps) and `{"message"}` body."""
-    headers: list[tuple[bytes, bytes]] = []
-    if error is not None and (seconds := retry_delay(error)) is not None:
-        headers.append((b"retry-after", str(max(1, math.ceil(seconds))).encode()))
-    return COHERE_STATUS.get(code, 500), headers, orjson.dumps({"message": message})
+    body = orjson.dumps({"message": message})
+    return COHERE_STATUS.get(code, 500), retry_after_header(error), body

@@ -35,14 +35,14 @@ from rerank.server._admission import CallPlaces
 from rerank.server._calls import CallRecord
 from rerank.server._config import Settings
 from rerank.server._errors import RerankError
-from rerank.server._http_cohere import cohere_call, cohere_error
+from rerank.server._http_cohere import cohere_call
 from rerank.server._http_connect import ConnectService, connect_code, connect_error
 from rerank.server._http_gateway import GATEWAY_ROUTES, JsonCall, gateway_call, gateway_refusal
 from rerank.server._http_server import Connections, HttpServer
 from rerank.server._listening import StartupError, refuse_taken_port, reserve_port
 from rerank.server._metrics import OTHER, GrpcMethodMetrics, Metrics
 from rerank.server._pipeline import Handler, Pipeline
-from rerank.server._status import ErrorAnswer, error_answer, log_failure
+from rerank.server._status import ErrorAnswer, error_answer, log_failure, retry_after_header
 from rerank.server._tracing import TRACE_CONTEXT_KEYS
 from rerank.v1.rerank_service_connect import RerankServiceASGIApplication
 
@@ -186,7 +186,7 @@ class HttpDoor:
             self._check(scope["method"], known, headers, version or gateway)
             if (refused := self._places.take()) is not None:
                 log_failure("HTTP call", grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
-                _, retry, _ = cohere_error(refused, grpc.StatusCode.RESOURCE_EXHAUSTED, "")
+                retry = retry_after_header(refused)
                 raise _Refusal(429, grpc.StatusCode.RESOURCE_EXHAUSTED, refused.message, *retry)
             try:
                 body = await self._body(receive)

@@ -7,6 +7,7 @@ Every status, its reason and what a caller does about it: docs/errors.md (made f
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -103,6 +104,12 @@ def retry_delay(error: errors.RerankError, code: grpc.StatusCode | None = None) 
     code = status_code_for(error) if code is None else code
     own: float | None = getattr(error, "retry_after", None)  # the gateway's, or a limit's
     return _DEFAULT_RETRY_DELAY.get(code) if own is None else own
+
+
+def retry_after_header(error: errors.RerankError | None) -> list[tuple[bytes, bytes]]:
+    """HTTP's `retry-after` for `error` (whole seconds, at least 1), when waiting helps."""
+    seconds = None if error is None else retry_delay(error)
+    return [] if seconds is None else [(b"retry-after", str(max(1, math.ceil(seconds))).encode())]
 
 
 def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.Status]:
