@@ -176,6 +176,23 @@ async def test_without_an_exporter_only_a_callers_sampled_trace_is_recorded(
     assert gateway.requests[-1].headers["traceparent"].endswith("-01")
 
 
+async def test_a_call_without_a_trace_context_starts_its_own_unsampled_trace(
+    serve: Any, gateway: ScriptedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    running, stub = await serve()
+    assert not running.tracer_provider.sampler.should_sample(None, 1, "x").decision.is_sampled()
+    await stub.Rerank(seed(), timeout=10)
+    await stub.Rerank(seed(query="q2"), timeout=10)
+    sent = [request.headers["traceparent"].split("-") for request in gateway.requests]
+    logged = [(record["trace_id"], record["span_id"]) for record in access_records(caplog)]
+    # Each call its own trace, never sampled; the log names the trace the gateway joins.
+    assert [(version, flags) for version, _, _, flags in sent] == [("00", "00")] * 2
+    assert [trace_id for _, trace_id, _, _ in sent] == [trace_id for trace_id, _ in logged]
+    assert len({trace_id for trace_id, _ in logged}) == 2
+    assert all(int(trace_id, 16) and int(span_id, 16) for trace_id, span_id in logged)
+
+
 async def test_each_request_of_a_batch_is_a_span_holding_its_own_work(
     serve: Any, gateway: ScriptedServer
 ) -> None:
