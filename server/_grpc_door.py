@@ -150,7 +150,7 @@ class GrpcDoor:
 
         async def serve(requests: AsyncIterable[bytes], state: _Call) -> bytes:
             context = state.context
-            data = await _only(requests)
+            data = await _only(context)
             state.received = len(data)
             request_id, authorization, carrier = _read(context)
             call = pipeline.arrive(request_id, context.time_remaining())
@@ -194,7 +194,7 @@ class GrpcDoor:
                 if handler.request_streaming:
                     request: Any = state.requests(requests, deserialize)
                 else:
-                    data = await _only(requests)
+                    data = await _only(context)
                     state.received = len(data)
                     try:
                         request = deserialize(data)
@@ -287,13 +287,17 @@ async def _abort(context: Context, failed: ErrorAnswer, request_id: str | None) 
     await context.abort(failed.code, failed.message, trailing_metadata=trailers)
 
 
-async def _only(requests: AsyncIterable[bytes]) -> bytes:
-    """The request of a unary method: the first message, as grpc's unary path reads it."""
-    async for request in requests:
-        return request
-    # No message: the caller went away before sending one. grpc's unary path then ends the
-    # call without an answer, and so does this (grpc takes CancelledError as exactly that).
-    raise asyncio.CancelledError
+async def _only(context: Context) -> bytes:
+    """The request of a unary method: the first message, as grpc's unary path reads it. Read
+    from the context, not through the request iterator: iterating it makes an async generator
+    per call, which the event loop registers and, once collected, closes in a task."""
+    request: bytes = await context.read()
+    # `grpc.aio.EOF` is public (its `__all__`); grpc-stubs predates it.
+    if request is grpc.aio.EOF:  # type: ignore[attr-defined]
+        # No message: the caller went away before sending one. grpc's unary path then ends
+        # the call without an answer, and so does this (grpc takes CancelledError as that).
+        raise asyncio.CancelledError
+    return request
 
 
 def _identity(value: Any) -> Any:
