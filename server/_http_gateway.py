@@ -50,7 +50,7 @@ from rerank.server._gateway_protocol import (
     parse_rerank_body,
     warning,
 )
-from rerank.server._status import retry_after_header, retry_delay
+from rerank.server._status import retry_after_header
 from rerank.v1 import rerank_service_pb2 as pb
 
 Handler = Callable[[CallRecord, bytes], Awaitable[Message]]
@@ -230,9 +230,7 @@ def gateway_error(
         param = error.violations[0].field
     if kind not in version.error_types:  # what the SDK of this version makes of any other
         kind = "internal_server_error"
-    headers = retry_after_header(error)
-    if error is not None and (seconds := retry_delay(error)) is not None:
-        headers.append((b"retry-after-ms", str(max(0, round(seconds * 1000))).encode()))
+    headers = retry_after_header(error, millis=True)
     return status, headers, _ENCODE.encode(ErrorEnvelope(ErrorBody(message, kind, param)))
 
 

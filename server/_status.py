@@ -106,10 +106,18 @@ def retry_delay(error: errors.RerankError, code: grpc.StatusCode | None = None) 
     return _DEFAULT_RETRY_DELAY.get(code) if own is None else own
 
 
-def retry_after_header(error: errors.RerankError | None) -> list[tuple[bytes, bytes]]:
-    """HTTP's `retry-after` for `error` (whole seconds, at least 1), when waiting helps."""
+def retry_after_header(
+    error: errors.RerankError | None, *, millis: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """HTTP's `retry-after` for `error` (whole seconds, at least 1), when waiting helps; and,
+    `millis`, the AI SDK's `retry-after-ms` beside it."""
     seconds = None if error is None else retry_delay(error)
-    return [] if seconds is None else [(b"retry-after", str(max(1, math.ceil(seconds))).encode())]
+    if seconds is None:
+        return []
+    headers = [(b"retry-after", str(max(1, math.ceil(seconds))).encode())]
+    if millis:
+        headers.append((b"retry-after-ms", str(max(0, round(seconds * 1000))).encode()))
+    return headers
 
 
 def rich_status(error: errors.RerankError) -> tuple[grpc.StatusCode, status_pb2.Status]:
