@@ -36,6 +36,7 @@ from rerank.server._status import log_failure, report_incident, rich_status
 from rerank.server._tracing import BATCH_REQUEST_SPAN, child_span, end_span
 from rerank.server._translate import (
     Page,
+    RememberedMetadata,
     decoded,
     model_to_proto,
     query_from_bytes,
@@ -86,6 +87,7 @@ class RerankServicer:
         self._default_model = default_model
         self._upstream_timeout = upstream_timeout
         self._batch = batch
+        self._metadata_wire = RememberedMetadata()
 
     def methods(self) -> Mapping[str, Handler]:
         """The methods by name (a test checks that every method of the contract is here)."""
@@ -199,7 +201,9 @@ class RerankServicer:
             call.cached = outcome.cached
             call.cost = outcome.usage.cost
             sent = sent_documents(query, request) if echo and outcome.ranking else None
-            return response_to_proto(query.model, outcome.ranking, outcome, sent)
+            return response_to_proto(
+                query.model, outcome.ranking, outcome, sent, self._metadata_wire
+            )
 
     async def list_models(self, call: CallRecord, request: bytes) -> pb.ListModelsResponse:
         page = Page.of(decoded(pb.ListModelsRequest, request))

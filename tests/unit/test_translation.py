@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from decimal import Decimal
 
 import pytest
@@ -18,7 +19,9 @@ from rerank.server._domain import FREE, Limits, ModelInfo, Ranked, RerankOutcome
 from rerank.server._errors import InvalidRequest, MalformedRequest, UpstreamProtocolError
 from rerank.server._translate import (
     Page,
+    RememberedMetadata,
     call_usage_to_proto,
+    metadata_wire,
     model_to_proto,
     query_from_bytes,
     response_to_proto,
@@ -113,6 +116,39 @@ def test_warnings_too_large_to_carry_are_refused() -> None:
     outcome = RerankOutcome(RANKING, warnings=(warning,))
     with pytest.raises(UpstreamProtocolError, match=f"at most {RESPONSE_EXTRAS_BYTES}"):
         response_to_proto(MODEL, RANKING, outcome, None)
+
+
+METADATA = [
+    {"gateway": {"routing": {"provider": "cohere"}, "cost": "0.002"}},
+    {"cohere": {"billedUnits": {"searchUnits": 1}}, "gateway": {"cost": "0.004"}},
+    {"p": {"n": -0.0, "big": 2**70, "tiny": 5e-324, "list": [None, True, "é", 1.5], "e": {}}},
+    {"p": {"long": "x" * (RememberedMetadata.MAX_REMEMBERED_BYTES + 1)}},
+]
+
+
+def test_remembered_metadata_is_the_metadata_converted_each_time() -> None:
+    remembered = RememberedMetadata(size=2)
+    for metadata in METADATA * 3:  # converted, then remembered, past the size too
+        wire = remembered(metadata)
+        assert wire == metadata_wire(metadata)
+        assert pb.RerankResponse.FromString(wire).provider_metadata == to_struct(metadata)
+    # -0.0 equals 0.0: its sign kept is checked apart.
+    negative_zero = pb.RerankResponse.FromString(remembered(METADATA[2])).provider_metadata
+    assert math.copysign(1, negative_zero["p"]["n"]) == -1
+
+
+def test_the_answer_carries_the_metadata_as_given() -> None:
+    metadata = METADATA[2]
+    outcome = RerankOutcome(RANKING, provider_metadata=metadata)
+    response = response_to_proto(MODEL, RANKING, outcome, None, RememberedMetadata())
+    assert response.provider_metadata == to_struct(metadata)
+
+
+@pytest.mark.parametrize("convert", [metadata_wire, RememberedMetadata()], ids=["once", "kept"])
+def test_metadata_no_double_holds_is_the_gateways_error(convert: object) -> None:
+    assert callable(convert)
+    with pytest.raises(UpstreamProtocolError, match="beyond a double's range"):
+        convert({"p": {"n": 10**400}})
 
 
 @pytest.mark.parametrize("index", [0, 1, 9_999, 2**31 - 1])
