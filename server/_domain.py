@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
 
+import msgspec
+
 from rerank.server._errors import FieldViolation, InvalidRequest
 from rerank.server._limits import UNLIMITED, CallerLimits
 
@@ -67,8 +69,11 @@ class RerankQuery:
     caller: Caller | None = None
 
 
-@dataclass(frozen=True)
-class Ranked:
+class Ranked(msgspec.Struct, frozen=True, gc=False):
+    """One document's place in a ranking. Made for every item of every answer (the gateway
+    ranks all the documents sent), so a msgspec Struct: a seventh of a frozen dataclass's cost
+    to make. Numbers only, never in a reference cycle: not tracked by the collector."""
+
     index: int
     score: float
 
