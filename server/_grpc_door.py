@@ -224,9 +224,11 @@ class GrpcDoor:
 
 
 def _register(server: grpc.aio.Server, service: str, handlers: dict[str, MethodHandler]) -> None:
+    """As generic handlers only, not also as registered methods (as generated code adds them):
+    grpc.aio's server keeps one task waiting for calls per registered method, and for every
+    call that arrives it waits on all of them again (`asyncio.wait` over 9 tasks here, against
+    1): 0.959x the server CPU per call (docs/performance.md, "A sixth pass")."""
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-    # As generated code does (grpcio 1.62+); grpc-stubs predates the method.
-    server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
 
 
 class _Registrar:
