@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import orjson
 import pytest
+from google.rpc import error_details_pb2
 
 from rerank.server._app import RunningServer
 from rerank.server._cache import CachingReranker
@@ -28,7 +29,7 @@ from rerank.v1 import rerank_service_pb2 as pb
 from rerank.v1 import rerank_service_pb2_grpc as pb_grpc
 from tests.conftest import SEED_DOCUMENTS, SEED_MODEL, SEED_QUERY
 from tests.scripted_http import Reply, Request, ScriptedServer
-from tests.service.calls import MESSAGE_LIMIT, fault, seed_request
+from tests.service.calls import MESSAGE_LIMIT, fault, seed_request, unpacked
 from tests.service.conftest import StartServer
 from tools.waiting import until_async
 
@@ -291,3 +292,40 @@ async def test_a_cost_the_gateway_did_not_report_is_unknown_not_zero(
         assert "other" in response.provider_metadata.fields  # the gateway's other entries stay
         # Typed, unknown is the empty string: never "0", which would read as free.
         assert response.usage == pb.Usage(cost="", upstream_calls=3)
+
+
+async def test_metadata_numbers_beyond_64_bits_pass_the_cache_and_beyond_a_double_fail_clearly(
+    serve: Callable[..., Any], channels: list[grpc.aio.Channel]
+) -> None:
+    """The gateway's metadata is JSON of any size: an integer wider than 64 bits is stored by
+    the cache and answered (as the double a Struct holds); one no double holds is the gateway's
+    protocol error, not an incident."""
+    numbers = {"wide": b"1180591620717411303424", "huge": b"1" + b"0" * 400}  # 2**70, 10**400
+
+    async def answer(request: Request) -> Reply:
+        sent = orjson.loads(request.body)
+        ranking = [
+            {"index": i, "relevanceScore": 0.5} for i in range(len(sent["documents"]["values"]))
+        ]
+        metadata = b'{"p":{"n":' + numbers[sent["query"]] + b"}}"
+        return Reply(
+            body=orjson.dumps({"ranking": ranking})[:-1] + b',"providerMetadata":' + metadata + b"}"
+        )
+
+    async with ScriptedServer(answer) as upstream:
+        settings = dataclasses.replace(
+            FAST, upstream=Upstream.GATEWAY, gateway_url=upstream.url, api_key="k"
+        )
+        running = await serve(settings)
+        stub = stub_for(running, channels)
+        for _ in range(2):  # from the gateway, then from the cache
+            response = await stub.Rerank(seed_request(query="wide"), timeout=10)
+            assert response.provider_metadata["p"]["n"] == 2.0**70
+        assert len(upstream.requests) == 1
+        assert cache_of(running).hits == 1
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Rerank(seed_request(query="huge"), timeout=10)
+        assert caught.value.code() is grpc.StatusCode.INTERNAL
+        info = unpacked(caught.value, error_details_pb2.ErrorInfo)
+        assert info.reason == "UPSTREAM_PROTOCOL_ERROR"
+        assert "beyond a double's range" in (caught.value.details() or "")
