@@ -77,15 +77,17 @@ def _without_gateway_user(options: JsonObject | None) -> JsonObject | None:
 def _pack(outcome: RerankOutcome) -> bytes:
     """An outcome as one bytes object: its size is its cost, and the garbage collector has
     nothing to traverse in it (many small objects slowed full collections under load). JSON by
-    msgspec, whose bytes are exactly their length and which writes any integer the gateway's
-    metadata may hold (orjson stops at 64 bits)."""
-    return msgspec.json.encode(
+    msgspec, which writes any integer the gateway's metadata may hold (orjson stops at 64 bits)."""
+    packed = msgspec.json.encode(
         [
             [[r.index, r.score] for r in outcome.ranking],
             [dataclasses.astuple(w) for w in outcome.warnings],
             outcome.provider_metadata,
         ]
     )
+    # A small answer's bytes keep msgspec's first buffer (about 256 bytes); a copy is exactly
+    # its length, as the byte bound counts it.
+    return memoryview(packed).tobytes()
 
 
 def _unpack(blob: bytes) -> RerankOutcome:
