@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -15,7 +16,16 @@ from rerank.contract import (
     max_response_bytes,
     to_struct,
 )
-from rerank.server._domain import FREE, Limits, ModelInfo, Ranked, RerankOutcome, Usage, Warning
+from rerank.server._domain import (
+    FREE,
+    JsonObject,
+    Limits,
+    ModelInfo,
+    Ranked,
+    RerankOutcome,
+    Usage,
+    Warning,
+)
 from rerank.server._errors import InvalidRequest, MalformedRequest, UpstreamProtocolError
 from rerank.server._translate import (
     Page,
@@ -145,8 +155,9 @@ def test_the_answer_carries_the_metadata_as_given() -> None:
 
 
 @pytest.mark.parametrize("convert", [metadata_wire, RememberedMetadata()], ids=["once", "kept"])
-def test_metadata_no_double_holds_is_the_gateways_error(convert: object) -> None:
-    assert callable(convert)
+def test_metadata_no_double_holds_is_the_gateways_error(
+    convert: Callable[[JsonObject], bytes],
+) -> None:
     with pytest.raises(UpstreamProtocolError, match="beyond a double's range"):
         convert({"p": {"n": 10**400}})
 
